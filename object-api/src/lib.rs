@@ -1,0 +1,131 @@
+//! The object API of [cohort](https://docs.rs/cohort): the [`Checkpointable`] trait that every
+//! application object implements, usually with `#[derive(Checkpointable)]`, and the types it
+//! sees.
+//!
+//! ```
+//! use cohort_object_api::{Checkpointable, ObjectId};
+//!
+//! #[derive(Checkpointable, Default)]
+//! struct Account {
+//!     balance: i64,
+//!     history: Vec<i64>,
+//!     #[checkpoint(skip)]
+//!     cache_hits: u64,
+//! }
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let mut account = Account { balance: 10, history: vec![10], cache_hits: 3 };
+//! let encoded = account.capture().await.unwrap().encode().unwrap();
+//! account.balance = 0;
+//! account.restore(&encoded).await.unwrap();
+//! assert_eq!(account.balance, 10);
+//! assert_eq!(account.cache_hits, 0); // skipped fields come back as their default
+//! # });
+//! ```
+
+mod error;
+mod id;
+mod state;
+
+use async_trait::async_trait;
+
+pub use error::ObjectError;
+pub use id::{CheckpointId, ObjectId};
+pub use state::{EncodedState, Snapshot, StateTag, VersionCheck};
+
+/// `#[derive(Checkpointable)]`: see the [`Checkpointable`] trait for what it generates.
+pub use cohort_derive::Checkpointable;
+
+/// An application object whose state cohort checkpoints and restores.
+///
+/// Modelled on FT-CORBA's `Checkpointable` (`get_state`/`set_state`); see [`Updateable`] for the
+/// `get_update`/`set_update` half. The trait is object-safe: a cohort holds
+/// `Box<dyn Checkpointable>` for objects of many types.
+///
+/// # The derive
+///
+/// `#[derive(Checkpointable)]` works on structs, tuple structs, enums and generic types. The
+/// state is the value's fields, encoded with msgpack as named maps, so adding a field with
+/// `#[serde(default)]` or reordering fields keeps old checkpoints readable. Field types need
+/// `Clone + Serialize + DeserializeOwned + Send + Sync + 'static`; `#[serde(...)]` attributes on
+/// fields are honoured. Attributes:
+///
+/// | attribute | on | meaning |
+/// |---|---|---|
+/// | `#[checkpoint(skip)]` | field | not saved; restored as `Default::default()` |
+/// | `#[checkpoint(skip, default = "path")]` | field | not saved; restored as `path()` |
+/// | `#[checkpoint(version = N)]` | container | schema version (default 1) |
+/// | `#[checkpoint(migrate = "path")]` | container | `fn(u32, &EncodedState) -> Result<Self, ObjectError>` for older versions |
+/// | `#[checkpoint(type_name = "...")]` | container | stable type name (default: the type's identifier) |
+/// | `#[checkpoint(generation)]` | field | a `u64` bumped on every change: enables incremental checkpoints |
+/// | `#[checkpoint(bound = "...")]` | container | where-clause replacing the inferred bounds |
+///
+/// # Cheap capture
+///
+/// [`capture`](Self::capture) runs while the object is blocked from handling messages, so it
+/// should only build an owned [`Snapshot`]; encoding and upload happen after the object is
+/// released. The derive clones the saved fields: keep large fields behind an `Arc` so that the
+/// clone is a reference-count increment (see [`Snapshot`]).
+#[async_trait]
+pub trait Checkpointable: Send + Sync + 'static {
+    /// The stable name of this object's type, recorded with every state.
+    ///
+    /// It must not change across builds; restoring a state recorded under another name fails
+    /// with [`ObjectError::TypeMismatch`].
+    fn type_name(&self) -> &'static str;
+
+    /// The current schema version of this object's state.
+    fn schema_version(&self) -> u32 {
+        1
+    }
+
+    /// Phase 1: capture the state as an owned snapshot, cheaply.
+    ///
+    /// Return [`ObjectError::Refused`] to vote no; the checkpoint then aborts.
+    async fn capture(&self) -> Result<Snapshot, ObjectError>;
+
+    /// Replace the whole state with `state`, as recovery does.
+    ///
+    /// Implementations check the tag with [`EncodedState::check`], migrate an older version or
+    /// fail with [`ObjectError::NoMigration`], and reject another type or a future version.
+    async fn restore(&mut self, state: &EncodedState) -> Result<(), ObjectError>;
+
+    /// A counter that changes whenever the state changes, or `None` if the object does not
+    /// track changes.
+    ///
+    /// When the generation equals the one recorded at the last committed checkpoint, the object
+    /// is unchanged since that checkpoint: its entry is referenced, not rewritten, so idle
+    /// objects cost nothing.
+    fn generation(&self) -> Option<u64> {
+        None
+    }
+
+    /// Phase 1 hook, called before [`capture`](Self::capture): flush or pre-commit external side
+    /// effects here (Flink's `preCommit`). An error votes no.
+    async fn prepare(&mut self, _checkpoint: CheckpointId) -> Result<(), ObjectError> {
+        Ok(())
+    }
+
+    /// Phase 2 hook: the checkpoint is durable, so side effects held back for it may be released
+    /// (Flink's `commit`). Called at least once per committed checkpoint the object took part in.
+    async fn on_committed(&mut self, _checkpoint: CheckpointId) {}
+
+    /// Phase 2 hook: the checkpoint was aborted; discard what [`prepare`](Self::prepare) staged.
+    async fn on_aborted(&mut self, _checkpoint: CheckpointId) {}
+}
+
+/// The incremental half of FT-CORBA's state transfer (`get_update`/`set_update`), used by warm
+/// passive replication: a backup applies the updates logged since the last checkpoint on top of
+/// the restored state.
+#[async_trait]
+pub trait Updateable: Checkpointable {
+    /// Apply one logged update, in log order.
+    async fn apply_update(&mut self, update: &EncodedState) -> Result<(), ObjectError>;
+}
+
+#[doc(hidden)]
+pub mod __private {
+    //! Items the derive macro's generated code refers to. Not public API.
+    pub use async_trait::async_trait;
+    pub use serde;
+}
