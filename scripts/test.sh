@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: formatting, lints, then every test of the workspace,
+# with a local S3-compatible server started (and installed on first use) for the S3 backend.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "==> cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+echo "==> cargo test (with a local S3-compatible server)"
+scripts/with-s3.sh cargo test --workspace --all-features
