@@ -1,0 +1,475 @@
+use std::collections::BTreeMap;
+
+use super::*;
+
+fn prepare(id: u64, round: u64, n: u8) -> Command<T> {
+    Command::Prepare {
+        id: cid(id),
+        round: Round(round),
+        participants: (0..n).map(obj).collect(),
+    }
+}
+
+fn decided(id: u64, round: u64, decision: Decision, n: u8) -> Command<T> {
+    Command::Decided {
+        id: cid(id),
+        round: Round(round),
+        decision,
+        participants: (0..n).map(obj).collect(),
+    }
+}
+
+fn vote(e: &mut Engine<T>, now: u64, round: u64, i: u8, v: Vote<u32>) -> Vec<Command<T>> {
+    e.handle(
+        now,
+        Event::Vote {
+            round: Round(round),
+            object: obj(i),
+            vote: v,
+        },
+    )
+}
+
+#[test]
+fn trigger_prepare_vote_commit_decide_reply() {
+    let mut e = engine_with(config(), 2, 6);
+    let out = e.handle(
+        10,
+        Event::Trigger {
+            request: TriggerId(1),
+        },
+    );
+    assert_eq!(out, vec![prepare(7, 1, 2)]);
+
+    assert_eq!(vote(&mut e, 11, 1, 0, yes(100, 0, 0)), vec![]);
+    let out = vote(&mut e, 12, 1, 1, yes(101, 0, 0));
+    let ballots: BTreeMap<_, _> = [
+        (
+            obj(0),
+            Ballot {
+                state: VotedState::Written(100),
+                sent: 0,
+                received: 0,
+            },
+        ),
+        (
+            obj(1),
+            Ballot {
+                state: VotedState::Written(101),
+                sent: 0,
+                received: 0,
+            },
+        ),
+    ]
+    .into();
+    assert_eq!(
+        out,
+        vec![Command::Commit {
+            id: cid(7),
+            round: Round(1),
+            ballots,
+            in_transit: vec![],
+        }]
+    );
+
+    let out = e.handle(
+        13,
+        Event::CommitResult {
+            round: Round(1),
+            outcome: CommitOutcome::Committed,
+        },
+    );
+    assert_eq!(
+        out,
+        vec![
+            decided(7, 1, Decision::Committed, 2),
+            Command::Reply {
+                request: TriggerId(1),
+                result: Ok(cid(7)),
+            },
+        ]
+    );
+    assert_eq!(e.last_committed(), cid(7));
+    assert_eq!(e.in_flight(), None);
+}
+
+#[test]
+fn commit_waits_for_in_transit_messages() {
+    let mut e = engine_with(config(), 2, 0);
+    e.handle(
+        0,
+        Event::Trigger {
+            request: TriggerId(1),
+        },
+    );
+    // o-0 sent 3 before its cut, o-1 received 1 of them before its own: 2 crossed the cut.
+    assert_eq!(vote(&mut e, 1, 1, 0, yes(1, 3, 0)), vec![]);
+    assert_eq!(vote(&mut e, 1, 1, 1, yes(2, 0, 1)), vec![]);
+    let records = |v: Vec<(u8, u8, u64)>| Event::<T>::ChannelState {
+        round: Round(1),
+        records: v,
+    };
+    assert_eq!(e.handle(2, records(vec![(0, 1, 2)])), vec![]);
+    let out = e.handle(3, records(vec![(0, 1, 3)]));
+    assert!(
+        matches!(&out[..], [Command::Commit { in_transit, .. }] if in_transit == &vec![(0, 1, 2), (0, 1, 3)]),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn channel_state_may_arrive_before_the_votes() {
+    let mut e = engine_with(config(), 2, 0);
+    e.handle(
+        0,
+        Event::Trigger {
+            request: TriggerId(1),
+        },
+    );
+    e.handle(
+        1,
+        Event::ChannelState {
+            round: Round(1),
+            records: vec![(1, 0, 1)],
+        },
+    );
+    assert_eq!(vote(&mut e, 2, 1, 0, yes(1, 0, 0)), vec![]);
+    let out = vote(&mut e, 3, 1, 1, yes(2, 1, 0));
+    assert!(matches!(&out[..], [Command::Commit { .. }]), "{out:?}");
+}
+
+#[test]
+fn no_vote_aborts_discards_and_the_retry_reuses_the_id() {
+    let mut e = engine_with(config(), 2, 4);
+    e.handle(
+        0,
+        Event::Trigger {
+            request: TriggerId(1),
+        },
+    );
+    let reason = AbortReason::Refused {
+        object: obj(1),
+        reason: "busy".into(),
+    };
+    let out = vote(
+        &mut e,
+        5,
+        1,
+        1,
+        Vote::No {
+            reason: "busy".into(),
+        },
+    );
+    assert_eq!(
+        out,
+        vec![
+            decided(5, 1, Decision::Aborted(reason.clone()), 2),
+            Command::Discard {
+                id: cid(5),
+                round: Round(1)
+            },
+            Command::Reply {
+                request: TriggerId(1),
+                result: Err(TriggerFailure::Aborted(reason.clone())),
+            },
+            Command::Health(Health {
+                healthy: true,
+                consecutive_failures: 1,
+                last_failure: Some(reason),
+            }),
+        ]
+    );
+    // Late votes of the aborted round change nothing.
+    assert_eq!(vote(&mut e, 6, 1, 0, yes(1, 0, 0)), vec![]);
+    let out = e.handle(
+        7,
+        Event::Trigger {
+            request: TriggerId(2),
+        },
+    );
+    assert_eq!(out, vec![prepare(5, 2, 2)]);
+}
+
+#[test]
+fn timeout_aborts_and_reports_what_was_missing() {
+    let mut e = engine_with(config(), 3, 0);
+    e.handle(
+        0,
+        Event::Trigger {
+            request: TriggerId(1),
+        },
+    );
+    vote(&mut e, 1, 1, 0, yes(1, 2, 0));
+    assert_eq!(e.next_deadline_ms(), Some(1_000));
+    assert_eq!(e.handle(999, Event::Tick), vec![]);
+    let out = e.handle(1_000, Event::Tick);
+    let reason = AbortReason::Timeout {
+        missing_votes: 2,
+        missing_messages: 2,
+    };
+    assert_eq!(out[0], decided(1, 1, Decision::Aborted(reason), 3));
+    assert_eq!(
+        out[1],
+        Command::Discard {
+            id: cid(1),
+            round: Round(1)
+        }
+    );
+}
+
+#[test]
+fn unhealthy_after_more_than_the_tolerated_failures_and_healthy_after_a_commit() {
+    let mut e = engine_with(config(), 1, 0);
+    let health = |out: &[Command<T>]| {
+        out.iter().find_map(|c| match c {
+            Command::Health(h) => Some(h.healthy),
+            _ => None,
+        })
+    };
+    for (round, expect_healthy) in [(1, true), (2, false)] {
+        e.handle(
+            0,
+            Event::Trigger {
+                request: TriggerId(round),
+            },
+        );
+        let out = vote(&mut e, 0, round, 0, Vote::No { reason: "x".into() });
+        assert_eq!(health(&out), Some(expect_healthy));
+    }
+    assert!(!e.health().healthy);
+    e.handle(
+        0,
+        Event::Trigger {
+            request: TriggerId(9),
+        },
+    );
+    vote(&mut e, 0, 3, 0, yes(1, 0, 0));
+    let out = e.handle(
+        0,
+        Event::CommitResult {
+            round: Round(3),
+            outcome: CommitOutcome::Committed,
+        },
+    );
+    assert_eq!(health(&out), Some(true));
+}
+
+#[test]
+fn periodic_interval_and_min_pause() {
+    let cfg = Config {
+        interval_ms: Some(100),
+        min_pause_ms: 80,
+        ..config()
+    };
+    let mut e = engine_with(cfg, 1, 0);
+    assert_eq!(e.next_deadline_ms(), Some(100));
+    assert_eq!(e.handle(99, Event::Tick), vec![]);
+    assert_eq!(e.handle(100, Event::Tick), vec![prepare(1, 1, 1)]);
+    // At most one in flight: a due period and a trigger wait for the attempt to end.
+    assert_eq!(
+        e.handle(
+            250,
+            Event::Trigger {
+                request: TriggerId(1)
+            }
+        ),
+        vec![]
+    );
+    vote(&mut e, 260, 1, 0, yes(1, 0, 0));
+    e.handle(
+        260,
+        Event::CommitResult {
+            round: Round(1),
+            outcome: CommitOutcome::Committed,
+        },
+    );
+    // The trigger is served only after the minimum pause.
+    assert_eq!(e.next_deadline_ms(), Some(340));
+    assert_eq!(e.handle(339, Event::Tick), vec![]);
+    assert_eq!(e.handle(340, Event::Tick), vec![prepare(2, 2, 1)]);
+}
+
+#[test]
+fn join_aborts_the_attempt_in_flight_without_counting_a_failure() {
+    let mut e = engine_with(config(), 1, 0);
+    e.handle(
+        0,
+        Event::Trigger {
+            request: TriggerId(1),
+        },
+    );
+    let out = e.handle(1, Event::Join { object: obj(1) });
+    assert_eq!(
+        out,
+        vec![
+            decided(1, 1, Decision::Aborted(AbortReason::MembershipChanged), 1),
+            Command::Discard {
+                id: cid(1),
+                round: Round(1)
+            },
+            Command::Reply {
+                request: TriggerId(1),
+                result: Err(TriggerFailure::Aborted(AbortReason::MembershipChanged)),
+            },
+        ]
+    );
+    assert_eq!(e.health().consecutive_failures, 0);
+}
+
+#[test]
+fn conflict_moves_past_the_newest_id() {
+    let mut e = engine_with(config(), 1, 2);
+    e.handle(
+        0,
+        Event::Trigger {
+            request: TriggerId(1),
+        },
+    );
+    vote(&mut e, 0, 1, 0, yes(1, 0, 0));
+    e.handle(
+        0,
+        Event::CommitResult {
+            round: Round(1),
+            outcome: CommitOutcome::Conflict { newest: cid(5) },
+        },
+    );
+    assert_eq!(
+        e.handle(
+            1,
+            Event::Trigger {
+                request: TriggerId(2)
+            }
+        ),
+        vec![prepare(6, 2, 1)]
+    );
+}
+
+#[test]
+fn fenced_stops_everything() {
+    let mut e = engine_with(config(), 1, 0);
+    e.handle(
+        0,
+        Event::Trigger {
+            request: TriggerId(1),
+        },
+    );
+    e.handle(
+        0,
+        Event::Trigger {
+            request: TriggerId(2),
+        },
+    );
+    vote(&mut e, 0, 1, 0, yes(1, 0, 0));
+    let out = e.handle(
+        0,
+        Event::CommitResult {
+            round: Round(1),
+            outcome: CommitOutcome::Fenced,
+        },
+    );
+    assert!(out.contains(&Command::Discard {
+        id: cid(1),
+        round: Round(1)
+    }));
+    assert!(out.contains(&Command::Reply {
+        request: TriggerId(2),
+        result: Err(TriggerFailure::Fenced)
+    }));
+    assert_eq!(e.status(), Status::Fenced);
+    assert_eq!(
+        e.handle(
+            5,
+            Event::Trigger {
+                request: TriggerId(3)
+            }
+        ),
+        vec![Command::Reply {
+            request: TriggerId(3),
+            result: Err(TriggerFailure::Fenced)
+        }]
+    );
+}
+
+#[test]
+fn halt_aborts_and_resume_continues_after_the_fence() {
+    let mut e = engine_with(config(), 1, 3);
+    e.handle(
+        0,
+        Event::Trigger {
+            request: TriggerId(1),
+        },
+    );
+    let out = e.handle(1, Event::Halt);
+    assert_eq!(
+        out[1],
+        Command::Discard {
+            id: cid(4),
+            round: Round(1)
+        }
+    );
+    assert_eq!(
+        e.handle(
+            2,
+            Event::Trigger {
+                request: TriggerId(2)
+            }
+        ),
+        vec![]
+    );
+    // Recovery wrote a fence at 4 under epoch 2: the queued trigger now starts at 5.
+    let out = e.handle(
+        3,
+        Event::Resume {
+            epoch: 2,
+            last_committed: cid(4),
+        },
+    );
+    assert_eq!(out, vec![prepare(5, 2, 1)]);
+    assert_eq!(e.epoch(), 2);
+}
+
+#[test]
+fn empty_cohort_commits_at_once() {
+    let mut e = engine_with(config(), 0, 0);
+    let out = e.handle(
+        0,
+        Event::Trigger {
+            request: TriggerId(1),
+        },
+    );
+    assert!(
+        matches!(&out[..], [Command::Prepare { .. }, Command::Commit { .. }]),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn too_many_records_abort() {
+    let mut e = engine_with(config(), 1, 0);
+    e.handle(
+        0,
+        Event::Trigger {
+            request: TriggerId(1),
+        },
+    );
+    e.handle(
+        0,
+        Event::ChannelState {
+            round: Round(1),
+            records: vec![(0, 0, 1)],
+        },
+    );
+    let out = vote(&mut e, 0, 1, 0, yes(1, 0, 0));
+    assert_eq!(
+        out[0],
+        decided(
+            1,
+            1,
+            Decision::Aborted(AbortReason::ChannelStateMismatch {
+                expected: 0,
+                recorded: 1
+            }),
+            1
+        )
+    );
+}
