@@ -1,0 +1,355 @@
+//! The byte formats of segment, manifest, tombstone and epoch blobs (ARCHITECTURE.md has the
+//! tables). All integers are little-endian. Decoders never panic: every length is checked
+//! against the bytes at hand before it is used.
+
+use bytes::Bytes;
+use cohort_object_api::{CheckpointId, EncodedState, ObjectId, StateTag};
+
+use crate::error::DamageKind;
+use crate::manifest::{EpochRecord, Manifest};
+
+/// The format version this build writes and the newest it reads.
+pub const FORMAT_VERSION: u16 = 1;
+
+pub(crate) const SEGMENT_MAGIC: &[u8; 8] = b"COHSEG\0\x01";
+pub(crate) const MANIFEST_MAGIC: &[u8; 8] = b"COHMAN\0\x01";
+pub(crate) const EPOCH_MAGIC: &[u8; 8] = b"COHEPO\0\x01";
+pub(crate) const TOMBSTONE_MAGIC: &[u8; 8] = b"COHTOMB\0";
+
+/// Length of a segment header: magic, version, checkpoint id, crc.
+pub(crate) const SEGMENT_HEADER_LEN: usize = 22;
+/// Length of a tombstone: magic and checkpoint id.
+pub(crate) const TOMBSTONE_LEN: usize = 16;
+/// Bytes of a framed blob (manifest, epoch) besides its body.
+const FRAME_OVERHEAD: usize = 26 + 4;
+
+fn crc(bytes: &[u8]) -> u32 {
+    crc32fast::hash(bytes)
+}
+
+fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Segments
+
+/// The 22-byte header every segment starts with.
+pub(crate) fn segment_header(id: CheckpointId) -> [u8; SEGMENT_HEADER_LEN] {
+    let mut h = [0u8; SEGMENT_HEADER_LEN];
+    h[0..8].copy_from_slice(SEGMENT_MAGIC);
+    h[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h[10..18].copy_from_slice(&id.get().to_le_bytes());
+    let c = crc(&h[0..18]);
+    h[18..22].copy_from_slice(&c.to_le_bytes());
+    h
+}
+
+/// Checks a segment header against the checkpoint id in the segment's key.
+pub(crate) fn check_segment_header(bytes: &[u8], expected: CheckpointId) -> Result<(), DamageKind> {
+    if bytes.len() < SEGMENT_HEADER_LEN {
+        return Err(DamageKind::Truncated {
+            needed: SEGMENT_HEADER_LEN as u64,
+            actual: bytes.len() as u64,
+        });
+    }
+    let stored = u32_at(bytes, 18).unwrap_or_default();
+    let actual = crc(&bytes[0..18]);
+    if &bytes[0..8] != SEGMENT_MAGIC {
+        return Err(DamageKind::HeaderMismatch(
+            "not a cohort segment (bad magic)".into(),
+        ));
+    }
+    if stored != actual {
+        return Err(DamageKind::CrcMismatch {
+            expected: stored,
+            actual,
+        });
+    }
+    let version = u16_at(bytes, 8).unwrap_or_default();
+    if version > FORMAT_VERSION {
+        return Err(DamageKind::HeaderMismatch(format!(
+            "segment format version {version} is newer than the supported {FORMAT_VERSION}: upgrade cohort"
+        )));
+    }
+    let id = u64_at(bytes, 10).unwrap_or_default();
+    if id != expected.get() {
+        return Err(DamageKind::HeaderMismatch(format!(
+            "segment header says checkpoint {id}, its key says {expected}"
+        )));
+    }
+    Ok(())
+}
+
+/// Where an entry ended up in a buffer, and its crc.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct WrittenEntry {
+    pub(crate) offset: usize,
+    pub(crate) len: usize,
+    pub(crate) crc: u32,
+}
+
+/// The bytes of an entry before its payload.
+pub(crate) fn entry_prefix(object: &ObjectId, tag: &StateTag, payload_len: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + object.as_str().len() + tag.type_name.len());
+    push_prefix(&mut out, object, tag, payload_len);
+    out
+}
+
+fn push_prefix(out: &mut Vec<u8>, object: &ObjectId, tag: &StateTag, payload_len: u64) {
+    let id = object.as_str().as_bytes();
+    let type_name = tag.type_name.as_bytes();
+    // ObjectId is at most 200 bytes; the type name is checked by `check_type_name`.
+    out.extend_from_slice(&(id.len() as u16).to_le_bytes());
+    out.extend_from_slice(id);
+    out.extend_from_slice(&(type_name.len() as u16).to_le_bytes());
+    out.extend_from_slice(type_name);
+    out.extend_from_slice(&tag.version.to_le_bytes());
+    out.extend_from_slice(&payload_len.to_le_bytes());
+}
+
+/// The longest type name an entry can record.
+pub(crate) const MAX_TYPE_NAME: usize = u16::MAX as usize;
+
+/// Appends one entry to `out`, encoding the payload with `encode` straight into the buffer (no
+/// intermediate copy). On error the buffer is left as it was.
+pub(crate) fn append_entry<E>(
+    out: &mut Vec<u8>,
+    object: &ObjectId,
+    tag: &StateTag,
+    encode: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+) -> Result<WrittenEntry, E> {
+    let start = out.len();
+    push_prefix(out, object, tag, 0);
+    let payload_start = out.len();
+    if let Err(e) = encode(out) {
+        out.truncate(start);
+        return Err(e);
+    }
+    let payload_len = (out.len() - payload_start) as u64;
+    out[payload_start - 8..payload_start].copy_from_slice(&payload_len.to_le_bytes());
+    let c = crc(&out[start..]);
+    out.extend_from_slice(&c.to_le_bytes());
+    Ok(WrittenEntry {
+        offset: start,
+        len: out.len() - start,
+        crc: c,
+    })
+}
+
+/// What a reader expects an entry to hold; `None` fields are not checked.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Expected<'a> {
+    pub(crate) object: Option<&'a ObjectId>,
+    pub(crate) type_name: Option<&'a str>,
+    pub(crate) version: Option<u32>,
+}
+
+/// Decodes and checks one entry, given exactly its bytes and the crc the manifest recorded.
+pub(crate) fn decode_entry(
+    bytes: &Bytes,
+    recorded_crc: u32,
+    expected: Expected<'_>,
+) -> Result<(ObjectId, EncodedState), DamageKind> {
+    let b = &bytes[..];
+    if b.len() < 4 {
+        return Err(DamageKind::Truncated {
+            needed: 4,
+            actual: b.len() as u64,
+        });
+    }
+    let body = &b[..b.len() - 4];
+    let stored = u32_at(b, b.len() - 4).unwrap_or_default();
+    let actual = crc(body);
+    if actual != recorded_crc || stored != recorded_crc {
+        // Name the crc the bytes disagree with: the manifest's, unless only the trailer differs.
+        let expected = if actual != recorded_crc {
+            recorded_crc
+        } else {
+            stored
+        };
+        return Err(DamageKind::CrcMismatch { expected, actual });
+    }
+    let bad = |what: &str| DamageKind::HeaderMismatch(format!("entry header: {what}"));
+    let n = usize::from(u16_at(body, 0).ok_or_else(|| bad("too short for the object id length"))?);
+    let id = body
+        .get(2..2 + n)
+        .ok_or_else(|| bad("object id runs past the entry"))?;
+    let id = std::str::from_utf8(id).map_err(|_| bad("object id is not UTF-8"))?;
+    let object = ObjectId::new(id).map_err(|e| bad(&e.to_string()))?;
+    let at = 2 + n;
+    let t = usize::from(u16_at(body, at).ok_or_else(|| bad("too short for the type name length"))?);
+    let type_name = body
+        .get(at + 2..at + 2 + t)
+        .ok_or_else(|| bad("type name runs past the entry"))?;
+    let type_name = std::str::from_utf8(type_name).map_err(|_| bad("type name is not UTF-8"))?;
+    let at = at + 2 + t;
+    let version = u32_at(body, at).ok_or_else(|| bad("too short for the schema version"))?;
+    let payload_len =
+        u64_at(body, at + 4).ok_or_else(|| bad("too short for the payload length"))?;
+    let payload_start = at + 12;
+    if payload_len != (body.len() - payload_start.min(body.len())) as u64 {
+        return Err(bad(&format!(
+            "payload length {payload_len} does not fit the entry's {} bytes",
+            b.len()
+        )));
+    }
+    if let Some(want) = expected.object
+        && *want != object
+    {
+        return Err(bad(&format!(
+            "holds object {object}, the manifest says {want}"
+        )));
+    }
+    if let Some(want) = expected.type_name
+        && want != type_name
+    {
+        return Err(bad(&format!(
+            "holds type {type_name}, the manifest says {want}"
+        )));
+    }
+    if let Some(want) = expected.version
+        && want != version
+    {
+        return Err(bad(&format!(
+            "holds schema version {version}, the manifest says {want}"
+        )));
+    }
+    let tag = StateTag::new(type_name.to_owned(), version);
+    let payload = bytes.slice(payload_start..body.len());
+    Ok((object, EncodedState::new(tag, payload)))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Framed blobs: manifests and epoch records
+
+/// Why a framed blob could not be decoded.
+#[derive(Debug)]
+pub(crate) enum FrameError {
+    /// The blob is a GC tombstone.
+    Tombstone,
+    /// The blob has a newer format version.
+    Future(u16),
+    /// The blob is damaged.
+    Damaged(DamageKind),
+}
+
+fn encode_framed(magic: &[u8; 8], id: u64, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(FRAME_OVERHEAD + body.len());
+    out.extend_from_slice(magic);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&id.to_le_bytes());
+    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    out.extend_from_slice(body);
+    let c = crc(&out);
+    out.extend_from_slice(&c.to_le_bytes());
+    out
+}
+
+fn decode_framed<'a>(
+    magic: &[u8; 8],
+    bytes: &'a [u8],
+    expected_id: u64,
+) -> Result<&'a [u8], FrameError> {
+    if bytes.len() == TOMBSTONE_LEN && &bytes[0..8] == TOMBSTONE_MAGIC {
+        return Err(FrameError::Tombstone);
+    }
+    let damaged = |k| Err(FrameError::Damaged(k));
+    if bytes.len() < FRAME_OVERHEAD {
+        return damaged(DamageKind::Truncated {
+            needed: FRAME_OVERHEAD as u64,
+            actual: bytes.len() as u64,
+        });
+    }
+    if &bytes[0..8] != magic {
+        return damaged(DamageKind::HeaderMismatch("bad magic".into()));
+    }
+    let body_len = u64_at(bytes, 18).unwrap_or_default();
+    let needed = body_len.saturating_add(FRAME_OVERHEAD as u64);
+    if needed != bytes.len() as u64 {
+        return damaged(if needed > bytes.len() as u64 {
+            DamageKind::Truncated {
+                needed,
+                actual: bytes.len() as u64,
+            }
+        } else {
+            DamageKind::HeaderMismatch(format!("{} bytes, the header says {needed}", bytes.len()))
+        });
+    }
+    let end = bytes.len() - 4;
+    let stored = u32_at(bytes, end).unwrap_or_default();
+    let actual = crc(&bytes[..end]);
+    if stored != actual {
+        return damaged(DamageKind::CrcMismatch {
+            expected: stored,
+            actual,
+        });
+    }
+    let version = u16_at(bytes, 8).unwrap_or_default();
+    if version > FORMAT_VERSION {
+        return Err(FrameError::Future(version));
+    }
+    let id = u64_at(bytes, 10).unwrap_or_default();
+    if id != expected_id {
+        return damaged(DamageKind::HeaderMismatch(format!(
+            "header says {id}, the key says {expected_id}"
+        )));
+    }
+    Ok(&bytes[26..end])
+}
+
+/// Encodes a manifest blob.
+pub(crate) fn encode_manifest(m: &Manifest) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+    let body = rmp_serde::to_vec_named(m)?;
+    Ok(encode_framed(MANIFEST_MAGIC, m.id.get(), &body))
+}
+
+/// Decodes a manifest blob read from the key of checkpoint `id`.
+pub(crate) fn decode_manifest(bytes: &[u8], id: CheckpointId) -> Result<Manifest, FrameError> {
+    let body = decode_framed(MANIFEST_MAGIC, bytes, id.get())?;
+    let m: Manifest = rmp_serde::from_slice(body)
+        .map_err(|e| FrameError::Damaged(DamageKind::Undecodable(format!("manifest body: {e}"))))?;
+    if m.id != id {
+        return Err(FrameError::Damaged(DamageKind::HeaderMismatch(format!(
+            "manifest body says checkpoint {}, its key says {id}",
+            m.id
+        ))));
+    }
+    Ok(m)
+}
+
+/// The 16-byte tombstone GC writes over an expired manifest.
+pub(crate) fn tombstone(id: CheckpointId) -> [u8; TOMBSTONE_LEN] {
+    let mut t = [0u8; TOMBSTONE_LEN];
+    t[0..8].copy_from_slice(TOMBSTONE_MAGIC);
+    t[8..16].copy_from_slice(&id.get().to_le_bytes());
+    t
+}
+
+/// Encodes an epoch record blob.
+pub(crate) fn encode_epoch(r: &EpochRecord) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+    let body = rmp_serde::to_vec_named(r)?;
+    Ok(encode_framed(EPOCH_MAGIC, r.epoch, &body))
+}
+
+/// Decodes an epoch record blob read from the key of `epoch`.
+pub(crate) fn decode_epoch(bytes: &[u8], epoch: u64) -> Result<EpochRecord, FrameError> {
+    let body = decode_framed(EPOCH_MAGIC, bytes, epoch)?;
+    let r: EpochRecord = rmp_serde::from_slice(body)
+        .map_err(|e| FrameError::Damaged(DamageKind::Undecodable(format!("epoch record: {e}"))))?;
+    if r.epoch != epoch {
+        return Err(FrameError::Damaged(DamageKind::HeaderMismatch(format!(
+            "epoch record says {}, its key says {epoch}",
+            r.epoch
+        ))));
+    }
+    Ok(r)
+}

@@ -1,0 +1,175 @@
+//! Storage keys, relative to a store's prefix. Every key is built only from validated parts, and
+//! every key read back (from a listing or a manifest) is parsed before it is used, so that no
+//! input can address a blob outside the layout.
+
+use cohort_object_api::CheckpointId;
+
+use crate::error::{Error, Result};
+
+pub(crate) const MANIFESTS: &str = "manifests";
+pub(crate) const SEGMENTS: &str = "segments";
+pub(crate) const EPOCHS: &str = "epochs";
+pub(crate) const PINS: &str = "pins";
+pub(crate) const PROBE: &str = "probe";
+
+const MANIFEST_EXT: &str = ".manifest";
+const SEGMENT_EXT: &str = ".seg";
+const EPOCH_EXT: &str = ".epoch";
+
+/// The longest round or writer token accepted.
+pub(crate) const MAX_TOKEN_LEN: usize = 64;
+
+/// Checks a round or writer token: 1 to 64 of `[A-Za-z0-9_-]`.
+pub(crate) fn validate_token(what: &str, token: &str) -> Result<()> {
+    if token.is_empty() || token.len() > MAX_TOKEN_LEN {
+        return Err(Error::InvalidInput(format!(
+            "{what} token {:?} must be 1 to {MAX_TOKEN_LEN} characters",
+            token.escape_debug().to_string()
+        )));
+    }
+    if !token
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(Error::InvalidInput(format!(
+            "{what} token {:?} may hold only A-Z a-z 0-9 _ -",
+            token.escape_debug().to_string()
+        )));
+    }
+    Ok(())
+}
+
+fn is_token(token: &str) -> bool {
+    validate_token("", token).is_ok()
+}
+
+fn parse_padded(digits: &str) -> Option<u64> {
+    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
+}
+
+pub(crate) fn manifest(id: CheckpointId) -> String {
+    format!("{MANIFESTS}/{}{MANIFEST_EXT}", id.padded())
+}
+
+pub(crate) fn parse_manifest(key: &str) -> Option<CheckpointId> {
+    let name = key.strip_prefix(MANIFESTS)?.strip_prefix('/')?;
+    parse_padded(name.strip_suffix(MANIFEST_EXT)?).map(CheckpointId::new)
+}
+
+pub(crate) fn round_dir(id: CheckpointId, round: &str) -> String {
+    format!("{SEGMENTS}/{}/{round}", id.padded())
+}
+
+pub(crate) fn segment(id: CheckpointId, round: &str, writer: &str, seq: u64) -> String {
+    format!(
+        "{SEGMENTS}/{}/{round}/{writer}-{seq:06}{SEGMENT_EXT}",
+        id.padded()
+    )
+}
+
+/// The parts of a segment key `segments/<id>/<round>/<writer>-<seq>.seg`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct SegmentKey<'a> {
+    pub(crate) checkpoint: CheckpointId,
+    pub(crate) round: &'a str,
+}
+
+pub(crate) fn parse_segment(key: &str) -> Option<SegmentKey<'_>> {
+    let rest = key.strip_prefix(SEGMENTS)?.strip_prefix('/')?;
+    let (id, rest) = rest.split_once('/')?;
+    let (round, name) = rest.split_once('/')?;
+    let stem = name.strip_suffix(SEGMENT_EXT)?;
+    let (writer, seq) = stem.rsplit_once('-')?;
+    let ok = is_token(round)
+        && is_token(writer)
+        && !seq.is_empty()
+        && seq.bytes().all(|b| b.is_ascii_digit());
+    ok.then_some(())?;
+    Some(SegmentKey {
+        checkpoint: CheckpointId::new(parse_padded(id)?),
+        round,
+    })
+}
+
+/// The checkpoint id of any key under `segments/<id>/`, even one that is not a well-formed
+/// segment (a leftover staging file, say), so that GC can reason about the directory it is in.
+pub(crate) fn segment_dir_id(key: &str) -> Option<CheckpointId> {
+    let rest = key.strip_prefix(SEGMENTS)?.strip_prefix('/')?;
+    let (id, _) = rest.split_once('/')?;
+    parse_padded(id).map(CheckpointId::new)
+}
+
+pub(crate) fn epoch(epoch: u64) -> String {
+    format!("{EPOCHS}/{epoch:020}{EPOCH_EXT}")
+}
+
+pub(crate) fn parse_epoch(key: &str) -> Option<u64> {
+    let name = key.strip_prefix(EPOCHS)?.strip_prefix('/')?;
+    parse_padded(name.strip_suffix(EPOCH_EXT)?)
+}
+
+pub(crate) fn pin(id: CheckpointId) -> String {
+    format!("{PINS}/{}", id.padded())
+}
+
+pub(crate) fn parse_pin(key: &str) -> Option<CheckpointId> {
+    parse_padded(key.strip_prefix(PINS)?.strip_prefix('/')?).map(CheckpointId::new)
+}
+
+pub(crate) fn probe(token: &str) -> String {
+    format!("{PROBE}/{token}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip() {
+        let id = CheckpointId::new(42);
+        assert_eq!(
+            manifest(id),
+            "manifests/00000000000000000042.manifest".to_string()
+        );
+        assert_eq!(parse_manifest(&manifest(id)), Some(id));
+        let seg = segment(id, "e3-r17", "node-2", 5);
+        assert_eq!(
+            seg,
+            "segments/00000000000000000042/e3-r17/node-2-000005.seg"
+        );
+        let parsed = parse_segment(&seg).unwrap();
+        assert_eq!(parsed.checkpoint, id);
+        assert_eq!(parsed.round, "e3-r17");
+        assert_eq!(parse_epoch(&epoch(7)), Some(7));
+        assert_eq!(parse_pin(&pin(id)), Some(id));
+    }
+
+    #[test]
+    fn rejects_keys_outside_the_layout() {
+        for bad in [
+            "segments/00000000000000000042/../x-1.seg",
+            "segments/00000000000000000042/r/../../etc-1.seg",
+            "../segments/00000000000000000042/r/w-1.seg",
+            "segments/42/r/w-1.seg",
+            "segments/00000000000000000042/r/w-1.seg/x",
+            "segments/00000000000000000042/r/w.seg",
+            "segments/00000000000000000042/r/w-1.txt",
+            "/etc/passwd",
+            "",
+        ] {
+            assert!(parse_segment(bad).is_none(), "{bad}");
+        }
+        assert!(parse_manifest("manifests/42.manifest").is_none());
+        assert!(parse_manifest("manifests/0000000000000000004x.manifest").is_none());
+    }
+
+    #[test]
+    fn tokens() {
+        assert!(validate_token("round", "e3-r17").is_ok());
+        for bad in ["", "a/b", "a.b", "..", "a b", &"x".repeat(65)] {
+            assert!(validate_token("round", bad).is_err(), "{bad}");
+        }
+    }
+}

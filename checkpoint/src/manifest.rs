@@ -1,0 +1,217 @@
+//! The manifest: the single commit point of a checkpoint, and the types it holds.
+
+use std::collections::BTreeMap;
+
+use cohort_object_api::{CheckpointId, ObjectId};
+use serde::{Deserialize, Serialize};
+
+/// The manifest of one committed checkpoint: where every object's state lives, plus what the
+/// protocol needs to resume from it.
+///
+/// Creating it (create-only) is the commit point; see [`CheckpointStore::commit`](crate::CheckpointStore::commit).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// The checkpoint id; equals the id in the manifest's key and header.
+    pub id: CheckpointId,
+    /// The epoch of the coordinator that wrote it.
+    pub epoch: u64,
+    /// Creation time, Unix milliseconds (from the writer's injected clock).
+    pub created_at_ms: u64,
+    /// The id of the manifest this one follows, if any.
+    pub parent: Option<CheckpointId>,
+    /// Why this manifest exists.
+    pub kind: ManifestKind,
+    /// The round token of the attempt that wrote it; a retried commit recognises itself by it.
+    pub round: String,
+    /// Every object's state.
+    pub objects: BTreeMap<ObjectId, ObjectEntry>,
+    /// The in-transit messages recorded with this cut.
+    #[serde(default)]
+    pub in_transit: Vec<InTransitEntry>,
+    /// Free metadata, for example the coordinator's state table.
+    #[serde(default, with = "bytes_map")]
+    pub metadata: BTreeMap<String, Vec<u8>>,
+}
+
+impl Manifest {
+    /// An empty manifest of kind [`ManifestKind::Checkpoint`]; fill in `parent`, `objects`,
+    /// `in_transit` and `metadata`.
+    pub fn new(id: CheckpointId, epoch: u64, created_at_ms: u64, round: impl Into<String>) -> Self {
+        Self {
+            id,
+            epoch,
+            created_at_ms,
+            parent: None,
+            kind: ManifestKind::Checkpoint,
+            round: round.into(),
+            objects: BTreeMap::new(),
+            in_transit: Vec::new(),
+            metadata: BTreeMap::new(),
+        }
+    }
+
+    /// Every entry location this manifest references: its objects' states and its in-transit
+    /// messages.
+    pub fn locations(&self) -> impl Iterator<Item = &EntryLocation> {
+        self.objects
+            .values()
+            .map(|e| &e.location)
+            .chain(self.in_transit.iter().map(|m| &m.location))
+    }
+
+    /// The total size in bytes of the entries this manifest references.
+    pub fn referenced_bytes(&self) -> u64 {
+        self.locations().map(|l| l.len).sum()
+    }
+}
+
+/// Why a manifest exists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ManifestKind {
+    /// A checkpoint taken by the two-phase protocol.
+    Checkpoint,
+    /// A rollback to checkpoint `to`: the manifest points at `to`'s states.
+    Rollback {
+        /// The checkpoint rolled back to.
+        to: CheckpointId,
+    },
+    /// Written by a new leader to fence the old one; points at the recovery line it found.
+    Fence,
+}
+
+/// Where one object's state lives, and what it is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectEntry {
+    /// The stable type name recorded with the state.
+    pub type_name: String,
+    /// The schema version of the state.
+    pub version: u32,
+    /// The object's generation at capture, if it tracks one (enables incremental checkpoints).
+    pub generation: Option<u64>,
+    /// The entry in a segment.
+    pub location: EntryLocation,
+}
+
+/// The position of one entry in a segment blob.
+///
+/// A manifest may point into a segment of an older checkpoint: that is an incremental reference.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct EntryLocation {
+    /// The segment's key, relative to the store's prefix.
+    pub segment: String,
+    /// Byte offset of the entry's first byte.
+    pub offset: u64,
+    /// Length of the whole entry, including its trailing crc.
+    pub len: u64,
+    /// The entry's crc32, as stored in its last four bytes.
+    pub crc: u32,
+}
+
+impl EntryLocation {
+    /// The byte range of the entry in its segment.
+    pub fn range(&self) -> std::ops::Range<u64> {
+        self.offset..self.offset.saturating_add(self.len)
+    }
+}
+
+/// A message that was in transit when the cut was taken; its bytes are stored as a segment entry
+/// whose object id is the receiver and whose type name is the message type.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InTransitEntry {
+    /// The sender.
+    pub from: ObjectId,
+    /// The receiver.
+    pub to: ObjectId,
+    /// The sender's sequence number of the message on that channel.
+    pub seq: u64,
+    /// The message's bytes.
+    pub location: EntryLocation,
+}
+
+/// The record of one coordinator epoch, created create-only at `epochs/<epoch>`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    /// The epoch number, from 1.
+    pub epoch: u64,
+    /// Who took it (a node or process name).
+    pub holder: String,
+    /// When, Unix milliseconds (from the caller's injected clock).
+    pub created_at_ms: u64,
+}
+
+/// Serializes `BTreeMap<String, Vec<u8>>` with msgpack `bin` values rather than arrays of
+/// integers.
+mod bytes_map {
+    use std::collections::BTreeMap;
+    use std::fmt;
+
+    use serde::de::{MapAccess, SeqAccess, Visitor};
+    use serde::ser::SerializeMap;
+    use serde::{Deserializer, Serializer};
+
+    struct AsBytes<'a>(&'a [u8]);
+
+    impl serde::Serialize for AsBytes<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_bytes(self.0)
+        }
+    }
+
+    pub(super) fn serialize<S: Serializer>(
+        map: &BTreeMap<String, Vec<u8>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let mut out = s.serialize_map(Some(map.len()))?;
+        for (k, v) in map {
+            out.serialize_entry(k, &AsBytes(v))?;
+        }
+        out.end()
+    }
+
+    struct ByteBuf(Vec<u8>);
+
+    impl<'de> serde::Deserialize<'de> for ByteBuf {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = ByteBuf;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("bytes")
+                }
+                fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<ByteBuf, E> {
+                    Ok(ByteBuf(v.to_vec()))
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ByteBuf, A::Error> {
+                    let mut out = Vec::new();
+                    while let Some(b) = seq.next_element::<u8>()? {
+                        out.push(b);
+                    }
+                    Ok(ByteBuf(out))
+                }
+            }
+            d.deserialize_bytes(V)
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<String, Vec<u8>>, D::Error> {
+        struct M;
+        impl<'de> Visitor<'de> for M {
+            type Value = BTreeMap<String, Vec<u8>>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map of byte strings")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = BTreeMap::new();
+                while let Some((k, ByteBuf(v))) = map.next_entry::<String, ByteBuf>()? {
+                    out.insert(k, v);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(M)
+    }
+}

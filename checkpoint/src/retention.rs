@@ -1,0 +1,378 @@
+//! Pins, garbage collection, rollback and coordinator epochs.
+
+use std::collections::{BTreeSet, HashSet};
+
+use cohort_object_api::CheckpointId;
+use object_store::{ObjectStoreExt, PutMode, PutPayload};
+
+use crate::error::{Damage, DamageKind, Error, Result};
+use crate::format::{self, FrameError};
+use crate::keys;
+use crate::manifest::{EpochRecord, Manifest, ManifestKind};
+use crate::store::CheckpointStore;
+
+/// What [`CheckpointStore::gc`] did (or, for a dry run, would do).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Whether this was a dry run: nothing was changed.
+    pub dry_run: bool,
+    /// Committed checkpoints kept: the newest `keep`, the pinned ones and the recovery line.
+    pub retained: Vec<CheckpointId>,
+    /// Committed checkpoints expired: their manifests are replaced by tombstones.
+    pub expired: Vec<CheckpointId>,
+    /// Every blob deleted, with its size.
+    pub deleted: Vec<DeletedBlob>,
+    /// The bytes of the deleted blobs.
+    pub bytes_freed: u64,
+}
+
+/// One blob GC deleted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeletedBlob {
+    /// The key, relative to the store's prefix.
+    pub key: String,
+    /// Its size in bytes.
+    pub bytes: u64,
+}
+
+/// How many times a create-only write retries after losing a race.
+const CREATE_RACE_RETRIES: usize = 64;
+
+impl CheckpointStore {
+    /// Pins committed checkpoint `id`: GC keeps it however old it gets.
+    pub async fn pin(&self, id: CheckpointId) -> Result<()> {
+        self.check_writable("pin")?;
+        match self.read_manifest(id).await {
+            // A damaged manifest may still be worth keeping for inspection.
+            Ok(_) | Err(Error::Damaged { .. }) | Err(Error::FutureFormat { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        let key = keys::pin(id);
+        self.inner
+            .store
+            .put(&self.inner.path(&key), PutPayload::from_static(b""))
+            .await
+            .map_err(|e| self.inner.map_err(format!("create {key}"), e))?;
+        Ok(())
+    }
+
+    /// Removes the pin of `id`, if any.
+    pub async fn unpin(&self, id: CheckpointId) -> Result<()> {
+        self.check_writable("unpin")?;
+        self.inner.delete_all(std::iter::once(keys::pin(id))).await
+    }
+
+    /// The pinned checkpoints, ascending.
+    pub async fn pins(&self) -> Result<Vec<CheckpointId>> {
+        let mut out: Vec<_> = self
+            .inner
+            .list(keys::PINS)
+            .await?
+            .into_iter()
+            .filter_map(|(k, _)| keys::parse_pin(&k))
+            .collect();
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// Garbage collection: keeps the newest `keep` (at least 1) committed checkpoints, the
+    /// pinned ones, and the recovery line (the newest one that verifies); expires the others by
+    /// tombstoning their manifests; deletes every segment that no kept manifest references
+    /// (blobs of aborted and uncommitted attempts, and of expired checkpoints).
+    ///
+    /// Safe to run while a coordinator writes: segment directories of ids above the newest
+    /// committed id seen at the start are never touched, manifests that appear while GC runs
+    /// are read and their references kept, and pins are re-read before anything is deleted.
+    /// A `dry_run` reports without changing anything.
+    pub async fn gc(&self, keep: usize, dry_run: bool) -> Result<GcReport> {
+        if keep == 0 {
+            return Err(Error::InvalidInput(
+                "gc keep must be at least 1: the newest checkpoint is always kept".into(),
+            ));
+        }
+        if !dry_run {
+            self.check_writable("gc")?;
+        }
+        let mut report = GcReport {
+            dry_run,
+            ..GcReport::default()
+        };
+        let committed = self.committed_ids().await?;
+        let Some(&newest) = committed.last() else {
+            return Ok(report);
+        };
+        let pins: BTreeSet<CheckpointId> = self.pins().await?.into_iter().collect();
+        let mut retained: BTreeSet<CheckpointId> =
+            committed.iter().rev().take(keep).copied().collect();
+        retained.extend(committed.iter().filter(|id| pins.contains(id)));
+
+        let mut refs = References::default();
+        for &id in &retained {
+            self.reference(id, &mut refs).await?;
+        }
+        // Keep the recovery line, even when it is older than the newest `keep`: a recovering
+        // coordinator is about to point a fence manifest at it.
+        for &id in committed.iter().rev() {
+            let (manifest, report) = self.verify_inner(id).await?;
+            if manifest.is_some() && report.is_ok() {
+                if retained.insert(id) {
+                    self.reference(id, &mut refs).await?;
+                }
+                break;
+            }
+        }
+
+        // Re-read what may have changed meanwhile: new manifests (which may reference older
+        // segments incrementally) and new pins.
+        for id in self.committed_ids().await? {
+            if id > newest && !refs.read.contains(&id) {
+                self.reference(id, &mut refs).await?;
+            }
+        }
+        for id in self.pins().await? {
+            if committed.contains(&id) && retained.insert(id) {
+                self.reference(id, &mut refs).await?;
+            }
+        }
+
+        let expired: Vec<CheckpointId> = committed
+            .iter()
+            .filter(|id| !retained.contains(id))
+            .copied()
+            .collect();
+        let mut doomed = Vec::new();
+        for (key, size) in self.inner.list(keys::SEGMENTS).await? {
+            let Some(dir) = keys::segment_dir_id(&key) else {
+                continue;
+            };
+            if dir > newest || refs.protected_dirs.contains(&dir) || refs.segments.contains(&key) {
+                continue;
+            }
+            doomed.push(DeletedBlob { key, bytes: size });
+        }
+        doomed.sort_by(|a, b| a.key.cmp(&b.key));
+
+        if !dry_run {
+            // Tombstones first: a crash after them leaves only unreferenced blobs, which the
+            // next run deletes; never a live manifest pointing at deleted blobs.
+            for &id in &expired {
+                let key = keys::manifest(id);
+                self.inner
+                    .store
+                    .put(
+                        &self.inner.path(&key),
+                        PutPayload::from(format::tombstone(id).to_vec()),
+                    )
+                    .await
+                    .map_err(|e| self.inner.map_err(format!("tombstone {key}"), e))?;
+            }
+            self.inner
+                .delete_all(doomed.iter().map(|d| d.key.clone()))
+                .await?;
+            if !doomed.is_empty() || !expired.is_empty() {
+                tracing::info!(store = %self.inner.url, expired = expired.len(), deleted = doomed.len(), "gc");
+            }
+        }
+        report.bytes_freed = doomed.iter().map(|d| d.bytes).sum();
+        report.deleted = doomed;
+        report.expired = expired;
+        report.retained = retained.into_iter().collect();
+        Ok(report)
+    }
+
+    /// Adds the segments manifest `id` references to `refs`.
+    async fn reference(&self, id: CheckpointId, refs: &mut References) -> Result<()> {
+        refs.read.insert(id);
+        match self.read_manifest(id).await {
+            Ok(m) => {
+                refs.segments
+                    .extend(m.locations().map(|l| l.segment.clone()));
+                Ok(())
+            }
+            // Tombstoned by a concurrent GC: nothing to keep.
+            Err(Error::NotFound { .. }) => Ok(()),
+            Err(Error::FutureFormat { blob, found, .. }) => Err(Error::InvalidInput(format!(
+                "gc refuses to run: {blob} has format version {found}, newer than this build reads, so it cannot tell which blobs that checkpoint needs; run gc with a newer cohort"
+            ))),
+            Err(Error::Damaged { damage, .. }) => {
+                // Unknown references: keep its whole directory, touch nothing else it might use.
+                tracing::warn!(store = %self.inner.url, %damage, "gc keeps the segments of a damaged manifest");
+                refs.protected_dirs.insert(id);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Rolls back to checkpoint `to`: verifies it, then commits a new manifest of kind
+    /// [`ManifestKind::Rollback`] at the next id that points at `to`'s states, so that the
+    /// recovery line moves without rewriting history. `to` is pinned while this runs so that a
+    /// concurrent GC keeps it. Returns the new checkpoint's id.
+    pub async fn rollback(
+        &self,
+        to: CheckpointId,
+        epoch: u64,
+        created_at_ms: u64,
+    ) -> Result<CheckpointId> {
+        self.check_writable("roll back")?;
+        let already_pinned = self.pins().await?.contains(&to);
+        if !already_pinned {
+            self.pin(to).await?;
+        }
+        let result = self.rollback_pinned(to, epoch, created_at_ms).await;
+        if !already_pinned && let Err(e) = self.unpin(to).await {
+            tracing::warn!(store = %self.inner.url, checkpoint = %to, error = %e, "could not remove the rollback's temporary pin");
+        }
+        result
+    }
+
+    async fn rollback_pinned(
+        &self,
+        to: CheckpointId,
+        epoch: u64,
+        created_at_ms: u64,
+    ) -> Result<CheckpointId> {
+        let (target, report) = self.verify_inner(to).await?;
+        let target = match (target, report.damaged.into_iter().next()) {
+            (Some(m), None) => m,
+            (_, Some(damage)) => {
+                return Err(Error::Damaged {
+                    damage: Box::new(damage),
+                    url: self.inner.url.clone(),
+                });
+            }
+            (None, None) => {
+                return Err(Error::NotFound {
+                    what: format!("checkpoint {to}"),
+                    url: self.inner.url.clone(),
+                });
+            }
+        };
+        for _ in 0..CREATE_RACE_RETRIES {
+            let newest = self
+                .manifest_slots()
+                .await?
+                .last()
+                .map(|(id, _)| *id)
+                .unwrap_or(CheckpointId::ZERO);
+            let id = newest.next();
+            let manifest = Manifest {
+                id,
+                epoch,
+                created_at_ms,
+                parent: (newest != CheckpointId::ZERO).then_some(newest),
+                kind: ManifestKind::Rollback { to },
+                round: format!("rollback-{}-to-{}", id.get(), to.get()),
+                objects: target.objects.clone(),
+                in_transit: target.in_transit.clone(),
+                metadata: target.metadata.clone(),
+            };
+            match self.commit(&manifest).await {
+                Ok(()) => return Ok(id),
+                Err(Error::Conflict { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Conflict {
+            id: to,
+            reason: format!("rollback lost {CREATE_RACE_RETRIES} races for the next id"),
+            url: self.inner.url.clone(),
+        })
+    }
+
+    /// Takes the next coordinator epoch by creating `epochs/<newest + 1>` create-only, retrying
+    /// if another claimant wins the race.
+    pub async fn claim_epoch(&self, holder: &str, created_at_ms: u64) -> Result<EpochRecord> {
+        self.check_writable("claim an epoch")?;
+        if holder.len() > 256 {
+            return Err(Error::InvalidInput(
+                "epoch holder names are at most 256 bytes".into(),
+            ));
+        }
+        for _ in 0..CREATE_RACE_RETRIES {
+            let epoch = self.epoch_numbers().await?.last().copied().unwrap_or(0) + 1;
+            let record = EpochRecord {
+                epoch,
+                holder: holder.to_owned(),
+                created_at_ms,
+            };
+            let bytes = format::encode_epoch(&record)
+                .map_err(|e| Error::InvalidInput(format!("epoch record cannot be encoded: {e}")))?;
+            let key = keys::epoch(epoch);
+            match self
+                .inner
+                .store
+                .put_opts(
+                    &self.inner.path(&key),
+                    PutPayload::from(bytes),
+                    PutMode::Create.into(),
+                )
+                .await
+            {
+                Ok(_) => return Ok(record),
+                Err(object_store::Error::AlreadyExists { .. }) => continue,
+                Err(e) => return Err(self.inner.map_err(format!("create {key}"), e)),
+            }
+        }
+        Err(Error::Conflict {
+            id: CheckpointId::ZERO,
+            reason: format!("claiming an epoch lost {CREATE_RACE_RETRIES} races"),
+            url: self.inner.url.clone(),
+        })
+    }
+
+    /// The newest epoch record, if any epoch was claimed.
+    pub async fn newest_epoch(&self) -> Result<Option<EpochRecord>> {
+        let Some(&epoch) = self.epoch_numbers().await?.last() else {
+            return Ok(None);
+        };
+        let key = keys::epoch(epoch);
+        let raw = self.inner.get(&key).await?;
+        let url = self.inner.url.clone();
+        let damaged = |kind| Error::Damaged {
+            damage: Box::new(Damage {
+                checkpoint: CheckpointId::ZERO,
+                object: None,
+                blob: key.clone(),
+                kind,
+            }),
+            url: url.clone(),
+        };
+        match format::decode_epoch(&raw, epoch) {
+            Ok(r) => Ok(Some(r)),
+            Err(FrameError::Future(found)) => Err(Error::FutureFormat {
+                blob: key.clone(),
+                found,
+                supported: format::FORMAT_VERSION,
+                url: url.clone(),
+            }),
+            Err(FrameError::Tombstone) => Err(damaged(DamageKind::HeaderMismatch(
+                "an epoch record cannot be a tombstone".into(),
+            ))),
+            Err(FrameError::Damaged(kind)) => Err(damaged(kind)),
+        }
+    }
+
+    async fn epoch_numbers(&self) -> Result<Vec<u64>> {
+        let mut out: Vec<u64> = self
+            .inner
+            .list(keys::EPOCHS)
+            .await?
+            .into_iter()
+            .filter_map(|(k, _)| keys::parse_epoch(&k))
+            .collect();
+        out.sort_unstable();
+        Ok(out)
+    }
+}
+
+/// What the kept manifests reference.
+#[derive(Default)]
+struct References {
+    /// Segment keys referenced.
+    segments: HashSet<String>,
+    /// Checkpoint ids whose whole segment directory is kept (their manifest is unreadable).
+    protected_dirs: BTreeSet<CheckpointId>,
+    /// Manifests already read.
+    read: BTreeSet<CheckpointId>,
+}

@@ -1,0 +1,1128 @@
+//! [`CheckpointStore`]: opening a store from a URL, the probe, the commit point and reading.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use cohort_object_api::{CheckpointId, EncodedState, ObjectId};
+use futures::{StreamExt, TryStreamExt};
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{
+    BackoffConfig, ObjectMeta, ObjectStore, ObjectStoreExt, ObjectStoreScheme, PutMode, PutOptions,
+    PutPayload, RetryConfig,
+};
+use url::Url;
+
+use crate::error::{Damage, DamageKind, Error, Result};
+use crate::format::{self, Expected, FrameError};
+use crate::keys;
+use crate::manifest::{EntryLocation, InTransitEntry, Manifest};
+use crate::writer::SegmentWriter;
+
+/// How a store is opened and written.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct StoreOptions {
+    /// Make every local write durable (file and directory fsync) before it returns. Default
+    /// `true`; turning it off voids the power-loss guarantee of `commit`.
+    pub fsync: bool,
+    /// Segments are sealed and uploaded once they reach this many bytes. Default 64 MiB.
+    pub segment_size: usize,
+    /// How many segment uploads (or multipart parts) one writer keeps in flight. Default 4.
+    pub upload_concurrency: usize,
+    /// How many segments a reader fetches at once. Default 8.
+    pub read_concurrency: usize,
+    /// Accept a store that failed the create-if-absent probe. Default `false`: only safe when a
+    /// single writer ever commits to the store.
+    pub allow_unsafe_conditional_put: bool,
+    /// Retries of transient S3 errors: short and bounded, so that an unreachable endpoint is
+    /// reported within seconds.
+    pub retry: RetryConfig,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            fsync: true,
+            segment_size: 64 << 20,
+            upload_concurrency: 4,
+            read_concurrency: 8,
+            allow_unsafe_conditional_put: false,
+            retry: RetryConfig {
+                backoff: BackoffConfig {
+                    init_backoff: Duration::from_millis(100),
+                    max_backoff: Duration::from_secs(2),
+                    base: 2.0,
+                },
+                max_retries: 3,
+                retry_timeout: Duration::from_secs(15),
+            },
+        }
+    }
+}
+
+/// A checkpoint store: segments, manifests, epochs and pins under one prefix of an
+/// [`ObjectStore`]. Cheap to clone.
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use cohort_checkpoint::{CheckpointStore, Manifest, ObjectEntry};
+/// use cohort_object_api::{CheckpointId, ObjectId, Snapshot};
+///
+/// let store = CheckpointStore::memory();
+/// let id = CheckpointId::new(1);
+/// let account = ObjectId::new("account-1").unwrap();
+///
+/// // Phase 1: write the tentative states.
+/// let mut writer = store.segment_writer(id, "e1-r1", "node-1");
+/// let location = writer.add(&account, &Snapshot::new("Account", 1, 10_i64)).await.unwrap();
+/// writer.finish().await.unwrap();
+///
+/// // Phase 2: commit by creating the manifest.
+/// let mut manifest = Manifest::new(id, 1, 0, "e1-r1");
+/// manifest.objects.insert(account.clone(), ObjectEntry {
+///     type_name: "Account".into(), version: 1, generation: None, location,
+/// });
+/// store.commit(&manifest).await.unwrap();
+///
+/// let line = store.recovery_line().await.unwrap().unwrap();
+/// let states = store.read_states(&line.manifest).await.unwrap();
+/// assert_eq!(states[0].1.decode::<i64>().unwrap(), 10);
+/// # });
+/// ```
+#[derive(Clone)]
+pub struct CheckpointStore {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) store: Arc<dyn ObjectStore>,
+    pub(crate) prefix: Path,
+    pub(crate) options: StoreOptions,
+    pub(crate) url: String,
+    /// Named in `Unavailable` errors: the S3 endpoint, or the URL.
+    pub(crate) endpoint: String,
+    /// A remote store's generic errors are connection trouble; a local one's are IO errors.
+    pub(crate) remote: bool,
+    pub(crate) writable: bool,
+}
+
+impl fmt::Debug for CheckpointStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CheckpointStore")
+            .field("url", &self.inner.url)
+            .field("writable", &self.inner.writable)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Display for CheckpointStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.inner.url)
+    }
+}
+
+/// The newest committed checkpoint whose blobs all verify, and the newer ones skipped because
+/// they did not.
+#[derive(Clone, Debug)]
+pub struct RecoveryLine {
+    /// The manifest to recover to.
+    pub manifest: Manifest,
+    /// Reports of the newer, damaged checkpoints that were skipped, newest first.
+    pub skipped: Vec<VerifyReport>,
+}
+
+/// The result of verifying one checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// The checkpoint verified.
+    pub checkpoint: CheckpointId,
+    /// Entries checked (object states and in-transit messages).
+    pub entries: usize,
+    /// Bytes of entries checked.
+    pub bytes: u64,
+    /// Everything found damaged; empty when the checkpoint is sound.
+    pub damaged: Vec<Damage>,
+}
+
+impl VerifyReport {
+    /// Whether nothing is damaged.
+    pub fn is_ok(&self) -> bool {
+        self.damaged.is_empty()
+    }
+}
+
+impl fmt::Display for VerifyReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_ok() {
+            return write!(
+                f,
+                "checkpoint {}: ok ({} entries, {} bytes)",
+                self.checkpoint, self.entries, self.bytes
+            );
+        }
+        write!(
+            f,
+            "checkpoint {}: {} damaged of {} entries",
+            self.checkpoint,
+            self.damaged.len(),
+            self.entries
+        )?;
+        for d in &self.damaged {
+            write!(f, "\n  {d}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Progress of [`CheckpointStore::verify_all_with_progress`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VerifyProgress {
+    /// The checkpoint just verified.
+    pub checkpoint: CheckpointId,
+    /// Checkpoints verified so far, this one included.
+    pub done: usize,
+    /// Checkpoints to verify in all.
+    pub total: usize,
+}
+
+static PROBE_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl CheckpointStore {
+    /// Opens a store for writing.
+    ///
+    /// `url` is `file:///abs/path` or a plain path (a directory, created if missing),
+    /// `s3://bucket/prefix` (configured by the `AWS_*` variables: `AWS_ENDPOINT_URL` or
+    /// `AWS_ENDPOINT`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`,
+    /// `AWS_ALLOW_HTTP`), or `memory://` (a fresh, empty store).
+    ///
+    /// Runs the create-if-absent probe once and refuses a store that fails it with
+    /// [`Error::UnsafeStore`], unless [`StoreOptions::allow_unsafe_conditional_put`] is set.
+    pub async fn open(url: &str, options: StoreOptions) -> Result<Self> {
+        let store = Self::resolve(url, options, true)?;
+        store.probe().await?;
+        Ok(store)
+    }
+
+    /// Opens a store for reading only: no probe, and every write method returns
+    /// [`Error::ReadOnly`]. A local directory must exist.
+    pub async fn open_read_only(url: &str) -> Result<Self> {
+        Self::resolve(url, StoreOptions::default(), false)
+    }
+
+    /// A fresh, empty in-memory store, for tests.
+    pub fn memory() -> Self {
+        Self::from_object_store(
+            Arc::new(InMemory::new()),
+            Path::default(),
+            StoreOptions::default(),
+        )
+        .with_url("memory://")
+    }
+
+    /// Wraps any object store (for example a fault-injecting one), writable, without a probe.
+    pub fn from_object_store(
+        store: Arc<dyn ObjectStore>,
+        prefix: Path,
+        options: StoreOptions,
+    ) -> Self {
+        let url = format!("{store}/{prefix}");
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                prefix,
+                options,
+                endpoint: url.clone(),
+                url,
+                remote: false,
+                writable: true,
+            }),
+        }
+    }
+
+    fn with_url(self, url: &str) -> Self {
+        let mut inner = match Arc::try_unwrap(self.inner) {
+            Ok(inner) => inner,
+            // Only called on a store built a line earlier, which nothing else holds yet.
+            Err(shared) => return Self { inner: shared },
+        };
+        inner.url = url.to_owned();
+        inner.endpoint = url.to_owned();
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The store's URL, for messages.
+    pub fn url(&self) -> &str {
+        &self.inner.url
+    }
+
+    /// The options the store was opened with.
+    pub fn options(&self) -> &StoreOptions {
+        &self.inner.options
+    }
+
+    /// Whether write methods are allowed.
+    pub fn is_writable(&self) -> bool {
+        self.inner.writable
+    }
+
+    /// The underlying object store and the prefix this store lives under.
+    pub fn object_store(&self) -> (&Arc<dyn ObjectStore>, &Path) {
+        (&self.inner.store, &self.inner.prefix)
+    }
+
+    fn resolve(url: &str, options: StoreOptions, for_writing: bool) -> Result<Self> {
+        let given = url.trim();
+        let invalid = |reason: String| Error::InvalidUrl {
+            url: url.to_owned(),
+            reason,
+        };
+        if given.is_empty() {
+            return Err(invalid("it is empty".into()));
+        }
+        let parsed = match Url::parse(given) {
+            // A one-letter scheme is a Windows drive, so a path.
+            Ok(u) if u.scheme().len() > 1 => Some(u),
+            Ok(_) | Err(url::ParseError::RelativeUrlWithoutBase) => None,
+            Err(e) => return Err(invalid(e.to_string())),
+        };
+        let Some(parsed) = parsed else {
+            return Self::local(url, std::path::PathBuf::from(given), options, for_writing);
+        };
+        if parsed.scheme() == "memory" {
+            let inner = Inner {
+                store: Arc::new(InMemory::new()),
+                prefix: Path::default(),
+                options,
+                url: given.to_owned(),
+                endpoint: given.to_owned(),
+                remote: false,
+                writable: for_writing,
+            };
+            return Ok(Self {
+                inner: Arc::new(inner),
+            });
+        }
+        let (scheme, prefix) =
+            ObjectStoreScheme::parse(&parsed).map_err(|e| invalid(e.to_string()))?;
+        match scheme {
+            ObjectStoreScheme::Local => {
+                let dir = parsed
+                    .to_file_path()
+                    .map_err(|()| invalid("not an absolute local path".into()))?;
+                Self::local(url, dir, options, for_writing)
+            }
+            ObjectStoreScheme::AmazonS3 => {
+                let s3 = AmazonS3Builder::from_env()
+                    .with_url(given)
+                    .with_retry(options.retry.clone())
+                    .build()
+                    .map_err(|e| invalid(e.to_string()))?;
+                let endpoint = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ENDPOINT"]
+                    .iter()
+                    .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+                    .unwrap_or_else(|| format!("AWS S3 ({given})"));
+                let inner = Inner {
+                    store: Arc::new(s3),
+                    prefix,
+                    options,
+                    url: given.to_owned(),
+                    endpoint,
+                    remote: true,
+                    writable: for_writing,
+                };
+                Ok(Self {
+                    inner: Arc::new(inner),
+                })
+            }
+            other => Err(invalid(format!("the {other:?} scheme is not supported"))),
+        }
+    }
+
+    fn local(
+        url: &str,
+        dir: std::path::PathBuf,
+        options: StoreOptions,
+        for_writing: bool,
+    ) -> Result<Self> {
+        if for_writing {
+            std::fs::create_dir_all(&dir).map_err(|e| Error::InvalidUrl {
+                url: url.to_owned(),
+                reason: format!("cannot create directory {}: {e}", dir.display()),
+            })?;
+        } else if !dir.is_dir() {
+            return Err(Error::NotFound {
+                what: format!("store directory {}", dir.display()),
+                url: url.to_owned(),
+            });
+        }
+        let fs = LocalFileSystem::new_with_prefix(&dir)
+            .map_err(|e| Error::InvalidUrl {
+                url: url.to_owned(),
+                reason: e.to_string(),
+            })?
+            .with_fsync(options.fsync)
+            .with_automatic_cleanup(true);
+        let inner = Inner {
+            store: Arc::new(fs),
+            prefix: Path::default(),
+            options,
+            url: url.to_owned(),
+            endpoint: url.to_owned(),
+            remote: false,
+            writable: for_writing,
+        };
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Two creates of one scratch key: the second must be refused.
+    async fn probe(&self) -> Result<()> {
+        let token = format!(
+            "{}-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default(),
+            PROBE_COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let key = keys::probe(&token);
+        let path = self.inner.path(&key);
+        let create = PutOptions::from(PutMode::Create);
+        let first = self
+            .inner
+            .store
+            .put_opts(&path, PutPayload::from_static(b"probe 1"), create.clone())
+            .await;
+        let verdict = match first {
+            Err(object_store::Error::NotImplemented { .. }) => {
+                Some("it does not implement create-if-absent".to_owned())
+            }
+            Err(e) => return Err(self.inner.map_err(format!("probe create of {key}"), e)),
+            Ok(_) => {
+                let second = self
+                    .inner
+                    .store
+                    .put_opts(&path, PutPayload::from_static(b"probe 2"), create)
+                    .await;
+                match second {
+                    Err(object_store::Error::AlreadyExists { .. }) => None,
+                    Ok(_) => Some(format!(
+                        "it accepted two create-if-absent writes of the scratch key {key}: it ignores If-None-Match"
+                    )),
+                    Err(e) => {
+                        return Err(self
+                            .inner
+                            .map_err(format!("second probe create of {key}"), e));
+                    }
+                }
+            }
+        };
+        if let Err(e) = self.inner.store.delete(&path).await {
+            tracing::warn!(store = %self.inner.url, key, error = %e, "could not delete the probe's scratch key");
+        }
+        match verdict {
+            None => Ok(()),
+            Some(reason) if self.inner.options.allow_unsafe_conditional_put => {
+                tracing::warn!(store = %self.inner.url, %reason, "store failed the create-if-absent probe; accepted because allow_unsafe_conditional_put is set: never run two writers against it");
+                Ok(())
+            }
+            Some(reason) => Err(Error::UnsafeStore {
+                url: self.inner.url.clone(),
+                reason,
+            }),
+        }
+    }
+
+    pub(crate) fn check_writable(&self, operation: &str) -> Result<()> {
+        if self.inner.writable {
+            Ok(())
+        } else {
+            Err(Error::ReadOnly {
+                url: self.inner.url.clone(),
+                operation: operation.to_owned(),
+            })
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Writing
+
+    /// A writer for one attempt (`round`) of checkpoint `id` by `writer`. Round and writer are
+    /// tokens of 1-64 `[A-Za-z0-9_-]`; a bad token or a read-only store is reported by the
+    /// writer's first method call. Every (id, round, writer) must be used by one writer only.
+    pub fn segment_writer(&self, id: CheckpointId, round: &str, writer: &str) -> SegmentWriter {
+        SegmentWriter::new(self.clone(), id, round, writer)
+    }
+
+    /// Commits a checkpoint by creating its manifest, create-only. The segments it references
+    /// must be durable already ([`SegmentWriter::finish`] returned).
+    ///
+    /// - Ok: committed (also when a retried request finds its own earlier create).
+    /// - [`Error::Fenced`]: a higher epoch holds this id, or GC tombstoned it: step down.
+    /// - [`Error::Conflict`]: a writer of no higher epoch committed this id first, or manifest
+    ///   `id - 1` does not exist (ids are contiguous): re-read and retry at a higher id.
+    pub async fn commit(&self, manifest: &Manifest) -> Result<()> {
+        self.check_writable("commit")?;
+        let id = manifest.id;
+        validate_manifest(manifest)?;
+        if id.get() > 1 {
+            let prev = CheckpointId::new(id.get() - 1);
+            let prev_key = keys::manifest(prev);
+            match self.inner.store.head(&self.inner.path(&prev_key)).await {
+                Ok(_) => {}
+                Err(object_store::Error::NotFound { .. }) => {
+                    return Err(Error::Conflict {
+                        id,
+                        reason: format!(
+                            "manifest {prev_key} does not exist, and checkpoint ids are contiguous"
+                        ),
+                        url: self.inner.url.clone(),
+                    });
+                }
+                Err(e) => return Err(self.inner.map_err(format!("head {prev_key}"), e)),
+            }
+        }
+        let key = keys::manifest(id);
+        let bytes = format::encode_manifest(manifest).map_err(|e| {
+            Error::InvalidInput(format!(
+                "manifest of checkpoint {id} cannot be encoded: {e}"
+            ))
+        })?;
+        let put = self
+            .inner
+            .store
+            .put_opts(
+                &self.inner.path(&key),
+                PutPayload::from(bytes),
+                PutMode::Create.into(),
+            )
+            .await;
+        match put {
+            Ok(_) => {
+                tracing::debug!(store = %self.inner.url, %id, epoch = manifest.epoch, round = %manifest.round, "committed");
+                Ok(())
+            }
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                self.resolve_taken(manifest, &key).await
+            }
+            Err(e) => Err(self.inner.map_err(format!("create {key}"), e)),
+        }
+    }
+
+    /// Manifest `key` already exists: is it ours, a newer leader's, or a rival's?
+    async fn resolve_taken(&self, manifest: &Manifest, key: &str) -> Result<()> {
+        let id = manifest.id;
+        let raw = self.inner.get(key).await?;
+        let url = self.inner.url.clone();
+        match format::decode_manifest(&raw, id) {
+            Ok(existing)
+                if existing.round == manifest.round && existing.epoch == manifest.epoch =>
+            {
+                tracing::debug!(%id, round = %manifest.round, "commit found its own earlier create");
+                Ok(())
+            }
+            Ok(existing) if existing.epoch > manifest.epoch => Err(Error::Fenced {
+                id,
+                epoch: manifest.epoch,
+                by: format!("epoch {} (round {})", existing.epoch, existing.round),
+                url,
+            }),
+            Ok(existing) => Err(Error::Conflict {
+                id,
+                reason: format!(
+                    "it was committed first by epoch {} (round {})",
+                    existing.epoch, existing.round
+                ),
+                url,
+            }),
+            Err(FrameError::Tombstone) => Err(Error::Fenced {
+                id,
+                epoch: manifest.epoch,
+                by: "a GC tombstone (the id expired long ago)".into(),
+                url,
+            }),
+            Err(FrameError::Future(v)) => Err(Error::Conflict {
+                id,
+                reason: format!("it holds a manifest of a newer format version {v}"),
+                url,
+            }),
+            Err(FrameError::Damaged(kind)) => Err(Error::Conflict {
+                id,
+                reason: format!("it holds a damaged manifest ({kind})"),
+                url,
+            }),
+        }
+    }
+
+    /// Deletes the blobs of one uncommitted attempt of checkpoint `id`. Refuses the round that
+    /// committed `id`. Returns how many blobs were deleted.
+    pub async fn discard_round(&self, id: CheckpointId, round: &str) -> Result<u64> {
+        self.check_writable("discard a round")?;
+        keys::validate_token("round", round)?;
+        match self.read_manifest(id).await {
+            Ok(m) if m.round == round => {
+                return Err(Error::InvalidInput(format!(
+                    "round {round} of checkpoint {id} is committed; its blobs are live"
+                )));
+            }
+            Ok(_) | Err(Error::NotFound { .. }) => {}
+            // A damaged or newer-format manifest might be this round's: leave its blobs alone.
+            Err(e) => return Err(e),
+        }
+        let dir = keys::round_dir(id, round);
+        let listed = self.inner.list(&dir).await?;
+        self.inner
+            .delete_all(listed.iter().map(|m| m.0.clone()))
+            .await?;
+        Ok(listed.len() as u64)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Reading
+
+    /// The ids of every committed checkpoint, ascending; checkpoints that GC expired are left
+    /// out.
+    pub async fn committed_ids(&self) -> Result<Vec<CheckpointId>> {
+        Ok(self
+            .manifest_slots()
+            .await?
+            .into_iter()
+            .filter(|(_, tomb)| !tomb)
+            .map(|(id, _)| id)
+            .collect())
+    }
+
+    /// Every used manifest slot, ascending, with whether it is a GC tombstone.
+    pub(crate) async fn manifest_slots(&self) -> Result<Vec<(CheckpointId, bool)>> {
+        let mut out: Vec<_> = self
+            .inner
+            .list(keys::MANIFESTS)
+            .await?
+            .into_iter()
+            .filter_map(|(key, size)| {
+                keys::parse_manifest(&key).map(|id| (id, size == format::TOMBSTONE_LEN as u64))
+            })
+            .collect();
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// Reads and checks the manifest of checkpoint `id`.
+    pub async fn read_manifest(&self, id: CheckpointId) -> Result<Manifest> {
+        let key = keys::manifest(id);
+        let raw = match self.inner.get(&key).await {
+            Err(Error::NotFound { url, .. }) => {
+                return Err(Error::NotFound {
+                    what: format!("checkpoint {id} (no manifest {key})"),
+                    url,
+                });
+            }
+            other => other?,
+        };
+        self.decode_manifest_at(id, &key, &raw)
+    }
+
+    fn decode_manifest_at(&self, id: CheckpointId, key: &str, raw: &[u8]) -> Result<Manifest> {
+        let url = self.inner.url.clone();
+        match format::decode_manifest(raw, id) {
+            Ok(m) => {
+                validate_manifest(&m).map_err(|e| Error::Damaged {
+                    damage: Box::new(Damage {
+                        checkpoint: id,
+                        object: None,
+                        blob: key.to_owned(),
+                        kind: DamageKind::HeaderMismatch(e.to_string()),
+                    }),
+                    url: url.clone(),
+                })?;
+                Ok(m)
+            }
+            Err(FrameError::Tombstone) => Err(Error::NotFound {
+                what: format!("checkpoint {id} (expired by GC; {key} is a tombstone)"),
+                url,
+            }),
+            Err(FrameError::Future(found)) => Err(Error::FutureFormat {
+                blob: key.to_owned(),
+                found,
+                supported: format::FORMAT_VERSION,
+                url,
+            }),
+            Err(FrameError::Damaged(kind)) => Err(Error::Damaged {
+                damage: Box::new(Damage {
+                    checkpoint: id,
+                    object: None,
+                    blob: key.to_owned(),
+                    kind,
+                }),
+                url,
+            }),
+        }
+    }
+
+    /// The newest committed checkpoint whose blobs all verify (present, right length, right
+    /// crc). Newer, damaged ones are skipped with a warning that names what is damaged, and
+    /// reported in [`RecoveryLine::skipped`]. `None` when no checkpoint verifies.
+    pub async fn recovery_line(&self) -> Result<Option<RecoveryLine>> {
+        let mut skipped = Vec::new();
+        for id in self.committed_ids().await?.into_iter().rev() {
+            let (manifest, report) = self.verify_inner(id).await?;
+            match manifest {
+                Some(manifest) if report.is_ok() => {
+                    if !skipped.is_empty() {
+                        tracing::warn!(store = %self.inner.url, recovery_line = %id, skipped = skipped.len(), "recovering to an older checkpoint because newer ones are damaged");
+                    }
+                    return Ok(Some(RecoveryLine { manifest, skipped }));
+                }
+                _ => {
+                    tracing::warn!(store = %self.inner.url, checkpoint = %id, report = %report, "skipping a damaged checkpoint");
+                    skipped.push(report);
+                }
+            }
+        }
+        if !skipped.is_empty() {
+            tracing::error!(store = %self.inner.url, damaged = skipped.len(), "no committed checkpoint verifies");
+        }
+        Ok(None)
+    }
+
+    /// Reads one entry: a ranged read, then its crc and headers are checked.
+    pub async fn read_state(&self, location: &EntryLocation) -> Result<EncodedState> {
+        let seg = keys::parse_segment(&location.segment).ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "{:?} is not a segment key of this store's layout",
+                location.segment
+            ))
+        })?;
+        let checkpoint = seg.checkpoint;
+        let wanted = [Wanted {
+            location,
+            expected: Expected::default(),
+            object: None,
+        }];
+        let mut got = self
+            .fetch_segment(checkpoint, &location.segment, &wanted)
+            .await?;
+        match got.pop() {
+            Some(Ok((_, state))) => Ok(state),
+            Some(Err(damage)) => Err(self.damaged(damage)),
+            // `fetch_segment` returns one result per wanted entry.
+            None => Err(Error::InvalidInput("no entry was read".into())),
+        }
+    }
+
+    /// Reads every object's state of a manifest, checked, in object id order. Entries are
+    /// fetched with one coalesced ranged read per segment, several segments at once.
+    pub async fn read_states(&self, manifest: &Manifest) -> Result<Vec<(ObjectId, EncodedState)>> {
+        let wanted: Vec<Wanted<'_>> = manifest
+            .objects
+            .iter()
+            .map(|(object, e)| Wanted {
+                location: &e.location,
+                expected: Expected {
+                    object: Some(object),
+                    type_name: Some(&e.type_name),
+                    version: Some(e.version),
+                },
+                object: Some(object),
+            })
+            .collect();
+        let results = self.fetch_all(manifest.id, &wanted).await?;
+        results
+            .into_iter()
+            .map(|r| r.map_err(|d| self.damaged(d)))
+            .collect()
+    }
+
+    /// Reads the recorded in-transit messages of a manifest, checked, in manifest order.
+    pub async fn read_in_transit(
+        &self,
+        manifest: &Manifest,
+    ) -> Result<Vec<(InTransitEntry, EncodedState)>> {
+        let wanted: Vec<Wanted<'_>> = manifest
+            .in_transit
+            .iter()
+            .map(|m| Wanted {
+                location: &m.location,
+                expected: Expected {
+                    object: Some(&m.to),
+                    ..Expected::default()
+                },
+                object: Some(&m.to),
+            })
+            .collect();
+        let results = self.fetch_all(manifest.id, &wanted).await?;
+        manifest
+            .in_transit
+            .iter()
+            .zip(results)
+            .map(|(m, r)| r.map(|(_, s)| (m.clone(), s)).map_err(|d| self.damaged(d)))
+            .collect()
+    }
+
+    fn damaged(&self, damage: Damage) -> Error {
+        Error::Damaged {
+            damage: Box::new(damage),
+            url: self.inner.url.clone(),
+        }
+    }
+
+    /// Verifies every blob checkpoint `id` references.
+    pub async fn verify(&self, id: CheckpointId) -> Result<VerifyReport> {
+        Ok(self.verify_inner(id).await?.1)
+    }
+
+    /// Verifies every committed checkpoint, oldest first.
+    pub async fn verify_all(&self) -> Result<Vec<VerifyReport>> {
+        self.verify_all_with_progress(|_| {}).await
+    }
+
+    /// [`verify_all`](Self::verify_all), calling `progress` after each checkpoint.
+    pub async fn verify_all_with_progress(
+        &self,
+        mut progress: impl FnMut(VerifyProgress) + Send,
+    ) -> Result<Vec<VerifyReport>> {
+        let ids = self.committed_ids().await?;
+        let total = ids.len();
+        let mut out = Vec::with_capacity(total);
+        for (i, id) in ids.into_iter().enumerate() {
+            out.push(self.verify_inner(id).await?.1);
+            progress(VerifyProgress {
+                checkpoint: id,
+                done: i + 1,
+                total,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Verifies checkpoint `id`; also returns its manifest when that could be read.
+    pub(crate) async fn verify_inner(
+        &self,
+        id: CheckpointId,
+    ) -> Result<(Option<Manifest>, VerifyReport)> {
+        let mut report = VerifyReport {
+            checkpoint: id,
+            entries: 0,
+            bytes: 0,
+            damaged: Vec::new(),
+        };
+        let manifest = match self.read_manifest(id).await {
+            Ok(m) => m,
+            Err(Error::Damaged { damage, .. }) => {
+                report.damaged.push(*damage);
+                return Ok((None, report));
+            }
+            Err(Error::FutureFormat {
+                blob,
+                found,
+                supported,
+                ..
+            }) => {
+                report.damaged.push(Damage {
+                    checkpoint: id,
+                    object: None,
+                    blob,
+                    kind: DamageKind::HeaderMismatch(format!(
+                        "manifest format version {found} is newer than the supported {supported}: upgrade cohort"
+                    )),
+                });
+                return Ok((None, report));
+            }
+            Err(e) => return Err(e),
+        };
+        let wanted: Vec<Wanted<'_>> = manifest
+            .objects
+            .iter()
+            .map(|(object, e)| Wanted {
+                location: &e.location,
+                expected: Expected {
+                    object: Some(object),
+                    type_name: Some(&e.type_name),
+                    version: Some(e.version),
+                },
+                object: Some(object),
+            })
+            .chain(manifest.in_transit.iter().map(|m| Wanted {
+                location: &m.location,
+                expected: Expected {
+                    object: Some(&m.to),
+                    ..Expected::default()
+                },
+                object: Some(&m.to),
+            }))
+            .collect();
+        report.entries = wanted.len();
+        report.bytes = wanted.iter().map(|w| w.location.len).sum();
+        for r in self.fetch_all(id, &wanted).await? {
+            if let Err(d) = r {
+                report.damaged.push(d);
+            }
+        }
+        drop(wanted);
+        Ok((Some(manifest), report))
+    }
+
+    /// Fetches and checks `wanted`, segment by segment, several segments at once; one result per
+    /// wanted entry, in order.
+    async fn fetch_all(
+        &self,
+        checkpoint: CheckpointId,
+        wanted: &[Wanted<'_>],
+    ) -> Result<Vec<EntryResult>> {
+        let mut by_segment: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
+        for (i, w) in wanted.iter().enumerate() {
+            by_segment.entry(&w.location.segment).or_default().push(i);
+        }
+        let concurrency = self.inner.options.read_concurrency.max(1);
+        let fetched: Vec<(Vec<usize>, Vec<EntryResult>)> = futures::stream::iter(by_segment)
+            .map(|(segment, idx)| async move {
+                let group: Vec<Wanted<'_>> = idx.iter().map(|&i| wanted[i]).collect();
+                let got = self.fetch_segment(checkpoint, segment, &group).await?;
+                Ok::<_, Error>((idx, got))
+            })
+            .buffer_unordered(concurrency)
+            .try_collect()
+            .await?;
+        let mut out: Vec<Option<EntryResult>> = (0..wanted.len()).map(|_| None).collect();
+        for (idx, got) in fetched {
+            for (i, r) in idx.into_iter().zip(got) {
+                out[i] = Some(r);
+            }
+        }
+        Ok(out
+            .into_iter()
+            .zip(wanted)
+            .map(|(r, w)| {
+                // Every index belongs to exactly one segment group, so each slot is filled.
+                r.unwrap_or_else(|| {
+                    Err(Damage {
+                        checkpoint,
+                        object: w.object.cloned(),
+                        blob: w.location.segment.clone(),
+                        kind: DamageKind::Missing,
+                    })
+                })
+            })
+            .collect())
+    }
+
+    /// Fetches the entries of one segment with one coalesced ranged read, after checking the
+    /// segment's length and header. Store errors other than "not found" abort.
+    async fn fetch_segment(
+        &self,
+        checkpoint: CheckpointId,
+        segment: &str,
+        wanted: &[Wanted<'_>],
+    ) -> Result<Vec<EntryResult>> {
+        let damage = |w: &Wanted<'_>, kind: DamageKind| Damage {
+            checkpoint,
+            object: w.object.cloned(),
+            blob: segment.to_owned(),
+            kind,
+        };
+        let all = |kind: DamageKind| {
+            Ok(wanted
+                .iter()
+                .map(|w| Err(damage(w, kind.clone())))
+                .collect())
+        };
+        let Some(seg) = keys::parse_segment(segment) else {
+            return all(DamageKind::HeaderMismatch(
+                "the manifest names a blob outside the segment layout".into(),
+            ));
+        };
+        let path = self.inner.path(segment);
+        let size = match self.inner.store.head(&path).await {
+            Ok(meta) => meta.size,
+            Err(object_store::Error::NotFound { .. }) => return all(DamageKind::Missing),
+            Err(e) => return Err(self.inner.map_err(format!("head {segment}"), e)),
+        };
+        let header_len = format::SEGMENT_HEADER_LEN as u64;
+        if size < header_len {
+            return all(DamageKind::Truncated {
+                needed: header_len,
+                actual: size,
+            });
+        }
+        let mut ranges = Vec::with_capacity(wanted.len() + 1);
+        ranges.push(0..header_len);
+        let mut slots = Vec::with_capacity(wanted.len());
+        for w in wanted {
+            let r = w.location.range();
+            if w.location.offset < header_len || w.location.len < 4 {
+                slots.push(Err(DamageKind::HeaderMismatch(format!(
+                    "the manifest locates the entry at {}..{}, which is not an entry",
+                    r.start, r.end
+                ))));
+            } else if r.end > size {
+                slots.push(Err(DamageKind::Truncated {
+                    needed: r.end,
+                    actual: size,
+                }));
+            } else {
+                slots.push(Ok(ranges.len()));
+                ranges.push(r);
+            }
+        }
+        let bytes = match self.inner.store.get_ranges(&path, &ranges).await {
+            Ok(b) => b,
+            Err(object_store::Error::NotFound { .. }) => return all(DamageKind::Missing),
+            Err(e) => return Err(self.inner.map_err(format!("read {segment}"), e)),
+        };
+        let header = bytes.first().cloned().unwrap_or_default();
+        if let Err(kind) = format::check_segment_header(&header, seg.checkpoint) {
+            return all(kind);
+        }
+        Ok(wanted
+            .iter()
+            .zip(slots)
+            .map(|(w, slot)| {
+                let i = slot.map_err(|k| damage(w, k))?;
+                let b: &Bytes = bytes.get(i).ok_or_else(|| damage(w, DamageKind::Missing))?;
+                if b.len() as u64 != w.location.len {
+                    return Err(damage(
+                        w,
+                        DamageKind::Truncated {
+                            needed: w.location.range().end,
+                            actual: w.location.offset + b.len() as u64,
+                        },
+                    ));
+                }
+                format::decode_entry(b, w.location.crc, w.expected).map_err(|k| damage(w, k))
+            })
+            .collect())
+    }
+}
+
+/// One checked entry, or what is wrong with it.
+type EntryResult = std::result::Result<(ObjectId, EncodedState), Damage>;
+
+/// One entry a reader wants, and what it must hold.
+#[derive(Clone, Copy)]
+struct Wanted<'a> {
+    location: &'a EntryLocation,
+    expected: Expected<'a>,
+    object: Option<&'a ObjectId>,
+}
+
+/// Rules a manifest must follow beyond its types: tokens and segment keys in the layout.
+fn validate_manifest(m: &Manifest) -> Result<()> {
+    if m.id == CheckpointId::ZERO {
+        return Err(Error::InvalidInput(
+            "checkpoint id 0 is never used; ids start at 1".into(),
+        ));
+    }
+    keys::validate_token("round", &m.round)?;
+    for loc in m.locations() {
+        if keys::parse_segment(&loc.segment).is_none() {
+            return Err(Error::InvalidInput(format!(
+                "manifest of checkpoint {} references {:?}, which is not a segment key of the store layout",
+                m.id, loc.segment
+            )));
+        }
+        if loc.offset < format::SEGMENT_HEADER_LEN as u64 || loc.len < 4 {
+            return Err(Error::InvalidInput(format!(
+                "manifest of checkpoint {} locates an entry at offset {} length {} in {}, which cannot hold an entry",
+                m.id, loc.offset, loc.len, loc.segment
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl Inner {
+    /// The full path of a key relative to the prefix. Keys are built from validated parts.
+    pub(crate) fn path(&self, key: &str) -> Path {
+        if self.prefix.as_ref().is_empty() {
+            Path::from(key)
+        } else {
+            Path::from(format!("{}/{key}", self.prefix))
+        }
+    }
+
+    /// The key relative to the prefix of a listed path.
+    pub(crate) fn relative(&self, path: &Path) -> Option<String> {
+        let p = path.as_ref();
+        let prefix = self.prefix.as_ref();
+        if prefix.is_empty() {
+            return Some(p.to_owned());
+        }
+        p.strip_prefix(prefix)?.strip_prefix('/').map(str::to_owned)
+    }
+
+    /// Maps an object store error to ours, naming the operation.
+    pub(crate) fn map_err(&self, operation: String, e: object_store::Error) -> Error {
+        match e {
+            object_store::Error::NotFound { .. } => Error::NotFound {
+                what: operation,
+                url: self.url.clone(),
+            },
+            object_store::Error::Generic { .. } if self.remote => Error::Unavailable {
+                operation,
+                endpoint: self.endpoint.clone(),
+                source: e,
+            },
+            e => Error::Store {
+                operation,
+                url: self.url.clone(),
+                source: e,
+            },
+        }
+    }
+
+    pub(crate) async fn get(&self, key: &str) -> Result<Bytes> {
+        let path = self.path(key);
+        let got = self
+            .store
+            .get(&path)
+            .await
+            .map_err(|e| self.map_err(format!("read {key}"), e))?;
+        got.bytes()
+            .await
+            .map_err(|e| self.map_err(format!("read {key}"), e))
+    }
+
+    /// Lists every key under `dir` with its size.
+    pub(crate) async fn list(&self, dir: &str) -> Result<Vec<(String, u64)>> {
+        let path = self.path(dir);
+        let metas: Vec<ObjectMeta> = self
+            .store
+            .list(Some(&path))
+            .try_collect()
+            .await
+            .map_err(|e| self.map_err(format!("list {dir}/"), e))?;
+        Ok(metas
+            .into_iter()
+            .filter_map(|m| Some((self.relative(&m.location)?, m.size)))
+            .collect())
+    }
+
+    /// Deletes keys; a key that is already gone is fine.
+    pub(crate) async fn delete_all(&self, keys: impl Iterator<Item = String>) -> Result<()> {
+        let paths: Vec<(String, Path)> = keys
+            .map(|k| (self.path(&k), k))
+            .map(|(p, k)| (k, p))
+            .collect();
+        futures::stream::iter(paths)
+            .map(|(key, path)| async move {
+                match self.store.delete(&path).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                    Err(e) => Err(self.map_err(format!("delete {key}"), e)),
+                }
+            })
+            .buffer_unordered(self.options.upload_concurrency.max(1) * 2)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+}
