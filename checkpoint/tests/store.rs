@@ -1,5 +1,7 @@
 //! The store API on memory and local disk: writing, committing, fencing, reading, URLs.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
+
 use cohort_checkpoint::{
     CheckpointStore, DamageKind, Error, Manifest, ManifestKind, ObjectEntry, StoreOptions,
 };
@@ -84,7 +86,7 @@ async fn small_segments_split_and_large_states_get_their_own() {
     let mut m = Manifest::new(cid(1), 1, 0, "r1");
     for i in 0..40u32 {
         // Every 7th state is larger than a whole segment.
-        let len = if i % 7 == 0 { 10_000 } else { 300 };
+        let len = if i.is_multiple_of(7) { 10_000 } else { 300 };
         let object = oid(&format!("o{i}"));
         let location = w
             .add(&object, &Snapshot::new("Blob", 1, vec![i as u8; len]))
@@ -107,7 +109,7 @@ async fn small_segments_split_and_large_states_get_their_own() {
     for (object, state) in store.read_states(&m).await.unwrap() {
         let i: u32 = object.as_str()[1..].parse().unwrap();
         let v: Vec<u8> = state.decode().unwrap();
-        assert_eq!(v.len(), if i % 7 == 0 { 10_000 } else { 300 });
+        assert_eq!(v.len(), if i.is_multiple_of(7) { 10_000 } else { 300 });
         assert!(v.iter().all(|b| *b == i as u8));
     }
     assert!(store.verify(cid(1)).await.unwrap().is_ok());
