@@ -128,4 +128,22 @@ pub mod __private {
     //! Items the derive macro's generated code refers to. Not public API.
     pub use async_trait::async_trait;
     pub use serde;
+
+    /// `Default`, as the derive asks for it for a `#[checkpoint(skip)]` field: through this
+    /// trait, a missing `Default` is reported with what to do about it.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` does not implement `Default`, so a `#[checkpoint(skip)]` field of this type cannot be rebuilt on restore",
+        label = "skipped field of type `{Self}`",
+        note = "implement `Default` for `{Self}`, or name a function that builds the value: `#[checkpoint(skip, default = \"path\")]`"
+    )]
+    pub trait SkippedDefault: Sized {
+        /// The value a skipped field is restored to.
+        fn skipped_default() -> Self;
+    }
+
+    impl<T: Default> SkippedDefault for T {
+        fn skipped_default() -> Self {
+            T::default()
+        }
+    }
 }
