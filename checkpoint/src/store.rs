@@ -24,9 +24,9 @@ use crate::keys;
 use crate::manifest::{EntryLocation, InTransitEntry, Manifest};
 use crate::writer::SegmentWriter;
 
-/// How a store is opened and written.
+/// How a store is opened and written. Build it with struct update syntax:
+/// `StoreOptions { fsync: false, ..StoreOptions::default() }`.
 #[derive(Clone, Debug)]
-#[non_exhaustive]
 pub struct StoreOptions {
     /// Make every local write durable (file and directory fsync) before it returns. Default
     /// `true`; turning it off voids the power-loss guarantee of `commit`.
@@ -35,11 +35,18 @@ pub struct StoreOptions {
     pub segment_size: usize,
     /// How many segment uploads (or multipart parts) one writer keeps in flight. Default 4.
     pub upload_concurrency: usize,
+    /// Part size of the multipart upload of a state larger than `segment_size`. Default 16 MiB;
+    /// S3 needs at least 5 MiB.
+    pub part_size: usize,
     /// How many segments a reader fetches at once. Default 8.
     pub read_concurrency: usize,
     /// Accept a store that failed the create-if-absent probe. Default `false`: only safe when a
     /// single writer ever commits to the store.
     pub allow_unsafe_conditional_put: bool,
+    /// Extra object store settings for `s3://` URLs, applied over the `AWS_*` environment
+    /// variables: keys as object_store's `AmazonS3ConfigKey` parses them, for example
+    /// `aws_endpoint`, `aws_allow_http`, `aws_region`.
+    pub config: std::collections::BTreeMap<String, String>,
     /// Retries of transient S3 errors: short and bounded, so that an unreachable endpoint is
     /// reported within seconds.
     pub retry: RetryConfig,
@@ -51,8 +58,10 @@ impl Default for StoreOptions {
             fsync: true,
             segment_size: 64 << 20,
             upload_concurrency: 4,
+            part_size: 16 << 20,
             read_concurrency: 8,
             allow_unsafe_conditional_put: false,
+            config: Default::default(),
             retry: RetryConfig {
                 backoff: BackoffConfig {
                     init_backoff: Duration::from_millis(100),
@@ -205,7 +214,7 @@ impl CheckpointStore {
     /// [`Error::UnsafeStore`], unless [`StoreOptions::allow_unsafe_conditional_put`] is set.
     pub async fn open(url: &str, options: StoreOptions) -> Result<Self> {
         let store = Self::resolve(url, options, true)?;
-        store.probe().await?;
+        store.probe_create_if_absent().await?;
         Ok(store)
     }
 
@@ -273,6 +282,12 @@ impl CheckpointStore {
         self.inner.writable
     }
 
+    /// The full path in the underlying object store of `key`, a key relative to this store's
+    /// prefix (as [`EntryLocation::segment`] is).
+    pub fn path_of(&self, key: &str) -> Path {
+        self.inner.path(key)
+    }
+
     /// The underlying object store and the prefix this store lives under.
     pub fn object_store(&self) -> (&Arc<dyn ObjectStore>, &Path) {
         (&self.inner.store, &self.inner.prefix)
@@ -320,14 +335,27 @@ impl CheckpointStore {
                 Self::local(url, dir, options, for_writing)
             }
             ObjectStoreScheme::AmazonS3 => {
-                let s3 = AmazonS3Builder::from_env()
-                    .with_url(given)
+                let mut builder = AmazonS3Builder::from_env().with_url(given);
+                for (key, value) in &options.config {
+                    let parsed = key.to_ascii_lowercase().parse().map_err(|e| {
+                        invalid(format!(
+                            "unknown S3 setting {key:?} in StoreOptions::config: {e}"
+                        ))
+                    })?;
+                    builder = builder.with_config(parsed, value);
+                }
+                let s3 = builder
                     .with_retry(options.retry.clone())
                     .build()
                     .map_err(|e| invalid(e.to_string()))?;
-                let endpoint = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ENDPOINT"]
+                let endpoint = ["aws_endpoint_url_s3", "aws_endpoint_url", "aws_endpoint"]
                     .iter()
-                    .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+                    .find_map(|k| options.config.get(*k).cloned())
+                    .or_else(|| {
+                        ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ENDPOINT"]
+                            .iter()
+                            .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+                    })
                     .unwrap_or_else(|| format!("AWS S3 ({given})"));
                 let inner = Inner {
                     store: Arc::new(s3),
@@ -384,8 +412,47 @@ impl CheckpointStore {
         })
     }
 
-    /// Two creates of one scratch key: the second must be refused.
-    async fn probe(&self) -> Result<()> {
+    /// The same store with other options (for example a smaller segment size).
+    pub fn with_options(&self, options: StoreOptions) -> Self {
+        let i = &self.inner;
+        Self {
+            inner: Arc::new(Inner {
+                store: Arc::clone(&i.store),
+                prefix: i.prefix.clone(),
+                options,
+                url: i.url.clone(),
+                endpoint: i.endpoint.clone(),
+                remote: i.remote,
+                writable: i.writable,
+            }),
+        }
+    }
+
+    /// A store under `<prefix>/<name>` of the same object store, with the same options: an
+    /// independent checkpoint store (tests use one per case). `name` is a token of
+    /// `[A-Za-z0-9_-]`.
+    pub fn child(&self, name: &str) -> Result<Self> {
+        keys::validate_token("child store", name)?;
+        let i = &self.inner;
+        let prefix = i.path(name);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                store: Arc::clone(&i.store),
+                url: format!("{}/{name}", i.url.trim_end_matches('/')),
+                prefix,
+                options: i.options.clone(),
+                endpoint: i.endpoint.clone(),
+                remote: i.remote,
+                writable: i.writable,
+            }),
+        })
+    }
+
+    /// Runs the create-if-absent probe: two creates of one scratch key, of which the second
+    /// must be refused. [`open`](Self::open) runs it; call it yourself on a store built with
+    /// [`from_object_store`](Self::from_object_store). Returns [`Error::UnsafeStore`] for a
+    /// store that accepts both, unless the options allow it.
+    pub async fn probe_create_if_absent(&self) -> Result<()> {
         let token = format!(
             "{}-{}-{}",
             std::process::id(),

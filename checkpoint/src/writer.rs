@@ -14,9 +14,6 @@ use crate::keys;
 use crate::manifest::EntryLocation;
 use crate::store::{CheckpointStore, Inner};
 
-/// Part size of multipart uploads (S3 needs at least 5 MiB for all parts but the last).
-const PART_SIZE: usize = 16 << 20;
-
 /// What one writer wrote.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WriteSummary {
@@ -368,7 +365,9 @@ async fn upload(
             .put_multipart(&path)
             .await
             .map_err(|e| inner.map_err(format!("start multipart upload of {key}"), e))?;
-        let mut w = WriteMultipart::new_with_chunk_size(multipart, PART_SIZE);
+        // S3 needs at least 5 MiB for every part but the last.
+        let part_size = inner.options.part_size.max(5 << 20);
+        let mut w = WriteMultipart::new_with_chunk_size(multipart, part_size);
         let concurrency = inner.options.upload_concurrency.max(1);
         let mut failed = None;
         // Hand over part-sized slices (no copy), waiting for a free slot before each, so that
@@ -379,7 +378,7 @@ async fn upload(
                     failed = Some(e);
                     break 'parts;
                 }
-                let chunk = part.split_to(part.len().min(PART_SIZE));
+                let chunk = part.split_to(part.len().min(part_size));
                 w.put(chunk);
             }
         }

@@ -1,0 +1,678 @@
+//! The behaviour suite every backend runs (memory, local disk, S3-compatible), modelled on
+//! object_store's `src/integration.rs`: each function takes a [`CheckpointStore`] and checks one
+//! behaviour, panicking on a violation like an assertion does. Each works in a
+//! [child](CheckpointStore::child) store of its own, so they may share one bucket.
+//!
+//! [`run`] calls them all; a backend's [`Capabilities`] choose the ones that need more than
+//! create-if-absent on a single writer.
+
+// These functions are assertions: a panic is the failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use cohort_object_api::{CheckpointId, EncodedState, ObjectId, Snapshot, StateTag};
+use futures::TryStreamExt;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload};
+
+use super::FaultyStore;
+use crate::{
+    CheckpointStore, DamageKind, Error, Manifest, ManifestKind, ObjectEntry, StoreOptions,
+};
+
+/// What a backend guarantees beyond single-writer create-if-absent.
+#[derive(Clone, Copy, Debug, Default)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// Two *concurrent* creates of one key: exactly one wins. Local disk, memory and AWS S3 do;
+    /// s3s-fs (and the other S3-compatible servers available here) check then write, so a race
+    /// can let both through.
+    pub atomic_concurrent_create: bool,
+}
+
+impl Capabilities {
+    /// A backend whose concurrent creates are atomic.
+    pub fn atomic() -> Self {
+        Self {
+            atomic_concurrent_create: true,
+        }
+    }
+
+    /// A backend that honours create-if-absent only for one writer at a time.
+    pub fn single_writer() -> Self {
+        Self {
+            atomic_concurrent_create: false,
+        }
+    }
+}
+
+/// Runs the whole suite against `store`.
+pub async fn run(store: &CheckpointStore, caps: Capabilities) {
+    put_get_list(&store.child("put-get-list").unwrap()).await;
+    multipart(&store.child("multipart").unwrap()).await;
+    create_if_absent(&store.child("create-if-absent").unwrap()).await;
+    if caps.atomic_concurrent_create {
+        racing_writers(&store.child("racing-writers").unwrap()).await;
+    }
+    corruption_detection(&store.child("corruption").unwrap()).await;
+    bad_manifests(&store.child("bad-manifests").unwrap()).await;
+    gc_safety(&store.child("gc-safety").unwrap()).await;
+    probe(&store.child("probe").unwrap()).await;
+}
+
+fn oid(s: &str) -> ObjectId {
+    ObjectId::new(s).unwrap()
+}
+
+fn cid(n: u64) -> CheckpointId {
+    CheckpointId::new(n)
+}
+
+fn entry(type_name: &str, location: crate::EntryLocation) -> ObjectEntry {
+    ObjectEntry {
+        type_name: type_name.into(),
+        version: 1,
+        generation: None,
+        location,
+    }
+}
+
+/// Writes each `(object, value)` with its own writer (so each gets its own segment), reuses
+/// every other object of `base` (an incremental checkpoint), and commits.
+async fn commit_incremental(
+    store: &CheckpointStore,
+    id: u64,
+    base: Option<&Manifest>,
+    changed: &[(&str, u64)],
+) -> Manifest {
+    let round = format!("e1-r{id}");
+    let mut m = Manifest::new(cid(id), 1, 1_000 * id, &round);
+    if let Some(base) = base {
+        m.parent = Some(base.id);
+        m.objects = base.objects.clone();
+    }
+    for (name, value) in changed {
+        let mut w = store.segment_writer(cid(id), &round, &format!("w-{name}"));
+        let location = w
+            .add(&oid(name), &Snapshot::new("Value", 1, *value))
+            .await
+            .unwrap();
+        w.finish().await.unwrap();
+        m.objects.insert(oid(name), entry("Value", location));
+    }
+    store.commit(&m).await.unwrap();
+    m
+}
+
+async fn values(store: &CheckpointStore, m: &Manifest) -> BTreeMap<String, u64> {
+    store
+        .read_states(m)
+        .await
+        .unwrap_or_else(|e| panic!("checkpoint {} does not read back: {e}", m.id))
+        .into_iter()
+        .map(|(o, s)| (o.to_string(), s.decode::<u64>().unwrap()))
+        .collect()
+}
+
+/// Every key under the store's prefix with its bytes, to prove that a failing read touched
+/// nothing.
+async fn snapshot_keys(store: &CheckpointStore) -> BTreeMap<String, Bytes> {
+    let (os, prefix) = store.object_store();
+    let metas: Vec<_> = os.list(Some(prefix)).try_collect().await.unwrap();
+    let mut out = BTreeMap::new();
+    for m in metas {
+        let bytes = os.get(&m.location).await.unwrap().bytes().await.unwrap();
+        out.insert(m.location.to_string(), bytes);
+    }
+    out
+}
+
+/// Raw object store operations under the prefix, then a checkpoint written, committed and read
+/// back.
+pub async fn put_get_list(store: &CheckpointStore) {
+    let (os, _) = store.object_store();
+    let a = store.path_of("scratch/a");
+    let b = store.path_of("scratch/b");
+    os.put(&a, PutPayload::from_static(b"hello world"))
+        .await
+        .unwrap();
+    os.put(&b, PutPayload::from_static(b"b")).await.unwrap();
+    let got = os.get(&a).await.unwrap().bytes().await.unwrap();
+    assert_eq!(&got[..], b"hello world");
+    assert_eq!(&os.get_range(&a, 6..11).await.unwrap()[..], b"world");
+    let ranges = os.get_ranges(&a, &[0..5, 6..11]).await.unwrap();
+    assert_eq!(
+        (&ranges[0][..], &ranges[1][..]),
+        (&b"hello"[..], &b"world"[..])
+    );
+    assert_eq!(os.head(&a).await.unwrap().size, 11);
+    let mut listed: Vec<_> = os
+        .list(Some(&store.path_of("scratch")))
+        .map_ok(|m| m.location.to_string())
+        .try_collect()
+        .await
+        .unwrap();
+    listed.sort();
+    assert_eq!(listed, vec![a.to_string(), b.to_string()]);
+    os.delete(&a).await.unwrap();
+    os.delete(&b).await.unwrap();
+    assert!(matches!(
+        os.get(&a).await,
+        Err(object_store::Error::NotFound { .. })
+    ));
+
+    assert_eq!(store.committed_ids().await.unwrap(), vec![]);
+    assert!(store.recovery_line().await.unwrap().is_none());
+    let m1 = commit_incremental(store, 1, None, &[("a", 1), ("b", 2)]).await;
+    let m2 = commit_incremental(store, 2, Some(&m1), &[("b", 3)]).await;
+    assert_eq!(store.committed_ids().await.unwrap(), vec![cid(1), cid(2)]);
+    assert_eq!(store.read_manifest(cid(2)).await.unwrap(), m2);
+    let line = store.recovery_line().await.unwrap().unwrap();
+    assert_eq!(line.manifest, m2);
+    assert_eq!(
+        values(store, &m2).await,
+        BTreeMap::from([("a".into(), 1), ("b".into(), 3)])
+    );
+    let state = store
+        .read_state(&m2.objects[&oid("a")].location)
+        .await
+        .unwrap();
+    assert_eq!(state.decode::<u64>().unwrap(), 1);
+    assert!(store.verify_all().await.unwrap().iter().all(|r| r.is_ok()));
+}
+
+/// States larger than a segment go through multipart uploads into segments of their own,
+/// next to small states packed together.
+pub async fn multipart(store: &CheckpointStore) {
+    let options = StoreOptions {
+        segment_size: 1 << 20,
+        part_size: 5 << 20,
+        upload_concurrency: 2,
+        ..store.options().clone()
+    };
+    let store = store.with_options(options);
+    let id = cid(1);
+    let mut w = store.segment_writer(id, "e1-r1", "node-1");
+    let mut m = Manifest::new(id, 1, 0, "e1-r1");
+    let big: Vec<u8> = (0..11 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let big_encoded = EncodedState::new(
+        StateTag::new("Raw", 1),
+        Bytes::from(
+            (0..(6 << 20))
+                .map(|i: u32| (i % 241) as u8)
+                .collect::<Vec<u8>>(),
+        ),
+    );
+    for i in 0..20u32 {
+        let name = format!("small-{i}");
+        let loc = w
+            .add(&oid(&name), &Snapshot::new("Value", 1, u64::from(i)))
+            .await
+            .unwrap();
+        m.objects.insert(oid(&name), entry("Value", loc));
+        if i == 5 {
+            let loc = w
+                .add(&oid("big"), &Snapshot::new("Big", 1, serde_bytes(&big)))
+                .await
+                .unwrap();
+            m.objects.insert(oid("big"), entry("Big", loc));
+        }
+        if i == 10 {
+            let loc = w.add_encoded(&oid("raw"), &big_encoded).await.unwrap();
+            m.objects.insert(oid("raw"), entry("Raw", loc));
+        }
+    }
+    let summary = w.finish().await.unwrap();
+    assert_eq!(summary.entries, 22);
+    assert!(
+        summary.segments.iter().filter(|s| s.entries == 1).count() >= 2,
+        "the large states got no segments of their own: {summary:?}"
+    );
+    store.commit(&m).await.unwrap();
+    assert!(store.verify(id).await.unwrap().is_ok());
+    let states: BTreeMap<_, _> = store.read_states(&m).await.unwrap().into_iter().collect();
+    let got: serde_bytes_de::ByteBuf = states[&oid("big")].decode().unwrap();
+    assert!(got.0 == big, "the large state did not read back");
+    assert_eq!(states[&oid("raw")], big_encoded);
+    assert_eq!(states[&oid("small-7")].decode::<u64>().unwrap(), 7);
+}
+
+/// Encodes a byte slice as msgpack `bin`, not an array of integers.
+fn serde_bytes(b: &[u8]) -> serde_bytes_de::ByteBuf {
+    serde_bytes_de::ByteBuf(b.to_vec())
+}
+
+mod serde_bytes_de {
+    use serde::{Deserializer, Serializer};
+
+    pub(super) struct ByteBuf(pub(super) Vec<u8>);
+
+    impl serde::Serialize for ByteBuf {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_bytes(&self.0)
+        }
+    }
+
+    impl<'de> serde::Deserialize<'de> for ByteBuf {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl serde::de::Visitor<'_> for V {
+                type Value = ByteBuf;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("bytes")
+                }
+                fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<ByteBuf, E> {
+                    Ok(ByteBuf(v.to_vec()))
+                }
+                fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<ByteBuf, E> {
+                    Ok(ByteBuf(v))
+                }
+            }
+            d.deserialize_byte_buf(V)
+        }
+    }
+}
+
+/// Create-if-absent by one writer at a time: the raw store refuses a second create, and
+/// `commit` tells its own retried create from a rival's and from a newer epoch's.
+pub async fn create_if_absent(store: &CheckpointStore) {
+    let (os, _) = store.object_store();
+    let key = store.path_of("scratch/create");
+    os.put_opts(&key, PutPayload::from_static(b"1"), PutMode::Create.into())
+        .await
+        .unwrap();
+    let second = os
+        .put_opts(&key, PutPayload::from_static(b"2"), PutMode::Create.into())
+        .await;
+    assert!(
+        matches!(second, Err(object_store::Error::AlreadyExists { .. })),
+        "a second create was not refused: {second:?}"
+    );
+    assert_eq!(
+        &os.get(&key).await.unwrap().bytes().await.unwrap()[..],
+        b"1"
+    );
+    os.delete(&key).await.unwrap();
+
+    let m1 = commit_incremental(store, 1, None, &[("a", 1)]).await;
+    store
+        .commit(&m1)
+        .await
+        .expect("a retried commit must find its own create");
+    let mut rival = m1.clone();
+    rival.round = "e1-rival".into();
+    assert!(matches!(
+        store.commit(&rival).await,
+        Err(Error::Conflict { .. })
+    ));
+    let mut skip = m1.clone();
+    skip.id = cid(3);
+    assert!(matches!(
+        store.commit(&skip).await,
+        Err(Error::Conflict { .. })
+    ));
+
+    // A new leader claims epoch 2 and fences at the next id; the old leader is then fenced.
+    assert_eq!(store.claim_epoch("old", 1).await.unwrap().epoch, 1);
+    assert_eq!(store.claim_epoch("new", 2).await.unwrap().epoch, 2);
+    let mut fence = m1.clone();
+    fence.id = cid(2);
+    fence.epoch = 2;
+    fence.parent = Some(cid(1));
+    fence.kind = ManifestKind::Fence;
+    fence.round = "e2-fence".into();
+    store.commit(&fence).await.unwrap();
+    let mut stale = m1.clone();
+    stale.id = cid(2);
+    stale.round = "e1-r2".into();
+    let err = store.commit(&stale).await.unwrap_err();
+    assert!(err.is_fenced(), "{err}");
+    assert_eq!(store.newest_epoch().await.unwrap().unwrap().holder, "new");
+}
+
+/// Concurrent writers race for one checkpoint id and for epochs: exactly one wins each slot.
+/// Only for backends whose concurrent creates are atomic.
+pub async fn racing_writers(store: &CheckpointStore) {
+    let base = commit_incremental(store, 1, None, &[("a", 1)]).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        let store = store.clone();
+        let mut m = base.clone();
+        m.id = cid(2);
+        m.parent = Some(cid(1));
+        m.round = format!("e1-racer-{i}");
+        tasks.spawn(async move { store.commit(&m).await });
+    }
+    let mut won = 0;
+    while let Some(r) = tasks.join_next().await {
+        match r.unwrap() {
+            Ok(()) => won += 1,
+            Err(Error::Conflict { .. }) => {}
+            Err(e) => panic!("unexpected commit error: {e}"),
+        }
+    }
+    assert_eq!(won, 1, "exactly one racing commit must win");
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        let store = store.clone();
+        tasks.spawn(async move { store.claim_epoch(&format!("node-{i}"), 0).await });
+    }
+    let mut epochs = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        epochs.push(r.unwrap().unwrap().epoch);
+    }
+    epochs.sort_unstable();
+    assert_eq!(epochs, (1..=8).collect::<Vec<_>>());
+}
+
+/// Damaged segments are found, named and skipped; nothing else is touched.
+pub async fn corruption_detection(store: &CheckpointStore) {
+    let (os, _) = store.object_store();
+    let m1 = commit_incremental(store, 1, None, &[("a", 1), ("b", 2), ("c", 3)]).await;
+    let m2 = commit_incremental(store, 2, Some(&m1), &[("a", 10), ("b", 20), ("c", 30)]).await;
+    let original = snapshot_keys(store).await;
+
+    // (object, damage to apply to its segment of checkpoint 2, what the report must say)
+    type Corrupt = fn(Bytes, &crate::EntryLocation) -> Option<Bytes>;
+    type Expect = fn(&DamageKind) -> bool;
+    let cases: [(&str, Corrupt, Expect); 3] = [
+        (
+            "a",
+            |b, loc| {
+                let mut v = b.to_vec();
+                v[(loc.offset + loc.len / 2) as usize] ^= 0x01;
+                Some(v.into())
+            },
+            |k| matches!(k, DamageKind::CrcMismatch { .. }),
+        ),
+        (
+            "b",
+            |b, loc| Some(b.slice(..(loc.offset + loc.len - 3) as usize)),
+            |k| matches!(k, DamageKind::Truncated { .. }),
+        ),
+        ("c", |_, _| None, |k| matches!(k, DamageKind::Missing)),
+    ];
+    for (name, corrupt, expect) in cases {
+        let loc = m2.objects[&oid(name)].location.clone();
+        let path = store.path_of(&loc.segment);
+        let good = os.get(&path).await.unwrap().bytes().await.unwrap();
+        match corrupt(good.clone(), &loc) {
+            Some(bad) => {
+                os.put(&path, bad.into()).await.unwrap();
+            }
+            None => os.delete(&path).await.unwrap(),
+        }
+        let report = store.verify(cid(2)).await.unwrap();
+        assert_eq!(report.damaged.len(), 1, "{report}");
+        let d = &report.damaged[0];
+        assert_eq!(
+            (d.checkpoint, d.object.as_ref(), d.blob.as_str()),
+            (cid(2), Some(&oid(name)), loc.segment.as_str())
+        );
+        assert!(expect(&d.kind), "{name}: {d}");
+        let err = store.read_states(&m2).await.unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&format!("object {name}"))
+                && msg.contains(&loc.segment)
+                && msg.contains("checkpoint 2"),
+            "{msg}"
+        );
+        assert!(store.read_state(&loc).await.is_err());
+        let line = store.recovery_line().await.unwrap().unwrap();
+        assert_eq!(line.manifest.id, cid(1));
+        assert_eq!(line.skipped.len(), 1);
+        assert_eq!(line.skipped[0].damaged, report.damaged);
+        assert_eq!(
+            values(store, &line.manifest).await,
+            BTreeMap::from([("a".into(), 1), ("b".into(), 2), ("c".into(), 3)])
+        );
+        // Put it back: the store is as before, and nothing else was touched.
+        os.put(&path, good.into()).await.unwrap();
+        assert_eq!(snapshot_keys(store).await, original);
+        assert!(store.verify(cid(2)).await.unwrap().is_ok());
+    }
+}
+
+fn frame(magic: &[u8; 8], version: u16, id: u64, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(magic);
+    out.extend_from_slice(&version.to_le_bytes());
+    out.extend_from_slice(&id.to_le_bytes());
+    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    out.extend_from_slice(body);
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// Damaged, future and crafted manifests: precise errors, recovery falls back, nothing else
+/// is touched.
+pub async fn bad_manifests(store: &CheckpointStore) {
+    let (os, _) = store.object_store();
+    let m1 = commit_incremental(store, 1, None, &[("a", 1)]).await;
+    let m2 = commit_incremental(store, 2, Some(&m1), &[("a", 2)]).await;
+    let key = "manifests/00000000000000000002.manifest";
+    let path = store.path_of(key);
+    let good = os.get(&path).await.unwrap().bytes().await.unwrap();
+    let body: Vec<u8> = rmp_serde::to_vec_named(&m2).unwrap();
+
+    #[derive(serde::Serialize)]
+    struct Crafted<'a> {
+        id: u64,
+        epoch: u64,
+        created_at_ms: u64,
+        parent: Option<u64>,
+        kind: &'a ManifestKind,
+        round: &'a str,
+        objects: BTreeMap<&'a str, &'a ObjectEntry>,
+    }
+    let a = &m2.objects[&oid("a")];
+    let escaping_object = rmp_serde::to_vec_named(&Crafted {
+        id: 2,
+        epoch: 1,
+        created_at_ms: 0,
+        parent: None,
+        kind: &m2.kind,
+        round: "e1-r2",
+        objects: BTreeMap::from([("../../etc/passwd", a)]),
+    })
+    .unwrap();
+    let mut escaping_segment = m2.clone();
+    escaping_segment
+        .objects
+        .get_mut(&oid("a"))
+        .unwrap()
+        .location
+        .segment = "../../../etc/passwd".into();
+    let escaping_segment = rmp_serde::to_vec_named(&escaping_segment).unwrap();
+
+    let mut flipped = good.to_vec();
+    flipped[30] ^= 0x40;
+    type Expect = fn(&Error) -> bool;
+    let cases: Vec<(&str, Vec<u8>, Expect)> = vec![
+        ("bad crc", flipped, |e| {
+            matches!(
+                e.damage().map(|d| &d.kind),
+                Some(DamageKind::CrcMismatch { .. })
+            )
+        }),
+        ("truncated", good[..good.len() - 7].to_vec(), |e| {
+            matches!(
+                e.damage().map(|d| &d.kind),
+                Some(DamageKind::Truncated { .. })
+            )
+        }),
+        ("future version", frame(b"COHMAN\0\x01", 2, 2, &body), |e| {
+            matches!(e, Error::FutureFormat { found: 2, .. }) && e.to_string().contains("upgrade")
+        }),
+        (
+            "escaping object id",
+            frame(b"COHMAN\0\x01", 1, 2, &escaping_object),
+            |e| matches!(e.damage().map(|d| &d.kind), Some(DamageKind::Undecodable(m)) if m.contains("path separator")),
+        ),
+        (
+            "escaping segment key",
+            frame(b"COHMAN\0\x01", 1, 2, &escaping_segment),
+            |e| matches!(e.damage().map(|d| &d.kind), Some(DamageKind::HeaderMismatch(m)) if m.contains("etc/passwd")),
+        ),
+        (
+            "another checkpoint's manifest",
+            frame(b"COHMAN\0\x01", 1, 1, &body),
+            |e| {
+                matches!(
+                    e.damage().map(|d| &d.kind),
+                    Some(DamageKind::HeaderMismatch(_))
+                )
+            },
+        ),
+    ];
+    for (what, bytes, expect) in cases {
+        os.put(&path, bytes.into()).await.unwrap();
+        let before = snapshot_keys(store).await;
+        let err = store.read_manifest(cid(2)).await.unwrap_err();
+        assert!(expect(&err), "{what}: {err}");
+        if let Some(d) = err.damage() {
+            assert_eq!((d.checkpoint, d.blob.as_str()), (cid(2), key), "{what}");
+        }
+        assert!(err.to_string().contains(key), "{what}: {err}");
+        let report = store.verify(cid(2)).await.unwrap();
+        assert!(!report.is_ok(), "{what}");
+        let line = store.recovery_line().await.unwrap().unwrap();
+        assert_eq!(line.manifest.id, cid(1), "{what}");
+        assert_eq!(
+            snapshot_keys(store).await,
+            before,
+            "{what}: a read changed the store"
+        );
+    }
+    os.put(&path, good.into()).await.unwrap();
+    assert_eq!(
+        store.recovery_line().await.unwrap().unwrap().manifest.id,
+        cid(2)
+    );
+}
+
+/// GC keeps what retained manifests reference (incremental references included), deletes
+/// aborted and expired blobs, and leaves in-flight checkpoints alone.
+pub async fn gc_safety(store: &CheckpointStore) {
+    let m1 = commit_incremental(store, 1, None, &[("a", 1), ("b", 2), ("c", 3)]).await;
+    // An aborted attempt of checkpoint 2.
+    let mut w = store.segment_writer(cid(2), "e1-aborted", "w-a");
+    w.add(&oid("a"), &Snapshot::new("Value", 1, 99u64))
+        .await
+        .unwrap();
+    w.finish().await.unwrap();
+    let m2 = commit_incremental(store, 2, Some(&m1), &[("a", 10)]).await;
+    let m3 = commit_incremental(store, 3, Some(&m2), &[("b", 20)]).await;
+    // Checkpoint 4 is being written.
+    let mut w4 = store.segment_writer(cid(4), "e1-r4", "w-c");
+    let c4 = w4
+        .add(&oid("c"), &Snapshot::new("Value", 1, 30u64))
+        .await
+        .unwrap();
+    w4.finish().await.unwrap();
+
+    let dry = store.gc(1, true).await.unwrap();
+    assert!(dry.dry_run);
+    let deleted: Vec<&str> = dry.deleted.iter().map(|d| d.key.as_str()).collect();
+    assert_eq!(
+        deleted,
+        vec![
+            m1.objects[&oid("a")].location.segment.as_str(),
+            m1.objects[&oid("b")].location.segment.as_str(),
+            "segments/00000000000000000002/e1-aborted/w-a-000000.seg",
+        ]
+    );
+    assert_eq!(dry.expired, vec![cid(1), cid(2)]);
+    assert_eq!(dry.retained, vec![cid(3)]);
+    assert_eq!(
+        store.committed_ids().await.unwrap(),
+        vec![cid(1), cid(2), cid(3)]
+    );
+
+    let report = store.gc(1, false).await.unwrap();
+    assert_eq!(report.deleted, dry.deleted);
+    assert_eq!(
+        report.bytes_freed,
+        dry.deleted.iter().map(|d| d.bytes).sum::<u64>()
+    );
+    assert_eq!(store.committed_ids().await.unwrap(), vec![cid(3)]);
+    assert_eq!(
+        values(store, &m3).await,
+        BTreeMap::from([("a".into(), 10), ("b".into(), 20), ("c".into(), 3)])
+    );
+    assert!(store.verify(cid(3)).await.unwrap().is_ok());
+    // An expired id is a tombstone: a stale writer is fenced there.
+    let err = store.commit(&m2).await.unwrap_err();
+    assert!(err.is_fenced(), "{err}");
+    assert!(matches!(
+        store.read_manifest(cid(1)).await,
+        Err(Error::NotFound { .. })
+    ));
+
+    // The in-flight checkpoint commits after GC, incrementally on top of checkpoint 3.
+    let mut m4 = m3.clone();
+    m4.id = cid(4);
+    m4.parent = Some(cid(3));
+    m4.round = "e1-r4".into();
+    m4.objects.insert(oid("c"), entry("Value", c4));
+    store.commit(&m4).await.unwrap();
+    assert!(store.verify(cid(4)).await.unwrap().is_ok());
+
+    // Pins outlive `keep`.
+    store.pin(cid(3)).await.unwrap();
+    let m5 = commit_incremental(store, 5, Some(&m4), &[("a", 100), ("b", 200), ("c", 300)]).await;
+    let report = store.gc(1, false).await.unwrap();
+    assert_eq!(report.retained, vec![cid(3), cid(5)]);
+    assert_eq!(report.expired, vec![cid(4)]);
+    assert!(store.verify(cid(3)).await.unwrap().is_ok());
+    assert!(store.verify(cid(5)).await.unwrap().is_ok());
+    assert_eq!(values(store, &m5).await["c"], 300);
+    store.unpin(cid(3)).await.unwrap();
+    assert!(matches!(
+        store.gc(0, false).await,
+        Err(Error::InvalidInput(_))
+    ));
+}
+
+/// The create-if-absent probe passes on the backend, and refuses the same backend when it is
+/// made to ignore create-if-absent, unless the user opts out.
+pub async fn probe(store: &CheckpointStore) {
+    store.probe_create_if_absent().await.unwrap();
+    let (os, prefix) = store.object_store();
+    let faulty = FaultyStore::new(Arc::clone(os));
+    faulty.ignore_create_if_absent(true);
+    let faulty: Arc<dyn ObjectStore> = Arc::new(faulty);
+    let unsafe_store = CheckpointStore::from_object_store(
+        Arc::clone(&faulty),
+        prefix.clone(),
+        StoreOptions::default(),
+    );
+    let err = unsafe_store.probe_create_if_absent().await.unwrap_err();
+    assert!(matches!(err, Error::UnsafeStore { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("If-None-Match") && msg.contains("allow_unsafe_conditional_put"),
+        "{msg}"
+    );
+    let opted_out = CheckpointStore::from_object_store(
+        faulty,
+        prefix.clone(),
+        StoreOptions {
+            allow_unsafe_conditional_put: true,
+            ..StoreOptions::default()
+        },
+    );
+    opted_out.probe_create_if_absent().await.unwrap();
+    // The probe leaves no scratch key behind.
+    let left: Vec<_> = os
+        .list(Some(&store.path_of("probe")))
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+}
