@@ -47,8 +47,11 @@ pub use cohort_derive::Checkpointable;
 /// `#[derive(Checkpointable)]` works on structs, tuple structs, enums and generic types. The
 /// state is the value's fields, encoded with msgpack as named maps, so adding a field with
 /// `#[serde(default)]` or reordering fields keeps old checkpoints readable. Field types need
-/// `Clone + Serialize + DeserializeOwned + Send + Sync + 'static`; `#[serde(...)]` attributes on
-/// fields are honoured. Attributes:
+/// `Clone + Serialize + DeserializeOwned + Send + Sync + 'static` (a generic type gets these as
+/// bounds on its field types, as serde's derive infers its bounds). `#[serde(...)]` attributes on
+/// fields and variants (`default`, `rename`, `with`, `flatten`, ...) are honoured; container-level
+/// `#[serde(...)]` attributes are not, because the derive owns the state's layout. Users need no
+/// `serde` or `async-trait` dependency of their own. Attributes:
 ///
 /// | attribute | on | meaning |
 /// |---|---|---|
@@ -59,6 +62,7 @@ pub use cohort_derive::Checkpointable;
 /// | `#[checkpoint(type_name = "...")]` | container | stable type name (default: the type's identifier) |
 /// | `#[checkpoint(generation)]` | field | a `u64` bumped on every change: enables incremental checkpoints |
 /// | `#[checkpoint(bound = "...")]` | container | where-clause replacing the inferred bounds |
+/// | `#[checkpoint(crate = "path")]` | container | path of this crate when it is reached through a re-export (default `::cohort_object_api`) |
 ///
 /// # Cheap capture
 ///
@@ -144,6 +148,22 @@ pub mod __private {
     impl<T: Default> SkippedDefault for T {
         fn skipped_default() -> Self {
             T::default()
+        }
+    }
+
+    /// The type a `#[checkpoint(generation)]` field must have, with a message that says so.
+    #[diagnostic::on_unimplemented(
+        message = "a `#[checkpoint(generation)]` field must be a `u64`, not `{Self}`",
+        label = "not a `u64`"
+    )]
+    pub trait GenerationField {
+        /// The generation the field holds.
+        fn generation(&self) -> u64;
+    }
+
+    impl GenerationField for u64 {
+        fn generation(&self) -> u64 {
+            *self
         }
     }
 }

@@ -313,14 +313,17 @@ impl<'a> Expander<'a> {
         let Some(field) = fields.iter().find(|f| f.attrs.generation.is_some()) else {
             return TokenStream::new();
         };
+        let krate = self.krate;
         let member = &field.member;
-        let span = field.ty.span();
-        // Typed `u64` at the field's type, so that another type is an error there.
-        let value = quote_spanned!(span=> self.#member);
+        let ty = field.ty;
+        // Through `GenerationField`, at the field's type, so that another type is reported
+        // there with a message that names the attribute.
+        let value = quote_spanned! {ty.span()=>
+            <#ty as #krate::__private::GenerationField>::generation(&self.#member)
+        };
         quote! {
             fn generation(&self) -> ::core::option::Option<u64> {
-                let generation: u64 = #value;
-                ::core::option::Option::Some(generation)
+                ::core::option::Option::Some(#value)
             }
         }
     }
@@ -381,8 +384,11 @@ impl<'a> Expander<'a> {
             .map(|(i, field)| {
                 let member = mirror_member(field, i);
                 let source = source(field);
-                // At the field's type, so that a type without `Clone` is reported there.
-                let clone = quote_spanned!(field.ty.span()=> ::core::clone::Clone::clone(#source));
+                let ty = field.ty;
+                // Qualified with the field's type, so that a type without `Clone` is reported
+                // at the field.
+                let clone =
+                    quote_spanned!(ty.span()=> <#ty as ::core::clone::Clone>::clone(#source));
                 quote!(#member: #clone)
             })
             .collect()
@@ -396,9 +402,12 @@ impl<'a> Expander<'a> {
             Style::Struct => format_ident!("{}", PHANTOM_FIELD).into_token_stream(),
             // The marker comes after the saved fields.
             Style::Tuple | Style::Unit => match &self.cont.data {
-                Data::Struct(_, fields) => {
-                    syn::Index::from(saved(fields).count()).into_token_stream()
+                Data::Struct(_, fields) => syn::Index {
+                    // A struct cannot have 2^32 fields: the compiler would refuse it first.
+                    index: u32::try_from(saved(fields).count()).unwrap_or(u32::MAX),
+                    span: Span::call_site(),
                 }
+                .into_token_stream(),
                 Data::Enum(_) => return TokenStream::new(),
             },
         };

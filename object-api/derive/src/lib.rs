@@ -2,8 +2,8 @@
 //!
 //! Use it through `cohort_object_api` (or `cohort`), which re-exports it next to the trait; the
 //! trait's documentation lists the attributes. The layout follows `serde_derive`: this file is
-//! the entry point, [`internals`] parses the input and its `#[checkpoint(...)]` attributes while
-//! collecting every error with its span, and [`expand`] generates the code.
+//! the entry point, `internals` parses the input and its `#[checkpoint(...)]` attributes while
+//! collecting every error with its span, and `expand` generates the code.
 
 mod bound;
 mod expand;

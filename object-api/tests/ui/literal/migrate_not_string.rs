@@ -1,0 +1,9 @@
+use cohort_object_api::Checkpointable;
+
+#[derive(Checkpointable)]
+#[checkpoint(version = 2, migrate = 7)]
+struct Account {
+    balance: i64,
+}
+
+fn main() {}

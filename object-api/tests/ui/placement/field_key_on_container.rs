@@ -1,0 +1,9 @@
+use cohort_object_api::Checkpointable;
+
+#[derive(Checkpointable)]
+#[checkpoint(skip)]
+struct Account {
+    balance: i64,
+}
+
+fn main() {}
