@@ -74,9 +74,11 @@ async fn write_commit_read_back() {
 
 #[tokio::test]
 async fn small_segments_split_and_large_states_get_their_own() {
-    let mut options = StoreOptions::default();
-    options.segment_size = 4096;
-    options.upload_concurrency = 2;
+    let options = StoreOptions {
+        segment_size: 4096,
+        upload_concurrency: 2,
+        ..StoreOptions::default()
+    };
     let store = CheckpointStore::from_object_store(
         std::sync::Arc::new(object_store::memory::InMemory::new()),
         Default::default(),
