@@ -18,7 +18,9 @@ use syn::spanned::Spanned as _;
 
 use crate::bound::{Params, replace_self};
 use crate::internals::Ctxt;
-use crate::internals::ast::{Container, Data, Field, PHANTOM_FIELD, Style, Variant};
+use crate::internals::ast::{
+    Container, Data, Field, PHANTOM_FIELD, PHANTOM_VARIANT, Style, Variant,
+};
 
 /// Parses `input` and generates the impl, or returns every error found in it.
 pub(crate) fn derive(input: &syn::DeriveInput) -> syn::Result<TokenStream> {
@@ -251,9 +253,10 @@ impl<'a> Expander<'a> {
                     quote!(#(#attrs)* #ident #fields)
                 });
                 let phantom_variant = self.phantom.then(|| {
+                    let name = format_ident!("{}", PHANTOM_VARIANT);
                     quote! {
                         #[serde(skip)]
-                        __CohortPhantom(#phantom_ty, ::core::convert::Infallible),
+                        #name(#phantom_ty, ::core::convert::Infallible),
                     }
                 });
                 (
@@ -478,9 +481,10 @@ impl<'a> Expander<'a> {
                         #mirror::#ident { #(#bindings,)* .. } => Self::#ident { #(#values,)* },
                     }
                 });
-                let phantom = self
-                    .phantom
-                    .then(|| quote!(#mirror::__CohortPhantom(_, __never) => match __never {},));
+                let phantom = self.phantom.then(|| {
+                    let name = format_ident!("{}", PHANTOM_VARIANT);
+                    quote!(#mirror::#name(_, __never) => match __never {},)
+                });
                 quote! {
                     *self = match __mirror { #(#arms)* #phantom };
                     ::core::result::Result::Ok(())

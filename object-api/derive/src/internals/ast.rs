@@ -8,6 +8,9 @@ use super::{Ctxt, attr};
 /// The name of the hidden marker field of a generic struct's mirror.
 pub(crate) const PHANTOM_FIELD: &str = "__cohort_phantom";
 
+/// The name of the hidden marker variant of a generic enum's mirror.
+pub(crate) const PHANTOM_VARIANT: &str = "__CohortPhantom";
+
 /// A struct or enum that derives `Checkpointable`.
 pub(crate) struct Container<'a> {
     pub(crate) ident: &'a syn::Ident,
@@ -82,12 +85,24 @@ impl<'a> Container<'a> {
     }
 
     fn check_phantom_name(&self, cx: &Ctxt) {
-        let Data::Struct(Style::Struct, fields) = &self.data else {
-            return;
-        };
         if !self.needs_phantom() {
             return;
         }
+        let fields = match &self.data {
+            Data::Struct(Style::Struct, fields) => fields,
+            Data::Struct(..) => return,
+            Data::Enum(variants) => {
+                for variant in variants {
+                    if variant.ident == PHANTOM_VARIANT {
+                        cx.error_spanned_by(
+                            variant.ident,
+                            format!("the variant name `{PHANTOM_VARIANT}` is reserved by #[derive(Checkpointable)] on generic enums: rename the variant"),
+                        );
+                    }
+                }
+                return;
+            }
+        };
         for field in fields {
             if let syn::Member::Named(ident) = &field.member
                 && ident == PHANTOM_FIELD

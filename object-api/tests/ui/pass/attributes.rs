@@ -24,7 +24,11 @@ struct Extra {
 }
 
 #[derive(Checkpointable, Debug, PartialEq)]
-#[checkpoint(type_name = "example.Account", version = 3, migrate = "Account::migrate")]
+#[checkpoint(
+    type_name = "example.Account",
+    version = 3,
+    migrate = "Account::migrate"
+)]
 struct Account {
     #[serde(rename = "bal")]
     balance: i64,
@@ -105,22 +109,43 @@ fn main() {
         let state = account.capture().await.unwrap().encode().unwrap();
         let mut back = Account::migrate(1, &state).unwrap();
         back.restore(&state).await.unwrap();
-        assert_eq!(back, Account { seven: 7, ..account });
+        assert_eq!(
+            back,
+            Account {
+                seven: 7,
+                ..account
+            }
+        );
 
-        let manual = Manual { values: vec![1u64, 2] };
+        let manual = Manual {
+            values: vec![1u64, 2],
+        };
         let state = manual.capture().await.unwrap().encode().unwrap();
         let mut back = Manual { values: vec![] };
         back.restore(&state).await.unwrap();
         assert_eq!(back, manual);
 
-        let state = ThroughFacade { value: 3 }.capture().await.unwrap().encode().unwrap();
+        let state = ThroughFacade { value: 3 }
+            .capture()
+            .await
+            .unwrap()
+            .encode()
+            .unwrap();
         let mut back = ThroughFacade::default();
         back.restore(&state).await.unwrap();
         assert_eq!(back.value, 3);
 
-        let public = Public { inner: Some(Private(1u8)), saved: vec![Private(3)], value: vec![2u8] };
+        let public = Public {
+            inner: Some(Private(1u8)),
+            saved: vec![Private(3)],
+            value: vec![2u8],
+        };
         let state = public.capture().await.unwrap().encode().unwrap();
-        let mut back: Public<u8> = Public { inner: None, saved: vec![], value: vec![] };
+        let mut back: Public<u8> = Public {
+            inner: None,
+            saved: vec![],
+            value: vec![],
+        };
         back.restore(&state).await.unwrap();
         assert_eq!(back.value, vec![2]);
         assert!(back.inner.is_none());

@@ -31,7 +31,11 @@ enum Kinds {
     #[default]
     Unit,
     Tuple(u8, #[checkpoint(skip)] Vec<u8>),
-    Struct { x: i64, #[checkpoint(skip)] y: i64 },
+    Struct {
+        x: i64,
+        #[checkpoint(skip)]
+        y: i64,
+    },
     Empty {},
     EmptyTuple(),
 }
@@ -53,7 +57,9 @@ struct WithLifetime<'a, T> {
 }
 
 /// `Self` in a field type means the deriving type, not the hidden mirror.
-#[derive(Checkpointable, Clone, Default, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Checkpointable, Clone, Default, Debug, PartialEq, serde::Serialize, serde::Deserialize,
+)]
 struct Tree<T> {
     value: T,
     children: Vec<Self>,
@@ -101,7 +107,14 @@ async fn round_trip<T: Checkpointable + PartialEq + std::fmt::Debug>(original: &
 
 fn main() {
     tokio::runtime::Runtime::new().unwrap().block_on(async {
-        round_trip(&Named { a: 1, b: "b".into() }, Named::default()).await;
+        round_trip(
+            &Named {
+                a: 1,
+                b: "b".into(),
+            },
+            Named::default(),
+        )
+        .await;
         round_trip(&Tuple(1, 0, "x".into()), Tuple::default()).await;
         round_trip(&AllSkipped(0), AllSkipped(9)).await;
         round_trip(&Unit, Unit).await;
@@ -110,14 +123,40 @@ fn main() {
         round_trip(&Kinds::Tuple(3, vec![]), Kinds::Unit).await;
         round_trip(&Kinds::Empty {}, Kinds::Unit).await;
         round_trip(&Kinds::EmptyTuple(), Kinds::Unit).await;
-        round_trip(&Generic::<u8, 2> { items: vec![[1, 2]] }, Generic::default()).await;
+        round_trip(
+            &Generic::<u8, 2> {
+                items: vec![[1, 2]],
+            },
+            Generic::default(),
+        )
+        .await;
         round_trip(&ConstUnit::<3>, ConstUnit).await;
-        let with_lifetime: WithLifetime<'static, u8> = WithLifetime { value: 5, marker: PhantomData };
+        let with_lifetime: WithLifetime<'static, u8> = WithLifetime {
+            value: 5,
+            marker: PhantomData,
+        };
         round_trip(&with_lifetime, WithLifetime::default()).await;
-        let tree = Tree { value: 1, children: vec![Tree { value: 2, children: vec![] }] };
+        let tree = Tree {
+            value: 1,
+            children: vec![Tree {
+                value: 2,
+                children: vec![],
+            }],
+        };
         round_trip(&tree, Tree::default()).await;
-        round_trip(&Bounded { sorted: [3, 1].into(), scratch: vec![] }, Bounded::default()).await;
-        round_trip(&GenericEnum::<u8, String>::Right { b: "b".into() }, GenericEnum::Left(0)).await;
+        round_trip(
+            &Bounded {
+                sorted: [3, 1].into(),
+                scratch: vec![],
+            },
+            Bounded::default(),
+        )
+        .await;
+        round_trip(
+            &GenericEnum::<u8, String>::Right { b: "b".into() },
+            GenericEnum::Left(0),
+        )
+        .await;
         round_trip(&r#Match { r#type: 3 }, r#Match::default()).await;
         round_trip(&Declared { value: vec![1] }, Declared::default()).await;
         assert_eq!(Declared::default().type_name(), "declared");
