@@ -18,7 +18,9 @@ use crate::StateTag;
 #[non_exhaustive]
 pub enum ObjectError {
     /// An object id broke the naming rules; ids become storage keys.
-    #[error("invalid object id {id:?}: {reason}; use 1-200 ASCII letters, digits and - _ . : @ + =, without '..' or a leading '.'")]
+    #[error(
+        "invalid object id {id:?}: {reason}; use 1-200 ASCII letters, digits and - _ . : @ + =, without '..' or a leading '.'"
+    )]
     InvalidObjectId {
         /// The rejected id, with control characters escaped.
         id: String,
@@ -34,7 +36,9 @@ pub enum ObjectError {
     },
 
     /// The stored state belongs to another type than the object restoring it.
-    #[error("cannot restore a {found} state into a {expected}: the checkpoint holds another type under this object id")]
+    #[error(
+        "cannot restore a {found} state into a {expected}: the checkpoint holds another type under this object id"
+    )]
     TypeMismatch {
         /// The type name of the object restoring.
         expected: String,
@@ -43,7 +47,9 @@ pub enum ObjectError {
     },
 
     /// The stored state was written by a newer schema than this build understands.
-    #[error("state of {type_name} has schema version {found}, newer than the supported {supported}: upgrade this binary before restoring")]
+    #[error(
+        "state of {type_name} has schema version {found}, newer than the supported {supported}: upgrade this binary before restoring"
+    )]
     FutureVersion {
         /// The type name.
         type_name: String,
@@ -54,7 +60,9 @@ pub enum ObjectError {
     },
 
     /// The stored state is older than the current schema and the type has no migration.
-    #[error("state of {type_name} has schema version {found} but the current version is {current} and no migration is defined: add #[checkpoint(migrate = \"path\")]")]
+    #[error(
+        "state of {type_name} has schema version {found} but the current version is {current} and no migration is defined: add #[checkpoint(migrate = \"path\")]"
+    )]
     NoMigration {
         /// The type name.
         type_name: String,
@@ -98,7 +106,9 @@ pub enum ObjectError {
 
 impl ObjectError {
     /// Wraps an application error raised in a hook.
-    pub fn application(error: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> Self {
+    pub fn application(
+        error: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
         Self::Application(error.into())
     }
 }

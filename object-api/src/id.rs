@@ -213,8 +213,21 @@ mod tests {
     #[test]
     fn rejects_everything_that_could_escape_a_prefix() {
         for bad in [
-            "", ".", "..", "../x", "a/../b", "a/b", "a\\b", "x..y", ".hidden", "nul\0", "new\nline",
-            "tab\t", "spa ce", "é", "%2e%2e",
+            "",
+            ".",
+            "..",
+            "../x",
+            "a/../b",
+            "a/b",
+            "a\\b",
+            "x..y",
+            ".hidden",
+            "nul\0",
+            "new\nline",
+            "tab\t",
+            "spa ce",
+            "é",
+            "%2e%2e",
         ] {
             assert!(ObjectId::new(bad).is_err(), "{bad:?} was accepted");
         }
@@ -223,7 +236,14 @@ mod tests {
 
     #[test]
     fn accepts_ordinary_names() {
-        for good in ["a", "account-17", "shard_3.replica:1", "user@host", "k=v+w", "x.y"] {
+        for good in [
+            "a",
+            "account-17",
+            "shard_3.replica:1",
+            "user@host",
+            "k=v+w",
+            "x.y",
+        ] {
             assert!(ObjectId::new(good).is_ok(), "{good:?} was rejected");
         }
         assert!(ObjectId::new("a".repeat(200)).is_ok());
@@ -232,7 +252,10 @@ mod tests {
     #[test]
     fn error_names_the_id_and_the_reason() {
         let err = ObjectId::new("a/b").unwrap_err().to_string();
-        assert!(err.contains("a/b") && err.contains("path separator"), "{err}");
+        assert!(
+            err.contains("a/b") && err.contains("path separator"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -62,7 +62,7 @@ pub use cohort_derive::Checkpointable;
 /// | `#[checkpoint(type_name = "...")]` | container | stable type name (default: the type's identifier) |
 /// | `#[checkpoint(generation)]` | field | a `u64` bumped on every change: enables incremental checkpoints |
 /// | `#[checkpoint(bound = "...")]` | container | where-clause replacing the inferred bounds |
-/// | `#[checkpoint(crate = "path")]` | container | path of this crate when it is reached through a re-export (default `::cohort_object_api`) |
+/// | `#[checkpoint(crate = "path")]` | container | path of the object API; by default found from Cargo.toml: `::cohort_object_api` if it is a dependency, else `::cohort` |
 ///
 /// # Cheap capture
 ///

@@ -113,14 +113,12 @@ impl Snapshot {
     /// `out` may be a buffer or a streaming upload, so a very large state is never held twice.
     pub fn encode_into(&self, out: &mut dyn Write) -> Result<(), ObjectError> {
         match &self.body {
-            Body::Value(value) => {
-                value
-                    .encode_into(out)
-                    .map_err(|source| ObjectError::Encode {
-                        type_name: self.tag.type_name.to_string(),
-                        source,
-                    })
-            }
+            Body::Value(value) => value
+                .encode_into(out)
+                .map_err(|source| ObjectError::Encode {
+                    type_name: self.tag.type_name.to_string(),
+                    source,
+                }),
             Body::Encoded(bytes) => out.write_all(bytes).map_err(|e| ObjectError::Encode {
                 type_name: self.tag.type_name.to_string(),
                 source: rmp_serde::encode::Error::InvalidValueWrite(
@@ -189,7 +187,11 @@ impl EncodedState {
     ///
     /// Returns [`ObjectError::TypeMismatch`] for another type and [`ObjectError::FutureVersion`]
     /// for a version newer than `current_version`.
-    pub fn check(&self, type_name: &str, current_version: u32) -> Result<VersionCheck, ObjectError> {
+    pub fn check(
+        &self,
+        type_name: &str,
+        current_version: u32,
+    ) -> Result<VersionCheck, ObjectError> {
         if self.tag.type_name != type_name {
             return Err(ObjectError::TypeMismatch {
                 expected: type_name.to_string(),

@@ -152,11 +152,32 @@ impl Container {
             version: version.get().unwrap_or(1),
             migrate: migrate.get(),
             bound: bound.get(),
-            crate_path: crate_path
-                .get()
-                .unwrap_or_else(|| syn::parse_quote!(::cohort_object_api)),
+            crate_path: crate_path.get().unwrap_or_else(default_crate_path),
         }
     }
+}
+
+/// Where the object API lives for the crate being compiled: `cohort_object_api` if the user
+/// depends on it directly, else the `cohort` facade that re-exports it, so that users of either
+/// need no `#[checkpoint(crate = "...")]`.
+fn default_crate_path() -> syn::Path {
+    use proc_macro_crate::{FoundCrate, crate_name};
+    match crate_name("cohort-object-api") {
+        // `Itself` only happens in the API crate's own tests and doc tests, which are separate
+        // crates that name it by its library name.
+        Ok(FoundCrate::Itself) => syn::parse_quote!(::cohort_object_api),
+        Ok(FoundCrate::Name(name)) => path_of(&name),
+        Err(_) => match crate_name("cohort") {
+            Ok(FoundCrate::Itself) => syn::parse_quote!(::cohort),
+            Ok(FoundCrate::Name(name)) => path_of(&name),
+            Err(_) => syn::parse_quote!(::cohort_object_api),
+        },
+    }
+}
+
+fn path_of(crate_name: &str) -> syn::Path {
+    let ident = syn::Ident::new(crate_name, proc_macro2::Span::call_site());
+    syn::parse_quote!(::#ident)
 }
 
 /// The field attributes: `#[checkpoint(...)]` on a field.
