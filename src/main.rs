@@ -1,5 +1,10 @@
-//! The `cohort` command-line tool.
+//! The `cohort` command-line tool: inspect, verify, diff, roll back and collect a checkpoint
+//! store. See `cohort --help`.
 
-fn main() {
-    println!("cohort {}", env!("CARGO_PKG_VERSION"));
+mod cli;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    cli::main()
 }

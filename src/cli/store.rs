@@ -1,0 +1,135 @@
+//! Opening the store named by `--store`, and what its errors mean for the CLI.
+
+use cohort_checkpoint::{
+    CheckpointStore, Error as StoreError, Manifest, ManifestKind, StoreOptions,
+};
+use cohort_object_api::CheckpointId;
+
+use crate::cli::StoreArgs;
+use crate::cli::failure::Code;
+
+/// The exit code and hint for a store error.
+pub(crate) fn classify(err: &StoreError) -> (Code, Option<String>) {
+    match err {
+        StoreError::Damaged { .. } => (
+            Code::Failure,
+            Some("run `cohort verify` to list every damaged checkpoint; `cohort rollback --to ID` can return to an intact one".into()),
+        ),
+        StoreError::Fenced { .. } => (
+            Code::Failure,
+            Some("a coordinator committed in the meantime; check `cohort list` and retry if still wanted".into()),
+        ),
+        StoreError::Conflict { .. } => (
+            Code::Failure,
+            Some("another writer committed first; check `cohort list`, then retry".into()),
+        ),
+        StoreError::NotFound { .. } => (
+            Code::Error,
+            Some("run `cohort list` to see the committed checkpoints".into()),
+        ),
+        StoreError::InvalidUrl { .. } => (
+            Code::Error,
+            Some("pass --store or set COHORT_STORE, e.g. --store file:///var/lib/app/checkpoints".into()),
+        ),
+        StoreError::Unavailable { .. } => (
+            Code::Error,
+            Some("for S3 check AWS_ENDPOINT_URL, AWS_REGION and the credentials; run with -v to see the retries".into()),
+        ),
+        StoreError::UnsafeStore { .. } => (
+            Code::Error,
+            Some("if no coordinator can write to this store at the same time, pass --allow-unsafe-store".into()),
+        ),
+        _ => (Code::Error, None),
+    }
+}
+
+/// Opens the store for reading: no probe, nothing can be written.
+pub(crate) async fn open_read_only(args: &StoreArgs) -> anyhow::Result<CheckpointStore> {
+    tracing::debug!(store = %args.store, "opening read-only");
+    Ok(CheckpointStore::open_read_only(&args.store).await?)
+}
+
+/// Opens the store for writing, which runs the create-if-absent probe.
+pub(crate) async fn open_writable(
+    args: &StoreArgs,
+    allow_unsafe_store: bool,
+) -> anyhow::Result<CheckpointStore> {
+    tracing::debug!(store = %args.store, allow_unsafe_store, "opening for writing");
+    // StoreOptions is non-exhaustive, so struct-update syntax is not available here.
+    #[allow(clippy::field_reassign_with_default)]
+    let options = {
+        let mut options = StoreOptions::default();
+        options.allow_unsafe_conditional_put = allow_unsafe_store;
+        options
+    };
+    Ok(CheckpointStore::open(&args.store, options).await?)
+}
+
+/// The checkpoint whose segment directory holds `segment` (`segments/<20 digits>/...`), so that
+/// a reference into an older checkpoint's segment shows as incremental.
+pub(crate) fn segment_checkpoint(segment: &str) -> Option<CheckpointId> {
+    let rest = segment.strip_prefix("segments/")?;
+    let (digits, _) = rest.split_once('/')?;
+    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
+        .map(CheckpointId::new)
+}
+
+/// Whether the manifest references states stored by an older checkpoint.
+pub(crate) fn is_incremental(manifest: &Manifest) -> bool {
+    manifest
+        .locations()
+        .any(|l| segment_checkpoint(&l.segment) != Some(manifest.id))
+}
+
+/// `checkpoint`, `rollback`, `fence`: the kind's name for tables and JSON.
+pub(crate) fn kind_name(kind: &ManifestKind) -> &'static str {
+    match kind {
+        ManifestKind::Checkpoint => "checkpoint",
+        ManifestKind::Rollback { .. } => "rollback",
+        ManifestKind::Fence => "fence",
+        // A kind this build does not know yet; the manifest decoded, so show it generically.
+        _ => "other",
+    }
+}
+
+/// The checkpoint a rollback manifest points at.
+pub(crate) fn rollback_target(kind: &ManifestKind) -> Option<CheckpointId> {
+    match kind {
+        ManifestKind::Rollback { to } => Some(*to),
+        _ => None,
+    }
+}
+
+/// The kind for people: `checkpoint`, `fence`, `rollback to 3`.
+pub(crate) fn kind_label(kind: &ManifestKind) -> String {
+    match rollback_target(kind) {
+        Some(to) => format!("rollback to {to}"),
+        None => kind_name(kind).to_owned(),
+    }
+}
+
+/// A manifest whose id was named on the command line; a missing one says how to find ids.
+pub(crate) async fn read_manifest(
+    store: &CheckpointStore,
+    id: CheckpointId,
+) -> anyhow::Result<Manifest> {
+    Ok(store.read_manifest(id).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_checkpoint_parses_only_the_layout() {
+        assert_eq!(
+            segment_checkpoint("segments/00000000000000000042/e1-r1/node-1-000000.seg"),
+            Some(CheckpointId::new(42))
+        );
+        assert_eq!(segment_checkpoint("segments/42/e1-r1/x-1.seg"), None);
+        assert_eq!(segment_checkpoint("manifests/00000000000000000042"), None);
+        assert_eq!(segment_checkpoint(""), None);
+    }
+}
