@@ -212,6 +212,17 @@ impl<T: EngineTypes> Engine<T> {
                     }
                 }
             }
+            Event::Leave { object } => {
+                if self.members.remove(&object) {
+                    let takes_part = self
+                        .attempt
+                        .as_ref()
+                        .is_some_and(|a| !a.committing && a.participants.contains(&object));
+                    if takes_part {
+                        self.abort(now_ms, AbortReason::MembershipChanged, &mut out);
+                    }
+                }
+            }
             Event::Vote {
                 round,
                 object,
@@ -356,12 +367,7 @@ impl<T: EngineTypes> Engine<T> {
                     decision: Decision::Committed,
                     participants: a.participants.into_iter().collect(),
                 });
-                for request in a.waiters {
-                    out.push(Command::Reply {
-                        request,
-                        result: Ok(a.id),
-                    });
-                }
+                // Health first, so that a caller who hears of the commit sees it.
                 if self.health.consecutive_failures != 0 || !self.health.healthy {
                     self.health = Health {
                         healthy: true,
@@ -369,6 +375,12 @@ impl<T: EngineTypes> Engine<T> {
                         last_failure: None,
                     };
                     out.push(Command::Health(self.health.clone()));
+                }
+                for request in a.waiters {
+                    out.push(Command::Reply {
+                        request,
+                        result: Ok(a.id),
+                    });
                 }
             }
             CommitOutcome::Fenced => {
@@ -411,12 +423,6 @@ impl<T: EngineTypes> Engine<T> {
         } else {
             TriggerFailure::Aborted(reason.clone())
         };
-        for request in a.waiters {
-            out.push(Command::Reply {
-                request,
-                result: Err(failure.clone()),
-            });
-        }
         // A change of membership or a halt is not the checkpoint's fault.
         if !matches!(reason, AbortReason::MembershipChanged | AbortReason::Halted) {
             let failures = self.health.consecutive_failures.saturating_add(1);
@@ -426,6 +432,12 @@ impl<T: EngineTypes> Engine<T> {
                 last_failure: Some(reason),
             };
             out.push(Command::Health(self.health.clone()));
+        }
+        for request in a.waiters {
+            out.push(Command::Reply {
+                request,
+                result: Err(failure.clone()),
+            });
         }
     }
 

@@ -117,6 +117,11 @@ pub enum Event<T: EngineTypes> {
         /// The new member.
         object: ObjectId,
     },
+    /// An object left the cohort (recovery dropped it). An attempt it takes part in aborts.
+    Leave {
+        /// The member that left.
+        object: ObjectId,
+    },
     /// A participant's vote in `round`.
     Vote {
         /// The round voted in; a vote for another round is stale and ignored.
@@ -169,7 +174,7 @@ pub enum AbortReason {
         /// In-transit messages not yet recorded.
         missing_messages: u64,
     },
-    /// An object joined while the attempt was in flight.
+    /// An object joined or left while the attempt was in flight.
     MembershipChanged,
     /// More in-transit messages were recorded than the counters allow: a runtime bug.
     ChannelStateMismatch {

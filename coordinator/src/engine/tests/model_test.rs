@@ -12,6 +12,7 @@ enum Op {
     Advance(u64),
     Trigger,
     Join(u8),
+    Leave(u8),
     /// `round_delta`: -1 stale, 0 current, 1 future.
     Vote {
         round_delta: i8,
@@ -39,6 +40,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (0u64..700).prop_map(Op::Advance),
         2 => Just(Op::Trigger),
         1 => (0u8..6).prop_map(Op::Join),
+        1 => (0u8..6).prop_map(Op::Leave),
         8 => (-1i8..=1, 0u8..6, prop::bool::weighted(0.9), 0u8..4, 0u8..4)
             .prop_map(|(round_delta, object, yes, sent, received)| Op::Vote { round_delta, object, yes, sent, received }),
         3 => (-1i8..=1, 0u8..3).prop_map(|(round_delta, count)| Op::Records { round_delta, count }),
@@ -48,8 +50,6 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-/// What the test knows independently of the engine, from the events it fed and the commands
-/// it saw.
 /// (id, round, participants, first yes ballots, records, commit requested)
 type ModelAttempt = (
     u64,
@@ -60,20 +60,14 @@ type ModelAttempt = (
     bool,
 );
 
+/// What the test knows independently of the engine, from the events it fed and the commands
+/// it saw.
 #[derive(Default)]
 struct Model {
     known_last: u64,
     last_round: u64,
     epoch: u64,
-    /// (id, round, participants, first yes ballots, records, commit requested)
-    attempt: Option<(
-        u64,
-        u64,
-        BTreeSet<ObjectId>,
-        BTreeMap<ObjectId, (u64, u64)>,
-        usize,
-        bool,
-    )>,
+    attempt: Option<ModelAttempt>,
     answered: BTreeSet<u64>,
     committed: Vec<u64>,
 }
@@ -205,6 +199,7 @@ proptest! {
                 Op::Advance(d) => { now += d; Event::Tick }
                 Op::Trigger => { next_trigger += 1; Event::Trigger { request: TriggerId(next_trigger) } }
                 Op::Join(i) => Event::Join { object: obj(i) },
+                Op::Leave(i) => Event::Leave { object: obj(i) },
                 Op::Vote { round_delta, object, yes: y, sent, received } => {
                     let round = round_of(&e, round_delta);
                     let vote = if y { yes(1, sent.into(), received.into()) } else { Vote::No { reason: "no".into() } };

@@ -168,15 +168,15 @@ fn no_vote_aborts_discards_and_the_retry_reuses_the_id() {
                 id: cid(5),
                 round: Round(1)
             },
-            Command::Reply {
-                request: TriggerId(1),
-                result: Err(TriggerFailure::Aborted(reason.clone())),
-            },
             Command::Health(Health {
                 healthy: true,
                 consecutive_failures: 1,
-                last_failure: Some(reason),
+                last_failure: Some(reason.clone()),
             }),
+            Command::Reply {
+                request: TriggerId(1),
+                result: Err(TriggerFailure::Aborted(reason)),
+            },
         ]
     );
     // Late votes of the aborted round change nothing.
@@ -472,4 +472,31 @@ fn too_many_records_abort() {
             1
         )
     );
+}
+
+#[test]
+fn leave_aborts_an_attempt_it_takes_part_in_and_shrinks_the_next() {
+    let mut e = engine_with(config(), 2, 0);
+    e.handle(
+        0,
+        Event::Trigger {
+            request: TriggerId(1),
+        },
+    );
+    let out = e.handle(1, Event::Leave { object: obj(1) });
+    assert_eq!(
+        out[0],
+        decided(1, 1, Decision::Aborted(AbortReason::MembershipChanged), 2)
+    );
+    assert_eq!(
+        e.handle(
+            2,
+            Event::Trigger {
+                request: TriggerId(2)
+            }
+        ),
+        vec![prepare(1, 2, 1)]
+    );
+    // A stranger leaving changes nothing.
+    assert_eq!(e.handle(3, Event::Leave { object: obj(9) }), vec![]);
 }

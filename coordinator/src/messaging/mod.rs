@@ -1,0 +1,158 @@
+//! Typed object-to-object messaging.
+//!
+//! Objects of a cohort collaborate by sending each other messages, and cohort must see every
+//! one of them to guarantee a consistent cut. An object that handles messages implements
+//! [`Actor`]; it is spawned into a [`Cohort`](crate::Cohort), which returns an [`Address`].
+//! Inside a handler, [`Context::send`] sends to another member: the runtime stamps the message
+//! with the sender's colour and counts it (see ARCHITECTURE.md, "Protocol"). From outside the
+//! cohort, [`Address::tell`] delivers a message that is not part of any cut: an input.
+//!
+//! Mailboxes are unbounded: a bounded mailbox could deadlock two objects sending to each other,
+//! and the protocol never waits on a full one.
+
+use std::any::type_name;
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::{Arc, Weak};
+
+use async_trait::async_trait;
+use cohort_object_api::{Checkpointable, ObjectError, ObjectId};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+
+use crate::engine::{CutState, Round};
+use crate::error::{Error, Result};
+use crate::runtime::{Cohort, Inner};
+
+/// An object that handles messages.
+///
+/// Messages must be serializable: one that crosses a cut (sent before its sender's checkpoint,
+/// received after its receiver's) is recorded in the checkpoint and redelivered on recovery.
+#[async_trait]
+pub trait Actor: Checkpointable {
+    /// The messages this object accepts.
+    type Message: Serialize + DeserializeOwned + Send + 'static;
+
+    /// Handles one message. An error marks the object failed: it stops handling messages, votes
+    /// no in checkpoints, and the cohort reports it unhealthy until [`Cohort::recover`] restores
+    /// it.
+    async fn handle(
+        &mut self,
+        message: Self::Message,
+        ctx: &mut Context<'_>,
+    ) -> Result<(), ObjectError>;
+}
+
+/// A message in a mailbox, with what the cut needs to know about it.
+pub(crate) struct Envelope<M> {
+    /// The sending member; `None` for an input from outside the cohort (not counted).
+    pub(crate) from: Option<ObjectId>,
+    /// The sender's colour when it sent.
+    pub(crate) colour: Round,
+    /// The sender's sequence number (its sent count).
+    pub(crate) seq: u64,
+    pub(crate) message: M,
+}
+
+/// Where to send messages of type `M`: a member of a cohort. Cheap to clone.
+pub struct Address<M> {
+    pub(crate) to: ObjectId,
+    pub(crate) tx: mpsc::UnboundedSender<Envelope<M>>,
+}
+
+impl<M> Clone for Address<M> {
+    fn clone(&self) -> Self {
+        Self {
+            to: self.to.clone(),
+            tx: self.tx.clone(),
+        }
+    }
+}
+
+impl<M> fmt::Debug for Address<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Address")
+            .field("to", &self.to)
+            .field("message", &type_name::<M>())
+            .finish()
+    }
+}
+
+impl<M: Send + 'static> Address<M> {
+    /// The receiving object's id.
+    pub fn id(&self) -> &ObjectId {
+        &self.to
+    }
+
+    /// Delivers an input from outside the cohort. Inputs are not part of any cut: a message
+    /// told but not yet handled when a failure happens is lost with the future the recovery
+    /// discards. Send from inside a handler with [`Context::send`] instead.
+    pub fn tell(&self, message: M) -> Result<()> {
+        self.tx
+            .send(Envelope {
+                from: None,
+                colour: Round::ZERO,
+                seq: 0,
+                message,
+            })
+            .map_err(|_| Error::UnknownObject(self.to.clone()))
+    }
+}
+
+/// What a handler can do besides changing its own state: send to other members, look them up,
+/// spawn new ones.
+pub struct Context<'a> {
+    pub(crate) me: &'a ObjectId,
+    pub(crate) from: Option<&'a ObjectId>,
+    pub(crate) cut: &'a mut CutState,
+    pub(crate) cohort: &'a Weak<Inner>,
+    /// Only the runtime builds contexts.
+    pub(crate) _private: PhantomData<()>,
+}
+
+impl Context<'_> {
+    /// The id of the object handling the message.
+    pub fn id(&self) -> &ObjectId {
+        self.me
+    }
+
+    /// The member that sent the message being handled; `None` for an input from outside.
+    pub fn sender(&self) -> Option<&ObjectId> {
+        self.from
+    }
+
+    /// Sends `message` to a member, as this object: stamped with its colour and counted.
+    pub fn send<M: Send + 'static>(&mut self, to: &Address<M>, message: M) -> Result<()> {
+        let (colour, seq) = self.cut.on_send();
+        let sent = to.tx.send(Envelope {
+            from: Some(self.me.clone()),
+            colour,
+            seq,
+            message,
+        });
+        if sent.is_err() {
+            // Not delivered: take the count back, or Σ sent − Σ received would wait forever
+            // for a message no one will receive.
+            self.cut.sent -= 1;
+            return Err(Error::UnknownObject(to.to.clone()));
+        }
+        Ok(())
+    }
+
+    /// The address of member `id`, which takes messages of type `M`.
+    pub fn address<M: Send + 'static>(&self, id: &ObjectId) -> Result<Address<M>> {
+        self.cohort()?.address(id)
+    }
+
+    /// The cohort this object belongs to, to spawn new members. Do not await
+    /// [`Cohort::trigger`] or [`Cohort::recover`] from a handler: they wait for this object.
+    pub fn cohort(&self) -> Result<Cohort> {
+        self.cohort
+            .upgrade()
+            .map(|inner| Cohort {
+                inner: Arc::clone(&inner),
+            })
+            .ok_or(Error::Stopped)
+    }
+}

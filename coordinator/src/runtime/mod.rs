@@ -1,0 +1,597 @@
+//! The in-process runtime: carries out the engine's commands against live objects and a
+//! checkpoint store, on tokio.
+//!
+//! - [`Cohort`] is the handle: spawn objects, trigger checkpoints, recover, watch health.
+//! - Each object runs on its own task (`object.rs`), which handles its mailbox, captures on
+//!   prepare (or when a message forces it), and records messages that crossed a cut.
+//! - One coordinator task (`coordinator.rs`) owns the [`Engine`](crate::engine::Engine) and
+//!   executes its commands; the manifest create is the commit point.
+//! - One writer task per attempt (`writer.rs`) encodes the captured states into segments after
+//!   the objects were released, and reports the votes once they are durable.
+
+mod coordinator;
+pub mod failpoint;
+mod metrics;
+mod object;
+mod writer;
+
+use std::any::{Any, type_name};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
+
+use cohort_checkpoint::{CheckpointStore, InTransitEntry, ObjectEntry};
+use cohort_object_api::{CheckpointId, ObjectId};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::AbortHandle;
+
+use crate::engine::{EngineTypes, Round};
+use crate::error::{Error, Result};
+use crate::messaging::{Actor, Address, Envelope};
+
+pub use failpoint::FailPoints;
+pub use metrics::{CheckpointStats, Metrics, PauseStats};
+
+use coordinator::Input;
+use object::Control;
+
+/// The engine types of the in-process runtime: votes carry segment entries.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Local;
+
+impl EngineTypes for Local {
+    type Entry = ObjectEntry;
+    type InTransit = InTransitEntry;
+}
+
+/// Checkpoint settings (compare Flink's `execution.checkpointing.*`).
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Settings {
+    /// Take a checkpoint this often; `None` (the default) only on [`Cohort::trigger`].
+    pub interval: Option<Duration>,
+    /// Abort an attempt whose votes are not all in after this long. Default 60 s.
+    pub timeout: Duration,
+    /// Leave at least this long between the end of one attempt and the start of the next.
+    /// Default 0.
+    pub min_pause: Duration,
+    /// Consecutive failed attempts tolerated before [`Health::healthy`] turns false. Default 0.
+    pub tolerable_failures: u32,
+    /// The name recorded with this coordinator's epoch. Default `cohort-<pid>`.
+    pub holder: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            interval: None,
+            timeout: Duration::from_secs(60),
+            min_pause: Duration::ZERO,
+            tolerable_failures: 0,
+            holder: format!("cohort-{}", std::process::id()),
+        }
+    }
+}
+
+impl Settings {
+    /// Sets [`interval`](Self::interval).
+    pub fn interval(mut self, interval: Duration) -> Self {
+        self.interval = Some(interval);
+        self
+    }
+
+    /// Sets [`timeout`](Self::timeout).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Sets [`min_pause`](Self::min_pause).
+    pub fn min_pause(mut self, min_pause: Duration) -> Self {
+        self.min_pause = min_pause;
+        self
+    }
+
+    /// Sets [`tolerable_failures`](Self::tolerable_failures).
+    pub fn tolerable_failures(mut self, n: u32) -> Self {
+        self.tolerable_failures = n;
+        self
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.timeout.is_zero() {
+            return Err(Error::InvalidSettings(
+                "timeout must be positive; use e.g. 60 s".into(),
+            ));
+        }
+        if self.interval.is_some_and(|i| i.is_zero()) {
+            return Err(Error::InvalidSettings(
+                "interval must be positive; use None to checkpoint only on trigger".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Whether the cohort is checkpointing well.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Health {
+    /// False when more attempts failed in a row than tolerated, or an object failed.
+    pub healthy: bool,
+    /// Attempts that failed in a row.
+    pub consecutive_failures: u32,
+    /// Why the last attempt failed, if it did.
+    pub last_failure: Option<String>,
+    /// Objects whose handler failed; they are held until [`Cohort::recover`].
+    pub failed_objects: Vec<ObjectId>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            healthy: true,
+            consecutive_failures: 0,
+            last_failure: None,
+            failed_objects: Vec::new(),
+        }
+    }
+}
+
+/// What [`Cohort::recover`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RecoveryReport {
+    /// The committed checkpoint the objects were restored to; `None` when the store held none
+    /// (objects kept their state).
+    pub line: Option<CheckpointId>,
+    /// The fence manifest written on top of it (none when there was no line).
+    pub fence: Option<CheckpointId>,
+    /// The epoch this cohort now writes with.
+    pub epoch: u64,
+    /// Objects restored.
+    pub restored: usize,
+    /// Objects dropped because they were created after the line.
+    pub dropped: Vec<ObjectId>,
+    /// In-transit messages redelivered.
+    pub redelivered: usize,
+    /// Newer checkpoints skipped because they are damaged.
+    pub skipped_damaged: usize,
+    /// How long recovery took.
+    pub elapsed: Duration,
+}
+
+/// A cohort: objects checkpointed together, so that their states form one consistent cut.
+/// Cheap to clone; the cohort stops when the last clone is dropped or on
+/// [`shutdown`](Self::shutdown).
+///
+/// ```no_run
+/// # async fn demo() -> cohort_coordinator::Result<()> {
+/// use cohort_checkpoint::CheckpointStore;
+/// use cohort_coordinator::{Cohort, Settings};
+/// use std::time::Duration;
+///
+/// let store = CheckpointStore::open("./cohort-data", Default::default()).await?;
+/// let cohort = Cohort::builder(store)
+///     .settings(Settings::default().interval(Duration::from_millis(500)))
+///     .build()
+///     .await?;
+/// // cohort.spawn(id, object)? for every object, then:
+/// let report = cohort.recover().await?; // restore the newest committed line, if any
+/// let id = cohort.trigger().await?; // a checkpoint, committed
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Cohort {
+    pub(crate) inner: Arc<Inner>,
+}
+
+/// Builds a [`Cohort`].
+pub struct Builder {
+    store: CheckpointStore,
+    settings: Settings,
+    fail_points: FailPoints,
+    paused: bool,
+    clock: Clock,
+}
+
+/// The wall clock the cohort stamps manifests and epochs with: Unix milliseconds.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+pub(crate) struct Inner {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.shared.stop(None);
+    }
+}
+
+/// The state every task of a cohort shares.
+pub(crate) struct Shared {
+    pub(crate) objects: RwLock<BTreeMap<ObjectId, Slot>>,
+    /// The attempt in flight, as objects see it.
+    pub(crate) active: Mutex<Option<Active>>,
+    /// The newest round started: the colour of objects that join now.
+    pub(crate) colour_floor: AtomicU64,
+    pub(crate) input: mpsc::UnboundedSender<Input>,
+    pub(crate) metrics: Metrics,
+    pub(crate) health: watch::Sender<Health>,
+    pub(crate) fail_points: FailPoints,
+    pub(crate) paused: AtomicBool,
+    checkpoints_healthy: AtomicBool,
+    pub(crate) clock: Clock,
+    stopped: Mutex<Option<Stop>>,
+    tasks: Mutex<Vec<AbortHandle>>,
+    pub(crate) store: CheckpointStore,
+    pub(crate) weak: Mutex<Weak<Inner>>,
+}
+
+#[derive(Clone, Debug)]
+enum Stop {
+    Shutdown,
+    Crashed(String),
+}
+
+#[derive(Clone)]
+pub(crate) struct Active {
+    pub(crate) id: CheckpointId,
+    pub(crate) round: Round,
+    pub(crate) writer: mpsc::UnboundedSender<writer::WriterMsg>,
+}
+
+pub(crate) struct Slot {
+    pub(crate) control: mpsc::UnboundedSender<Control>,
+    /// An `mpsc::UnboundedSender<Envelope<A::Message>>`.
+    mailbox: Box<dyn Any + Send + Sync>,
+    type_name: &'static str,
+    message_type: &'static str,
+}
+
+impl Shared {
+    pub(crate) fn active(&self) -> Option<Active> {
+        lock(&self.active).clone()
+    }
+
+    pub(crate) fn track(&self, handle: AbortHandle) {
+        let mut tasks = lock(&self.tasks);
+        tasks.retain(|h| !h.is_finished());
+        tasks.push(handle);
+    }
+
+    /// Stops every task; `crash` names the fail point if this is a simulated crash.
+    pub(crate) fn stop(&self, crash: Option<String>) {
+        {
+            let mut stopped = lock(&self.stopped);
+            if stopped.is_some() {
+                return;
+            }
+            *stopped = Some(match crash {
+                Some(point) => Stop::Crashed(point),
+                None => Stop::Shutdown,
+            });
+        }
+        for task in lock(&self.tasks).drain(..) {
+            task.abort();
+        }
+        // Dropping the mailboxes makes every address fail from now on.
+        write(&self.objects).clear();
+        *lock(&self.active) = None;
+    }
+
+    pub(crate) fn check_running(&self) -> Result<()> {
+        match &*lock(&self.stopped) {
+            None => Ok(()),
+            Some(Stop::Shutdown) => Err(Error::Stopped),
+            Some(Stop::Crashed(point)) => Err(Error::Crashed {
+                point: point.clone(),
+            }),
+        }
+    }
+
+    pub(crate) fn set_object_failed(&self, id: &ObjectId, failed: bool) {
+        let checkpoints_ok = self.checkpoints_healthy.load(Ordering::SeqCst);
+        self.health.send_if_modified(|h| {
+            let before = h.clone();
+            h.failed_objects.retain(|o| o != id);
+            if failed {
+                h.failed_objects.push(id.clone());
+                h.failed_objects.sort();
+            }
+            h.healthy = checkpoints_ok && h.failed_objects.is_empty();
+            *h != before
+        });
+    }
+
+    pub(crate) fn set_checkpoint_health(&self, health: &crate::engine::Health) {
+        self.checkpoints_healthy
+            .store(health.healthy, Ordering::SeqCst);
+        self.health.send_modify(|h| {
+            h.consecutive_failures = health.consecutive_failures;
+            h.last_failure = health.last_failure.as_ref().map(ToString::to_string);
+            h.healthy = health.healthy && h.failed_objects.is_empty();
+        });
+    }
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked (every critical
+/// section here is a plain assignment or collection update).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub(crate) fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|e| e.into_inner())
+}
+
+pub(crate) fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Builder {
+    /// Sets the checkpoint settings.
+    pub fn settings(mut self, settings: Settings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// Arms fail points (crash tests).
+    pub fn fail_points(mut self, fail_points: FailPoints) -> Self {
+        self.fail_points = fail_points;
+        self
+    }
+
+    /// Replaces the wall clock (Unix ms) used for manifest and epoch timestamps. Protocol
+    /// timing (interval, timeout, pause) follows tokio's clock, which tests can pause.
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Starts with objects held (not handling messages) until [`Cohort::resume`], for example
+    /// to inspect restored objects before they run.
+    pub fn paused(mut self, paused: bool) -> Self {
+        self.paused = paused;
+        self
+    }
+
+    /// Claims a new epoch in the store and starts the coordinator. Call inside a tokio runtime.
+    pub async fn build(self) -> Result<Cohort> {
+        self.settings.validate()?;
+        let epoch = self
+            .store
+            .claim_epoch(&self.settings.holder, (self.clock)())
+            .await?
+            .epoch;
+        let last = self
+            .store
+            .committed_ids()
+            .await?
+            .last()
+            .copied()
+            .unwrap_or(CheckpointId::ZERO);
+        let (input, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            objects: RwLock::new(BTreeMap::new()),
+            active: Mutex::new(None),
+            colour_floor: AtomicU64::new(0),
+            input,
+            metrics: Metrics::default(),
+            health: watch::Sender::new(Health::default()),
+            fail_points: self.fail_points,
+            paused: AtomicBool::new(self.paused),
+            checkpoints_healthy: AtomicBool::new(true),
+            clock: self.clock.clone(),
+            stopped: Mutex::new(None),
+            tasks: Mutex::new(Vec::new()),
+            store: self.store.clone(),
+            weak: Mutex::new(Weak::new()),
+        });
+        let inner = Arc::new(Inner {
+            shared: Arc::clone(&shared),
+        });
+        *lock(&shared.weak) = Arc::downgrade(&inner);
+        let coordinator =
+            coordinator::Coordinator::new(Arc::clone(&shared), self.settings, epoch, last, rx);
+        let handle = tokio::spawn(coordinator.run());
+        shared.track(handle.abort_handle());
+        tracing::info!(store = %self.store, epoch, newest = %last, "cohort started");
+        Ok(Cohort { inner })
+    }
+}
+
+impl Cohort {
+    /// Starts building a cohort that checkpoints to `store`.
+    pub fn builder(store: CheckpointStore) -> Builder {
+        Builder {
+            store,
+            settings: Settings::default(),
+            fail_points: FailPoints::default(),
+            paused: false,
+            clock: Arc::new(unix_ms),
+        }
+    }
+
+    fn shared(&self) -> &Arc<Shared> {
+        &self.inner.shared
+    }
+
+    /// Adds `object` to the cohort under `id` and starts it. It takes part in checkpoints from
+    /// the next attempt on; an attempt in flight aborts (and is retried), because the new
+    /// member's messages could otherwise cross its cut unseen.
+    pub fn spawn<A: Actor>(&self, id: ObjectId, object: A) -> Result<Address<A::Message>> {
+        let shared = self.shared();
+        shared.check_running()?;
+        let mut objects = write(&shared.objects);
+        if objects.contains_key(&id) {
+            return Err(Error::DuplicateObject(id));
+        }
+        let (mailbox_tx, mailbox_rx) = mpsc::unbounded_channel::<Envelope<A::Message>>();
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        // The join reaches the engine before any message of the new object can be counted.
+        shared
+            .input
+            .send(Input::Join(id.clone()))
+            .map_err(|_| Error::Stopped)?;
+        let colour = Round(shared.colour_floor.load(Ordering::SeqCst));
+        let task = object::ObjectTask::new(
+            id.clone(),
+            object,
+            colour,
+            mailbox_rx,
+            control_rx,
+            Arc::clone(shared),
+        );
+        objects.insert(
+            id.clone(),
+            Slot {
+                control: control_tx,
+                mailbox: Box::new(mailbox_tx.clone()),
+                type_name: type_name::<A>(),
+                message_type: type_name::<A::Message>(),
+            },
+        );
+        drop(objects);
+        let handle = tokio::spawn(task.run());
+        shared.track(handle.abort_handle());
+        Ok(Address {
+            to: id,
+            tx: mailbox_tx,
+        })
+    }
+
+    /// The address of member `id`, which takes messages of type `M`.
+    pub fn address<M: Send + 'static>(&self, id: &ObjectId) -> Result<Address<M>> {
+        let objects = read(&self.shared().objects);
+        let slot = objects
+            .get(id)
+            .ok_or_else(|| Error::UnknownObject(id.clone()))?;
+        let tx = slot
+            .mailbox
+            .downcast_ref::<mpsc::UnboundedSender<Envelope<M>>>()
+            .ok_or_else(|| Error::WrongType {
+                object: id.clone(),
+                requested: type_name::<M>(),
+                actual: slot.message_type,
+            })?;
+        Ok(Address {
+            to: id.clone(),
+            tx: tx.clone(),
+        })
+    }
+
+    /// The ids of every member, sorted.
+    pub fn members(&self) -> Vec<ObjectId> {
+        let mut ids: Vec<_> = read(&self.shared().objects).keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    /// Runs `f` on object `id` (of type `A`) on its own task, between two messages, and returns
+    /// what it returns. Works while the object is held.
+    pub async fn inspect<A: Actor, R: Send + 'static>(
+        &self,
+        id: &ObjectId,
+        f: impl FnOnce(&A) -> R + Send + 'static,
+    ) -> Result<R> {
+        let (tx, rx) = oneshot::channel();
+        let control = {
+            let objects = read(&self.shared().objects);
+            let slot = objects
+                .get(id)
+                .ok_or_else(|| Error::UnknownObject(id.clone()))?;
+            if slot.type_name != type_name::<A>() {
+                return Err(Error::WrongType {
+                    object: id.clone(),
+                    requested: type_name::<A>(),
+                    actual: slot.type_name,
+                });
+            }
+            slot.control.clone()
+        };
+        let run: object::Inspector = Box::new(move |any: &dyn Any| {
+            if let Some(object) = any.downcast_ref::<A>() {
+                let _ = tx.send(f(object));
+            }
+        });
+        control
+            .send(Control::Inspect(run))
+            .map_err(|_| Error::UnknownObject(id.clone()))?;
+        rx.await.map_err(|_| {
+            self.shared()
+                .check_running()
+                .err()
+                .unwrap_or_else(|| Error::UnknownObject(id.clone()))
+        })
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Input) -> Result<T> {
+        let shared = self.shared();
+        shared.check_running()?;
+        let (tx, rx) = oneshot::channel();
+        shared.input.send(make(tx)).map_err(|_| Error::Stopped)?;
+        match rx.await {
+            Ok(result) => result,
+            // The coordinator went away: say why.
+            Err(_) => Err(shared.check_running().err().unwrap_or(Error::Stopped)),
+        }
+    }
+
+    /// Takes a checkpoint that starts after this call, and returns its id once committed.
+    /// Waits for the attempt in flight (at most one runs at a time) and the minimum pause.
+    pub async fn trigger(&self) -> Result<CheckpointId> {
+        self.ask(Input::Trigger).await
+    }
+
+    /// Rolls every object back to the newest committed line: aborts the attempt in flight,
+    /// holds every object, drops objects created after the line, discards every message sent
+    /// after it, restores each object's state and message counters, redelivers the recorded
+    /// in-transit messages exactly once, writes a fence manifest under a new epoch, and
+    /// releases the objects (unless the cohort is [paused](Self::pause)).
+    pub async fn recover(&self) -> Result<RecoveryReport> {
+        self.ask(Input::Recover).await
+    }
+
+    /// Holds every object: they stop handling messages (checkpoints still work).
+    pub async fn pause(&self) -> Result<()> {
+        self.ask(|tx| Input::Pause(true, tx)).await
+    }
+
+    /// Releases the objects held by [`pause`](Self::pause).
+    pub async fn resume(&self) -> Result<()> {
+        self.ask(|tx| Input::Pause(false, tx)).await
+    }
+
+    /// Watches the cohort's health.
+    pub fn health(&self) -> watch::Receiver<Health> {
+        self.shared().health.subscribe()
+    }
+
+    /// Counters and pause times so far.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared().metrics
+    }
+
+    /// The store the cohort checkpoints to.
+    pub fn store(&self) -> &CheckpointStore {
+        &self.shared().store
+    }
+
+    /// Why the cohort stopped, if it did: [`Error::Stopped`] or [`Error::Crashed`].
+    pub fn stopped(&self) -> Option<Error> {
+        self.shared().check_running().err()
+    }
+
+    /// Aborts the attempt in flight, stops every object and the coordinator.
+    pub async fn shutdown(&self) {
+        let _ = self.ask(Input::Shutdown).await;
+        self.shared().stop(None);
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

@@ -1,0 +1,326 @@
+//! One object's task: handles its mailbox, takes part in the protocol, and applies the cut
+//! rules of [`CutState`] to every message it receives.
+
+use std::any::Any;
+use std::collections::VecDeque;
+use std::marker::PhantomData;
+use std::sync::{Arc, Weak};
+use std::time::Instant;
+
+use bytes::Bytes;
+use cohort_object_api::{CheckpointId, EncodedState, ObjectId, StateTag};
+use tokio::sync::{mpsc, oneshot};
+
+use super::writer::{Captured, WriterMsg};
+use super::{Inner, Shared, lock};
+use crate::engine::{CutState, Receipt, Round};
+use crate::error::{Error, Result};
+use crate::messaging::{Actor, Context, Envelope};
+
+/// Control messages, handled before any mailbox message.
+pub(crate) enum Control {
+    /// Phase 1 for `round` (ignored if it is no longer active or was already captured).
+    Prepare { id: CheckpointId, round: Round },
+    /// Phase 2.
+    Decided {
+        id: CheckpointId,
+        round: Round,
+        committed: bool,
+    },
+    /// Stop handling messages; answer once the current handler returned.
+    Hold(oneshot::Sender<()>),
+    /// Handle messages again.
+    Release,
+    /// Recovery: discard the mailbox, restore, queue the redeliveries. Sent while held.
+    Restore(Box<RestoreOrder>, oneshot::Sender<Result<()>>),
+    /// Run a closure on the object.
+    Inspect(Inspector),
+}
+
+/// A closure run on an object by [`Cohort::inspect`](super::Cohort::inspect).
+pub(crate) type Inspector = Box<dyn FnOnce(&dyn Any) + Send>;
+
+pub(crate) struct RestoreOrder {
+    pub(crate) state: EncodedState,
+    pub(crate) generation: Option<u64>,
+    pub(crate) cut: CutState,
+    /// Sender, sequence number and bytes of each message to redeliver, in recorded order.
+    pub(crate) redeliver: Vec<(ObjectId, u64, EncodedState)>,
+    /// Whether the redelivered messages are counted (the line recorded counters).
+    pub(crate) counted: bool,
+}
+
+pub(crate) struct ObjectTask<A: Actor> {
+    id: ObjectId,
+    object: A,
+    cut: CutState,
+    /// The generation recorded for this object in the last committed line, when this task
+    /// knows it: equal means unchanged, so the previous entry is referenced.
+    committed_generation: Option<u64>,
+    /// The round this object captured in and the generation it voted, until decided.
+    voted: Option<(Round, Option<u64>)>,
+    held: bool,
+    failed: bool,
+    replay: VecDeque<Envelope<A::Message>>,
+    mailbox: mpsc::UnboundedReceiver<Envelope<A::Message>>,
+    control: mpsc::UnboundedReceiver<Control>,
+    shared: Arc<Shared>,
+    cohort: Weak<Inner>,
+}
+
+impl<A: Actor> ObjectTask<A> {
+    pub(crate) fn new(
+        id: ObjectId,
+        object: A,
+        colour: Round,
+        mailbox: mpsc::UnboundedReceiver<Envelope<A::Message>>,
+        control: mpsc::UnboundedReceiver<Control>,
+        shared: Arc<Shared>,
+    ) -> Self {
+        let held = shared.paused.load(std::sync::atomic::Ordering::SeqCst);
+        let cohort = lock(&shared.weak).clone();
+        Self {
+            id,
+            object,
+            cut: CutState {
+                colour,
+                ..CutState::default()
+            },
+            committed_generation: None,
+            voted: None,
+            held,
+            failed: false,
+            replay: VecDeque::new(),
+            mailbox,
+            control,
+            cohort,
+            shared,
+        }
+    }
+
+    pub(crate) async fn run(mut self) {
+        loop {
+            // Control first: a prepare must not wait behind a long mailbox.
+            match self.control.try_recv() {
+                Ok(c) => {
+                    self.on_control(c).await;
+                    continue;
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => return,
+                Err(mpsc::error::TryRecvError::Empty) => {}
+            }
+            if self.held || self.failed {
+                match self.control.recv().await {
+                    Some(c) => self.on_control(c).await,
+                    None => return,
+                }
+                continue;
+            }
+            if let Some(envelope) = self.replay.pop_front() {
+                self.receive(envelope).await;
+                continue;
+            }
+            tokio::select! {
+                biased;
+                c = self.control.recv() => match c {
+                    Some(c) => self.on_control(c).await,
+                    None => return,
+                },
+                m = self.mailbox.recv() => match m {
+                    Some(envelope) => self.receive(envelope).await,
+                    None => return,
+                },
+            }
+        }
+    }
+
+    async fn on_control(&mut self, control: Control) {
+        match control {
+            Control::Prepare { id, round } => {
+                let active = self.shared.active();
+                if active.is_some_and(|a| a.round == round && a.id == id) && self.cut.colour < round
+                {
+                    self.capture(id, round).await;
+                }
+            }
+            Control::Decided {
+                id,
+                round,
+                committed,
+            } => {
+                let Some((voted_round, generation)) = self.voted else {
+                    return;
+                };
+                if voted_round != round {
+                    return;
+                }
+                self.voted = None;
+                if committed {
+                    self.committed_generation = generation;
+                    self.object.on_committed(id).await;
+                } else {
+                    self.object.on_aborted(id).await;
+                }
+            }
+            Control::Hold(ack) => {
+                self.held = true;
+                let _ = ack.send(());
+            }
+            Control::Release => self.held = false,
+            Control::Restore(order, ack) => {
+                let _ = ack.send(self.restore(*order).await);
+            }
+            Control::Inspect(f) => f(&self.object),
+        }
+    }
+
+    /// Phase 1: prepare, capture (unless unchanged), take the colour, hand the snapshot to the
+    /// round's writer. The object is blocked only for this; encoding and upload happen on the
+    /// writer's task.
+    async fn capture(&mut self, id: CheckpointId, round: Round) {
+        let Some(active) = self.shared.active().filter(|a| a.round == round) else {
+            return;
+        };
+        let started = Instant::now();
+        let captured = if self.failed {
+            Err("the object failed and waits for recovery".to_owned())
+        } else {
+            match self.object.prepare(id).await {
+                Err(e) => Err(e.to_string()),
+                Ok(()) => {
+                    let generation = self.object.generation();
+                    if generation.is_some() && generation == self.committed_generation {
+                        Ok((None, generation))
+                    } else {
+                        match self.object.capture().await {
+                            Ok(snapshot) => Ok((Some(snapshot), generation)),
+                            Err(e) => Err(e.to_string()),
+                        }
+                    }
+                }
+            }
+        };
+        // The cut is taken whatever the vote: messages sent from now on carry this colour.
+        self.cut.captured(round);
+        self.shared.metrics.record_pause(started.elapsed());
+        let msg = match captured {
+            Ok((snapshot, generation)) => {
+                self.voted = Some((round, generation));
+                WriterMsg::State(Captured {
+                    object: self.id.clone(),
+                    snapshot,
+                    generation,
+                    sent: self.cut.sent,
+                    received: self.cut.received,
+                })
+            }
+            Err(reason) => {
+                self.voted = Some((round, None));
+                WriterMsg::No {
+                    object: self.id.clone(),
+                    reason,
+                }
+            }
+        };
+        // The writer is gone only if the round ended meanwhile; the vote no longer matters.
+        let _ = active.writer.send(msg);
+    }
+
+    async fn receive(&mut self, envelope: Envelope<A::Message>) {
+        if let Some(from) = &envelope.from {
+            let receipt = if envelope.colour == self.cut.colour {
+                Receipt::Deliver
+            } else {
+                let active = self.shared.active().map(|a| a.round);
+                self.cut.classify(envelope.colour, active)
+            };
+            match receipt {
+                Receipt::Deliver => {}
+                Receipt::CaptureFirst { round } => {
+                    if let Some(active) = self.shared.active().filter(|a| a.round == round) {
+                        self.capture(active.id, round).await;
+                    }
+                }
+                Receipt::InTransit { round } => self.record(from, envelope.seq, &envelope, round),
+            }
+            self.cut.received();
+        }
+        let mut ctx = Context {
+            me: &self.id,
+            from: envelope.from.as_ref(),
+            cut: &mut self.cut,
+            cohort: &self.cohort,
+            _private: PhantomData,
+        };
+        if let Err(e) = self.object.handle(envelope.message, &mut ctx).await {
+            tracing::error!(object = %self.id, error = %e, "handler failed; the object is held until recovery");
+            self.failed = true;
+            self.shared.set_object_failed(&self.id, true);
+        }
+    }
+
+    /// Records a message that crossed the cut of `round` as channel state.
+    fn record(&self, from: &ObjectId, seq: u64, envelope: &Envelope<A::Message>, round: Round) {
+        let Some(active) = self.shared.active().filter(|a| a.round == round) else {
+            return;
+        };
+        match rmp_serde::to_vec_named(&envelope.message) {
+            Ok(bytes) => {
+                let state = EncodedState::new(StateTag::new(MESSAGE_TYPE, 1), Bytes::from(bytes));
+                let _ = active.writer.send(WriterMsg::InTransit {
+                    from: from.clone(),
+                    to: self.id.clone(),
+                    seq,
+                    state,
+                });
+            }
+            Err(e) => {
+                // Without its record the counts never balance and the attempt times out.
+                tracing::error!(object = %self.id, %from, error = %e, "cannot encode an in-transit message; the checkpoint will time out");
+            }
+        }
+    }
+
+    async fn restore(&mut self, order: RestoreOrder) -> Result<()> {
+        // Every message sent after the line is discarded.
+        while self.mailbox.try_recv().is_ok() {}
+        self.replay.clear();
+        self.object
+            .restore(&order.state)
+            .await
+            .map_err(|source| Error::Restore {
+                object: self.id.clone(),
+                source: Box::new(source),
+            })?;
+        let mut replay = VecDeque::with_capacity(order.redeliver.len());
+        for (from, seq, state) in order.redeliver {
+            let message = state.decode::<A::Message>().map_err(|e| Error::Message {
+                from: from.clone(),
+                to: self.id.clone(),
+                reason: e.to_string(),
+            })?;
+            replay.push_back(Envelope {
+                from: order.counted.then_some(from),
+                colour: order.cut.colour,
+                seq,
+                message,
+            });
+        }
+        self.replay = replay;
+        self.cut = order.cut;
+        self.voted = None;
+        // Trust "unchanged" only if the restored object reports the recorded generation.
+        self.committed_generation = order
+            .generation
+            .filter(|g| self.object.generation() == Some(*g));
+        if self.failed {
+            self.failed = false;
+            self.shared.set_object_failed(&self.id, false);
+        }
+        Ok(())
+    }
+}
+
+/// The type name recorded with in-transit messages (the receiver decodes them as its own
+/// message type).
+pub(crate) const MESSAGE_TYPE: &str = "cohort.message";

@@ -1,0 +1,478 @@
+//! The protocol end to end in one process: commit, channel state, minimal participation,
+//! aborts, timeouts, fencing, failed objects, and a crash at every fail point.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cohort::checkpoint::{CheckpointStore, ManifestKind};
+use cohort::coordinator::engine::AbortReason;
+use cohort::coordinator::runtime::failpoint::{self, FailPoints};
+use cohort::coordinator::{Actor, Cohort, Context, Error, Settings};
+use cohort::{CheckpointId, Checkpointable, EncodedState, ObjectError, ObjectId, Snapshot};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct NodeState {
+    value: i64,
+    generation: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+enum Msg {
+    Add(i64),
+    /// Send `n` × `Add(1)` to `to`, taking them from this node's value.
+    Give {
+        to: String,
+        n: u32,
+    },
+    /// Wait in the handler until the gate opens.
+    Block,
+    /// Fail the handler.
+    Fail,
+}
+
+struct Knobs {
+    gate: Semaphore,
+    refuse: AtomicBool,
+    /// Handlers currently waiting at the gate.
+    blocked: AtomicUsize,
+}
+
+impl Default for Knobs {
+    fn default() -> Self {
+        Self {
+            gate: Semaphore::new(0),
+            refuse: AtomicBool::new(false),
+            blocked: AtomicUsize::new(0),
+        }
+    }
+}
+
+struct Node {
+    state: NodeState,
+    knobs: Arc<Knobs>,
+}
+
+impl Node {
+    fn new(value: i64, knobs: &Arc<Knobs>) -> Self {
+        Self {
+            state: NodeState {
+                value,
+                generation: 0,
+            },
+            knobs: Arc::clone(knobs),
+        }
+    }
+}
+
+#[async_trait]
+impl Checkpointable for Node {
+    fn type_name(&self) -> &'static str {
+        "test.Node"
+    }
+    async fn capture(&self) -> Result<Snapshot, ObjectError> {
+        Ok(Snapshot::new("test.Node", 1, self.state.clone()))
+    }
+    async fn restore(&mut self, state: &EncodedState) -> Result<(), ObjectError> {
+        state.check("test.Node", 1)?;
+        self.state = state.decode()?;
+        Ok(())
+    }
+    fn generation(&self) -> Option<u64> {
+        Some(self.state.generation)
+    }
+    async fn prepare(&mut self, _: CheckpointId) -> Result<(), ObjectError> {
+        if self.knobs.refuse.load(Ordering::SeqCst) {
+            return Err(ObjectError::Refused {
+                reason: "told to refuse".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Actor for Node {
+    type Message = Msg;
+    async fn handle(&mut self, message: Msg, ctx: &mut Context<'_>) -> Result<(), ObjectError> {
+        match message {
+            Msg::Add(n) => {
+                self.state.value += n;
+                self.state.generation += 1;
+            }
+            Msg::Give { to, n } => {
+                let to = ctx
+                    .address::<Msg>(&ObjectId::new(to)?)
+                    .map_err(ObjectError::application)?;
+                for _ in 0..n {
+                    self.state.value -= 1;
+                    self.state.generation += 1;
+                    ctx.send(&to, Msg::Add(1))
+                        .map_err(ObjectError::application)?;
+                }
+            }
+            Msg::Block => {
+                self.knobs.blocked.fetch_add(1, Ordering::SeqCst);
+                let permit = self
+                    .knobs
+                    .gate
+                    .acquire()
+                    .await
+                    .map_err(ObjectError::application)?;
+                permit.forget();
+                self.knobs.blocked.fetch_sub(1, Ordering::SeqCst);
+            }
+            Msg::Fail => return Err(ObjectError::application("told to fail")),
+        }
+        Ok(())
+    }
+}
+
+fn id(name: &str) -> ObjectId {
+    ObjectId::new(name).unwrap()
+}
+
+fn settings() -> Settings {
+    Settings::default().timeout(Duration::from_secs(5))
+}
+
+async fn cohort(store: &CheckpointStore, settings: Settings) -> Cohort {
+    Cohort::builder(store.clone())
+        .settings(settings)
+        .build()
+        .await
+        .unwrap()
+}
+
+async fn value(c: &Cohort, name: &str) -> i64 {
+    c.inspect(&id(name), |n: &Node| n.state.value)
+        .await
+        .unwrap()
+}
+
+/// Sum of the values in a committed manifest plus its in-transit `Add`s.
+async fn line_total(store: &CheckpointStore, id: CheckpointId) -> (i64, usize) {
+    let m = store.read_manifest(id).await.unwrap();
+    let mut total = 0;
+    for (_, s) in store.read_states(&m).await.unwrap() {
+        total += s.decode::<NodeState>().unwrap().value;
+    }
+    let msgs = store.read_in_transit(&m).await.unwrap();
+    for (_, s) in &msgs {
+        match s.decode::<Msg>().unwrap() {
+            Msg::Add(n) => total += n,
+            other => panic!("unexpected in-transit message {other:?}"),
+        }
+    }
+    (total, msgs.len())
+}
+
+/// Waits until `f` holds, yielding to the runtime (no sleeping as synchronisation: the
+/// condition is re-checked after other tasks ran).
+async fn until(mut f: impl AsyncFnMut() -> bool) {
+    for _ in 0..100_000 {
+        if f().await {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("condition never held");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trigger_commits_and_recover_restores() {
+    let store = CheckpointStore::memory();
+    let c = cohort(&store, settings()).await;
+    let knobs = Arc::new(Knobs::default());
+    let a = c.spawn(id("a"), Node::new(10, &knobs)).unwrap();
+    c.spawn(id("b"), Node::new(0, &knobs)).unwrap();
+    a.tell(Msg::Give {
+        to: "b".into(),
+        n: 3,
+    })
+    .unwrap();
+    until(async || value(&c, "b").await == 3).await;
+
+    let first = c.trigger().await.unwrap();
+    assert_eq!(first, CheckpointId::new(1));
+    assert_eq!(line_total(&store, first).await, (10, 0));
+
+    a.tell(Msg::Give {
+        to: "b".into(),
+        n: 5,
+    })
+    .unwrap();
+    until(async || value(&c, "b").await == 8).await;
+    let report = c.recover().await.unwrap();
+    assert_eq!(report.line, Some(first));
+    assert_eq!(report.fence, Some(CheckpointId::new(2)));
+    assert_eq!((value(&c, "a").await, value(&c, "b").await), (7, 3));
+    let fence = store.read_manifest(CheckpointId::new(2)).await.unwrap();
+    assert_eq!(fence.kind, ManifestKind::Fence);
+    assert!(fence.epoch > store.read_manifest(first).await.unwrap().epoch);
+
+    // The cohort goes on after the fence.
+    assert_eq!(c.trigger().await.unwrap(), CheckpointId::new(3));
+    assert_eq!(c.metrics().committed(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_crossing_the_cut_are_recorded_and_redelivered_once() {
+    let store = CheckpointStore::memory();
+    let c = cohort(&store, settings()).await;
+    let knobs = Arc::new(Knobs::default());
+    let a = c.spawn(id("a"), Node::new(10, &knobs)).unwrap();
+    let b = c.spawn(id("b"), Node::new(0, &knobs)).unwrap();
+    // b is stuck in a handler; a's five transfers queue behind it.
+    b.tell(Msg::Block).unwrap();
+    until(async || knobs.blocked.load(Ordering::SeqCst) == 1).await;
+    a.tell(Msg::Give {
+        to: "b".into(),
+        n: 5,
+    })
+    .unwrap();
+    until(async || value(&c, "a").await == 5).await;
+
+    let trigger = tokio::spawn({
+        let c = c.clone();
+        async move { c.trigger().await }
+    });
+    // a captures at once (sent 5); b captures when its handler returns, before the five
+    // transfers, which it then receives after its cut: in transit.
+    until(async || c.metrics().pauses().count >= 1).await;
+    knobs.gate.add_permits(1);
+    let line = trigger.await.unwrap().unwrap();
+    assert_eq!(line_total(&store, line).await, (10, 5));
+    let m = store.read_manifest(line).await.unwrap();
+    assert!(
+        m.in_transit
+            .iter()
+            .all(|e| e.from == id("a") && e.to == id("b"))
+    );
+    let seqs: Vec<u64> = m.in_transit.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
+    until(async || value(&c, "b").await == 5).await;
+
+    // Recovery restores b without the five, then redelivers them exactly once.
+    c.pause().await.unwrap();
+    let report = c.recover().await.unwrap();
+    assert_eq!(report.redelivered, 5);
+    assert_eq!((value(&c, "a").await, value(&c, "b").await), (5, 0));
+    c.resume().await.unwrap();
+    until(async || value(&c, "b").await == 5).await;
+    // And the next line is consistent: nothing in transit, nothing lost, nothing twice.
+    let next = c.trigger().await.unwrap();
+    assert_eq!(line_total(&store, next).await, (10, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unchanged_objects_are_referenced_not_rewritten() {
+    let store = CheckpointStore::memory();
+    let c = cohort(&store, settings()).await;
+    let knobs = Arc::new(Knobs::default());
+    let nodes: Vec<_> = (0..10)
+        .map(|i| c.spawn(id(&format!("n{i}")), Node::new(1, &knobs)).unwrap())
+        .collect();
+    let first = c.trigger().await.unwrap();
+    let full = c.metrics().last_checkpoint().unwrap();
+    assert_eq!((full.written, full.unchanged), (10, 0));
+
+    nodes[3].tell(Msg::Add(1)).unwrap();
+    until(async || value(&c, "n3").await == 2).await;
+    let second = c.trigger().await.unwrap();
+    let incr = c.metrics().last_checkpoint().unwrap();
+    assert_eq!((incr.written, incr.unchanged), (1, 9));
+    assert!(incr.bytes < full.bytes);
+
+    let (m1, m2) = (
+        store.read_manifest(first).await.unwrap(),
+        store.read_manifest(second).await.unwrap(),
+    );
+    for (object, entry) in &m2.objects {
+        let same = m1.objects[object] == *entry;
+        assert_eq!(same, object != &id("n3"), "{object}");
+    }
+    assert_eq!(line_total(&store, second).await, (11, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_no_vote_aborts_discards_and_reports_unhealthy_past_the_tolerance() {
+    let store = CheckpointStore::memory();
+    let c = cohort(&store, settings().tolerable_failures(1)).await;
+    let knobs = Arc::new(Knobs::default());
+    c.spawn(id("a"), Node::new(1, &knobs)).unwrap();
+    knobs.refuse.store(true, Ordering::SeqCst);
+    let mut health = c.health();
+    for expect_healthy in [true, false] {
+        match c.trigger().await {
+            Err(Error::Aborted {
+                id: aborted,
+                reason: AbortReason::Refused { object, .. },
+            }) => {
+                assert_eq!((aborted, object), (CheckpointId::new(1), id("a")));
+            }
+            other => panic!("expected an abort, got {other:?}"),
+        }
+        health.changed().await.unwrap();
+        assert_eq!(health.borrow_and_update().healthy, expect_healthy);
+    }
+    knobs.refuse.store(false, Ordering::SeqCst);
+    // The retry reuses id 1 under a new round.
+    assert_eq!(c.trigger().await.unwrap(), CheckpointId::new(1));
+    assert!(c.health().borrow().healthy);
+    assert_eq!(c.metrics().aborted(), 2);
+    assert_eq!(
+        store.committed_ids().await.unwrap(),
+        vec![CheckpointId::new(1)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_that_never_votes_times_out() {
+    let store = CheckpointStore::memory();
+    let c = cohort(&store, settings().timeout(Duration::from_millis(200))).await;
+    let knobs = Arc::new(Knobs::default());
+    let a = c.spawn(id("a"), Node::new(1, &knobs)).unwrap();
+    a.tell(Msg::Block).unwrap();
+    until(async || knobs.blocked.load(Ordering::SeqCst) == 1).await;
+    match c.trigger().await {
+        Err(Error::Aborted {
+            reason: AbortReason::Timeout { missing_votes, .. },
+            ..
+        }) => assert_eq!(missing_votes, 1),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    knobs.gate.add_permits(1);
+    assert_eq!(c.trigger().await.unwrap(), CheckpointId::new(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_object_votes_no_until_recovery_restores_it() {
+    let store = CheckpointStore::memory();
+    let c = cohort(&store, settings()).await;
+    let knobs = Arc::new(Knobs::default());
+    let a = c.spawn(id("a"), Node::new(1, &knobs)).unwrap();
+    c.trigger().await.unwrap();
+    a.tell(Msg::Add(5)).unwrap();
+    a.tell(Msg::Fail).unwrap();
+    let mut health = c.health();
+    health.wait_for(|h| !h.healthy).await.unwrap();
+    assert_eq!(health.borrow().failed_objects, vec![id("a")]);
+    assert!(matches!(c.trigger().await, Err(Error::Aborted { .. })));
+    c.recover().await.unwrap();
+    assert_eq!(value(&c, "a").await, 1);
+    assert!(c.health().borrow().failed_objects.is_empty());
+    c.trigger().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_created_after_the_line_are_dropped_and_missing_ones_refused() {
+    let store = CheckpointStore::memory();
+    let c = cohort(&store, settings()).await;
+    let knobs = Arc::new(Knobs::default());
+    c.spawn(id("a"), Node::new(1, &knobs)).unwrap();
+    c.trigger().await.unwrap();
+    let late = c.spawn(id("late"), Node::new(1, &knobs)).unwrap();
+    let report = c.recover().await.unwrap();
+    assert_eq!(report.dropped, vec![id("late")]);
+    assert!(matches!(
+        late.tell(Msg::Add(1)),
+        Err(Error::UnknownObject(_))
+    ));
+    assert_eq!(c.members(), vec![id("a")]);
+
+    // A new process that does not spawn "a" cannot restore the line.
+    let fresh = cohort(&store, settings()).await;
+    fresh.spawn(id("b"), Node::new(1, &knobs)).unwrap();
+    match fresh.recover().await {
+        Err(Error::MissingObjects { missing, .. }) => assert_eq!(missing, vec![id("a")]),
+        other => panic!("expected MissingObjects, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_coordinator_is_fenced() {
+    let store = CheckpointStore::memory();
+    let knobs = Arc::new(Knobs::default());
+    let old = cohort(&store, settings()).await;
+    old.spawn(id("a"), Node::new(1, &knobs)).unwrap();
+    old.trigger().await.unwrap();
+
+    let new = cohort(&store, settings()).await;
+    new.spawn(id("a"), Node::new(1, &knobs)).unwrap();
+    let report = new.recover().await.unwrap();
+    assert_eq!(report.fence, Some(CheckpointId::new(2)));
+
+    match old.trigger().await {
+        Err(Error::Fenced { .. }) => {}
+        other => panic!("expected Fenced, got {other:?}"),
+    }
+    assert!(matches!(old.trigger().await, Err(Error::Fenced { .. })));
+    assert_eq!(new.trigger().await.unwrap(), CheckpointId::new(3));
+}
+
+/// Crash at every fail point: the store alone decides what committed, no half line is ever
+/// visible, and a new cohort recovers exactly to the newest committed manifest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_at_every_fail_point_leaves_the_newest_committed_line() {
+    for point in failpoint::ALL {
+        let store = CheckpointStore::memory();
+        let knobs = Arc::new(Knobs::default());
+        let points = FailPoints::default();
+        let c = Cohort::builder(store.clone())
+            .settings(settings())
+            .fail_points(points.clone())
+            .build()
+            .await
+            .unwrap();
+        let a = c.spawn(id("a"), Node::new(100, &knobs)).unwrap();
+        c.spawn(id("b"), Node::new(0, &knobs)).unwrap();
+        c.trigger().await.unwrap();
+        points.crash_at(point, 1);
+        // Drive the protocol through every step until the armed point fires.
+        for round in 0..4 {
+            a.tell(Msg::Give {
+                to: "b".into(),
+                n: 2,
+            })
+            .unwrap();
+            if round == 1 {
+                knobs.refuse.store(true, Ordering::SeqCst); // an abort, for discard.before
+            }
+            let _ = c.trigger().await;
+            knobs.refuse.store(false, Ordering::SeqCst);
+            if round == 2 {
+                let _ = c.recover().await; // for the recover.* points
+            }
+            if c.stopped().is_some() {
+                break;
+            }
+        }
+        assert!(
+            matches!(c.stopped(), Some(Error::Crashed { point: p }) if p == *point),
+            "{point}: did not crash ({:?})",
+            c.stopped()
+        );
+        assert!(matches!(c.trigger().await, Err(Error::Crashed { .. })));
+
+        // Every committed manifest is whole and conserves the 100.
+        let ids = store.committed_ids().await.unwrap();
+        for &m in &ids {
+            assert_eq!(line_total(&store, m).await.0, 100, "{point}: line {m}");
+        }
+        let newest = *ids.last().unwrap();
+        let after = cohort(&store, settings()).await;
+        after.spawn(id("a"), Node::new(0, &knobs)).unwrap();
+        after.spawn(id("b"), Node::new(0, &knobs)).unwrap();
+        let report = after.recover().await.unwrap();
+        assert_eq!(report.line, Some(newest), "{point}");
+        let total = value(&after, "a").await + value(&after, "b").await;
+        assert!(total <= 100, "{point}");
+        let line = after.trigger().await.unwrap();
+        assert_eq!(line_total(&store, line).await.0, 100, "{point}");
+    }
+}
