@@ -104,9 +104,14 @@ pub(crate) fn classify(err: &anyhow::Error) -> (Code, Option<String>) {
 /// True when the error is only a closed pipe on stdout (`cohort list | head`): not worth a word.
 pub(crate) fn is_broken_pipe(err: &anyhow::Error) -> bool {
     err.chain().any(|cause| {
-        cause
-            .downcast_ref::<io::Error>()
-            .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+        let kind = match cause.downcast_ref::<io::Error>() {
+            Some(e) => Some(e.kind()),
+            // JSON output fails inside serde_json, which wraps the io error.
+            None => cause
+                .downcast_ref::<serde_json::Error>()
+                .and_then(serde_json::Error::io_error_kind),
+        };
+        kind == Some(io::ErrorKind::BrokenPipe)
     })
 }
 
@@ -153,6 +158,8 @@ mod tests {
     fn broken_pipe_is_recognised_through_context() {
         let err = anyhow::Error::new(io::Error::from(io::ErrorKind::BrokenPipe)).context("x");
         assert!(is_broken_pipe(&err));
+        let json = serde_json::Error::io(io::Error::from(io::ErrorKind::BrokenPipe));
+        assert!(is_broken_pipe(&anyhow::Error::new(json)));
         assert!(!is_broken_pipe(&anyhow::anyhow!("x")));
     }
 }

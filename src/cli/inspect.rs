@@ -2,6 +2,8 @@
 
 use std::io::Write;
 
+use anyhow::Context;
+
 use cohort_object_api::{CheckpointId, ObjectId};
 
 use crate::cli::StoreArgs;
@@ -57,7 +59,12 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
         ))
         .into());
     };
-    let state = store.read_state(&entry.location).await?;
+    let state = store.read_state(&entry.location).await.with_context(|| {
+        format!(
+            "cannot read the state of {} in checkpoint {}",
+            args.object, args.id
+        )
+    })?;
     let json = decode::msgpack_to_json(state.payload(), args.binary).map_err(|e| {
         Failure::damaged(format!(
             "the state of {} ({}) in checkpoint {} passes its crc check but is not msgpack: {e:#}",

@@ -71,7 +71,11 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
     let mut damaged: BTreeMap<CheckpointId, String> = line
         .iter()
         .flat_map(|l| &l.skipped)
-        .filter_map(|r| r.damaged.first().map(|d| (r.checkpoint, d.to_string())))
+        .filter_map(|r| {
+            r.damaged
+                .first()
+                .map(|d| (r.checkpoint, store::damage_text(d)))
+        })
         .collect();
     if recovery.is_none() {
         // No checkpoint verifies at all: every one was skipped.

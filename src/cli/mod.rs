@@ -174,8 +174,10 @@ fn init_logging(verbose: u8) -> anyhow::Result<()> {
             failure::Failure::usage(format!("RUST_LOG={spec:?} is not a valid filter: {e}"))
                 .hint("use a level such as info, or targets such as cohort_checkpoint=debug")
         })?,
+        // Without -v the library's warnings stay quiet: the commands report damage themselves,
+        // in their own output.
         _ => EnvFilter::new(match verbose {
-            0 => "warn",
+            0 => "warn,cohort_checkpoint=error,cohort_coordinator=error",
             1 => "warn,cohort=info,cohort_checkpoint=info,cohort_coordinator=info",
             2 => "info,cohort=debug,cohort_checkpoint=debug,cohort_coordinator=debug",
             3 => "debug,cohort=trace,cohort_checkpoint=trace,cohort_coordinator=trace",
@@ -184,13 +186,18 @@ fn init_logging(verbose: u8) -> anyhow::Result<()> {
     };
     let ansi = std::io::stderr().is_terminal()
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(ansi)
-        .with_target(verbose >= 2)
-        .try_init()
-        .map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
+        .with_target(verbose >= 2);
+    // Timestamps only help when following a long run in detail.
+    let result = if verbose >= 2 {
+        builder.try_init()
+    } else {
+        builder.without_time().try_init()
+    };
+    result.map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
 }
 
 /// A panic is a bug, but it still gets one line and no backtrace, whatever RUST_BACKTRACE says.

@@ -123,12 +123,14 @@ impl Table {
                 if align == Align::Right {
                     line.push_str(&pad);
                 }
-                line.push_str(&style.paint(text));
+                if !text.is_empty() {
+                    line.push_str(&style.paint(text));
+                }
                 if align == Align::Left && i != last {
                     line.push_str(&pad);
                 }
             }
-            writeln!(out, "{line}")?;
+            writeln!(out, "{}", line.trim_end())?;
         }
         Ok(())
     }
@@ -220,9 +222,10 @@ mod tests {
             ("x".into(), Style::new()),
         ]);
         table.row(vec!["12".into(), "b".into(), "y".into()]);
+        table.row(vec!["3".into(), "c".into(), String::new()]);
         let mut out = Vec::new();
         table.write(&mut out, &Styles::default()).unwrap();
         let plain = anstream::adapter::strip_str(std::str::from_utf8(&out).unwrap()).to_string();
-        assert_eq!(plain, "ID  NAME   X\n 7  alpha  x\n12  b      y\n");
+        assert_eq!(plain, "ID  NAME   X\n 7  alpha  x\n12  b      y\n 3  c\n");
     }
 }

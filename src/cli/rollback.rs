@@ -98,10 +98,11 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
     let report = store.verify(args.to).await?;
     if let Some(first) = report.damaged.first() {
         return Err(Failure::damaged(format!(
-            "refusing to roll back to damaged checkpoint {}: {} of {} entries damaged, first {first}",
+            "refusing to roll back to damaged checkpoint {}: {} of {} entries damaged, the first: {}",
             args.to,
             report.damaged.len(),
-            report.entries
+            report.entries,
+            store::damage_text(first)
         ))
         .hint(format!(
             "run `cohort verify {}` for every damaged entry, and pick an intact checkpoint with `cohort list`",

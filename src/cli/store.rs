@@ -1,7 +1,7 @@
 //! Opening the store named by `--store`, and what its errors mean for the CLI.
 
 use cohort_checkpoint::{
-    CheckpointStore, Error as StoreError, Manifest, ManifestKind, StoreOptions,
+    CheckpointStore, Damage, Error as StoreError, Manifest, ManifestKind, StoreOptions,
 };
 use cohort_object_api::CheckpointId;
 
@@ -107,6 +107,15 @@ pub(crate) fn kind_label(kind: &ManifestKind) -> String {
     match rollback_target(kind) {
         Some(to) => format!("rollback to {to}"),
         None => kind_name(kind).to_owned(),
+    }
+}
+
+/// What is damaged, without the checkpoint (which the caller names): `object account-2, blob
+/// segments/...: crc mismatch: ...`.
+pub(crate) fn damage_text(d: &Damage) -> String {
+    match &d.object {
+        Some(object) => format!("object {object}, blob {}: {}", d.blob, d.kind),
+        None => format!("blob {}: {}", d.blob, d.kind),
     }
 }
 

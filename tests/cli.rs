@@ -1,0 +1,690 @@
+//! The `cohort` CLI, end to end: transcripts (trycmd, `tests/cli/**/*.md`) and behaviour tests
+//! that run the real binary against stores written by the fixture generator below, through the
+//! checkpoint store's own `SegmentWriter` and `commit`.
+//!
+//! Every test runs on local disk. The `s3_*` tests run the same transcripts on the
+//! S3-compatible test server when `COHORT_TEST_S3_URL` is set (`scripts/with-s3.sh` sets it);
+//! in CI (`CI` set) a missing URL fails them instead of skipping them.
+//!
+//! To rewrite the transcripts after an intended output change:
+//! `TRYCMD=overwrite cargo test -p cohort --test cli`, then review the diff.
+
+// A panic in a test (or its helpers) is a failed test, not a crash a user sees.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::process::{Command, Output, Stdio};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use cohort::checkpoint::object_store::path::Path as StorePath;
+use cohort::checkpoint::object_store::{ObjectStoreExt, PutPayload};
+use cohort::checkpoint::{
+    CheckpointStore, InTransitEntry, Manifest, ManifestKind, ObjectEntry, StoreOptions,
+};
+use cohort::{CheckpointId, Checkpointable, ObjectId, Snapshot};
+use serde::{Deserialize, Serialize};
+
+const BIN: &str = env!("CARGO_BIN_EXE_cohort");
+
+/// Creation time of checkpoint 1; each next one is a minute later. Fixed, so transcripts are
+/// stable.
+const T0: u64 = 1_700_000_000_000;
+
+// ---------------------------------------------------------------------------------------------
+// The fixture: a small bank.
+
+#[derive(Checkpointable, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct Account {
+    owner: String,
+    balance: i64,
+    history: Vec<i64>,
+}
+
+#[derive(Checkpointable, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[checkpoint(version = 2)]
+struct Ledger {
+    /// Integer keys: the generic decoder turns them into text keys. (A BTreeMap, so that the
+    /// encoded bytes and their crc are the same on every run.)
+    entries: BTreeMap<u64, i64>,
+    closed: bool,
+}
+
+#[derive(Serialize)]
+struct Transfer {
+    amount: i64,
+}
+
+fn account(owner: &str, history: &[i64]) -> Account {
+    Account {
+        owner: owner.into(),
+        balance: history.iter().sum(),
+        history: history.to_vec(),
+    }
+}
+
+fn oid(s: &str) -> ObjectId {
+    ObjectId::new(s).unwrap()
+}
+
+/// One object of a checkpoint: a new state, or the previous checkpoint's entry (incremental).
+enum Obj<'a> {
+    New(&'a dyn Checkpointable),
+    Same,
+}
+
+/// Where a test's store lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Backend {
+    Local,
+    S3,
+}
+
+/// A store written by [`Fixture::bank`], and what it holds.
+struct Fixture {
+    url: String,
+    store: CheckpointStore,
+    rt: tokio::runtime::Runtime,
+    /// The manifests committed, in id order.
+    manifests: Vec<Manifest>,
+    /// The accounts of checkpoint 1, for the rollback test.
+    first: BTreeMap<ObjectId, Account>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Fixture {
+    /// An empty store of `backend`, or `None` when S3 is not configured outside CI.
+    fn empty(backend: Backend, name: &str) -> Option<Self> {
+        let (url, dir) = match backend {
+            Backend::Local => {
+                let dir = tempfile::tempdir().unwrap();
+                (dir.path().join("store").display().to_string(), Some(dir))
+            }
+            Backend::S3 => (s3_url(name)?, None),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let store = rt
+            .block_on(CheckpointStore::open(&url, StoreOptions::default()))
+            .unwrap();
+        Some(Self {
+            url,
+            store,
+            rt,
+            manifests: Vec::new(),
+            first: BTreeMap::new(),
+            _dir: dir,
+        })
+    }
+
+    /// Three checkpoints of a bank, by a coordinator whose epoch is an hour old:
+    ///
+    /// 1. account-1..3 and the ledger, all new;
+    /// 2. account-1 and the ledger change, account-2 is shared with 1, account-3 is removed,
+    ///    account-4 is added, and a transfer to account-1 is in transit;
+    /// 3. account-2 changes, everything else is shared with 2.
+    ///
+    /// Plus the blobs of an aborted attempt at checkpoint 3, for GC to find.
+    fn bank(backend: Backend, name: &str) -> Option<Self> {
+        let mut f = Self::empty(backend, name)?;
+        let store = f.store.clone();
+        f.rt.block_on(async {
+            store
+                .claim_epoch("fixture-coordinator", T0 - 3_600_000)
+                .await
+                .unwrap();
+        });
+        let a1 = account("alice", &[100]);
+        let a2 = account("bob", &[50]);
+        let a3 = account("carol", &[]);
+        let ledger = Ledger {
+            entries: BTreeMap::from([(1, 100), (2, 50)]),
+            closed: false,
+        };
+        f.first = BTreeMap::from([
+            (oid("account-1"), a1.clone()),
+            (oid("account-2"), a2.clone()),
+            (oid("account-3"), a3.clone()),
+        ]);
+        f.commit(
+            &[
+                ("account-1", Obj::New(&a1)),
+                ("account-2", Obj::New(&a2)),
+                ("account-3", Obj::New(&a3)),
+                ("ledger", Obj::New(&ledger)),
+            ],
+            &[],
+        );
+
+        let a1 = account("alice", &[100, -25]);
+        let a4 = account("dave", &[25]);
+        let ledger = Ledger {
+            entries: BTreeMap::from([(1, 75), (2, 50), (4, 25)]),
+            closed: false,
+        };
+        f.commit(
+            &[
+                ("account-1", Obj::New(&a1)),
+                ("account-2", Obj::Same),
+                ("account-4", Obj::New(&a4)),
+                ("ledger", Obj::New(&ledger)),
+            ],
+            &[("account-2", "account-1", 7, 10)],
+        );
+
+        // An attempt at checkpoint 3 that aborted: its blobs are garbage.
+        f.rt.block_on(async {
+            let mut w = store.segment_writer(CheckpointId::new(3), "e1-r3a", "node-1");
+            let lost = account("bob", &[50, 999]);
+            w.add(&oid("account-2"), &lost.capture().await.unwrap())
+                .await
+                .unwrap();
+            w.finish().await.unwrap();
+        });
+
+        let a2 = account("bob", &[50, 10]);
+        f.commit(
+            &[
+                ("account-1", Obj::Same),
+                ("account-2", Obj::New(&a2)),
+                ("account-4", Obj::Same),
+                ("ledger", Obj::Same),
+            ],
+            &[],
+        );
+        Some(f)
+    }
+
+    /// Writes and commits the next checkpoint.
+    fn commit(&mut self, objects: &[(&str, Obj<'_>)], in_transit: &[(&str, &str, u64, i64)]) {
+        let id = CheckpointId::new(self.manifests.len() as u64 + 1);
+        let prev = self.manifests.last().cloned();
+        let round = format!("e1-r{id}");
+        let store = self.store.clone();
+        let manifest = self.rt.block_on(async {
+            let mut writer = store.segment_writer(id, &round, "node-1");
+            let created = T0 + (id.get() - 1) * 60_000;
+            let mut m = Manifest::new(id, 1, created, round.clone());
+            m.parent = prev.as_ref().map(|p| p.id);
+            for (name, obj) in objects {
+                let object = oid(name);
+                let entry = match obj {
+                    Obj::New(o) => {
+                        let snapshot = o.capture().await.unwrap();
+                        ObjectEntry {
+                            type_name: o.type_name().into(),
+                            version: o.schema_version(),
+                            generation: None,
+                            location: writer.add(&object, &snapshot).await.unwrap(),
+                        }
+                    }
+                    Obj::Same => prev.as_ref().unwrap().objects[&object].clone(),
+                };
+                m.objects.insert(object, entry);
+            }
+            for (from, to, seq, amount) in in_transit {
+                let message = Snapshot::new("Transfer", 1, Transfer { amount: *amount });
+                let location = writer.add(&oid(to), &message).await.unwrap();
+                m.in_transit.push(InTransitEntry {
+                    from: oid(from),
+                    to: oid(to),
+                    seq: *seq,
+                    location,
+                });
+            }
+            writer.finish().await.unwrap();
+            store.commit(&m).await.unwrap();
+            m
+        });
+        self.manifests.push(manifest);
+    }
+
+    /// Runs the binary against this store.
+    fn cohort(&self, args: &[&str]) -> Output {
+        run(args, &[("COHORT_STORE", self.url.as_str())])
+    }
+
+    /// Runs the transcripts of `tests/cli/<group>/` against this store.
+    fn transcripts(&self, group: &str) {
+        let cases = trycmd::TestCases::new();
+        cases
+            .register_bin("cohort", std::path::PathBuf::from(BIN))
+            .env("COHORT_STORE", &self.url)
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "")
+            .env("COLUMNS", "100")
+            .case(format!("tests/cli/{group}/*.md"));
+        cases.insert_var("[STORE]", self.url.clone()).unwrap();
+        cases.run();
+    }
+
+    /// Flips one byte inside account-2's state in checkpoint 3, through the object store, so
+    /// that the same code damages local and S3 stores. Returns the blob's key.
+    fn flip_account_2_of_checkpoint_3(&self) -> String {
+        let location = self.manifests[2].objects[&oid("account-2")]
+            .location
+            .clone();
+        let (inner, prefix) = self.store.object_store();
+        let path = if prefix.as_ref().is_empty() {
+            StorePath::from(location.segment.as_str())
+        } else {
+            StorePath::from(format!("{prefix}/{}", location.segment))
+        };
+        self.rt.block_on(async {
+            let mut bytes = inner
+                .get(&path)
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap()
+                .to_vec();
+            // A byte of the payload, just before the entry's trailing crc.
+            let at = usize::try_from(location.offset + location.len - 5).unwrap();
+            bytes[at] ^= 0x01;
+            inner.put(&path, PutPayload::from(bytes)).await.unwrap();
+        });
+        location.segment
+    }
+}
+
+/// A fresh prefix on the S3 test server, or `None` (skip) outside CI when it is not configured.
+fn s3_url(name: &str) -> Option<String> {
+    match std::env::var("COHORT_TEST_S3_URL") {
+        Ok(base) if !base.is_empty() => {
+            // Unique per run, so reruns against a long-lived server start empty.
+            let nanos = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_nanos();
+            Some(format!(
+                "{}/cli-{name}-{}-{nanos}",
+                base.trim_end_matches('/'),
+                std::process::id()
+            ))
+        }
+        _ if std::env::var_os("CI").is_some() => {
+            panic!("COHORT_TEST_S3_URL is not set in CI: run the tests under scripts/with-s3.sh")
+        }
+        _ => {
+            eprintln!("skipping: COHORT_TEST_S3_URL is not set (run under scripts/with-s3.sh)");
+            None
+        }
+    }
+}
+
+/// Runs the binary with `env` on top of a clean, deterministic environment.
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_remove("COHORT_STORE")
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", "")
+        // Backtraces must never reach the user, whatever this says.
+        .env("RUST_BACKTRACE", "1")
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The error contract: exit `code`, nothing on stdout, one `error:` line on stderr and at most
+/// a `hint:` line after it; no panic, no backtrace.
+#[track_caller]
+fn assert_one_line_error(out: &Output, code: i32, needle: &str) {
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "stderr: {stderr}");
+    assert!(out.stdout.is_empty(), "stdout: {}", text(&out.stdout));
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(
+        !lines.is_empty() && lines.len() <= 2,
+        "expected one error line and at most a hint:\n{stderr}"
+    );
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    assert!(
+        lines.get(1).is_none_or(|l| l.starts_with("hint: ")),
+        "{stderr}"
+    );
+    assert!(lines[0].contains(needle), "{needle:?} not in {stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
+}
+
+fn decode_accounts(f: &Fixture, manifest: &Manifest) -> BTreeMap<ObjectId, Account> {
+    let states = f.rt.block_on(f.store.read_states(manifest)).unwrap();
+    states
+        .into_iter()
+        .filter(|(_, s)| s.tag().type_name == "Account")
+        .map(|(id, s)| (id, s.decode::<Account>().unwrap()))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Transcripts
+
+#[test]
+fn help_transcripts() {
+    let f = Fixture::empty(Backend::Local, "help").unwrap();
+    f.transcripts("help");
+}
+
+#[test]
+fn read_transcripts_local() {
+    let f = Fixture::bank(Backend::Local, "read").unwrap();
+    f.transcripts("read");
+}
+
+#[test]
+fn s3_read_transcripts() {
+    if let Some(f) = Fixture::bank(Backend::S3, "read") {
+        f.transcripts("read");
+    }
+}
+
+fn damage(backend: Backend) {
+    let Some(f) = Fixture::bank(backend, "damage") else {
+        return;
+    };
+    let blob = f.flip_account_2_of_checkpoint_3();
+
+    let out = f.cohort(&["verify"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{}", text(&out.stderr));
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("crc mismatch"))
+        .unwrap_or_else(|| panic!("no damage line in:\n{stdout}"));
+    assert!(
+        line.contains("checkpoint 3") && line.contains("object account-2") && line.contains(&blob),
+        "{line}"
+    );
+    // Checkpoint 2 shares nothing damaged.
+    assert_eq!(f.cohort(&["verify", "2"]).status.code(), Some(0));
+    f.transcripts("damage");
+}
+
+#[test]
+fn flipped_byte_makes_verify_exit_1_naming_object_and_blob() {
+    damage(Backend::Local);
+}
+
+#[test]
+fn s3_flipped_byte_makes_verify_exit_1_naming_object_and_blob() {
+    damage(Backend::S3);
+}
+
+fn rollback(backend: Backend) {
+    let Some(f) = Fixture::bank(backend, "rollback") else {
+        return;
+    };
+    let before = f.rt.block_on(f.store.committed_ids()).unwrap();
+
+    // Off a terminal, without --yes: refused, nothing written.
+    let out = f.cohort(&["rollback", "--to", "1"]);
+    assert_one_line_error(&out, 1, "without confirmation");
+    assert_eq!(f.rt.block_on(f.store.committed_ids()).unwrap(), before);
+
+    // The transcript rolls back to 1 with --yes, then lists and diffs.
+    f.transcripts("rollback");
+
+    // What recovery reads now is checkpoint 1's state, and history is kept.
+    let line = f.rt.block_on(f.store.recovery_line()).unwrap().unwrap();
+    assert_eq!(line.manifest.id, CheckpointId::new(4));
+    assert_eq!(
+        line.manifest.kind,
+        ManifestKind::Rollback {
+            to: CheckpointId::new(1)
+        }
+    );
+    assert_eq!(decode_accounts(&f, &line.manifest), f.first);
+    assert_eq!(
+        f.rt.block_on(f.store.committed_ids()).unwrap().len(),
+        before.len() + 1
+    );
+}
+
+#[test]
+fn rollback_then_recovery_holds_the_target_state() {
+    rollback(Backend::Local);
+}
+
+#[test]
+fn s3_rollback_then_recovery_holds_the_target_state() {
+    rollback(Backend::S3);
+}
+
+#[test]
+fn rollback_refuses_while_a_coordinator_holds_the_lease() {
+    let f = Fixture::bank(Backend::Local, "lease").unwrap();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    f.rt.block_on(f.store.claim_epoch("node-7", now)).unwrap();
+    let before = f.rt.block_on(f.store.committed_ids()).unwrap();
+
+    let out = f.cohort(&["rollback", "--to", "2", "--yes"]);
+    assert_one_line_error(&out, 1, "coordinator \"node-7\" took epoch 2");
+    assert!(text(&out.stderr).contains("--force"));
+    assert_eq!(f.rt.block_on(f.store.committed_ids()).unwrap(), before);
+
+    // A rollback to a damaged checkpoint is refused even with --force.
+    f.flip_account_2_of_checkpoint_3();
+    let out = f.cohort(&["rollback", "--to", "3", "--yes", "--force"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("damaged checkpoint 3"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = f.cohort(&["rollback", "--to", "2", "--yes", "--force"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("warning: coordinator \"node-7\""));
+    // The rollback took a newer epoch than the live coordinator's, which fences it.
+    let newest = f.rt.block_on(f.store.newest_epoch()).unwrap().unwrap();
+    assert_eq!(newest.epoch, 3);
+    let line = f.rt.block_on(f.store.recovery_line()).unwrap().unwrap();
+    assert_eq!(line.manifest.epoch, 3);
+    assert_eq!(
+        line.manifest.kind,
+        ManifestKind::Rollback {
+            to: CheckpointId::new(2)
+        }
+    );
+}
+
+fn gc(backend: Backend) {
+    let Some(f) = Fixture::bank(backend, "gc") else {
+        return;
+    };
+    // The rollback manifest (4) references checkpoint 1's segments: GC must keep them although
+    // checkpoint 1 itself expires.
+    let out = f.cohort(&["rollback", "--to", "1", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    f.transcripts("gc");
+
+    let store = &f.store;
+    let ids = f.rt.block_on(store.committed_ids()).unwrap();
+    assert_eq!(ids, vec![CheckpointId::new(4)]);
+    let (inner, prefix) = store.object_store();
+    for id in ids {
+        let m = f.rt.block_on(store.read_manifest(id)).unwrap();
+        for l in m.locations() {
+            let path = if prefix.as_ref().is_empty() {
+                StorePath::from(l.segment.as_str())
+            } else {
+                StorePath::from(format!("{prefix}/{}", l.segment))
+            };
+            f.rt.block_on(inner.head(&path)).unwrap_or_else(|e| {
+                panic!("gc deleted {} that checkpoint {id} needs: {e}", l.segment)
+            });
+        }
+        assert!(f.rt.block_on(store.verify(id)).unwrap().is_ok());
+    }
+    let line = f.rt.block_on(store.recovery_line()).unwrap().unwrap();
+    assert_eq!(decode_accounts(&f, &line.manifest), f.first);
+}
+
+#[test]
+fn gc_never_deletes_what_a_retained_checkpoint_references() {
+    gc(Backend::Local);
+}
+
+#[test]
+fn s3_gc_never_deletes_what_a_retained_checkpoint_references() {
+    gc(Backend::S3);
+}
+
+#[test]
+fn gc_keeps_pinned_checkpoints() {
+    let f = Fixture::bank(Backend::Local, "pins").unwrap();
+    f.rt.block_on(f.store.pin(CheckpointId::new(1))).unwrap();
+    let out = f.cohort(&["gc", "--keep", "1", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["retained"], serde_json::json!([1, 3]));
+    assert_eq!(report["expired"], serde_json::json!([2]));
+    assert!(report["bytes_freed"].as_u64().unwrap() > 0);
+    for id in [1, 3] {
+        assert!(
+            f.rt.block_on(f.store.verify(CheckpointId::new(id)))
+                .unwrap()
+                .is_ok()
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors: one line, exit 2
+
+#[test]
+fn bad_url_is_a_one_line_error() {
+    let out = run(&["list", "--store", "ftp://example.invalid/x"], &[]);
+    assert_one_line_error(&out, 2, "invalid store URL");
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nothing-here").display().to_string();
+    let out = run(&["verify", "--store", &missing], &[]);
+    assert_one_line_error(&out, 2, "not found");
+}
+
+#[test]
+fn missing_store_and_bad_arguments_are_usage_errors() {
+    let out = run(&["list"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("--store <URL>"));
+    let out = run(&["show", "not-a-number", "--store", "/tmp"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("invalid checkpoint id"));
+    let out = run(&["gc", "--keep", "0", "--store", "/tmp"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn unknown_ids_are_one_line_errors() {
+    let f = Fixture::bank(Backend::Local, "unknown").unwrap();
+    assert_one_line_error(&f.cohort(&["show", "99"]), 2, "checkpoint 99");
+    assert_one_line_error(
+        &f.cohort(&["inspect", "2", "account-3"]),
+        2,
+        "no object account-3",
+    );
+    assert_one_line_error(&f.cohort(&["diff", "1", "42"]), 2, "checkpoint 42");
+    assert_one_line_error(
+        &f.cohort(&["rollback", "--to", "9", "--yes"]),
+        2,
+        "checkpoint 9",
+    );
+}
+
+#[test]
+fn unreachable_endpoint_is_a_one_line_error() {
+    // Port 9 (discard) on loopback: connection refused. Explicit dummy credentials, so that the
+    // client never looks for instance metadata.
+    let env = [
+        ("AWS_ENDPOINT_URL", "http://127.0.0.1:9"),
+        ("AWS_ALLOW_HTTP", "true"),
+        ("AWS_ACCESS_KEY_ID", "cohort-test"),
+        ("AWS_SECRET_ACCESS_KEY", "cohort-test"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+        ("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9"),
+    ];
+    let out = run(&["list", "--store", "s3://nowhere/prefix"], &env);
+    assert_one_line_error(&out, 2, "127.0.0.1:9");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output conventions
+
+#[test]
+fn colour_only_when_asked_off_a_terminal() {
+    let f = Fixture::bank(Backend::Local, "colour").unwrap();
+    let plain = f.cohort(&["list"]);
+    assert!(!plain.stdout.contains(&0x1b), "{}", text(&plain.stdout));
+    let coloured = f.cohort(&["list", "--color", "always"]);
+    assert!(coloured.stdout.contains(&0x1b));
+    let never = f.cohort(&["verify", "--color", "never"]);
+    assert!(!never.stdout.contains(&0x1b));
+}
+
+#[test]
+fn json_outputs_have_the_documented_fields() {
+    let f = Fixture::bank(Backend::Local, "json").unwrap();
+    let list: serde_json::Value =
+        serde_json::from_slice(&f.cohort(&["list", "--json"]).stdout).unwrap();
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 3);
+    for (entry, id) in list.iter().zip([3, 2, 1]) {
+        assert_eq!(entry["id"], id);
+        for field in ["objects", "bytes", "created_at"] {
+            assert!(!entry[field].is_null(), "{field} missing in {entry}");
+        }
+    }
+    assert_eq!(list[0]["recovery_line"], true);
+    assert_eq!(list[0]["incremental"], true);
+    assert_eq!(list[2]["incremental"], false);
+
+    let show: serde_json::Value =
+        serde_json::from_slice(&f.cohort(&["show", "2", "--json"]).stdout).unwrap();
+    let objects = show["objects"].as_array().unwrap();
+    assert_eq!(objects.len(), 4);
+    for o in objects {
+        for field in ["id", "type", "version", "bytes"] {
+            assert!(!o[field].is_null(), "{field} missing in {o}");
+        }
+    }
+    assert_eq!(show["in_transit"][0]["to"], "account-1");
+
+    let state: serde_json::Value =
+        serde_json::from_slice(&f.cohort(&["inspect", "2", "ledger"]).stdout).unwrap();
+    assert_eq!(
+        state,
+        serde_json::json!({"entries": {"1": 75, "2": 50, "4": 25}, "closed": false})
+    );
+}
+
+#[test]
+fn a_closed_stdout_is_not_an_error() {
+    let f = Fixture::bank(Backend::Local, "pipe").unwrap();
+    let mut child = Command::new(BIN)
+        .args(["show", "2", "--json"])
+        .env("COHORT_STORE", &f.url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the read end before the binary writes: its writes fail with a broken pipe.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
+}
