@@ -13,6 +13,7 @@ pub mod engine;
 mod error;
 pub mod messaging;
 pub mod runtime;
+pub mod wire;
 
 pub use error::{Error, Result};
 pub use messaging::{Actor, Address, Context};

@@ -1,0 +1,290 @@
+//! An established, typed connection.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures::stream::{SplitSink, SplitStream};
+use futures::{Sink, SinkExt, Stream, StreamExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+use super::WireError;
+use super::codec::{self, CodecError};
+use super::handshake::{PeerInfo, Wire, codec_error};
+
+/// A connection that has passed the handshake: it receives `In` messages and sends `Out`
+/// messages, one msgpack value per length-delimited frame.
+///
+/// Every error from [`recv`](Self::recv) or [`send`](Self::send) that involves the transport or
+/// the peer leaves the connection unusable: later calls return [`WireError::Unusable`]. Only
+/// [`WireError::Encode`] and [`WireError::MessageTooLarge`] (nothing was sent) leave it usable.
+/// Use [`split`](Self::split) to receive and send from different tasks.
+pub struct Connection<In, Out, S = TcpStream> {
+    wire: Wire<S>,
+    peer: Arc<PeerInfo>,
+    send_max: usize,
+    recv_failed: bool,
+    send_failed: bool,
+    // `fn` keeps the connection Send and Sync whatever the message types are.
+    _messages: PhantomData<fn(Out) -> In>,
+}
+
+impl<In, Out, S> fmt::Debug for Connection<In, Out, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("peer", &self.peer)
+            .field("send_max", &self.send_max)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<In, Out, S> Connection<In, Out, S>
+where
+    In: DeserializeOwned,
+    Out: Serialize,
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    pub(crate) fn new(wire: Wire<S>, peer: PeerInfo, local_max: usize) -> Self {
+        Self {
+            wire,
+            send_max: local_max.min(peer.max_frame_len),
+            peer: Arc::new(peer),
+            recv_failed: false,
+            send_failed: false,
+            _messages: PhantomData,
+        }
+    }
+
+    /// Who is on the other end.
+    pub fn peer(&self) -> &PeerInfo {
+        &self.peer
+    }
+
+    /// Receives the next message; `Ok(None)` when the peer closed the connection cleanly
+    /// between two frames.
+    ///
+    /// Cancel-safe: a partly received frame stays buffered, so this can race a timer in
+    /// `tokio::select!` (the session layer's heartbeats do) without losing data.
+    ///
+    /// # Errors
+    ///
+    /// [`WireError::FrameTooLarge`], [`WireError::Decode`], [`WireError::Truncated`] or
+    /// [`WireError::Io`]; each leaves the connection unusable.
+    pub async fn recv(&mut self) -> Result<Option<In>, WireError> {
+        recv_on(&mut self.wire, &self.peer, &mut self.recv_failed).await
+    }
+
+    /// Sends one message and flushes it.
+    ///
+    /// If the future is dropped before it completes, the message may still go out with the
+    /// next send or on [`close`](Self::close); the framing stays intact either way.
+    ///
+    /// # Errors
+    ///
+    /// [`WireError::MessageTooLarge`] or [`WireError::Encode`] when the message cannot be sent
+    /// (the connection stays usable); [`WireError::Io`] when the transport failed.
+    pub async fn send(&mut self, msg: &Out) -> Result<(), WireError> {
+        send_on(
+            &mut self.wire,
+            msg,
+            &self.peer,
+            self.send_max,
+            &mut self.send_failed,
+        )
+        .await
+    }
+
+    /// Flushes what is pending and closes the sending direction, so that the peer's
+    /// [`recv`](Self::recv) returns `Ok(None)`.
+    ///
+    /// # Errors
+    ///
+    /// [`WireError::Io`] when the transport failed.
+    pub async fn close(mut self) -> Result<(), WireError> {
+        self.wire
+            .close()
+            .await
+            .map_err(|err| codec_error(err, &self.peer.addr))
+    }
+
+    /// Splits the connection into a receiving and a sending half, to be used from different
+    /// tasks.
+    pub fn split(self) -> (RecvHalf<In, S>, SendHalf<Out, S>) {
+        let (sink, stream) = self.wire.split();
+        (
+            RecvHalf {
+                stream,
+                peer: Arc::clone(&self.peer),
+                failed: self.recv_failed,
+                _messages: PhantomData,
+            },
+            SendHalf {
+                sink,
+                peer: self.peer,
+                send_max: self.send_max,
+                failed: self.send_failed,
+                _messages: PhantomData,
+            },
+        )
+    }
+}
+
+/// The receiving half of a [`Connection`].
+pub struct RecvHalf<In, S = TcpStream> {
+    stream: SplitStream<Wire<S>>,
+    peer: Arc<PeerInfo>,
+    failed: bool,
+    _messages: PhantomData<fn() -> In>,
+}
+
+impl<In, S> fmt::Debug for RecvHalf<In, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RecvHalf")
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<In, S> RecvHalf<In, S>
+where
+    In: DeserializeOwned,
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    /// Who is on the other end.
+    pub fn peer(&self) -> &PeerInfo {
+        &self.peer
+    }
+
+    /// Receives the next message, as [`Connection::recv`] does; cancel-safe.
+    ///
+    /// # Errors
+    ///
+    /// As [`Connection::recv`].
+    pub async fn recv(&mut self) -> Result<Option<In>, WireError> {
+        recv_on(&mut self.stream, &self.peer, &mut self.failed).await
+    }
+}
+
+/// The sending half of a [`Connection`].
+pub struct SendHalf<Out, S = TcpStream> {
+    sink: SplitSink<Wire<S>, Bytes>,
+    peer: Arc<PeerInfo>,
+    send_max: usize,
+    failed: bool,
+    _messages: PhantomData<fn(Out)>,
+}
+
+impl<Out, S> fmt::Debug for SendHalf<Out, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SendHalf")
+            .field("peer", &self.peer)
+            .field("send_max", &self.send_max)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<Out, S> SendHalf<Out, S>
+where
+    Out: Serialize,
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    /// Who is on the other end.
+    pub fn peer(&self) -> &PeerInfo {
+        &self.peer
+    }
+
+    /// Sends one message, as [`Connection::send`] does.
+    ///
+    /// # Errors
+    ///
+    /// As [`Connection::send`].
+    pub async fn send(&mut self, msg: &Out) -> Result<(), WireError> {
+        send_on(
+            &mut self.sink,
+            msg,
+            &self.peer,
+            self.send_max,
+            &mut self.failed,
+        )
+        .await
+    }
+
+    /// Flushes and closes the sending direction, as [`Connection::close`] does.
+    ///
+    /// # Errors
+    ///
+    /// [`WireError::Io`] when the transport failed.
+    pub async fn close(mut self) -> Result<(), WireError> {
+        self.sink
+            .close()
+            .await
+            .map_err(|err| codec_error(err, &self.peer.addr))
+    }
+}
+
+async fn recv_on<T, In>(
+    stream: &mut T,
+    peer: &PeerInfo,
+    failed: &mut bool,
+) -> Result<Option<In>, WireError>
+where
+    T: Stream<Item = Result<BytesMut, CodecError>> + Unpin,
+    In: DeserializeOwned,
+{
+    if *failed {
+        return Err(WireError::Unusable {
+            peer: peer.addr.clone(),
+        });
+    }
+    // `next` is cancel-safe, and nothing after it awaits.
+    let result = match stream.next().await {
+        None => Ok(None),
+        Some(Ok(frame)) => codec::decode(&frame)
+            .map(Some)
+            .map_err(|source| WireError::Decode {
+                peer: peer.addr.clone(),
+                expected: std::any::type_name::<In>(),
+                source,
+            }),
+        Some(Err(err)) => Err(codec_error(err, &peer.addr)),
+    };
+    *failed = result.is_err();
+    result
+}
+
+async fn send_on<T, Out>(
+    sink: &mut T,
+    msg: &Out,
+    peer: &PeerInfo,
+    send_max: usize,
+    failed: &mut bool,
+) -> Result<(), WireError>
+where
+    T: Sink<Bytes, Error = CodecError> + Unpin,
+    Out: Serialize,
+{
+    if *failed {
+        return Err(WireError::Unusable {
+            peer: peer.addr.clone(),
+        });
+    }
+    let frame = codec::encode(msg).map_err(|source| WireError::Encode {
+        peer: peer.addr.clone(),
+        source,
+    })?;
+    if frame.len() > send_max {
+        return Err(WireError::MessageTooLarge {
+            peer: peer.addr.clone(),
+            len: frame.len(),
+            max: send_max,
+        });
+    }
+    sink.send(frame).await.map_err(|err| {
+        *failed = true;
+        codec_error(err, &peer.addr)
+    })
+}

@@ -1,0 +1,225 @@
+//! Untrusted bytes through the server's real read path (`replay_as_server`, the same entry
+//! point as the `frame_decoder` fuzz target): it never panics, and it recovers exactly what a
+//! well-formed stream holds.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use cohort_coordinator::wire::{
+    ListenConfig, PROTOCOL_VERSION, Replay, Secret, SeededNonces, WireError, replay_as_server,
+};
+use proptest::prelude::*;
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+enum Msg {
+    Vote { round: u64, yes: bool },
+    Objects(Vec<String>),
+    Meta(std::collections::BTreeMap<String, Option<i64>>),
+}
+
+#[derive(Serialize)]
+struct RawHello<'a> {
+    magic: &'a str,
+    protocol_version: u16,
+    role: &'a str,
+    name: &'a str,
+    software: &'a str,
+    nonce: Bytes,
+    proof: Option<Bytes>,
+    max_frame_len: u64,
+}
+
+const MAX_FRAME: usize = 64 * 1024;
+
+fn config(token: Option<Secret>) -> ListenConfig {
+    ListenConfig {
+        token,
+        max_frame_len: MAX_FRAME,
+        nonces: Arc::new(SeededNonces::new(0)),
+        ..ListenConfig::new(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+    }
+}
+
+fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut out = u32::try_from(payload.len()).unwrap().to_be_bytes().to_vec();
+    out.extend_from_slice(payload);
+    out
+}
+
+fn hello(proof: Option<Vec<u8>>) -> Vec<u8> {
+    frame(
+        &rmp_serde::to_vec_named(&RawHello {
+            magic: "cohort",
+            protocol_version: PROTOCOL_VERSION,
+            role: "node",
+            name: "prop-node",
+            software: "proptest",
+            nonce: Bytes::from(vec![5u8; 32]),
+            proof: proof.map(Bytes::from),
+            max_frame_len: MAX_FRAME as u64,
+        })
+        .unwrap(),
+    )
+}
+
+fn message_frames(messages: &[Msg]) -> Vec<Vec<u8>> {
+    messages
+        .iter()
+        .map(|msg| frame(&rmp_serde::to_vec_named(msg).unwrap()))
+        .collect()
+}
+
+fn msg() -> impl Strategy<Value = Msg> {
+    prop_oneof![
+        (any::<u64>(), any::<bool>()).prop_map(|(round, yes)| Msg::Vote { round, yes }),
+        prop::collection::vec(".{0,40}", 0..8).prop_map(Msg::Objects),
+        prop::collection::btree_map(".{0,12}", any::<Option<i64>>(), 0..8).prop_map(Msg::Meta),
+    ]
+}
+
+/// A replay ends either in a clean close or in an error, never both nor neither.
+fn check_shape<In>(replay: &Replay<In>) {
+    if replay.peer.is_none() {
+        assert!(replay.error.is_some(), "a failed handshake must say why");
+        assert!(replay.messages.is_empty());
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn arbitrary_bytes_never_panic(input in prop::collection::vec(any::<u8>(), 0..2048)) {
+        check_shape(&replay_as_server::<IgnoredAny>(&input, &config(None)));
+        let token = Secret::new("a token for the property tests").unwrap();
+        check_shape(&replay_as_server::<Msg>(&input, &config(Some(token))));
+    }
+
+    #[test]
+    fn anything_after_a_valid_hello_never_panics(
+        tail in prop::collection::vec(any::<u8>(), 0..4096),
+    ) {
+        let mut input = hello(None);
+        input.extend_from_slice(&tail);
+        let replay = replay_as_server::<Msg>(&input, &config(None));
+        prop_assert!(replay.peer.is_some(), "{:?}", replay.error);
+        let replay = replay_as_server::<IgnoredAny>(&input, &config(None));
+        prop_assert!(replay.peer.is_some(), "{:?}", replay.error);
+    }
+
+    #[test]
+    fn well_formed_streams_round_trip(messages in prop::collection::vec(msg(), 0..16)) {
+        let mut input = hello(None);
+        for frame in message_frames(&messages) {
+            input.extend_from_slice(&frame);
+        }
+        let replay = replay_as_server::<Msg>(&input, &config(None));
+        prop_assert!(replay.error.is_none(), "{:?}", replay.error);
+        prop_assert_eq!(replay.peer.map(|peer| peer.name), Some("prop-node".to_owned()));
+        prop_assert_eq!(replay.messages, messages);
+    }
+
+    #[test]
+    fn a_cut_stream_yields_the_whole_frames_then_truncation(
+        messages in prop::collection::vec(msg(), 1..8),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let hello = hello(None);
+        let frames = message_frames(&messages);
+        let body: Vec<u8> = frames.concat();
+        let cut = cut.index(body.len() + 1);
+        let mut input = hello.clone();
+        input.extend_from_slice(&body[..cut]);
+
+        let replay = replay_as_server::<Msg>(&input, &config(None));
+        let mut whole = 0;
+        let mut end = 0;
+        for frame in &frames {
+            if end + frame.len() > cut {
+                break;
+            }
+            end += frame.len();
+            whole += 1;
+        }
+        prop_assert_eq!(&replay.messages[..], &messages[..whole]);
+        if end == cut {
+            prop_assert!(replay.error.is_none(), "{:?}", replay.error);
+        } else {
+            let truncated = matches!(
+                replay.error,
+                Some(WireError::Truncated { buffered, .. }) if buffered > 0
+            );
+            prop_assert!(truncated, "{:?}", replay.error);
+        }
+    }
+
+    #[test]
+    fn flipped_bits_never_panic(
+        messages in prop::collection::vec(msg(), 1..8),
+        flips in prop::collection::vec(any::<prop::sample::Index>(), 1..8),
+    ) {
+        let mut input = hello(None);
+        for frame in message_frames(&messages) {
+            input.extend_from_slice(&frame);
+        }
+        for flip in flips {
+            let bit = flip.index(input.len() * 8);
+            input[bit / 8] ^= 1 << (bit % 8);
+        }
+        check_shape(&replay_as_server::<Msg>(&input, &config(None)));
+    }
+
+    #[test]
+    fn a_forged_proof_is_unauthorized(proof in prop::collection::vec(any::<u8>(), 0..64)) {
+        let token = Secret::new("a token for the property tests").unwrap();
+        let replay = replay_as_server::<Msg>(&hello(Some(proof)), &config(Some(token)));
+        prop_assert!(replay.peer.is_none());
+        let unauthorized = matches!(replay.error, Some(WireError::Unauthorized { .. }));
+        prop_assert!(unauthorized, "{:?}", replay.error);
+    }
+}
+
+#[test]
+fn an_oversized_frame_after_the_hello_is_refused() {
+    let mut input = hello(None);
+    input.extend_from_slice(&u32::MAX.to_be_bytes());
+    let replay = replay_as_server::<Msg>(&input, &config(None));
+    assert!(replay.peer.is_some());
+    match replay.error {
+        Some(WireError::FrameTooLarge { len, max, .. }) => {
+            assert_eq!((len, max), (u64::from(u32::MAX), MAX_FRAME));
+        }
+        other => panic!("expected FrameTooLarge, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_deeply_nested_frame_is_refused_without_overflowing_the_stack() {
+    let mut input = hello(None);
+    let mut deep = vec![0x91u8; 60_000];
+    deep.push(0xc0);
+    input.extend_from_slice(&frame(&deep));
+    let replay = replay_as_server::<IgnoredAny>(&input, &config(None));
+    assert!(
+        matches!(replay.error, Some(WireError::Decode { .. })),
+        "{:?}",
+        replay.error
+    );
+}
+
+#[test]
+fn an_empty_stream_is_a_close_before_the_handshake() {
+    let replay = replay_as_server::<Msg>(&[], &config(None));
+    assert!(matches!(
+        replay.error,
+        Some(WireError::Closed {
+            during: "handshake",
+            ..
+        })
+    ));
+}
