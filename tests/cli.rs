@@ -688,3 +688,112 @@ fn a_closed_stdout_is_not_an_error() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
 }
+
+// ---------------------------------------------------------------------------------------------
+// On a terminal: `script` (util-linux) runs the binary on a pseudo-terminal.
+
+/// Runs the binary on a pseudo-terminal with `input` typed in; `None` (skip) outside CI when
+/// `script` is missing. Output is what the terminal showed: stdout and stderr together.
+fn on_terminal(args: &[&str], store: &str, env: &[(&str, &str)], input: &str) -> Option<Output> {
+    let have_script = Command::new("script")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !have_script {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "`script` (util-linux) is needed in CI"
+        );
+        eprintln!("skipping: `script` (util-linux) is not installed");
+        return None;
+    }
+    let quoted: Vec<String> = std::iter::once(BIN)
+        .chain(args.iter().copied())
+        .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
+        .collect();
+    let mut cmd = Command::new("script");
+    cmd.args(["-qec", &quoted.join(" "), "/dev/null"])
+        .env("COHORT_STORE", store)
+        .env_remove("NO_COLOR")
+        .env_remove("CLICOLOR_FORCE")
+        .env("RUST_LOG", "")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(input.as_bytes()).unwrap();
+    }
+    Some(child.wait_with_output().unwrap())
+}
+
+#[test]
+fn on_a_terminal_output_is_coloured_unless_no_color() {
+    let f = Fixture::bank(Backend::Local, "tty-colour").unwrap();
+    let Some(coloured) = on_terminal(&["list"], &f.url, &[], "") else {
+        return;
+    };
+    assert!(
+        coloured.stdout.contains(&0x1b),
+        "{}",
+        text(&coloured.stdout)
+    );
+    let plain = on_terminal(&["list"], &f.url, &[("NO_COLOR", "1")], "").unwrap();
+    assert!(!plain.stdout.contains(&0x1b), "{}", text(&plain.stdout));
+    assert!(text(&plain.stdout).contains("recovery line"));
+}
+
+#[test]
+fn on_a_terminal_verify_shows_a_progress_bar() {
+    let f = Fixture::bank(Backend::Local, "tty-bar").unwrap();
+    let Some(out) = on_terminal(&["verify"], &f.url, &[("NO_COLOR", "1")], "") else {
+        return;
+    };
+    let shown = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{shown}");
+    assert!(
+        shown.contains("verifying") && shown.contains("3/3"),
+        "{shown}"
+    );
+    // Off a terminal there is no bar at all.
+    let piped = f.cohort(&["verify"]);
+    assert!(!text(&piped.stdout).contains("verifying"));
+    assert!(piped.stderr.is_empty(), "{}", text(&piped.stderr));
+}
+
+#[test]
+fn on_a_terminal_rollback_asks_and_honours_the_answer() {
+    let f = Fixture::bank(Backend::Local, "tty-rollback").unwrap();
+    let Some(declined) = on_terminal(&["rollback", "--to", "1"], &f.url, &[], "n\n") else {
+        return;
+    };
+    let shown = text(&declined.stdout);
+    assert_eq!(declined.status.code(), Some(1), "{shown}");
+    assert!(
+        shown.contains("[y/N]") && shown.contains("rollback cancelled"),
+        "{shown}"
+    );
+    assert_eq!(f.rt.block_on(f.store.committed_ids()).unwrap().len(), 3);
+
+    let accepted = on_terminal(&["rollback", "--to", "1"], &f.url, &[], "y\n").unwrap();
+    assert_eq!(
+        accepted.status.code(),
+        Some(0),
+        "{}",
+        text(&accepted.stdout)
+    );
+    let line = f.rt.block_on(f.store.recovery_line()).unwrap().unwrap();
+    assert_eq!(
+        line.manifest.kind,
+        ManifestKind::Rollback {
+            to: CheckpointId::new(1)
+        }
+    );
+}

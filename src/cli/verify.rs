@@ -3,7 +3,7 @@
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
-use cohort_checkpoint::{Damage, DamageKind, VerifyReport};
+use cohort_checkpoint::{Damage, DamageKind, VerifyProgress, VerifyReport};
 use cohort_object_api::{CheckpointId, ObjectId};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
@@ -68,13 +68,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
         Some(id) => vec![store.verify(id).await?],
         None => {
             let bar = progress_bar();
-            let reports = store
-                .verify_all_with_progress(|p| {
-                    bar.set_length(p.total as u64);
-                    bar.set_position(p.done as u64);
-                    bar.set_message(format!("checkpoint {}", p.checkpoint));
-                })
-                .await;
+            let reports = store.verify_all_with_progress(|p| advance(&bar, &p)).await;
             bar.finish_and_clear();
             reports?
         }
@@ -100,13 +94,27 @@ fn progress_bar() -> ProgressBar {
     if !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
-    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
-    // The template is a constant known to parse; fall back to the default style regardless.
-    let style = ProgressStyle::with_template("verifying {bar:30} {pos}/{len} {msg} ({elapsed})")
-        .unwrap_or_else(|_| ProgressStyle::default_bar());
-    bar.set_style(style);
+    // Until the first checkpoint is done the count is unknown: a spinner, not an empty bar.
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    // The templates are constants known to parse; fall back to the defaults regardless.
+    let spinner = ProgressStyle::with_template("{spinner} verifying ({elapsed})")
+        .unwrap_or_else(|_| ProgressStyle::default_spinner());
+    bar.set_style(spinner);
     bar.enable_steady_tick(Duration::from_millis(200));
     bar
+}
+
+/// Switches the bar to a counted one once the total is known.
+fn advance(bar: &ProgressBar, p: &VerifyProgress) {
+    if bar.length().is_none() {
+        let counted =
+            ProgressStyle::with_template("verifying {bar:30} {pos}/{len} {msg} ({elapsed})")
+                .unwrap_or_else(|_| ProgressStyle::default_bar());
+        bar.set_style(counted);
+    }
+    bar.set_length(p.total as u64);
+    bar.set_position(p.done as u64);
+    bar.set_message(format!("checkpoint {}", p.checkpoint));
 }
 
 fn from_report(r: &VerifyReport) -> Verified {
