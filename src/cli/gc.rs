@@ -67,6 +67,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
         store::open_writable(&args.store, args.allow_unsafe_store).await?
     };
     let keep = usize::try_from(args.keep).unwrap_or(usize::MAX);
+    tracing::info!(keep, dry_run = args.dry_run, "collecting garbage");
     let report = from_report(store.gc(keep, args.dry_run).await?);
     let mut out = output::stdout();
     if args.json {

@@ -116,7 +116,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
     }
 
     let claimed = store.claim_epoch(CLI_HOLDER, now_ms).await?;
+    tracing::info!(epoch = claimed.epoch, "claimed an epoch for the rollback");
     let id = store.rollback(args.to, claimed.epoch, now_ms).await?;
+    tracing::info!(checkpoint = %id, to = %args.to, "committed the rollback");
     let mut out = output::stdout();
     writeln!(
         out,

@@ -6,7 +6,7 @@ use cohort_checkpoint::{
 use cohort_object_api::CheckpointId;
 
 use crate::cli::StoreArgs;
-use crate::cli::failure::Code;
+use crate::cli::failure::{Code, Failure};
 
 /// The exit code and hint for a store error.
 pub(crate) fn classify(err: &StoreError) -> (Code, Option<String>) {
@@ -46,7 +46,15 @@ pub(crate) fn classify(err: &StoreError) -> (Code, Option<String>) {
 /// Opens the store for reading: no probe, nothing can be written.
 pub(crate) async fn open_read_only(args: &StoreArgs) -> anyhow::Result<CheckpointStore> {
     tracing::debug!(store = %args.store, "opening read-only");
-    Ok(CheckpointStore::open_read_only(&args.store).await?)
+    match CheckpointStore::open_read_only(&args.store).await {
+        Ok(store) => Ok(store),
+        // Only a missing local directory is "not found" at open; the generic hint about
+        // checkpoint ids would mislead.
+        Err(e @ StoreError::NotFound { .. }) => Err(Failure::usage(e.to_string())
+            .hint("check the path; a store is created by the first coordinator that writes to it")
+            .into()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Opens the store for writing, which runs the create-if-absent probe.

@@ -106,6 +106,7 @@ fn progress_bar() -> ProgressBar {
 
 /// Switches the bar to a counted one once the total is known.
 fn advance(bar: &ProgressBar, p: &VerifyProgress) {
+    tracing::info!(checkpoint = %p.checkpoint, done = p.done, total = p.total, "verified");
     if bar.length().is_none() {
         let counted =
             ProgressStyle::with_template("verifying {bar:30} {pos}/{len} {msg} ({elapsed})")
