@@ -574,6 +574,15 @@ fn bad_url_is_a_one_line_error() {
     let missing = dir.path().join("nothing-here").display().to_string();
     let out = run(&["verify", "--store", &missing], &[]);
     assert_one_line_error(&out, 2, "not found");
+    // Writing commands do not create a mistyped store.
+    let out = run(&["gc", "--keep", "1", "--store", &missing], &[]);
+    assert_one_line_error(&out, 2, "not found");
+    let out = run(
+        &["rollback", "--to", "1", "--yes", "--store", &missing],
+        &[],
+    );
+    assert_one_line_error(&out, 2, "not found");
+    assert!(!std::path::Path::new(&missing).exists());
 }
 
 #[test]

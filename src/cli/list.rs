@@ -30,8 +30,9 @@ pub(crate) struct Args {
     #[command(flatten)]
     store: StoreArgs,
 
-    /// Print a JSON array of objects with id, created_at, kind, objects, bytes, parent,
-    /// incremental and recovery_line.
+    /// Print a JSON array of objects with id, created_at (RFC 3339) and created_at_ms, kind,
+    /// rollback_to, epoch, objects, in_transit, bytes, parent, incremental, recovery_line and
+    /// damage (null when intact or not checked).
     #[arg(long)]
     json: bool,
 }

@@ -62,6 +62,9 @@ pub(crate) async fn open_writable(
     args: &StoreArgs,
     allow_unsafe_store: bool,
 ) -> anyhow::Result<CheckpointStore> {
+    // Opening for writing creates a missing local directory; a mistyped path must fail
+    // instead, so check that the store exists first.
+    open_read_only(args).await?;
     tracing::debug!(store = %args.store, allow_unsafe_store, "opening for writing");
     // StoreOptions is non-exhaustive, so struct-update syntax is not available here.
     #[allow(clippy::field_reassign_with_default)]
