@@ -421,6 +421,105 @@ fn s3_flipped_byte_makes_verify_exit_1_naming_object_and_blob() {
     damage(Backend::S3);
 }
 
+/// Applies `change` to the blob at `key` (relative to the store's prefix), or deletes it.
+fn tamper(f: &Fixture, key: &str, change: Option<&dyn Fn(&mut Vec<u8>)>) {
+    let (inner, prefix) = f.store.object_store();
+    let path = if prefix.as_ref().is_empty() {
+        StorePath::from(key)
+    } else {
+        StorePath::from(format!("{prefix}/{key}"))
+    };
+    f.rt.block_on(async {
+        match change {
+            None => inner.delete(&path).await.unwrap(),
+            Some(change) => {
+                let mut bytes = inner
+                    .get(&path)
+                    .await
+                    .unwrap()
+                    .bytes()
+                    .await
+                    .unwrap()
+                    .to_vec();
+                change(&mut bytes);
+                inner.put(&path, PutPayload::from(bytes)).await.unwrap();
+            }
+        }
+    });
+}
+
+#[test]
+fn missing_truncated_and_corrupt_manifest_blobs_are_named() {
+    let f = Fixture::bank(Backend::Local, "faults").unwrap();
+    // Checkpoint 1's segment is missing (2 still shares account-2 from it), 3's is truncated,
+    // and 2's manifest has a flipped byte.
+    let seg1 = f.manifests[0].objects[&oid("account-1")]
+        .location
+        .segment
+        .clone();
+    let seg3 = f.manifests[2].objects[&oid("account-2")]
+        .location
+        .segment
+        .clone();
+    tamper(&f, &seg1, None);
+    tamper(&f, &seg3, Some(&|b: &mut Vec<u8>| b.truncate(b.len() - 3)));
+    let manifest2 = "manifests/00000000000000000002.manifest";
+    tamper(&f, manifest2, Some(&|b: &mut Vec<u8>| b[30] ^= 0x80));
+
+    let out = f.cohort(&["verify", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let reports: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kinds = |i: usize| -> Vec<(String, String)> {
+        reports[i]["damaged"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                (
+                    d["kind"].as_str().unwrap().to_owned(),
+                    d["blob"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    assert!(
+        kinds(0).iter().all(|(k, b)| k == "missing" && *b == seg1),
+        "{reports}"
+    );
+    assert_eq!(kinds(0).len(), 4, "{reports}");
+    assert!(
+        kinds(1).iter().any(|(_, b)| b == manifest2),
+        "the damaged manifest is named: {reports}"
+    );
+    assert_eq!(
+        kinds(2),
+        vec![("truncated".to_owned(), seg3.clone())],
+        "{reports}"
+    );
+
+    // No checkpoint verifies, so there is no recovery line; every row says what is wrong.
+    let out = f.cohort(&["list"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let listed = text(&out.stdout);
+    assert!(!listed.contains("recovery line"), "{listed}");
+    for (id, why) in [
+        (
+            3,
+            format!("is damaged: object account-2, blob {seg3}: truncated"),
+        ),
+        (2, format!("is damaged: blob {manifest2}: crc mismatch")),
+        (
+            1,
+            format!("is damaged: object account-1, blob {seg1}: missing"),
+        ),
+    ] {
+        let line = format!("checkpoint {id} {why}");
+        assert!(listed.contains(&line), "{line:?} not in:\n{listed}");
+    }
+    // Reading the damaged manifest is damage found (1), not a usage error.
+    assert_one_line_error(&f.cohort(&["show", "2"]), 1, manifest2);
+}
+
 fn rollback(backend: Backend) {
     let Some(f) = Fixture::bank(backend, "rollback") else {
         return;

@@ -79,11 +79,12 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
         })
         .collect();
     if recovery.is_none() {
-        // No checkpoint verifies at all: every one was skipped.
+        // No checkpoint verifies at all, and recovery_line() does not say why: ask each one.
         for id in manifests.keys() {
-            damaged
-                .entry(*id)
-                .or_insert_with(|| "it does not verify; run `cohort verify` for details".into());
+            let report = store.verify(*id).await?;
+            if let Some(d) = report.damaged.first() {
+                damaged.insert(*id, store::damage_text(d));
+            }
         }
     }
 
@@ -168,10 +169,10 @@ async fn read_all(
         let result = match result {
             Ok(m) => Ok(m),
             // Unreadable manifests are shown, not fatal; a store that stops answering is.
-            Err(
-                e @ (cohort_checkpoint::Error::Damaged { .. }
-                | cohort_checkpoint::Error::FutureFormat { .. }),
-            ) => Err(e.to_string()),
+            Err(cohort_checkpoint::Error::Damaged { damage, .. }) => {
+                Err(store::damage_text(&damage))
+            }
+            Err(e @ cohort_checkpoint::Error::FutureFormat { .. }) => Err(e.to_string()),
             // Expired by a concurrent GC between the listing and the read.
             Err(cohort_checkpoint::Error::NotFound { .. }) => continue,
             Err(e) => return Err(e.into()),
