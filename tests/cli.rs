@@ -259,32 +259,18 @@ impl Fixture {
         cases.run();
     }
 
-    /// Flips one byte inside account-2's state in checkpoint 3, through the object store, so
-    /// that the same code damages local and S3 stores. Returns the blob's key.
+    /// Flips one byte inside account-2's state in checkpoint 3. Returns the blob's key.
     fn flip_account_2_of_checkpoint_3(&self) -> String {
         let location = self.manifests[2].objects[&oid("account-2")]
             .location
             .clone();
-        let (inner, prefix) = self.store.object_store();
-        let path = if prefix.as_ref().is_empty() {
-            StorePath::from(location.segment.as_str())
-        } else {
-            StorePath::from(format!("{prefix}/{}", location.segment))
-        };
-        self.rt.block_on(async {
-            let mut bytes = inner
-                .get(&path)
-                .await
-                .unwrap()
-                .bytes()
-                .await
-                .unwrap()
-                .to_vec();
-            // A byte of the payload, just before the entry's trailing crc.
-            let at = usize::try_from(location.offset + location.len - 5).unwrap();
-            bytes[at] ^= 0x01;
-            inner.put(&path, PutPayload::from(bytes)).await.unwrap();
-        });
+        // A byte of the payload, just before the entry's trailing crc.
+        let at = usize::try_from(location.offset + location.len - 5).unwrap();
+        tamper(
+            self,
+            &location.segment,
+            Some(&|b: &mut Vec<u8>| b[at] ^= 0x01),
+        );
         location.segment
     }
 }
@@ -421,8 +407,12 @@ fn s3_flipped_byte_makes_verify_exit_1_naming_object_and_blob() {
     damage(Backend::S3);
 }
 
-/// Applies `change` to the blob at `key` (relative to the store's prefix), or deletes it.
-fn tamper(f: &Fixture, key: &str, change: Option<&dyn Fn(&mut Vec<u8>)>) {
+/// An in-place change to a blob's bytes.
+type Edit<'a> = &'a dyn Fn(&mut Vec<u8>);
+
+/// Applies `change` to the blob at `key` (relative to the store's prefix), or deletes it,
+/// through the object store, so that the same code damages local and S3 stores.
+fn tamper(f: &Fixture, key: &str, change: Option<Edit<'_>>) {
     let (inner, prefix) = f.store.object_store();
     let path = if prefix.as_ref().is_empty() {
         StorePath::from(key)
