@@ -15,6 +15,7 @@ mod error;
 mod format;
 mod keys;
 mod manifest;
+mod records;
 mod retention;
 mod store;
 mod writer;
