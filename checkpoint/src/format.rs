@@ -6,7 +6,7 @@ use bytes::Bytes;
 use cohort_object_api::{CheckpointId, EncodedState, ObjectId, StateTag};
 
 use crate::error::DamageKind;
-use crate::manifest::{EpochRecord, Manifest};
+use crate::manifest::{EpochLease, EpochRecord, Manifest};
 
 /// The format version this build writes and the newest it reads.
 pub const FORMAT_VERSION: u16 = 1;
@@ -14,6 +14,7 @@ pub const FORMAT_VERSION: u16 = 1;
 pub(crate) const SEGMENT_MAGIC: &[u8; 8] = b"COHSEG\0\x01";
 pub(crate) const MANIFEST_MAGIC: &[u8; 8] = b"COHMAN\0\x01";
 pub(crate) const EPOCH_MAGIC: &[u8; 8] = b"COHEPO\0\x01";
+pub(crate) const LEASE_MAGIC: &[u8; 8] = b"COHLEA\0\x01";
 pub(crate) const TOMBSTONE_MAGIC: &[u8; 8] = b"COHTOMB\0";
 
 /// Length of a segment header: magic, version, checkpoint id, crc.
@@ -352,4 +353,24 @@ pub(crate) fn decode_epoch(bytes: &[u8], epoch: u64) -> Result<EpochRecord, Fram
         ))));
     }
     Ok(r)
+}
+
+/// Encodes an epoch lease blob.
+pub(crate) fn encode_lease(l: &EpochLease) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+    let body = rmp_serde::to_vec_named(l)?;
+    Ok(encode_framed(LEASE_MAGIC, l.epoch, &body))
+}
+
+/// Decodes an epoch lease blob read from the lease key of `epoch`.
+pub(crate) fn decode_lease(bytes: &[u8], epoch: u64) -> Result<EpochLease, FrameError> {
+    let body = decode_framed(LEASE_MAGIC, bytes, epoch)?;
+    let l: EpochLease = rmp_serde::from_slice(body)
+        .map_err(|e| FrameError::Damaged(DamageKind::Undecodable(format!("epoch lease: {e}"))))?;
+    if l.epoch != epoch {
+        return Err(FrameError::Damaged(DamageKind::HeaderMismatch(format!(
+            "epoch lease says {}, its key says {epoch}",
+            l.epoch
+        ))));
+    }
+    Ok(l)
 }

@@ -15,6 +15,7 @@ pub(crate) const PROBE: &str = "probe";
 const MANIFEST_EXT: &str = ".manifest";
 const SEGMENT_EXT: &str = ".seg";
 const EPOCH_EXT: &str = ".epoch";
+const LEASE_EXT: &str = ".lease";
 
 /// The longest round or writer token accepted.
 pub(crate) const MAX_TOKEN_LEN: usize = 64;
@@ -105,6 +106,12 @@ pub(crate) fn epoch(epoch: u64) -> String {
     format!("{EPOCHS}/{epoch:020}{EPOCH_EXT}")
 }
 
+/// The lease of an epoch: beside its record, so that listing `epochs/` still finds only
+/// records (`parse_epoch` refuses the extension).
+pub(crate) fn epoch_lease(epoch: u64) -> String {
+    format!("{EPOCHS}/{epoch:020}{LEASE_EXT}")
+}
+
 pub(crate) fn parse_epoch(key: &str) -> Option<u64> {
     let name = key.strip_prefix(EPOCHS)?.strip_prefix('/')?;
     parse_padded(name.strip_suffix(EPOCH_EXT)?)
@@ -143,6 +150,8 @@ mod tests {
         assert_eq!(parsed.checkpoint, id);
         assert_eq!(parsed.round, "e3-r17");
         assert_eq!(parse_epoch(&epoch(7)), Some(7));
+        assert_eq!(epoch_lease(7), "epochs/00000000000000000007.lease");
+        assert_eq!(parse_epoch(&epoch_lease(7)), None);
         assert_eq!(parse_pin(&pin(id)), Some(id));
     }
 

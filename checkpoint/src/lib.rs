@@ -26,7 +26,7 @@ pub mod testing;
 pub use error::{Damage, DamageKind, Error, Result};
 pub use format::FORMAT_VERSION;
 pub use manifest::{
-    EntryLocation, EpochRecord, InTransitEntry, Manifest, ManifestKind, ObjectEntry,
+    EntryLocation, EpochLease, EpochRecord, InTransitEntry, Manifest, ManifestKind, ObjectEntry,
 };
 pub use retention::{DeletedBlob, GcReport};
 pub use store::{CheckpointStore, RecoveryLine, StoreOptions, VerifyProgress, VerifyReport};

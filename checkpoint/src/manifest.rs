@@ -139,6 +139,28 @@ pub struct EpochRecord {
     pub holder: String,
     /// When, Unix milliseconds (from the caller's injected clock).
     pub created_at_ms: u64,
+    /// Where the holder accepts connections (a coordinator's listen address), so that
+    /// standbys and nodes can point others at the leader. Absent in records written before it
+    /// existed, and left out of the encoding when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+}
+
+/// The lease of one coordinator epoch, overwritten at `epochs/<epoch>.lease` by that epoch's
+/// holder only, every few hundred milliseconds, as a sign of life.
+///
+/// Standbys compare successive reads of the newest epoch's lease on their own monotonic clock:
+/// `renewal` stopped changing for a lease duration means the holder is gone. Safety never
+/// depends on it (fencing does that); `renewed_at_ms` is for people, never compared across
+/// hosts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochLease {
+    /// The epoch renewed.
+    pub epoch: u64,
+    /// Counts up with every renewal of this epoch.
+    pub renewal: u64,
+    /// The holder's wall clock at the renewal, Unix milliseconds (for display only).
+    pub renewed_at_ms: u64,
 }
 
 /// Serializes `BTreeMap<String, Vec<u8>>` with msgpack `bin` values rather than arrays of

@@ -8,7 +8,7 @@ use object_store::{ObjectStoreExt, PutMode, PutPayload};
 use crate::error::{Damage, DamageKind, Error, Result};
 use crate::format::{self, FrameError};
 use crate::keys;
-use crate::manifest::{EpochRecord, Manifest, ManifestKind};
+use crate::manifest::{EpochLease, EpochRecord, Manifest, ManifestKind};
 use crate::store::CheckpointStore;
 
 /// What [`CheckpointStore::gc`] did (or, for a dry run, would do).
@@ -295,23 +295,10 @@ impl CheckpointStore {
                 epoch,
                 holder: holder.to_owned(),
                 created_at_ms,
+                address: None,
             };
-            let bytes = format::encode_epoch(&record)
-                .map_err(|e| Error::InvalidInput(format!("epoch record cannot be encoded: {e}")))?;
-            let key = keys::epoch(epoch);
-            match self
-                .inner
-                .store
-                .put_opts(
-                    &self.inner.path(&key),
-                    PutPayload::from(bytes),
-                    PutMode::Create.into(),
-                )
-                .await
-            {
-                Ok(_) => return Ok(record),
-                Err(object_store::Error::AlreadyExists { .. }) => continue,
-                Err(e) => return Err(self.inner.map_err(format!("create {key}"), e)),
+            if self.try_claim_epoch(&record).await? {
+                return Ok(record);
             }
         }
         Err(Error::Conflict {
@@ -321,6 +308,41 @@ impl CheckpointStore {
         })
     }
 
+    /// Takes exactly epoch `record.epoch` by creating its record create-only. `Ok(false)` when
+    /// that epoch is taken already: someone else claimed it first. Unlike
+    /// [`claim_epoch`](Self::claim_epoch) it never moves on to a later epoch, so that of
+    /// several standbys that saw the same newest epoch, exactly one takes the next.
+    pub async fn try_claim_epoch(&self, record: &EpochRecord) -> Result<bool> {
+        self.check_writable("claim an epoch")?;
+        if record.holder.len() > 256 || record.address.as_ref().is_some_and(|a| a.len() > 256) {
+            return Err(Error::InvalidInput(
+                "epoch holder names and addresses are at most 256 bytes".into(),
+            ));
+        }
+        if record.epoch == 0 {
+            return Err(Error::InvalidInput(
+                "epoch 0 is never claimed; epochs start at 1".into(),
+            ));
+        }
+        let bytes = format::encode_epoch(record)
+            .map_err(|e| Error::InvalidInput(format!("epoch record cannot be encoded: {e}")))?;
+        let key = keys::epoch(record.epoch);
+        match self
+            .inner
+            .store
+            .put_opts(
+                &self.inner.path(&key),
+                PutPayload::from(bytes),
+                PutMode::Create.into(),
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(self.inner.map_err(format!("create {key}"), e)),
+        }
+    }
+
     /// The newest epoch record, if any epoch was claimed.
     pub async fn newest_epoch(&self) -> Result<Option<EpochRecord>> {
         let Some(&epoch) = self.epoch_numbers().await?.last() else {
@@ -328,29 +350,128 @@ impl CheckpointStore {
         };
         let key = keys::epoch(epoch);
         let raw = self.inner.get(&key).await?;
+        format::decode_epoch(&raw, epoch)
+            .map(Some)
+            .map_err(|e| self.epoch_blob_error(&key, e))
+    }
+
+    /// Writes the lease of `lease.epoch` (an overwrite). Only that epoch's holder may call it:
+    /// the lease tells standbys that the holder is alive, and nothing else reads it.
+    pub async fn renew_epoch(&self, lease: &EpochLease) -> Result<()> {
+        self.check_writable("renew an epoch's lease")?;
+        let bytes = format::encode_lease(lease)
+            .map_err(|e| Error::InvalidInput(format!("epoch lease cannot be encoded: {e}")))?;
+        let key = keys::epoch_lease(lease.epoch);
+        self.inner
+            .store
+            .put_opts(
+                &self.inner.path(&key),
+                PutPayload::from(bytes),
+                PutMode::Overwrite.into(),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| self.inner.map_err(format!("write {key}"), e))
+    }
+
+    /// The lease of `epoch`, or `None` if its holder never renewed it.
+    pub async fn epoch_lease(&self, epoch: u64) -> Result<Option<EpochLease>> {
+        let key = keys::epoch_lease(epoch);
+        let raw = match self.inner.get(&key).await {
+            Ok(raw) => raw,
+            Err(Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        format::decode_lease(&raw, epoch)
+            .map(Some)
+            .map_err(|e| self.epoch_blob_error(&key, e))
+    }
+
+    fn epoch_blob_error(&self, key: &str, e: FrameError) -> Error {
         let url = self.inner.url.clone();
         let damaged = |kind| Error::Damaged {
             damage: Box::new(Damage {
                 checkpoint: CheckpointId::ZERO,
                 object: None,
-                blob: key.clone(),
+                blob: key.to_owned(),
                 kind,
             }),
             url: url.clone(),
         };
-        match format::decode_epoch(&raw, epoch) {
-            Ok(r) => Ok(Some(r)),
-            Err(FrameError::Future(found)) => Err(Error::FutureFormat {
-                blob: key.clone(),
+        match e {
+            FrameError::Future(found) => Error::FutureFormat {
+                blob: key.to_owned(),
                 found,
                 supported: format::FORMAT_VERSION,
                 url: url.clone(),
-            }),
-            Err(FrameError::Tombstone) => Err(damaged(DamageKind::HeaderMismatch(
-                "an epoch record cannot be a tombstone".into(),
-            ))),
-            Err(FrameError::Damaged(kind)) => Err(damaged(kind)),
+            },
+            FrameError::Tombstone => damaged(DamageKind::HeaderMismatch(
+                "an epoch record or lease cannot be a tombstone".into(),
+            )),
+            FrameError::Damaged(kind) => damaged(kind),
         }
+    }
+
+    /// Fences every writer of an older epoch: commits a manifest of kind
+    /// [`ManifestKind::Fence`] under `epoch` at the next id, pointing at the recovery line's
+    /// states (objects, in-transit messages and metadata). A writer of an older epoch knows at
+    /// most the manifest before it, so its next commit lands on the fence's id and is
+    /// [`Error::Fenced`].
+    ///
+    /// Returns the fence, or `None` when the store holds no committed checkpoint that verifies:
+    /// there is no line to point at, and a fence of nothing would read as "no objects".
+    /// [`Error::Fenced`] when the newest manifest is of a newer epoch, or a newer epoch took
+    /// the id first.
+    pub async fn fence(&self, epoch: u64, created_at_ms: u64) -> Result<Option<Manifest>> {
+        self.check_writable("write a fence")?;
+        let mut last_conflict = None;
+        for _ in 0..CREATE_RACE_RETRIES {
+            // Read again on every try: what took the id may be a newer line to point at.
+            let Some(line) = self.recovery_line().await? else {
+                return Ok(None);
+            };
+            let newest = self
+                .manifest_slots()
+                .await?
+                .last()
+                .map(|(id, _)| *id)
+                .unwrap_or(CheckpointId::ZERO);
+            // A newer epoch wrote the newest manifest: we are the deposed one. (Only a hint,
+            // read before the create; the create itself is what fences for certain.)
+            if newest != CheckpointId::ZERO
+                && let Ok(m) = self.read_manifest(newest).await
+                && m.epoch > epoch
+            {
+                return Err(Error::Fenced {
+                    id: newest.next(),
+                    epoch,
+                    by: format!("epoch {} (checkpoint {newest}, round {})", m.epoch, m.round),
+                    url: self.inner.url.clone(),
+                });
+            }
+            let id = newest.next();
+            let fence = Manifest {
+                id,
+                epoch,
+                created_at_ms,
+                parent: (newest != CheckpointId::ZERO).then_some(newest),
+                kind: ManifestKind::Fence,
+                round: format!("e{epoch}-fence"),
+                objects: line.manifest.objects,
+                in_transit: line.manifest.in_transit,
+                metadata: line.manifest.metadata,
+            };
+            match self.commit(&fence).await {
+                Ok(()) => return Ok(Some(fence)),
+                Err(e @ Error::Conflict { .. }) => last_conflict = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_conflict.unwrap_or_else(|| Error::Conflict {
+            id: CheckpointId::ZERO,
+            reason: format!("the fence lost {CREATE_RACE_RETRIES} races for the next id"),
+            url: self.inner.url.clone(),
+        }))
     }
 
     async fn epoch_numbers(&self) -> Result<Vec<u64>> {

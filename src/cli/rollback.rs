@@ -236,6 +236,7 @@ mod tests {
             epoch: 3,
             holder: holder.into(),
             created_at_ms: at,
+            address: None,
         }
     }
 
