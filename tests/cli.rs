@@ -14,12 +14,14 @@
 
 use std::collections::BTreeMap;
 use std::process::{Command, Output, Stdio};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cohort::checkpoint::object_store::path::Path as StorePath;
 use cohort::checkpoint::object_store::{ObjectStoreExt, PutPayload};
 use cohort::checkpoint::{
-    CheckpointStore, InTransitEntry, Manifest, ManifestKind, ObjectEntry, StoreOptions,
+    CheckpointStore, EpochLease, InTransitEntry, Manifest, ManifestKind, ObjectEntry, StoreOptions,
 };
 use cohort::{CheckpointId, Checkpointable, ObjectId, Snapshot};
 use serde::{Deserialize, Serialize};
@@ -550,18 +552,66 @@ fn s3_rollback_then_recovery_holds_the_target_state() {
     rollback(Backend::S3);
 }
 
+/// A coordinator's lease renewals, from another thread, until dropped.
+struct Renewing {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Renewing {
+    fn start(store: CheckpointStore, epoch: u64) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let mut renewal = 0;
+                while !flag.load(Ordering::Relaxed) {
+                    renewal += 1;
+                    let lease = EpochLease {
+                        epoch,
+                        renewal,
+                        renewed_at_ms: T0,
+                    };
+                    store.renew_epoch(&lease).await.unwrap();
+                    // The coordinator's renewal timer (lease / 3), not a synchronisation.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            });
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Renewing {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
 #[test]
 fn rollback_refuses_while_a_coordinator_holds_the_lease() {
     let f = Fixture::bank(Backend::Local, "lease").unwrap();
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    f.rt.block_on(f.store.claim_epoch("node-7", now)).unwrap();
+    let claimed = f.rt.block_on(f.store.claim_epoch("node-7", T0)).unwrap();
     let before = f.rt.block_on(f.store.committed_ids()).unwrap();
 
-    let out = f.cohort(&["rollback", "--to", "2", "--yes"]);
-    assert_one_line_error(&out, 1, "coordinator \"node-7\" took epoch 2");
+    // A live coordinator renews its lease: refused, and nothing written.
+    let renewing = Renewing::start(f.store.clone(), claimed.epoch);
+    let out = f.cohort(&["rollback", "--to", "2", "--yes", "--lease", "5s"]);
+    assert_one_line_error(
+        &out,
+        1,
+        "coordinator \"node-7\" renewed the lease of epoch 2 while we watched",
+    );
     assert!(text(&out.stderr).contains("--force"));
     assert_eq!(f.rt.block_on(f.store.committed_ids()).unwrap(), before);
 
@@ -575,20 +625,26 @@ fn rollback_refuses_while_a_coordinator_holds_the_lease() {
         text(&out.stderr)
     );
 
+    // --force rolls back under the live coordinator, with a newer epoch that fences it.
     let out = f.cohort(&["rollback", "--to", "2", "--yes", "--force"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("warning: coordinator \"node-7\""));
-    // The rollback took a newer epoch than the live coordinator's, which fences it.
-    let newest = f.rt.block_on(f.store.newest_epoch()).unwrap().unwrap();
-    assert_eq!(newest.epoch, 3);
+    assert!(text(&out.stderr).contains("warning: not checking the lease"));
     let line = f.rt.block_on(f.store.recovery_line()).unwrap().unwrap();
-    assert_eq!(line.manifest.epoch, 3);
+    assert_eq!(line.manifest.epoch, claimed.epoch + 1);
     assert_eq!(
         line.manifest.kind,
         ManifestKind::Rollback {
             to: CheckpointId::new(2)
         }
     );
+
+    // Once the coordinator is gone its lease stops moving, and the rollback goes ahead after
+    // watching for the lease duration.
+    drop(renewing);
+    let out = f.cohort(&["rollback", "--to", "1", "--yes", "--lease", "300ms"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let line = f.rt.block_on(f.store.recovery_line()).unwrap().unwrap();
+    assert_eq!(decode_accounts(&f, &line.manifest), f.first);
 }
 
 fn gc(backend: Backend) {
@@ -597,7 +653,7 @@ fn gc(backend: Backend) {
     };
     // The rollback manifest (4) references checkpoint 1's segments: GC must keep them although
     // checkpoint 1 itself expires.
-    let out = f.cohort(&["rollback", "--to", "1", "--yes"]);
+    let out = f.cohort(&["rollback", "--to", "1", "--yes", "--lease", "100ms"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     f.transcripts("gc");
 
@@ -869,7 +925,12 @@ fn on_a_terminal_verify_shows_a_progress_bar() {
 #[test]
 fn on_a_terminal_rollback_asks_and_honours_the_answer() {
     let f = Fixture::bank(Backend::Local, "tty-rollback").unwrap();
-    let Some(declined) = on_terminal(&["rollback", "--to", "1"], &f.url, &[], "n\n") else {
+    let Some(declined) = on_terminal(
+        &["rollback", "--to", "1", "--lease", "100ms"],
+        &f.url,
+        &[],
+        "n\n",
+    ) else {
         return;
     };
     let shown = text(&declined.stdout);
@@ -880,7 +941,13 @@ fn on_a_terminal_rollback_asks_and_honours_the_answer() {
     );
     assert_eq!(f.rt.block_on(f.store.committed_ids()).unwrap().len(), 3);
 
-    let accepted = on_terminal(&["rollback", "--to", "1"], &f.url, &[], "y\n").unwrap();
+    let accepted = on_terminal(
+        &["rollback", "--to", "1", "--lease", "100ms"],
+        &f.url,
+        &[],
+        "y\n",
+    )
+    .unwrap();
     assert_eq!(
         accepted.status.code(),
         Some(0),

@@ -3,7 +3,7 @@
 use std::io::{BufRead, IsTerminal, Write};
 use std::time::{Duration, SystemTime};
 
-use cohort_checkpoint::{CheckpointStore, EpochRecord, Manifest, ManifestKind};
+use cohort_checkpoint::{CheckpointStore, Manifest};
 use cohort_object_api::CheckpointId;
 
 use crate::cli::StoreArgs;
@@ -11,8 +11,8 @@ use crate::cli::failure::{Code, Failure};
 use crate::cli::output::{self, Paint, Styles};
 use crate::cli::store;
 
-/// The epoch holder name the CLI claims epochs under, so that its own epochs are not mistaken
-/// for a live coordinator's.
+/// The holder name of the epochs the CLI claims, so that people reading `epochs/` can tell a
+/// rollback's epoch from a coordinator's.
 const CLI_HOLDER: &str = "cohort-cli rollback";
 
 /// Roll back to an older checkpoint, keeping history.
@@ -22,10 +22,10 @@ const CLI_HOLDER: &str = "cohort-cli rollback";
 /// The rollback takes a new coordinator epoch, so a coordinator that is still running is fenced:
 /// its next commit fails and it must recover, which restores ID's states.
 ///
-/// It refuses while a coordinator holds the lease (it took its epoch, or committed a
-/// checkpoint, less than --lease ago), because that coordinator's objects still hold newer
-/// states; stop it first, or pass --force. On a terminal it asks for confirmation; otherwise it
-/// needs --yes.
+/// It refuses while a coordinator holds the lease, because that coordinator's objects still
+/// hold newer states: it watches the newest epoch's lease for up to --lease, and a renewal (or a
+/// new epoch) seen meanwhile means a live coordinator. Stop it first, or pass --force. On a
+/// terminal it asks for confirmation; otherwise it needs --yes.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
 Exit codes: 0 rolled back; 1 refused (a coordinator holds the lease, ID is damaged, no
@@ -50,9 +50,10 @@ pub(crate) struct Args {
     #[arg(long)]
     force: bool,
 
-    /// How long after its last sign of life (taking its epoch, committing a checkpoint) a
-    /// coordinator is taken to hold the lease.
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+    /// How long to watch the lease for a renewal: the coordinators' lease duration (10s by
+    /// default). A live coordinator renews every third of it and is found well within it; with
+    /// none running, the rollback waits this long.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     lease: Duration,
 
     /// Accept a store that failed the create-if-absent probe. Only safe when nothing else
@@ -74,26 +75,6 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
     }
     let store = store::open_writable(&args.store, args.allow_unsafe_store).await?;
     let target = store::read_manifest(&store, args.to).await?;
-    let now_ms = now_ms();
-
-    let epoch = store.newest_epoch().await?;
-    let newest = newest_manifest(&store).await?;
-    if let Some(holder) = lease_holder(epoch.as_ref(), newest.as_ref(), now_ms, args.lease) {
-        if !args.force {
-            return Err(Failure::refused(format!(
-                "refusing to roll back: {holder}, within the {} lease, so a coordinator may be running; its objects still hold newer states and its next checkpoint would replace the rollback",
-                humantime::format_duration(args.lease)
-            ))
-            .hint("stop the coordinator and retry, or pass --force: the rollback then fences it, and it must recover")
-            .into());
-        }
-        let mut err = anstream::stderr().lock();
-        writeln!(
-            err,
-            "{}: {holder}; forcing the rollback fences that coordinator: its next commit fails and it must recover",
-            styles.warn.paint("warning")
-        )?;
-    }
 
     let report = store.verify(args.to).await?;
     if let Some(first) = report.damaged.first() {
@@ -111,10 +92,36 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
         .into());
     }
 
+    if args.force {
+        let mut err = anstream::stderr().lock();
+        writeln!(
+            err,
+            "{}: not checking the lease (--force): a coordinator still running is fenced by this rollback and must recover",
+            styles.warn.paint("warning")
+        )?;
+    } else {
+        if interactive {
+            let mut err = anstream::stderr().lock();
+            writeln!(
+                err,
+                "checking that no coordinator holds the lease (up to {}; --force skips this)",
+                humantime::format_duration(args.lease)
+            )?;
+        }
+        if let Some(holder) = watch_lease(&store, args.lease).await? {
+            return Err(Failure::refused(format!(
+                "refusing to roll back: {holder}, so it is running; its objects still hold newer states and its next checkpoint would replace the rollback"
+            ))
+            .hint("stop the coordinator and retry, or pass --force: the rollback then fences it, and it must recover")
+            .into());
+        }
+    }
+
     if !args.yes && !confirm(&store, &target)? {
         return Err(Failure::refused("rollback cancelled: nothing was changed").into());
     }
 
+    let now_ms = now_ms();
     let claimed = store.claim_epoch(CLI_HOLDER, now_ms).await?;
     tracing::info!(epoch = claimed.epoch, "claimed an epoch for the rollback");
     let id = store.rollback(args.to, claimed.epoch, now_ms).await?;
@@ -136,71 +143,74 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
 }
 
 fn now_ms() -> u64 {
-    // The one clock read of the command, at its edge; a clock before 1970 reads as 0, which
-    // only makes leases look younger (the safe side).
+    // The one wall-clock read of the command, at its edge, for the records' creation time.
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// The newest committed manifest, if it can be read; an unreadable one proves nothing about a
-/// coordinator, and the epoch record still counts.
-async fn newest_manifest(store: &CheckpointStore) -> anyhow::Result<Option<Manifest>> {
-    let Some(&id) = store.committed_ids().await?.last() else {
-        return Ok(None);
-    };
-    match store.read_manifest(id).await {
-        Ok(m) => Ok(Some(m)),
-        Err(
-            e @ (cohort_checkpoint::Error::Unavailable { .. }
-            | cohort_checkpoint::Error::Store { .. }),
-        ) => Err(e.into()),
-        Err(e) => {
-            tracing::warn!(checkpoint = %id, error = %e, "cannot read the newest manifest for the lease check");
-            Ok(None)
-        }
+/// What the lease looks like at one moment: the newest epoch and its lease's renewal counter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Sighting {
+    epoch: u64,
+    holder: String,
+    renewal: Option<u64>,
+}
+
+/// A live coordinator, in words, when `now` differs from `first`; `None` when nothing moved.
+///
+/// Only changes count, never timestamps: the lease's wall-clock time is the holder's, and
+/// clocks of different hosts are not compared (as the coordinators' own standbys do).
+fn moved(first: Option<&Sighting>, now: Option<&Sighting>) -> Option<String> {
+    match (first, now) {
+        (_, None) => None,
+        (None, Some(n)) => Some(format!(
+            "coordinator {:?} took epoch {} while we watched",
+            n.holder, n.epoch
+        )),
+        (Some(f), Some(n)) if n.epoch != f.epoch => Some(format!(
+            "coordinator {:?} took epoch {} while we watched",
+            n.holder, n.epoch
+        )),
+        (Some(f), Some(n)) if n.renewal != f.renewal => Some(format!(
+            "coordinator {:?} renewed the lease of epoch {} while we watched",
+            n.holder, n.epoch
+        )),
+        _ => None,
     }
 }
 
-/// Who holds the lease, in words, or `None`.
-///
-/// The epoch record has no lease or heartbeat field, so a coordinator's last sign of life is
-/// the later of taking its epoch and committing the newest manifest. Rollbacks written by this
-/// CLI are not signs of a coordinator. A time in the future (clock skew) counts as now.
-fn lease_holder(
-    epoch: Option<&EpochRecord>,
-    newest: Option<&Manifest>,
-    now_ms: u64,
-    lease: Duration,
-) -> Option<String> {
-    let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
-    let young = |at: u64| now_ms.saturating_sub(at) < lease_ms;
-    let ago = |at: u64| {
-        humantime::format_duration(Duration::from_millis(
-            now_ms.saturating_sub(at) / 1000 * 1000,
-        ))
+async fn sight(store: &CheckpointStore) -> anyhow::Result<Option<Sighting>> {
+    let Some(record) = store.newest_epoch().await? else {
+        return Ok(None);
     };
-    if let Some(e) = epoch.filter(|e| e.holder != CLI_HOLDER && young(e.created_at_ms)) {
-        return Some(format!(
-            "coordinator {:?} took epoch {} {} ago",
-            e.holder,
-            e.epoch,
-            ago(e.created_at_ms)
-        ));
+    let renewal = store.epoch_lease(record.epoch).await?.map(|l| l.renewal);
+    Ok(Some(Sighting {
+        epoch: record.epoch,
+        holder: record.holder,
+        renewal,
+    }))
+}
+
+/// Watches the newest epoch and its lease for up to `window`, on this process's monotonic
+/// clock; returns who holds the lease as soon as anything moves.
+async fn watch_lease(store: &CheckpointStore, window: Duration) -> anyhow::Result<Option<String>> {
+    let first = sight(store).await?;
+    // A leader renews every third of its lease; four looks per window see each renewal.
+    let every = (window / 4).clamp(Duration::from_millis(20), Duration::from_secs(1));
+    let deadline = tokio::time::Instant::now() + window;
+    loop {
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(every.min(deadline - now)).await;
+        let seen = sight(store).await?;
+        tracing::debug!(?first, ?seen, "watching the lease");
+        if let Some(holder) = moved(first.as_ref(), seen.as_ref()) {
+            return Ok(Some(holder));
+        }
     }
-    let by_coordinator = |m: &&Manifest| !matches!(m.kind, ManifestKind::Rollback { .. });
-    if let Some(m) = newest
-        .filter(by_coordinator)
-        .filter(|m| young(m.created_at_ms))
-    {
-        return Some(format!(
-            "checkpoint {} was committed by epoch {} {} ago",
-            m.id,
-            m.epoch,
-            ago(m.created_at_ms)
-        ));
-    }
-    None
 }
 
 /// Asks on the terminal; only `y` or `yes` goes ahead.
@@ -228,57 +238,31 @@ fn confirm(store: &CheckpointStore, target: &Manifest) -> anyhow::Result<bool> {
 mod tests {
     use super::*;
 
-    const NOW: u64 = 1_700_000_000_000;
-    const LEASE: Duration = Duration::from_secs(60);
-
-    fn epoch(holder: &str, at: u64) -> EpochRecord {
-        EpochRecord {
-            epoch: 3,
-            holder: holder.into(),
-            created_at_ms: at,
-            address: None,
+    fn seen(epoch: u64, renewal: Option<u64>) -> Sighting {
+        Sighting {
+            epoch,
+            holder: "node-1".into(),
+            renewal,
         }
     }
 
-    fn manifest(kind: ManifestKind, at: u64) -> Manifest {
-        let mut m = Manifest::new(CheckpointId::new(9), 3, at, "e3-r1");
-        m.kind = kind;
-        m
-    }
-
     #[test]
-    fn a_young_epoch_holds_the_lease() {
-        let held = lease_holder(Some(&epoch("node-1", NOW - 5_000)), None, NOW, LEASE);
+    fn a_renewal_or_a_new_epoch_is_a_live_coordinator() {
+        let first = seen(3, Some(7));
         assert_eq!(
-            held.as_deref(),
-            Some("coordinator \"node-1\" took epoch 3 5s ago")
+            moved(Some(&first), Some(&seen(3, Some(8)))).as_deref(),
+            Some("coordinator \"node-1\" renewed the lease of epoch 3 while we watched")
         );
-        assert!(lease_holder(Some(&epoch("node-1", NOW - 61_000)), None, NOW, LEASE).is_none());
+        assert!(moved(Some(&first), Some(&seen(4, None))).is_some());
+        assert!(moved(None, Some(&seen(1, None))).is_some());
+        // A first renewal of a freshly claimed epoch counts too.
+        assert!(moved(Some(&seen(3, None)), Some(&seen(3, Some(1)))).is_some());
     }
 
     #[test]
-    fn a_recent_checkpoint_holds_the_lease_even_with_an_old_epoch() {
-        let old = epoch("node-1", NOW - 3_600_000);
-        let recent = manifest(ManifestKind::Checkpoint, NOW - 1_000);
-        assert!(lease_holder(Some(&old), Some(&recent), NOW, LEASE).is_some());
-        let stale = manifest(ManifestKind::Checkpoint, NOW - 120_000);
-        assert!(lease_holder(Some(&old), Some(&stale), NOW, LEASE).is_none());
-    }
-
-    #[test]
-    fn the_clis_own_rollbacks_do_not_hold_it() {
-        let mine = epoch(CLI_HOLDER, NOW - 1_000);
-        let rollback = manifest(
-            ManifestKind::Rollback {
-                to: CheckpointId::new(2),
-            },
-            NOW - 1_000,
-        );
-        assert!(lease_holder(Some(&mine), Some(&rollback), NOW, LEASE).is_none());
-    }
-
-    #[test]
-    fn clock_skew_counts_as_now() {
-        assert!(lease_holder(Some(&epoch("node-1", NOW + 10_000)), None, NOW, LEASE).is_some());
+    fn nothing_moving_is_no_coordinator() {
+        assert!(moved(Some(&seen(3, Some(7))), Some(&seen(3, Some(7)))).is_none());
+        assert!(moved(Some(&seen(3, None)), Some(&seen(3, None))).is_none());
+        assert!(moved(None, None).is_none());
     }
 }
