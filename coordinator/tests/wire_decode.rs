@@ -52,10 +52,14 @@ fn frame(payload: &[u8]) -> Vec<u8> {
 }
 
 fn hello(proof: Option<Vec<u8>>) -> Vec<u8> {
+    hello_of_version(PROTOCOL_VERSION, proof)
+}
+
+fn hello_of_version(protocol_version: u16, proof: Option<Vec<u8>>) -> Vec<u8> {
     frame(
         &rmp_serde::to_vec_named(&RawHello {
             magic: "cohort",
-            protocol_version: PROTOCOL_VERSION,
+            protocol_version,
             role: "node",
             name: "prop-node",
             software: "proptest",
@@ -222,4 +226,114 @@ fn an_empty_stream_is_a_close_before_the_handshake() {
             ..
         })
     ));
+}
+
+/// The outcome a seed must reach.
+#[derive(Debug, PartialEq)]
+enum Outcome {
+    Served { messages: usize },
+    Refused(&'static str),
+}
+
+fn outcome<In>(replay: &Replay<In>) -> Outcome {
+    match (&replay.peer, &replay.error) {
+        (Some(_), None) => Outcome::Served {
+            messages: replay.messages.len(),
+        },
+        (_, Some(err)) => Outcome::Refused(match err {
+            WireError::Garbage { .. } => "garbage",
+            WireError::VersionMismatch { .. } => "version",
+            WireError::Unauthorized { .. } => "unauthorized",
+            WireError::Truncated { .. } => "truncated",
+            _ => "other",
+        }),
+        (None, None) => Outcome::Refused("nothing"),
+    }
+}
+
+/// The `frame_decoder` fuzz target's seed corpus, `fuzz/seeds/frame_decoder/`, is built from the
+/// wire format as spelled out in this file, and each seed reaches the branch it is meant for.
+/// Run with `COHORT_WRITE_FUZZ_SEEDS=1` to rewrite the seeds after a change of format.
+///
+/// A seed's first byte is the target's setup byte: bit 0 makes the listener require the token
+/// `fuzzing-shared-token`; bit 1 decodes frames as `Msg` rather than as any value.
+#[test]
+fn the_fuzz_seeds_are_current_and_reach_their_branch() {
+    let messages = vec![
+        Msg::Vote {
+            round: 3,
+            yes: true,
+        },
+        Msg::Objects(vec!["account-1".to_owned(), "account-2".to_owned()]),
+        Msg::Meta([("epoch".to_owned(), Some(7)), ("lease".to_owned(), None)].into()),
+    ];
+    let frames = message_frames(&messages).concat();
+    let with_setup = |setup: u8, parts: &[&[u8]]| {
+        let mut seed = vec![setup];
+        for part in parts {
+            seed.extend_from_slice(part);
+        }
+        seed
+    };
+    let seeds: Vec<(&str, Vec<u8>, Outcome)> = vec![
+        (
+            "open-any-frames",
+            with_setup(0, &[&hello(None), &frames]),
+            Outcome::Served { messages: 3 },
+        ),
+        (
+            "open-typed-frames",
+            with_setup(2, &[&hello(None), &frames]),
+            Outcome::Served { messages: 3 },
+        ),
+        (
+            "open-typed-truncated",
+            with_setup(2, &[&hello(None), &frames[..frames.len() - 3]]),
+            Outcome::Refused("truncated"),
+        ),
+        (
+            "guarded-forged-proof",
+            with_setup(3, &[&hello(Some(vec![0; 32])), &frames]),
+            Outcome::Refused("unauthorized"),
+        ),
+        (
+            "http-request",
+            with_setup(0, &[b"GET / HTTP/1.1\r\nHost: coordinator\r\n\r\n"]),
+            Outcome::Refused("garbage"),
+        ),
+        (
+            "future-version",
+            with_setup(0, &[&hello_of_version(PROTOCOL_VERSION + 1, None)]),
+            Outcome::Refused("version"),
+        ),
+    ];
+
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/frame_decoder");
+    let write = std::env::var_os("COHORT_WRITE_FUZZ_SEEDS").is_some();
+    let token = Secret::new("fuzzing-shared-token").unwrap();
+    for (name, seed, expected) in seeds {
+        let path = dir.join(name);
+        if write {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(&path, &seed).unwrap();
+        }
+        let stored = std::fs::read(&path).unwrap_or_default();
+        assert!(
+            stored == seed,
+            "fuzz seed {name} is stale; rerun with COHORT_WRITE_FUZZ_SEEDS=1"
+        );
+
+        let (&setup, input) = seed.split_first().unwrap();
+        let config = config((setup & 1 == 1).then(|| token.clone()));
+        let reached = if setup & 2 == 0 {
+            outcome(&replay_as_server::<IgnoredAny>(input, &config))
+        } else {
+            let replay = replay_as_server::<Msg>(input, &config);
+            if replay.error.is_none() {
+                assert_eq!(replay.messages, messages);
+            }
+            outcome(&replay)
+        };
+        assert_eq!(reached, expected, "seed {name}");
+    }
 }

@@ -279,7 +279,7 @@ impl WireError {
     /// configuration on either side.
     ///
     /// True for network failures, timeouts, closed connections and a server that is shutting
-    /// down or busy; false for everything that needs a person to fix a configuration or a peer.
+    /// down; false for everything that needs a person to fix a configuration or a peer.
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Connect { .. }
@@ -288,9 +288,7 @@ impl WireError {
             | Self::Truncated { .. }
             | Self::Io { .. }
             | Self::Unusable { .. } => true,
-            Self::Rejected { code, .. } => {
-                code == super::handshake::REJECT_SHUTDOWN || code == super::handshake::REJECT_BUSY
-            }
+            Self::Rejected { code, .. } => code == super::handshake::REJECT_SHUTDOWN,
             Self::TokenRequired { .. }
             | Self::WeakToken { .. }
             | Self::InvalidName { .. }

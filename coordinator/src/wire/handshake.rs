@@ -44,7 +44,6 @@ pub(crate) const REJECT_ROLE: &str = "role";
 pub(crate) const REJECT_AUTH: &str = "auth";
 pub(crate) const REJECT_TIMEOUT: &str = "timeout";
 pub(crate) const REJECT_SHUTDOWN: &str = "shutdown";
-pub(crate) const REJECT_BUSY: &str = "busy";
 
 /// Domain-separation labels, so that a client proof can never pass as a server proof.
 const CLIENT_PROOF_LABEL: &[u8] = b"cohort wire v1: client proof";
@@ -692,9 +691,14 @@ where
         code: code.to_owned(),
         reason: reason.to_owned(),
     };
+    // A frame cut short by the deadline or shutdown is still buffered (perhaps a welcome): a
+    // verdict behind it would be misread, so such a connection is only closed.
+    let clean = wire.write_buffer().is_empty();
     let deliver = async {
-        let frame = codec::encode(&verdict).map_err(|err| err.to_string())?;
-        wire.send(frame).await.map_err(|err| format!("{err:?}"))?;
+        if clean {
+            let frame = codec::encode(&verdict).map_err(|err| err.to_string())?;
+            wire.send(frame).await.map_err(|err| format!("{err:?}"))?;
+        }
         wire.close().await.map_err(|err| format!("{err:?}"))
     };
     match tokio::time::timeout(REJECT_WRITE_TIMEOUT, deliver).await {
