@@ -12,6 +12,7 @@
 pub mod engine;
 mod error;
 pub mod messaging;
+pub mod replication;
 pub mod runtime;
 pub mod wire;
 
