@@ -10,5 +10,8 @@ cargo fmt --all -- --check
 echo "==> cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 
+echo "==> the fuzz target still builds (running it needs nightly: fuzz/README.md)"
+cargo check --quiet --manifest-path fuzz/Cargo.toml
+
 echo "==> cargo test (with a local S3-compatible server)"
 scripts/with-s3.sh cargo test --workspace --all-features
