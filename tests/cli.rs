@@ -962,3 +962,97 @@ fn on_a_terminal_rollback_asks_and_honours_the_answer() {
         }
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// A store the bank example produced: real coordinator output, with its crash and recovery.
+
+/// The bank example's binary, which `cargo test` builds next to this crate's binaries; `None`
+/// (skip) outside CI when only this test target was built.
+fn bank_example() -> Option<std::path::PathBuf> {
+    let exe = std::path::Path::new(BIN)
+        .parent()?
+        .join("examples")
+        .join(format!("bank{}", std::env::consts::EXE_SUFFIX));
+    if exe.is_file() {
+        return Some(exe);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{} is missing: `cargo test` builds it unless a single test target is selected",
+        exe.display()
+    );
+    eprintln!("skipping: the bank example is not built (run `cargo test -p cohort`)");
+    None
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn bank_store(backend: Backend) {
+    let Some(exe) = bank_example() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let url = match backend {
+        Backend::Local => dir.path().join("bank").display().to_string(),
+        Backend::S3 => match s3_url("bank") {
+            Some(url) => url,
+            None => return,
+        },
+    };
+    let args = ["--store", url.as_str(), "--accounts", "8", "--seconds", "2"];
+    let out = Command::new(exe)
+        .args(args)
+        .args(["--interval-ms", "100"])
+        .env("RUST_LOG", "")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "bank: {}", text(&out.stderr));
+    let cohort = |args: &[&str]| run(args, &[("COHORT_STORE", url.as_str())]);
+
+    let list = json(&cohort(&["list", "--json"]));
+    let list = list.as_array().unwrap();
+    assert!(list.len() >= 2, "{list:?}");
+    let lines: Vec<u64> = list
+        .iter()
+        .filter(|e| e["recovery_line"] == true)
+        .map(|e| e["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "one recovery line: {list:?}");
+    let line = lines[0].to_string();
+    let oldest = list.last().unwrap()["id"].to_string();
+
+    assert_eq!(cohort(&["verify"]).status.code(), Some(0));
+    let shown = json(&cohort(&["show", &line, "--json"]));
+    let objects = shown["objects"].as_array().unwrap();
+    assert_eq!(objects.len(), 8, "{shown}");
+    let first = objects[0]["id"].as_str().unwrap();
+    assert!(json(&cohort(&["inspect", &line, first])).is_object());
+    let diff = json(&cohort(&["diff", &oldest, &line, "--json"]));
+    assert!(diff["changed"].is_array(), "{diff}");
+
+    let gc = json(&cohort(&["gc", "--keep", "2", "--json"]));
+    assert!(
+        gc["retained"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!(lines[0])),
+        "{gc}"
+    );
+    assert_eq!(cohort(&["verify"]).status.code(), Some(0));
+    let after = json(&cohort(&["list", "--json"]));
+    assert_eq!(after[0]["recovery_line"], true, "{after}");
+    assert_eq!(after[0]["id"].as_u64(), Some(lines[0]));
+}
+
+#[test]
+fn a_store_the_bank_example_produced() {
+    bank_store(Backend::Local);
+}
+
+#[test]
+fn s3_a_store_the_bank_example_produced() {
+    bank_store(Backend::S3);
+}
