@@ -86,7 +86,7 @@ pub struct PeerView {
 ///   slot from each other on every heartbeat; hearing an active peer resets the streak.
 #[derive(Clone, Debug)]
 pub struct GroupEngine {
-    config: GroupConfig,
+    pub(super) config: GroupConfig,
     me: MemberId,
     weight: u16,
     addr: String,
@@ -600,6 +600,11 @@ impl GroupEngine {
             self.prepared = true;
             out.push(Command::PrepareToActivate);
         }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn state_for_tests(&mut self, state: MemberState) {
+        self.state = state;
     }
 
     /// The heartbeat this member sends now.
