@@ -435,10 +435,9 @@ impl Driver {
             self.dial(seed, &mut side);
         }
         loop {
-            let now = self.now_ms();
             let deadline = self
                 .engine
-                .next_deadline(now)
+                .next_deadline()
                 .map(|ms| self.origin + Duration::from_millis(ms));
             let mut leaving = None;
             let event = tokio::select! {

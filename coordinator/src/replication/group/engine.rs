@@ -12,8 +12,8 @@ use crate::replication::error::ReplicationError;
 use crate::replication::fencing::SlotEpoch;
 
 /// The longest a fenced member stands by, as a multiple of `activation_interval` (the backoff
-/// doubles with each consecutive fence: 1, 2, 4, ... 32).
-const MAX_FENCE_BACKOFF_SHIFT: u32 = 5;
+/// doubles with each consecutive fence: 1, 2, 4, 8).
+const MAX_FENCE_BACKOFF_SHIFT: u32 = 3;
 
 /// Where this member stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,7 +82,7 @@ pub struct PeerView {
 /// - **Prepare.** With a `preparation_interval`, when an active peer has been silent that long
 ///   and this member would take its slot, [`Command::PrepareToActivate`] once.
 /// - **After a fence** the member stands by (not a candidate) for `activation_interval`, doubled
-///   on each consecutive fence up to 32 times, so that two sides of a partition do not take a
+///   on each consecutive fence up to 8 times, so that two sides of a partition do not take a
 ///   slot from each other on every heartbeat; hearing an active peer resets the streak.
 #[derive(Clone, Debug)]
 pub struct GroupEngine {
@@ -107,6 +107,8 @@ pub struct GroupEngine {
     /// Not a candidate before this (after a failed claim or a fence).
     standby_until_ms: u64,
     reported_count: Option<usize>,
+    /// The time of the latest step: every deadline up to it has been handled.
+    last_step_ms: u64,
 }
 
 impl GroupEngine {
@@ -142,6 +144,7 @@ impl GroupEngine {
             hold_until_ms: 0,
             standby_until_ms: 0,
             reported_count: None,
+            last_step_ms: now_ms,
         })
     }
 
@@ -186,8 +189,11 @@ impl GroupEngine {
     }
 
     /// The latest time at which [`Event::Tick`] must be delivered (a heartbeat falls due, a
-    /// peer may be lost, a newcomer becomes established, a hold ends); `None` after leaving.
-    pub fn next_deadline(&self, now_ms: u64) -> Option<u64> {
+    /// peer may be lost, a newcomer becomes established, a hold ends): the earliest timer after
+    /// the latest [`step`](Self::step), which handled every timer up to its own time; `None`
+    /// after leaving. A deadline already past means: tick now.
+    pub fn next_deadline(&self) -> Option<u64> {
+        let now_ms = self.last_step_ms;
         if self.state == MemberState::Left {
             return None;
         }
@@ -222,6 +228,7 @@ impl GroupEngine {
         if self.state == MemberState::Left {
             return out;
         }
+        self.last_step_ms = self.last_step_ms.max(now_ms);
         let mut changed = false;
         match event {
             Event::Tick => {}

@@ -20,7 +20,7 @@ fn run(engine: &mut GroupEngine, from: u64, to: u64, beats: &[Heartbeat]) -> Vec
     let mut out = Vec::new();
     for now in from..=to {
         let mut commands = Vec::new();
-        if now % HB == 0 {
+        if now.is_multiple_of(HB) {
             for beat in beats {
                 commands.extend(engine.step(now, Event::Heartbeat(beat.clone())));
             }
@@ -253,8 +253,8 @@ fn a_higher_weight_newcomer_takes_over_once_after_a_full_activation_interval() {
             }
         }
     }
-    for now in 100..=300 {
-        if now % HB == 0 {
+    for now in 100u64..=300 {
+        if now.is_multiple_of(HB) {
             let from_a = a.heartbeat(now);
             let commands = n.step(now, Event::Heartbeat(from_a));
             apply(&mut n, "n", now, commands, &mut log);
@@ -464,7 +464,7 @@ fn leaving_deactivates_says_goodbye_and_is_forgotten_at_once() {
         a.step(51, Event::Tick).is_empty(),
         "a left member is silent"
     );
-    assert_eq!(a.next_deadline(51), None);
+    assert_eq!(a.next_deadline(), None);
 
     let mut b = engine("b", 1, 5, 0);
     run(&mut b, 0, 40, &[active_beat]);
@@ -557,17 +557,17 @@ fn gossip_announces_each_new_address_once() {
 fn deadlines_cover_every_timer() {
     let mut a = engine("a", 1, 10, 0);
     assert_eq!(
-        a.next_deadline(0),
+        a.next_deadline(),
         Some(0),
         "the first heartbeat is due at once"
     );
     a.step(0, Event::Tick);
-    assert_eq!(a.next_deadline(0), Some(HB));
+    assert_eq!(a.next_deadline(), Some(HB));
     a.step(5, Event::Heartbeat(hb("b", 1, 50, Some(se(0, 1)))));
     // b is lost at 35; a's own heartbeat at 10 comes first.
-    assert_eq!(a.next_deadline(5), Some(HB));
+    assert_eq!(a.next_deadline(), Some(HB));
     a.step(HB, Event::Tick);
-    assert_eq!(a.next_deadline(HB), Some(2 * HB));
+    assert_eq!(a.next_deadline(), Some(2 * HB));
     a.step(30, Event::Tick);
-    assert_eq!(a.next_deadline(30), Some(5 + ACT));
+    assert_eq!(a.next_deadline(), Some(5 + ACT));
 }
