@@ -1,6 +1,8 @@
 //! Split-brain safety on the store: the group record, per-slot epochs, the fenced log and
 //! discovery, on memory and local-disk stores, with racing claimants and injected faults.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
+
 use std::sync::Arc;
 
 use bytes::Bytes;
