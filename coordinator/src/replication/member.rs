@@ -102,6 +102,19 @@ impl MemberOptions {
             claim_timeout: Duration::from_secs(10),
         }
     }
+
+    /// The listener configuration a member uses: named by its id, role
+    /// [`Role::Peer`], accepting peers and command-line tools, with the token. Use it with
+    /// [`ListenConfig::listen_on`] to build the listener for [`Member::start_on`].
+    pub fn listen_config(&self) -> ListenConfig {
+        ListenConfig {
+            name: self.id.to_string(),
+            role: Role::Peer,
+            accept_roles: vec![Role::Peer, Role::Cli],
+            token: self.token.clone(),
+            ..ListenConfig::new(self.listen)
+        }
+    }
 }
 
 /// What a member tells its application: the Rendezvous callbacks, and what it observes.
@@ -161,17 +174,88 @@ enum Control {
     Leave(oneshot::Sender<()>),
 }
 
+/// A cheap, cloneable handle on a running [`Member`], for the tasks that serve requests while
+/// another owns the member and its events: it commits work and reads the state.
+#[derive(Clone)]
+pub struct MemberHandle {
+    id: MemberId,
+    log: FencedLog,
+    control: mpsc::UnboundedSender<Control>,
+    status: watch::Receiver<MemberStatus>,
+}
+
+impl fmt::Debug for MemberHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemberHandle")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MemberHandle {
+    /// The member's id.
+    pub fn id(&self) -> &MemberId {
+        &self.id
+    }
+
+    /// A receiver of the member's state, updated after every change.
+    pub fn status(&self) -> watch::Receiver<MemberStatus> {
+        self.status.clone()
+    }
+
+    /// The activation, if the member is active now.
+    pub fn active(&self) -> Option<SlotEpoch> {
+        self.status.borrow().active()
+    }
+
+    /// Changes the weight at run time (0 disables the member: it deactivates).
+    pub fn set_weight(&self, weight: u16) {
+        // A closed channel means the member stopped; there is nothing left to change.
+        let _ = self.control.send(Control::SetWeight(weight));
+    }
+
+    /// The group's fenced log.
+    pub fn log(&self) -> &FencedLog {
+        &self.log
+    }
+
+    /// Commits `bytes` to the group's fenced log under the member's current activation and
+    /// returns its sequence number. When a newer epoch fenced the slot, the member deactivates
+    /// ([`DeactivateReason::Fenced`]) and this returns [`ReplicationError::Fenced`].
+    ///
+    /// # Errors
+    ///
+    /// [`ReplicationError::NotActive`], [`ReplicationError::Fenced`], or the log's store errors
+    /// (see [`FencedLog::append`]).
+    pub async fn append(&self, bytes: Bytes) -> Result<u64, ReplicationError> {
+        let Some(ours) = self.active() else {
+            return Err(ReplicationError::NotActive {
+                group: self.log.group().clone(),
+                member: self.id.clone(),
+            });
+        };
+        let appended = self.log.append(ours, &self.id, bytes).await;
+        if let Err(ReplicationError::Fenced { by, .. }) = &appended {
+            self.report_fenced(ours, *by);
+        }
+        appended
+    }
+
+    /// Tells the member that work committed under `ours` was fenced by epoch `by` (for work
+    /// committed through a [`FencedLog`] directly): it deactivates.
+    pub fn report_fenced(&self, ours: SlotEpoch, by: u64) {
+        let _ = self.control.send(Control::Fenced { ours, by });
+    }
+}
+
 /// A running member of a fault-tolerance group. See the [module documentation](self).
 ///
 /// Dropping it without [`leave`](Self::leave) stops it like a crash ([`kill`](Self::kill)):
 /// peers notice after `activation_interval`.
 pub struct Member {
-    id: MemberId,
+    handle: MemberHandle,
     addr: String,
-    log: FencedLog,
-    control: mpsc::UnboundedSender<Control>,
     events: mpsc::UnboundedReceiver<MemberEvent>,
-    status: watch::Receiver<MemberStatus>,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
 }
@@ -179,9 +263,9 @@ pub struct Member {
 impl fmt::Debug for Member {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Member")
-            .field("id", &self.id)
+            .field("id", &self.handle.id)
             .field("addr", &self.addr)
-            .field("status", &*self.status.borrow())
+            .field("status", &*self.handle.status.borrow())
             .finish_non_exhaustive()
     }
 }
@@ -197,7 +281,7 @@ impl Member {
     /// port cannot be bound.
     pub async fn start(options: MemberOptions) -> Result<Self, ReplicationError> {
         options.config.validate()?;
-        let listener = listen_config(&options).bind().await?;
+        let listener = options.listen_config().bind().await?;
         Self::start_on(options, listener).await
     }
 
@@ -271,12 +355,14 @@ impl Member {
         };
         tasks.spawn(driver.run(control_rx, inbound_rx));
         Ok(Self {
-            id,
+            handle: MemberHandle {
+                id,
+                log,
+                control: control_tx,
+                status: status_rx,
+            },
             addr,
-            log,
-            control: control_tx,
             events: events_rx,
-            status: status_rx,
             shutdown,
             tasks,
         })
@@ -284,12 +370,17 @@ impl Member {
 
     /// This member's id.
     pub fn id(&self) -> &MemberId {
-        &self.id
+        &self.handle.id
     }
 
     /// The address peers dial (advertised).
     pub fn addr(&self) -> &str {
         &self.addr
+    }
+
+    /// A cloneable handle for the tasks that commit work.
+    pub fn handle(&self) -> MemberHandle {
+        self.handle.clone()
     }
 
     /// The next callback or observation; `None` once the member stopped.
@@ -299,58 +390,38 @@ impl Member {
 
     /// A receiver of the member's state, updated after every change.
     pub fn status(&self) -> watch::Receiver<MemberStatus> {
-        self.status.clone()
+        self.handle.status()
     }
 
     /// The activation, if the member is active now.
     pub fn active(&self) -> Option<SlotEpoch> {
-        self.status.borrow().active()
+        self.handle.active()
     }
 
     /// Changes the weight at run time (0 disables the member: it deactivates).
     pub fn set_weight(&self, weight: u16) {
-        // A closed channel means the member stopped; there is nothing left to change.
-        let _ = self.control.send(Control::SetWeight(weight));
+        self.handle.set_weight(weight);
     }
 
     /// The group's fenced log.
     pub fn log(&self) -> &FencedLog {
-        &self.log
+        self.handle.log()
     }
 
-    /// Commits `bytes` to the group's fenced log under this member's current activation and
-    /// returns its sequence number. When a newer epoch fenced the slot, the member deactivates
-    /// ([`DeactivateReason::Fenced`]) and this returns [`ReplicationError::Fenced`].
+    /// Commits work under the current activation; see [`MemberHandle::append`].
     ///
     /// # Errors
     ///
-    /// [`ReplicationError::NotActive`], [`ReplicationError::Fenced`], or the log's store errors
-    /// (see [`FencedLog::append`]).
+    /// As [`MemberHandle::append`].
     pub async fn append(&self, bytes: Bytes) -> Result<u64, ReplicationError> {
-        let Some(ours) = self.active() else {
-            return Err(ReplicationError::NotActive {
-                group: self.log.group().clone(),
-                member: self.id.clone(),
-            });
-        };
-        let appended = self.log.append(ours, &self.id, bytes).await;
-        if let Err(ReplicationError::Fenced { by, .. }) = &appended {
-            let _ = self.control.send(Control::Fenced { ours, by: *by });
-        }
-        appended
-    }
-
-    /// Tells the member that work committed under `ours` was fenced by epoch `by` (for work
-    /// committed through a [`FencedLog`] directly): it deactivates.
-    pub fn report_fenced(&self, ours: SlotEpoch, by: u64) {
-        let _ = self.control.send(Control::Fenced { ours, by });
+        self.handle.append(bytes).await
     }
 
     /// Leaves the group gracefully: deactivates (reported as an event), tells the peers, so that
     /// they do not wait `activation_interval`, and stops.
     pub async fn leave(mut self) {
         let (done_tx, done_rx) = oneshot::channel();
-        if self.control.send(Control::Leave(done_tx)).is_ok() {
+        if self.handle.control.send(Control::Leave(done_tx)).is_ok() {
             let _ = done_rx.await;
         }
         self.shutdown.cancel();
@@ -361,16 +432,6 @@ impl Member {
     pub fn kill(mut self) {
         self.shutdown.cancel();
         self.tasks.abort_all();
-    }
-}
-
-fn listen_config(options: &MemberOptions) -> ListenConfig {
-    ListenConfig {
-        name: options.id.to_string(),
-        role: Role::Peer,
-        accept_roles: vec![Role::Peer, Role::Cli],
-        token: options.token.clone(),
-        ..ListenConfig::new(options.listen)
     }
 }
 

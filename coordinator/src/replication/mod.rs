@@ -63,5 +63,5 @@ pub use config::{GroupConfig, GroupName, MemberId};
 pub use error::ReplicationError;
 pub use fencing::{ActiveRecord, FencedLog, LogEntry, SlotEpoch, current_actives};
 pub use group::{Command, DeactivateReason, Event, GroupEngine, Heartbeat};
-pub use member::{Member, MemberEvent, MemberOptions};
-pub use monitor::Monitor;
+pub use member::{Member, MemberEvent, MemberHandle, MemberOptions, MemberStatus};
+pub use monitor::{ActiveCount, Monitor, MonitorOptions};

@@ -1,0 +1,433 @@
+//! Whole groups over the wire, on the in-memory network under tokio's paused clock, so that
+//! every timing is exact and no test sleeps to synchronise: each waits for an event, with a
+//! virtual deadline.
+//!
+//! - the active member is killed → the next in line activates within activation_interval plus
+//!   one heartbeat;
+//! - a higher-weight member joins → exactly one handover;
+//! - a monitor reports active-count changes within lost_interval;
+//! - a partition → work committed through the fenced log never goes back to an older epoch,
+//!   and when the partition heals a single member stays active.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use cohort_checkpoint::CheckpointStore;
+use cohort_coordinator::replication::fencing::EntryKind;
+use cohort_coordinator::replication::group::MemberState;
+use cohort_coordinator::replication::monitor::MonitorOptions;
+use cohort_coordinator::replication::testing::{MemoryAcceptor, MemoryNetwork};
+use cohort_coordinator::replication::{
+    DeactivateReason, GroupConfig, GroupName, Member, MemberEvent, MemberId, MemberOptions,
+    Monitor, SlotEpoch, current_actives,
+};
+use cohort_coordinator::wire::Accept;
+use tokio::time::Instant;
+
+const HB: Duration = Duration::from_millis(50);
+const ACT: Duration = Duration::from_millis(150);
+/// The longest any test waits for one event, in virtual time.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+struct Group {
+    net: MemoryNetwork,
+    store: CheckpointStore,
+    goal: u32,
+}
+
+impl Group {
+    fn new(goal: u32) -> Self {
+        Self {
+            net: MemoryNetwork::new(),
+            store: CheckpointStore::memory(),
+            goal,
+        }
+    }
+
+    fn config(&self, weight: u16) -> GroupConfig {
+        GroupConfig::new("orders", self.goal)
+            .unwrap()
+            .with_weight(weight)
+            .with_heartbeat_interval(HB)
+            .with_activation_interval(ACT)
+    }
+
+    /// An address, to be used by `start` (so that seeds can name members before they start).
+    fn listen(&self) -> (MemoryAcceptor, String) {
+        let acceptor = self.net.listen();
+        let addr = acceptor.local_addr().unwrap().to_string();
+        (acceptor, addr)
+    }
+
+    async fn start(
+        &self,
+        name: &str,
+        weight: u16,
+        (acceptor, addr): (MemoryAcceptor, String),
+        seeds: &[String],
+    ) -> Member {
+        let mut options = MemberOptions::new(
+            self.config(weight),
+            MemberId::new(name).unwrap(),
+            self.store.clone(),
+        );
+        options.connector = self.net.connector(addr.clone());
+        options.seeds = seeds.to_vec();
+        options.service_addr = format!("svc-{name}");
+        let listener = options.listen_config().listen_on(acceptor).unwrap();
+        Member::start_on(options, listener).await.unwrap()
+    }
+}
+
+/// Waits for the first event that `pick` accepts, returning it with its (virtual) time.
+async fn wait_for<T>(
+    member: &mut Member,
+    mut pick: impl FnMut(&MemberEvent) -> Option<T>,
+) -> (Instant, T) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let event = tokio::time::timeout_at(deadline, member.next_event())
+            .await
+            .unwrap_or_else(|_| panic!("{} saw no expected event within {PATIENCE:?}", member.id()))
+            .expect("the member stopped");
+        if let Some(found) = pick(&event) {
+            return (Instant::now(), found);
+        }
+    }
+}
+
+fn activated(event: &MemberEvent) -> Option<SlotEpoch> {
+    match event {
+        MemberEvent::Activate(se) => Some(*se),
+        _ => None,
+    }
+}
+
+/// Starts a, b, c (weights 30, 20, 10), each seeded with all three addresses, and waits until a
+/// is active.
+async fn three(group: &Group) -> (Member, Member, Member, Vec<String>) {
+    let listeners = [group.listen(), group.listen(), group.listen()];
+    let seeds: Vec<String> = listeners.iter().map(|(_, a)| a.clone()).collect();
+    let [la, lb, lc] = listeners;
+    let mut a = group.start("a", 30, la, &seeds).await;
+    let b = group.start("b", 20, lb, &seeds).await;
+    let c = group.start("c", 10, lc, &seeds).await;
+    let (_, se) = wait_for(&mut a, activated).await;
+    assert_eq!(se, SlotEpoch { slot: 0, epoch: 1 });
+    (a, b, c, seeds)
+}
+
+#[tokio::test(start_paused = true)]
+async fn killing_the_active_member_activates_the_next_in_line_within_activation_plus_a_heartbeat() {
+    let group = Group::new(1);
+    let (a, mut b, c, _) = three(&group).await;
+    // Let the group settle: everyone hears everyone.
+    let mut status = c.status();
+    tokio::time::timeout(
+        PATIENCE,
+        status.wait_for(|s| s.peers.len() == 2 && s.active_count == 1),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+
+    let killed = Instant::now();
+    a.kill();
+    let (at, se) = wait_for(&mut b, activated).await;
+    let failover = at - killed;
+    assert_eq!(se, SlotEpoch { slot: 0, epoch: 2 });
+    assert!(
+        failover <= ACT + HB,
+        "failover took {failover:?}, more than activation {ACT:?} + heartbeat {HB:?}"
+    );
+    assert!(
+        failover >= ACT - HB,
+        "{failover:?}: detected before a could have been silent for long"
+    );
+    // c stays inactive and sees b.
+    tokio::time::timeout(
+        PATIENCE,
+        status.wait_for(|s| s.peers.get(&MemberId::new("b").unwrap()) == Some(&Some(se))),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(c.status().borrow().state, MemberState::Inactive);
+    // Clients find b through the store.
+    let actives = current_actives(&group.store, &GroupName::new("orders").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(actives.len(), 1);
+    assert_eq!(
+        (actives[0].member.as_str(), actives[0].service_addr.as_str()),
+        ("b", "svc-b")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_higher_weight_member_joining_takes_over_with_exactly_one_handover() {
+    let group = Group::new(1);
+    let (mut a, mut b, mut c, seeds) = three(&group).await;
+    let joined = Instant::now();
+    let mut n = group.start("n", 50, group.listen(), &seeds[..1]).await;
+    let (n_at, n_se) = wait_for(&mut n, activated).await;
+    assert_eq!(n_se, SlotEpoch { slot: 0, epoch: 2 });
+    assert!(
+        n_at - joined >= ACT,
+        "n activated {:?} after joining, before a full activation interval",
+        n_at - joined
+    );
+    let (a_at, reason) = wait_for(&mut a, |e| match e {
+        MemberEvent::Deactivate { reason, .. } => Some(reason.clone()),
+        _ => None,
+    })
+    .await;
+    assert!(
+        matches!(reason, DeactivateReason::Superseded { ref by, epoch: 2 } if by.as_str() == "n"),
+        "{reason:?}"
+    );
+    assert!(
+        a_at - n_at <= HB,
+        "a stepped down {:?} after n activated",
+        a_at - n_at
+    );
+
+    // Then nothing changes for a long while: no second handover anywhere.
+    let quiet = Instant::now() + 20 * ACT;
+    for member in [&mut a, &mut b, &mut c, &mut n] {
+        loop {
+            match tokio::time::timeout_at(quiet, member.next_event()).await {
+                Err(_) => break,
+                Ok(Some(MemberEvent::Activate(se))) => {
+                    panic!("{} activated again: {se}", member.id())
+                }
+                Ok(Some(MemberEvent::Deactivate { .. })) => {
+                    panic!("{} deactivated again", member.id())
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+    assert_eq!(n.active(), Some(n_se));
+    assert_eq!(a.active(), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_monitor_reports_active_count_changes_within_lost_interval() {
+    let group = Group::new(1);
+    let lost_interval = Duration::from_millis(200);
+    let (la, a_addr) = group.listen();
+    let (lb, b_addr) = group.listen();
+    let mut a = group.start("a", 10, (la, a_addr.clone()), &[]).await;
+    // The monitor is no member: it only knows where members listen, and keeps retrying.
+    let mut options = MonitorOptions::new(
+        GroupName::new("orders").unwrap(),
+        lost_interval,
+        vec![a_addr.clone(), b_addr.clone()],
+    );
+    options.connector = group.net.connector("monitor");
+    let mut monitor = Monitor::start(options).unwrap();
+
+    let (a_active, _) = wait_for(&mut a, activated).await;
+    let (seen, count) = next_count(&mut monitor, 1).await;
+    assert!(
+        seen - a_active <= HB,
+        "activation seen {:?} late",
+        seen - a_active
+    );
+    assert_eq!(
+        count.actives,
+        vec![(MemberId::new("a").unwrap(), SlotEpoch { slot: 0, epoch: 1 })]
+    );
+
+    // The active member crashes: the monitor drops it within lost_interval.
+    let killed = Instant::now();
+    a.kill();
+    let (seen, _) = next_count(&mut monitor, 0).await;
+    assert!(
+        seen - killed <= lost_interval,
+        "loss seen {:?} after the crash",
+        seen - killed
+    );
+    assert!(
+        seen - killed >= lost_interval - HB,
+        "loss seen too early: {:?}",
+        seen - killed
+    );
+
+    // A new member comes up at a seed address: the monitor counts it once it activates.
+    let mut b = group.start("b", 10, (lb, b_addr), &[]).await;
+    let (b_active, _) = wait_for(&mut b, activated).await;
+    let (seen, count) = next_count(&mut monitor, 1).await;
+    assert!(
+        seen - b_active <= HB,
+        "b's activation seen {:?} late",
+        seen - b_active
+    );
+    assert_eq!(count.actives[0].0.as_str(), "b");
+    assert_eq!(*monitor.counts().borrow(), count);
+}
+
+async fn next_count(
+    monitor: &mut Monitor,
+    want: usize,
+) -> (Instant, cohort_coordinator::replication::ActiveCount) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (at, count) = tokio::time::timeout_at(deadline, monitor.next_change())
+            .await
+            .expect("no count change in time")
+            .expect("the monitor stopped");
+        if count.count == want {
+            return (at, count);
+        }
+    }
+}
+
+/// What an appender saw: when, who, under which activation, and the outcome.
+type Appended = Arc<Mutex<Vec<(MemberId, SlotEpoch, Result<u64, String>)>>>;
+
+/// Commits a numbered entry every 10 ms while the member is active.
+fn appender(member: &Member, record: Appended) -> tokio::task::JoinHandle<()> {
+    let handle = member.handle();
+    tokio::spawn(async move {
+        let mut n = 0u64;
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        loop {
+            tick.tick().await;
+            let Some(se) = handle.active() else { continue };
+            n += 1;
+            let body = Bytes::from(format!("{}-{n}", handle.id()));
+            let outcome = handle.append(body).await.map_err(|e| {
+                assert!(
+                    e.is_fenced()
+                        || matches!(
+                            e,
+                            cohort_coordinator::replication::ReplicationError::NotActive { .. }
+                        ),
+                    "{e}"
+                );
+                e.to_string()
+            });
+            record
+                .lock()
+                .unwrap()
+                .push((handle.id().clone(), se, outcome));
+        }
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_partition_never_lets_an_older_epoch_commit_and_heals_to_one_active() {
+    let group = Group::new(1);
+    let (mut a, mut b, c, seeds) = three(&group).await;
+    let record: Appended = Arc::default();
+    let appenders: Vec<_> = [&a, &b, &c]
+        .iter()
+        .map(|m| appender(m, Arc::clone(&record)))
+        .collect();
+    tokio::time::sleep(ACT).await; // a commits for a while (virtual time)
+
+    // Cut a off from b and c; all still reach the store.
+    let partitions = group.net.partitions();
+    partitions.partition(
+        &[seeds[0].as_str()],
+        &[seeds[1].as_str(), seeds[2].as_str()],
+    );
+    let cut = Instant::now();
+    let (b_at, b_se) = wait_for(&mut b, activated).await;
+    assert_eq!(b_se.epoch, 2);
+    assert!(
+        b_at - cut <= ACT + HB,
+        "b took over {:?} after the cut",
+        b_at - cut
+    );
+    // a learns it was deposed at its next commit.
+    let (a_at, reason) = wait_for(&mut a, |e| match e {
+        MemberEvent::Deactivate { reason, .. } => Some(reason.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(reason, DeactivateReason::Fenced { by: 2 });
+    assert!(
+        a_at - b_at <= Duration::from_millis(20),
+        "a fenced {:?} after b's fence",
+        a_at - b_at
+    );
+
+    // The partition lasts: the isolated side may take the slot back now and then (it backs
+    // off), but never commits under an older epoch.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    partitions.heal();
+
+    // After the heal, exactly one member stays active, and every view agrees.
+    let statuses = [a.status(), b.status(), c.status()];
+    let deadline = Instant::now() + PATIENCE;
+    let settled = loop {
+        let states: Vec<_> = statuses.iter().map(|s| s.borrow().clone()).collect();
+        let actives: Vec<SlotEpoch> = states.iter().filter_map(|s| s.active()).collect();
+        let agreed = states
+            .iter()
+            .all(|s| s.peers.len() == 2 && s.active_count == 1);
+        if actives.len() == 1 && agreed {
+            break actives[0];
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no single active after the heal: {states:?}"
+        );
+        tokio::time::sleep(HB).await;
+    };
+    for task in appenders {
+        task.abort();
+    }
+    let newest = current_actives(&group.store, &GroupName::new("orders").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        newest[0].slot_epoch, settled,
+        "the survivor holds the newest epoch"
+    );
+
+    // The log: every data entry carries the epoch of the latest fence before it.
+    let log = a.log().read_from(1).await.unwrap();
+    let mut fence = 0;
+    let mut data = 0;
+    for entry in &log {
+        match &entry.kind {
+            EntryKind::Fence { .. } => {
+                assert!(entry.writer.epoch > fence, "fences go up: {entry:?}");
+                fence = entry.writer.epoch;
+            }
+            EntryKind::Data(_) => {
+                assert_eq!(
+                    entry.writer.epoch, fence,
+                    "entry {} committed by a deposed epoch",
+                    entry.seq
+                );
+                data += 1;
+            }
+        }
+    }
+    // Every acknowledged append is in the log, under its activation.
+    let record = record.lock().unwrap();
+    let acknowledged: Vec<_> = record
+        .iter()
+        .filter_map(|(m, se, r)| r.as_ref().ok().map(|seq| (m, se, *seq)))
+        .collect();
+    assert!(
+        acknowledged.len() >= 10,
+        "too little work to prove anything: {}",
+        acknowledged.len()
+    );
+    assert_eq!(acknowledged.len(), data);
+    for (member, se, seq) in acknowledged {
+        let entry = log.iter().find(|e| e.seq == seq).unwrap();
+        assert_eq!((&entry.member, entry.writer), (member, *se));
+    }
+    let fenced = record.iter().filter(|(_, _, r)| r.is_err()).count();
+    assert!(fenced >= 1, "a's late commit was refused");
+}
