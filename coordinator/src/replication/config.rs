@@ -139,6 +139,8 @@ name_type!(
 ///   is lost, so it must be able to send several heartbeats in that time.
 /// - `preparation_interval`, optional, strictly between the two: when an active member has been
 ///   silent that long, the next in line is told `PrepareToActivate`.
+/// - `quorum`, optional (beyond Rendezvous): claim only while hearing that many members; see
+///   [`with_quorum`](Self::with_quorum).
 ///
 /// `active_goal` and `activation_interval` must be the same on every member (checked against
 /// each peer's heartbeats and against the group record on the store); the heartbeat interval
@@ -167,6 +169,7 @@ pub struct GroupConfig {
     heartbeat_interval: Duration,
     preparation_interval: Option<Duration>,
     activation_interval: Duration,
+    quorum: Option<u32>,
 }
 
 impl GroupConfig {
@@ -184,6 +187,7 @@ impl GroupConfig {
             heartbeat_interval: Duration::from_millis(1500),
             preparation_interval: None,
             activation_interval: Duration::from_millis(4800),
+            quorum: None,
         })
     }
 
@@ -222,6 +226,19 @@ impl GroupConfig {
         self
     }
 
+    /// Sets (or clears) the quorum: with `Some(n)`, a member only claims a slot while it hears
+    /// at least `n` members, itself included. Beyond Rendezvous: without it (the default), the
+    /// members on each side of a partition keep trying to activate, so a member cut off from
+    /// the rest takes its slot back whenever its fence backoff ends (safely: fencing lets only
+    /// one of them commit at a time, but each steal is a failover). With `n` a majority of the
+    /// group's size, only the majority side activates; the price is that fewer than `n`
+    /// surviving members never activate.
+    #[must_use]
+    pub fn with_quorum(mut self, quorum: Option<u32>) -> Self {
+        self.quorum = quorum;
+        self
+    }
+
     /// The group's name.
     pub fn group(&self) -> &GroupName {
         &self.group
@@ -250,6 +267,11 @@ impl GroupConfig {
     /// The activation interval.
     pub fn activation_interval(&self) -> Duration {
         self.activation_interval
+    }
+
+    /// The quorum, if any.
+    pub fn quorum(&self) -> Option<u32> {
+        self.quorum
     }
 
     /// Checks every range and order rule listed on [`GroupConfig`].
@@ -286,6 +308,12 @@ impl GroupConfig {
                  member silent for activation_interval is declared lost, so it must be able to \
                  send several heartbeats in that time",
                 self.heartbeat_interval, self.activation_interval
+            ));
+        }
+        if self.quorum.is_some_and(|q| q == 0 || q > MAX_ACTIVE_GOAL) {
+            return invalid(format!(
+                "quorum is {:?}; use 1 to {MAX_ACTIVE_GOAL} members, or none",
+                self.quorum
             ));
         }
         if let Some(prep) = self.preparation_interval

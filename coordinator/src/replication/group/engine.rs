@@ -51,6 +51,8 @@ pub struct PeerView {
     pub addr: String,
     /// Where it serves clients.
     pub service_addr: String,
+    /// Its heartbeat interval, in ms.
+    pub heartbeat_interval_ms: u64,
 }
 
 /// One member's group logic, as a pure state machine: [`step`](Self::step) takes the time and
@@ -81,6 +83,9 @@ pub struct PeerView {
 ///   when committing work was fenced.
 /// - **Prepare.** With a `preparation_interval`, when an active peer has been silent that long
 ///   and this member would take its slot, [`Command::PrepareToActivate`] once.
+/// - **Quorum** (optional, beyond Rendezvous): a member claims only while it hears at least
+///   `quorum` members, itself included, each within two of its heartbeat intervals, so that
+///   only the majority side of a partition activates.
 /// - **After a fence** the member stands by (not a candidate) for `activation_interval`, doubled
 ///   on each consecutive fence up to 8 times, so that two sides of a partition do not take a
 ///   slot from each other on every heartbeat; hearing an active peer resets the streak.
@@ -316,6 +321,7 @@ impl GroupEngine {
                 });
             }
             if self.peers.remove(&hb.member).is_some() {
+                self.known.remove(&hb.member);
                 out.push(Command::Lost(hb.member));
             }
             return;
@@ -323,6 +329,7 @@ impl GroupEngine {
         self.rejected.remove(&hb.member);
         if hb.leaving {
             if self.peers.remove(&hb.member).is_some() {
+                self.known.remove(&hb.member);
                 out.push(Command::Lost(hb.member));
             }
             return;
@@ -353,7 +360,9 @@ impl GroupEngine {
                 },
                 addr: String::new(),
                 service_addr: String::new(),
+                heartbeat_interval_ms: hb.heartbeat_interval_ms,
             });
+        peer.heartbeat_interval_ms = hb.heartbeat_interval_ms;
         peer.weight = hb.weight;
         peer.candidate = hb.candidate;
         peer.active = active;
@@ -437,7 +446,10 @@ impl GroupEngine {
             .map(|(id, _)| id.clone())
             .collect();
         for id in lost {
+            // Forget its address too: if it comes back (a restart at the same address), its
+            // heartbeat announces it again and the runtime dials it again.
             self.peers.remove(&id);
+            self.known.remove(&id);
             out.push(Command::Lost(id));
         }
 
@@ -550,6 +562,22 @@ impl GroupEngine {
         let established = now_ms >= self.started_ms.saturating_add(self.config.activation_ms());
         if !established || !self.is_candidate(now_ms) || now_ms < self.hold_until_ms {
             return None;
+        }
+        if let Some(quorum) = self.config.quorum() {
+            // Only peers heard within two of their heartbeat intervals count: a peer that has
+            // gone silent but is not yet lost must not make up a majority.
+            let activation = self.config.activation_ms();
+            let fresh = self
+                .peers
+                .values()
+                .filter(|p| {
+                    let window = p.heartbeat_interval_ms.saturating_mul(2).min(activation);
+                    p.last_heard_ms.saturating_add(window) >= now_ms
+                })
+                .count() as u64;
+            if fresh + 1 < u64::from(quorum) {
+                return None;
+            }
         }
         let ranked = self.inactive_candidates(now_ms);
         let position = ranked.iter().position(|(_, id)| **id == self.me)?;

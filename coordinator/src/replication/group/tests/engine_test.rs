@@ -543,6 +543,18 @@ fn gossip_announces_each_new_address_once() {
             .iter()
             .any(|c| matches!(c, Command::Connect(_)))
     );
+    // b is lost, then comes back at the same address: it is announced again, so that the
+    // runtime dials it again (its old dialer may have given up).
+    let back = a.step(2 + ACT, Event::Tick);
+    assert!(back.contains(&Command::Lost(id("b"))), "{back:?}");
+    let again = a.step(3 + ACT, Event::Heartbeat(hb("b", 2, 10, None)));
+    assert!(
+        again.contains(&Command::Connect(PeerAddr {
+            member: id("b"),
+            addr: "addr-b".into()
+        })),
+        "{again:?}"
+    );
     let gossip = a.heartbeat(2).peers;
     assert_eq!(
         gossip,
@@ -570,4 +582,21 @@ fn deadlines_cover_every_timer() {
     assert_eq!(a.next_deadline(), Some(2 * HB));
     a.step(30, Event::Tick);
     assert_eq!(a.next_deadline(), Some(5 + ACT));
+}
+
+#[test]
+fn with_a_quorum_a_member_claims_only_while_it_hears_enough_members() {
+    let cfg = config(1, 10).with_quorum(Some(2));
+    let mut a = GroupEngine::new(cfg, id("a"), "x", "y", 0).unwrap();
+    assert!(run(&mut a, 0, 3 * ACT, &[]).is_empty(), "alone: 1 of 2");
+    let decided = run(&mut a, 3 * ACT + 1, 4 * ACT, &[hb("b", 1, 5, None)]);
+    assert_eq!(
+        decided.iter().map(|(_, c)| c.clone()).collect::<Vec<_>>(),
+        vec![Command::ClaimSlot {
+            slot: 0,
+            supersedes: None
+        }]
+    );
+    let zero = config(1, 1).with_quorum(Some(0));
+    assert!(zero.validate().unwrap_err().to_string().contains("quorum"));
 }

@@ -48,6 +48,8 @@ struct Scenario {
     actions: Vec<(u64, Action)>,
     seed: u64,
     prepare: bool,
+    /// Whether members need to hear a majority of the group to claim.
+    quorum: bool,
 }
 
 enum Delivery {
@@ -75,6 +77,7 @@ struct Sim {
     now: u64,
     goal: u32,
     prepare: bool,
+    quorum: Option<u32>,
     names: Vec<MemberId>,
     nodes: Vec<Option<Node>>,
     incarnations: Vec<u32>,
@@ -96,6 +99,7 @@ impl Sim {
             now: 0,
             goal,
             prepare,
+            quorum: None,
             names: (0..n).map(|i| id(&format!("m{i}"))).collect(),
             nodes: (0..n).map(|_| None).collect(),
             incarnations: vec![0; n],
@@ -115,6 +119,7 @@ impl Sim {
         if self.prepare {
             cfg = cfg.with_preparation_interval(Some(std::time::Duration::from_millis(PREP)));
         }
+        cfg = cfg.with_quorum(self.quorum);
         let engine =
             GroupEngine::new(cfg, self.names[i].clone(), format!("a{i}"), "", self.now).unwrap();
         self.incarnations[i] += 1;
@@ -332,16 +337,20 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                 prop::collection::vec((0u64..600, action), 0..8),
                 any::<u64>(),
                 any::<bool>(),
+                any::<bool>(),
             )
         })
-        .prop_map(|(goal, weights, joins, actions, seed, prepare)| Scenario {
-            goal: goal.min(weights.len() as u32),
-            weights,
-            joins,
-            actions,
-            seed,
-            prepare,
-        })
+        .prop_map(
+            |(goal, weights, joins, actions, seed, prepare, quorum)| Scenario {
+                goal: goal.min(weights.len() as u32),
+                weights,
+                joins,
+                actions,
+                seed,
+                prepare,
+                quorum,
+            },
+        )
 }
 
 fn check_at_most_goal(sim: &Sim) {
@@ -372,6 +381,7 @@ proptest! {
     fn views_converge_with_at_most_goal_actives_and_no_thrashing(s in scenario()) {
         let n = s.weights.len();
         let mut sim = Sim::new(n, s.goal, s.prepare, s.seed);
+        sim.quorum = s.quorum.then_some(n as u32 / 2 + 1);
         let mut weights = s.weights.clone();
         let mut actions: Vec<(u64, Action)> = s.actions.clone();
         for (i, at) in s.joins.iter().enumerate() {
@@ -388,11 +398,19 @@ proptest! {
             prop_assert_eq!(e.actives(), truth.clone(), "member m{} at t={}", i, sim.now);
         }
         let eligible: Vec<(usize, u16)> = sim.live().filter(|(_, e)| e.weight() > 0).map(|(i, e)| (i, e.weight())).collect();
-        prop_assert_eq!(truth.len(), eligible.len().min(s.goal as usize), "truth {:?}", truth);
+        let live = sim.live().count() as u32;
+        let quorate = sim.quorum.is_none_or(|q| live >= q);
+        if quorate {
+            prop_assert_eq!(truth.len(), eligible.len().min(s.goal as usize), "truth {:?}", truth);
+        } else {
+            // Too few members to claim: those active before stay, nobody new activates.
+            prop_assert!(truth.len() <= eligible.len().min(s.goal as usize), "truth {:?}", truth);
+        }
         let min_active = truth.iter().map(|(m, _)| {
             sim.live().find(|(i, _)| sim.names[*i] == *m).map_or(0, |(_, e)| e.weight())
         }).min();
-        if let Some(min_active) = min_active {
+        // Without a quorum nobody claims, not even to take over.
+        if let Some(min_active) = min_active.filter(|_| quorate) {
             for (i, w) in &eligible {
                 let active = truth.iter().any(|(m, _)| *m == sim.names[*i]);
                 prop_assert!(active || *w <= min_active, "inactive m{} (weight {}) outweighs an active member (weight {})", i, w, min_active);
