@@ -383,7 +383,10 @@ impl Member {
         self.handle.clone()
     }
 
-    /// The next callback or observation; `None` once the member stopped.
+    /// The next callback or observation; `None` once the member stopped. Events queue up
+    /// until they are read (they come only with changes, so the queue stays short), and the
+    /// callbacks must be acted on promptly: an active member that does not serve keeps its
+    /// slot.
     pub async fn next_event(&mut self) -> Option<MemberEvent> {
         self.events.recv().await
     }
@@ -795,7 +798,7 @@ impl Dialer {
 
 /// Serves one inbound connection: a peer's heartbeats, a monitor's subscription, a poller's
 /// `is_alive`.
-async fn serve_peer<S: crate::replication::protocol::Stream>(
+async fn serve_peer<S: crate::replication::protocol::ByteStream>(
     mut conn: Connection<GroupMessage, GroupMessage, S>,
     stop: CancellationToken,
     me: MemberId,

@@ -196,28 +196,38 @@ async fn run(
     let mut view = MonitorView::new(options.group.clone(), options.lost_interval);
     let (heard_tx, mut heard) = mpsc::unbounded_channel::<Heartbeat>();
     let mut dialled = BTreeSet::new();
-    let mut tasks = JoinSet::new();
+    let mut tasks: JoinSet<String> = JoinSet::new();
+    let seeds: BTreeSet<String> = options.seeds.iter().cloned().collect();
     let connect = ConnectConfig {
         token: options.token.clone(),
         accept_roles: vec![Role::Peer],
         handshake_timeout: options.lost_interval.max(Duration::from_millis(500)),
         ..ConnectConfig::new(Role::Peer, options.name.clone())
     };
-    let mut subscribe = |addr: String, tasks: &mut JoinSet<()>| {
+    // Seeds are retried for as long as the monitor runs; an address learned from a heartbeat
+    // is given up after failing for four lost intervals (it is learned again if it comes back).
+    let give_up = options.lost_interval * 4;
+    let subscribe = |addr: String, dialled: &mut BTreeSet<String>, tasks: &mut JoinSet<String>| {
         if addr.is_empty() || addr.len() > MAX_ADDR_LEN || !dialled.insert(addr.clone()) {
             return;
         }
-        tasks.spawn(subscription(
-            addr,
+        let limit = (!seeds.contains(&addr)).then_some(give_up);
+        let task = subscription(
+            addr.clone(),
             Arc::clone(&options.connector),
             connect.clone(),
             heard_tx.clone(),
             options.retry,
+            limit,
             stop.child_token(),
-        ));
+        );
+        tasks.spawn(async move {
+            task.await;
+            addr
+        });
     };
     for seed in &options.seeds {
-        subscribe(seed.clone(), &mut tasks);
+        subscribe(seed.clone(), &mut dialled, &mut tasks);
     }
     loop {
         let deadline = view
@@ -225,6 +235,12 @@ async fn run(
             .map(|ms| origin + Duration::from_millis(ms));
         let heartbeat = tokio::select! {
             () = stop.cancelled() => return,
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                if let Ok(addr) = done {
+                    dialled.remove(&addr);
+                }
+                continue;
+            }
             Some(hb) = heard.recv() => Some(hb),
             () = async {
                 match deadline {
@@ -234,9 +250,9 @@ async fn run(
             } => None,
         };
         if let Some(hb) = &heartbeat {
-            subscribe(hb.addr.clone(), &mut tasks);
+            subscribe(hb.addr.clone(), &mut dialled, &mut tasks);
             for peer in hb.peers.iter().take(MAX_GOSSIP) {
-                subscribe(peer.addr.clone(), &mut tasks);
+                subscribe(peer.addr.clone(), &mut dialled, &mut tasks);
             }
         }
         if let Some(count) = view.step(now_ms(), heartbeat.as_ref()) {
@@ -254,8 +270,10 @@ async fn subscription(
     connect: ConnectConfig,
     heard: mpsc::UnboundedSender<Heartbeat>,
     retry: Duration,
+    give_up_after: Option<Duration>,
     stop: CancellationToken,
 ) {
+    let mut last_success = Instant::now();
     loop {
         let opened = tokio::select! {
             () = stop.cancelled() => return,
@@ -263,6 +281,7 @@ async fn subscription(
         };
         match opened {
             Ok(mut conn) => {
+                last_success = Instant::now();
                 let sent = conn.send(&GroupMessage::Subscribe).await;
                 if sent.is_ok() {
                     loop {
@@ -282,7 +301,12 @@ async fn subscription(
                     }
                 }
             }
-            Err(err) => tracing::debug!(%addr, "monitor cannot reach a member: {err}"),
+            Err(err) => {
+                tracing::debug!(%addr, "monitor cannot reach a member: {err}");
+                if give_up_after.is_some_and(|limit| last_success.elapsed() >= limit) {
+                    return;
+                }
+            }
         }
         tokio::select! {
             () = stop.cancelled() => return,

@@ -42,12 +42,12 @@ pub enum GroupMessage {
 }
 
 /// A byte stream a connection can run over: TCP, an in-memory pipe, a fault-injecting proxy.
-pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+pub trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 
-impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> ByteStream for T {}
 
-/// A boxed [`Stream`].
-pub type BoxStream = Box<dyn Stream>;
+/// A boxed [`ByteStream`].
+pub type BoxStream = Box<dyn ByteStream>;
 
 /// The future a [`Connector`] returns.
 pub type ConnectFuture<'a> = Pin<Box<dyn Future<Output = io::Result<BoxStream>> + Send + 'a>>;
