@@ -83,6 +83,11 @@ pub enum Error {
         reason: String,
     },
 
+    /// A connection failed or could not be opened (a node, a peer, the coordinator). Usually
+    /// retried by the caller's reconnect loop; a bind error means the port is taken.
+    #[error(transparent)]
+    Wire(#[from] crate::wire::WireError),
+
     // ---- fix the call ----
     /// An object with this id is already in the cohort.
     #[error("object {0} is already in the cohort; ids must be unique")]

@@ -12,8 +12,10 @@
 pub mod engine;
 mod error;
 pub mod messaging;
+pub mod node;
 pub mod replication;
 pub mod runtime;
+pub mod service;
 pub mod wire;
 
 pub use error::{Error, Result};

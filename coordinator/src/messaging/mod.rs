@@ -58,7 +58,41 @@ pub(crate) struct Envelope<M> {
 /// Where to send messages of type `M`: a member of a cohort. Cheap to clone.
 pub struct Address<M> {
     pub(crate) to: ObjectId,
-    pub(crate) tx: mpsc::UnboundedSender<Envelope<M>>,
+    pub(crate) tx: Route<M>,
+}
+
+/// How an envelope reaches its receiver: the receiver's mailbox in this process, or a sender
+/// that encodes it for another node (see [`crate::node`]).
+pub(crate) enum Route<M> {
+    Local(mpsc::UnboundedSender<Envelope<M>>),
+    Remote(Arc<dyn Fn(Envelope<M>) -> Result<()> + Send + Sync>),
+}
+
+impl<M> Clone for Route<M> {
+    fn clone(&self) -> Self {
+        match self {
+            Route::Local(tx) => Route::Local(tx.clone()),
+            Route::Remote(f) => Route::Remote(Arc::clone(f)),
+        }
+    }
+}
+
+impl<M> Route<M> {
+    /// Hands the envelope on; an error means it was not sent.
+    pub(crate) fn send(&self, to: &ObjectId, envelope: Envelope<M>) -> Result<()> {
+        match self {
+            Route::Local(tx) => tx
+                .send(envelope)
+                .map_err(|_| Error::UnknownObject(to.clone())),
+            Route::Remote(f) => f(envelope),
+        }
+    }
+}
+
+impl<M> From<mpsc::UnboundedSender<Envelope<M>>> for Route<M> {
+    fn from(tx: mpsc::UnboundedSender<Envelope<M>>) -> Self {
+        Route::Local(tx)
+    }
 }
 
 impl<M> Clone for Address<M> {
@@ -89,14 +123,15 @@ impl<M: Send + 'static> Address<M> {
     /// told but not yet handled when a failure happens is lost with the future the recovery
     /// discards. Send from inside a handler with [`Context::send`] instead.
     pub fn tell(&self, message: M) -> Result<()> {
-        self.tx
-            .send(Envelope {
+        self.tx.send(
+            &self.to,
+            Envelope {
                 from: None,
                 colour: Round::ZERO,
                 seq: 0,
                 message,
-            })
-            .map_err(|_| Error::UnknownObject(self.to.clone()))
+            },
+        )
     }
 }
 
@@ -125,28 +160,38 @@ impl Context<'_> {
     /// Sends `message` to a member, as this object: stamped with its colour and counted.
     pub fn send<M: Send + 'static>(&mut self, to: &Address<M>, message: M) -> Result<()> {
         let (colour, seq) = self.cut.on_send();
-        let sent = to.tx.send(Envelope {
-            from: Some(self.me.clone()),
-            colour,
-            seq,
-            message,
-        });
-        if sent.is_err() {
+        let sent = to.tx.send(
+            &to.to,
+            Envelope {
+                from: Some(self.me.clone()),
+                colour,
+                seq,
+                message,
+            },
+        );
+        if let Err(e) = sent {
             // Not delivered: take the count back, or Σ sent − Σ received would wait forever
             // for a message no one will receive.
             self.cut.sent -= 1;
-            return Err(Error::UnknownObject(to.to.clone()));
+            return Err(e);
         }
         Ok(())
     }
 
-    /// The address of member `id`, which takes messages of type `M`.
-    pub fn address<M: Send + 'static>(&self, id: &ObjectId) -> Result<Address<M>> {
+    /// The address of member `id`, which takes messages of type `M`. On a
+    /// [`Node`](crate::node::Node), `id` may live on another node: the placement table the
+    /// coordinator pushes resolves it.
+    pub fn address<M: Serialize + Send + 'static>(&self, id: &ObjectId) -> Result<Address<M>> {
+        if let Ok(Some(result)) = crate::node::NODE_SCOPE.try_with(|node| node.address(id)) {
+            return result;
+        }
         self.cohort()?.address(id)
     }
 
     /// The cohort this object belongs to, to spawn new members. Do not await
     /// [`Cohort::trigger`] or [`Cohort::recover`] from a handler: they wait for this object.
+    /// An object hosted by a [`Node`](crate::node::Node) has no in-process cohort:
+    /// [`Error::Stopped`].
     pub fn cohort(&self) -> Result<Cohort> {
         self.cohort
             .upgrade()

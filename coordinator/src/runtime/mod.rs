@@ -457,7 +457,7 @@ impl Cohort {
         shared.track(handle.abort_handle());
         Ok(Address {
             to: id,
-            tx: mailbox_tx,
+            tx: mailbox_tx.into(),
         })
     }
 
@@ -477,7 +477,7 @@ impl Cohort {
             })?;
         Ok(Address {
             to: id.clone(),
-            tx: tx.clone(),
+            tx: tx.clone().into(),
         })
     }
 

@@ -1,0 +1,692 @@
+//! Nodes: participant processes that host objects for a coordinator [`Service`].
+//!
+//! A [`Node`] spawns objects with the same [`Actor`] API as [`Cohort`](crate::Cohort), connects
+//! to the coordinator (trying each address it was given, following a "not leader" answer to
+//! the leader, reconnecting with backoff), registers its objects, answers prepare, commit and
+//! abort, writes its objects' states to the store itself (writer token = node name: the
+//! coordinator only sees entry metadata), and restores them on recovery orders.
+//!
+//! Objects on different nodes talk node to node over TCP (wire role `peer`): each message
+//! carries its sender's colour and sequence number, and the receiving node applies the same
+//! cut rules ([`CutState`](crate::engine::CutState)) as the in-process runtime. Addresses
+//! resolve through the placement table the coordinator pushes. A message to an object whose
+//! node is unreachable waits in the sender node's queue and is re-sent until acknowledged; the
+//! receiver drops duplicates by (sender, receiver, sequence number) and drops messages of an
+//! incarnation older than its own (sent before a recovery, so part of the discarded future).
+//!
+//! ```no_run
+//! # async fn demo() -> cohort_coordinator::Result<()> {
+//! use cohort_checkpoint::CheckpointStore;
+//! use cohort_coordinator::node::Node;
+//!
+//! let store = CheckpointStore::open("./cohort-data", Default::default()).await?;
+//! let node = Node::builder(store)
+//!     .name("node-1")
+//!     .coordinators(vec!["127.0.0.1:7411".into()])
+//!     .build()
+//!     .await?;
+//! // node.spawn(id, object)? for every object it hosts; they run once the coordinator
+//! // released them (after restoring them from the recovery line, if they are in it).
+//! # Ok(()) }
+//! ```
+
+mod object;
+mod session;
+mod writer;
+
+use std::any::{Any, type_name};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use cohort_checkpoint::CheckpointStore;
+use cohort_object_api::{CheckpointId, ObjectId};
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::{CutState, Round};
+use crate::error::{Error, Result};
+use crate::messaging::{Actor, Address, Envelope, Route};
+use crate::runtime::{lock, read, write};
+use crate::service::protocol::{NodeFrame, PeerFrame};
+use crate::wire::{self, ConnectConfig, ListenConfig, Role, Secret};
+
+use object::{Control, ObjectTask};
+use writer::WriterMsg;
+
+tokio::task_local! {
+    /// The node whose object is handling a message: `Context::address` resolves through it.
+    pub(crate) static NODE_SCOPE: Arc<NodeShared>;
+}
+
+/// Node settings.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct NodeSettings {
+    /// Send a heartbeat this often. Default 200 ms (the coordinator's Welcome overrides it).
+    pub heartbeat_interval: Duration,
+    /// Reconnect after this long without a frame from the coordinator. Default 2 s.
+    pub heartbeat_timeout: Duration,
+    /// First reconnection delay, doubled up to [`max_backoff`](Self::max_backoff).
+    pub min_backoff: Duration,
+    /// Longest reconnection delay.
+    pub max_backoff: Duration,
+}
+
+impl Default for NodeSettings {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_millis(200),
+            heartbeat_timeout: Duration::from_secs(2),
+            min_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Builds a [`Node`].
+pub struct NodeBuilder {
+    store: CheckpointStore,
+    name: String,
+    coordinators: Vec<String>,
+    listen: SocketAddr,
+    token: Option<Secret>,
+    settings: NodeSettings,
+}
+
+/// Where a node stands with its coordinator.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NodeStatus {
+    /// Not registered (yet, or again after losing the coordinator).
+    Connecting,
+    /// Registered; objects run once released.
+    Registered {
+        /// The coordinator's address.
+        coordinator: String,
+        /// The session id.
+        session: u64,
+        /// Sessions this node started (a resumed one does not count).
+        sessions: u64,
+        /// Recoveries this node took part in.
+        recoveries: u64,
+    },
+    /// The coordinator refused the registration; the node stopped.
+    Refused(String),
+}
+
+/// A participant process's handle: hosts objects for a coordinator service. Cheap to clone.
+#[derive(Clone)]
+pub struct Node {
+    shared: Arc<NodeShared>,
+}
+
+pub(crate) struct NodeSlot {
+    control: mpsc::UnboundedSender<Control>,
+    mailbox: Box<dyn Any + Send + Sync>,
+    /// Decodes a peer frame's payload and queues it in the mailbox.
+    deliver: Box<dyn Fn(PeerFrame) -> std::result::Result<(), String> + Send + Sync>,
+    message_type: &'static str,
+}
+
+pub(crate) struct ActiveRound {
+    id: CheckpointId,
+    round: Round,
+    writer: mpsc::UnboundedSender<WriterMsg>,
+}
+
+#[derive(Default)]
+struct Placement {
+    objects: BTreeMap<ObjectId, String>,
+    nodes: BTreeMap<String, String>,
+}
+
+/// The state every task of a node shares.
+pub(crate) struct NodeShared {
+    name: String,
+    store: CheckpointStore,
+    peer_addr: String,
+    token: Option<Secret>,
+    settings: NodeSettings,
+    objects: RwLock<BTreeMap<ObjectId, NodeSlot>>,
+    active: Mutex<Option<ActiveRound>>,
+    /// Objects start held: the coordinator releases them (after restoring them if needed).
+    held: AtomicBool,
+    /// The newest round started, the colour of objects spawned now.
+    colour_floor: AtomicU64,
+    incarnation: AtomicU64,
+    placement: RwLock<Placement>,
+    links: Mutex<HashMap<String, mpsc::UnboundedSender<PeerFrame>>>,
+    /// The highest sequence number delivered per (sender, receiver): duplicates of a re-send
+    /// after a reconnection are dropped.
+    delivered: Mutex<HashMap<(ObjectId, ObjectId), u64>>,
+    to_coordinator: mpsc::UnboundedSender<NodeFrame>,
+    status: watch::Sender<NodeStatus>,
+    shutdown: CancellationToken,
+}
+
+impl NodeShared {
+    pub(crate) fn active_round(&self) -> Option<(CheckpointId, Round)> {
+        lock(&self.active).as_ref().map(|a| (a.id, a.round))
+    }
+
+    pub(crate) fn writer_for(&self, round: Round) -> Option<mpsc::UnboundedSender<WriterMsg>> {
+        lock(&self.active)
+            .as_ref()
+            .filter(|a| a.round == round)
+            .map(|a| a.writer.clone())
+    }
+
+    /// Resolves `id` for a handler on this node: a local mailbox or a peer link.
+    pub(crate) fn address<M: Serialize + Send + 'static>(
+        self: &Arc<Self>,
+        id: &ObjectId,
+    ) -> Option<Result<Address<M>>> {
+        if let Some(slot) = read(&self.objects).get(id) {
+            let tx = slot
+                .mailbox
+                .downcast_ref::<mpsc::UnboundedSender<Envelope<M>>>()
+                .ok_or_else(|| Error::WrongType {
+                    object: id.clone(),
+                    requested: type_name::<M>(),
+                    actual: slot.message_type,
+                });
+            return Some(tx.map(|tx| Address {
+                to: id.clone(),
+                tx: Route::Local(tx.clone()),
+            }));
+        }
+        let known = read(&self.placement).objects.contains_key(id);
+        if !known {
+            return Some(Err(Error::UnknownObject(id.clone())));
+        }
+        let node = Arc::downgrade(self);
+        let to = id.clone();
+        let send = move |envelope: Envelope<M>| -> Result<()> {
+            let node = node.upgrade().ok_or(Error::Stopped)?;
+            let payload =
+                rmp_serde::to_vec_named(&envelope.message).map_err(|e| Error::Message {
+                    from: envelope.from.clone().unwrap_or_else(|| to.clone()),
+                    to: to.clone(),
+                    reason: e.to_string(),
+                })?;
+            let Some(from) = envelope.from else {
+                return Err(Error::InvalidSettings(
+                    "inputs (Address::tell) can only be sent to objects of this node".into(),
+                ));
+            };
+            node.send_remote(PeerFrame {
+                from,
+                to: to.clone(),
+                colour: envelope.colour,
+                seq: envelope.seq,
+                incarnation: node.incarnation.load(Ordering::SeqCst),
+                payload,
+            })
+        };
+        Some(Ok(Address {
+            to: id.clone(),
+            tx: Route::Remote(Arc::new(send)),
+        }))
+    }
+
+    fn send_remote(self: &Arc<Self>, frame: PeerFrame) -> Result<()> {
+        let node_name = read(&self.placement)
+            .objects
+            .get(&frame.to)
+            .cloned()
+            .ok_or_else(|| Error::UnknownObject(frame.to.clone()))?;
+        let mut links = lock(&self.links);
+        let link = links.entry(node_name.clone()).or_insert_with(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(peer_link(Arc::downgrade(self), node_name.clone(), rx));
+            tx
+        });
+        link.send(frame).map_err(|_| Error::Stopped)
+    }
+
+    /// A frame from another node: checks its incarnation and sequence, then queues it.
+    fn deliver(&self, frame: PeerFrame) {
+        if frame.incarnation < self.incarnation.load(Ordering::SeqCst) {
+            return; // sent before a recovery: part of the discarded future
+        }
+        {
+            let mut delivered = lock(&self.delivered);
+            let last = delivered
+                .entry((frame.from.clone(), frame.to.clone()))
+                .or_insert(0);
+            if frame.seq <= *last {
+                return; // a re-send of a message already delivered
+            }
+            *last = frame.seq;
+        }
+        let objects = read(&self.objects);
+        match objects.get(&frame.to) {
+            Some(slot) => {
+                let (from, to) = (frame.from.clone(), frame.to.clone());
+                if let Err(e) = (slot.deliver)(frame) {
+                    tracing::error!(%from, %to, error = %e, "dropping a message that does not decode as the receiver's message type");
+                }
+            }
+            None => {
+                tracing::warn!(to = %frame.to, "a message for an object this node does not host; dropped")
+            }
+        }
+    }
+
+    fn hold_all(&self) -> Vec<tokio::sync::oneshot::Receiver<()>> {
+        read(&self.objects)
+            .values()
+            .filter_map(|slot| {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                slot.control.send(Control::Hold(tx)).ok().map(|()| rx)
+            })
+            .collect()
+    }
+
+    fn release_all(&self) {
+        self.held.store(false, Ordering::SeqCst);
+        for slot in read(&self.objects).values() {
+            let _ = slot.control.send(Control::Release);
+        }
+    }
+
+    fn control(&self, id: &ObjectId) -> Option<mpsc::UnboundedSender<Control>> {
+        read(&self.objects).get(id).map(|s| s.control.clone())
+    }
+}
+
+/// Sends frames to one other node, in order, re-sending those not acknowledged after a
+/// reconnection; waits (with backoff) while the node is unreachable or unplaced.
+async fn peer_link(
+    node: std::sync::Weak<NodeShared>,
+    target: String,
+    mut rx: mpsc::UnboundedReceiver<PeerFrame>,
+) {
+    let mut unacked: VecDeque<PeerFrame> = VecDeque::new();
+    let mut backoff = Duration::from_millis(20);
+    loop {
+        let Some(shared) = node.upgrade() else { return };
+        let shutdown = shared.shutdown.clone();
+        let addr = read(&shared.placement).nodes.get(&target).cloned();
+        let mut config = ConnectConfig::new(Role::Peer, shared.name.clone());
+        config.token = shared.token.clone();
+        config.accept_roles = vec![Role::Peer];
+        config.handshake_timeout = shared.settings.heartbeat_timeout;
+        drop(shared);
+        let connected = match addr {
+            Some(addr) => config.connect::<u64, PeerFrame>(addr).await.ok(),
+            None => None,
+        };
+        let Some(conn) = connected else {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+            continue;
+        };
+        backoff = Duration::from_millis(20);
+        let (mut recv, mut send) = conn.split();
+        let mut sent_on_conn = 0u64;
+        let mut failed = false;
+        for frame in &unacked {
+            if send.send(frame).await.is_err() {
+                failed = true;
+                break;
+            }
+            sent_on_conn += 1;
+        }
+        // Acks count frames delivered on this connection.
+        let mut acked_on_conn = 0u64;
+        while !failed {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                frame = rx.recv() => match frame {
+                    None => return,
+                    Some(frame) => {
+                        let current = node.upgrade().map(|n| n.incarnation.load(Ordering::SeqCst));
+                        if current.is_some_and(|c| frame.incarnation < c) {
+                            continue;
+                        }
+                        let result = send.send(&frame).await;
+                        unacked.push_back(frame);
+                        if result.is_err() { failed = true; } else { sent_on_conn += 1; }
+                    }
+                },
+                ack = recv.recv() => match ack {
+                    Ok(Some(n)) if n > acked_on_conn && n <= sent_on_conn => {
+                        for _ in acked_on_conn..n { unacked.pop_front(); }
+                        acked_on_conn = n;
+                    }
+                    Ok(Some(_)) => {}
+                    _ => failed = true,
+                },
+            }
+        }
+        // Drop frames a recovery made obsolete before re-sending the rest.
+        if let Some(n) = node.upgrade() {
+            let current = n.incarnation.load(Ordering::SeqCst);
+            unacked.retain(|f| f.incarnation >= current);
+        }
+    }
+}
+
+impl Node {
+    /// Starts building a node that writes its objects' states to `store`.
+    pub fn builder(store: CheckpointStore) -> NodeBuilder {
+        NodeBuilder {
+            store,
+            name: format!("node-{}", std::process::id()),
+            coordinators: vec![format!("127.0.0.1:{}", wire::DEFAULT_PORT)],
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            token: None,
+            settings: NodeSettings::default(),
+        }
+    }
+
+    /// This node's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// Where other nodes reach this node's objects.
+    pub fn peer_addr(&self) -> &str {
+        &self.shared.peer_addr
+    }
+
+    /// Watches where the node stands with its coordinator.
+    pub fn status(&self) -> watch::Receiver<NodeStatus> {
+        self.shared.status.subscribe()
+    }
+
+    /// Hosts `object` under `id`. It runs once the coordinator released it, restored from the
+    /// recovery line if the line holds `id`.
+    pub fn spawn<A: Actor>(&self, id: ObjectId, object: A) -> Result<Address<A::Message>> {
+        let shared = &self.shared;
+        if shared.shutdown.is_cancelled() {
+            return Err(Error::Stopped);
+        }
+        let mut objects = write(&shared.objects);
+        if objects.contains_key(&id) {
+            return Err(Error::DuplicateObject(id));
+        }
+        let (mailbox_tx, mailbox_rx) = mpsc::unbounded_channel::<Envelope<A::Message>>();
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let task = ObjectTask {
+            id: id.clone(),
+            object,
+            cut: CutState {
+                colour: Round(shared.colour_floor.load(Ordering::SeqCst)),
+                ..CutState::default()
+            },
+            committed_generation: None,
+            voted: None,
+            held: shared.held.load(Ordering::SeqCst),
+            failed: false,
+            replay: VecDeque::new(),
+            mailbox: mailbox_rx,
+            control: control_rx,
+            node: Arc::clone(shared),
+        };
+        let deliver_tx = mailbox_tx.clone();
+        let deliver = move |frame: PeerFrame| -> std::result::Result<(), String> {
+            let message: A::Message =
+                rmp_serde::from_slice(&frame.payload).map_err(|e| e.to_string())?;
+            deliver_tx
+                .send(Envelope {
+                    from: Some(frame.from),
+                    colour: frame.colour,
+                    seq: frame.seq,
+                    message,
+                })
+                .map_err(|_| "the receiver's task ended".to_owned())
+        };
+        objects.insert(
+            id.clone(),
+            NodeSlot {
+                control: control_tx,
+                mailbox: Box::new(mailbox_tx.clone()),
+                deliver: Box::new(deliver),
+                message_type: type_name::<A::Message>(),
+            },
+        );
+        drop(objects);
+        tokio::spawn(task.run());
+        let _ = shared.to_coordinator.send(NodeFrame::Spawned {
+            objects: vec![id.clone()],
+        });
+        Ok(Address {
+            to: id,
+            tx: Route::Local(mailbox_tx),
+        })
+    }
+
+    /// The address of object `id`, on this node or another.
+    pub fn address<M: Serialize + Send + 'static>(&self, id: &ObjectId) -> Result<Address<M>> {
+        self.shared
+            .address(id)
+            .unwrap_or_else(|| Err(Error::UnknownObject(id.clone())))
+    }
+
+    /// The ids of the objects hosted here, sorted.
+    pub fn objects(&self) -> Vec<ObjectId> {
+        read(&self.shared.objects).keys().cloned().collect()
+    }
+
+    /// Stops the node: closes its connections and stops its objects (their state is lost
+    /// unless checkpointed, as in a crash).
+    pub fn shutdown(&self) {
+        self.shared.shutdown.cancel();
+        write(&self.shared.objects).clear();
+    }
+}
+
+impl NodeBuilder {
+    /// The node's name: 1-48 of `[A-Za-z0-9_-]`, unique in the cohort (it names the node's
+    /// segments). Default `node-<pid>`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The coordinators to try, in order. A standby answers with the leader's address.
+    pub fn coordinators(mut self, addrs: Vec<String>) -> Self {
+        self.coordinators = addrs;
+        self
+    }
+
+    /// Where this node accepts other nodes' messages. Default `127.0.0.1:0` (any free port).
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = addr;
+        self
+    }
+
+    /// The shared token (required off loopback; both the coordinator and peers must hold it).
+    pub fn token(mut self, token: Secret) -> Self {
+        self.token = Some(token);
+        self
+    }
+
+    /// Heartbeats and reconnection timing.
+    pub fn settings(mut self, settings: NodeSettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// Binds the peer listener and starts connecting to the coordinator. Call inside a tokio
+    /// runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidSettings`] for a bad name or no coordinator; [`Error::Wire`] when the
+    /// peer port cannot be bound.
+    pub async fn build(self) -> Result<Node> {
+        let valid = !self.name.is_empty()
+            && self.name.len() <= 48
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !valid {
+            return Err(Error::InvalidSettings(format!(
+                "node name {:?}: use 1-48 of [A-Za-z0-9_-] (it names the node's segments)",
+                self.name
+            )));
+        }
+        if self.coordinators.is_empty() {
+            return Err(Error::InvalidSettings(
+                "no coordinator address; give at least one".into(),
+            ));
+        }
+        let mut listen = ListenConfig::new(self.listen);
+        listen.name = self.name.clone();
+        listen.role = Role::Peer;
+        listen.accept_roles = vec![Role::Peer];
+        listen.token = self.token.clone();
+        let listener = listen.bind().await?;
+        let peer_addr = listener.local_addr().to_string();
+        let (to_coordinator, outbox) = mpsc::unbounded_channel();
+        let shutdown = CancellationToken::new();
+        let shared = Arc::new(NodeShared {
+            name: self.name,
+            store: self.store,
+            peer_addr,
+            token: self.token,
+            settings: self.settings,
+            objects: RwLock::new(BTreeMap::new()),
+            active: Mutex::new(None),
+            held: AtomicBool::new(true),
+            colour_floor: AtomicU64::new(0),
+            incarnation: AtomicU64::new(0),
+            placement: RwLock::new(Placement::default()),
+            links: Mutex::new(HashMap::new()),
+            delivered: Mutex::new(HashMap::new()),
+            to_coordinator,
+            status: watch::Sender::new(NodeStatus::Connecting),
+            shutdown: shutdown.clone(),
+        });
+        let weak = Arc::downgrade(&shared);
+        tokio::spawn(wire::serve(
+            listener,
+            move |mut conn: wire::Connection<PeerFrame, u64>, stop: CancellationToken| {
+                let node = weak.clone();
+                async move {
+                    let mut delivered = 0u64;
+                    loop {
+                        let stop: &CancellationToken = &stop;
+                        let frame = tokio::select! {
+                            () = stop.cancelled() => return Ok(()),
+                            f = conn.recv() => f?,
+                        };
+                        let Some(frame) = frame else { return Ok(()) };
+                        let Some(node) = node.upgrade() else {
+                            return Ok(());
+                        };
+                        node.deliver(frame);
+                        delivered += 1;
+                        conn.send(&delivered).await?;
+                    }
+                    #[allow(unreachable_code)]
+                    Ok::<(), wire::WireError>(())
+                }
+            },
+            shutdown.clone(),
+        ));
+        tokio::spawn(session::run(
+            Arc::downgrade(&shared),
+            self.coordinators,
+            outbox,
+        ));
+        Ok(Node { shared })
+    }
+}
+
+/// Carries out a recovery order: hold, restore from the line in the store, answer.
+async fn restore(
+    shared: &Arc<NodeShared>,
+    line: Option<CheckpointId>,
+    colour: Round,
+    incarnation: u64,
+) -> std::result::Result<(), String> {
+    shared.held.store(true, Ordering::SeqCst);
+    for ack in shared.hold_all() {
+        let _ = ack.await;
+    }
+    shared.incarnation.store(incarnation, Ordering::SeqCst);
+    shared.colour_floor.store(colour.0, Ordering::SeqCst);
+    *lock(&shared.active) = None;
+    lock(&shared.delivered).clear();
+    let ids: BTreeSet<ObjectId> = read(&shared.objects).keys().cloned().collect();
+    let manifest = match line {
+        Some(id) => Some(
+            shared
+                .store
+                .read_manifest(id)
+                .await
+                .map_err(|e| format!("cannot read the recovery line {id}: {e}"))?,
+        ),
+        None => None,
+    };
+    let counters: BTreeMap<ObjectId, (u64, u64)> = manifest
+        .as_ref()
+        .and_then(|m| m.metadata.get(crate::service::COUNTERS_KEY))
+        .and_then(|b| rmp_serde::from_slice(b).ok())
+        .unwrap_or_default();
+    let mut acks = Vec::new();
+    for id in &ids {
+        let entry = manifest.as_ref().and_then(|m| m.objects.get(id));
+        let state = match entry {
+            Some(e) => Some(
+                shared
+                    .store
+                    .read_state(&e.location)
+                    .await
+                    .map_err(|err| format!("cannot read the state of {id}: {err}"))?,
+            ),
+            None => None,
+        };
+        let mut redeliver = Vec::new();
+        if let Some(m) = &manifest {
+            for t in m.in_transit.iter().filter(|t| &t.to == id) {
+                let bytes =
+                    shared.store.read_state(&t.location).await.map_err(|err| {
+                        format!("cannot read an in-transit message to {id}: {err}")
+                    })?;
+                redeliver.push((t.from.clone(), t.seq, bytes));
+            }
+        }
+        let (sent, received) = if entry.is_some() {
+            counters.get(id).copied().unwrap_or((0, 0))
+        } else {
+            (0, 0)
+        };
+        let order = object::RestoreOrder {
+            state,
+            generation: entry.and_then(|e| e.generation),
+            cut: CutState {
+                colour,
+                sent,
+                received,
+            },
+            redeliver,
+        };
+        let Some(control) = shared.control(id) else {
+            continue;
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if control.send(Control::Restore(Box::new(order), tx)).is_ok() {
+            acks.push(rx);
+        }
+    }
+    for ack in acks {
+        match ack.await {
+            Ok(Ok(())) | Err(_) => {}
+            Ok(Err(e)) => return Err(e),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,309 @@
+//! The node's session with the coordinator: connect (following "not leader"), register,
+//! heartbeats both ways, carry out orders, reconnect with backoff and resume the session.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::writer::{NodeWriter, WriterMsg};
+use super::{ActiveRound, NodeShared, NodeStatus, Placement, lock, read, write};
+use crate::service::protocol::{CoordinatorFrame, NodeFrame};
+use crate::wire::{ConnectConfig, Connection, Role};
+
+type Conn = Connection<CoordinatorFrame, NodeFrame>;
+
+pub(super) async fn run(
+    node: Weak<NodeShared>,
+    coordinators: Vec<String>,
+    mut outbox: mpsc::UnboundedReceiver<NodeFrame>,
+) {
+    let mut session: Option<u64> = None;
+    let mut sessions = 0u64;
+    let mut recoveries = 0u64;
+    let mut backoff = Duration::ZERO;
+    let mut candidates: VecDeque<String> = coordinators.iter().cloned().collect();
+    loop {
+        let Some(shared) = node.upgrade() else { return };
+        let shutdown = shared.shutdown.clone();
+        if !backoff.is_zero() {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(backoff) => {}
+            }
+        }
+        let next_backoff = |b: Duration| {
+            (b * 2)
+                .max(shared.settings.min_backoff)
+                .min(shared.settings.max_backoff)
+        };
+        let addr = match candidates.pop_front() {
+            Some(a) => a,
+            None => {
+                candidates = coordinators.iter().cloned().collect();
+                backoff = next_backoff(backoff);
+                continue;
+            }
+        };
+        let mut config = ConnectConfig::new(Role::Node, shared.name.clone());
+        config.token = shared.token.clone();
+        config.accept_roles = vec![Role::Coordinator];
+        config.handshake_timeout = shared.settings.heartbeat_timeout;
+        let mut conn: Conn = match config.connect(addr.as_str()).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(%addr, error = %e, "cannot reach a coordinator");
+                if candidates.is_empty() {
+                    backoff = next_backoff(backoff);
+                }
+                continue;
+            }
+        };
+        let objects: Vec<_> = read(&shared.objects).keys().cloned().collect();
+        let register = NodeFrame::Register {
+            session,
+            peer_addr: shared.peer_addr.clone(),
+            objects,
+        };
+        if conn.send(&register).await.is_err() {
+            backoff = next_backoff(backoff);
+            continue;
+        }
+        let first = tokio::time::timeout(shared.settings.heartbeat_timeout, conn.recv()).await;
+        let (heartbeat, timeout) = match first {
+            Ok(Ok(Some(CoordinatorFrame::Welcome {
+                session: s,
+                resumed,
+                heartbeat_ms,
+                timeout_ms,
+            }))) => {
+                if !resumed {
+                    sessions += 1;
+                    // A new session: whatever was queued for the old one is stale.
+                    while outbox.try_recv().is_ok() {}
+                }
+                session = Some(s);
+                tracing::info!(%addr, session = s, resumed, "registered with the coordinator");
+                (
+                    Duration::from_millis(heartbeat_ms.max(1)),
+                    Duration::from_millis(timeout_ms.max(1)),
+                )
+            }
+            Ok(Ok(Some(CoordinatorFrame::NotLeader { leader }))) => {
+                tracing::debug!(%addr, ?leader, "not the leader");
+                match leader {
+                    Some(l) if l != addr => candidates.push_front(l),
+                    _ => backoff = next_backoff(backoff),
+                }
+                continue;
+            }
+            Ok(Ok(Some(CoordinatorFrame::Refused { reason }))) => {
+                tracing::error!(%addr, %reason, "the coordinator refused this node");
+                shared.status.send_replace(NodeStatus::Refused(reason));
+                shared.shutdown.cancel();
+                return;
+            }
+            _ => {
+                backoff = next_backoff(backoff);
+                continue;
+            }
+        };
+        backoff = Duration::ZERO;
+        candidates = std::iter::once(addr.clone())
+            .chain(coordinators.iter().filter(|a| **a != addr).cloned())
+            .collect();
+        shared.status.send_replace(NodeStatus::Registered {
+            coordinator: addr.clone(),
+            session: session.unwrap_or(0),
+            sessions,
+            recoveries,
+        });
+        drop(shared);
+        let ended = serve(
+            &node,
+            &mut conn,
+            &mut outbox,
+            heartbeat,
+            timeout,
+            &mut recoveries,
+            &addr,
+            session.unwrap_or(0),
+            sessions,
+        )
+        .await;
+        tracing::warn!(%addr, reason = %ended, "lost the coordinator; reconnecting");
+        if let Some(shared) = node.upgrade() {
+            shared.status.send_replace(NodeStatus::Connecting);
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve(
+    node: &Weak<NodeShared>,
+    conn: &mut Conn,
+    outbox: &mut mpsc::UnboundedReceiver<NodeFrame>,
+    heartbeat: Duration,
+    timeout: Duration,
+    recoveries: &mut u64,
+    addr: &str,
+    session: u64,
+    sessions: u64,
+) -> String {
+    let mut beat = tokio::time::interval(heartbeat);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut deadline = tokio::time::Instant::now() + timeout;
+    let shutdown = match node.upgrade() {
+        Some(n) => n.shutdown.clone(),
+        None => return "the node stopped".into(),
+    };
+    loop {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return "the node stopped".into(),
+            frame = conn.recv() => {
+                let frame = match frame {
+                    Ok(Some(f)) => f,
+                    Ok(None) => return "the coordinator closed the connection".into(),
+                    Err(e) => return e.to_string(),
+                };
+                deadline = tokio::time::Instant::now() + timeout;
+                let Some(shared) = node.upgrade() else { return "the node stopped".into() };
+                if let CoordinatorFrame::Restore { .. } = frame {
+                    *recoveries += 1;
+                    shared.status.send_replace(NodeStatus::Registered {
+                        coordinator: addr.to_owned(),
+                        session,
+                        sessions,
+                        recoveries: *recoveries,
+                    });
+                }
+                if let CoordinatorFrame::NotLeader { .. } = frame {
+                    return "the coordinator stepped down".into();
+                }
+                on_frame(&shared, frame);
+            }
+            out = outbox.recv() => {
+                let Some(out) = out else { return "the node stopped".into() };
+                if let Err(e) = conn.send(&out).await {
+                    return e.to_string();
+                }
+            }
+            _ = beat.tick() => {
+                if let Err(e) = conn.send(&NodeFrame::Heartbeat).await {
+                    return e.to_string();
+                }
+            }
+            () = tokio::time::sleep_until(deadline) => {
+                return format!("no frame from the coordinator for {timeout:?}");
+            }
+        }
+    }
+}
+
+fn on_frame(shared: &Arc<NodeShared>, frame: CoordinatorFrame) {
+    match frame {
+        CoordinatorFrame::Heartbeat
+        | CoordinatorFrame::Welcome { .. }
+        | CoordinatorFrame::NotLeader { .. }
+        | CoordinatorFrame::Refused { .. } => {}
+        CoordinatorFrame::Placement { objects, nodes } => {
+            *write(&shared.placement) = Placement { objects, nodes };
+        }
+        CoordinatorFrame::Prepare {
+            id,
+            round,
+            token,
+            objects,
+        } => {
+            let span = tracing::debug_span!("checkpoint", checkpoint = %id, %round);
+            let _guard = span.enter();
+            let (tx, rx) = mpsc::unbounded_channel();
+            let writer = NodeWriter {
+                id,
+                round,
+                token,
+                node: shared.name.clone(),
+                participants: objects.iter().cloned().collect::<BTreeSet<_>>(),
+                store: shared.store.clone(),
+                out: shared.to_coordinator.clone(),
+            };
+            tokio::spawn(writer.run(rx));
+            *lock(&shared.active) = Some(ActiveRound {
+                id,
+                round,
+                writer: tx,
+            });
+            shared.colour_floor.fetch_max(round.0, Ordering::SeqCst);
+            let slots = read(&shared.objects);
+            for object in &objects {
+                match slots.get(object) {
+                    Some(slot) => {
+                        let _ = slot.control.send(super::Control::Prepare { id, round });
+                    }
+                    None => {
+                        if let Some(w) = shared.writer_for(round) {
+                            let _ = w.send(WriterMsg::No {
+                                object: object.clone(),
+                                reason: "this node does not host it".into(),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        CoordinatorFrame::Seal { round } => match shared.writer_for(round) {
+            Some(w) => {
+                let _ = w.send(WriterMsg::Seal);
+            }
+            None => {
+                let _ = shared.to_coordinator.send(NodeFrame::Sealed {
+                    round,
+                    result: Err("the round is no longer active on this node".into()),
+                });
+            }
+        },
+        CoordinatorFrame::Decided {
+            id,
+            round,
+            committed,
+        } => {
+            {
+                let mut active = lock(&shared.active);
+                if active.as_ref().is_some_and(|a| a.round == round) {
+                    *active = None; // ends the writer
+                }
+            }
+            for slot in read(&shared.objects).values() {
+                let _ = slot.control.send(super::Control::Decided {
+                    id,
+                    round,
+                    committed,
+                });
+            }
+        }
+        CoordinatorFrame::Restore {
+            recovery,
+            line,
+            colour,
+            incarnation,
+        } => {
+            let shared = Arc::clone(shared);
+            tokio::spawn(async move {
+                let result = super::restore(&shared, line, colour, incarnation).await;
+                if let Err(e) = &result {
+                    tracing::error!(error = %e, "recovery failed on this node");
+                }
+                let _ = shared
+                    .to_coordinator
+                    .send(NodeFrame::Restored { recovery, result });
+            });
+        }
+        CoordinatorFrame::Release { incarnation } => {
+            shared.incarnation.fetch_max(incarnation, Ordering::SeqCst);
+            shared.release_all();
+        }
+    }
+}
