@@ -49,14 +49,19 @@
 //! # }
 //! ```
 
+pub mod client;
 pub mod config;
 pub mod detector;
 mod error;
 pub mod fencing;
 pub mod group;
+pub mod log;
 pub mod member;
 pub mod monitor;
 pub mod protocol;
+pub mod replies;
+pub mod server;
+pub mod styles;
 pub mod testing;
 
 pub use config::{GroupConfig, GroupName, MemberId};

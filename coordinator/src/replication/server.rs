@@ -1,0 +1,1037 @@
+//! [`ReplicatedServer`]: a [`Service`] replicated by a fault-tolerance group in one of the
+//! [`ReplicationStyle`]s, serving [`GroupClient`](super::client::GroupClient)s.
+//!
+//! One server is a group [`Member`] plus two tasks:
+//!
+//! - the **listener** ([`crate::wire::serve`]) accepts clients and forwards their requests;
+//! - the **driver** owns the [`Replica`] (the service and its [`ReplyCache`]) and is the only
+//!   code that changes it: it reacts to the member's `Activate`/`Deactivate`, batches the
+//!   requests that arrived while its previous log append was in flight, appends each batch to
+//!   the fenced log, applies it and answers, follows the log or the committed lines while it is
+//!   a backup, and writes checkpoints while it is the primary.
+//!
+//! Every logged batch is applied through [`Updateable::apply_update`] on the [`Replica`], on
+//! the primary as on a backup replaying the log (FT-CORBA `set_update`); a checkpoint is the
+//! replica's [`Checkpointable::capture`] (`get_state`) and loading one is its
+//! [`Checkpointable::restore`] (`set_state`). So the state of every replica is a function of
+//! a log prefix, and live execution and recovery run the same code.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use cohort_checkpoint::{CheckpointStore, Manifest, ObjectEntry};
+use cohort_object_api::{
+    CheckpointId, Checkpointable, EncodedState, ObjectError, ObjectId, Snapshot, StateTag,
+    Updateable,
+};
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use super::fencing::{FencedLog, SlotEpoch};
+use super::log::{self as rlog, Batch, LoggedRequest};
+use super::member::{Member, MemberEvent, MemberHandle, MemberOptions};
+use super::replies::{ClientId, Lookup, Outcome, ReplyCache};
+use super::styles::{ReplicationStyle, ServiceError};
+use crate::wire::{self, Connection, ListenConfig, Role};
+
+/// The type name of a [`Replica`]'s checkpointed state.
+pub const REPLICA_TYPE: &str = "cohort.replica";
+/// The object id of the replica's entry in a checkpoint manifest.
+pub const REPLICA_OBJECT: &str = "replica";
+/// The manifest metadata key that holds the log position a checkpoint covers (8 bytes,
+/// big-endian).
+pub const LOG_SEQ_KEY: &str = "cohort.replication.log_seq";
+
+/// A replicated application: a [`Checkpointable`] state and a deterministic `execute`.
+///
+/// `execute` must be deterministic: from the same state, the same request yields the same
+/// state and the same result, on every replica and on replay. An `Err` is a final answer (the
+/// client gets [`ServiceError::Refused`]), cached like a reply; it must leave the state as it
+/// was, or changed deterministically.
+#[async_trait]
+pub trait Service: Checkpointable {
+    /// Executes one request and returns the reply.
+    async fn execute(&mut self, request: &[u8]) -> Result<Bytes, ObjectError>;
+}
+
+/// The replicated state of a group: the service, the reply cache, and the log position both
+/// reflect. The infrastructure's FT-CORBA object: `get_state`/`set_state` are its
+/// [`Checkpointable`] methods, `set_update` its [`Updateable::apply_update`] (one logged batch).
+pub struct Replica<S> {
+    service: S,
+    replies: ReplyCache,
+    applied: u64,
+}
+
+impl<S> fmt::Debug for Replica<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Replica")
+            .field("applied", &self.applied)
+            .field("replies", &self.replies.len())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct ReplicaState {
+    service_type: String,
+    service_version: u32,
+    service: Bytes,
+    replies: ReplyCache,
+    applied: u64,
+}
+
+impl<S: Service> Replica<S> {
+    /// A replica at log position 0 (nothing applied).
+    pub fn new(service: S) -> Self {
+        Self {
+            service,
+            replies: ReplyCache::new(),
+            applied: 0,
+        }
+    }
+
+    /// The service.
+    pub fn service(&self) -> &S {
+        &self.service
+    }
+
+    /// The reply cache.
+    pub fn replies(&self) -> &ReplyCache {
+        &self.replies
+    }
+
+    /// The log position this state reflects: every entry up to it is applied.
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    /// Moves past a log entry that holds no requests (a fence).
+    pub fn skip_to(&mut self, seq: u64) {
+        self.applied = self.applied.max(seq);
+    }
+
+    async fn execute_batch(&mut self, seq: u64, batch: &Batch) {
+        for r in &batch.requests {
+            self.replies.acknowledge(&r.client, r.acked, seq);
+            if self.replies.lookup(&r.client, r.id) == Lookup::Fresh {
+                let outcome = execute(&mut self.service, &r.body).await;
+                self.replies.record(&r.client, r.id, outcome, seq);
+            }
+        }
+        self.replies.expire(seq);
+        self.applied = self.applied.max(seq);
+    }
+
+    /// Executes a request without the log (the stateless style).
+    async fn execute_unlogged(&mut self, r: &LoggedRequest) -> Outcome {
+        self.replies.acknowledge(&r.client, r.acked, 0);
+        if let Lookup::Cached(outcome) = self.replies.lookup(&r.client, r.id) {
+            return outcome;
+        }
+        let outcome = execute(&mut self.service, &r.body).await;
+        self.replies.record(&r.client, r.id, outcome.clone(), 0);
+        outcome
+    }
+}
+
+async fn execute<S: Service>(service: &mut S, body: &[u8]) -> Outcome {
+    match service.execute(body).await {
+        Ok(reply) => Outcome::Ok(reply),
+        Err(err) => Outcome::Failed(err.to_string()),
+    }
+}
+
+#[async_trait]
+impl<S: Service> Checkpointable for Replica<S> {
+    fn type_name(&self) -> &'static str {
+        REPLICA_TYPE
+    }
+
+    async fn capture(&self) -> Result<Snapshot, ObjectError> {
+        // The service's state is encoded here, so that the replica's snapshot owns plain data.
+        let service = self.service.capture().await?.encode()?;
+        Ok(Snapshot::new(
+            REPLICA_TYPE,
+            1,
+            ReplicaState {
+                service_type: service.tag().type_name.to_string(),
+                service_version: service.tag().version,
+                service: service.payload().clone(),
+                replies: self.replies.clone(),
+                applied: self.applied,
+            },
+        ))
+    }
+
+    async fn restore(&mut self, state: &EncodedState) -> Result<(), ObjectError> {
+        state.check(REPLICA_TYPE, 1)?;
+        let state: ReplicaState = state.decode()?;
+        let service = EncodedState::new(
+            StateTag::new(state.service_type, state.service_version),
+            state.service,
+        );
+        self.service.restore(&service).await?;
+        self.replies = state.replies;
+        self.applied = state.applied;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl<S: Service> Updateable for Replica<S> {
+    /// Applies one logged batch ([`Batch::to_update`]); a batch at or below
+    /// [`applied`](Replica::applied) is ignored, so replaying is idempotent.
+    async fn apply_update(&mut self, update: &EncodedState) -> Result<(), ObjectError> {
+        let (seq, batch) =
+            Batch::from_update(update).map_err(|e| ObjectError::Application(Box::new(e)))?;
+        if seq > self.applied {
+            self.execute_batch(seq, &batch).await;
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The client protocol
+
+/// Client → server.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ClientMessage {
+    /// A request (FT-CORBA `FT_REQUEST`: client id, request id, and the acknowledged
+    /// watermark).
+    Request(LoggedRequest),
+}
+
+/// Server → client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ServerMessage {
+    /// The outcome of request `id`.
+    Reply {
+        /// The request.
+        id: u64,
+        /// What it produced.
+        outcome: Outcome,
+    },
+    /// This server does not serve (a backup, or it was deposed): find the primary again.
+    Redirect {
+        /// The request.
+        id: u64,
+        /// Why, for logs.
+        reason: String,
+    },
+    /// The request was not executed because the log could not be written; send it again.
+    Retry {
+        /// The request.
+        id: u64,
+        /// Why, for logs.
+        reason: String,
+    },
+}
+
+// ---------------------------------------------------------------------------------------------
+// The server
+
+/// How to start a [`ReplicatedServer`]. Build it with [`ServerOptions::new`] and set the public
+/// fields.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ServerOptions {
+    /// The replication style; every member of the group must use the same.
+    pub style: ReplicationStyle,
+    /// The group membership (its `service_addr` is set by the server).
+    pub member: MemberOptions,
+    /// Where to listen for clients; `127.0.0.1:0` by default.
+    pub service_listen: SocketAddr,
+    /// The address clients are told (through the activation records); the bound address by
+    /// default.
+    pub service_advertise: Option<String>,
+    /// How often the primary checkpoints (if it executed anything since); 200 ms by default.
+    /// Recovery replays the log since the newest checkpoint, so this bounds failover work.
+    pub checkpoint_interval: Duration,
+    /// How often a warm backup looks for a newly committed line, and an active replica for new
+    /// log entries; 20 ms by default.
+    pub poll_interval: Duration,
+    /// The most requests per log entry; 512 by default.
+    pub max_batch: usize,
+}
+
+impl ServerOptions {
+    /// Options for a server of `style` whose membership `member` describes.
+    pub fn new(style: ReplicationStyle, member: MemberOptions) -> Self {
+        Self {
+            style,
+            member,
+            service_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            service_advertise: None,
+            checkpoint_interval: Duration::from_millis(200),
+            poll_interval: Duration::from_millis(20),
+            max_batch: 512,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ServiceError> {
+        if self.checkpoint_interval.is_zero() || self.poll_interval.is_zero() || self.max_batch == 0
+        {
+            return Err(ServiceError::InvalidConfig {
+                reason: format!(
+                    "checkpoint_interval ({:?}), poll_interval ({:?}) and max_batch ({}) must \
+                     be above zero",
+                    self.checkpoint_interval, self.poll_interval, self.max_batch
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// What a server is doing, as [`ReplicatedServer::status`] shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServerStatus {
+    /// The activation it serves under; `None` while it is a backup or catching up.
+    pub serving: Option<SlotEpoch>,
+    /// The log position its state reflects.
+    pub applied: u64,
+    /// The newest checkpoint it loaded or wrote.
+    pub line: Option<CheckpointId>,
+    /// How long the last takeover took, from `Activate` to serving (line loading and log
+    /// replay).
+    pub last_takeover: Option<Duration>,
+    /// Log entries replayed at the last takeover.
+    pub last_replayed: u64,
+    /// The last problem, for operators.
+    pub last_error: Option<String>,
+}
+
+/// A running replicated server. Dropping it stops it like a crash.
+pub struct ReplicatedServer {
+    handle: MemberHandle,
+    member_addr: String,
+    service_addr: String,
+    status: watch::Receiver<ServerStatus>,
+    shutdown: CancellationToken,
+    leave: Option<tokio::sync::oneshot::Sender<()>>,
+    tasks: JoinSet<()>,
+}
+
+impl fmt::Debug for ReplicatedServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReplicatedServer")
+            .field("member", self.handle.id())
+            .field("service_addr", &self.service_addr)
+            .field("status", &*self.status.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Incoming {
+    request: LoggedRequest,
+    reply: mpsc::UnboundedSender<ServerMessage>,
+}
+
+impl ReplicatedServer {
+    /// Binds the client listener, joins the group and starts serving `service` in
+    /// `options.style`. The server begins as a backup; it serves once activated and caught up.
+    ///
+    /// # Errors
+    ///
+    /// [`ServiceError::InvalidConfig`], [`ServiceError::Wire`] (the port cannot be bound),
+    /// [`ServiceError::Replication`] (see [`Member::start`]), [`ServiceError::Checkpoint`].
+    pub async fn start<S: Service>(
+        mut options: ServerOptions,
+        service: S,
+    ) -> Result<Self, ServiceError> {
+        options.validate()?;
+        let listener = ListenConfig {
+            name: options.member.id.to_string(),
+            role: Role::Peer,
+            accept_roles: vec![Role::Node, Role::Peer, Role::Cli],
+            token: options.member.token.clone(),
+            ..ListenConfig::new(options.service_listen)
+        }
+        .bind()
+        .await?;
+        let service_addr = options
+            .service_advertise
+            .clone()
+            .unwrap_or_else(|| listener.local_addr().to_string());
+        options.member.service_addr = service_addr.clone();
+        let replicas = replica_store(&options.member.store, options.member.config.group())?;
+        let member = Member::start(options.member.clone()).await?;
+        let handle = member.handle();
+        let member_addr = member.addr().to_owned();
+
+        let shutdown = CancellationToken::new();
+        let (requests_tx, requests_rx) = mpsc::unbounded_channel::<Incoming>();
+        let (status_tx, status) = watch::channel(ServerStatus::default());
+        let (leave_tx, leave_rx) = tokio::sync::oneshot::channel();
+        let mut tasks = JoinSet::new();
+        tasks.spawn(wire::serve(
+            listener,
+            move |conn: Connection<ClientMessage, ServerMessage>, stop| {
+                serve_client(conn, stop, requests_tx.clone())
+            },
+            shutdown.clone(),
+        ));
+        let driver = Driver {
+            style: options.style,
+            replica: Replica::new(service),
+            log: handle.log().clone(),
+            handle: handle.clone(),
+            store: replicas,
+            serving: None,
+            takeover: None,
+            pending: HashMap::new(),
+            queue: Vec::new(),
+            line: None,
+            checkpointed: 0,
+            last_checkpoint: Instant::now(),
+            checkpoint: None,
+            status: status_tx,
+            options,
+        };
+        tasks.spawn(driver.run(member, requests_rx, shutdown.clone(), leave_rx));
+        Ok(Self {
+            handle,
+            member_addr,
+            service_addr,
+            status,
+            shutdown,
+            leave: Some(leave_tx),
+            tasks,
+        })
+    }
+
+    /// Where clients reach this server.
+    pub fn service_addr(&self) -> &str {
+        &self.service_addr
+    }
+
+    /// The group listener of the member (a seed for others).
+    pub fn member_addr(&self) -> &str {
+        &self.member_addr
+    }
+
+    /// The group member's handle (weight, activation, log).
+    pub fn member(&self) -> &MemberHandle {
+        &self.handle
+    }
+
+    /// A receiver of the server's state, updated after every change.
+    pub fn status(&self) -> watch::Receiver<ServerStatus> {
+        self.status.clone()
+    }
+
+    /// Leaves the group gracefully (peers take over at once) and stops.
+    pub async fn leave(mut self) {
+        if let Some(leave) = self.leave.take() {
+            let _ = leave.send(());
+        }
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    /// Stops at once, like a crash.
+    pub fn kill(mut self) {
+        self.shutdown.cancel();
+        self.tasks.abort_all();
+    }
+}
+
+impl Drop for ReplicatedServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        self.tasks.abort_all();
+    }
+}
+
+/// The checkpoint store of a group's replicated state: `replicas/<group>/` under the store.
+///
+/// # Errors
+///
+/// [`ServiceError::Checkpoint`] if the name is refused (group names always pass).
+pub fn replica_store(
+    store: &CheckpointStore,
+    group: &super::GroupName,
+) -> Result<CheckpointStore, ServiceError> {
+    let replicas = store
+        .child("replicas")
+        .map_err(ServiceError::checkpoint("open the replica store"))?;
+    replicas
+        .child(group.as_str())
+        .map_err(ServiceError::checkpoint("open the replica store"))
+}
+
+/// Forwards one client's requests to the driver and its replies back.
+async fn serve_client(
+    conn: Connection<ClientMessage, ServerMessage>,
+    stop: CancellationToken,
+    requests: mpsc::UnboundedSender<Incoming>,
+) -> Result<(), ServiceError> {
+    let (mut rx, mut tx) = conn.split();
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<ServerMessage>();
+    let writer = async move {
+        while let Some(msg) = out_rx.recv().await {
+            tx.send(&msg).await?;
+        }
+        Ok::<(), ServiceError>(())
+    };
+    let reader = async move {
+        loop {
+            let Some(ClientMessage::Request(request)) = rx.recv().await? else {
+                return Ok::<(), ServiceError>(());
+            };
+            let incoming = Incoming {
+                request,
+                reply: out_tx.clone(),
+            };
+            if requests.send(incoming).is_err() {
+                return Ok(());
+            }
+        }
+    };
+    tokio::select! {
+        () = stop.cancelled() => Ok(()),
+        r = reader => r,
+        r = writer => r,
+    }
+}
+
+type Key = (ClientId, u64);
+
+struct Driver<S> {
+    style: ReplicationStyle,
+    replica: Replica<S>,
+    handle: MemberHandle,
+    log: FencedLog,
+    store: CheckpointStore,
+    options: ServerOptions,
+    /// The activation it serves under, once caught up.
+    serving: Option<SlotEpoch>,
+    /// An activation it has not caught up for yet, and since when.
+    takeover: Option<(SlotEpoch, Instant)>,
+    pending: HashMap<Key, Vec<mpsc::UnboundedSender<ServerMessage>>>,
+    queue: Vec<LoggedRequest>,
+    line: Option<CheckpointId>,
+    /// The log position of the newest checkpoint written or loaded.
+    checkpointed: u64,
+    last_checkpoint: Instant,
+    checkpoint: Option<JoinHandle<Result<(CheckpointId, u64), ServiceError>>>,
+    status: watch::Sender<ServerStatus>,
+}
+
+impl<S: Service> Driver<S> {
+    async fn run(
+        mut self,
+        mut member: Member,
+        mut requests: mpsc::UnboundedReceiver<Incoming>,
+        shutdown: CancellationToken,
+        mut leave: tokio::sync::oneshot::Receiver<()>,
+    ) {
+        let mut tick = tokio::time::interval(self.options.poll_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => {
+                    member.kill();
+                    return;
+                }
+                _ = &mut leave => {
+                    self.step_down("the server is leaving");
+                    member.leave().await;
+                    shutdown.cancel();
+                    return;
+                }
+                event = member.next_event() => match event {
+                    Some(event) => self.on_event(event).await,
+                    None => return,
+                },
+                joined = async {
+                    match self.checkpoint.as_mut() {
+                        Some(task) => task.await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    self.checkpoint = None;
+                    match joined {
+                        Ok(Ok((id, at))) => {
+                            self.line = Some(id);
+                            self.checkpointed = self.checkpointed.max(at);
+                        }
+                        Ok(Err(err)) => self.report(format!("checkpoint failed: {err}")),
+                        Err(err) => self.report(format!("checkpoint task failed: {err}")),
+                    }
+                    self.publish();
+                }
+                Some(incoming) = requests.recv() => {
+                    self.accept(incoming);
+                    while self.queue.len() < self.options.max_batch {
+                        match requests.try_recv() {
+                            Ok(incoming) => self.accept(incoming),
+                            Err(_) => break,
+                        }
+                    }
+                    self.flush().await;
+                }
+                _ = tick.tick() => self.on_tick().await,
+            }
+        }
+    }
+
+    fn publish(&self) {
+        self.status.send_modify(|s| {
+            s.serving = self.serving;
+            s.applied = self.replica.applied;
+            s.line = self.line;
+        });
+    }
+
+    fn report(&self, problem: String) {
+        tracing::warn!(member = %self.handle.id(), "{problem}");
+        self.status.send_modify(|s| s.last_error = Some(problem));
+    }
+
+    async fn on_event(&mut self, event: MemberEvent) {
+        match event {
+            MemberEvent::Activate(se) => {
+                self.takeover = Some((se, Instant::now()));
+                self.try_take_over().await;
+            }
+            MemberEvent::Deactivate { slot_epoch, reason } => {
+                if self.takeover.is_some_and(|(se, _)| se == slot_epoch) {
+                    self.takeover = None;
+                }
+                if self.serving == Some(slot_epoch) {
+                    self.step_down(&format!("deactivated: {reason:?}"));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Catches up with the newest line and the log, then serves. Retried every tick until it
+    /// succeeds or the activation ends.
+    async fn try_take_over(&mut self) {
+        let Some((se, since)) = self.takeover else {
+            return;
+        };
+        let before = self.replica.applied;
+        if self.style.logs_requests()
+            && let Err(err) = self.catch_up_fully().await
+        {
+            self.report(format!("taking over {se}: {err}; retrying"));
+            return;
+        }
+        self.takeover = None;
+        self.serving = Some(se);
+        // A fresh interval: the new primary's first checkpoint covers what it replayed.
+        self.last_checkpoint = Instant::now() - self.options.checkpoint_interval;
+        let took = since.elapsed();
+        let replayed = self.replica.applied - before;
+        tracing::info!(member = %self.handle.id(), %se, ?took, replayed, "serving");
+        self.status.send_modify(|s| {
+            s.last_takeover = Some(took);
+            s.last_replayed = replayed;
+        });
+        self.publish();
+    }
+
+    async fn catch_up_fully(&mut self) -> Result<(), ServiceError> {
+        if let Some(line) = {
+            let store = self.store.clone();
+            off_thread(move || async move { store.recovery_line().await })
+                .await
+                .map_err(|source| ServiceError::Checkpoint {
+                    operation: "find the recovery line of the replicated state".to_owned(),
+                    source,
+                })?
+        } {
+            self.load(line.manifest).await?;
+        }
+        let (batches, last) =
+            boxed(rlog::read_batches_after(&self.log, self.replica.applied)).await?;
+        for (seq, data) in batches {
+            self.apply(seq, data).await?;
+        }
+        // Fences up to the last entry read hold no requests.
+        self.replica.skip_to(last);
+        Ok(())
+    }
+
+    /// Loads a committed line if it is ahead of the state.
+    async fn load(&mut self, manifest: Manifest) -> Result<(), ServiceError> {
+        let at = log_seq_of(&manifest);
+        if at <= self.replica.applied {
+            self.line = Some(self.line.map_or(manifest.id, |l| l.max(manifest.id)));
+            return Ok(());
+        }
+        let store = self.store.clone();
+        let m = manifest.clone();
+        let states = off_thread(move || async move { store.read_states(&m).await })
+            .await
+            .map_err(|source| ServiceError::Checkpoint {
+                operation: format!("read checkpoint {}", manifest.id),
+                source,
+            })?;
+        let Some((_, state)) = states
+            .into_iter()
+            .find(|(id, _)| id.as_str() == REPLICA_OBJECT)
+        else {
+            return Err(ServiceError::InvalidConfig {
+                reason: format!(
+                    "checkpoint {} of {} holds no `{REPLICA_OBJECT}` object: the store is shared \
+                     with something else; give the group a store of its own",
+                    manifest.id,
+                    self.store.url()
+                ),
+            });
+        };
+        self.replica.restore(&state).await?;
+        self.line = Some(manifest.id);
+        self.checkpointed = self.checkpointed.max(self.replica.applied);
+        tracing::debug!(member = %self.handle.id(), line = %manifest.id, applied = self.replica.applied, "loaded a committed line");
+        self.publish();
+        Ok(())
+    }
+
+    /// Applies the batch logged at `seq` (through [`Updateable::apply_update`]) and answers the
+    /// requests of it that are waiting here.
+    async fn apply(&mut self, seq: u64, data: Bytes) -> Result<(), ServiceError> {
+        let batch = Batch::decode(seq, &data)?;
+        self.replica
+            .apply_update(&Batch::to_update(seq, data))
+            .await?;
+        for r in &batch.requests {
+            if let Some(waiting) = self.pending.remove(&(r.client.clone(), r.id)) {
+                let msg = match self.replica.replies.lookup(&r.client, r.id) {
+                    Lookup::Cached(outcome) => ServerMessage::Reply { id: r.id, outcome },
+                    Lookup::Acknowledged | Lookup::Fresh => ServerMessage::Retry {
+                        id: r.id,
+                        reason: "the reply is no longer retained".to_owned(),
+                    },
+                };
+                for w in waiting {
+                    let _ = w.send(msg.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn accept(&mut self, incoming: Incoming) {
+        let Incoming { request, reply } = incoming;
+        if self.serving.is_none() {
+            let _ = reply.send(ServerMessage::Redirect {
+                id: request.id,
+                reason: format!("{} is not serving", self.handle.id()),
+            });
+            return;
+        }
+        match self.replica.replies.lookup(&request.client, request.id) {
+            Lookup::Cached(outcome) => {
+                let _ = reply.send(ServerMessage::Reply {
+                    id: request.id,
+                    outcome,
+                });
+            }
+            Lookup::Acknowledged => {
+                let _ = reply.send(ServerMessage::Reply {
+                    id: request.id,
+                    outcome: Outcome::Failed(format!(
+                        "request {} of {} was acknowledged already",
+                        request.id, request.client
+                    )),
+                });
+            }
+            Lookup::Fresh => {
+                let waiting = self
+                    .pending
+                    .entry((request.client.clone(), request.id))
+                    .or_default();
+                if waiting.is_empty() {
+                    self.queue.push(request);
+                }
+                waiting.push(reply);
+            }
+        }
+    }
+
+    async fn flush(&mut self) {
+        if self.queue.is_empty() {
+            return;
+        }
+        let queue = std::mem::take(&mut self.queue);
+        if !self.style.logs_requests() {
+            for r in queue {
+                let outcome = self.replica.execute_unlogged(&r).await;
+                self.answer(&r, ServerMessage::Reply { id: r.id, outcome });
+            }
+            return;
+        }
+        let batch = Batch { requests: queue };
+        let data = match batch.encode() {
+            Ok(data) => data,
+            Err(err) => {
+                self.fail_batch(&batch, &err.to_string());
+                return;
+            }
+        };
+        // The append is the acknowledgement: nothing of this batch is executed or answered
+        // before it is durable in the fenced log.
+        match boxed(self.handle.append(data.clone())).await {
+            Ok(seq) => {
+                let applied = match self.fill_gap(seq).await {
+                    Ok(()) => self.apply(seq, data).await,
+                    Err(err) => Err(err),
+                };
+                if let Err(err) = applied {
+                    self.report(format!("applying log entry {seq}: {err}"));
+                    self.fail_batch(&batch, &err.to_string());
+                }
+                self.publish();
+            }
+            Err(err)
+                if err.is_fenced() || matches!(err, super::ReplicationError::NotActive { .. }) =>
+            {
+                // Deposed: never answer success; the member deactivates.
+                self.step_down(&err.to_string());
+            }
+            Err(err) => {
+                self.report(format!("logging a batch failed: {err}"));
+                self.fail_batch(&batch, &err.to_string());
+            }
+        }
+    }
+
+    /// Applies the entries between the state and `seq` (other writers' batches, fences, or an
+    /// earlier append of ours whose answer was lost).
+    async fn fill_gap(&mut self, seq: u64) -> Result<(), ServiceError> {
+        let mut next = self.replica.applied + 1;
+        while next < seq {
+            match boxed(rlog::read_entry(&self.log, next)).await? {
+                Some(Some(data)) => self.apply(next, data).await?,
+                Some(None) => self.replica.skip_to(next),
+                None => {
+                    return Err(ServiceError::DamagedLog {
+                        seq: next,
+                        reason: format!("entry {next} is missing below entry {seq}"),
+                    });
+                }
+            }
+            next += 1;
+        }
+        Ok(())
+    }
+
+    /// Follows the log as far as it goes (the active style's replicas, between their own
+    /// appends).
+    async fn follow_log(&mut self) -> Result<(), ServiceError> {
+        loop {
+            let next = self.replica.applied + 1;
+            match boxed(rlog::read_entry(&self.log, next)).await? {
+                Some(Some(data)) => self.apply(next, data).await?,
+                Some(None) => self.replica.skip_to(next),
+                None => return Ok(()),
+            }
+        }
+    }
+
+    fn answer(&mut self, r: &LoggedRequest, msg: ServerMessage) {
+        if let Some(waiting) = self.pending.remove(&(r.client.clone(), r.id)) {
+            for w in waiting {
+                let _ = w.send(msg.clone());
+            }
+        }
+    }
+
+    fn fail_batch(&mut self, batch: &Batch, reason: &str) {
+        for r in &batch.requests {
+            self.answer(
+                r,
+                ServerMessage::Retry {
+                    id: r.id,
+                    reason: reason.to_owned(),
+                },
+            );
+        }
+    }
+
+    fn step_down(&mut self, reason: &str) {
+        if self.serving.take().is_some() {
+            tracing::info!(member = %self.handle.id(), "stopped serving: {reason}");
+        }
+        self.queue.clear();
+        for ((_, id), waiting) in self.pending.drain() {
+            for w in waiting {
+                let _ = w.send(ServerMessage::Redirect {
+                    id,
+                    reason: reason.to_owned(),
+                });
+            }
+        }
+        self.publish();
+    }
+
+    async fn on_tick(&mut self) {
+        if self.takeover.is_some() {
+            self.try_take_over().await;
+            return;
+        }
+        let result = match self.style {
+            ReplicationStyle::WarmPassive if self.serving.is_none() => {
+                self.load_newest_line().await
+            }
+            ReplicationStyle::Active => self.follow_log().await,
+            _ => Ok(()),
+        };
+        if let Err(err) = result {
+            self.report(format!("following the group: {err}"));
+        }
+        self.maybe_checkpoint().await;
+        self.publish();
+    }
+
+    /// A warm backup loads each committed line as it lands.
+    async fn load_newest_line(&mut self) -> Result<(), ServiceError> {
+        let ids = self
+            .store
+            .committed_ids()
+            .boxed()
+            .await
+            .map_err(ServiceError::checkpoint("list the committed lines"))?;
+        let Some(&newest) = ids.last() else {
+            return Ok(());
+        };
+        if self.line.is_some_and(|l| l >= newest) {
+            return Ok(());
+        }
+        let manifest =
+            self.store
+                .read_manifest(newest)
+                .boxed()
+                .await
+                .map_err(ServiceError::checkpoint(format!(
+                    "read checkpoint {newest}"
+                )))?;
+        self.load(manifest).await
+    }
+
+    /// The primary (in the active style, the holder of slot 0) checkpoints every
+    /// `checkpoint_interval` if it executed anything since the last one.
+    async fn maybe_checkpoint(&mut self) {
+        let Some(se) = self.serving else { return };
+        if !self.style.logs_requests()
+            || se.slot != 0
+            || self.checkpoint.is_some()
+            || self.replica.applied <= self.checkpointed
+            || self.last_checkpoint.elapsed() < self.options.checkpoint_interval
+        {
+            return;
+        }
+        self.last_checkpoint = Instant::now();
+        let snapshot = match self.replica.capture().await {
+            Ok(s) => s,
+            Err(err) => {
+                self.report(format!("capturing the replicated state failed: {err}"));
+                return;
+            }
+        };
+        let store = self.store.clone();
+        let at = self.replica.applied;
+        self.checkpoint = Some(tokio::spawn(write_checkpoint(store, se, at, snapshot)));
+    }
+}
+
+fn log_seq_of(manifest: &Manifest) -> u64 {
+    manifest
+        .metadata
+        .get(LOG_SEQ_KEY)
+        .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+        .map_or(0, u64::from_be_bytes)
+}
+
+/// Writes the replica's snapshot as the next checkpoint of `store`, fenced by the slot epoch.
+async fn write_checkpoint(
+    store: CheckpointStore,
+    se: SlotEpoch,
+    at: u64,
+    snapshot: Snapshot,
+) -> Result<(CheckpointId, u64), ServiceError> {
+    let newest = store
+        .committed_ids()
+        .await
+        .map_err(ServiceError::checkpoint("list the committed lines"))?
+        .last()
+        .map_or(0, |id| id.get());
+    let id = CheckpointId::new(newest + 1);
+    let round = format!("e{}-p{at}-{:08x}", se.epoch, rand::random::<u32>());
+    let object = ObjectId::new(REPLICA_OBJECT)?;
+    let mut writer = store.segment_writer(id, &round, "replica");
+    let location = writer
+        .add(&object, &snapshot)
+        .await
+        .map_err(ServiceError::checkpoint(format!("write checkpoint {id}")))?;
+    writer
+        .finish()
+        .await
+        .map_err(ServiceError::checkpoint(format!("write checkpoint {id}")))?;
+    let created_at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let mut manifest = Manifest::new(id, se.epoch, created_at_ms, round);
+    manifest.parent = (newest > 0).then(|| CheckpointId::new(newest));
+    manifest.objects.insert(
+        object,
+        ObjectEntry {
+            type_name: REPLICA_TYPE.to_owned(),
+            version: 1,
+            generation: None,
+            location,
+        },
+    );
+    manifest
+        .metadata
+        .insert(LOG_SEQ_KEY.to_owned(), at.to_be_bytes().to_vec());
+    store
+        .commit(&manifest)
+        .await
+        .map_err(ServiceError::checkpoint(format!("commit checkpoint {id}")))?;
+    Ok((id, at))
+}
+
+/// Boxes a future as `Send` where it is awaited: the store's and the log's futures otherwise
+/// trip the compiler's higher-ranked `Send` check in spawned tasks (rust-lang/rust#102211).
+fn boxed<'a, T>(f: impl std::future::Future<Output = T> + Send + 'a) -> BoxFuture<'a, T> {
+    Box::pin(f)
+}
+
+/// Runs a store read whose future is not `Send` (the checkpoint store's readers hold borrowed
+/// data across a buffered stream, which trips rustc's higher-ranked `Send` check) on a blocking
+/// thread driven by this runtime's handle, as the coordinator's recovery does.
+async fn off_thread<F, Fut, T>(make: F) -> Result<T, Box<cohort_checkpoint::Error>>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = cohort_checkpoint::Result<T>>,
+    T: Send + 'static,
+{
+    let handle = tokio::runtime::Handle::current();
+    match tokio::task::spawn_blocking(move || handle.block_on(make()).map_err(Box::new)).await {
+        Ok(result) => result,
+        Err(err) => Err(Box::new(cohort_checkpoint::Error::InvalidInput(format!(
+            "a store read task failed: {err}"
+        )))),
+    }
+}

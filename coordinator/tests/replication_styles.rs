@@ -1,0 +1,438 @@
+//! Replication styles over real TCP and a local-disk store: SIGKILL of the serving process
+//! under load (warm passive and active), a fenced primary that cannot acknowledge, and a
+//! handover to a heavier member, each checked for lost and duplicated writes.
+//!
+//! Children are this test binary re-executed with `--ignored child_server` and a spec in
+//! `COHORT_REPLICA_CHILD`; they print `member <addr>` and `serving <slot> <epoch>` lines.
+
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use cohort_checkpoint::{CheckpointStore, StoreOptions};
+use cohort_coordinator::replication::client::{ClientOptions, GroupClient};
+use cohort_coordinator::replication::fencing::{Claimant, claim_slot};
+use cohort_coordinator::replication::log::LoggedRequest;
+use cohort_coordinator::replication::replies::ClientId;
+use cohort_coordinator::replication::server::{
+    ClientMessage, ReplicatedServer, ServerMessage, ServerOptions, Service,
+};
+use cohort_coordinator::replication::styles::{ReplicationStyle, ServiceError};
+use cohort_coordinator::replication::{GroupConfig, GroupName, MemberId, MemberOptions};
+use cohort_coordinator::wire::{ConnectConfig, Role};
+use cohort_object_api::{Checkpointable, ObjectError};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+const CHILD_ENV: &str = "COHORT_REPLICA_CHILD";
+const GROUP: &str = "journal";
+const HB: Duration = Duration::from_millis(50);
+const ACT: Duration = Duration::from_millis(150);
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// The replicated service: an append-only journal of numbers.
+#[derive(Checkpointable, Default)]
+struct Journal {
+    writes: Vec<u64>,
+}
+
+#[derive(Serialize, Deserialize)]
+enum Op {
+    Write(u64),
+    Dump,
+}
+
+#[async_trait]
+impl Service for Journal {
+    async fn execute(&mut self, request: &[u8]) -> Result<Bytes, ObjectError> {
+        let op: Op =
+            rmp_serde::from_slice(request).map_err(|e| ObjectError::Application(Box::new(e)))?;
+        let reply = match op {
+            Op::Write(v) => {
+                self.writes.push(v);
+                rmp_serde::to_vec(&(self.writes.len() as u64))
+            }
+            Op::Dump => rmp_serde::to_vec(&self.writes),
+        };
+        reply
+            .map(Bytes::from)
+            .map_err(|e| ObjectError::Application(Box::new(e)))
+    }
+}
+
+fn encode(op: &Op) -> Bytes {
+    Bytes::from(rmp_serde::to_vec(op).unwrap())
+}
+
+async fn open_store(dir: &std::path::Path) -> CheckpointStore {
+    CheckpointStore::open(dir.to_str().unwrap(), StoreOptions::default())
+        .await
+        .unwrap()
+}
+
+fn member(
+    id: &str,
+    weight: u16,
+    goal: u32,
+    store: &CheckpointStore,
+    seeds: Vec<String>,
+) -> MemberOptions {
+    let config = GroupConfig::new(GROUP, goal)
+        .unwrap()
+        .with_weight(weight)
+        .with_heartbeat_interval(HB)
+        .with_activation_interval(ACT);
+    let mut options = MemberOptions::new(config, MemberId::new(id).unwrap(), store.clone());
+    options.seeds = seeds;
+    options
+}
+
+fn client(store: &CheckpointStore, style: ReplicationStyle) -> GroupClient {
+    let mut options = ClientOptions::new(store.clone(), GroupName::new(GROUP).unwrap(), style);
+    options.deadline = PATIENCE;
+    GroupClient::new(options).unwrap()
+}
+
+/// The child side: one server until killed. Does nothing unless started by a test below.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the child process of the SIGKILL tests"]
+async fn child_server() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let parts: Vec<&str> = spec.split(';').collect();
+    let [dir, id, weight, goal, style, seeds] = parts[..] else {
+        panic!("bad spec {spec}");
+    };
+    let store = open_store(std::path::Path::new(dir)).await;
+    let seeds = seeds
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let options = ServerOptions::new(
+        style.parse().unwrap(),
+        member(
+            id,
+            weight.parse().unwrap(),
+            goal.parse().unwrap(),
+            &store,
+            seeds,
+        ),
+    );
+    let server = ReplicatedServer::start(options, Journal::default())
+        .await
+        .unwrap();
+    println!("member {}", server.member_addr());
+    let mut status = server.status();
+    loop {
+        let serving = status.borrow_and_update().serving;
+        if let Some(se) = serving {
+            println!("serving {} {}", se.slot, se.epoch);
+        }
+        if status.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+struct Child {
+    process: tokio::process::Child,
+    lines: mpsc::UnboundedReceiver<String>,
+    addr: String,
+}
+
+async fn spawn_child(
+    dir: &std::path::Path,
+    id: &str,
+    weight: u16,
+    goal: u32,
+    style: ReplicationStyle,
+    seeds: &[String],
+) -> Child {
+    let mut process = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_server",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(
+            CHILD_ENV,
+            format!(
+                "{};{id};{weight};{goal};{style};{}",
+                dir.display(),
+                seeds.join(",")
+            ),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(process.stdout.take().unwrap()).lines();
+    let (tx, mut lines) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = out.next_line().await {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let addr = expect_line(&mut lines, "member ").await;
+    Child {
+        process,
+        lines,
+        addr,
+    }
+}
+
+/// Waits (bounded) for a line containing `marker` and returns what follows it.
+async fn expect_line(lines: &mut mpsc::UnboundedReceiver<String>, marker: &str) -> String {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let line = tokio::time::timeout_at(deadline, lines.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no {marker:?} line in time"))
+            .expect("the child exited");
+        // libtest may print "test child_server ... " before it on the same line.
+        if let Some((_, rest)) = line.split_once(marker) {
+            return rest.trim().to_owned();
+        }
+    }
+}
+
+/// Writers that write unique numbers continuously; every call must succeed.
+struct Load {
+    stop: Arc<AtomicBool>,
+    acked: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<(u64, Duration)>>>,
+}
+
+fn start_load(client: &GroupClient, writers: u64) -> Load {
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(AtomicU64::new(0));
+    let tasks = (0..writers)
+        .map(|w| {
+            let (client, stop, acked) = (client.clone(), stop.clone(), acked.clone());
+            tokio::spawn(async move {
+                let mut done = Vec::new();
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let value = w * 1_000_000 + n;
+                    n += 1;
+                    let started = Instant::now();
+                    match client.call(encode(&Op::Write(value))).await {
+                        Ok(_) => {
+                            done.push((value, started.elapsed()));
+                            acked.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(err) => panic!("write {value} failed: {err}"),
+                    }
+                }
+                done
+            })
+        })
+        .collect();
+    Load { stop, acked, tasks }
+}
+
+async fn wait_acked(load: &Load, at_least: u64) {
+    let deadline = Instant::now() + PATIENCE;
+    while load.acked.load(Ordering::Relaxed) < at_least {
+        assert!(Instant::now() < deadline, "the writers stalled");
+        tokio::time::sleep(Duration::from_millis(5)).await; // bounded polling, not synchronisation
+    }
+}
+
+/// Stops the load and checks that the journal holds every acknowledged write exactly once.
+async fn finish(load: Load, client: &GroupClient) -> Duration {
+    load.stop.store(true, Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for task in load.tasks {
+        acked.extend(task.await.unwrap());
+    }
+    let slowest = acked.iter().map(|(_, d)| *d).max().unwrap_or_default();
+    let dump = client.call(encode(&Op::Dump)).await.unwrap();
+    let journal: Vec<u64> = rmp_serde::from_slice(&dump).unwrap();
+    let mut counts: BTreeMap<u64, u32> = BTreeMap::new();
+    for v in &journal {
+        *counts.entry(*v).or_default() += 1;
+    }
+    let duplicates: Vec<_> = counts.iter().filter(|(_, c)| **c > 1).collect();
+    assert!(duplicates.is_empty(), "duplicated writes: {duplicates:?}");
+    let lost: Vec<u64> = acked
+        .iter()
+        .map(|(v, _)| *v)
+        .filter(|v| !counts.contains_key(v))
+        .collect();
+    assert!(lost.is_empty(), "lost acknowledged writes: {lost:?}");
+    println!(
+        "{} acknowledged writes, journal of {}, slowest call {slowest:?}",
+        acked.len(),
+        journal.len()
+    );
+    slowest
+}
+
+async fn sigkill_under_load(style: ReplicationStyle, goal: u32) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path()).await;
+    let mut first = spawn_child(dir.path(), "a", 30, goal, style, &[]).await;
+    let _ = expect_line(&mut first.lines, "serving ").await;
+    let seeds = vec![first.addr.clone()];
+    let mut b = spawn_child(dir.path(), "b", 20, goal, style, &seeds).await;
+    let _c = spawn_child(dir.path(), "c", 10, goal, style, &seeds).await;
+    if goal > 1 {
+        let _ = expect_line(&mut b.lines, "serving ").await;
+    }
+
+    let client = client(&store, style);
+    let load = start_load(&client, 4);
+    wait_acked(&load, 200).await;
+    first.process.start_kill().unwrap(); // SIGKILL
+    let killed = Instant::now();
+    let before = load.acked.load(Ordering::Relaxed);
+    if goal == 1 {
+        let taken = expect_line(&mut b.lines, "serving ").await;
+        println!(
+            "{style}: b serves ({taken}) {:?} after SIGKILL",
+            killed.elapsed()
+        );
+    }
+    wait_acked(&load, before + 200).await;
+    let slowest = finish(load, &client).await;
+    println!("{style}: slowest call across the failover {slowest:?}");
+    assert!(!first.process.wait().await.unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_passive_survives_sigkill_of_the_primary_under_load() {
+    sigkill_under_load(ReplicationStyle::WarmPassive, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_survives_sigkill_of_a_replica_under_load() {
+    sigkill_under_load(ReplicationStyle::Active, 2).await;
+}
+
+async fn start_server(
+    store: &CheckpointStore,
+    id: &str,
+    weight: u16,
+    seeds: Vec<String>,
+) -> ReplicatedServer {
+    let options = ServerOptions::new(
+        ReplicationStyle::WarmPassive,
+        member(id, weight, 1, store, seeds),
+    );
+    ReplicatedServer::start(options, Journal::default())
+        .await
+        .unwrap()
+}
+
+async fn wait_serving(server: &ReplicatedServer) {
+    let mut status = server.status();
+    tokio::time::timeout(PATIENCE, status.wait_for(|s| s.serving.is_some()))
+        .await
+        .expect("not serving in time")
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_primary_cannot_acknowledge() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path()).await;
+    let a = start_server(&store, "a", 10, vec![]).await;
+    wait_serving(&a).await;
+    let client = client(&store, ReplicationStyle::WarmPassive);
+    client.call(encode(&Op::Write(1))).await.unwrap();
+
+    // Another side of a partition takes the slot; `a` hears nothing of it.
+    let group = GroupName::new(GROUP).unwrap();
+    let claimant = Claimant {
+        member: MemberId::new("other-side").unwrap(),
+        service_addr: "127.0.0.1:9".to_owned(),
+        addr: "127.0.0.1:9".to_owned(),
+        now_unix_ms: 0,
+    };
+    claim_slot(&store, &group, 0, None, &claimant)
+        .await
+        .unwrap();
+
+    // A request sent straight to `a` must not be acknowledged.
+    let mut conn = ConnectConfig::new(Role::Node, "probe")
+        .connect::<ServerMessage, ClientMessage>(a.service_addr())
+        .await
+        .unwrap();
+    let request = LoggedRequest {
+        client: ClientId::new("probe").unwrap(),
+        id: 1,
+        acked: 0,
+        body: encode(&Op::Write(2)),
+    };
+    conn.send(&ClientMessage::Request(request)).await.unwrap();
+    let answer = tokio::time::timeout(PATIENCE, conn.recv())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(answer, ServerMessage::Redirect { id: 1, .. }),
+        "{answer:?}"
+    );
+    let mut status = a.status();
+    tokio::time::timeout(PATIENCE, status.wait_for(|s| s.serving.is_none()))
+        .await
+        .unwrap()
+        .unwrap();
+    // Nothing of the refused write is in the log.
+    let entries = a.member().log().read_from(1).await.unwrap();
+    let data = entries
+        .iter()
+        .filter(|e| {
+            matches!(
+                e.kind,
+                cohort_coordinator::replication::fencing::EntryKind::Data(_)
+            )
+        })
+        .count();
+    assert_eq!(data, 1, "only the first write was logged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heavier_member_takes_over_without_losing_a_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path()).await;
+    let a = start_server(&store, "a", 10, vec![]).await;
+    wait_serving(&a).await;
+    let client = client(&store, ReplicationStyle::WarmPassive);
+    let load = start_load(&client, 4);
+    wait_acked(&load, 200).await;
+    let b = start_server(&store, "b", 50, vec![a.member_addr().to_owned()]).await;
+    wait_serving(&b).await;
+    let before = load.acked.load(Ordering::Relaxed);
+    wait_acked(&load, before + 200).await;
+    assert!(a.status().borrow().serving.is_none(), "a stepped down");
+    finish(load, &client).await;
+    let replayed = b.status().borrow().last_replayed;
+    println!("b replayed {replayed} log entries at the handover");
+}
+
+#[test]
+fn styles_parse() {
+    for style in ["stateless", "cold", "warm", "active"] {
+        assert_eq!(style.parse::<ReplicationStyle>().unwrap().as_str(), style);
+    }
+    let err = "lukewarm".parse::<ReplicationStyle>().unwrap_err();
+    assert!(matches!(err, ServiceError::InvalidConfig { .. }));
+}
