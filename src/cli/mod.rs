@@ -12,6 +12,7 @@ mod jsondiff;
 mod list;
 mod output;
 mod rollback;
+mod serve;
 mod show;
 mod store;
 mod verify;
@@ -93,6 +94,7 @@ enum Command {
     Diff(diff::Args),
     Rollback(rollback::Args),
     Gc(gc::Args),
+    Serve(serve::Args),
 }
 
 /// The `--store` option of every command.
@@ -141,10 +143,14 @@ pub(crate) fn main() -> ExitCode {
 /// Runs the parsed command.
 fn run(cli: Cli) -> anyhow::Result<Code> {
     init_logging(cli.global.verbose)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    // A coordinator serves many nodes at once; every other command is one client.
+    let runtime = match cli.command {
+        Command::Serve(_) => tokio::runtime::Builder::new_multi_thread(),
+        _ => tokio::runtime::Builder::new_current_thread(),
+    }
+    .enable_all()
+    .build()
+    .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         match cli.command {
             Command::List(args) => list::run(args).await,
@@ -154,6 +160,7 @@ fn run(cli: Cli) -> anyhow::Result<Code> {
             Command::Diff(args) => diff::run(args).await,
             Command::Rollback(args) => rollback::run(args).await,
             Command::Gc(args) => gc::run(args).await,
+            Command::Serve(args) => serve::run(args).await,
         }
     })
 }

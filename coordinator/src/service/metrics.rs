@@ -178,15 +178,20 @@ impl ServiceMetrics {
         }
     }
 
-    /// Records a committed checkpoint: how long it took and how many bytes it wrote.
-    pub fn record_committed(&self, duration: Duration, bytes: u64) {
+    /// Records a committed checkpoint, with how long it took and how many bytes it wrote
+    /// when they are known (an unknown one is left out of its histogram).
+    pub fn record_committed(&self, duration: Option<Duration>, bytes: Option<u64>) {
         let i = &self.inner;
         i.committed.inc();
-        i.duration.observe(duration.as_secs_f64());
-        i.size.observe(bytes as f64);
-        let us = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
-        i.duration_sum_us.fetch_add(us, Ordering::Relaxed);
-        i.size_sum.fetch_add(bytes, Ordering::Relaxed);
+        if let Some(duration) = duration {
+            i.duration.observe(duration.as_secs_f64());
+            let us = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
+            i.duration_sum_us.fetch_add(us, Ordering::Relaxed);
+        }
+        if let Some(bytes) = bytes {
+            i.size.observe(bytes as f64);
+            i.size_sum.fetch_add(bytes, Ordering::Relaxed);
+        }
     }
 
     /// Records one object's pause (one sample per object per checkpoint).
@@ -448,8 +453,9 @@ mod tests {
     #[test]
     fn the_exposition_names_every_metric() {
         let m = ServiceMetrics::new();
-        m.record_committed(Duration::from_millis(12), 4096);
-        m.record_committed(Duration::from_millis(30), 0);
+        m.record_committed(Some(Duration::from_millis(12)), Some(4096));
+        m.record_committed(Some(Duration::from_millis(30)), Some(0));
+        m.record_committed(None, None);
         m.record_pause(Duration::from_micros(250));
         m.record_aborted();
         m.record_failed();
@@ -461,7 +467,7 @@ mod tests {
             "cohort_checkpoint_duration_seconds_count 2",
             "cohort_checkpoint_size_bytes_sum 4096.0",
             "cohort_checkpoint_pause_seconds_count 1",
-            "cohort_checkpoints_committed_total 2",
+            "cohort_checkpoints_committed_total 3",
             "cohort_checkpoints_aborted_total 1",
             "cohort_checkpoints_failed_total 1",
             "cohort_recoveries_total 1",
@@ -483,7 +489,7 @@ mod tests {
                 s.recoveries,
                 s.leader_epoch
             ),
-            (2, 1, 1, 1, 7)
+            (3, 1, 1, 1, 7)
         );
         m.set_leader(None);
         assert!(m.render().lines().any(|l| l == "cohort_leader 0"));
@@ -500,7 +506,7 @@ mod tests {
     #[tokio::test]
     async fn the_endpoint_answers_scrapes_and_refuses_the_rest() {
         let metrics = ServiceMetrics::new();
-        metrics.record_committed(Duration::from_millis(5), 10);
+        metrics.record_committed(Some(Duration::from_millis(5)), Some(10));
         let endpoint = MetricsEndpoint::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
             .await
             .unwrap();
