@@ -156,6 +156,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
         leading: None,
         following: None,
         seen: Counters::default(),
+        fenced: false,
         attempt: None,
     };
     let outcome = glue.run(shutdown_signal()).await;
@@ -194,6 +195,8 @@ struct Glue {
     /// The leader address nodes are sent to while following.
     following: Option<Option<String>>,
     seen: Counters,
+    /// Whether the service last reported a fenced commit.
+    fenced: bool,
     /// The attempt in flight and when it was first seen, for the duration metric.
     attempt: Option<(CheckpointId, Instant)>,
 }
@@ -318,15 +321,22 @@ impl Glue {
     }
 
     fn on_status(&mut self, now: &ServiceStatus) {
-        if now.fenced
-            && let Some(epoch) = self.leading
-        {
+        if now.fenced && !self.fenced {
+            // Said whether or not the lease already made us step down: the commit was refused.
             say(format_args!(
-                "a commit under epoch {epoch} was fenced: a newer coordinator took over; stepping down"
+                "a commit was fenced: a newer coordinator took over the store{}",
+                if self.leading.is_some() {
+                    "; stepping down"
+                } else {
+                    ""
+                }
             ));
-            self.leadership
-                .deposed(epoch, "a commit found a newer epoch's manifest (fenced)");
+            if let Some(epoch) = self.leading {
+                self.leadership
+                    .deposed(epoch, "a commit found a newer epoch's manifest (fenced)");
+            }
         }
+        self.fenced = now.fenced;
         match (now.in_flight, self.attempt) {
             (Some((id, _)), Some((tracked, _))) if id == tracked => {}
             (Some((id, _)), _) => self.attempt = Some((id, Instant::now())),

@@ -1,0 +1,315 @@
+//! A highly available coordinator with real processes on loopback: two `cohort serve` on one
+//! store and a node process (this test binary, re-executed in the `node_role` test).
+//!
+//! - SIGKILL of the leader: the standby claims the next epoch within its lease, and the next
+//!   checkpoint commits under it.
+//! - A leader stopped (SIGSTOP) right before a commit and resumed (SIGCONT) after the standby
+//!   took over: its commit is fenced, it steps down, and the store holds no manifest of its
+//!   epoch after the new leader's fence.
+//!
+//! Synchronisation is by bounded polling with deadlines of what the processes print and what
+//! the store holds; never by sleeping.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
+
+mod ha_support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use cohort::checkpoint::{CheckpointStore, Manifest, ManifestKind};
+use cohort::coordinator::node::{Node, NodeSettings};
+use cohort::coordinator::{Actor, Context};
+use cohort::{Checkpointable, ObjectError, ObjectId};
+use ha_support::{Proc, address_in, cohort_bin, poll, store_dir};
+
+const LEASE: Duration = Duration::from_secs(1);
+/// Generous bounds for a debug build on two busy cores; the bench measures the real figures.
+const SLACK: Duration = Duration::from_millis(1_500);
+const NODE_ENV: &str = "COHORT_HA_TEST_NODE";
+
+/// A node's object: counts what it is told.
+#[derive(Checkpointable, Default)]
+struct Counter {
+    value: u64,
+}
+
+#[async_trait]
+impl Actor for Counter {
+    type Message = u64;
+
+    async fn handle(&mut self, message: u64, _ctx: &mut Context<'_>) -> Result<(), ObjectError> {
+        self.value += message;
+        Ok(())
+    }
+}
+
+/// Not a test of its own: the body of a node process when `COHORT_HA_TEST_NODE` is set to
+/// `name|store|coordinator,coordinator`. It hosts four counters, feeds them, and runs until
+/// killed (or for two minutes at most).
+#[test]
+fn node_role() {
+    let Ok(spec) = std::env::var(NODE_ENV) else {
+        return;
+    };
+    let mut parts = spec.split('|');
+    let (name, url, coordinators) = (
+        parts.next().unwrap().to_owned(),
+        parts.next().unwrap().to_owned(),
+        parts
+            .next()
+            .unwrap()
+            .split(',')
+            .map(str::to_owned)
+            .collect::<Vec<_>>(),
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async move {
+        let store = CheckpointStore::open(&url, Default::default())
+            .await
+            .unwrap();
+        let mut settings = NodeSettings::default();
+        settings.heartbeat_interval = Duration::from_millis(100);
+        settings.heartbeat_timeout = Duration::from_millis(800);
+        settings.max_backoff = Duration::from_millis(100);
+        let node = Node::builder(store)
+            .name(name.clone())
+            .coordinators(coordinators)
+            .settings(settings)
+            .build()
+            .await
+            .unwrap();
+        let counters: Vec<_> = (0..4)
+            .map(|i| {
+                let id = ObjectId::new(format!("{name}-counter-{i}")).unwrap();
+                node.spawn(id, Counter::default()).unwrap()
+            })
+            .collect();
+        println!("node {name} started");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        while tokio::time::Instant::now() < deadline {
+            tick.tick().await;
+            for c in &counters {
+                // Held objects queue their inputs; a full stop is what the test is after.
+                let _ = c.tell(1);
+            }
+        }
+    });
+}
+
+fn spawn_node(name: &str, store: &str, coordinators: &[&str]) -> Proc {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["node_role", "--exact", "--nocapture", "--test-threads=1"])
+        .env(
+            NODE_ENV,
+            format!("{name}|{store}|{}", coordinators.join(",")),
+        )
+        .env("RUST_LOG", "warn");
+    Proc::spawn(name, cmd)
+}
+
+fn spawn_serve(name: &str, store: &str, extra: &[&str]) -> (Proc, String) {
+    let mut cmd = Command::new(cohort_bin());
+    cmd.args([
+        "serve",
+        "--store",
+        store,
+        "--listen",
+        "127.0.0.1:0",
+        "--lease",
+        "1s",
+        "--interval",
+        "200ms",
+        "--heartbeat",
+        "100ms",
+        "--heartbeat-timeout",
+        "800ms",
+    ])
+    .args(extra)
+    .env("RUST_LOG", "warn");
+    let proc = Proc::spawn(name, cmd);
+    let line = proc.wait_for_line("nodes connect to", Duration::from_secs(20));
+    let addr = address_in(&line, "nodes connect to ");
+    (proc, addr)
+}
+
+/// Reads the store (a fresh handle each time, as another process would).
+fn manifests(url: &str) -> Vec<Manifest> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let store = CheckpointStore::open_read_only(url).await.unwrap();
+        let mut out = Vec::new();
+        for id in store.committed_ids().await.unwrap() {
+            out.push(store.read_manifest(id).await.unwrap());
+        }
+        out
+    })
+}
+
+fn newest_epoch(url: &str) -> u64 {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let store = CheckpointStore::open_read_only(url).await.unwrap();
+        store.newest_epoch().await.unwrap().map_or(0, |r| r.epoch)
+    })
+}
+
+/// The first committed checkpoint (not a fence) of `epoch` holding every counter of `nodes`.
+fn checkpoint_of(url: &str, epoch: u64, objects: usize) -> Option<Manifest> {
+    manifests(url).into_iter().find(|m| {
+        m.epoch == epoch && m.kind == ManifestKind::Checkpoint && m.objects.len() == objects
+    })
+}
+
+fn scrape(addr: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn sigkill_of_the_leader_hands_over_within_the_lease() {
+    let (_dir, url) = store_dir();
+    let (a, a_addr) = spawn_serve("serve-a", &url, &[]);
+    a.wait_for_line("leading under epoch 1", Duration::from_secs(10));
+    let (b, b_addr) = spawn_serve("serve-b", &url, &[]);
+    b.wait_for_line("standby: epoch 1", Duration::from_secs(10));
+    let _node = spawn_node("node-1", &url, &[&a_addr, &b_addr]);
+    poll(Duration::from_secs(20), || checkpoint_of(&url, 1, 4))
+        .expect("a checkpoint of the node's four counters under epoch 1");
+
+    let mut a = a;
+    a.signal("KILL");
+    let killed = Instant::now();
+    a.wait_exit(Duration::from_secs(5));
+
+    poll(Duration::from_secs(10), || {
+        (newest_epoch(&url) >= 2).then_some(())
+    })
+    .expect("the standby claims epoch 2");
+    let claimed = killed.elapsed();
+    let committed = poll(Duration::from_secs(20), || checkpoint_of(&url, 2, 4))
+        .expect("a checkpoint under epoch 2");
+    let recovered = killed.elapsed();
+    eprintln!(
+        "failover: claimed after {claimed:?}, next checkpoint {} after {recovered:?}",
+        committed.id
+    );
+    b.wait_for_line("leading under epoch 2", Duration::from_secs(1));
+    // A lease since the last renewal (at most a third of a lease before the kill), a poll, and
+    // the claim.
+    assert!(
+        claimed <= LEASE + LEASE / 4 + SLACK,
+        "claimed after {claimed:?}"
+    );
+    assert!(
+        claimed >= LEASE / 2,
+        "claimed after only {claimed:?}: the lease was not waited out"
+    );
+    assert!(
+        recovered <= 2 * LEASE + 2 * SLACK,
+        "next checkpoint after {recovered:?}"
+    );
+
+    // The fence sits between the two epochs, and nothing of epoch 1 follows it.
+    let all = manifests(&url);
+    let fence = all
+        .iter()
+        .find(|m| m.kind == ManifestKind::Fence && m.epoch == 2)
+        .expect("epoch 2's fence");
+    assert!(all.iter().filter(|m| m.id > fence.id).all(|m| m.epoch == 2));
+}
+
+#[test]
+fn a_paused_leader_resumed_after_a_takeover_is_fenced() {
+    let (_dir, url) = store_dir();
+    // a stops itself right before the manifest create of its fifth commit.
+    let (a, a_addr) = spawn_serve(
+        "serve-a",
+        &url,
+        &[
+            "--metrics",
+            "127.0.0.1:0",
+            "--test-pause-before-commit",
+            "5",
+        ],
+    );
+    let metrics = address_in(
+        &a.wait_for_line("metrics at http://", Duration::from_secs(10)),
+        "http://",
+    )
+    .trim_end_matches("/metrics")
+    .to_owned();
+    a.wait_for_line("leading under epoch 1", Duration::from_secs(10));
+    let (b, b_addr) = spawn_serve("serve-b", &url, &[]);
+    b.wait_for_line("standby: epoch 1", Duration::from_secs(10));
+    let _node = spawn_node("node-1", &url, &[&a_addr, &b_addr]);
+
+    a.wait_for_line("test hook: pausing", Duration::from_secs(30));
+    // The hook stops the process from inside; wait until the kernel says so.
+    poll(Duration::from_secs(5), || {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", a.pid())).ok()?;
+        let state = stat
+            .rsplit(')')
+            .next()?
+            .split_whitespace()
+            .next()?
+            .to_owned();
+        (state == "T").then_some(())
+    })
+    .expect("a is stopped");
+    let stopped_at = manifests(&url).last().map_or(0, |m| m.id.get());
+
+    b.wait_for_line("leading under epoch 2", Duration::from_secs(10));
+    let fence = poll(Duration::from_secs(5), || {
+        manifests(&url)
+            .into_iter()
+            .find(|m| m.kind == ManifestKind::Fence && m.epoch == 2)
+    })
+    .expect("epoch 2's fence");
+    assert_eq!(
+        fence.id.get(),
+        stopped_at + 1,
+        "the fence takes the id a was about to create"
+    );
+
+    a.signal("CONT");
+    a.wait_for_line("test hook: resumed", Duration::from_secs(10));
+    a.wait_for_line("a commit was fenced", Duration::from_secs(10));
+    a.wait_for_line("stepped down from epoch 1", Duration::from_secs(10));
+    a.wait_for_line("standby: epoch 2", Duration::from_secs(10));
+    let exposition = poll(Duration::from_secs(5), || {
+        let text = scrape(&metrics);
+        text.lines().any(|l| l == "cohort_leader 0").then_some(text)
+    })
+    .expect("a's metrics say it no longer leads");
+    assert!(exposition.contains("cohort_leader_epoch 0"), "{exposition}");
+
+    // The new leader goes on committing, and no manifest of epoch 1 follows its fence.
+    poll(Duration::from_secs(20), || checkpoint_of(&url, 2, 4))
+        .expect("a checkpoint under epoch 2");
+    let all = manifests(&url);
+    let late: Vec<_> = all
+        .iter()
+        .filter(|m| m.id > fence.id && m.epoch < 2)
+        .map(|m| (m.id, m.epoch))
+        .collect();
+    assert!(
+        late.is_empty(),
+        "manifests of a deposed epoch after the fence: {late:?}"
+    );
+    drop(b);
+}

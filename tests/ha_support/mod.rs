@@ -1,0 +1,153 @@
+//! Helpers of the high-availability tests: real `cohort serve` processes on loopback, signals,
+//! and bounded polling with deadlines (never a sleep as synchronisation).
+
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A child process that is SIGKILLed when dropped, whose stderr is collected line by line.
+pub(crate) struct Proc {
+    pub(crate) name: String,
+    pub(crate) child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    /// Spawns `command` with stderr captured (and echoed to ours with a prefix when
+    /// `COHORT_TEST_ECHO` is set).
+    pub(crate) fn spawn(name: &str, mut command: Command) -> Proc {
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let echo = std::env::var_os("COHORT_TEST_ECHO").is_some();
+        let collect =
+            |stream: Box<dyn Read + Send>, lines: Arc<Mutex<Vec<String>>>, tag: String| {
+                std::thread::spawn(move || {
+                    for line in BufReader::new(stream).lines() {
+                        let Ok(line) = line else { break };
+                        if echo {
+                            eprintln!("[{tag}] {line}");
+                        }
+                        lines.lock().unwrap().push(line);
+                    }
+                });
+            };
+        if let Some(err) = child.stderr.take() {
+            collect(Box::new(err), lines.clone(), name.to_owned());
+        }
+        if let Some(out) = child.stdout.take() {
+            collect(Box::new(out), lines.clone(), name.to_owned());
+        }
+        Proc {
+            name: name.to_owned(),
+            child,
+            lines,
+        }
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Every line printed so far (stdout and stderr, interleaved as read).
+    pub(crate) fn output(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// The first printed line containing `needle`, waiting up to `within`.
+    pub(crate) fn wait_for_line(&self, needle: &str, within: Duration) -> String {
+        let found = poll(within, || {
+            self.output().into_iter().find(|l| l.contains(needle))
+        });
+        found.unwrap_or_else(|| {
+            panic!(
+                "{} printed no line with {needle:?} within {within:?}; it printed:\n{}",
+                self.name,
+                self.output().join("\n")
+            )
+        })
+    }
+
+    /// Sends `signal` (KILL, STOP, CONT, TERM, INT) with the `kill` command.
+    pub(crate) fn signal(&self, signal: &str) {
+        signal_pid(self.pid(), signal);
+    }
+
+    /// Waits for the process to exit, up to `within`.
+    pub(crate) fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let status = poll(within, || self.child.try_wait().ok().flatten());
+        status.unwrap_or_else(|| {
+            panic!(
+                "{} did not exit within {within:?}; it printed:\n{}",
+                self.name,
+                self.output().join("\n")
+            )
+        })
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // A stopped process must be resumed to die promptly on some kernels' accounting.
+        let _ = self.child.kill();
+        signal_pid(self.pid(), "CONT");
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends `signal` to `pid` with the `kill` command (no unsafe code).
+pub(crate) fn signal_pid(pid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Calls `f` every 10 ms until it returns `Some`, for at most `within`.
+pub(crate) fn poll<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The `cohort` binary under test.
+pub(crate) fn cohort_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_cohort"))
+}
+
+/// The address printed by a line like `... listening on 127.0.0.1:40123 ...`.
+pub(crate) fn address_in(line: &str, after: &str) -> String {
+    let rest = &line[line
+        .find(after)
+        .unwrap_or_else(|| panic!("{after:?} not in {line:?}"))
+        + after.len()..];
+    rest.split_whitespace()
+        .next()
+        .unwrap()
+        .trim_end_matches([',', ';', ')'])
+        .to_owned()
+}
+
+/// A fresh store directory.
+pub(crate) fn store_dir() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = dir.path().join("store").display().to_string();
+    std::fs::create_dir_all(Path::new(&url)).unwrap();
+    (dir, url)
+}
