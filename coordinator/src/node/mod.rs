@@ -608,6 +608,7 @@ impl NodeBuilder {
 /// Carries out a recovery order: hold, restore from the line in the store, answer.
 async fn restore(
     shared: &Arc<NodeShared>,
+    cohort_recovery: bool,
     line: Option<CheckpointId>,
     colour: Round,
     incarnation: u64,
@@ -672,6 +673,7 @@ async fn restore(
                 sent,
                 received,
             },
+            discard: cohort_recovery || entry.is_some(),
             redeliver,
         };
         let Some(control) = shared.control(id) else {

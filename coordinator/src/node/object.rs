@@ -40,6 +40,9 @@ pub(crate) struct RestoreOrder {
     pub(crate) generation: Option<u64>,
     pub(crate) cut: CutState,
     pub(crate) redeliver: Vec<(ObjectId, u64, EncodedState)>,
+    /// Drop the mailbox: it holds messages of the discarded future. False when a joining
+    /// object keeps its own state (it has no past to roll back, and its inputs are kept).
+    pub(crate) discard: bool,
 }
 
 pub(crate) struct ObjectTask<A: Actor> {
@@ -234,9 +237,11 @@ impl<A: Actor> ObjectTask<A> {
     }
 
     async fn restore(&mut self, order: RestoreOrder) -> Result<(), String> {
-        // Every message sent after the line is discarded.
-        while self.mailbox.try_recv().is_ok() {}
-        self.replay.clear();
+        if order.discard {
+            // Every message sent after the line is discarded.
+            while self.mailbox.try_recv().is_ok() {}
+            self.replay.clear();
+        }
         if let Some(state) = &order.state {
             self.object
                 .restore(state)

@@ -79,10 +79,10 @@ pub(super) async fn run(
                 heartbeat_ms,
                 timeout_ms,
             }))) => {
+                // Frames queued for an earlier session are still sent: the coordinator ignores
+                // the stale ones (votes of old rounds), and `Spawned` must not be lost.
                 if !resumed {
                     sessions += 1;
-                    // A new session: whatever was queued for the old one is stale.
-                    while outbox.try_recv().is_ok() {}
                 }
                 session = Some(s);
                 tracing::info!(%addr, session = s, resumed, "registered with the coordinator");
@@ -206,6 +206,7 @@ async fn serve(
 fn on_frame(shared: &Arc<NodeShared>, frame: CoordinatorFrame) {
     match frame {
         CoordinatorFrame::Heartbeat
+        | CoordinatorFrame::Control(_)
         | CoordinatorFrame::Welcome { .. }
         | CoordinatorFrame::NotLeader { .. }
         | CoordinatorFrame::Refused { .. } => {}
@@ -292,7 +293,8 @@ fn on_frame(shared: &Arc<NodeShared>, frame: CoordinatorFrame) {
         } => {
             let shared = Arc::clone(shared);
             tokio::spawn(async move {
-                let result = super::restore(&shared, line, colour, incarnation).await;
+                let result =
+                    super::restore(&shared, recovery != 0, line, colour, incarnation).await;
                 if let Err(e) = &result {
                     tracing::error!(error = %e, "recovery failed on this node");
                 }
