@@ -3,6 +3,8 @@
 //! `main` parses, sets up logging and colour, and calls [`run`], which returns the exit code or
 //! an error; errors are printed once, on one line, by [`failure::report`].
 
+mod checkpoint;
+mod control;
 mod decode;
 mod diff;
 mod failure;
@@ -14,6 +16,7 @@ mod output;
 mod rollback;
 mod serve;
 mod show;
+mod status;
 mod store;
 mod verify;
 
@@ -84,7 +87,6 @@ enum ColorWhen {
     Never,
 }
 
-// `serve`, `status` and `checkpoint` join this enum with the coordinator service.
 #[derive(Debug, Subcommand)]
 enum Command {
     List(list::Args),
@@ -95,6 +97,8 @@ enum Command {
     Rollback(rollback::Args),
     Gc(gc::Args),
     Serve(serve::Args),
+    Status(status::Args),
+    Checkpoint(checkpoint::Args),
 }
 
 /// The `--store` option of every command.
@@ -161,6 +165,8 @@ fn run(cli: Cli) -> anyhow::Result<Code> {
             Command::Rollback(args) => rollback::run(args).await,
             Command::Gc(args) => gc::run(args).await,
             Command::Serve(args) => serve::run(args).await,
+            Command::Status(args) => status::run(args).await,
+            Command::Checkpoint(args) => checkpoint::run(args).await,
         }
     })
 }

@@ -39,6 +39,7 @@
 //! dropped). The dead node's objects stay members: checkpoints abort until the node, or a
 //! replacement registering the same object ids, comes back and restores them from the line.
 
+pub mod control;
 pub mod leadership;
 pub mod metrics;
 pub mod protocol;

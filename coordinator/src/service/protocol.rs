@@ -84,6 +84,8 @@ pub enum NodeFrame {
     },
     /// A sign of life.
     Heartbeat,
+    /// From the CLI (wire role `cli`): a control request (`cohort status`, `cohort checkpoint`).
+    Control(super::control::ControlRequest),
 }
 
 /// Coordinator → node.
@@ -167,6 +169,8 @@ pub enum CoordinatorFrame {
     },
     /// A sign of life.
     Heartbeat,
+    /// To the CLI: the answer to a [`NodeFrame::Control`] request.
+    Control(super::control::ControlReply),
 }
 
 /// Node → node (wire role `peer`): one object-to-object message with what the cut needs.

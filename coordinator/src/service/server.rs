@@ -51,6 +51,9 @@ pub struct ServiceConfig {
     pub metadata: Option<MetadataHook>,
     /// Wall clock for manifest timestamps (Unix ms).
     pub clock: Clock,
+    /// Answers CLI connections (wire role `cli`) on the node port; without one they are told
+    /// that this coordinator takes no control requests.
+    pub control: Option<super::control::ControlHandler>,
 }
 
 impl ServiceConfig {
@@ -58,7 +61,7 @@ impl ServiceConfig {
     pub fn new(addr: SocketAddr) -> Self {
         let mut listen = ListenConfig::new(addr);
         listen.role = Role::Coordinator;
-        listen.accept_roles = vec![Role::Node];
+        listen.accept_roles = vec![Role::Node, Role::Cli];
         Self {
             listen,
             interval: None,
@@ -70,6 +73,7 @@ impl ServiceConfig {
             lead_at_start: true,
             metadata: None,
             clock: Arc::new(unix_ms),
+            control: None,
         }
     }
 }
@@ -166,11 +170,22 @@ impl Service {
         let hb = (ms(config.heartbeat_interval), ms(config.heartbeat_timeout));
         let conns = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let handler_input = input.clone();
+        let control = config.control.clone();
         tokio::spawn(wire::serve(
             listener,
             move |conn: Connection<NodeFrame, CoordinatorFrame>, stop| {
+                if conn.peer().role == Role::Cli {
+                    let serve = super::control::serve(conn, stop, control.clone());
+                    return futures::future::Either::Left(serve);
+                }
                 let id = conns.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-                handle_node(conn, stop, handler_input.clone(), id, hb)
+                futures::future::Either::Right(handle_node(
+                    conn,
+                    stop,
+                    handler_input.clone(),
+                    id,
+                    hb,
+                ))
             },
             shutdown.clone(),
         ));
@@ -832,7 +847,7 @@ impl Server {
 
     async fn on_frame(&mut self, node: String, frame: NodeFrame) {
         match frame {
-            NodeFrame::Heartbeat | NodeFrame::Register { .. } => {}
+            NodeFrame::Heartbeat | NodeFrame::Register { .. } | NodeFrame::Control(_) => {}
             NodeFrame::Spawned { objects } => {
                 self.add_objects(&node, objects).await;
                 self.push_placement();

@@ -1,0 +1,216 @@
+//! Control requests from the `cohort` CLI (wire role `cli`) on the coordinator's node port:
+//! `cohort status` and `cohort checkpoint --now`.
+//!
+//! A CLI connection sends [`NodeFrame::Control`] frames and gets one
+//! [`CoordinatorFrame::Control`] answer for each. What a request does is up to the process that
+//! runs the service (`cohort serve` knows the leadership view as well as the service): it
+//! installs a [`ControlHandler`] in [`ServiceConfig::control`](super::ServiceConfig::control).
+//! A standby answers [`ControlReply::NotLeader`] with the leader's address, which
+//! [`request`] follows.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cohort_object_api::CheckpointId;
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use super::protocol::{CoordinatorFrame, NodeFrame};
+use super::table::StateTable;
+use crate::error::{Error, Result};
+use crate::wire::{ConnectConfig, Connection, Role, WireError};
+
+/// How long a CLI connection may stay idle between requests.
+const IDLE: Duration = Duration::from_secs(30);
+
+/// How many "not leader" answers [`request`] follows before giving up.
+const MAX_HOPS: usize = 4;
+
+/// What the CLI asks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ControlRequest {
+    /// Where the coordinator stands: [`ControlReply::Status`].
+    Status,
+    /// Take a checkpoint now and answer once it committed: [`ControlReply::Checkpointed`].
+    Checkpoint,
+}
+
+/// The coordinator's answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ControlReply {
+    /// The status asked for.
+    Status(Box<StatusReport>),
+    /// The checkpoint committed.
+    Checkpointed {
+        /// Its id.
+        id: CheckpointId,
+    },
+    /// The request could not be carried out.
+    Failed {
+        /// Why, and what to do.
+        reason: String,
+    },
+    /// This coordinator does not lead; ask `leader`, if known.
+    NotLeader {
+        /// The leader's address.
+        leader: Option<String>,
+    },
+}
+
+/// A coordinator's view of itself and its cohort.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct StatusReport {
+    /// The coordinator's name (its epoch holder name).
+    pub holder: String,
+    /// Where nodes reach it.
+    pub address: String,
+    /// Whether it leads.
+    pub leading: bool,
+    /// The epoch it leads under, or the newest epoch it saw while standing by.
+    pub epoch: Option<u64>,
+    /// The leader's address (its own when leading).
+    pub leader: Option<String>,
+    /// The newest manifest id it knows.
+    pub last_committed: CheckpointId,
+    /// The attempt in flight: checkpoint id and round token.
+    pub in_flight: Option<(CheckpointId, String)>,
+    /// Checkpoints committed by this process.
+    pub committed: u64,
+    /// Attempts aborted.
+    pub aborted: u64,
+    /// Cohort recoveries run.
+    pub recoveries: u64,
+    /// Nodes, objects and placement.
+    pub table: StateTable,
+}
+
+impl StatusReport {
+    /// A report filled in field by field (the struct is non-exhaustive).
+    pub fn new(holder: impl Into<String>, address: impl Into<String>) -> Self {
+        Self {
+            holder: holder.into(),
+            address: address.into(),
+            ..Self::default()
+        }
+    }
+}
+
+/// Answers control requests; installed by the process that runs the service.
+pub type ControlHandler =
+    Arc<dyn Fn(ControlRequest) -> BoxFuture<'static, ControlReply> + Send + Sync>;
+
+/// Serves one CLI connection: one answer per request, until the CLI closes, goes idle, or the
+/// service stops.
+pub(crate) async fn serve(
+    mut conn: Connection<NodeFrame, CoordinatorFrame>,
+    stop: CancellationToken,
+    handler: Option<ControlHandler>,
+) -> std::result::Result<(), WireError> {
+    let who = conn.peer().name.clone();
+    loop {
+        let frame = tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            frame = tokio::time::timeout(IDLE, conn.recv()) => frame,
+        };
+        let request = match frame {
+            Err(_) | Ok(Ok(None)) => return Ok(()),
+            Ok(Err(e)) => return Err(e),
+            Ok(Ok(Some(NodeFrame::Control(request)))) => request,
+            Ok(Ok(Some(NodeFrame::Heartbeat))) => continue,
+            Ok(Ok(Some(_))) => {
+                tracing::warn!(cli = %who, "a cli connection sent a node frame; closed");
+                return Ok(());
+            }
+        };
+        let reply = match &handler {
+            Some(handle) => handle(request).await,
+            None => ControlReply::Failed {
+                reason: "this coordinator takes no control requests".into(),
+            },
+        };
+        conn.send(&CoordinatorFrame::Control(reply)).await?;
+    }
+}
+
+/// Sends `request` to the first coordinator of `addrs` that answers, following "not leader"
+/// answers to the leader. `config` is the CLI's side of the handshake (role `cli`, token).
+///
+/// # Errors
+///
+/// [`Error::Wire`] when no coordinator could be reached (the last failure),
+/// [`Error::InvalidSettings`] when `addrs` is empty or the leader could not be found.
+pub async fn request(
+    addrs: &[String],
+    config: &ConnectConfig,
+    request: ControlRequest,
+) -> Result<ControlReply> {
+    let mut config = config.clone();
+    config.role = Role::Cli;
+    config.accept_roles = vec![Role::Coordinator];
+    let mut last: Option<Error> = None;
+    let mut queue: Vec<String> = addrs.to_vec();
+    let mut hops = 0;
+    let mut tried = Vec::new();
+    let mut standby = None;
+    while let Some(addr) = (!queue.is_empty()).then(|| queue.remove(0)) {
+        if tried.contains(&addr) {
+            continue;
+        }
+        tried.push(addr.clone());
+        let mut conn = match config
+            .connect::<CoordinatorFrame, NodeFrame>(addr.as_str())
+            .await
+        {
+            Ok(conn) => conn,
+            Err(e) => {
+                last = Some(e.into());
+                continue;
+            }
+        };
+        conn.send(&NodeFrame::Control(request.clone())).await?;
+        let reply = loop {
+            match conn.recv().await? {
+                Some(CoordinatorFrame::Control(reply)) => break Some(reply),
+                Some(CoordinatorFrame::Heartbeat) => continue,
+                Some(_) | None => break None,
+            }
+        };
+        let _ = conn.close().await;
+        match reply {
+            Some(ControlReply::NotLeader {
+                leader: Some(leader),
+            }) if hops < MAX_HOPS && !tried.contains(&leader) => {
+                hops += 1;
+                queue.insert(0, leader);
+            }
+            // A standby whose leader cannot be followed: another address may still lead.
+            Some(reply @ ControlReply::NotLeader { .. }) => standby = Some(reply),
+            Some(reply) => return Ok(reply),
+            None => {
+                last = Some(Error::InvalidSettings(format!(
+                    "{addr} closed the connection without answering; is it a cohort coordinator of this version?"
+                )));
+            }
+        }
+    }
+    if let Some(reply) = standby {
+        return Ok(reply);
+    }
+    Err(last.unwrap_or_else(|| {
+        Error::InvalidSettings("no coordinator address given; pass at least one".into())
+    }))
+}
+
+impl fmt::Display for ControlRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Status => "status",
+            Self::Checkpoint => "checkpoint",
+        })
+    }
+}

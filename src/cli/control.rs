@@ -1,0 +1,71 @@
+//! Reaching a running coordinator from the CLI: the `--coordinator` and `--token` options of
+//! `cohort status` and `cohort checkpoint`, and one request/answer over the wire (role `cli`).
+
+use cohort_checkpoint::CheckpointStore;
+use cohort_coordinator::service::control::{self, ControlReply, ControlRequest};
+use cohort_coordinator::wire::{ConnectConfig, DEFAULT_PORT, Role, Secret, TOKEN_ENV};
+
+use crate::cli::failure::Failure;
+
+/// Where the coordinators are and how to prove who we are.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct CoordinatorArgs {
+    /// The coordinators to ask, in order (repeat it, or separate with commas); a standby points
+    /// at the leader. Without it: the leader recorded in the store (--store or COHORT_STORE),
+    /// else 127.0.0.1:7411.
+    #[arg(
+        long = "coordinator",
+        value_name = "ADDR",
+        env = "COHORT_COORDINATOR",
+        value_delimiter = ','
+    )]
+    pub(crate) coordinators: Vec<String>,
+
+    /// The shared token of the coordinators, if they have one.
+    #[arg(long, env = TOKEN_ENV, hide_env_values = true, value_name = "TOKEN")]
+    pub(crate) token: Option<String>,
+
+    /// The store, to find the leader's address in its newest epoch record.
+    #[arg(long, env = "COHORT_STORE", hide_env_values = true, value_name = "URL")]
+    pub(crate) store: Option<String>,
+}
+
+impl CoordinatorArgs {
+    /// The addresses to try: the given ones, else the store's leader, else the default port.
+    pub(crate) async fn addresses(&self) -> anyhow::Result<Vec<String>> {
+        if !self.coordinators.is_empty() {
+            return Ok(self.coordinators.clone());
+        }
+        if let Some(url) = &self.store {
+            let store = CheckpointStore::open_read_only(url).await?;
+            if let Some(address) = store.newest_epoch().await?.and_then(|r| r.address) {
+                tracing::debug!(%address, "the store names the leader");
+                return Ok(vec![address]);
+            }
+        }
+        Ok(vec![format!("127.0.0.1:{DEFAULT_PORT}")])
+    }
+
+    /// Sends `request`, following standbys to the leader.
+    pub(crate) async fn ask(
+        &self,
+        request: ControlRequest,
+    ) -> anyhow::Result<(Vec<String>, ControlReply)> {
+        let addrs = self.addresses().await?;
+        let mut config = ConnectConfig::new(Role::Cli, "cohort-cli");
+        if let Some(token) = &self.token {
+            config.token = Some(Secret::new(token.as_bytes().to_vec()).map_err(|e| {
+                Failure::usage(e.to_string()).hint("pass the token the coordinators run with")
+            })?);
+        }
+        match control::request(&addrs, &config, request).await {
+            Ok(reply) => Ok((addrs, reply)),
+            Err(e) => Err(Failure::usage(format!(
+                "cannot reach a coordinator at {}: {e}",
+                addrs.join(", ")
+            ))
+            .hint("start one with `cohort serve`, or pass --coordinator ADDR (and --token if it has one)")
+            .into()),
+        }
+    }
+}
