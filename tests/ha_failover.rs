@@ -313,3 +313,106 @@ fn a_paused_leader_resumed_after_a_takeover_is_fenced() {
     );
     drop(b);
 }
+
+fn cohort(args: &[&str]) -> std::process::Output {
+    Command::new(cohort_bin())
+        .args(args)
+        .env("RUST_LOG", "")
+        .env_remove("COHORT_STORE")
+        .env_remove("COHORT_COORDINATOR")
+        .env_remove("COHORT_TOKEN")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn operators_see_the_leader_and_take_checkpoints_through_a_standby() {
+    let (_dir, url) = store_dir();
+    let (a, a_addr) = spawn_serve("serve-a", &url, &[]);
+    a.wait_for_line("leading under epoch 1", Duration::from_secs(10));
+    let (b, b_addr) = spawn_serve("serve-b", &url, &[]);
+    b.wait_for_line("standby: epoch 1", Duration::from_secs(10));
+    let _node = spawn_node("node-1", &url, &[&a_addr, &b_addr]);
+    poll(Duration::from_secs(20), || checkpoint_of(&url, 1, 4)).expect("the node takes part");
+
+    // Asked through the standby, the leader takes the checkpoint; only its id is printed.
+    let out = cohort(&["checkpoint", "--now", "--coordinator", &b_addr]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id: u64 = String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let m = manifests(&url)
+        .into_iter()
+        .find(|m| m.id.get() == id)
+        .unwrap();
+    assert_eq!(
+        (m.epoch, m.kind, m.objects.len()),
+        (1, ManifestKind::Checkpoint, 4)
+    );
+
+    let out = cohort(&[
+        "status",
+        "--json",
+        "--coordinator",
+        &b_addr,
+        "--store",
+        &url,
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["leader"]["epoch"], 1, "{status}");
+    assert_eq!(status["leader"]["address"], a_addr.as_str(), "{status}");
+    assert_eq!(status["coordinator"]["leading"], true, "{status}");
+    assert_eq!(status["standby"]["address"], b_addr.as_str(), "{status}");
+    assert_eq!(status["source"], "coordinator", "{status}");
+    assert_eq!(status["objects"], 4, "{status}");
+    assert_eq!(status["nodes"][0]["name"], "node-1", "{status}");
+    assert_eq!(status["nodes"][0]["live"], true, "{status}");
+    assert_eq!(status["nodes"][0]["objects"], 4, "{status}");
+    assert!(
+        status["last_committed"]["id"].as_u64().unwrap() >= id,
+        "{status}"
+    );
+    assert!(
+        status["lease"]["renewal"].as_u64().unwrap() >= 1,
+        "{status}"
+    );
+
+    // The human form says the same in words.
+    let out = cohort(&["status", "--coordinator", &a_addr]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains(&format!("epoch 1: ")) && text.contains(&a_addr),
+        "{text}"
+    );
+    assert!(text.contains("1 live of 1"), "{text}");
+
+    // Nobody there: a one-line error and exit 2; with the store, the store still speaks.
+    let out = cohort(&["checkpoint", "--now", "--coordinator", "127.0.0.1:1"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.starts_with("error: cannot reach a coordinator at 127.0.0.1:1"),
+        "{err}"
+    );
+    let out = cohort(&["status", "--coordinator", "127.0.0.1:1", "--store", &url]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("no coordinator answered"), "{text}");
+    assert!(
+        text.contains("as recorded with the newest checkpoint"),
+        "{text}"
+    );
+}

@@ -17,9 +17,13 @@ use anyhow::Context as _;
 use cohort_coordinator::service::control::{
     ControlHandler, ControlReply, ControlRequest, StatusReport,
 };
-use cohort_coordinator::service::leadership::{Leadership, LeadershipConfig, Role, View};
+use cohort_coordinator::service::leadership::{
+    self, Leadership, LeadershipConfig, Role, Transition, View,
+};
 use cohort_coordinator::service::metrics::{MetricsEndpoint, ServiceMetrics};
-use cohort_coordinator::service::{Service, ServiceConfig, ServiceStatus, StateTable};
+use cohort_coordinator::service::{
+    MetadataHook, Service, ServiceConfig, ServiceStatus, StateTable,
+};
 use cohort_coordinator::wire::{CancellationToken, DEFAULT_PORT, Secret, TOKEN_ENV};
 use cohort_object_api::CheckpointId;
 
@@ -163,23 +167,138 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
         humantime::format_duration(args.lease)
     ));
 
-    let mut glue = Glue {
-        service,
-        leadership,
-        metrics,
-        leading: None,
-        following: None,
-        seen: Counters::default(),
-        fenced: false,
-        attempt: None,
+    let running = CancellationToken::new();
+    tokio::spawn(export_counters(
+        service.status(),
+        metrics.clone(),
+        running.clone(),
+    ));
+    let driver = {
+        let metrics = metrics.clone();
+        leadership::drive(
+            service.clone(),
+            leadership.clone(),
+            running.clone(),
+            move |t| tell(&metrics, t),
+        )
     };
-    let outcome = glue.run(shutdown_signal()).await;
-    glue.leadership.stop().await;
-    glue.service.shutdown();
+    let outcome = tokio::select! {
+        driven = driver => driven.context("the coordinator stopped unexpectedly"),
+        signal = shutdown_signal() => {
+            let leading = leadership.view().serving_epoch();
+            say(format_args!("stopping: {}", match leading {
+                Some(e) => format!("stepping down from epoch {e}; a standby takes over after the lease"),
+                None => "standby".to_owned(),
+            }));
+            signal
+        }
+    };
+    running.cancel();
+    leadership.stop().await;
+    service.shutdown();
     stop.cancel();
     outcome?;
     say(format_args!("stopped"));
     Ok(Code::Ok)
+}
+
+/// Tells the operator (and the metrics) what the coordinator just did.
+fn tell(metrics: &ServiceMetrics, t: Transition) {
+    match t {
+        Transition::Leading { epoch, fence } => {
+            metrics.set_leader(Some(epoch));
+            match fence {
+                Some(id) => say(format_args!(
+                    "leading under epoch {epoch}: fenced the previous epochs with checkpoint {id}"
+                )),
+                None => say(format_args!(
+                    "leading under epoch {epoch}: no committed checkpoint to fence"
+                )),
+            }
+        }
+        Transition::LeadFailed { epoch, reason } => {
+            say(format_args!(
+                "cannot lead under epoch {epoch}: {reason}; stepping down"
+            ));
+        }
+        Transition::Retried { epoch, id } => {
+            say(format_args!(
+                "checkpoint {id} committed under epoch {epoch}"
+            ));
+        }
+        Transition::SteppedDown { epoch } => {
+            metrics.set_leader(None);
+            say(format_args!("stepped down from epoch {epoch}"));
+        }
+        Transition::Following { leader } => match leader {
+            Some(record) => say(format_args!(
+                "standby: epoch {} is held by {} at {}",
+                record.epoch,
+                record.holder,
+                record.address.as_deref().unwrap_or("an unknown address")
+            )),
+            None => say(format_args!("standby: no coordinator holds an epoch yet")),
+        },
+        Transition::Fenced { leading } => say(format_args!(
+            "a commit was fenced: a newer coordinator took over the store{}",
+            if leading.is_some() {
+                "; stepping down"
+            } else {
+                ""
+            }
+        )),
+        // A transition of a newer library.
+        other => tracing::info!(?other, "coordinator transition"),
+    }
+}
+
+/// Turns the service's counters into metrics, timing each attempt from when it is first seen
+/// in flight to its commit.
+async fn export_counters(
+    mut status: tokio::sync::watch::Receiver<ServiceStatus>,
+    metrics: ServiceMetrics,
+    stop: CancellationToken,
+) {
+    let mut seen = Counters::default();
+    let mut attempt: Option<(CheckpointId, Instant)> = None;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            changed = status.changed() => if changed.is_err() { return },
+        }
+        let now = status.borrow_and_update().clone();
+        match (now.in_flight, attempt) {
+            (Some((id, _)), Some((tracked, _))) if id == tracked => {}
+            (Some((id, _)), _) => attempt = Some((id, Instant::now())),
+            (None, _) => {}
+        }
+        for _ in seen.committed..now.committed {
+            // The duration of the attempt seen in flight; none when it came and went between
+            // two looks at the status.
+            let took = match attempt.take() {
+                Some((id, started)) if id <= now.last_committed => Some(started.elapsed()),
+                other => {
+                    attempt = other;
+                    None
+                }
+            };
+            metrics.record_committed(took, None);
+        }
+        for _ in seen.aborted..now.aborted {
+            metrics.record_aborted();
+        }
+        for _ in seen.recoveries..now.recoveries {
+            metrics.record_recovery();
+        }
+        if now.in_flight.is_none() {
+            attempt = None;
+        }
+        seen = Counters {
+            committed: now.committed,
+            aborted: now.aborted,
+            recoveries: now.recoveries,
+        };
+    }
 }
 
 /// Prints one line of the server's story on stdout (flushed: tests and operators read it as it
@@ -198,195 +317,6 @@ struct Counters {
     aborted: u64,
     recoveries: u64,
 }
-
-/// What the glue follows between the leadership driver and the service.
-struct Glue {
-    service: Service,
-    leadership: Leadership,
-    metrics: ServiceMetrics,
-    /// The epoch the service leads under.
-    leading: Option<u64>,
-    /// The leader address nodes are sent to while following.
-    following: Option<Option<String>>,
-    seen: Counters,
-    /// Whether the service last reported a fenced commit.
-    fenced: bool,
-    /// The attempt in flight and when it was first seen, for the duration metric.
-    attempt: Option<(CheckpointId, Instant)>,
-}
-
-impl Glue {
-    async fn run(
-        &mut self,
-        signal: impl Future<Output = anyhow::Result<()>>,
-    ) -> anyhow::Result<()> {
-        let mut views = self.leadership.watch();
-        let mut status = self.service.status();
-        tokio::pin!(signal);
-        self.on_view(views.borrow_and_update().clone()).await;
-        loop {
-            tokio::select! {
-                stopped = &mut signal => {
-                    stopped?;
-                    say(format_args!("stopping: {}", match self.leading {
-                        Some(e) => format!("stepping down from epoch {e}; a standby takes over after the lease"),
-                        None => "standby".to_owned(),
-                    }));
-                    return Ok(());
-                }
-                changed = views.changed() => {
-                    if changed.is_err() {
-                        anyhow::bail!("the leadership driver stopped unexpectedly");
-                    }
-                    let view = views.borrow_and_update().clone();
-                    self.on_view(view).await;
-                }
-                changed = status.changed() => {
-                    if changed.is_err() {
-                        anyhow::bail!("the coordinator service stopped unexpectedly");
-                    }
-                    let now = status.borrow_and_update().clone();
-                    self.on_status(&now);
-                }
-            }
-        }
-    }
-
-    async fn on_view(&mut self, view: View) {
-        match (view.serving_epoch(), self.leading) {
-            (Some(epoch), Some(current)) if epoch == current => {}
-            (Some(epoch), _) => {
-                let fence = view.fence.clone();
-                let line = fence.as_ref().map(|f| f.id);
-                if let Err(e) = self.service.lead(epoch, fence).await {
-                    say(format_args!(
-                        "cannot lead under epoch {epoch}: {e}; stepping down"
-                    ));
-                    self.leadership
-                        .deposed(epoch, format!("the service could not start leading: {e}"));
-                    return;
-                }
-                self.leading = Some(epoch);
-                self.following = None;
-                self.metrics.set_leader(Some(epoch));
-                match line {
-                    Some(id) => say(format_args!(
-                        "leading under epoch {epoch}: fenced the previous epochs with checkpoint {id}"
-                    )),
-                    None => say(format_args!(
-                        "leading under epoch {epoch}: no committed checkpoint to fence"
-                    )),
-                }
-                self.retry_after_takeover(epoch);
-            }
-            (None, _) => {
-                let leader = view.leader_address().map(str::to_owned);
-                if let Some(epoch) = self.leading.take() {
-                    self.metrics.set_leader(None);
-                    say(format_args!("stepped down from epoch {epoch}"));
-                }
-                if self.following.as_ref() != Some(&leader) {
-                    if let Role::Following {
-                        leader: Some(record),
-                    } = &view.role
-                    {
-                        say(format_args!(
-                            "standby: epoch {} is held by {} at {}",
-                            record.epoch,
-                            record.holder,
-                            record.address.as_deref().unwrap_or("an unknown address")
-                        ));
-                    }
-                    self.service.follow(leader.clone());
-                    self.following = Some(leader);
-                }
-            }
-        }
-    }
-
-    /// A checkpoint in flight under the previous leader was aborted by the change: take one now
-    /// rather than waiting for the next interval. Retried while this epoch leads, since the
-    /// nodes need a moment to find the new leader.
-    fn retry_after_takeover(&self, epoch: u64) {
-        let service = self.service.clone();
-        let views = self.leadership.watch();
-        tokio::spawn(async move {
-            let mut delay = Duration::from_millis(50);
-            for _ in 0..40 {
-                if views.borrow().serving_epoch() != Some(epoch) {
-                    return;
-                }
-                match service.trigger().await {
-                    Ok(id) => {
-                        say(format_args!(
-                            "checkpoint {id} committed under epoch {epoch}"
-                        ));
-                        return;
-                    }
-                    Err(cohort_coordinator::Error::Fenced { .. }) => return,
-                    Err(e) => {
-                        tracing::debug!(epoch, error = %e, "first checkpoint after taking over; retrying")
-                    }
-                }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(1));
-            }
-        });
-    }
-
-    fn on_status(&mut self, now: &ServiceStatus) {
-        if now.fenced && !self.fenced {
-            // Said whether or not the lease already made us step down: the commit was refused.
-            say(format_args!(
-                "a commit was fenced: a newer coordinator took over the store{}",
-                if self.leading.is_some() {
-                    "; stepping down"
-                } else {
-                    ""
-                }
-            ));
-            if let Some(epoch) = self.leading {
-                self.leadership
-                    .deposed(epoch, "a commit found a newer epoch's manifest (fenced)");
-            }
-        }
-        self.fenced = now.fenced;
-        match (now.in_flight, self.attempt) {
-            (Some((id, _)), Some((tracked, _))) if id == tracked => {}
-            (Some((id, _)), _) => self.attempt = Some((id, Instant::now())),
-            (None, _) => {}
-        }
-        let m = &self.metrics;
-        for _ in self.seen.committed..now.committed {
-            // The duration of the attempt seen in flight; none when it came and went between
-            // two looks at the status.
-            let took = match self.attempt.take() {
-                Some((id, started)) if id <= now.last_committed => Some(started.elapsed()),
-                other => {
-                    self.attempt = other;
-                    None
-                }
-            };
-            m.record_committed(took, None);
-        }
-        for _ in self.seen.aborted..now.aborted {
-            m.record_aborted();
-        }
-        for _ in self.seen.recoveries..now.recoveries {
-            m.record_recovery();
-        }
-        if now.in_flight.is_none() {
-            self.attempt = None;
-        }
-        self.seen = Counters {
-            committed: now.committed,
-            aborted: now.aborted,
-            recoveries: now.recoveries,
-        };
-    }
-}
-
-type MetadataHook = Arc<dyn Fn(&StateTable) -> BTreeMap<String, Vec<u8>> + Send + Sync>;
 
 /// What the control handler needs: the service, the leadership driver and who we are.
 struct Parts {

@@ -30,7 +30,9 @@ use cohort_checkpoint::{CheckpointStore, EpochLease, EpochRecord, Manifest};
 use cohort_object_api::CheckpointId;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
+use super::Service;
 use crate::error::{Error, Result};
 
 /// The shortest lease accepted. Below a second, store latency (an S3 round trip, an fsync) eats
@@ -963,6 +965,183 @@ impl Driver {
                 ),
             }
         });
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Following the driver with a service
+
+/// A change [`drive`] made or saw, for logs and metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Transition {
+    /// The service leads under `epoch`; `fence` is the fence's checkpoint id (none on a store
+    /// without a committed checkpoint).
+    Leading {
+        /// The epoch.
+        epoch: u64,
+        /// The fence written on taking it.
+        fence: Option<CheckpointId>,
+    },
+    /// The service could not start leading under `epoch`: the epoch is given up.
+    LeadFailed {
+        /// The epoch.
+        epoch: u64,
+        /// Why.
+        reason: String,
+    },
+    /// The first checkpoint after taking over committed (the retry of the one the change of
+    /// leader aborted).
+    Retried {
+        /// The epoch.
+        epoch: u64,
+        /// The checkpoint.
+        id: CheckpointId,
+    },
+    /// The service stopped leading under `epoch`.
+    SteppedDown {
+        /// The epoch given up.
+        epoch: u64,
+    },
+    /// Standing by: nodes are sent to the holder of the newest epoch.
+    Following {
+        /// The newest epoch record seen.
+        leader: Option<EpochRecord>,
+    },
+    /// A commit was refused as fenced: a newer coordinator took over.
+    Fenced {
+        /// The epoch led when it happened, if still leading.
+        leading: Option<u64>,
+    },
+}
+
+/// Makes `service` (started with [`ServiceConfig::lead_at_start`](super::ServiceConfig) false)
+/// follow `leadership`, until the leadership driver stops or `stop` is cancelled:
+///
+/// - when the driver serves an epoch, [`Service::lead`] under it with its fence (the state
+///   table of the line comes with it), then one checkpoint is triggered at once, retried while
+///   the nodes find the new leader: the attempt the change of leader aborted is retried;
+/// - otherwise [`Service::follow`] the newest epoch's address, so that nodes go there;
+/// - a commit refused as fenced deposes the epoch ([`Leadership::deposed`]).
+///
+/// `on` hears of every change.
+///
+/// # Errors
+///
+/// [`Error::Stopped`] when the service or the leadership driver went away unexpectedly.
+pub async fn drive(
+    service: Service,
+    leadership: Leadership,
+    stop: CancellationToken,
+    mut on: impl FnMut(Transition) + Send,
+) -> Result<()> {
+    let mut views = leadership.watch();
+    let mut status = service.status();
+    let (retried_tx, mut retried) = mpsc::unbounded_channel();
+    let mut leading: Option<u64> = None;
+    let mut following: Option<Option<String>> = None;
+    let mut fenced = false;
+    let mut view = views.borrow_and_update().clone();
+    loop {
+        if view.role == Role::Stopped {
+            return Ok(());
+        }
+        match (view.serving_epoch(), leading) {
+            (Some(epoch), Some(current)) if epoch == current => {}
+            (Some(epoch), _) => {
+                let fence = view.fence.clone();
+                let fence_id = fence.as_ref().map(|f| f.id);
+                match service.lead(epoch, fence).await {
+                    Ok(()) => {
+                        leading = Some(epoch);
+                        following = None;
+                        on(Transition::Leading {
+                            epoch,
+                            fence: fence_id,
+                        });
+                        tokio::spawn(retry_after_takeover(
+                            service.clone(),
+                            leadership.watch(),
+                            epoch,
+                            retried_tx.clone(),
+                        ));
+                    }
+                    Err(e) => {
+                        on(Transition::LeadFailed {
+                            epoch,
+                            reason: e.to_string(),
+                        });
+                        leadership.deposed(epoch, format!("the service could not lead: {e}"));
+                    }
+                }
+            }
+            (None, _) => {
+                if let Some(epoch) = leading.take() {
+                    on(Transition::SteppedDown { epoch });
+                }
+                let address = view.leader_address().map(str::to_owned);
+                if following.as_ref() != Some(&address) {
+                    let leader = match &view.role {
+                        Role::Following { leader } => leader.clone(),
+                        _ => None,
+                    };
+                    service.follow(address.clone());
+                    following = Some(address);
+                    on(Transition::Following { leader });
+                }
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            changed = views.changed() => {
+                if changed.is_err() {
+                    return Err(Error::Stopped);
+                }
+                view = views.borrow_and_update().clone();
+            }
+            changed = status.changed() => {
+                if changed.is_err() {
+                    return Err(Error::Stopped);
+                }
+                let now = status.borrow_and_update().fenced;
+                if now && !fenced {
+                    on(Transition::Fenced { leading });
+                    if let Some(epoch) = leading {
+                        leadership.deposed(epoch, "a commit found a newer epoch's manifest (fenced)");
+                    }
+                }
+                fenced = now;
+            }
+            Some(t) = retried.recv() => on(t),
+        }
+    }
+}
+
+/// Takes one checkpoint right after taking over, retried with backoff while `epoch` is served
+/// (the nodes need a moment to find the new leader and register).
+async fn retry_after_takeover(
+    service: Service,
+    views: watch::Receiver<View>,
+    epoch: u64,
+    done: mpsc::UnboundedSender<Transition>,
+) {
+    let mut delay = Duration::from_millis(20);
+    for _ in 0..64 {
+        if views.borrow().serving_epoch() != Some(epoch) {
+            return;
+        }
+        match service.trigger().await {
+            Ok(id) => {
+                let _ = done.send(Transition::Retried { epoch, id });
+                return;
+            }
+            Err(Error::Fenced { .. } | Error::Stopped) => return,
+            Err(e) => {
+                tracing::debug!(epoch, error = %e, "first checkpoint after taking over; retrying")
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(500));
     }
 }
 
