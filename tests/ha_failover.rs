@@ -394,7 +394,7 @@ fn operators_see_the_leader_and_take_checkpoints_through_a_standby() {
     let out = cohort(&["status", "--coordinator", &a_addr]);
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(
-        text.contains(&format!("epoch 1: ")) && text.contains(&a_addr),
+        text.contains("epoch 1: ") && text.contains(&a_addr),
         "{text}"
     );
     assert!(text.contains("1 live of 1"), "{text}");
