@@ -476,3 +476,47 @@ async fn a_crash_at_every_fail_point_leaves_the_newest_committed_line() {
         assert_eq!(line_total(&store, line).await.0, 100, "{point}");
     }
 }
+
+/// A message coloured with the active round that reaches an object before its prepare forces
+/// it to capture first: its state must not include the receipt of a message sent after the
+/// sender's cut (an orphan). On a current-thread runtime the broadcast of prepares yields every
+/// 16 objects, so n00 (first batch) captures and sends to n39 (third batch) before n39's
+/// prepare is sent.
+#[tokio::test(flavor = "current_thread")]
+async fn a_message_from_beyond_the_cut_forces_a_capture_first() {
+    let store = CheckpointStore::memory();
+    let c = cohort(&store, settings()).await;
+    let knobs = Arc::new(Knobs::default());
+    let nodes: Vec<_> = (0..40)
+        .map(|i| {
+            c.spawn(id(&format!("n{i:02}")), Node::new(1, &knobs))
+                .unwrap()
+        })
+        .collect();
+    nodes[0].tell(Msg::Block).unwrap();
+    until(async || knobs.blocked.load(Ordering::SeqCst) == 1).await;
+    nodes[0]
+        .tell(Msg::Give {
+            to: "n39".into(),
+            n: 1,
+        })
+        .unwrap();
+    let trigger = tokio::spawn({
+        let c = c.clone();
+        async move { c.trigger().await }
+    });
+    tokio::task::yield_now().await; // the trigger reaches the coordinator first
+    knobs.gate.add_permits(1);
+    let line = trigger.await.unwrap().unwrap();
+    assert!(c.metrics().forced_captures() >= 1, "no capture was forced");
+    let m = store.read_manifest(line).await.unwrap();
+    let states = store.read_states(&m).await.unwrap();
+    let value_of = |name: &str| {
+        let (_, s) = states.iter().find(|(o, _)| o == &id(name)).unwrap();
+        s.decode::<NodeState>().unwrap().value
+    };
+    // n00 gave after its cut and n39 received after its (forced) cut: neither is in the line.
+    assert_eq!((value_of("n00"), value_of("n39")), (1, 1));
+    assert_eq!(line_total(&store, line).await, (40, 0));
+    until(async || value(&c, "n39").await == 2).await;
+}

@@ -22,6 +22,9 @@ use crate::error::{Error, Result};
 /// The manifest metadata key holding every object's message counters at its cut.
 pub(crate) const COUNTERS_KEY: &str = "cohort.counters";
 
+/// Prepares sent between two yields of the coordinator task.
+const PREPARE_BATCH: usize = 16;
+
 /// Requests to the coordinator task.
 pub(crate) enum Input {
     Trigger(oneshot::Sender<Result<CheckpointId>>),
@@ -134,7 +137,10 @@ impl Coordinator {
     }
 
     fn crash_at(&self, point: &str) -> Result<(), Crash> {
-        self.shared.fail_points.hit(point)
+        self.shared.fail_points.hit(point).inspect_err(|crash| {
+            // Stop before any reply channel is dropped, so that callers learn of the crash.
+            self.shared.stop(Some(crash.0.clone()));
+        })
     }
 
     async fn on_input(&mut self, input: Input) -> Result<(), Crash> {
@@ -154,13 +160,17 @@ impl Coordinator {
                 if self.engine.in_flight().is_some_and(|(_, r)| r == round) {
                     self.written = written;
                 }
+                // Most votes produce no command: handle them without building the (large)
+                // future that carries commands out.
                 for (object, vote) in votes {
-                    self.feed(Event::Vote {
+                    let commands = self.handle_now(Event::Vote {
                         round,
                         object,
                         vote,
-                    })
-                    .await?;
+                    });
+                    if !commands.is_empty() {
+                        self.run_commands(commands).await?;
+                    }
                 }
                 Ok(())
             }
@@ -196,16 +206,33 @@ impl Coordinator {
 
     /// Feeds one event and carries out the commands, and the events they produce, in order.
     async fn feed(&mut self, event: Event<Local>) -> Result<(), Crash> {
-        let mut queue = VecDeque::from([event]);
-        while let Some(event) = queue.pop_front() {
-            let now = self.now_ms();
-            for command in self.engine.handle(now, event) {
+        let commands = self.handle_now(event);
+        if commands.is_empty() {
+            return Ok(());
+        }
+        self.run_commands(commands).await
+    }
+
+    fn handle_now(&mut self, event: Event<Local>) -> Vec<Command<Local>> {
+        let now = self.now_ms();
+        self.engine.handle(now, event)
+    }
+
+    /// Carries out `commands`, and those of the events they produce, in order.
+    async fn run_commands(&mut self, commands: Vec<Command<Local>>) -> Result<(), Crash> {
+        let mut queue = VecDeque::new();
+        let mut batch = commands;
+        loop {
+            for command in batch {
                 if let Some(next) = self.execute(command).await? {
                     queue.push_back(next);
                 }
             }
+            match queue.pop_front() {
+                Some(event) => batch = self.handle_now(event),
+                None => return Ok(()),
+            }
         }
-        Ok(())
     }
 
     fn token(&self, round: Round) -> String {
@@ -246,16 +273,22 @@ impl Coordinator {
                 self.attempt_started = Some(Instant::now());
                 self.written = Written::default();
                 tracing::debug!(checkpoint = %id, %round, participants = participants.len(), "prepare");
-                let mut missing = Vec::new();
-                {
+                let controls: Vec<_> = {
                     let objects = read(&self.shared.objects);
-                    for p in &participants {
-                        let sent = objects.get(p).is_some_and(|s| {
-                            s.control.send(Control::Prepare { id, round }).is_ok()
-                        });
-                        if !sent {
-                            missing.push(p.clone());
-                        }
+                    sorted_lookup(&participants, &objects)
+                        .map(|(p, slot)| (p, slot.map(|s| s.control.clone())))
+                        .collect()
+                };
+                let mut missing = Vec::new();
+                for (i, (p, control)) in controls.into_iter().enumerate() {
+                    let sent =
+                        control.is_some_and(|c| c.send(Control::Prepare { id, round }).is_ok());
+                    if !sent {
+                        missing.push(p.clone());
+                    }
+                    // Let prepared objects run during a long broadcast rather than after it.
+                    if i % PREPARE_BATCH == PREPARE_BATCH - 1 {
+                        tokio::task::yield_now().await;
                     }
                 }
                 self.crash_at(failpoint::PREPARE_AFTER)?;
@@ -300,8 +333,8 @@ impl Coordinator {
                 }
                 {
                     let objects = read(&self.shared.objects);
-                    for p in &participants {
-                        if let Some(slot) = objects.get(p) {
+                    for (_, slot) in sorted_lookup(&participants, &objects) {
+                        if let Some(slot) = slot {
                             let _ = slot.control.send(Control::Decided {
                                 id,
                                 round,
@@ -378,18 +411,22 @@ impl Coordinator {
         let last = self.engine.last_committed();
         let mut manifest = Manifest::new(id, self.engine.epoch(), (self.shared.clock)(), &token);
         manifest.parent = (last != CheckpointId::ZERO).then_some(last);
-        let mut counters = BTreeMap::new();
+        // Ballots are sorted by id, as are the previous manifest's entries: one merge finds
+        // every unchanged object's entry, and the maps are built from sorted runs.
+        let mut objects = Vec::with_capacity(ballots.len());
+        let mut counters = Vec::with_capacity(ballots.len());
         let mut unchanged = 0;
+        let empty = BTreeMap::new();
+        let previous = self.last_manifest.as_ref().map_or(&empty, |m| &m.objects);
+        let ids: Vec<ObjectId> = ballots.keys().cloned().collect();
+        let mut before = sorted_lookup(&ids, previous);
         for (object, ballot) in ballots {
+            let previous_entry = before.next().and_then(|(_, e)| e);
             let entry = match ballot.state {
                 crate::engine::VotedState::Written(entry) => entry,
                 crate::engine::VotedState::Unchanged => {
                     unchanged += 1;
-                    match self
-                        .last_manifest
-                        .as_ref()
-                        .and_then(|m| m.objects.get(&object))
-                    {
+                    match previous_entry {
                         Some(entry) => entry.clone(),
                         None => {
                             return Ok(CommitOutcome::Failed {
@@ -401,9 +438,12 @@ impl Coordinator {
                     }
                 }
             };
-            counters.insert(object.clone(), (ballot.sent, ballot.received));
-            manifest.objects.insert(object, entry);
+            counters.push((object.clone(), (ballot.sent, ballot.received)));
+            objects.push((object, entry));
         }
+        drop(before);
+        manifest.objects = objects.into_iter().collect();
+        let counters: BTreeMap<ObjectId, (u64, u64)> = counters.into_iter().collect();
         match rmp_serde::to_vec(&counters) {
             Ok(bytes) => {
                 manifest.metadata.insert(COUNTERS_KEY.to_owned(), bytes);
@@ -709,6 +749,28 @@ impl Coordinator {
     }
 }
 
+/// For each key of `keys` (ascending), the value of `map` under it: one merge of two sorted
+/// sequences, instead of a tree search per key (100,000 string comparisons chains add up).
+fn sorted_lookup<'k, 'm, K: Ord, V>(
+    keys: &'k [K],
+    map: &'m BTreeMap<K, V>,
+) -> impl Iterator<Item = (&'k K, Option<&'m V>)> {
+    let mut entries = map.iter().peekable();
+    let mut last: Option<&'k K> = None;
+    keys.iter().map(move |k| {
+        if last.is_some_and(|l| l > k) {
+            // Not ascending (never the case for ids from the engine): search.
+            return (k, map.get(k));
+        }
+        last = Some(k);
+        while entries.next_if(|(m, _)| *m < k).is_some() {}
+        match entries.peek() {
+            Some((m, v)) if *m == k => (k, Some(*v)),
+            _ => (k, None),
+        }
+    })
+}
+
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
@@ -730,5 +792,27 @@ where
     match tokio::task::spawn_blocking(read).await {
         Ok(result) => result,
         Err(_) => Err(Error::Stopped),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sorted_lookup_matches_get() {
+        let map: BTreeMap<u32, u32> = [(1, 10), (3, 30), (4, 40), (9, 90)].into();
+        let keys = [0, 1, 2, 3, 4, 5, 9, 10];
+        let merged: Vec<_> = sorted_lookup(&keys, &map)
+            .map(|(k, v)| (*k, v.copied()))
+            .collect();
+        let searched: Vec<_> = keys.iter().map(|k| (*k, map.get(k).copied())).collect();
+        assert_eq!(merged, searched);
+        // Keys out of order still find their values.
+        let keys = [9, 1, 4];
+        let merged: Vec<_> = sorted_lookup(&keys, &map)
+            .map(|(_, v)| v.copied())
+            .collect();
+        assert_eq!(merged, vec![Some(90), Some(10), Some(40)]);
     }
 }

@@ -18,7 +18,9 @@ pub struct Metrics {
     committed: AtomicU64,
     aborted: AtomicU64,
     redelivered: AtomicU64,
-    pauses_us: Mutex<Samples>,
+    forced: AtomicU64,
+    recorded: AtomicU64,
+    pauses_ns: Mutex<Samples>,
     last: Mutex<Option<CheckpointStats>>,
 }
 
@@ -77,6 +79,17 @@ impl Metrics {
         self.redelivered.load(Ordering::Relaxed)
     }
 
+    /// Captures forced by a message coloured with the active round arriving before the
+    /// prepare did.
+    pub fn forced_captures(&self) -> u64 {
+        self.forced.load(Ordering::Relaxed)
+    }
+
+    /// Messages recorded as channel state (in transit across a cut), in any attempt.
+    pub fn recorded_in_transit(&self) -> u64 {
+        self.recorded.load(Ordering::Relaxed)
+    }
+
     /// The last committed checkpoint's cost.
     pub fn last_checkpoint(&self) -> Option<CheckpointStats> {
         lock(&self.last).clone()
@@ -84,14 +97,14 @@ impl Metrics {
 
     /// Pause percentiles over the kept samples.
     pub fn pauses(&self) -> PauseStats {
-        let mut v = lock(&self.pauses_us).values.clone();
+        let mut v = lock(&self.pauses_ns).values.clone();
         if v.is_empty() {
             return PauseStats::default();
         }
         v.sort_unstable();
         let at = |q: f64| {
             let i = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1;
-            Duration::from_micros(u64::from(v[i]))
+            Duration::from_nanos(u64::from(v[i]))
         };
         PauseStats {
             count: v.len(),
@@ -103,17 +116,18 @@ impl Metrics {
 
     /// Forgets the pause samples (to measure one phase of a run).
     pub fn reset_pauses(&self) {
-        *lock(&self.pauses_us) = Samples::default();
+        *lock(&self.pauses_ns) = Samples::default();
     }
 
     pub(crate) fn record_pause(&self, pause: Duration) {
-        let us = u32::try_from(pause.as_micros()).unwrap_or(u32::MAX);
-        let mut s = lock(&self.pauses_us);
+        // Nanoseconds in a u32: pauses past 4.29 s are recorded as 4.29 s.
+        let ns = u32::try_from(pause.as_nanos()).unwrap_or(u32::MAX);
+        let mut s = lock(&self.pauses_ns);
         if s.values.len() < MAX_SAMPLES {
-            s.values.push(us);
+            s.values.push(ns);
         } else {
             let i = s.next;
-            s.values[i] = us;
+            s.values[i] = ns;
             s.next = (i + 1) % MAX_SAMPLES;
         }
     }
@@ -125,6 +139,14 @@ impl Metrics {
 
     pub(crate) fn record_abort(&self) {
         self.aborted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn record_forced(&self) {
+        self.forced.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn record_in_transit(&self) {
+        self.recorded.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn record_redelivered(&self, n: usize) {

@@ -12,7 +12,7 @@ use cohort_object_api::{CheckpointId, EncodedState, ObjectId, StateTag};
 use tokio::sync::{mpsc, oneshot};
 
 use super::writer::{Captured, WriterMsg};
-use super::{Inner, Shared, lock};
+use super::{Active, Inner, Shared, lock};
 use crate::engine::{CutState, Receipt, Round};
 use crate::error::{Error, Result};
 use crate::messaging::{Actor, Context, Envelope};
@@ -138,9 +138,10 @@ impl<A: Actor> ObjectTask<A> {
         match control {
             Control::Prepare { id, round } => {
                 let active = self.shared.active();
-                if active.is_some_and(|a| a.round == round && a.id == id) && self.cut.colour < round
+                if let Some(active) = active.filter(|a| a.round == round && a.id == id)
+                    && self.cut.colour < round
                 {
-                    self.capture(id, round).await;
+                    self.capture(active).await;
                 }
             }
             Control::Decided {
@@ -177,10 +178,8 @@ impl<A: Actor> ObjectTask<A> {
     /// Phase 1: prepare, capture (unless unchanged), take the colour, hand the snapshot to the
     /// round's writer. The object is blocked only for this; encoding and upload happen on the
     /// writer's task.
-    async fn capture(&mut self, id: CheckpointId, round: Round) {
-        let Some(active) = self.shared.active().filter(|a| a.round == round) else {
-            return;
-        };
+    async fn capture(&mut self, active: Active) {
+        let (id, round) = (active.id, active.round);
         let started = Instant::now();
         let captured = if self.failed {
             Err("the object failed and waits for recovery".to_owned())
@@ -238,7 +237,8 @@ impl<A: Actor> ObjectTask<A> {
                 Receipt::Deliver => {}
                 Receipt::CaptureFirst { round } => {
                     if let Some(active) = self.shared.active().filter(|a| a.round == round) {
-                        self.capture(active.id, round).await;
+                        self.shared.metrics.record_forced();
+                        self.capture(active).await;
                     }
                 }
                 Receipt::InTransit { round } => self.record(from, envelope.seq, &envelope, round),
@@ -266,6 +266,7 @@ impl<A: Actor> ObjectTask<A> {
         };
         match rmp_serde::to_vec_named(&envelope.message) {
             Ok(bytes) => {
+                self.shared.metrics.record_in_transit();
                 let state = EncodedState::new(StateTag::new(MESSAGE_TYPE, 1), Bytes::from(bytes));
                 let _ = active.writer.send(WriterMsg::InTransit {
                     from: from.clone(),

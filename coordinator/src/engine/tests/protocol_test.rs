@@ -82,11 +82,11 @@ fn trigger_prepare_vote_commit_decide_reply() {
     assert_eq!(
         out,
         vec![
-            decided(7, 1, Decision::Committed, 2),
             Command::Reply {
                 request: TriggerId(1),
                 result: Ok(cid(7)),
             },
+            decided(7, 1, Decision::Committed, 2),
         ]
     );
     assert_eq!(e.last_committed(), cid(7));
