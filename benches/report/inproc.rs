@@ -1,0 +1,211 @@
+//! Figures of one in-process cohort: `pause_p99`, `coordination_inproc`, `incremental_1pct`;
+//! and the object and cohort the storage figures checkpoint.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use async_trait::async_trait;
+use bytes::Bytes;
+use cohort::checkpoint::CheckpointStore;
+use cohort::coordinator::{Actor, Cohort, Context, Settings};
+use cohort::{Checkpointable, EncodedState, ObjectError, ObjectId, Snapshot};
+
+use crate::entry::{Entry, Goal, Samples, ms};
+
+/// The type name of [`Blob`]'s state.
+pub(crate) const BLOB: &str = "report.Blob";
+
+/// An object whose state is one byte string, captured by reference count (as the capture
+/// guidance recommends), optionally with a generation its owner bumps when it changes it.
+pub(crate) struct Blob {
+    pub(crate) data: Bytes,
+    generation: Option<Arc<AtomicU64>>,
+}
+
+impl Blob {
+    /// An object with empty state, before a restore.
+    pub(crate) fn empty() -> Blob {
+        Blob {
+            data: Bytes::new(),
+            generation: None,
+        }
+    }
+}
+
+#[async_trait]
+impl Checkpointable for Blob {
+    fn type_name(&self) -> &'static str {
+        BLOB
+    }
+    async fn capture(&self) -> Result<Snapshot, ObjectError> {
+        Ok(Snapshot::new(BLOB, 1, self.data.clone()))
+    }
+    async fn restore(&mut self, state: &EncodedState) -> Result<(), ObjectError> {
+        self.data = state.decode()?;
+        Ok(())
+    }
+    fn generation(&self) -> Option<u64> {
+        self.generation.as_ref().map(|g| g.load(Ordering::Relaxed))
+    }
+}
+
+#[async_trait]
+impl Actor for Blob {
+    type Message = ();
+    async fn handle(&mut self, (): (), _: &mut Context<'_>) -> Result<(), ObjectError> {
+        Ok(())
+    }
+}
+
+/// A cohort of [`Blob`]s on `store`; with `tracked`, each has a generation, returned in order.
+pub(crate) struct Blobs {
+    pub(crate) cohort: Cohort,
+    pub(crate) generations: Vec<Arc<AtomicU64>>,
+}
+
+impl Blobs {
+    /// Spawns one blob per state of `states` (`blob-0`, `blob-1`, …).
+    pub(crate) async fn spawn(
+        store: CheckpointStore,
+        states: impl IntoIterator<Item = Bytes>,
+        tracked: bool,
+    ) -> anyhow::Result<Blobs> {
+        let cohort = Cohort::builder(store)
+            .settings(Settings::default().timeout(Duration::from_secs(600)))
+            .build()
+            .await
+            .context("starting the cohort")?;
+        let mut generations = Vec::new();
+        for (i, data) in states.into_iter().enumerate() {
+            let generation = tracked.then(|| Arc::new(AtomicU64::new(0)));
+            generations.extend(generation.clone());
+            let id = ObjectId::indexed("blob", i as u64)?;
+            cohort.spawn(id, Blob { data, generation })?;
+        }
+        Ok(Blobs {
+            cohort,
+            generations,
+        })
+    }
+
+    /// Takes one checkpoint, timed.
+    pub(crate) async fn checkpoint(&self) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        self.cohort.trigger().await.context("a checkpoint failed")?;
+        Ok(started.elapsed())
+    }
+
+    /// Marks every `stride`-th object changed, starting at `from`; returns how many.
+    fn touch(&self, from: usize, stride: usize) -> usize {
+        let touched = self.generations.iter().skip(from).step_by(stride);
+        touched.fold(0, |n, g| {
+            g.fetch_add(1, Ordering::Relaxed);
+            n + 1
+        })
+    }
+
+    /// Bytes of state the last committed checkpoint wrote.
+    fn last_bytes(&self) -> anyhow::Result<(u64, usize)> {
+        let last = self.cohort.metrics().last_checkpoint();
+        let last = last.context("no checkpoint committed")?;
+        Ok((last.bytes, last.written))
+    }
+}
+
+/// `count` states of `size` bytes, each a different deterministic pattern (not zeros).
+pub(crate) fn patterned(count: usize, size: usize) -> impl Iterator<Item = Bytes> {
+    (0..count).map(move |i| {
+        let seed = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        (0..size as u64)
+            .map(|j| (seed.wrapping_add(j.wrapping_mul(31)) >> 3) as u8)
+            .collect::<Vec<u8>>()
+            .into()
+    })
+}
+
+/// `pause_p99`: how long an object is blocked by a checkpoint (prepare + capture), 10,000
+/// objects of 4 KiB checkpointed durably to local disk, p99 over every object of every round.
+pub(crate) async fn pause_p99(store: CheckpointStore) -> anyhow::Result<Entry> {
+    const OBJECTS: usize = 10_000;
+    const ROUNDS: usize = 8;
+    let blobs = Blobs::spawn(store, patterned(OBJECTS, 4 << 10), false).await?;
+    blobs.checkpoint().await?; // warm-up: first segment files, first manifest
+    blobs.cohort.metrics().reset_pauses();
+    let mut rounds = Vec::with_capacity(ROUNDS);
+    for _ in 0..ROUNDS {
+        rounds.push(blobs.checkpoint().await?);
+    }
+    let p = blobs.cohort.metrics().pauses();
+    blobs.cohort.shutdown().await;
+    let rounds = Samples::new(rounds).context("no rounds")?;
+    Ok(Entry::absolute("pause_p99", ms(p.p99), "ms", Goal::AtMost(1.0)).with_note(format!(
+        "{OBJECTS} x 4 KiB objects, local disk with fsync, {ROUNDS} rounds, {} pauses: p50 {:.3} ms, max {:.3} ms; whole checkpoint p50 {:.0} ms",
+        p.count,
+        ms(p.p50),
+        ms(p.max),
+        ms(rounds.quantile(0.5)),
+    )))
+}
+
+/// `coordination_inproc`: an empty checkpoint of 1,000 in-process objects, median round, on the
+/// memory store (coordination alone; on disk a round is bounded below by the manifest fsync).
+pub(crate) async fn coordination_inproc() -> anyhow::Result<Entry> {
+    const OBJECTS: usize = 1_000;
+    const WARMUP: usize = 20;
+    const ROUNDS: usize = 300;
+    let store = CheckpointStore::memory();
+    let blobs = Blobs::spawn(store.clone(), (0..OBJECTS).map(|_| Bytes::new()), false).await?;
+    let mut samples = Vec::with_capacity(ROUNDS);
+    for round in 0..WARMUP + ROUNDS {
+        let took = blobs.checkpoint().await?;
+        if round >= WARMUP {
+            samples.push(took);
+        }
+        // Keeps the memory store small; untimed.
+        store.gc(1, false).await.context("gc of the memory store")?;
+    }
+    blobs.cohort.shutdown().await;
+    let samples = Samples::new(samples).context("no rounds")?;
+    let median = ms(samples.quantile(0.5));
+    Ok(
+        Entry::absolute("coordination_inproc", median, "ms", Goal::AtMost(2.0)).with_note(format!(
+            "median round, {OBJECTS} empty objects, memory store: {}",
+            samples.spread()
+        )),
+    )
+}
+
+/// `incremental_1pct`: bytes written by a checkpoint after 1% of 100,000 objects changed,
+/// against a full checkpoint (every object changed) of the same cohort.
+pub(crate) async fn incremental_1pct() -> anyhow::Result<Entry> {
+    const OBJECTS: usize = 100_000;
+    const STATE: usize = 256;
+    let blobs = Blobs::spawn(CheckpointStore::memory(), patterned(OBJECTS, STATE), true).await?;
+    blobs.checkpoint().await?; // the first line holds everything
+    blobs.touch(0, 1);
+    let full_time = blobs.checkpoint().await?;
+    let (full, full_written) = blobs.last_bytes()?;
+    // Every hundredth object: the changes are spread over the whole cohort.
+    let changed = blobs.touch(17, 100);
+    let incr_time = blobs.checkpoint().await?;
+    let (incr, written) = blobs.last_bytes()?;
+    blobs.cohort.shutdown().await;
+    anyhow::ensure!(
+        written == changed && full_written == OBJECTS,
+        "wrote {written} objects for {changed} changed, {full_written} of {OBJECTS} when all changed"
+    );
+    Ok(Entry::against(
+        "incremental_1pct",
+        incr as f64,
+        "bytes",
+        ("full checkpoint", full as f64),
+        Goal::RatioAtMost(0.02),
+    )
+    .with_note(format!(
+        "{changed} of {OBJECTS} objects x {STATE} B changed, memory store; incremental {:.0} ms, full {:.0} ms",
+        ms(incr_time),
+        ms(full_time)
+    )))
+}
