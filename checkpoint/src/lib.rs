@@ -14,6 +14,7 @@
 mod error;
 mod format;
 mod keys;
+mod local;
 mod manifest;
 mod records;
 mod retention;

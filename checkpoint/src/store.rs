@@ -21,6 +21,7 @@ use url::Url;
 use crate::error::{Damage, DamageKind, Error, Result};
 use crate::format::{self, Expected, FrameError};
 use crate::keys;
+use crate::local::LocalDisk;
 use crate::manifest::{EntryLocation, InTransitEntry, Manifest};
 use crate::writer::SegmentWriter;
 
@@ -119,6 +120,9 @@ pub(crate) struct Inner {
     /// A remote store's generic errors are connection trouble; a local one's are IO errors.
     pub(crate) remote: bool,
     pub(crate) writable: bool,
+    /// Set for a store on local disk opened from a path or `file://` URL: segments are written
+    /// and read with direct file IO (see `local.rs`).
+    pub(crate) local: Option<LocalDisk>,
 }
 
 impl fmt::Debug for CheckpointStore {
@@ -250,6 +254,7 @@ impl CheckpointStore {
                 url,
                 remote: false,
                 writable: true,
+                local: None,
             }),
         }
     }
@@ -320,6 +325,7 @@ impl CheckpointStore {
                 endpoint: given.to_owned(),
                 remote: false,
                 writable: for_writing,
+                local: None,
             };
             return Ok(Self {
                 inner: Arc::new(inner),
@@ -365,6 +371,7 @@ impl CheckpointStore {
                     endpoint,
                     remote: true,
                     writable: for_writing,
+                    local: None,
                 };
                 Ok(Self {
                     inner: Arc::new(inner),
@@ -398,6 +405,12 @@ impl CheckpointStore {
             })?
             .with_fsync(options.fsync)
             .with_automatic_cleanup(true);
+        // The same root LocalFileSystem resolved (it canonicalises too).
+        let root = std::fs::canonicalize(&dir).map_err(|e| Error::InvalidUrl {
+            url: url.to_owned(),
+            reason: format!("cannot resolve directory {}: {e}", dir.display()),
+        })?;
+        let local = Some(LocalDisk::new(root, options.fsync));
         let inner = Inner {
             store: Arc::new(fs),
             prefix: Path::default(),
@@ -406,6 +419,7 @@ impl CheckpointStore {
             endpoint: url.to_owned(),
             remote: false,
             writable: for_writing,
+            local,
         };
         Ok(Self {
             inner: Arc::new(inner),
@@ -424,6 +438,7 @@ impl CheckpointStore {
                 endpoint: i.endpoint.clone(),
                 remote: i.remote,
                 writable: i.writable,
+                local: i.local.clone(),
             }),
         }
     }
@@ -444,6 +459,7 @@ impl CheckpointStore {
                 endpoint: i.endpoint.clone(),
                 remote: i.remote,
                 writable: i.writable,
+                local: i.local.clone(),
             }),
         })
     }

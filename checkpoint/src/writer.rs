@@ -1,5 +1,7 @@
 //! [`SegmentWriter`]: packs states into segments and uploads them in the background.
 
+use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -11,6 +13,7 @@ use tokio::task::JoinSet;
 use crate::error::{Error, Result};
 use crate::format;
 use crate::keys;
+use crate::local;
 use crate::manifest::EntryLocation;
 use crate::store::{CheckpointStore, Inner};
 
@@ -36,6 +39,27 @@ pub struct SegmentSummary {
     pub entries: u64,
 }
 
+/// The smallest segment the writer seals early to write a checkpoint as several segments in
+/// parallel: below this, per-segment costs (a request, an fsync) outweigh the parallelism.
+const MIN_PARALLEL_SEGMENT: usize = 16 << 20;
+
+/// Where the writer seals a segment: at `segment_size / upload_concurrency`, so that a
+/// checkpoint of one `segment_size` is written as `upload_concurrency` segments in parallel
+/// (overlapping with the encoding of the next ones), but not below [`MIN_PARALLEL_SEGMENT`] and
+/// never above `segment_size`.
+fn seal_size(segment_size: usize, upload_concurrency: usize) -> usize {
+    (segment_size / upload_concurrency.max(1))
+        .max(MIN_PARALLEL_SEGMENT)
+        .min(segment_size)
+}
+
+/// A finished upload: the segment, and the local directories whose new entries still need an
+/// fsync before it is durable (empty for other stores).
+struct Uploaded {
+    summary: SegmentSummary,
+    dirty_dirs: Vec<PathBuf>,
+}
+
 struct OpenSegment {
     seq: u64,
     buf: Vec<u8>,
@@ -49,8 +73,10 @@ struct OpenSegment {
 /// the background while the writer goes on, with at most
 /// [`upload_concurrency`](crate::StoreOptions::upload_concurrency) uploads in flight (`add`
 /// waits for a slot: backpressure). A state larger than the segment size goes into a segment of
-/// its own, uploaded with a multipart upload, without a second copy. On local disk each segment
-/// costs one file fsync and one directory fsync.
+/// its own, uploaded with a multipart upload, without a second copy. A segment is sealed early,
+/// at `segment_size / upload_concurrency` but not below 16 MiB, so that a large checkpoint is
+/// written as several segments in parallel. On local disk each segment costs one `fdatasync`,
+/// and `finish` fsyncs each directory that gained entries once.
 ///
 /// Nothing is committed until [`finish`](Self::finish) returned and the manifest was created.
 /// Dropping a writer without `finish` cancels its pending uploads; its blobs are garbage that
@@ -66,9 +92,11 @@ pub struct SegmentWriter {
     failed: bool,
     next_seq: u64,
     open: Option<OpenSegment>,
-    uploads: JoinSet<Result<SegmentSummary>>,
+    uploads: JoinSet<Result<Uploaded>>,
     slots: Arc<Semaphore>,
     summary: WriteSummary,
+    /// Local directories to fsync in `finish`.
+    dirty_dirs: BTreeSet<PathBuf>,
 }
 
 impl std::fmt::Debug for SegmentWriter {
@@ -113,6 +141,7 @@ impl SegmentWriter {
             uploads: JoinSet::new(),
             slots,
             summary: WriteSummary::default(),
+            dirty_dirs: BTreeSet::new(),
         }
     }
 
@@ -136,7 +165,7 @@ impl SegmentWriter {
 
     fn collect(
         &mut self,
-        done: std::result::Result<Result<SegmentSummary>, tokio::task::JoinError>,
+        done: std::result::Result<Result<Uploaded>, tokio::task::JoinError>,
     ) -> Result<()> {
         let result = done.unwrap_or_else(|e| {
             Err(Error::InvalidInput(format!(
@@ -145,7 +174,11 @@ impl SegmentWriter {
             )))
         });
         match result {
-            Ok(s) => {
+            Ok(Uploaded {
+                summary: s,
+                dirty_dirs,
+            }) => {
+                self.dirty_dirs.extend(dirty_dirs);
                 self.summary.bytes += s.bytes;
                 self.summary.entries += s.entries;
                 self.summary.segments.push(s);
@@ -165,12 +198,16 @@ impl SegmentWriter {
     fn open_segment(&mut self) -> &mut OpenSegment {
         let seq = self.next_seq;
         let id = self.id;
-        let size = self.store.inner.options.segment_size;
+        let options = &self.store.inner.options;
+        let seal = seal_size(options.segment_size, options.upload_concurrency);
+        // Room for the last entry's overshoot past the seal size, so that a segment of
+        // small entries is never reallocated (untouched capacity costs no memory).
+        let capacity = seal.saturating_add(seal / 4).min(options.segment_size);
         if self.open.is_none() {
             self.next_seq += 1;
         }
         self.open.get_or_insert_with(|| {
-            let mut buf = Vec::with_capacity(size.min(8 << 20) + format::SEGMENT_HEADER_LEN);
+            let mut buf = Vec::with_capacity(capacity + format::SEGMENT_HEADER_LEN);
             buf.extend_from_slice(&format::segment_header(id));
             OpenSegment {
                 seq,
@@ -218,7 +255,9 @@ impl SegmentWriter {
         tag: &StateTag,
         encode: impl FnOnce(&mut Vec<u8>) -> std::result::Result<(), ObjectError>,
     ) -> Result<EntryLocation> {
-        let segment_size = self.store.inner.options.segment_size;
+        let options = &self.store.inner.options;
+        let segment_size = options.segment_size;
+        let seal = seal_size(segment_size, options.upload_concurrency);
         // The seq a split would move the new entry to.
         let spare_seq = self.next_seq + u64::from(self.open.is_none());
         let open = self.open_segment();
@@ -249,7 +288,7 @@ impl SegmentWriter {
             len: written.len as u64,
             crc: written.crc,
         };
-        if open.buf.len() >= segment_size {
+        if open.buf.len() >= seal {
             self.seal().await?;
         }
         Ok(location)
@@ -325,8 +364,53 @@ impl SegmentWriter {
         if let Some(e) = first_error {
             return Err(e);
         }
+        self.sync_dirs().await?;
         self.summary.segments.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(std::mem::take(&mut self.summary))
+    }
+}
+
+impl SegmentWriter {
+    /// Makes the directory entries of the segments written to local disk durable: one fsync
+    /// per directory for all segments, rather than one per segment.
+    async fn sync_dirs(&mut self) -> Result<()> {
+        let dirs = std::mem::take(&mut self.dirty_dirs);
+        let inner = &self.store.inner;
+        let Some(disk) = &inner.local else {
+            return Ok(());
+        };
+        if dirs.is_empty() || !disk.fsync() {
+            return Ok(());
+        }
+        let synced = tokio::task::spawn_blocking(move || {
+            // Deepest first: a directory's entry in its parent is synced after its own entries.
+            let mut failed = None;
+            for dir in dirs.iter().rev() {
+                if let Err(e) = local::sync_dirs([dir]) {
+                    failed = Some(local::store_error(e, dir));
+                    break;
+                }
+            }
+            failed
+        })
+        .await;
+        match synced {
+            Ok(None) => Ok(()),
+            Ok(Some(e)) => {
+                self.failed = true;
+                Err(inner.map_err(
+                    format!("sync the segment directories of checkpoint {}", self.id),
+                    e,
+                ))
+            }
+            Err(e) => {
+                self.failed = true;
+                Err(Error::InvalidInput(format!(
+                    "syncing the segment directories of checkpoint {} did not finish: {e}",
+                    self.id
+                )))
+            }
+        }
     }
 }
 
@@ -347,9 +431,36 @@ async fn upload(
     parts: Vec<Bytes>,
     entries: u64,
     _permit: OwnedSemaphorePermit,
-) -> Result<SegmentSummary> {
+) -> Result<Uploaded> {
     let path = inner.path(&key);
     let bytes: u64 = parts.iter().map(|p| p.len() as u64).sum();
+    if let Some(disk) = &inner.local {
+        // Local disk: one file, one fdatasync, no directory fsync until `finish`.
+        let file = disk.file(&path);
+        let fsync = disk.fsync();
+        let written = tokio::task::spawn_blocking(move || {
+            local::write_blob(&file, &parts, fsync).map_err(|e| local::store_error(e, &file))
+        })
+        .await;
+        let dirty_dirs = match written {
+            Ok(Ok(dirs)) => dirs,
+            Ok(Err(e)) => return Err(inner.map_err(format!("upload {key}"), e)),
+            Err(e) => {
+                return Err(Error::InvalidInput(format!(
+                    "the upload of {key} did not finish: {e}"
+                )));
+            }
+        };
+        tracing::trace!(key, bytes, entries, "segment written");
+        return Ok(Uploaded {
+            summary: SegmentSummary {
+                key,
+                bytes,
+                entries,
+            },
+            dirty_dirs,
+        });
+    }
     // Segments are written once under a key unique to (checkpoint, round, writer, seq), so a
     // plain put is idempotent and a lost response can be retried.
     if bytes <= inner.options.segment_size as u64 {
@@ -396,9 +507,12 @@ async fn upload(
         }
     }
     tracing::trace!(key, bytes, entries, "segment durable");
-    Ok(SegmentSummary {
-        key,
-        bytes,
-        entries,
+    Ok(Uploaded {
+        summary: SegmentSummary {
+            key,
+            bytes,
+            entries,
+        },
+        dirty_dirs: Vec::new(),
     })
 }
