@@ -9,17 +9,13 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use cohort_coordinator::service::control::{
-    ControlHandler, ControlReply, ControlRequest, StatusReport,
-};
-use cohort_coordinator::service::leadership::{
-    self, Leadership, LeadershipConfig, Role, Transition, View,
-};
+use cohort_coordinator::service::control::Responder;
+use cohort_coordinator::service::leadership::{self, Leadership, LeadershipConfig, Transition};
 use cohort_coordinator::service::metrics::{MetricsEndpoint, ServiceMetrics};
 use cohort_coordinator::service::{
     MetadataHook, Service, ServiceConfig, ServiceStatus, StateTable,
@@ -127,8 +123,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
     }
     // Control requests may arrive as soon as the port is bound, before the leadership driver
     // exists: until then they are told to retry.
-    let parts: Arc<OnceLock<Parts>> = Arc::new(OnceLock::new());
-    config.control = Some(control_handler(Arc::clone(&parts)));
+    let responder = Responder::new();
+    config.control = Some(responder.handler());
     let service = Service::start(store.clone(), config).await.map_err(|e| {
         Failure::usage(format!(
             "cannot start the coordinator on {}: {e}",
@@ -154,13 +150,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
     let leadership_config = LeadershipConfig::new(args.lease, Some(addr.to_string()))?;
     let holder = leadership_config.holder.clone();
     let leadership = Leadership::spawn(store.clone(), leadership_config);
-    // Set once, here; nothing else sets it.
-    let _ = parts.set(Parts {
-        service: service.clone(),
-        leadership: leadership.clone(),
-        holder: holder.clone(),
-        address: addr.to_string(),
-    });
+    responder.attach(service.clone(), leadership.clone(), holder.clone());
     say(format_args!(
         "coordinator {holder}: nodes connect to {addr}; store {}; lease {}",
         store.url(),
@@ -316,77 +306,6 @@ struct Counters {
     committed: u64,
     aborted: u64,
     recoveries: u64,
-}
-
-/// What the control handler needs: the service, the leadership driver and who we are.
-struct Parts {
-    service: Service,
-    leadership: Leadership,
-    holder: String,
-    address: String,
-}
-
-/// Answers `cohort status` and `cohort checkpoint --now`. Any coordinator reports its own
-/// status; only the leader takes checkpoints, a standby points at it.
-fn control_handler(parts: Arc<OnceLock<Parts>>) -> ControlHandler {
-    Arc::new(move |request| {
-        let parts = Arc::clone(&parts);
-        Box::pin(async move {
-            let Some(p) = parts.get() else {
-                return ControlReply::Failed {
-                    reason: "the coordinator is starting; retry in a moment".into(),
-                };
-            };
-            let view = p.leadership.view();
-            let leading = view.serving_epoch();
-            match request {
-                ControlRequest::Status => ControlReply::Status(Box::new(status_report(p, &view))),
-                ControlRequest::Checkpoint if leading.is_none() => ControlReply::NotLeader {
-                    leader: view.leader_address().map(str::to_owned),
-                },
-                ControlRequest::Checkpoint => match p.service.trigger().await {
-                    Ok(id) => ControlReply::Checkpointed { id },
-                    Err(e) => ControlReply::Failed {
-                        reason: e.to_string(),
-                    },
-                },
-                // A request of a newer CLI.
-                _ => ControlReply::Failed {
-                    reason: format!(
-                        "{} requests are not supported by this coordinator; upgrade it",
-                        request
-                    ),
-                },
-            }
-        })
-    })
-}
-
-fn status_report(p: &Parts, view: &View) -> StatusReport {
-    let status = p.service.status().borrow().clone();
-    let mut report = StatusReport::new(&p.holder, &p.address);
-    match &view.role {
-        Role::Leading { epoch, serving } => {
-            report.leading = *serving;
-            report.epoch = Some(*epoch);
-            report.leader = Some(p.address.clone());
-        }
-        Role::Claiming { epoch } => report.epoch = Some(*epoch),
-        Role::Following { leader } => {
-            report.epoch = leader.as_ref().map(|r| r.epoch);
-            report.leader = leader.as_ref().and_then(|r| r.address.clone());
-        }
-        _ => {}
-    }
-    report.last_committed = status.last_committed;
-    report.in_flight = status
-        .in_flight
-        .map(|(id, round)| (id, format!("e{}-{round}", report.epoch.unwrap_or(0))));
-    report.committed = status.committed;
-    report.aborted = status.aborted;
-    report.recoveries = status.recoveries;
-    report.table = status.table;
-    report
 }
 
 /// The test hook behind `--test-pause-before-commit`.

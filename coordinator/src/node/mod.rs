@@ -166,6 +166,8 @@ pub(crate) struct NodeShared {
     to_coordinator: mpsc::UnboundedSender<NodeFrame>,
     status: watch::Sender<NodeStatus>,
     shutdown: CancellationToken,
+    /// Pause times of this node's objects (prepare and capture), for [`Node::metrics`].
+    pub(crate) metrics: crate::runtime::Metrics,
 }
 
 impl NodeShared {
@@ -472,6 +474,12 @@ impl Node {
             .unwrap_or_else(|| Err(Error::UnknownObject(id.clone())))
     }
 
+    /// How long this node's objects were paused by checkpoints (prepare and capture; encoding
+    /// and upload happen after they are released): [`Metrics::pauses`](crate::runtime::Metrics::pauses).
+    pub fn metrics(&self) -> &crate::runtime::Metrics {
+        &self.shared.metrics
+    }
+
     /// The ids of the objects hosted here, sorted.
     pub fn objects(&self) -> Vec<ObjectId> {
         read(&self.shared.objects).keys().cloned().collect()
@@ -568,6 +576,7 @@ impl NodeBuilder {
             to_coordinator,
             status: watch::Sender::new(NodeStatus::Connecting),
             shutdown: shutdown.clone(),
+            metrics: crate::runtime::Metrics::default(),
         });
         let weak = Arc::downgrade(&shared);
         tokio::spawn(wire::serve(

@@ -136,6 +136,7 @@ impl<A: Actor> ObjectTask<A> {
         let Some(writer) = self.node.writer_for(round) else {
             return;
         };
+        let started = std::time::Instant::now();
         let captured = if self.failed {
             Err("the object failed and waits for recovery".to_owned())
         } else {
@@ -155,6 +156,7 @@ impl<A: Actor> ObjectTask<A> {
             }
         };
         self.cut.captured(round);
+        self.node.metrics.record_pause(started.elapsed());
         let msg = match captured {
             Ok((snapshot, generation)) => {
                 self.voted = Some((round, generation));

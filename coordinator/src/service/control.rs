@@ -9,7 +9,7 @@
 //! [`request`] follows.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use cohort_object_api::CheckpointId;
@@ -17,6 +17,8 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use super::Service;
+use super::leadership::{Leadership, Role as LeaderRole, View};
 use super::protocol::{CoordinatorFrame, NodeFrame};
 use super::table::StateTable;
 use crate::error::{Error, Result};
@@ -213,4 +215,107 @@ impl fmt::Display for ControlRequest {
             Self::Checkpoint => "checkpoint",
         })
     }
+}
+
+/// The standard answers of a coordinator run with a [`Leadership`] driver (what `cohort serve`
+/// installs): any coordinator reports its own status, only the leader takes checkpoints, and a
+/// standby points at the leader. Cheap to clone.
+///
+/// The handler must be in the [`ServiceConfig`](super::ServiceConfig) before the service
+/// starts, and the service is needed to answer: make the responder, install
+/// [`handler`](Self::handler), start the service and the driver, then
+/// [`attach`](Self::attach) them. Requests before that are told to retry.
+#[derive(Clone, Default)]
+pub struct Responder {
+    parts: Arc<OnceLock<Parts>>,
+}
+
+impl fmt::Debug for Responder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Responder")
+            .field("attached", &self.parts.get().is_some())
+            .finish()
+    }
+}
+
+struct Parts {
+    service: Service,
+    leadership: Leadership,
+    holder: String,
+}
+
+impl Responder {
+    /// A responder that is not attached yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Attaches the service and the driver; a second call changes nothing.
+    pub fn attach(&self, service: Service, leadership: Leadership, holder: impl Into<String>) {
+        let _ = self.parts.set(Parts {
+            service,
+            leadership,
+            holder: holder.into(),
+        });
+    }
+
+    /// The handler to install in [`ServiceConfig::control`](super::ServiceConfig::control).
+    pub fn handler(&self) -> ControlHandler {
+        let parts = Arc::clone(&self.parts);
+        Arc::new(move |request| {
+            let parts = Arc::clone(&parts);
+            Box::pin(async move {
+                let Some(p) = parts.get() else {
+                    return ControlReply::Failed {
+                        reason: "the coordinator is starting; retry in a moment".into(),
+                    };
+                };
+                let view = p.leadership.view();
+                match request {
+                    ControlRequest::Status => {
+                        ControlReply::Status(Box::new(status_report(p, &view)))
+                    }
+                    ControlRequest::Checkpoint if view.serving_epoch().is_none() => {
+                        ControlReply::NotLeader {
+                            leader: view.leader_address().map(str::to_owned),
+                        }
+                    }
+                    ControlRequest::Checkpoint => match p.service.trigger().await {
+                        Ok(id) => ControlReply::Checkpointed { id },
+                        Err(e) => ControlReply::Failed {
+                            reason: e.to_string(),
+                        },
+                    },
+                }
+            })
+        })
+    }
+}
+
+fn status_report(p: &Parts, view: &View) -> StatusReport {
+    let status = p.service.status().borrow().clone();
+    let address = p.service.local_addr().to_string();
+    let mut report = StatusReport::new(&p.holder, &address);
+    match &view.role {
+        LeaderRole::Leading { epoch, serving } => {
+            report.leading = *serving;
+            report.epoch = Some(*epoch);
+            report.leader = Some(address);
+        }
+        LeaderRole::Claiming { epoch } => report.epoch = Some(*epoch),
+        LeaderRole::Following { leader } => {
+            report.epoch = leader.as_ref().map(|r| r.epoch);
+            report.leader = leader.as_ref().and_then(|r| r.address.clone());
+        }
+        LeaderRole::Stopped => {}
+    }
+    report.last_committed = status.last_committed;
+    report.in_flight = status
+        .in_flight
+        .map(|(id, round)| (id, format!("e{}-{round}", report.epoch.unwrap_or(0))));
+    report.committed = status.committed;
+    report.aborted = status.aborted;
+    report.recoveries = status.recoveries;
+    report.table = status.table;
+    report
 }
