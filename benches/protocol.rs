@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use cohort::checkpoint::object_store::ObjectStoreExt;
 use cohort::checkpoint::{CheckpointStore, StoreOptions};
 use cohort::coordinator::{Actor, Cohort, Context, Settings};
 use cohort::{Checkpointable, EncodedState, ObjectError, ObjectId, Snapshot};
@@ -224,8 +225,15 @@ fn idle(c: &mut Criterion) {
     };
     let report = |name: &str, s: &Setup| {
         if let Some(last) = s.cohort.metrics().last_checkpoint() {
+            // The manifest lists every object, changed or not: its size counts too.
+            let (objects, prefix) = s.store.object_store();
+            let key = prefix
+                .clone()
+                .join("manifests")
+                .join(format!("{}.manifest", last.id.padded()));
+            let manifest = rt.block_on(objects.head(&key)).map_or(0, |meta| meta.size);
             eprintln!(
-                "idle/{name}: {} objects written ({} unchanged), {} bytes, {:?}",
+                "idle/{name}: {} objects written ({} unchanged), {} bytes of segments + {manifest} bytes of manifest, {:?}",
                 last.written, last.unchanged, last.bytes, last.duration
             );
         }
