@@ -19,7 +19,8 @@ use crate::engine::{
 };
 use crate::error::{Error, Result};
 
-/// The manifest metadata key holding every object's message counters at its cut.
+/// The manifest metadata key holding the message counters (sent, received) of every object at
+/// its cut; objects with both at zero are left out.
 pub(crate) const COUNTERS_KEY: &str = "cohort.counters";
 
 /// Prepares sent between two yields of the coordinator task.
@@ -438,7 +439,11 @@ impl Coordinator {
                     }
                 }
             };
-            counters.push((object.clone(), (ballot.sent, ballot.received)));
+            // Zero counters are left out (recovery reads a missing entry as zero): objects
+            // that never exchanged a message cost nothing here.
+            if (ballot.sent, ballot.received) != (0, 0) {
+                counters.push((object.clone(), (ballot.sent, ballot.received)));
+            }
             objects.push((object, entry));
         }
         drop(before);
