@@ -24,7 +24,7 @@ pub(crate) const TOMBSTONE_LEN: usize = 16;
 /// Bytes of a framed blob (manifest, epoch) besides its body.
 const FRAME_OVERHEAD: usize = 26 + 4;
 
-fn crc(bytes: &[u8]) -> u32 {
+pub(crate) fn crc(bytes: &[u8]) -> u32 {
     crc32fast::hash(bytes)
 }
 
@@ -155,9 +155,12 @@ pub(crate) struct Expected<'a> {
 }
 
 /// Decodes and checks one entry, given exactly its bytes and the crc the manifest recorded.
+/// `computed_crc` is the crc of the entry without its trailer when the caller already computed
+/// it (on another thread, say); `None` computes it here.
 pub(crate) fn decode_entry(
     bytes: &Bytes,
     recorded_crc: u32,
+    computed_crc: Option<u32>,
     expected: Expected<'_>,
 ) -> Result<(ObjectId, EncodedState), DamageKind> {
     let b = &bytes[..];
@@ -169,7 +172,7 @@ pub(crate) fn decode_entry(
     }
     let body = &b[..b.len() - 4];
     let stored = u32_at(b, b.len() - 4).unwrap_or_default();
-    let actual = crc(body);
+    let actual = computed_crc.unwrap_or_else(|| crc(body));
     if actual != recorded_crc || stored != recorded_crc {
         // Name the crc the bytes disagree with: the manifest's, unless only the trailer differs.
         let expected = if actual != recorded_crc {

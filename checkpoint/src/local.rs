@@ -14,7 +14,8 @@
 //! fault-injecting wrapper, say) never take this path.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
+use std::ops::Range;
 use std::path::{Path as FsPath, PathBuf};
 
 use bytes::Bytes;
@@ -138,6 +139,46 @@ fn sync_dir(dir: &FsPath) -> io::Result<()> {
 fn sync_dir(_dir: &FsPath) -> io::Result<()> {
     // Directories cannot be opened and synced portably elsewhere; LocalFileSystem skips it too.
     Ok(())
+}
+
+/// One segment read from local disk: its size, its bytes from the start up to the end of the
+/// last wanted entry (or the file's end), and the crc of each wanted entry without its trailer,
+/// when the entry lies within those bytes.
+pub(crate) struct SegmentRead {
+    pub(crate) size: u64,
+    pub(crate) span: Bytes,
+    pub(crate) crcs: Vec<Option<u32>>,
+}
+
+/// Reads the header and the `entries` of a segment with one sequential read into uninitialised
+/// capacity (no zero-fill), and computes the entries' crcs here, on the blocking thread, so that
+/// several segments are read and checked on several cores.
+pub(crate) fn read_segment(
+    file: &FsPath,
+    header_len: u64,
+    entries: &[Range<u64>],
+) -> io::Result<SegmentRead> {
+    let f = File::open(file)?;
+    let size = f.metadata()?.len();
+    let end = entries
+        .iter()
+        .map(|r| r.end)
+        .fold(header_len, u64::max)
+        .min(size);
+    let mut buf = Vec::with_capacity(usize::try_from(end).unwrap_or(0));
+    f.take(end).read_to_end(&mut buf)?;
+    let span = Bytes::from(buf);
+    let crcs = entries
+        .iter()
+        .map(|r| {
+            let start = usize::try_from(r.start).ok()?;
+            let body_end = usize::try_from(r.end.checked_sub(4)?).ok()?;
+            (r.start >= header_len && start <= body_end)
+                .then(|| span.get(start..body_end).map(crate::format::crc))
+                .flatten()
+        })
+        .collect();
+    Ok(SegmentRead { size, span, crcs })
 }
 
 #[cfg(test)]

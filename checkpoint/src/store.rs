@@ -21,7 +21,7 @@ use url::Url;
 use crate::error::{Damage, DamageKind, Error, Result};
 use crate::format::{self, Expected, FrameError};
 use crate::keys;
-use crate::local::LocalDisk;
+use crate::local::{self, LocalDisk};
 use crate::manifest::{EntryLocation, InTransitEntry, Manifest};
 use crate::writer::SegmentWriter;
 
@@ -1025,12 +1025,36 @@ impl CheckpointStore {
             ));
         };
         let path = self.inner.path(segment);
-        let size = match self.inner.store.head(&path).await {
-            Ok(meta) => meta.size,
-            Err(object_store::Error::NotFound { .. }) => return all(DamageKind::Missing),
-            Err(e) => return Err(self.inner.map_err(format!("head {segment}"), e)),
-        };
         let header_len = format::SEGMENT_HEADER_LEN as u64;
+        // Local disk: one sequential read of the segment, crcs computed on the blocking thread.
+        let local_read = match &self.inner.local {
+            Some(disk) => {
+                let file = disk.file(&path);
+                let entries: Vec<_> = wanted.iter().map(|w| w.location.range()).collect();
+                let read = tokio::task::spawn_blocking(move || {
+                    local::read_segment(&file, header_len, &entries)
+                        .map_err(|e| local::store_error(e, &file))
+                })
+                .await
+                .map_err(|e| {
+                    Error::InvalidInput(format!("the read of {segment} did not finish: {e}"))
+                })?;
+                match read {
+                    Ok(r) => Some(r),
+                    Err(object_store::Error::NotFound { .. }) => return all(DamageKind::Missing),
+                    Err(e) => return Err(self.inner.map_err(format!("read {segment}"), e)),
+                }
+            }
+            None => None,
+        };
+        let size = match &local_read {
+            Some(r) => r.size,
+            None => match self.inner.store.head(&path).await {
+                Ok(meta) => meta.size,
+                Err(object_store::Error::NotFound { .. }) => return all(DamageKind::Missing),
+                Err(e) => return Err(self.inner.map_err(format!("head {segment}"), e)),
+            },
+        };
         if size < header_len {
             return all(DamageKind::Truncated {
                 needed: header_len,
@@ -1040,7 +1064,9 @@ impl CheckpointStore {
         let mut ranges = Vec::with_capacity(wanted.len() + 1);
         ranges.push(0..header_len);
         let mut slots = Vec::with_capacity(wanted.len());
-        for w in wanted {
+        // The precomputed crc of each range (none for the header).
+        let mut crcs = vec![None];
+        for (k, w) in wanted.iter().enumerate() {
             let r = w.location.range();
             if w.location.offset < header_len || w.location.len < 4 {
                 slots.push(Err(DamageKind::HeaderMismatch(format!(
@@ -1054,13 +1080,34 @@ impl CheckpointStore {
                 }));
             } else {
                 slots.push(Ok(ranges.len()));
+                crcs.push(
+                    local_read
+                        .as_ref()
+                        .and_then(|l| l.crcs.get(k).copied().flatten()),
+                );
                 ranges.push(r);
             }
         }
-        let bytes = match self.inner.store.get_ranges(&path, &ranges).await {
-            Ok(b) => b,
-            Err(object_store::Error::NotFound { .. }) => return all(DamageKind::Missing),
-            Err(e) => return Err(self.inner.map_err(format!("read {segment}"), e)),
+        let bytes = match &local_read {
+            // Every range ends within the file, and the span reaches the end of the last one
+            // (or the file's end), so these slices are in bounds; `get` keeps it so if not.
+            Some(l) => ranges
+                .iter()
+                .map(|r| {
+                    let r = usize::try_from(r.start).unwrap_or(usize::MAX)
+                        ..usize::try_from(r.end).unwrap_or(usize::MAX);
+                    if l.span.get(r.clone()).is_some() {
+                        l.span.slice(r)
+                    } else {
+                        Bytes::new()
+                    }
+                })
+                .collect(),
+            None => match self.inner.store.get_ranges(&path, &ranges).await {
+                Ok(b) => b,
+                Err(object_store::Error::NotFound { .. }) => return all(DamageKind::Missing),
+                Err(e) => return Err(self.inner.map_err(format!("read {segment}"), e)),
+            },
         };
         let header = bytes.first().cloned().unwrap_or_default();
         if let Err(kind) = format::check_segment_header(&header, seg.checkpoint) {
@@ -1081,7 +1128,9 @@ impl CheckpointStore {
                         },
                     ));
                 }
-                format::decode_entry(b, w.location.crc, w.expected).map_err(|k| damage(w, k))
+                let computed = crcs.get(i).copied().flatten();
+                format::decode_entry(b, w.location.crc, computed, w.expected)
+                    .map_err(|k| damage(w, k))
             })
             .collect())
     }
