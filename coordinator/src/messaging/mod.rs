@@ -2,7 +2,7 @@
 //!
 //! Objects of a cohort collaborate by sending each other messages, and cohort must see every
 //! one of them to guarantee a consistent cut. An object that handles messages implements
-//! [`Actor`]; it is spawned into a [`Cohort`](crate::Cohort), which returns an [`Address`].
+//! [`Actor`]; it is spawned into a [`Cohort`], which returns an [`Address`].
 //! Inside a handler, [`Context::send`] sends to another member: the runtime stamps the message
 //! with the sender's colour and counts it (see ARCHITECTURE.md, "Protocol"). From outside the
 //! cohort, [`Address::tell`] delivers a message that is not part of any cut: an input.
