@@ -37,7 +37,8 @@ Examples:
   cohort diff 41 42
   cohort rollback --to 41";
 
-/// Inspect, verify, diff and roll back the checkpoints of a cohort store.
+/// Inspect, verify, diff and roll back the checkpoints of a cohort store, and run its
+/// coordinators.
 ///
 /// A store is a URL: file:///abs/path (or a plain path), s3://bucket/prefix (configured by the
 /// usual AWS_* variables, such as AWS_ENDPOINT_URL and AWS_REGION), or memory://. Every command
