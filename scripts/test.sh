@@ -14,4 +14,4 @@ echo "==> the fuzz target still builds (running it needs nightly: fuzz/README.md
 cargo check --quiet --manifest-path fuzz/Cargo.toml
 
 echo "==> cargo test (with a local S3-compatible server)"
-scripts/with-s3.sh cargo test --workspace --all-features
+scripts/with-s3.sh cargo test --workspace --all-features --no-fail-fast
