@@ -127,6 +127,8 @@ fn node_process() {
     let coordinator = std::env::var("COHORT_COORDINATOR").unwrap();
     let store_dir = std::env::var("COHORT_STORE").unwrap();
     let kick = std::env::var("COHORT_KICK").is_ok();
+    // Every account of this node starts a stream of transfers (heavy cross-node traffic).
+    let kick_all = std::env::var("COHORT_KICK_ALL").is_ok();
     let block = std::env::var("COHORT_BLOCK").ok().map(PathBuf::from);
     let reached = std::env::var("COHORT_REACHED").ok().map(PathBuf::from);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -146,6 +148,7 @@ fn node_process() {
             .unwrap();
         let peers = account_ids(nodes);
         let mut first = None;
+        let mut mine = Vec::new();
         for a in 0..ACCOUNTS_PER_NODE {
             let id = ObjectId::new(format!("acct-{index}-{a}")).unwrap();
             let addr = node
@@ -160,9 +163,10 @@ fn node_process() {
                     },
                 )
                 .unwrap();
+            mine.push(addr.clone());
             first.get_or_insert(addr);
         }
-        if kick {
+        if kick || kick_all {
             // Start the money moving once every account is placed (bounded wait).
             let end = Instant::now() + Duration::from_secs(20);
             while !peers.iter().all(|p| node.address::<Msg>(p).is_ok()) {
@@ -172,7 +176,15 @@ fn node_process() {
                 );
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            first.unwrap().tell(Msg::Kick).unwrap();
+            if kick_all {
+                for addr in &mine {
+                    for _ in 0..4 {
+                        addr.tell(Msg::Kick).unwrap();
+                    }
+                }
+            } else {
+                first.unwrap().tell(Msg::Kick).unwrap();
+            }
         }
         let mut status = node.status();
         // Run until killed, or until refused.
@@ -192,6 +204,7 @@ struct Cluster {
     service: Service,
     nodes: usize,
     children: Vec<Option<Child>>,
+    kick_all: bool,
 }
 
 impl Drop for Cluster {
@@ -205,6 +218,11 @@ impl Drop for Cluster {
 
 impl Cluster {
     async fn start(nodes: usize, heartbeat_timeout: Duration) -> Self {
+        Self::start_with(nodes, heartbeat_timeout, false).await
+    }
+
+    /// `kick_all`: every account starts four streams of transfers, not only node 0's first.
+    async fn start_with(nodes: usize, heartbeat_timeout: Duration, kick_all: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store =
             CheckpointStore::open(dir.path().join("store").to_str().unwrap(), store_options())
@@ -220,6 +238,7 @@ impl Cluster {
             service,
             nodes,
             children: Vec::new(),
+            kick_all,
         };
         for i in 0..nodes {
             let child = cluster.spawn_node(i, None);
@@ -241,7 +260,9 @@ impl Cluster {
             .env("COHORT_STORE", self.dir.path().join("store"))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
-        if index == 0 {
+        if self.kick_all {
+            cmd.env("COHORT_KICK_ALL", "1");
+        } else if index == 0 {
             cmd.env("COHORT_KICK", "1");
         }
         if let Some((block, reached)) = block {
@@ -345,6 +366,42 @@ impl Cluster {
     }
 }
 
+/// Σ balances + Σ in-transit credits of every committed manifest, and the messages handled
+/// before each (`(id, money, hops)`).
+async fn money_in_every_line(cluster: &Cluster) -> Vec<(CheckpointId, i64, u64)> {
+    let store = CheckpointStore::open(&cluster.store_url(), store_options())
+        .await
+        .unwrap();
+    tokio::task::spawn_blocking(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut lines = Vec::new();
+            for id in store.committed_ids().await.unwrap() {
+                let manifest = store.read_manifest(id).await.unwrap();
+                let mut money = 0;
+                let mut hops = 0;
+                for (_, s) in store.read_states(&manifest).await.unwrap() {
+                    let (balance, h): (i64, u64) = s.decode().unwrap();
+                    money += balance;
+                    hops += h;
+                }
+                for (_, m) in store.read_in_transit(&manifest).await.unwrap() {
+                    if let Msg::Credit(x) = m.decode::<Msg>().unwrap() {
+                        money += x;
+                    }
+                }
+                lines.push((id, money, hops));
+            }
+            lines
+        })
+    })
+    .await
+    .unwrap()
+}
+
 async fn hops_at_line(cluster: &Cluster) -> u64 {
     let store = CheckpointStore::open(&cluster.store_url(), store_options())
         .await
@@ -393,6 +450,45 @@ async fn checkpoints_across_node_processes_keep_the_money() {
     );
     let status = cluster.service.status().borrow().clone();
     assert_eq!(status.recoveries, 0);
+}
+
+/// Many transfers in flight between four node processes while checkpoints follow each other:
+/// a message coloured with a round its receiver's node has not started yet (the sender's node
+/// got the prepare first) must not be handled before the receiver captures, and every line
+/// must hold all the money.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_cross_node_traffic_keeps_the_money_in_every_line() {
+    let cluster = Cluster::start_with(4, Duration::from_secs(2), true).await;
+    cluster
+        .wait_for("four live nodes", Duration::from_secs(20), all_live(4))
+        .await;
+    let mut committed = 0;
+    let end = Instant::now() + Duration::from_secs(60);
+    while committed < 40 {
+        assert!(
+            Instant::now() < end,
+            "only {committed} checkpoints committed"
+        );
+        cluster.checkpoint(Duration::from_secs(20)).await;
+        committed += 1;
+    }
+    let lines = money_in_every_line(&cluster).await;
+    assert!(lines.len() >= 40, "{} lines", lines.len());
+    let wrong: Vec<_> = lines
+        .iter()
+        .filter(|(_, money, _)| *money != cluster.total())
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "money not conserved (expected {}) in lines {wrong:?}",
+        cluster.total()
+    );
+    let hops = lines.last().map_or(0, |l| l.2);
+    assert!(
+        hops >= 500,
+        "too little traffic before the last line: {hops}"
+    );
+    assert_eq!(cluster.service.status().borrow().recoveries, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

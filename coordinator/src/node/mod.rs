@@ -155,14 +155,26 @@ pub(crate) struct NodeShared {
     active: Mutex<Option<ActiveRound>>,
     /// Objects start held: the coordinator releases them (after restoring them if needed).
     held: AtomicBool,
-    /// The newest round started, the colour of objects spawned now.
+    /// The newest round started, the colour of objects spawned now. Raised only under
+    /// [`early`](Self::early)'s lock, so that no frame is parked after its round started.
     colour_floor: AtomicU64,
+    /// Frames from other nodes coloured with a round this node has not started yet: a sender
+    /// captured for it before this node got the `Prepare`. Delivered now, the receiver would
+    /// handle a message sent after the sender's cut without capturing first (an orphan), so
+    /// they wait until the round starts here (or a newer one, or a recovery).
+    /// Also every frame while a restore runs: one of the new incarnation would otherwise land
+    /// in a mailbox the restore then discards.
+    early: Mutex<Vec<PeerFrame>>,
+    /// A restore is running: frames are parked (set and cleared under `early`'s lock).
+    restoring: AtomicBool,
     incarnation: AtomicU64,
     placement: RwLock<Placement>,
     links: Mutex<HashMap<String, mpsc::UnboundedSender<PeerFrame>>>,
-    /// The highest sequence number delivered per (sender, receiver): duplicates of a re-send
-    /// after a reconnection are dropped.
-    delivered: Mutex<HashMap<(ObjectId, ObjectId), u64>>,
+    /// The sender's incarnation and highest sequence number delivered per (sender,
+    /// receiver): duplicates of a re-send after a reconnection are dropped. A newer
+    /// incarnation starts afresh (a recovery restores the senders' counters, so sequence
+    /// numbers go back).
+    delivered: Mutex<HashMap<(ObjectId, ObjectId), (u64, u64)>>,
     to_coordinator: mpsc::UnboundedSender<NodeFrame>,
     status: watch::Sender<NodeStatus>,
     shutdown: CancellationToken,
@@ -250,8 +262,52 @@ impl NodeShared {
         link.send(frame).map_err(|_| Error::Stopped)
     }
 
-    /// A frame from another node: checks its incarnation and sequence, then queues it.
+    /// A frame from another node: parks it while its colour is a round not started here,
+    /// else delivers it.
     fn deliver(&self, frame: PeerFrame) {
+        let mut early = lock(&self.early);
+        if self.restoring.load(Ordering::SeqCst)
+            || frame.colour.0 > self.colour_floor.load(Ordering::SeqCst)
+        {
+            early.push(frame);
+            return;
+        }
+        // Under the lock: a frame must not overtake parked frames being flushed.
+        self.deliver_now(frame);
+        drop(early);
+    }
+
+    /// Raises the newest round started to `round` and delivers the parked frames it allows,
+    /// in arrival order.
+    fn raise_floor(&self, round: Round) {
+        self.raise_floor_ending_restore(round, false);
+    }
+
+    /// [`raise_floor`](Self::raise_floor), and with `end_restore` first ends the parking of a
+    /// restore, under the same lock so that no new frame overtakes the parked ones.
+    fn raise_floor_ending_restore(&self, round: Round, end_restore: bool) {
+        let mut early = lock(&self.early);
+        if end_restore {
+            self.restoring.store(false, Ordering::SeqCst);
+        }
+        if self.restoring.load(Ordering::SeqCst) {
+            return; // the restore's end raises it and flushes
+        }
+        let floor = self
+            .colour_floor
+            .fetch_max(round.0, Ordering::SeqCst)
+            .max(round.0);
+        for frame in std::mem::take(&mut *early) {
+            if frame.colour.0 > floor {
+                early.push(frame);
+            } else {
+                self.deliver_now(frame);
+            }
+        }
+    }
+
+    /// Checks a frame's incarnation and sequence, then queues it in its receiver's mailbox.
+    fn deliver_now(&self, frame: PeerFrame) {
         if frame.incarnation < self.incarnation.load(Ordering::SeqCst) {
             return; // sent before a recovery: part of the discarded future
         }
@@ -259,11 +315,11 @@ impl NodeShared {
             let mut delivered = lock(&self.delivered);
             let last = delivered
                 .entry((frame.from.clone(), frame.to.clone()))
-                .or_insert(0);
-            if frame.seq <= *last {
-                return; // a re-send of a message already delivered
+                .or_insert((frame.incarnation, 0));
+            if frame.incarnation < last.0 || (frame.incarnation == last.0 && frame.seq <= last.1) {
+                return; // a re-send of a message already delivered, or an older incarnation's
             }
-            *last = frame.seq;
+            *last = (frame.incarnation, frame.seq);
         }
         let objects = read(&self.objects);
         match objects.get(&frame.to) {
@@ -569,6 +625,8 @@ impl NodeBuilder {
             active: Mutex::new(None),
             held: AtomicBool::new(true),
             colour_floor: AtomicU64::new(0),
+            early: Mutex::new(Vec::new()),
+            restoring: AtomicBool::new(false),
             incarnation: AtomicU64::new(0),
             placement: RwLock::new(Placement::default()),
             links: Mutex::new(HashMap::new()),
@@ -622,14 +680,30 @@ async fn restore(
     colour: Round,
     incarnation: u64,
 ) -> std::result::Result<(), String> {
+    {
+        let _early = lock(&shared.early);
+        shared.restoring.store(true, Ordering::SeqCst);
+    }
+    let result = restore_objects(shared, cohort_recovery, line, colour, incarnation).await;
+    // Frames that arrived meanwhile: those of an older incarnation are dropped, the rest
+    // reach the restored mailboxes.
+    shared.raise_floor_ending_restore(colour, true);
+    result
+}
+
+async fn restore_objects(
+    shared: &Arc<NodeShared>,
+    cohort_recovery: bool,
+    line: Option<CheckpointId>,
+    colour: Round,
+    incarnation: u64,
+) -> std::result::Result<(), String> {
     shared.held.store(true, Ordering::SeqCst);
     for ack in shared.hold_all() {
         let _ = ack.await;
     }
-    shared.incarnation.store(incarnation, Ordering::SeqCst);
-    shared.colour_floor.store(colour.0, Ordering::SeqCst);
+    shared.incarnation.fetch_max(incarnation, Ordering::SeqCst);
     *lock(&shared.active) = None;
-    lock(&shared.delivered).clear();
     let ids: BTreeSet<ObjectId> = read(&shared.objects).keys().cloned().collect();
     let manifest = match line {
         Some(id) => Some(

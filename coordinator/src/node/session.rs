@@ -237,7 +237,9 @@ fn on_frame(shared: &Arc<NodeShared>, frame: CoordinatorFrame) {
                 round,
                 writer: tx,
             });
-            shared.colour_floor.fetch_max(round.0, Ordering::SeqCst);
+            // The round is active first: a parked frame of its colour makes its receiver
+            // capture before handling it.
+            shared.raise_floor(round);
             let slots = read(&shared.objects);
             for object in &objects {
                 match slots.get(object) {
