@@ -72,6 +72,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// The run's settings, from the environment.
 struct Config {
     scale: f64,
+    /// Node processes of `coordination_remote` (`COHORT_BENCH_NODES`, default 64).
+    nodes: usize,
     /// A fresh directory on the disk under test, removed at the end.
     dir: tempfile::TempDir,
 }
@@ -88,6 +90,16 @@ impl Config {
                 })?,
             Err(_) => 1.0,
         };
+        let nodes = match std::env::var("COHORT_BENCH_NODES") {
+            Ok(s) => s
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n > 0)
+                .with_context(|| {
+                    format!("COHORT_BENCH_NODES={s:?}: give a positive whole number")
+                })?,
+            Err(_) => 64,
+        };
         let base = std::env::var_os("COHORT_BENCH_DIR")
             .map_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")), PathBuf::from);
         std::fs::create_dir_all(&base)
@@ -96,7 +108,7 @@ impl Config {
             .prefix("cohort-report-")
             .tempdir_in(&base)
             .with_context(|| format!("creating a directory in {}", base.display()))?;
-        Ok(Config { scale, dir })
+        Ok(Config { scale, nodes, dir })
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -140,9 +152,9 @@ const STEPS: &[Step] = &[
     },
     Step {
         figures: &["coordination_remote"],
-        run: |_| {
+        run: |c| {
             Ok(vec![
-                runtime()?.block_on(processes::coordination_remote(64))?,
+                runtime()?.block_on(processes::coordination_remote(c.nodes))?,
             ])
         },
     },
@@ -232,7 +244,18 @@ fn report() -> anyhow::Result<bool> {
     Ok(entries.iter().all(|e| e.value.is_some()))
 }
 
+/// Logs to stderr at `RUST_LOG` (default `warn`), so that a failing figure says why.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 fn main() -> ExitCode {
+    init_logging();
     let outcome = match std::env::var(ROLE_ENV) {
         Ok(r) => role(&r).map(|()| true),
         Err(_) => report(),

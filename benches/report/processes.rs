@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, ensure};
 use cohort::checkpoint::{CheckpointStore, ManifestKind, StoreOptions};
 use cohort::coordinator::node::{Node, NodeSettings};
-use cohort::coordinator::service::{Service, ServiceConfig};
+use cohort::coordinator::service::{Service, ServiceConfig, ServiceStatus};
 
 use crate::entry::{Entry, Goal, Samples, ms};
 use crate::ha_support::{Proc, address_in, cohort_bin, poll, store_dir};
@@ -121,18 +121,23 @@ pub(crate) async fn coordination_remote(nodes: usize) -> anyhow::Result<Entry> {
         })
         .collect();
     let mut status = service.status();
-    let registered = status
-        .wait_for(|s| s.table.placement.len() == nodes && s.table.nodes.values().all(|n| n.live));
-    tokio::time::timeout(Duration::from_secs(120), registered)
+    let all_live = |s: &ServiceStatus| {
+        s.table.placement.len() == nodes && s.table.nodes.values().all(|n| n.live)
+    };
+    tokio::time::timeout(Duration::from_secs(120), status.wait_for(all_live))
         .await
         .context("not every node registered within 120 s")??;
-    // Warm up until a round commits (the nodes finish their first restore), then 10 more.
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // Warm up until a round commits (the nodes finish their first restore), then 10 more. A
+    // failed attempt is retried once the status moved on and every node is live again, not at
+    // once: a storm of aborted rounds starves the heartbeats on two busy cores.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while let Err(e) = service.trigger().await {
         ensure!(
-            Instant::now() < deadline,
+            tokio::time::Instant::now() < deadline,
             "no round committed within 60 s; the last attempt: {e}"
         );
+        let _ = tokio::time::timeout_at(deadline, status.changed()).await;
+        let _ = tokio::time::timeout_at(deadline, status.wait_for(all_live)).await;
     }
     for _ in 0..10 {
         service.trigger().await?;
