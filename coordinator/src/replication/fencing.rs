@@ -58,6 +58,10 @@ const MAGIC: &[u8; 8] = b"COHGRP\0\x01";
 const HEADER_LEN: usize = 12;
 /// How many log entries [`FencedLog::read_from`] fetches at once.
 const READ_CONCURRENCY: usize = 16;
+/// How many taken numbers an append steps over one at a time before it lists the log and jumps
+/// past its newest entry. Racing a live writer under CPU load took up to 23 steps; many more
+/// mean this handle is far behind, where one listing beats a read per entry.
+const WALK_BEFORE_LISTING: u32 = 128;
 
 fn encode<T: Serialize>(value: &T) -> Result<Bytes, String> {
     let body = rmp_serde::to_vec_named(value).map_err(|e| e.to_string())?;
@@ -532,6 +536,9 @@ impl FencedLog {
             nonce: next_nonce(),
             kind,
         };
+        // Entries stepped over one by one since the last jump.
+        let mut walked = 0;
+        let (started, mut raced) = (std::time::Instant::now(), 0u32);
         loop {
             entry.seq = seq;
             let key = self.key(seq);
@@ -542,6 +549,9 @@ impl FencedLog {
                 .await
                 .map_err(store_error(&self.group, format!("append log entry {seq}")))?;
             if created {
+                if raced > 0 {
+                    tracing::debug!(group = %self.group, seq, raced, took = ?started.elapsed(), "a log append found numbers taken");
+                }
                 self.raise_hint(seq + 1);
                 return Ok(seq);
             }
@@ -558,8 +568,19 @@ impl FencedLog {
                 return Ok(seq);
             }
             self.check_not_fenced(writer, &existing)?;
-            // Catch up: the log first, then the slot. A fence at or below `newest` was written
-            // after its slot record, so the later slot listing would show that record.
+            walked += 1;
+            raced += 1;
+            if walked < WALK_BEFORE_LISTING {
+                // Racing a live writer: step to the next number. Every entry stepped over is
+                // read and checked above, so no fence is skipped. Listing here instead would
+                // livelock: a listing grows with the log and takes longer than the other
+                // writer's next append, so the number after it would always be taken again.
+                seq += 1;
+                continue;
+            }
+            // Far behind: jump, the log first, then the slot. A fence at or below `newest` was
+            // written after its slot record, so the later slot listing would show that record.
+            walked = 0;
             let newest = self.newest().await?.max(seq);
             let slot_newest = newest_epoch(&self.store, &self.group, writer.slot).await?;
             if slot_newest > writer.epoch {
