@@ -94,7 +94,7 @@ pub enum Error {
     DuplicateObject(ObjectId),
     /// No object with this id is in the cohort (never spawned, or dropped by recovery).
     #[error(
-        "no object {0} in the cohort: spawn it first (recovery drops objects created after the line)"
+        "no object {0} in the cohort: spawn it first (recovery drops objects created after the line, and a stopped cohort has none)"
     )]
     UnknownObject(ObjectId),
     /// The object exists but is of another type, or takes another message type.
