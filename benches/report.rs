@@ -160,11 +160,11 @@ const STEPS: &[Step] = &[
     },
     Step {
         figures: &["failover_warm"],
-        run: |_| Ok(vec![runtime()?.block_on(warm::failover_warm(5))?]),
+        run: |_| Ok(vec![runtime()?.block_on(warm::failover_warm(9))?]),
     },
     Step {
         figures: &["coordinator_failover"],
-        run: |_| Ok(vec![processes::coordinator_failover(3)?]),
+        run: |_| Ok(vec![processes::coordinator_failover(5)?]),
     },
 ];
 

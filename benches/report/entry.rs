@@ -161,14 +161,13 @@ impl Samples {
     }
 }
 
+/// `v` with three significant digits (whole numbers from 100 up).
 fn number(v: f64) -> String {
-    if v.abs() >= 100.0 {
-        format!("{v:.0}")
-    } else if v.abs() >= 1.0 {
-        format!("{v:.2}")
-    } else {
-        format!("{v:.4}")
+    if v == 0.0 || !v.is_finite() || v.abs() >= 100.0 {
+        return format!("{v:.0}");
     }
+    let decimals = (2 - v.abs().log10().floor() as i32).max(0) as usize;
+    format!("{v:.decimals$}")
 }
 
 /// The report as a table, one line per entry, notes below.

@@ -141,10 +141,10 @@ pub(crate) async fn pause_p99(store: CheckpointStore) -> anyhow::Result<Entry> {
     blobs.cohort.shutdown().await;
     let rounds = Samples::new(rounds).context("no rounds")?;
     Ok(Entry::absolute("pause_p99", ms(p.p99), "ms", Goal::AtMost(1.0)).with_note(format!(
-        "{OBJECTS} x 4 KiB objects, local disk with fsync, {ROUNDS} rounds, {} pauses: p50 {:.3} ms, max {:.3} ms; whole checkpoint p50 {:.0} ms",
+        "{OBJECTS} x 4 KiB objects, local disk with fsync, {ROUNDS} rounds, {} pauses: p50 {:.1} us, max {:.0} us; whole checkpoint p50 {:.0} ms",
         p.count,
-        ms(p.p50),
-        ms(p.max),
+        p.p50.as_secs_f64() * 1e6,
+        p.max.as_secs_f64() * 1e6,
         ms(rounds.quantile(0.5)),
     )))
 }

@@ -200,7 +200,7 @@ fn size_label(bytes: u64) -> String {
 
 /// `write_1gib` and `restore_1gib`: 1 GiB × `scale` in 1,000 objects.
 pub(crate) async fn large(base: &Path, scale: f64) -> anyhow::Result<Vec<Entry>> {
-    const RUNS: usize = 2;
+    const RUNS: usize = 3;
     let size = (f64::from(1u32 << 30) * scale / OBJECTS as f64).round() as usize;
     let size = size.max(1 << 10);
     let bytes = (OBJECTS * size) as u64;
