@@ -64,15 +64,9 @@ impl CheckpointStore {
 
     /// The pinned checkpoints, ascending.
     pub async fn pins(&self) -> Result<Vec<CheckpointId>> {
-        let mut out: Vec<_> = self
-            .inner
-            .list(keys::PINS)
-            .await?
-            .into_iter()
-            .filter_map(|(k, _)| keys::parse_pin(&k))
-            .collect();
-        out.sort_unstable();
-        Ok(out)
+        self.inner
+            .list_parsed(keys::PINS, |key, _| keys::parse_pin(key))
+            .await
     }
 
     /// Garbage collection: keeps the newest `keep` (at least 1) committed checkpoints, the
@@ -475,15 +469,9 @@ impl CheckpointStore {
     }
 
     async fn epoch_numbers(&self) -> Result<Vec<u64>> {
-        let mut out: Vec<u64> = self
-            .inner
-            .list(keys::EPOCHS)
-            .await?
-            .into_iter()
-            .filter_map(|(k, _)| keys::parse_epoch(&k))
-            .collect();
-        out.sort_unstable();
-        Ok(out)
+        self.inner
+            .list_parsed(keys::EPOCHS, |key, _| keys::parse_epoch(key))
+            .await
     }
 }
 

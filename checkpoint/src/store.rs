@@ -687,17 +687,11 @@ impl CheckpointStore {
 
     /// Every used manifest slot, ascending, with whether it is a GC tombstone.
     pub(crate) async fn manifest_slots(&self) -> Result<Vec<(CheckpointId, bool)>> {
-        let mut out: Vec<_> = self
-            .inner
-            .list(keys::MANIFESTS)
-            .await?
-            .into_iter()
-            .filter_map(|(key, size)| {
-                keys::parse_manifest(&key).map(|id| (id, size == format::TOMBSTONE_LEN as u64))
+        self.inner
+            .list_parsed(keys::MANIFESTS, |key, size| {
+                keys::parse_manifest(key).map(|id| (id, size == format::TOMBSTONE_LEN as u64))
             })
-            .collect();
-        out.sort_unstable();
-        Ok(out)
+            .await
     }
 
     /// Reads and checks the manifest of checkpoint `id`.
@@ -1239,11 +1233,30 @@ impl Inner {
             .collect())
     }
 
+    /// The keys under `dir` that `parse` accepts (given each key and its size), parsed and
+    /// sorted ascending.
+    pub(crate) async fn list_parsed<T: Ord>(
+        &self,
+        dir: &str,
+        parse: impl Fn(&str, u64) -> Option<T>,
+    ) -> Result<Vec<T>> {
+        let mut out: Vec<T> = self
+            .list(dir)
+            .await?
+            .into_iter()
+            .filter_map(|(key, size)| parse(&key, size))
+            .collect();
+        out.sort_unstable();
+        Ok(out)
+    }
+
     /// Deletes keys; a key that is already gone is fine.
     pub(crate) async fn delete_all(&self, keys: impl Iterator<Item = String>) -> Result<()> {
         let paths: Vec<(String, Path)> = keys
-            .map(|k| (self.path(&k), k))
-            .map(|(p, k)| (k, p))
+            .map(|k| {
+                let path = self.path(&k);
+                (k, path)
+            })
             .collect();
         futures::stream::iter(paths)
             .map(|(key, path)| async move {
