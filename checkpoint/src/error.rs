@@ -223,6 +223,15 @@ pub enum DamageKind {
     HeaderMismatch(String),
     /// The bytes pass their checksum but cannot be decoded.
     Undecodable(String),
+    /// The manifest is stored as a delta, and its base manifest cannot be used (missing,
+    /// damaged, expired, or not the bytes the delta was computed from): the delta cannot be
+    /// resolved, so the checkpoint is unreadable.
+    BaseUnusable {
+        /// The base manifest's key, relative to the store's prefix.
+        base: String,
+        /// What is wrong with the base.
+        kind: Box<DamageKind>,
+    },
 }
 
 impl fmt::Display for DamageKind {
@@ -240,6 +249,9 @@ impl fmt::Display for DamageKind {
             }
             Self::HeaderMismatch(what) => write!(f, "header mismatch: {what}"),
             Self::Undecodable(what) => write!(f, "undecodable: {what}"),
+            Self::BaseUnusable { base, kind } => {
+                write!(f, "a delta whose base manifest {base} is unusable: {kind}")
+            }
         }
     }
 }

@@ -6,10 +6,26 @@ use bytes::Bytes;
 use cohort_object_api::{CheckpointId, EncodedState, ObjectId, StateTag};
 
 use crate::error::DamageKind;
-use crate::manifest::{EpochLease, EpochRecord, Manifest};
+use crate::manifest::{
+    DeltaBody, DeltaManifest, EpochLease, EpochRecord, Manifest, StoredManifest,
+};
 
-/// The format version this build writes and the newest it reads.
-pub const FORMAT_VERSION: u16 = 1;
+/// The newest format version this build reads.
+///
+/// Version 2 added delta manifests. Every blob is written with the oldest version that can hold
+/// it: segments, full manifests, epoch records and leases with version 1 (byte for byte as
+/// before), delta manifests with version 2, so that a build that knows only version 1 refuses a
+/// delta as written by a newer cohort rather than misreading it as a manifest of few objects.
+pub const FORMAT_VERSION: u16 = 2;
+
+/// The version segments are written with, and the newest segment version read.
+pub(crate) const SEGMENT_VERSION: u16 = 1;
+/// The version of a full manifest.
+pub(crate) const MANIFEST_FULL_VERSION: u16 = 1;
+/// The version of a delta manifest.
+pub(crate) const MANIFEST_DELTA_VERSION: u16 = 2;
+/// The version epoch records and leases are written with, and the newest read.
+pub(crate) const RECORD_VERSION: u16 = 1;
 
 pub(crate) const SEGMENT_MAGIC: &[u8; 8] = b"COHSEG\0\x01";
 pub(crate) const MANIFEST_MAGIC: &[u8; 8] = b"COHMAN\0\x01";
@@ -47,7 +63,7 @@ fn u64_at(b: &[u8], at: usize) -> Option<u64> {
 pub(crate) fn segment_header(id: CheckpointId) -> [u8; SEGMENT_HEADER_LEN] {
     let mut h = [0u8; SEGMENT_HEADER_LEN];
     h[0..8].copy_from_slice(SEGMENT_MAGIC);
-    h[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h[8..10].copy_from_slice(&SEGMENT_VERSION.to_le_bytes());
     h[10..18].copy_from_slice(&id.get().to_le_bytes());
     let c = crc(&h[0..18]);
     h[18..22].copy_from_slice(&c.to_le_bytes());
@@ -76,9 +92,9 @@ pub(crate) fn check_segment_header(bytes: &[u8], expected: CheckpointId) -> Resu
         });
     }
     let version = u16_at(bytes, 8).unwrap_or_default();
-    if version > FORMAT_VERSION {
+    if version > SEGMENT_VERSION {
         return Err(DamageKind::HeaderMismatch(format!(
-            "segment format version {version} is newer than the supported {FORMAT_VERSION}: upgrade cohort"
+            "segment format version {version} is newer than the supported {SEGMENT_VERSION}: upgrade cohort"
         )));
     }
     let id = u64_at(bytes, 10).unwrap_or_default();
@@ -240,16 +256,21 @@ pub(crate) fn decode_entry(
 pub(crate) enum FrameError {
     /// The blob is a GC tombstone.
     Tombstone,
-    /// The blob has a newer format version.
-    Future(u16),
+    /// The blob has a newer format version than this build reads.
+    Future {
+        /// The version in the blob.
+        found: u16,
+        /// The newest version of this kind of blob that this build reads.
+        supported: u16,
+    },
     /// The blob is damaged.
     Damaged(DamageKind),
 }
 
-fn encode_framed(magic: &[u8; 8], id: u64, body: &[u8]) -> Vec<u8> {
+fn encode_framed(magic: &[u8; 8], version: u16, id: u64, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(FRAME_OVERHEAD + body.len());
     out.extend_from_slice(magic);
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(&id.to_le_bytes());
     out.extend_from_slice(&(body.len() as u64).to_le_bytes());
     out.extend_from_slice(body);
@@ -258,11 +279,14 @@ fn encode_framed(magic: &[u8; 8], id: u64, body: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Checks a framed blob; returns its format version and body. `supported` is the newest version
+/// of this kind of blob that this build reads.
 fn decode_framed<'a>(
     magic: &[u8; 8],
+    supported: u16,
     bytes: &'a [u8],
     expected_id: u64,
-) -> Result<&'a [u8], FrameError> {
+) -> Result<(u16, &'a [u8]), FrameError> {
     if bytes.len() == TOMBSTONE_LEN && &bytes[0..8] == TOMBSTONE_MAGIC {
         return Err(FrameError::Tombstone);
     }
@@ -298,8 +322,11 @@ fn decode_framed<'a>(
         });
     }
     let version = u16_at(bytes, 8).unwrap_or_default();
-    if version > FORMAT_VERSION {
-        return Err(FrameError::Future(version));
+    if version > supported {
+        return Err(FrameError::Future {
+            found: version,
+            supported,
+        });
     }
     let id = u64_at(bytes, 10).unwrap_or_default();
     if id != expected_id {
@@ -307,27 +334,69 @@ fn decode_framed<'a>(
             "header says {id}, the key says {expected_id}"
         )));
     }
-    Ok(&bytes[26..end])
+    Ok((version, &bytes[26..end]))
 }
 
-/// Encodes a manifest blob.
+/// The crc32 trailer of a framed blob (valid once the blob decoded).
+pub(crate) fn frame_crc(bytes: &[u8]) -> u32 {
+    bytes
+        .len()
+        .checked_sub(4)
+        .and_then(|at| u32_at(bytes, at))
+        .unwrap_or_default()
+}
+
+/// Encodes a full manifest blob (format version 1).
 pub(crate) fn encode_manifest(m: &Manifest) -> Result<Vec<u8>, rmp_serde::encode::Error> {
     let body = rmp_serde::to_vec_named(m)?;
-    Ok(encode_framed(MANIFEST_MAGIC, m.id.get(), &body))
+    Ok(encode_framed(
+        MANIFEST_MAGIC,
+        MANIFEST_FULL_VERSION,
+        m.id.get(),
+        &body,
+    ))
 }
 
-/// Decodes a manifest blob read from the key of checkpoint `id`.
-pub(crate) fn decode_manifest(bytes: &[u8], id: CheckpointId) -> Result<Manifest, FrameError> {
-    let body = decode_framed(MANIFEST_MAGIC, bytes, id.get())?;
-    let m: Manifest = rmp_serde::from_slice(body)
-        .map_err(|e| FrameError::Damaged(DamageKind::Undecodable(format!("manifest body: {e}"))))?;
-    if m.id != id {
+/// Encodes a delta manifest blob (format version 2).
+pub(crate) fn encode_delta(d: &DeltaBody<'_>) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+    let body = rmp_serde::to_vec_named(d)?;
+    Ok(encode_framed(
+        MANIFEST_MAGIC,
+        MANIFEST_DELTA_VERSION,
+        d.id.get(),
+        &body,
+    ))
+}
+
+/// Decodes a manifest blob read from the key of checkpoint `id`, as it is stored: whole, or as a
+/// delta against a base (which the caller resolves).
+pub(crate) fn decode_manifest(
+    bytes: &[u8],
+    id: CheckpointId,
+) -> Result<StoredManifest, FrameError> {
+    let (version, body) = decode_framed(MANIFEST_MAGIC, FORMAT_VERSION, bytes, id.get())?;
+    let undecodable = |e: rmp_serde::decode::Error| {
+        FrameError::Damaged(DamageKind::Undecodable(format!("manifest body: {e}")))
+    };
+    let stored = if version >= MANIFEST_DELTA_VERSION {
+        let d: DeltaManifest = rmp_serde::from_slice(body).map_err(undecodable)?;
+        if d.base == CheckpointId::ZERO || d.base >= d.id {
+            return Err(FrameError::Damaged(DamageKind::HeaderMismatch(format!(
+                "delta manifest of checkpoint {} names base {}, which is not an earlier checkpoint",
+                d.id, d.base
+            ))));
+        }
+        StoredManifest::Delta(d)
+    } else {
+        StoredManifest::Full(rmp_serde::from_slice(body).map_err(undecodable)?)
+    };
+    if stored.id() != id {
         return Err(FrameError::Damaged(DamageKind::HeaderMismatch(format!(
             "manifest body says checkpoint {}, its key says {id}",
-            m.id
+            stored.id()
         ))));
     }
-    Ok(m)
+    Ok(stored)
 }
 
 /// The 16-byte tombstone GC writes over an expired manifest.
@@ -341,12 +410,12 @@ pub(crate) fn tombstone(id: CheckpointId) -> [u8; TOMBSTONE_LEN] {
 /// Encodes an epoch record blob.
 pub(crate) fn encode_epoch(r: &EpochRecord) -> Result<Vec<u8>, rmp_serde::encode::Error> {
     let body = rmp_serde::to_vec_named(r)?;
-    Ok(encode_framed(EPOCH_MAGIC, r.epoch, &body))
+    Ok(encode_framed(EPOCH_MAGIC, RECORD_VERSION, r.epoch, &body))
 }
 
 /// Decodes an epoch record blob read from the key of `epoch`.
 pub(crate) fn decode_epoch(bytes: &[u8], epoch: u64) -> Result<EpochRecord, FrameError> {
-    let body = decode_framed(EPOCH_MAGIC, bytes, epoch)?;
+    let (_, body) = decode_framed(EPOCH_MAGIC, RECORD_VERSION, bytes, epoch)?;
     let r: EpochRecord = rmp_serde::from_slice(body)
         .map_err(|e| FrameError::Damaged(DamageKind::Undecodable(format!("epoch record: {e}"))))?;
     if r.epoch != epoch {
@@ -361,12 +430,12 @@ pub(crate) fn decode_epoch(bytes: &[u8], epoch: u64) -> Result<EpochRecord, Fram
 /// Encodes an epoch lease blob.
 pub(crate) fn encode_lease(l: &EpochLease) -> Result<Vec<u8>, rmp_serde::encode::Error> {
     let body = rmp_serde::to_vec_named(l)?;
-    Ok(encode_framed(LEASE_MAGIC, l.epoch, &body))
+    Ok(encode_framed(LEASE_MAGIC, RECORD_VERSION, l.epoch, &body))
 }
 
 /// Decodes an epoch lease blob read from the lease key of `epoch`.
 pub(crate) fn decode_lease(bytes: &[u8], epoch: u64) -> Result<EpochLease, FrameError> {
-    let body = decode_framed(LEASE_MAGIC, bytes, epoch)?;
+    let (_, body) = decode_framed(LEASE_MAGIC, RECORD_VERSION, bytes, epoch)?;
     let l: EpochLease = rmp_serde::from_slice(body)
         .map_err(|e| FrameError::Damaged(DamageKind::Undecodable(format!("epoch lease: {e}"))))?;
     if l.epoch != epoch {

@@ -11,6 +11,7 @@
 //!
 //! See [`CheckpointStore`] for an example.
 
+mod delta;
 mod error;
 mod format;
 mod keys;

@@ -130,6 +130,113 @@ pub struct InTransitEntry {
     pub location: EntryLocation,
 }
 
+/// A manifest as it is stored: whole, or as a delta against a full base manifest (format
+/// version 2; see `delta.rs`). Readers resolve a delta before anyone else sees it.
+#[derive(Debug)]
+pub(crate) enum StoredManifest {
+    /// A full manifest (format version 1).
+    Full(Manifest),
+    /// A delta against the full manifest of checkpoint `base`.
+    Delta(DeltaManifest),
+}
+
+impl StoredManifest {
+    /// The checkpoint id.
+    pub(crate) fn id(&self) -> CheckpointId {
+        match self {
+            Self::Full(m) => m.id,
+            Self::Delta(d) => d.id,
+        }
+    }
+
+    /// The epoch of its writer.
+    pub(crate) fn epoch(&self) -> u64 {
+        match self {
+            Self::Full(m) => m.epoch,
+            Self::Delta(d) => d.epoch,
+        }
+    }
+
+    /// The round token of the attempt that wrote it.
+    pub(crate) fn round(&self) -> &str {
+        match self {
+            Self::Full(m) => &m.round,
+            Self::Delta(d) => &d.round,
+        }
+    }
+
+    /// The full manifest this one is a delta of, if it is one.
+    pub(crate) fn base(&self) -> Option<CheckpointId> {
+        match self {
+            Self::Full(_) => None,
+            Self::Delta(d) => Some(d.base),
+        }
+    }
+}
+
+/// The body of a delta manifest, decoded: the header fields of [`Manifest`], the base, and the
+/// object entries that differ from the base's. In-transit messages and metadata belong to one
+/// cut and are stored whole.
+#[derive(Debug, Deserialize)]
+pub(crate) struct DeltaManifest {
+    pub(crate) id: CheckpointId,
+    pub(crate) epoch: u64,
+    pub(crate) created_at_ms: u64,
+    pub(crate) parent: Option<CheckpointId>,
+    pub(crate) kind: ManifestKind,
+    pub(crate) round: String,
+    /// The full manifest this delta applies to; always an earlier checkpoint.
+    pub(crate) base: CheckpointId,
+    /// The crc32 trailer of the base's blob, so that a delta never resolves against other bytes
+    /// than those it was computed from.
+    pub(crate) base_crc: u32,
+    /// Entries added or changed since the base.
+    #[serde(default)]
+    pub(crate) objects: BTreeMap<ObjectId, ObjectEntry>,
+    /// Objects the base holds and this checkpoint does not.
+    #[serde(default)]
+    pub(crate) removed: Vec<ObjectId>,
+    #[serde(default)]
+    pub(crate) in_transit: Vec<InTransitEntry>,
+    #[serde(default, deserialize_with = "bytes_map::deserialize")]
+    pub(crate) metadata: BTreeMap<String, Vec<u8>>,
+}
+
+/// The body of a delta manifest, to encode: [`DeltaManifest`]'s fields, borrowed from the full
+/// manifest being committed and its base, so that encoding copies nothing.
+#[derive(Serialize)]
+pub(crate) struct DeltaBody<'a> {
+    pub(crate) id: CheckpointId,
+    pub(crate) epoch: u64,
+    pub(crate) created_at_ms: u64,
+    pub(crate) parent: Option<CheckpointId>,
+    pub(crate) kind: &'a ManifestKind,
+    pub(crate) round: &'a str,
+    pub(crate) base: CheckpointId,
+    pub(crate) base_crc: u32,
+    pub(crate) objects: EntryMap<'a>,
+    pub(crate) removed: Vec<&'a ObjectId>,
+    pub(crate) in_transit: &'a [InTransitEntry],
+    #[serde(serialize_with = "bytes_map_ref")]
+    pub(crate) metadata: &'a BTreeMap<String, Vec<u8>>,
+}
+
+/// Object entries in ascending id order, encoded as a map.
+pub(crate) struct EntryMap<'a>(pub(crate) Vec<(&'a ObjectId, &'a ObjectEntry)>);
+
+impl Serialize for EntryMap<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().copied())
+    }
+}
+
+fn bytes_map_ref<S: serde::Serializer>(
+    map: &&BTreeMap<String, Vec<u8>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    bytes_map::serialize(map, s)
+}
+
 /// The record of one coordinator epoch, created create-only at `epochs/<epoch>`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EpochRecord {

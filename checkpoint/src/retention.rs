@@ -16,7 +16,8 @@ use crate::store::CheckpointStore;
 pub struct GcReport {
     /// Whether this was a dry run: nothing was changed.
     pub dry_run: bool,
-    /// Committed checkpoints kept: the newest `keep`, the pinned ones and the recovery line.
+    /// Committed checkpoints kept: the newest `keep`, the pinned ones, the recovery line, and
+    /// the base of every kept checkpoint stored as a delta.
     pub retained: Vec<CheckpointId>,
     /// Committed checkpoints expired: their manifests are replaced by tombstones.
     pub expired: Vec<CheckpointId>,
@@ -42,7 +43,7 @@ impl CheckpointStore {
     /// Pins committed checkpoint `id`: GC keeps it however old it gets.
     pub async fn pin(&self, id: CheckpointId) -> Result<()> {
         self.check_writable("pin")?;
-        match self.read_manifest(id).await {
+        match self.read_stored(id).await {
             // A damaged manifest may still be worth keeping for inspection.
             Ok(_) | Err(Error::Damaged { .. }) | Err(Error::FutureFormat { .. }) => {}
             Err(e) => return Err(e),
@@ -70,7 +71,8 @@ impl CheckpointStore {
     }
 
     /// Garbage collection: keeps the newest `keep` (at least 1) committed checkpoints, the
-    /// pinned ones, and the recovery line (the newest one that verifies); expires the others by
+    /// pinned ones, the recovery line (the newest one that verifies), and the full manifest each
+    /// kept delta manifest is stored against; expires the others by
     /// tombstoning their manifests; deletes every segment that no kept manifest references
     /// (blobs of aborted and uncommitted attempts, and of expired checkpoints).
     ///
@@ -129,6 +131,8 @@ impl CheckpointStore {
             }
         }
 
+        // Never expire a base that a kept delta (or one written meanwhile) resolves against.
+        retained.extend(refs.bases.iter().filter(|b| committed.contains(b)));
         let expired: Vec<CheckpointId> = committed
             .iter()
             .filter(|id| !retained.contains(id))
@@ -174,27 +178,66 @@ impl CheckpointStore {
         Ok(report)
     }
 
-    /// Adds the segments manifest `id` references to `refs`.
+    /// Adds the segments manifest `id` references to `refs` (resolved: a delta's entries and
+    /// its base's), and, when it is a delta, its base and what the base references: a kept
+    /// delta keeps its base.
     async fn reference(&self, id: CheckpointId, refs: &mut References) -> Result<()> {
-        refs.read.insert(id);
-        match self.read_manifest(id).await {
+        if !refs.read.insert(id) {
+            return Ok(());
+        }
+        let stored = match self.read_stored(id).await {
+            Ok((stored, _)) => stored,
+            Err(e) => return self.unreadable(id, None, e, refs),
+        };
+        let base = stored.base();
+        match self.resolve_stored(stored, false).await {
+            Ok(m) => refs
+                .segments
+                .extend(m.locations().map(|l| l.segment.clone())),
+            Err(e) => self.unreadable(id, base, e, refs)?,
+        }
+        let Some(base) = base else {
+            return Ok(());
+        };
+        refs.bases.insert(base);
+        if !refs.read.insert(base) {
+            return Ok(());
+        }
+        // A base is a full manifest: no further hop.
+        match self.read_manifest(base).await {
             Ok(m) => {
                 refs.segments
                     .extend(m.locations().map(|l| l.segment.clone()));
                 Ok(())
             }
+            Err(e) => self.unreadable(base, None, e, refs),
+        }
+    }
+
+    /// What GC does about a kept manifest it cannot read: `e` is why, `base` the base it names
+    /// if it is a delta whose header was read.
+    fn unreadable(
+        &self,
+        id: CheckpointId,
+        base: Option<CheckpointId>,
+        e: Error,
+        refs: &mut References,
+    ) -> Result<()> {
+        match e {
             // Tombstoned by a concurrent GC: nothing to keep.
-            Err(Error::NotFound { .. }) => Ok(()),
-            Err(Error::FutureFormat { blob, found, .. }) => Err(Error::InvalidInput(format!(
+            Error::NotFound { .. } => Ok(()),
+            Error::FutureFormat { blob, found, .. } => Err(Error::InvalidInput(format!(
                 "gc refuses to run: {blob} has format version {found}, newer than this build reads, so it cannot tell which blobs that checkpoint needs; run gc with a newer cohort"
             ))),
-            Err(Error::Damaged { damage, .. }) => {
-                // Unknown references: keep its whole directory, touch nothing else it might use.
+            Error::Damaged { damage, .. } => {
+                // Unknown references: keep its whole directory (and its base's), touch nothing
+                // else it might use.
                 tracing::warn!(store = %self.inner.url, %damage, "gc keeps the segments of a damaged manifest");
                 refs.protected_dirs.insert(id);
+                refs.protected_dirs.extend(base);
                 Ok(())
             }
-            Err(e) => Err(e),
+            e => Err(e),
         }
     }
 
@@ -393,10 +436,10 @@ impl CheckpointStore {
             url: url.clone(),
         };
         match e {
-            FrameError::Future(found) => Error::FutureFormat {
+            FrameError::Future { found, supported } => Error::FutureFormat {
                 blob: key.to_owned(),
                 found,
-                supported: format::FORMAT_VERSION,
+                supported,
                 url: url.clone(),
             },
             FrameError::Tombstone => damaged(DamageKind::HeaderMismatch(
@@ -433,13 +476,17 @@ impl CheckpointStore {
             // A newer epoch wrote the newest manifest: we are the deposed one. (Only a hint,
             // read before the create; the create itself is what fences for certain.)
             if newest != CheckpointId::ZERO
-                && let Ok(m) = self.read_manifest(newest).await
-                && m.epoch > epoch
+                && let Ok((m, _)) = self.read_stored(newest).await
+                && m.epoch() > epoch
             {
                 return Err(Error::Fenced {
                     id: newest.next(),
                     epoch,
-                    by: format!("epoch {} (checkpoint {newest}, round {})", m.epoch, m.round),
+                    by: format!(
+                        "epoch {} (checkpoint {newest}, round {})",
+                        m.epoch(),
+                        m.round()
+                    ),
                     url: self.inner.url.clone(),
                 });
             }
@@ -484,4 +531,6 @@ struct References {
     protected_dirs: BTreeSet<CheckpointId>,
     /// Manifests already read.
     read: BTreeSet<CheckpointId>,
+    /// The bases of the delta manifests read: kept with them.
+    bases: BTreeSet<CheckpointId>,
 }

@@ -18,8 +18,9 @@ use object_store::{
 };
 use url::Url;
 
+use crate::delta::{Encoded, ManifestCache};
 use crate::error::{Damage, DamageKind, Error, Result};
-use crate::format::{self, Expected, FrameError};
+use crate::format::{self, Expected};
 use crate::keys;
 use crate::local::{self, LocalDisk};
 use crate::manifest::{EntryLocation, InTransitEntry, Manifest};
@@ -123,6 +124,8 @@ pub(crate) struct Inner {
     /// Set for a store on local disk opened from a path or `file://` URL: segments are written
     /// and read with direct file IO (see `local.rs`).
     pub(crate) local: Option<LocalDisk>,
+    /// The newest base manifest known, for delta manifests (see `delta.rs`).
+    pub(crate) cache: Arc<ManifestCache>,
 }
 
 impl fmt::Debug for CheckpointStore {
@@ -255,6 +258,7 @@ impl CheckpointStore {
                 remote: false,
                 writable: true,
                 local: None,
+                cache: Arc::default(),
             }),
         }
     }
@@ -326,6 +330,7 @@ impl CheckpointStore {
                 remote: false,
                 writable: for_writing,
                 local: None,
+                cache: Arc::default(),
             };
             return Ok(Self {
                 inner: Arc::new(inner),
@@ -372,6 +377,7 @@ impl CheckpointStore {
                     remote: true,
                     writable: for_writing,
                     local: None,
+                    cache: Arc::default(),
                 };
                 Ok(Self {
                     inner: Arc::new(inner),
@@ -420,6 +426,7 @@ impl CheckpointStore {
             remote: false,
             writable: for_writing,
             local,
+            cache: Arc::default(),
         };
         Ok(Self {
             inner: Arc::new(inner),
@@ -439,6 +446,7 @@ impl CheckpointStore {
                 remote: i.remote,
                 writable: i.writable,
                 local: i.local.clone(),
+                cache: Arc::clone(&i.cache),
             }),
         }
     }
@@ -460,6 +468,7 @@ impl CheckpointStore {
                 remote: i.remote,
                 writable: i.writable,
                 local: i.local.clone(),
+                cache: Arc::default(),
             }),
         })
     }
@@ -550,6 +559,11 @@ impl CheckpointStore {
     /// Commits a checkpoint by creating its manifest, create-only. The segments it references
     /// must be durable already ([`SegmentWriter::finish`] returned).
     ///
+    /// The manifest is stored whole, or, when fewer than a quarter of its entries differ from
+    /// the full manifest that `id - 1` uses as base (itself when whole), as a delta of that
+    /// base: only the differing entries are written, so an idle object costs nothing. Readers
+    /// always get the full manifest back ([`read_manifest`](Self::read_manifest)).
+    ///
     /// - Ok: committed (also when a retried request finds its own earlier create).
     /// - [`Error::Fenced`]: a higher epoch holds this id, or GC tombstoned it: step down.
     /// - [`Error::Conflict`]: a writer of no higher epoch committed this id first, or manifest
@@ -558,29 +572,11 @@ impl CheckpointStore {
         self.check_writable("commit")?;
         let id = manifest.id;
         validate_manifest(manifest)?;
-        if id.get() > 1 {
-            let prev = CheckpointId::new(id.get() - 1);
-            let prev_key = keys::manifest(prev);
-            match self.inner.store.head(&self.inner.path(&prev_key)).await {
-                Ok(_) => {}
-                Err(object_store::Error::NotFound { .. }) => {
-                    return Err(Error::Conflict {
-                        id,
-                        reason: format!(
-                            "manifest {prev_key} does not exist, and checkpoint ids are contiguous"
-                        ),
-                        url: self.inner.url.clone(),
-                    });
-                }
-                Err(e) => return Err(self.inner.map_err(format!("head {prev_key}"), e)),
-            }
-        }
+        // Checks that manifest `id - 1` exists, and stores the manifest whole or as a delta.
+        let Encoded { bytes, base } = self.encode_for_commit(manifest).await?;
         let key = keys::manifest(id);
-        let bytes = format::encode_manifest(manifest).map_err(|e| {
-            Error::InvalidInput(format!(
-                "manifest of checkpoint {id} cannot be encoded: {e}"
-            ))
-        })?;
+        let crc = format::frame_crc(&bytes);
+        let delta_of = base.as_ref().map(|b| b.id);
         let put = self
             .inner
             .store
@@ -592,7 +588,8 @@ impl CheckpointStore {
             .await;
         match put {
             Ok(_) => {
-                tracing::debug!(store = %self.inner.url, %id, epoch = manifest.epoch, round = %manifest.round, "committed");
+                tracing::debug!(store = %self.inner.url, %id, epoch = manifest.epoch, round = %manifest.round, ?delta_of, "committed");
+                self.note_committed(manifest, base, crc);
                 Ok(())
             }
             Err(object_store::Error::AlreadyExists { .. }) => {
@@ -602,44 +599,47 @@ impl CheckpointStore {
         }
     }
 
-    /// Manifest `key` already exists: is it ours, a newer leader's, or a rival's?
+    /// Manifest `key` already exists: is it ours, a newer leader's, or a rival's? Decided by
+    /// its header fields (epoch and round), so a delta whose base is unusable is judged alike.
     async fn resolve_taken(&self, manifest: &Manifest, key: &str) -> Result<()> {
         let id = manifest.id;
         let raw = self.inner.get(key).await?;
         let url = self.inner.url.clone();
         match format::decode_manifest(&raw, id) {
             Ok(existing)
-                if existing.round == manifest.round && existing.epoch == manifest.epoch =>
+                if existing.round() == manifest.round && existing.epoch() == manifest.epoch =>
             {
                 tracing::debug!(%id, round = %manifest.round, "commit found its own earlier create");
+                self.forget_newest_base();
                 Ok(())
             }
-            Ok(existing) if existing.epoch > manifest.epoch => Err(Error::Fenced {
+            Ok(existing) if existing.epoch() > manifest.epoch => Err(Error::Fenced {
                 id,
                 epoch: manifest.epoch,
-                by: format!("epoch {} (round {})", existing.epoch, existing.round),
+                by: format!("epoch {} (round {})", existing.epoch(), existing.round()),
                 url,
             }),
             Ok(existing) => Err(Error::Conflict {
                 id,
                 reason: format!(
                     "it was committed first by epoch {} (round {})",
-                    existing.epoch, existing.round
+                    existing.epoch(),
+                    existing.round()
                 ),
                 url,
             }),
-            Err(FrameError::Tombstone) => Err(Error::Fenced {
+            Err(format::FrameError::Tombstone) => Err(Error::Fenced {
                 id,
                 epoch: manifest.epoch,
                 by: "a GC tombstone (the id expired long ago)".into(),
                 url,
             }),
-            Err(FrameError::Future(v)) => Err(Error::Conflict {
+            Err(format::FrameError::Future { found, .. }) => Err(Error::Conflict {
                 id,
-                reason: format!("it holds a manifest of a newer format version {v}"),
+                reason: format!("it holds a manifest of a newer format version {found}"),
                 url,
             }),
-            Err(FrameError::Damaged(kind)) => Err(Error::Conflict {
+            Err(format::FrameError::Damaged(kind)) => Err(Error::Conflict {
                 id,
                 reason: format!("it holds a damaged manifest ({kind})"),
                 url,
@@ -652,8 +652,8 @@ impl CheckpointStore {
     pub async fn discard_round(&self, id: CheckpointId, round: &str) -> Result<u64> {
         self.check_writable("discard a round")?;
         keys::validate_token("round", round)?;
-        match self.read_manifest(id).await {
-            Ok(m) if m.round == round => {
+        match self.read_stored(id).await {
+            Ok((m, _)) if m.round() == round => {
                 return Err(Error::InvalidInput(format!(
                     "round {round} of checkpoint {id} is committed; its blobs are live"
                 )));
@@ -694,56 +694,12 @@ impl CheckpointStore {
             .await
     }
 
-    /// Reads and checks the manifest of checkpoint `id`.
+    /// Reads and checks the manifest of checkpoint `id`. A manifest stored as a delta is
+    /// resolved against its base: the result is always the full manifest, and an unusable base
+    /// makes it [`Error::Damaged`] ([`DamageKind::BaseUnusable`]).
     pub async fn read_manifest(&self, id: CheckpointId) -> Result<Manifest> {
-        let key = keys::manifest(id);
-        let raw = match self.inner.get(&key).await {
-            Err(Error::NotFound { url, .. }) => {
-                return Err(Error::NotFound {
-                    what: format!("checkpoint {id} (no manifest {key})"),
-                    url,
-                });
-            }
-            other => other?,
-        };
-        self.decode_manifest_at(id, &key, &raw)
-    }
-
-    fn decode_manifest_at(&self, id: CheckpointId, key: &str, raw: &[u8]) -> Result<Manifest> {
-        let url = self.inner.url.clone();
-        match format::decode_manifest(raw, id) {
-            Ok(m) => {
-                validate_manifest(&m).map_err(|e| Error::Damaged {
-                    damage: Box::new(Damage {
-                        checkpoint: id,
-                        object: None,
-                        blob: key.to_owned(),
-                        kind: DamageKind::HeaderMismatch(e.to_string()),
-                    }),
-                    url: url.clone(),
-                })?;
-                Ok(m)
-            }
-            Err(FrameError::Tombstone) => Err(Error::NotFound {
-                what: format!("checkpoint {id} (expired by GC; {key} is a tombstone)"),
-                url,
-            }),
-            Err(FrameError::Future(found)) => Err(Error::FutureFormat {
-                blob: key.to_owned(),
-                found,
-                supported: format::FORMAT_VERSION,
-                url,
-            }),
-            Err(FrameError::Damaged(kind)) => Err(Error::Damaged {
-                damage: Box::new(Damage {
-                    checkpoint: id,
-                    object: None,
-                    blob: key.to_owned(),
-                    kind,
-                }),
-                url,
-            }),
-        }
+        let (stored, _) = self.read_stored(id).await?;
+        self.resolve_stored(stored, false).await
     }
 
     /// The newest committed checkpoint whose blobs all verify (present, right length, right
@@ -893,7 +849,12 @@ impl CheckpointStore {
             bytes: 0,
             damaged: Vec::new(),
         };
-        let manifest = match self.read_manifest(id).await {
+        // A delta's base is read from the store, not the cache: this checks the stored bytes.
+        let read = match self.read_stored(id).await {
+            Ok((stored, _)) => self.resolve_stored(stored, true).await,
+            Err(e) => Err(e),
+        };
+        let manifest = match read {
             Ok(m) => m,
             Err(Error::Damaged { damage, .. }) => {
                 report.damaged.push(*damage);
@@ -1142,7 +1103,7 @@ struct Wanted<'a> {
 }
 
 /// Rules a manifest must follow beyond its types: tokens and segment keys in the layout.
-fn validate_manifest(m: &Manifest) -> Result<()> {
+pub(crate) fn validate_manifest(m: &Manifest) -> Result<()> {
     if m.id == CheckpointId::ZERO {
         return Err(Error::InvalidInput(
             "checkpoint id 0 is never used; ids start at 1".into(),

@@ -221,3 +221,94 @@ async fn gc_interrupted_by_a_failing_delete_finishes_on_the_next_run() {
     let again = store.gc(1, false).await.unwrap();
     assert!(again.deleted.is_empty(), "{again:?}");
 }
+
+/// Checkpoint 1 of sixteen objects, then checkpoint `id` of the same with object 0 set to
+/// `value`: a delta of checkpoint 1 (not yet committed).
+async fn wide(store: &CheckpointStore, id: u64, value: i64) -> Manifest {
+    let round = format!("e1-r{id}");
+    let mut m = Manifest::new(CheckpointId::new(id), 1, 0, &round);
+    m.parent = (id > 1).then(|| CheckpointId::new(id - 1));
+    let mut w = store.segment_writer(m.id, &round, "node-1");
+    for i in 0..16 {
+        if id > 1 && i > 0 {
+            continue;
+        }
+        let object = ObjectId::indexed("o", i).unwrap();
+        let location = w.add(&object, &Snapshot::new("V", 1, value)).await.unwrap();
+        m.objects.insert(
+            object,
+            ObjectEntry {
+                type_name: "V".into(),
+                version: 1,
+                generation: None,
+                location,
+            },
+        );
+    }
+    w.finish().await.unwrap();
+    if id > 1 {
+        let base = store
+            .read_manifest(CheckpointId::new(id - 1))
+            .await
+            .unwrap();
+        for (k, v) in base.objects {
+            m.objects.entry(k).or_insert(v);
+        }
+    }
+    m
+}
+
+#[tokio::test]
+async fn a_store_error_reading_a_base_is_not_damage() {
+    let (faulty, store) = stores(StoreOptions::default());
+    store.commit(&wide(&store, 1, 1).await).await.unwrap();
+    let m2 = wide(&store, 2, 2).await;
+    store.commit(&m2).await.unwrap();
+    assert_eq!(
+        store.manifest_base(m2.id).await.unwrap(),
+        Some(CheckpointId::new(1))
+    );
+    let cold = CheckpointStore::from_object_store(
+        Arc::new(faulty.clone()),
+        Default::default(),
+        StoreOptions::default(),
+    );
+    faulty.inject(FaultRule::on(Op::Get).key_contains("manifests/00000000000000000001"));
+    assert!(matches!(
+        cold.read_manifest(m2.id).await,
+        Err(Error::Store { .. })
+    ));
+    // Verification reads the base whatever is cached, and does not skip a line it could not read.
+    assert!(matches!(
+        store.verify(m2.id).await,
+        Err(Error::Store { .. })
+    ));
+    assert!(matches!(
+        store.recovery_line().await,
+        Err(Error::Store { .. })
+    ));
+    faulty.clear();
+    assert_eq!(cold.recovery_line().await.unwrap().unwrap().manifest, m2);
+}
+
+#[tokio::test]
+async fn a_delta_commit_whose_response_was_lost_is_recognised_and_the_next_follows() {
+    let (faulty, store) = stores(StoreOptions::default());
+    store.commit(&wide(&store, 1, 1).await).await.unwrap();
+    let m2 = wide(&store, 2, 2).await;
+    faulty.inject(
+        FaultRule::on(Op::PutCreate)
+            .key_contains("manifests/")
+            .fault(Fault::ErrorAfterWrite)
+            .times(1),
+    );
+    store.commit(&m2).await.unwrap_err();
+    store.commit(&m2).await.unwrap();
+    let m3 = wide(&store, 3, 3).await;
+    store.commit(&m3).await.unwrap();
+    let one = Some(CheckpointId::new(1));
+    assert_eq!(store.manifest_base(m2.id).await.unwrap(), one);
+    assert_eq!(store.manifest_base(m3.id).await.unwrap(), one);
+    let line = restarted(&faulty).recovery_line().await.unwrap().unwrap();
+    assert_eq!(line.manifest, m3);
+}

@@ -1,5 +1,6 @@
-//! The byte formats are pinned: insta snapshots (hex) of an encoded segment and manifest, and a
-//! checked-in v1 store that every later build must still read.
+//! The byte formats are pinned: insta snapshots (hex) of an encoded segment, a full manifest
+//! and a delta manifest, and checked-in stores written by format versions 1 and 2 that every
+//! later build must still read.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
 
@@ -104,6 +105,158 @@ async fn encoded_segment_and_manifest_are_pinned() {
 
 fn fixture_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1")
+}
+
+/// Accounts of the delta sample: one changed, one removed and one added is three of sixteen,
+/// under a quarter, so checkpoint 2 is stored as a delta of checkpoint 1.
+const DELTA_ACCOUNTS: u64 = 16;
+
+fn account(i: u64) -> ObjectId {
+    ObjectId::indexed("account", i).unwrap()
+}
+
+/// Writes `(object, balance)` with one writer of checkpoint `id` into `m`.
+async fn write_accounts(
+    store: &CheckpointStore,
+    m: &mut Manifest,
+    accounts: impl IntoIterator<Item = (ObjectId, i64)>,
+) {
+    let mut w = store.segment_writer(m.id, &m.round.clone(), "node-1");
+    for (object, balance) in accounts {
+        let snap = Snapshot::new(
+            "Account",
+            2,
+            Account {
+                balance,
+                history: vec![balance],
+            },
+        );
+        let location = w.add(&object, &snap).await.unwrap();
+        m.objects.insert(
+            object,
+            ObjectEntry {
+                type_name: "Account".into(),
+                version: 2,
+                generation: Some(1),
+                location,
+            },
+        );
+    }
+    w.finish().await.unwrap();
+}
+
+/// The fixed pair behind the delta snapshot and the v2 fixture: checkpoint 1 of sixteen
+/// accounts, and checkpoint 2 (a delta of it) where account 3 changed, account 15 is gone,
+/// `account-new` appeared, with an in-transit message and metadata.
+async fn write_delta_sample(store: &CheckpointStore) -> (Manifest, Manifest) {
+    let mut m1 = Manifest::new(CheckpointId::new(1), 1, 1_700_000_000_000, "e1-r1");
+    write_accounts(
+        store,
+        &mut m1,
+        (0..DELTA_ACCOUNTS).map(|i| (account(i), 100 + i as i64)),
+    )
+    .await;
+    store.commit(&m1).await.unwrap();
+    let mut m2 = Manifest::new(CheckpointId::new(2), 1, 1_700_000_060_000, "e1-r2");
+    m2.parent = Some(m1.id);
+    m2.objects = m1.objects.clone();
+    m2.objects.remove(&account(15));
+    write_accounts(
+        store,
+        &mut m2,
+        [(account(3), 42), (ObjectId::new("account-new").unwrap(), 7)],
+    )
+    .await;
+    let mut w = store.segment_writer(m2.id, "e1-r2", "channel");
+    let msg = w
+        .add(&account(4), &Snapshot::new("Transfer", 1, 5_i64))
+        .await
+        .unwrap();
+    w.finish().await.unwrap();
+    m2.in_transit.push(InTransitEntry {
+        from: account(3),
+        to: account(4),
+        seq: 9,
+        location: msg,
+    });
+    m2.metadata
+        .insert("coordinator".into(), b"state 2".to_vec());
+    store.commit(&m2).await.unwrap();
+    (m1, m2)
+}
+
+#[tokio::test]
+async fn encoded_delta_manifest_is_pinned() {
+    let store = CheckpointStore::memory();
+    write_delta_sample(&store).await;
+    assert_eq!(
+        store.manifest_base(CheckpointId::new(2)).await.unwrap(),
+        Some(CheckpointId::new(1))
+    );
+    insta::assert_snapshot!(
+        "manifest_delta_v2",
+        hex(&raw(&store, "manifests/00000000000000000002.manifest").await)
+    );
+}
+
+/// Reads the checked-in store written by format version 2: a full manifest and a delta of it.
+#[tokio::test]
+async fn reads_the_checked_in_v2_store() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v2");
+    if std::env::var_os("COHORT_REGENERATE_V2_FIXTURE").is_some() {
+        // Only for the first release of a format: a fixture is never rewritten afterwards.
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = CheckpointStore::open(dir.to_str().unwrap(), StoreOptions::default())
+            .await
+            .unwrap();
+        write_delta_sample(&store).await;
+    }
+    let store = CheckpointStore::open_read_only(dir.to_str().unwrap())
+        .await
+        .unwrap();
+    let two = CheckpointId::new(2);
+    assert_eq!(
+        store.manifest_base(two).await.unwrap(),
+        Some(CheckpointId::new(1))
+    );
+    let line = store.recovery_line().await.unwrap().unwrap();
+    assert!(line.skipped.is_empty());
+    let m = line.manifest;
+    assert_eq!(
+        (m.id, m.parent, m.created_at_ms),
+        (two, Some(CheckpointId::new(1)), 1_700_000_060_000)
+    );
+    assert_eq!(
+        m.metadata,
+        BTreeMap::from([("coordinator".into(), b"state 2".to_vec())])
+    );
+    #[derive(serde::Deserialize)]
+    struct AccountV2 {
+        balance: i64,
+    }
+    let balances: BTreeMap<String, i64> = store
+        .read_states(&m)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(o, s)| (o.to_string(), s.decode::<AccountV2>().unwrap().balance))
+        .collect();
+    let mut expected: BTreeMap<String, i64> = (0..15)
+        .map(|i| (account(i).to_string(), 100 + i as i64))
+        .collect();
+    expected.insert(account(3).to_string(), 42);
+    expected.insert("account-new".into(), 7);
+    assert_eq!(balances, expected);
+    let msgs = store.read_in_transit(&m).await.unwrap();
+    assert_eq!(
+        (
+            msgs.len(),
+            msgs[0].0.seq,
+            msgs[0].1.decode::<i64>().unwrap()
+        ),
+        (1, 9, 5)
+    );
+    assert!(store.verify_all().await.unwrap().iter().all(|r| r.is_ok()));
 }
 
 /// Reads the checked-in store written by format version 1.

@@ -1,6 +1,8 @@
 //! GC can never delete what a kept checkpoint needs: random interleavings of incremental
 //! commits, aborted attempts, GC runs (also while a checkpoint is being written), pins and
 //! rollbacks, checked after every step against a model of what each checkpoint must read back.
+//! Few changed objects make delta manifests, many make full ones, so GC also meets kept deltas
+//! whose bases are old, pinned or rolled back to.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
 
@@ -10,16 +12,17 @@ use cohort_checkpoint::{CheckpointStore, Manifest, ObjectEntry};
 use cohort_object_api::{CheckpointId, ObjectId, Snapshot};
 use proptest::prelude::*;
 
-const OBJECTS: usize = 4;
+/// Sixteen objects: fewer than four changed is a delta manifest, more is a full one.
+const OBJECTS: usize = 16;
 
 #[derive(Clone, Debug)]
 enum Step {
-    /// Write the next checkpoint's changed objects (a bit mask), without committing yet.
-    Write(u8),
+    /// Write the next checkpoint's changed objects, without committing yet.
+    Write(BTreeSet<usize>),
     /// Commit what `Write` wrote, reusing every unchanged object's entry (incremental).
     Commit,
     /// Write an attempt that is then abandoned.
-    Abort(u8),
+    Abort(BTreeSet<usize>),
     /// Run GC keeping the newest `n`.
     Gc(usize),
     /// Pin or unpin the `i`th committed checkpoint (modulo how many there are).
@@ -29,11 +32,16 @@ enum Step {
     Rollback(usize),
 }
 
+/// One to six changed objects: deltas and full manifests about equally often.
+fn changed() -> impl Strategy<Value = BTreeSet<usize>> {
+    proptest::collection::btree_set(0..OBJECTS, 1..=6)
+}
+
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        3 => (1u8..16).prop_map(Step::Write),
+        3 => changed().prop_map(Step::Write),
         3 => Just(Step::Commit),
-        1 => (1u8..16).prop_map(Step::Abort),
+        1 => changed().prop_map(Step::Abort),
         3 => (1usize..4).prop_map(Step::Gc),
         1 => any::<usize>().prop_map(Step::Pin),
         1 => any::<usize>().prop_map(Step::Unpin),
@@ -61,7 +69,7 @@ impl Model {
             .map_or(CheckpointId::new(1), |m| m.id.next())
     }
 
-    async fn write(&mut self, mask: u8) -> Manifest {
+    async fn write(&mut self, changed: &BTreeSet<usize>) -> Manifest {
         self.rounds += 1;
         let id = self.next_id();
         let round = format!("r{}", self.rounds);
@@ -72,7 +80,7 @@ impl Model {
         }
         let mut w = self.store.segment_writer(id, &round, "w");
         for i in 0..OBJECTS {
-            if mask & (1 << i) != 0 || self.newest.is_none() {
+            if changed.contains(&i) || self.newest.is_none() {
                 self.next_value += 1;
                 let object = ObjectId::indexed("o", i as u64).unwrap();
                 let location = w
@@ -118,9 +126,9 @@ impl Model {
 
     async fn apply(&mut self, step: Step) {
         match step {
-            Step::Write(mask) => {
+            Step::Write(changed) => {
                 if self.pending.is_none() {
-                    self.pending = Some(self.write(mask).await);
+                    self.pending = Some(self.write(&changed).await);
                 }
             }
             Step::Commit => {
@@ -128,9 +136,9 @@ impl Model {
                     self.commit(m).await;
                 }
             }
-            Step::Abort(mask) => {
+            Step::Abort(changed) => {
                 if self.pending.is_none() {
-                    self.write(mask).await;
+                    self.write(&changed).await;
                 }
             }
             Step::Gc(keep) => {
@@ -179,10 +187,19 @@ impl Model {
         self.check().await;
     }
 
-    /// Every live checkpoint verifies and reads back what it held when it was committed.
+    /// Every live checkpoint verifies and reads back what it held when it was committed, and
+    /// every live delta's base is live.
     async fn check(&self) {
         let committed = self.store.committed_ids().await.unwrap();
         assert_eq!(committed, self.expected.keys().copied().collect::<Vec<_>>());
+        for id in &committed {
+            if let Some(base) = self.store.manifest_base(*id).await.unwrap() {
+                assert!(
+                    committed.contains(&base),
+                    "checkpoint {id} is kept but its base {base} was collected"
+                );
+            }
+        }
         for (id, values) in &self.expected {
             let report = self.store.verify(*id).await.unwrap();
             assert!(report.is_ok(), "{report}");

@@ -60,6 +60,11 @@ pub async fn run(store: &CheckpointStore, caps: Capabilities) {
     bad_manifests(&store.child("bad-manifests").unwrap()).await;
     gc_safety(&store.child("gc-safety").unwrap()).await;
     probe(&store.child("probe").unwrap()).await;
+    delta_round_trip(&store.child("delta-round-trip").unwrap()).await;
+    delta_base_rewritten(&store.child("delta-rebase").unwrap()).await;
+    delta_unusable_base(&store.child("delta-unusable-base").unwrap()).await;
+    delta_gc_keeps_bases(&store.child("delta-gc").unwrap()).await;
+    delta_fencing(&store.child("delta-fencing").unwrap()).await;
 }
 
 fn oid(s: &str) -> ObjectId {
@@ -506,9 +511,14 @@ pub async fn bad_manifests(store: &CheckpointStore) {
                 Some(DamageKind::Truncated { .. })
             )
         }),
-        ("future version", frame(b"COHMAN\0\x01", 2, 2, &body), |e| {
-            matches!(e, Error::FutureFormat { found: 2, .. }) && e.to_string().contains("upgrade")
-        }),
+        (
+            "future version",
+            frame(b"COHMAN\0\x01", crate::FORMAT_VERSION + 1, 2, &body),
+            |e| {
+                matches!(e, Error::FutureFormat { found, .. } if *found == crate::FORMAT_VERSION + 1)
+                    && e.to_string().contains("upgrade")
+            },
+        ),
         (
             "escaping object id",
             frame(b"COHMAN\0\x01", 1, 2, &escaping_object),
@@ -675,4 +685,345 @@ pub async fn probe(store: &CheckpointStore) {
         .await
         .unwrap();
     assert!(left.is_empty(), "{left:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Delta manifests
+
+/// Objects of the delta cases: enough that one changed object is well under a quarter.
+const WIDE: usize = 16;
+
+fn wide(i: usize) -> ObjectId {
+    oid(&format!("o{i:02}"))
+}
+
+/// Commits checkpoint `id` at epoch 1: without `prev`, all `WIDE` objects with value 1;
+/// otherwise `prev`'s entries with the objects of `changed` rewritten (one segment).
+async fn commit_wide(
+    store: &CheckpointStore,
+    id: u64,
+    prev: Option<&Manifest>,
+    changed: &[(usize, u64)],
+) -> Manifest {
+    let round = format!("e1-r{id}");
+    let mut m = Manifest::new(cid(id), 1, 1_000 * id, &round);
+    let all: Vec<(usize, u64)> = (0..WIDE).map(|i| (i, 1)).collect();
+    let changed = match prev {
+        Some(prev) => {
+            m.parent = Some(prev.id);
+            m.objects = prev.objects.clone();
+            changed
+        }
+        None => &all,
+    };
+    let mut w = store.segment_writer(cid(id), &round, "w");
+    for &(i, value) in changed {
+        let location = w
+            .add(&wide(i), &Snapshot::new("Value", 1, value))
+            .await
+            .unwrap();
+        m.objects.insert(wide(i), entry("Value", location));
+    }
+    w.finish().await.unwrap();
+    store.commit(&m).await.unwrap();
+    m
+}
+
+/// Another handle on the same store: nothing cached, as after a restart.
+fn cold(store: &CheckpointStore) -> CheckpointStore {
+    let (os, prefix) = store.object_store();
+    CheckpointStore::from_object_store(Arc::clone(os), prefix.clone(), store.options().clone())
+}
+
+fn manifest_key(id: u64) -> String {
+    format!("manifests/{}.manifest", cid(id).padded())
+}
+
+async fn raw_manifest(store: &CheckpointStore, id: u64) -> Bytes {
+    let (os, _) = store.object_store();
+    let path = store.path_of(&manifest_key(id));
+    os.get(&path).await.unwrap().bytes().await.unwrap()
+}
+
+/// A manifest of few changes is stored as a delta of the newest full manifest, and reads back
+/// as the full manifest that was committed, also through a handle with nothing cached, which
+/// also commits deltas (reading the previous manifest and its base once).
+pub async fn delta_round_trip(store: &CheckpointStore) {
+    let m1 = commit_wide(store, 1, None, &[]).await;
+    assert_eq!(store.manifest_base(cid(1)).await.unwrap(), None);
+    let m2 = commit_wide(store, 2, Some(&m1), &[(3, 30)]).await;
+    assert_eq!(store.manifest_base(cid(2)).await.unwrap(), Some(cid(1)));
+    let (full, delta) = (raw_manifest(store, 1).await, raw_manifest(store, 2).await);
+    assert!(
+        delta.len() * 4 < full.len(),
+        "a delta of one changed object of {WIDE} takes {} bytes, the full manifest {}",
+        delta.len(),
+        full.len()
+    );
+    // Format version 2 for a delta, so that a build that reads only version 1 refuses it; a
+    // full manifest keeps version 1.
+    assert_eq!((&full[8..10], &delta[8..10]), (&[1, 0][..], &[2, 0][..]));
+    assert_eq!(store.read_manifest(cid(2)).await.unwrap(), m2);
+
+    // One object removed, one added.
+    let mut m3 = m2.clone();
+    m3.id = cid(3);
+    m3.parent = Some(cid(2));
+    m3.round = "e1-r3".into();
+    m3.objects.remove(&wide(5));
+    let mut w = store.segment_writer(cid(3), "e1-r3", "w");
+    let location = w
+        .add(&oid("extra"), &Snapshot::new("Value", 1, 7u64))
+        .await
+        .unwrap();
+    w.finish().await.unwrap();
+    m3.objects.insert(oid("extra"), entry("Value", location));
+    store.commit(&m3).await.unwrap();
+    assert_eq!(store.manifest_base(cid(3)).await.unwrap(), Some(cid(1)));
+    assert_eq!(store.read_manifest(cid(3)).await.unwrap(), m3);
+
+    let fresh = cold(store);
+    assert_eq!(fresh.read_manifest(cid(3)).await.unwrap(), m3);
+    let line = fresh.recovery_line().await.unwrap().unwrap();
+    assert_eq!(line.manifest, m3);
+    let got = values(&fresh, &m3).await;
+    assert_eq!((got.len(), got["o03"], got["extra"]), (WIDE, 30, 7));
+    assert!(!got.contains_key("o05"));
+    let m4 = commit_wide(&cold(store), 4, Some(&m3), &[(3, 31)]).await;
+    assert_eq!(fresh.manifest_base(cid(4)).await.unwrap(), Some(cid(1)));
+    assert_eq!(store.read_manifest(cid(4)).await.unwrap(), m4);
+    let reports = store.verify_all().await.unwrap();
+    assert!(reports.iter().all(|r| r.is_ok()), "{reports:?}");
+    assert_eq!(reports[3].entries, WIDE);
+}
+
+/// Deltas grow as changes accumulate against their base; at a quarter of the manifest the
+/// manifest is written whole and becomes the base of the next ones.
+pub async fn delta_base_rewritten(store: &CheckpointStore) {
+    let m1 = commit_wide(store, 1, None, &[]).await;
+    let m2 = commit_wide(store, 2, Some(&m1), &[(0, 2)]).await;
+    let m3 = commit_wide(store, 3, Some(&m2), &[(1, 3)]).await;
+    // Four of sixteen differ from checkpoint 1: not fewer than a quarter.
+    let m4 = commit_wide(store, 4, Some(&m3), &[(2, 4), (3, 4)]).await;
+    let m5 = commit_wide(store, 5, Some(&m4), &[(4, 5)]).await;
+    // Nothing changed at all: an empty delta.
+    let mut m6 = m5.clone();
+    m6.id = cid(6);
+    m6.parent = Some(cid(5));
+    m6.round = "e1-r6".into();
+    store.commit(&m6).await.unwrap();
+    let mut bases = Vec::new();
+    for id in 1..=6 {
+        bases.push(store.manifest_base(cid(id)).await.unwrap().map(|b| b.get()));
+    }
+    assert_eq!(bases, [None, Some(1), Some(1), None, Some(4), Some(4)]);
+    let fresh = cold(store);
+    for m in [&m1, &m2, &m3, &m4, &m5, &m6] {
+        assert_eq!(&fresh.read_manifest(m.id).await.unwrap(), m);
+    }
+    let got = values(&fresh, &m6).await;
+    assert_eq!(
+        (got["o00"], got["o01"], got["o03"], got["o04"], got["o05"]),
+        (2, 3, 4, 5, 1)
+    );
+}
+
+/// A delta whose base is damaged, missing, expired or replaced is unreadable, named with both
+/// manifests' keys, and the recovery line falls back past it as past any damaged manifest.
+/// Only the manifest read is affected: nothing is changed in the store.
+pub async fn delta_unusable_base(store: &CheckpointStore) {
+    let (os, _) = store.object_store();
+    let m1 = commit_wide(store, 1, None, &[]).await;
+    let all: Vec<(usize, u64)> = (0..WIDE).map(|i| (i, 2)).collect();
+    let m2 = commit_wide(store, 2, Some(&m1), &all).await;
+    let m3 = commit_wide(store, 3, Some(&m2), &[(0, 3)]).await;
+    commit_wide(store, 4, Some(&m3), &[(1, 4)]).await;
+    assert_eq!(store.manifest_base(cid(4)).await.unwrap(), Some(cid(2)));
+    let base_key = manifest_key(2);
+    let path = store.path_of(&base_key);
+    let good = raw_manifest(store, 2).await;
+    let mut flipped = good.to_vec();
+    flipped[40] ^= 0x01;
+    let mut other = m2.clone();
+    other.created_at_ms += 1;
+    let other = crate::format::encode_manifest(&other).unwrap();
+    let tombstone = crate::format::tombstone(cid(2)).to_vec();
+
+    struct Case {
+        what: &'static str,
+        /// The base's bytes, or `None` to delete it.
+        bytes: Option<Vec<u8>>,
+        /// The base's damage.
+        expect: fn(&DamageKind) -> bool,
+        /// The recovery line then, and the checkpoints skipped on the way.
+        line: u64,
+        skipped: Vec<u64>,
+    }
+    let cases = [
+        Case {
+            what: "flipped bit",
+            bytes: Some(flipped),
+            expect: |k| matches!(k, DamageKind::CrcMismatch { .. }),
+            line: 1,
+            skipped: vec![4, 3, 2],
+        },
+        Case {
+            what: "another manifest in its slot",
+            bytes: Some(other),
+            expect: |k| matches!(k, DamageKind::CrcMismatch { .. }),
+            line: 2,
+            skipped: vec![4, 3],
+        },
+        Case {
+            what: "deleted",
+            bytes: None,
+            expect: |k| matches!(k, DamageKind::Missing),
+            line: 1,
+            skipped: vec![4, 3],
+        },
+        Case {
+            what: "tombstone",
+            bytes: Some(tombstone),
+            expect: |k| matches!(k, DamageKind::HeaderMismatch(m) if m.contains("tombstone")),
+            line: 1,
+            skipped: vec![4, 3],
+        },
+    ];
+    for Case {
+        what,
+        bytes,
+        expect,
+        line: line_id,
+        skipped,
+    } in cases
+    {
+        match bytes {
+            Some(b) => os.put(&path, b.into()).await.map(|_| ()).unwrap(),
+            None => os.delete(&path).await.unwrap(),
+        }
+        let before = snapshot_keys(store).await;
+        let err = cold(store).read_manifest(cid(4)).await.unwrap_err();
+        let d = err.damage().unwrap_or_else(|| panic!("{what}: {err}"));
+        assert_eq!(
+            (d.checkpoint, d.blob.as_str()),
+            (cid(4), manifest_key(4).as_str())
+        );
+        match &d.kind {
+            DamageKind::BaseUnusable { base, kind } => {
+                assert_eq!(base, &base_key, "{what}");
+                assert!(expect(kind), "{what}: {kind}");
+            }
+            other => panic!("{what}: {other}"),
+        }
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&base_key) && msg.contains(&manifest_key(4)),
+            "{what}: {msg}"
+        );
+        // `store` has the base cached, yet verification reads what is stored.
+        let report = store.verify(cid(4)).await.unwrap();
+        assert_eq!(report.damaged.len(), 1, "{what}: {report}");
+        assert!(
+            matches!(report.damaged[0].kind, DamageKind::BaseUnusable { .. }),
+            "{what}"
+        );
+        let line = store.recovery_line().await.unwrap().unwrap();
+        assert_eq!(line.manifest.id, cid(line_id), "{what}");
+        let skipped_ids: Vec<u64> = line.skipped.iter().map(|r| r.checkpoint.get()).collect();
+        assert_eq!(skipped_ids, skipped, "{what}");
+        assert!(line.skipped[0].to_string().contains(&base_key), "{what}");
+        assert_eq!(
+            snapshot_keys(store).await,
+            before,
+            "{what}: a read changed the store"
+        );
+        os.put(&path, good.clone().into()).await.unwrap();
+        assert_eq!(
+            store.recovery_line().await.unwrap().unwrap().manifest.id,
+            cid(4)
+        );
+    }
+}
+
+/// GC never expires the full manifest a kept delta is stored against, and keeps every blob
+/// the resolved delta references; once no kept delta uses a base, it expires like any other.
+pub async fn delta_gc_keeps_bases(store: &CheckpointStore) {
+    let m1 = commit_wide(store, 1, None, &[]).await;
+    let m2 = commit_wide(store, 2, Some(&m1), &[(0, 2)]).await;
+    let m3 = commit_wide(store, 3, Some(&m2), &[(0, 3)]).await;
+    let report = store.gc(1, false).await.unwrap();
+    assert_eq!(report.retained, vec![cid(1), cid(3)]);
+    assert_eq!(report.expired, vec![cid(2)]);
+    let deleted: Vec<&str> = report.deleted.iter().map(|d| d.key.as_str()).collect();
+    assert_eq!(
+        deleted,
+        vec![m2.objects[&wide(0)].location.segment.as_str()]
+    );
+    let fresh = cold(store);
+    assert!(fresh.verify(cid(3)).await.unwrap().is_ok());
+    assert!(fresh.verify(cid(1)).await.unwrap().is_ok());
+    assert_eq!(values(&fresh, &m3).await["o00"], 3);
+
+    // A pinned delta keeps its base however old both get.
+    store.pin(cid(3)).await.unwrap();
+    let all: Vec<(usize, u64)> = (0..WIDE).map(|i| (i, 4)).collect();
+    let m4 = commit_wide(store, 4, Some(&m3), &all).await;
+    let m5 = commit_wide(store, 5, Some(&m4), &[(1, 5)]).await;
+    assert_eq!(store.manifest_base(cid(5)).await.unwrap(), Some(cid(4)));
+    let report = store.gc(1, false).await.unwrap();
+    assert_eq!(report.retained, vec![cid(1), cid(3), cid(4), cid(5)]);
+    assert!(report.expired.is_empty(), "{report:?}");
+    store.unpin(cid(3)).await.unwrap();
+    let report = store.gc(1, false).await.unwrap();
+    assert_eq!(report.retained, vec![cid(4), cid(5)]);
+    assert_eq!(report.expired, vec![cid(1), cid(3)]);
+    let fresh = cold(store);
+    assert!(fresh.verify(cid(5)).await.unwrap().is_ok());
+    assert_eq!(values(&fresh, &m5).await["o01"], 5);
+}
+
+/// Deltas obey the commit rules of any manifest: create-only, a retried commit finds its own
+/// create, a rival is refused, and a stale epoch is fenced; fences and rollbacks are stored as
+/// deltas when little differs, and read back whole.
+pub async fn delta_fencing(store: &CheckpointStore) {
+    let m1 = commit_wide(store, 1, None, &[]).await;
+    let m2 = commit_wide(store, 2, Some(&m1), &[(0, 2)]).await;
+    assert_eq!(store.manifest_base(cid(2)).await.unwrap(), Some(cid(1)));
+    store
+        .commit(&m2)
+        .await
+        .expect("a retried delta commit must find its own create");
+    let mut rival = m2.clone();
+    rival.round = "e1-rival".into();
+    assert!(matches!(
+        store.commit(&rival).await,
+        Err(Error::Conflict { .. })
+    ));
+
+    let old_leader = cold(store);
+    assert_eq!(store.claim_epoch("old", 1).await.unwrap().epoch, 1);
+    assert_eq!(store.claim_epoch("new", 2).await.unwrap().epoch, 2);
+    let fence = store.fence(2, 3_000).await.unwrap().unwrap();
+    assert_eq!((fence.id, fence.kind), (cid(3), ManifestKind::Fence));
+    assert_eq!(store.manifest_base(cid(3)).await.unwrap(), Some(cid(1)));
+    assert_eq!(store.read_manifest(cid(3)).await.unwrap(), fence);
+    assert_eq!(fence.objects, m2.objects);
+
+    // The deposed leader's next checkpoint (a delta) lands on the fence's id.
+    let mut stale = m2.clone();
+    stale.id = cid(3);
+    stale.parent = Some(cid(2));
+    stale.round = "e1-r3".into();
+    stale.objects.remove(&wide(9));
+    let err = old_leader.commit(&stale).await.unwrap_err();
+    assert!(err.is_fenced(), "{err}");
+    let err = store.commit(&stale).await.unwrap_err();
+    assert!(err.is_fenced(), "{err}");
+
+    let id = store.rollback(cid(1), 2, 4_000).await.unwrap();
+    assert_eq!(store.manifest_base(id).await.unwrap(), Some(cid(1)));
+    let rollback = cold(store).read_manifest(id).await.unwrap();
+    assert_eq!(rollback.kind, ManifestKind::Rollback { to: cid(1) });
+    assert_eq!(rollback.objects, m1.objects);
+    assert_eq!(values(store, &rollback).await["o00"], 1);
 }

@@ -1,0 +1,586 @@
+//! Delta manifests: a manifest stored as the object entries that differ from one full base
+//! manifest, so that a checkpoint of a mostly idle cohort writes a manifest the size of what
+//! changed, not of the cohort.
+//!
+//! The encoding is a storage concern only: [`CheckpointStore::commit`] takes a full logical
+//! manifest and decides how to store it, and every reader gets the resolved full manifest.
+//!
+//! - **One hop.** A delta's base is always a full manifest, never another delta: reading any
+//!   manifest costs at most two blobs, and GC only has to keep each kept delta's one base.
+//! - **Which base.** Checkpoint `K` is diffed against the base of `K - 1` (`K - 1` itself when
+//!   it is full). The newest manifest's base is therefore the only one a writer ever uses, which
+//!   is what lets GC run beside a writer: it keeps the newest manifest and its base.
+//! - **When.** A delta is written when it holds fewer than a quarter of the manifest's entries
+//!   (changed, added and removed objects counted); otherwise the manifest is written whole and
+//!   becomes the base of the next ones. See [`DELTA_SHARE`].
+//! - **Cache.** The store keeps the newest base it wrote or resolved, and which base the newest
+//!   manifest it knows uses, so that a steady writer neither re-reads nor re-diffs more than the
+//!   manifest it commits. On a miss, `commit` reads manifest `K - 1` (and its base) once.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use cohort_object_api::{CheckpointId, ObjectId};
+
+use crate::error::{Damage, DamageKind, Error, Result};
+use crate::format::{self, FrameError};
+use crate::keys;
+use crate::manifest::{DeltaBody, DeltaManifest, EntryMap, Manifest, ObjectEntry, StoredManifest};
+use crate::store::{CheckpointStore, validate_manifest};
+
+/// A delta is written only while it holds fewer than `1 / DELTA_SHARE` of the manifest's
+/// entries.
+///
+/// The bound trades bytes written against bytes read. Reading a delta costs its base too, so a
+/// reader reads at most `1 + 1/4` of a full manifest. Writing: when the same objects keep
+/// changing (a hot set of `c` of the cohort), every delta holds `c` and a manifest costs `c`
+/// of a full one forever. When changes are spread evenly, a delta against a fixed base grows by
+/// `c` per checkpoint, a full manifest is rewritten about every `1 / (4c)` checkpoints, and a
+/// manifest costs on average `1/8 + 4c` of a full one (0.165 at c = 1%) instead of 1: bounded,
+/// the price of one hop instead of a chain.
+pub(crate) const DELTA_SHARE: usize = 4;
+
+/// The entries of a target manifest that differ from a base: what a delta stores.
+#[derive(Debug, Default)]
+pub(crate) struct Changes<'t, 'b> {
+    /// Entries the target adds or changes, ascending.
+    pub(crate) changed: Vec<(&'t ObjectId, &'t ObjectEntry)>,
+    /// Objects the base holds and the target does not, ascending.
+    pub(crate) removed: Vec<&'b ObjectId>,
+}
+
+/// Compares two manifests' entries in one merge pass over the sorted maps. `None` as soon as
+/// more than `limit` entries differ.
+pub(crate) fn diff<'t, 'b>(
+    base: &'b BTreeMap<ObjectId, ObjectEntry>,
+    target: &'t BTreeMap<ObjectId, ObjectEntry>,
+    limit: usize,
+) -> Option<Changes<'t, 'b>> {
+    use std::cmp::Ordering;
+    let mut out = Changes::default();
+    let mut b = base.iter().peekable();
+    let mut t = target.iter().peekable();
+    loop {
+        match (b.peek(), t.peek()) {
+            (None, None) => return Some(out),
+            (Some(&(bk, _)), None) => {
+                out.removed.push(bk);
+                b.next();
+            }
+            (None, Some(&entry)) => {
+                out.changed.push(entry);
+                t.next();
+            }
+            (Some(&(bk, bv)), Some(&(tk, tv))) => match bk.cmp(tk) {
+                Ordering::Less => {
+                    out.removed.push(bk);
+                    b.next();
+                }
+                Ordering::Greater => {
+                    out.changed.push((tk, tv));
+                    t.next();
+                }
+                Ordering::Equal => {
+                    if bv != tv {
+                        out.changed.push((tk, tv));
+                    }
+                    b.next();
+                    t.next();
+                }
+            },
+        }
+        if out.changed.len() + out.removed.len() > limit {
+            return None;
+        }
+    }
+}
+
+/// Applies a delta to its base: the full manifest the delta stands for.
+pub(crate) fn resolve(
+    base: &Manifest,
+    delta: DeltaManifest,
+) -> std::result::Result<Manifest, String> {
+    let mut objects = base.objects.clone();
+    for id in &delta.removed {
+        if objects.remove(id).is_none() {
+            return Err(format!(
+                "the delta removes object {id}, which its base does not hold"
+            ));
+        }
+        if delta.objects.contains_key(id) {
+            return Err(format!("the delta both removes and changes object {id}"));
+        }
+    }
+    objects.extend(delta.objects);
+    Ok(Manifest {
+        id: delta.id,
+        epoch: delta.epoch,
+        created_at_ms: delta.created_at_ms,
+        parent: delta.parent,
+        kind: delta.kind,
+        round: delta.round,
+        objects,
+        in_transit: delta.in_transit,
+        metadata: delta.metadata,
+    })
+}
+
+/// A full manifest that deltas are computed against.
+#[derive(Clone, Debug)]
+pub(crate) struct Base {
+    /// Its checkpoint.
+    pub(crate) id: CheckpointId,
+    /// The crc32 trailer of its blob.
+    pub(crate) crc: u32,
+    /// Its content.
+    pub(crate) manifest: Arc<Manifest>,
+}
+
+/// What a store knows about the newest base, in memory. Shared by every clone of a store (and
+/// by [`CheckpointStore::with_options`]); a [child](CheckpointStore::child) store has its own.
+/// It holds one full manifest: for 100,000 objects, tens of MB.
+#[derive(Debug, Default)]
+pub(crate) struct ManifestCache {
+    state: Mutex<CacheState>,
+}
+
+#[derive(Debug, Default)]
+struct CacheState {
+    /// The newest manifest known (written or resolved), and the id of the base it uses (its own
+    /// when it is full). Manifest slots are create-only, so what is known of an id stays true.
+    head: Option<(CheckpointId, CheckpointId)>,
+    /// The newest base known.
+    base: Option<Base>,
+}
+
+impl ManifestCache {
+    fn lock(&self) -> MutexGuard<'_, CacheState> {
+        // Every update is a plain assignment, so a panic elsewhere cannot leave it half done.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The base `id` if it is cached with that crc.
+    fn base(&self, id: CheckpointId, crc: u32) -> Option<Base> {
+        let state = self.lock();
+        state
+            .base
+            .as_ref()
+            .filter(|b| b.id == id && b.crc == crc)
+            .cloned()
+    }
+
+    /// The base that manifest `prev` uses, if that is known.
+    fn base_of(&self, prev: CheckpointId) -> Option<Base> {
+        let state = self.lock();
+        let (head, base) = state.head?;
+        let cached = state.base.as_ref()?;
+        (head == prev && cached.id == base).then(|| cached.clone())
+    }
+
+    /// Records that manifest `id` uses `base` (itself when full), unless a newer one is known.
+    fn note(&self, id: CheckpointId, base: &Base) {
+        let mut state = self.lock();
+        if state.head.is_some_and(|(head, _)| head > id) {
+            return;
+        }
+        state.head = Some((id, base.id));
+        if state
+            .base
+            .as_ref()
+            .is_none_or(|b| b.id != base.id || b.crc != base.crc)
+        {
+            state.base = Some(base.clone());
+        }
+    }
+
+    /// Forgets what the newest manifest uses (after a commit that found an earlier create).
+    fn forget_head(&self) {
+        self.lock().head = None;
+    }
+}
+
+/// A manifest encoded for its commit.
+pub(crate) struct Encoded {
+    /// The blob.
+    pub(crate) bytes: Vec<u8>,
+    /// The base the manifest is a delta of; `None` when it is stored whole.
+    pub(crate) base: Option<Base>,
+}
+
+impl CheckpointStore {
+    /// Reads manifest `id` as it is stored, with its blob's crc, unresolved.
+    pub(crate) async fn read_stored(&self, id: CheckpointId) -> Result<(StoredManifest, u32)> {
+        let key = keys::manifest(id);
+        let raw = match self.inner.get(&key).await {
+            Err(Error::NotFound { url, .. }) => {
+                return Err(Error::NotFound {
+                    what: format!("checkpoint {id} (no manifest {key})"),
+                    url,
+                });
+            }
+            other => other?,
+        };
+        let stored = format::decode_manifest(&raw, id).map_err(|e| self.manifest_error(id, e))?;
+        Ok((stored, format::frame_crc(&raw)))
+    }
+
+    /// Maps a manifest blob's decoding error to ours.
+    pub(crate) fn manifest_error(&self, id: CheckpointId, e: FrameError) -> Error {
+        let key = keys::manifest(id);
+        let url = self.inner.url.clone();
+        match e {
+            FrameError::Tombstone => Error::NotFound {
+                what: format!("checkpoint {id} (expired by GC; {key} is a tombstone)"),
+                url,
+            },
+            FrameError::Future { found, supported } => Error::FutureFormat {
+                blob: key,
+                found,
+                supported,
+                url,
+            },
+            FrameError::Damaged(kind) => self.manifest_damaged(id, kind),
+        }
+    }
+
+    fn manifest_damaged(&self, id: CheckpointId, kind: DamageKind) -> Error {
+        Error::Damaged {
+            damage: Box::new(Damage {
+                checkpoint: id,
+                object: None,
+                blob: keys::manifest(id),
+                kind,
+            }),
+            url: self.inner.url.clone(),
+        }
+    }
+
+    /// The full manifest a stored one stands for: a delta is applied to its base, taken from
+    /// the cache unless `fresh` (verification checks the stored bytes, which may have rotted
+    /// since they were cached). The result is checked against the store layout.
+    pub(crate) async fn resolve_stored(
+        &self,
+        stored: StoredManifest,
+        fresh: bool,
+    ) -> Result<Manifest> {
+        let id = stored.id();
+        let manifest = match stored {
+            StoredManifest::Full(m) => m,
+            StoredManifest::Delta(d) => {
+                let base = self.load_base(&d, fresh).await?;
+                let m = resolve(&base.manifest, d)
+                    .map_err(|e| self.manifest_damaged(id, DamageKind::HeaderMismatch(e)))?;
+                self.inner.cache.note(id, &base);
+                m
+            }
+        };
+        validate_manifest(&manifest)
+            .map_err(|e| self.manifest_damaged(id, DamageKind::HeaderMismatch(e.to_string())))?;
+        Ok(manifest)
+    }
+
+    /// The base of delta `d`, checked: a full manifest, the very blob the delta was computed
+    /// from (its crc), of no newer epoch than the delta. Anything else makes the delta
+    /// [damaged](DamageKind::BaseUnusable); store errors are returned as they are.
+    async fn load_base(&self, d: &DeltaManifest, fresh: bool) -> Result<Base> {
+        let cached = (!fresh).then(|| self.inner.cache.base(d.base, d.base_crc));
+        let base = match cached.flatten() {
+            Some(base) => base,
+            None => self.read_base(d).await?,
+        };
+        if base.manifest.epoch > d.epoch {
+            return Err(self.base_unusable(
+                d,
+                DamageKind::HeaderMismatch(format!(
+                    "it was written by epoch {}, newer than the delta's {}",
+                    base.manifest.epoch, d.epoch
+                )),
+            ));
+        }
+        Ok(base)
+    }
+
+    async fn read_base(&self, d: &DeltaManifest) -> Result<Base> {
+        let key = keys::manifest(d.base);
+        let raw = match self.inner.get(&key).await {
+            Ok(raw) => raw,
+            Err(Error::NotFound { .. }) => {
+                return Err(self.base_unusable(d, DamageKind::Missing));
+            }
+            Err(e) => return Err(e),
+        };
+        let crc = format::frame_crc(&raw);
+        let manifest = match format::decode_manifest(&raw, d.base) {
+            Ok(StoredManifest::Full(m)) if crc == d.base_crc => m,
+            Ok(StoredManifest::Full(_)) => {
+                return Err(self.base_unusable(
+                    d,
+                    DamageKind::CrcMismatch {
+                        expected: d.base_crc,
+                        actual: crc,
+                    },
+                ));
+            }
+            Ok(StoredManifest::Delta(b)) => {
+                return Err(self.base_unusable(
+                    d,
+                    DamageKind::HeaderMismatch(format!(
+                        "it is itself a delta (of checkpoint {}), and a delta's base must be a full manifest",
+                        b.base
+                    )),
+                ));
+            }
+            Err(FrameError::Tombstone) => {
+                return Err(self.base_unusable(
+                    d,
+                    DamageKind::HeaderMismatch(
+                        "it is a GC tombstone: the base expired while a delta still used it".into(),
+                    ),
+                ));
+            }
+            Err(FrameError::Future { found, supported }) => {
+                return Err(self.base_unusable(
+                    d,
+                    DamageKind::HeaderMismatch(format!(
+                        "format version {found} is newer than the supported {supported}"
+                    )),
+                ));
+            }
+            Err(FrameError::Damaged(kind)) => return Err(self.base_unusable(d, kind)),
+        };
+        if let Err(e) = validate_manifest(&manifest) {
+            return Err(self.base_unusable(d, DamageKind::HeaderMismatch(e.to_string())));
+        }
+        Ok(Base {
+            id: d.base,
+            crc,
+            manifest: Arc::new(manifest),
+        })
+    }
+
+    fn base_unusable(&self, d: &DeltaManifest, kind: DamageKind) -> Error {
+        self.manifest_damaged(
+            d.id,
+            DamageKind::BaseUnusable {
+                base: keys::manifest(d.base),
+                kind: Box::new(kind),
+            },
+        )
+    }
+
+    /// Encodes `manifest` for its commit: as a delta against the base of manifest `id - 1` when
+    /// that base is known and the delta is small enough (see [`DELTA_SHARE`]), else whole.
+    ///
+    /// Also checks that manifest `id - 1` exists (ids are contiguous), [`Error::Conflict`] if
+    /// not: a manifest the cache knows exists for good (slots are create-only); otherwise it
+    /// is read.
+    pub(crate) async fn encode_for_commit(&self, manifest: &Manifest) -> Result<Encoded> {
+        let id = manifest.id;
+        let base = match id.get().checked_sub(1).map(CheckpointId::new) {
+            Some(prev) if prev != CheckpointId::ZERO => match self.inner.cache.base_of(prev) {
+                Some(base) => Some(base),
+                None => self.base_for_next(prev, id).await?,
+            },
+            _ => None,
+        };
+        let encode_error = |e: rmp_serde::encode::Error| {
+            Error::InvalidInput(format!(
+                "manifest of checkpoint {id} cannot be encoded: {e}"
+            ))
+        };
+        if let Some(base) = base.filter(|b| b.id < id && b.manifest.epoch <= manifest.epoch) {
+            let limit = manifest.objects.len().saturating_sub(1) / DELTA_SHARE;
+            if let Some(changes) = diff(&base.manifest.objects, &manifest.objects, limit) {
+                let body = DeltaBody {
+                    id,
+                    epoch: manifest.epoch,
+                    created_at_ms: manifest.created_at_ms,
+                    parent: manifest.parent,
+                    kind: &manifest.kind,
+                    round: &manifest.round,
+                    base: base.id,
+                    base_crc: base.crc,
+                    objects: EntryMap(changes.changed),
+                    removed: changes.removed,
+                    in_transit: &manifest.in_transit,
+                    metadata: &manifest.metadata,
+                };
+                let bytes = format::encode_delta(&body).map_err(encode_error)?;
+                return Ok(Encoded {
+                    bytes,
+                    base: Some(base),
+                });
+            }
+        }
+        Ok(Encoded {
+            bytes: format::encode_manifest(manifest).map_err(encode_error)?,
+            base: None,
+        })
+    }
+
+    /// Reads manifest `prev` to learn the base the next manifest is diffed against. `None` when
+    /// `prev` cannot serve (a tombstone, damaged, of a newer format, or a delta whose base is
+    /// unusable): the next manifest is then written whole, and its create decides the rest.
+    async fn base_for_next(&self, prev: CheckpointId, next: CheckpointId) -> Result<Option<Base>> {
+        let key = keys::manifest(prev);
+        let raw = match self.inner.get(&key).await {
+            Ok(raw) => raw,
+            Err(Error::NotFound { .. }) => {
+                return Err(Error::Conflict {
+                    id: next,
+                    reason: format!(
+                        "manifest {key} does not exist, and checkpoint ids are contiguous"
+                    ),
+                    url: self.inner.url.clone(),
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        let crc = format::frame_crc(&raw);
+        let base = match format::decode_manifest(&raw, prev) {
+            Ok(StoredManifest::Full(m)) if validate_manifest(&m).is_ok() => Base {
+                id: prev,
+                crc,
+                manifest: Arc::new(m),
+            },
+            Ok(StoredManifest::Delta(d)) => match self.load_base(&d, false).await {
+                Ok(base) => base,
+                Err(Error::Damaged { damage, .. }) => {
+                    tracing::warn!(store = %self.inner.url, %damage, "the previous manifest is unreadable; writing the next one whole");
+                    return Ok(None);
+                }
+                Err(e) => return Err(e),
+            },
+            Ok(StoredManifest::Full(_)) | Err(_) => return Ok(None),
+        };
+        self.inner.cache.note(prev, &base);
+        Ok(Some(base))
+    }
+
+    /// Records a committed manifest in the cache: the base it uses, or itself when whole.
+    pub(crate) fn note_committed(&self, manifest: &Manifest, base: Option<Base>, crc: u32) {
+        let base = base.unwrap_or_else(|| Base {
+            id: manifest.id,
+            crc,
+            manifest: Arc::new(manifest.clone()),
+        });
+        self.inner.cache.note(manifest.id, &base);
+    }
+
+    /// Forgets which base the newest manifest uses: a commit found an earlier create of its
+    /// own, whose encoding it did not choose this time.
+    pub(crate) fn forget_newest_base(&self) {
+        self.inner.cache.forget_head();
+    }
+
+    /// The checkpoint whose full manifest checkpoint `id`'s manifest is stored as a delta of;
+    /// `None` when it is stored whole. Reads only `id`'s manifest, so it answers even when the
+    /// base is unusable (which [`read_manifest`](Self::read_manifest) then reports).
+    pub async fn manifest_base(&self, id: CheckpointId) -> Result<Option<CheckpointId>> {
+        Ok(self.read_stored(id).await?.0.base())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // a panic in a test is a failed test
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::manifest::EntryLocation;
+
+    fn entry(v: u8) -> ObjectEntry {
+        ObjectEntry {
+            type_name: "T".into(),
+            version: 1,
+            generation: Some(u64::from(v)),
+            location: EntryLocation {
+                segment: "segments/00000000000000000001/r/w-000000.seg".into(),
+                offset: 22,
+                len: 40 + u64::from(v),
+                crc: u32::from(v),
+            },
+        }
+    }
+
+    fn objects(spec: &BTreeMap<u8, u8>) -> BTreeMap<ObjectId, ObjectEntry> {
+        spec.iter()
+            .map(|(k, v)| (ObjectId::indexed("o", u64::from(*k)).unwrap(), entry(*v)))
+            .collect()
+    }
+
+    /// Encodes `target` as a delta of `base` and decodes it back as a reader would.
+    fn round_trip(base: &Manifest, target: &Manifest, limit: usize) -> Option<Manifest> {
+        let changes = diff(&base.objects, &target.objects, limit)?;
+        let body = DeltaBody {
+            id: target.id,
+            epoch: target.epoch,
+            created_at_ms: target.created_at_ms,
+            parent: target.parent,
+            kind: &target.kind,
+            round: &target.round,
+            base: base.id,
+            base_crc: 7,
+            objects: EntryMap(changes.changed),
+            removed: changes.removed,
+            in_transit: &target.in_transit,
+            metadata: &target.metadata,
+        };
+        let bytes = format::encode_delta(&body).unwrap();
+        let StoredManifest::Delta(d) = format::decode_manifest(&bytes, target.id).unwrap() else {
+            panic!("a delta decoded as a full manifest");
+        };
+        assert_eq!((d.base, d.base_crc), (base.id, 7));
+        Some(resolve(base, d).unwrap())
+    }
+
+    proptest! {
+        /// Resolving the delta of any two manifests gives the target back, and the delta holds
+        /// exactly the entries that differ.
+        #[test]
+        fn delta_resolves_to_the_target(
+            a in proptest::collection::btree_map(0u8..40, 0u8..4, 0..30),
+            b in proptest::collection::btree_map(0u8..40, 0u8..4, 0..30),
+        ) {
+            let mut base = Manifest::new(CheckpointId::new(3), 1, 10, "r3");
+            base.objects = objects(&a);
+            let mut target = Manifest::new(CheckpointId::new(5), 2, 20, "r5");
+            target.parent = Some(CheckpointId::new(4));
+            target.objects = objects(&b);
+            target.metadata.insert("k".into(), vec![1, 2, 3]);
+            let differing = a.keys().chain(b.keys()).collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .filter(|k| a.get(k) != b.get(k))
+                .count();
+            prop_assert_eq!(round_trip(&base, &target, usize::MAX), Some(target.clone()));
+            prop_assert!(round_trip(&base, &target, differing).is_some());
+            if differing > 0 {
+                prop_assert!(round_trip(&base, &target, differing - 1).is_none());
+            }
+        }
+    }
+
+    #[test]
+    fn a_delta_that_does_not_fit_its_base_is_refused() {
+        let base = Manifest::new(CheckpointId::new(1), 1, 0, "r1");
+        let delta = DeltaManifest {
+            id: CheckpointId::new(2),
+            epoch: 1,
+            created_at_ms: 0,
+            parent: Some(CheckpointId::new(1)),
+            kind: crate::ManifestKind::Checkpoint,
+            round: "r2".into(),
+            base: CheckpointId::new(1),
+            base_crc: 0,
+            objects: BTreeMap::new(),
+            removed: vec![ObjectId::new("gone").unwrap()],
+            in_transit: Vec::new(),
+            metadata: BTreeMap::new(),
+        };
+        let err = resolve(&base, delta).unwrap_err();
+        assert!(err.contains("gone"), "{err}");
+    }
+}
