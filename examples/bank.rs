@@ -1,60 +1,104 @@
-//! The bank: accounts are objects that transfer random amounts to each other concurrently
-//! through cohort messaging, while cohort takes consistent checkpoints every few hundred
-//! milliseconds. Partway through, the coordinator crashes in the middle of a checkpoint (after
-//! the votes, before the commit point); a new cohort is built on the same store, as a restarted
-//! process would, recovers to the recovery line and carries on.
+//! The bank, across processes: accounts are objects hosted by several node processes; they
+//! transfer random amounts to each other, node to node, while two coordinator processes (a
+//! leader and a standby, on one store) take consistent checkpoints every few hundred
+//! milliseconds.
+//!
+//! Partway through, one node is killed with SIGKILL: the leader finds it dead, every node rolls
+//! back to the recovery line, and a replacement process restores the dead node's accounts.
+//! With `--leader-kill`, later the leading coordinator is killed with SIGKILL: the standby takes over after the lease,
+//! fences the old leader and carries on, and the nodes follow it.
 //!
 //! The invariant: total money = sum of balances + transfers recorded in transit, in every
-//! committed checkpoint and after recovery. The run exits 1 if it ever broke, 2 on any other
-//! failure.
+//! committed checkpoint, including the lines recovery and failover land on. The run exits 1 if
+//! it ever broke, 2 on any other failure.
 //!
 //! ```text
-//! cargo run --release --example bank                      # checkpoints under ./cohort-data/bank
-//! cargo run --release --example bank -- --store memory://
-//! cargo run --release --example bank -- --help
+//! cargo run --release --example bank_cluster                      # checkpoints under ./cohort-data/bank-cluster
+//! cargo run --release --example bank_cluster -- --nodes 3 --accounts 30 --seconds 20
+//! cargo run --release --example bank_cluster -- --help
 //! ```
 //!
-//! Run it twice on the same store and the second run starts from the first one's recovery line.
+//! Every process is this binary: `--role coordinator` and `--role node` are what the
+//! orchestrator (the default role) starts. Children exit when the orchestrator's end of their
+//! stdin closes, so none outlives it.
 
 #[path = "../tests/support/bank.rs"]
 mod bank;
 
-use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use bank::{Account, AccountState, BankMsg, account_id, line_money};
-use clap::Parser;
+use bank::{Account, BankMsg, account_id, line_money};
+use clap::{Parser, ValueEnum};
 use cohort::CheckpointId;
-use cohort::checkpoint::{CheckpointStore, StoreOptions};
-use cohort::coordinator::runtime::PauseStats;
-use cohort::coordinator::runtime::failpoint::{self, FailPoints};
-use cohort::coordinator::{Address, Cohort, Error, Settings};
+use cohort::checkpoint::{CheckpointStore, Manifest, ManifestKind, StoreOptions};
+use cohort::coordinator::node::{Node, NodeSettings};
+use cohort::coordinator::service::control::{
+    self, ControlReply, ControlRequest, Responder, StatusReport,
+};
+use cohort::coordinator::service::leadership::{self, Leadership, LeadershipConfig, Transition};
+use cohort::coordinator::service::{Service, ServiceConfig};
+use cohort::coordinator::wire::{CancellationToken, ConnectConfig, Role as WireRole};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
 
 const BALANCE: i64 = 1_000;
 
-/// Accounts transfer money through cohort messaging while cohort checkpoints them; a crash
-/// partway is recovered from.
-#[derive(Parser, Debug)]
+/// Accounts on several node processes transfer money while two coordinators checkpoint them;
+/// a node and then the leader are killed with SIGKILL, and the money is checked throughout.
+#[derive(Parser, Debug, Clone)]
 #[command(version, about)]
 struct Args {
-    /// Where checkpoints go: a path, file:///abs/path, s3://bucket/prefix or memory://.
-    #[arg(long, default_value = "./cohort-data/bank")]
+    /// Where checkpoints go: a path, file:///abs/path or s3://bucket/prefix (every process
+    /// opens it, so not memory://).
+    #[arg(long, default_value = "./cohort-data/bank-cluster")]
     store: String,
     /// How many accounts (objects).
     #[arg(long, default_value_t = 64)]
     accounts: u64,
-    /// How long to run, in seconds (the crash happens at 40%).
+    /// How many node processes host them.
+    #[arg(long, default_value_t = 4)]
+    nodes: u64,
+    /// How long to run, at least, in seconds: a node is killed at 30 %, the leader at 60 % (with --leader-kill).
     #[arg(long, default_value_t = 10)]
     seconds: u64,
     /// Checkpoint interval, in milliseconds.
     #[arg(long, default_value_t = 300)]
     interval_ms: u64,
+    /// The coordinators' lease, in milliseconds: a standby takes over this long after the
+    /// leader's last renewal.
+    #[arg(long, default_value_t = 1_000)]
+    lease_ms: u64,
     /// Seed of the accounts' random choices.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+
+    /// Which process this is (the orchestrator starts the others).
+    #[arg(long, value_enum, default_value_t = ProcessRole::Orchestrator, hide = true)]
+    role: ProcessRole,
+    /// A node's index.
+    #[arg(long, default_value_t = 0, hide = true)]
+    index: u64,
+    /// The coordinators a node connects to.
+    #[arg(long, value_delimiter = ',', hide = true)]
+    coordinators: Vec<String>,
+    /// Do not kill a node (isolates the no-fault path).
+    #[arg(long, hide = true)]
+    no_node_kill: bool,
+    /// Also kill the leading coordinator. Off by default: a takeover still loses money (the
+    /// new leader restores nodes one at a time; see ARCHITECTURE.md, "High availability").
+    #[arg(long)]
+    leader_kill: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ProcessRole {
+    Orchestrator,
+    Coordinator,
+    Node,
 }
 
 fn main() -> ExitCode {
@@ -73,7 +117,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(run(args)) {
+    let outcome = runtime.block_on(async {
+        match args.role {
+            ProcessRole::Orchestrator => orchestrate(args).await,
+            ProcessRole::Coordinator => coordinator(args).await.map(|()| true),
+            ProcessRole::Node => node(args).await.map(|()| true),
+        }
+    });
+    match outcome {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
@@ -81,106 +132,6 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-/// One "process": a cohort with every account spawned, recovered to the recovery line.
-struct Life {
-    cohort: Cohort,
-    accounts: Vec<Address<BankMsg>>,
-    recovery: Duration,
-    line: Option<CheckpointId>,
-    redelivered: usize,
-}
-
-async fn start(store: &CheckpointStore, args: &Args, points: &FailPoints) -> anyhow::Result<Life> {
-    let settings = Settings::default()
-        .interval(Duration::from_millis(args.interval_ms))
-        .timeout(Duration::from_secs(10))
-        .tolerable_failures(2);
-    let cohort = Cohort::builder(store.clone())
-        .settings(settings)
-        .fail_points(points.clone())
-        .paused(true)
-        .build()
-        .await?;
-    let accounts = (0..args.accounts)
-        .map(|i| {
-            cohort.spawn(
-                account_id(i),
-                Account::new(i, args.accounts, BALANCE, args.seed),
-            )
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let started = Instant::now();
-    let report = cohort.recover().await.context(
-        "recovery failed (a store left by a run with other --accounts cannot be restored; use another --store)",
-    )?;
-    let recovery = started.elapsed();
-    Ok(Life {
-        cohort,
-        accounts,
-        recovery,
-        line: report.line,
-        redelivered: report.redelivered,
-    })
-}
-
-/// Checks that the held objects hold exactly the line's states and, with the transfers queued
-/// for redelivery, all the money.
-async fn check_recovered(store: &CheckpointStore, life: &Life, total: i64) -> anyhow::Result<bool> {
-    let Some(line) = life.line else {
-        return Ok(true);
-    };
-    let manifest = store.read_manifest(line).await?;
-    let money = line_money(store, &manifest).await?;
-    let mut balances = 0;
-    for (id, state) in store.read_states(&manifest).await? {
-        let recorded: AccountState = state.decode()?;
-        let live = life
-            .cohort
-            .inspect(&id, |a: &Account| a.state.clone())
-            .await?;
-        if live != recorded {
-            eprintln!("INVARIANT BROKEN: {id} was not restored to checkpoint {line}");
-            return Ok(false);
-        }
-        balances += live.balance;
-    }
-    let ok = balances + money.in_transit == total;
-    if !ok {
-        eprintln!(
-            "INVARIANT BROKEN after recovery: balances {balances} + in transit {} != {total}",
-            money.in_transit
-        );
-    }
-    Ok(ok)
-}
-
-/// Sends ticks to random accounts until told to stop or the cohort is gone.
-fn drive(
-    accounts: Vec<Address<BankMsg>>,
-    seed: u64,
-    stop: Arc<AtomicBool>,
-    ticks: Arc<AtomicU64>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut x = seed | 1;
-        let mut interval = tokio::time::interval(Duration::from_millis(1));
-        while !stop.load(Ordering::Relaxed) {
-            interval.tick().await;
-            for _ in 0..8 {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                let who = (x % accounts.len() as u64) as usize;
-                let count = 1 + (x >> 32) as u32 % 4;
-                if accounts[who].tell(BankMsg::Tick { count }).is_err() {
-                    return; // the cohort crashed
-                }
-                ticks.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    })
 }
 
 async fn open_store(url: &str) -> anyhow::Result<CheckpointStore> {
@@ -193,120 +144,596 @@ async fn open_store(url: &str) -> anyhow::Result<CheckpointStore> {
     Ok(CheckpointStore::open(url, StoreOptions::default()).await?)
 }
 
-fn fmt_pause(p: PauseStats) -> String {
-    format!(
-        "p50 {:?}, p99 {:?}, max {:?} over {} captures",
-        p.p50, p.p99, p.max, p.count
-    )
+/// Lines of our stdin, read on a thread; the channel closes when the parent closes its end (or
+/// dies): every child's way out.
+fn stdin_lines() -> mpsc::UnboundedReceiver<String> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
-async fn run(args: Args) -> anyhow::Result<bool> {
-    if args.accounts < 2 {
-        bail!("--accounts must be at least 2");
-    }
-    let total = BALANCE * args.accounts as i64;
+/// Resolves when the parent closes our stdin.
+async fn parent_gone() {
+    let mut lines = stdin_lines();
+    while lines.recv().await.is_some() {}
+}
+
+// ---------------------------------------------------------------------------------------------
+// The coordinator process: what `cohort serve` does, through the library.
+
+async fn coordinator(args: Args) -> anyhow::Result<()> {
     let store = open_store(&args.store).await?;
-    let run_for = Duration::from_secs(args.seconds.max(2));
-    let mut ok = true;
-    println!(
-        "bank: {} accounts, {} in total, checkpoint every {} ms to {}",
-        args.accounts, total, args.interval_ms, store
-    );
-
-    // Life 1: run, then crash in the middle of a checkpoint.
-    let points = FailPoints::default();
-    let first = start(&store, &args, &points).await?;
-    if let Some(line) = first.line {
-        println!("resumed from checkpoint {line} of an earlier run");
-    }
-    ok &= check_recovered(&store, &first, total).await?;
-    first.cohort.resume().await?;
-    let ticks = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let driver = drive(
-        first.accounts.clone(),
-        args.seed,
+    let mut config = ServiceConfig::new(([127, 0, 0, 1], 0).into());
+    config.lead_at_start = false;
+    config.interval = Some(Duration::from_millis(args.interval_ms));
+    config.timeout = Duration::from_secs(5);
+    config.heartbeat_interval = Duration::from_millis(100);
+    config.heartbeat_timeout = Duration::from_millis(1_000);
+    let responder = Responder::new();
+    config.control = Some(responder.handler());
+    let service = Service::start(store.clone(), config).await?;
+    let addr = service.local_addr().to_string();
+    let lease = LeadershipConfig::new(Duration::from_millis(args.lease_ms), Some(addr.clone()))?;
+    let holder = lease.holder.clone();
+    let leadership = Leadership::spawn(store, lease);
+    responder.attach(service.clone(), leadership.clone(), holder);
+    println!("coordinator at {addr}");
+    let stop = CancellationToken::new();
+    let driven = leadership::drive(
+        service.clone(),
+        leadership.clone(),
         stop.clone(),
-        ticks.clone(),
+        |t| match t {
+            Transition::Leading { epoch, .. } => println!("leading under epoch {epoch}"),
+            Transition::SteppedDown { epoch } => println!("stepped down from epoch {epoch}"),
+            Transition::Following { leader: Some(r) } => {
+                println!("standby behind epoch {}", r.epoch)
+            }
+            _ => {}
+        },
     );
-    tokio::time::sleep(run_for.mul_f64(0.4)).await;
-    points.crash_at(failpoint::COMMIT_BEFORE_MANIFEST, 1);
-    match first.cohort.trigger().await {
-        Err(Error::Crashed { point }) => println!(
-            "injected failure: the coordinator crashed at {point:?} (votes in, no manifest)"
-        ),
-        other => bail!("expected the injected crash, got {other:?}"),
+    tokio::select! {
+        r = driven => r?,
+        () = parent_gone() => {}
     }
-    driver.await.ok();
-    let metrics = first.cohort.metrics();
-    let (committed_1, aborted_1, pause_1) =
-        (metrics.committed(), metrics.aborted(), metrics.pauses());
-    let newest = store.committed_ids().await?.last().copied();
-    drop(first);
+    stop.cancel();
+    leadership.stop().await;
+    service.shutdown();
+    Ok(())
+}
 
-    // Life 2: a new process recovers to the recovery line and carries on.
-    let second = start(&store, &args, &FailPoints::default()).await?;
-    if second.line != newest {
-        eprintln!(
-            "INVARIANT BROKEN: recovery landed on {:?}, the newest committed line is {newest:?}",
-            second.line
-        );
-        ok = false;
+// ---------------------------------------------------------------------------------------------
+// The node process: hosts every account `i` with `i % nodes == index`.
+
+async fn node(args: Args) -> anyhow::Result<()> {
+    let store = open_store(&args.store).await?;
+    let mut settings = NodeSettings::default();
+    settings.heartbeat_interval = Duration::from_millis(100);
+    settings.heartbeat_timeout = Duration::from_millis(1_000);
+    settings.max_backoff = Duration::from_millis(100);
+    let node = Node::builder(store)
+        .name(format!("node-{}", args.index))
+        .coordinators(args.coordinators.clone())
+        .settings(settings)
+        .build()
+        .await?;
+    let mut mine = Vec::new();
+    for i in (args.index..args.accounts).step_by(args.nodes.max(1) as usize) {
+        let account = Account::new(i, args.accounts, BALANCE, args.seed);
+        mine.push(node.spawn(account_id(i), account)?);
     }
-    ok &= check_recovered(&store, &second, total).await?;
-    println!(
-        "recovered to checkpoint {} in {:?}: {} accounts restored, {} in-transit transfers redelivered",
-        second.line.map_or("none".to_string(), |l| l.to_string()),
-        second.recovery,
-        args.accounts,
-        second.redelivered
-    );
-    second.cohort.resume().await?;
-    let driver = drive(
-        second.accounts.clone(),
-        args.seed ^ 0xA5A5,
-        stop.clone(),
-        ticks.clone(),
-    );
-    tokio::time::sleep(run_for.mul_f64(0.6)).await;
-    stop.store(true, Ordering::Relaxed);
-    driver.await.ok();
-    let last = second.cohort.trigger().await?;
-
-    // Every committed checkpoint conserves the money.
-    let ids = store.committed_ids().await?;
-    for id in &ids {
-        let manifest = store.read_manifest(*id).await?;
-        let money = line_money(&store, &manifest).await?;
-        if money.total() != total {
-            eprintln!("INVARIANT BROKEN in checkpoint {id}: {money:?} != {total}");
-            ok = false;
+    println!("node hosts {} accounts", mine.len());
+    // Inputs from outside: ticks to our own accounts, once the orchestrator says go (a line
+    // on stdin), so that no money moves before every account is in the cohort.
+    let mut lines = stdin_lines();
+    if lines.recv().await.is_none() {
+        return Ok(());
+    }
+    let mut x = args.seed ^ (args.index + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut tick = tokio::time::interval(Duration::from_millis(2));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            line = lines.recv() => if line.is_none() { break },
+        }
+        for _ in 0..4 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let who = (x % mine.len().max(1) as u64) as usize;
+            let count = 1 + (x >> 32) as u32 % 3;
+            // A held (recovering) account queues its inputs.
+            let _ = mine[who].tell(BankMsg::Tick { count });
         }
     }
-    let m = second.cohort.metrics();
-    println!("ticks sent: {}", ticks.load(Ordering::Relaxed));
+    let p = node.metrics().pauses();
     println!(
-        "checkpoints: {} committed, {} aborted (before the crash: {committed_1} committed, {aborted_1} aborted)",
-        committed_1 + m.committed(),
-        aborted_1 + m.aborted(),
+        "pauses {} {} {} {}",
+        p.count,
+        p.p50.as_micros(),
+        p.p99.as_micros(),
+        p.max.as_micros()
     );
-    println!("transfers recorded in transit: {}", m.recorded_in_transit());
-    println!("pause before the crash: {}", fmt_pause(pause_1));
-    println!("pause after recovery:   {}", fmt_pause(m.pauses()));
-    println!("recovery time: {:?}", second.recovery);
+    node.shutdown();
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The orchestrator
+
+/// A child process and the lines it prints.
+struct Proc {
+    name: String,
+    child: Child,
+    stdin: Option<tokio::process::ChildStdin>,
+}
+
+impl Proc {
+    fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    async fn kill(&mut self) {
+        // Child::start_kill is SIGKILL on unix.
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+
+    async fn say(&mut self, line: &str) {
+        use tokio::io::AsyncWriteExt;
+        if let Some(stdin) = &mut self.stdin {
+            let _ = stdin.write_all(format!("{line}\n").as_bytes()).await;
+        }
+    }
+}
+
+/// Lines from every child: (child name, line).
+type Lines = mpsc::UnboundedReceiver<(String, String)>;
+
+fn spawn(
+    name: &str,
+    args: &Args,
+    extra: &[String],
+    lines: &mpsc::UnboundedSender<(String, String)>,
+) -> anyhow::Result<Proc> {
+    let exe = std::env::current_exe().context("cannot find this program to start a child")?;
+    let mut cmd = Command::new(exe);
+    cmd.args([
+        "--store",
+        &args.store,
+        "--accounts",
+        &args.accounts.to_string(),
+        "--nodes",
+        &args.nodes.to_string(),
+        "--interval-ms",
+        &args.interval_ms.to_string(),
+        "--lease-ms",
+        &args.lease_ms.to_string(),
+        "--seed",
+        &args.seed.to_string(),
+    ])
+    .args(extra)
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .kill_on_drop(true);
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {name}"))?;
+    let stdin = child.stdin.take();
+    if let Some(out) = child.stdout.take() {
+        let (tx, name) = (lines.clone(), name.to_owned());
+        tokio::spawn(async move {
+            let mut out = BufReader::new(out).lines();
+            while let Ok(Some(line)) = out.next_line().await {
+                if std::env::var_os("BANK_ECHO").is_some() {
+                    eprintln!("[{name}] {line}");
+                }
+                let _ = tx.send((name.clone(), line));
+            }
+        });
+    }
+    Ok(Proc {
+        name: name.to_owned(),
+        child,
+        stdin,
+    })
+}
+
+/// Waits for `who` to print a line containing `needle`; returns the line.
+async fn wait_line(
+    lines: &mut Lines,
+    who: &str,
+    needle: &str,
+    within: Duration,
+) -> anyhow::Result<String> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, lines.recv()).await {
+            Ok(Some((name, line))) if name == who && line.contains(needle) => return Ok(line),
+            Ok(Some(_)) => {}
+            Ok(None) => bail!("every child is gone"),
+            Err(_) => bail!("{who} did not print {needle:?} within {within:?}"),
+        }
+    }
+}
+
+fn coordinator_args() -> Vec<String> {
+    vec!["--role".into(), "coordinator".into()]
+}
+
+fn node_args(index: u64, coordinators: &[String]) -> Vec<String> {
+    vec![
+        "--role".into(),
+        "node".into(),
+        "--index".into(),
+        index.to_string(),
+        "--coordinators".into(),
+        coordinators.join(","),
+    ]
+}
+
+/// Asks the coordinators for the leader's status.
+async fn leader_status(coordinators: &[String]) -> Option<StatusReport> {
+    let config = ConnectConfig::new(WireRole::Cli, "bank");
+    let mut addrs = coordinators.to_vec();
+    for _ in 0..2 {
+        match control::request(&addrs, &config, ControlRequest::Status).await {
+            Ok(ControlReply::Status(r)) if r.leading => return Some(*r),
+            Ok(ControlReply::Status(r)) => addrs = r.leader.into_iter().collect(),
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// What the orchestrator checks and counts in the store.
+struct Audit {
+    store: CheckpointStore,
+    total: i64,
+    accounts: usize,
+    /// Manifests checked, and whether each held all the money.
+    checked: BTreeMap<CheckpointId, bool>,
+    /// Before this id, lines may hold only some accounts (nodes were registering).
+    complete_from: Option<CheckpointId>,
+    ok: bool,
+}
+
+impl Audit {
+    /// Checks every manifest committed since the last look; returns the new ones.
+    async fn look(&mut self) -> anyhow::Result<Vec<Manifest>> {
+        let mut new = Vec::new();
+        for id in self.store.committed_ids().await? {
+            if self.checked.contains_key(&id) {
+                continue;
+            }
+            let manifest = self.store.read_manifest(id).await?;
+            let money = line_money(&self.store, &manifest).await?;
+            let complete = manifest.objects.len() == self.accounts;
+            let good = if complete {
+                money.total() == self.total
+            } else {
+                // Only while the nodes first register, before any money moves (the accounts
+                // may hold what an earlier run left, so their sum is not checked).
+                self.complete_from.is_none_or(|from| id < from) && money.messages == 0
+            };
+            if !good {
+                eprintln!(
+                    "INVARIANT BROKEN in checkpoint {id} ({:?}, epoch {}): {} accounts, balances {} + in transit {} = {}, expected {}",
+                    manifest.kind,
+                    manifest.epoch,
+                    money.accounts,
+                    money.balances,
+                    money.in_transit,
+                    money.total(),
+                    if complete {
+                        self.total.to_string()
+                    } else {
+                        "no line of some accounts after the start".into()
+                    }
+                );
+                self.ok = false;
+            }
+            self.checked.insert(id, good);
+            new.push(manifest);
+        }
+        Ok(new)
+    }
+
+    /// Looks until `found` matches a new manifest, for at most `within`.
+    async fn until(
+        &mut self,
+        within: Duration,
+        what: &str,
+        mut found: impl FnMut(&Manifest) -> bool,
+    ) -> anyhow::Result<Manifest> {
+        let deadline = Instant::now() + within;
+        loop {
+            for m in self.look().await? {
+                if found(&m) {
+                    return Ok(m);
+                }
+            }
+            if Instant::now() >= deadline {
+                bail!("{what}: not within {within:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn is_full_checkpoint(m: &Manifest, accounts: usize) -> bool {
+    m.kind == ManifestKind::Checkpoint && m.objects.len() == accounts
+}
+
+async fn orchestrate(args: Args) -> anyhow::Result<bool> {
+    if args.accounts < 2 || args.nodes < 2 || args.nodes > args.accounts {
+        bail!("use at least 2 accounts and 2 nodes, and no more nodes than accounts");
+    }
+    if args.store.starts_with("memory:") {
+        bail!("--store memory:// cannot be shared by processes; use a directory or s3://");
+    }
+    let started = Instant::now();
+    let store = open_store(&args.store).await?;
+    let run_for = Duration::from_secs(args.seconds.max(2));
+    let lease = Duration::from_millis(args.lease_ms);
+    let phase = Duration::from_secs(5).max(lease * 10);
+    let total = BALANCE * args.accounts as i64;
     println!(
-        "invariant checked in {} committed manifests (newest {last}) and after recovery: {}",
-        ids.len(),
-        if ok { "OK" } else { "BROKEN" }
+        "bank: {} accounts on {} node processes, {} in total; two coordinators (lease {:?}), a checkpoint every {} ms, to {}",
+        args.accounts, args.nodes, total, lease, args.interval_ms, store
     );
-    if args.store.contains("://") && !args.store.starts_with("file://") {
-        println!("checkpoints are in {store}");
-    } else {
+    let mut audit = Audit {
+        store: store.clone(),
+        total,
+        accounts: args.accounts as usize,
+        checked: BTreeMap::new(),
+        complete_from: None,
+        ok: true,
+    };
+    // What an earlier run left is checked too, but not counted as this run's.
+    audit.look().await?;
+    let before: BTreeSet<CheckpointId> = audit.checked.keys().copied().collect();
+
+    let (tx, mut lines) = mpsc::unbounded_channel();
+    let mut coordinators: Vec<Proc> = Vec::new();
+    let mut addrs: Vec<String> = Vec::new();
+    for name in ["coordinator-a", "coordinator-b"] {
+        let p = spawn(name, &args, &coordinator_args(), &tx)?;
+        let line = wait_line(&mut lines, name, "coordinator at ", phase).await?;
+        addrs.push(line.trim_start_matches("coordinator at ").to_owned());
+        coordinators.push(p);
+        if name == "coordinator-a" {
+            wait_line(&mut lines, name, "leading under epoch", phase).await?;
+        }
+    }
+    println!("coordinators: {} leads, {} stands by", addrs[0], addrs[1]);
+
+    let mut nodes: Vec<Proc> = Vec::new();
+    for i in 0..args.nodes {
+        let name = format!("node-{i}");
+        nodes.push(spawn(&name, &args, &node_args(i, &addrs), &tx)?);
+    }
+    // Every account registered and released: then money may move.
+    let deadline = Instant::now() + phase;
+    loop {
+        if let Some(s) = leader_status(&addrs).await
+            && s.table.placement.len() == args.accounts as usize
+            && s.table.nodes.values().all(|n| n.live)
+            && s.table.nodes.len() == args.nodes as usize
+        {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let seen = leader_status(&addrs).await;
+            bail!("the nodes did not all register within {phase:?}; the leader reports {seen:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let first = audit
+        .until(phase, "a checkpoint of every account", |m| {
+            is_full_checkpoint(m, args.accounts as usize)
+        })
+        .await?;
+    audit.complete_from = Some(first.id);
+    for n in &mut nodes {
+        n.say("go").await;
+    }
+    println!(
+        "every account is in the cohort (checkpoint {}); transfers start",
+        first.id
+    );
+
+    // Phase 1: run; SIGKILL a node; recovery; a replacement rejoins.
+    tokio::time::sleep(run_for.mul_f64(0.3)).await;
+    let mut recovery_time = Duration::ZERO;
+    if !args.no_node_kill {
+        let victim = 1usize;
+        audit.look().await?;
+        let last_before = audit.checked.keys().last().copied();
+        nodes[victim].kill().await;
+        let killed = Instant::now();
+        println!("killed {} with SIGKILL", nodes[victim].name);
+        // The leader finds it dead and every node rolls back: a fence marks the recovery.
+        let fence = audit
+            .until(phase, "the recovery's fence", |m| {
+                m.kind == ManifestKind::Fence && Some(m.id) > last_before
+            })
+            .await?;
+        let line = fence.parent.and_then(|p| audit.checked.get(&p).map(|_| p));
+        let line_manifest = match line {
+            Some(p) => Some(store.read_manifest(p).await?),
+            None => None,
+        };
+        if line_manifest
+            .as_ref()
+            .is_some_and(|l| l.objects != fence.objects)
+        {
+            eprintln!(
+                "INVARIANT BROKEN: recovery's fence {} does not point at the newest committed line",
+                fence.id
+            );
+            audit.ok = false;
+        }
+        let replacement = format!("{}-replacement", nodes[victim].name);
+        nodes[victim] = spawn(&replacement, &args, &node_args(victim as u64, &addrs), &tx)?;
+        nodes[victim].say("go").await;
+        let after = audit
+            .until(
+                phase,
+                "a checkpoint of every account after the recovery",
+                |m| is_full_checkpoint(m, args.accounts as usize) && m.id > fence.id,
+            )
+            .await?;
+        recovery_time = killed.elapsed();
         println!(
-            "checkpoints are in {store}; list them with `cargo run -- list --store {}`",
-            args.store
+            "recovered: every node rolled back to checkpoint {} (fence {}), the replacement restored node-{victim}'s accounts; checkpoint {} committed {:?} after the kill",
+            fence.parent.map_or("-".into(), |p| p.to_string()),
+            fence.id,
+            after.id,
+            recovery_time
         );
     }
-    second.cohort.shutdown().await;
-    Ok(ok)
+
+    // Phase 2: run; SIGKILL the leading coordinator while the standby runs.
+    tokio::time::sleep(run_for.mul_f64(0.3)).await;
+    let mut failover_time = Duration::ZERO;
+    if args.leader_kill {
+        let epoch = store
+            .newest_epoch()
+            .await?
+            .context("no epoch was claimed")?;
+        let leader_at = epoch.address.clone().unwrap_or_default();
+        let Some(li) = addrs.iter().position(|a| *a == leader_at) else {
+            bail!("the leader's address {leader_at} is not one of ours");
+        };
+        coordinators[li].kill().await;
+        let killed = Instant::now();
+        println!(
+            "killed the leading {} (epoch {}) with SIGKILL",
+            coordinators[li].name, epoch.epoch
+        );
+        let taken = audit
+            .until(phase, "a checkpoint under the standby", |m| {
+                is_full_checkpoint(m, args.accounts as usize) && m.epoch > epoch.epoch
+            })
+            .await?;
+        failover_time = killed.elapsed();
+        println!(
+            "failover: epoch {} took over and committed checkpoint {} {:?} after the kill",
+            taken.epoch, taken.id, failover_time
+        );
+        // A new standby, as an operator would start.
+        let name = "coordinator-c";
+        let standby = spawn(name, &args, &coordinator_args(), &tx)?;
+        let line = wait_line(&mut lines, name, "coordinator at ", phase).await?;
+        addrs.push(line.trim_start_matches("coordinator at ").to_owned());
+        coordinators.push(standby);
+    }
+
+    // Phase 3: run to the end, then one last checkpoint of everything.
+    let remaining = run_for
+        .saturating_sub(started.elapsed())
+        .max(run_for.mul_f64(0.2));
+    tokio::time::sleep(remaining).await;
+    let last = audit.checked.keys().last().copied().unwrap_or_default();
+    audit
+        .until(phase, "a last checkpoint", |m| {
+            is_full_checkpoint(m, args.accounts as usize) && m.id > last
+        })
+        .await?;
+    let status = leader_status(&addrs).await;
+    for n in &mut nodes {
+        n.stdin = None;
+    }
+    // Each node says how long its accounts were paused, as it exits.
+    let mut pauses = Vec::new();
+    for n in &nodes {
+        if let Ok(line) = wait_line(&mut lines, &n.name, "pauses ", Duration::from_secs(5)).await {
+            let v: Vec<u128> = line
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            if let [count, p50, p99, max] = v[..] {
+                pauses.push((n.name.clone(), count, p50, p99, max));
+            }
+        }
+    }
+    for c in &mut coordinators {
+        c.stdin = None;
+    }
+    for p in nodes.iter_mut().chain(coordinators.iter_mut()) {
+        let _ = tokio::time::timeout(Duration::from_secs(5), p.child.wait()).await;
+        if p.pid().is_some() {
+            p.kill().await;
+        }
+    }
+    audit.look().await?;
+
+    // The recovery line is what a restart would restore: it must hold all the money too.
+    let line = store.recovery_line().await?.context("no recovery line")?;
+    let money = line_money(&store, &line.manifest).await?;
+    if money.total() != total || line.manifest.objects.len() != args.accounts as usize {
+        eprintln!(
+            "INVARIANT BROKEN in the recovery line {}: {money:?}",
+            line.manifest.id
+        );
+        audit.ok = false;
+    }
+
+    let ours: Vec<&CheckpointId> = audit
+        .checked
+        .keys()
+        .filter(|id| !before.contains(id))
+        .collect();
+    let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
+    for id in &ours {
+        let m = store.read_manifest(**id).await?;
+        *kinds
+            .entry(match m.kind {
+                ManifestKind::Checkpoint => "checkpoints",
+                ManifestKind::Fence => "fences",
+                _ => "others",
+            })
+            .or_default() += 1;
+    }
+    println!(
+        "checkpoints: {} committed ({} fences: recovery and failover), {} aborted by the last leader",
+        kinds.get("checkpoints").copied().unwrap_or(0),
+        kinds.get("fences").copied().unwrap_or(0),
+        status
+            .as_ref()
+            .map_or("?".into(), |s| s.aborted.to_string()),
+    );
+    for (name, count, p50, p99, max) in &pauses {
+        println!(
+            "pause on {name}: p50 {:?}, p99 {:?}, max {:?} over {count} captures",
+            Duration::from_micros(*p50 as u64),
+            Duration::from_micros(*p99 as u64),
+            Duration::from_micros(*max as u64),
+        );
+    }
+    println!(
+        "recovery after the node kill: {recovery_time:?}; coordinator failover (kill to next checkpoint): {failover_time:?} with a {lease:?} lease"
+    );
+    println!(
+        "invariant checked in {} committed checkpoints (recovery line {}): {}",
+        audit.checked.len(),
+        line.manifest.id,
+        if audit.ok { "OK" } else { "BROKEN" }
+    );
+    println!(
+        "checkpoints are in {store}; look with `cargo run -- list --store {}` (took {:?})",
+        args.store,
+        started.elapsed()
+    );
+    Ok(audit.ok)
 }

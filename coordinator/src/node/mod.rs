@@ -266,9 +266,7 @@ impl NodeShared {
     /// else delivers it.
     fn deliver(&self, frame: PeerFrame) {
         let mut early = lock(&self.early);
-        if self.restoring.load(Ordering::SeqCst)
-            || frame.colour.0 > self.colour_floor.load(Ordering::SeqCst)
-        {
+        if self.restoring.load(Ordering::SeqCst) || self.must_wait(&frame) {
             early.push(frame);
             return;
         }
@@ -293,17 +291,22 @@ impl NodeShared {
         if self.restoring.load(Ordering::SeqCst) {
             return; // the restore's end raises it and flushes
         }
-        let floor = self
-            .colour_floor
-            .fetch_max(round.0, Ordering::SeqCst)
-            .max(round.0);
+        self.colour_floor.fetch_max(round.0, Ordering::SeqCst);
         for frame in std::mem::take(&mut *early) {
-            if frame.colour.0 > floor {
+            if self.must_wait(&frame) {
                 early.push(frame);
             } else {
                 self.deliver_now(frame);
             }
         }
+    }
+
+    /// A frame waits while its colour is a round not started here, or while it comes from an
+    /// incarnation this node has not been restored into: delivered now, it would land in a
+    /// state the coming restore discards (its sender, already released, would not re-send).
+    fn must_wait(&self, frame: &PeerFrame) -> bool {
+        frame.colour.0 > self.colour_floor.load(Ordering::SeqCst)
+            || frame.incarnation > self.incarnation.load(Ordering::SeqCst)
     }
 
     /// Checks a frame's incarnation and sequence, then queues it in its receiver's mailbox.

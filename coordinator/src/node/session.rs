@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 
 use super::writer::{NodeWriter, WriterMsg};
 use super::{ActiveRound, NodeShared, NodeStatus, Placement, lock, read, write};
+use crate::engine::Round;
 use crate::service::protocol::{CoordinatorFrame, NodeFrame};
 use crate::wire::{ConnectConfig, Connection, Role};
 
@@ -279,6 +280,9 @@ fn on_frame(shared: &Arc<NodeShared>, frame: CoordinatorFrame) {
                     *active = None; // ends the writer
                 }
             }
+            // Frames coloured with an aborted round this node never started would otherwise
+            // wait for the next round; with no round active they are plain deliveries.
+            shared.raise_floor(round);
             for slot in read(&shared.objects).values() {
                 let _ = slot.control.send(super::Control::Decided {
                     id,
@@ -307,6 +311,8 @@ fn on_frame(shared: &Arc<NodeShared>, frame: CoordinatorFrame) {
         }
         CoordinatorFrame::Release { incarnation } => {
             shared.incarnation.fetch_max(incarnation, Ordering::SeqCst);
+            // Frames of this incarnation that waited for it.
+            shared.raise_floor(Round::ZERO);
             shared.release_all();
         }
     }

@@ -203,7 +203,7 @@ impl Service {
             channel_nodes: BTreeSet::new(),
             recovery: None,
             recovery_seq: 0,
-            incarnation: 1,
+            incarnation: 0,
             status: status_tx,
             origin: tokio::time::Instant::now(),
             attempt_started: None,
@@ -394,7 +394,11 @@ struct PendingCommit {
 struct Recovery {
     seq: u64,
     line: Option<Arc<Manifest>>,
+    /// Nodes still restoring; after a takeover, also the expected nodes not registered yet.
     waiting: BTreeSet<String>,
+    /// After a takeover: expected nodes not registered by then are left out (they are
+    /// restored on their own when they come, as a replacement would be).
+    deadline: Option<tokio::time::Instant>,
 }
 
 struct Server {
@@ -460,10 +464,8 @@ impl Server {
             .filter_map(|n| n.lost_at)
             .map(|t| t + self.config.heartbeat_timeout)
             .min();
-        match (engine, dead) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let takeover = self.recovery.as_ref().and_then(|r| r.deadline);
+        [engine, dead, takeover].into_iter().flatten().min()
     }
 
     fn table(&self) -> StateTable {
@@ -566,6 +568,28 @@ impl Server {
                 },
             );
         }
+        // Above every incarnation of an older epoch (those count up from `epoch << 32` too), so
+        // that nodes drop the messages of the old leader's time once restored.
+        self.incarnation = (epoch << 32) | 1;
+        // The nodes ran on past the line under the old leader: all of them roll back to it,
+        // and none runs before all are restored (one released early would send messages of
+        // the new incarnation into a node still living the discarded future).
+        let expected: BTreeSet<String> = self
+            .placement
+            .values()
+            .filter(|n| !n.is_empty())
+            .cloned()
+            .collect();
+        if !expected.is_empty() {
+            engine.handle(self.now_ms(), Event::Halt);
+            self.recovery_seq += 1;
+            self.recovery = Some(Recovery {
+                seq: self.recovery_seq,
+                line: line.clone(),
+                waiting: expected,
+                deadline: Some(tokio::time::Instant::now() + self.config.heartbeat_timeout),
+            });
+        }
         self.engine = Some(engine);
         self.last_manifest = line;
         self.fenced = false;
@@ -589,6 +613,27 @@ impl Server {
         if !newly_dead.is_empty() {
             tracing::warn!(nodes = ?newly_dead, "nodes dead; cohort recovery");
             self.start_recovery().await;
+        }
+        if let Some(r) = &mut self.recovery
+            && r.deadline.is_some_and(|d| now >= d)
+        {
+            r.deadline = None;
+            let registered = &self.nodes;
+            let absent: Vec<String> = r
+                .waiting
+                .iter()
+                .filter(|n| registered.get(*n).is_none_or(|s| s.conn.is_none()))
+                .cloned()
+                .collect();
+            if !absent.is_empty() {
+                tracing::warn!(nodes = ?absent, "expected nodes did not come back after the takeover; the others resume without them");
+                for n in &absent {
+                    r.waiting.remove(n);
+                }
+            }
+            if r.waiting.is_empty() {
+                self.finish_recovery().await;
+            }
         }
         self.feed(Event::Tick).await;
     }
@@ -771,13 +816,30 @@ impl Server {
         );
         self.add_objects(&node, objects).await;
         self.push_placement();
-        let line = self.engine.as_ref().map(Engine::last_committed);
         let colour = self.engine.as_ref().map_or(Round::ZERO, Engine::last_round);
-        let restore = CoordinatorFrame::Restore {
-            recovery: 0,
-            line: line.filter(|l| *l != CheckpointId::ZERO),
-            colour,
-            incarnation: self.incarnation,
+        let restore = match &mut self.recovery {
+            // A recovery is under way: this node is one more to restore before all resume.
+            Some(r) => {
+                r.waiting.insert(node.clone());
+                CoordinatorFrame::Restore {
+                    recovery: r.seq,
+                    line: r.line.as_ref().map(|m| m.id),
+                    colour,
+                    incarnation: self.incarnation,
+                }
+            }
+            // The others run: this node restores the newest line (no checkpoint commits
+            // without its objects) and runs once restored.
+            None => CoordinatorFrame::Restore {
+                recovery: 0,
+                line: self
+                    .engine
+                    .as_ref()
+                    .map(Engine::last_committed)
+                    .filter(|l| *l != CheckpointId::ZERO),
+                colour,
+                incarnation: self.incarnation,
+            },
         };
         // The reply goes out before anything queued for the connection.
         if let Some(n) = self.nodes.get(&node) {
@@ -987,6 +1049,7 @@ impl Server {
             seq: self.recovery_seq,
             line,
             waiting,
+            deadline: None,
         });
         if self.recovery.as_ref().is_some_and(|r| r.waiting.is_empty()) {
             self.finish_recovery().await;
@@ -1005,7 +1068,12 @@ impl Server {
             .engine
             .as_ref()
             .map_or(CheckpointId::ZERO, Engine::last_committed);
-        if let Some(line) = &recovery.line {
+        // A takeover's line is already this epoch's fence, and the newest manifest.
+        let fenced_already = recovery
+            .line
+            .as_ref()
+            .is_some_and(|l| l.epoch == epoch && l.kind == ManifestKind::Fence && l.id == last);
+        if let Some(line) = recovery.line.as_ref().filter(|_| !fenced_already) {
             match self.write_fence(epoch, line).await {
                 Ok(fence) => {
                     last = fence.id;
