@@ -5,22 +5,24 @@
 //!
 //! Partway through, one node is killed with SIGKILL: the leader finds it dead, every node rolls
 //! back to the recovery line, and a replacement process restores the dead node's accounts.
-//! With `--leader-kill`, later the leading coordinator is killed with SIGKILL: the standby takes over after the lease,
-//! fences the old leader and carries on, and the nodes follow it.
+//! Later the leading coordinator is killed with SIGKILL: the standby takes over after the
+//! lease, fences the old leader, rolls every node back to the recovery line, and carries on;
+//! the nodes follow it.
 //!
 //! The invariant: total money = sum of balances + transfers recorded in transit, in every
 //! committed checkpoint, including the lines recovery and failover land on. The run exits 1 if
 //! it ever broke, 2 on any other failure.
 //!
 //! ```text
-//! cargo run --release --example bank_cluster                      # checkpoints under ./cohort-data/bank-cluster
-//! cargo run --release --example bank_cluster -- --nodes 3 --accounts 30 --seconds 20
-//! cargo run --release --example bank_cluster -- --help
+//! cargo run --release --example bank                      # checkpoints under ./cohort-data/bank
+//! cargo run --release --example bank -- --nodes 3 --accounts 30 --seconds 20
+//! cargo run --release --example bank -- --help
 //! ```
 //!
 //! Every process is this binary: `--role coordinator` and `--role node` are what the
 //! orchestrator (the default role) starts. Children exit when the orchestrator's end of their
-//! stdin closes, so none outlives it.
+//! stdin closes, so none outlives it. `examples/bank_inprocess.rs` is the same bank in one
+//! process, with a coordinator crash in the middle of a checkpoint.
 
 #[path = "../tests/support/bank.rs"]
 mod bank;
@@ -54,7 +56,7 @@ const BALANCE: i64 = 1_000;
 struct Args {
     /// Where checkpoints go: a path, file:///abs/path or s3://bucket/prefix (every process
     /// opens it, so not memory://).
-    #[arg(long, default_value = "./cohort-data/bank-cluster")]
+    #[arg(long, default_value = "./cohort-data/bank")]
     store: String,
     /// How many accounts (objects).
     #[arg(long, default_value_t = 64)]
@@ -88,10 +90,9 @@ struct Args {
     /// Do not kill a node (isolates the no-fault path).
     #[arg(long, hide = true)]
     no_node_kill: bool,
-    /// Also kill the leading coordinator. Off by default: a takeover still loses money (the
-    /// new leader restores nodes one at a time; see ARCHITECTURE.md, "High availability").
-    #[arg(long)]
-    leader_kill: bool,
+    /// Do not kill the leading coordinator (isolates the node-failure path).
+    #[arg(long, hide = true)]
+    no_leader_kill: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -605,7 +606,7 @@ async fn orchestrate(args: Args) -> anyhow::Result<bool> {
     // Phase 2: run; SIGKILL the leading coordinator while the standby runs.
     tokio::time::sleep(run_for.mul_f64(0.3)).await;
     let mut failover_time = Duration::ZERO;
-    if args.leader_kill {
+    if !args.no_leader_kill {
         let epoch = store
             .newest_epoch()
             .await?

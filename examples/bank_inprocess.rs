@@ -9,9 +9,9 @@
 //! failure.
 //!
 //! ```text
-//! cargo run --release --example bank                      # checkpoints under ./cohort-data/bank
-//! cargo run --release --example bank -- --store memory://
-//! cargo run --release --example bank -- --help
+//! cargo run --release --example bank_inprocess          # checkpoints under ./cohort-data/bank-inprocess
+//! cargo run --release --example bank_inprocess -- --store memory://
+//! cargo run --release --example bank_inprocess -- --help
 //! ```
 //!
 //! Run it twice on the same store and the second run starts from the first one's recovery line.
@@ -41,7 +41,7 @@ const BALANCE: i64 = 1_000;
 #[command(version, about)]
 struct Args {
     /// Where checkpoints go: a path, file:///abs/path, s3://bucket/prefix or memory://.
-    #[arg(long, default_value = "./cohort-data/bank")]
+    #[arg(long, default_value = "./cohort-data/bank-inprocess")]
     store: String,
     /// How many accounts (objects).
     #[arg(long, default_value_t = 64)]

@@ -972,7 +972,7 @@ fn bank_example() -> Option<std::path::PathBuf> {
     let exe = std::path::Path::new(BIN)
         .parent()?
         .join("examples")
-        .join(format!("bank{}", std::env::consts::EXE_SUFFIX));
+        .join(format!("bank_inprocess{}", std::env::consts::EXE_SUFFIX));
     if exe.is_file() {
         return Some(exe);
     }
@@ -981,7 +981,7 @@ fn bank_example() -> Option<std::path::PathBuf> {
         "{} is missing: `cargo test` builds it unless a single test target is selected",
         exe.display()
     );
-    eprintln!("skipping: the bank example is not built (run `cargo test -p cohort`)");
+    eprintln!("skipping: the bank_inprocess example is not built (run `cargo test -p cohort`)");
     None
 }
 

@@ -1,5 +1,5 @@
 //! The bank: accounts are objects that transfer money to each other through cohort messaging.
-//! Shared by `examples/bank.rs` and `tests/bank_random.rs`.
+//! Shared by the bank examples (`examples/bank.rs`, `examples/bank_inprocess.rs`) and the tests.
 //!
 //! Money is conserved by every consistent cut: the sum of the balances in a committed line plus
 //! the transfers recorded in transit with it equals the money the bank started with.

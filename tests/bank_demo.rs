@@ -1,0 +1,61 @@
+//! The Quick-start demo, as a test: `examples/bank.rs` with real processes on loopback (two
+//! coordinators, three nodes), a node and then the leading coordinator killed with SIGKILL, and
+//! the money checked in every committed checkpoint. The example exits 1 if the invariant broke
+//! and 2 if a phase did not complete in time (no checkpoint after the recovery or the takeover).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The example's binary, which `cargo test` builds next to this crate's binaries.
+fn bank_example() -> Option<PathBuf> {
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_cohort"))
+        .parent()?
+        .join("examples")
+        .join(format!("bank{}", std::env::consts::EXE_SUFFIX));
+    if exe.is_file() {
+        return Some(exe);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{} is missing: `cargo test` builds it unless a single test target is selected",
+        exe.display()
+    );
+    eprintln!("skipping: the bank example is not built (run `cargo test -p cohort`)");
+    None
+}
+
+#[test]
+fn the_bank_survives_a_node_kill_and_a_leader_kill_with_its_money() {
+    let Some(exe) = bank_example() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("bank");
+    let out = Command::new(exe)
+        .args(["--store", store.to_str().unwrap()])
+        .args(["--accounts", "24", "--nodes", "3", "--seconds", "6"])
+        .env("RUST_LOG", "")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the bank failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+    );
+    for expected in [
+        "killed node-1 with SIGKILL",
+        "recovered: every node rolled back",
+        "with SIGKILL",
+        "failover: epoch 2 took over",
+        ": OK",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "no {expected:?} in the output:\n{stdout}"
+        );
+    }
+}
