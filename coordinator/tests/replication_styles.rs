@@ -25,7 +25,7 @@ use cohort_coordinator::replication::server::{
 };
 use cohort_coordinator::replication::styles::{ReplicationStyle, ServiceError};
 use cohort_coordinator::replication::{GroupConfig, GroupName, MemberId, MemberOptions};
-use cohort_coordinator::wire::{ConnectConfig, Role};
+use cohort_coordinator::wire::{ConnectConfig, Role, WireError};
 use cohort_object_api::{Checkpointable, ObjectError};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -370,7 +370,7 @@ async fn a_fenced_primary_cannot_acknowledge() {
         .unwrap();
 
     // A request sent straight to `a` must not be acknowledged.
-    let mut conn = ConnectConfig::new(Role::Node, "probe")
+    let mut conn = ConnectConfig::new(Role::Client, "probe")
         .connect::<ServerMessage, ClientMessage>(a.service_addr())
         .await
         .unwrap();
@@ -426,6 +426,37 @@ async fn a_heavier_member_takes_over_without_losing_a_request() {
     finish(load, &client).await;
     let replayed = b.status().borrow().last_replayed;
     println!("b replayed {replayed} log entries at the handover");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_port_serves_group_clients_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path()).await;
+    let a = start_server(&store, "a", 10, vec![]).await;
+    for role in [Role::Node, Role::Peer, Role::Cli, Role::Coordinator] {
+        let err = ConnectConfig::new(role, "confused")
+            .connect::<ServerMessage, ClientMessage>(a.service_addr())
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        match &err {
+            WireError::Rejected { code, reason, .. } => {
+                assert_eq!(code, "role", "{err}");
+                assert!(
+                    reason.contains("serves client connections only")
+                        && reason.contains(&format!("not a {role}")),
+                    "{reason}"
+                );
+            }
+            other => panic!("{role}: expected a role rejection, got {other}"),
+        }
+    }
+    // A client is welcome.
+    let conn = ConnectConfig::new(Role::Client, "probe")
+        .connect::<ServerMessage, ClientMessage>(a.service_addr())
+        .await
+        .unwrap();
+    assert_eq!(conn.peer().name, "a");
 }
 
 #[test]

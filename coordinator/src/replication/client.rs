@@ -2,7 +2,8 @@
 //! components, FT-CORBA's object group reference with `FT_REQUEST`).
 //!
 //! - It finds the group's current primary (every active member, in the active style) through
-//!   the activation records on the store ([`current_actives`]), and connects.
+//!   the activation records on the store ([`current_actives`]), and connects with the wire
+//!   handshake as a [`Role::Client`] named by its [`ClientId`].
 //! - It numbers requests under its [`ClientId`], piggybacks its acknowledged watermark, and
 //!   keeps every request until its reply arrives.
 //! - On a fault (connection broken, `Redirect`, `Retry`) it reconnects, with exponential
@@ -372,7 +373,7 @@ impl Proxy {
             token: self.options.token.clone(),
             handshake_timeout: self.options.connect_timeout,
             accept_roles: vec![Role::Peer],
-            ..ConnectConfig::new(Role::Node, self.options.client_id.to_string())
+            ..ConnectConfig::new(Role::Client, self.options.client_id.to_string())
         };
         for addr in addrs {
             let opened = tokio::time::timeout(

@@ -355,10 +355,12 @@ impl ReplicatedServer {
         service: S,
     ) -> Result<Self, ServiceError> {
         options.validate()?;
+        // The service port serves group clients only: a node, peer or CLI that dials it by
+        // mistake is refused in the handshake with a message naming the roles served here.
         let listener = ListenConfig {
             name: options.member.id.to_string(),
             role: Role::Peer,
-            accept_roles: vec![Role::Node, Role::Peer, Role::Cli],
+            accept_roles: vec![Role::Client],
             token: options.member.token.clone(),
             ..ListenConfig::new(options.service_listen)
         }

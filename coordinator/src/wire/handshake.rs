@@ -72,11 +72,21 @@ pub enum Role {
     Peer,
     /// The `cohort` command line (status, checkpoint now).
     Cli,
+    /// An application's proxy to a replicated service
+    /// ([`GroupClient`](crate::replication::client::GroupClient)): it sends requests to the
+    /// service listener of a group member, which serves nothing else on that port.
+    Client,
 }
 
 impl Role {
     /// Every role, for a listener that accepts anyone.
-    pub const ALL: [Role; 4] = [Role::Node, Role::Coordinator, Role::Peer, Role::Cli];
+    pub const ALL: [Role; 5] = [
+        Role::Node,
+        Role::Coordinator,
+        Role::Peer,
+        Role::Cli,
+        Role::Client,
+    ];
 
     /// The role's name on the wire and in messages.
     pub fn as_str(self) -> &'static str {
@@ -85,6 +95,7 @@ impl Role {
             Role::Coordinator => "coordinator",
             Role::Peer => "peer",
             Role::Cli => "cli",
+            Role::Client => "client",
         }
     }
 
@@ -603,8 +614,9 @@ where
         return Err(Refusal::Reject {
             code: REJECT_ROLE,
             reason: format!(
-                "this {} accepts {accepted}, not a {}",
-                local.role, client.role
+                "this endpoint ({} {}) serves {accepted} connections only, not a {}; check which \
+                 address the {} was given",
+                local.role, local.name, client.role, client.role
             ),
             error: WireError::RoleRefused {
                 peer: peer.to_owned(),
