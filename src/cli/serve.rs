@@ -11,17 +11,14 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use cohort_coordinator::service::control::Responder;
 use cohort_coordinator::service::leadership::{self, Leadership, LeadershipConfig, Transition};
 use cohort_coordinator::service::metrics::{MetricsEndpoint, ServiceMetrics};
-use cohort_coordinator::service::{
-    MetadataHook, Service, ServiceConfig, ServiceStatus, StateTable,
-};
+use cohort_coordinator::service::{MetadataHook, Service, ServiceConfig, StateTable};
 use cohort_coordinator::wire::{CancellationToken, DEFAULT_PORT, Secret, TOKEN_ENV};
-use cohort_object_api::CheckpointId;
 
 use crate::cli::StoreArgs;
 use crate::cli::failure::{Code, Failure};
@@ -125,6 +122,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
     // exists: until then they are told to retry.
     let responder = Responder::new();
     config.control = Some(responder.handler());
+    let metrics = ServiceMetrics::new();
+    config.metrics = Some(metrics.clone());
     let service = Service::start(store.clone(), config).await.map_err(|e| {
         Failure::usage(format!(
             "cannot start the coordinator on {}: {e}",
@@ -134,7 +133,6 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
     })?;
     let addr = service.local_addr();
 
-    let metrics = ServiceMetrics::new();
     let stop = CancellationToken::new();
     if let Some(at) = args.metrics {
         let endpoint = MetricsEndpoint::bind(at)
@@ -158,11 +156,6 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
     ));
 
     let running = CancellationToken::new();
-    tokio::spawn(export_counters(
-        service.status(),
-        metrics.clone(),
-        running.clone(),
-    ));
     let driver = {
         let metrics = metrics.clone();
         leadership::drive(
@@ -242,55 +235,6 @@ fn tell(metrics: &ServiceMetrics, t: Transition) {
     }
 }
 
-/// Turns the service's counters into metrics, timing each attempt from when it is first seen
-/// in flight to its commit.
-async fn export_counters(
-    mut status: tokio::sync::watch::Receiver<ServiceStatus>,
-    metrics: ServiceMetrics,
-    stop: CancellationToken,
-) {
-    let mut seen = Counters::default();
-    let mut attempt: Option<(CheckpointId, Instant)> = None;
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            changed = status.changed() => if changed.is_err() { return },
-        }
-        let now = status.borrow_and_update().clone();
-        match (now.in_flight, attempt) {
-            (Some((id, _)), Some((tracked, _))) if id == tracked => {}
-            (Some((id, _)), _) => attempt = Some((id, Instant::now())),
-            (None, _) => {}
-        }
-        for _ in seen.committed..now.committed {
-            // The duration of the attempt seen in flight; none when it came and went between
-            // two looks at the status.
-            let took = match attempt.take() {
-                Some((id, started)) if id <= now.last_committed => Some(started.elapsed()),
-                other => {
-                    attempt = other;
-                    None
-                }
-            };
-            metrics.record_committed(took, None);
-        }
-        for _ in seen.aborted..now.aborted {
-            metrics.record_aborted();
-        }
-        for _ in seen.recoveries..now.recoveries {
-            metrics.record_recovery();
-        }
-        if now.in_flight.is_none() {
-            attempt = None;
-        }
-        seen = Counters {
-            committed: now.committed,
-            aborted: now.aborted,
-            recoveries: now.recoveries,
-        };
-    }
-}
-
 /// Prints one line of the server's story on stdout (flushed: tests and operators read it as it
 /// happens).
 fn say(line: std::fmt::Arguments<'_>) {
@@ -298,14 +242,6 @@ fn say(line: std::fmt::Arguments<'_>) {
     // A closed stdout must not stop a coordinator.
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
-}
-
-/// The counters of [`ServiceStatus`] already turned into metrics.
-#[derive(Clone, Copy, Debug, Default)]
-struct Counters {
-    committed: u64,
-    aborted: u64,
-    recoveries: u64,
 }
 
 /// The test hook behind `--test-pause-before-commit`.

@@ -156,7 +156,8 @@ impl<A: Actor> ObjectTask<A> {
             }
         };
         self.cut.captured(round);
-        self.node.metrics.record_pause(started.elapsed());
+        let pause = started.elapsed();
+        self.node.metrics.record_pause(pause);
         let msg = match captured {
             Ok((snapshot, generation)) => {
                 self.voted = Some((round, generation));
@@ -166,6 +167,7 @@ impl<A: Actor> ObjectTask<A> {
                     generation,
                     sent: self.cut.sent,
                     received: self.cut.received,
+                    pause,
                 })
             }
             Err(reason) => {

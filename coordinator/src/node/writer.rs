@@ -32,6 +32,8 @@ pub(crate) struct Captured {
     pub(crate) generation: Option<u64>,
     pub(crate) sent: u64,
     pub(crate) received: u64,
+    /// How long the object was blocked by prepare and capture.
+    pub(crate) pause: std::time::Duration,
 }
 
 pub(crate) struct NodeWriter {
@@ -51,8 +53,9 @@ impl NodeWriter {
         let mut votes: Vec<(ObjectId, WireVote)> = Vec::new();
         let mut seen = BTreeSet::new();
         let mut refused = false;
+        let mut pause_max = std::time::Duration::ZERO;
         if self.participants.is_empty() {
-            self.send_votes(Vec::new(), 0);
+            self.send_votes(Vec::new(), 0, pause_max);
         }
         while let Some(msg) = rx.recv().await {
             match msg {
@@ -63,6 +66,7 @@ impl NodeWriter {
                     {
                         continue;
                     }
+                    pause_max = pause_max.max(c.pause);
                     let entry = match (&c.snapshot, states.as_mut()) {
                         (None, _) => None,
                         (Some(snapshot), Some(w)) => match w.add(&c.object, snapshot).await {
@@ -82,6 +86,7 @@ impl NodeWriter {
                                         },
                                     )],
                                     0,
+                                    pause_max,
                                 );
                                 continue;
                             }
@@ -99,9 +104,11 @@ impl NodeWriter {
                     if votes.len() == self.participants.len() {
                         let Some(w) = states.take() else { continue };
                         match w.finish().await {
-                            Ok(summary) => {
-                                self.send_votes(std::mem::take(&mut votes), summary.bytes)
-                            }
+                            Ok(summary) => self.send_votes(
+                                std::mem::take(&mut votes),
+                                summary.bytes,
+                                pause_max,
+                            ),
                             Err(e) => {
                                 refused = true;
                                 let object = votes[0].0.clone();
@@ -115,6 +122,7 @@ impl NodeWriter {
                                         },
                                     )],
                                     0,
+                                    pause_max,
                                 );
                             }
                         }
@@ -126,7 +134,7 @@ impl NodeWriter {
                         && seen.insert(object.clone())
                     {
                         refused = true;
-                        self.send_votes(vec![(object, WireVote::No { reason })], 0);
+                        self.send_votes(vec![(object, WireVote::No { reason })], 0, pause_max);
                     }
                 }
                 WriterMsg::InTransit {
@@ -173,11 +181,17 @@ impl NodeWriter {
         }
     }
 
-    fn send_votes(&self, votes: Vec<(ObjectId, WireVote)>, bytes: u64) {
+    fn send_votes(
+        &self,
+        votes: Vec<(ObjectId, WireVote)>,
+        bytes: u64,
+        pause_max: std::time::Duration,
+    ) {
         let _ = self.out.send(NodeFrame::Votes {
             round: self.round,
             votes,
             bytes,
+            pause_max_us: u64::try_from(pause_max.as_micros()).unwrap_or(u64::MAX),
         });
     }
 }

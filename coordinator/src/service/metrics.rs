@@ -125,7 +125,7 @@ impl ServiceMetrics {
         );
         registry.register_with_unit(
             "cohort_checkpoint_pause",
-            "Time an object was held from handling messages by a checkpoint (prepare and capture)",
+            "Longest time one object of a node was held from handling messages by a committed checkpoint (prepare and capture); one sample per node per checkpoint",
             Unit::Seconds,
             pause.clone(),
         );
@@ -194,7 +194,7 @@ impl ServiceMetrics {
         }
     }
 
-    /// Records one object's pause (one sample per object per checkpoint).
+    /// Records a pause: the longest of one node's objects in one committed checkpoint.
     pub fn record_pause(&self, pause: Duration) {
         self.inner.pause.observe(pause.as_secs_f64());
         self.inner.pauses.fetch_add(1, Ordering::Relaxed);

@@ -58,6 +58,10 @@ pub enum NodeFrame {
         votes: Vec<(ObjectId, WireVote)>,
         /// Bytes of state this node wrote for the round.
         bytes: u64,
+        /// The longest time one of this node's objects was blocked by the round (prepare and
+        /// capture), microseconds. Absent from nodes that predate it.
+        #[serde(default)]
+        pause_max_us: u64,
     },
     /// In-transit messages recorded (and written) for `round`.
     ChannelState {

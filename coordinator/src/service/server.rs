@@ -11,12 +11,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::metrics::ServiceMetrics;
 use super::protocol::{CoordinatorFrame, NodeFrame, WireVote};
 use super::table::{NodeEntry, StateTable};
 use super::{COUNTERS_KEY, STATE_TABLE_KEY};
 use crate::engine::{
-    Ballot, Command, CommitOutcome, Config, Engine, Event, Round, Start, TriggerFailure, TriggerId,
-    Vote, VotedState,
+    AbortReason, Ballot, Command, CommitOutcome, Config, Engine, Event, Round, Start,
+    TriggerFailure, TriggerId, Vote, VotedState,
 };
 use crate::error::{Error, Result};
 use crate::runtime::{Clock, Local};
@@ -54,6 +55,9 @@ pub struct ServiceConfig {
     /// Answers CLI connections (wire role `cli`) on the node port; without one they are told
     /// that this coordinator takes no control requests.
     pub control: Option<super::control::ControlHandler>,
+    /// Where the service records what it does (checkpoint duration, size and pause, counts,
+    /// recoveries), for a Prometheus endpoint.
+    pub metrics: Option<ServiceMetrics>,
 }
 
 impl ServiceConfig {
@@ -74,6 +78,7 @@ impl ServiceConfig {
             metadata: None,
             clock: Arc::new(unix_ms),
             control: None,
+            metrics: None,
         }
     }
 }
@@ -207,6 +212,8 @@ impl Service {
             status: status_tx,
             origin: tokio::time::Instant::now(),
             attempt_started: None,
+            attempt_bytes: 0,
+            attempt_pauses: Vec::new(),
             leader_hint: None,
             fenced: false,
             committed: 0,
@@ -419,6 +426,10 @@ struct Server {
     status: watch::Sender<ServiceStatus>,
     origin: tokio::time::Instant,
     attempt_started: Option<Instant>,
+    /// Bytes the nodes wrote for the attempt in flight (states and in-transit messages).
+    attempt_bytes: u64,
+    /// The longest pause of each node's objects in the attempt in flight.
+    attempt_pauses: Vec<Duration>,
     leader_hint: Option<String>,
     fenced: bool,
     committed: u64,
@@ -445,6 +456,13 @@ impl Server {
                 Some(input) => self.on_input(input).await,
             }
         }
+    }
+
+    fn in_flight_round(&self) -> Option<Round> {
+        self.engine
+            .as_ref()
+            .and_then(Engine::in_flight)
+            .map(|(_, r)| r)
     }
 
     fn now_ms(&self) -> u64 {
@@ -582,6 +600,10 @@ impl Server {
             .collect();
         if !expected.is_empty() {
             engine.handle(self.now_ms(), Event::Halt);
+            self.recoveries += 1;
+            if let Some(m) = &self.config.metrics {
+                m.record_recovery();
+            }
             self.recovery_seq += 1;
             self.recovery = Some(Recovery {
                 seq: self.recovery_seq,
@@ -917,8 +939,14 @@ impl Server {
             NodeFrame::Votes {
                 round,
                 votes,
-                bytes: _,
+                bytes,
+                pause_max_us,
             } => {
+                if self.in_flight_round() == Some(round) {
+                    self.attempt_bytes = self.attempt_bytes.saturating_add(bytes);
+                    self.attempt_pauses
+                        .push(Duration::from_micros(pause_max_us));
+                }
                 for (object, vote) in votes {
                     if self.placement.get(&object) != Some(&node) {
                         continue;
@@ -944,13 +972,10 @@ impl Server {
                 }
             }
             NodeFrame::ChannelState { round, entries } => {
-                if self
-                    .engine
-                    .as_ref()
-                    .and_then(Engine::in_flight)
-                    .is_some_and(|(_, r)| r == round)
-                {
+                if self.in_flight_round() == Some(round) {
                     self.channel_nodes.insert(node);
+                    let bytes: u64 = entries.iter().map(|e| e.location.len).sum();
+                    self.attempt_bytes = self.attempt_bytes.saturating_add(bytes);
                 }
                 self.feed(Event::ChannelState {
                     round,
@@ -1045,6 +1070,9 @@ impl Server {
             }
         }
         self.recoveries += 1;
+        if let Some(m) = &self.config.metrics {
+            m.record_recovery();
+        }
         self.recovery = Some(Recovery {
             seq: self.recovery_seq,
             line,
@@ -1163,6 +1191,8 @@ impl Server {
                 participants,
             } => {
                 self.attempt_started = Some(Instant::now());
+                self.attempt_bytes = 0;
+                self.attempt_pauses.clear();
                 self.channel_nodes.clear();
                 let mut by_node: BTreeMap<&str, Vec<ObjectId>> = BTreeMap::new();
                 let mut absent = None;
@@ -1242,9 +1272,23 @@ impl Server {
                 if let crate::engine::Decision::Aborted(reason) = &decision {
                     self.aborted += 1;
                     tracing::warn!(checkpoint = %id, %round, %reason, "checkpoint aborted");
+                    if let Some(m) = &self.config.metrics {
+                        // Aborted before the commit point, or the commit point failed.
+                        match reason {
+                            AbortReason::Store { .. } | AbortReason::Conflict => m.record_failed(),
+                            _ => m.record_aborted(),
+                        }
+                    }
                 } else {
                     self.committed += 1;
                     tracing::info!(checkpoint = %id, %round, "checkpoint committed");
+                    if let Some(m) = &self.config.metrics {
+                        let took = self.attempt_started.map(|t| t.elapsed());
+                        m.record_committed(took, Some(self.attempt_bytes));
+                        for pause in &self.attempt_pauses {
+                            m.record_pause(*pause);
+                        }
+                    }
                 }
                 let nodes: BTreeSet<&String> = participants
                     .iter()
