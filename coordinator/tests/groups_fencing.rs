@@ -375,3 +375,40 @@ async fn damaged_entries_stop_appends_rather_than_risk_skipping_a_fence() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn an_append_after_a_successor_claimed_is_refused_even_before_its_fence() {
+    let (faulty, store) = faulty();
+    let a = won(&store, 0, None, "a").await;
+    let log = FencedLog::new(store.clone(), group());
+    assert_eq!(log.append(a, &member("a"), data("a0")).await.unwrap(), 2);
+
+    // b claims epoch 2, but its fence does not land (the store fails it): the slot record
+    // exists, the log shows no fence.
+    faulty.inject(FaultRule::on(Op::PutCreate).key_contains("/log/").times(1));
+    let err = claim_slot(&store, &group(), 0, Some(1), &claimant("b"))
+        .await
+        .unwrap_err();
+    assert!(is_store_error(&err), "{err}");
+
+    // a's next append lands (no fence is in the way) but is refused: a successor holds the
+    // next epoch, so a must stop and not report the work done. The entry stays in the log,
+    // before any fence of epoch 2, where the successor replays it.
+    let err = log.append(a, &member("a"), data("a1")).await.unwrap_err();
+    assert!(
+        matches!(err, ReplicationError::Fenced { ours, by: 2, .. } if ours == a),
+        "{err}"
+    );
+    let entries = log.read_from(1).await.unwrap();
+    assert_eq!(entries.len(), 3);
+    assert_eq!(entries[2].kind, EntryKind::Data(data("a1")));
+    // Every later attempt is refused too; b's retried claim fences the log after it.
+    assert!(
+        log.append(a, &member("a"), data("a2"))
+            .await
+            .unwrap_err()
+            .is_fenced()
+    );
+    let b = won(&store, 0, None, "b").await;
+    assert_eq!(b.epoch, 3);
+}

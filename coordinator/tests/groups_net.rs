@@ -7,15 +7,23 @@
 //! - a higher-weight member joins → exactly one handover;
 //! - a monitor reports active-count changes within lost_interval;
 //! - a partition → work committed through the fenced log never goes back to an older epoch,
-//!   and when the partition heals a single member stays active.
+//!   and when the partition heals a single member stays active;
+//! - a heavier member takes over from a primary that appends faster than the store lists the
+//!   log (the race fixed in 84fd0b3, replayed deterministically with a store whose listings
+//!   take time in proportion to their length).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use bytes::Bytes;
 use cohort_checkpoint::CheckpointStore;
+use cohort_checkpoint::object_store::{
+    self, CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    PutMultipartOptions, PutOptions, PutPayload, PutResult, memory::InMemory, path::Path,
+};
 use cohort_coordinator::replication::fencing::EntryKind;
 use cohort_coordinator::replication::group::MemberState;
 use cohort_coordinator::replication::monitor::MonitorOptions;
@@ -25,6 +33,8 @@ use cohort_coordinator::replication::{
     Monitor, SlotEpoch, current_actives,
 };
 use cohort_coordinator::wire::Accept;
+use futures::StreamExt;
+use futures::stream::BoxStream;
 use tokio::time::Instant;
 
 const HB: Duration = Duration::from_millis(50);
@@ -451,12 +461,194 @@ async fn partition(quorum: Option<u32>) -> Vec<(String, u64)> {
         "too little work to prove anything: {}",
         acknowledged.len()
     );
-    assert_eq!(acknowledged.len(), data);
-    for (member, se, seq) in acknowledged {
-        let entry = log.iter().find(|e| e.seq == seq).unwrap();
-        assert_eq!((&entry.member, entry.writer), (member, *se));
+    for (member, se, seq) in &acknowledged {
+        let entry = log.iter().find(|e| e.seq == *seq).unwrap();
+        assert_eq!((&entry.member, entry.writer), (*member, **se));
     }
+    // An append refused as fenced may still have landed before the new fence (its successor
+    // replays it); no other data entry exists.
     let fenced = record.iter().filter(|(_, _, r)| r.is_err()).count();
     assert!(fenced >= 1, "a's late commit was refused");
+    assert!(
+        (acknowledged.len()..=acknowledged.len() + fenced).contains(&data),
+        "{data} data entries for {} acknowledged and {fenced} refused appends",
+        acknowledged.len()
+    );
     fences_before_heal
+}
+
+/// An in-memory object store whose every request takes `op` of (virtual) time and whose
+/// listings also take `per_key` per key listed, returning what was there when they started:
+/// the cost model of a real store, where a listing of a long log is slower than one append.
+#[derive(Debug)]
+struct SlowListings {
+    inner: InMemory,
+    op: Duration,
+    per_key: Duration,
+}
+
+impl std::fmt::Display for SlowListings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SlowListings({})", self.inner)
+    }
+}
+
+#[async_trait]
+impl ObjectStore for SlowListings {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        tokio::time::sleep(self.op).await;
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        tokio::time::sleep(self.op).await;
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        tokio::time::sleep(self.op).await;
+        self.inner.get_opts(location, options).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        // The snapshot is taken at once; the answer arrives after the listing's duration.
+        let listed = self.inner.list(prefix);
+        let (op, per_key) = (self.op, self.per_key);
+        futures::stream::once(async move {
+            let metas: Vec<object_store::Result<ObjectMeta>> = listed.collect().await;
+            let keys = u32::try_from(metas.len()).unwrap_or(u32::MAX);
+            tokio::time::sleep(op + per_key * keys).await;
+            futures::stream::iter(metas)
+        })
+        .flatten()
+        .boxed()
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        tokio::time::sleep(self.op).await;
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
+        tokio::time::sleep(self.op).await;
+        self.inner.copy_opts(from, to, options).await
+    }
+}
+
+/// The race behind the heavier-member handover flake (fixed in 84fd0b3), replayed
+/// deterministically: the active member appends every millisecond, and listing the log takes
+/// 20 us per entry, so once the log holds a few hundred entries a listing is several appends
+/// out of date when it returns. A claimant that re-listed the log after each lost create never
+/// found a free number (its claim timed out, again and again, and the heavier member never took
+/// over); one that steps to the next number wins within a few steps.
+#[tokio::test(start_paused = true)]
+async fn a_heavier_member_takes_over_from_a_primary_that_appends_faster_than_the_log_lists() {
+    let mut group = Group::new(1);
+    group.store = CheckpointStore::from_object_store(
+        Arc::new(SlowListings {
+            inner: InMemory::new(),
+            op: Duration::from_micros(100),
+            per_key: Duration::from_micros(20),
+        }),
+        Path::default(),
+        Default::default(),
+    );
+    let (la, a_addr) = group.listen();
+    let mut a = group.start("a", 10, (la, a_addr.clone()), &[]).await;
+    let (_, a_se) = wait_for(&mut a, activated).await;
+
+    // a appends every millisecond for as long as it is active.
+    let handle = a.handle();
+    let appends = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        let mut acknowledged = Vec::new();
+        while handle.active() == Some(a_se) {
+            tick.tick().await;
+            match handle.append(Bytes::from_static(b"work")).await {
+                Ok(seq) => acknowledged.push(seq),
+                Err(err) => {
+                    assert!(
+                        err.is_fenced() || err.to_string().contains("not active"),
+                        "{err}"
+                    );
+                    break;
+                }
+            }
+        }
+        acknowledged
+    });
+    let log = a.log().clone();
+    let deadline = Instant::now() + PATIENCE;
+    while log.newest().await.unwrap() < 300 {
+        assert!(Instant::now() < deadline, "a appended too slowly");
+        tokio::time::sleep(Duration::from_millis(50)).await; // virtual time passes
+    }
+    // One listing of 300 entries takes 6 ms: six of a's appends.
+
+    let joined = Instant::now();
+    let mut n = group.start("n", 50, group.listen(), &[a_addr]).await;
+    let (n_at, n_se) = wait_for(&mut n, activated).await;
+    assert_eq!(n_se, SlotEpoch { slot: 0, epoch: 2 });
+    let took = n_at - joined;
+    // n decides after one activation interval of its own, then claims (a few listings and one
+    // step per lost race); a failed claim would cost claim_timeout (10 s) and a stand-by.
+    assert!(
+        took <= 2 * ACT + Duration::from_millis(200),
+        "the handover took {took:?}"
+    );
+    let (_, reason) = wait_for(&mut a, |e| match e {
+        MemberEvent::Deactivate { reason, .. } => Some(reason.clone()),
+        _ => None,
+    })
+    .await;
+    assert!(
+        matches!(
+            reason,
+            DeactivateReason::Superseded { epoch: 2, .. } | DeactivateReason::Fenced { by: 2 }
+        ),
+        "{reason:?}"
+    );
+    let acknowledged = appends.await.unwrap();
+
+    // Every acknowledged append of a precedes n's fence, and nothing of a's follows it.
+    let entries = n.log().read_from(1).await.unwrap();
+    let fence = entries
+        .iter()
+        .find(|e| e.writer == n_se && matches!(e.kind, EntryKind::Fence { .. }))
+        .expect("n's fence is in the log")
+        .seq;
+    assert!(acknowledged.iter().all(|&seq| seq < fence), "{fence}");
+    assert!(
+        entries
+            .iter()
+            .filter(|e| e.seq > fence)
+            .all(|e| e.writer != a_se),
+        "a committed after n's fence"
+    );
+    assert!(acknowledged.len() >= 300, "{}", acknowledged.len());
 }

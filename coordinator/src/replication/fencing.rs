@@ -23,7 +23,10 @@
 //! reads forward, finds the fence of a newer epoch of its slot, and fails with
 //! [`ReplicationError::Fenced`]. So an entry of epoch `e` never follows a fence of epoch `> e`
 //! of the same slot, and at any moment at most `active_goal` members can commit: the same rule
-//! as the manifest fencing in ARCHITECTURE.md.
+//! as the manifest fencing in ARCHITECTURE.md. An append that lands also reads the slot's next
+//! epoch record, and reports `Fenced` (not committed) if a successor has claimed: so a busy
+//! writer stops within one append of a claim, instead of keeping the claimant's fence append
+//! walking behind it.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -504,8 +507,11 @@ impl FencedLog {
     ///
     /// # Errors
     ///
-    /// [`ReplicationError::Fenced`] when a newer epoch of `writer`'s slot has fenced the log:
-    /// the entry was not written; the member must deactivate. [`ReplicationError::Store`] (the
+    /// [`ReplicationError::Fenced`] when a newer epoch of `writer`'s slot exists: the member
+    /// must deactivate, and must not report the work as done. Either the newer epoch's fence
+    /// came first (nothing was written), or the entry landed before that fence (it stays in the
+    /// log, and the successor replays it, since it replays everything up to its fence: so work
+    /// must be idempotent, keyed by request id). [`ReplicationError::Store`] (the
     /// entry may or may not exist: a retry with the same bytes may write it twice, so make
     /// entries idempotent, e.g. keyed by request id) or [`ReplicationError::Damaged`] (an
     /// entry in the way does not decode; appending stops rather than risk skipping a fence).
@@ -553,6 +559,7 @@ impl FencedLog {
                     tracing::debug!(group = %self.group, seq, raced, took = ?started.elapsed(), "a log append found numbers taken");
                 }
                 self.raise_hint(seq + 1);
+                self.check_still_current(writer).await?;
                 return Ok(seq);
             }
             let existing = self.read(seq).await?.ok_or_else(|| {
@@ -565,6 +572,7 @@ impl FencedLog {
             if existing.writer == writer && existing.nonce == entry.nonce {
                 // Our own earlier create, whose response was lost.
                 self.raise_hint(seq + 1);
+                self.check_still_current(writer).await?;
                 return Ok(seq);
             }
             self.check_not_fenced(writer, &existing)?;
@@ -587,6 +595,27 @@ impl FencedLog {
                 return Err(self.fenced(writer, slot_newest));
             }
             seq = newest + 1;
+        }
+    }
+
+    /// After an entry of `writer` landed: fails with `Fenced` if the next epoch of its slot has
+    /// been claimed. Its claimant creates that record before it appends its fence, so a writer
+    /// that keeps appending stops at its next append once a successor claims, rather than
+    /// keeping every number taken while the successor's fence append walks behind it (the
+    /// writer needs one create per entry, the walker a create and a read per number).
+    async fn check_still_current(&self, writer: SlotEpoch) -> Result<(), ReplicationError> {
+        let next = writer.epoch.saturating_add(1);
+        let key = format!("{}/{}", slot_dir(&self.group, writer.slot), padded(next));
+        let claimed = self
+            .store
+            .read_group_record(&key)
+            .await
+            .map_err(store_error(&self.group, format!("read {key}")))?
+            .is_some();
+        if claimed {
+            Err(self.fenced(writer, next))
+        } else {
+            Ok(())
         }
     }
 
