@@ -13,6 +13,7 @@ pub mod engine;
 mod error;
 pub mod messaging;
 pub mod node;
+mod participant;
 pub mod replication;
 pub mod runtime;
 pub mod service;

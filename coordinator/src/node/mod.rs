@@ -30,9 +30,7 @@
 //! # Ok(()) }
 //! ```
 
-mod object;
 mod session;
-mod writer;
 
 use std::any::{Any, type_name};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -54,8 +52,10 @@ use crate::runtime::{lock, read, write};
 use crate::service::protocol::{NodeFrame, PeerFrame};
 use crate::wire::{self, ConnectConfig, ListenConfig, Role, Secret};
 
-use object::{Control, ObjectTask};
-use writer::WriterMsg;
+use crate::participant::object::{self, Control, ObjectTask};
+use crate::participant::writer::{WriterMsg, Written};
+use crate::participant::{ActiveRound, Host, VoteSink};
+use crate::service::protocol::WireVote;
 
 tokio::task_local! {
     /// The node whose object is handling a message: `Context::address` resolves through it.
@@ -132,12 +132,6 @@ pub(crate) struct NodeSlot {
     message_type: &'static str,
 }
 
-pub(crate) struct ActiveRound {
-    id: CheckpointId,
-    round: Round,
-    writer: mpsc::UnboundedSender<WriterMsg>,
-}
-
 #[derive(Default)]
 struct Placement {
     objects: BTreeMap<ObjectId, String>,
@@ -182,11 +176,88 @@ pub(crate) struct NodeShared {
     pub(crate) metrics: crate::runtime::Metrics,
 }
 
-impl NodeShared {
-    pub(crate) fn active_round(&self) -> Option<(CheckpointId, Round)> {
-        lock(&self.active).as_ref().map(|a| (a.id, a.round))
+impl Host for NodeShared {
+    fn active(&self) -> Option<ActiveRound> {
+        lock(&self.active).clone()
     }
 
+    fn metrics(&self) -> &crate::runtime::Metrics {
+        &self.metrics
+    }
+
+    fn object_failed(&self, object: &ObjectId, failed: bool) {
+        // The coordinator learns it from the object's no vote; the log says which.
+        if failed {
+            tracing::warn!(%object, node = %self.name, "object failed; it votes no until a recovery restores it");
+        }
+    }
+
+    fn cohort(&self) -> std::sync::Weak<crate::runtime::Inner> {
+        std::sync::Weak::new()
+    }
+
+    fn scoped<F: std::future::Future + Send>(
+        self: &Arc<Self>,
+        handler: F,
+    ) -> impl std::future::Future<Output = F::Output> + Send {
+        NODE_SCOPE.scope(Arc::clone(self), handler)
+    }
+}
+
+/// A node's writer reports to the coordinator in frames.
+pub(crate) struct NodeSink(pub(crate) mpsc::UnboundedSender<NodeFrame>);
+
+impl VoteSink for NodeSink {
+    fn votes(
+        &self,
+        round: Round,
+        ballots: Vec<(
+            ObjectId,
+            crate::engine::Ballot<cohort_checkpoint::ObjectEntry>,
+        )>,
+        written: Written,
+    ) {
+        let votes = ballots
+            .into_iter()
+            .map(|(object, b)| {
+                let entry = match b.state {
+                    crate::engine::VotedState::Written(entry) => Some(entry),
+                    crate::engine::VotedState::Unchanged => None,
+                };
+                let vote = WireVote::Yes {
+                    entry,
+                    sent: b.sent,
+                    received: b.received,
+                };
+                (object, vote)
+            })
+            .collect();
+        let _ = self.0.send(NodeFrame::Votes {
+            round,
+            votes,
+            bytes: written.bytes,
+            pause_max_us: u64::try_from(written.pause_max.as_micros()).unwrap_or(u64::MAX),
+        });
+    }
+
+    fn refused(&self, round: Round, object: ObjectId, reason: String) {
+        let _ = self.0.send(NodeFrame::Votes {
+            round,
+            votes: vec![(object, WireVote::No { reason })],
+            bytes: 0,
+            pause_max_us: 0,
+        });
+    }
+
+    fn in_transit(&self, round: Round, entry: cohort_checkpoint::InTransitEntry) {
+        let _ = self.0.send(NodeFrame::ChannelState {
+            round,
+            entries: vec![entry],
+        });
+    }
+}
+
+impl NodeShared {
     pub(crate) fn writer_for(&self, round: Round) -> Option<mpsc::UnboundedSender<WriterMsg>> {
         lock(&self.active)
             .as_ref()
@@ -477,22 +548,15 @@ impl Node {
         }
         let (mailbox_tx, mailbox_rx) = mpsc::unbounded_channel::<Envelope<A::Message>>();
         let (control_tx, control_rx) = mpsc::unbounded_channel();
-        let task = ObjectTask {
-            id: id.clone(),
+        let task = ObjectTask::new(
+            id.clone(),
             object,
-            cut: CutState {
-                colour: Round(shared.colour_floor.load(Ordering::SeqCst)),
-                ..CutState::default()
-            },
-            committed_generation: None,
-            voted: None,
-            held: shared.held.load(Ordering::SeqCst),
-            failed: false,
-            replay: VecDeque::new(),
-            mailbox: mailbox_rx,
-            control: control_rx,
-            node: Arc::clone(shared),
-        };
+            Round(shared.colour_floor.load(Ordering::SeqCst)),
+            shared.held.load(Ordering::SeqCst),
+            mailbox_rx,
+            control_rx,
+            Arc::clone(shared),
+        );
         let deliver_tx = mailbox_tx.clone();
         let deliver = move |frame: PeerFrame| -> std::result::Result<(), String> {
             let message: A::Message =
@@ -761,6 +825,7 @@ async fn restore_objects(
             },
             discard: cohort_recovery || entry.is_some(),
             redeliver,
+            counted: true,
         };
         let Some(control) = shared.control(id) else {
             continue;
@@ -773,7 +838,7 @@ async fn restore_objects(
     for ack in acks {
         match ack.await {
             Ok(Ok(())) | Err(_) => {}
-            Ok(Err(e)) => return Err(e),
+            Ok(Err(e)) => return Err(e.to_string()),
         }
     }
     Ok(())

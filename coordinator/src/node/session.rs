@@ -1,16 +1,17 @@
 //! The node's session with the coordinator: connect (following "not leader"), register,
 //! heartbeats both ways, carry out orders, reconnect with backoff and resume the session.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::writer::{NodeWriter, WriterMsg};
+use super::NodeSink;
 use super::{ActiveRound, NodeShared, NodeStatus, Placement, lock, read, write};
 use crate::engine::Round;
+use crate::participant::writer::{RoundWriter, WriterMsg};
 use crate::service::protocol::{CoordinatorFrame, NodeFrame};
 use crate::wire::{ConnectConfig, Connection, Role};
 
@@ -223,14 +224,15 @@ fn on_frame(shared: &Arc<NodeShared>, frame: CoordinatorFrame) {
             let span = tracing::debug_span!("checkpoint", checkpoint = %id, %round);
             let _guard = span.enter();
             let (tx, rx) = mpsc::unbounded_channel();
-            let writer = NodeWriter {
+            let writer = RoundWriter {
                 id,
                 round,
                 token,
-                node: shared.name.clone(),
-                participants: objects.iter().cloned().collect::<BTreeSet<_>>(),
+                states_writer: shared.name.clone(),
+                channel_writer: format!("{}-ch", shared.name),
+                participants: objects.iter().cloned().collect(),
                 store: shared.store.clone(),
-                out: shared.to_coordinator.clone(),
+                sink: NodeSink(shared.to_coordinator.clone()),
             };
             tokio::spawn(writer.run(rx));
             *lock(&shared.active) = Some(ActiveRound {
@@ -260,7 +262,16 @@ fn on_frame(shared: &Arc<NodeShared>, frame: CoordinatorFrame) {
         }
         CoordinatorFrame::Seal { round } => match shared.writer_for(round) {
             Some(w) => {
-                let _ = w.send(WriterMsg::Seal);
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let _ = w.send(WriterMsg::Seal(tx));
+                let out = shared.to_coordinator.clone();
+                tokio::spawn(async move {
+                    let result = rx
+                        .await
+                        .unwrap_or_else(|_| Err("the round's writer is gone".to_owned()))
+                        .map(|_| ());
+                    let _ = out.send(NodeFrame::Sealed { round, result });
+                });
             }
             None => {
                 let _ = shared.to_coordinator.send(NodeFrame::Sealed {

@@ -9,15 +9,17 @@ use cohort_checkpoint::{InTransitEntry, Manifest, ManifestKind, ObjectEntry};
 use cohort_object_api::{CheckpointId, EncodedState, ObjectId};
 use tokio::sync::{mpsc, oneshot};
 
+use super::CohortSink;
 use super::failpoint::{self, Crash};
-use super::object::{Control, RestoreOrder};
-use super::writer::{RoundWriter, WriterMsg, Written};
-use super::{Active, CheckpointStats, Local, RecoveryReport, Settings, Shared, lock, read, write};
+use super::{CheckpointStats, Local, RecoveryReport, Settings, Shared, lock, read, write};
 use crate::engine::{
     Command, CommitOutcome, Config, CutState, Decision, Engine, Event, Round, Start,
     TriggerFailure, TriggerId, Vote,
 };
 use crate::error::{Error, Result};
+use crate::participant::ActiveRound;
+use crate::participant::object::{Control, RestoreOrder};
+use crate::participant::writer::{RoundWriter, WriterMsg, Written};
 
 /// The manifest metadata key holding the message counters (sent, received) of every object at
 /// its cut; objects with both at zero are left out.
@@ -259,13 +261,15 @@ impl Coordinator {
                     id,
                     round,
                     token: self.token(round),
+                    states_writer: "states".to_owned(),
+                    channel_writer: "channel".to_owned(),
                     participants: participants.iter().cloned().collect(),
                     store: self.shared.store.clone(),
-                    shared: Arc::clone(&self.shared),
+                    sink: CohortSink(Arc::clone(&self.shared)),
                 };
                 let handle = tokio::spawn(writer.run(rx));
                 self.shared.track(handle.abort_handle());
-                *lock(&self.shared.active) = Some(Active {
+                *lock(&self.shared.active) = Some(ActiveRound {
                     id,
                     round,
                     writer: tx,
@@ -656,7 +660,8 @@ impl Coordinator {
                 .and_then(|c| c.get(&object).copied())
                 .unwrap_or((0, 0));
             let order = RestoreOrder {
-                state,
+                state: Some(state),
+                discard: true,
                 generation: manifest.objects.get(&object).and_then(|e| e.generation),
                 cut: CutState {
                     colour,

@@ -2,18 +2,17 @@
 //! checkpoint store, on tokio.
 //!
 //! - [`Cohort`] is the handle: spawn objects, trigger checkpoints, recover, watch health.
-//! - Each object runs on its own task (`object.rs`), which handles its mailbox, captures on
-//!   prepare (or when a message forces it), and records messages that crossed a cut.
+//! - Each object runs on its own task (`participant/object.rs`, shared with nodes), which
+//!   handles its mailbox, captures on prepare (or when a message forces it), and records
+//!   messages that crossed a cut.
 //! - One coordinator task (`coordinator.rs`) owns the [`Engine`](crate::engine::Engine) and
 //!   executes its commands; the manifest create is the commit point.
-//! - One writer task per attempt (`writer.rs`) encodes the captured states into segments after
-//!   the objects were released, and reports the votes once they are durable.
+//! - One writer task per attempt (`participant/writer.rs`) encodes the captured states into
+//!   segments after the objects were released, and reports the votes once they are durable.
 
 mod coordinator;
 pub mod failpoint;
 mod metrics;
-mod object;
-mod writer;
 
 use std::any::{Any, type_name};
 use std::collections::BTreeMap;
@@ -33,8 +32,10 @@ use crate::messaging::{Actor, Address, Envelope};
 pub use failpoint::FailPoints;
 pub use metrics::{CheckpointStats, Metrics, PauseStats};
 
+use crate::participant::object::{self, Control};
+use crate::participant::writer::Written;
+use crate::participant::{ActiveRound, Host, VoteSink};
 use coordinator::Input;
-use object::Control;
 
 /// The engine types of the in-process runtime: votes carry segment entries.
 #[derive(Clone, Debug, PartialEq)]
@@ -212,7 +213,7 @@ impl Drop for Inner {
 pub(crate) struct Shared {
     pub(crate) objects: RwLock<BTreeMap<ObjectId, Slot>>,
     /// The attempt in flight, as objects see it.
-    pub(crate) active: Mutex<Option<Active>>,
+    pub(crate) active: Mutex<Option<ActiveRound>>,
     /// The newest round started: the colour of objects that join now.
     pub(crate) colour_floor: AtomicU64,
     pub(crate) input: mpsc::UnboundedSender<Input>,
@@ -234,13 +235,6 @@ enum Stop {
     Crashed(String),
 }
 
-#[derive(Clone)]
-pub(crate) struct Active {
-    pub(crate) id: CheckpointId,
-    pub(crate) round: Round,
-    pub(crate) writer: mpsc::UnboundedSender<writer::WriterMsg>,
-}
-
 pub(crate) struct Slot {
     pub(crate) control: mpsc::UnboundedSender<Control>,
     /// An `mpsc::UnboundedSender<Envelope<A::Message>>`.
@@ -249,11 +243,76 @@ pub(crate) struct Slot {
     message_type: &'static str,
 }
 
-impl Shared {
-    pub(crate) fn active(&self) -> Option<Active> {
+impl Host for Shared {
+    fn active(&self) -> Option<ActiveRound> {
         lock(&self.active).clone()
     }
 
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    fn object_failed(&self, object: &ObjectId, failed: bool) {
+        self.set_object_failed(object, failed);
+    }
+
+    fn cohort(&self) -> Weak<Inner> {
+        lock(&self.weak).clone()
+    }
+
+    fn scoped<F: std::future::Future + Send>(
+        self: &Arc<Self>,
+        handler: F,
+    ) -> impl std::future::Future<Output = F::Output> + Send {
+        handler
+    }
+}
+
+/// The in-process writer's results go to the coordinator task.
+pub(crate) struct CohortSink(pub(crate) Arc<Shared>);
+
+impl VoteSink for CohortSink {
+    fn votes(
+        &self,
+        round: Round,
+        ballots: Vec<(ObjectId, crate::engine::Ballot<ObjectEntry>)>,
+        written: Written,
+    ) {
+        let votes = ballots
+            .into_iter()
+            .map(|(o, b)| (o, crate::engine::Vote::Yes(b)))
+            .collect();
+        let _ = self.0.input.send(Input::Votes {
+            round,
+            votes,
+            written,
+        });
+    }
+
+    fn refused(&self, round: Round, object: ObjectId, reason: String) {
+        let _ = self.0.input.send(Input::Votes {
+            round,
+            votes: vec![(object, crate::engine::Vote::No { reason })],
+            written: Written::default(),
+        });
+    }
+
+    fn in_transit(&self, round: Round, entry: InTransitEntry) {
+        let _ = self.0.input.send(Input::ChannelState { round, entry });
+    }
+
+    fn crash_at(&self, point: &str) -> bool {
+        match self.0.fail_points.hit(point) {
+            Ok(()) => false,
+            Err(crash) => {
+                self.0.stop(Some(crash.0));
+                true
+            }
+        }
+    }
+}
+
+impl Shared {
     pub(crate) fn track(&self, handle: AbortHandle) {
         let mut tasks = lock(&self.tasks);
         // Prune finished tasks only when the list is full, before it would grow: amortised
@@ -443,6 +502,7 @@ impl Cohort {
             id.clone(),
             object,
             colour,
+            shared.paused.load(Ordering::SeqCst),
             mailbox_rx,
             control_rx,
             Arc::clone(shared),

@@ -1,67 +1,112 @@
-//! One object's task on a node: the same cut rules as the in-process runtime ([`CutState`]),
-//! with prepares and decisions coming from the coordinator service and captures going to the
-//! node's writer of the round.
+//! One object's task: handles its mailbox, takes part in the protocol, and applies the cut
+//! rules of [`CutState`] to every message it receives. The same task runs in the in-process
+//! cohort and on a node; its [`Host`] is the difference.
 
+use std::any::Any;
 use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::sync::{Arc, Weak};
+use std::time::Instant;
 
 use bytes::Bytes;
 use cohort_object_api::{CheckpointId, EncodedState, ObjectId, StateTag};
 use tokio::sync::{mpsc, oneshot};
 
-use super::NodeShared;
 use super::writer::{Captured, WriterMsg};
+use super::{ActiveRound, Host};
 use crate::engine::{CutState, Receipt, Round};
+use crate::error::{Error, Result};
 use crate::messaging::{Actor, Context, Envelope};
 
-/// The type name recorded with in-transit messages, as the in-process runtime records them.
-pub(crate) const MESSAGE_TYPE: &str = "cohort.message";
-
+/// Control messages, handled before any mailbox message.
 pub(crate) enum Control {
-    Prepare {
-        id: CheckpointId,
-        round: Round,
-    },
+    /// Phase 1 for `round` (ignored if it is no longer active or was already captured).
+    Prepare { id: CheckpointId, round: Round },
+    /// Phase 2.
     Decided {
         id: CheckpointId,
         round: Round,
         committed: bool,
     },
+    /// Stop handling messages; answer once the current handler returned.
     Hold(oneshot::Sender<()>),
+    /// Handle messages again.
     Release,
-    Restore(Box<RestoreOrder>, oneshot::Sender<Result<(), String>>),
+    /// Recovery: discard the mailbox, restore, queue the redeliveries. Sent while held.
+    Restore(Box<RestoreOrder>, oneshot::Sender<Result<()>>),
+    /// Run a closure on the object.
+    Inspect(Inspector),
 }
 
+/// A closure run on an object by [`Cohort::inspect`](crate::Cohort::inspect).
+pub(crate) type Inspector = Box<dyn FnOnce(&dyn Any) + Send>;
+
 pub(crate) struct RestoreOrder {
-    /// `None`: the object is not in the line (or there is no line): keep its state, reset its
-    /// colour only.
+    /// The state to restore; `None` keeps the object's own (it is not in the line).
     pub(crate) state: Option<EncodedState>,
     pub(crate) generation: Option<u64>,
     pub(crate) cut: CutState,
+    /// Sender, sequence number and bytes of each message to redeliver, in recorded order.
     pub(crate) redeliver: Vec<(ObjectId, u64, EncodedState)>,
+    /// Whether the redelivered messages are counted (the line recorded counters).
+    pub(crate) counted: bool,
     /// Drop the mailbox: it holds messages of the discarded future. False when a joining
     /// object keeps its own state (it has no past to roll back, and its inputs are kept).
     pub(crate) discard: bool,
 }
 
-pub(crate) struct ObjectTask<A: Actor> {
-    pub(crate) id: ObjectId,
-    pub(crate) object: A,
-    pub(crate) cut: CutState,
-    pub(crate) committed_generation: Option<u64>,
-    pub(crate) voted: Option<(Round, Option<u64>)>,
-    pub(crate) held: bool,
-    pub(crate) failed: bool,
-    pub(crate) replay: VecDeque<Envelope<A::Message>>,
-    pub(crate) mailbox: mpsc::UnboundedReceiver<Envelope<A::Message>>,
-    pub(crate) control: mpsc::UnboundedReceiver<Control>,
-    pub(crate) node: Arc<NodeShared>,
+pub(crate) struct ObjectTask<A: Actor, H: Host> {
+    id: ObjectId,
+    object: A,
+    cut: CutState,
+    /// The generation recorded for this object in the last committed line, when this task
+    /// knows it: equal means unchanged, so the previous entry is referenced.
+    committed_generation: Option<u64>,
+    /// The round this object captured in and the generation it voted, until decided.
+    voted: Option<(Round, Option<u64>)>,
+    held: bool,
+    failed: bool,
+    replay: VecDeque<Envelope<A::Message>>,
+    mailbox: mpsc::UnboundedReceiver<Envelope<A::Message>>,
+    control: mpsc::UnboundedReceiver<Control>,
+    host: Arc<H>,
+    cohort: Weak<crate::runtime::Inner>,
 }
 
-impl<A: Actor> ObjectTask<A> {
+impl<A: Actor, H: Host> ObjectTask<A, H> {
+    /// A task for `object`, coloured `colour`, starting held if `held`.
+    pub(crate) fn new(
+        id: ObjectId,
+        object: A,
+        colour: Round,
+        held: bool,
+        mailbox: mpsc::UnboundedReceiver<Envelope<A::Message>>,
+        control: mpsc::UnboundedReceiver<Control>,
+        host: Arc<H>,
+    ) -> Self {
+        let cohort = host.cohort();
+        Self {
+            id,
+            object,
+            cut: CutState {
+                colour,
+                ..CutState::default()
+            },
+            committed_generation: None,
+            voted: None,
+            held,
+            failed: false,
+            replay: VecDeque::new(),
+            mailbox,
+            control,
+            cohort,
+            host,
+        }
+    }
+
     pub(crate) async fn run(mut self) {
         loop {
+            // Control first: a prepare must not wait behind a long mailbox.
             match self.control.try_recv() {
                 Ok(c) => {
                     self.on_control(c).await;
@@ -98,8 +143,11 @@ impl<A: Actor> ObjectTask<A> {
     async fn on_control(&mut self, control: Control) {
         match control {
             Control::Prepare { id, round } => {
-                if self.node.active_round() == Some((id, round)) && self.cut.colour < round {
-                    self.capture(id, round).await;
+                let active = self.host.active();
+                if let Some(active) = active.filter(|a| a.round == round && a.id == id)
+                    && self.cut.colour < round
+                {
+                    self.capture(active).await;
                 }
             }
             Control::Decided {
@@ -129,14 +177,16 @@ impl<A: Actor> ObjectTask<A> {
             Control::Restore(order, ack) => {
                 let _ = ack.send(self.restore(*order).await);
             }
+            Control::Inspect(f) => f(&self.object),
         }
     }
 
-    async fn capture(&mut self, id: CheckpointId, round: Round) {
-        let Some(writer) = self.node.writer_for(round) else {
-            return;
-        };
-        let started = std::time::Instant::now();
+    /// Phase 1: prepare, capture (unless unchanged), take the colour, hand the snapshot to the
+    /// round's writer. The object is blocked only for this; encoding and upload happen on the
+    /// writer's task.
+    async fn capture(&mut self, active: ActiveRound) {
+        let (id, round) = (active.id, active.round);
+        let started = Instant::now();
         let captured = if self.failed {
             Err("the object failed and waits for recovery".to_owned())
         } else {
@@ -155,9 +205,10 @@ impl<A: Actor> ObjectTask<A> {
                 }
             }
         };
+        // The cut is taken whatever the vote: messages sent from now on carry this colour.
         self.cut.captured(round);
         let pause = started.elapsed();
-        self.node.metrics.record_pause(pause);
+        self.host.metrics().record_pause(pause);
         let msg = match captured {
             Ok((snapshot, generation)) => {
                 self.voted = Some((round, generation));
@@ -178,7 +229,8 @@ impl<A: Actor> ObjectTask<A> {
                 }
             }
         };
-        let _ = writer.send(msg);
+        // The writer is gone only if the round ended meanwhile; the vote no longer matters.
+        let _ = active.writer.send(msg);
     }
 
     async fn receive(&mut self, envelope: Envelope<A::Message>) {
@@ -186,48 +238,49 @@ impl<A: Actor> ObjectTask<A> {
             let receipt = if envelope.colour == self.cut.colour {
                 Receipt::Deliver
             } else {
-                let active = self.node.active_round().map(|(_, r)| r);
+                let active = self.host.active().map(|a| a.round);
                 self.cut.classify(envelope.colour, active)
             };
             match receipt {
                 Receipt::Deliver => {}
                 Receipt::CaptureFirst { round } => {
-                    if let Some((id, r)) = self.node.active_round().filter(|(_, r)| *r == round) {
-                        self.capture(id, r).await;
+                    if let Some(active) = self.host.active().filter(|a| a.round == round) {
+                        self.host.metrics().record_forced();
+                        self.capture(active).await;
                     }
                 }
                 Receipt::InTransit { round } => self.record(from, envelope.seq, &envelope, round),
             }
             self.cut.received();
         }
-        // A node's objects have no in-process cohort: `Context::address` resolves through the
-        // node (NODE_SCOPE), `Context::cohort` reports `Stopped`.
-        let no_cohort = Weak::new();
         let mut ctx = Context {
             me: &self.id,
             from: envelope.from.as_ref(),
             cut: &mut self.cut,
-            cohort: &no_cohort,
+            cohort: &self.cohort,
             _private: PhantomData,
         };
-        let node = Arc::clone(&self.node);
-        let handled = super::NODE_SCOPE
-            .scope(node, self.object.handle(envelope.message, &mut ctx))
+        let handled = self
+            .host
+            .scoped(self.object.handle(envelope.message, &mut ctx))
             .await;
         if let Err(e) = handled {
             tracing::error!(object = %self.id, error = %e, "handler failed; the object is held until recovery");
             self.failed = true;
+            self.host.object_failed(&self.id, true);
         }
     }
 
+    /// Records a message that crossed the cut of `round` as channel state.
     fn record(&self, from: &ObjectId, seq: u64, envelope: &Envelope<A::Message>, round: Round) {
-        let Some(writer) = self.node.writer_for(round) else {
+        let Some(active) = self.host.active().filter(|a| a.round == round) else {
             return;
         };
         match rmp_serde::to_vec_named(&envelope.message) {
             Ok(bytes) => {
+                self.host.metrics().record_in_transit();
                 let state = EncodedState::new(StateTag::new(MESSAGE_TYPE, 1), Bytes::from(bytes));
-                let _ = writer.send(WriterMsg::InTransit {
+                let _ = active.writer.send(WriterMsg::InTransit {
                     from: from.clone(),
                     to: self.id.clone(),
                     seq,
@@ -235,12 +288,13 @@ impl<A: Actor> ObjectTask<A> {
                 });
             }
             Err(e) => {
+                // Without its record the counts never balance and the attempt times out.
                 tracing::error!(object = %self.id, %from, error = %e, "cannot encode an in-transit message; the checkpoint will time out");
             }
         }
     }
 
-    async fn restore(&mut self, order: RestoreOrder) -> Result<(), String> {
+    async fn restore(&mut self, order: RestoreOrder) -> Result<()> {
         if order.discard {
             // Every message sent after the line is discarded.
             while self.mailbox.try_recv().is_ok() {}
@@ -250,18 +304,20 @@ impl<A: Actor> ObjectTask<A> {
             self.object
                 .restore(state)
                 .await
-                .map_err(|e| format!("cannot restore {}: {e}", self.id))?;
+                .map_err(|source| Error::Restore {
+                    object: self.id.clone(),
+                    source: Box::new(source),
+                })?;
         }
         let mut replay = VecDeque::with_capacity(order.redeliver.len());
         for (from, seq, state) in order.redeliver {
-            let message = state.decode::<A::Message>().map_err(|e| {
-                format!(
-                    "cannot decode an in-transit message from {from} to {}: {e}",
-                    self.id
-                )
+            let message = state.decode::<A::Message>().map_err(|e| Error::Message {
+                from: from.clone(),
+                to: self.id.clone(),
+                reason: e.to_string(),
             })?;
             replay.push_back(Envelope {
-                from: Some(from),
+                from: order.counted.then_some(from),
                 colour: order.cut.colour,
                 seq,
                 message,
@@ -270,10 +326,18 @@ impl<A: Actor> ObjectTask<A> {
         self.replay = replay;
         self.cut = order.cut;
         self.voted = None;
+        // Trust "unchanged" only if the restored object reports the recorded generation.
         self.committed_generation = order
             .generation
             .filter(|g| self.object.generation() == Some(*g));
-        self.failed = false;
+        if self.failed {
+            self.failed = false;
+            self.host.object_failed(&self.id, false);
+        }
         Ok(())
     }
 }
+
+/// The type name recorded with in-transit messages (the receiver decodes them as its own
+/// message type).
+pub(crate) const MESSAGE_TYPE: &str = "cohort.message";

@@ -1,21 +1,17 @@
-//! The writer of one attempt: encodes the captured states into segments after the objects were
-//! released, reports the votes once the segments are durable, and writes the in-transit
-//! messages as channel state.
-//!
-//! In-process, one writer serves every local object. A remote node would run the same writer
-//! for its objects and send the resulting votes (entry locations and counters, never state
-//! bytes) to the coordinator.
+//! The writer of one attempt: encodes the captured states into a segment after the objects
+//! were released, reports the votes once the segment is durable, and writes the in-transit
+//! messages as channel state. One writer serves every participant of its host.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::time::Duration;
 
 use cohort_checkpoint::{CheckpointStore, InTransitEntry, ObjectEntry, SegmentWriter};
 use cohort_object_api::{CheckpointId, EncodedState, ObjectId, Snapshot};
 use tokio::sync::{mpsc, oneshot};
 
-use super::coordinator::Input;
-use super::{Shared, failpoint};
-use crate::engine::{Ballot, Round, Vote, VotedState};
+use super::VoteSink;
+use crate::engine::{Ballot, Round, VotedState};
+use crate::runtime::failpoint;
 
 /// What a participant hands the writer.
 pub(crate) enum WriterMsg {
@@ -41,6 +37,8 @@ pub(crate) struct Captured {
     pub(crate) generation: Option<u64>,
     pub(crate) sent: u64,
     pub(crate) received: u64,
+    /// How long the object was blocked by prepare and capture.
+    pub(crate) pause: Duration,
 }
 
 /// What the writer reports with the votes.
@@ -49,34 +47,48 @@ pub(crate) struct Written {
     pub(crate) bytes: u64,
     pub(crate) written: usize,
     pub(crate) unchanged: usize,
+    /// The longest pause of the participants.
+    pub(crate) pause_max: Duration,
 }
 
-pub(crate) struct RoundWriter {
+pub(crate) struct RoundWriter<S: VoteSink> {
     pub(crate) id: CheckpointId,
     pub(crate) round: Round,
+    /// The attempt's round token (the segments' folder).
     pub(crate) token: String,
+    /// Writer tokens of the states' and the channel state's segments.
+    pub(crate) states_writer: String,
+    pub(crate) channel_writer: String,
     pub(crate) participants: HashSet<ObjectId>,
     pub(crate) store: CheckpointStore,
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) sink: S,
 }
 
-impl RoundWriter {
+impl<S: VoteSink> RoundWriter<S> {
     pub(crate) async fn run(self, mut rx: mpsc::UnboundedReceiver<WriterMsg>) {
-        let mut states = Some(self.store.segment_writer(self.id, &self.token, "states"));
+        let mut states = Some(
+            self.store
+                .segment_writer(self.id, &self.token, &self.states_writer),
+        );
         let mut channel: Option<SegmentWriter> = None;
         let mut ballots: HashMap<ObjectId, Ballot<ObjectEntry>> = HashMap::new();
         let mut stats = Written::default();
         let mut failed = false;
         let mut voted = self.participants.is_empty();
+        if voted {
+            self.sink.votes(self.round, Vec::new(), stats);
+        }
         while let Some(msg) = rx.recv().await {
             match msg {
                 WriterMsg::State(c) => {
                     if failed
+                        || voted
                         || !self.participants.contains(&c.object)
                         || ballots.contains_key(&c.object)
                     {
                         continue; // a non-participant forced to capture, or a duplicate
                     }
+                    stats.pause_max = stats.pause_max.max(c.pause);
                     let state = match (&c.snapshot, states.as_mut()) {
                         (None, _) => {
                             stats.unchanged += 1;
@@ -94,7 +106,11 @@ impl RoundWriter {
                             }
                             Err(e) => {
                                 failed = true;
-                                self.vote_no(c.object, format!("writing its state failed: {e}"));
+                                self.sink.refused(
+                                    self.round,
+                                    c.object,
+                                    format!("writing its state failed: {e}"),
+                                );
                                 continue;
                             }
                         },
@@ -110,29 +126,25 @@ impl RoundWriter {
                     );
                     if ballots.len() == self.participants.len() {
                         let Some(w) = states.take() else { continue };
-                        if self.crash_at(failpoint::STATES_BEFORE_FINISH) {
+                        if self.sink.crash_at(failpoint::STATES_BEFORE_FINISH) {
                             return;
                         }
                         match w.finish().await {
                             Ok(summary) => {
                                 stats.bytes = summary.bytes;
-                                if self.crash_at(failpoint::STATES_AFTER_FINISH) {
+                                if self.sink.crash_at(failpoint::STATES_AFTER_FINISH) {
                                     return;
                                 }
-                                let votes =
-                                    ballots.drain().map(|(o, b)| (o, Vote::Yes(b))).collect();
                                 voted = true;
-                                let _ = self.shared.input.send(Input::Votes {
-                                    round: self.round,
-                                    votes,
-                                    written: stats,
-                                });
+                                self.sink
+                                    .votes(self.round, ballots.drain().collect(), stats);
                             }
                             Err(e) => {
                                 failed = true;
                                 let (object, _) = ballots.drain().next().unzip();
                                 if let Some(object) = object {
-                                    self.vote_no(
+                                    self.sink.refused(
+                                        self.round,
                                         object,
                                         format!("finishing its segment failed: {e}"),
                                     );
@@ -142,9 +154,10 @@ impl RoundWriter {
                     }
                 }
                 WriterMsg::No { object, reason } => {
-                    if !voted && self.participants.contains(&object) {
+                    // One no decides the attempt; later ones add nothing.
+                    if !voted && !failed && self.participants.contains(&object) {
                         failed = true;
-                        self.vote_no(object, reason);
+                        self.sink.refused(self.round, object, reason);
                     }
                 }
                 WriterMsg::InTransit {
@@ -154,24 +167,23 @@ impl RoundWriter {
                     state,
                 } => {
                     let w = channel.get_or_insert_with(|| {
-                        self.store.segment_writer(self.id, &self.token, "channel")
+                        self.store
+                            .segment_writer(self.id, &self.token, &self.channel_writer)
                     });
                     match w.add_encoded(&to, &state).await {
-                        Ok(location) => {
-                            let _ = self.shared.input.send(Input::ChannelState {
-                                round: self.round,
-                                entry: InTransitEntry {
-                                    from,
-                                    to,
-                                    seq,
-                                    location,
-                                },
-                            });
-                        }
+                        Ok(location) => self.sink.in_transit(
+                            self.round,
+                            InTransitEntry {
+                                from,
+                                to,
+                                seq,
+                                location,
+                            },
+                        ),
                         Err(e) => {
                             // Missing records keep the counts unbalanced: the attempt times
                             // out and aborts, which is correct if slow.
-                            tracing::error!(checkpoint = %self.id, round = %self.round, error = %e, "writing an in-transit message failed");
+                            tracing::error!(checkpoint = %self.id, round = %self.round, error = %e, "writing an in-transit message failed; the checkpoint will time out");
                         }
                     }
                 }
@@ -182,25 +194,6 @@ impl RoundWriter {
                     };
                     let _ = reply.send(result);
                 }
-            }
-        }
-    }
-
-    fn vote_no(&self, object: ObjectId, reason: String) {
-        let _ = self.shared.input.send(Input::Votes {
-            round: self.round,
-            votes: vec![(object, Vote::No { reason })],
-            written: Written::default(),
-        });
-    }
-
-    /// True if the fail point crashed the cohort (this task must stop at once).
-    fn crash_at(&self, point: &str) -> bool {
-        match self.shared.fail_points.hit(point) {
-            Ok(()) => false,
-            Err(crash) => {
-                self.shared.stop(Some(crash.0));
-                true
             }
         }
     }

@@ -1,0 +1,67 @@
+//! What runs one object on either side of the transport: its task ([`object`]) and the writer
+//! of one attempt ([`writer`]). The in-process [`Cohort`](crate::Cohort) and a
+//! [`Node`](crate::node::Node) run the same code; they differ only in their [`Host`] (where the
+//! attempt in flight is found, how a handler resolves addresses, where health goes) and their
+//! [`VoteSink`] (a channel to the in-process coordinator, or frames to a remote service).
+
+pub(crate) mod object;
+pub(crate) mod writer;
+
+use std::future::Future;
+use std::sync::{Arc, Weak};
+
+use cohort_checkpoint::{InTransitEntry, ObjectEntry};
+use cohort_object_api::{CheckpointId, ObjectId};
+use tokio::sync::mpsc;
+
+use crate::engine::{Ballot, Round};
+use crate::runtime::{Inner, Metrics};
+use writer::{WriterMsg, Written};
+
+/// The attempt in flight, as objects see it.
+#[derive(Clone)]
+pub(crate) struct ActiveRound {
+    pub(crate) id: CheckpointId,
+    pub(crate) round: Round,
+    /// The attempt's writer: captured states, no votes and in-transit messages go there.
+    pub(crate) writer: mpsc::UnboundedSender<WriterMsg>,
+}
+
+/// Where object tasks live: the in-process cohort or a node.
+pub(crate) trait Host: Send + Sync + 'static {
+    /// The attempt in flight.
+    fn active(&self) -> Option<ActiveRound>;
+
+    /// Pause, forced-capture and in-transit counts.
+    fn metrics(&self) -> &Metrics;
+
+    /// An object's handler failed (`true`) or a restore healed it (`false`).
+    fn object_failed(&self, object: &ObjectId, failed: bool);
+
+    /// The cohort a handler's `Context::cohort` reaches; empty outside one process.
+    fn cohort(&self) -> Weak<Inner>;
+
+    /// Runs a message handler in the host's scope (a node's handlers resolve remote
+    /// addresses through it).
+    fn scoped<F: Future + Send>(
+        self: &Arc<Self>,
+        handler: F,
+    ) -> impl Future<Output = F::Output> + Send;
+}
+
+/// Where a writer's results go.
+pub(crate) trait VoteSink: Send + Sync + 'static {
+    /// Every participant voted yes and their states are durable.
+    fn votes(&self, round: Round, ballots: Vec<(ObjectId, Ballot<ObjectEntry>)>, written: Written);
+
+    /// One participant votes no: the attempt cannot commit.
+    fn refused(&self, round: Round, object: ObjectId, reason: String);
+
+    /// An in-transit message was written as channel state.
+    fn in_transit(&self, round: Round, entry: InTransitEntry);
+
+    /// A named fail point: `true` means the host crashed there and the writer must stop.
+    fn crash_at(&self, _point: &str) -> bool {
+        false
+    }
+}
