@@ -26,7 +26,7 @@ use crate::error::{Damage, DamageKind, Error, Result};
 use crate::format::{self, FrameError};
 use crate::keys;
 use crate::manifest::{DeltaBody, DeltaManifest, EntryMap, Manifest, ObjectEntry, StoredManifest};
-use crate::store::{CheckpointStore, validate_manifest};
+use crate::store::{CheckpointStore, validate_manifest, validate_parts};
 
 /// A delta is written only while it holds fewer than `1 / DELTA_SHARE` of the manifest's
 /// entries.
@@ -259,26 +259,32 @@ impl CheckpointStore {
 
     /// The full manifest a stored one stands for: a delta is applied to its base, taken from
     /// the cache unless `fresh` (verification checks the stored bytes, which may have rotted
-    /// since they were cached). The result is checked against the store layout.
+    /// since they were cached). Every entry is checked against the store layout.
     pub(crate) async fn resolve_stored(
         &self,
         stored: StoredManifest,
         fresh: bool,
     ) -> Result<Manifest> {
         let id = stored.id();
-        let manifest = match stored {
-            StoredManifest::Full(m) => m,
+        let invalid =
+            |e: Error| self.manifest_damaged(id, DamageKind::HeaderMismatch(e.to_string()));
+        match stored {
+            StoredManifest::Full(m) => {
+                validate_manifest(&m).map_err(invalid)?;
+                Ok(m)
+            }
             StoredManifest::Delta(d) => {
+                // The base's entries were checked when it was read (or committed).
+                let own = d.objects.values().map(|e| &e.location);
+                let own = own.chain(d.in_transit.iter().map(|m| &m.location));
+                validate_parts(d.id, &d.round, own).map_err(invalid)?;
                 let base = self.load_base(&d, fresh).await?;
                 let m = resolve(&base.manifest, d)
                     .map_err(|e| self.manifest_damaged(id, DamageKind::HeaderMismatch(e)))?;
                 self.inner.cache.note(id, &base);
-                m
+                Ok(m)
             }
-        };
-        validate_manifest(&manifest)
-            .map_err(|e| self.manifest_damaged(id, DamageKind::HeaderMismatch(e.to_string())))?;
-        Ok(manifest)
+        }
     }
 
     /// The base of delta `d`, checked: a full manifest, the very blob the delta was computed

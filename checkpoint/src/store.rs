@@ -1104,23 +1104,33 @@ struct Wanted<'a> {
 
 /// Rules a manifest must follow beyond its types: tokens and segment keys in the layout.
 pub(crate) fn validate_manifest(m: &Manifest) -> Result<()> {
-    if m.id == CheckpointId::ZERO {
+    validate_parts(m.id, &m.round, m.locations())
+}
+
+/// [`validate_manifest`] on the parts of one: its id, round token and entry locations (a
+/// delta's own entries, when its base's were checked as the base was read).
+pub(crate) fn validate_parts<'a>(
+    id: CheckpointId,
+    round: &str,
+    locations: impl Iterator<Item = &'a EntryLocation>,
+) -> Result<()> {
+    if id == CheckpointId::ZERO {
         return Err(Error::InvalidInput(
             "checkpoint id 0 is never used; ids start at 1".into(),
         ));
     }
-    keys::validate_token("round", &m.round)?;
-    for loc in m.locations() {
+    keys::validate_token("round", round)?;
+    for loc in locations {
         if keys::parse_segment(&loc.segment).is_none() {
             return Err(Error::InvalidInput(format!(
-                "manifest of checkpoint {} references {:?}, which is not a segment key of the store layout",
-                m.id, loc.segment
+                "manifest of checkpoint {id} references {:?}, which is not a segment key of the store layout",
+                loc.segment
             )));
         }
         if loc.offset < format::SEGMENT_HEADER_LEN as u64 || loc.len < 4 {
             return Err(Error::InvalidInput(format!(
-                "manifest of checkpoint {} locates an entry at offset {} length {} in {}, which cannot hold an entry",
-                m.id, loc.offset, loc.len, loc.segment
+                "manifest of checkpoint {id} locates an entry at offset {} length {} in {}, which cannot hold an entry",
+                loc.offset, loc.len, loc.segment
             )));
         }
     }

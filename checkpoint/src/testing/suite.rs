@@ -795,6 +795,54 @@ pub async fn delta_round_trip(store: &CheckpointStore) {
     let reports = store.verify_all().await.unwrap();
     assert!(reports.iter().all(|r| r.is_ok()), "{reports:?}");
     assert_eq!(reports[3].entries, WIDE);
+
+    // Crafted deltas: one that escapes the layout, one whose base is not earlier, one that
+    // removes what its base does not hold. Each is damaged; recovery stays on checkpoint 4.
+    let (os, _) = store.object_store();
+    let base_crc = crate::format::frame_crc(&raw_manifest(store, 1).await);
+    let mut escaping = m1.objects[&wide(0)].clone();
+    escaping.location.segment = "../../../etc/passwd".into();
+    let (o00, stranger) = (wide(0), oid("stranger"));
+    for (what, expect) in [
+        ("escaping segment key", "etc/passwd"),
+        ("base not earlier", "not an earlier checkpoint"),
+        ("removes a stranger", "stranger"),
+    ] {
+        let mut body = crate::manifest::DeltaBody {
+            id: cid(5),
+            epoch: 1,
+            created_at_ms: 5_000,
+            parent: Some(cid(4)),
+            kind: &ManifestKind::Checkpoint,
+            round: "e1-r5",
+            base: cid(1),
+            base_crc,
+            objects: crate::manifest::EntryMap(Vec::new()),
+            removed: Vec::new(),
+            in_transit: &[],
+            metadata: &m4.metadata,
+        };
+        match what {
+            "escaping segment key" => body.objects.0.push((&o00, &escaping)),
+            "base not earlier" => body.base = cid(5),
+            _ => body.removed.push(&stranger),
+        }
+        let bytes = crate::format::encode_delta(&body).unwrap();
+        os.put(&store.path_of(&manifest_key(5)), bytes.into())
+            .await
+            .unwrap();
+        let err = cold(store).read_manifest(cid(5)).await.unwrap_err();
+        let d = err.damage().unwrap_or_else(|| panic!("{what}: {err}"));
+        assert_eq!(d.blob, manifest_key(5), "{what}");
+        assert!(err.to_string().contains(expect), "{what}: {err}");
+        let line = store.recovery_line().await.unwrap().unwrap();
+        assert_eq!(
+            (line.manifest.id, line.skipped.len()),
+            (cid(4), 1),
+            "{what}"
+        );
+        os.delete(&store.path_of(&manifest_key(5))).await.unwrap();
+    }
 }
 
 /// Deltas grow as changes accumulate against their base; at a quarter of the manifest the
