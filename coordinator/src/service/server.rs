@@ -1037,12 +1037,22 @@ impl Server {
 
     /// Rolls every live node back to the recovery line.
     async fn start_recovery(&mut self) {
+        // An attempt waiting for its channel state to be sealed is committing, which a halt
+        // does not abort: fail it, or the engine would keep it and never resume.
+        if let Some(p) = self.pending_commit.take() {
+            self.feed(Event::CommitResult {
+                round: p.round,
+                outcome: CommitOutcome::Failed {
+                    reason: "a cohort recovery started before its channel state was sealed".into(),
+                },
+            })
+            .await;
+        }
         let Some(engine) = self.engine.as_mut() else {
             return;
         };
         let now = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
         let commands = engine.handle(now, Event::Halt);
-        self.pending_commit = None;
         for c in commands {
             self.execute(c).await;
         }
@@ -1248,6 +1258,21 @@ impl Server {
                     return Some(Event::CommitResult { round, outcome });
                 }
                 let waiting = std::mem::take(&mut self.channel_nodes);
+                // A node lost since it reported channel state cannot seal it: the `Seal` would
+                // reach nobody and nothing would end the wait.
+                if let Some(lost) = waiting
+                    .iter()
+                    .find(|n| self.nodes.get(*n).is_none_or(|s| s.conn.is_none()))
+                {
+                    return Some(Event::CommitResult {
+                        round,
+                        outcome: CommitOutcome::Failed {
+                            reason: format!(
+                                "node {lost} was lost before sealing its channel state"
+                            ),
+                        },
+                    });
+                }
                 for node in &waiting {
                     if let Some(n) = self.nodes.get(node) {
                         n.send(CoordinatorFrame::Seal { round });
