@@ -1,8 +1,9 @@
 //! A passive monitor: counts the active members of a group, without being a member (Rendezvous
 //! "monitoring the number of active members").
 //!
-//! The monitor dials members (seeds, then the members their heartbeats name), subscribes to
-//! their heartbeats, and forgets a member silent for `lost_interval`. It is told the number of
+//! The monitor dials members (seeds, then the members their heartbeats name, and with
+//! [`MonitorOptions::discover`] the holders named by the activation records on the store),
+//! subscribes to their heartbeats, and forgets a member silent for `lost_interval`. It is told the number of
 //! active members, and which they are, whenever that changes. It never claims, never votes and
 //! never affects the group.
 
@@ -11,6 +12,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cohort_checkpoint::CheckpointStore;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -19,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::config::{GroupName, MemberId, duration_ms};
 use super::detector::PushDetector;
 use super::error::ReplicationError;
-use super::fencing::SlotEpoch;
+use super::fencing::{SlotEpoch, current_actives};
 use super::group::{Heartbeat, MAX_ADDR_LEN, MAX_GOSSIP};
 use super::protocol::{BoxStream, Connector, GroupMessage, TcpConnector};
 use crate::wire::{ConnectConfig, Connection, Role, Secret};
@@ -107,6 +109,11 @@ pub struct MonitorOptions {
     pub connector: Arc<dyn Connector>,
     /// How often a broken subscription is retried; 100 ms by default.
     pub retry: Duration,
+    /// The store that holds the group's activation records, to find members that no seed and
+    /// no heartbeat names (a replacement that came up at a new address): when set, the monitor
+    /// reads the newest activation of each slot every `lost_interval` and subscribes to its
+    /// member's group listener. `None` by default.
+    pub discover: Option<CheckpointStore>,
 }
 
 impl MonitorOptions {
@@ -120,6 +127,7 @@ impl MonitorOptions {
             token: None,
             connector: Arc::new(TcpConnector),
             retry: Duration::from_millis(100),
+            discover: None,
         }
     }
 }
@@ -229,6 +237,16 @@ async fn run(
     for seed in &options.seeds {
         subscribe(seed.clone(), &mut dialled, &mut tasks);
     }
+    let (found_tx, mut found) = mpsc::unbounded_channel::<String>();
+    if let Some(store) = options.discover.clone() {
+        tokio::spawn(discover(
+            store,
+            options.group.clone(),
+            options.lost_interval,
+            found_tx,
+            stop.child_token(),
+        ));
+    }
     loop {
         let deadline = view
             .next_deadline()
@@ -239,6 +257,10 @@ async fn run(
                 if let Ok(addr) = done {
                     dialled.remove(&addr);
                 }
+                continue;
+            }
+            Some(addr) = found.recv() => {
+                subscribe(addr, &mut dialled, &mut tasks);
                 continue;
             }
             Some(hb) = heard.recv() => Some(hb),
@@ -259,6 +281,35 @@ async fn run(
             tracing::debug!(group = %options.group, count = count.count, "active count changed");
             counts.send_replace(count.clone());
             let _ = changes.send((Instant::now(), count));
+        }
+    }
+}
+
+/// Reads the group's activation records every `every` and passes on the group listener of
+/// each slot's newest activation.
+async fn discover(
+    store: CheckpointStore,
+    group: GroupName,
+    every: Duration,
+    found: mpsc::UnboundedSender<String>,
+    stop: CancellationToken,
+) {
+    loop {
+        match current_actives(&store, &group).await {
+            Ok(actives) => {
+                for record in actives {
+                    if found.send(record.addr).is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(err) => {
+                tracing::debug!(%group, "monitor cannot read the activation records: {err}")
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
         }
     }
 }

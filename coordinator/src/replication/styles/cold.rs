@@ -73,43 +73,81 @@ impl Launcher {
         }
     }
 
-    /// Starts one replacement.
+    /// The same launcher with `key=value` added to a command's environment (a closure is
+    /// returned unchanged).
+    #[must_use]
+    pub fn with_env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        if let Self::Command { env, .. } = &mut self {
+            env.push((key.into(), value.into()));
+        }
+        self
+    }
+
+    /// Starts one replacement. A command is detached: it is reaped when it exits, and never
+    /// killed.
     ///
     /// # Errors
     ///
     /// [`ServiceError::Launch`] when the process cannot be spawned or the closure fails.
     pub async fn launch(&self) -> Result<(), ServiceError> {
+        if let Some(mut child) = self.start().await? {
+            // Reap the child when it exits, so that it does not linger as a zombie.
+            tokio::spawn(async move {
+                let _ = child.wait().await;
+            });
+        }
+        Ok(())
+    }
+
+    /// Starts one replacement; a command's child process is returned for the caller to reap.
+    async fn start(&self) -> Result<Option<tokio::process::Child>, ServiceError> {
         match self {
             Self::Command { program, args, env } => {
                 let mut cmd = tokio::process::Command::new(program);
                 cmd.args(args).envs(env.iter().map(|(k, v)| (k, v)));
-                let mut child = cmd.spawn().map_err(|e| ServiceError::Launch {
+                let child = cmd.spawn().map_err(|e| ServiceError::Launch {
                     reason: format!("cannot spawn {program}: {e}"),
                 })?;
-                // Reap the child when it exits, so that it does not linger as a zombie.
-                tokio::spawn(async move {
-                    let _ = child.wait().await;
-                });
-                Ok(())
+                Ok(Some(child))
             }
-            Self::Closure(f) => f().await.map_err(|reason| ServiceError::Launch { reason }),
+            Self::Closure(f) => f()
+                .await
+                .map(|()| None)
+                .map_err(|reason| ServiceError::Launch { reason }),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Self::Command { program, .. } => program.clone(),
+            Self::Closure(_) => "the launch closure".to_owned(),
         }
     }
 }
 
-/// What a [`ColdSupervisor`] has done.
+/// What a [`ColdSupervisor`] sees and has done.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SupervisorStatus {
-    /// Replacements launched.
+    /// The active members its monitor counts now.
+    pub active: usize,
+    /// Replacements launched: the command was spawned, or the closure returned `Ok`.
     pub launches: u64,
-    /// The last launch failure.
+    /// Launch attempts that failed (the command could not be spawned, the closure returned
+    /// `Err`), and launched commands that exited unsuccessfully.
+    pub failures: u64,
+    /// The latest failure, with the launcher's reason; cleared by the next successful launch.
     pub last_error: Option<String>,
 }
 
 /// Watches a cold-passive group with a passive [`Monitor`] and launches a replacement whenever
 /// fewer than `goal` members have been active for `grace` (and again every `grace` while that
-/// lasts). Stops when dropped.
+/// lasts: a launch that failed, or a replacement that did not come up, is retried). While the
+/// group is at its goal it never launches. Stops when dropped.
+///
+/// The monitor finds members through its seeds and their heartbeats; a replacement that comes
+/// up at another address than the member it replaces is found only if the monitor also reads
+/// the activation records: set [`MonitorOptions::discover`] to the group's store.
 #[derive(Debug)]
 pub struct ColdSupervisor {
     status: watch::Receiver<SupervisorStatus>,
@@ -125,7 +163,8 @@ impl Drop for ColdSupervisor {
 impl ColdSupervisor {
     /// Starts supervising: `monitor` says which group and where its members are, `goal` is the
     /// group's `active_goal`, and `grace` should exceed the time a replacement takes to start
-    /// and activate.
+    /// and activate (its process start, one `activation_interval`, the claim and the restore),
+    /// or a slow replacement is launched twice (the second then joins as a standby member).
     ///
     /// # Errors
     ///
@@ -157,6 +196,14 @@ impl ColdSupervisor {
     }
 }
 
+fn fail(status: &watch::Sender<SupervisorStatus>, error: String) {
+    tracing::warn!("{error}");
+    status.send_modify(|s| {
+        s.failures += 1;
+        s.last_error = Some(error);
+    });
+}
+
 async fn supervise(
     monitor: Monitor,
     goal: usize,
@@ -166,6 +213,21 @@ async fn supervise(
     stop: CancellationToken,
 ) {
     let mut counts = monitor.counts();
+    // Mirrors the monitor's count into the status, so that operators see what it decides on.
+    let mirror = {
+        let (mut counts, status, stop) = (monitor.counts(), status.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let active = counts.borrow_and_update().count;
+                status.send_if_modified(|s| std::mem::replace(&mut s.active, active) != active);
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    changed = counts.changed() => if changed.is_err() { return },
+                }
+            }
+        })
+    };
+    let _mirror = AbortOnDrop(mirror);
     loop {
         // Wait until the group is short of members.
         while counts.borrow_and_update().count >= goal {
@@ -182,14 +244,42 @@ async fn supervise(
         if recovered {
             continue;
         }
-        let launched = launcher.launch().await;
-        status.send_modify(|s| {
-            s.launches += 1;
-            s.last_error = launched.as_ref().err().map(ToString::to_string);
-        });
-        match launched {
-            Ok(()) => tracing::info!("launched a replacement member"),
-            Err(err) => tracing::warn!("{err}"),
+        match launcher.start().await {
+            Ok(child) => {
+                tracing::info!("launched a replacement member");
+                status.send_modify(|s| {
+                    s.launches += 1;
+                    s.last_error = None;
+                });
+                if let Some(mut child) = child {
+                    // A command that exits unsuccessfully (a `systemctl start` that failed, a
+                    // server that could not start) is a failure too; the next launch comes
+                    // after another `grace` without enough active members.
+                    let (status, what) = (status.clone(), launcher.describe());
+                    tokio::spawn(async move {
+                        match child.wait().await {
+                            Ok(exit) if exit.success() => {}
+                            Ok(exit) => {
+                                fail(
+                                    &status,
+                                    format!("launched {what} exited unsuccessfully ({exit})"),
+                                );
+                            }
+                            Err(e) => fail(&status, format!("waiting for launched {what}: {e}")),
+                        }
+                    });
+                }
+            }
+            Err(err) => fail(&status, err.to_string()),
         }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
