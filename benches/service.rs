@@ -49,6 +49,11 @@ fn options() -> StoreOptions {
 }
 
 fn node_main(index: String) {
+    // The bench holds our stdin: when it ends, however it ends, so do we.
+    std::thread::spawn(|| {
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        std::process::exit(0);
+    });
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -71,6 +76,14 @@ fn node_main(index: String) {
 }
 
 fn main() {
+    // RUST_LOG=info shows what the service and the nodes do (quiet by default).
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     if let Ok(index) = std::env::var("COHORT_BENCH_NODE") {
         return node_main(index);
     }
@@ -97,6 +110,7 @@ fn main() {
                     .env("COHORT_BENCH_NODE", i.to_string())
                     .env("COHORT_STORE", &url)
                     .env("COHORT_COORDINATOR", service.local_addr().to_string())
+                    .stdin(Stdio::piped())
                     .stdout(Stdio::null())
                     .spawn()
                     .unwrap()
@@ -110,10 +124,14 @@ fn main() {
         .await
         .expect("every node registered within 60 s")
         .unwrap();
-        // Warm up until a round commits (nodes finish restoring).
+        // Warm up until a round commits (nodes finish restoring), backing off between tries
+        // rather than spinning aborted attempts against 64 processes on two cores.
         let end = Instant::now() + Duration::from_secs(60);
+        let mut backoff = Duration::from_millis(5);
         while service.trigger().await.is_err() {
             assert!(Instant::now() < end, "no checkpoint committed");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(200));
         }
         let mut samples = Vec::with_capacity(rounds);
         for _ in 0..rounds {

@@ -675,6 +675,57 @@ async fn a_cut_shorter_than_the_timeout_resumes_without_recovery() {
     assert_eq!(restores, 0, "nothing is restored after a blip");
 }
 
+/// Node 1's `Decided` is lost with its connection (held by the proxy, then a cut shorter than
+/// the timeout): when the node resumes its session, the service sends the decision again and
+/// node 1's accounts run `on_committed` for that checkpoint (a 2PC sink must not miss it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_lost_in_a_short_cut_is_sent_again_when_the_session_resumes() {
+    let timeout = Duration::from_secs(3);
+    let (cluster, before) = started(Options::new(3, timeout)).await;
+    let (session, _) = welcome(cluster.proxy(1), 0).await;
+    let newer = before.id;
+    cluster.block(1, Phase::Committed);
+    cluster
+        .proxy(1)
+        .hold_down(move |f| matches!(f, CoordinatorFrame::Decided { id, .. } if *id > newer));
+    let mark = cluster.proxy(1).mark();
+    let id = cluster.service.trigger().await.unwrap();
+    cluster
+        .proxy(1)
+        .wait_seen("the decision held before node 1", mark, SHORT, |s| {
+            matches!(s, Seen::HeldDown(CoordinatorFrame::Decided { id: i, committed: true, .. }) if *i == id)
+                .then_some(())
+        })
+        .await;
+    // The held decision dies with the connection; the next one is not held.
+    let started = Instant::now();
+    cluster.proxy(1).cut();
+    cluster.proxy(1).release();
+    cluster
+        .wait_for("node 1 lost", SHORT, |s| !live(s, 1))
+        .await;
+    let mark = cluster.proxy(1).mark();
+    cluster.proxy(1).heal();
+    let (again, resumed) = welcome(cluster.proxy(1), mark).await;
+    assert!(
+        started.elapsed() < timeout,
+        "the cut lasted {:?}, not less than the timeout; the test proves nothing",
+        started.elapsed()
+    );
+    assert!(resumed && again == session, "the session resumes");
+    cluster
+        .proxy(1)
+        .wait_seen("the decision sent again", mark, SHORT, |s| {
+            matches!(s, Seen::Down(CoordinatorFrame::Decided { id: i, committed: true, .. }) if *i == id)
+                .then_some(())
+        })
+        .await;
+    // No other checkpoint was triggered: this on_committed is the resent decision's.
+    cluster.wait_reached(1, Phase::Committed, SHORT).await;
+    cluster.unblock(1, Phase::Committed);
+    assert_eq!(cluster.status().recoveries, 0);
+}
+
 /// The service drops node 0's connection itself (`Service::cut_connection`) within the timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_cut_by_the_service_within_the_timeout_resumes_without_recovery() {

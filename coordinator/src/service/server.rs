@@ -206,6 +206,7 @@ impl Service {
             last_manifest: None,
             pending_commit: None,
             channel_nodes: BTreeSet::new(),
+            prepared: BTreeSet::new(),
             recovery: None,
             recovery_seq: 0,
             incarnation: 0,
@@ -380,6 +381,9 @@ struct NodeState {
     dead: bool,
     /// Restored (or resumed) and released: its objects can take part.
     ready: bool,
+    /// The last decision sent to it: sent again when it resumes its session, in case the
+    /// connection lost it (its objects' `on_committed` must not be missed; a repeat is ignored).
+    last_decided: Option<(CheckpointId, Round, bool)>,
 }
 
 impl NodeState {
@@ -420,6 +424,8 @@ struct Server {
     last_manifest: Option<Arc<Manifest>>,
     pending_commit: Option<PendingCommit>,
     channel_nodes: BTreeSet<String>,
+    /// Nodes sent the `Prepare` of the attempt in flight: they, and only they, get its decision.
+    prepared: BTreeSet<String>,
     recovery: Option<Recovery>,
     recovery_seq: u64,
     incarnation: u64,
@@ -806,6 +812,13 @@ impl Server {
             n.lost_at = None;
             n.peer_addr = peer_addr;
             let session = n.session;
+            if let Some((id, round, committed)) = n.last_decided {
+                n.send(CoordinatorFrame::Decided {
+                    id,
+                    round,
+                    committed,
+                });
+            }
             tracing::info!(%node, session, "node resumed its session");
             self.add_objects(&node, objects).await;
             self.push_placement();
@@ -834,6 +847,7 @@ impl Server {
                 lost_at: None,
                 dead: false,
                 ready: false,
+                last_decided: None,
             },
         );
         self.add_objects(&node, objects).await;
@@ -1204,6 +1218,7 @@ impl Server {
                 self.attempt_bytes = 0;
                 self.attempt_pauses.clear();
                 self.channel_nodes.clear();
+                self.prepared.clear();
                 let mut by_node: BTreeMap<&str, Vec<ObjectId>> = BTreeMap::new();
                 let mut absent = None;
                 for p in &participants {
@@ -1234,6 +1249,7 @@ impl Server {
                 tracing::debug!(checkpoint = %id, %round, participants = participants.len(), nodes = by_node.len(), "prepare");
                 for (node, objects) in by_node {
                     if let Some(n) = self.nodes.get(node) {
+                        self.prepared.insert(node.to_owned());
                         n.send(CoordinatorFrame::Prepare {
                             id,
                             round,
@@ -1291,7 +1307,7 @@ impl Server {
                 id,
                 round,
                 decision,
-                participants,
+                participants: _,
             } => {
                 let committed = decision == crate::engine::Decision::Committed;
                 if let crate::engine::Decision::Aborted(reason) = &decision {
@@ -1315,12 +1331,11 @@ impl Server {
                         }
                     }
                 }
-                let nodes: BTreeSet<&String> = participants
-                    .iter()
-                    .filter_map(|p| self.placement.get(p))
-                    .collect();
-                for node in nodes {
-                    if let Some(n) = self.nodes.get(node) {
+                // An attempt that never got to its prepare (a participant's node was away)
+                // has nobody to tell.
+                for node in std::mem::take(&mut self.prepared) {
+                    if let Some(n) = self.nodes.get_mut(&node) {
+                        n.last_decided = Some((id, round, committed));
                         n.send(CoordinatorFrame::Decided {
                             id,
                             round,
