@@ -412,3 +412,101 @@ async fn an_append_after_a_successor_claimed_is_refused_even_before_its_fence() 
     let b = won(&store, 0, None, "b").await;
     assert_eq!(b.epoch, 3);
 }
+
+/// Appends `n` entries under `se` and returns their ids.
+async fn fill(
+    log: &FencedLog,
+    se: SlotEpoch,
+    n: usize,
+) -> Vec<cohort_coordinator::replication::EntryId> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        ids.push(
+            log.commit(se, &member("a"), data(&format!("w{i}")))
+                .await
+                .unwrap(),
+        );
+    }
+    ids
+}
+
+async fn seqs(log: &FencedLog) -> Vec<u64> {
+    log.read_from(1)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect()
+}
+
+async fn truncation(store: CheckpointStore) {
+    let a = won(&store, 0, None, "a").await;
+    let log = FencedLog::new(store.clone(), group());
+    let ids = fill(&log, a, 10).await; // entries 2..=11; entry 1 is a's fence
+    assert_eq!(ids[2].seq, 4);
+    let reader_at_4 = Some(ids[2]);
+    assert!(log.holds(None).await.unwrap(), "nothing truncated yet");
+    assert!(log.holds(reader_at_4).await.unwrap());
+
+    assert_eq!(log.truncate_through(6).await.unwrap(), 6);
+    assert_eq!(seqs(&log).await, (7..=11).collect::<Vec<_>>());
+    assert!(log.was_truncated().await.unwrap());
+    // A reader positioned at or below the truncation learns that it must load a newer line.
+    assert!(!log.holds(None).await.unwrap());
+    assert!(!log.holds(reader_at_4).await.unwrap());
+    assert!(log.holds(Some(ids[9])).await.unwrap());
+    // Again through the same number: nothing left to do.
+    assert_eq!(log.truncate_through(6).await.unwrap(), 0);
+    // The newest entry always stays, so appends go on after it.
+    assert_eq!(log.truncate_through(100).await.unwrap(), 4);
+    assert_eq!(seqs(&log).await, vec![11]);
+    assert_eq!(log.append(a, &member("a"), data("next")).await.unwrap(), 12);
+
+    // A writer with a stale hint (one that last saw entry 4) creates a freed number again:
+    // the create succeeds, and its entry is not part of the log anyone replays. A reader that
+    // reads it from position 4 finds its position gone; one past the truncation never reads it.
+    let stale = FencedLog::new(store.clone(), group());
+    stale.saw(5);
+    let ghost = stale.commit(a, &member("a"), data("ghost")).await.unwrap();
+    assert_eq!(ghost.seq, 5);
+    assert!(!log.holds(reader_at_4).await.unwrap());
+    assert!(log.holds(Some(ids[9])).await.unwrap());
+    // The next truncation removes it with the rest.
+    log.truncate_through(11).await.unwrap();
+    assert_eq!(seqs(&log).await, vec![12]);
+}
+
+#[tokio::test]
+async fn truncation_deletes_below_a_position_in_order_and_readers_can_tell_in_memory() {
+    truncation(CheckpointStore::memory()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncation_deletes_below_a_position_in_order_and_readers_can_tell_on_local_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = CheckpointStore::open(dir.path().to_str().unwrap(), StoreOptions::default())
+        .await
+        .unwrap();
+    truncation(store).await;
+}
+
+#[tokio::test]
+async fn a_truncation_that_fails_midway_resumes_and_never_leaves_a_hole() {
+    let (faulty, store) = faulty();
+    let a = won(&store, 0, None, "a").await;
+    let log = FencedLog::new(store.clone(), group());
+    fill(&log, a, 9).await; // entries 1..=10
+    // The third delete fails: entries 1 and 2 are gone, 3 and above remain (oldest first, so
+    // what is left is still contiguous).
+    faulty.inject(FaultRule::on(Op::Delete).nth(3).times(1));
+    let err = log.truncate_through(8).await.unwrap_err();
+    assert!(is_store_error(&err), "{err}");
+    assert!(
+        err.to_string().contains("log/00000000000000000003"),
+        "{err}"
+    );
+    assert_eq!(seqs(&log).await, (3..=10).collect::<Vec<_>>());
+    assert!(log.was_truncated().await.unwrap());
+    assert_eq!(log.truncate_through(8).await.unwrap(), 6);
+    assert_eq!(seqs(&log).await, vec![9, 10]);
+}

@@ -21,12 +21,13 @@ use cohort_coordinator::replication::fencing::{Claimant, claim_slot};
 use cohort_coordinator::replication::log::LoggedRequest;
 use cohort_coordinator::replication::replies::ClientId;
 use cohort_coordinator::replication::server::{
-    ClientMessage, ReplicatedServer, ServerMessage, ServerOptions, Service,
+    ClientMessage, LOG_SEQ_KEY, ReplicatedServer, ServerMessage, ServerOptions, Service,
+    replica_store,
 };
 use cohort_coordinator::replication::styles::{ReplicationStyle, ServiceError};
-use cohort_coordinator::replication::{GroupConfig, GroupName, MemberId, MemberOptions};
+use cohort_coordinator::replication::{FencedLog, GroupConfig, GroupName, MemberId, MemberOptions};
 use cohort_coordinator::wire::{ConnectConfig, Role, WireError};
-use cohort_object_api::{Checkpointable, ObjectError};
+use cohort_object_api::{CheckpointId, Checkpointable, ObjectError};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
@@ -299,6 +300,11 @@ async fn sigkill_under_load(style: ReplicationStyle, goal: u32) {
     let client = client(&store, style);
     let load = start_load(&client, 4);
     wait_acked(&load, 200).await;
+    // The failover starts from a truncated log: what the new primary needs is the newest line
+    // and the entries from its position on.
+    let log = FencedLog::new(store.clone(), GroupName::new(GROUP).unwrap());
+    let oldest = wait_truncated(&log, 1).await;
+    let newest_at_kill = log.newest().await.unwrap();
     first.process.start_kill().unwrap(); // SIGKILL
     let killed = Instant::now();
     let before = load.acked.load(Ordering::Relaxed);
@@ -310,6 +316,12 @@ async fn sigkill_under_load(style: ReplicationStyle, goal: u32) {
         );
     }
     wait_acked(&load, before + 200).await;
+    // The new primary (the holder of slot 0) truncates as it checkpoints.
+    let oldest_after = wait_truncated(&log, newest_at_kill).await;
+    println!(
+        "{style}: the log began at {oldest} before the kill (newest {newest_at_kill}), at \
+         {oldest_after} after"
+    );
     let slowest = finish(load, &client).await;
     println!("{style}: slowest call across the failover {slowest:?}");
     assert!(!first.process.wait().await.unwrap().success());
@@ -323,6 +335,22 @@ async fn warm_passive_survives_sigkill_of_the_primary_under_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn active_survives_sigkill_of_a_replica_under_load() {
     sigkill_under_load(ReplicationStyle::Active, 2).await;
+}
+
+/// Waits (bounded) until the log's oldest entry is above `above`, and returns it.
+async fn wait_truncated(log: &FencedLog, above: u64) -> u64 {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let oldest = log.oldest().await.unwrap();
+        if oldest > above {
+            return oldest;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the log was not truncated past {above}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await; // bounded polling, not synchronisation
+    }
 }
 
 async fn start_server(
@@ -457,6 +485,133 @@ async fn the_service_port_serves_group_clients_only() {
         .await
         .unwrap();
     assert_eq!(conn.peer().name, "a");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_is_truncated_below_each_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path()).await;
+    let a = start_server(&store, "a", 10, vec![]).await;
+    wait_serving(&a).await;
+    let client = client(&store, ReplicationStyle::WarmPassive);
+    let load = start_load(&client, 4);
+    wait_acked(&load, 300).await;
+    finish(load, &client).await;
+
+    // Once quiet, the primary checkpoints what it executed last, at position S, and deletes
+    // every entry below S: the store holds entry S (the checkpoint's position, which whoever
+    // restores it checks) and nothing before it.
+    let mut status = a.status();
+    let settled = tokio::time::timeout(
+        PATIENCE,
+        status.wait_for(|s| s.applied > 0 && s.log_truncated_through + 1 == s.applied),
+    )
+    .await
+    .expect("no checkpoint and truncation of the final position")
+    .unwrap()
+    .clone();
+    let log = a.member().log();
+    let left: Vec<u64> = log
+        .read_from(1)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(left, vec![settled.applied], "{settled:?}");
+    assert!(log.was_truncated().await.unwrap());
+    let keys = store
+        .list_group_records(&format!("{GROUP}/log"))
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+
+    // A newcomer restores that line and the one entry, and takes over with every write.
+    let b = start_server(&store, "b", 50, vec![a.member_addr().to_owned()]).await;
+    wait_serving(&b).await;
+    let dump = client.call(encode(&Op::Dump)).await.unwrap();
+    let journal: Vec<u64> = rmp_serde::from_slice(&dump).unwrap();
+    assert!(journal.len() >= 300, "{}", journal.len());
+    let b_status = b.status().borrow().clone();
+    assert_eq!(b_status.last_replayed, 1, "the fence only: {b_status:?}");
+}
+
+/// A backup whose newest line is older than the log's truncation (a deposed primary's late
+/// checkpoint, say) finds its position gone when it takes over, loads the line with the
+/// highest position instead, and loses nothing; read from its own position, the log would
+/// have started after a gap, and the takeover would have served without the writes in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_from_a_line_older_than_the_truncation_loads_a_newer_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path()).await;
+    let group = GroupName::new(GROUP).unwrap();
+    let replicas = replica_store(&store, &group).unwrap();
+    let a = start_server(&store, "a", 50, vec![]).await;
+    wait_serving(&a).await;
+    let client = client(&store, ReplicationStyle::WarmPassive);
+
+    // An early line, at position S0.
+    let load = start_load(&client, 4);
+    wait_acked(&load, 50).await;
+    let mut status = a.status();
+    let early = tokio::time::timeout(PATIENCE, status.wait_for(|s| s.line.is_some()))
+        .await
+        .unwrap()
+        .unwrap()
+        .line
+        .unwrap();
+    let early = replicas.read_manifest(early).await.unwrap();
+    let s0 = u64::from_be_bytes(early.metadata[LOG_SEQ_KEY].as_slice().try_into().unwrap());
+    // Much more work, then quiet: the log is truncated far past S0.
+    wait_acked(&load, load.acked.load(Ordering::Relaxed) + 300).await;
+    load.stop.store(true, Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for task in load.tasks {
+        acked.extend(task.await.unwrap().into_iter().map(|(v, _)| v));
+    }
+    let settled = tokio::time::timeout(
+        PATIENCE,
+        status.wait_for(|s| s.log_truncated_through + 1 == s.applied),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .clone();
+    assert!(
+        settled.log_truncated_through > s0 + 10,
+        "{settled:?} vs {s0}"
+    );
+
+    // The early line is committed again as the newest one.
+    let newest = replicas
+        .committed_ids()
+        .await
+        .unwrap()
+        .last()
+        .copied()
+        .unwrap();
+    let mut late = early.clone();
+    late.id = CheckpointId::new(newest.get() + 1);
+    late.parent = Some(newest);
+    replicas.commit(&late).await.unwrap();
+
+    // b starts now, loads that newest (old) line as a warm backup, and takes over when a
+    // leaves.
+    let b = start_server(&store, "b", 10, vec![a.member_addr().to_owned()]).await;
+    let mut b_status = b.status();
+    tokio::time::timeout(PATIENCE, b_status.wait_for(|s| s.line == Some(late.id)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(b_status.borrow().applied, s0);
+    a.leave().await;
+    wait_serving(&b).await;
+    let dump = client.call(encode(&Op::Dump)).await.unwrap();
+    let journal: Vec<u64> = rmp_serde::from_slice(&dump).unwrap();
+    let lost: Vec<&u64> = acked.iter().filter(|v| !journal.contains(v)).collect();
+    assert!(lost.is_empty(), "lost {} writes: {lost:?}", lost.len());
+    assert_eq!(journal.len(), acked.len(), "no duplicates");
+    assert!(b.status().borrow().applied > settled.applied);
 }
 
 #[test]

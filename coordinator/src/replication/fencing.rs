@@ -6,7 +6,9 @@
 //! ```text
 //! groups/<group>/config                          the group's active_goal and activation_interval; create-only
 //! groups/<group>/slots/<slot>/<epoch:020>        one activation: who, where it serves; create-only
-//! groups/<group>/log/<seq:020>                   one fenced log entry (a fence or work); create-only
+//! groups/<group>/log/<seq:020>                   one fenced log entry (a fence or work); create-only;
+//!                                                deleted below a checkpoint (FencedLog::truncate_through)
+//! groups/<group>/truncated                       marks a log that was ever truncated; create-only
 //! ```
 //!
 //! Every record is framed as `COHGRP\0\x01`, a crc32 (little-endian) of the body, and the body,
@@ -429,6 +431,47 @@ fn next_nonce() -> u64 {
         .wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
+/// The record that marks a log as truncated; created once, never deleted.
+#[derive(Serialize, Deserialize)]
+struct TruncatedRecord {
+    group: GroupName,
+}
+
+/// Deletes the group record `key` (relative to `groups/`); a record already gone is fine.
+/// Through the store's object store: the checkpoint crate offers group records create-only,
+/// and the log's truncation is their only deletion.
+async fn delete_record(
+    store: &CheckpointStore,
+    group: &GroupName,
+    key: &str,
+) -> Result<(), ReplicationError> {
+    use cohort_checkpoint::object_store::ObjectStoreExt;
+    let full = format!("groups/{key}");
+    if !store.is_writable() {
+        return Err(ReplicationError::Store {
+            group: group.clone(),
+            operation: format!("delete {full}"),
+            source: Box::new(cohort_checkpoint::Error::ReadOnly {
+                url: store.url().to_owned(),
+                operation: format!("delete {full}"),
+            }),
+        });
+    }
+    let (raw, _) = store.object_store();
+    match raw.delete(&store.path_of(&full)).await {
+        Ok(()) | Err(cohort_checkpoint::object_store::Error::NotFound { .. }) => Ok(()),
+        Err(source) => Err(ReplicationError::Store {
+            group: group.clone(),
+            operation: format!("delete {full}"),
+            source: Box::new(cohort_checkpoint::Error::Store {
+                operation: format!("delete {full}"),
+                url: store.url().to_owned(),
+                source,
+            }),
+        }),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The fenced log
 
@@ -460,9 +503,30 @@ pub struct LogEntry {
     pub kind: EntryKind,
 }
 
+/// Identifies one entry of the fenced log: its number, and the nonce that tells it from
+/// another entry created at the same number after a truncation deleted the first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct EntryId {
+    /// The sequence number.
+    pub seq: u64,
+    /// The entry's nonce ([`LogEntry::nonce`]).
+    pub nonce: u64,
+}
+
+impl LogEntry {
+    /// The entry's [`EntryId`].
+    pub fn id(&self) -> EntryId {
+        EntryId {
+            seq: self.seq,
+            nonce: self.nonce,
+        }
+    }
+}
+
 /// A group's fenced log on the store: an append-only sequence of entries, written create-only
 /// at contiguous numbers, that only the current holder of a slot can extend (see the module
-/// documentation for the rule). The warm-passive request log is built on it.
+/// documentation for the rule), and deleted from its oldest end once a checkpoint covers them
+/// ([`truncate_through`](Self::truncate_through)). The warm-passive request log is built on it.
 ///
 /// Cheap to clone; clones share the hint of the next sequence number.
 #[derive(Clone, Debug)]
@@ -521,8 +585,30 @@ impl FencedLog {
         member: &MemberId,
         bytes: Bytes,
     ) -> Result<u64, ReplicationError> {
+        Ok(self.commit(writer, member, bytes).await?.seq)
+    }
+
+    /// As [`append`](Self::append), returning the entry's [`EntryId`] (its sequence number
+    /// and nonce), which a reader of a truncated log needs to verify its position: see
+    /// [`truncate_through`](Self::truncate_through).
+    ///
+    /// # Errors
+    ///
+    /// As [`append`](Self::append).
+    pub async fn commit(
+        &self,
+        writer: SlotEpoch,
+        member: &MemberId,
+        bytes: Bytes,
+    ) -> Result<EntryId, ReplicationError> {
         self.append_entry(writer, member, EntryKind::Data(bytes))
             .await
+    }
+
+    /// Raises this handle's hint of the next free number to `next` (a reader that applied the
+    /// log up to `next - 1` knows no number below it is free).
+    pub fn saw(&self, next: u64) {
+        self.raise_hint(next);
     }
 
     async fn append_entry(
@@ -530,7 +616,7 @@ impl FencedLog {
         writer: SlotEpoch,
         member: &MemberId,
         kind: EntryKind,
-    ) -> Result<u64, ReplicationError> {
+    ) -> Result<EntryId, ReplicationError> {
         let mut seq = match self.hint() {
             0 => self.newest().await? + 1,
             hint => hint,
@@ -560,7 +646,10 @@ impl FencedLog {
                 }
                 self.raise_hint(seq + 1);
                 self.check_still_current(writer).await?;
-                return Ok(seq);
+                return Ok(EntryId {
+                    seq,
+                    nonce: entry.nonce,
+                });
             }
             let existing = self.read(seq).await?.ok_or_else(|| {
                 damaged(
@@ -573,7 +662,10 @@ impl FencedLog {
                 // Our own earlier create, whose response was lost.
                 self.raise_hint(seq + 1);
                 self.check_still_current(writer).await?;
-                return Ok(seq);
+                return Ok(EntryId {
+                    seq,
+                    nonce: entry.nonce,
+                });
             }
             self.check_not_fenced(writer, &existing)?;
             walked += 1;
@@ -633,6 +725,92 @@ impl FencedLog {
             ours,
             by,
         }
+    }
+
+    fn truncated_key(&self) -> String {
+        format!("{}/truncated", self.group)
+    }
+
+    /// Deletes the entries numbered `through` or below, oldest first, one at a time, but never
+    /// the newest entry; returns how many it deleted. Call it only once a checkpoint that
+    /// covers entry `through + 1` is committed, and keep that entry (the checkpoint's
+    /// position): whoever restores the checkpoint verifies its position against it.
+    ///
+    /// A deleted number can be created again by a writer with a stale hint (a deposed member,
+    /// or a replica that fell behind): such an entry is not part of the log that readers
+    /// replay. Readers and writers therefore verify their position after reading or appending:
+    /// before the first deletion this creates the record `groups/<group>/truncated`, and
+    /// entries are deleted in ascending order, so if an entry someone read (or created) at `n`
+    /// had been deleted before, so had every entry below `n`: the entry at the reader's
+    /// position (compared by [`EntryId`], nonce included) is then gone, or, at position 0, the
+    /// record exists. See ARCHITECTURE.md ("Replication styles": truncation).
+    ///
+    /// # Errors
+    ///
+    /// [`ReplicationError::Store`]; entries deleted before the error stay deleted (the next
+    /// call goes on where this one stopped).
+    pub async fn truncate_through(&self, through: u64) -> Result<u64, ReplicationError> {
+        let seqs = self.sequence_numbers().await?;
+        let Some(&newest) = seqs.last() else {
+            return Ok(0);
+        };
+        let limit = through.min(newest.saturating_sub(1));
+        let doomed: Vec<u64> = seqs.into_iter().filter(|&s| s <= limit).collect();
+        if doomed.is_empty() {
+            return Ok(0);
+        }
+        let key = self.truncated_key();
+        let bytes = encode(&TruncatedRecord {
+            group: self.group.clone(),
+        })
+        .map_err(|e| damaged(&self.store, &key, e))?;
+        self.store
+            .create_group_record(&key, bytes)
+            .await
+            .map_err(store_error(&self.group, "mark the log truncated"))?;
+        for &seq in &doomed {
+            // One at a time, in order: the verification above relies on it.
+            delete_record(&self.store, &self.group, &self.key(seq)).await?;
+        }
+        Ok(doomed.len() as u64)
+    }
+
+    /// Whether entries of this log were ever deleted by [`truncate_through`](Self::truncate_through).
+    ///
+    /// # Errors
+    ///
+    /// [`ReplicationError::Store`].
+    pub async fn was_truncated(&self) -> Result<bool, ReplicationError> {
+        Ok(self
+            .store
+            .read_group_record(&self.truncated_key())
+            .await
+            .map_err(store_error(&self.group, "read the log's truncation record"))?
+            .is_some())
+    }
+
+    /// Whether `anchor` (a reader's position: `None` for the start of the log) still holds the
+    /// entry the reader applied, so that nothing at or below it was truncated. Call it after
+    /// reading the entries above the anchor: if it holds, none of them is a re-created number.
+    ///
+    /// # Errors
+    ///
+    /// [`ReplicationError::Store`], or [`ReplicationError::Damaged`] for an entry that does not
+    /// decode.
+    pub async fn holds(&self, anchor: Option<EntryId>) -> Result<bool, ReplicationError> {
+        match anchor {
+            None => Ok(!self.was_truncated().await?),
+            Some(id) => Ok(self.read(id.seq).await?.is_some_and(|e| e.id() == id)),
+        }
+    }
+
+    /// The oldest sequence number in the log (0 when it is empty).
+    ///
+    /// # Errors
+    ///
+    /// [`ReplicationError::Store`].
+    pub async fn oldest(&self) -> Result<u64, ReplicationError> {
+        Ok(self.sequence_numbers().await?.first().copied().unwrap_or(0))
     }
 
     /// The newest sequence number in the log (0 when it is empty).

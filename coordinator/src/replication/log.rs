@@ -1,4 +1,4 @@
-//! The request log: batches of client requests in the group's [`FencedLog`].
+//! The request log: batches of client requests in the group's [`FencedLog`](super::FencedLog).
 //!
 //! The passive styles log every request before executing it, and acknowledge the append
 //! before the reply; the active style's replicas execute the log in sequence order (the log
@@ -7,13 +7,15 @@
 //!
 //! An entry's data is a msgpack map with named fields, `{ requests: [{ client, id, acked,
 //! body }] }`, inside the fenced log's framed, crc-checked record. Fence entries are skipped.
+//!
+//! Readers go through the [`ReplicatedServer`](super::server::ReplicatedServer)'s driver,
+//! which verifies its position after each read ([`FencedLog::holds`](super::FencedLog::holds)),
+//! because the log is truncated below each checkpoint.
 
 use bytes::Bytes;
 use cohort_object_api::{EncodedState, StateTag};
 use serde::{Deserialize, Serialize};
 
-use super::error::ReplicationError;
-use super::fencing::{EntryKind, FencedLog, LogEntry};
 use super::replies::ClientId;
 use super::styles::ServiceError;
 
@@ -100,47 +102,6 @@ impl Batch {
         let seq = u64::from_be_bytes(seq);
         Ok((seq, Self::decode(seq, &payload[8..])?))
     }
-}
-
-/// Reads the batches of `log` numbered above `after`, in order, fences skipped, each with its
-/// sequence number and raw data, and the number of the last entry read (fence or batch;
-/// `after` if there was none).
-///
-/// # Errors
-///
-/// [`ServiceError::Replication`] when the store fails or an entry does not decode.
-pub async fn read_batches_after(
-    log: &FencedLog,
-    after: u64,
-) -> Result<(Vec<(u64, Bytes)>, u64), ServiceError> {
-    // Boxed as `Send` here: `FencedLog::read_from`'s buffered stream otherwise trips the
-    // compiler's higher-ranked `Send` check in tasks that await it (rust-lang/rust#102211).
-    let read: std::pin::Pin<
-        Box<dyn Future<Output = Result<Vec<LogEntry>, ReplicationError>> + Send + '_>,
-    > = Box::pin(log.read_from(after + 1));
-    let entries = read.await?;
-    let last = entries.last().map_or(after, |e| e.seq);
-    let batches = entries
-        .into_iter()
-        .filter_map(|e| match e.kind {
-            EntryKind::Data(data) => Some((e.seq, data)),
-            EntryKind::Fence { .. } => None,
-        })
-        .collect();
-    Ok((batches, last))
-}
-
-/// Reads entry `seq` of `log`: `Ok(None)` if it does not exist yet, `Ok(Some(None))` for a
-/// fence, `Ok(Some(Some(data)))` for a batch.
-///
-/// # Errors
-///
-/// [`ServiceError::Replication`] when the store fails or the entry does not decode.
-pub async fn read_entry(log: &FencedLog, seq: u64) -> Result<Option<Option<Bytes>>, ServiceError> {
-    Ok(log.read(seq).await?.map(|e| match e.kind {
-        EntryKind::Data(data) => Some(data),
-        EntryKind::Fence { .. } => None,
-    }))
 }
 
 #[cfg(test)]

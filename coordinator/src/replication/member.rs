@@ -26,7 +26,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::{GroupConfig, MemberId, duration_ms};
 use super::error::ReplicationError;
-use super::fencing::{Claim, Claimant, FencedLog, SlotEpoch, claim_slot, ensure_group_record};
+use super::fencing::{
+    Claim, Claimant, EntryId, FencedLog, SlotEpoch, claim_slot, ensure_group_record,
+};
 use super::group::{
     ClaimOutcome, Command, DeactivateReason, Event, GroupEngine, Heartbeat, MemberState,
 };
@@ -228,13 +230,22 @@ impl MemberHandle {
     /// [`ReplicationError::NotActive`], [`ReplicationError::Fenced`], or the log's store errors
     /// (see [`FencedLog::append`]).
     pub async fn append(&self, bytes: Bytes) -> Result<u64, ReplicationError> {
+        Ok(self.commit(bytes).await?.seq)
+    }
+
+    /// As [`append`](Self::append), returning the entry's [`EntryId`].
+    ///
+    /// # Errors
+    ///
+    /// As [`append`](Self::append).
+    pub async fn commit(&self, bytes: Bytes) -> Result<EntryId, ReplicationError> {
         let Some(ours) = self.active() else {
             return Err(ReplicationError::NotActive {
                 group: self.log.group().clone(),
                 member: self.id.clone(),
             });
         };
-        let appended = self.log.append(ours, &self.id, bytes).await;
+        let appended = self.log.commit(ours, &self.id, bytes).await;
         if let Err(ReplicationError::Fenced { by, .. }) = &appended {
             self.report_fenced(ours, *by);
         }

@@ -66,7 +66,7 @@ pub mod testing;
 
 pub use config::{GroupConfig, GroupName, MemberId};
 pub use error::ReplicationError;
-pub use fencing::{ActiveRecord, FencedLog, LogEntry, SlotEpoch, current_actives};
+pub use fencing::{ActiveRecord, EntryId, FencedLog, LogEntry, SlotEpoch, current_actives};
 pub use group::{Command, DeactivateReason, Event, GroupEngine, Heartbeat};
 pub use member::{Member, MemberEvent, MemberHandle, MemberOptions, MemberStatus};
 pub use monitor::{ActiveCount, Monitor, MonitorOptions};

@@ -16,7 +16,7 @@
 //! [`Checkpointable::restore`] (`set_state`). So the state of every replica is a function of
 //! a log prefix, and live execution and recovery run the same code.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -35,8 +35,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
-use super::fencing::{FencedLog, SlotEpoch};
-use super::log::{self as rlog, Batch, LoggedRequest};
+use super::fencing::{EntryId, EntryKind, FencedLog, LogEntry, SlotEpoch};
+use super::log::{Batch, LoggedRequest};
 use super::member::{Member, MemberEvent, MemberHandle, MemberOptions};
 use super::replies::{ClientId, Lookup, Outcome, ReplyCache};
 use super::styles::{ReplicationStyle, ServiceError};
@@ -69,12 +69,18 @@ pub struct Replica<S> {
     service: S,
     replies: ReplyCache,
     applied: u64,
+    /// The entry at `applied`, when known: after the log was truncated, a reader checks that
+    /// it is still there before it trusts what it read above it.
+    anchor: Option<EntryId>,
+    /// The newest epoch of each slot whose fence this state applied.
+    fences: BTreeMap<u32, u64>,
 }
 
 impl<S> fmt::Debug for Replica<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Replica")
             .field("applied", &self.applied)
+            .field("anchor", &self.anchor)
             .field("replies", &self.replies.len())
             .finish_non_exhaustive()
     }
@@ -87,6 +93,12 @@ struct ReplicaState {
     service: Bytes,
     replies: ReplyCache,
     applied: u64,
+    /// The nonce of the entry at `applied` (absent in checkpoints of earlier versions).
+    #[serde(default)]
+    anchor_nonce: Option<u64>,
+    /// The newest fenced epoch of each slot (absent in checkpoints of earlier versions).
+    #[serde(default)]
+    fences: BTreeMap<u32, u64>,
 }
 
 impl<S: Service> Replica<S> {
@@ -96,6 +108,8 @@ impl<S: Service> Replica<S> {
             service,
             replies: ReplyCache::new(),
             applied: 0,
+            anchor: None,
+            fences: BTreeMap::new(),
         }
     }
 
@@ -114,9 +128,36 @@ impl<S: Service> Replica<S> {
         self.applied
     }
 
+    /// The entry at [`applied`](Self::applied), when known (it is not after
+    /// [`apply_update`](Updateable::apply_update) or [`skip_to`](Self::skip_to), which do not
+    /// see entries, nor in checkpoints of earlier versions).
+    pub fn anchor(&self) -> Option<EntryId> {
+        self.anchor
+    }
+
+    /// The newest epoch of each slot whose fence this state has applied.
+    pub fn fences(&self) -> &BTreeMap<u32, u64> {
+        &self.fences
+    }
+
     /// Moves past a log entry that holds no requests (a fence).
     pub fn skip_to(&mut self, seq: u64) {
-        self.applied = self.applied.max(seq);
+        if seq > self.applied {
+            self.applied = seq;
+            self.anchor = None;
+        }
+    }
+
+    /// Records that the entry `id` is the one at the state's position (after applying it).
+    fn settle(&mut self, id: EntryId) {
+        if self.applied == id.seq {
+            self.anchor = Some(id);
+        }
+    }
+
+    fn note_fence(&mut self, se: SlotEpoch) {
+        let epoch = self.fences.entry(se.slot).or_insert(se.epoch);
+        *epoch = (*epoch).max(se.epoch);
     }
 
     async fn execute_batch(&mut self, seq: u64, batch: &Batch) {
@@ -128,7 +169,10 @@ impl<S: Service> Replica<S> {
             }
         }
         self.replies.expire(seq);
-        self.applied = self.applied.max(seq);
+        if seq > self.applied {
+            self.applied = seq;
+            self.anchor = None;
+        }
     }
 
     /// Executes a request without the log (the stateless style).
@@ -168,6 +212,8 @@ impl<S: Service> Checkpointable for Replica<S> {
                 service: service.payload().clone(),
                 replies: self.replies.clone(),
                 applied: self.applied,
+                anchor_nonce: self.anchor.map(|a| a.nonce),
+                fences: self.fences.clone(),
             },
         ))
     }
@@ -182,6 +228,11 @@ impl<S: Service> Checkpointable for Replica<S> {
         self.service.restore(&service).await?;
         self.replies = state.replies;
         self.applied = state.applied;
+        self.anchor = state.anchor_nonce.map(|nonce| EntryId {
+            seq: state.applied,
+            nonce,
+        });
+        self.fences = state.fences;
         Ok(())
     }
 }
@@ -312,6 +363,9 @@ pub struct ServerStatus {
     pub last_takeover: Option<Duration>,
     /// Log entries replayed at the last takeover.
     pub last_replayed: u64,
+    /// The highest number this server truncated the log through, after a checkpoint of its
+    /// own (0 if it never did).
+    pub log_truncated_through: u64,
     /// The last problem, for operators.
     pub last_error: Option<String>,
 }
@@ -513,6 +567,32 @@ async fn serve_client(
 
 type Key = (ClientId, u64);
 
+/// How many newest committed lines are searched for the one with the highest log position
+/// when the log was truncated past a replica.
+const LINES_SEARCHED: usize = 16;
+/// How often one read of the log may find it truncated past the state, each time loading a
+/// newer line, before it reports an error.
+const STALE_RELOADS: usize = 4;
+/// How many ticks a takeover looks for its own fence in the log before it gives up.
+const FENCE_LOOKS: u32 = 3;
+
+/// An activation the driver is catching up for.
+#[derive(Clone, Copy, Debug)]
+struct Takeover {
+    se: SlotEpoch,
+    since: Instant,
+    /// Catch-ups that read the whole log without finding the activation's fence.
+    fence_missing: u32,
+}
+
+/// What reading the log after the state found.
+enum Ahead {
+    /// The entries after the state's position, contiguous and verified.
+    Entries(Vec<LogEntry>),
+    /// The log was truncated past the state's position: load a newer line.
+    Stale,
+}
+
 struct Driver<S> {
     style: ReplicationStyle,
     replica: Replica<S>,
@@ -522,15 +602,15 @@ struct Driver<S> {
     options: ServerOptions,
     /// The activation it serves under, once caught up.
     serving: Option<SlotEpoch>,
-    /// An activation it has not caught up for yet, and since when.
-    takeover: Option<(SlotEpoch, Instant)>,
+    /// An activation it has not caught up for yet.
+    takeover: Option<Takeover>,
     pending: HashMap<Key, Vec<mpsc::UnboundedSender<ServerMessage>>>,
     queue: Vec<LoggedRequest>,
     line: Option<CheckpointId>,
     /// The log position of the newest checkpoint written or loaded.
     checkpointed: u64,
     last_checkpoint: Instant,
-    checkpoint: Option<JoinHandle<Result<(CheckpointId, u64), ServiceError>>>,
+    checkpoint: Option<JoinHandle<Result<CheckpointDone, ServiceError>>>,
     status: watch::Sender<ServerStatus>,
 }
 
@@ -569,9 +649,20 @@ impl<S: Service> Driver<S> {
                 } => {
                     self.checkpoint = None;
                     match joined {
-                        Ok(Ok((id, at))) => {
-                            self.line = Some(id);
-                            self.checkpointed = self.checkpointed.max(at);
+                        Ok(Ok(done)) => {
+                            self.line = Some(done.id);
+                            self.checkpointed = self.checkpointed.max(done.at);
+                            match done.truncated {
+                                Ok(Some(through)) => self.status.send_modify(|s| {
+                                    s.log_truncated_through = s.log_truncated_through.max(through);
+                                }),
+                                Ok(None) => {}
+                                Err(err) => self.report(format!(
+                                    "truncating the log below checkpoint {} failed: {err}; the next \
+                                     checkpoint retries",
+                                    done.id
+                                )),
+                            }
                         }
                         Ok(Err(err)) => self.report(format!("checkpoint failed: {err}")),
                         Err(err) => self.report(format!("checkpoint task failed: {err}")),
@@ -609,11 +700,15 @@ impl<S: Service> Driver<S> {
     async fn on_event(&mut self, event: MemberEvent) {
         match event {
             MemberEvent::Activate(se) => {
-                self.takeover = Some((se, Instant::now()));
+                self.takeover = Some(Takeover {
+                    se,
+                    since: Instant::now(),
+                    fence_missing: 0,
+                });
                 self.try_take_over().await;
             }
             MemberEvent::Deactivate { slot_epoch, reason } => {
-                if self.takeover.is_some_and(|(se, _)| se == slot_epoch) {
+                if self.takeover.is_some_and(|t| t.se == slot_epoch) {
                     self.takeover = None;
                 }
                 if self.serving == Some(slot_epoch) {
@@ -627,15 +722,18 @@ impl<S: Service> Driver<S> {
     /// Catches up with the newest line and the log, then serves. Retried every tick until it
     /// succeeds or the activation ends.
     async fn try_take_over(&mut self) {
-        let Some((se, since)) = self.takeover else {
+        let Some(Takeover { se, since, .. }) = self.takeover else {
             return;
         };
         let before = self.replica.applied;
-        if self.style.logs_requests()
-            && let Err(err) = self.catch_up_fully().await
-        {
-            self.report(format!("taking over {se}: {err}; retrying"));
-            return;
+        if self.style.logs_requests() {
+            if let Err(err) = self.catch_up_fully().await {
+                self.report(format!("taking over {se}: {err}; retrying"));
+                return;
+            }
+            if !self.own_fence_applied(se) {
+                return;
+            }
         }
         self.takeover = None;
         self.serving = Some(se);
@@ -663,14 +761,157 @@ impl<S: Service> Driver<S> {
         } {
             self.load(line.manifest).await?;
         }
-        let (batches, last) =
-            boxed(rlog::read_batches_after(&self.log, self.replica.applied)).await?;
-        for (seq, data) in batches {
-            self.apply(seq, data).await?;
+        self.advance(true).await
+    }
+
+    /// Whether the state has applied this activation's own fence, which must be in the log
+    /// before the member serves: a fence that landed on a number a truncation had freed is not
+    /// part of the log that others replay, so it fences nobody, and the member claims again.
+    /// A newer fence of the slot means a successor exists. Both end the takeover.
+    fn own_fence_applied(&mut self, se: SlotEpoch) -> bool {
+        let seen = self.replica.fences.get(&se.slot).copied().unwrap_or(0);
+        if seen == se.epoch {
+            return true;
         }
-        // Fences up to the last entry read hold no requests.
-        self.replica.skip_to(last);
+        let Some(takeover) = self.takeover.as_mut() else {
+            return false;
+        };
+        if seen < se.epoch && takeover.fence_missing < FENCE_LOOKS {
+            // Read to the end of the log and not found: look again on the next tick.
+            takeover.fence_missing += 1;
+            return false;
+        }
+        self.takeover = None;
+        let by = seen.max(se.epoch);
+        self.report(format!(
+            "taking over {se}: {}; giving the activation up",
+            if seen > se.epoch {
+                format!("the log holds a newer fence (epoch {seen})")
+            } else {
+                "its fence is not in the log (it landed among truncated numbers)".to_owned()
+            }
+        ));
+        self.handle.report_fenced(se, by);
+        false
+    }
+
+    /// Reads the log after the state (all of it that exists when `listing`, else one entry at
+    /// a time until the first missing one) and applies it. When the log was truncated past the
+    /// state's position, it loads a newer checkpoint first.
+    async fn advance(&mut self, listing: bool) -> Result<(), ServiceError> {
+        for _ in 0..STALE_RELOADS {
+            match self.read_ahead(None, listing).await? {
+                Ahead::Entries(entries) => {
+                    for entry in entries {
+                        self.apply_entry(entry).await?;
+                    }
+                    return Ok(());
+                }
+                Ahead::Stale => self.load_covering().await?,
+            }
+        }
+        Err(self.truncated_past())
+    }
+
+    fn truncated_past(&self) -> ServiceError {
+        ServiceError::DamagedLog {
+            seq: self.replica.applied + 1,
+            reason: format!(
+                "the log was truncated past this replica's position ({}) and no committed \
+                 checkpoint among the newest {LINES_SEARCHED} of {} covers it",
+                self.replica.applied,
+                self.store.url()
+            ),
+        }
+    }
+
+    /// Reads the entries after the state's position, contiguous, up to `until` (or the end),
+    /// then checks that the state's position still holds the entry it applied: if it does, no
+    /// entry read is a number re-created after a truncation (ARCHITECTURE.md, "Truncating the
+    /// log").
+    async fn read_ahead(&self, until: Option<u64>, listing: bool) -> Result<Ahead, ServiceError> {
+        let from = self.replica.applied + 1;
+        let mut entries: Vec<LogEntry> = Vec::new();
+        if listing {
+            for entry in boxed(self.log.read_from(from)).await? {
+                if until.is_some_and(|u| entry.seq > u) || entry.seq != from + entries.len() as u64
+                {
+                    break;
+                }
+                entries.push(entry);
+            }
+        } else {
+            let mut next = from;
+            while until.is_none_or(|u| next <= u) {
+                match boxed(self.log.read(next)).await? {
+                    Some(entry) => entries.push(entry),
+                    None => break,
+                }
+                next += 1;
+            }
+        }
+        if boxed(self.log.holds(self.replica.anchor)).await? {
+            Ok(Ahead::Entries(entries))
+        } else {
+            Ok(Ahead::Stale)
+        }
+    }
+
+    /// Applies one entry read by [`read_ahead`](Self::read_ahead): a batch, or a fence (a
+    /// newer fence of the slot this server serves deposes it).
+    async fn apply_entry(&mut self, entry: LogEntry) -> Result<(), ServiceError> {
+        let id = entry.id();
+        match entry.kind {
+            EntryKind::Data(data) => self.apply(entry.seq, data).await?,
+            EntryKind::Fence { .. } => {
+                self.replica.note_fence(entry.writer);
+                self.replica.skip_to(entry.seq);
+                if let Some(se) = self.serving
+                    && entry.writer.slot == se.slot
+                    && entry.writer.epoch > se.epoch
+                {
+                    self.handle.report_fenced(se, entry.writer.epoch);
+                    self.step_down(&format!("deposed: {} fenced the log", entry.writer));
+                }
+            }
+        }
+        self.replica.settle(id);
+        self.log.saw(id.seq + 1);
         Ok(())
+    }
+
+    /// After the log was truncated past the state: loads the committed line with the highest
+    /// log position among the newest [`LINES_SEARCHED`] (the newest line is not always the
+    /// furthest: a deposed primary may still commit one of an older position).
+    async fn load_covering(&mut self) -> Result<(), ServiceError> {
+        let store = self.store.clone();
+        let best = off_thread(move || async move {
+            let ids = store.committed_ids().await?;
+            let mut best: Option<Manifest> = None;
+            for id in ids.iter().rev().take(LINES_SEARCHED) {
+                // A damaged manifest is no candidate; recovery skips it the same way.
+                if let Ok(manifest) = store.read_manifest(*id).await
+                    && best
+                        .as_ref()
+                        .is_none_or(|b| log_seq_of(&manifest) > log_seq_of(b))
+                {
+                    best = Some(manifest);
+                }
+            }
+            Ok(best)
+        })
+        .await
+        .map_err(|source| ServiceError::Checkpoint {
+            operation: "find a checkpoint past the truncated log".to_owned(),
+            source,
+        })?;
+        match best {
+            Some(manifest) if log_seq_of(&manifest) > self.replica.applied => {
+                tracing::info!(member = %self.handle.id(), applied = self.replica.applied, line = %manifest.id, "the log was truncated past this replica: loading a newer line");
+                self.load(manifest).await
+            }
+            _ => Err(self.truncated_past()),
+        }
     }
 
     /// Loads a committed line if it is ahead of the state.
@@ -793,15 +1034,18 @@ impl<S: Service> Driver<S> {
         };
         // The append is the acknowledgement: nothing of this batch is executed or answered
         // before it is durable in the fenced log.
-        match boxed(self.handle.append(data.clone())).await {
-            Ok(seq) => {
-                let applied = match self.fill_gap(seq).await {
-                    Ok(()) => self.apply(seq, data).await,
-                    Err(err) => Err(err),
-                };
-                if let Err(err) = applied {
-                    self.report(format!("applying log entry {seq}: {err}"));
-                    self.fail_batch(&batch, &err.to_string());
+        match boxed(self.handle.commit(data.clone())).await {
+            Ok(id) => {
+                match self.apply_own(id, data).await {
+                    Ok(true) => {}
+                    Ok(false) => self.fail_batch(
+                        &batch,
+                        "the entry landed below a truncation of the log, where nobody replays it",
+                    ),
+                    Err(err) => {
+                        self.report(format!("applying log entry {}: {err}", id.seq));
+                        self.fail_batch(&batch, &err.to_string());
+                    }
                 }
                 self.publish();
             }
@@ -818,37 +1062,46 @@ impl<S: Service> Driver<S> {
         }
     }
 
-    /// Applies the entries between the state and `seq` (other writers' batches, fences, or an
-    /// earlier append of ours whose answer was lost).
-    async fn fill_gap(&mut self, seq: u64) -> Result<(), ServiceError> {
-        let mut next = self.replica.applied + 1;
-        while next < seq {
-            match boxed(rlog::read_entry(&self.log, next)).await? {
-                Some(Some(data)) => self.apply(next, data).await?,
-                Some(None) => self.replica.skip_to(next),
-                None => {
-                    return Err(ServiceError::DamagedLog {
-                        seq: next,
-                        reason: format!("entry {next} is missing below entry {seq}"),
-                    });
-                }
-            }
-            next += 1;
+    /// Applies this server's own entry `id` (its batch, `data`), after the entries between the
+    /// state and it (other writers' batches, fences, or an earlier append of ours whose answer
+    /// was lost). `Ok(false)` when the entry is not part of the log that replicas replay: it
+    /// landed on a number freed by a truncation (this server was behind or deposed); nothing of
+    /// it is applied or answered, and a newer line is loaded if the state fell behind.
+    async fn apply_own(&mut self, id: EntryId, data: Bytes) -> Result<bool, ServiceError> {
+        if id.seq <= self.replica.applied {
+            // A number this state already applied another entry at.
+            return Ok(false);
         }
-        Ok(())
+        let entries = match self.read_ahead(Some(id.seq - 1), false).await? {
+            Ahead::Entries(entries) => entries,
+            Ahead::Stale => {
+                self.load_covering().await?;
+                return Ok(false);
+            }
+        };
+        let reached = entries.last().map_or(self.replica.applied, |e| e.seq);
+        if reached + 1 != id.seq {
+            return Err(ServiceError::DamagedLog {
+                seq: reached + 1,
+                reason: format!("entry {} is missing below entry {}", reached + 1, id.seq),
+            });
+        }
+        for entry in entries {
+            self.apply_entry(entry).await?;
+        }
+        if self.serving.is_none() {
+            // Deposed by a fence among them: the entry is not acknowledged.
+            return Ok(false);
+        }
+        self.apply(id.seq, data).await?;
+        self.replica.settle(id);
+        Ok(true)
     }
 
     /// Follows the log as far as it goes (the active style's replicas, between their own
     /// appends).
     async fn follow_log(&mut self) -> Result<(), ServiceError> {
-        loop {
-            let next = self.replica.applied + 1;
-            match boxed(rlog::read_entry(&self.log, next)).await? {
-                Some(Some(data)) => self.apply(next, data).await?,
-                Some(None) => self.replica.skip_to(next),
-                None => return Ok(()),
-            }
-        }
+        self.advance(false).await
     }
 
     fn answer(&mut self, r: &LoggedRequest, msg: ServerMessage) {
@@ -953,7 +1206,9 @@ impl<S: Service> Driver<S> {
         };
         let store = self.store.clone();
         let at = self.replica.applied;
-        self.checkpoint = Some(tokio::spawn(write_checkpoint(store, se, at, snapshot)));
+        // Truncation needs the checkpoint's position to be verifiable by whoever restores it.
+        let log = self.replica.anchor.is_some().then(|| self.log.clone());
+        self.checkpoint = Some(tokio::spawn(write_checkpoint(store, se, at, snapshot, log)));
     }
 }
 
@@ -965,13 +1220,25 @@ fn log_seq_of(manifest: &Manifest) -> u64 {
         .map_or(0, u64::from_be_bytes)
 }
 
-/// Writes the replica's snapshot as the next checkpoint of `store`, fenced by the slot epoch.
+/// What a checkpoint task did.
+struct CheckpointDone {
+    id: CheckpointId,
+    /// The log position it covers.
+    at: u64,
+    /// The number the log was truncated through, if it was.
+    truncated: Result<Option<u64>, super::ReplicationError>,
+}
+
+/// Writes the replica's snapshot as the next checkpoint of `store`, fenced by the slot epoch;
+/// then, given the `log`, deletes the log's entries below the checkpoint's position (that
+/// entry itself stays: restoring the checkpoint verifies it).
 async fn write_checkpoint(
     store: CheckpointStore,
     se: SlotEpoch,
     at: u64,
     snapshot: Snapshot,
-) -> Result<(CheckpointId, u64), ServiceError> {
+    log: Option<FencedLog>,
+) -> Result<CheckpointDone, ServiceError> {
     let newest = store
         .committed_ids()
         .await
@@ -1011,7 +1278,14 @@ async fn write_checkpoint(
         .commit(&manifest)
         .await
         .map_err(ServiceError::checkpoint(format!("commit checkpoint {id}")))?;
-    Ok((id, at))
+    let truncated = match log {
+        Some(log) if at > 1 => log
+            .truncate_through(at - 1)
+            .await
+            .map(|deleted| (deleted > 0).then_some(at - 1)),
+        _ => Ok(None),
+    };
+    Ok(CheckpointDone { id, at, truncated })
 }
 
 /// Boxes a future as `Send` where it is awaited: the store's and the log's futures otherwise
