@@ -921,10 +921,20 @@ impl CheckpointStore {
         for (i, w) in wanted.iter().enumerate() {
             by_segment.entry(&w.location.segment).or_default().push(i);
         }
+        // The stream's items are owned index lists, its segment key is looked up inside: a
+        // closure taking a borrowed item (`(&str, _)`) makes every future holding this stream
+        // fail rustc's higher-ranked `Send` check (rust-lang/rust#102211), so that callers
+        // could not `tokio::spawn` a read.
+        let groups: Vec<Vec<usize>> = by_segment.into_values().collect();
         let concurrency = self.inner.options.read_concurrency.max(1);
-        let fetched: Vec<(Vec<usize>, Vec<EntryResult>)> = futures::stream::iter(by_segment)
-            .map(|(segment, idx)| async move {
+        let fetched: Vec<(Vec<usize>, Vec<EntryResult>)> = futures::stream::iter(groups)
+            .map(|idx| async move {
                 let group: Vec<Wanted<'_>> = idx.iter().map(|&i| wanted[i]).collect();
+                // Every group holds at least one index, each of an entry of `wanted`.
+                let Some(first) = group.first() else {
+                    return Ok((idx, Vec::new()));
+                };
+                let segment = first.location.segment.as_str();
                 let got = self.fetch_segment(checkpoint, segment, &group).await?;
                 Ok::<_, Error>((idx, got))
             })

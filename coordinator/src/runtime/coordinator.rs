@@ -544,10 +544,9 @@ impl Coordinator {
         self.feed(Event::Halt).await?;
         let store = self.shared.store.clone();
 
-        let reader = store.clone();
-        let line = match off_thread(move || async move { reader.recovery_line().await }).await {
+        let line = match store.recovery_line().await {
             Ok(line) => line,
-            Err(e) => return Ok(Err(e)),
+            Err(e) => return Ok(Err(e.into())),
         };
         if let Some(line) = &line {
             let objects = read(&self.shared.objects);
@@ -614,18 +613,14 @@ impl Coordinator {
         }
         report.dropped = dropped;
 
-        let shared_manifest = Arc::new(manifest.clone());
-        let (reader, m) = (store.clone(), Arc::clone(&shared_manifest));
-        let states = match off_thread(move || async move { reader.read_states(&m).await }).await {
+        let states = match store.read_states(&manifest).await {
             Ok(states) => states,
-            Err(e) => return Ok(Err(e)),
+            Err(e) => return Ok(Err(e.into())),
         };
-        let (reader, m) = (store.clone(), shared_manifest);
-        let messages =
-            match off_thread(move || async move { reader.read_in_transit(&m).await }).await {
-                Ok(messages) => messages,
-                Err(e) => return Ok(Err(e)),
-            };
+        let messages = match store.read_in_transit(&manifest).await {
+            Ok(messages) => messages,
+            Err(e) => return Ok(Err(e.into())),
+        };
         let counters: Option<BTreeMap<ObjectId, (u64, u64)>> = manifest
             .metadata
             .get(COUNTERS_KEY)
@@ -785,23 +780,6 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
-    }
-}
-
-/// Runs a store read whose future is not `Send` (the `cohort-checkpoint` readers hold borrowed
-/// data across a `buffer_unordered` stream, which trips rustc's higher-ranked `Send` check) on
-/// a blocking thread, driven by this runtime's handle. Only recovery reads this way.
-async fn off_thread<F, Fut, T>(make: F) -> Result<T>
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = cohort_checkpoint::Result<T>>,
-    T: Send + 'static,
-{
-    let handle = tokio::runtime::Handle::current();
-    let read = move || handle.block_on(make()).map_err(Error::from);
-    match tokio::task::spawn_blocking(read).await {
-        Ok(result) => result,
-        Err(_) => Err(Error::Stopped),
     }
 }
 

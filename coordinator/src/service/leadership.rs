@@ -1162,39 +1162,23 @@ async fn observe(store: &CheckpointStore) -> Event {
 }
 
 async fn fence(store: CheckpointStore, epoch: u64, now_ms: u64) -> (Event, Option<Manifest>) {
-    // The store's readers hold borrowed data across a `buffer_unordered` stream, which trips
-    // rustc's higher-ranked `Send` check, so the fence (which reads the recovery line) runs on
-    // a blocking thread driven by this runtime's handle.
-    let handle = tokio::runtime::Handle::current();
-    let written =
-        tokio::task::spawn_blocking(move || match handle.block_on(store.fence(epoch, now_ms)) {
-            Ok(fence) => (
-                Event::Fenced {
-                    epoch,
-                    fence: fence.as_ref().map(|m| m.id),
-                },
-                fence,
-            ),
-            Err(e) => (
-                Event::FenceFailed {
-                    epoch,
-                    deposed: e.is_fenced(),
-                    reason: e.to_string(),
-                },
-                None,
-            ),
-        })
-        .await;
-    written.unwrap_or_else(|e| {
-        (
+    match store.fence(epoch, now_ms).await {
+        Ok(fence) => (
+            Event::Fenced {
+                epoch,
+                fence: fence.as_ref().map(|m| m.id),
+            },
+            fence,
+        ),
+        Err(e) => (
             Event::FenceFailed {
                 epoch,
-                reason: format!("the fence task failed: {e}"),
-                deposed: false,
+                deposed: e.is_fenced(),
+                reason: e.to_string(),
             },
             None,
-        )
-    })
+        ),
+    }
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

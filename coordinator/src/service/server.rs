@@ -1460,20 +1460,9 @@ impl Server {
     }
 }
 
-/// The recovery line's manifest, read on a blocking thread: the store's verifying reader is
-/// not `Send` (see the runtime's `off_thread`).
+/// The recovery line's manifest.
 async fn recovery_line(store: &CheckpointStore) -> Result<Option<Arc<Manifest>>> {
-    let store = store.clone();
-    let handle = tokio::runtime::Handle::current();
-    let read = move || {
-        handle
-            .block_on(async move { store.recovery_line().await })
-            .map_err(Error::from)
-    };
-    match tokio::task::spawn_blocking(read).await {
-        Ok(line) => Ok(line?.map(|l| Arc::new(l.manifest))),
-        Err(_) => Err(Error::Stopped),
-    }
+    Ok(store.recovery_line().await?.map(|l| Arc::new(l.manifest)))
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

@@ -456,27 +456,16 @@ impl Cluster {
         self.line_with_more_hops_on(None, before, more).await
     }
 
-    /// Runs `read` on a fresh handle of the store, on a blocking thread: the store's verifying
-    /// reader is not `Send`.
+    /// Runs `read` on a fresh handle of the store (one that caches nothing the nodes wrote).
     pub async fn read_store<T, F, Fut>(&self, read: F) -> T
     where
-        T: Send + 'static,
-        F: FnOnce(CheckpointStore) -> Fut + Send + 'static,
+        F: FnOnce(CheckpointStore) -> Fut,
         Fut: Future<Output = T>,
     {
-        let url = self.store_url();
-        tokio::task::spawn_blocking(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let store = CheckpointStore::open(&url, store_options()).await.unwrap();
-                read(store).await
-            })
-        })
-        .await
-        .unwrap()
+        let store = CheckpointStore::open(&self.store_url(), store_options())
+            .await
+            .unwrap();
+        read(store).await
     }
 
     /// Every committed manifest, oldest first.
