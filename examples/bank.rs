@@ -259,9 +259,9 @@ async fn node(args: Args) -> anyhow::Result<()> {
     println!(
         "pauses {} {} {} {}",
         p.count,
-        p.p50.as_micros(),
-        p.p99.as_micros(),
-        p.max.as_micros()
+        p.p50.as_nanos(),
+        p.p99.as_nanos(),
+        p.max.as_nanos()
     );
     node.shutdown();
     Ok(())
@@ -651,27 +651,42 @@ async fn orchestrate(args: Args) -> anyhow::Result<bool> {
         })
         .await?;
     let status = leader_status(&addrs).await;
-    for n in &mut nodes {
-        n.stdin = None;
-    }
-    // Each node says how long its accounts were paused, as it exits.
-    let mut pauses = Vec::new();
-    for n in &nodes {
-        if let Ok(line) = wait_line(&mut lines, &n.name, "pauses ", Duration::from_secs(5)).await {
-            let v: Vec<u128> = line
-                .split_whitespace()
-                .skip(1)
-                .filter_map(|x| x.parse().ok())
-                .collect();
-            if let [count, p50, p99, max] = v[..] {
-                pauses.push((n.name.clone(), count, p50, p99, max));
-            }
-        }
-    }
+    // The coordinators stop first: nodes leaving a running leader would be a node failure,
+    // with a recovery and a fence at the end of every run.
     for c in &mut coordinators {
         c.stdin = None;
     }
-    for p in nodes.iter_mut().chain(coordinators.iter_mut()) {
+    for c in &mut coordinators {
+        let _ = tokio::time::timeout(Duration::from_secs(5), c.child.wait()).await;
+        if c.pid().is_some() {
+            c.kill().await;
+        }
+    }
+    // Each node says how long its accounts were paused, as it exits (in any order).
+    for n in &mut nodes {
+        n.stdin = None;
+    }
+    let mut pauses = Vec::new();
+    let mut silent: BTreeSet<String> = nodes.iter().map(|n| n.name.clone()).collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !silent.is_empty() {
+        match tokio::time::timeout_at(deadline, lines.recv()).await {
+            Ok(Some((name, line))) if line.starts_with("pauses ") && silent.remove(&name) => {
+                let v: Vec<u128> = line
+                    .split_whitespace()
+                    .skip(1)
+                    .filter_map(|x| x.parse().ok())
+                    .collect();
+                if let [count, p50, p99, max] = v[..] {
+                    pauses.push((name, count, p50, p99, max));
+                }
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    pauses.sort();
+    for p in &mut nodes {
         let _ = tokio::time::timeout(Duration::from_secs(5), p.child.wait()).await;
         if p.pid().is_some() {
             p.kill().await;
@@ -717,9 +732,9 @@ async fn orchestrate(args: Args) -> anyhow::Result<bool> {
     for (name, count, p50, p99, max) in &pauses {
         println!(
             "pause on {name}: p50 {:?}, p99 {:?}, max {:?} over {count} captures",
-            Duration::from_micros(*p50 as u64),
-            Duration::from_micros(*p99 as u64),
-            Duration::from_micros(*max as u64),
+            Duration::from_nanos(*p50 as u64),
+            Duration::from_nanos(*p99 as u64),
+            Duration::from_nanos(*max as u64),
         );
     }
     println!(

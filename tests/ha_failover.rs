@@ -304,16 +304,25 @@ fn a_paused_leader_resumed_after_a_takeover_is_fenced() {
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
             .unwrap_or_else(|| panic!("no {name} in {exposition}"))
     };
-    assert!(value("cohort_checkpoints_committed_total") >= 4.0, "{exposition}");
+    assert!(
+        value("cohort_checkpoints_committed_total") >= 4.0,
+        "{exposition}"
+    );
     for histogram in [
         "cohort_checkpoint_duration_seconds_count",
         "cohort_checkpoint_size_bytes_count",
     ] {
         assert!(value(histogram) >= 4.0, "{histogram}: {exposition}");
     }
-    assert!(value("cohort_checkpoint_size_bytes_sum") > 0.0, "{exposition}");
+    assert!(
+        value("cohort_checkpoint_size_bytes_sum") > 0.0,
+        "{exposition}"
+    );
     // One sample per node per checkpoint; the first may commit before the node registered.
-    assert!(value("cohort_checkpoint_pause_seconds_count") >= 3.0, "{exposition}");
+    assert!(
+        value("cohort_checkpoint_pause_seconds_count") >= 3.0,
+        "{exposition}"
+    );
 
     // The new leader goes on committing, and no manifest of epoch 1 follows its fence.
     poll(Duration::from_secs(20), || checkpoint_of(&url, 2, 4))
