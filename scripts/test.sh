@@ -10,6 +10,9 @@ cargo fmt --all -- --check
 echo "==> cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 
+echo "==> cargo doc -D warnings (broken intra-doc links, bad doc markup)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features --quiet
+
 echo "==> the fuzz target still builds (running it needs nightly: fuzz/README.md)"
 cargo check --quiet --manifest-path fuzz/Cargo.toml
 
