@@ -289,7 +289,8 @@ impl CheckpointStore {
 
     /// The base of delta `d`, checked: a full manifest, the very blob the delta was computed
     /// from (its crc), of no newer epoch than the delta. Anything else makes the delta
-    /// [damaged](DamageKind::BaseUnusable); store errors are returned as they are.
+    /// [damaged](DamageKind::BaseUnusable), except a base of a newer format version
+    /// ([`Error::FutureFormat`], naming the base); store errors are returned as they are.
     async fn load_base(&self, d: &DeltaManifest, fresh: bool) -> Result<Base> {
         let cached = (!fresh).then(|| self.inner.cache.base(d.base, d.base_crc));
         let base = match cached.flatten() {
@@ -346,13 +347,14 @@ impl CheckpointStore {
                     ),
                 ));
             }
+            // Not damage: a newer cohort wrote the base, and reads the delta.
             Err(FrameError::Future { found, supported }) => {
-                return Err(self.base_unusable(
-                    d,
-                    DamageKind::HeaderMismatch(format!(
-                        "format version {found} is newer than the supported {supported}"
-                    )),
-                ));
+                return Err(Error::FutureFormat {
+                    blob: key,
+                    found,
+                    supported,
+                    url: self.inner.url.clone(),
+                });
             }
             Err(FrameError::Damaged(kind)) => return Err(self.base_unusable(d, kind)),
         };
@@ -453,8 +455,8 @@ impl CheckpointStore {
             },
             Ok(StoredManifest::Delta(d)) => match self.load_base(&d, false).await {
                 Ok(base) => base,
-                Err(Error::Damaged { damage, .. }) => {
-                    tracing::warn!(store = %self.inner.url, %damage, "the previous manifest is unreadable; writing the next one whole");
+                Err(e @ (Error::Damaged { .. } | Error::FutureFormat { .. })) => {
+                    tracing::warn!(store = %self.inner.url, error = %e, "the previous manifest is unreadable; writing the next one whole");
                     return Ok(None);
                 }
                 Err(e) => return Err(e),

@@ -16,7 +16,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 ///   ([`Conflict`](Self::Conflict));
 /// - **fall back to an older checkpoint or restore from elsewhere**: stored bytes are missing,
 ///   damaged or unreadable ([`NotFound`](Self::NotFound), [`Damaged`](Self::Damaged),
-///   [`FutureFormat`](Self::FutureFormat), [`Object`](Self::Object));
+///   [`Object`](Self::Object));
+/// - **upgrade cohort**: a newer cohort wrote blobs this build cannot read
+///   ([`FutureFormat`](Self::FutureFormat)). Never fall back past them: the recovery line, fences,
+///   rollbacks and GC refuse to run rather than roll back further than the newest committed
+///   line;
 /// - **retry later**: the store did not answer ([`Unavailable`](Self::Unavailable));
 /// - **fix the configuration or the call**: [`InvalidUrl`](Self::InvalidUrl),
 ///   [`UnsafeStore`](Self::UnsafeStore), [`ReadOnly`](Self::ReadOnly),
@@ -76,7 +80,14 @@ pub enum Error {
         url: String,
     },
 
-    /// A blob was written by a newer format version than this build reads.
+    /// A state could not be encoded, or a decoded state did not fit.
+    #[error(transparent)]
+    Object(#[from] ObjectError),
+
+    // ---- upgrade ----
+    /// A blob was written by a newer format version than this build reads: a newer cohort
+    /// wrote it. Not damage: falling back past it would roll back further than the newest
+    /// committed line, so upgrade to read it.
     #[error(
         "{blob} in {url} has format version {found}, newer than the supported {supported}: upgrade cohort to read it"
     )]
@@ -90,10 +101,6 @@ pub enum Error {
         /// The store.
         url: String,
     },
-
-    /// A state could not be encoded, or a decoded state did not fit.
-    #[error(transparent)]
-    Object(#[from] ObjectError),
 
     // ---- retry later ----
     /// The store did not answer (after bounded retries with backoff).
@@ -223,6 +230,15 @@ pub enum DamageKind {
     HeaderMismatch(String),
     /// The bytes pass their checksum but cannot be decoded.
     Undecodable(String),
+    /// The blob was written by a newer format version than this build reads (not damaged as
+    /// far as this build can tell; a newer cohort reads it). Reported by verification; readers
+    /// return [`Error::FutureFormat`].
+    FutureFormat {
+        /// The version found in the blob.
+        found: u16,
+        /// The newest version of that kind of blob this build reads.
+        supported: u16,
+    },
     /// The manifest is stored as a delta, and its base manifest cannot be used (missing,
     /// damaged, expired, or not the bytes the delta was computed from): the delta cannot be
     /// resolved, so the checkpoint is unreadable.
@@ -249,6 +265,10 @@ impl fmt::Display for DamageKind {
             }
             Self::HeaderMismatch(what) => write!(f, "header mismatch: {what}"),
             Self::Undecodable(what) => write!(f, "undecodable: {what}"),
+            Self::FutureFormat { found, supported } => write!(
+                f,
+                "format version {found}, newer than the supported {supported}: upgrade cohort to read it"
+            ),
             Self::BaseUnusable { base, kind } => {
                 write!(f, "a delta whose base manifest {base} is unusable: {kind}")
             }

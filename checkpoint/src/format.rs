@@ -93,9 +93,10 @@ pub(crate) fn check_segment_header(bytes: &[u8], expected: CheckpointId) -> Resu
     }
     let version = u16_at(bytes, 8).unwrap_or_default();
     if version > SEGMENT_VERSION {
-        return Err(DamageKind::HeaderMismatch(format!(
-            "segment format version {version} is newer than the supported {SEGMENT_VERSION}: upgrade cohort"
-        )));
+        return Err(DamageKind::FutureFormat {
+            found: version,
+            supported: SEGMENT_VERSION,
+        });
     }
     let id = u64_at(bytes, 10).unwrap_or_default();
     if id != expected.get() {
@@ -335,6 +336,19 @@ fn decode_framed<'a>(
         )));
     }
     Ok((version, &bytes[26..end]))
+}
+
+/// Where a framed blob's format version ends: the magic, then the version.
+pub(crate) const MANIFEST_VERSION_END: usize = 10;
+/// The shortest manifest blob: a frame with an empty body.
+pub(crate) const MIN_MANIFEST_LEN: usize = FRAME_OVERHEAD;
+
+/// Whether the first bytes of a blob (at least [`MANIFEST_VERSION_END`]) are a manifest's
+/// header naming a format version newer than this build reads. Unchecked by any crc: a `true`
+/// is confirmed by decoding the whole blob.
+pub(crate) fn claims_newer_manifest(head: &[u8]) -> bool {
+    head.get(0..8) == Some(&MANIFEST_MAGIC[..])
+        && u16_at(head, 8).is_some_and(|v| v > FORMAT_VERSION)
 }
 
 /// The crc32 trailer of a framed blob (valid once the blob decoded).

@@ -3,6 +3,7 @@
 use std::collections::{BTreeSet, HashSet};
 
 use cohort_object_api::CheckpointId;
+use futures::StreamExt;
 use object_store::{ObjectStoreExt, PutMode, PutPayload};
 
 use crate::error::{Damage, DamageKind, Error, Result};
@@ -80,6 +81,10 @@ impl CheckpointStore {
     /// committed id seen at the start are never touched, manifests that appear while GC runs
     /// are read and their references kept, and pins are re-read before anything is deleted.
     /// A `dry_run` reports without changing anything.
+    ///
+    /// [`Error::FutureFormat`], before anything is changed, when a kept manifest or the
+    /// recovery line was written by a newer format version: this build cannot tell what it
+    /// references. Run GC with the newer cohort.
     pub async fn gc(&self, keep: usize, dry_run: bool) -> Result<GcReport> {
         if keep == 0 {
             return Err(Error::InvalidInput(
@@ -107,14 +112,12 @@ impl CheckpointStore {
             self.reference(id, &mut refs).await?;
         }
         // Keep the recovery line, even when it is older than the newest `keep`: a recovering
-        // coordinator is about to point a fence manifest at it.
-        for &id in committed.iter().rev() {
-            let (manifest, report) = self.verify_inner(id).await?;
-            if manifest.is_some() && report.is_ok() {
-                if retained.insert(id) {
-                    self.reference(id, &mut refs).await?;
-                }
-                break;
+        // coordinator is about to point a fence manifest at it. A line this build cannot
+        // determine (a newer format) stops GC before it changes anything.
+        if let Some(line) = self.line_among(&committed).await? {
+            let id = line.manifest.id;
+            if retained.insert(id) {
+                self.reference(id, &mut refs).await?;
             }
         }
 
@@ -226,9 +229,8 @@ impl CheckpointStore {
         match e {
             // Tombstoned by a concurrent GC: nothing to keep.
             Error::NotFound { .. } => Ok(()),
-            Error::FutureFormat { blob, found, .. } => Err(Error::InvalidInput(format!(
-                "gc refuses to run: {blob} has format version {found}, newer than this build reads, so it cannot tell which blobs that checkpoint needs; run gc with a newer cohort"
-            ))),
+            // It cannot tell which blobs that checkpoint needs: refuse, and say to upgrade.
+            e @ Error::FutureFormat { .. } => Err(e),
             Error::Damaged { damage, .. } => {
                 // Unknown references: keep its whole directory (and its base's), touch nothing
                 // else it might use.
@@ -245,6 +247,9 @@ impl CheckpointStore {
     /// [`ManifestKind::Rollback`] at the next id that points at `to`'s states, so that the
     /// recovery line moves without rewriting history. `to` is pinned while this runs so that a
     /// concurrent GC keeps it. Returns the new checkpoint's id.
+    ///
+    /// [`Error::FutureFormat`] when `to`, or any committed manifest after it, was written by a
+    /// newer format version than this build reads: roll back with the newer cohort instead.
     pub async fn rollback(
         &self,
         to: CheckpointId,
@@ -272,12 +277,7 @@ impl CheckpointStore {
         let (target, report) = self.verify_inner(to).await?;
         let target = match (target, report.damaged.into_iter().next()) {
             (Some(m), None) => m,
-            (_, Some(damage)) => {
-                return Err(Error::Damaged {
-                    damage: Box::new(damage),
-                    url: self.inner.url.clone(),
-                });
-            }
+            (_, Some(damage)) => return Err(self.damaged(damage)),
             (None, None) => {
                 return Err(Error::NotFound {
                     what: format!("checkpoint {to}"),
@@ -286,6 +286,8 @@ impl CheckpointStore {
             }
         };
         for _ in 0..CREATE_RACE_RETRIES {
+            // What the rollback moves past must be what this build can read.
+            self.refuse_newer_format_after(to).await?;
             let newest = self
                 .manifest_slots()
                 .await?
@@ -315,6 +317,51 @@ impl CheckpointStore {
             reason: format!("rollback lost {CREATE_RACE_RETRIES} races for the next id"),
             url: self.inner.url.clone(),
         })
+    }
+
+    /// [`Error::FutureFormat`] if a manifest newer than `to` was written by a newer format
+    /// version than this build reads. Reads each one's 10-byte header only, then the whole blob
+    /// of one that claims a newer version (its crc tells a newer manifest from a flipped bit).
+    async fn refuse_newer_format_after(&self, to: CheckpointId) -> Result<()> {
+        let after = self
+            .inner
+            .list_parsed(keys::MANIFESTS, |key, size| {
+                // Tombstones and blobs too short for a header are not newer manifests.
+                keys::parse_manifest(key)
+                    .filter(|id| *id > to && size >= format::MIN_MANIFEST_LEN as u64)
+            })
+            .await?;
+        let concurrency = self.inner.options.read_concurrency.max(1);
+        let mut headers = futures::stream::iter(after)
+            .map(|id| async move {
+                let key = keys::manifest(id);
+                let head = 0..format::MANIFEST_VERSION_END as u64;
+                match self
+                    .inner
+                    .store
+                    .get_range(&self.inner.path(&key), head)
+                    .await
+                {
+                    Ok(head) => Ok((id, format::claims_newer_manifest(&head))),
+                    // Expired by a concurrent GC meanwhile: not newer.
+                    Err(object_store::Error::NotFound { .. }) => Ok((id, false)),
+                    Err(e) => Err(self.inner.map_err(format!("read {key}"), e)),
+                }
+            })
+            .buffer_unordered(concurrency);
+        while let Some(read) = headers.next().await {
+            let (id, newer) = read?;
+            if !newer {
+                continue;
+            }
+            match self.read_stored(id).await {
+                Err(e @ Error::FutureFormat { .. }) => return Err(e),
+                // Damaged (the version field rotted), or expired meanwhile: no newer line.
+                Ok(_) | Err(Error::Damaged { .. }) | Err(Error::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// Takes the next coordinator epoch by creating `epochs/<newest + 1>` create-only, retrying
@@ -458,7 +505,9 @@ impl CheckpointStore {
     /// Returns the fence, or `None` when the store holds no committed checkpoint that verifies:
     /// there is no line to point at, and a fence of nothing would read as "no objects".
     /// [`Error::Fenced`] when the newest manifest is of a newer epoch, or a newer epoch took
-    /// the id first.
+    /// the id first. [`Error::FutureFormat`] when the recovery line cannot be determined by
+    /// this build (see [`recovery_line`](Self::recovery_line)): a fence must never point
+    /// further back than the newest committed line.
     pub async fn fence(&self, epoch: u64, created_at_ms: u64) -> Result<Option<Manifest>> {
         self.check_writable("write a fence")?;
         let mut last_conflict = None;

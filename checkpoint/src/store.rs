@@ -696,7 +696,8 @@ impl CheckpointStore {
 
     /// Reads and checks the manifest of checkpoint `id`. A manifest stored as a delta is
     /// resolved against its base: the result is always the full manifest, and an unusable base
-    /// makes it [`Error::Damaged`] ([`DamageKind::BaseUnusable`]).
+    /// makes it [`Error::Damaged`] ([`DamageKind::BaseUnusable`]). A manifest or base written
+    /// by a newer format version is [`Error::FutureFormat`].
     pub async fn read_manifest(&self, id: CheckpointId) -> Result<Manifest> {
         let (stored, _) = self.read_stored(id).await?;
         self.resolve_stored(stored, false).await
@@ -705,10 +706,25 @@ impl CheckpointStore {
     /// The newest committed checkpoint whose blobs all verify (present, right length, right
     /// crc). Newer, damaged ones are skipped with a warning that names what is damaged, and
     /// reported in [`RecoveryLine::skipped`]. `None` when no checkpoint verifies.
+    ///
+    /// [`Error::FutureFormat`] when the newest checkpoint that is not damaged (its manifest, a
+    /// delta's base, or a segment) was written by a newer format version than this build
+    /// reads: it is not damaged, so falling back past it would roll back further than the
+    /// newest committed line. Upgrade cohort to recover.
     pub async fn recovery_line(&self) -> Result<Option<RecoveryLine>> {
+        let ids = self.committed_ids().await?;
+        self.line_among(&ids).await
+    }
+
+    /// [`recovery_line`](Self::recovery_line) among `ids` (ascending).
+    pub(crate) async fn line_among(&self, ids: &[CheckpointId]) -> Result<Option<RecoveryLine>> {
         let mut skipped = Vec::new();
-        for id in self.committed_ids().await?.into_iter().rev() {
+        for &id in ids.iter().rev() {
             let (manifest, report) = self.verify_inner(id).await?;
+            if let Some(newer) = report.damaged.iter().find(|d| is_future(&d.kind)) {
+                tracing::error!(store = %self.inner.url, checkpoint = %id, blob = %newer.blob, "refusing to recover past a checkpoint written by a newer cohort");
+                return Err(self.damaged(newer.clone()));
+            }
             match manifest {
                 Some(manifest) if report.is_ok() => {
                     if !skipped.is_empty() {
@@ -802,10 +818,21 @@ impl CheckpointStore {
             .collect()
     }
 
-    fn damaged(&self, damage: Damage) -> Error {
-        Error::Damaged {
-            damage: Box::new(damage),
-            url: self.inner.url.clone(),
+    /// The error of a read that found `damage`: [`Error::FutureFormat`] for a blob of a newer
+    /// format, else [`Error::Damaged`].
+    pub(crate) fn damaged(&self, damage: Damage) -> Error {
+        let url = self.inner.url.clone();
+        match damage.kind {
+            DamageKind::FutureFormat { found, supported } => Error::FutureFormat {
+                blob: damage.blob,
+                found,
+                supported,
+                url,
+            },
+            _ => Error::Damaged {
+                damage: Box::new(damage),
+                url,
+            },
         }
     }
 
@@ -860,6 +887,7 @@ impl CheckpointStore {
                 report.damaged.push(*damage);
                 return Ok((None, report));
             }
+            // The manifest's, or a delta's base's (named by `blob`).
             Err(Error::FutureFormat {
                 blob,
                 found,
@@ -870,9 +898,7 @@ impl CheckpointStore {
                     checkpoint: id,
                     object: None,
                     blob,
-                    kind: DamageKind::HeaderMismatch(format!(
-                        "manifest format version {found} is newer than the supported {supported}: upgrade cohort"
-                    )),
+                    kind: DamageKind::FutureFormat { found, supported },
                 });
                 return Ok((None, report));
             }
@@ -1099,6 +1125,11 @@ impl CheckpointStore {
             })
             .collect())
     }
+}
+
+/// Whether `kind` says a newer cohort wrote the blob.
+fn is_future(kind: &DamageKind) -> bool {
+    matches!(kind, DamageKind::FutureFormat { .. })
 }
 
 /// One checked entry, or what is wrong with it.

@@ -65,6 +65,7 @@ pub async fn run(store: &CheckpointStore, caps: Capabilities) {
     delta_unusable_base(&store.child("delta-unusable-base").unwrap()).await;
     delta_gc_keeps_bases(&store.child("delta-gc").unwrap()).await;
     delta_fencing(&store.child("delta-fencing").unwrap()).await;
+    future_format(&store.child("future-format").unwrap()).await;
 }
 
 fn oid(s: &str) -> ObjectId {
@@ -454,8 +455,8 @@ fn frame(magic: &[u8; 8], version: u16, id: u64, body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Damaged, future and crafted manifests: precise errors, recovery falls back, nothing else
-/// is touched.
+/// Damaged and crafted manifests: precise errors, recovery falls back, nothing else is
+/// touched. (A manifest of a newer format is not damaged: see [`future_format`].)
 pub async fn bad_manifests(store: &CheckpointStore) {
     let (os, _) = store.object_store();
     let m1 = commit_incremental(store, 1, None, &[("a", 1)]).await;
@@ -511,14 +512,6 @@ pub async fn bad_manifests(store: &CheckpointStore) {
                 Some(DamageKind::Truncated { .. })
             )
         }),
-        (
-            "future version",
-            frame(b"COHMAN\0\x01", crate::FORMAT_VERSION + 1, 2, &body),
-            |e| {
-                matches!(e, Error::FutureFormat { found, .. } if *found == crate::FORMAT_VERSION + 1)
-                    && e.to_string().contains("upgrade")
-            },
-        ),
         (
             "escaping object id",
             frame(b"COHMAN\0\x01", 1, 2, &escaping_object),
@@ -1074,4 +1067,140 @@ pub async fn delta_fencing(store: &CheckpointStore) {
     assert_eq!(rollback.kind, ManifestKind::Rollback { to: cid(1) });
     assert_eq!(rollback.objects, m1.objects);
     assert_eq!(values(store, &rollback).await["o00"], 1);
+}
+
+/// A manifest, a delta's base or a segment written by a newer format version is not damage:
+/// the recovery line, fences, rollbacks and GC refuse with [`Error::FutureFormat`] (naming the
+/// blob and its version, and saying to upgrade) rather than fall back past it, and change
+/// nothing. Damaged manifests still fall back, also when they are newer than the future one.
+pub async fn future_format(store: &CheckpointStore) {
+    let (os, _) = store.object_store();
+    let newer = crate::FORMAT_VERSION + 1;
+    let m1 = commit_wide(store, 1, None, &[]).await;
+    let m2 = commit_wide(store, 2, Some(&m1), &[(1, 2)]).await;
+    let m3 = commit_wide(store, 3, Some(&m2), &[(2, 3)]).await;
+    assert_eq!(store.manifest_base(cid(3)).await.unwrap(), Some(cid(1)));
+
+    // Checkpoint 4, as a later cohort might write it: a header of the next format version
+    // around a body this build has never seen.
+    let key4 = manifest_key(4);
+    let future = frame(b"COHMAN\0\x01", newer, 4, b"\x81\xa7unknown\xc0");
+    os.put(&store.path_of(&key4), future.into()).await.unwrap();
+    let is_newer = |e: &Error, blob: &str| {
+        matches!(e, Error::FutureFormat { blob: b, found, supported, .. }
+            if b == blob && *found == newer && *supported == crate::FORMAT_VERSION)
+            && e.to_string().contains(blob)
+            && e.to_string().contains(&format!("format version {newer}"))
+            && e.to_string().contains("upgrade cohort to read it")
+    };
+    let before = snapshot_keys(store).await;
+    for reader in [store.clone(), cold(store)] {
+        let err = reader.read_manifest(cid(4)).await.unwrap_err();
+        assert!(is_newer(&err, &key4), "{err}");
+        // Not checkpoint 3: that would roll back past a committed line.
+        let err = reader.recovery_line().await.unwrap_err();
+        assert!(is_newer(&err, &key4), "recovery line: {err}");
+        let err = reader.fence(2, 9_000).await.unwrap_err();
+        assert!(is_newer(&err, &key4), "fence: {err}");
+        let err = reader.rollback(cid(2), 2, 9_000).await.unwrap_err();
+        assert!(is_newer(&err, &key4), "rollback: {err}");
+        for dry_run in [true, false] {
+            let err = reader.gc(1, dry_run).await.unwrap_err();
+            assert!(is_newer(&err, &key4), "gc: {err}");
+        }
+        // Verification reports it without failing, with its own kind.
+        let report = reader.verify(cid(4)).await.unwrap();
+        assert_eq!(report.damaged.len(), 1, "{report}");
+        assert_eq!(report.damaged[0].blob, key4);
+        assert_eq!(
+            report.damaged[0].kind,
+            DamageKind::FutureFormat {
+                found: newer,
+                supported: crate::FORMAT_VERSION
+            }
+        );
+        assert_eq!(reader.verify_all().await.unwrap().len(), 4);
+        assert_eq!(
+            snapshot_keys(store).await,
+            before,
+            "a refusal changed the store"
+        );
+    }
+    // A rollback to a line after it is fine: it moves past nothing this build cannot read.
+    let m5 = commit_wide(store, 5, Some(&m3), &[(3, 5)]).await;
+    assert_eq!(store.recovery_line().await.unwrap().unwrap().manifest, m5);
+    let id = store.rollback(cid(5), 2, 9_000).await.unwrap();
+    assert_eq!(
+        store.recovery_line().await.unwrap().unwrap().manifest.id,
+        id
+    );
+    // Damaged manifests newer than it are skipped, and recovery stops at the future one.
+    for id in [5, 6] {
+        let mut flipped = raw_manifest(store, id).await.to_vec();
+        let at = flipped.len() / 2;
+        flipped[at] ^= 0x10;
+        os.put(&store.path_of(&manifest_key(id)), flipped.into())
+            .await
+            .unwrap();
+    }
+    let err = store.recovery_line().await.unwrap_err();
+    assert!(is_newer(&err, &key4), "{err}");
+
+    // Damage still falls back: a truncated checkpoint 4 is skipped like the others.
+    let truncated = frame(b"COHMAN\0\x01", newer, 4, b"\x81\xa7unknown\xc0");
+    os.put(
+        &store.path_of(&key4),
+        truncated[..truncated.len() - 3].to_vec().into(),
+    )
+    .await
+    .unwrap();
+    let line = store.recovery_line().await.unwrap().unwrap();
+    assert_eq!(line.manifest, m3);
+    let skipped: Vec<u64> = line.skipped.iter().map(|r| r.checkpoint.get()).collect();
+    assert_eq!(skipped, [6, 5, 4]);
+    assert!(matches!(
+        line.skipped[2].damaged[0].kind,
+        DamageKind::Truncated { .. }
+    ));
+
+    // The base of the newest delta, rewritten by a newer cohort: named, not skipped.
+    let key1 = manifest_key(1);
+    let base = raw_manifest(store, 1).await;
+    let body = rmp_serde::to_vec_named(&m1).unwrap();
+    os.put(
+        &store.path_of(&key1),
+        frame(b"COHMAN\0\x01", newer, 1, &body).into(),
+    )
+    .await
+    .unwrap();
+    let err = cold(store).read_manifest(cid(3)).await.unwrap_err();
+    assert!(is_newer(&err, &key1), "{err}");
+    let err = cold(store).recovery_line().await.unwrap_err();
+    assert!(is_newer(&err, &key1), "{err}");
+    let report = cold(store).verify(cid(3)).await.unwrap();
+    assert_eq!(report.damaged[0].blob, key1, "{report}");
+    assert!(matches!(
+        report.damaged[0].kind,
+        DamageKind::FutureFormat { .. }
+    ));
+    os.put(&store.path_of(&key1), base.into()).await.unwrap();
+
+    // A segment of the newest line, of a newer segment format: the same.
+    let segment = m3.objects[&wide(2)].location.segment.clone();
+    let seg_path = store.path_of(&segment);
+    let good = os.get(&seg_path).await.unwrap().bytes().await.unwrap();
+    let mut bumped = good.to_vec();
+    bumped[8..10].copy_from_slice(&2u16.to_le_bytes());
+    let header_crc = crc32fast::hash(&bumped[0..18]);
+    bumped[18..22].copy_from_slice(&header_crc.to_le_bytes());
+    os.put(&seg_path, bumped.into()).await.unwrap();
+    let err = store.recovery_line().await.unwrap_err();
+    assert!(
+        matches!(&err, Error::FutureFormat { blob, found: 2, supported: 1, .. } if *blob == segment),
+        "{err}"
+    );
+    let err = store.read_states(&m3).await.unwrap_err();
+    assert!(matches!(err, Error::FutureFormat { .. }), "{err}");
+    os.put(&seg_path, good.into()).await.unwrap();
+    assert_eq!(store.recovery_line().await.unwrap().unwrap().manifest, m3);
 }
