@@ -726,6 +726,53 @@ async fn a_decision_lost_in_a_short_cut_is_sent_again_when_the_session_resumes()
     assert_eq!(cluster.status().recoveries, 0);
 }
 
+/// Node 0 is away (a cut shorter than its timeout) while a cohort recovery runs without it (node
+/// 2 restarts, faster than the timeout: the service treats the old process as dead). When node 0
+/// resumes its session it must restore to the line like the others did, not go on from where it
+/// was: its accounts ran past the line, and the others' messages now come from a newer
+/// incarnation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_away_during_a_recovery_restores_when_it_resumes() {
+    let timeout = Duration::from_secs(5);
+    let (mut cluster, _) = started(Options::new(3, timeout)).await;
+    let (session, _) = welcome(cluster.proxy(0), 0).await;
+    let before = cluster.hops_at_line().await;
+    let started = Instant::now();
+    cluster.proxy(0).cut();
+    cluster
+        .wait_for("node 0 away", SHORT, |s| !live(s, 0))
+        .await;
+    cluster.kill(2);
+    cluster.spawn(2);
+    cluster
+        .wait_for("the recovery for node 2's restart", SHORT, |s| {
+            s.recoveries >= 1 && live(s, 1) && live(s, 2)
+        })
+        .await;
+    let mark = cluster.proxy(0).mark();
+    cluster.proxy(0).heal();
+    let (again, resumed) = welcome(cluster.proxy(0), mark).await;
+    assert!(
+        started.elapsed() < timeout,
+        "node 0 was away {:?}, not less than its timeout; the test proves nothing",
+        started.elapsed()
+    );
+    assert!(resumed && again == session, "node 0 resumes its session");
+    cluster
+        .proxy(0)
+        .wait_seen("node 0 told to restore", mark, SHORT, |s| {
+            matches!(s, Seen::Down(CoordinatorFrame::Restore { .. })).then_some(())
+        })
+        .await;
+    cluster
+        .wait_for("every node live", SHORT, all_live(3))
+        .await;
+    cluster.line_with_more_hops(before, 20).await;
+    let (_, money) = cluster.money_at_line().await;
+    assert_eq!(money, cluster.total());
+    cluster.assert_money_in_every_line().await;
+}
+
 /// The service drops node 0's connection itself (`Service::cut_connection`) within the timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_cut_by_the_service_within_the_timeout_resumes_without_recovery() {

@@ -161,6 +161,10 @@ pub(crate) struct NodeShared {
     early: Mutex<Vec<PeerFrame>>,
     /// A restore is running: frames are parked (set and cleared under `early`'s lock).
     restoring: AtomicBool,
+    /// Serialises restores and holds the incarnation of the last one that succeeded: a
+    /// `Restore` sent again after a reconnection is answered without restoring twice (a second
+    /// restore would drop what the first let into the mailboxes).
+    restored: tokio::sync::Mutex<u64>,
     incarnation: AtomicU64,
     placement: RwLock<Placement>,
     links: Mutex<HashMap<String, mpsc::UnboundedSender<PeerFrame>>>,
@@ -694,6 +698,7 @@ impl NodeBuilder {
             colour_floor: AtomicU64::new(0),
             early: Mutex::new(Vec::new()),
             restoring: AtomicBool::new(false),
+            restored: tokio::sync::Mutex::new(0),
             incarnation: AtomicU64::new(0),
             placement: RwLock::new(Placement::default()),
             links: Mutex::new(HashMap::new()),
@@ -739,7 +744,8 @@ impl NodeBuilder {
     }
 }
 
-/// Carries out a recovery order: hold, restore from the line in the store, answer.
+/// Carries out a recovery order: hold, restore from the line in the store, answer. An order
+/// for an incarnation already restored is a repeat: answered at once.
 async fn restore(
     shared: &Arc<NodeShared>,
     cohort_recovery: bool,
@@ -747,6 +753,10 @@ async fn restore(
     colour: Round,
     incarnation: u64,
 ) -> std::result::Result<(), String> {
+    let mut restored = shared.restored.lock().await;
+    if incarnation <= *restored {
+        return Ok(());
+    }
     {
         let _early = lock(&shared.early);
         shared.restoring.store(true, Ordering::SeqCst);
@@ -755,6 +765,9 @@ async fn restore(
     // Frames that arrived meanwhile: those of an older incarnation are dropped, the rest
     // reach the restored mailboxes.
     shared.raise_floor_ending_restore(colour, true);
+    if result.is_ok() {
+        *restored = incarnation;
+    }
     result
 }
 

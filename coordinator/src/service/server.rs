@@ -807,11 +807,13 @@ impl Server {
             && !n.dead
             && session == Some(n.session)
         {
-            // A blip within the timeout: resume, nothing to restore.
+            // A blip within the timeout: resume, nothing to restore, unless a recovery ran
+            // (or runs) while the node was away: then it restores like the others did.
             n.conn = Some((conn, tx));
             n.lost_at = None;
             n.peer_addr = peer_addr;
             let session = n.session;
+            let missed_restore = !n.ready;
             if let Some((id, round, committed)) = n.last_decided {
                 n.send(CoordinatorFrame::Decided {
                     id,
@@ -819,9 +821,15 @@ impl Server {
                     committed,
                 });
             }
-            tracing::info!(%node, session, "node resumed its session");
+            tracing::info!(%node, session, missed_restore, "node resumed its session");
             self.add_objects(&node, objects).await;
             self.push_placement();
+            if missed_restore {
+                let restore = self.restore_frame(&node);
+                if let Some(n) = self.nodes.get(&node) {
+                    n.send(restore);
+                }
+            }
             return welcome(session, true);
         }
         // A new session: a new node, a restarted one, or one declared dead. Its objects are
@@ -852,11 +860,22 @@ impl Server {
         );
         self.add_objects(&node, objects).await;
         self.push_placement();
+        let restore = self.restore_frame(&node);
+        // The reply goes out before anything queued for the connection.
+        if let Some(n) = self.nodes.get(&node) {
+            n.send(restore);
+        }
+        tracing::info!(%node, session, "node registered");
+        welcome(session, false)
+    }
+
+    /// The order that brings `node` (registered, not ready) in line with the others.
+    fn restore_frame(&mut self, node: &str) -> CoordinatorFrame {
         let colour = self.engine.as_ref().map_or(Round::ZERO, Engine::last_round);
-        let restore = match &mut self.recovery {
+        match &mut self.recovery {
             // A recovery is under way: this node is one more to restore before all resume.
             Some(r) => {
-                r.waiting.insert(node.clone());
+                r.waiting.insert(node.to_owned());
                 CoordinatorFrame::Restore {
                     recovery: r.seq,
                     line: r.line.as_ref().map(|m| m.id),
@@ -876,13 +895,7 @@ impl Server {
                 colour,
                 incarnation: self.incarnation,
             },
-        };
-        // The reply goes out before anything queued for the connection.
-        if let Some(n) = self.nodes.get(&node) {
-            n.send(restore);
         }
-        tracing::info!(%node, session, "node registered");
-        welcome(session, false)
     }
 
     async fn add_objects(&mut self, node: &str, objects: Vec<ObjectId>) {
@@ -1082,8 +1095,9 @@ impl Server {
         let colour = self.engine.as_ref().map_or(Round::ZERO, Engine::last_round);
         let mut waiting = BTreeSet::new();
         for (name, n) in &mut self.nodes {
+            // A node away now (within its timeout) restores when it resumes.
+            n.ready = false;
             if n.conn.is_some() && !n.dead {
-                n.ready = false;
                 n.send(CoordinatorFrame::Restore {
                     recovery: self.recovery_seq,
                     line: line.as_ref().map(|m| m.id),
