@@ -198,6 +198,40 @@ impl Fixture {
         Some(f)
     }
 
+    /// Five checkpoints of eight accounts with one account changed in each, committed through
+    /// `CheckpointStore::commit`, which stores a manifest as a delta of the last full one while
+    /// fewer than a quarter of the entries (here: at most one) differ from it:
+    ///
+    /// 1. all new: whole;
+    /// 2. account-1 changes: a delta of 1;
+    /// 3. account-1 changes again, still the one difference from 1: a delta of 1;
+    /// 4. account-2 changes, two differences from 1: whole;
+    /// 5. account-3 changes: a delta of 4.
+    fn deltas(backend: Backend, name: &str) -> Option<Self> {
+        let mut f = Self::empty(backend, name)?;
+        let names: Vec<String> = (1..=8).map(|i| format!("account-{i}")).collect();
+        let first: Vec<Account> = (1..=8).map(|i| account("owner", &[i * 10])).collect();
+        let all_new: Vec<(&str, Obj<'_>)> = names
+            .iter()
+            .zip(&first)
+            .map(|(n, a)| (n.as_str(), Obj::New(a)))
+            .collect();
+        f.commit(&all_new, &[]);
+        for (i, changed) in [(2, 1), (3, 1), (4, 2), (5, 3)] {
+            let new = account("owner", &[changed * 10, i]);
+            let objects: Vec<(&str, Obj<'_>)> = names
+                .iter()
+                .enumerate()
+                .map(|(k, n)| match k + 1 == changed as usize {
+                    true => (n.as_str(), Obj::New(&new)),
+                    false => (n.as_str(), Obj::Same),
+                })
+                .collect();
+            f.commit(&objects, &[]);
+        }
+        Some(f)
+    }
+
     /// Writes and commits the next checkpoint.
     fn commit(&mut self, objects: &[(&str, Obj<'_>)], in_transit: &[(&str, &str, u64, i64)]) {
         let id = CheckpointId::new(self.manifests.len() as u64 + 1);
@@ -510,6 +544,204 @@ fn missing_truncated_and_corrupt_manifest_blobs_are_named() {
     }
     // Reading the damaged manifest is damage found (1), not a usage error.
     assert_one_line_error(&f.cohort(&["show", "2"]), 1, manifest2);
+}
+
+fn deltas(backend: Backend) {
+    let Some(f) = Fixture::deltas(backend, "delta") else {
+        return;
+    };
+    let stored: Vec<Option<u64>> = (1..=5)
+        .map(|id| {
+            f.rt.block_on(f.store.manifest_base(CheckpointId::new(id)))
+                .unwrap()
+                .map(|b| b.get())
+        })
+        .collect();
+    assert_eq!(stored, [None, Some(1), Some(1), None, Some(4)]);
+    f.transcripts("delta");
+
+    let list: serde_json::Value =
+        serde_json::from_slice(&f.cohort(&["list", "--json"]).stdout).unwrap();
+    let rows: Vec<(u64, &str, Option<u64>)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["id"].as_u64().unwrap(),
+                e["stored"].as_str().unwrap(),
+                e["delta_of"].as_u64(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (5, "delta", Some(4)),
+            (4, "whole", None),
+            (3, "delta", Some(1)),
+            (2, "delta", Some(1)),
+            (1, "whole", None)
+        ]
+    );
+    // `show` gives the resolved manifest: every object, not only the delta's one.
+    let show: serde_json::Value =
+        serde_json::from_slice(&f.cohort(&["show", "3", "--json"]).stdout).unwrap();
+    assert_eq!(
+        (&show["stored"], &show["delta_of"]),
+        (&"delta".into(), &1.into())
+    );
+    assert_eq!(show["objects"].as_array().unwrap().len(), 8);
+}
+
+#[test]
+fn deltas_are_listed_and_shown_with_their_base() {
+    deltas(Backend::Local);
+}
+
+#[test]
+fn s3_deltas_are_listed_and_shown_with_their_base() {
+    deltas(Backend::S3);
+}
+
+#[test]
+fn a_delta_whose_base_is_damaged_is_reported_as_base_unusable() {
+    let f = Fixture::deltas(Backend::Local, "base").unwrap();
+    let base = "manifests/00000000000000000001.manifest";
+    tamper(&f, base, Some(&|b: &mut Vec<u8>| b[40] ^= 0x01));
+
+    let out = f.cohort(&["verify", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let reports: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let first = |id: usize| &reports[id - 1]["damaged"][0];
+    assert_eq!(first(1)["kind"], "crc_mismatch", "{reports}");
+    assert_eq!(first(1)["blob"], base);
+    assert!(first(1).get("base").is_none(), "{reports}");
+    for id in [2, 3] {
+        let d = first(id);
+        assert_eq!(d["kind"], "base_unusable", "{reports}");
+        assert_eq!(d["base"], base, "{reports}");
+        assert_eq!(d["blob"], format!("manifests/{:020}.manifest", id));
+        assert!(d["problem"].as_str().unwrap().contains(base), "{d}");
+    }
+    assert_eq!(reports[3]["ok"], true);
+    assert_eq!(reports[4]["ok"], true);
+
+    // `list` still says how the unreadable deltas are stored, and that they are damaged.
+    let out = f.cohort(&["list"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let listed = text(&out.stdout);
+    let row = |id: u64| {
+        listed
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{id} ")))
+            .unwrap_or_else(|| panic!("no row {id} in:\n{listed}"))
+            .to_owned()
+    };
+    for id in [2, 3] {
+        assert!(
+            row(id).contains("delta of 1") && row(id).ends_with("damaged"),
+            "{listed}"
+        );
+    }
+    assert!(
+        row(5).contains("delta of 4") && row(5).ends_with("recovery line"),
+        "{listed}"
+    );
+    assert!(
+        listed.contains(&format!("checkpoint 2 is damaged: blob manifests/00000000000000000002.manifest: a delta whose base manifest {base} is unusable")),
+        "{listed}"
+    );
+    assert_one_line_error(&f.cohort(&["show", "3"]), 1, base);
+}
+
+/// CRC-32 (IEEE, as crc32fast computes it), bit by bit: the frame's trailer.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = (crc >> 1) ^ (0xEDB8_8320 & (crc & 1).wrapping_neg());
+        }
+    }
+    !crc
+}
+
+/// Checkpoint `id` as a newer cohort would write it: a manifest header of a format version this
+/// build does not know.
+fn write_future_manifest(f: &Fixture, id: u64) -> String {
+    let key = format!("manifests/{id:020}.manifest");
+    let body = b"\x81\xa7unknown\xc0";
+    let mut blob = b"COHMAN\0\x01".to_vec();
+    blob.extend_from_slice(&(cohort::checkpoint::FORMAT_VERSION + 1).to_le_bytes());
+    blob.extend_from_slice(&id.to_le_bytes());
+    blob.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    blob.extend_from_slice(body);
+    let crc = crc32(&blob);
+    blob.extend_from_slice(&crc.to_le_bytes());
+    let (inner, prefix) = f.store.object_store();
+    let path = if prefix.as_ref().is_empty() {
+        StorePath::from(key.as_str())
+    } else {
+        StorePath::from(format!("{prefix}/{key}"))
+    };
+    f.rt.block_on(inner.put(&path, PutPayload::from(blob)))
+        .unwrap();
+    key
+}
+
+#[test]
+fn a_manifest_of_a_newer_format_stops_the_recovery_line_and_is_not_damage() {
+    let f = Fixture::deltas(Backend::Local, "future").unwrap();
+    let key = write_future_manifest(&f, 6);
+    let newer = cohort::checkpoint::FORMAT_VERSION + 1;
+
+    let out = f.cohort(&["list"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let listed = text(&out.stdout);
+    assert!(!listed.contains("recovery line "), "{listed}");
+    assert!(listed.contains("newer format"), "{listed}");
+    assert!(
+        listed.contains(&format!(
+            "checkpoint 6 was written by a newer cohort: {key}"
+        )),
+        "{listed}"
+    );
+    assert!(
+        listed.contains("no recovery line: this build cannot read a newer checkpoint"),
+        "{listed}"
+    );
+    let list: serde_json::Value =
+        serde_json::from_slice(&f.cohort(&["list", "--json"]).stdout).unwrap();
+    assert_eq!(list[0]["id"], 6);
+    assert_eq!(list[0]["newer_format"], true);
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["recovery_line"] == false)
+    );
+    assert!(list[1]["damage"].is_null(), "{list}");
+
+    let out = f.cohort(&["verify", "6", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report[0]["damaged"][0]["kind"], "future_format");
+    assert_eq!(report[0]["damaged"][0]["blob"], key.as_str());
+
+    let out = f.cohort(&["show", "6"]);
+    assert_one_line_error(&out, 2, &format!("format version {newer}"));
+    assert!(
+        text(&out.stderr).contains("upgrade cohort"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A rollback would move past it: refused, nothing written.
+    let before = f.rt.block_on(f.store.committed_ids()).unwrap();
+    let out = f.cohort(&["rollback", "--to", "5", "--yes", "--force"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains(&key), "{}", text(&out.stderr));
+    assert_eq!(f.rt.block_on(f.store.committed_ids()).unwrap(), before);
 }
 
 fn rollback(backend: Backend) {

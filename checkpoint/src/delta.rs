@@ -21,6 +21,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use cohort_object_api::{CheckpointId, ObjectId};
+use object_store::ObjectStoreExt;
 
 use crate::error::{Damage, DamageKind, Error, Result};
 use crate::format::{self, FrameError};
@@ -485,8 +486,22 @@ impl CheckpointStore {
 
     /// The checkpoint whose full manifest checkpoint `id`'s manifest is stored as a delta of;
     /// `None` when it is stored whole. Reads only `id`'s manifest, so it answers even when the
-    /// base is unusable (which [`read_manifest`](Self::read_manifest) then reports).
+    /// base is unusable (which [`read_manifest`](Self::read_manifest) then reports); of a
+    /// whole manifest, which can be large, only the 10-byte header that says so. Damage in a
+    /// whole manifest's body is therefore left to `read_manifest` and `verify`.
     pub async fn manifest_base(&self, id: CheckpointId) -> Result<Option<CheckpointId>> {
+        let key = keys::manifest(id);
+        let head = 0..format::MANIFEST_VERSION_END as u64;
+        match self
+            .inner
+            .store
+            .get_range(&self.inner.path(&key), head)
+            .await
+        {
+            Ok(head) if format::is_full_manifest_header(&head) => return Ok(None),
+            // Not found, a tombstone, a delta, damaged: the whole read says which.
+            _ => {}
+        }
         Ok(self.read_stored(id).await?.0.base())
     }
 }

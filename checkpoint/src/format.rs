@@ -351,6 +351,12 @@ pub(crate) fn claims_newer_manifest(head: &[u8]) -> bool {
         && u16_at(head, 8).is_some_and(|v| v > FORMAT_VERSION)
 }
 
+/// Whether the first bytes of a blob are a whole manifest's header (format version 1).
+/// Unchecked by any crc.
+pub(crate) fn is_full_manifest_header(head: &[u8]) -> bool {
+    head.get(0..8) == Some(&MANIFEST_MAGIC[..]) && u16_at(head, 8) == Some(MANIFEST_FULL_VERSION)
+}
+
 /// The crc32 trailer of a framed blob (valid once the blob decoded).
 pub(crate) fn frame_crc(bytes: &[u8]) -> u32 {
     bytes

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 
 use anstyle::Style;
-use cohort_checkpoint::{CheckpointStore, Manifest};
+use cohort_checkpoint::{CheckpointStore, Damage, DamageKind, Error as StoreError, Manifest};
 use cohort_object_api::CheckpointId;
 use futures::StreamExt;
 use serde::Serialize;
@@ -18,9 +18,10 @@ use crate::cli::store;
 ///
 /// For each: its id, creation time, kind (checkpoint, rollback or fence), object count, the
 /// bytes of the states it references, its parent, whether it is incremental (it references
-/// states stored by an older checkpoint) and whether it is the recovery line: the newest
-/// checkpoint whose blobs all verify. Finding the recovery line reads the newest checkpoints'
-/// blobs; damaged ones met on the way are marked.
+/// states stored by an older checkpoint), how its manifest is stored (whole, or as a delta of
+/// an earlier full manifest) and whether it is the recovery line: the newest checkpoint whose
+/// blobs all verify. Finding the recovery line reads the newest checkpoints' blobs; damaged
+/// ones met on the way are marked, and one written by a newer cohort stops the search.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
 Examples:
@@ -31,8 +32,10 @@ pub(crate) struct Args {
     store: StoreArgs,
 
     /// Print a JSON array of objects with id, created_at (RFC 3339) and created_at_ms, kind,
-    /// rollback_to, epoch, objects, in_transit, bytes, parent, incremental, recovery_line and
-    /// damage (null when intact or not checked).
+    /// rollback_to, epoch, objects, in_transit, bytes, parent, incremental, stored ("whole" or
+    /// "delta"), delta_of (the checkpoint whose full manifest a delta is stored against),
+    /// recovery_line, damage (null when intact or not checked) and newer_format (written by a
+    /// newer cohort: not damaged, but unreadable by this build).
     #[arg(long)]
     json: bool,
 }
@@ -55,9 +58,32 @@ struct Entry {
     bytes: Option<u64>,
     parent: Option<CheckpointId>,
     incremental: Option<bool>,
+    /// `whole` or `delta`; null when the manifest is unreadable.
+    stored: Option<&'static str>,
+    /// For a delta, the checkpoint whose full manifest it is stored against.
+    delta_of: Option<CheckpointId>,
     recovery_line: bool,
     /// What is damaged, when the checkpoint failed verification or its manifest is unreadable.
     damage: Option<String>,
+    /// A blob of it was written by a newer format version than this build reads.
+    newer_format: bool,
+}
+
+/// Why a checkpoint could not be read or verified.
+#[derive(Clone, Debug)]
+struct Problem {
+    text: String,
+    /// A newer cohort wrote it: not damage.
+    newer_format: bool,
+}
+
+impl Problem {
+    fn of_damage(d: &Damage) -> Self {
+        Self {
+            text: store::damage_text(d),
+            newer_format: matches!(d.kind, DamageKind::FutureFormat { .. }),
+        }
+    }
 }
 
 /// How many manifests are read at once.
@@ -67,23 +93,28 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
     let store = store::open_read_only(&args.store).await?;
     let ids = store.committed_ids().await?;
     let manifests = read_all(&store, &ids).await?;
-    let line = store.recovery_line().await?;
+    // A checkpoint of a newer format stops the search for the line; the rows still show.
+    let (line, blocked) = match store.recovery_line().await {
+        Ok(line) => (line, None),
+        Err(e @ StoreError::FutureFormat { .. }) => (None, Some(e.to_string())),
+        Err(e) => return Err(e.into()),
+    };
     let recovery = line.as_ref().map(|l| l.manifest.id);
-    let mut damaged: BTreeMap<CheckpointId, String> = line
+    let mut problems: BTreeMap<CheckpointId, Problem> = line
         .iter()
         .flat_map(|l| &l.skipped)
         .filter_map(|r| {
             r.damaged
                 .first()
-                .map(|d| (r.checkpoint, store::damage_text(d)))
+                .map(|d| (r.checkpoint, Problem::of_damage(d)))
         })
         .collect();
     if recovery.is_none() {
-        // No checkpoint verifies at all, and recovery_line() does not say why: ask each one.
+        // No line, and recovery_line() does not say why for each: ask each one.
         for id in manifests.keys() {
             let report = store.verify(*id).await?;
             if let Some(d) = report.damaged.first() {
-                damaged.insert(*id, store::damage_text(d));
+                problems.insert(*id, Problem::of_damage(d));
             }
         }
     }
@@ -91,14 +122,21 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
     let entries: Vec<Entry> = manifests
         .iter()
         .rev()
-        .map(|(id, manifest)| {
-            let mut entry = match manifest {
+        .map(|(id, read)| {
+            let mut entry = match &read.manifest {
                 Ok(m) => from_manifest(m),
-                Err(e) => unreadable(*id, e),
+                Err(p) => unreadable(*id, p),
             };
+            if let Some(delta_of) = read.delta_of {
+                entry.stored = Some(store::stored_name(delta_of));
+                entry.delta_of = delta_of;
+            }
             entry.recovery_line = recovery == Some(*id);
-            if let Some(d) = damaged.get(id) {
-                entry.damage.get_or_insert_with(|| d.clone());
+            if let Some(p) = problems.get(id)
+                && entry.damage.is_none()
+            {
+                entry.damage = Some(p.text.clone());
+                entry.newer_format = p.newer_format;
             }
             entry
         })
@@ -122,6 +160,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
         ("BYTES", Align::Right),
         ("PARENT", Align::Right),
         ("INCREMENTAL", Align::Left),
+        ("STORED", Align::Left),
         ("STATUS", Align::Left),
     ]);
     let none = || "-".to_owned();
@@ -129,6 +168,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
     for e in &entries {
         let status = match (&e.damage, e.recovery_line) {
             (_, true) => ("recovery line".to_owned(), styles.ok),
+            (Some(_), false) if e.newer_format => ("newer format".to_owned(), styles.warn),
             (Some(_), false) => ("damaged".to_owned(), styles.bad),
             (None, false) => (String::new(), Style::new()),
         };
@@ -144,40 +184,91 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
                 Some(false) => "no".into(),
                 None => none(),
             }),
+            plain(match (e.stored, e.delta_of) {
+                (Some(_), Some(base)) => format!("delta of {base}"),
+                (Some(stored), None) => stored.to_owned(),
+                (None, _) => none(),
+            }),
             status,
         ]);
     }
     table.write(&mut out, &styles)?;
     for e in &entries {
-        if let Some(damage) = &e.damage {
-            let what = format!("checkpoint {} is damaged", e.id);
-            writeln!(out, "{}: {damage}", styles.bad.paint(what))?;
+        match &e.damage {
+            Some(why) if e.newer_format => {
+                let what = format!("checkpoint {} was written by a newer cohort", e.id);
+                writeln!(out, "{}: {why}", styles.warn.paint(what))?;
+            }
+            Some(damage) => {
+                let what = format!("checkpoint {} is damaged", e.id);
+                writeln!(out, "{}: {damage}", styles.bad.paint(what))?;
+            }
+            None => {}
         }
     }
+    if let Some(why) = blocked {
+        let what = "no recovery line: this build cannot read a newer checkpoint";
+        writeln!(out, "{}: {why}", styles.warn.paint(what))?;
+    }
     Ok(Code::Ok)
+}
+
+/// One manifest, or why it cannot be read, and how it is stored when that is known.
+struct Read {
+    manifest: Result<Manifest, Problem>,
+    /// The checkpoint it is a delta of (`Some(None)`: stored whole); `None` when unknown.
+    delta_of: Option<Option<CheckpointId>>,
 }
 
 async fn read_all(
     store: &CheckpointStore,
     ids: &[CheckpointId],
-) -> anyhow::Result<BTreeMap<CheckpointId, Result<Manifest, String>>> {
+) -> anyhow::Result<BTreeMap<CheckpointId, Read>> {
     let mut reads = futures::stream::iter(ids.iter().copied())
-        .map(|id| async move { (id, store.read_manifest(id).await) })
+        .map(|id| async move {
+            let manifest = store.read_manifest(id).await;
+            // Only the delta's base can be at fault then: its own blob read, so say how it is
+            // stored. For any other failure the header is not to be trusted.
+            let base_known = match &manifest {
+                Ok(_) => true,
+                Err(e) => e
+                    .damage()
+                    .is_some_and(|d| matches!(d.kind, DamageKind::BaseUnusable { .. })),
+            };
+            let delta_of = if base_known {
+                Some(store.manifest_base(id).await)
+            } else {
+                None
+            };
+            (id, manifest, delta_of)
+        })
         .buffer_unordered(CONCURRENCY);
     let mut out = BTreeMap::new();
-    while let Some((id, result)) = reads.next().await {
-        let result = match result {
+    while let Some((id, manifest, delta_of)) = reads.next().await {
+        let delta_of = match delta_of {
+            None => None,
+            Some(Ok(delta_of)) => Some(delta_of),
+            // Changed since the manifest was read (GC expired it): not known.
+            Some(Err(
+                StoreError::Damaged { .. }
+                | StoreError::FutureFormat { .. }
+                | StoreError::NotFound { .. },
+            )) => None,
+            Some(Err(e)) => return Err(e.into()),
+        };
+        let manifest = match manifest {
             Ok(m) => Ok(m),
             // Unreadable manifests are shown, not fatal; a store that stops answering is.
-            Err(cohort_checkpoint::Error::Damaged { damage, .. }) => {
-                Err(store::damage_text(&damage))
-            }
-            Err(e @ cohort_checkpoint::Error::FutureFormat { .. }) => Err(e.to_string()),
+            Err(StoreError::Damaged { damage, .. }) => Err(Problem::of_damage(&damage)),
+            Err(e @ StoreError::FutureFormat { .. }) => Err(Problem {
+                text: e.to_string(),
+                newer_format: true,
+            }),
             // Expired by a concurrent GC between the listing and the read.
-            Err(cohort_checkpoint::Error::NotFound { .. }) => continue,
+            Err(StoreError::NotFound { .. }) => continue,
             Err(e) => return Err(e.into()),
         };
-        out.insert(id, result);
+        out.insert(id, Read { manifest, delta_of });
     }
     Ok(out)
 }
@@ -196,12 +287,15 @@ fn from_manifest(m: &Manifest) -> Entry {
         bytes: Some(m.referenced_bytes()),
         parent: m.parent,
         incremental: Some(store::is_incremental(m)),
+        stored: None,
+        delta_of: None,
         recovery_line: false,
         damage: None,
+        newer_format: false,
     }
 }
 
-fn unreadable(id: CheckpointId, why: &str) -> Entry {
+fn unreadable(id: CheckpointId, why: &Problem) -> Entry {
     Entry {
         id,
         created_at: None,
@@ -215,7 +309,10 @@ fn unreadable(id: CheckpointId, why: &str) -> Entry {
         bytes: None,
         parent: None,
         incremental: None,
+        stored: None,
+        delta_of: None,
         recovery_line: false,
-        damage: Some(why.to_owned()),
+        damage: Some(why.text.clone()),
+        newer_format: why.newer_format,
     }
 }

@@ -17,7 +17,9 @@ use crate::cli::store;
 /// Show one checkpoint's manifest: objects, segments, in-transit messages.
 ///
 /// Lists its objects with their types, schema versions, sizes and the segments they live in,
-/// and the in-transit messages recorded with it. Only the manifest is read; `cohort verify ID` checks the blobs it points at.
+/// and the in-transit messages recorded with it, and says how the manifest is stored: whole, or
+/// as a delta of an earlier checkpoint's full manifest (the entries that differ from it). Only
+/// the manifest (and a delta's base) is read; `cohort verify ID` checks the blobs it points at.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
 Examples:
@@ -31,8 +33,9 @@ pub(crate) struct Args {
     #[arg(value_name = "ID")]
     id: CheckpointId,
 
-    /// Print a JSON object; its `objects` array has entries with id, type, version, bytes,
-    /// generation, segment, offset and crc.
+    /// Print a JSON object; `stored` is "whole" or "delta" and `delta_of` the checkpoint a
+    /// delta is stored against (null when whole); its `objects` array has entries with id,
+    /// type, version, bytes, generation, segment, offset and crc.
     #[arg(long)]
     json: bool,
 }
@@ -51,6 +54,10 @@ struct Shown {
     round: String,
     parent: Option<CheckpointId>,
     incremental: bool,
+    /// `whole` or `delta`.
+    stored: &'static str,
+    /// For a delta, the checkpoint whose full manifest it is stored against.
+    delta_of: Option<CheckpointId>,
     bytes: u64,
     objects: Vec<ShownObject>,
     segments: Vec<ShownSegment>,
@@ -94,7 +101,8 @@ struct ShownMessage {
 pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
     let store = store::open_read_only(&args.store).await?;
     let manifest = store::read_manifest(&store, args.id).await?;
-    let shown = describe(&manifest);
+    let delta_of = store.manifest_base(args.id).await?;
+    let shown = describe(&manifest, delta_of);
     let mut out = output::stdout();
     if args.json {
         output::write_json(&mut out, &shown)?;
@@ -104,7 +112,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
     Ok(Code::Ok)
 }
 
-fn describe(m: &Manifest) -> Shown {
+fn describe(m: &Manifest, delta_of: Option<CheckpointId>) -> Shown {
     let mut segments: BTreeMap<&str, (usize, u64)> = BTreeMap::new();
     for l in m.locations() {
         let s = segments.entry(&l.segment).or_default();
@@ -122,6 +130,8 @@ fn describe(m: &Manifest) -> Shown {
         round: m.round.clone(),
         parent: m.parent,
         incremental: store::is_incremental(m),
+        stored: store::stored_name(delta_of),
+        delta_of,
         bytes: m.referenced_bytes(),
         objects: m
             .objects
@@ -194,6 +204,13 @@ fn write_human(out: &mut impl Write, s: &Shown) -> anyhow::Result<()> {
         (
             "incremental",
             if s.incremental { "yes" } else { "no" }.into(),
+        ),
+        (
+            "stored",
+            match s.delta_of {
+                Some(base) => format!("delta of checkpoint {base}"),
+                None => s.stored.to_owned(),
+            },
         ),
         (
             "in transit",

@@ -35,6 +35,10 @@ pub(crate) fn classify(err: &StoreError) -> (Code, Option<String>) {
             Code::Error,
             Some("for S3 check AWS_ENDPOINT_URL, AWS_REGION and the credentials; run with -v to see the retries".into()),
         ),
+        StoreError::FutureFormat { .. } => (
+            Code::Error,
+            Some("a newer cohort wrote this store; use a cohort CLI at least as new as the coordinators that write it".into()),
+        ),
         StoreError::UnsafeStore { .. } => (
             Code::Error,
             Some("if no coordinator can write to this store at the same time, pass --allow-unsafe-store".into()),
@@ -102,6 +106,14 @@ pub(crate) fn kind_name(kind: &ManifestKind) -> &'static str {
         ManifestKind::Fence => "fence",
         // A kind this build does not know yet; the manifest decoded, so show it generically.
         _ => "other",
+    }
+}
+
+/// How a manifest is stored: `whole`, or `delta` (of `delta_of`'s full manifest).
+pub(crate) fn stored_name(delta_of: Option<CheckpointId>) -> &'static str {
+    match delta_of {
+        Some(_) => "delta",
+        None => "whole",
     }
 }
 

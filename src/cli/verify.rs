@@ -37,7 +37,8 @@ pub(crate) struct Args {
     id: Option<CheckpointId>,
 
     /// Print a JSON array with one object per checkpoint: checkpoint, ok, entries, bytes, and
-    /// the damaged entries (checkpoint, object, blob, kind, problem).
+    /// the damaged entries (checkpoint, object, blob, kind, problem, and for kind
+    /// base_unusable the base manifest's key as base).
     #[arg(long)]
     json: bool,
 }
@@ -57,9 +58,14 @@ struct Damaged {
     /// Null when a manifest or a whole segment header is damaged.
     object: Option<ObjectId>,
     blob: String,
-    /// missing, truncated, crc_mismatch, header_mismatch, undecodable.
+    /// missing, truncated, crc_mismatch, header_mismatch, undecodable, future_format (written
+    /// by a newer cohort), base_unusable (a delta manifest whose base manifest cannot be used),
+    /// other.
     kind: &'static str,
     problem: String,
+    /// For base_unusable: the base manifest's key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    base: Option<String>,
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
@@ -139,9 +145,15 @@ fn from_damage(d: &Damage) -> Damaged {
             DamageKind::CrcMismatch { .. } => "crc_mismatch",
             DamageKind::HeaderMismatch(_) => "header_mismatch",
             DamageKind::Undecodable(_) => "undecodable",
+            DamageKind::FutureFormat { .. } => "future_format",
+            DamageKind::BaseUnusable { .. } => "base_unusable",
             _ => "other",
         },
         problem: d.kind.to_string(),
+        base: match &d.kind {
+            DamageKind::BaseUnusable { base, .. } => Some(base.clone()),
+            _ => None,
+        },
     }
 }
 
