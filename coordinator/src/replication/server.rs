@@ -29,7 +29,6 @@ use cohort_object_api::{
     Updateable,
 };
 use futures::FutureExt;
-use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
@@ -750,15 +749,15 @@ impl<S: Service> Driver<S> {
     }
 
     async fn catch_up_fully(&mut self) -> Result<(), ServiceError> {
-        if let Some(line) = {
-            let store = self.store.clone();
-            off_thread(move || async move { store.recovery_line().await })
-                .await
-                .map_err(|source| ServiceError::Checkpoint {
-                    operation: "find the recovery line of the replicated state".to_owned(),
-                    source,
-                })?
-        } {
+        let line = self
+            .store
+            .recovery_line()
+            .await
+            .map_err(|source| ServiceError::Checkpoint {
+                operation: "find the recovery line of the replicated state".to_owned(),
+                source: Box::new(source),
+            })?;
+        if let Some(line) = line {
             self.load(line.manifest).await?;
         }
         self.advance(true).await
@@ -833,7 +832,7 @@ impl<S: Service> Driver<S> {
         let from = self.replica.applied + 1;
         let mut entries: Vec<LogEntry> = Vec::new();
         if listing {
-            for entry in boxed(self.log.read_from(from)).await? {
+            for entry in self.log.read_from(from).await? {
                 if until.is_some_and(|u| entry.seq > u) || entry.seq != from + entries.len() as u64
                 {
                     break;
@@ -843,14 +842,14 @@ impl<S: Service> Driver<S> {
         } else {
             let mut next = from;
             while until.is_none_or(|u| next <= u) {
-                match boxed(self.log.read(next)).await? {
+                match self.log.read(next).await? {
                     Some(entry) => entries.push(entry),
                     None => break,
                 }
                 next += 1;
             }
         }
-        if boxed(self.log.holds(self.replica.anchor)).await? {
+        if self.log.holds(self.replica.anchor).await? {
             Ok(Ahead::Entries(entries))
         } else {
             Ok(Ahead::Stale)
@@ -884,8 +883,8 @@ impl<S: Service> Driver<S> {
     /// log position among the newest [`LINES_SEARCHED`] (the newest line is not always the
     /// furthest: a deposed primary may still commit one of an older position).
     async fn load_covering(&mut self) -> Result<(), ServiceError> {
-        let store = self.store.clone();
-        let best = off_thread(move || async move {
+        let store = &self.store;
+        let best = async {
             let ids = store.committed_ids().await?;
             let mut best: Option<Manifest> = None;
             for id in ids.iter().rev().take(LINES_SEARCHED) {
@@ -898,12 +897,12 @@ impl<S: Service> Driver<S> {
                     best = Some(manifest);
                 }
             }
-            Ok(best)
-        })
+            Ok::<_, cohort_checkpoint::Error>(best)
+        }
         .await
         .map_err(|source| ServiceError::Checkpoint {
             operation: "find a checkpoint past the truncated log".to_owned(),
-            source,
+            source: Box::new(source),
         })?;
         match best {
             Some(manifest) if log_seq_of(&manifest) > self.replica.applied => {
@@ -921,14 +920,14 @@ impl<S: Service> Driver<S> {
             self.line = Some(self.line.map_or(manifest.id, |l| l.max(manifest.id)));
             return Ok(());
         }
-        let store = self.store.clone();
-        let m = manifest.clone();
-        let states = off_thread(move || async move { store.read_states(&m).await })
-            .await
-            .map_err(|source| ServiceError::Checkpoint {
-                operation: format!("read checkpoint {}", manifest.id),
-                source,
-            })?;
+        let states =
+            self.store
+                .read_states(&manifest)
+                .await
+                .map_err(|source| ServiceError::Checkpoint {
+                    operation: format!("read checkpoint {}", manifest.id),
+                    source: Box::new(source),
+                })?;
         let Some((_, state)) = states
             .into_iter()
             .find(|(id, _)| id.as_str() == REPLICA_OBJECT)
@@ -1034,7 +1033,7 @@ impl<S: Service> Driver<S> {
         };
         // The append is the acknowledgement: nothing of this batch is executed or answered
         // before it is durable in the fenced log.
-        match boxed(self.handle.commit(data.clone())).await {
+        match self.handle.commit(data.clone()).await {
             Ok(id) => {
                 match self.apply_own(id, data).await {
                     Ok(true) => {}
@@ -1286,28 +1285,4 @@ async fn write_checkpoint(
         _ => Ok(None),
     };
     Ok(CheckpointDone { id, at, truncated })
-}
-
-/// Boxes a future as `Send` where it is awaited: the store's and the log's futures otherwise
-/// trip the compiler's higher-ranked `Send` check in spawned tasks (rust-lang/rust#102211).
-fn boxed<'a, T>(f: impl std::future::Future<Output = T> + Send + 'a) -> BoxFuture<'a, T> {
-    Box::pin(f)
-}
-
-/// Runs a store read whose future is not `Send` (the checkpoint store's readers hold borrowed
-/// data across a buffered stream, which trips rustc's higher-ranked `Send` check) on a blocking
-/// thread driven by this runtime's handle, as the coordinator's recovery does.
-async fn off_thread<F, Fut, T>(make: F) -> Result<T, Box<cohort_checkpoint::Error>>
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = cohort_checkpoint::Result<T>>,
-    T: Send + 'static,
-{
-    let handle = tokio::runtime::Handle::current();
-    match tokio::task::spawn_blocking(move || handle.block_on(make()).map_err(Box::new)).await {
-        Ok(result) => result,
-        Err(err) => Err(Box::new(cohort_checkpoint::Error::InvalidInput(format!(
-            "a store read task failed: {err}"
-        )))),
-    }
 }
