@@ -98,8 +98,10 @@ pub trait Checkpointable: Send + Sync + 'static {
     /// track changes.
     ///
     /// When the generation equals the one recorded at the last committed checkpoint, the object
-    /// is unchanged since that checkpoint: its entry is referenced, not rewritten, so idle
-    /// objects cost nothing.
+    /// is unchanged since that checkpoint: its entry is referenced, not rewritten. An object
+    /// that tracks its generation and has handled nothing since the last committed checkpoint
+    /// is not even woken: the coordinator counts it in with its recorded entry (in process),
+    /// so idle objects cost neither bytes nor a prepare.
     fn generation(&self) -> Option<u64> {
         None
     }
@@ -111,7 +113,10 @@ pub trait Checkpointable: Send + Sync + 'static {
     }
 
     /// Phase 2 hook: the checkpoint is durable, so side effects held back for it may be released
-    /// (Flink's `commit`). Called at least once per committed checkpoint the object took part in.
+    /// (Flink's `commit`). Called at least once per committed checkpoint the object was asked to
+    /// prepare for. An idle object counted in without being woken (see
+    /// [`generation`](Self::generation)) gets neither `prepare` nor this hook: having handled
+    /// nothing since its last committed checkpoint, it has nothing staged.
     async fn on_committed(&mut self, _checkpoint: CheckpointId) {}
 
     /// Phase 2 hook: the checkpoint was aborted; discard what [`prepare`](Self::prepare) staged.

@@ -103,6 +103,9 @@ impl Checkpointable for Account {
 impl Actor for Account {
     type Message = BankMsg;
 
+    // Its state is its own: only messages change it.
+    const MESSAGE_DRIVEN: bool = true;
+
     async fn handle(&mut self, message: BankMsg, ctx: &mut Context<'_>) -> Result<(), ObjectError> {
         match message {
             BankMsg::Transfer { amount } => {

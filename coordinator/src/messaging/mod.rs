@@ -34,6 +34,15 @@ pub trait Actor: Checkpointable {
     /// The messages this object accepts.
     type Message: Serialize + DeserializeOwned + Send + 'static;
 
+    /// Whether this object's state changes only while it handles a message (or is restored),
+    /// never behind its back (another task writing shared memory it holds, say).
+    ///
+    /// When true and the object tracks its [`generation`](Checkpointable::generation), an
+    /// object that has handled nothing since the last committed checkpoint is counted in the
+    /// next one without being woken: no prepare, no capture, no bytes (minimal participation).
+    /// Left false, every checkpoint asks it, and its generation decides whether it is rewritten.
+    const MESSAGE_DRIVEN: bool = false;
+
     /// Handles one message. An error marks the object failed: it stops handling messages, votes
     /// no in checkpoints, and the cohort reports it unhealthy until [`Cohort::recover`] restores
     /// it.

@@ -560,6 +560,8 @@ impl Node {
             mailbox_rx,
             control_rx,
             Arc::clone(shared),
+            // Nodes prepare every participant: the service does not vote for sleeping objects.
+            crate::participant::SharedParticipation::default(),
         );
         let deliver_tx = mailbox_tx.clone();
         let deliver = move |frame: PeerFrame| -> std::result::Result<(), String> {

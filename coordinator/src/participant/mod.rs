@@ -18,6 +18,44 @@ use crate::engine::{Ballot, Round};
 use crate::runtime::{Inner, Metrics};
 use writer::{WriterMsg, Written};
 
+/// What a host may decide for one object without waking its task: minimal participation
+/// (Koo–Toueg) under Lai–Yang colouring.
+///
+/// An object is **clean** when its state and message counters are those recorded for it in the
+/// last committed line and it has handled nothing since. A clean object's vote is known
+/// without asking it (unchanged, with those counters), so the host votes for it and marks the
+/// round here instead of sending a prepare. The object adopts that round as its colour before
+/// it next handles anything: its cut is where it stood, a message sent before the sender's cut
+/// that reaches it afterwards is recorded as in transit (the Mattern counters make the attempt
+/// wait for that record), and what it sends afterwards carries the new colour. The mutex
+/// orders the two: either the host marks the round first and the object adopts it, or the
+/// object handles a message first and is no longer clean, so it gets a prepare.
+#[derive(Debug, Default)]
+pub(crate) struct Participation {
+    clean: bool,
+    sent: u64,
+    received: u64,
+    /// The newest round the host counted the object in without waking it.
+    implicit: Round,
+}
+
+/// One object's [`Participation`], shared by its task and its host.
+pub(crate) type SharedParticipation = Arc<std::sync::Mutex<Participation>>;
+
+/// Counts a clean object in `round` without waking it: its counters (sent, received), or
+/// `None` if it must be asked.
+pub(crate) fn vote_unwoken(
+    participation: &SharedParticipation,
+    round: Round,
+) -> Option<(u64, u64)> {
+    let mut p = crate::runtime::lock(participation);
+    if !p.clean {
+        return None;
+    }
+    p.implicit = p.implicit.max(round);
+    Some((p.sent, p.received))
+}
+
 /// The attempt in flight, as objects see it.
 #[derive(Clone)]
 pub(crate) struct ActiveRound {

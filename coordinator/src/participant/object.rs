@@ -13,7 +13,7 @@ use cohort_object_api::{CheckpointId, EncodedState, ObjectId, StateTag};
 use tokio::sync::{mpsc, oneshot};
 
 use super::writer::{Captured, WriterMsg};
-use super::{ActiveRound, Host};
+use super::{ActiveRound, Host, SharedParticipation};
 use crate::engine::{CutState, Receipt, Round};
 use crate::error::{Error, Result};
 use crate::messaging::{Actor, Context, Envelope};
@@ -36,6 +36,8 @@ pub(crate) enum Control {
     Restore(Box<RestoreOrder>, oneshot::Sender<Result<()>>),
     /// Run a closure on the object.
     Inspect(Inspector),
+    /// The object leaves (recovery dropped it): close the mailbox, answer, end the task.
+    Stop(oneshot::Sender<()>),
 }
 
 /// A closure run on an object by [`Cohort::inspect`](crate::Cohort::inspect).
@@ -71,10 +73,20 @@ pub(crate) struct ObjectTask<A: Actor, H: Host> {
     control: mpsc::UnboundedReceiver<Control>,
     host: Arc<H>,
     cohort: Weak<crate::runtime::Inner>,
+    /// Shared with the host: whether it may vote for this object without waking it.
+    participation: SharedParticipation,
+    /// A message was handled since the last capture (the capture's state is no longer current).
+    handled_since_capture: bool,
+    /// Told to stop: the task ends.
+    stopped: bool,
 }
 
 impl<A: Actor, H: Host> ObjectTask<A, H> {
     /// A task for `object`, coloured `colour`, starting held if `held`.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "each is one piece of the task's wiring, named at both call sites"
+    )]
     pub(crate) fn new(
         id: ObjectId,
         object: A,
@@ -83,6 +95,7 @@ impl<A: Actor, H: Host> ObjectTask<A, H> {
         mailbox: mpsc::UnboundedReceiver<Envelope<A::Message>>,
         control: mpsc::UnboundedReceiver<Control>,
         host: Arc<H>,
+        participation: SharedParticipation,
     ) -> Self {
         let cohort = host.cohort();
         Self {
@@ -101,11 +114,24 @@ impl<A: Actor, H: Host> ObjectTask<A, H> {
             control,
             cohort,
             host,
+            participation,
+            handled_since_capture: true,
+            stopped: false,
         }
     }
 
+    /// Before handling anything: adopt a round the host counted this object in while it slept
+    /// (its cut is its state now), and stop being clean.
+    fn begin_handling(&mut self) {
+        let mut p = crate::runtime::lock(&self.participation);
+        if p.implicit > self.cut.colour {
+            self.cut.captured(p.implicit);
+        }
+        p.clean = false;
+    }
+
     pub(crate) async fn run(mut self) {
-        loop {
+        while !self.stopped {
             // Control first: a prepare must not wait behind a long mailbox.
             match self.control.try_recv() {
                 Ok(c) => {
@@ -164,6 +190,14 @@ impl<A: Actor, H: Host> ObjectTask<A, H> {
                 self.voted = None;
                 if committed {
                     self.committed_generation = generation;
+                    // Its state and counters are now the line's: the host may count it in the
+                    // next rounds without waking it, until it handles something.
+                    if A::MESSAGE_DRIVEN && generation.is_some() && !self.handled_since_capture {
+                        let mut p = crate::runtime::lock(&self.participation);
+                        p.clean = true;
+                        p.sent = self.cut.sent;
+                        p.received = self.cut.received;
+                    }
                     self.object.on_committed(id).await;
                 } else {
                     self.object.on_aborted(id).await;
@@ -178,6 +212,11 @@ impl<A: Actor, H: Host> ObjectTask<A, H> {
                 let _ = ack.send(self.restore(*order).await);
             }
             Control::Inspect(f) => f(&self.object),
+            Control::Stop(ack) => {
+                self.mailbox.close();
+                self.stopped = true;
+                let _ = ack.send(());
+            }
         }
     }
 
@@ -207,6 +246,7 @@ impl<A: Actor, H: Host> ObjectTask<A, H> {
         };
         // The cut is taken whatever the vote: messages sent from now on carry this colour.
         self.cut.captured(round);
+        self.handled_since_capture = false;
         let pause = started.elapsed();
         self.host.metrics().record_pause(pause);
         let msg = match captured {
@@ -234,6 +274,7 @@ impl<A: Actor, H: Host> ObjectTask<A, H> {
     }
 
     async fn receive(&mut self, envelope: Envelope<A::Message>) {
+        self.begin_handling();
         if let Some(from) = &envelope.from {
             let receipt = if envelope.colour == self.cut.colour {
                 Receipt::Deliver
@@ -253,6 +294,8 @@ impl<A: Actor, H: Host> ObjectTask<A, H> {
             }
             self.cut.received();
         }
+        // After any capture the receipt forced: the state now moves past it.
+        self.handled_since_capture = true;
         let mut ctx = Context {
             me: &self.id,
             from: envelope.from.as_ref(),
@@ -330,6 +373,17 @@ impl<A: Actor, H: Host> ObjectTask<A, H> {
         self.committed_generation = order
             .generation
             .filter(|g| self.object.generation() == Some(*g));
+        // Restored to its entry in the line, with the line's counters: clean if the generation
+        // proves it (the redelivered messages, handled next, end that).
+        {
+            let mut p = crate::runtime::lock(&self.participation);
+            p.clean =
+                A::MESSAGE_DRIVEN && order.state.is_some() && self.committed_generation.is_some();
+            p.sent = self.cut.sent;
+            p.received = self.cut.received;
+            p.implicit = self.cut.colour;
+        }
+        self.handled_since_capture = !self.replay.is_empty();
         if self.failed {
             self.failed = false;
             self.host.object_failed(&self.id, false);

@@ -13,13 +13,13 @@ use super::CohortSink;
 use super::failpoint::{self, Crash};
 use super::{CheckpointStats, Local, RecoveryReport, Settings, Shared, lock, read, write};
 use crate::engine::{
-    Command, CommitOutcome, Config, CutState, Decision, Engine, Event, Round, Start,
-    TriggerFailure, TriggerId, Vote,
+    Ballot, Command, CommitOutcome, Config, CutState, Decision, Engine, Event, Round, Start,
+    TriggerFailure, TriggerId, Vote, VotedState,
 };
 use crate::error::{Error, Result};
-use crate::participant::ActiveRound;
 use crate::participant::object::{Control, RestoreOrder};
 use crate::participant::writer::{RoundWriter, WriterMsg, Written};
+use crate::participant::{self, ActiveRound};
 
 /// The manifest metadata key holding the message counters (sent, received) of every object at
 /// its cut; objects with both at zero are left out.
@@ -60,6 +60,8 @@ pub(crate) struct Coordinator {
     attempt_started: Option<Instant>,
     written: Written,
     user_paused: bool,
+    /// The participants of the attempt in flight that were asked to prepare (sorted).
+    asked: Vec<ObjectId>,
 }
 
 impl Coordinator {
@@ -99,6 +101,7 @@ impl Coordinator {
             attempt_started: None,
             written: Written::default(),
             user_paused,
+            asked: Vec::new(),
         }
     }
 
@@ -256,19 +259,9 @@ impl Coordinator {
                 participants,
             } => {
                 self.crash_at(failpoint::PREPARE_BEFORE)?;
+                // The round is active before any object is counted in it: one counted without
+                // being woken may record an in-transit message at once.
                 let (tx, rx) = mpsc::unbounded_channel();
-                let writer = RoundWriter {
-                    id,
-                    round,
-                    token: self.token(round),
-                    states_writer: "states".to_owned(),
-                    channel_writer: "channel".to_owned(),
-                    participants: participants.iter().cloned().collect(),
-                    store: self.shared.store.clone(),
-                    sink: CohortSink(Arc::clone(&self.shared)),
-                };
-                let handle = tokio::spawn(writer.run(rx));
-                self.shared.track(handle.abort_handle());
                 *lock(&self.shared.active) = Some(ActiveRound {
                     id,
                     round,
@@ -277,20 +270,57 @@ impl Coordinator {
                 self.shared.colour_floor.store(round.0, Ordering::SeqCst);
                 self.attempt_started = Some(Instant::now());
                 self.written = Written::default();
-                tracing::debug!(checkpoint = %id, %round, participants = participants.len(), "prepare");
-                let controls: Vec<_> = {
-                    let objects = read(&self.shared.objects);
-                    sorted_lookup(&participants, &objects)
-                        .map(|(p, slot)| (p, slot.map(|s| s.control.clone())))
-                        .collect()
-                };
+                // Clean objects (unchanged since the line, nothing handled) are counted without
+                // being woken; the others are asked.
+                let mut unwoken = Vec::new();
+                let mut asked = Vec::new();
                 let mut missing = Vec::new();
-                for (i, (p, control)) in controls.into_iter().enumerate() {
-                    let sent =
-                        control.is_some_and(|c| c.send(Control::Prepare { id, round }).is_ok());
-                    if !sent {
+                {
+                    let objects = read(&self.shared.objects);
+                    for (p, slot) in sorted_lookup(&participants, &objects) {
+                        let Some(slot) = slot else {
+                            missing.push(p.clone());
+                            continue;
+                        };
+                        match participant::vote_unwoken(&slot.participation, round) {
+                            Some((sent, received)) => unwoken.push((
+                                p.clone(),
+                                Vote::Yes(Ballot {
+                                    state: VotedState::Unchanged,
+                                    sent,
+                                    received,
+                                }),
+                            )),
+                            None => asked.push((p.clone(), slot.control.clone())),
+                        }
+                    }
+                }
+                tracing::debug!(checkpoint = %id, %round, participants = participants.len(), asked = asked.len(), "prepare");
+                let writer = RoundWriter {
+                    id,
+                    round,
+                    token: self.token(round),
+                    states_writer: "states".to_owned(),
+                    channel_writer: "channel".to_owned(),
+                    participants: asked.iter().map(|(p, _)| p.clone()).collect(),
+                    store: self.shared.store.clone(),
+                    sink: CohortSink(Arc::clone(&self.shared)),
+                };
+                let handle = tokio::spawn(writer.run(rx));
+                self.shared.track(handle.abort_handle());
+                if !unwoken.is_empty() {
+                    let _ = self.shared.input.send(Input::Votes {
+                        round,
+                        votes: unwoken,
+                        written: Written::default(),
+                    });
+                }
+                self.asked = Vec::with_capacity(asked.len());
+                for (i, (p, control)) in asked.into_iter().enumerate() {
+                    if control.send(Control::Prepare { id, round }).is_err() {
                         missing.push(p.clone());
                     }
+                    self.asked.push(p);
                     // Let prepared objects run during a long broadcast rather than after it.
                     if i % PREPARE_BATCH == PREPARE_BATCH - 1 {
                         tokio::task::yield_now().await;
@@ -320,7 +350,7 @@ impl Coordinator {
                 id,
                 round,
                 decision,
-                participants,
+                participants: _,
             } => {
                 {
                     let mut active = lock(&self.shared.active);
@@ -336,9 +366,11 @@ impl Coordinator {
                 } else {
                     tracing::debug!(checkpoint = %id, %round, "checkpoint committed");
                 }
+                // Only the objects asked to prepare voted themselves; the others slept through.
+                let asked = std::mem::take(&mut self.asked);
                 {
                     let objects = read(&self.shared.objects);
-                    for (_, slot) in sorted_lookup(&participants, &objects) {
+                    for (_, slot) in sorted_lookup(&asked, &objects) {
                         if let Some(slot) = slot {
                             let _ = slot.control.send(Control::Decided {
                                 id,
@@ -593,18 +625,29 @@ impl Coordinator {
 
         // Objects created after the line are dropped: the computation that created them runs
         // again from the line.
-        let dropped: Vec<ObjectId> = {
+        let (dropped, stopping) = {
             let mut objects = write(&self.shared.objects);
             let gone: Vec<_> = objects
                 .keys()
                 .filter(|id| !manifest.objects.contains_key(*id))
                 .cloned()
                 .collect();
+            let mut stopping = Vec::with_capacity(gone.len());
             for id in &gone {
-                objects.remove(id);
+                if let Some(slot) = objects.remove(id) {
+                    let (tx, rx) = oneshot::channel();
+                    if slot.control.send(Control::Stop(tx)).is_ok() {
+                        stopping.push(rx);
+                    }
+                }
             }
-            gone
+            (gone, stopping)
         };
+        // Once stopped, their addresses fail at once rather than when their tasks get round
+        // to ending.
+        for stopped in stopping {
+            let _ = stopped.await;
+        }
         for object in &dropped {
             self.feed(Event::Leave {
                 object: object.clone(),

@@ -237,6 +237,8 @@ enum Stop {
 
 pub(crate) struct Slot {
     pub(crate) control: mpsc::UnboundedSender<Control>,
+    /// Whether the coordinator may count the object in a round without waking it.
+    pub(crate) participation: crate::participant::SharedParticipation,
     /// An `mpsc::UnboundedSender<Envelope<A::Message>>`.
     mailbox: Box<dyn Any + Send + Sync>,
     type_name: &'static str,
@@ -498,6 +500,7 @@ impl Cohort {
             .send(Input::Join(id.clone()))
             .map_err(|_| Error::Stopped)?;
         let colour = Round(shared.colour_floor.load(Ordering::SeqCst));
+        let participation = crate::participant::SharedParticipation::default();
         let task = object::ObjectTask::new(
             id.clone(),
             object,
@@ -506,11 +509,13 @@ impl Cohort {
             mailbox_rx,
             control_rx,
             Arc::clone(shared),
+            Arc::clone(&participation),
         );
         objects.insert(
             id.clone(),
             Slot {
                 control: control_tx,
+                participation,
                 mailbox: Box::new(mailbox_tx.clone()),
                 type_name: type_name::<A>(),
                 message_type: type_name::<A::Message>(),
