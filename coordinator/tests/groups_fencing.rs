@@ -10,11 +10,12 @@ use cohort_checkpoint::object_store::path::Path;
 use cohort_checkpoint::object_store::{ObjectStore, ObjectStoreExt};
 use cohort_checkpoint::testing::{Fault, FaultRule, FaultyStore, Op};
 use cohort_checkpoint::{CheckpointStore, StoreOptions};
+use cohort_coordinator::Error;
 use cohort_coordinator::replication::fencing::{
     Claim, Claimant, EntryKind, claim_slot, ensure_group_record,
 };
 use cohort_coordinator::replication::{
-    FencedLog, GroupConfig, GroupName, MemberId, ReplicationError, SlotEpoch, current_actives,
+    FencedLog, GroupConfig, GroupName, MemberId, SlotEpoch, current_actives,
 };
 
 fn group() -> GroupName {
@@ -68,7 +69,7 @@ async fn the_first_member_fixes_the_goal_and_activation_interval() {
     let message = err.to_string();
     assert!(matches!(
         err,
-        ReplicationError::ConfigMismatch {
+        Error::ConfigMismatch {
             field: "active_goal",
             ..
         }
@@ -147,7 +148,7 @@ async fn a_deposed_member_cannot_append_after_the_new_fence() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, ReplicationError::Fenced { ours, by: 2, .. } if ours == a),
+        matches!(err, Error::SlotFenced { ours, by: 2, .. } if ours == a),
         "{err}"
     );
     assert!(err.is_fenced() && !err.is_retryable());
@@ -272,8 +273,8 @@ async fn racing_claims_have_one_winner_on_local_disk() {
     racing_claims(store).await;
 }
 
-fn is_store_error(err: &ReplicationError) -> bool {
-    matches!(err, ReplicationError::Store { .. })
+fn is_store_error(err: &Error) -> bool {
+    matches!(err, Error::GroupStore { .. })
 }
 
 fn faulty() -> (Arc<FaultyStore>, CheckpointStore) {
@@ -371,7 +372,7 @@ async fn damaged_entries_stop_appends_rather_than_risk_skipping_a_fence() {
     // ...but reading, or colliding with, the damaged entry is an error naming it.
     let err = log.read_from(1).await.unwrap_err();
     assert!(
-        matches!(&err, ReplicationError::Damaged { key, reason, .. } if key.ends_with("log/00000000000000000002") && reason.contains("crc")),
+        matches!(&err, Error::DamagedRecord { key, reason, .. } if key.ends_with("log/00000000000000000002") && reason.contains("crc")),
         "{err}"
     );
 }
@@ -396,7 +397,7 @@ async fn an_append_after_a_successor_claimed_is_refused_even_before_its_fence() 
     // before any fence of epoch 2, where the successor replays it.
     let err = log.append(a, &member("a"), data("a1")).await.unwrap_err();
     assert!(
-        matches!(err, ReplicationError::Fenced { ours, by: 2, .. } if ours == a),
+        matches!(err, Error::SlotFenced { ours, by: 2, .. } if ours == a),
         "{err}"
     );
     let entries = log.read_from(1).await.unwrap();

@@ -316,11 +316,7 @@ fn appender(member: &Member, record: Appended) -> tokio::task::JoinHandle<()> {
             let body = Bytes::from(format!("{}-{n}", handle.id()));
             let outcome = handle.append(body).await.map_err(|e| {
                 assert!(
-                    e.is_fenced()
-                        || matches!(
-                            e,
-                            cohort_coordinator::replication::ReplicationError::NotActive { .. }
-                        ),
+                    e.is_fenced() || matches!(e, cohort_coordinator::Error::NotActive { .. }),
                     "{e}"
                 );
                 e.to_string()

@@ -16,6 +16,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use cohort_checkpoint::{CheckpointStore, StoreOptions};
+use cohort_coordinator::Error;
 use cohort_coordinator::replication::client::{ClientOptions, GroupClient};
 use cohort_coordinator::replication::fencing::{Claimant, claim_slot};
 use cohort_coordinator::replication::log::LoggedRequest;
@@ -24,9 +25,9 @@ use cohort_coordinator::replication::server::{
     ClientMessage, LOG_SEQ_KEY, ReplicatedServer, ServerMessage, ServerOptions, Service,
     replica_store,
 };
-use cohort_coordinator::replication::styles::{ReplicationStyle, ServiceError};
+use cohort_coordinator::replication::styles::ReplicationStyle;
 use cohort_coordinator::replication::{FencedLog, GroupConfig, GroupName, MemberId, MemberOptions};
-use cohort_coordinator::wire::{ConnectConfig, Role, WireError};
+use cohort_coordinator::wire::{ConnectConfig, Role};
 use cohort_object_api::{CheckpointId, Checkpointable, ObjectError};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -468,7 +469,7 @@ async fn the_service_port_serves_group_clients_only() {
             .map(|_| ())
             .unwrap_err();
         match &err {
-            WireError::Rejected { code, reason, .. } => {
+            Error::Rejected { code, reason, .. } => {
                 assert_eq!(code, "role", "{err}");
                 assert!(
                     reason.contains("serves client connections only")
@@ -620,5 +621,11 @@ fn styles_parse() {
         assert_eq!(style.parse::<ReplicationStyle>().unwrap().as_str(), style);
     }
     let err = "lukewarm".parse::<ReplicationStyle>().unwrap_err();
-    assert!(matches!(err, ServiceError::InvalidConfig { .. }));
+    assert!(matches!(
+        err,
+        Error::InvalidConfig {
+            scope: "replicated service",
+            ..
+        }
+    ));
 }

@@ -14,9 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use cohort_coordinator::Error;
 use cohort_coordinator::wire::{
     self, Accept, CancellationToken, ConnectConfig, Connection, ListenConfig, PROTOCOL_VERSION,
-    Role, Secret, SeededNonces, WireError,
+    Role, Secret, SeededNonces,
 };
 use futures::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
@@ -215,7 +216,7 @@ fn client_config() -> ConnectConfig {
 async fn echo(
     mut conn: Connection<Msg, Msg, impl AsyncRead + AsyncWrite + Unpin>,
     shutdown: CancellationToken,
-) -> Result<(), WireError> {
+) -> Result<(), Error> {
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return conn.close().await,
@@ -368,7 +369,7 @@ async fn an_oversized_frame_closes_the_connection_before_allocating() {
         .unwrap();
     let err = conn.send(&Msg::Blob(vec![1; 100_000])).await.unwrap_err();
     assert!(
-        matches!(err, WireError::MessageTooLarge { max: 65_536, .. }),
+        matches!(err, Error::MessageTooLarge { max: 65_536, .. }),
         "{err}"
     );
     assert_serves(server.addr).await;
@@ -455,7 +456,7 @@ async fn a_wrong_version_is_named_on_both_sides() {
         .await
         .unwrap_err();
     match &err {
-        WireError::VersionMismatch {
+        Error::VersionMismatch {
             ours: 1, theirs: 2, ..
         } => {}
         other => panic!("expected a version mismatch, got {other}"),
@@ -483,7 +484,7 @@ async fn a_wrong_or_missing_token_is_refused_on_both_sides() {
             ..client_config()
         };
         let err = config.connect::<Msg, Msg>(server.addr).await.unwrap_err();
-        assert!(matches!(err, WireError::Unauthorized { .. }), "{err}");
+        assert!(matches!(err, Error::Unauthorized { .. }), "{err}");
         assert!(err.to_string().contains("--token"), "{err}");
         let line = logs.next_warn().await;
         assert!(line.contains("127.0.0.1:"), "{line}");
@@ -503,7 +504,7 @@ async fn a_wrong_or_missing_token_is_refused_on_both_sides() {
         .connect::<Msg, Msg>(open.addr)
         .await
         .unwrap_err();
-    assert!(matches!(err, WireError::Unauthorized { .. }), "{err}");
+    assert!(matches!(err, Error::Unauthorized { .. }), "{err}");
     let line = logs.next_warn().await;
     assert!(line.contains("this server has none"), "{line}");
     let plain = ConnectConfig {
@@ -539,7 +540,7 @@ async fn a_server_that_cannot_prove_the_token_is_refused() {
         let _ = raw.next().await;
     });
     let err = client_config().connect::<Msg, Msg>(addr).await.unwrap_err();
-    assert!(matches!(err, WireError::Unauthorized { .. }), "{err}");
+    assert!(matches!(err, Error::Unauthorized { .. }), "{err}");
     assert!(
         err.to_string().contains("could not prove it holds"),
         "{err}"
@@ -580,7 +581,7 @@ async fn a_silent_client_times_out_and_the_server_keeps_serving() {
 async fn a_non_loopback_bind_without_a_token_is_refused() {
     let open = ListenConfig::new(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
     let err = open.clone().bind().await.unwrap_err();
-    assert!(matches!(err, WireError::TokenRequired { .. }), "{err}");
+    assert!(matches!(err, Error::TokenRequired { .. }), "{err}");
     let message = err.to_string();
     assert!(
         message.contains("refusing to listen on 0.0.0.0:0"),
@@ -635,7 +636,7 @@ async fn shutdown_closes_connections_and_rejects_pending_handshakes() {
     let addr = server.addr;
     server.task.await.unwrap();
     let err = client_config().connect::<Msg, Msg>(addr).await.unwrap_err();
-    assert!(matches!(err, WireError::Connect { .. }), "{err}");
+    assert!(matches!(err, Error::Connect { .. }), "{err}");
     assert!(err.is_retryable());
 }
 
@@ -690,7 +691,7 @@ async fn the_handshake_deadline_holds_on_virtual_time() {
     .await
     .unwrap_err();
     assert!(
-        matches!(err, WireError::HandshakeTimeout { after, .. } if after == Duration::from_secs(3)),
+        matches!(err, Error::HandshakeTimeout { after, .. } if after == Duration::from_secs(3)),
         "{err}"
     );
     assert_eq!(started.elapsed(), Duration::from_secs(3));

@@ -8,8 +8,9 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use cohort_coordinator::Error;
 use cohort_coordinator::wire::{
-    ListenConfig, PROTOCOL_VERSION, Replay, Secret, SeededNonces, WireError, replay_as_server,
+    ListenConfig, PROTOCOL_VERSION, Replay, Secret, SeededNonces, replay_as_server,
 };
 use proptest::prelude::*;
 use serde::de::IgnoredAny;
@@ -156,7 +157,7 @@ proptest! {
         } else {
             let truncated = matches!(
                 replay.error,
-                Some(WireError::Truncated { buffered, .. }) if buffered > 0
+                Some(Error::Truncated { buffered, .. }) if buffered > 0
             );
             prop_assert!(truncated, "{:?}", replay.error);
         }
@@ -183,7 +184,7 @@ proptest! {
         let token = Secret::new("a token for the property tests").unwrap();
         let replay = replay_as_server::<Msg>(&hello(Some(proof)), &config(Some(token)));
         prop_assert!(replay.peer.is_none());
-        let unauthorized = matches!(replay.error, Some(WireError::Unauthorized { .. }));
+        let unauthorized = matches!(replay.error, Some(Error::Unauthorized { .. }));
         prop_assert!(unauthorized, "{:?}", replay.error);
     }
 }
@@ -195,7 +196,7 @@ fn an_oversized_frame_after_the_hello_is_refused() {
     let replay = replay_as_server::<Msg>(&input, &config(None));
     assert!(replay.peer.is_some());
     match replay.error {
-        Some(WireError::FrameTooLarge { len, max, .. }) => {
+        Some(Error::FrameTooLarge { len, max, .. }) => {
             assert_eq!((len, max), (u64::from(u32::MAX), MAX_FRAME));
         }
         other => panic!("expected FrameTooLarge, got {other:?}"),
@@ -210,7 +211,7 @@ fn a_deeply_nested_frame_is_refused_without_overflowing_the_stack() {
     input.extend_from_slice(&frame(&deep));
     let replay = replay_as_server::<IgnoredAny>(&input, &config(None));
     assert!(
-        matches!(replay.error, Some(WireError::Decode { .. })),
+        matches!(replay.error, Some(Error::Decode { .. })),
         "{:?}",
         replay.error
     );
@@ -221,7 +222,7 @@ fn an_empty_stream_is_a_close_before_the_handshake() {
     let replay = replay_as_server::<Msg>(&[], &config(None));
     assert!(matches!(
         replay.error,
-        Some(WireError::Closed {
+        Some(Error::Closed {
             during: "handshake",
             ..
         })
@@ -241,10 +242,10 @@ fn outcome<In>(replay: &Replay<In>) -> Outcome {
             messages: replay.messages.len(),
         },
         (_, Some(err)) => Outcome::Refused(match err {
-            WireError::Garbage { .. } => "garbage",
-            WireError::VersionMismatch { .. } => "version",
-            WireError::Unauthorized { .. } => "unauthorized",
-            WireError::Truncated { .. } => "truncated",
+            Error::Garbage { .. } => "garbage",
+            Error::VersionMismatch { .. } => "version",
+            Error::Unauthorized { .. } => "unauthorized",
+            Error::Truncated { .. } => "truncated",
             _ => "other",
         }),
         (None, None) => Outcome::Refused("nothing"),

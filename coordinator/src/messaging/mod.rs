@@ -207,6 +207,6 @@ impl Context<'_> {
             .map(|inner| Cohort {
                 inner: Arc::clone(&inner),
             })
-            .ok_or(Error::Stopped)
+            .ok_or(Error::COHORT_STOPPED)
     }
 }

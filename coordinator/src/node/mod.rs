@@ -295,7 +295,7 @@ impl NodeShared {
         let node = Arc::downgrade(self);
         let to = id.clone();
         let send = move |envelope: Envelope<M>| -> Result<()> {
-            let node = node.upgrade().ok_or(Error::Stopped)?;
+            let node = node.upgrade().ok_or(Error::COHORT_STOPPED)?;
             let payload =
                 rmp_serde::to_vec_named(&envelope.message).map_err(|e| Error::Message {
                     from: envelope.from.clone().unwrap_or_else(|| to.clone()),
@@ -303,8 +303,8 @@ impl NodeShared {
                     reason: e.to_string(),
                 })?;
             let Some(from) = envelope.from else {
-                return Err(Error::InvalidSettings(
-                    "inputs (Address::tell) can only be sent to objects of this node".into(),
+                return Err(Error::invalid_settings(
+                    "inputs (Address::tell) can only be sent to objects of this node",
                 ));
             };
             node.send_remote(PeerFrame {
@@ -334,7 +334,7 @@ impl NodeShared {
             tokio::spawn(peer_link(Arc::downgrade(self), node_name.clone(), rx));
             tx
         });
-        link.send(frame).map_err(|_| Error::Stopped)
+        link.send(frame).map_err(|_| Error::COHORT_STOPPED)
     }
 
     /// A frame from another node: parks it while its colour is a round not started here,
@@ -544,7 +544,7 @@ impl Node {
     pub fn spawn<A: Actor>(&self, id: ObjectId, object: A) -> Result<Address<A::Message>> {
         let shared = &self.shared;
         if shared.shutdown.is_cancelled() {
-            return Err(Error::Stopped);
+            return Err(Error::COHORT_STOPPED);
         }
         let mut objects = write(&shared.objects);
         if objects.contains_key(&id) {
@@ -659,8 +659,8 @@ impl NodeBuilder {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidSettings`] for a bad name or no coordinator; [`Error::Wire`] when the
-    /// peer port cannot be bound.
+    /// [`Error::InvalidConfig`] for a bad name or no coordinator; [`Error::Bind`] when the
+    /// peer port cannot be bound (or another wire error for bad listen settings).
     pub async fn build(self) -> Result<Node> {
         let valid = !self.name.is_empty()
             && self.name.len() <= 48
@@ -669,14 +669,14 @@ impl NodeBuilder {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         if !valid {
-            return Err(Error::InvalidSettings(format!(
+            return Err(Error::invalid_settings(format!(
                 "node name {:?}: use 1-48 of [A-Za-z0-9_-] (it names the node's segments)",
                 self.name
             )));
         }
         if self.coordinators.is_empty() {
-            return Err(Error::InvalidSettings(
-                "no coordinator address; give at least one".into(),
+            return Err(Error::invalid_settings(
+                "no coordinator address; give at least one",
             ));
         }
         let mut listen = ListenConfig::new(self.listen);
@@ -732,7 +732,7 @@ impl NodeBuilder {
                         conn.send(&delivered).await?;
                     }
                     #[allow(unreachable_code)]
-                    Ok::<(), wire::WireError>(())
+                    Ok::<(), Error>(())
                 }
             },
             shutdown.clone(),

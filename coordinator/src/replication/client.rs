@@ -13,8 +13,8 @@
 //!   reply by request id; the others are dropped.
 //!
 //! The application sees no error across a failover, only a delay; a call fails only when no
-//! member answered before the call's deadline ([`ServiceError::Unavailable`]), or when the
-//! service refused the request ([`ServiceError::Refused`]).
+//! member answered before the call's deadline ([`Error::Unavailable`]), or when the
+//! service refused the request ([`Error::Refused`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -33,7 +33,8 @@ use super::fencing::current_actives;
 use super::log::LoggedRequest;
 use super::replies::{ClientId, MAX_RETAINED_PER_CLIENT, Outcome};
 use super::server::{ClientMessage, ServerMessage};
-use super::styles::{ReplicationStyle, ServiceError};
+use super::styles::ReplicationStyle;
+use crate::Error;
 use crate::wire::{ConnectConfig, Role, Secret, SendHalf};
 
 /// How to start a [`GroupClient`]. Build it with [`ClientOptions::new`] and set the public
@@ -95,7 +96,7 @@ pub struct ClientStats {
 
 struct Call {
     body: Bytes,
-    reply: oneshot::Sender<Result<Bytes, ServiceError>>,
+    reply: oneshot::Sender<Result<Bytes, Error>>,
 }
 
 /// A transparent proxy of a replicated service. Cheap to clone; clones share the connection
@@ -120,15 +121,16 @@ impl GroupClient {
     ///
     /// # Errors
     ///
-    /// [`ServiceError::InvalidConfig`] for a zero deadline, backoff or in-flight limit.
-    pub fn new(options: ClientOptions) -> Result<Self, ServiceError> {
+    /// [`Error::InvalidConfig`] for a zero deadline, backoff or in-flight limit.
+    pub fn new(options: ClientOptions) -> Result<Self, Error> {
         if options.deadline.is_zero()
             || options.backoff.is_zero()
             || options.max_backoff < options.backoff
             || options.max_in_flight == 0
             || options.max_in_flight > MAX_RETAINED_PER_CLIENT
         {
-            return Err(ServiceError::InvalidConfig {
+            return Err(Error::InvalidConfig {
+                scope: "replicated service",
                 reason: format!(
                     "client deadline ({:?}) and backoff ({:?}) must be above zero, max_backoff \
                      ({:?}) at least backoff, and max_in_flight ({}) within 1..={MAX_RETAINED_PER_CLIENT}",
@@ -168,10 +170,10 @@ impl GroupClient {
     ///
     /// # Errors
     ///
-    /// [`ServiceError::Refused`] (the service's answer), [`ServiceError::Unavailable`] (no
+    /// [`Error::Refused`] (the service's answer), [`Error::Unavailable`] (no
     /// member answered before the deadline; the request may or may not have run, at most
-    /// once), [`ServiceError::Stopped`].
-    pub async fn call(&self, request: Bytes) -> Result<Bytes, ServiceError> {
+    /// once), [`Error::Stopped`].
+    pub async fn call(&self, request: Bytes) -> Result<Bytes, Error> {
         let (reply, rx) = oneshot::channel();
         self.calls
             .send(Call {
@@ -179,15 +181,15 @@ impl GroupClient {
                 reply,
             })
             .await
-            .map_err(|_closed| ServiceError::Stopped { what: "client" })?;
+            .map_err(|_closed| Error::Stopped { what: "client" })?;
         rx.await
-            .map_err(|_closed| ServiceError::Stopped { what: "client" })?
+            .map_err(|_closed| Error::Stopped { what: "client" })?
     }
 }
 
 struct InFlight {
     body: Bytes,
-    reply: oneshot::Sender<Result<Bytes, ServiceError>>,
+    reply: oneshot::Sender<Result<Bytes, Error>>,
     deadline: Instant,
     started: Instant,
 }
@@ -262,7 +264,7 @@ impl Proxy {
             .collect();
         for id in expired {
             if let Some(p) = self.pending.remove(&id) {
-                let _ = p.reply.send(Err(ServiceError::Unavailable {
+                let _ = p.reply.send(Err(Error::Unavailable {
                     group: self.options.group.to_string(),
                     waited: now - p.started,
                     last: self.last_fault.clone(),
@@ -453,7 +455,7 @@ impl Proxy {
                 }
                 let result = match outcome {
                     Outcome::Ok(bytes) => Ok(bytes),
-                    Outcome::Failed(message) => Err(ServiceError::Refused { message }),
+                    Outcome::Failed(message) => Err(Error::Refused { message }),
                 };
                 let _ = p.reply.send(result);
             }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::error::ReplicationError;
+use crate::Error;
 
 /// The largest `active_goal`: the group keeps one fencing slot per active member.
 pub const MAX_ACTIVE_GOAL: u32 = 1024;
@@ -15,7 +15,7 @@ pub const MAX_ACTIVE_GOAL: u32 = 1024;
 /// The longest group name or member id, in bytes.
 pub const MAX_NAME_LEN: usize = 64;
 
-fn check_token(what: &'static str, name: &str, extra: &[u8]) -> Result<(), ReplicationError> {
+fn check_token(what: &'static str, name: &str, extra: &[u8]) -> Result<(), Error> {
     let reason = if name.is_empty() {
         Some("it is empty")
     } else if name.len() > MAX_NAME_LEN {
@@ -36,7 +36,7 @@ fn check_token(what: &'static str, name: &str, extra: &[u8]) -> Result<(), Repli
     };
     match reason {
         None => Ok(()),
-        Some(reason) => Err(ReplicationError::InvalidName {
+        Some(reason) => Err(Error::InvalidName {
             what,
             name: name.escape_debug().to_string(),
             reason,
@@ -55,8 +55,8 @@ macro_rules! name_type {
             ///
             /// # Errors
             ///
-            /// [`ReplicationError::InvalidName`] naming the broken rule.
-            pub fn new(name: impl AsRef<str>) -> Result<Self, ReplicationError> {
+            /// [`Error::InvalidName`] naming the broken rule.
+            pub fn new(name: impl AsRef<str>) -> Result<Self, Error> {
                 let name = name.as_ref();
                 check_token($what, name, $extra)?;
                 Ok(Self(Arc::from(name)))
@@ -81,7 +81,7 @@ macro_rules! name_type {
         }
 
         impl FromStr for $name {
-            type Err = ReplicationError;
+            type Err = Error;
 
             fn from_str(s: &str) -> Result<Self, Self::Err> {
                 Self::new(s)
@@ -178,8 +178,8 @@ impl GroupConfig {
     ///
     /// # Errors
     ///
-    /// [`ReplicationError::InvalidName`] for a bad group name.
-    pub fn new(group: impl AsRef<str>, active_goal: u32) -> Result<Self, ReplicationError> {
+    /// [`Error::InvalidName`] for a bad group name.
+    pub fn new(group: impl AsRef<str>, active_goal: u32) -> Result<Self, Error> {
         Ok(Self {
             group: GroupName::new(group)?,
             weight: 1,
@@ -278,9 +278,14 @@ impl GroupConfig {
     ///
     /// # Errors
     ///
-    /// [`ReplicationError::InvalidConfig`] naming the setting, its value and the rule.
-    pub fn validate(&self) -> Result<(), ReplicationError> {
-        let invalid = |reason: String| Err(ReplicationError::InvalidConfig { reason });
+    /// [`Error::InvalidConfig`] naming the setting, its value and the rule.
+    pub fn validate(&self) -> Result<(), Error> {
+        let invalid = |reason: String| {
+            Err(Error::InvalidConfig {
+                scope: "group",
+                reason,
+            })
+        };
         if self.active_goal == 0 || self.active_goal > MAX_ACTIVE_GOAL {
             return invalid(format!(
                 "active_goal is {}; use 1 to {MAX_ACTIVE_GOAL} (the number of members active at \

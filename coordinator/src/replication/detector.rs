@@ -23,9 +23,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::config::duration_ms;
-use super::error::ReplicationError;
 use super::protocol::{BoxStream, Connector, GroupMessage, TcpConnector};
-use crate::wire::{ConnectConfig, Connection, Role, Secret, WireError};
+use crate::Error;
+use crate::wire::{ConnectConfig, Connection, Role, Secret};
 
 /// Push-style detection: remembers when each key was last heard, and suspects the ones silent
 /// for `timeout`. Pure: time is passed in (ms, any monotonic origin).
@@ -131,11 +131,12 @@ impl PullDetector {
     ///
     /// # Errors
     ///
-    /// [`ReplicationError::InvalidConfig`] when either is zero.
-    pub fn new(interval: Duration, timeout: Duration) -> Result<Self, ReplicationError> {
+    /// [`Error::InvalidConfig`] when either is zero.
+    pub fn new(interval: Duration, timeout: Duration) -> Result<Self, Error> {
         let (interval_ms, timeout_ms) = (duration_ms(interval), duration_ms(timeout));
         if interval_ms == 0 || timeout_ms == 0 {
-            return Err(ReplicationError::InvalidConfig {
+            return Err(Error::InvalidConfig {
+                scope: "group",
                 reason: format!(
                     "pull interval ({interval:?}) and timeout ({timeout:?}) must be at least 1 ms"
                 ),
@@ -274,8 +275,8 @@ impl PullMonitor {
     ///
     /// # Errors
     ///
-    /// [`ReplicationError::InvalidConfig`] for a zero interval or timeout, or a bad name.
-    pub fn start(options: PullOptions) -> Result<Self, ReplicationError> {
+    /// [`Error::InvalidConfig`] for a zero interval or timeout, or a bad name.
+    pub fn start(options: PullOptions) -> Result<Self, Error> {
         let detector = PullDetector::new(options.interval, options.timeout)?;
         let connect = ConnectConfig {
             token: options.token.clone(),
@@ -287,7 +288,8 @@ impl PullMonitor {
             || options.name.len() > 128
             || options.name.chars().any(char::is_control)
         {
-            return Err(ReplicationError::InvalidConfig {
+            return Err(Error::InvalidConfig {
+                scope: "group",
                 reason: format!(
                     "pull monitor name {:?}: use 1-128 printable characters",
                     options.name.escape_debug().to_string()
@@ -324,12 +326,12 @@ impl fmt::Display for Liveness {
 async fn open(
     options: &PullOptions,
     connect: &ConnectConfig,
-) -> Result<Connection<GroupMessage, GroupMessage, BoxStream>, WireError> {
+) -> Result<Connection<GroupMessage, GroupMessage, BoxStream>, Error> {
     let stream = tokio::time::timeout(options.timeout, options.connector.connect(&options.addr))
         .await
         .map_err(|_elapsed| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))
         .and_then(|r| r)
-        .map_err(|source| WireError::Connect {
+        .map_err(|source| Error::Connect {
             addr: options.addr.clone(),
             source,
         })?;

@@ -23,7 +23,7 @@
 //! after one that exists. A deposed member (an older epoch of the same slot) knows at most the
 //! newest entry before the fence, so its next append lands on a number already taken; it then
 //! reads forward, finds the fence of a newer epoch of its slot, and fails with
-//! [`ReplicationError::Fenced`]. So an entry of epoch `e` never follows a fence of epoch `> e`
+//! [`Error::SlotFenced`]. So an entry of epoch `e` never follows a fence of epoch `> e`
 //! of the same slot, and at any moment at most `active_goal` members can commit: the same rule
 //! as the manifest fencing in ARCHITECTURE.md. An append that lands also reads the slot's next
 //! epoch record, and reports `Fenced` (not committed) if a successor has claimed: so a busy
@@ -41,7 +41,7 @@ use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
 use super::config::{GroupConfig, GroupName, MemberId};
-use super::error::ReplicationError;
+use crate::Error;
 
 /// A fencing slot and the epoch that holds it: the identity of one activation. Work committed
 /// by an active member carries it.
@@ -98,18 +98,18 @@ fn decode<T: for<'de> Deserialize<'de>>(raw: &[u8]) -> Result<T, String> {
 fn store_error(
     group: &GroupName,
     operation: impl Into<String>,
-) -> impl FnOnce(cohort_checkpoint::Error) -> ReplicationError {
+) -> impl FnOnce(cohort_checkpoint::Error) -> Error {
     let group = group.clone();
     let operation = operation.into();
-    move |source| ReplicationError::Store {
+    move |source| Error::GroupStore {
         group,
         operation,
         source: Box::new(source),
     }
 }
 
-fn damaged(store: &CheckpointStore, key: &str, reason: String) -> ReplicationError {
-    ReplicationError::Damaged {
+fn damaged(store: &CheckpointStore, key: &str, reason: String) -> Error {
+    Error::DamagedRecord {
         key: format!("groups/{key}"),
         url: store.url().to_owned(),
         reason,
@@ -156,14 +156,14 @@ pub struct GroupRecord {
 ///
 /// # Errors
 ///
-/// [`ReplicationError::ConfigMismatch`] (naming both values) when the record disagrees;
-/// [`ReplicationError::Store`] or [`ReplicationError::Damaged`].
+/// [`Error::ConfigMismatch`] (naming both values) when the record disagrees;
+/// [`Error::GroupStore`] or [`Error::DamagedRecord`].
 pub async fn ensure_group_record(
     store: &CheckpointStore,
     config: &GroupConfig,
     member: &MemberId,
     now_unix_ms: u64,
-) -> Result<GroupRecord, ReplicationError> {
+) -> Result<GroupRecord, Error> {
     let group = config.group();
     let key = format!("{group}/config");
     let ours = GroupRecord {
@@ -184,7 +184,7 @@ pub async fn ensure_group_record(
         .map_err(store_error(group, "read the group record"))?
         .ok_or_else(|| damaged(store, &key, "it vanished after it was created".to_owned()))?;
     let stored: GroupRecord = decode(&raw).map_err(|e| damaged(store, &key, e))?;
-    let mismatch = |field, ours: String, theirs: String| ReplicationError::ConfigMismatch {
+    let mismatch = |field, ours: String, theirs: String| Error::ConfigMismatch {
         group: group.clone(),
         other: format!(
             "the group record on the store (created by {})",
@@ -250,7 +250,7 @@ fn slot_dir(group: &GroupName, slot: u32) -> String {
 async fn newest_epochs(
     store: &CheckpointStore,
     group: &GroupName,
-) -> Result<BTreeMap<u32, u64>, ReplicationError> {
+) -> Result<BTreeMap<u32, u64>, Error> {
     let keys = store
         .list_group_records(&format!("{group}/slots"))
         .await
@@ -270,11 +270,7 @@ async fn newest_epochs(
 }
 
 /// The newest epoch of one slot (0 if it was never claimed).
-async fn newest_epoch(
-    store: &CheckpointStore,
-    group: &GroupName,
-    slot: u32,
-) -> Result<u64, ReplicationError> {
+async fn newest_epoch(store: &CheckpointStore, group: &GroupName, slot: u32) -> Result<u64, Error> {
     let keys = store
         .list_group_records(&slot_dir(group, slot))
         .await
@@ -291,7 +287,7 @@ async fn read_active(
     store: &CheckpointStore,
     group: &GroupName,
     se: SlotEpoch,
-) -> Result<Option<ActiveRecord>, ReplicationError> {
+) -> Result<Option<ActiveRecord>, Error> {
     let key = format!("{}/{}", slot_dir(group, se.slot), padded(se.epoch));
     let Some(raw) = store
         .read_group_record(&key)
@@ -318,11 +314,11 @@ async fn read_active(
 ///
 /// # Errors
 ///
-/// [`ReplicationError::Store`] or [`ReplicationError::Damaged`].
+/// [`Error::GroupStore`] or [`Error::DamagedRecord`].
 pub async fn current_actives(
     store: &CheckpointStore,
     group: &GroupName,
-) -> Result<Vec<ActiveRecord>, ReplicationError> {
+) -> Result<Vec<ActiveRecord>, Error> {
     let newest = newest_epochs(store, group).await?;
     let mut out = Vec::with_capacity(newest.len());
     for (slot, epoch) in newest {
@@ -371,7 +367,7 @@ pub enum Claim {
 ///
 /// # Errors
 ///
-/// [`ReplicationError::Store`] or [`ReplicationError::Damaged`]; nothing is known to be
+/// [`Error::GroupStore`] or [`Error::DamagedRecord`]; nothing is known to be
 /// claimed (a record may exist without its fence: the next claim of the slot supersedes it).
 pub async fn claim_slot(
     store: &CheckpointStore,
@@ -379,7 +375,7 @@ pub async fn claim_slot(
     slot: u32,
     supersedes: Option<u64>,
     claimant: &Claimant,
-) -> Result<Claim, ReplicationError> {
+) -> Result<Claim, Error> {
     let newest = newest_epoch(store, group, slot).await?;
     if supersedes.is_some_and(|seen| newest > seen) {
         return Ok(Claim::Lost { by: newest });
@@ -415,7 +411,7 @@ pub async fn claim_slot(
         .await
     {
         Ok(_) => Ok(Claim::Won(se)),
-        Err(ReplicationError::Fenced { by, .. }) => Ok(Claim::Lost { by }),
+        Err(Error::SlotFenced { by, .. }) => Ok(Claim::Lost { by }),
         Err(e) => Err(e),
     }
 }
@@ -440,15 +436,11 @@ struct TruncatedRecord {
 /// Deletes the group record `key` (relative to `groups/`); a record already gone is fine.
 /// Through the store's object store: the checkpoint crate offers group records create-only,
 /// and the log's truncation is their only deletion.
-async fn delete_record(
-    store: &CheckpointStore,
-    group: &GroupName,
-    key: &str,
-) -> Result<(), ReplicationError> {
+async fn delete_record(store: &CheckpointStore, group: &GroupName, key: &str) -> Result<(), Error> {
     use cohort_checkpoint::object_store::ObjectStoreExt;
     let full = format!("groups/{key}");
     if !store.is_writable() {
-        return Err(ReplicationError::Store {
+        return Err(Error::GroupStore {
             group: group.clone(),
             operation: format!("delete {full}"),
             source: Box::new(cohort_checkpoint::Error::ReadOnly {
@@ -460,7 +452,7 @@ async fn delete_record(
     let (raw, _) = store.object_store();
     match raw.delete(&store.path_of(&full)).await {
         Ok(()) | Err(cohort_checkpoint::object_store::Error::NotFound { .. }) => Ok(()),
-        Err(source) => Err(ReplicationError::Store {
+        Err(source) => Err(Error::GroupStore {
             group: group.clone(),
             operation: format!("delete {full}"),
             source: Box::new(cohort_checkpoint::Error::Store {
@@ -571,20 +563,20 @@ impl FencedLog {
     ///
     /// # Errors
     ///
-    /// [`ReplicationError::Fenced`] when a newer epoch of `writer`'s slot exists: the member
+    /// [`Error::SlotFenced`] when a newer epoch of `writer`'s slot exists: the member
     /// must deactivate, and must not report the work as done. Either the newer epoch's fence
     /// came first (nothing was written), or the entry landed before that fence (it stays in the
     /// log, and the successor replays it, since it replays everything up to its fence: so work
-    /// must be idempotent, keyed by request id). [`ReplicationError::Store`] (the
+    /// must be idempotent, keyed by request id). [`Error::GroupStore`] (the
     /// entry may or may not exist: a retry with the same bytes may write it twice, so make
-    /// entries idempotent, e.g. keyed by request id) or [`ReplicationError::Damaged`] (an
+    /// entries idempotent, e.g. keyed by request id) or [`Error::DamagedRecord`] (an
     /// entry in the way does not decode; appending stops rather than risk skipping a fence).
     pub async fn append(
         &self,
         writer: SlotEpoch,
         member: &MemberId,
         bytes: Bytes,
-    ) -> Result<u64, ReplicationError> {
+    ) -> Result<u64, Error> {
         Ok(self.commit(writer, member, bytes).await?.seq)
     }
 
@@ -600,7 +592,7 @@ impl FencedLog {
         writer: SlotEpoch,
         member: &MemberId,
         bytes: Bytes,
-    ) -> Result<EntryId, ReplicationError> {
+    ) -> Result<EntryId, Error> {
         self.append_entry(writer, member, EntryKind::Data(bytes))
             .await
     }
@@ -616,7 +608,7 @@ impl FencedLog {
         writer: SlotEpoch,
         member: &MemberId,
         kind: EntryKind,
-    ) -> Result<EntryId, ReplicationError> {
+    ) -> Result<EntryId, Error> {
         let mut seq = match self.hint() {
             0 => self.newest().await? + 1,
             hint => hint,
@@ -695,7 +687,7 @@ impl FencedLog {
     /// that keeps appending stops at its next append once a successor claims, rather than
     /// keeping every number taken while the successor's fence append walks behind it (the
     /// writer needs one create per entry, the walker a create and a read per number).
-    async fn check_still_current(&self, writer: SlotEpoch) -> Result<(), ReplicationError> {
+    async fn check_still_current(&self, writer: SlotEpoch) -> Result<(), Error> {
         let next = writer.epoch.saturating_add(1);
         let key = format!("{}/{}", slot_dir(&self.group, writer.slot), padded(next));
         let claimed = self
@@ -711,7 +703,7 @@ impl FencedLog {
         }
     }
 
-    fn check_not_fenced(&self, writer: SlotEpoch, seen: &LogEntry) -> Result<(), ReplicationError> {
+    fn check_not_fenced(&self, writer: SlotEpoch, seen: &LogEntry) -> Result<(), Error> {
         if seen.writer.slot == writer.slot && seen.writer.epoch > writer.epoch {
             Err(self.fenced(writer, seen.writer.epoch))
         } else {
@@ -719,8 +711,8 @@ impl FencedLog {
         }
     }
 
-    fn fenced(&self, ours: SlotEpoch, by: u64) -> ReplicationError {
-        ReplicationError::Fenced {
+    fn fenced(&self, ours: SlotEpoch, by: u64) -> Error {
+        Error::SlotFenced {
             group: self.group.clone(),
             ours,
             by,
@@ -747,9 +739,9 @@ impl FencedLog {
     ///
     /// # Errors
     ///
-    /// [`ReplicationError::Store`]; entries deleted before the error stay deleted (the next
+    /// [`Error::GroupStore`]; entries deleted before the error stay deleted (the next
     /// call goes on where this one stopped).
-    pub async fn truncate_through(&self, through: u64) -> Result<u64, ReplicationError> {
+    pub async fn truncate_through(&self, through: u64) -> Result<u64, Error> {
         let seqs = self.sequence_numbers().await?;
         let Some(&newest) = seqs.last() else {
             return Ok(0);
@@ -779,8 +771,8 @@ impl FencedLog {
     ///
     /// # Errors
     ///
-    /// [`ReplicationError::Store`].
-    pub async fn was_truncated(&self) -> Result<bool, ReplicationError> {
+    /// [`Error::GroupStore`].
+    pub async fn was_truncated(&self) -> Result<bool, Error> {
         Ok(self
             .store
             .read_group_record(&self.truncated_key())
@@ -795,9 +787,9 @@ impl FencedLog {
     ///
     /// # Errors
     ///
-    /// [`ReplicationError::Store`], or [`ReplicationError::Damaged`] for an entry that does not
+    /// [`Error::GroupStore`], or [`Error::DamagedRecord`] for an entry that does not
     /// decode.
-    pub async fn holds(&self, anchor: Option<EntryId>) -> Result<bool, ReplicationError> {
+    pub async fn holds(&self, anchor: Option<EntryId>) -> Result<bool, Error> {
         match anchor {
             None => Ok(!self.was_truncated().await?),
             Some(id) => Ok(self.read(id.seq).await?.is_some_and(|e| e.id() == id)),
@@ -808,8 +800,8 @@ impl FencedLog {
     ///
     /// # Errors
     ///
-    /// [`ReplicationError::Store`].
-    pub async fn oldest(&self) -> Result<u64, ReplicationError> {
+    /// [`Error::GroupStore`].
+    pub async fn oldest(&self) -> Result<u64, Error> {
         Ok(self.sequence_numbers().await?.first().copied().unwrap_or(0))
     }
 
@@ -817,12 +809,12 @@ impl FencedLog {
     ///
     /// # Errors
     ///
-    /// [`ReplicationError::Store`].
-    pub async fn newest(&self) -> Result<u64, ReplicationError> {
+    /// [`Error::GroupStore`].
+    pub async fn newest(&self) -> Result<u64, Error> {
         Ok(self.sequence_numbers().await?.last().copied().unwrap_or(0))
     }
 
-    async fn sequence_numbers(&self) -> Result<Vec<u64>, ReplicationError> {
+    async fn sequence_numbers(&self) -> Result<Vec<u64>, Error> {
         let keys = self
             .store
             .list_group_records(&format!("{}/log", self.group))
@@ -846,9 +838,9 @@ impl FencedLog {
     ///
     /// # Errors
     ///
-    /// [`ReplicationError::Store`], or [`ReplicationError::Damaged`] if it does not decode or
+    /// [`Error::GroupStore`], or [`Error::DamagedRecord`] if it does not decode or
     /// records another number.
-    pub async fn read(&self, seq: u64) -> Result<Option<LogEntry>, ReplicationError> {
+    pub async fn read(&self, seq: u64) -> Result<Option<LogEntry>, Error> {
         let key = self.key(seq);
         let Some(raw) = self
             .store
@@ -874,8 +866,8 @@ impl FencedLog {
     ///
     /// # Errors
     ///
-    /// [`ReplicationError::Store`] or [`ReplicationError::Damaged`].
-    pub async fn read_from(&self, seq: u64) -> Result<Vec<LogEntry>, ReplicationError> {
+    /// [`Error::GroupStore`] or [`Error::DamagedRecord`].
+    pub async fn read_from(&self, seq: u64) -> Result<Vec<LogEntry>, Error> {
         let seqs: Vec<u64> = self
             .sequence_numbers()
             .await?

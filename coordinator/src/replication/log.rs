@@ -17,7 +17,7 @@ use cohort_object_api::{EncodedState, StateTag};
 use serde::{Deserialize, Serialize};
 
 use super::replies::ClientId;
-use super::styles::ServiceError;
+use crate::Error;
 
 /// The type name of a logged batch when it is handed to
 /// [`Updateable::apply_update`](cohort_object_api::Updateable::apply_update).
@@ -48,11 +48,11 @@ impl Batch {
     ///
     /// # Errors
     ///
-    /// [`ServiceError::InvalidRequest`] if it cannot be encoded (it always can).
-    pub fn encode(&self) -> Result<Bytes, ServiceError> {
+    /// [`Error::InvalidRequest`] if it cannot be encoded (it always can).
+    pub fn encode(&self) -> Result<Bytes, Error> {
         rmp_serde::to_vec_named(self)
             .map(Bytes::from)
-            .map_err(|e| ServiceError::InvalidRequest {
+            .map_err(|e| Error::InvalidRequest {
                 reason: format!("a batch of requests cannot be encoded: {e}"),
             })
     }
@@ -61,9 +61,9 @@ impl Batch {
     ///
     /// # Errors
     ///
-    /// [`ServiceError::DamagedLog`] naming the entry.
-    pub fn decode(seq: u64, data: &[u8]) -> Result<Self, ServiceError> {
-        rmp_serde::from_slice(data).map_err(|e| ServiceError::DamagedLog {
+    /// [`Error::DamagedLog`] naming the entry.
+    pub fn decode(seq: u64, data: &[u8]) -> Result<Self, Error> {
+        rmp_serde::from_slice(data).map_err(|e| Error::DamagedLog {
             seq,
             reason: e.to_string(),
         })
@@ -84,11 +84,11 @@ impl Batch {
     ///
     /// # Errors
     ///
-    /// [`ServiceError::DamagedLog`] for another tag or undecodable bytes.
-    pub fn from_update(update: &EncodedState) -> Result<(u64, Self), ServiceError> {
+    /// [`Error::DamagedLog`] for another tag or undecodable bytes.
+    pub fn from_update(update: &EncodedState) -> Result<(u64, Self), Error> {
         let payload = update.payload();
         if update.tag().type_name != BATCH_TYPE || payload.len() < 8 {
-            return Err(ServiceError::DamagedLog {
+            return Err(Error::DamagedLog {
                 seq: 0,
                 reason: format!(
                     "an update of type {} ({} bytes) is not a logged batch",

@@ -25,7 +25,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::config::{GroupConfig, MemberId, duration_ms};
-use super::error::ReplicationError;
 use super::fencing::{
     Claim, Claimant, EntryId, FencedLog, SlotEpoch, claim_slot, ensure_group_record,
 };
@@ -33,6 +32,7 @@ use super::group::{
     ClaimOutcome, Command, DeactivateReason, Event, GroupEngine, Heartbeat, MemberState,
 };
 use super::protocol::{BoxStream, Connector, GroupMessage, TcpConnector};
+use crate::Error;
 use crate::wire::{self, Accept, ConnectConfig, Connection, ListenConfig, Listener, Role, Secret};
 
 /// The application's answer to `is_alive` polls (FT-CORBA `PullMonitorable`).
@@ -139,11 +139,11 @@ pub enum MemberEvent {
     /// The number of active members this member sees changed (itself included).
     ActiveCount(usize),
     /// A peer was refused because its settings disagree
-    /// ([`ReplicationError::ConfigMismatch`], naming both values).
-    Rejected(ReplicationError),
+    /// ([`Error::ConfigMismatch`], naming both values).
+    Rejected(Error),
     /// A slot claim failed on the store; the member stands by for `activation_interval` and
     /// lets the others go first.
-    ClaimFailed(ReplicationError),
+    ClaimFailed(Error),
 }
 
 /// A member's state, as [`Member::status`] shows it.
@@ -223,13 +223,13 @@ impl MemberHandle {
 
     /// Commits `bytes` to the group's fenced log under the member's current activation and
     /// returns its sequence number. When a newer epoch fenced the slot, the member deactivates
-    /// ([`DeactivateReason::Fenced`]) and this returns [`ReplicationError::Fenced`].
+    /// ([`DeactivateReason::Fenced`]) and this returns [`Error::SlotFenced`].
     ///
     /// # Errors
     ///
-    /// [`ReplicationError::NotActive`], [`ReplicationError::Fenced`], or the log's store errors
+    /// [`Error::NotActive`], [`Error::SlotFenced`], or the log's store errors
     /// (see [`FencedLog::append`]).
-    pub async fn append(&self, bytes: Bytes) -> Result<u64, ReplicationError> {
+    pub async fn append(&self, bytes: Bytes) -> Result<u64, Error> {
         Ok(self.commit(bytes).await?.seq)
     }
 
@@ -238,15 +238,15 @@ impl MemberHandle {
     /// # Errors
     ///
     /// As [`append`](Self::append).
-    pub async fn commit(&self, bytes: Bytes) -> Result<EntryId, ReplicationError> {
+    pub async fn commit(&self, bytes: Bytes) -> Result<EntryId, Error> {
         let Some(ours) = self.active() else {
-            return Err(ReplicationError::NotActive {
+            return Err(Error::NotActive {
                 group: self.log.group().clone(),
                 member: self.id.clone(),
             });
         };
         let appended = self.log.commit(ours, &self.id, bytes).await;
-        if let Err(ReplicationError::Fenced { by, .. }) = &appended {
+        if let Err(Error::SlotFenced { by, .. }) = &appended {
             self.report_fenced(ours, *by);
         }
         appended
@@ -287,10 +287,10 @@ impl Member {
     ///
     /// # Errors
     ///
-    /// [`ReplicationError::InvalidConfig`], [`ReplicationError::ConfigMismatch`] (with the
-    /// store's record), [`ReplicationError::Store`], or [`ReplicationError::Wire`] when the
+    /// [`Error::InvalidConfig`], [`Error::ConfigMismatch`] (with the
+    /// store's record), [`Error::GroupStore`], or [`Error::Bind`] when the
     /// port cannot be bound.
-    pub async fn start(options: MemberOptions) -> Result<Self, ReplicationError> {
+    pub async fn start(options: MemberOptions) -> Result<Self, Error> {
         options.config.validate()?;
         let listener = options.listen_config().bind().await?;
         Self::start_on(options, listener).await
@@ -305,7 +305,7 @@ impl Member {
     pub async fn start_on<A: Accept>(
         options: MemberOptions,
         listener: Listener<A>,
-    ) -> Result<Self, ReplicationError> {
+    ) -> Result<Self, Error> {
         options.config.validate()?;
         ensure_group_record(&options.store, &options.config, &options.id, unix_ms()).await?;
         let addr = options
@@ -427,7 +427,7 @@ impl Member {
     /// # Errors
     ///
     /// As [`MemberHandle::append`].
-    pub async fn append(&self, bytes: Bytes) -> Result<u64, ReplicationError> {
+    pub async fn append(&self, bytes: Bytes) -> Result<u64, Error> {
         self.handle.append(bytes).await
     }
 
@@ -746,9 +746,7 @@ impl Dialer {
         }
     }
 
-    async fn open(
-        &self,
-    ) -> Result<Connection<GroupMessage, GroupMessage, BoxStream>, ReplicationError> {
+    async fn open(&self) -> Result<Connection<GroupMessage, GroupMessage, BoxStream>, Error> {
         let stream = tokio::time::timeout(
             self.connect.handshake_timeout,
             self.connector.connect(&self.addr),
@@ -756,11 +754,11 @@ impl Dialer {
         .await
         .map_err(|_elapsed| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))
         .and_then(|r| r)
-        .map_err(|source| wire::WireError::Connect {
+        .map_err(|source| Error::Connect {
             addr: self.addr.clone(),
             source,
         })?;
-        Ok(self.connect.handshake(stream, self.addr.clone()).await?)
+        self.connect.handshake(stream, self.addr.clone()).await
     }
 
     /// Sends heartbeats until the connection breaks (`false`) or the dialer stops (`true`).
@@ -816,7 +814,7 @@ async fn serve_peer<S: crate::replication::protocol::ByteStream>(
     inbound: mpsc::UnboundedSender<Heartbeat>,
     heartbeats: watch::Receiver<Option<Arc<Heartbeat>>>,
     is_alive: IsAlive,
-) -> Result<(), ReplicationError> {
+) -> Result<(), Error> {
     let peer = conn.peer().name.clone();
     let mut subscription: Option<watch::Receiver<Option<Arc<Heartbeat>>>> = None;
     loop {

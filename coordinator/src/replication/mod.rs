@@ -52,7 +52,6 @@
 pub mod client;
 pub mod config;
 pub mod detector;
-mod error;
 pub mod fencing;
 pub mod group;
 pub mod log;
@@ -65,7 +64,6 @@ pub mod styles;
 pub mod testing;
 
 pub use config::{GroupConfig, GroupName, MemberId};
-pub use error::ReplicationError;
 pub use fencing::{ActiveRecord, EntryId, FencedLog, LogEntry, SlotEpoch, current_actives};
 pub use group::{Command, DeactivateReason, Event, GroupEngine, Heartbeat};
 pub use member::{Member, MemberEvent, MemberHandle, MemberOptions, MemberStatus};

@@ -20,10 +20,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::{GroupName, MemberId, duration_ms};
 use super::detector::PushDetector;
-use super::error::ReplicationError;
 use super::fencing::{SlotEpoch, current_actives};
 use super::group::{Heartbeat, MAX_ADDR_LEN, MAX_GOSSIP};
 use super::protocol::{BoxStream, Connector, GroupMessage, TcpConnector};
+use crate::Error;
 use crate::wire::{ConnectConfig, Connection, Role, Secret};
 
 /// The active members a monitor sees.
@@ -160,10 +160,11 @@ impl Monitor {
     ///
     /// # Errors
     ///
-    /// [`ReplicationError::InvalidConfig`] for a zero `lost_interval` or `retry`.
-    pub fn start(options: MonitorOptions) -> Result<Self, ReplicationError> {
+    /// [`Error::InvalidConfig`] for a zero `lost_interval` or `retry`.
+    pub fn start(options: MonitorOptions) -> Result<Self, Error> {
         if options.lost_interval.is_zero() || options.retry.is_zero() {
-            return Err(ReplicationError::InvalidConfig {
+            return Err(Error::InvalidConfig {
+                scope: "group",
                 reason: format!(
                     "monitor lost_interval ({:?}) and retry ({:?}) must be above zero",
                     options.lost_interval, options.retry
@@ -370,14 +371,14 @@ async fn open(
     addr: &str,
     connector: &dyn Connector,
     connect: &ConnectConfig,
-) -> Result<Connection<GroupMessage, GroupMessage, BoxStream>, ReplicationError> {
+) -> Result<Connection<GroupMessage, GroupMessage, BoxStream>, Error> {
     let stream = tokio::time::timeout(connect.handshake_timeout, connector.connect(addr))
         .await
         .map_err(|_elapsed| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))
         .and_then(|r| r)
-        .map_err(|source| crate::wire::WireError::Connect {
+        .map_err(|source| Error::Connect {
             addr: addr.to_owned(),
             source,
         })?;
-    Ok(connect.handshake(stream, addr.to_owned()).await?)
+    connect.handshake(stream, addr.to_owned()).await
 }

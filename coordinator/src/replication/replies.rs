@@ -21,7 +21,7 @@ use std::fmt;
 use bytes::Bytes;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::styles::ServiceError;
+use crate::Error;
 
 /// The most replies kept per client. A [`GroupClient`](super::client::GroupClient) never has
 /// more requests in flight than this.
@@ -43,8 +43,8 @@ impl ClientId {
     ///
     /// # Errors
     ///
-    /// [`ServiceError::InvalidRequest`] naming the broken rule.
-    pub fn new(id: impl Into<String>) -> Result<Self, ServiceError> {
+    /// [`Error::InvalidRequest`] naming the broken rule.
+    pub fn new(id: impl Into<String>) -> Result<Self, Error> {
         let id = id.into();
         let ok = !id.is_empty()
             && id.len() <= MAX_CLIENT_ID_LEN
@@ -54,7 +54,7 @@ impl ClientId {
         if ok {
             Ok(Self(id))
         } else {
-            Err(ServiceError::InvalidRequest {
+            Err(Error::InvalidRequest {
                 reason: format!(
                     "client id {:?} must be 1 to 64 of ASCII letters, digits, `-`, `_` and `.`",
                     id.escape_debug().to_string()

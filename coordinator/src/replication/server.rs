@@ -38,7 +38,8 @@ use super::fencing::{EntryId, EntryKind, FencedLog, LogEntry, SlotEpoch};
 use super::log::{Batch, LoggedRequest};
 use super::member::{Member, MemberEvent, MemberHandle, MemberOptions};
 use super::replies::{ClientId, Lookup, Outcome, ReplyCache};
-use super::styles::{ReplicationStyle, ServiceError};
+use super::styles::ReplicationStyle;
+use crate::Error;
 use crate::wire::{self, Connection, ListenConfig, Role};
 
 /// The type name of a [`Replica`]'s checkpointed state.
@@ -53,7 +54,7 @@ pub const LOG_SEQ_KEY: &str = "cohort.replication.log_seq";
 ///
 /// `execute` must be deterministic: from the same state, the same request yields the same
 /// state and the same result, on every replica and on replay. An `Err` is a final answer (the
-/// client gets [`ServiceError::Refused`]), cached like a reply; it must leave the state as it
+/// client gets [`Error::Refused`]), cached like a reply; it must leave the state as it
 /// was, or changed deterministically.
 #[async_trait]
 pub trait Service: Checkpointable {
@@ -332,10 +333,11 @@ impl ServerOptions {
         }
     }
 
-    fn validate(&self) -> Result<(), ServiceError> {
+    fn validate(&self) -> Result<(), Error> {
         if self.checkpoint_interval.is_zero() || self.poll_interval.is_zero() || self.max_batch == 0
         {
-            return Err(ServiceError::InvalidConfig {
+            return Err(Error::InvalidConfig {
+                scope: "replicated service",
                 reason: format!(
                     "checkpoint_interval ({:?}), poll_interval ({:?}) and max_batch ({}) must \
                      be above zero",
@@ -401,12 +403,9 @@ impl ReplicatedServer {
     ///
     /// # Errors
     ///
-    /// [`ServiceError::InvalidConfig`], [`ServiceError::Wire`] (the port cannot be bound),
-    /// [`ServiceError::Replication`] (see [`Member::start`]), [`ServiceError::Checkpoint`].
-    pub async fn start<S: Service>(
-        mut options: ServerOptions,
-        service: S,
-    ) -> Result<Self, ServiceError> {
+    /// [`Error::InvalidConfig`], [`Error::Bind`] (the port cannot be bound), the group layer's
+    /// errors (see [`Member::start`]), [`Error::ReplicaCheckpoint`].
+    pub async fn start<S: Service>(mut options: ServerOptions, service: S) -> Result<Self, Error> {
         options.validate()?;
         // The service port serves group clients only: a node, peer or CLI that dials it by
         // mistake is refused in the handshake with a message naming the roles served here.
@@ -516,17 +515,17 @@ impl Drop for ReplicatedServer {
 ///
 /// # Errors
 ///
-/// [`ServiceError::Checkpoint`] if the name is refused (group names always pass).
+/// [`Error::ReplicaCheckpoint`] if the name is refused (group names always pass).
 pub fn replica_store(
     store: &CheckpointStore,
     group: &super::GroupName,
-) -> Result<CheckpointStore, ServiceError> {
+) -> Result<CheckpointStore, Error> {
     let replicas = store
         .child("replicas")
-        .map_err(ServiceError::checkpoint("open the replica store"))?;
+        .map_err(Error::replica_checkpoint("open the replica store"))?;
     replicas
         .child(group.as_str())
-        .map_err(ServiceError::checkpoint("open the replica store"))
+        .map_err(Error::replica_checkpoint("open the replica store"))
 }
 
 /// Forwards one client's requests to the driver and its replies back.
@@ -534,19 +533,19 @@ async fn serve_client(
     conn: Connection<ClientMessage, ServerMessage>,
     stop: CancellationToken,
     requests: mpsc::UnboundedSender<Incoming>,
-) -> Result<(), ServiceError> {
+) -> Result<(), Error> {
     let (mut rx, mut tx) = conn.split();
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<ServerMessage>();
     let writer = async move {
         while let Some(msg) = out_rx.recv().await {
             tx.send(&msg).await?;
         }
-        Ok::<(), ServiceError>(())
+        Ok::<(), Error>(())
     };
     let reader = async move {
         loop {
             let Some(ClientMessage::Request(request)) = rx.recv().await? else {
-                return Ok::<(), ServiceError>(());
+                return Ok::<(), Error>(());
             };
             let incoming = Incoming {
                 request,
@@ -609,7 +608,7 @@ struct Driver<S> {
     /// The log position of the newest checkpoint written or loaded.
     checkpointed: u64,
     last_checkpoint: Instant,
-    checkpoint: Option<JoinHandle<Result<CheckpointDone, ServiceError>>>,
+    checkpoint: Option<JoinHandle<Result<CheckpointDone, Error>>>,
     status: watch::Sender<ServerStatus>,
 }
 
@@ -748,12 +747,12 @@ impl<S: Service> Driver<S> {
         self.publish();
     }
 
-    async fn catch_up_fully(&mut self) -> Result<(), ServiceError> {
+    async fn catch_up_fully(&mut self) -> Result<(), Error> {
         let line = self
             .store
             .recovery_line()
             .await
-            .map_err(|source| ServiceError::Checkpoint {
+            .map_err(|source| Error::ReplicaCheckpoint {
                 operation: "find the recovery line of the replicated state".to_owned(),
                 source: Box::new(source),
             })?;
@@ -797,7 +796,7 @@ impl<S: Service> Driver<S> {
     /// Reads the log after the state (all of it that exists when `listing`, else one entry at
     /// a time until the first missing one) and applies it. When the log was truncated past the
     /// state's position, it loads a newer checkpoint first.
-    async fn advance(&mut self, listing: bool) -> Result<(), ServiceError> {
+    async fn advance(&mut self, listing: bool) -> Result<(), Error> {
         for _ in 0..STALE_RELOADS {
             match self.read_ahead(None, listing).await? {
                 Ahead::Entries(entries) => {
@@ -812,8 +811,8 @@ impl<S: Service> Driver<S> {
         Err(self.truncated_past())
     }
 
-    fn truncated_past(&self) -> ServiceError {
-        ServiceError::DamagedLog {
+    fn truncated_past(&self) -> Error {
+        Error::DamagedLog {
             seq: self.replica.applied + 1,
             reason: format!(
                 "the log was truncated past this replica's position ({}) and no committed \
@@ -828,7 +827,7 @@ impl<S: Service> Driver<S> {
     /// then checks that the state's position still holds the entry it applied: if it does, no
     /// entry read is a number re-created after a truncation (ARCHITECTURE.md, "Truncating the
     /// log").
-    async fn read_ahead(&self, until: Option<u64>, listing: bool) -> Result<Ahead, ServiceError> {
+    async fn read_ahead(&self, until: Option<u64>, listing: bool) -> Result<Ahead, Error> {
         let from = self.replica.applied + 1;
         let mut entries: Vec<LogEntry> = Vec::new();
         if listing {
@@ -858,7 +857,7 @@ impl<S: Service> Driver<S> {
 
     /// Applies one entry read by [`read_ahead`](Self::read_ahead): a batch, or a fence (a
     /// newer fence of the slot this server serves deposes it).
-    async fn apply_entry(&mut self, entry: LogEntry) -> Result<(), ServiceError> {
+    async fn apply_entry(&mut self, entry: LogEntry) -> Result<(), Error> {
         let id = entry.id();
         match entry.kind {
             EntryKind::Data(data) => self.apply(entry.seq, data).await?,
@@ -882,7 +881,7 @@ impl<S: Service> Driver<S> {
     /// After the log was truncated past the state: loads the committed line with the highest
     /// log position among the newest [`LINES_SEARCHED`] (the newest line is not always the
     /// furthest: a deposed primary may still commit one of an older position).
-    async fn load_covering(&mut self) -> Result<(), ServiceError> {
+    async fn load_covering(&mut self) -> Result<(), Error> {
         let store = &self.store;
         let best = async {
             let ids = store.committed_ids().await?;
@@ -900,7 +899,7 @@ impl<S: Service> Driver<S> {
             Ok::<_, cohort_checkpoint::Error>(best)
         }
         .await
-        .map_err(|source| ServiceError::Checkpoint {
+        .map_err(|source| Error::ReplicaCheckpoint {
             operation: "find a checkpoint past the truncated log".to_owned(),
             source: Box::new(source),
         })?;
@@ -914,7 +913,7 @@ impl<S: Service> Driver<S> {
     }
 
     /// Loads a committed line if it is ahead of the state.
-    async fn load(&mut self, manifest: Manifest) -> Result<(), ServiceError> {
+    async fn load(&mut self, manifest: Manifest) -> Result<(), Error> {
         let at = log_seq_of(&manifest);
         if at <= self.replica.applied {
             self.line = Some(self.line.map_or(manifest.id, |l| l.max(manifest.id)));
@@ -924,7 +923,7 @@ impl<S: Service> Driver<S> {
             self.store
                 .read_states(&manifest)
                 .await
-                .map_err(|source| ServiceError::Checkpoint {
+                .map_err(|source| Error::ReplicaCheckpoint {
                     operation: format!("read checkpoint {}", manifest.id),
                     source: Box::new(source),
                 })?;
@@ -932,7 +931,8 @@ impl<S: Service> Driver<S> {
             .into_iter()
             .find(|(id, _)| id.as_str() == REPLICA_OBJECT)
         else {
-            return Err(ServiceError::InvalidConfig {
+            return Err(Error::InvalidConfig {
+                scope: "replicated service",
                 reason: format!(
                     "checkpoint {} of {} holds no `{REPLICA_OBJECT}` object: the store is shared \
                      with something else; give the group a store of its own",
@@ -951,7 +951,7 @@ impl<S: Service> Driver<S> {
 
     /// Applies the batch logged at `seq` (through [`Updateable::apply_update`]) and answers the
     /// requests of it that are waiting here.
-    async fn apply(&mut self, seq: u64, data: Bytes) -> Result<(), ServiceError> {
+    async fn apply(&mut self, seq: u64, data: Bytes) -> Result<(), Error> {
         let batch = Batch::decode(seq, &data)?;
         self.replica
             .apply_update(&Batch::to_update(seq, data))
@@ -1048,9 +1048,7 @@ impl<S: Service> Driver<S> {
                 }
                 self.publish();
             }
-            Err(err)
-                if err.is_fenced() || matches!(err, super::ReplicationError::NotActive { .. }) =>
-            {
+            Err(err) if err.is_fenced() || matches!(err, Error::NotActive { .. }) => {
                 // Deposed: never answer success; the member deactivates.
                 self.step_down(&err.to_string());
             }
@@ -1066,7 +1064,7 @@ impl<S: Service> Driver<S> {
     /// was lost). `Ok(false)` when the entry is not part of the log that replicas replay: it
     /// landed on a number freed by a truncation (this server was behind or deposed); nothing of
     /// it is applied or answered, and a newer line is loaded if the state fell behind.
-    async fn apply_own(&mut self, id: EntryId, data: Bytes) -> Result<bool, ServiceError> {
+    async fn apply_own(&mut self, id: EntryId, data: Bytes) -> Result<bool, Error> {
         if id.seq <= self.replica.applied {
             // A number this state already applied another entry at.
             return Ok(false);
@@ -1080,7 +1078,7 @@ impl<S: Service> Driver<S> {
         };
         let reached = entries.last().map_or(self.replica.applied, |e| e.seq);
         if reached + 1 != id.seq {
-            return Err(ServiceError::DamagedLog {
+            return Err(Error::DamagedLog {
                 seq: reached + 1,
                 reason: format!("entry {} is missing below entry {}", reached + 1, id.seq),
             });
@@ -1099,7 +1097,7 @@ impl<S: Service> Driver<S> {
 
     /// Follows the log as far as it goes (the active style's replicas, between their own
     /// appends).
-    async fn follow_log(&mut self) -> Result<(), ServiceError> {
+    async fn follow_log(&mut self) -> Result<(), Error> {
         self.advance(false).await
     }
 
@@ -1159,13 +1157,13 @@ impl<S: Service> Driver<S> {
     }
 
     /// A warm backup loads each committed line as it lands.
-    async fn load_newest_line(&mut self) -> Result<(), ServiceError> {
+    async fn load_newest_line(&mut self) -> Result<(), Error> {
         let ids = self
             .store
             .committed_ids()
             .boxed()
             .await
-            .map_err(ServiceError::checkpoint("list the committed lines"))?;
+            .map_err(Error::replica_checkpoint("list the committed lines"))?;
         let Some(&newest) = ids.last() else {
             return Ok(());
         };
@@ -1177,7 +1175,7 @@ impl<S: Service> Driver<S> {
                 .read_manifest(newest)
                 .boxed()
                 .await
-                .map_err(ServiceError::checkpoint(format!(
+                .map_err(Error::replica_checkpoint(format!(
                     "read checkpoint {newest}"
                 )))?;
         self.load(manifest).await
@@ -1225,7 +1223,7 @@ struct CheckpointDone {
     /// The log position it covers.
     at: u64,
     /// The number the log was truncated through, if it was.
-    truncated: Result<Option<u64>, super::ReplicationError>,
+    truncated: Result<Option<u64>, Error>,
 }
 
 /// Writes the replica's snapshot as the next checkpoint of `store`, fenced by the slot epoch;
@@ -1237,11 +1235,11 @@ async fn write_checkpoint(
     at: u64,
     snapshot: Snapshot,
     log: Option<FencedLog>,
-) -> Result<CheckpointDone, ServiceError> {
+) -> Result<CheckpointDone, Error> {
     let newest = store
         .committed_ids()
         .await
-        .map_err(ServiceError::checkpoint("list the committed lines"))?
+        .map_err(Error::replica_checkpoint("list the committed lines"))?
         .last()
         .map_or(0, |id| id.get());
     let id = CheckpointId::new(newest + 1);
@@ -1251,11 +1249,11 @@ async fn write_checkpoint(
     let location = writer
         .add(&object, &snapshot)
         .await
-        .map_err(ServiceError::checkpoint(format!("write checkpoint {id}")))?;
+        .map_err(Error::replica_checkpoint(format!("write checkpoint {id}")))?;
     writer
         .finish()
         .await
-        .map_err(ServiceError::checkpoint(format!("write checkpoint {id}")))?;
+        .map_err(Error::replica_checkpoint(format!("write checkpoint {id}")))?;
     let created_at_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
@@ -1276,7 +1274,7 @@ async fn write_checkpoint(
     store
         .commit(&manifest)
         .await
-        .map_err(ServiceError::checkpoint(format!("commit checkpoint {id}")))?;
+        .map_err(Error::replica_checkpoint(format!("commit checkpoint {id}")))?;
     let truncated = match log {
         Some(log) if at > 1 => log
             .truncate_through(at - 1)

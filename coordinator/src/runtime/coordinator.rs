@@ -722,7 +722,7 @@ impl Coordinator {
             match ack.await {
                 Ok(Ok(())) => report.restored += 1,
                 Ok(Err(e)) => return Ok(Err(e)),
-                Err(_) => return Ok(Err(Error::Stopped)),
+                Err(_) => return Ok(Err(Error::COHORT_STOPPED)),
             }
         }
         self.shared.metrics.record_redelivered(report.redelivered);
@@ -775,7 +775,7 @@ impl Coordinator {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(last_error.map_or(Error::Stopped, Error::from))
+        Err(last_error.map_or(Error::COHORT_STOPPED, Error::from))
     }
 
     async fn resume_after_recovery(&mut self, fence: Option<Manifest>) -> Result<(), Crash> {

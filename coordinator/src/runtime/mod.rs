@@ -102,13 +102,13 @@ impl Settings {
 
     fn validate(&self) -> Result<()> {
         if self.timeout.is_zero() {
-            return Err(Error::InvalidSettings(
-                "timeout must be positive; use e.g. 60 s".into(),
+            return Err(Error::invalid_settings(
+                "timeout must be positive; use e.g. 60 s",
             ));
         }
         if self.interval.is_some_and(|i| i.is_zero()) {
-            return Err(Error::InvalidSettings(
-                "interval must be positive; use None to checkpoint only on trigger".into(),
+            return Err(Error::invalid_settings(
+                "interval must be positive; use None to checkpoint only on trigger",
             ));
         }
         Ok(())
@@ -348,7 +348,7 @@ impl Shared {
     pub(crate) fn check_running(&self) -> Result<()> {
         match &*lock(&self.stopped) {
             None => Ok(()),
-            Some(Stop::Shutdown) => Err(Error::Stopped),
+            Some(Stop::Shutdown) => Err(Error::COHORT_STOPPED),
             Some(Stop::Crashed(point)) => Err(Error::Crashed {
                 point: point.clone(),
             }),
@@ -498,7 +498,7 @@ impl Cohort {
         shared
             .input
             .send(Input::Join(id.clone()))
-            .map_err(|_| Error::Stopped)?;
+            .map_err(|_| Error::COHORT_STOPPED)?;
         let colour = Round(shared.colour_floor.load(Ordering::SeqCst));
         let participation = crate::participant::SharedParticipation::default();
         let task = object::ObjectTask::new(
@@ -599,11 +599,17 @@ impl Cohort {
         let shared = self.shared();
         shared.check_running()?;
         let (tx, rx) = oneshot::channel();
-        shared.input.send(make(tx)).map_err(|_| Error::Stopped)?;
+        shared
+            .input
+            .send(make(tx))
+            .map_err(|_| Error::COHORT_STOPPED)?;
         match rx.await {
             Ok(result) => result,
             // The coordinator went away: say why.
-            Err(_) => Err(shared.check_running().err().unwrap_or(Error::Stopped)),
+            Err(_) => Err(shared
+                .check_running()
+                .err()
+                .unwrap_or(Error::COHORT_STOPPED)),
         }
     }
 

@@ -22,7 +22,7 @@ use super::leadership::{Leadership, Role as LeaderRole, View};
 use super::protocol::{CoordinatorFrame, NodeFrame};
 use super::table::StateTable;
 use crate::error::{Error, Result};
-use crate::wire::{ConnectConfig, Connection, Role, WireError};
+use crate::wire::{ConnectConfig, Connection, Role};
 
 /// How long a CLI connection may stay idle between requests.
 const IDLE: Duration = Duration::from_secs(30);
@@ -112,7 +112,7 @@ pub(crate) async fn serve(
     mut conn: Connection<NodeFrame, CoordinatorFrame>,
     stop: CancellationToken,
     handler: Option<ControlHandler>,
-) -> std::result::Result<(), WireError> {
+) -> std::result::Result<(), Error> {
     let who = conn.peer().name.clone();
     loop {
         let frame = tokio::select! {
@@ -144,8 +144,8 @@ pub(crate) async fn serve(
 ///
 /// # Errors
 ///
-/// [`Error::Wire`] when no coordinator could be reached (the last failure),
-/// [`Error::InvalidSettings`] when `addrs` is empty or the leader could not be found.
+/// A wire error such as [`Error::Connect`] when no coordinator could be reached (the last
+/// failure), [`Error::InvalidConfig`] when `addrs` is empty or the leader could not be found.
 pub async fn request(
     addrs: &[String],
     config: &ConnectConfig,
@@ -170,7 +170,7 @@ pub async fn request(
         {
             Ok(conn) => conn,
             Err(e) => {
-                last = Some(e.into());
+                last = Some(e);
                 continue;
             }
         };
@@ -194,7 +194,7 @@ pub async fn request(
             Some(reply @ ControlReply::NotLeader { .. }) => standby = Some(reply),
             Some(reply) => return Ok(reply),
             None => {
-                last = Some(Error::InvalidSettings(format!(
+                last = Some(Error::invalid_settings(format!(
                     "{addr} closed the connection without answering; is it a cohort coordinator of this version?"
                 )));
             }
@@ -204,7 +204,7 @@ pub async fn request(
         return Ok(reply);
     }
     Err(last.unwrap_or_else(|| {
-        Error::InvalidSettings("no coordinator address given; pass at least one".into())
+        Error::invalid_settings("no coordinator address given; pass at least one")
     }))
 }
 

@@ -60,10 +60,10 @@ impl LeaseTiming {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidSettings`] for a lease shorter than [`MIN_LEASE`].
+    /// [`Error::InvalidConfig`] for a lease shorter than [`MIN_LEASE`].
     pub fn new(lease: Duration) -> Result<Self> {
         if lease < MIN_LEASE {
-            return Err(Error::InvalidSettings(format!(
+            return Err(Error::invalid_settings(format!(
                 "the lease is {lease:?}; use at least {MIN_LEASE:?} (1 s or more unless the store answers in a few milliseconds)"
             )));
         }
@@ -1095,13 +1095,13 @@ pub async fn drive(
             () = stop.cancelled() => return Ok(()),
             changed = views.changed() => {
                 if changed.is_err() {
-                    return Err(Error::Stopped);
+                    return Err(Error::COHORT_STOPPED);
                 }
                 view = views.borrow_and_update().clone();
             }
             changed = status.changed() => {
                 if changed.is_err() {
-                    return Err(Error::Stopped);
+                    return Err(Error::COHORT_STOPPED);
                 }
                 let now = status.borrow_and_update().fenced;
                 if now && !fenced {
@@ -1135,7 +1135,7 @@ async fn retry_after_takeover(
                 let _ = done.send(Transition::Retried { epoch, id });
                 return;
             }
-            Err(Error::Fenced { .. } | Error::Stopped) => return,
+            Err(Error::Fenced { .. } | Error::Stopped { .. }) => return,
             Err(e) => {
                 tracing::debug!(epoch, error = %e, "first checkpoint after taking over; retrying")
             }
@@ -1277,7 +1277,7 @@ mod tests {
     fn timing_refuses_a_tiny_lease() {
         assert!(matches!(
             LeaseTiming::new(Duration::from_millis(10)),
-            Err(Error::InvalidSettings(_))
+            Err(Error::InvalidConfig { .. })
         ));
         let t = LeaseTiming::new(Duration::from_millis(1_200)).unwrap();
         assert_eq!(

@@ -21,7 +21,7 @@ use crate::engine::{
 };
 use crate::error::{Error, Result};
 use crate::runtime::{Clock, Local};
-use crate::wire::{self, Connection, ListenConfig, Role, WireError};
+use crate::wire::{self, Connection, ListenConfig, Role};
 
 /// Extra manifest metadata computed at every commit from the state table.
 pub type MetadataHook = Arc<dyn Fn(&StateTable) -> BTreeMap<String, Vec<u8>> + Send + Sync>;
@@ -152,16 +152,17 @@ impl Service {
     ///
     /// # Errors
     ///
-    /// [`Error::Wire`] when the port cannot be bound or the listen settings are wrong,
-    /// [`Error::InvalidSettings`] for zero timeouts, [`Error::Store`] when the epoch cannot be
+    /// [`Error::Bind`] when the port cannot be bound, [`Error::TokenRequired`],
+    /// [`Error::InvalidName`] or [`Error::InvalidConfig`] when the listen settings are wrong,
+    /// [`Error::InvalidConfig`] for zero timeouts, [`Error::Store`] when the epoch cannot be
     /// claimed or the store read.
     pub async fn start(store: CheckpointStore, config: ServiceConfig) -> Result<Self> {
         if config.timeout.is_zero()
             || config.heartbeat_interval.is_zero()
             || config.heartbeat_timeout <= config.heartbeat_interval
         {
-            return Err(Error::InvalidSettings(
-                "timeout and heartbeat_interval must be positive and heartbeat_timeout longer than heartbeat_interval (e.g. 200 ms and 2 s)".into(),
+            return Err(Error::invalid_settings(
+                "timeout and heartbeat_interval must be positive and heartbeat_timeout longer than heartbeat_interval (e.g. 200 ms and 2 s)",
             ));
         }
         let mut listen = config.listen.clone();
@@ -259,8 +260,8 @@ impl Service {
         let (tx, rx) = oneshot::channel();
         self.input
             .send(Input::Trigger(tx))
-            .map_err(|_| Error::Stopped)?;
-        rx.await.map_err(|_| Error::Stopped)?
+            .map_err(|_| Error::COHORT_STOPPED)?;
+        rx.await.map_err(|_| Error::COHORT_STOPPED)?
     }
 
     /// Starts leading under `epoch` (claimed by the leadership driver, which wrote `fence`).
@@ -276,8 +277,8 @@ impl Service {
                 fence,
                 reply: tx,
             })
-            .map_err(|_| Error::Stopped)?;
-        rx.await.map_err(|_| Error::Stopped)?
+            .map_err(|_| Error::COHORT_STOPPED)?;
+        rx.await.map_err(|_| Error::COHORT_STOPPED)?
     }
 
     /// Stops leading: aborts the attempt in flight and sends nodes to `leader`.
@@ -306,7 +307,7 @@ async fn handle_node(
     input: mpsc::UnboundedSender<Input>,
     id: u64,
     (heartbeat_ms, timeout_ms): (u64, u64),
-) -> std::result::Result<(), WireError> {
+) -> std::result::Result<(), Error> {
     let node = conn.peer().name.clone();
     let timeout = Duration::from_millis(timeout_ms);
     let first = tokio::time::timeout(timeout, conn.recv()).await;
@@ -705,8 +706,8 @@ impl Server {
             }
             Input::Trigger(reply) => {
                 if self.engine.is_none() {
-                    let _ = reply.send(Err(Error::InvalidSettings(
-                        "this coordinator does not lead; ask the leader".into(),
+                    let _ = reply.send(Err(Error::invalid_settings(
+                        "this coordinator does not lead; ask the leader",
                     )));
                     return;
                 }
@@ -738,7 +739,7 @@ impl Server {
                 self.pending_commit = None;
                 self.recovery = None;
                 for (_, reply) in self.triggers.drain() {
-                    let _ = reply.send(Err(Error::Stopped));
+                    let _ = reply.send(Err(Error::COHORT_STOPPED));
                 }
                 for n in self.nodes.values_mut() {
                     n.send(CoordinatorFrame::NotLeader {
@@ -1197,7 +1198,7 @@ impl Server {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(last_error.map_or(Error::Stopped, Error::from))
+        Err(last_error.map_or(Error::COHORT_STOPPED, Error::from))
     }
 
     async fn feed(&mut self, event: Event<Local>) {

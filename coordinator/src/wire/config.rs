@@ -13,7 +13,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 
 use super::handshake::{self, HANDSHAKE_MAX_FRAME_LEN, Local, NonceSource, OsNonces, Role};
-use super::{Connection, Secret, WireError};
+use super::{Connection, Secret};
+use crate::Error;
 
 /// The port a coordinator listens on when none is given.
 pub const DEFAULT_PORT: u16 = 7411;
@@ -68,18 +69,18 @@ impl ListenConfig {
     ///
     /// # Errors
     ///
-    /// [`WireError::TokenRequired`] for a non-loopback address without a token (checked before
-    /// the port is taken), [`WireError::InvalidName`] or [`WireError::InvalidConfig`] for a bad
-    /// setting, [`WireError::Bind`] when the port cannot be opened.
-    pub async fn bind(self) -> Result<Listener<TcpListener>, WireError> {
+    /// [`Error::TokenRequired`] for a non-loopback address without a token (checked before
+    /// the port is taken), [`Error::InvalidName`] or [`Error::InvalidConfig`] for a bad
+    /// setting, [`Error::Bind`] when the port cannot be opened.
+    pub async fn bind(self) -> Result<Listener<TcpListener>, Error> {
         self.validate(self.addr)?;
         let tcp = TcpListener::bind(self.addr)
             .await
-            .map_err(|source| WireError::Bind {
+            .map_err(|source| Error::Bind {
                 addr: self.addr,
                 source,
             })?;
-        let local_addr = tcp.local_addr().map_err(|source| WireError::Bind {
+        let local_addr = tcp.local_addr().map_err(|source| Error::Bind {
             addr: self.addr,
             source,
         })?;
@@ -95,9 +96,9 @@ impl ListenConfig {
     ///
     /// # Errors
     ///
-    /// As [`bind`](Self::bind), and [`WireError::Bind`] if the acceptor cannot tell its address.
-    pub fn listen_on<A: Accept>(self, acceptor: A) -> Result<Listener<A>, WireError> {
-        let local_addr = acceptor.local_addr().map_err(|source| WireError::Bind {
+    /// As [`bind`](Self::bind), and [`Error::Bind`] if the acceptor cannot tell its address.
+    pub fn listen_on<A: Accept>(self, acceptor: A) -> Result<Listener<A>, Error> {
+        let local_addr = acceptor.local_addr().map_err(|source| Error::Bind {
             addr: self.addr,
             source,
         })?;
@@ -109,9 +110,9 @@ impl ListenConfig {
         })
     }
 
-    fn validate(&self, addr: SocketAddr) -> Result<(), WireError> {
+    fn validate(&self, addr: SocketAddr) -> Result<(), Error> {
         if !addr.ip().to_canonical().is_loopback() && self.token.is_none() {
-            return Err(WireError::TokenRequired { addr });
+            return Err(Error::TokenRequired { addr });
         }
         check_common(
             &self.name,
@@ -120,7 +121,8 @@ impl ListenConfig {
             self.handshake_timeout,
         )?;
         if self.max_pending_handshakes == 0 {
-            return Err(WireError::InvalidConfig {
+            return Err(Error::InvalidConfig {
+                scope: "wire",
                 reason: "max_pending_handshakes is 0; allow at least one".to_owned(),
             });
         }
@@ -196,18 +198,18 @@ impl ConnectConfig {
     ///
     /// # Errors
     ///
-    /// [`WireError::Connect`] when the connection cannot be opened in time; otherwise as
+    /// [`Error::Connect`] when the connection cannot be opened in time; otherwise as
     /// [`handshake`](Self::handshake).
     pub async fn connect<In, Out>(
         &self,
         addr: impl ToSocketAddrs + fmt::Display,
-    ) -> Result<Connection<In, Out, TcpStream>, WireError>
+    ) -> Result<Connection<In, Out, TcpStream>, Error>
     where
         In: DeserializeOwned,
         Out: Serialize,
     {
         self.validate()?;
-        let connect_error = |source| WireError::Connect {
+        let connect_error = |source| Error::Connect {
             addr: addr.to_string(),
             source,
         };
@@ -232,15 +234,15 @@ impl ConnectConfig {
     ///
     /// # Errors
     ///
-    /// [`WireError::HandshakeTimeout`], [`WireError::Closed`], [`WireError::Garbage`],
-    /// [`WireError::BadMagic`], [`WireError::VersionMismatch`], [`WireError::BadHello`],
-    /// [`WireError::RoleRefused`], [`WireError::Unauthorized`], [`WireError::Rejected`] or
-    /// [`WireError::Io`]; the bad settings of [`bind`](ListenConfig::bind).
+    /// [`Error::HandshakeTimeout`], [`Error::Closed`], [`Error::Garbage`],
+    /// [`Error::BadMagic`], [`Error::VersionMismatch`], [`Error::BadHello`],
+    /// [`Error::RoleRefused`], [`Error::Unauthorized`], [`Error::Rejected`] or
+    /// [`Error::Io`]; the bad settings of [`bind`](ListenConfig::bind).
     pub async fn handshake<In, Out, S>(
         &self,
         stream: S,
         peer: impl Into<String>,
-    ) -> Result<Connection<In, Out, S>, WireError>
+    ) -> Result<Connection<In, Out, S>, Error>
     where
         In: DeserializeOwned,
         Out: Serialize,
@@ -261,7 +263,7 @@ impl ConnectConfig {
         Ok(Connection::new(wire, info, self.max_frame_len))
     }
 
-    fn validate(&self) -> Result<(), WireError> {
+    fn validate(&self) -> Result<(), Error> {
         check_common(
             &self.name,
             &self.accept_roles,
@@ -276,19 +278,22 @@ fn check_common(
     accept_roles: &[Role],
     max_frame_len: usize,
     handshake_timeout: Duration,
-) -> Result<(), WireError> {
-    handshake::check_name(name).map_err(|reason| WireError::InvalidName {
+) -> Result<(), Error> {
+    handshake::check_name(name).map_err(|reason| Error::InvalidName {
+        what: "endpoint name",
         name: name.to_owned(),
         reason,
     })?;
     if accept_roles.is_empty() {
-        return Err(WireError::InvalidConfig {
+        return Err(Error::InvalidConfig {
+            scope: "wire",
             reason: "accept_roles is empty, so no peer could ever connect; list at least one role"
                 .to_owned(),
         });
     }
     if !(HANDSHAKE_MAX_FRAME_LEN as u64..=u64::from(u32::MAX)).contains(&(max_frame_len as u64)) {
-        return Err(WireError::InvalidConfig {
+        return Err(Error::InvalidConfig {
+            scope: "wire",
             reason: format!(
                 "max_frame_len is {max_frame_len} bytes; use {HANDSHAKE_MAX_FRAME_LEN} to {} \
                  bytes",
@@ -297,7 +302,8 @@ fn check_common(
         });
     }
     if handshake_timeout.is_zero() {
-        return Err(WireError::InvalidConfig {
+        return Err(Error::InvalidConfig {
+            scope: "wire",
             reason: "handshake_timeout is zero; allow at least a few hundred milliseconds"
                 .to_owned(),
         });
@@ -380,7 +386,7 @@ mod tests {
     async fn non_loopback_addresses_need_a_token() {
         let open = ListenConfig::new(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
         let err = open.clone().bind().await.unwrap_err();
-        assert!(matches!(err, WireError::TokenRequired { .. }), "{err}");
+        assert!(matches!(err, Error::TokenRequired { .. }), "{err}");
         let message = err.to_string();
         assert!(
             message.contains("--token") && message.contains("COHORT_TOKEN"),
@@ -390,7 +396,7 @@ mod tests {
         let v6 = ListenConfig::new(SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)));
         assert!(matches!(
             v6.validate(v6.addr),
-            Err(WireError::TokenRequired { .. })
+            Err(Error::TokenRequired { .. })
         ));
         // An IPv4-mapped loopback address is loopback.
         let mapped: SocketAddr = "[::ffff:127.0.0.1]:0".parse().unwrap();
@@ -449,7 +455,10 @@ mod tests {
         let mut client = ConnectConfig::new(Role::Node, "node\u{7}");
         assert!(matches!(
             client.validate(),
-            Err(WireError::InvalidName { .. })
+            Err(Error::InvalidName {
+                what: "endpoint name",
+                ..
+            })
         ));
         client.name = "node".to_owned();
         assert!(client.validate().is_ok());

@@ -12,16 +12,16 @@ use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use super::WireError;
 use super::codec::{self, CodecError};
 use super::handshake::{PeerInfo, Wire, codec_error};
+use crate::Error;
 
 /// A connection that has passed the handshake: it receives `In` messages and sends `Out`
 /// messages, one msgpack value per length-delimited frame.
 ///
 /// Every error from [`recv`](Self::recv) or [`send`](Self::send) that involves the transport or
-/// the peer leaves the connection unusable: later calls return [`WireError::Unusable`]. Only
-/// [`WireError::Encode`] and [`WireError::MessageTooLarge`] (nothing was sent) leave it usable.
+/// the peer leaves the connection unusable: later calls return [`Error::Unusable`]. Only
+/// [`Error::Encode`] and [`Error::MessageTooLarge`] (nothing was sent) leave it usable.
 /// Use [`split`](Self::split) to receive and send from different tasks.
 pub struct Connection<In, Out, S = TcpStream> {
     wire: Wire<S>,
@@ -72,9 +72,9 @@ where
     ///
     /// # Errors
     ///
-    /// [`WireError::FrameTooLarge`], [`WireError::Decode`], [`WireError::Truncated`] or
-    /// [`WireError::Io`]; each leaves the connection unusable.
-    pub async fn recv(&mut self) -> Result<Option<In>, WireError> {
+    /// [`Error::FrameTooLarge`], [`Error::Decode`], [`Error::Truncated`] or
+    /// [`Error::Io`]; each leaves the connection unusable.
+    pub async fn recv(&mut self) -> Result<Option<In>, Error> {
         recv_on(&mut self.wire, &self.peer, &mut self.recv_failed).await
     }
 
@@ -85,9 +85,9 @@ where
     ///
     /// # Errors
     ///
-    /// [`WireError::MessageTooLarge`] or [`WireError::Encode`] when the message cannot be sent
-    /// (the connection stays usable); [`WireError::Io`] when the transport failed.
-    pub async fn send(&mut self, msg: &Out) -> Result<(), WireError> {
+    /// [`Error::MessageTooLarge`] or [`Error::Encode`] when the message cannot be sent
+    /// (the connection stays usable); [`Error::Io`] when the transport failed.
+    pub async fn send(&mut self, msg: &Out) -> Result<(), Error> {
         send_on(
             &mut self.wire,
             msg,
@@ -103,8 +103,8 @@ where
     ///
     /// # Errors
     ///
-    /// [`WireError::Io`] when the transport failed.
-    pub async fn close(mut self) -> Result<(), WireError> {
+    /// [`Error::Io`] when the transport failed.
+    pub async fn close(mut self) -> Result<(), Error> {
         self.wire
             .close()
             .await
@@ -164,7 +164,7 @@ where
     /// # Errors
     ///
     /// As [`Connection::recv`].
-    pub async fn recv(&mut self) -> Result<Option<In>, WireError> {
+    pub async fn recv(&mut self) -> Result<Option<In>, Error> {
         recv_on(&mut self.stream, &self.peer, &mut self.failed).await
     }
 }
@@ -202,7 +202,7 @@ where
     /// # Errors
     ///
     /// As [`Connection::send`].
-    pub async fn send(&mut self, msg: &Out) -> Result<(), WireError> {
+    pub async fn send(&mut self, msg: &Out) -> Result<(), Error> {
         send_on(
             &mut self.sink,
             msg,
@@ -217,8 +217,8 @@ where
     ///
     /// # Errors
     ///
-    /// [`WireError::Io`] when the transport failed.
-    pub async fn close(mut self) -> Result<(), WireError> {
+    /// [`Error::Io`] when the transport failed.
+    pub async fn close(mut self) -> Result<(), Error> {
         self.sink
             .close()
             .await
@@ -230,13 +230,13 @@ async fn recv_on<T, In>(
     stream: &mut T,
     peer: &PeerInfo,
     failed: &mut bool,
-) -> Result<Option<In>, WireError>
+) -> Result<Option<In>, Error>
 where
     T: Stream<Item = Result<BytesMut, CodecError>> + Unpin,
     In: DeserializeOwned,
 {
     if *failed {
-        return Err(WireError::Unusable {
+        return Err(Error::Unusable {
             peer: peer.addr.clone(),
         });
     }
@@ -245,7 +245,7 @@ where
         None => Ok(None),
         Some(Ok(frame)) => codec::decode(&frame)
             .map(Some)
-            .map_err(|source| WireError::Decode {
+            .map_err(|source| Error::Decode {
                 peer: peer.addr.clone(),
                 expected: std::any::type_name::<In>(),
                 source,
@@ -262,22 +262,22 @@ async fn send_on<T, Out>(
     peer: &PeerInfo,
     send_max: usize,
     failed: &mut bool,
-) -> Result<(), WireError>
+) -> Result<(), Error>
 where
     T: Sink<Bytes, Error = CodecError> + Unpin,
     Out: Serialize,
 {
     if *failed {
-        return Err(WireError::Unusable {
+        return Err(Error::Unusable {
             peer: peer.addr.clone(),
         });
     }
-    let frame = codec::encode(msg).map_err(|source| WireError::Encode {
+    let frame = codec::encode(msg).map_err(|source| Error::Encode {
         peer: peer.addr.clone(),
         source,
     })?;
     if frame.len() > send_max {
-        return Err(WireError::MessageTooLarge {
+        return Err(Error::MessageTooLarge {
             peer: peer.addr.clone(),
             len: frame.len(),
             max: send_max,

@@ -19,8 +19,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
+use super::Secret;
 use super::codec::{self, CodecError, FrameCodec};
-use super::{Secret, WireError};
+use crate::Error;
 
 /// The magic string that opens every hello.
 pub const MAGIC: &str = "cohort";
@@ -243,29 +244,29 @@ pub(crate) type Wire<S> = Framed<S, FrameCodec>;
 /// Checks an endpoint name: it shows up in logs and in the coordinator's state table.
 pub(crate) fn check_name(name: &str) -> Result<(), &'static str> {
     if name.is_empty() {
-        Err("it is empty")
+        Err("it is empty; use 1-128 printable characters")
     } else if name.len() > MAX_NAME_LEN {
-        Err("it is longer than 128 bytes")
+        Err("it is longer than 128 bytes; use 1-128 printable characters")
     } else if name.chars().any(char::is_control) {
-        Err("it holds a control character")
+        Err("it holds a control character; use 1-128 printable characters")
     } else {
         Ok(())
     }
 }
 
 /// Converts a framing error into the public error, naming the peer.
-pub(crate) fn codec_error(err: CodecError, peer: &str) -> WireError {
+pub(crate) fn codec_error(err: CodecError, peer: &str) -> Error {
     match err {
-        CodecError::TooLarge { len, max, .. } => WireError::FrameTooLarge {
+        CodecError::TooLarge { len, max, .. } => Error::FrameTooLarge {
             peer: peer.to_owned(),
             len,
             max,
         },
-        CodecError::Truncated { buffered } => WireError::Truncated {
+        CodecError::Truncated { buffered } => Error::Truncated {
             peer: peer.to_owned(),
             buffered,
         },
-        CodecError::Io(source) => WireError::Io {
+        CodecError::Io(source) => Error::Io {
             peer: peer.to_owned(),
             source,
         },
@@ -307,17 +308,17 @@ fn our_hello(local: &Local<'_>, nonce: &[u8; NONCE_LEN], proof: Option<Bytes>) -
 }
 
 /// Reads a handshake frame. An oversized one means the peer is not speaking cohort at all.
-async fn read_handshake_frame<S>(wire: &mut Wire<S>, peer: &str) -> Result<BytesMut, WireError>
+async fn read_handshake_frame<S>(wire: &mut Wire<S>, peer: &str) -> Result<BytesMut, Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     match wire.next().await {
         Some(Ok(frame)) => Ok(frame),
-        None => Err(WireError::Closed {
+        None => Err(Error::Closed {
             peer: peer.to_owned(),
             during: "handshake",
         }),
-        Some(Err(CodecError::TooLarge { len, max, prefix })) => Err(WireError::Garbage {
+        Some(Err(CodecError::TooLarge { len, max, prefix })) => Err(Error::Garbage {
             peer: peer.to_owned(),
             detail: format!(
                 "{}, read as a length prefix of {len} bytes where a hello is at most {max}",
@@ -328,16 +329,12 @@ where
     }
 }
 
-async fn send_handshake_frame<S, T>(
-    wire: &mut Wire<S>,
-    msg: &T,
-    peer: &str,
-) -> Result<(), WireError>
+async fn send_handshake_frame<S, T>(wire: &mut Wire<S>, msg: &T, peer: &str) -> Result<(), Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     T: Serialize,
 {
-    let frame = codec::encode(msg).map_err(|source| WireError::Encode {
+    let frame = codec::encode(msg).map_err(|source| Error::Encode {
         peer: peer.to_owned(),
         source,
     })?;
@@ -345,8 +342,8 @@ where
 }
 
 /// Decodes and validates a hello, the same way on both sides.
-fn parse_hello(frame: &[u8], peer: &str) -> Result<PeerHello, WireError> {
-    let garbage = |detail: String| WireError::Garbage {
+fn parse_hello(frame: &[u8], peer: &str) -> Result<PeerHello, Error> {
+    let garbage = |detail: String| Error::Garbage {
         peer: peer.to_owned(),
         detail,
     };
@@ -358,7 +355,7 @@ fn parse_hello(frame: &[u8], peer: &str) -> Result<PeerHello, WireError> {
         ))
     })?;
     if head.magic != MAGIC {
-        return Err(WireError::BadMagic {
+        return Err(Error::BadMagic {
             peer: peer.to_owned(),
             found: sanitize(&head.magic.chars().take(32).collect::<String>()),
         });
@@ -369,14 +366,14 @@ fn parse_hello(frame: &[u8], peer: &str) -> Result<PeerHello, WireError> {
             .map(|s| sanitize(&s.software))
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "unknown software".to_owned());
-        return Err(WireError::VersionMismatch {
+        return Err(Error::VersionMismatch {
             peer: peer.to_owned(),
             ours: PROTOCOL_VERSION,
             theirs: head.protocol_version,
             peer_software: software,
         });
     }
-    let malformed = |reason: String| WireError::BadHello {
+    let malformed = |reason: String| Error::BadHello {
         peer: peer.to_owned(),
         reason,
     };
@@ -465,10 +462,10 @@ enum Refusal {
     Reject {
         code: &'static str,
         reason: String,
-        error: WireError,
+        error: Box<Error>,
     },
     /// The connection is gone or unusable: just close.
-    Fail(WireError),
+    Fail(Error),
 }
 
 /// Runs the server side of the handshake on a fresh connection.
@@ -479,7 +476,7 @@ pub(crate) async fn accept<S>(
     peer: &str,
     local: &Local<'_>,
     shutdown: &CancellationToken,
-) -> Result<Option<(Wire<S>, PeerInfo)>, WireError>
+) -> Result<Option<(Wire<S>, PeerInfo)>, Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -496,10 +493,10 @@ where
                     "the handshake did not complete within {:?}",
                     local.handshake_timeout
                 ),
-                error: WireError::HandshakeTimeout {
+                error: Box::new(Error::HandshakeTimeout {
                     peer: peer.to_owned(),
                     after: local.handshake_timeout,
-                },
+                }),
             }))),
             () = shutdown.cancelled() => None,
         }
@@ -522,7 +519,7 @@ where
             // Logged before the verdict goes out: delivering it may take a while.
             log_refusal(&error);
             reject(&mut wire, code, &reason).await;
-            Err(error)
+            Err(*error)
         }
         Some(Err(Refusal::Fail(error))) => {
             log_refusal(&error);
@@ -533,21 +530,21 @@ where
 
 /// A `warn` line naming the peer and what was wrong, except for a peer that closed without a
 /// byte (port scanners, TCP health checks), which only gets a `debug` line.
-fn log_refusal(error: &WireError) {
+fn log_refusal(error: &Error) {
     match error {
-        WireError::Closed { peer, .. } => {
+        Error::Closed { peer, .. } => {
             tracing::debug!(%peer, %error, "connection closed before the handshake");
         }
-        WireError::Garbage { peer, .. }
-        | WireError::BadMagic { peer, .. }
-        | WireError::VersionMismatch { peer, .. }
-        | WireError::BadHello { peer, .. }
-        | WireError::Unauthorized { peer, .. }
-        | WireError::RoleRefused { peer, .. }
-        | WireError::HandshakeTimeout { peer, .. }
-        | WireError::Truncated { peer, .. }
-        | WireError::Io { peer, .. }
-        | WireError::Encode { peer, .. } => {
+        Error::Garbage { peer, .. }
+        | Error::BadMagic { peer, .. }
+        | Error::VersionMismatch { peer, .. }
+        | Error::BadHello { peer, .. }
+        | Error::Unauthorized { peer, .. }
+        | Error::RoleRefused { peer, .. }
+        | Error::HandshakeTimeout { peer, .. }
+        | Error::Truncated { peer, .. }
+        | Error::Io { peer, .. }
+        | Error::Encode { peer, .. } => {
             tracing::warn!(%peer, %error, "refused a connection");
         }
         error => tracing::warn!(%error, "refused a connection"),
@@ -572,20 +569,20 @@ where
     let frame = read_handshake_frame(wire, peer)
         .await
         .map_err(|error| match error {
-            WireError::Garbage { .. } => Refusal::Reject {
+            Error::Garbage { .. } => Refusal::Reject {
                 code: REJECT_GARBAGE,
                 reason: "this is a cohort endpoint; it expected a cohort hello".to_owned(),
-                error,
+                error: Box::new(error),
             },
             error => Refusal::Fail(error),
         })?;
     let client = parse_hello(&frame, peer).map_err(|error| {
         let (code, reason) = match &error {
-            WireError::BadMagic { .. } => (
+            Error::BadMagic { .. } => (
                 REJECT_MAGIC,
                 "this is a cohort endpoint; the hello carried another magic".to_owned(),
             ),
-            WireError::VersionMismatch { theirs, .. } => (
+            Error::VersionMismatch { theirs, .. } => (
                 REJECT_VERSION,
                 format!(
                     "this server ({}) speaks cohort wire protocol version {PROTOCOL_VERSION}, \
@@ -594,7 +591,7 @@ where
                     software()
                 ),
             ),
-            WireError::BadHello { reason, .. } => {
+            Error::BadHello { reason, .. } => {
                 (REJECT_MALFORMED, format!("malformed hello: {reason}"))
             }
             _ => (
@@ -605,7 +602,7 @@ where
         Refusal::Reject {
             code,
             reason,
-            error,
+            error: Box::new(error),
         }
     })?;
 
@@ -618,11 +615,11 @@ where
                  address the {} was given",
                 local.role, local.name, client.role, client.role
             ),
-            error: WireError::RoleRefused {
+            error: Box::new(Error::RoleRefused {
                 peer: peer.to_owned(),
                 role: client.role.to_string(),
                 accepted,
-            },
+            }),
         });
     }
 
@@ -637,10 +634,10 @@ where
     let unauthorized = |to_peer: &str, to_us: &str| Refusal::Reject {
         code: REJECT_AUTH,
         reason: to_peer.to_owned(),
-        error: WireError::Unauthorized {
+        error: Box::new(Error::Unauthorized {
             peer: peer.to_owned(),
             reason: to_us.to_owned(),
-        },
+        }),
     };
     let server_proof = match (local.token, &client.proof) {
         (Some(token), Some(proof)) => {
@@ -739,7 +736,7 @@ pub(crate) async fn connect<S>(
     stream: S,
     peer: &str,
     local: &Local<'_>,
-) -> Result<(Wire<S>, PeerInfo), WireError>
+) -> Result<(Wire<S>, PeerInfo), Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -748,7 +745,7 @@ where
     let info = match tokio::time::timeout(local.handshake_timeout, exchange).await {
         Ok(result) => result?,
         Err(_elapsed) => {
-            return Err(WireError::HandshakeTimeout {
+            return Err(Error::HandshakeTimeout {
                 peer: peer.to_owned(),
                 after: local.handshake_timeout,
             });
@@ -762,7 +759,7 @@ async fn client_exchange<S>(
     wire: &mut Wire<S>,
     peer: &str,
     local: &Local<'_>,
-) -> Result<PeerInfo, WireError>
+) -> Result<PeerInfo, Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -772,7 +769,7 @@ where
     let frame = read_handshake_frame(wire, peer).await?;
     let server = match parse_hello(&frame, peer) {
         Ok(server) => server,
-        Err(error @ WireError::VersionMismatch { .. }) => {
+        Err(error @ Error::VersionMismatch { .. }) => {
             // Introduce ourselves all the same, so that the server logs the mismatch too.
             let hello = our_hello(local, &client_nonce, None);
             if let Err(err) = send_handshake_frame(wire, &hello, peer).await {
@@ -783,7 +780,7 @@ where
         Err(error) => return Err(error),
     };
     if !local.accept_roles.contains(&server.role) {
-        return Err(WireError::RoleRefused {
+        return Err(Error::RoleRefused {
             peer: peer.to_owned(),
             role: server.role.to_string(),
             accepted: role_list(local.accept_roles),
@@ -804,7 +801,7 @@ where
     send_handshake_frame(wire, &our_hello(local, &client_nonce, proof), peer).await?;
 
     let frame = read_handshake_frame(wire, peer).await?;
-    let verdict: Verdict = codec::decode(&frame).map_err(|err| WireError::BadHello {
+    let verdict: Verdict = codec::decode(&frame).map_err(|err| Error::BadHello {
         peer: peer.to_owned(),
         reason: format!("the server's reply to the hello is not a verdict: {err}"),
     })?;
@@ -813,12 +810,12 @@ where
         Verdict::Rejected { code, reason } => {
             let reason = sanitize(&reason);
             return Err(if code == REJECT_AUTH {
-                WireError::Unauthorized {
+                Error::Unauthorized {
                     peer: peer.to_owned(),
                     reason,
                 }
             } else {
-                WireError::Rejected {
+                Error::Rejected {
                     peer: peer.to_owned(),
                     code: sanitize(&code),
                     reason,
@@ -830,7 +827,7 @@ where
         let proven =
             server_proof.is_some_and(|proof| transcript.verify(token, SERVER_PROOF_LABEL, &proof));
         if !proven {
-            return Err(WireError::Unauthorized {
+            return Err(Error::Unauthorized {
                 peer: peer.to_owned(),
                 reason: "the server could not prove it holds this side's token: it has another \
                          token or none (give both the same --token or COHORT_TOKEN), or it is \
@@ -936,7 +933,7 @@ mod tests {
         })
         .unwrap();
         match parse_hello(&frame, "peer") {
-            Err(WireError::VersionMismatch {
+            Err(Error::VersionMismatch {
                 ours,
                 theirs,
                 peer_software,

@@ -31,7 +31,7 @@
 //! length-prefixed. So the token never crosses the wire, a recorded proof is useless on another
 //! connection, and each side learns that the other holds the token (a node cannot be lured to a
 //! fake coordinator that lacks it). Proofs are compared in constant time. A token is required
-//! on any non-loopback listener ([`WireError::TokenRequired`]); on loopback it is optional, but
+//! on any non-loopback listener ([`Error::TokenRequired`]); on loopback it is optional, but
 //! the two sides must agree: both have the same token, or neither has one.
 //!
 //! Every hello field but `magic` and `protocol_version` may be missing, so a peer of another
@@ -50,7 +50,7 @@
 //! use cohort_coordinator::wire::{self, CancellationToken, ConnectConfig, ListenConfig, Role};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), wire::WireError> {
+//! # async fn main() -> Result<(), wire::Error> {
 //! let listener = ListenConfig::new(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).bind().await?;
 //! let addr = listener.local_addr();
 //! let shutdown = CancellationToken::new();
@@ -61,7 +61,7 @@
 //!         while let Some(text) = conn.recv().await? {
 //!             conn.send(&text).await?;
 //!         }
-//!         Ok::<(), wire::WireError>(())
+//!         Ok::<(), wire::Error>(())
 //!     },
 //!     shutdown.clone(),
 //! ));
@@ -83,8 +83,7 @@
 mod codec;
 mod config;
 mod connection;
-mod error;
-mod handshake;
+pub(crate) mod handshake;
 mod replay;
 mod secret;
 mod serve;
@@ -94,7 +93,6 @@ pub use config::{
     ListenConfig, Listener,
 };
 pub use connection::{Connection, RecvHalf, SendHalf};
-pub use error::WireError;
 pub use handshake::{
     HANDSHAKE_MAX_FRAME_LEN, MAGIC, NONCE_LEN, NonceSource, OsNonces, PROTOCOL_VERSION, PeerInfo,
     Role, SeededNonces,

@@ -4,7 +4,8 @@ use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
 use super::handshake::{self, PeerInfo};
-use super::{Connection, ListenConfig, WireError};
+use super::{Connection, ListenConfig};
+use crate::Error;
 
 /// The address that [`replay_as_server`] reports for its imaginary peer.
 pub const REPLAY_PEER: &str = "replay";
@@ -18,7 +19,7 @@ pub struct Replay<In> {
     /// The messages received after the handshake, in order.
     pub messages: Vec<In>,
     /// Why the server stopped reading, if not at a clean end of the stream.
-    pub error: Option<WireError>,
+    pub error: Option<Error>,
 }
 
 /// Plays `input` to a server as if a peer had sent it and then closed the connection, through
@@ -39,7 +40,7 @@ pub fn replay_as_server<In: DeserializeOwned>(input: &[u8], config: &ListenConfi
     {
         Ok(runtime) => runtime,
         Err(source) => {
-            replay.error = Some(WireError::Io {
+            replay.error = Some(Error::Io {
                 peer: REPLAY_PEER.to_owned(),
                 source,
             });

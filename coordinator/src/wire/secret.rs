@@ -4,7 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use super::WireError;
+use crate::Error;
 
 /// The environment variable the command line reads the shared token from, when `--token` is not
 /// given.
@@ -27,11 +27,11 @@ impl Secret {
     ///
     /// # Errors
     ///
-    /// [`WireError::WeakToken`] if it is shorter than [`MIN_LEN`](Self::MIN_LEN) bytes.
-    pub fn new(token: impl Into<Vec<u8>>) -> Result<Self, WireError> {
+    /// [`Error::WeakToken`] if it is shorter than [`MIN_LEN`](Self::MIN_LEN) bytes.
+    pub fn new(token: impl Into<Vec<u8>>) -> Result<Self, Error> {
         let token = token.into();
         if token.len() < Self::MIN_LEN {
-            return Err(WireError::WeakToken {
+            return Err(Error::WeakToken {
                 len: token.len(),
                 min: Self::MIN_LEN,
             });
@@ -52,7 +52,7 @@ impl fmt::Debug for Secret {
 }
 
 impl FromStr for Secret {
-    type Err = WireError;
+    type Err = Error;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Self::new(s)
@@ -74,7 +74,7 @@ mod tests {
     #[test]
     fn short_tokens_are_refused_with_advice() {
         let err = "hunter2".parse::<Secret>().unwrap_err();
-        assert!(matches!(err, WireError::WeakToken { len: 7, min: 16 }));
+        assert!(matches!(err, Error::WeakToken { len: 7, min: 16 }));
         assert!(err.to_string().contains("openssl rand"), "{err}");
         assert!(Secret::new(vec![7u8; Secret::MIN_LEN]).is_ok());
     }

@@ -7,8 +7,8 @@ use super::types::{
     ClaimOutcome, Command, DeactivateReason, Event, Heartbeat, MAX_ADDR_LEN, MAX_GOSSIP, PeerAddr,
     RejectedPeer,
 };
+use crate::Error;
 use crate::replication::config::{GroupConfig, MemberId};
-use crate::replication::error::ReplicationError;
 use crate::replication::fencing::SlotEpoch;
 
 /// The longest a fenced member stands by, as a multiple of `activation_interval` (the backoff
@@ -122,14 +122,14 @@ impl GroupEngine {
     ///
     /// # Errors
     ///
-    /// [`ReplicationError::InvalidConfig`] if the configuration is invalid.
+    /// [`Error::InvalidConfig`] if the configuration is invalid.
     pub fn new(
         config: GroupConfig,
         me: MemberId,
         addr: impl Into<String>,
         service_addr: impl Into<String>,
         now_ms: u64,
-    ) -> Result<Self, ReplicationError> {
+    ) -> Result<Self, Error> {
         config.validate()?;
         Ok(Self {
             weight: config.weight(),

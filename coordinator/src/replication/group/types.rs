@@ -3,8 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::Error;
 use crate::replication::config::{GroupName, MemberId};
-use crate::replication::error::ReplicationError;
 use crate::replication::fencing::SlotEpoch;
 
 /// The most peer addresses one heartbeat's gossip carries; more are ignored.
@@ -178,13 +178,13 @@ pub enum Command {
     Rejected {
         /// The peer.
         member: MemberId,
-        /// The mismatch ([`ReplicationError::ConfigMismatch`]), with both values.
+        /// The mismatch ([`Error::ConfigMismatch`]), with both values.
         error: RejectedPeer,
     },
 }
 
 /// A peer refused for a settings mismatch: a cloneable, comparable form of
-/// [`ReplicationError::ConfigMismatch`].
+/// [`Error::ConfigMismatch`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RejectedPeer {
     /// The group.
@@ -199,8 +199,8 @@ pub struct RejectedPeer {
 
 impl RejectedPeer {
     /// The error to show a person.
-    pub fn to_error(&self, member: &MemberId) -> ReplicationError {
-        ReplicationError::ConfigMismatch {
+    pub fn to_error(&self, member: &MemberId) -> Error {
+        Error::ConfigMismatch {
             group: self.group.clone(),
             other: format!("member {member}"),
             field: self.field,

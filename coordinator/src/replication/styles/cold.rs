@@ -19,7 +19,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{ReplicationStyle, ServiceError};
+use super::ReplicationStyle;
+use crate::Error;
 use crate::replication::member::MemberOptions;
 use crate::replication::monitor::{Monitor, MonitorOptions};
 use crate::replication::server::ServerOptions;
@@ -88,8 +89,8 @@ impl Launcher {
     ///
     /// # Errors
     ///
-    /// [`ServiceError::Launch`] when the process cannot be spawned or the closure fails.
-    pub async fn launch(&self) -> Result<(), ServiceError> {
+    /// [`Error::Launch`] when the process cannot be spawned or the closure fails.
+    pub async fn launch(&self) -> Result<(), Error> {
         if let Some(mut child) = self.start().await? {
             // Reap the child when it exits, so that it does not linger as a zombie.
             tokio::spawn(async move {
@@ -100,12 +101,12 @@ impl Launcher {
     }
 
     /// Starts one replacement; a command's child process is returned for the caller to reap.
-    async fn start(&self) -> Result<Option<tokio::process::Child>, ServiceError> {
+    async fn start(&self) -> Result<Option<tokio::process::Child>, Error> {
         match self {
             Self::Command { program, args, env } => {
                 let mut cmd = tokio::process::Command::new(program);
                 cmd.args(args).envs(env.iter().map(|(k, v)| (k, v)));
-                let child = cmd.spawn().map_err(|e| ServiceError::Launch {
+                let child = cmd.spawn().map_err(|e| Error::Launch {
                     reason: format!("cannot spawn {program}: {e}"),
                 })?;
                 Ok(Some(child))
@@ -113,7 +114,7 @@ impl Launcher {
             Self::Closure(f) => f()
                 .await
                 .map(|()| None)
-                .map_err(|reason| ServiceError::Launch { reason }),
+                .map_err(|reason| Error::Launch { reason }),
         }
     }
 
@@ -168,16 +169,18 @@ impl ColdSupervisor {
     ///
     /// # Errors
     ///
-    /// [`ServiceError::InvalidConfig`] for a zero goal or grace;
-    /// [`ServiceError::Replication`] if the monitor cannot start.
+    /// [`Error::InvalidConfig`] for a zero goal or grace;
+    /// the monitor's errors (see [`Monitor::start`](crate::replication::Monitor::start)) if it
+    /// cannot start.
     pub fn start(
         monitor: MonitorOptions,
         goal: usize,
         grace: Duration,
         launcher: Launcher,
-    ) -> Result<Self, ServiceError> {
+    ) -> Result<Self, Error> {
         if goal == 0 || grace.is_zero() {
-            return Err(ServiceError::InvalidConfig {
+            return Err(Error::InvalidConfig {
+                scope: "replicated service",
                 reason: format!(
                     "supervisor goal ({goal}) and grace ({grace:?}) must be above zero"
                 ),

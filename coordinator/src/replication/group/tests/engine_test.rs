@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::*;
-use crate::replication::error::ReplicationError;
+use crate::Error;
 
 /// A heartbeat as peer `name` would send it.
 fn hb(name: &str, goal: u32, weight: u16, active: Option<SlotEpoch>) -> Heartbeat {
@@ -93,7 +93,7 @@ fn invalid_settings_and_mismatched_peers_are_rejected() {
     let bad = config(1, 1).with_heartbeat_interval(Duration::from_millis(ACT));
     let err = GroupEngine::new(bad, id("a"), "x", "y", 0).unwrap_err();
     assert!(
-        matches!(err, ReplicationError::InvalidConfig { .. }),
+        matches!(err, Error::InvalidConfig { scope: "group", .. }),
         "{err}"
     );
 
