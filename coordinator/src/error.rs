@@ -670,3 +670,135 @@ impl From<cohort_checkpoint::Error> for Error {
         Self::Store(Box::new(e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use cohort_checkpoint::object_store;
+
+    use super::*;
+
+    fn group() -> GroupName {
+        GroupName::new("bank").expect("a valid group name")
+    }
+
+    fn unavailable_store() -> cohort_checkpoint::Error {
+        cohort_checkpoint::Error::Unavailable {
+            operation: "put manifests/1".into(),
+            endpoint: "http://127.0.0.1:9000".into(),
+            source: object_store::Error::Generic {
+                store: "test",
+                source: Box::new(io::Error::other("connection reset")),
+            },
+        }
+    }
+
+    fn missing_store() -> cohort_checkpoint::Error {
+        cohort_checkpoint::Error::NotFound {
+            what: "manifest 1".into(),
+            url: "memory:///".into(),
+        }
+    }
+
+    #[test]
+    fn both_fences_are_fenced_and_stay_distinguishable() {
+        let coordinator = Error::Fenced { epoch: 3 };
+        let slot = Error::SlotFenced {
+            group: group(),
+            ours: SlotEpoch { slot: 1, epoch: 2 },
+            by: 5,
+        };
+        assert!(coordinator.is_fenced() && slot.is_fenced());
+        assert!(!coordinator.is_retryable() && !slot.is_retryable());
+        assert!(matches!(coordinator, Error::Fenced { epoch: 3 }));
+        assert!(matches!(slot, Error::SlotFenced { by: 5, .. }));
+        assert!(slot.to_string().contains("slot 1 of group bank"), "{slot}");
+        assert!(
+            coordinator
+                .to_string()
+                .contains("newer epoch than ours (3)")
+        );
+        let not_active = Error::NotActive {
+            group: group(),
+            member: MemberId::new("m1").expect("a valid member id"),
+        };
+        assert!(!not_active.is_fenced());
+    }
+
+    #[test]
+    fn store_failures_are_retryable_as_the_store_says() {
+        for (retryable, make) in [
+            (true, unavailable_store as fn() -> cohort_checkpoint::Error),
+            (false, missing_store),
+        ] {
+            let errors = [
+                Error::from(make()),
+                Error::GroupStore {
+                    group: group(),
+                    operation: "read the group record".into(),
+                    source: Box::new(make()),
+                },
+                Error::replica_checkpoint("write checkpoint 1")(make()),
+            ];
+            for error in errors {
+                assert_eq!(error.is_retryable(), retryable, "{error}");
+                assert!(!error.is_fenced());
+            }
+        }
+    }
+
+    #[test]
+    fn retryable_sorts_wire_and_service_errors() {
+        let rejected = |code: &str| Error::Rejected {
+            peer: "127.0.0.1:7000".into(),
+            code: code.into(),
+            reason: "because".into(),
+        };
+        assert!(rejected(crate::wire::handshake::REJECT_SHUTDOWN).is_retryable());
+        assert!(!rejected("role").is_retryable());
+        assert!(
+            Error::Connect {
+                addr: "127.0.0.1:1".into(),
+                source: io::Error::from(io::ErrorKind::ConnectionRefused),
+            }
+            .is_retryable()
+        );
+        assert!(
+            Error::Unavailable {
+                group: "bank".into(),
+                waited: Duration::from_secs(30),
+                last: "no active member".into(),
+            }
+            .is_retryable()
+        );
+        assert!(!Error::COHORT_STOPPED.is_retryable());
+        assert!(!Error::invalid_settings("zero timeout").is_retryable());
+        assert!(
+            !Error::Refused {
+                message: "insufficient funds".into()
+            }
+            .is_retryable()
+        );
+    }
+
+    #[test]
+    fn stopped_says_what_to_do() {
+        assert_eq!(
+            Error::COHORT_STOPPED.to_string(),
+            "the cohort is stopped; build a new one (and recover) to continue"
+        );
+        assert_eq!(
+            Error::Stopped { what: "member" }.to_string(),
+            "the member is stopped; start a new one"
+        );
+        assert_eq!(
+            Error::InvalidConfig {
+                scope: "wire",
+                reason: "max_frame_len is 0".into()
+            }
+            .to_string(),
+            "invalid wire configuration: max_frame_len is 0"
+        );
+    }
+}

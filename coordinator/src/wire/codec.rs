@@ -15,7 +15,7 @@ pub(crate) const LENGTH_PREFIX_LEN: usize = 4;
 /// few levels deep; the limit keeps a hostile frame from exhausting the decoder's stack.
 pub(crate) const MAX_NESTING: usize = 64;
 
-/// Why a frame could not be read. Converted into [`Error`](super::Error), with the peer's
+/// Why a frame could not be read. Converted into [`Error`](crate::Error), with the peer's
 /// address, by the connection.
 #[derive(Debug)]
 pub(crate) enum CodecError {

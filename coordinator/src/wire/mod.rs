@@ -31,7 +31,7 @@
 //! length-prefixed. So the token never crosses the wire, a recorded proof is useless on another
 //! connection, and each side learns that the other holds the token (a node cannot be lured to a
 //! fake coordinator that lacks it). Proofs are compared in constant time. A token is required
-//! on any non-loopback listener ([`Error::TokenRequired`]); on loopback it is optional, but
+//! on any non-loopback listener ([`Error::TokenRequired`](crate::Error::TokenRequired)); on loopback it is optional, but
 //! the two sides must agree: both have the same token, or neither has one.
 //!
 //! Every hello field but `magic` and `protocol_version` may be missing, so a peer of another
@@ -50,7 +50,7 @@
 //! use cohort_coordinator::wire::{self, CancellationToken, ConnectConfig, ListenConfig, Role};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), wire::Error> {
+//! # async fn main() -> Result<(), cohort_coordinator::Error> {
 //! let listener = ListenConfig::new(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).bind().await?;
 //! let addr = listener.local_addr();
 //! let shutdown = CancellationToken::new();
@@ -61,7 +61,7 @@
 //!         while let Some(text) = conn.recv().await? {
 //!             conn.send(&text).await?;
 //!         }
-//!         Ok::<(), wire::Error>(())
+//!         Ok::<(), cohort_coordinator::Error>(())
 //!     },
 //!     shutdown.clone(),
 //! ));

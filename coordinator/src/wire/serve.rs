@@ -26,7 +26,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// - A connection that fails the handshake (garbage, an oversized frame, a wrong magic,
 ///   version or token, a refused role, a timeout) gets a `rejected` verdict when possible, is
 ///   closed, and is logged as a `warn` line naming the peer's address and the
-///   [`Error`](super::Error); a peer that connects and closes without a byte is logged at `debug` only
+///   [`Error`](crate::Error); a peer that connects and closes without a byte is logged at `debug` only
 ///   (port scanners, TCP health checks). The loop goes on serving others.
 /// - At most [`max_pending_handshakes`](super::ListenConfig::max_pending_handshakes)
 ///   handshakes run at once; accepting pauses beyond that.

@@ -16,7 +16,7 @@
 //!   FT-CORBA `set_update`), and only then serves. The deposed primary's entries all precede the
 //!   fence, so the replay sees every acknowledged request.
 //! - **A deposed primary** (partitioned, paused) that appends after the fence fails with
-//!   [`Error::SlotFenced`](crate::replication::Error::SlotFenced): it executes
+//!   [`Error::SlotFenced`](crate::Error::SlotFenced): it executes
 //!   nothing, tells its clients to go elsewhere, and deactivates. It cannot acknowledge.
 
 use super::ReplicationStyle;
