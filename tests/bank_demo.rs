@@ -5,30 +5,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
 
-use std::path::PathBuf;
-use std::process::Command;
+#[path = "support/examples.rs"]
+mod examples;
 
-/// The example's binary, which `cargo test` builds next to this crate's binaries.
-fn bank_example() -> Option<PathBuf> {
-    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_cohort"))
-        .parent()?
-        .join("examples")
-        .join(format!("bank{}", std::env::consts::EXE_SUFFIX));
-    if exe.is_file() {
-        return Some(exe);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{} is missing: `cargo test` builds it unless a single test target is selected",
-        exe.display()
-    );
-    eprintln!("skipping: the bank example is not built (run `cargo test -p cohort`)");
-    None
-}
+use std::process::Command;
 
 #[test]
 fn the_bank_survives_a_node_kill_and_a_leader_kill_with_its_money() {
-    let Some(exe) = bank_example() else {
+    let Some(exe) = examples::example("bank") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

@@ -12,6 +12,9 @@
 // A panic in a test (or its helpers) is a failed test, not a crash a user sees.
 #![allow(clippy::unwrap_used)]
 
+#[path = "support/examples.rs"]
+mod examples;
+
 use std::collections::BTreeMap;
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
@@ -1198,32 +1201,13 @@ fn on_a_terminal_rollback_asks_and_honours_the_answer() {
 // ---------------------------------------------------------------------------------------------
 // A store the bank example produced: real coordinator output, with its crash and recovery.
 
-/// The bank example's binary, which `cargo test` builds next to this crate's binaries; `None`
-/// (skip) outside CI when only this test target was built.
-fn bank_example() -> Option<std::path::PathBuf> {
-    let exe = std::path::Path::new(BIN)
-        .parent()?
-        .join("examples")
-        .join(format!("bank_inprocess{}", std::env::consts::EXE_SUFFIX));
-    if exe.is_file() {
-        return Some(exe);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{} is missing: `cargo test` builds it unless a single test target is selected",
-        exe.display()
-    );
-    eprintln!("skipping: the bank_inprocess example is not built (run `cargo test -p cohort`)");
-    None
-}
-
 fn json(out: &Output) -> serde_json::Value {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
 fn bank_store(backend: Backend) {
-    let Some(exe) = bank_example() else {
+    let Some(exe) = examples::example("bank_inprocess") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
