@@ -10,29 +10,29 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
-use std::collections::BTreeMap;
+#[path = "support/journal.rs"]
+mod journal;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use bytes::Bytes;
-use cohort_checkpoint::{CheckpointStore, StoreOptions};
+use cohort_checkpoint::CheckpointStore;
 use cohort_coordinator::replication::client::{ClientOptions, GroupClient};
 use cohort_coordinator::replication::monitor::MonitorOptions;
-use cohort_coordinator::replication::server::{ReplicatedServer, ServerOptions, Service};
+use cohort_coordinator::replication::server::{ReplicatedServer, ServerOptions};
 use cohort_coordinator::replication::styles::cold::{LaunchFuture, SupervisorStatus};
 use cohort_coordinator::replication::styles::{ColdSupervisor, Launcher, ReplicationStyle};
 use cohort_coordinator::replication::testing::{MemoryAcceptor, MemoryNetwork};
 use cohort_coordinator::replication::{GroupConfig, GroupName, Member, MemberId, MemberOptions};
 use cohort_coordinator::wire::Accept;
-use cohort_object_api::{Checkpointable, ObjectError};
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
+
+use journal::{Journal, expect_line, finish, open_store, start_load, wait_acked};
 
 const CHILD_ENV: &str = "COHORT_COLD_CHILD";
 const GROUP: &str = "ledger";
@@ -43,48 +43,8 @@ const ACT: Duration = Duration::from_millis(150);
 const GRACE: Duration = Duration::from_millis(1500);
 const PATIENCE: Duration = Duration::from_secs(30);
 
-/// The replicated service: an append-only journal of numbers.
-#[derive(Checkpointable, Default)]
-struct Journal {
-    writes: Vec<u64>,
-}
-
-#[derive(Serialize, Deserialize)]
-enum Op {
-    Write(u64),
-    Dump,
-}
-
-#[async_trait]
-impl Service for Journal {
-    async fn execute(&mut self, request: &[u8]) -> Result<Bytes, ObjectError> {
-        let op: Op =
-            rmp_serde::from_slice(request).map_err(|e| ObjectError::Application(Box::new(e)))?;
-        let reply = match op {
-            Op::Write(v) => {
-                self.writes.push(v);
-                rmp_serde::to_vec(&(self.writes.len() as u64))
-            }
-            Op::Dump => rmp_serde::to_vec(&self.writes),
-        };
-        reply
-            .map(Bytes::from)
-            .map_err(|e| ObjectError::Application(Box::new(e)))
-    }
-}
-
-fn encode(op: &Op) -> Bytes {
-    Bytes::from(rmp_serde::to_vec(op).unwrap())
-}
-
 fn group() -> GroupName {
     GroupName::new(GROUP).unwrap()
-}
-
-async fn open_store(dir: &Path) -> CheckpointStore {
-    CheckpointStore::open(dir.to_str().unwrap(), StoreOptions::default())
-        .await
-        .unwrap()
 }
 
 fn config() -> GroupConfig {
@@ -200,101 +160,12 @@ async fn spawn_child(dir: &Path, id: &str, seeds: &[String]) -> Child {
             }
         }
     });
-    let addr = expect_line(&mut lines, "member ").await;
+    let addr = expect_line(&mut lines, "member ", PATIENCE).await;
     Child {
         process,
         lines,
         addr,
     }
-}
-
-/// Waits (bounded) for a line containing `marker` and returns what follows it.
-async fn expect_line(lines: &mut mpsc::UnboundedReceiver<String>, marker: &str) -> String {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let line = tokio::time::timeout_at(deadline, lines.recv())
-            .await
-            .unwrap_or_else(|_| panic!("no {marker:?} line in time"))
-            .expect("the child exited");
-        // libtest may print "test cold_child ... " before it on the same line.
-        if let Some((_, rest)) = line.split_once(marker) {
-            return rest.trim().to_owned();
-        }
-    }
-}
-
-/// Writers that write unique numbers continuously; every call must succeed.
-struct Load {
-    stop: Arc<AtomicBool>,
-    acked: Arc<AtomicU64>,
-    tasks: Vec<tokio::task::JoinHandle<Vec<(u64, Duration)>>>,
-}
-
-fn start_load(client: &GroupClient, writers: u64) -> Load {
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked = Arc::new(AtomicU64::new(0));
-    let tasks = (0..writers)
-        .map(|w| {
-            let (client, stop, acked) = (client.clone(), stop.clone(), acked.clone());
-            tokio::spawn(async move {
-                let mut done = Vec::new();
-                let mut n = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    let value = w * 1_000_000 + n;
-                    n += 1;
-                    let started = Instant::now();
-                    match client.call(encode(&Op::Write(value))).await {
-                        Ok(_) => {
-                            done.push((value, started.elapsed()));
-                            acked.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(err) => panic!("write {value} failed: {err}"),
-                    }
-                }
-                done
-            })
-        })
-        .collect();
-    Load { stop, acked, tasks }
-}
-
-async fn wait_acked(load: &Load, at_least: u64) {
-    let deadline = Instant::now() + PATIENCE;
-    while load.acked.load(Ordering::Relaxed) < at_least {
-        assert!(Instant::now() < deadline, "the writers stalled");
-        tokio::time::sleep(Duration::from_millis(5)).await; // bounded polling, not synchronisation
-    }
-}
-
-/// Stops the load and checks that the journal holds every acknowledged write exactly once;
-/// returns the slowest call.
-async fn finish(load: Load, client: &GroupClient) -> Duration {
-    load.stop.store(true, Ordering::Relaxed);
-    let mut acked = Vec::new();
-    for task in load.tasks {
-        acked.extend(task.await.unwrap());
-    }
-    let slowest = acked.iter().map(|(_, d)| *d).max().unwrap_or_default();
-    let dump = client.call(encode(&Op::Dump)).await.unwrap();
-    let journal: Vec<u64> = rmp_serde::from_slice(&dump).unwrap();
-    let mut counts: BTreeMap<u64, u32> = BTreeMap::new();
-    for v in &journal {
-        *counts.entry(*v).or_default() += 1;
-    }
-    let duplicates: Vec<_> = counts.iter().filter(|(_, c)| **c > 1).collect();
-    assert!(duplicates.is_empty(), "duplicated writes: {duplicates:?}");
-    let lost: Vec<u64> = acked
-        .iter()
-        .map(|(v, _)| *v)
-        .filter(|v| !counts.contains_key(v))
-        .collect();
-    assert!(lost.is_empty(), "lost acknowledged writes: {lost:?}");
-    println!(
-        "{} acknowledged writes, journal of {}, slowest call {slowest:?}",
-        acked.len(),
-        journal.len()
-    );
-    slowest
 }
 
 fn client(store: &CheckpointStore) -> GroupClient {
@@ -332,7 +203,7 @@ async fn sigkill_and_replace(
     launcher: Launcher,
 ) -> (SupervisorStatus, Vec<String>) {
     let mut a = spawn_child(dir, "a", &[]).await;
-    let _ = expect_line(&mut a.lines, "serving ").await;
+    let _ = expect_line(&mut a.lines, "serving ", PATIENCE).await;
     let supervisor = supervise(store, &a.addr, launcher);
     let mut status = supervisor.status();
     let reported: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -349,7 +220,7 @@ async fn sigkill_and_replace(
 
     let client = client(store);
     let load = start_load(&client, 4);
-    wait_acked(&load, 200).await;
+    wait_acked(&load, 200, PATIENCE).await;
     a.process.start_kill().unwrap(); // SIGKILL
     let killed = Instant::now();
     let before = load.acked.load(Ordering::Relaxed);
@@ -358,7 +229,7 @@ async fn sigkill_and_replace(
     // The replacement is found at its new address and counted: no second launch follows.
     wait_status(&mut status, "see the replacement", |s| s.active == 1).await;
     let counted = killed.elapsed();
-    wait_acked(&load, before + 200).await;
+    wait_acked(&load, before + 200, PATIENCE).await;
     let slowest = finish(load, &client).await;
     println!(
         "launched {launched:?} and counted {counted:?} after SIGKILL; slowest call {slowest:?}"

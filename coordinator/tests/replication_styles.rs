@@ -7,78 +7,37 @@
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
-use std::collections::BTreeMap;
+#[path = "support/journal.rs"]
+mod journal;
+
 use std::process::Stdio;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use bytes::Bytes;
-use cohort_checkpoint::{CheckpointStore, StoreOptions};
+use cohort_checkpoint::CheckpointStore;
 use cohort_coordinator::Error;
 use cohort_coordinator::replication::client::{ClientOptions, GroupClient};
 use cohort_coordinator::replication::fencing::{Claimant, claim_slot};
 use cohort_coordinator::replication::log::LoggedRequest;
 use cohort_coordinator::replication::replies::ClientId;
 use cohort_coordinator::replication::server::{
-    ClientMessage, LOG_SEQ_KEY, ReplicatedServer, ServerMessage, ServerOptions, Service,
-    replica_store,
+    ClientMessage, LOG_SEQ_KEY, ReplicatedServer, ServerMessage, ServerOptions, replica_store,
 };
 use cohort_coordinator::replication::styles::ReplicationStyle;
 use cohort_coordinator::replication::{FencedLog, GroupConfig, GroupName, MemberId, MemberOptions};
 use cohort_coordinator::wire::{ConnectConfig, Role};
-use cohort_object_api::{CheckpointId, Checkpointable, ObjectError};
-use serde::{Deserialize, Serialize};
+use cohort_object_api::CheckpointId;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+
+use journal::{Journal, Op, encode, expect_line, finish, open_store, start_load, wait_acked};
 
 const CHILD_ENV: &str = "COHORT_REPLICA_CHILD";
 const GROUP: &str = "journal";
 const HB: Duration = Duration::from_millis(50);
 const ACT: Duration = Duration::from_millis(150);
 const PATIENCE: Duration = Duration::from_secs(20);
-
-/// The replicated service: an append-only journal of numbers.
-#[derive(Checkpointable, Default)]
-struct Journal {
-    writes: Vec<u64>,
-}
-
-#[derive(Serialize, Deserialize)]
-enum Op {
-    Write(u64),
-    Dump,
-}
-
-#[async_trait]
-impl Service for Journal {
-    async fn execute(&mut self, request: &[u8]) -> Result<Bytes, ObjectError> {
-        let op: Op =
-            rmp_serde::from_slice(request).map_err(|e| ObjectError::Application(Box::new(e)))?;
-        let reply = match op {
-            Op::Write(v) => {
-                self.writes.push(v);
-                rmp_serde::to_vec(&(self.writes.len() as u64))
-            }
-            Op::Dump => rmp_serde::to_vec(&self.writes),
-        };
-        reply
-            .map(Bytes::from)
-            .map_err(|e| ObjectError::Application(Box::new(e)))
-    }
-}
-
-fn encode(op: &Op) -> Bytes {
-    Bytes::from(rmp_serde::to_vec(op).unwrap())
-}
-
-async fn open_store(dir: &std::path::Path) -> CheckpointStore {
-    CheckpointStore::open(dir.to_str().unwrap(), StoreOptions::default())
-        .await
-        .unwrap()
-}
 
 fn member(
     id: &str,
@@ -190,7 +149,7 @@ async fn spawn_child(
             }
         }
     });
-    let addr = expect_line(&mut lines, "member ").await;
+    let addr = expect_line(&mut lines, "member ", PATIENCE).await;
     Child {
         process,
         lines,
@@ -198,109 +157,21 @@ async fn spawn_child(
     }
 }
 
-/// Waits (bounded) for a line containing `marker` and returns what follows it.
-async fn expect_line(lines: &mut mpsc::UnboundedReceiver<String>, marker: &str) -> String {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let line = tokio::time::timeout_at(deadline, lines.recv())
-            .await
-            .unwrap_or_else(|_| panic!("no {marker:?} line in time"))
-            .expect("the child exited");
-        // libtest may print "test child_server ... " before it on the same line.
-        if let Some((_, rest)) = line.split_once(marker) {
-            return rest.trim().to_owned();
-        }
-    }
-}
-
-/// Writers that write unique numbers continuously; every call must succeed.
-struct Load {
-    stop: Arc<AtomicBool>,
-    acked: Arc<AtomicU64>,
-    tasks: Vec<tokio::task::JoinHandle<Vec<(u64, Duration)>>>,
-}
-
-fn start_load(client: &GroupClient, writers: u64) -> Load {
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked = Arc::new(AtomicU64::new(0));
-    let tasks = (0..writers)
-        .map(|w| {
-            let (client, stop, acked) = (client.clone(), stop.clone(), acked.clone());
-            tokio::spawn(async move {
-                let mut done = Vec::new();
-                let mut n = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    let value = w * 1_000_000 + n;
-                    n += 1;
-                    let started = Instant::now();
-                    match client.call(encode(&Op::Write(value))).await {
-                        Ok(_) => {
-                            done.push((value, started.elapsed()));
-                            acked.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(err) => panic!("write {value} failed: {err}"),
-                    }
-                }
-                done
-            })
-        })
-        .collect();
-    Load { stop, acked, tasks }
-}
-
-async fn wait_acked(load: &Load, at_least: u64) {
-    let deadline = Instant::now() + PATIENCE;
-    while load.acked.load(Ordering::Relaxed) < at_least {
-        assert!(Instant::now() < deadline, "the writers stalled");
-        tokio::time::sleep(Duration::from_millis(5)).await; // bounded polling, not synchronisation
-    }
-}
-
-/// Stops the load and checks that the journal holds every acknowledged write exactly once.
-async fn finish(load: Load, client: &GroupClient) -> Duration {
-    load.stop.store(true, Ordering::Relaxed);
-    let mut acked = Vec::new();
-    for task in load.tasks {
-        acked.extend(task.await.unwrap());
-    }
-    let slowest = acked.iter().map(|(_, d)| *d).max().unwrap_or_default();
-    let dump = client.call(encode(&Op::Dump)).await.unwrap();
-    let journal: Vec<u64> = rmp_serde::from_slice(&dump).unwrap();
-    let mut counts: BTreeMap<u64, u32> = BTreeMap::new();
-    for v in &journal {
-        *counts.entry(*v).or_default() += 1;
-    }
-    let duplicates: Vec<_> = counts.iter().filter(|(_, c)| **c > 1).collect();
-    assert!(duplicates.is_empty(), "duplicated writes: {duplicates:?}");
-    let lost: Vec<u64> = acked
-        .iter()
-        .map(|(v, _)| *v)
-        .filter(|v| !counts.contains_key(v))
-        .collect();
-    assert!(lost.is_empty(), "lost acknowledged writes: {lost:?}");
-    println!(
-        "{} acknowledged writes, journal of {}, slowest call {slowest:?}",
-        acked.len(),
-        journal.len()
-    );
-    slowest
-}
-
 async fn sigkill_under_load(style: ReplicationStyle, goal: u32) {
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path()).await;
     let mut first = spawn_child(dir.path(), "a", 30, goal, style, &[]).await;
-    let _ = expect_line(&mut first.lines, "serving ").await;
+    let _ = expect_line(&mut first.lines, "serving ", PATIENCE).await;
     let seeds = vec![first.addr.clone()];
     let mut b = spawn_child(dir.path(), "b", 20, goal, style, &seeds).await;
     let _c = spawn_child(dir.path(), "c", 10, goal, style, &seeds).await;
     if goal > 1 {
-        let _ = expect_line(&mut b.lines, "serving ").await;
+        let _ = expect_line(&mut b.lines, "serving ", PATIENCE).await;
     }
 
     let client = client(&store, style);
     let load = start_load(&client, 4);
-    wait_acked(&load, 200).await;
+    wait_acked(&load, 200, PATIENCE).await;
     // The failover starts from a truncated log: what the new primary needs is the newest line
     // and the entries from its position on.
     let log = FencedLog::new(store.clone(), GroupName::new(GROUP).unwrap());
@@ -310,13 +181,13 @@ async fn sigkill_under_load(style: ReplicationStyle, goal: u32) {
     let killed = Instant::now();
     let before = load.acked.load(Ordering::Relaxed);
     if goal == 1 {
-        let taken = expect_line(&mut b.lines, "serving ").await;
+        let taken = expect_line(&mut b.lines, "serving ", PATIENCE).await;
         println!(
             "{style}: b serves ({taken}) {:?} after SIGKILL",
             killed.elapsed()
         );
     }
-    wait_acked(&load, before + 200).await;
+    wait_acked(&load, before + 200, PATIENCE).await;
     // The new primary (the holder of slot 0) truncates as it checkpoints.
     let oldest_after = wait_truncated(&log, newest_at_kill).await;
     println!(
@@ -446,11 +317,11 @@ async fn a_heavier_member_takes_over_without_losing_a_request() {
     wait_serving(&a).await;
     let client = client(&store, ReplicationStyle::WarmPassive);
     let load = start_load(&client, 4);
-    wait_acked(&load, 200).await;
+    wait_acked(&load, 200, PATIENCE).await;
     let b = start_server(&store, "b", 50, vec![a.member_addr().to_owned()]).await;
     wait_serving(&b).await;
     let before = load.acked.load(Ordering::Relaxed);
-    wait_acked(&load, before + 200).await;
+    wait_acked(&load, before + 200, PATIENCE).await;
     assert!(a.status().borrow().serving.is_none(), "a stepped down");
     finish(load, &client).await;
     let replayed = b.status().borrow().last_replayed;
@@ -496,7 +367,7 @@ async fn the_log_is_truncated_below_each_checkpoint() {
     wait_serving(&a).await;
     let client = client(&store, ReplicationStyle::WarmPassive);
     let load = start_load(&client, 4);
-    wait_acked(&load, 300).await;
+    wait_acked(&load, 300, PATIENCE).await;
     finish(load, &client).await;
 
     // Once quiet, the primary checkpoints what it executed last, at position S, and deletes
@@ -553,7 +424,7 @@ async fn a_takeover_from_a_line_older_than_the_truncation_loads_a_newer_one() {
 
     // An early line, at position S0.
     let load = start_load(&client, 4);
-    wait_acked(&load, 50).await;
+    wait_acked(&load, 50, PATIENCE).await;
     let mut status = a.status();
     let early = tokio::time::timeout(PATIENCE, status.wait_for(|s| s.line.is_some()))
         .await
@@ -564,12 +435,12 @@ async fn a_takeover_from_a_line_older_than_the_truncation_loads_a_newer_one() {
     let early = replicas.read_manifest(early).await.unwrap();
     let s0 = u64::from_be_bytes(early.metadata[LOG_SEQ_KEY].as_slice().try_into().unwrap());
     // Much more work, then quiet: the log is truncated far past S0.
-    wait_acked(&load, load.acked.load(Ordering::Relaxed) + 300).await;
-    load.stop.store(true, Ordering::Relaxed);
-    let mut acked = Vec::new();
-    for task in load.tasks {
-        acked.extend(task.await.unwrap().into_iter().map(|(v, _)| v));
-    }
+    wait_acked(&load, load.acked.load(Ordering::Relaxed) + 300, PATIENCE).await;
+    let acked: Vec<u64> = journal::stop(load)
+        .await
+        .into_iter()
+        .map(|(v, _)| v)
+        .collect();
     let settled = tokio::time::timeout(
         PATIENCE,
         status.wait_for(|s| s.log_truncated_through + 1 == s.applied),
