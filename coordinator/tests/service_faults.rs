@@ -186,7 +186,7 @@ async fn sigkill_between_rounds_recovers_the_newest_line() {
 async fn sigkill_inside_prepare_aborts_and_recovers_the_newest_line() {
     let (mut cluster, line) = started(Options::new(3, Duration::from_millis(500))).await;
     let marks = cluster.marks();
-    cluster.block(2, Phase::Prepare);
+    cluster.block_after(2, Phase::Prepare, line.id);
     let attempt = trigger(&cluster);
     cluster.wait_reached(2, Phase::Prepare, SHORT).await;
     let (_, _, token) = attempt_seen(cluster.proxy(2), marks[2]).await;
@@ -205,7 +205,7 @@ async fn sigkill_inside_prepare_aborts_and_recovers_the_newest_line() {
 async fn sigkill_after_the_vote_before_the_decision_aborts_and_recovers_the_newest_line() {
     let (mut cluster, line) = started(Options::new(3, Duration::from_secs(1))).await;
     let marks = cluster.marks();
-    cluster.block(2, Phase::Prepare);
+    cluster.block_after(2, Phase::Prepare, line.id);
     let attempt = trigger(&cluster);
     cluster.wait_reached(2, Phase::Prepare, SHORT).await;
     let (id, round, token) = attempt_seen(cluster.proxy(1), marks[1]).await;
@@ -518,8 +518,8 @@ async fn sigkill_after_the_commit_point_before_the_decision_arrives_keeps_the_ch
 /// Node 1's accounts got `Decided` and are inside `on_committed` when node 1 dies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_while_handling_the_decision_keeps_the_checkpoint() {
-    let (mut cluster, _) = started(Options::new(3, Duration::from_secs(1))).await;
-    cluster.block(1, Phase::Committed);
+    let (mut cluster, before) = started(Options::new(3, Duration::from_secs(1))).await;
+    cluster.block_after(1, Phase::Committed, before.id);
     let id = cluster.service.trigger().await.unwrap();
     cluster.wait_reached(1, Phase::Committed, SHORT).await;
     cluster.kill(1);
@@ -684,7 +684,8 @@ async fn a_decision_lost_in_a_short_cut_is_sent_again_when_the_session_resumes()
     let (cluster, before) = started(Options::new(3, timeout)).await;
     let (session, _) = welcome(cluster.proxy(1), 0).await;
     let newer = before.id;
-    cluster.block(1, Phase::Committed);
+    // Only this test's checkpoint: a late decision of an earlier one must not pause node 1.
+    cluster.block_after(1, Phase::Committed, newer);
     cluster
         .proxy(1)
         .hold_down(move |f| matches!(f, CoordinatorFrame::Decided { id, .. } if *id > newer));

@@ -6,7 +6,7 @@
 //! Each node can reach the service directly or through its own fault-injecting [`Proxy`].
 //!
 //! A node's accounts pause in a protocol phase (`prepare`, `on_committed`) while a marker file
-//! exists ([`Cluster::block`]), so that a test can SIGKILL the node exactly there.
+//! exists ([`Cluster::block_after`]), so that a test can SIGKILL the node exactly there.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -77,9 +77,14 @@ struct Account {
 }
 
 impl Account {
-    async fn pause_in(&self, phase: Phase) {
+    /// Pauses while `phase`'s marker exists; a marker holding a checkpoint id pauses only for
+    /// later checkpoints (a late phase of an earlier one must not stall the test).
+    async fn pause_in(&self, phase: Phase, checkpoint: CheckpointId) {
         let block = block_marker(&self.markers, self.node, phase);
-        if block.exists() {
+        let after = std::fs::read_to_string(&block)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok());
+        if block.exists() && after.is_none_or(|after| checkpoint.get() > after) {
             std::fs::write(reached_marker(&self.markers, self.node, phase), b"").unwrap();
             // Waits for the test to SIGKILL this process (or to remove the marker).
             while block.exists() {
@@ -104,13 +109,13 @@ impl Checkpointable for Account {
         Ok(())
     }
 
-    async fn prepare(&mut self, _checkpoint: CheckpointId) -> Result<(), ObjectError> {
-        self.pause_in(Phase::Prepare).await;
+    async fn prepare(&mut self, checkpoint: CheckpointId) -> Result<(), ObjectError> {
+        self.pause_in(Phase::Prepare, checkpoint).await;
         Ok(())
     }
 
-    async fn on_committed(&mut self, _checkpoint: CheckpointId) {
-        self.pause_in(Phase::Committed).await;
+    async fn on_committed(&mut self, checkpoint: CheckpointId) {
+        self.pause_in(Phase::Committed, checkpoint).await;
     }
 }
 
@@ -356,8 +361,11 @@ impl Cluster {
     }
 
     /// Node `index`'s accounts pause in `phase` from now on, until [`unblock`](Self::unblock).
-    pub fn block(&self, index: usize, phase: Phase) {
-        std::fs::write(block_marker(self.dir.path(), index, phase), b"").unwrap();
+    /// Only for checkpoints after `after`: a late phase of an earlier one (a decision still
+    /// being handled, say) must not pause the node.
+    pub fn block_after(&self, index: usize, phase: Phase, after: CheckpointId) {
+        let marker = block_marker(self.dir.path(), index, phase);
+        std::fs::write(marker, after.get().to_string()).unwrap();
     }
 
     pub fn unblock(&self, index: usize, phase: Phase) {
