@@ -100,8 +100,8 @@ pub trait Checkpointable: Send + Sync + 'static {
     /// When the generation equals the one recorded at the last committed checkpoint, the object
     /// is unchanged since that checkpoint: its entry is referenced, not rewritten. An object
     /// that tracks its generation and has handled nothing since the last committed checkpoint
-    /// is not even woken: the coordinator counts it in with its recorded entry (in process),
-    /// so idle objects cost neither bytes nor a prepare.
+    /// is not even woken: its host (the in-process coordinator, or its node) counts it in with
+    /// its recorded entry, so idle objects cost neither bytes nor a prepare.
     fn generation(&self) -> Option<u64> {
         None
     }

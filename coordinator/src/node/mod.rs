@@ -126,6 +126,8 @@ pub struct Node {
 
 pub(crate) struct NodeSlot {
     control: mpsc::UnboundedSender<Control>,
+    /// Whether the node may count the object in a round without waking it.
+    participation: crate::participant::SharedParticipation,
     mailbox: Box<dyn Any + Send + Sync>,
     /// Decodes a peer frame's payload and queues it in the mailbox.
     deliver: Box<dyn Fn(PeerFrame) -> std::result::Result<(), String> + Send + Sync>,
@@ -552,6 +554,7 @@ impl Node {
         }
         let (mailbox_tx, mailbox_rx) = mpsc::unbounded_channel::<Envelope<A::Message>>();
         let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let participation = crate::participant::SharedParticipation::default();
         let task = ObjectTask::new(
             id.clone(),
             object,
@@ -560,8 +563,7 @@ impl Node {
             mailbox_rx,
             control_rx,
             Arc::clone(shared),
-            // Nodes prepare every participant: the service does not vote for sleeping objects.
-            crate::participant::SharedParticipation::default(),
+            Arc::clone(&participation),
         );
         let deliver_tx = mailbox_tx.clone();
         let deliver = move |frame: PeerFrame| -> std::result::Result<(), String> {
@@ -580,6 +582,7 @@ impl Node {
             id.clone(),
             NodeSlot {
                 control: control_tx,
+                participation,
                 mailbox: Box::new(mailbox_tx.clone()),
                 deliver: Box::new(deliver),
                 message_type: type_name::<A::Message>(),

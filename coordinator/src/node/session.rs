@@ -11,7 +11,9 @@ use tokio::sync::mpsc;
 use super::NodeSink;
 use super::{ActiveRound, NodeShared, NodeStatus, Placement, lock, read, write};
 use crate::engine::Round;
+use crate::participant;
 use crate::participant::writer::{RoundWriter, WriterMsg};
+use crate::service::protocol::WireVote;
 use crate::service::protocol::{CoordinatorFrame, NodeFrame};
 use crate::wire::{ConnectConfig, Connection, Role};
 
@@ -223,28 +225,58 @@ fn on_frame(shared: &Arc<NodeShared>, frame: CoordinatorFrame) {
         } => {
             let span = tracing::debug_span!("checkpoint", checkpoint = %id, %round);
             let _guard = span.enter();
+            // The round is active before any object is counted in it (one counted without
+            // being woken may record an in-transit message at once) and before the parked
+            // frames of its colour are let through (their receivers capture first).
             let (tx, rx) = mpsc::unbounded_channel();
+            *lock(&shared.active) = Some(ActiveRound {
+                id,
+                round,
+                writer: tx,
+            });
+            shared.raise_floor(round);
+            // Clean objects (unchanged since the line, nothing handled) are counted without
+            // being woken; the others are asked.
+            let mut unwoken = Vec::new();
+            let mut asked = Vec::new();
+            let slots = read(&shared.objects);
+            for object in &objects {
+                let counted = slots
+                    .get(object)
+                    .and_then(|slot| participant::vote_unwoken(&slot.participation, round));
+                match counted {
+                    Some((sent, received)) => unwoken.push((
+                        object.clone(),
+                        WireVote::Yes {
+                            entry: None,
+                            sent,
+                            received,
+                        },
+                    )),
+                    None => asked.push(object.clone()),
+                }
+            }
+            tracing::debug!(asked = asked.len(), unwoken = unwoken.len(), "prepare");
             let writer = RoundWriter {
                 id,
                 round,
                 token,
                 states_writer: shared.name.clone(),
                 channel_writer: format!("{}-ch", shared.name),
-                participants: objects.iter().cloned().collect(),
+                participants: asked.iter().cloned().collect(),
                 store: shared.store.clone(),
                 sink: NodeSink(shared.to_coordinator.clone()),
             };
             tokio::spawn(writer.run(rx));
-            *lock(&shared.active) = Some(ActiveRound {
-                id,
-                round,
-                writer: tx,
-            });
-            // The round is active first: a parked frame of its colour makes its receiver
-            // capture before handling it.
-            shared.raise_floor(round);
-            let slots = read(&shared.objects);
-            for object in &objects {
+            if !unwoken.is_empty() {
+                let _ = shared.to_coordinator.send(NodeFrame::Votes {
+                    round,
+                    votes: unwoken,
+                    bytes: 0,
+                    pause_max_us: 0,
+                });
+            }
+            for object in &asked {
                 match slots.get(object) {
                     Some(slot) => {
                         let _ = slot.control.send(super::Control::Prepare { id, round });

@@ -215,7 +215,7 @@ impl Service {
             origin: tokio::time::Instant::now(),
             attempt_started: None,
             attempt_bytes: 0,
-            attempt_pauses: Vec::new(),
+            attempt_pauses: BTreeMap::new(),
             leader_hint: None,
             fenced: false,
             committed: 0,
@@ -435,8 +435,9 @@ struct Server {
     attempt_started: Option<Instant>,
     /// Bytes the nodes wrote for the attempt in flight (states and in-transit messages).
     attempt_bytes: u64,
-    /// The longest pause of each node's objects in the attempt in flight.
-    attempt_pauses: Vec<Duration>,
+    /// The longest pause of each node's objects in the attempt in flight (a node may vote in
+    /// several frames: the objects it counted in without waking them, then the others).
+    attempt_pauses: BTreeMap<String, Duration>,
     leader_hint: Option<String>,
     fenced: bool,
     committed: u64,
@@ -972,8 +973,8 @@ impl Server {
             } => {
                 if self.in_flight_round() == Some(round) {
                     self.attempt_bytes = self.attempt_bytes.saturating_add(bytes);
-                    self.attempt_pauses
-                        .push(Duration::from_micros(pause_max_us));
+                    let longest = self.attempt_pauses.entry(node.clone()).or_default();
+                    *longest = (*longest).max(Duration::from_micros(pause_max_us));
                 }
                 for (object, vote) in votes {
                     if self.placement.get(&object) != Some(&node) {
@@ -1341,7 +1342,7 @@ impl Server {
                     if let Some(m) = &self.config.metrics {
                         let took = self.attempt_started.map(|t| t.elapsed());
                         m.record_committed(took, Some(self.attempt_bytes));
-                        for pause in &self.attempt_pauses {
+                        for pause in self.attempt_pauses.values() {
                             m.record_pause(*pause);
                         }
                     }
