@@ -28,8 +28,7 @@ use cohort_coordinator::replication::styles::{ColdSupervisor, Launcher, Replicat
 use cohort_coordinator::replication::testing::{MemoryAcceptor, MemoryNetwork};
 use cohort_coordinator::replication::{GroupConfig, GroupName, Member, MemberId, MemberOptions};
 use cohort_coordinator::wire::Accept;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use journal::{Journal, expect_line, finish, open_store, start_load, wait_acked};
@@ -136,36 +135,12 @@ impl Drop for KillChildren {
     }
 }
 
-struct Child {
-    process: tokio::process::Child,
-    lines: mpsc::UnboundedReceiver<String>,
-    addr: String,
-}
-
-async fn spawn_child(dir: &Path, id: &str, seeds: &[String]) -> Child {
-    let mut process = tokio::process::Command::new(std::env::current_exe().unwrap())
+async fn spawn_child(dir: &Path, id: &str, seeds: &[String]) -> journal::Child {
+    let mut command = tokio::process::Command::new(std::env::current_exe().unwrap());
+    command
         .args(child_args())
-        .env(CHILD_ENV, child_spec(dir, id, seeds))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(process.stdout.take().unwrap()).lines();
-    let (tx, mut lines) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = out.next_line().await {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let addr = expect_line(&mut lines, "member ", PATIENCE).await;
-    Child {
-        process,
-        lines,
-        addr,
-    }
+        .env(CHILD_ENV, child_spec(dir, id, seeds));
+    journal::spawn_member(command, PATIENCE).await
 }
 
 fn client(store: &CheckpointStore) -> GroupClient {

@@ -10,7 +10,6 @@
 #[path = "support/journal.rs"]
 mod journal;
 
-use std::process::Stdio;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -27,8 +26,6 @@ use cohort_coordinator::replication::styles::ReplicationStyle;
 use cohort_coordinator::replication::{FencedLog, GroupConfig, GroupName, MemberId, MemberOptions};
 use cohort_coordinator::wire::{ConnectConfig, Role};
 use cohort_object_api::CheckpointId;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use journal::{Journal, Op, encode, expect_line, finish, open_store, start_load, wait_acked};
@@ -105,12 +102,6 @@ async fn child_server() {
     }
 }
 
-struct Child {
-    process: tokio::process::Child,
-    lines: mpsc::UnboundedReceiver<String>,
-    addr: String,
-}
-
 async fn spawn_child(
     dir: &std::path::Path,
     id: &str,
@@ -118,8 +109,9 @@ async fn spawn_child(
     goal: u32,
     style: ReplicationStyle,
     seeds: &[String],
-) -> Child {
-    let mut process = tokio::process::Command::new(std::env::current_exe().unwrap())
+) -> journal::Child {
+    let mut command = tokio::process::Command::new(std::env::current_exe().unwrap());
+    command
         .args([
             "--exact",
             "child_server",
@@ -134,27 +126,8 @@ async fn spawn_child(
                 dir.display(),
                 seeds.join(",")
             ),
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(process.stdout.take().unwrap()).lines();
-    let (tx, mut lines) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = out.next_line().await {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let addr = expect_line(&mut lines, "member ", PATIENCE).await;
-    Child {
-        process,
-        lines,
-        addr,
-    }
+        );
+    journal::spawn_member(command, PATIENCE).await
 }
 
 async fn sigkill_under_load(style: ReplicationStyle, goal: u32) {

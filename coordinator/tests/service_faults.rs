@@ -295,6 +295,21 @@ async fn channel_round(cluster: &Cluster, hold_seal: bool) -> ChannelRound {
     panic!("no messages in transit to node 1 in 5 attempts");
 }
 
+/// A [`channel_round`] whose votes are all in: node 0's prepare goes on, and node 1's `Seal`
+/// is caught by its proxy (the attempt waits for it).
+async fn seal_held(cluster: &Cluster) -> ChannelRound {
+    let r = channel_round(cluster, true).await;
+    cluster.proxy(0).release();
+    cluster
+        .proxy(1)
+        .wait_seen("the seal held before node 1", r.marks[1], SHORT, |s| {
+            matches!(s, Seen::HeldDown(CoordinatorFrame::Seal { round }) if *round == r.round)
+                .then_some(())
+        })
+        .await;
+    r
+}
+
 /// Node 1 recorded messages in transit and is asked to seal them (the `Seal` is held by its
 /// proxy) when it dies: the attempt fails before the commit point and leaves no manifest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -304,15 +319,7 @@ async fn sigkill_while_sealing_channel_state_fails_the_attempt_and_recovers_the_
         ..Options::new(3, Duration::from_secs(2))
     })
     .await;
-    let r = channel_round(&cluster, true).await;
-    cluster.proxy(0).release();
-    cluster
-        .proxy(1)
-        .wait_seen("the seal held before node 1", r.marks[1], SHORT, |s| {
-            matches!(s, Seen::HeldDown(CoordinatorFrame::Seal { round }) if *round == r.round)
-                .then_some(())
-        })
-        .await;
+    let r = seal_held(&cluster).await;
     assert_eq!(
         cluster.status().in_flight,
         Some((r.id, r.round)),
@@ -432,15 +439,7 @@ async fn a_node_dead_while_another_seals_fails_the_attempt_and_recovers_the_newe
         ..Options::new(3, Duration::from_secs(1))
     })
     .await;
-    let r = channel_round(&cluster, true).await;
-    cluster.proxy(0).release();
-    cluster
-        .proxy(1)
-        .wait_seen("the seal held before node 1", r.marks[1], SHORT, |s| {
-            matches!(s, Seen::HeldDown(CoordinatorFrame::Seal { round }) if *round == r.round)
-                .then_some(())
-        })
-        .await;
+    let r = seal_held(&cluster).await;
     // If node 2 recorded messages too, it was asked to seal them: let it answer first, so
     // that only its death can end the wait.
     let node2_records =

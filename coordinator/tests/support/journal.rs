@@ -14,6 +14,7 @@ use cohort_coordinator::replication::client::GroupClient;
 use cohort_coordinator::replication::server::Service;
 use cohort_object_api::{Checkpointable, ObjectError};
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -157,4 +158,41 @@ pub(crate) async fn finish(load: Load, client: &GroupClient) -> Duration {
         journal.len()
     );
     slowest
+}
+
+/// A group member in a child process, and the lines it prints.
+pub(crate) struct Child {
+    pub(crate) process: tokio::process::Child,
+    pub(crate) lines: mpsc::UnboundedReceiver<String>,
+    /// Its member address, from its `member <addr>` line.
+    pub(crate) addr: String,
+}
+
+/// Starts `command` (killed when dropped), forwards its stdout lines, and waits (up to
+/// `patience`) for its `member <addr>` line.
+pub(crate) async fn spawn_member(
+    mut command: tokio::process::Command,
+    patience: Duration,
+) -> Child {
+    let mut process = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(process.stdout.take().unwrap()).lines();
+    let (tx, mut lines) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = out.next_line().await {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let addr = expect_line(&mut lines, "member ", patience).await;
+    Child {
+        process,
+        lines,
+        addr,
+    }
 }
