@@ -469,11 +469,17 @@ impl CheckpointStore {
     }
 
     /// Records a committed manifest in the cache: the base it uses, or itself when whole.
-    pub(crate) fn note_committed(&self, manifest: &Manifest, base: Option<Base>, crc: u32) {
+    pub(crate) fn note_committed(
+        &self,
+        manifest: &Manifest,
+        shared: Option<&Arc<Manifest>>,
+        base: Option<Base>,
+        crc: u32,
+    ) {
         let base = base.unwrap_or_else(|| Base {
             id: manifest.id,
             crc,
-            manifest: Arc::new(manifest.clone()),
+            manifest: shared.map_or_else(|| Arc::new(manifest.clone()), Arc::clone),
         });
         self.inner.cache.note(manifest.id, &base);
     }

@@ -569,6 +569,28 @@ impl CheckpointStore {
     /// - [`Error::Conflict`]: a writer of no higher epoch committed this id first, or manifest
     ///   `id - 1` does not exist (ids are contiguous): re-read and retry at a higher id.
     pub async fn commit(&self, manifest: &Manifest) -> Result<()> {
+        self.commit_inner(manifest, None).await
+    }
+
+    /// [`commit`](Self::commit) of a manifest the caller keeps behind an `Arc` (a coordinator
+    /// keeps its last line to build the next one): the store keeps a reference to it, as the
+    /// base of the next deltas, instead of a copy of every entry.
+    ///
+    /// ```
+    /// # async fn demo(store: cohort_checkpoint::CheckpointStore, manifest: cohort_checkpoint::Manifest) -> cohort_checkpoint::Result<()> {
+    /// let line = std::sync::Arc::new(manifest);
+    /// store.commit_shared(&line).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn commit_shared(&self, manifest: &Arc<Manifest>) -> Result<()> {
+        self.commit_inner(manifest, Some(manifest)).await
+    }
+
+    async fn commit_inner(
+        &self,
+        manifest: &Manifest,
+        shared: Option<&Arc<Manifest>>,
+    ) -> Result<()> {
         self.check_writable("commit")?;
         let id = manifest.id;
         validate_manifest(manifest)?;
@@ -589,7 +611,7 @@ impl CheckpointStore {
         match put {
             Ok(_) => {
                 tracing::debug!(store = %self.inner.url, %id, epoch = manifest.epoch, round = %manifest.round, ?delta_of, "committed");
-                self.note_committed(manifest, base, crc);
+                self.note_committed(manifest, shared, base, crc);
                 Ok(())
             }
             Err(object_store::Error::AlreadyExists { .. }) => {
@@ -1161,8 +1183,10 @@ pub(crate) fn validate_parts<'a>(
         ));
     }
     keys::validate_token("round", round)?;
+    // Entries of one segment are mostly adjacent: each key is parsed once per run of them.
+    let mut checked: Option<&str> = None;
     for loc in locations {
-        if keys::parse_segment(&loc.segment).is_none() {
+        if checked != Some(loc.segment.as_str()) && keys::parse_segment(&loc.segment).is_none() {
             return Err(Error::InvalidInput(format!(
                 "manifest of checkpoint {id} references {:?}, which is not a segment key of the store layout",
                 loc.segment
@@ -1174,6 +1198,7 @@ pub(crate) fn validate_parts<'a>(
                 loc.offset, loc.len, loc.segment
             )));
         }
+        checked = Some(loc.segment.as_str());
     }
     Ok(())
 }

@@ -199,6 +199,28 @@ async fn encoded_delta_manifest_is_pinned() {
     );
 }
 
+/// `commit_shared` stores the same blobs as `commit`, and the next commit still diffs against
+/// the manifest it kept a reference to.
+#[tokio::test]
+async fn commit_shared_stores_what_commit_stores() {
+    let plain = CheckpointStore::memory();
+    let (m1, m2) = write_delta_sample(&plain).await;
+    let shared = CheckpointStore::memory();
+    for m in [m1, m2] {
+        shared.commit_shared(&std::sync::Arc::new(m)).await.unwrap();
+    }
+    assert_eq!(
+        shared.manifest_base(CheckpointId::new(2)).await.unwrap(),
+        Some(CheckpointId::new(1))
+    );
+    for key in [
+        "manifests/00000000000000000001.manifest",
+        "manifests/00000000000000000002.manifest",
+    ] {
+        assert_eq!(raw(&plain, key).await, raw(&shared, key).await, "{key}");
+    }
+}
+
 /// Reads the checked-in store written by format version 2: a full manifest and a delta of it.
 #[tokio::test]
 async fn reads_the_checked_in_v2_store() {

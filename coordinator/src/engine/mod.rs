@@ -23,6 +23,7 @@ mod types;
 mod tests;
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use cohort_object_api::{CheckpointId, ObjectId};
 
@@ -85,10 +86,8 @@ struct Attempt<T: EngineTypes> {
     id: CheckpointId,
     round: Round,
     started_ms: u64,
-    /// Sorted, as announced.
-    participants: Vec<ObjectId>,
-    /// The same, for lookups: votes of 100,000 objects must not cost a tree search each.
-    index: HashMap<ObjectId, usize>,
+    /// The members when the attempt started.
+    roster: Arc<Roster>,
     /// By participant index, so that they come out sorted without sorting.
     ballots: Vec<Option<Ballot<T::Entry>>>,
     voted: usize,
@@ -102,6 +101,28 @@ struct Attempt<T: EngineTypes> {
     waiters: Vec<TriggerId>,
 }
 
+/// The members, sorted as announced, and indexed for the votes: votes of 100,000 objects must
+/// not cost a tree search each. Kept while the membership stays the same, so that an attempt
+/// does not rebuild the index.
+#[derive(Debug)]
+struct Roster {
+    participants: Vec<ObjectId>,
+    index: HashMap<ObjectId, usize>,
+}
+
+impl Roster {
+    fn of(members: &BTreeSet<ObjectId>) -> Self {
+        Self {
+            participants: members.iter().cloned().collect(),
+            index: members
+                .iter()
+                .enumerate()
+                .map(|(i, m)| (m.clone(), i))
+                .collect(),
+        }
+    }
+}
+
 /// The coordinator's side of the protocol. See the [module docs](self).
 #[derive(Debug)]
 pub struct Engine<T: EngineTypes> {
@@ -111,6 +132,8 @@ pub struct Engine<T: EngineTypes> {
     last_committed: CheckpointId,
     last_round: Round,
     members: BTreeSet<ObjectId>,
+    /// Built from `members` by the first attempt after they changed.
+    roster: Option<Arc<Roster>>,
     attempt: Option<Attempt<T>>,
     /// Triggers that wait for an attempt that starts after them.
     waiting: Vec<TriggerId>,
@@ -132,6 +155,7 @@ impl<T: EngineTypes> Engine<T> {
             last_committed: start.last_committed,
             last_round: start.round_floor,
             members: BTreeSet::new(),
+            roster: None,
             attempt: None,
             waiting: Vec::new(),
             next_periodic_ms,
@@ -214,6 +238,7 @@ impl<T: EngineTypes> Engine<T> {
             },
             Event::Join { object } => {
                 if self.members.insert(object) {
+                    self.roster = None;
                     let in_flight = self.attempt.as_ref().is_some_and(|a| !a.committing);
                     if in_flight {
                         self.abort(now_ms, AbortReason::MembershipChanged, &mut out);
@@ -222,10 +247,11 @@ impl<T: EngineTypes> Engine<T> {
             }
             Event::Leave { object } => {
                 if self.members.remove(&object) {
+                    self.roster = None;
                     let takes_part = self
                         .attempt
                         .as_ref()
-                        .is_some_and(|a| !a.committing && a.index.contains_key(&object));
+                        .is_some_and(|a| !a.committing && a.roster.index.contains_key(&object));
                     if takes_part {
                         self.abort(now_ms, AbortReason::MembershipChanged, &mut out);
                     }
@@ -278,7 +304,7 @@ impl<T: EngineTypes> Engine<T> {
         if a.committing || now_ms < a.started_ms.saturating_add(self.config.timeout_ms) {
             return;
         }
-        let missing_votes = a.participants.len() - a.voted;
+        let missing_votes = a.roster.participants.len() - a.voted;
         let missing_messages =
             u64::try_from((a.balance - a.in_transit.len() as i128).max(0)).unwrap_or(u64::MAX);
         self.abort(
@@ -306,7 +332,12 @@ impl<T: EngineTypes> Engine<T> {
         if a.round != round || a.committing {
             return;
         }
-        let Some(slot) = a.index.get(&object).and_then(|&i| a.ballots.get_mut(i)) else {
+        let Some(slot) = a
+            .roster
+            .index
+            .get(&object)
+            .and_then(|&i| a.ballots.get_mut(i))
+        else {
             return;
         };
         if slot.is_some() {
@@ -327,7 +358,7 @@ impl<T: EngineTypes> Engine<T> {
         let Some(a) = self.attempt.as_mut() else {
             return;
         };
-        if a.committing || a.voted != a.participants.len() {
+        if a.committing || a.voted != a.roster.participants.len() {
             return;
         }
         let expected = a.balance;
@@ -351,6 +382,7 @@ impl<T: EngineTypes> Engine<T> {
             // Once committing, the attempt ignores votes and records: hand them over.
             // Sorted already: the map is built without comparisons beyond one pass.
             ballots: a
+                .roster
                 .participants
                 .iter()
                 .cloned()
@@ -399,7 +431,7 @@ impl<T: EngineTypes> Engine<T> {
                     id: a.id,
                     round: a.round,
                     decision: Decision::Committed,
-                    participants: a.participants,
+                    participants: a.roster.participants.clone(),
                 });
             }
             CommitOutcome::Fenced => {
@@ -431,7 +463,7 @@ impl<T: EngineTypes> Engine<T> {
             id: a.id,
             round: a.round,
             decision: Decision::Aborted(reason.clone()),
-            participants: a.participants,
+            participants: a.roster.participants.clone(),
         });
         out.push(Command::Discard {
             id: a.id,
@@ -475,17 +507,15 @@ impl<T: EngineTypes> Engine<T> {
             self.next_periodic_ms = Some(now_ms.saturating_add(interval));
         }
         self.last_round = self.last_round.next();
+        let members = &self.members;
+        let roster = self
+            .roster
+            .get_or_insert_with(|| Arc::new(Roster::of(members)));
         let attempt = Attempt {
             id: self.last_committed.next(),
             round: self.last_round,
             started_ms: now_ms,
-            participants: self.members.iter().cloned().collect(),
-            index: self
-                .members
-                .iter()
-                .enumerate()
-                .map(|(i, m)| (m.clone(), i))
-                .collect(),
+            roster: Arc::clone(roster),
             ballots: std::iter::repeat_with(|| None)
                 .take(self.members.len())
                 .collect(),
@@ -498,7 +528,7 @@ impl<T: EngineTypes> Engine<T> {
         out.push(Command::Prepare {
             id: attempt.id,
             round: attempt.round,
-            participants: attempt.participants.clone(),
+            participants: attempt.roster.participants.clone(),
         });
         self.attempt = Some(attempt);
         // A cohort with no members (or only unchanged ones reporting at once) commits here.

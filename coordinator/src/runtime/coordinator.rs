@@ -501,7 +501,8 @@ impl Coordinator {
 
         let commit_started = Instant::now();
         let store = &self.shared.store;
-        let outcome = match store.commit(&manifest).await {
+        let manifest = Arc::new(manifest);
+        let outcome = match store.commit_shared(&manifest).await {
             Ok(()) => CommitOutcome::Committed,
             Err(e) if e.is_fenced() => CommitOutcome::Fenced,
             Err(cohort_checkpoint::Error::Conflict { .. }) => {
@@ -541,7 +542,7 @@ impl Coordinator {
                 bytes: written.bytes,
                 in_transit: in_transit_count,
             });
-            self.last_manifest = Some(Arc::new(manifest));
+            self.last_manifest = Some(manifest);
         }
         Ok(outcome)
     }

@@ -1442,7 +1442,8 @@ impl Server {
             manifest.metadata.extend(hook(&table));
         }
         manifest.in_transit = in_transit;
-        let outcome = match self.store.commit(&manifest).await {
+        let manifest = Arc::new(manifest);
+        let outcome = match self.store.commit_shared(&manifest).await {
             Ok(()) => CommitOutcome::Committed,
             Err(e) if e.is_fenced() => {
                 self.fenced = true;
@@ -1470,7 +1471,7 @@ impl Server {
         };
         if outcome == CommitOutcome::Committed {
             tracing::debug!(checkpoint = %id, elapsed = ?self.attempt_started.map(|t| t.elapsed()), "manifest created");
-            self.last_manifest = Some(Arc::new(manifest));
+            self.last_manifest = Some(manifest);
         }
         outcome
     }
