@@ -72,7 +72,10 @@ async fn cold_child() {
     };
     let pids = Path::new(dir).join("pids");
     std::fs::create_dir_all(&pids).unwrap();
-    std::fs::write(pids.join(id), std::process::id().to_string()).unwrap();
+    // Renamed into place, so that the cleanup never reads half a pid.
+    let staged = Path::new(dir).join(format!("pid-{id}.staged"));
+    std::fs::write(&staged, std::process::id().to_string()).unwrap();
+    std::fs::rename(staged, pids.join(id)).unwrap();
     let store = open_store(Path::new(dir)).await;
     let seeds = seeds
         .split(',')

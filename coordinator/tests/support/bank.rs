@@ -77,14 +77,20 @@ struct Account {
 }
 
 impl Account {
-    /// Pauses while `phase`'s marker exists; a marker holding a checkpoint id pauses only for
-    /// later checkpoints (a late phase of an earlier one must not stall the test).
+    /// Pauses while `phase`'s marker exists, in checkpoints after the id it holds (a late
+    /// phase of an earlier one must not stall the test).
     async fn pause_in(&self, phase: Phase, checkpoint: CheckpointId) {
         let block = block_marker(&self.markers, self.node, phase);
-        let after = std::fs::read_to_string(&block)
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok());
-        if block.exists() && after.is_none_or(|after| checkpoint.get() > after) {
+        let Ok(after) = std::fs::read_to_string(&block) else {
+            return;
+        };
+        let after = after.trim().parse::<u64>().unwrap_or_else(|_| {
+            panic!(
+                "block marker {} holds {after:?}, not a checkpoint id",
+                block.display()
+            )
+        });
+        if checkpoint.get() > after {
             std::fs::write(reached_marker(&self.markers, self.node, phase), b"").unwrap();
             // Waits for the test to SIGKILL this process (or to remove the marker).
             while block.exists() {
@@ -365,7 +371,11 @@ impl Cluster {
     /// being handled, say) must not pause the node.
     pub fn block_after(&self, index: usize, phase: Phase, after: CheckpointId) {
         let marker = block_marker(self.dir.path(), index, phase);
-        std::fs::write(marker, after.get().to_string()).unwrap();
+        // Written aside and renamed into place: a node reading a half-written marker would
+        // see no id and pause in every checkpoint, the earlier ones too.
+        let staged = marker.with_extension("staged");
+        std::fs::write(&staged, after.get().to_string()).unwrap();
+        std::fs::rename(staged, marker).unwrap();
     }
 
     pub fn unblock(&self, index: usize, phase: Phase) {
