@@ -135,16 +135,6 @@ fn main() -> ExitCode {
     }
 }
 
-async fn open_store(url: &str) -> anyhow::Result<CheckpointStore> {
-    let local = url
-        .strip_prefix("file://")
-        .or_else(|| (!url.contains("://")).then_some(url));
-    if let Some(path) = local {
-        std::fs::create_dir_all(path).with_context(|| format!("cannot create {path}"))?;
-    }
-    Ok(CheckpointStore::open(url, StoreOptions::default()).await?)
-}
-
 /// Lines of our stdin, read on a thread; the channel closes when the parent closes its end (or
 /// dies): every child's way out.
 fn stdin_lines() -> mpsc::UnboundedReceiver<String> {
@@ -171,7 +161,7 @@ async fn parent_gone() {
 // The coordinator process: what `cohort serve` does, through the library.
 
 async fn coordinator(args: Args) -> anyhow::Result<()> {
-    let store = open_store(&args.store).await?;
+    let store = CheckpointStore::open(&args.store, StoreOptions::default()).await?;
     let mut config = ServiceConfig::new(([127, 0, 0, 1], 0).into());
     config.lead_at_start = false;
     config.interval = Some(Duration::from_millis(args.interval_ms));
@@ -215,7 +205,7 @@ async fn coordinator(args: Args) -> anyhow::Result<()> {
 // The node process: hosts every account `i` with `i % nodes == index`.
 
 async fn node(args: Args) -> anyhow::Result<()> {
-    let store = open_store(&args.store).await?;
+    let store = CheckpointStore::open(&args.store, StoreOptions::default()).await?;
     let mut settings = NodeSettings::default();
     settings.heartbeat_interval = Duration::from_millis(100);
     settings.heartbeat_timeout = Duration::from_millis(1_000);
@@ -482,7 +472,7 @@ async fn orchestrate(args: Args) -> anyhow::Result<bool> {
         bail!("--store memory:// cannot be shared by processes; use a directory or s3://");
     }
     let started = Instant::now();
-    let store = open_store(&args.store).await?;
+    let store = CheckpointStore::open(&args.store, StoreOptions::default()).await?;
     let run_for = Duration::from_secs(args.seconds.max(2));
     let lease = Duration::from_millis(args.lease_ms);
     let phase = Duration::from_secs(5).max(lease * 10);

@@ -183,16 +183,6 @@ fn drive(
     })
 }
 
-async fn open_store(url: &str) -> anyhow::Result<CheckpointStore> {
-    let local = url
-        .strip_prefix("file://")
-        .or_else(|| (!url.contains("://")).then_some(url));
-    if let Some(path) = local {
-        std::fs::create_dir_all(path).with_context(|| format!("cannot create {path}"))?;
-    }
-    Ok(CheckpointStore::open(url, StoreOptions::default()).await?)
-}
-
 fn fmt_pause(p: PauseStats) -> String {
     format!(
         "p50 {:?}, p99 {:?}, max {:?} over {} captures",
@@ -205,7 +195,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         bail!("--accounts must be at least 2");
     }
     let total = BALANCE * args.accounts as i64;
-    let store = open_store(&args.store).await?;
+    let store = CheckpointStore::open(&args.store, StoreOptions::default()).await?;
     let run_for = Duration::from_secs(args.seconds.max(2));
     let mut ok = true;
     println!(

@@ -21,7 +21,6 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use cohort_object_api::{CheckpointId, ObjectId};
-use object_store::ObjectStoreExt;
 
 use crate::error::{Damage, DamageKind, Error, Result};
 use crate::format::{self, FrameError};
@@ -496,14 +495,7 @@ impl CheckpointStore {
     /// whole manifest, which can be large, only the 10-byte header that says so. Damage in a
     /// whole manifest's body is therefore left to `read_manifest` and `verify`.
     pub async fn manifest_base(&self, id: CheckpointId) -> Result<Option<CheckpointId>> {
-        let key = keys::manifest(id);
-        let head = 0..format::MANIFEST_VERSION_END as u64;
-        match self
-            .inner
-            .store
-            .get_range(&self.inner.path(&key), head)
-            .await
-        {
+        match self.inner.manifest_header(id).await {
             Ok(head) if format::is_full_manifest_header(&head) => return Ok(None),
             // Not found, a tombstone, a delta, damaged: the whole read says which.
             _ => {}

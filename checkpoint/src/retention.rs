@@ -334,18 +334,13 @@ impl CheckpointStore {
         let concurrency = self.inner.options.read_concurrency.max(1);
         let mut headers = futures::stream::iter(after)
             .map(|id| async move {
-                let key = keys::manifest(id);
-                let head = 0..format::MANIFEST_VERSION_END as u64;
-                match self
-                    .inner
-                    .store
-                    .get_range(&self.inner.path(&key), head)
-                    .await
-                {
+                match self.inner.manifest_header(id).await {
                     Ok(head) => Ok((id, format::claims_newer_manifest(&head))),
                     // Expired by a concurrent GC meanwhile: not newer.
                     Err(object_store::Error::NotFound { .. }) => Ok((id, false)),
-                    Err(e) => Err(self.inner.map_err(format!("read {key}"), e)),
+                    Err(e) => Err(self
+                        .inner
+                        .map_err(format!("read {}", keys::manifest(id)), e)),
                 }
             })
             .buffer_unordered(concurrency);

@@ -1204,6 +1204,15 @@ pub(crate) fn validate_parts<'a>(
 }
 
 impl Inner {
+    /// The first bytes of manifest `id`, up to its format version: enough to tell a whole
+    /// manifest from a delta, or one of a newer format, without reading a large body.
+    pub(crate) async fn manifest_header(&self, id: CheckpointId) -> object_store::Result<Bytes> {
+        let head = 0..format::MANIFEST_VERSION_END as u64;
+        self.store
+            .get_range(&self.path(&keys::manifest(id)), head)
+            .await
+    }
+
     /// The full path of a key relative to the prefix. Keys are built from validated parts.
     pub(crate) fn path(&self, key: &str) -> Path {
         if self.prefix.as_ref().is_empty() {
