@@ -24,8 +24,8 @@ use cohort::checkpoint::{CheckpointStore, ManifestKind};
 use cohort::coordinator::node::{Node, NodeSettings};
 use cohort::coordinator::service::leadership::{self, Leadership, LeadershipConfig, Transition};
 use cohort::coordinator::service::{Service, ServiceConfig};
-use cohort::coordinator::wire::CancellationToken;
 use cohort::coordinator::{Actor, Context};
+use cohort::wire::CancellationToken;
 use cohort::{Checkpointable, ObjectError, ObjectId};
 
 const ROLE_ENV: &str = "COHORT_FAILOVER_ROLE";

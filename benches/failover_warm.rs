@@ -23,11 +23,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use cohort_checkpoint::{CheckpointStore, StoreOptions};
-use cohort_coordinator::replication::client::{ClientOptions, GroupClient};
-use cohort_coordinator::replication::server::{ReplicatedServer, ServerOptions, Service};
-use cohort_coordinator::replication::styles::ReplicationStyle;
-use cohort_coordinator::replication::{GroupConfig, GroupName, MemberId, MemberOptions};
 use cohort_object_api::{Checkpointable, ObjectError};
+use cohort_replication::client::{ClientOptions, GroupClient};
+use cohort_replication::server::{ReplicatedServer, ServerOptions, Service};
+use cohort_replication::styles::ReplicationStyle;
+use cohort_replication::{GroupConfig, GroupName, MemberId, MemberOptions};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::time::Instant;
 

@@ -42,7 +42,7 @@ use cohort::coordinator::service::control::{
 };
 use cohort::coordinator::service::leadership::{self, Leadership, LeadershipConfig, Transition};
 use cohort::coordinator::service::{Service, ServiceConfig};
-use cohort::coordinator::wire::{CancellationToken, ConnectConfig, Role as WireRole};
+use cohort::wire::{CancellationToken, ConnectConfig, Role as WireRole};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;

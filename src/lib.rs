@@ -10,3 +10,9 @@ pub use cohort_checkpoint as checkpoint;
 
 /// The two-phase protocol, its runtime and the coordinator service.
 pub use cohort_coordinator as coordinator;
+
+/// Typed, authenticated connections between coordinators, nodes, members and clients.
+pub use cohort_wire as wire;
+
+/// Fault-tolerance groups, failure detection, replication styles and transparent clients.
+pub use cohort_replication as replication;

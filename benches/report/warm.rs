@@ -12,10 +12,10 @@ use anyhow::Context as _;
 use async_trait::async_trait;
 use bytes::Bytes;
 use cohort::checkpoint::{CheckpointStore, StoreOptions};
-use cohort::coordinator::replication::client::{ClientOptions, GroupClient};
-use cohort::coordinator::replication::server::{ReplicatedServer, ServerOptions, Service};
-use cohort::coordinator::replication::styles::ReplicationStyle;
-use cohort::coordinator::replication::{GroupConfig, GroupName, MemberId, MemberOptions};
+use cohort::replication::client::{ClientOptions, GroupClient};
+use cohort::replication::server::{ReplicatedServer, ServerOptions, Service};
+use cohort::replication::styles::ReplicationStyle;
+use cohort::replication::{GroupConfig, GroupName, MemberId, MemberOptions};
 use cohort::{Checkpointable, ObjectError};
 
 use crate::entry::{Entry, Goal, Samples, ms};

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use cohort_object_api::{CheckpointId, ObjectError, ObjectId};
+use cohort_object_api::{CheckpointId, ErrorKind, ObjectError, ObjectId};
 
 /// A convenient alias for results of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -171,14 +171,36 @@ pub enum Error {
 }
 
 impl Error {
+    /// What to do about it, as the groups above say: [`ErrorKind::Fenced`] (step down),
+    /// [`ErrorKind::Refused`] (someone committed first: re-read), [`ErrorKind::Data`] (fall
+    /// back or restore from elsewhere), [`ErrorKind::Transient`] (the store did not answer:
+    /// retry), [`ErrorKind::Invalid`] (fix the configuration or the call, or upgrade cohort for
+    /// blobs of a newer format).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Fenced { .. } => ErrorKind::Fenced,
+            Self::Conflict { .. } => ErrorKind::Refused,
+            Self::Damaged { .. } => ErrorKind::Data,
+            Self::Object(e) => e.kind(),
+            Self::Unavailable { .. } => ErrorKind::Transient,
+            Self::NotFound { .. }
+            | Self::FutureFormat { .. }
+            | Self::InvalidUrl { .. }
+            | Self::UnsafeStore { .. }
+            | Self::ReadOnly { .. }
+            | Self::InvalidInput(_)
+            | Self::Store { .. } => ErrorKind::Invalid,
+        }
+    }
+
     /// Whether this error means the writer is deposed ([`Error::Fenced`]).
     pub fn is_fenced(&self) -> bool {
-        matches!(self, Self::Fenced { .. })
+        self.kind() == ErrorKind::Fenced
     }
 
     /// Whether retrying the same operation later may succeed ([`Error::Unavailable`]).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Unavailable { .. })
+        self.kind().is_retryable()
     }
 
     /// The damage, if this is [`Error::Damaged`].

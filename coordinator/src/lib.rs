@@ -14,10 +14,8 @@ mod error;
 pub mod messaging;
 pub mod node;
 mod participant;
-pub mod replication;
 pub mod runtime;
 pub mod service;
-pub mod wire;
 
 pub use error::{Error, Result};
 pub use messaging::{Actor, Address, Context};

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, LazyLock};
 
-use cohort_coordinator::wire::{ListenConfig, Secret, SeededNonces, replay_as_server};
+use cohort_wire::{ListenConfig, Secret, SeededNonces, replay_as_server};
 use libfuzzer_sys::fuzz_target;
 use serde::Deserialize;
 use serde::de::IgnoredAny;

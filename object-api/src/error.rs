@@ -1,6 +1,6 @@
 //! The one public error type of this crate.
 
-use crate::StateTag;
+use crate::{ErrorKind, StateTag};
 
 /// Everything that can go wrong between an object and its stored state.
 ///
@@ -105,6 +105,21 @@ pub enum ObjectError {
 }
 
 impl ObjectError {
+    /// What to do about it: [`ErrorKind::Invalid`] for a bad id, [`ErrorKind::Data`] for a state
+    /// that does not fit or encode, [`ErrorKind::Refused`] when the object declined, and
+    /// [`ErrorKind::Refused`] for the application's own errors (its hook said no).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::InvalidObjectId { .. } | Self::InvalidCheckpointId { .. } => ErrorKind::Invalid,
+            Self::TypeMismatch { .. }
+            | Self::FutureVersion { .. }
+            | Self::NoMigration { .. }
+            | Self::Decode { .. }
+            | Self::Encode { .. } => ErrorKind::Data,
+            Self::Refused { .. } | Self::Application(_) => ErrorKind::Refused,
+        }
+    }
+
     /// Wraps an application error raised in a hook.
     pub fn application(
         error: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,

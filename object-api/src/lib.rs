@@ -25,12 +25,14 @@
 
 mod error;
 mod id;
+mod kind;
 mod state;
 
 use async_trait::async_trait;
 
 pub use error::ObjectError;
 pub use id::{CheckpointId, ObjectId};
+pub use kind::ErrorKind;
 pub use state::{EncodedState, Snapshot, StateTag, VersionCheck};
 
 /// `#[derive(Checkpointable)]`: see the [`Checkpointable`] trait for what it generates.

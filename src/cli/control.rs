@@ -3,7 +3,7 @@
 
 use cohort_checkpoint::CheckpointStore;
 use cohort_coordinator::service::control::{self, ControlReply, ControlRequest};
-use cohort_coordinator::wire::{ConnectConfig, DEFAULT_PORT, Role, Secret, TOKEN_ENV};
+use cohort_wire::{ConnectConfig, DEFAULT_PORT, Role, Secret, TOKEN_ENV};
 
 use crate::cli::failure::Failure;
 

@@ -8,6 +8,7 @@ use std::io::{self, Write};
 use std::process::ExitCode;
 
 use cohort_checkpoint::Error as StoreError;
+use cohort_object_api::ErrorKind;
 
 use crate::cli::output::Paint;
 
@@ -88,17 +89,51 @@ impl fmt::Display for Failure {
 
 impl std::error::Error for Failure {}
 
-/// The exit code and hint for `err`: the first [`Failure`] or store error in the chain decides.
+impl Code {
+    /// The exit code of an error of `kind`: damage, a refusal and a fence are answers about the
+    /// store or the cohort (1); everything else means the command could not do its work (2).
+    pub(crate) fn of(kind: ErrorKind) -> Self {
+        match kind {
+            ErrorKind::Data | ErrorKind::Refused | ErrorKind::Fenced => Code::Failure,
+            _ => Code::Error,
+        }
+    }
+}
+
+/// The exit code and hint for `err`: the first [`Failure`], or the first error of a cohort
+/// crate (whose kind decides), in the chain.
 pub(crate) fn classify(err: &anyhow::Error) -> (Code, Option<String>) {
     for cause in err.chain() {
         if let Some(failure) = cause.downcast_ref::<Failure>() {
             return (failure.code, failure.hint.clone());
         }
-        if let Some(store) = cause.downcast_ref::<StoreError>() {
-            return crate::cli::store::classify(store);
+        if let Some(kind) = kind_of(cause) {
+            let hint = cause
+                .downcast_ref::<StoreError>()
+                .and_then(crate::cli::store::hint);
+            return (Code::of(kind), hint);
         }
     }
     (Code::Error, None)
+}
+
+/// The kind of an error of one of cohort's crates.
+fn kind_of(cause: &(dyn std::error::Error + 'static)) -> Option<ErrorKind> {
+    if let Some(e) = cause.downcast_ref::<StoreError>() {
+        return Some(e.kind());
+    }
+    if let Some(e) = cause.downcast_ref::<cohort_coordinator::Error>() {
+        return Some(e.kind());
+    }
+    if let Some(e) = cause.downcast_ref::<cohort_wire::Error>() {
+        return Some(e.kind());
+    }
+    if let Some(e) = cause.downcast_ref::<cohort_replication::Error>() {
+        return Some(e.kind());
+    }
+    cause
+        .downcast_ref::<cohort_object_api::ObjectError>()
+        .map(cohort_object_api::ObjectError::kind)
 }
 
 /// True when the error is only a closed pipe on stdout (`cohort list | head`): not worth a word.
@@ -147,6 +182,25 @@ mod tests {
         assert_eq!(classify(&err), (Code::Failure, Some("say yes".into())));
         let err = anyhow::anyhow!("plain");
         assert_eq!(classify(&err), (Code::Error, None));
+    }
+
+    #[test]
+    fn kinds_pick_the_exit_code() {
+        let fenced = anyhow::Error::new(cohort_coordinator::Error::Fenced { epoch: 2 })
+            .context("taking a checkpoint");
+        assert_eq!(classify(&fenced).0, Code::Failure);
+        let unreachable = anyhow::Error::new(cohort_wire::Error::Connect {
+            addr: "127.0.0.1:1".into(),
+            source: io::Error::from(io::ErrorKind::ConnectionRefused),
+        });
+        assert_eq!(classify(&unreachable), (Code::Error, None));
+        let missing = anyhow::Error::new(StoreError::NotFound {
+            what: "manifest 7".into(),
+            url: "memory:///".into(),
+        });
+        let (code, hint) = classify(&missing);
+        assert_eq!(code, Code::Error);
+        assert!(hint.is_some_and(|h| h.contains("cohort list")));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use cohort_coordinator::service::control::Responder;
 use cohort_coordinator::service::leadership::{self, Leadership, LeadershipConfig, Transition};
 use cohort_coordinator::service::metrics::{MetricsEndpoint, ServiceMetrics};
 use cohort_coordinator::service::{MetadataHook, Service, ServiceConfig, StateTable};
-use cohort_coordinator::wire::{CancellationToken, DEFAULT_PORT, Secret, TOKEN_ENV};
+use cohort_wire::{CancellationToken, DEFAULT_PORT, Secret, TOKEN_ENV};
 
 use crate::cli::StoreArgs;
 use crate::cli::failure::{Code, Failure};

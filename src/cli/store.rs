@@ -6,45 +6,36 @@ use cohort_checkpoint::{
 use cohort_object_api::CheckpointId;
 
 use crate::cli::StoreArgs;
-use crate::cli::failure::{Code, Failure};
+use crate::cli::failure::Failure;
 
-/// The exit code and hint for a store error.
-pub(crate) fn classify(err: &StoreError) -> (Code, Option<String>) {
-    match err {
-        StoreError::Damaged { .. } => (
-            Code::Failure,
-            Some("run `cohort verify` to list every damaged checkpoint; `cohort rollback --to ID` can return to an intact one".into()),
-        ),
-        StoreError::Fenced { .. } => (
-            Code::Failure,
-            Some("a coordinator committed in the meantime; check `cohort list` and retry if still wanted".into()),
-        ),
-        StoreError::Conflict { .. } => (
-            Code::Failure,
-            Some("another writer committed first; check `cohort list`, then retry".into()),
-        ),
-        StoreError::NotFound { .. } => (
-            Code::Error,
-            Some("run `cohort list` to see the committed checkpoints".into()),
-        ),
-        StoreError::InvalidUrl { .. } => (
-            Code::Error,
-            Some("pass --store or set COHORT_STORE, e.g. --store file:///var/lib/app/checkpoints".into()),
-        ),
-        StoreError::Unavailable { .. } => (
-            Code::Error,
-            Some("for S3 check AWS_ENDPOINT_URL, AWS_REGION and the credentials; run with -v to see the retries".into()),
-        ),
-        StoreError::FutureFormat { .. } => (
-            Code::Error,
-            Some("a newer cohort wrote this store; use a cohort CLI at least as new as the coordinators that write it".into()),
-        ),
-        StoreError::UnsafeStore { .. } => (
-            Code::Error,
-            Some("if no coordinator can write to this store at the same time, pass --allow-unsafe-store".into()),
-        ),
-        _ => (Code::Error, None),
-    }
+/// What to do about a store error, where a hint helps (its exit code comes from its kind).
+pub(crate) fn hint(err: &StoreError) -> Option<String> {
+    let hint = match err {
+        StoreError::Damaged { .. } => {
+            "run `cohort verify` to list every damaged checkpoint; `cohort rollback --to ID` can return to an intact one"
+        }
+        StoreError::Fenced { .. } => {
+            "a coordinator committed in the meantime; check `cohort list` and retry if still wanted"
+        }
+        StoreError::Conflict { .. } => {
+            "another writer committed first; check `cohort list`, then retry"
+        }
+        StoreError::NotFound { .. } => "run `cohort list` to see the committed checkpoints",
+        StoreError::InvalidUrl { .. } => {
+            "pass --store or set COHORT_STORE, e.g. --store file:///var/lib/app/checkpoints"
+        }
+        StoreError::Unavailable { .. } => {
+            "for S3 check AWS_ENDPOINT_URL, AWS_REGION and the credentials; run with -v to see the retries"
+        }
+        StoreError::FutureFormat { .. } => {
+            "a newer cohort wrote this store; use a cohort CLI at least as new as the coordinators that write it"
+        }
+        StoreError::UnsafeStore { .. } => {
+            "if no coordinator can write to this store at the same time, pass --allow-unsafe-store"
+        }
+        _ => return None,
+    };
+    Some(hint.to_owned())
 }
 
 /// Opens the store for reading: no probe, nothing can be written.

@@ -50,7 +50,7 @@ use crate::error::{Error, Result};
 use crate::messaging::{Actor, Address, Envelope, Route};
 use crate::runtime::{lock, read, write};
 use crate::service::protocol::{NodeFrame, PeerFrame};
-use crate::wire::{self, ConnectConfig, ListenConfig, Role, Secret};
+use cohort_wire::{ConnectConfig, ListenConfig, Role, Secret};
 
 use crate::participant::object::{self, Control, ObjectTask};
 use crate::participant::writer::{WriterMsg, Written};
@@ -519,7 +519,7 @@ impl Node {
         NodeBuilder {
             store,
             name: format!("node-{}", std::process::id()),
-            coordinators: vec![format!("127.0.0.1:{}", wire::DEFAULT_PORT)],
+            coordinators: vec![format!("127.0.0.1:{}", cohort_wire::DEFAULT_PORT)],
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             token: None,
             settings: NodeSettings::default(),
@@ -662,7 +662,7 @@ impl NodeBuilder {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`] for a bad name or no coordinator; [`Error::Bind`] when the
+    /// [`Error::InvalidConfig`] for a bad name or no coordinator; [`Error::Wire`] ([`Bind`](cohort_wire::Error::Bind)) when the
     /// peer port cannot be bound (or another wire error for bad listen settings).
     pub async fn build(self) -> Result<Node> {
         let valid = !self.name.is_empty()
@@ -714,9 +714,9 @@ impl NodeBuilder {
             metrics: crate::runtime::Metrics::default(),
         });
         let weak = Arc::downgrade(&shared);
-        tokio::spawn(wire::serve(
+        tokio::spawn(cohort_wire::serve(
             listener,
-            move |mut conn: wire::Connection<PeerFrame, u64>, stop: CancellationToken| {
+            move |mut conn: cohort_wire::Connection<PeerFrame, u64>, stop: CancellationToken| {
                 let node = weak.clone();
                 async move {
                     let mut delivered = 0u64;

@@ -15,7 +15,7 @@ use crate::participant;
 use crate::participant::writer::{RoundWriter, WriterMsg};
 use crate::service::protocol::WireVote;
 use crate::service::protocol::{CoordinatorFrame, NodeFrame};
-use crate::wire::{ConnectConfig, Connection, Role};
+use cohort_wire::{ConnectConfig, Connection, Role};
 
 type Conn = Connection<CoordinatorFrame, NodeFrame>;
 

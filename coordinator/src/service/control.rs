@@ -22,7 +22,7 @@ use super::leadership::{Leadership, Role as LeaderRole, View};
 use super::protocol::{CoordinatorFrame, NodeFrame};
 use super::table::StateTable;
 use crate::error::{Error, Result};
-use crate::wire::{ConnectConfig, Connection, Role};
+use cohort_wire::{ConnectConfig, Connection, Role};
 
 /// How long a CLI connection may stay idle between requests.
 const IDLE: Duration = Duration::from_secs(30);
@@ -121,7 +121,7 @@ pub(crate) async fn serve(
         };
         let request = match frame {
             Err(_) | Ok(Ok(None)) => return Ok(()),
-            Ok(Err(e)) => return Err(e),
+            Ok(Err(e)) => return Err(e.into()),
             Ok(Ok(Some(NodeFrame::Control(request)))) => request,
             Ok(Ok(Some(NodeFrame::Heartbeat))) => continue,
             Ok(Ok(Some(_))) => {
@@ -144,7 +144,7 @@ pub(crate) async fn serve(
 ///
 /// # Errors
 ///
-/// A wire error such as [`Error::Connect`] when no coordinator could be reached (the last
+/// A wire error such as [`Error::Wire`] ([`Connect`](cohort_wire::Error::Connect)) when no coordinator could be reached (the last
 /// failure), [`Error::InvalidConfig`] when `addrs` is empty or the leader could not be found.
 pub async fn request(
     addrs: &[String],
@@ -170,7 +170,7 @@ pub async fn request(
         {
             Ok(conn) => conn,
             Err(e) => {
-                last = Some(e);
+                last = Some(e.into());
                 continue;
             }
         };

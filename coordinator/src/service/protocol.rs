@@ -1,5 +1,5 @@
 //! The frames between the coordinator service and its nodes (wire role `node`), and between
-//! nodes (wire role `peer`). Each is one msgpack value per wire frame (see [`crate::wire`]).
+//! nodes (wire role `peer`). Each is one msgpack value per wire frame (see [`cohort_wire`]).
 //!
 //! Votes carry entry metadata (segment key, offset, length, crc) and counters, never state
 //! bytes: nodes write their states to the store themselves, with writer token = node name.

@@ -21,7 +21,7 @@ use crate::engine::{
 };
 use crate::error::{Error, Result};
 use crate::runtime::{Clock, Local};
-use crate::wire::{self, Connection, ListenConfig, Role};
+use cohort_wire::{Connection, ListenConfig, Role};
 
 /// Extra manifest metadata computed at every commit from the state table.
 pub type MetadataHook = Arc<dyn Fn(&StateTable) -> BTreeMap<String, Vec<u8>> + Send + Sync>;
@@ -152,8 +152,8 @@ impl Service {
     ///
     /// # Errors
     ///
-    /// [`Error::Bind`] when the port cannot be bound, [`Error::TokenRequired`],
-    /// [`Error::InvalidName`] or [`Error::InvalidConfig`] when the listen settings are wrong,
+    /// [`Error::Wire`] ([`Bind`](cohort_wire::Error::Bind)) when the port cannot be bound, [`TokenRequired`](cohort_wire::Error::TokenRequired),
+    /// [`InvalidName`](cohort_wire::Error::InvalidName) or [`Error::InvalidConfig`] when the listen settings are wrong,
     /// [`Error::InvalidConfig`] for zero timeouts, [`Error::Store`] when the epoch cannot be
     /// claimed or the store read.
     pub async fn start(store: CheckpointStore, config: ServiceConfig) -> Result<Self> {
@@ -177,7 +177,7 @@ impl Service {
         let conns = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let handler_input = input.clone();
         let control = config.control.clone();
-        tokio::spawn(wire::serve(
+        tokio::spawn(cohort_wire::serve(
             listener,
             move |conn: Connection<NodeFrame, CoordinatorFrame>, stop| {
                 if conn.peer().role == Role::Cli {
@@ -340,7 +340,7 @@ async fn handle_node(
     let welcome = matches!(reply, CoordinatorFrame::Welcome { .. });
     conn.send(&reply).await?;
     if !welcome {
-        return conn.close().await;
+        return Ok(conn.close().await?);
     }
     let mut beat = tokio::time::interval(Duration::from_millis(heartbeat_ms));
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -371,7 +371,7 @@ async fn handle_node(
         }
     };
     let _ = input.send(Input::Disconnected { conn: id, node });
-    result
+    Ok(result?)
 }
 
 struct NodeState {

@@ -11,7 +11,7 @@
 //!   slow peer, not a dead connection: a test decides when the node dies.
 //!
 //! It also **taps** the frames it forwards (the wire's 4-byte length prefix, then msgpack: see
-//! `cohort_coordinator::wire`), so a test knows, without sleeping, that a vote reached the
+//! `cohort_wire`), so a test knows, without sleeping, that a vote reached the
 //! service or that a `Decided` was caught. Handshake frames are forwarded without being logged.
 
 use std::collections::VecDeque;

@@ -1,0 +1,109 @@
+//! The cohort wire: typed, authenticated connections between coordinators, nodes, the CLI,
+//! and the members and clients of fault-tolerance groups.
+//!
+//! This layer moves messages; it knows nothing of checkpoints. The session layer above it picks
+//! the message types, runs heartbeats (racing [`Connection::recv`], which is cancel-safe,
+//! against a timer) and reconnects.
+//!
+//! # Frames
+//!
+//! A connection is a byte stream (TCP in production; anything `AsyncRead + AsyncWrite` in
+//! tests) cut into frames by tokio-util's `LengthDelimitedCodec`: a 4-byte big-endian length,
+//! then that many bytes of one msgpack value, structs encoded as maps with named fields
+//! (`rmp_serde::to_vec_named`). A length above the receiver's limit is refused before any
+//! buffer is reserved for it, and the connection is closed. The limit is 64 KiB
+//! ([`HANDSHAKE_MAX_FRAME_LEN`]) until the handshake is done, then
+//! [`max_frame_len`](ListenConfig::max_frame_len) (16 MiB by default): the coordinator carries
+//! votes and metadata, never state bytes. A frame must hold exactly one value, nested at most
+//! 64 deep.
+//!
+//! # Handshake
+//!
+//! ```text
+//! server → client  hello   { magic: "cohort", protocol_version, role, name, software,
+//!                            nonce: 32 random bytes, max_frame_len }
+//! client → server  hello   { the same fields, with the client's own nonce,
+//!                            proof: HMAC-SHA256(token, client label ‖ transcript) if a token is set }
+//! server → client  welcome { proof: HMAC-SHA256(token, server label ‖ transcript) if a token is set }
+//!               or rejected { code, reason }, and the server closes
+//! ```
+//!
+//! The transcript is the protocol version, both nonces, and both roles and names, each
+//! length-prefixed. So the token never crosses the wire, a recorded proof is useless on another
+//! connection, and each side learns that the other holds the token (a node cannot be lured to a
+//! fake coordinator that lacks it). Proofs are compared in constant time. A token is required
+//! on any non-loopback listener ([`Error::TokenRequired`]); on loopback it is optional, but
+//! the two sides must agree: both have the same token, or neither has one.
+//!
+//! Every hello field but `magic` and `protocol_version` may be missing, so a peer of another
+//! version is always told the two version numbers rather than "garbage". The whole handshake
+//! runs under [`handshake_timeout`](ListenConfig::handshake_timeout), and at most
+//! [`max_pending_handshakes`](ListenConfig::max_pending_handshakes) run at once.
+//!
+//! The token authenticates the handshake, not the frames after it: they are neither encrypted
+//! nor signed. Across an untrusted network, run cohort inside a VPN or an SSH or WireGuard
+//! tunnel; the failure model (ARCHITECTURE.md) excludes peers that know the token and lie.
+//!
+//! # Example
+//!
+//! ```
+//! use std::net::{Ipv4Addr, SocketAddr};
+//! use cohort_wire::{self as wire, CancellationToken, ConnectConfig, ListenConfig, Role};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), cohort_wire::Error> {
+//! let listener = ListenConfig::new(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).bind().await?;
+//! let addr = listener.local_addr();
+//! let shutdown = CancellationToken::new();
+//! // An echo server: every `String` received is sent back.
+//! let server = tokio::spawn(wire::serve(
+//!     listener,
+//!     |mut conn: wire::Connection<String, String>, _shutdown| async move {
+//!         while let Some(text) = conn.recv().await? {
+//!             conn.send(&text).await?;
+//!         }
+//!         Ok::<(), cohort_wire::Error>(())
+//!     },
+//!     shutdown.clone(),
+//! ));
+//!
+//! let mut conn = ConnectConfig::new(Role::Node, "node-1")
+//!     .connect::<String, String>(addr)
+//!     .await?;
+//! assert_eq!(conn.peer().role, Role::Coordinator);
+//! conn.send(&"vote yes".to_owned()).await?;
+//! assert_eq!(conn.recv().await?.as_deref(), Some("vote yes"));
+//!
+//! conn.close().await?;
+//! shutdown.cancel();
+//! server.await.expect("the server task ended cleanly");
+//! # Ok(())
+//! # }
+//! ```
+
+mod codec;
+mod config;
+mod connection;
+mod error;
+pub(crate) mod handshake;
+mod replay;
+mod secret;
+mod serve;
+mod transport;
+
+pub use config::{
+    Accept, ConnectConfig, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_FRAME_LEN, DEFAULT_PORT,
+    ListenConfig, Listener,
+};
+pub use connection::{Connection, RecvHalf, SendHalf};
+pub use error::{Error, Result};
+pub use handshake::{
+    HANDSHAKE_MAX_FRAME_LEN, MAGIC, NONCE_LEN, NonceSource, OsNonces, PROTOCOL_VERSION, PeerInfo,
+    Role, SeededNonces,
+};
+pub use replay::{REPLAY_PEER, Replay, replay_as_server};
+pub use secret::{Secret, TOKEN_ENV};
+pub use serve::serve;
+/// Re-exported: [`serve`] takes one to shut down, and hands a child of it to each handler.
+pub use tokio_util::sync::CancellationToken;
+pub use transport::{BoxStream, ByteStream, ConnectFuture, Connector, TcpConnector};
