@@ -144,11 +144,19 @@ pub(crate) struct ManifestCache {
     state: Mutex<CacheState>,
 }
 
+#[derive(Clone, Copy, Debug)]
+struct Head {
+    id: CheckpointId,
+    base: CheckpointId,
+    epoch: u64,
+}
+
 #[derive(Debug, Default)]
 struct CacheState {
-    /// The newest manifest known (written or resolved), and the id of the base it uses (its own
-    /// when it is full). Manifest slots are create-only, so what is known of an id stays true.
-    head: Option<(CheckpointId, CheckpointId)>,
+    /// The newest manifest known (written or resolved): its id, the id of the base it uses
+    /// (its own when it is full) and its epoch. Manifest slots are create-only, so what is
+    /// known of an id stays true.
+    head: Option<Head>,
     /// The newest base known.
     base: Option<Base>,
 }
@@ -171,21 +179,26 @@ impl ManifestCache {
             .cloned()
     }
 
-    /// The base that manifest `prev` uses, if that is known.
-    fn base_of(&self, prev: CheckpointId) -> Option<Base> {
+    /// The base that manifest `prev` uses, and `prev`'s epoch, if that is known.
+    fn base_of(&self, prev: CheckpointId) -> Option<(Base, u64)> {
         let state = self.lock();
-        let (head, base) = state.head?;
+        let head = state.head?;
         let cached = state.base.as_ref()?;
-        (head == prev && cached.id == base).then(|| cached.clone())
+        (head.id == prev && cached.id == head.base).then(|| (cached.clone(), head.epoch))
     }
 
-    /// Records that manifest `id` uses `base` (itself when full), unless a newer one is known.
-    fn note(&self, id: CheckpointId, base: &Base) {
+    /// Records that manifest `id`, of `epoch`, uses `base` (itself when full), unless a newer
+    /// one is known.
+    fn note(&self, id: CheckpointId, epoch: u64, base: &Base) {
         let mut state = self.lock();
-        if state.head.is_some_and(|(head, _)| head > id) {
+        if state.head.is_some_and(|head| head.id > id) {
             return;
         }
-        state.head = Some((id, base.id));
+        state.head = Some(Head {
+            id,
+            base: base.id,
+            epoch,
+        });
         if state
             .base
             .as_ref()
@@ -279,9 +292,10 @@ impl CheckpointStore {
                 let own = own.chain(d.in_transit.iter().map(|m| &m.location));
                 validate_parts(d.id, &d.round, own).map_err(invalid)?;
                 let base = self.load_base(&d, fresh).await?;
+                let epoch = d.epoch;
                 let m = resolve(&base.manifest, d)
                     .map_err(|e| self.manifest_damaged(id, DamageKind::HeaderMismatch(e)))?;
-                self.inner.cache.note(id, &base);
+                self.inner.cache.note(id, epoch, &base);
                 Ok(m)
             }
         }
@@ -386,13 +400,28 @@ impl CheckpointStore {
     /// is read.
     pub(crate) async fn encode_for_commit(&self, manifest: &Manifest) -> Result<Encoded> {
         let id = manifest.id;
-        let base = match id.get().checked_sub(1).map(CheckpointId::new) {
+        let (base, prev_epoch) = match id.get().checked_sub(1).map(CheckpointId::new) {
             Some(prev) if prev != CheckpointId::ZERO => match self.inner.cache.base_of(prev) {
-                Some(base) => Some(base),
+                Some((base, epoch)) => (Some(base), Some(epoch)),
                 None => self.base_for_next(prev, id).await?,
             },
-            _ => None,
+            _ => (None, None),
         };
+        // Epochs never go down along the ids: a writer that knows a newer epoch's manifest
+        // (it read it after a conflict, say) must not commit on top of it. Together with the
+        // create at `id` this makes "no manifest of an older epoch follows a newer one" a rule
+        // of the store, whoever calls it.
+        if let Some(prev_epoch) = prev_epoch.filter(|e| *e > manifest.epoch) {
+            return Err(Error::Fenced {
+                id,
+                epoch: manifest.epoch,
+                by: format!(
+                    "epoch {prev_epoch} (checkpoint {}, the one before)",
+                    id.get() - 1
+                ),
+                url: self.inner.url.clone(),
+            });
+        }
         let encode_error = |e: rmp_serde::encode::Error| {
             Error::InvalidInput(format!(
                 "manifest of checkpoint {id} cannot be encoded: {e}"
@@ -428,10 +457,15 @@ impl CheckpointStore {
         })
     }
 
-    /// Reads manifest `prev` to learn the base the next manifest is diffed against. `None` when
-    /// `prev` cannot serve (a tombstone, damaged, of a newer format, or a delta whose base is
-    /// unusable): the next manifest is then written whole, and its create decides the rest.
-    async fn base_for_next(&self, prev: CheckpointId, next: CheckpointId) -> Result<Option<Base>> {
+    /// Reads manifest `prev` to learn the base the next manifest is diffed against, and its
+    /// epoch. The base is `None` when `prev` cannot serve (a tombstone, damaged, of a newer
+    /// format, or a delta whose base is unusable): the next manifest is then written whole, and
+    /// its create decides the rest. The epoch is `None` when the header cannot be read.
+    async fn base_for_next(
+        &self,
+        prev: CheckpointId,
+        next: CheckpointId,
+    ) -> Result<(Option<Base>, Option<u64>)> {
         let key = keys::manifest(prev);
         let raw = match self.inner.get(&key).await {
             Ok(raw) => raw,
@@ -447,24 +481,32 @@ impl CheckpointStore {
             Err(e) => return Err(e),
         };
         let crc = format::frame_crc(&raw);
-        let base = match format::decode_manifest(&raw, prev) {
-            Ok(StoredManifest::Full(m)) if validate_manifest(&m).is_ok() => Base {
-                id: prev,
-                crc,
-                manifest: Arc::new(m),
-            },
-            Ok(StoredManifest::Delta(d)) => match self.load_base(&d, false).await {
-                Ok(base) => base,
-                Err(e @ (Error::Damaged { .. } | Error::FutureFormat { .. })) => {
-                    tracing::warn!(store = %self.inner.url, error = %e, "the previous manifest is unreadable; writing the next one whole");
-                    return Ok(None);
+        let (base, epoch) = match format::decode_manifest(&raw, prev) {
+            Ok(StoredManifest::Full(m)) if validate_manifest(&m).is_ok() => {
+                let epoch = m.epoch;
+                let base = Base {
+                    id: prev,
+                    crc,
+                    manifest: Arc::new(m),
+                };
+                (base, epoch)
+            }
+            Ok(StoredManifest::Delta(d)) => {
+                let epoch = d.epoch;
+                match self.load_base(&d, false).await {
+                    Ok(base) => (base, epoch),
+                    Err(e @ (Error::Damaged { .. } | Error::FutureFormat { .. })) => {
+                        tracing::warn!(store = %self.inner.url, error = %e, "the previous manifest is unreadable; writing the next one whole");
+                        return Ok((None, Some(epoch)));
+                    }
+                    Err(e) => return Err(e),
                 }
-                Err(e) => return Err(e),
-            },
-            Ok(StoredManifest::Full(_)) | Err(_) => return Ok(None),
+            }
+            Ok(StoredManifest::Full(m)) => return Ok((None, Some(m.epoch))),
+            Err(_) => return Ok((None, None)),
         };
-        self.inner.cache.note(prev, &base);
-        Ok(Some(base))
+        self.inner.cache.note(prev, epoch, &base);
+        Ok((Some(base), Some(epoch)))
     }
 
     /// Records a committed manifest in the cache: the base it uses, or itself when whole.
@@ -480,7 +522,7 @@ impl CheckpointStore {
             crc,
             manifest: shared.map_or_else(|| Arc::new(manifest.clone()), Arc::clone),
         });
-        self.inner.cache.note(manifest.id, &base);
+        self.inner.cache.note(manifest.id, manifest.epoch, &base);
     }
 
     /// Forgets which base the newest manifest uses: a commit found an earlier create of its

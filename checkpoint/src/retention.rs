@@ -492,33 +492,59 @@ impl CheckpointStore {
     }
 
     /// Fences every writer of an older epoch: commits a manifest of kind
-    /// [`ManifestKind::Fence`] under `epoch` at the next id, pointing at the recovery line's
-    /// states (objects, in-transit messages and metadata). A writer of an older epoch knows at
-    /// most the manifest before it, so its next commit lands on the fence's id and is
-    /// [`Error::Fenced`].
+    /// [`ManifestKind::Fence`] under `request.epoch` at the next id, pointing at the recovery
+    /// line's states (objects, in-transit messages and metadata). A writer of an older epoch
+    /// knows at most the manifest before it, so its next commit lands on the fence's id (or
+    /// after it) and is [`Error::Fenced`]. This is the one fence: a coordinator taking over,
+    /// a cohort recovery and a rollback's successor all write it.
     ///
-    /// Returns the fence, or `None` when the store holds no committed checkpoint that verifies:
-    /// there is no line to point at, and a fence of nothing would read as "no objects".
-    /// [`Error::Fenced`] when the newest manifest is of a newer epoch, or a newer epoch took
-    /// the id first. [`Error::FutureFormat`] when the recovery line cannot be determined by
-    /// this build (see [`recovery_line`](Self::recovery_line)): a fence must never point
-    /// further back than the newest committed line.
-    pub async fn fence(&self, epoch: u64, created_at_ms: u64) -> Result<Option<Manifest>> {
+    /// The line is read again on every try, and:
+    /// - with [`FenceLine::Expect`], when the recovery line is not (or no longer) the one the
+    ///   caller restored its objects to, nothing is written: [`Fence::LineMoved`], restore again;
+    /// - when the store holds no committed checkpoint that verifies, nothing is written:
+    ///   [`Fence::NoLine`] (a fence of nothing would read as "no objects").
+    ///
+    /// [`Error::Fenced`] when the newest manifest is of a newer epoch, or a newer epoch took the
+    /// id first: the caller is deposed and must write nothing more. [`Error::FutureFormat`] when
+    /// the recovery line cannot be determined by this build (see
+    /// [`recovery_line`](Self::recovery_line)): a fence must never point further back than the
+    /// newest committed line. A create whose answer was lost is settled by reading it back.
+    ///
+    /// ```
+    /// # async fn demo(store: cohort_checkpoint::CheckpointStore) -> cohort_checkpoint::Result<()> {
+    /// use cohort_checkpoint::{Fence, FenceLine, FenceRequest};
+    ///
+    /// let request = FenceRequest::new(7, 1_700_000_000_000, FenceLine::Newest);
+    /// match store.fence(&request).await? {
+    ///     Fence::Written(fence) => println!("fenced at {}", fence.id),
+    ///     Fence::NoLine => println!("nothing committed yet: nothing to fence"),
+    ///     Fence::LineMoved { .. } => unreachable!("only with FenceLine::Expect"),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn fence(&self, request: &FenceRequest) -> Result<Fence> {
         self.check_writable("write a fence")?;
+        keys::validate_token("round", &request.round)?;
+        let epoch = request.epoch;
         let mut last_conflict = None;
         for _ in 0..CREATE_RACE_RETRIES {
             // Read again on every try: what took the id may be a newer line to point at.
-            let Some(line) = self.recovery_line().await? else {
-                return Ok(None);
-            };
+            let line = self.recovery_line().await?;
+            let line_id = line.as_ref().map(|l| l.manifest.id);
+            if let FenceLine::Expect(expected) = request.line
+                && line_id != expected
+            {
+                return Ok(Fence::LineMoved { line: line_id });
+            }
             let newest = self
                 .manifest_slots()
                 .await?
                 .last()
                 .map(|(id, _)| *id)
                 .unwrap_or(CheckpointId::ZERO);
-            // A newer epoch wrote the newest manifest: we are the deposed one. (Only a hint,
-            // read before the create; the create itself is what fences for certain.)
+            // A newer epoch wrote the newest manifest: we are the deposed one. (`commit`
+            // refuses to follow a newer epoch too; this check also covers a damaged or
+            // unreadable line below it.)
             if newest != CheckpointId::ZERO
                 && let Ok((m, _)) = self.read_stored(newest).await
                 && m.epoch() > epoch
@@ -534,20 +560,23 @@ impl CheckpointStore {
                     url: self.inner.url.clone(),
                 });
             }
+            let Some(line) = line else {
+                return Ok(Fence::NoLine);
+            };
             let id = newest.next();
             let fence = Manifest {
                 id,
                 epoch,
-                created_at_ms,
+                created_at_ms: request.created_at_ms,
                 parent: (newest != CheckpointId::ZERO).then_some(newest),
                 kind: ManifestKind::Fence,
-                round: format!("e{epoch}-fence"),
+                round: request.round.clone(),
                 objects: line.manifest.objects,
                 in_transit: line.manifest.in_transit,
                 metadata: line.manifest.metadata,
             };
             match self.commit(&fence).await {
-                Ok(()) => return Ok(Some(fence)),
+                Ok(()) => return Ok(Fence::Written(fence)),
                 Err(e @ Error::Conflict { .. }) => last_conflict = Some(e),
                 Err(e) => return Err(e),
             }
@@ -564,6 +593,65 @@ impl CheckpointStore {
             .list_parsed(keys::EPOCHS, |key, _| keys::parse_epoch(key))
             .await
     }
+}
+
+/// Which line a [fence](CheckpointStore::fence) may point at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FenceLine {
+    /// Whatever the recovery line is when the fence is written (a coordinator taking over,
+    /// before it restores anything).
+    Newest,
+    /// Only this line (`None`: no line at all), the one the caller restored its objects to;
+    /// anything else is [`Fence::LineMoved`].
+    Expect(Option<CheckpointId>),
+}
+
+/// What to fence with: the epoch, the fence manifest's round token, its time, and its line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FenceRequest {
+    /// The fencing writer's epoch.
+    pub epoch: u64,
+    /// The fence manifest's round token (1-64 of `[A-Za-z0-9_-]`): unique per fence of an
+    /// epoch, so that a create whose answer was lost is recognised as this fence's.
+    pub round: String,
+    /// The fence manifest's creation time, Unix ms.
+    pub created_at_ms: u64,
+    /// Which line it may point at.
+    pub line: FenceLine,
+}
+
+impl FenceRequest {
+    /// A fence under `epoch` at `created_at_ms`, with the round token `e<epoch>-fence`.
+    pub fn new(epoch: u64, created_at_ms: u64, line: FenceLine) -> Self {
+        Self {
+            epoch,
+            round: format!("e{epoch}-fence"),
+            created_at_ms,
+            line,
+        }
+    }
+
+    /// The same request with another round token (a second fence of the same epoch).
+    pub fn with_round(mut self, round: impl Into<String>) -> Self {
+        self.round = round.into();
+        self
+    }
+}
+
+/// What [`CheckpointStore::fence`] did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Fence {
+    /// The fence is committed: the newest manifest, pointing at the line.
+    Written(Manifest),
+    /// The store holds no committed checkpoint that verifies: nothing to point at, nothing
+    /// written.
+    NoLine,
+    /// The recovery line is not the one expected ([`FenceLine::Expect`]): nothing written.
+    LineMoved {
+        /// The recovery line now.
+        line: Option<CheckpointId>,
+    },
 }
 
 /// What the kept manifests reference.

@@ -564,10 +564,14 @@ impl CheckpointStore {
     /// base: only the differing entries are written, so an idle object costs nothing. Readers
     /// always get the full manifest back ([`read_manifest`](Self::read_manifest)).
     ///
-    /// - Ok: committed (also when a retried request finds its own earlier create).
+    /// - Ok: committed (also when a retried request finds its own earlier create, or a create
+    ///   whose answer was lost is read back as ours).
     /// - [`Error::Fenced`]: a higher epoch holds this id, or GC tombstoned it: step down.
     /// - [`Error::Conflict`]: a writer of no higher epoch committed this id first, or manifest
     ///   `id - 1` does not exist (ids are contiguous): re-read and retry at a higher id.
+    /// - [`Error::Fenced`] too when manifest `id - 1` is of a newer epoch: epochs never go down
+    ///   along the ids.
+    /// - Any other error: the manifest is not there (it was read back); retry or give up.
     pub async fn commit(&self, manifest: &Manifest) -> Result<()> {
         self.commit_inner(manifest, None).await
     }
@@ -617,7 +621,19 @@ impl CheckpointStore {
             Err(object_store::Error::AlreadyExists { .. }) => {
                 self.resolve_taken(manifest, &key).await
             }
-            Err(e) => Err(self.inner.map_err(format!("create {key}"), e)),
+            Err(e) => {
+                let failed = self.inner.map_err(format!("create {key}"), e);
+                // In doubt: the create may have landed and only its answer been lost. The
+                // store decides: our own manifest there means committed.
+                match self.resolve_taken(manifest, &key).await {
+                    Ok(()) => {
+                        tracing::debug!(%id, "a create whose answer was lost had landed");
+                        Ok(())
+                    }
+                    Err(taken @ (Error::Fenced { .. } | Error::Conflict { .. })) => Err(taken),
+                    Err(_) => Err(failed),
+                }
+            }
         }
     }
 

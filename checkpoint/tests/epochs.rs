@@ -5,7 +5,8 @@
 use cohort_checkpoint::object_store::path::Path;
 use cohort_checkpoint::object_store::{ObjectStoreExt, PutPayload};
 use cohort_checkpoint::{
-    CheckpointStore, EpochLease, EpochRecord, Error, Manifest, ManifestKind, ObjectEntry,
+    CheckpointStore, EpochLease, EpochRecord, Error, Fence, FenceLine, FenceRequest, Manifest,
+    ManifestKind, ObjectEntry,
 };
 use cohort_object_api::{CheckpointId, ObjectId, Snapshot};
 
@@ -178,15 +179,29 @@ async fn a_damaged_lease_is_reported_not_trusted() {
     ));
 }
 
+fn fence_newest(epoch: u64, at: u64) -> FenceRequest {
+    FenceRequest::new(epoch, at, FenceLine::Newest)
+}
+
+fn written(fence: Result<Fence, Error>) -> Manifest {
+    match fence {
+        Ok(Fence::Written(m)) => m,
+        other => panic!("expected a written fence, got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn a_fence_points_at_the_recovery_line_and_fences_the_old_epoch() {
     let store = CheckpointStore::memory();
-    assert_eq!(store.fence(2, 5_000).await.unwrap(), None);
+    assert_eq!(
+        store.fence(&fence_newest(2, 5_000)).await.unwrap(),
+        Fence::NoLine
+    );
     assert!(store.committed_ids().await.unwrap().is_empty());
 
     checkpoint(&store, 1, 1, 10).await;
     let line = checkpoint(&store, 2, 1, 20).await;
-    let fence = store.fence(2, 5_000).await.unwrap().unwrap();
+    let fence = written(store.fence(&fence_newest(2, 5_000)).await);
     assert_eq!(
         (fence.id, fence.epoch, fence.kind, fence.parent),
         (cid(3), 2, ManifestKind::Fence, Some(cid(2)))
@@ -208,10 +223,66 @@ async fn a_fence_points_at_the_recovery_line_and_fences_the_old_epoch() {
     // A fence of an older epoch than the newest manifest's is itself fenced.
     checkpoint(&store, 4, 3, 40).await;
     assert!(matches!(
-        store.fence(2, 6_000).await,
+        store.fence(&fence_newest(2, 6_000)).await,
         Err(Error::Fenced { .. })
     ));
     assert_eq!(store.committed_ids().await.unwrap().last(), Some(&cid(4)));
+}
+
+/// The deposed-leader bug at the store: a writer that learned of a newer epoch's manifest (a
+/// conflict told it the newest id) must not commit after it, and a recovery fence pointing at
+/// a line that is no longer the recovery line is not written.
+#[tokio::test]
+async fn epochs_never_go_down_along_the_ids() {
+    let store = CheckpointStore::memory();
+    checkpoint(&store, 1, 1, 10).await;
+    // The new leader (epoch 2) commits checkpoint 2.
+    let newer = CheckpointStore::from_object_store(
+        std::sync::Arc::clone(store.object_store().0),
+        store.object_store().1.clone(),
+        Default::default(),
+    );
+    checkpoint(&newer, 2, 2, 20).await;
+    // The old leader (epoch 1), told that 2 is the newest, tries 3: refused, from a warm
+    // handle and a cold one alike.
+    for handle in [
+        store.clone(),
+        CheckpointStore::from_object_store(
+            std::sync::Arc::clone(store.object_store().0),
+            store.object_store().1.clone(),
+            Default::default(),
+        ),
+    ] {
+        let round = "e1-r3";
+        let mut m = Manifest::new(cid(3), 1, 3_000, round);
+        m.parent = Some(cid(2));
+        let err = handle.commit(&m).await.unwrap_err();
+        assert!(err.is_fenced(), "{err}");
+        assert!(err.to_string().contains("epoch 2"), "{err}");
+    }
+    assert_eq!(store.committed_ids().await.unwrap().last(), Some(&cid(2)));
+
+    // A recovery that restored its objects to checkpoint 1 may not fence: the line moved on.
+    let moved = newer
+        .fence(&FenceRequest::new(
+            2,
+            4_000,
+            FenceLine::Expect(Some(cid(1))),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(moved, Fence::LineMoved { line: Some(cid(2)) });
+    let moved = newer
+        .fence(&FenceRequest::new(2, 4_000, FenceLine::Expect(None)))
+        .await
+        .unwrap();
+    assert_eq!(moved, Fence::LineMoved { line: Some(cid(2)) });
+    assert_eq!(store.committed_ids().await.unwrap().last(), Some(&cid(2)));
+    // Pointing at the line it restored, it fences, under a round token of its own.
+    let request =
+        FenceRequest::new(2, 4_000, FenceLine::Expect(Some(cid(2)))).with_round("e2-fence-7");
+    let fence = written(newer.fence(&request).await);
+    assert_eq!((fence.id, fence.round.as_str()), (cid(3), "e2-fence-7"));
 }
 
 #[tokio::test]
@@ -225,7 +296,7 @@ async fn a_fence_skips_a_damaged_newest_checkpoint() {
     bytes[last] ^= 0xff;
     put_raw(&store, segment, bytes).await;
 
-    let fence = store.fence(2, 5_000).await.unwrap().unwrap();
+    let fence = written(store.fence(&fence_newest(2, 5_000)).await);
     assert_eq!(fence.id, cid(3));
     assert_eq!(fence.objects, good.objects);
     assert_eq!(

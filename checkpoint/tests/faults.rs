@@ -50,7 +50,7 @@ async fn write(store: &CheckpointStore, id: u64, value: i64) -> Result<Manifest,
 }
 
 #[tokio::test]
-async fn lost_commit_response_is_recognised_on_retry() {
+async fn a_lost_commit_response_is_settled_by_reading_back() {
     let (faulty, store) = stores(StoreOptions::default());
     let m = write(&store, 1, 1).await.unwrap();
     faulty.inject(
@@ -59,11 +59,26 @@ async fn lost_commit_response_is_recognised_on_retry() {
             .fault(Fault::ErrorAfterWrite)
             .times(1),
     );
-    let err = store.commit(&m).await.unwrap_err();
-    assert!(err.to_string().contains("lost response"), "{err}");
-    // The manifest landed; the retry finds it as its own.
+    // The create landed and only its answer was lost: the commit reads it back as its own.
     store.commit(&m).await.unwrap();
     assert_eq!(store.recovery_line().await.unwrap().unwrap().manifest, m);
+    // A retry finds it as its own too.
+    store.commit(&m).await.unwrap();
+
+    // A create that failed before landing is reported as the failure it is.
+    let m2 = write(&store, 2, 2).await.unwrap();
+    faulty.inject(
+        FaultRule::on(Op::PutCreate)
+            .key_contains("manifests/")
+            .fault(Fault::Error)
+            .times(1),
+    );
+    let err = store.commit(&m2).await.unwrap_err();
+    assert!(!err.is_fenced(), "{err}");
+    assert_eq!(
+        store.committed_ids().await.unwrap(),
+        vec![CheckpointId::new(1)]
+    );
 }
 
 #[tokio::test]
@@ -292,7 +307,7 @@ async fn a_store_error_reading_a_base_is_not_damage() {
 }
 
 #[tokio::test]
-async fn a_delta_commit_whose_response_was_lost_is_recognised_and_the_next_follows() {
+async fn a_delta_commit_whose_response_was_lost_is_settled_and_the_next_follows() {
     let (faulty, store) = stores(StoreOptions::default());
     store.commit(&wide(&store, 1, 1).await).await.unwrap();
     let m2 = wide(&store, 2, 2).await;
@@ -302,7 +317,8 @@ async fn a_delta_commit_whose_response_was_lost_is_recognised_and_the_next_follo
             .fault(Fault::ErrorAfterWrite)
             .times(1),
     );
-    store.commit(&m2).await.unwrap_err();
+    // Read back as its own: committed, whatever encoding the read-back shows.
+    store.commit(&m2).await.unwrap();
     store.commit(&m2).await.unwrap();
     let m3 = wide(&store, 3, 3).await;
     store.commit(&m3).await.unwrap();

@@ -90,7 +90,8 @@ fn retention_and_epoch_futures_are_send() {
     task!(store, |s| s.newest_epoch());
     task!(store, |s| s.renew_epoch(&lease));
     task!(store, |s| s.epoch_lease(1));
-    task!(store, |s| s.fence(1, 0));
+    let fence = cohort_checkpoint::FenceRequest::new(1, 0, cohort_checkpoint::FenceLine::Newest);
+    task!(store, |s| s.fence(&fence));
     let key = "groups/g/config";
     task!(store, |s| s.create_group_record(key, Bytes::new()));
     task!(store, |s| s.read_group_record(key));

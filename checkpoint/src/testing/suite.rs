@@ -19,7 +19,8 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload};
 
 use super::FaultyStore;
 use crate::{
-    CheckpointStore, DamageKind, Error, Manifest, ManifestKind, ObjectEntry, StoreOptions,
+    CheckpointStore, DamageKind, Error, Fence, FenceLine, FenceRequest, Manifest, ManifestKind,
+    ObjectEntry, StoreOptions,
 };
 
 /// What a backend guarantees beyond single-writer create-if-absent.
@@ -74,6 +75,13 @@ fn oid(s: &str) -> ObjectId {
 
 fn cid(n: u64) -> CheckpointId {
     CheckpointId::new(n)
+}
+
+fn written(fence: Result<Fence, Error>) -> Manifest {
+    match fence {
+        Ok(Fence::Written(m)) => m,
+        other => panic!("expected a written fence, got {other:?}"),
+    }
 }
 
 fn entry(type_name: &str, location: crate::EntryLocation) -> ObjectEntry {
@@ -1044,7 +1052,11 @@ pub async fn delta_fencing(store: &CheckpointStore) {
     let old_leader = cold(store);
     assert_eq!(store.claim_epoch("old", 1).await.unwrap().epoch, 1);
     assert_eq!(store.claim_epoch("new", 2).await.unwrap().epoch, 2);
-    let fence = store.fence(2, 3_000).await.unwrap().unwrap();
+    let fence = written(
+        store
+            .fence(&FenceRequest::new(2, 3_000, FenceLine::Newest))
+            .await,
+    );
     assert_eq!((fence.id, fence.kind), (cid(3), ManifestKind::Fence));
     assert_eq!(store.manifest_base(cid(3)).await.unwrap(), Some(cid(1)));
     assert_eq!(store.read_manifest(cid(3)).await.unwrap(), fence);
@@ -1100,7 +1112,10 @@ pub async fn future_format(store: &CheckpointStore) {
         // Not checkpoint 3: that would roll back past a committed line.
         let err = reader.recovery_line().await.unwrap_err();
         assert!(is_newer(&err, &key4), "recovery line: {err}");
-        let err = reader.fence(2, 9_000).await.unwrap_err();
+        let err = reader
+            .fence(&FenceRequest::new(2, 9_000, FenceLine::Newest))
+            .await
+            .unwrap_err();
         assert!(is_newer(&err, &key4), "fence: {err}");
         let err = reader.rollback(cid(2), 2, 9_000).await.unwrap_err();
         assert!(is_newer(&err, &key4), "rollback: {err}");

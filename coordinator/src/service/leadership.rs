@@ -26,7 +26,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cohort_checkpoint::{CheckpointStore, EpochLease, EpochRecord, Manifest};
+use cohort_checkpoint::{
+    CheckpointStore, EpochLease, EpochRecord, Fence, FenceLine, FenceRequest, Manifest,
+};
 use cohort_object_api::CheckpointId;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -1162,14 +1164,16 @@ async fn observe(store: &CheckpointStore) -> Event {
 }
 
 async fn fence(store: CheckpointStore, epoch: u64, now_ms: u64) -> (Event, Option<Manifest>) {
-    match store.fence(epoch, now_ms).await {
-        Ok(fence) => (
+    let request = FenceRequest::new(epoch, now_ms, FenceLine::Newest);
+    match store.fence(&request).await {
+        Ok(Fence::Written(fence)) => (
             Event::Fenced {
                 epoch,
-                fence: fence.as_ref().map(|m| m.id),
+                fence: Some(fence.id),
             },
-            fence,
+            Some(fence),
         ),
+        Ok(Fence::NoLine | Fence::LineMoved { .. }) => (Event::Fenced { epoch, fence: None }, None),
         Err(e) => (
             Event::FenceFailed {
                 epoch,
