@@ -29,8 +29,8 @@ use bank::{Account, AccountState, BankMsg, account_id, line_money};
 use clap::Parser;
 use cohort::CheckpointId;
 use cohort::checkpoint::{CheckpointStore, StoreOptions};
-use cohort::coordinator::runtime::PauseStats;
-use cohort::coordinator::runtime::failpoint::{self, FailPoints};
+use cohort::coordinator::PauseStats;
+use cohort::coordinator::failpoint::{self, FailPoints};
 use cohort::coordinator::{Address, Cohort, Error, Settings};
 
 const BALANCE: i64 = 1_000;

@@ -26,7 +26,7 @@ use cohort::CheckpointId;
 use cohort::checkpoint::object_store::memory::InMemory;
 use cohort::checkpoint::object_store::path::Path;
 use cohort::checkpoint::{CheckpointStore, StoreOptions};
-use cohort::coordinator::runtime::failpoint::{self, FailPoints};
+use cohort::coordinator::failpoint::{self, FailPoints};
 use cohort::coordinator::{Address, Cohort, Error, Settings};
 use cohort_checkpoint::testing::{Fault, FaultRule, FaultyStore, Op};
 use rand::rngs::SmallRng;

@@ -529,7 +529,7 @@ impl CheckpointStore {
         let mut last_conflict = None;
         for _ in 0..CREATE_RACE_RETRIES {
             // Read again on every try: what took the id may be a newer line to point at.
-            let line = self.recovery_line().await?;
+            let line = self.recovery_line_skipping(&request.skip).await?;
             let line_id = line.as_ref().map(|l| l.manifest.id);
             if let FenceLine::Expect(expected) = request.line
                 && line_id != expected
@@ -619,6 +619,9 @@ pub struct FenceRequest {
     pub created_at_ms: u64,
     /// Which line it may point at.
     pub line: FenceLine,
+    /// Checkpoints to treat as damaged although they verify (their content did not decode
+    /// where it was restored): the line is looked for below them.
+    pub skip: Vec<CheckpointId>,
 }
 
 impl FenceRequest {
@@ -629,7 +632,14 @@ impl FenceRequest {
             round: format!("e{epoch}-fence"),
             created_at_ms,
             line,
+            skip: Vec::new(),
         }
+    }
+
+    /// The same request, treating `skip` as damaged.
+    pub fn skipping(mut self, skip: Vec<CheckpointId>) -> Self {
+        self.skip = skip;
+        self
     }
 
     /// The same request with another round token (a second fence of the same epoch).

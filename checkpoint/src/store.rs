@@ -754,6 +754,21 @@ impl CheckpointStore {
         self.line_among(&ids).await
     }
 
+    /// [`recovery_line`](Self::recovery_line), treating the checkpoints in `skip` as damaged: a
+    /// coordinator whose nodes could not decode a line that verifies (its entries have valid
+    /// crcs but content that does not decode) falls back past it this way.
+    pub async fn recovery_line_skipping(
+        &self,
+        skip: &[CheckpointId],
+    ) -> Result<Option<RecoveryLine>> {
+        let mut ids = self.committed_ids().await?;
+        if !skip.is_empty() {
+            tracing::warn!(store = %self.inner.url, ?skip, "skipping lines that do not decode");
+            ids.retain(|id| !skip.contains(id));
+        }
+        self.line_among(&ids).await
+    }
+
     /// [`recovery_line`](Self::recovery_line) among `ids` (ascending).
     pub(crate) async fn line_among(&self, ids: &[CheckpointId]) -> Result<Option<RecoveryLine>> {
         let mut skipped = Vec::new();
@@ -810,9 +825,20 @@ impl CheckpointStore {
     /// Reads every object's state of a manifest, checked, in object id order. Entries are
     /// fetched with one coalesced ranged read per segment, several segments at once.
     pub async fn read_states(&self, manifest: &Manifest) -> Result<Vec<(ObjectId, EncodedState)>> {
+        self.read_states_of(manifest, |_| true).await
+    }
+
+    /// [`read_states`](Self::read_states) of the objects `wanted` picks (a node reads those it
+    /// hosts).
+    pub async fn read_states_of(
+        &self,
+        manifest: &Manifest,
+        wanted: impl Fn(&ObjectId) -> bool,
+    ) -> Result<Vec<(ObjectId, EncodedState)>> {
         let wanted: Vec<Wanted<'_>> = manifest
             .objects
             .iter()
+            .filter(|(object, _)| wanted(object))
             .map(|(object, e)| Wanted {
                 location: &e.location,
                 expected: Expected {
@@ -835,8 +861,22 @@ impl CheckpointStore {
         &self,
         manifest: &Manifest,
     ) -> Result<Vec<(InTransitEntry, EncodedState)>> {
-        let wanted: Vec<Wanted<'_>> = manifest
+        self.read_in_transit_to(manifest, |_| true).await
+    }
+
+    /// [`read_in_transit`](Self::read_in_transit) of the messages to the receivers `wanted`
+    /// picks.
+    pub async fn read_in_transit_to(
+        &self,
+        manifest: &Manifest,
+        wanted: impl Fn(&ObjectId) -> bool,
+    ) -> Result<Vec<(InTransitEntry, EncodedState)>> {
+        let messages: Vec<&InTransitEntry> = manifest
             .in_transit
+            .iter()
+            .filter(|m| wanted(&m.to))
+            .collect();
+        let wanted: Vec<Wanted<'_>> = messages
             .iter()
             .map(|m| Wanted {
                 location: &m.location,
@@ -848,9 +888,8 @@ impl CheckpointStore {
             })
             .collect();
         let results = self.fetch_all(manifest.id, &wanted).await?;
-        manifest
-            .in_transit
-            .iter()
+        messages
+            .into_iter()
             .zip(results)
             .map(|(m, r)| r.map(|(_, s)| (m.clone(), s)).map_err(|d| self.damaged(d)))
             .collect()

@@ -23,6 +23,7 @@
 //! # });
 //! ```
 
+mod clock;
 mod error;
 mod id;
 mod kind;
@@ -30,6 +31,7 @@ mod state;
 
 use async_trait::async_trait;
 
+pub use clock::{Clock, ClockSource};
 pub use error::ObjectError;
 pub use id::{CheckpointId, ObjectId};
 pub use kind::ErrorKind;

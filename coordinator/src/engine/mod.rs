@@ -1,49 +1,99 @@
-//! The two-phase checkpoint protocol as a pure state machine.
+//! The two-phase checkpoint protocol, from trigger to recovery, as a pure state machine.
 //!
 //! [`Engine::handle`] takes the current time and one [`Event`] and returns the [`Command`]s the
 //! runtime must carry out, in order. The engine does no IO, has no async and reads no clock, so
 //! every protocol decision can be tested by comparing command vectors, and explored at random
-//! (see the property test in `engine/tests`).
+//! (see the property test in `engine/tests`). The in-process runtime and the coordinator service
+//! run this one engine; they only carry its commands to objects or nodes and to the store, and
+//! bring back the answers as events.
 //!
-//! One attempt goes:
+//! # One attempt
 //!
-//! 1. [`Command::Prepare`] to every member. Each captures its state (or answers no) and writes
-//!    it; the runtime reports [`Event::Vote`]s and, for messages that crossed a cut,
-//!    [`Event::ChannelState`].
+//! 1. [`Command::Prepare`] to every host, listing its participants. Each captures its objects'
+//!    states (or answers no) and writes them; the runtime reports [`Event::Vote`]s and, for
+//!    messages that crossed a cut, [`Event::ChannelState`].
 //! 2. When every member voted yes and the recorded in-transit messages number
-//!    Σ sent − Σ received over the ballots, [`Command::Commit`]: the runtime creates the
-//!    manifest, the single commit point, and answers [`Event::CommitResult`].
-//! 3. [`Command::Decided`] tells the participants; an aborted attempt is also followed by
+//!    Σ sent − Σ received over the ballots, [`Command::Seal`] asks the hosts that recorded
+//!    channel state to make it durable ([`Event::Sealed`]), then [`Command::Commit`]: the
+//!    runtime creates the manifest, the single commit point, and answers
+//!    [`Event::CommitResult`].
+//! 3. [`Command::Decided`] tells the hosts that prepared; an aborted attempt is also followed by
 //!    [`Command::Discard`], and its id is reused by the next attempt under a new [`Round`].
+//!
+//! # The life of a cohort
+//!
+//! Hosts come and go ([`Event::HostUp`], [`Event::HostLost`]). A host lost for longer than the
+//! host timeout is dead, and the cohort recovers; so it does when asked ([`Event::Recover`]),
+//! after a coordinator took over ([`Event::TakeOver`]), and when a line turns out damaged. A
+//! recovery:
+//!
+//! 1. waits for a manifest create in flight (the store decides it), or aborts the attempt;
+//! 2. [`Command::ReadLine`] → [`Event::LineRead`] (a takeover knows its line already);
+//! 3. [`Command::Restore`] to every host, under a new incarnation; each answers
+//!    [`Event::Restored`] (a damaged line makes it fall back to the one before);
+//! 4. [`Command::WriteFence`] at the next id, pointing at the line restored: refused by the
+//!    store if the line moved on (restore again) or a newer epoch wrote the newest manifest
+//!    (deposed);
+//! 5. [`Command::Release`], [`Command::Recovered`], and attempts resume.
+//!
+//! Once deposed ([`Event::Deposed`], or a commit or fence the store fenced) the engine emits no
+//! store write of its epoch again: no commit, fence or discard.
 
+mod attempt;
 mod cut;
+mod lifecycle;
 mod types;
 
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use cohort_object_api::{CheckpointId, ObjectId};
 
 pub use cut::{CutState, Receipt};
 pub use types::{
-    AbortReason, Ballot, Command, CommitOutcome, Decision, EngineTypes, Event, Health, Round,
-    TriggerFailure, TriggerId, Vote, VotedState,
+    AbortReason, Ballot, ByHost, Command, CommitOutcome, Decision, EngineTypes, Event,
+    FenceOutcome, Health, HostId, LineInfo, RecoverId, Recovered, RecoveryCause, RecoveryFailure,
+    RestoreFailure, Round, TriggerFailure, TriggerId, Vote, VotedState,
 };
 
-/// The engine's settings, in milliseconds (the runtime converts [`Settings`](crate::Settings)).
+use attempt::Attempt;
+use lifecycle::{HostState, Recovery};
+
+/// Where the objects of a cohort live, which decides how a recovery treats them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hosting {
+    /// Every object lives in this process (the in-process runtime): a line's object that is not
+    /// a member fails the recovery before anything is touched
+    /// ([`RecoveryFailure::MissingObjects`]); members the line does not hold were created after
+    /// it, by the future the recovery discards, and leave the cohort.
+    InProcess,
+    /// Objects live on hosts that come and go (a coordinator service's nodes): a line's object
+    /// waits for its host; members the line does not hold keep their state.
+    Hosted,
+}
+
+/// The engine's settings, in milliseconds (the runtimes convert their `Duration`s).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     /// Start a checkpoint this often; `None` takes checkpoints only on trigger.
     pub interval_ms: Option<u64>,
-    /// Abort an attempt whose votes and channel state are not all in after this long.
+    /// Abort an attempt whose votes, channel state and seals are not all in after this long.
     pub timeout_ms: u64,
     /// Leave at least this long between the end of one attempt and the start of the next.
     pub min_pause_ms: u64,
     /// Consecutive failed attempts tolerated before the cohort is reported unhealthy.
     pub tolerable_failures: u32,
+    /// A lost host that is not back within this long is dead: the cohort recovers. After a
+    /// takeover, the hosts of the line are waited for this long.
+    pub host_timeout_ms: u64,
+    /// A recovery whose store command failed (reading the line, writing the fence) retries after
+    /// this long, doubling up to 16 times it.
+    pub retry_ms: u64,
+    /// Where objects live.
+    pub hosting: Hosting,
 }
 
 impl Default for Config {
@@ -53,6 +103,9 @@ impl Default for Config {
             timeout_ms: 60_000,
             min_pause_ms: 0,
             tolerable_failures: 0,
+            host_timeout_ms: 2_000,
+            retry_ms: 100,
+            hosting: Hosting::InProcess,
         }
     }
 }
@@ -68,6 +121,11 @@ pub struct Start {
     pub last_committed: CheckpointId,
     /// Rounds of this engine are numbered after this one (the colours objects already carry).
     pub round_floor: Round,
+    /// Recoveries of this engine number their incarnations after this one.
+    pub incarnation_floor: u64,
+    /// Hosts that are up and running from the start (the in-process runtime's one host), as
+    /// opposed to hosts that must register and be restored.
+    pub ready_hosts: Vec<HostId>,
 }
 
 /// Whether the engine is taking checkpoints.
@@ -75,43 +133,32 @@ pub struct Start {
 pub enum Status {
     /// Taking checkpoints.
     Running,
-    /// Halted for recovery; resumes on [`Event::Resume`].
+    /// Rolling the cohort back to the recovery line; attempts resume when it ends.
+    Recovering,
+    /// A requested recovery failed: objects stay held until [`Event::Recover`] succeeds.
     Halted,
-    /// A newer coordinator took over; resumes only on [`Event::Resume`] with a newer epoch.
-    Fenced,
+    /// A newer coordinator took over, or this one stepped down: it writes nothing more.
+    Deposed,
 }
 
-#[derive(Debug)]
-struct Attempt<T: EngineTypes> {
-    id: CheckpointId,
-    round: Round,
-    started_ms: u64,
-    /// The members when the attempt started.
-    roster: Arc<Roster>,
-    /// By participant index, so that they come out sorted without sorting.
-    ballots: Vec<Option<Ballot<T::Entry>>>,
-    voted: usize,
-    /// Σ sent − Σ received over the ballots so far: the messages sent before their sender's
-    /// cut and not received before their receiver's, which must all be recorded.
-    balance: i128,
-    in_transit: Vec<T::InTransit>,
-    /// The manifest write was requested: the attempt can no longer time out or abort on its
-    /// own; only the store's answer ends it.
-    committing: bool,
-    waiters: Vec<TriggerId>,
-}
-
-/// The members, sorted as announced, and indexed for the votes: votes of 100,000 objects must
-/// not cost a tree search each. Kept while the membership stays the same, so that an attempt
-/// does not rebuild the index.
+/// The members, sorted as announced, grouped by host, and indexed for the votes: votes of
+/// 100,000 objects must not cost a tree search each. Kept while the membership and the
+/// placement stay the same, so that an attempt does not rebuild the index.
 #[derive(Debug)]
 struct Roster {
     participants: Vec<ObjectId>,
     index: HashMap<ObjectId, usize>,
+    hosts: ByHost,
 }
 
 impl Roster {
-    fn of(members: &BTreeSet<ObjectId>) -> Self {
+    fn of(members: &BTreeSet<ObjectId>, placement: &HashMap<ObjectId, HostId>) -> Self {
+        let mut hosts: BTreeMap<HostId, Vec<ObjectId>> = BTreeMap::new();
+        for m in members {
+            if let Some(host) = placement.get(m) {
+                hosts.entry(host.clone()).or_default().push(m.clone());
+            }
+        }
         Self {
             participants: members.iter().cloned().collect(),
             index: members
@@ -119,6 +166,7 @@ impl Roster {
                 .enumerate()
                 .map(|(i, m)| (m.clone(), i))
                 .collect(),
+            hosts: Arc::new(hosts),
         }
     }
 }
@@ -132,22 +180,33 @@ pub struct Engine<T: EngineTypes> {
     last_committed: CheckpointId,
     last_round: Round,
     members: BTreeSet<ObjectId>,
-    /// Built from `members` by the first attempt after they changed.
+    /// Where each member lives.
+    placement: HashMap<ObjectId, HostId>,
+    hosts: BTreeMap<HostId, HostState>,
+    /// Built from `members` and `placement` by the first attempt after they changed.
     roster: Option<Arc<Roster>>,
     attempt: Option<Attempt<T>>,
     /// Triggers that wait for an attempt that starts after them.
     waiting: Vec<TriggerId>,
     /// When the periodic schedule next wants an attempt.
     next_periodic_ms: Option<u64>,
-    /// When the last attempt ended, for the minimum pause.
+    /// When the last attempt (or recovery) ended, for the minimum pause.
     last_finished_ms: Option<u64>,
     health: Health,
+    incarnation: u64,
+    recovery_seq: u64,
+    recovery: Option<Recovery>,
 }
 
 impl<T: EngineTypes> Engine<T> {
     /// A running engine with no members.
     pub fn new(config: Config, start: Start) -> Self {
         let next_periodic_ms = config.interval_ms.map(|i| start.now_ms.saturating_add(i));
+        let hosts = start
+            .ready_hosts
+            .into_iter()
+            .map(|h| (h, HostState::ready()))
+            .collect();
         Self {
             config,
             status: Status::Running,
@@ -155,6 +214,8 @@ impl<T: EngineTypes> Engine<T> {
             last_committed: start.last_committed,
             last_round: start.round_floor,
             members: BTreeSet::new(),
+            placement: HashMap::new(),
+            hosts,
             roster: None,
             attempt: None,
             waiting: Vec::new(),
@@ -165,6 +226,9 @@ impl<T: EngineTypes> Engine<T> {
                 consecutive_failures: 0,
                 last_failure: None,
             },
+            incarnation: start.incarnation_floor,
+            recovery_seq: 0,
+            recovery: None,
         }
     }
 
@@ -183,12 +247,17 @@ impl<T: EngineTypes> Engine<T> {
         self.last_round
     }
 
+    /// The current incarnation: peer messages of older ones belong to a discarded future.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
     /// The attempt in flight: its id and round.
     pub fn in_flight(&self) -> Option<(CheckpointId, Round)> {
         self.attempt.as_ref().map(|a| (a.id, a.round))
     }
 
-    /// Running, halted or fenced.
+    /// Running, recovering, halted or deposed.
     pub fn status(&self) -> Status {
         self.status
     }
@@ -203,20 +272,40 @@ impl<T: EngineTypes> Engine<T> {
         &self.members
     }
 
+    /// Where each member lives.
+    pub fn placement(&self) -> &HashMap<ObjectId, HostId> {
+        &self.placement
+    }
+
+    /// The hosts this engine knows (up, or lost within the host timeout), and whether each is up.
+    pub fn hosts(&self) -> impl Iterator<Item = (&HostId, bool)> {
+        self.hosts.iter().map(|(h, s)| (h, s.up))
+    }
+
     /// The earliest time at which [`Event::Tick`] could make a difference, if any.
     pub fn next_deadline_ms(&self) -> Option<u64> {
-        if let Some(a) = &self.attempt {
-            return (!a.committing).then(|| a.started_ms.saturating_add(self.config.timeout_ms));
-        }
-        if self.status != Status::Running {
-            return None;
-        }
-        let wanted = if self.waiting.is_empty() {
-            self.next_periodic_ms?
-        } else {
-            0
-        };
-        Some(wanted.max(self.earliest_start_ms()))
+        let attempt = self.attempt.as_ref().and_then(|a| {
+            (!a.is_creating()).then(|| a.started_ms.saturating_add(self.config.timeout_ms))
+        });
+        let start =
+            (self.status == Status::Running && self.attempt.is_none() && self.recovery.is_none())
+                .then(|| {
+                    let wanted = if self.waiting.is_empty() {
+                        self.next_periodic_ms?
+                    } else {
+                        0
+                    };
+                    Some(wanted.max(self.earliest_start_ms()))
+                })
+                .flatten();
+        let dead = self
+            .hosts
+            .values()
+            .filter_map(|h| h.lost_at_ms)
+            .map(|t| t.saturating_add(self.config.host_timeout_ms))
+            .min();
+        let recovery = self.recovery.as_ref().and_then(Recovery::next_deadline_ms);
+        [attempt, start, dead, recovery].into_iter().flatten().min()
     }
 
     fn earliest_start_ms(&self) -> u64 {
@@ -228,310 +317,86 @@ impl<T: EngineTypes> Engine<T> {
     pub fn handle(&mut self, now_ms: u64, event: Event<T>) -> Vec<Command<T>> {
         let mut out = Vec::new();
         match event {
-            Event::Tick => self.check_timeout(now_ms, &mut out),
+            Event::Tick => {
+                self.check_timeout(now_ms, &mut out);
+                self.check_hosts(now_ms, &mut out);
+                self.check_recovery_timers(now_ms, &mut out);
+            }
             Event::Trigger { request } => match self.status {
-                Status::Running | Status::Halted => self.waiting.push(request),
-                Status::Fenced => out.push(Command::Reply {
+                Status::Deposed => out.push(Command::Reply {
                     request,
                     result: Err(TriggerFailure::Fenced),
                 }),
+                _ => self.waiting.push(request),
             },
-            Event::Join { object } => {
-                if self.members.insert(object) {
-                    self.roster = None;
-                    let in_flight = self.attempt.as_ref().is_some_and(|a| !a.committing);
-                    if in_flight {
-                        self.abort(now_ms, AbortReason::MembershipChanged, &mut out);
-                    }
-                }
-            }
-            Event::Leave { object } => {
-                if self.members.remove(&object) {
-                    self.roster = None;
-                    let takes_part = self
-                        .attempt
-                        .as_ref()
-                        .is_some_and(|a| !a.committing && a.roster.index.contains_key(&object));
-                    if takes_part {
-                        self.abort(now_ms, AbortReason::MembershipChanged, &mut out);
-                    }
-                }
-            }
+            Event::Join { object, host } => self.on_join(now_ms, object, host, &mut out),
+            Event::Leave { object } => self.on_leave(now_ms, &object, &mut out),
+            Event::HostUp { host, resumed } => self.on_host_up(now_ms, host, resumed, &mut out),
+            Event::HostLost { host } => self.on_host_lost(now_ms, host, &mut out),
             Event::Vote {
                 round,
                 object,
                 vote,
             } => self.on_vote(now_ms, round, object, vote, &mut out),
-            Event::ChannelState { round, records } => {
-                if let Some(a) = self
-                    .attempt
-                    .as_mut()
-                    .filter(|a| a.round == round && !a.committing)
-                {
-                    a.in_transit.extend(records);
-                    self.try_commit(now_ms, &mut out);
-                }
-            }
+            Event::ChannelState {
+                round,
+                host,
+                records,
+            } => self.on_channel_state(now_ms, round, host, records, &mut out),
+            Event::Sealed {
+                round,
+                host,
+                result,
+            } => self.on_sealed(now_ms, round, &host, result, &mut out),
             Event::CommitResult { round, outcome } => {
                 self.on_commit_result(now_ms, round, outcome, &mut out)
             }
-            Event::Halt => {
-                if self.attempt.as_ref().is_some_and(|a| !a.committing) {
-                    self.abort(now_ms, AbortReason::Halted, &mut out);
-                }
-                if self.status == Status::Running {
-                    self.status = Status::Halted;
-                }
+            Event::Recover { request } => self.on_recover(now_ms, request, &mut out),
+            Event::TakeOver { line } => self.on_take_over(now_ms, line, &mut out),
+            Event::LineRead { recovery, result } => {
+                self.on_line_read(now_ms, recovery, result, &mut out)
             }
-            Event::Resume {
-                epoch,
-                last_committed,
-            } => {
-                if self.attempt.is_none() && epoch >= self.epoch {
-                    self.status = Status::Running;
-                    self.epoch = epoch;
-                    self.last_committed = self.last_committed.max(last_committed);
-                    self.last_finished_ms = Some(now_ms);
-                }
+            Event::Restored {
+                recovery,
+                host,
+                result,
+            } => self.on_restored(now_ms, recovery, host, result, &mut out),
+            Event::FenceResult { recovery, outcome } => {
+                self.on_fence_result(now_ms, recovery, outcome, &mut out)
             }
+            Event::Deposed => self.depose(now_ms, None, &mut out),
         }
         self.maybe_start(now_ms, &mut out);
         out
     }
 
-    fn check_timeout(&mut self, now_ms: u64, out: &mut Vec<Command<T>>) {
-        let Some(a) = &self.attempt else { return };
-        if a.committing || now_ms < a.started_ms.saturating_add(self.config.timeout_ms) {
+    /// Stops writing for good: the attempt in flight aborts (unless its manifest create is in
+    /// flight: the store decides that one, and its hosts hear of it), waiters are told, and no
+    /// store write of this epoch follows. `reason` is set when the engine found out itself (the
+    /// store fenced a commit or a fence), so that the runtime tells its leadership.
+    fn depose(&mut self, now_ms: u64, reason: Option<String>, out: &mut Vec<Command<T>>) {
+        if self.status == Status::Deposed {
             return;
         }
-        let missing_votes = a.roster.participants.len() - a.voted;
-        let missing_messages =
-            u64::try_from((a.balance - a.in_transit.len() as i128).max(0)).unwrap_or(u64::MAX);
-        self.abort(
-            now_ms,
-            AbortReason::Timeout {
-                missing_votes,
-                missing_messages,
-            },
-            out,
-        );
-    }
-
-    fn on_vote(
-        &mut self,
-        now_ms: u64,
-        round: Round,
-        object: ObjectId,
-        vote: Vote<T::Entry>,
-        out: &mut Vec<Command<T>>,
-    ) {
-        let Some(a) = self.attempt.as_mut() else {
-            return;
-        };
-        // Stale rounds, strangers, duplicates and votes after the decision are ignored.
-        if a.round != round || a.committing {
-            return;
+        self.status = Status::Deposed;
+        if self.attempt.as_ref().is_some_and(|a| !a.is_creating()) {
+            self.abort(now_ms, AbortReason::Fenced, out);
         }
-        let Some(slot) = a
-            .roster
-            .index
-            .get(&object)
-            .and_then(|&i| a.ballots.get_mut(i))
-        else {
-            return;
-        };
-        if slot.is_some() {
-            return;
-        }
-        match vote {
-            Vote::Yes(ballot) => {
-                a.balance += i128::from(ballot.sent) - i128::from(ballot.received);
-                *slot = Some(ballot);
-                a.voted += 1;
-                self.try_commit(now_ms, out);
-            }
-            Vote::No { reason } => self.abort(now_ms, AbortReason::Refused { object, reason }, out),
-        }
-    }
-
-    fn try_commit(&mut self, now_ms: u64, out: &mut Vec<Command<T>>) {
-        let Some(a) = self.attempt.as_mut() else {
-            return;
-        };
-        if a.committing || a.voted != a.roster.participants.len() {
-            return;
-        }
-        let expected = a.balance;
-        let recorded = a.in_transit.len() as i128;
-        if recorded < expected {
-            return; // messages that crossed the cut are still being received
-        }
-        if recorded > expected {
-            let recorded = a.in_transit.len() as u64;
-            self.abort(
-                now_ms,
-                AbortReason::ChannelStateMismatch { expected, recorded },
-                out,
-            );
-            return;
-        }
-        a.committing = true;
-        out.push(Command::Commit {
-            id: a.id,
-            round: a.round,
-            // Once committing, the attempt ignores votes and records: hand them over.
-            // Sorted already: the map is built without comparisons beyond one pass.
-            ballots: a
-                .roster
-                .participants
-                .iter()
-                .cloned()
-                .zip(std::mem::take(&mut a.ballots).into_iter().flatten())
-                .collect(),
-            in_transit: std::mem::take(&mut a.in_transit),
-        });
-    }
-
-    fn on_commit_result(
-        &mut self,
-        now_ms: u64,
-        round: Round,
-        outcome: CommitOutcome,
-        out: &mut Vec<Command<T>>,
-    ) {
-        if !self
-            .attempt
-            .as_ref()
-            .is_some_and(|a| a.round == round && a.committing)
-        {
-            return;
-        }
-        match outcome {
-            CommitOutcome::Committed => {
-                let Some(a) = self.attempt.take() else { return };
-                self.last_committed = a.id;
-                self.last_finished_ms = Some(now_ms);
-                // Health, then the callers, then the participants: the commit point is passed,
-                // so the callers need not wait for the announcement to be sent.
-                if self.health.consecutive_failures != 0 || !self.health.healthy {
-                    self.health = Health {
-                        healthy: true,
-                        consecutive_failures: 0,
-                        last_failure: None,
-                    };
-                    out.push(Command::Health(self.health.clone()));
-                }
-                for request in a.waiters {
-                    out.push(Command::Reply {
-                        request,
-                        result: Ok(a.id),
-                    });
-                }
-                out.push(Command::Decided {
-                    id: a.id,
-                    round: a.round,
-                    decision: Decision::Committed,
-                    participants: a.roster.participants.clone(),
-                });
-            }
-            CommitOutcome::Fenced => {
-                self.abort(now_ms, AbortReason::Fenced, out);
-                self.status = Status::Fenced;
-                for request in self.waiting.drain(..) {
-                    out.push(Command::Reply {
-                        request,
-                        result: Err(TriggerFailure::Fenced),
-                    });
-                }
-            }
-            CommitOutcome::Conflict { newest } => {
-                self.last_committed = self.last_committed.max(newest);
-                self.abort(now_ms, AbortReason::Conflict, out);
-            }
-            CommitOutcome::Failed { reason } => {
-                self.abort(now_ms, AbortReason::Store { reason }, out)
-            }
-        }
-    }
-
-    /// Ends the attempt in flight as aborted: announce, discard, answer its triggers, count
-    /// the failure.
-    fn abort(&mut self, now_ms: u64, reason: AbortReason, out: &mut Vec<Command<T>>) {
-        let Some(a) = self.attempt.take() else { return };
-        self.last_finished_ms = Some(now_ms);
-        out.push(Command::Decided {
-            id: a.id,
-            round: a.round,
-            decision: Decision::Aborted(reason.clone()),
-            participants: a.roster.participants.clone(),
-        });
-        out.push(Command::Discard {
-            id: a.id,
-            round: a.round,
-        });
-        let failure = if reason == AbortReason::Fenced {
-            TriggerFailure::Fenced
-        } else {
-            TriggerFailure::Aborted(reason.clone())
-        };
-        // A change of membership or a halt is not the checkpoint's fault.
-        if !matches!(reason, AbortReason::MembershipChanged | AbortReason::Halted) {
-            let failures = self.health.consecutive_failures.saturating_add(1);
-            self.health = Health {
-                healthy: failures <= self.config.tolerable_failures,
-                consecutive_failures: failures,
-                last_failure: Some(reason),
-            };
-            out.push(Command::Health(self.health.clone()));
-        }
-        for request in a.waiters {
+        for request in self.waiting.drain(..) {
             out.push(Command::Reply {
                 request,
-                result: Err(failure.clone()),
+                result: Err(TriggerFailure::Fenced),
             });
         }
-    }
-
-    fn maybe_start(&mut self, now_ms: u64, out: &mut Vec<Command<T>>) {
-        if self.status != Status::Running || self.attempt.is_some() {
-            return;
+        if let Some(r) = self.recovery.take() {
+            out.push(Command::Recovered {
+                recovery: r.seq,
+                requests: r.requests,
+                result: Err(RecoveryFailure::Fenced),
+            });
         }
-        let periodic_due = self.next_periodic_ms.is_some_and(|t| now_ms >= t);
-        if self.waiting.is_empty() && !periodic_due {
-            return;
+        if let Some(reason) = reason {
+            out.push(Command::Deposed { reason });
         }
-        if now_ms < self.earliest_start_ms() {
-            return;
-        }
-        if let Some(interval) = self.config.interval_ms {
-            self.next_periodic_ms = Some(now_ms.saturating_add(interval));
-        }
-        self.last_round = self.last_round.next();
-        let members = &self.members;
-        let roster = self
-            .roster
-            .get_or_insert_with(|| Arc::new(Roster::of(members)));
-        let attempt = Attempt {
-            id: self.last_committed.next(),
-            round: self.last_round,
-            started_ms: now_ms,
-            roster: Arc::clone(roster),
-            ballots: std::iter::repeat_with(|| None)
-                .take(self.members.len())
-                .collect(),
-            voted: 0,
-            balance: 0,
-            in_transit: Vec::new(),
-            committing: false,
-            waiters: std::mem::take(&mut self.waiting),
-        };
-        out.push(Command::Prepare {
-            id: attempt.id,
-            round: attempt.round,
-            participants: attempt.roster.participants.clone(),
-        });
-        self.attempt = Some(attempt);
-        // A cohort with no members (or only unchanged ones reporting at once) commits here.
-        self.try_commit(now_ms, out);
     }
 }

@@ -3,19 +3,20 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use cohort_object_api::{CheckpointId, ObjectId};
 
 /// The types a particular runtime attaches to votes, opaque to the engine.
 ///
 /// The engine never looks inside them: it only collects them and hands them back in
-/// [`Command::Commit`]. That is what lets a participant live in another process later: a vote
-/// carries metadata (where the state was written), never the state itself.
+/// [`Command::Commit`]. That is what lets a participant live in another process: a vote carries
+/// metadata (where the state was written), never the state itself.
 ///
 /// The bounds on the implementing type itself only let the event and command types derive
 /// their traits; implement it on a unit struct with `#[derive(Clone, Debug, PartialEq)]`.
 pub trait EngineTypes: Clone + fmt::Debug + PartialEq + Send + Sync + 'static {
-    /// Where a participant wrote its state (in-process: a segment entry location).
+    /// Where a participant wrote its state (a segment entry location).
     type Entry: Clone + fmt::Debug + PartialEq + Send + Sync;
     /// One recorded in-transit message (channel state), with where its bytes were written.
     type InTransit: Clone + fmt::Debug + PartialEq + Send + Sync;
@@ -44,9 +45,43 @@ impl fmt::Display for Round {
     }
 }
 
+/// Where participants live: the in-process runtime is one host, each node of a coordinator
+/// service is one (named by the node's name). The engine decides per host: a host is asked to
+/// prepare, seal, restore and release, and a lost host aborts what it takes part in.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HostId(Arc<str>);
+
+impl HostId {
+    /// The host named `name`.
+    pub fn new(name: impl AsRef<str>) -> Self {
+        Self(Arc::from(name.as_ref()))
+    }
+
+    /// The one host of the in-process runtime.
+    pub fn local() -> Self {
+        Self::new("local")
+    }
+
+    /// The host's name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for HostId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// Names a pending manual trigger, so that its answer can be routed back to the caller.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TriggerId(pub u64);
+
+/// Names a caller waiting for a recovery (`Cohort::recover`), so that its answer can be routed
+/// back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RecoverId(pub u64);
 
 /// What a participant reports about its state in a yes vote.
 #[derive(Clone, Debug, PartialEq)]
@@ -84,9 +119,10 @@ pub enum Vote<E> {
 /// What the store said to a [`Command::Commit`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CommitOutcome {
-    /// The manifest exists (created now, or an earlier retry of ours had landed).
+    /// The manifest exists (created now, or an earlier create of ours had landed).
     Committed,
-    /// A writer with a newer epoch holds the slot: this coordinator is deposed.
+    /// A writer with a newer epoch holds the slot or the one before it: this coordinator is
+    /// deposed.
     Fenced,
     /// Another writer of this epoch or an older one committed the slot first; `newest` is the
     /// newest manifest id the store now holds.
@@ -101,26 +137,196 @@ pub enum CommitOutcome {
     },
 }
 
+/// The recovery line, as the engine needs to know it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LineInfo {
+    /// The line's checkpoint id (the newest committed manifest whose blobs verify).
+    pub id: CheckpointId,
+    /// The objects the line holds, with the host that held each when it was committed (from the
+    /// line's state table; `None` when the line does not say).
+    pub objects: BTreeMap<ObjectId, Option<HostId>>,
+}
+
+/// Why a host could not restore its objects to a line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RestoreFailure {
+    /// The line's bytes are unusable: an entry with a valid crc whose content does not decode.
+    /// The engine treats it as damage: it falls back to the line before this one, loudly.
+    Damaged {
+        /// What is damaged, in the host's words.
+        reason: String,
+    },
+    /// The line is intact but this build cannot restore it (a state of a newer schema, a
+    /// missing migration, a type that does not match): falling back would lose a committed
+    /// line, so the host stays held until an operator fixes the cause.
+    Refused {
+        /// Why, in the host's words.
+        reason: String,
+    },
+}
+
+impl fmt::Display for RestoreFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Damaged { reason } => write!(f, "the line is damaged: {reason}"),
+            Self::Refused { reason } => write!(f, "cannot restore the line: {reason}"),
+        }
+    }
+}
+
+/// What the store said to a [`Command::WriteFence`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FenceOutcome {
+    /// The fence is committed at `id`: the newest manifest, pointing at the line.
+    Written {
+        /// The fence's checkpoint id.
+        id: CheckpointId,
+    },
+    /// The recovery line is not the one restored any more (or there is none): restore again.
+    LineMoved,
+    /// A newer epoch owns the store: this coordinator is deposed.
+    Fenced,
+    /// The store did not answer; nothing of ours is there.
+    Failed {
+        /// The store's complaint.
+        reason: String,
+    },
+}
+
+/// Why a recovery started.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RecoveryCause {
+    /// A caller asked (`Cohort::recover`).
+    Requested,
+    /// A host was lost and did not come back within the host timeout.
+    HostDead {
+        /// The host.
+        host: HostId,
+    },
+    /// A host started a new session while its old one was alive: its old process is gone.
+    HostRestarted {
+        /// The host.
+        host: HostId,
+    },
+    /// A coordinator took over: every host rolls back to the line the fence points at.
+    TakeOver,
+    /// The line restored turned out damaged (a restore could not decode it): falling back.
+    Damaged {
+        /// The damaged line.
+        line: CheckpointId,
+    },
+    /// The recovery line moved while the last recovery restored (another writer committed).
+    LineMoved,
+}
+
+impl fmt::Display for RecoveryCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Requested => f.write_str("requested"),
+            Self::HostDead { host } => write!(f, "node {host} was lost"),
+            Self::HostRestarted { host } => write!(f, "node {host} restarted"),
+            Self::TakeOver => f.write_str("a coordinator took over"),
+            Self::Damaged { line } => write!(f, "line {line} is damaged"),
+            Self::LineMoved => f.write_str("the recovery line moved"),
+        }
+    }
+}
+
+/// Why a recovery failed (the engine then waits for another [`Event::Recover`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RecoveryFailure {
+    /// The line holds objects that are not members (in process: spawn them first). Nothing was
+    /// touched.
+    MissingObjects {
+        /// The line.
+        line: CheckpointId,
+        /// The objects it holds that are not members.
+        missing: Vec<ObjectId>,
+    },
+    /// The store failed (reading the line or writing the fence).
+    Store {
+        /// The store's complaint.
+        reason: String,
+    },
+    /// A host could not restore the line.
+    Restore {
+        /// The host.
+        host: HostId,
+        /// Why.
+        failure: RestoreFailure,
+    },
+    /// A newer epoch owns the store.
+    Fenced,
+}
+
+impl fmt::Display for RecoveryFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::MissingObjects { line, missing } => write!(
+                f,
+                "line {line} holds {} objects that are not members",
+                missing.len()
+            ),
+            Self::Store { reason } => write!(f, "the store failed: {reason}"),
+            Self::Restore { host, failure } => write!(f, "{host}: {failure}"),
+            Self::Fenced => f.write_str("a coordinator with a newer epoch took over"),
+        }
+    }
+}
+
+/// A finished recovery.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recovered {
+    /// The line every object was restored to; `None` when nothing was ever committed.
+    pub line: Option<CheckpointId>,
+    /// The fence written on top of it (none when there was no line, or the takeover's fence
+    /// already was).
+    pub fence: Option<CheckpointId>,
+    /// The epoch the cohort writes with.
+    pub epoch: u64,
+    /// Members dropped because the line does not hold them (in process).
+    pub dropped: Vec<ObjectId>,
+    /// Lines skipped because a host found them damaged while restoring.
+    pub skipped_damaged: Vec<CheckpointId>,
+}
+
 /// The input of the engine.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event<T: EngineTypes> {
-    /// Time passed; the engine may start a periodic checkpoint or time one out.
+    /// Time passed; the engine may start a periodic checkpoint, time one out, declare a host
+    /// dead or retry a store command.
     Tick,
     /// A manual trigger: answer `request` with the id once a checkpoint started after it commits.
     Trigger {
         /// Routes the answer back.
         request: TriggerId,
     },
-    /// An object joined the cohort. It takes part from the next attempt on; an attempt in flight
-    /// aborts, because the new member's messages could otherwise cross its cut unseen.
+    /// An object joined the cohort on `host`. It takes part from the next attempt on; an attempt
+    /// in flight aborts, because the new member's messages could otherwise cross its cut unseen.
     Join {
         /// The new member.
         object: ObjectId,
+        /// Where it lives.
+        host: HostId,
     },
-    /// An object left the cohort (recovery dropped it). An attempt it takes part in aborts.
+    /// An object left the cohort. An attempt it takes part in aborts.
     Leave {
         /// The member that left.
         object: ObjectId,
+    },
+    /// A host connected. `resumed`: it kept its session (a blip within the host timeout: nothing
+    /// was lost). Otherwise it is new or restarted, and is restored before its objects take part.
+    HostUp {
+        /// The host.
+        host: HostId,
+        /// Whether it resumed its session.
+        resumed: bool,
+    },
+    /// A host's connection is gone. What it takes part in aborts; if it is not back within the
+    /// host timeout it is dead and the cohort recovers.
+    HostLost {
+        /// The host.
+        host: HostId,
     },
     /// A participant's vote in `round`.
     Vote {
@@ -131,12 +337,23 @@ pub enum Event<T: EngineTypes> {
         /// Its answer.
         vote: Vote<T::Entry>,
     },
-    /// In-transit messages recorded (and written) by participants during `round`.
+    /// In-transit messages recorded (and written) by participants on `host` during `round`.
     ChannelState {
         /// The round they belong to.
         round: Round,
+        /// Where they were recorded (it seals them before the commit).
+        host: HostId,
         /// The records.
         records: Vec<T::InTransit>,
+    },
+    /// `host` made its channel state of `round` durable ([`Command::Seal`]), or could not.
+    Sealed {
+        /// The round.
+        round: Round,
+        /// The host.
+        host: HostId,
+        /// `Err`: why the channel state is not durable.
+        result: Result<(), String>,
     },
     /// The store's answer to [`Command::Commit`].
     CommitResult {
@@ -145,15 +362,45 @@ pub enum Event<T: EngineTypes> {
         /// The answer.
         outcome: CommitOutcome,
     },
-    /// Stop starting checkpoints and abort the one in flight (recovery is about to run).
-    Halt,
-    /// Recovery finished: continue under `epoch`, after `last_committed` (the fence manifest).
-    Resume {
-        /// The epoch this coordinator now writes with.
-        epoch: u64,
-        /// The newest manifest id in the store; the next checkpoint gets the id after it.
-        last_committed: CheckpointId,
+    /// Roll every object back to the recovery line; `request` is answered in
+    /// [`Command::Recovered`].
+    Recover {
+        /// Routes the answer back.
+        request: RecoverId,
     },
+    /// A coordinator took over under this engine's epoch, after fencing at `line` (the recovery
+    /// line it pointed the fence at; `None` when the store held no line): every host rolls back
+    /// to it before any runs again.
+    TakeOver {
+        /// The line the takeover's fence points at, with its placement.
+        line: Option<LineInfo>,
+    },
+    /// The answer to [`Command::ReadLine`].
+    LineRead {
+        /// The recovery it was read for.
+        recovery: u64,
+        /// The line (`None`: nothing committed), or the store's complaint.
+        result: Result<Option<LineInfo>, String>,
+    },
+    /// `host`'s answer to [`Command::Restore`].
+    Restored {
+        /// The recovery answered (0: the restore of a joining host outside any recovery).
+        recovery: u64,
+        /// The host.
+        host: HostId,
+        /// `Err`: why it could not.
+        result: Result<(), RestoreFailure>,
+    },
+    /// The store's answer to [`Command::WriteFence`].
+    FenceResult {
+        /// The recovery it was written for.
+        recovery: u64,
+        /// The answer.
+        outcome: FenceOutcome,
+    },
+    /// This coordinator no longer leads (its leadership stepped down, or found a newer epoch):
+    /// from now on the engine writes nothing to the store.
+    Deposed,
 }
 
 /// Why an attempt was aborted.
@@ -176,12 +423,31 @@ pub enum AbortReason {
     },
     /// An object joined or left while the attempt was in flight.
     MembershipChanged,
+    /// A participant's host is not connected, or not restored yet.
+    HostAway {
+        /// The host.
+        host: HostId,
+        /// One of its participants.
+        object: ObjectId,
+    },
+    /// A participant's host was lost during the attempt.
+    HostLost {
+        /// The host.
+        host: HostId,
+    },
     /// More in-transit messages were recorded than the counters allow: a runtime bug.
     ChannelStateMismatch {
         /// Σ sent − Σ received over the votes.
         expected: i128,
         /// Messages recorded.
         recorded: u64,
+    },
+    /// A host could not make its channel state durable.
+    SealFailed {
+        /// The host.
+        host: HostId,
+        /// Why.
+        reason: String,
     },
     /// The manifest write failed.
     Store {
@@ -192,8 +458,19 @@ pub enum AbortReason {
     Conflict,
     /// A writer with a newer epoch holds the slot.
     Fenced,
-    /// The coordinator halted (recovery).
+    /// The cohort is recovering (or this coordinator stepped down).
     Halted,
+}
+
+impl AbortReason {
+    /// Whether the commit point itself failed (the store refused or failed the manifest create,
+    /// or a seal failed), as opposed to an abort before it.
+    pub fn is_commit_failure(&self) -> bool {
+        matches!(
+            self,
+            Self::Store { .. } | Self::Conflict | Self::SealFailed { .. }
+        )
+    }
 }
 
 impl fmt::Display for AbortReason {
@@ -208,18 +485,28 @@ impl fmt::Display for AbortReason {
                 "timed out with {missing_votes} votes and {missing_messages} in-transit messages missing"
             ),
             AbortReason::MembershipChanged => {
-                f.write_str("an object joined while it was in flight")
+                f.write_str("an object joined or left while it was in flight")
             }
+            AbortReason::HostAway { host, object } => {
+                write!(
+                    f,
+                    "{object}: its node {host} is not connected or not restored"
+                )
+            }
+            AbortReason::HostLost { host } => write!(f, "node {host} was lost"),
             AbortReason::ChannelStateMismatch { expected, recorded } => write!(
                 f,
                 "{recorded} in-transit messages recorded but the counters allow {expected}"
             ),
+            AbortReason::SealFailed { host, reason } => {
+                write!(f, "node {host} could not seal its channel state: {reason}")
+            }
             AbortReason::Store { reason } => write!(f, "the manifest write failed: {reason}"),
             AbortReason::Conflict => {
                 f.write_str("another writer committed this checkpoint id first")
             }
             AbortReason::Fenced => f.write_str("a coordinator with a newer epoch took over"),
-            AbortReason::Halted => f.write_str("the coordinator halted for recovery"),
+            AbortReason::Halted => f.write_str("the cohort is recovering"),
         }
     }
 }
@@ -233,20 +520,31 @@ pub enum Decision {
     Aborted(AbortReason),
 }
 
+/// Participants of an attempt, grouped by their host, each group sorted.
+pub type ByHost = Arc<BTreeMap<HostId, Vec<ObjectId>>>;
+
 /// The output of the engine: what the runtime must do, in order.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Command<T: EngineTypes> {
-    /// Phase 1: ask every participant to prepare and capture for `round`.
+    /// Phase 1: ask every host to prepare and capture its participants for `round`.
     Prepare {
         /// The checkpoint id being attempted.
         id: CheckpointId,
         /// The attempt.
         round: Round,
-        /// Who must vote.
-        participants: Vec<ObjectId>,
+        /// Who must vote, by host.
+        hosts: ByHost,
     },
-    /// Every vote is yes and the channel state is complete: create the manifest. This is the
-    /// single commit point; answer with [`Event::CommitResult`].
+    /// Every vote is yes and the channel state is complete: `hosts` make the channel state they
+    /// recorded durable and answer [`Event::Sealed`]; then the engine commits.
+    Seal {
+        /// The attempt.
+        round: Round,
+        /// The hosts that recorded channel state.
+        hosts: Vec<HostId>,
+    },
+    /// Everything is durable: create the manifest. This is the single commit point; answer with
+    /// [`Event::CommitResult`].
     Commit {
         /// The checkpoint id.
         id: CheckpointId,
@@ -257,7 +555,7 @@ pub enum Command<T: EngineTypes> {
         /// Every recorded in-transit message.
         in_transit: Vec<T::InTransit>,
     },
-    /// Phase 2: tell the participants how `round` ended.
+    /// Phase 2: tell the hosts that were asked to prepare how `round` ended.
     Decided {
         /// The checkpoint id.
         id: CheckpointId,
@@ -265,8 +563,8 @@ pub enum Command<T: EngineTypes> {
         round: Round,
         /// Committed or aborted.
         decision: Decision,
-        /// Who took part.
-        participants: Vec<ObjectId>,
+        /// The hosts sent the attempt's prepare.
+        hosts: Vec<HostId>,
     },
     /// Delete whatever the aborted `round` wrote (`discard_round`).
     Discard {
@@ -284,6 +582,74 @@ pub enum Command<T: EngineTypes> {
     },
     /// The cohort's health changed.
     Health(Health),
+    /// A recovery starts (for logs and metrics): attempts stop until it ends.
+    Recovering {
+        /// Numbers this recovery.
+        recovery: u64,
+        /// Why.
+        cause: RecoveryCause,
+    },
+    /// Read the recovery line (the newest committed manifest whose blobs verify, treating the
+    /// ones in `skip` as damaged) and answer [`Event::LineRead`].
+    ReadLine {
+        /// The recovery it is for.
+        recovery: u64,
+        /// Lines a host could not decode: damaged although they verify.
+        skip: Vec<CheckpointId>,
+    },
+    /// `host` holds its objects, drops every message sent after the line, restores its objects
+    /// to `line` (its objects that the line does not hold keep their state, unless listed in
+    /// `drop`) with colour `colour`, queues the line's in-transit messages to them, and answers
+    /// [`Event::Restored`]. Its objects stay held until [`Command::Release`].
+    Restore {
+        /// The recovery (0: a joining host restored outside any recovery).
+        recovery: u64,
+        /// The host.
+        host: HostId,
+        /// The line; `None`: nothing was ever committed, objects keep their state.
+        line: Option<CheckpointId>,
+        /// The colour objects take (the newest round started).
+        colour: Round,
+        /// The incarnation after the recovery: peer messages of older ones are dropped.
+        incarnation: u64,
+        /// Members on this host that the line does not hold and that leave the cohort.
+        drop: Vec<ObjectId>,
+    },
+    /// Commit a fence manifest under `epoch` at the next id, pointing at `line` (the line every
+    /// host restored); answer [`Event::FenceResult`]. Refused by the store when the recovery
+    /// line is no longer `line` or a newer epoch wrote the newest manifest.
+    WriteFence {
+        /// The recovery it is for.
+        recovery: u64,
+        /// The epoch to fence under.
+        epoch: u64,
+        /// The line restored.
+        line: CheckpointId,
+        /// Lines a host could not decode, as in [`Command::ReadLine`].
+        skip: Vec<CheckpointId>,
+    },
+    /// `hosts` handle messages again, in incarnation `incarnation`.
+    Release {
+        /// The hosts released.
+        hosts: Vec<HostId>,
+        /// The current incarnation.
+        incarnation: u64,
+    },
+    /// A recovery ended; answer the callers that asked for one.
+    Recovered {
+        /// The recovery.
+        recovery: u64,
+        /// The callers waiting.
+        requests: Vec<RecoverId>,
+        /// What it did, or why it failed.
+        result: Result<Recovered, RecoveryFailure>,
+    },
+    /// A newer epoch owns the store: this coordinator is deposed and writes nothing more (its
+    /// leadership steps down).
+    Deposed {
+        /// What showed it.
+        reason: String,
+    },
 }
 
 /// Why a manual trigger got no checkpoint.
@@ -291,7 +657,8 @@ pub enum Command<T: EngineTypes> {
 pub enum TriggerFailure {
     /// The attempt serving it aborted; a later trigger may succeed.
     Aborted(AbortReason),
-    /// The coordinator was fenced by a newer one and takes no more checkpoints.
+    /// The coordinator was fenced by a newer one, or stepped down, and takes no more
+    /// checkpoints.
     Fenced,
 }
 

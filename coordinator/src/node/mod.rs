@@ -45,14 +45,15 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::{CutState, Round};
+use crate::engine::{RestoreFailure, Round};
 use crate::error::{Error, Result};
 use crate::messaging::{Actor, Address, Envelope, Route};
-use crate::runtime::{lock, read, write};
+use crate::participant::{lock, read, write};
 use crate::service::protocol::{NodeFrame, PeerFrame};
 use cohort_wire::{ConnectConfig, ListenConfig, Role, Secret};
 
-use crate::participant::object::{self, Control, ObjectTask};
+use crate::participant::object::{Control, ObjectTask};
+use crate::participant::restore::{self, LineStates};
 use crate::participant::writer::{WriterMsg, Written};
 use crate::participant::{ActiveRound, Host, VoteSink};
 use crate::service::protocol::WireVote;
@@ -179,7 +180,7 @@ pub(crate) struct NodeShared {
     status: watch::Sender<NodeStatus>,
     shutdown: CancellationToken,
     /// Pause times of this node's objects (prepare and capture), for [`Node::metrics`].
-    pub(crate) metrics: crate::runtime::Metrics,
+    pub(crate) metrics: crate::Metrics,
 }
 
 impl Host for NodeShared {
@@ -187,7 +188,7 @@ impl Host for NodeShared {
         lock(&self.active).clone()
     }
 
-    fn metrics(&self) -> &crate::runtime::Metrics {
+    fn metrics(&self) -> &crate::Metrics {
         &self.metrics
     }
 
@@ -607,8 +608,8 @@ impl Node {
     }
 
     /// How long this node's objects were paused by checkpoints (prepare and capture; encoding
-    /// and upload happen after they are released): [`Metrics::pauses`](crate::runtime::Metrics::pauses).
-    pub fn metrics(&self) -> &crate::runtime::Metrics {
+    /// and upload happen after they are released): [`Metrics::pauses`](crate::Metrics::pauses).
+    pub fn metrics(&self) -> &crate::Metrics {
         &self.shared.metrics
     }
 
@@ -711,7 +712,7 @@ impl NodeBuilder {
             to_coordinator,
             status: watch::Sender::new(NodeStatus::Connecting),
             shutdown: shutdown.clone(),
-            metrics: crate::runtime::Metrics::default(),
+            metrics: crate::Metrics::default(),
         });
         let weak = Arc::downgrade(&shared);
         tokio::spawn(cohort_wire::serve(
@@ -757,7 +758,7 @@ async fn restore(
     line: Option<CheckpointId>,
     colour: Round,
     incarnation: u64,
-) -> std::result::Result<(), String> {
+) -> std::result::Result<(), RestoreFailure> {
     let mut restored = shared.restored.lock().await;
     if incarnation <= *restored {
         return Ok(());
@@ -776,13 +777,17 @@ async fn restore(
     result
 }
 
+/// Store reads of a restore are retried this often (with doubling backoff) while the store
+/// does not answer, before the node reports that it cannot restore.
+const RESTORE_READ_TRIES: u32 = 4;
+
 async fn restore_objects(
     shared: &Arc<NodeShared>,
     cohort_recovery: bool,
     line: Option<CheckpointId>,
     colour: Round,
     incarnation: u64,
-) -> std::result::Result<(), String> {
+) -> std::result::Result<(), RestoreFailure> {
     shared.held.store(true, Ordering::SeqCst);
     for ack in shared.hold_all() {
         let _ = ack.await;
@@ -790,61 +795,15 @@ async fn restore_objects(
     shared.incarnation.fetch_max(incarnation, Ordering::SeqCst);
     *lock(&shared.active) = None;
     let ids: BTreeSet<ObjectId> = read(&shared.objects).keys().cloned().collect();
-    let manifest = match line {
-        Some(id) => Some(
-            shared
-                .store
-                .read_manifest(id)
-                .await
-                .map_err(|e| format!("cannot read the recovery line {id}: {e}"))?,
-        ),
-        None => None,
+    let mut states = match line {
+        Some(id) => read_line(shared, id, &ids)
+            .await
+            .map_err(|e| restore::restore_failure(&e))?,
+        None => LineStates::empty(),
     };
-    let counters: BTreeMap<ObjectId, (u64, u64)> = manifest
-        .as_ref()
-        .and_then(|m| m.metadata.get(crate::service::COUNTERS_KEY))
-        .and_then(|b| rmp_serde::from_slice(b).ok())
-        .unwrap_or_default();
     let mut acks = Vec::new();
     for id in &ids {
-        let entry = manifest.as_ref().and_then(|m| m.objects.get(id));
-        let state = match entry {
-            Some(e) => Some(
-                shared
-                    .store
-                    .read_state(&e.location)
-                    .await
-                    .map_err(|err| format!("cannot read the state of {id}: {err}"))?,
-            ),
-            None => None,
-        };
-        let mut redeliver = Vec::new();
-        if let Some(m) = &manifest {
-            for t in m.in_transit.iter().filter(|t| &t.to == id) {
-                let bytes =
-                    shared.store.read_state(&t.location).await.map_err(|err| {
-                        format!("cannot read an in-transit message to {id}: {err}")
-                    })?;
-                redeliver.push((t.from.clone(), t.seq, bytes));
-            }
-        }
-        let (sent, received) = if entry.is_some() {
-            counters.get(id).copied().unwrap_or((0, 0))
-        } else {
-            (0, 0)
-        };
-        let order = object::RestoreOrder {
-            state,
-            generation: entry.and_then(|e| e.generation),
-            cut: CutState {
-                colour,
-                sent,
-                received,
-            },
-            discard: cohort_recovery || entry.is_some(),
-            redeliver,
-            counted: true,
-        };
+        let order = states.order(id, colour, cohort_recovery);
         let Some(control) = shared.control(id) else {
             continue;
         };
@@ -856,8 +815,35 @@ async fn restore_objects(
     for ack in acks {
         match ack.await {
             Ok(Ok(())) | Err(_) => {}
-            Ok(Err(e)) => return Err(e.to_string()),
+            Ok(Err(e)) => return Err(restore::restore_failure(&e)),
         }
     }
     Ok(())
+}
+
+/// Reads line `id`'s entries for the objects hosted here, retrying while the store does not
+/// answer.
+async fn read_line(
+    shared: &Arc<NodeShared>,
+    id: CheckpointId,
+    hosted: &BTreeSet<ObjectId>,
+) -> Result<LineStates> {
+    let mut backoff = Duration::from_millis(100);
+    let mut tries = 0;
+    loop {
+        let read = async {
+            let manifest = shared.store.read_manifest(id).await?;
+            LineStates::read(&shared.store, &manifest, |o| hosted.contains(o)).await
+        };
+        match read.await {
+            Ok(states) => return Ok(states),
+            Err(e) if e.is_retryable() && tries + 1 < RESTORE_READ_TRIES => {
+                tracing::warn!(line = %id, error = %e, "reading the recovery line failed; retrying");
+                tries += 1;
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }

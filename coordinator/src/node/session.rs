@@ -9,10 +9,11 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::NodeSink;
-use super::{ActiveRound, NodeShared, NodeStatus, Placement, lock, read, write};
-use crate::engine::Round;
+use super::{ActiveRound, NodeShared, NodeStatus, Placement};
+use crate::engine::{RestoreFailure, Round};
 use crate::participant;
 use crate::participant::writer::{RoundWriter, WriterMsg};
+use crate::participant::{lock, read, write};
 use crate::service::protocol::WireVote;
 use crate::service::protocol::{CoordinatorFrame, NodeFrame};
 use cohort_wire::{ConnectConfig, Connection, Role};
@@ -344,12 +345,23 @@ fn on_frame(shared: &Arc<NodeShared>, frame: CoordinatorFrame) {
             tokio::spawn(async move {
                 let result =
                     super::restore(&shared, recovery != 0, line, colour, incarnation).await;
-                if let Err(e) = &result {
-                    tracing::error!(error = %e, "recovery failed on this node");
-                }
-                let _ = shared
-                    .to_coordinator
-                    .send(NodeFrame::Restored { recovery, result });
+                let (result, damaged) = match result {
+                    Ok(()) => (Ok(()), false),
+                    Err(failure) => {
+                        tracing::error!(error = %failure, "recovery failed on this node");
+                        let damaged = matches!(failure, RestoreFailure::Damaged { .. });
+                        let reason = match failure {
+                            RestoreFailure::Damaged { reason }
+                            | RestoreFailure::Refused { reason } => reason,
+                        };
+                        (Err(reason), damaged)
+                    }
+                };
+                let _ = shared.to_coordinator.send(NodeFrame::Restored {
+                    recovery,
+                    result,
+                    damaged,
+                });
             });
         }
         CoordinatorFrame::Release { incarnation } => {

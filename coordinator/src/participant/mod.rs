@@ -4,7 +4,9 @@
 //! attempt in flight is found, how a handler resolves addresses, where health goes) and their
 //! [`VoteSink`] (a channel to the in-process coordinator, or frames to a remote service).
 
+pub(crate) mod metrics;
 pub(crate) mod object;
+pub(crate) mod restore;
 pub(crate) mod writer;
 
 use std::future::Future;
@@ -15,7 +17,8 @@ use cohort_object_api::{CheckpointId, ObjectId};
 use tokio::sync::mpsc;
 
 use crate::engine::{Ballot, Round};
-use crate::runtime::{Inner, Metrics};
+use crate::runtime::Inner;
+use metrics::Metrics;
 use writer::{WriterMsg, Written};
 
 /// What a host may decide for one object without waking its task: minimal participation
@@ -48,7 +51,7 @@ pub(crate) fn vote_unwoken(
     participation: &SharedParticipation,
     round: Round,
 ) -> Option<(u64, u64)> {
-    let mut p = crate::runtime::lock(participation);
+    let mut p = lock(participation);
     if !p.clean {
         return None;
     }
@@ -101,5 +104,67 @@ pub(crate) trait VoteSink: Send + Sync + 'static {
     /// A named fail point: `true` means the host crashed there and the writer must stop.
     fn crash_at(&self, _point: &str) -> bool {
         false
+    }
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked (every critical
+/// section here is a plain assignment or collection update).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Read-locks an `RwLock` whose data stays consistent even if a holder panicked.
+pub(crate) fn read<T>(m: &std::sync::RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Write-locks an `RwLock` whose data stays consistent even if a holder panicked.
+pub(crate) fn write<T>(m: &std::sync::RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// For each key of `keys` (ascending), the value of `map` under it: one merge of two sorted
+/// sequences, instead of a tree search per key (100,000 string comparisons chains add up).
+pub(crate) fn sorted_lookup<'k, 'm, K: Ord, V>(
+    keys: &'k [K],
+    map: &'m std::collections::BTreeMap<K, V>,
+) -> impl Iterator<Item = (&'k K, Option<&'m V>)> {
+    let mut entries = map.iter().peekable();
+    let mut last: Option<&'k K> = None;
+    keys.iter().map(move |k| {
+        if last.is_some_and(|l| l > k) {
+            // Not ascending (never the case for ids from the engine): search.
+            return (k, map.get(k));
+        }
+        last = Some(k);
+        while entries.next_if(|(m, _)| *m < k).is_some() {}
+        match entries.peek() {
+            Some((m, v)) if *m == k => (k, Some(*v)),
+            _ => (k, None),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    #[test]
+    fn sorted_lookup_matches_get() {
+        let map: BTreeMap<u32, u32> = [(1, 10), (3, 30), (4, 40), (9, 90)].into();
+        let keys = [0, 1, 2, 3, 4, 5, 9, 10];
+        let merged: Vec<_> = sorted_lookup(&keys, &map)
+            .map(|(k, v)| (*k, v.copied()))
+            .collect();
+        let searched: Vec<_> = keys.iter().map(|k| (*k, map.get(k).copied())).collect();
+        assert_eq!(merged, searched);
+        // Keys out of order still find their values.
+        let keys = [9, 1, 4];
+        let merged: Vec<_> = sorted_lookup(&keys, &map)
+            .map(|(_, v)| v.copied())
+            .collect();
+        assert_eq!(merged, vec![Some(90), Some(10), Some(40)]);
     }
 }

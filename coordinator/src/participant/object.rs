@@ -123,7 +123,7 @@ impl<A: Actor, H: Host> ObjectTask<A, H> {
     /// Before handling anything: adopt a round the host counted this object in while it slept
     /// (its cut is its state now), and stop being clean.
     fn begin_handling(&mut self) {
-        let mut p = crate::runtime::lock(&self.participation);
+        let mut p = super::lock(&self.participation);
         if p.implicit > self.cut.colour {
             self.cut.captured(p.implicit);
         }
@@ -193,7 +193,7 @@ impl<A: Actor, H: Host> ObjectTask<A, H> {
                     // Its state and counters are now the line's: the host may count it in the
                     // next rounds without waking it, until it handles something.
                     if A::MESSAGE_DRIVEN && generation.is_some() && !self.handled_since_capture {
-                        let mut p = crate::runtime::lock(&self.participation);
+                        let mut p = super::lock(&self.participation);
                         p.clean = true;
                         p.sent = self.cut.sent;
                         p.received = self.cut.received;
@@ -376,7 +376,7 @@ impl<A: Actor, H: Host> ObjectTask<A, H> {
         // Restored to its entry in the line, with the line's counters: clean if the generation
         // proves it (the redelivered messages, handled next, end that).
         {
-            let mut p = crate::runtime::lock(&self.participation);
+            let mut p = super::lock(&self.participation);
             p.clean =
                 A::MESSAGE_DRIVEN && order.state.is_some() && self.committed_generation.is_some();
             p.sent = self.cut.sent;

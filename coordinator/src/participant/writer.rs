@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::VoteSink;
 use crate::engine::{Ballot, Round, VotedState};
-use crate::runtime::failpoint;
+use crate::failpoint;
 
 /// What a participant hands the writer.
 pub(crate) enum WriterMsg {

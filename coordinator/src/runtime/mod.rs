@@ -11,8 +11,6 @@
 //!   segments after the objects were released, and reports the votes once they are durable.
 
 mod coordinator;
-pub mod failpoint;
-mod metrics;
 
 use std::any::{Any, type_name};
 use std::collections::BTreeMap;
@@ -21,7 +19,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use cohort_checkpoint::{CheckpointStore, InTransitEntry, ObjectEntry};
-use cohort_object_api::{CheckpointId, ObjectId};
+use cohort_object_api::{CheckpointId, Clock, ObjectId};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::AbortHandle;
 
@@ -29,12 +27,12 @@ use crate::engine::{EngineTypes, Round};
 use crate::error::{Error, Result};
 use crate::messaging::{Actor, Address, Envelope};
 
-pub use failpoint::FailPoints;
-pub use metrics::{CheckpointStats, Metrics, PauseStats};
+use crate::failpoint::FailPoints;
+use crate::participant::metrics::{CheckpointStats, Metrics};
 
 use crate::participant::object::{self, Control};
 use crate::participant::writer::Written;
-use crate::participant::{ActiveRound, Host, VoteSink};
+use crate::participant::{ActiveRound, Host, VoteSink, lock, read, write};
 use coordinator::Input;
 
 /// The engine types of the in-process runtime: votes carry segment entries.
@@ -195,9 +193,6 @@ pub struct Builder {
     paused: bool,
     clock: Clock,
 }
-
-/// The wall clock the cohort stamps manifests and epochs with: Unix milliseconds.
-pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
 pub(crate) struct Inner {
     pub(crate) shared: Arc<Shared>,
@@ -369,6 +364,33 @@ impl Shared {
         });
     }
 
+    /// Holds every object; returns once each finished its current handler.
+    pub(crate) async fn hold_all(&self) {
+        let acks: Vec<_> = read(&self.objects)
+            .values()
+            .filter_map(|slot| {
+                let (tx, rx) = oneshot::channel();
+                slot.control.send(Control::Hold(tx)).ok().map(|()| rx)
+            })
+            .collect();
+        for ack in acks {
+            // An object whose task ended holds nothing.
+            let _ = ack.await;
+        }
+    }
+
+    /// Lets every object handle messages again.
+    pub(crate) fn release_all(&self) {
+        for slot in read(&self.objects).values() {
+            let _ = slot.control.send(Control::Release);
+        }
+    }
+
+    /// Object `id`'s control channel.
+    pub(crate) fn control(&self, id: &ObjectId) -> Option<mpsc::UnboundedSender<Control>> {
+        read(&self.objects).get(id).map(|s| s.control.clone())
+    }
+
     pub(crate) fn set_checkpoint_health(&self, health: &crate::engine::Health) {
         self.checkpoints_healthy
             .store(health.healthy, Ordering::SeqCst);
@@ -378,20 +400,6 @@ impl Shared {
             h.healthy = health.healthy && h.failed_objects.is_empty();
         });
     }
-}
-
-/// Locks a mutex whose data stays consistent even if a holder panicked (every critical
-/// section here is a plain assignment or collection update).
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-pub(crate) fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    m.read().unwrap_or_else(|e| e.into_inner())
-}
-
-pub(crate) fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    m.write().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Builder {
@@ -407,8 +415,9 @@ impl Builder {
         self
     }
 
-    /// Replaces the wall clock (Unix ms) used for manifest and epoch timestamps. Protocol
-    /// timing (interval, timeout, pause) follows tokio's clock, which tests can pause.
+    /// Replaces the clock: the wall clock (Unix ms) stamped on manifests and epochs, and the
+    /// randomness. Protocol timing (interval, timeout, pause) follows tokio's clock, which
+    /// tests can pause.
     pub fn clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
         self
@@ -426,7 +435,7 @@ impl Builder {
         self.settings.validate()?;
         let epoch = self
             .store
-            .claim_epoch(&self.settings.holder, (self.clock)())
+            .claim_epoch(&self.settings.holder, self.clock.wall_ms())
             .await?
             .epoch;
         let last = self
@@ -458,7 +467,7 @@ impl Builder {
         });
         *lock(&shared.weak) = Arc::downgrade(&inner);
         let coordinator =
-            coordinator::Coordinator::new(Arc::clone(&shared), self.settings, epoch, last, rx);
+            coordinator::Coordinator::new(Arc::clone(&shared), &self.settings, epoch, last, rx);
         let handle = tokio::spawn(coordinator.run());
         shared.track(handle.abort_handle());
         tracing::info!(store = %self.store, epoch, newest = %last, "cohort started");
@@ -474,7 +483,7 @@ impl Cohort {
             settings: Settings::default(),
             fail_points: FailPoints::default(),
             paused: false,
-            clock: Arc::new(unix_ms),
+            clock: Clock::system(),
         }
     }
 
@@ -663,10 +672,4 @@ impl Cohort {
         let _ = self.ask(Input::Shutdown).await;
         self.shared().stop(None);
     }
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

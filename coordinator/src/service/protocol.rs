@@ -85,6 +85,11 @@ pub enum NodeFrame {
         recovery: u64,
         /// `Err`: why an object could not be restored.
         result: Result<(), String>,
+        /// With an `Err`: the line's bytes are damaged (an entry that does not decode), so the
+        /// cohort falls back past it; otherwise the node cannot take the line (a newer schema,
+        /// a missing migration) and stays held. Absent from nodes that predate it.
+        #[serde(default)]
+        damaged: bool,
     },
     /// A sign of life.
     Heartbeat,

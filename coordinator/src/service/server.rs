@@ -1,26 +1,28 @@
-//! The service task: node connections, the engine, commits, recovery across nodes.
+//! The service task: the [`Core`] with a transport that reaches nodes by frames. It keeps the
+//! node connections and sessions; every protocol decision is the engine's.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use cohort_checkpoint::{CheckpointStore, InTransitEntry, Manifest, ManifestKind, ObjectEntry};
-use cohort_object_api::{CheckpointId, ObjectId};
+use cohort_checkpoint::{CheckpointStore, Fence, FenceLine, FenceRequest, Manifest};
+use cohort_object_api::{CheckpointId, Clock, ObjectId};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
+use super::STATE_TABLE_KEY;
 use super::metrics::ServiceMetrics;
 use super::protocol::{CoordinatorFrame, NodeFrame, WireVote};
 use super::table::{NodeEntry, StateTable};
-use super::{COUNTERS_KEY, STATE_TABLE_KEY};
+use crate::core::{CommitStats, Core, RestoreOrder, Transport};
 use crate::engine::{
-    AbortReason, Ballot, Command, CommitOutcome, Config, Engine, Event, Round, Start,
-    TriggerFailure, TriggerId, Vote, VotedState,
+    Ballot, Config, Decision, Engine, Event, Health, HostId, Hosting, LineInfo, RecoverId,
+    Recovered, RecoveryCause, RecoveryFailure, RestoreFailure, Round, Start, Vote, VotedState,
 };
 use crate::error::{Error, Result};
-use crate::runtime::{Clock, Local};
+use crate::failpoint::{Crash, FailPoints};
+use crate::runtime::Local;
 use cohort_wire::{Connection, ListenConfig, Role};
 
 /// Extra manifest metadata computed at every commit from the state table.
@@ -38,6 +40,8 @@ pub struct ServiceConfig {
     pub timeout: Duration,
     /// Least time between two attempts. Default 0.
     pub min_pause: Duration,
+    /// Consecutive failed attempts tolerated before the cohort is reported unhealthy. Default 0.
+    pub tolerable_failures: u32,
     /// Heartbeats both ways this often. Default 200 ms.
     pub heartbeat_interval: Duration,
     /// A connection silent this long is lost (the attempt in flight aborts); a node not back
@@ -50,8 +54,11 @@ pub struct ServiceConfig {
     pub lead_at_start: bool,
     /// Extra metadata for every manifest.
     pub metadata: Option<MetadataHook>,
-    /// Wall clock for manifest timestamps (Unix ms).
+    /// Wall clock for manifest timestamps (Unix ms) and randomness (session ids).
     pub clock: Clock,
+    /// Fail points the service's core hits (the same as the in-process runtime's); a crash
+    /// stops the service as a killed process would.
+    pub fail_points: FailPoints,
     /// Answers CLI connections (wire role `cli`) on the node port; without one they are told
     /// that this coordinator takes no control requests.
     pub control: Option<super::control::ControlHandler>,
@@ -71,12 +78,14 @@ impl ServiceConfig {
             interval: None,
             timeout: Duration::from_secs(10),
             min_pause: Duration::ZERO,
+            tolerable_failures: 0,
             heartbeat_interval: Duration::from_millis(200),
             heartbeat_timeout: Duration::from_secs(2),
             holder: format!("cohort-service-{}", std::process::id()),
             lead_at_start: true,
             metadata: None,
-            clock: Arc::new(unix_ms),
+            clock: Clock::system(),
+            fail_points: FailPoints::default(),
             control: None,
             metrics: None,
         }
@@ -198,38 +207,31 @@ impl Service {
         let mut server = Server {
             store,
             config,
-            engine: None,
-            nodes: BTreeMap::new(),
-            placement: BTreeMap::new(),
-            next_session: rand::random::<u32>() as u64,
-            triggers: HashMap::new(),
-            next_trigger: 0,
-            last_manifest: None,
-            pending_commit: None,
-            channel_nodes: BTreeSet::new(),
-            prepared: BTreeSet::new(),
-            recovery: None,
-            recovery_seq: 0,
-            incarnation: 0,
-            status: status_tx,
-            origin: tokio::time::Instant::now(),
-            attempt_started: None,
-            attempt_bytes: 0,
-            attempt_pauses: BTreeMap::new(),
+            core: None,
+            registry: BTreeMap::new(),
             leader_hint: None,
-            fenced: false,
-            committed: 0,
-            aborted: 0,
-            recoveries: 0,
+            stats: Stats::default(),
+            status: status_tx,
         };
         if server.config.lead_at_start {
+            // No leadership driver: claim an epoch and fence, as the driver would.
+            let now = server.config.clock.wall_ms();
             let epoch = server
                 .store
-                .claim_epoch(&server.config.holder, (server.config.clock)())
+                .claim_epoch(&server.config.holder, now)
                 .await?
                 .epoch;
-            let line = recovery_line(&server.store).await?;
-            server.lead(epoch, line).await?;
+            let fence = match server
+                .store
+                .fence(&FenceRequest::new(epoch, now, FenceLine::Newest))
+                .await?
+            {
+                Fence::Written(fence) => Some(Arc::new(fence)),
+                Fence::NoLine | Fence::LineMoved { .. } => None,
+            };
+            if server.lead(epoch, fence).await.is_err() {
+                return Err(Error::COHORT_STOPPED);
+            }
         }
         tokio::spawn(server.run(rx, shutdown.clone()));
         tracing::info!(addr = %local_addr, "coordinator service started");
@@ -374,20 +376,17 @@ async fn handle_node(
     Ok(result?)
 }
 
-struct NodeState {
+/// One node as the service knows it: its session and connection.
+struct NodeConn {
     session: u64,
     conn: Option<(u64, mpsc::UnboundedSender<CoordinatorFrame>)>,
     peer_addr: String,
-    lost_at: Option<tokio::time::Instant>,
-    dead: bool,
-    /// Restored (or resumed) and released: its objects can take part.
-    ready: bool,
     /// The last decision sent to it: sent again when it resumes its session, in case the
     /// connection lost it (its objects' `on_committed` must not be missed; a repeat is ignored).
     last_decided: Option<(CheckpointId, Round, bool)>,
 }
 
-impl NodeState {
+impl NodeConn {
     fn send(&self, frame: CoordinatorFrame) {
         if let Some((_, tx)) = &self.conn {
             let _ = tx.send(frame);
@@ -395,61 +394,282 @@ impl NodeState {
     }
 }
 
-struct PendingCommit {
-    id: CheckpointId,
-    round: Round,
-    ballots: BTreeMap<ObjectId, Ballot<ObjectEntry>>,
-    in_transit: Vec<InTransitEntry>,
-    waiting: BTreeSet<String>,
+/// What the service counts, across terms.
+#[derive(Clone, Copy, Debug, Default)]
+struct Stats {
+    committed: u64,
+    aborted: u64,
+    recoveries: u64,
 }
 
-struct Recovery {
-    seq: u64,
-    line: Option<Arc<Manifest>>,
-    /// Nodes still restoring; after a takeover, also the expected nodes not registered yet.
-    waiting: BTreeSet<String>,
-    /// After a takeover: expected nodes not registered by then are left out (they are
-    /// restored on their own when they come, as a replacement would be).
-    deadline: Option<tokio::time::Instant>,
-}
-
-struct Server {
-    store: CheckpointStore,
-    config: ServiceConfig,
-    engine: Option<Engine<Local>>,
-    nodes: BTreeMap<String, NodeState>,
-    placement: BTreeMap<ObjectId, String>,
-    next_session: u64,
-    triggers: HashMap<TriggerId, oneshot::Sender<Result<CheckpointId>>>,
-    next_trigger: u64,
-    last_manifest: Option<Arc<Manifest>>,
-    pending_commit: Option<PendingCommit>,
-    channel_nodes: BTreeSet<String>,
-    /// Nodes sent the `Prepare` of the attempt in flight: they, and only they, get its decision.
-    prepared: BTreeSet<String>,
-    recovery: Option<Recovery>,
-    recovery_seq: u64,
-    incarnation: u64,
-    status: watch::Sender<ServiceStatus>,
-    origin: tokio::time::Instant,
-    attempt_started: Option<Instant>,
+/// The remote transport: nodes, reached by frames on their connections.
+struct Nodes {
+    nodes: BTreeMap<String, NodeConn>,
+    metadata: Option<MetadataHook>,
+    metrics: Option<ServiceMetrics>,
+    stats: Stats,
     /// Bytes the nodes wrote for the attempt in flight (states and in-transit messages).
     attempt_bytes: u64,
     /// The longest pause of each node's objects in the attempt in flight (a node may vote in
     /// several frames: the objects it counted in without waking them, then the others).
     attempt_pauses: BTreeMap<String, Duration>,
-    leader_hint: Option<String>,
+    attempt_started: Option<tokio::time::Instant>,
+    /// The store fenced a commit or a fence: this service is deposed.
     fenced: bool,
-    committed: u64,
-    aborted: u64,
-    recoveries: u64,
+}
+
+impl Nodes {
+    fn get(&self, host: &HostId) -> Option<&NodeConn> {
+        self.nodes.get(host.as_str())
+    }
+
+    /// Nodes, objects and placement, as recorded in every manifest: the nodes the engine knows
+    /// (a dead node leaves the table), and where each member lives.
+    fn table(&self, engine: &Engine<Local>) -> StateTable {
+        let nodes = engine
+            .hosts()
+            .map(|(host, up)| {
+                let peer_addr = self
+                    .get(host)
+                    .map(|n| n.peer_addr.clone())
+                    .unwrap_or_default();
+                (
+                    host.as_str().to_owned(),
+                    NodeEntry {
+                        peer_addr,
+                        live: up,
+                    },
+                )
+            })
+            .collect();
+        let placement = engine
+            .placement()
+            .iter()
+            .map(|(o, h)| (o.clone(), h.as_str().to_owned()))
+            .collect();
+        StateTable { nodes, placement }
+    }
+
+    fn push_placement(&self, engine: &Engine<Local>) {
+        let table = self.table(engine);
+        let nodes: BTreeMap<String, String> = self
+            .nodes
+            .iter()
+            .map(|(n, c)| (n.clone(), c.peer_addr.clone()))
+            .collect();
+        for n in self.nodes.values() {
+            n.send(CoordinatorFrame::Placement {
+                objects: table.placement.clone(),
+                nodes: nodes.clone(),
+            });
+        }
+    }
+}
+
+impl Transport for Nodes {
+    async fn prepare(
+        &mut self,
+        id: CheckpointId,
+        round: Round,
+        token: &str,
+        hosts: &BTreeMap<HostId, Vec<ObjectId>>,
+    ) -> Vec<Event<Local>> {
+        self.attempt_started = Some(tokio::time::Instant::now());
+        self.attempt_bytes = 0;
+        self.attempt_pauses.clear();
+        let mut events = Vec::new();
+        for (host, objects) in hosts {
+            match self.get(host).filter(|n| n.conn.is_some()) {
+                Some(n) => n.send(CoordinatorFrame::Prepare {
+                    id,
+                    round,
+                    token: token.to_owned(),
+                    objects: objects.clone(),
+                }),
+                None => {
+                    if let Some(object) = objects.first() {
+                        events.push(Event::Vote {
+                            round,
+                            object: object.clone(),
+                            vote: Vote::No {
+                                reason: format!("its node {host} is not connected"),
+                            },
+                        });
+                    }
+                }
+            }
+        }
+        events
+    }
+
+    async fn seal(&mut self, round: Round, hosts: &[HostId]) -> Vec<Event<Local>> {
+        let mut events = Vec::new();
+        for host in hosts {
+            match self.get(host).filter(|n| n.conn.is_some()) {
+                Some(n) => n.send(CoordinatorFrame::Seal { round }),
+                // The seal would reach nobody and nothing would end the wait.
+                None => events.push(Event::Sealed {
+                    round,
+                    host: host.clone(),
+                    result: Err(format!(
+                        "node {host} was lost before sealing its channel state"
+                    )),
+                }),
+            }
+        }
+        events
+    }
+
+    fn decided(&mut self, id: CheckpointId, round: Round, decision: &Decision, hosts: &[HostId]) {
+        let committed = *decision == Decision::Committed;
+        match decision {
+            Decision::Aborted(reason) => {
+                self.stats.aborted += 1;
+                if let Some(m) = &self.metrics {
+                    if reason.is_commit_failure() {
+                        m.record_failed();
+                    } else {
+                        m.record_aborted();
+                    }
+                }
+            }
+            Decision::Committed => {
+                self.stats.committed += 1;
+                tracing::info!(checkpoint = %id, %round, "checkpoint committed");
+                if let Some(m) = &self.metrics {
+                    let took = self.attempt_started.map(|t| t.elapsed());
+                    m.record_committed(took, Some(self.attempt_bytes));
+                    for pause in self.attempt_pauses.values() {
+                        m.record_pause(*pause);
+                    }
+                }
+            }
+        }
+        for host in hosts {
+            if let Some(n) = self.nodes.get_mut(host.as_str()) {
+                n.last_decided = Some((id, round, committed));
+                n.send(CoordinatorFrame::Decided {
+                    id,
+                    round,
+                    committed,
+                });
+            }
+        }
+    }
+
+    async fn restore(&mut self, order: RestoreOrder<'_>) -> Vec<Event<Local>> {
+        match self.get(order.host).filter(|n| n.conn.is_some()) {
+            Some(n) => {
+                n.send(CoordinatorFrame::Restore {
+                    recovery: order.recovery,
+                    line: order.line_id,
+                    colour: order.colour,
+                    incarnation: order.incarnation,
+                });
+                Vec::new()
+            }
+            // Lost meanwhile: the engine hears of it, and restores it when it resumes.
+            None => Vec::new(),
+        }
+    }
+
+    fn release(&mut self, hosts: &[HostId], incarnation: u64) {
+        for host in hosts {
+            if let Some(n) = self.get(host) {
+                n.send(CoordinatorFrame::Release { incarnation });
+            }
+        }
+    }
+
+    fn recovering(&mut self, _recovery: u64, _cause: &RecoveryCause) {
+        self.stats.recoveries += 1;
+        if let Some(m) = &self.metrics {
+            m.record_recovery();
+        }
+    }
+
+    fn recovered(
+        &mut self,
+        _requests: Vec<RecoverId>,
+        _result: std::result::Result<Recovered, RecoveryFailure>,
+        _error: Option<Error>,
+    ) {
+    }
+
+    fn health(&mut self, _health: &Health) {}
+
+    fn deposed(&mut self, _reason: &str) {
+        self.fenced = true;
+    }
+
+    fn committed(&mut self, _manifest: &Manifest, stats: CommitStats) {
+        tracing::debug!(took = ?stats.duration, create = ?stats.create, "manifest created");
+    }
+
+    fn metadata(&self, engine: &Engine<Local>) -> BTreeMap<String, Vec<u8>> {
+        let table = self.table(engine);
+        let mut metadata = BTreeMap::new();
+        match table.encode() {
+            Ok(bytes) => {
+                metadata.insert(STATE_TABLE_KEY.to_owned(), bytes);
+            }
+            Err(e) => tracing::error!(error = %e, "cannot encode the state table"),
+        }
+        if let Some(hook) = &self.metadata {
+            metadata.extend(hook(&table));
+        }
+        metadata
+    }
+
+    fn line_hosts(&self, line: &Manifest) -> BTreeMap<ObjectId, Option<HostId>> {
+        line_hosts(line)
+    }
+}
+
+/// Where each object of `line` lived, from its state table.
+fn line_hosts(line: &Manifest) -> BTreeMap<ObjectId, Option<HostId>> {
+    let table = line
+        .metadata
+        .get(STATE_TABLE_KEY)
+        .and_then(|b| match StateTable::decode(b) {
+            Ok(table) => Some(table),
+            Err(e) => {
+                tracing::warn!(line = %line.id, error = %e, "the line's state table does not decode");
+                None
+            }
+        })
+        .unwrap_or_default();
+    line.objects
+        .keys()
+        .map(|o| {
+            let host = table
+                .placement
+                .get(o)
+                .filter(|n| !n.is_empty())
+                .map(HostId::new);
+            (o.clone(), host)
+        })
+        .collect()
+}
+
+struct Server {
+    store: CheckpointStore,
+    config: ServiceConfig,
+    /// Leading: the core and its nodes.
+    core: Option<Core<Nodes>>,
+    /// Sessions of nodes while not leading are not kept: they register again with the leader.
+    registry: BTreeMap<String, ()>,
+    leader_hint: Option<String>,
+    /// What earlier terms counted.
+    stats: Stats,
+    status: watch::Sender<ServiceStatus>,
 }
 
 impl Server {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Input>, shutdown: CancellationToken) {
         loop {
             self.publish();
-            let deadline = self.next_deadline();
+            let deadline = self.core.as_ref().and_then(Core::next_deadline);
             let input = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return,
@@ -459,73 +679,56 @@ impl Server {
                 },
                 () = sleep_until(deadline) => None,
             };
-            match input {
-                None => self.on_tick().await,
+            let step = match input {
+                None => self.feed(Event::Tick).await,
                 Some(input) => self.on_input(input).await,
+            };
+            if let Err(Crash(point)) = step {
+                // As a killed process: nothing after the fail point runs.
+                tracing::error!(fail_point = %point, "the coordinator service crashed at a fail point");
+                shutdown.cancel();
+                return;
             }
         }
     }
 
-    fn in_flight_round(&self) -> Option<Round> {
-        self.engine
-            .as_ref()
-            .and_then(Engine::in_flight)
-            .map(|(_, r)| r)
-    }
-
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
-    fn next_deadline(&self) -> Option<tokio::time::Instant> {
-        let engine = self
-            .engine
-            .as_ref()
-            .and_then(|e| e.next_deadline_ms())
-            .map(|ms| self.origin + Duration::from_millis(ms));
-        let dead = self
-            .nodes
-            .values()
-            .filter(|n| !n.dead)
-            .filter_map(|n| n.lost_at)
-            .map(|t| t + self.config.heartbeat_timeout)
-            .min();
-        let takeover = self.recovery.as_ref().and_then(|r| r.deadline);
-        [engine, dead, takeover].into_iter().flatten().min()
-    }
-
-    fn table(&self) -> StateTable {
-        StateTable {
-            nodes: self
-                .nodes
-                .iter()
-                .map(|(name, n)| {
-                    (
-                        name.clone(),
-                        NodeEntry {
-                            peer_addr: n.peer_addr.clone(),
-                            live: n.conn.is_some() && !n.dead,
-                        },
-                    )
-                })
-                .collect(),
-            placement: self.placement.clone(),
+    async fn feed(&mut self, event: Event<Local>) -> std::result::Result<(), Crash> {
+        match self.core.as_mut() {
+            Some(core) => core.feed(event).await,
+            None => Ok(()),
         }
     }
 
+    fn stats(&self) -> Stats {
+        let mut stats = self.stats;
+        if let Some(core) = &self.core {
+            let term = core.transport.stats;
+            stats.committed += term.committed;
+            stats.aborted += term.aborted;
+            stats.recoveries += term.recoveries;
+        }
+        stats
+    }
+
     fn publish(&self) {
-        let status = ServiceStatus {
-            epoch: self.engine.as_ref().map(Engine::epoch),
-            fenced: self.fenced,
-            last_committed: self
-                .engine
-                .as_ref()
-                .map_or(CheckpointId::ZERO, Engine::last_committed),
-            in_flight: self.engine.as_ref().and_then(Engine::in_flight),
-            committed: self.committed,
-            aborted: self.aborted,
-            recoveries: self.recoveries,
-            table: self.table(),
+        let stats = self.stats();
+        let status = match &self.core {
+            Some(core) => ServiceStatus {
+                epoch: Some(core.engine.epoch()),
+                fenced: core.transport.fenced,
+                last_committed: core.engine.last_committed(),
+                in_flight: core.engine.in_flight(),
+                committed: stats.committed,
+                aborted: stats.aborted,
+                recoveries: stats.recoveries,
+                table: core.transport.table(&core.engine),
+            },
+            None => ServiceStatus {
+                committed: stats.committed,
+                aborted: stats.aborted,
+                recoveries: stats.recoveries,
+                ..ServiceStatus::default()
+            },
         };
         self.status.send_if_modified(|s| {
             let changed = *s != status;
@@ -534,141 +737,90 @@ impl Server {
         });
     }
 
-    fn push_placement(&self) {
-        let objects = self.placement.clone();
-        let nodes: BTreeMap<String, String> = self
-            .nodes
-            .iter()
-            .map(|(n, s)| (n.clone(), s.peer_addr.clone()))
-            .collect();
-        for n in self.nodes.values() {
-            n.send(CoordinatorFrame::Placement {
-                objects: objects.clone(),
-                nodes: nodes.clone(),
-            });
-        }
-    }
-
-    /// Starts leading under `epoch` from `line` (the recovery line or the fence): its objects
-    /// are expected members, placed as its state table says.
-    async fn lead(&mut self, epoch: u64, line: Option<Arc<Manifest>>) -> Result<()> {
-        let last = self
-            .store
-            .committed_ids()
-            .await?
-            .last()
-            .copied()
-            .unwrap_or(CheckpointId::ZERO);
+    /// Starts leading under `epoch` from `fence`, the manifest the leadership wrote on taking
+    /// the epoch (`None`: the store held no line): its objects are expected on the nodes its
+    /// state table names, and every node rolls back to it before any runs again.
+    async fn lead(
+        &mut self,
+        epoch: u64,
+        fence: Option<Arc<Manifest>>,
+    ) -> std::result::Result<Result<()>, Crash> {
+        self.stop_leading(None);
+        let last = match self.store.committed_ids().await {
+            Ok(ids) => ids.last().copied().unwrap_or(CheckpointId::ZERO),
+            Err(e) => return Ok(Err(e.into())),
+        };
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        let mut engine = Engine::new(
-            Config {
-                interval_ms: self.config.interval.map(ms),
-                timeout_ms: ms(self.config.timeout),
-                min_pause_ms: ms(self.config.min_pause),
-                tolerable_failures: 0,
-            },
+        let config = Config {
+            interval_ms: self.config.interval.map(ms),
+            timeout_ms: ms(self.config.timeout),
+            min_pause_ms: ms(self.config.min_pause),
+            tolerable_failures: self.config.tolerable_failures,
+            host_timeout_ms: ms(self.config.heartbeat_timeout),
+            hosting: Hosting::Hosted,
+            ..Config::default()
+        };
+        let origin = tokio::time::Instant::now();
+        let engine = Engine::new(
+            config,
             Start {
-                now_ms: self.now_ms(),
+                now_ms: 0,
                 epoch,
                 last_committed: last,
-                // Colours of an earlier leader's rounds stay below this leader's.
+                // Colours and incarnations of an earlier leader's rounds stay below this
+                // leader's.
                 round_floor: Round(epoch << 32),
+                incarnation_floor: epoch << 32,
+                ready_hosts: Vec::new(),
             },
         );
-        if let Some(line) = &line {
-            let table = line
-                .metadata
-                .get(STATE_TABLE_KEY)
-                .and_then(|b| StateTable::decode(b).ok())
-                .unwrap_or_default();
-            for object in line.objects.keys() {
-                let node = table.placement.get(object).cloned().unwrap_or_default();
-                self.placement.entry(object.clone()).or_insert(node);
-            }
-        }
-        for object in self.placement.keys() {
-            engine.handle(
-                self.now_ms(),
-                Event::Join {
-                    object: object.clone(),
-                },
-            );
-        }
-        // Above every incarnation of an older epoch (those count up from `epoch << 32` too), so
-        // that nodes drop the messages of the old leader's time once restored.
-        self.incarnation = (epoch << 32) | 1;
-        // The nodes ran on past the line under the old leader: all of them roll back to it,
-        // and none runs before all are restored (one released early would send messages of
-        // the new incarnation into a node still living the discarded future).
-        let expected: BTreeSet<String> = self
-            .placement
-            .values()
-            .filter(|n| !n.is_empty())
-            .cloned()
-            .collect();
-        if !expected.is_empty() {
-            engine.handle(self.now_ms(), Event::Halt);
-            self.recoveries += 1;
-            if let Some(m) = &self.config.metrics {
-                m.record_recovery();
-            }
-            self.recovery_seq += 1;
-            self.recovery = Some(Recovery {
-                seq: self.recovery_seq,
-                line: line.clone(),
-                waiting: expected,
-                deadline: Some(tokio::time::Instant::now() + self.config.heartbeat_timeout),
+        let nodes = Nodes {
+            nodes: BTreeMap::new(),
+            metadata: self.config.metadata.clone(),
+            metrics: self.config.metrics.clone(),
+            stats: Stats::default(),
+            attempt_bytes: 0,
+            attempt_pauses: BTreeMap::new(),
+            attempt_started: None,
+            fenced: false,
+        };
+        let mut core = Core::new(
+            engine,
+            nodes,
+            self.store.clone(),
+            self.config.clock.clone(),
+            self.config.fail_points.clone(),
+            origin,
+        );
+        let line = fence.as_ref().map(|f| LineInfo {
+            id: f.id,
+            objects: line_hosts(f),
+        });
+        core.set_last_manifest(fence);
+        tracing::info!(epoch, newest = %last, expected = line.as_ref().map_or(0, |l| l.objects.len()), "leading");
+        self.core = Some(core);
+        self.feed(Event::TakeOver { line }).await?;
+        Ok(Ok(()))
+    }
+
+    /// Stops leading: the core is dropped (it writes nothing more), nodes are sent to `leader`.
+    fn stop_leading(&mut self, leader: Option<String>) {
+        let Some(mut core) = self.core.take() else {
+            return;
+        };
+        let term = core.transport.stats;
+        self.stats.committed += term.committed;
+        self.stats.aborted += term.aborted;
+        self.stats.recoveries += term.recoveries;
+        core.fail_triggers(|| Error::COHORT_STOPPED);
+        for n in core.transport.nodes.values() {
+            n.send(CoordinatorFrame::NotLeader {
+                leader: leader.clone(),
             });
         }
-        self.engine = Some(engine);
-        self.last_manifest = line;
-        self.fenced = false;
-        tracing::info!(epoch, newest = %last, expected = self.placement.len(), "leading");
-        Ok(())
     }
 
-    async fn on_tick(&mut self) {
-        let now = tokio::time::Instant::now();
-        let mut newly_dead = Vec::new();
-        for (name, n) in &mut self.nodes {
-            if !n.dead
-                && n.lost_at
-                    .is_some_and(|t| now >= t + self.config.heartbeat_timeout)
-            {
-                n.dead = true;
-                n.ready = false;
-                newly_dead.push(name.clone());
-            }
-        }
-        if !newly_dead.is_empty() {
-            tracing::warn!(nodes = ?newly_dead, "nodes dead; cohort recovery");
-            self.start_recovery().await;
-        }
-        if let Some(r) = &mut self.recovery
-            && r.deadline.is_some_and(|d| now >= d)
-        {
-            r.deadline = None;
-            let registered = &self.nodes;
-            let absent: Vec<String> = r
-                .waiting
-                .iter()
-                .filter(|n| registered.get(*n).is_none_or(|s| s.conn.is_none()))
-                .cloned()
-                .collect();
-            if !absent.is_empty() {
-                tracing::warn!(nodes = ?absent, "expected nodes did not come back after the takeover; the others resume without them");
-                for n in &absent {
-                    r.waiting.remove(n);
-                }
-            }
-            if r.waiting.is_empty() {
-                self.finish_recovery().await;
-            }
-        }
-        self.feed(Event::Tick).await;
-    }
-
-    async fn on_input(&mut self, input: Input) {
+    async fn on_input(&mut self, input: Input) -> std::result::Result<(), Crash> {
         match input {
             Input::Connected {
                 node,
@@ -679,91 +831,84 @@ impl Server {
                 tx,
                 reply,
             } => {
-                let answer = self
-                    .register(node, session, peer_addr, objects, conn, tx)
-                    .await;
-                let _ = reply.send(answer);
+                self.register(node, session, peer_addr, objects, conn, tx, reply)
+                    .await
             }
             Input::Frame { conn, node, frame } => {
-                let current = self
-                    .nodes
-                    .get(&node)
-                    .is_some_and(|n| n.conn.as_ref().is_some_and(|(c, _)| *c == conn));
+                let current = self.core.as_ref().is_some_and(|c| {
+                    c.transport
+                        .nodes
+                        .get(&node)
+                        .is_some_and(|n| n.conn.as_ref().is_some_and(|(c, _)| *c == conn))
+                });
                 if current {
-                    self.on_frame(node, frame).await;
+                    self.on_frame(node, frame).await?;
                 }
+                Ok(())
             }
             Input::Disconnected { conn, node } => {
-                let Some(n) = self.nodes.get_mut(&node) else {
-                    return;
+                let Some(core) = self.core.as_mut() else {
+                    return Ok(());
+                };
+                let Some(n) = core.transport.nodes.get_mut(&node) else {
+                    return Ok(());
                 };
                 if n.conn.as_ref().is_none_or(|(c, _)| *c != conn) {
-                    return;
+                    return Ok(());
                 }
                 n.conn = None;
-                n.lost_at = Some(tokio::time::Instant::now());
                 tracing::warn!(%node, "lost a node's connection");
-                self.node_lost(&node).await;
+                self.feed(Event::HostLost {
+                    host: HostId::new(&node),
+                })
+                .await
             }
-            Input::Trigger(reply) => {
-                if self.engine.is_none() {
+            Input::Trigger(reply) => match self.core.as_mut() {
+                Some(core) => core.trigger(reply).await,
+                None => {
                     let _ = reply.send(Err(Error::invalid_settings(
                         "this coordinator does not lead; ask the leader",
                     )));
-                    return;
+                    Ok(())
                 }
-                self.next_trigger += 1;
-                let request = TriggerId(self.next_trigger);
-                self.triggers.insert(request, reply);
-                self.feed(Event::Trigger { request }).await;
-            }
+            },
             Input::Lead {
                 epoch,
                 fence,
                 reply,
             } => {
-                let line = match fence {
-                    Some(f) => Ok(Some(f)),
-                    None => recovery_line(&self.store).await,
-                };
-                let result = match line {
-                    Ok(line) => self.lead(epoch, line).await,
-                    Err(e) => Err(e),
-                };
+                let result = self.lead(epoch, fence).await?;
                 let _ = reply.send(result);
+                Ok(())
             }
             Input::Follow { leader } => {
-                if let Some(engine) = self.engine.as_mut() {
-                    engine.handle(0, Event::Halt);
-                }
-                self.engine = None;
-                self.pending_commit = None;
-                self.recovery = None;
-                for (_, reply) in self.triggers.drain() {
-                    let _ = reply.send(Err(Error::COHORT_STOPPED));
-                }
-                for n in self.nodes.values_mut() {
-                    n.send(CoordinatorFrame::NotLeader {
-                        leader: leader.clone(),
-                    });
-                    n.conn = None;
-                }
-                self.nodes.clear();
-                self.placement.clear();
+                self.stop_leading(leader.clone());
                 self.leader_hint = leader;
+                Ok(())
             }
             Input::Cut { node } => {
-                if let Some(n) = self.nodes.get_mut(&node)
+                let Some(core) = self.core.as_mut() else {
+                    return Ok(());
+                };
+                if let Some(n) = core.transport.nodes.get_mut(&node)
                     && n.conn.take().is_some()
                 {
-                    n.lost_at = Some(tokio::time::Instant::now());
                     tracing::warn!(%node, "connection cut on request");
-                    self.node_lost(&node).await;
+                    return self
+                        .feed(Event::HostLost {
+                            host: HostId::new(&node),
+                        })
+                        .await;
                 }
+                Ok(())
             }
         }
     }
 
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the fields of one registration, named at the one call site"
+    )]
     async fn register(
         &mut self,
         node: String,
@@ -772,198 +917,105 @@ impl Server {
         objects: Vec<ObjectId>,
         conn: u64,
         tx: mpsc::UnboundedSender<CoordinatorFrame>,
-    ) -> CoordinatorFrame {
-        if self.engine.is_none() {
-            return CoordinatorFrame::NotLeader {
+        reply: oneshot::Sender<CoordinatorFrame>,
+    ) -> std::result::Result<(), Crash> {
+        let _ = &self.registry;
+        let Some(core) = self.core.as_mut() else {
+            let _ = reply.send(CoordinatorFrame::NotLeader {
                 leader: self.leader_hint.clone(),
-            };
+            });
+            return Ok(());
+        };
+        let host = HostId::new(&node);
+        // A node taken over by someone else's objects is refused, whole.
+        let live = |h: &HostId| core.engine.hosts().any(|(k, up)| k == h && up);
+        if let Some((clash, owner)) = objects.iter().find_map(|o| {
+            core.engine
+                .placement()
+                .get(o)
+                .filter(|owner| **owner != host && live(owner))
+                .map(|owner| (o, owner))
+        }) {
+            let _ = reply.send(CoordinatorFrame::Refused {
+                reason: format!(
+                    "object {clash} is hosted by live node {owner}; give each object one node"
+                ),
+            });
+            return Ok(());
         }
+        let known = core.engine.hosts().any(|(h, _)| *h == host);
+        let resumed = known
+            && session.is_some()
+            && core.transport.nodes.get(&node).map(|n| n.session) == session;
+        let session = match core.transport.nodes.get(&node) {
+            Some(n) if resumed => n.session,
+            // Unguessable: a session id is what a node resumes with.
+            _ => self.config.clock.random_u64(),
+        };
+        let last_decided = core
+            .transport
+            .nodes
+            .get(&node)
+            .filter(|_| resumed)
+            .and_then(|n| n.last_decided);
+        core.transport.nodes.insert(
+            node.clone(),
+            NodeConn {
+                session,
+                conn: Some((conn, tx)),
+                peer_addr,
+                last_decided,
+            },
+        );
         let heartbeat_ms =
             u64::try_from(self.config.heartbeat_interval.as_millis()).unwrap_or(u64::MAX);
         let timeout_ms =
             u64::try_from(self.config.heartbeat_timeout.as_millis()).unwrap_or(u64::MAX);
-        let welcome = move |session, resumed| CoordinatorFrame::Welcome {
+        // The reply goes out before anything queued for the connection.
+        let _ = reply.send(CoordinatorFrame::Welcome {
             session,
             resumed,
             heartbeat_ms,
             timeout_ms,
+        });
+        if let Some((id, round, committed)) = last_decided
+            && let Some(n) = core.transport.nodes.get(&node)
+        {
+            n.send(CoordinatorFrame::Decided {
+                id,
+                round,
+                committed,
+            });
+        }
+        tracing::info!(%node, session, resumed, "node registered");
+        let mut events = vec![Event::HostUp {
+            host: host.clone(),
+            resumed,
+        }];
+        events.extend(objects.into_iter().map(|object| Event::Join {
+            object,
+            host: host.clone(),
+        }));
+        core.feed_all(events).await?;
+        core.transport.push_placement(&core.engine);
+        Ok(())
+    }
+
+    async fn on_frame(&mut self, node: String, frame: NodeFrame) -> std::result::Result<(), Crash> {
+        let Some(core) = self.core.as_mut() else {
+            return Ok(());
         };
-        // A node taken over by someone else's objects is refused, whole.
-        if let Some(clash) = objects.iter().find(|o| {
-            self.placement.get(*o).is_some_and(|owner| {
-                owner != &node
-                    && self
-                        .nodes
-                        .get(owner)
-                        .is_some_and(|n| !n.dead && n.conn.is_some())
-            })
-        }) {
-            return CoordinatorFrame::Refused {
-                reason: format!(
-                    "object {clash} is hosted by live node {}; give each object one node",
-                    self.placement.get(clash).map_or("?", String::as_str)
-                ),
-            };
-        }
-        if let Some(n) = self.nodes.get_mut(&node)
-            && !n.dead
-            && session == Some(n.session)
-        {
-            // A blip within the timeout: resume, nothing to restore, unless a recovery ran
-            // (or runs) while the node was away: then it restores like the others did.
-            n.conn = Some((conn, tx));
-            n.lost_at = None;
-            n.peer_addr = peer_addr;
-            let session = n.session;
-            let missed_restore = !n.ready;
-            if let Some((id, round, committed)) = n.last_decided {
-                n.send(CoordinatorFrame::Decided {
-                    id,
-                    round,
-                    committed,
-                });
-            }
-            tracing::info!(%node, session, missed_restore, "node resumed its session");
-            self.add_objects(&node, objects).await;
-            self.push_placement();
-            if missed_restore {
-                let restore = self.restore_frame(&node);
-                if let Some(n) = self.nodes.get(&node) {
-                    n.send(restore);
-                }
-            }
-            return welcome(session, true);
-        }
-        // A new session: a new node, a restarted one, or one declared dead. Its objects are
-        // restored from the newest line before they run.
-        if let Some(old) = self.nodes.get(&node)
-            && !old.dead
-        {
-            // The old process is gone (a restart faster than the timeout): as if it died.
-            if let Some(n) = self.nodes.get_mut(&node) {
-                n.dead = true;
-                n.conn = None;
-            }
-            self.start_recovery().await;
-        }
-        self.next_session += 1;
-        let session = self.next_session;
-        self.nodes.insert(
-            node.clone(),
-            NodeState {
-                session,
-                conn: Some((conn, tx)),
-                peer_addr,
-                lost_at: None,
-                dead: false,
-                ready: false,
-                last_decided: None,
-            },
-        );
-        self.add_objects(&node, objects).await;
-        self.push_placement();
-        let restore = self.restore_frame(&node);
-        // The reply goes out before anything queued for the connection.
-        if let Some(n) = self.nodes.get(&node) {
-            n.send(restore);
-        }
-        tracing::info!(%node, session, "node registered");
-        welcome(session, false)
-    }
-
-    /// The order that brings `node` (registered, not ready) in line with the others.
-    fn restore_frame(&mut self, node: &str) -> CoordinatorFrame {
-        let colour = self.engine.as_ref().map_or(Round::ZERO, Engine::last_round);
-        match &mut self.recovery {
-            // A recovery is under way: this node is one more to restore before all resume.
-            Some(r) => {
-                r.waiting.insert(node.to_owned());
-                CoordinatorFrame::Restore {
-                    recovery: r.seq,
-                    line: r.line.as_ref().map(|m| m.id),
-                    colour,
-                    incarnation: self.incarnation,
-                }
-            }
-            // The others run: this node restores the newest line (no checkpoint commits
-            // without its objects) and runs once restored.
-            None => CoordinatorFrame::Restore {
-                recovery: 0,
-                line: self
-                    .engine
-                    .as_ref()
-                    .map(Engine::last_committed)
-                    .filter(|l| *l != CheckpointId::ZERO),
-                colour,
-                incarnation: self.incarnation,
-            },
-        }
-    }
-
-    async fn add_objects(&mut self, node: &str, objects: Vec<ObjectId>) {
-        for object in objects {
-            let owner = self.placement.get(&object);
-            if owner.is_some_and(|o| o != node && self.nodes.get(o).is_some_and(|n| !n.dead)) {
-                tracing::error!(%object, %node, "object already hosted by another live node; ignored");
-                continue;
-            }
-            let known = owner.is_some();
-            self.placement.insert(object.clone(), node.to_owned());
-            if !known {
-                self.feed(Event::Join { object }).await;
-            }
-        }
-    }
-
-    /// A node's connection is gone: the attempt it takes part in aborts now.
-    async fn node_lost(&mut self, node: &str) {
-        if let Some(n) = self.nodes.get_mut(node) {
-            n.ready = n.ready && !n.dead;
-        }
-        if let Some(p) = &mut self.pending_commit
-            && p.waiting.contains(node)
-        {
-            let round = p.round;
-            self.pending_commit = None;
-            self.feed(Event::CommitResult {
-                round,
-                outcome: CommitOutcome::Failed {
-                    reason: format!("node {node} was lost while sealing its channel state"),
-                },
-            })
-            .await;
-        }
-        if let Some(r) = &mut self.recovery {
-            r.waiting.remove(node);
-            if r.waiting.is_empty() {
-                self.finish_recovery().await;
-            }
-        }
-        let in_flight = self.engine.as_ref().and_then(Engine::in_flight);
-        if let Some((_, round)) = in_flight
-            && let Some(object) = self
-                .placement
-                .iter()
-                .find(|(_, n)| n.as_str() == node)
-                .map(|(o, _)| o.clone())
-        {
-            self.feed(Event::Vote {
-                round,
-                object,
-                vote: Vote::No {
-                    reason: format!("its node {node} was lost"),
-                },
-            })
-            .await;
-        }
-    }
-
-    async fn on_frame(&mut self, node: String, frame: NodeFrame) {
+        let host = HostId::new(&node);
         match frame {
-            NodeFrame::Heartbeat | NodeFrame::Register { .. } | NodeFrame::Control(_) => {}
+            NodeFrame::Heartbeat | NodeFrame::Register { .. } | NodeFrame::Control(_) => Ok(()),
             NodeFrame::Spawned { objects } => {
-                self.add_objects(&node, objects).await;
-                self.push_placement();
+                core.feed_all(objects.into_iter().map(|object| Event::Join {
+                    object,
+                    host: host.clone(),
+                }))
+                .await?;
+                core.transport.push_placement(&core.engine);
+                Ok(())
             }
             NodeFrame::Votes {
                 round,
@@ -971,515 +1023,81 @@ impl Server {
                 bytes,
                 pause_max_us,
             } => {
-                if self.in_flight_round() == Some(round) {
-                    self.attempt_bytes = self.attempt_bytes.saturating_add(bytes);
-                    let longest = self.attempt_pauses.entry(node.clone()).or_default();
+                if core.engine.in_flight().is_some_and(|(_, r)| r == round) {
+                    let t = &mut core.transport;
+                    t.attempt_bytes = t.attempt_bytes.saturating_add(bytes);
+                    let longest = t.attempt_pauses.entry(node.clone()).or_default();
                     *longest = (*longest).max(Duration::from_micros(pause_max_us));
                 }
-                for (object, vote) in votes {
-                    if self.placement.get(&object) != Some(&node) {
-                        continue;
-                    }
-                    let vote = match vote {
-                        WireVote::Yes {
-                            entry,
-                            sent,
-                            received,
-                        } => Vote::Yes(Ballot {
-                            state: entry.map_or(VotedState::Unchanged, VotedState::Written),
-                            sent,
-                            received,
-                        }),
-                        WireVote::No { reason } => Vote::No { reason },
-                    };
-                    self.feed(Event::Vote {
+                let placement = core.engine.placement();
+                let events: Vec<Event<Local>> = votes
+                    .into_iter()
+                    // A node votes for its own objects only.
+                    .filter(|(object, _)| placement.get(object) == Some(&host))
+                    .map(|(object, vote)| Event::Vote {
                         round,
                         object,
-                        vote,
+                        vote: match vote {
+                            WireVote::Yes {
+                                entry,
+                                sent,
+                                received,
+                            } => Vote::Yes(Ballot {
+                                state: entry.map_or(VotedState::Unchanged, VotedState::Written),
+                                sent,
+                                received,
+                            }),
+                            WireVote::No { reason } => Vote::No { reason },
+                        },
                     })
-                    .await;
-                }
+                    .collect();
+                core.feed_all(events).await
             }
             NodeFrame::ChannelState { round, entries } => {
-                if self.in_flight_round() == Some(round) {
-                    self.channel_nodes.insert(node);
-                    let bytes: u64 = entries.iter().map(|e| e.location.len).sum();
-                    self.attempt_bytes = self.attempt_bytes.saturating_add(bytes);
+                if core.engine.in_flight().is_some_and(|(_, r)| r == round) {
+                    let bytes = entries
+                        .iter()
+                        .fold(0u64, |sum, e| sum.saturating_add(e.location.len));
+                    let t = &mut core.transport;
+                    t.attempt_bytes = t.attempt_bytes.saturating_add(bytes);
                 }
-                self.feed(Event::ChannelState {
+                core.feed(Event::ChannelState {
                     round,
+                    host,
                     records: entries,
                 })
-                .await;
+                .await
             }
             NodeFrame::Sealed { round, result } => {
-                let Some(p) = self.pending_commit.as_mut().filter(|p| p.round == round) else {
-                    return;
-                };
-                if let Err(reason) = result {
-                    self.pending_commit = None;
-                    self.feed(Event::CommitResult {
-                        round,
-                        outcome: CommitOutcome::Failed {
-                            reason: format!(
-                                "node {node} could not seal its channel state: {reason}"
-                            ),
-                        },
-                    })
-                    .await;
-                    return;
-                }
-                p.waiting.remove(&node);
-                if p.waiting.is_empty()
-                    && let Some(p) = self.pending_commit.take()
-                {
-                    let outcome = self.commit(p.id, p.round, p.ballots, p.in_transit).await;
-                    self.feed(Event::CommitResult { round, outcome }).await;
-                }
-            }
-            NodeFrame::Restored { recovery, result } => {
-                if let Err(e) = &result {
-                    tracing::error!(%node, error = %e, "node failed to restore; it stays held");
-                    return;
-                }
-                if recovery == 0 {
-                    // A joining node restored its objects: it runs from now on.
-                    if let Some(n) = self.nodes.get_mut(&node) {
-                        n.ready = true;
-                        n.send(CoordinatorFrame::Release {
-                            incarnation: self.incarnation,
-                        });
-                    }
-                    return;
-                }
-                if let Some(r) = &mut self.recovery
-                    && r.seq == recovery
-                {
-                    r.waiting.remove(&node);
-                    if r.waiting.is_empty() {
-                        self.finish_recovery().await;
-                    }
-                }
-            }
-        }
-    }
-
-    /// Rolls every live node back to the recovery line.
-    async fn start_recovery(&mut self) {
-        // An attempt waiting for its channel state to be sealed is committing, which a halt
-        // does not abort: fail it, or the engine would keep it and never resume.
-        if let Some(p) = self.pending_commit.take() {
-            self.feed(Event::CommitResult {
-                round: p.round,
-                outcome: CommitOutcome::Failed {
-                    reason: "a cohort recovery started before its channel state was sealed".into(),
-                },
-            })
-            .await;
-        }
-        let Some(engine) = self.engine.as_mut() else {
-            return;
-        };
-        let now = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let commands = engine.handle(now, Event::Halt);
-        for c in commands {
-            self.execute(c).await;
-        }
-        let line = match recovery_line(&self.store).await {
-            Ok(line) => line,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the recovery line; recovery retried at the next loss");
-                None
-            }
-        };
-        self.recovery_seq += 1;
-        self.incarnation += 1;
-        let colour = self.engine.as_ref().map_or(Round::ZERO, Engine::last_round);
-        let mut waiting = BTreeSet::new();
-        for (name, n) in &mut self.nodes {
-            // A node away now (within its timeout) restores when it resumes.
-            n.ready = false;
-            if n.conn.is_some() && !n.dead {
-                n.send(CoordinatorFrame::Restore {
-                    recovery: self.recovery_seq,
-                    line: line.as_ref().map(|m| m.id),
-                    colour,
-                    incarnation: self.incarnation,
-                });
-                waiting.insert(name.clone());
-            }
-        }
-        self.recoveries += 1;
-        if let Some(m) = &self.config.metrics {
-            m.record_recovery();
-        }
-        self.recovery = Some(Recovery {
-            seq: self.recovery_seq,
-            line,
-            waiting,
-            deadline: None,
-        });
-        if self.recovery.as_ref().is_some_and(|r| r.waiting.is_empty()) {
-            self.finish_recovery().await;
-        }
-    }
-
-    /// Every live node restored: fence, release, resume.
-    async fn finish_recovery(&mut self) {
-        let Some(recovery) = self.recovery.take() else {
-            return;
-        };
-        let Some(epoch) = self.engine.as_ref().map(Engine::epoch) else {
-            return;
-        };
-        let mut last = self
-            .engine
-            .as_ref()
-            .map_or(CheckpointId::ZERO, Engine::last_committed);
-        // A takeover's line is already this epoch's fence, and the newest manifest.
-        let fenced_already = recovery
-            .line
-            .as_ref()
-            .is_some_and(|l| l.epoch == epoch && l.kind == ManifestKind::Fence && l.id == last);
-        if let Some(line) = recovery.line.as_ref().filter(|_| !fenced_already) {
-            match self.write_fence(epoch, line).await {
-                Ok(fence) => {
-                    last = fence.id;
-                    self.last_manifest = Some(Arc::new(fence));
-                }
-                Err(Error::Fenced { .. }) => {
-                    self.fenced = true;
-                    tracing::error!("fenced while recovering: a newer coordinator leads");
-                    return;
-                }
-                Err(e) => tracing::error!(error = %e, "cannot write the fence manifest"),
-            }
-        }
-        for n in self.nodes.values_mut() {
-            if n.conn.is_some() && !n.dead {
-                n.ready = true;
-                n.send(CoordinatorFrame::Release {
-                    incarnation: self.incarnation,
-                });
-            }
-        }
-        tracing::info!(line = ?recovery.line.as_ref().map(|m| m.id), fence = %last, "cohort recovered");
-        self.feed(Event::Resume {
-            epoch,
-            last_committed: last,
-        })
-        .await;
-    }
-
-    async fn write_fence(&self, epoch: u64, line: &Manifest) -> Result<Manifest> {
-        let mut last_error = None;
-        for _ in 0..8 {
-            let newest = self
-                .store
-                .committed_ids()
-                .await?
-                .last()
-                .copied()
-                .unwrap_or(CheckpointId::ZERO);
-            let mut fence = Manifest::new(
-                newest.next(),
-                epoch,
-                (self.config.clock)(),
-                format!("e{epoch}-fence-{}", self.recovery_seq),
-            );
-            fence.parent = (newest != CheckpointId::ZERO).then_some(newest);
-            fence.kind = ManifestKind::Fence;
-            fence.objects = line.objects.clone();
-            fence.in_transit = line.in_transit.clone();
-            fence.metadata = line.metadata.clone();
-            match self.store.commit(&fence).await {
-                Ok(()) => return Ok(fence),
-                Err(e @ cohort_checkpoint::Error::Conflict { .. }) => last_error = Some(e),
-                Err(e) if e.is_fenced() => return Err(Error::Fenced { epoch }),
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(last_error.map_or(Error::COHORT_STOPPED, Error::from))
-    }
-
-    async fn feed(&mut self, event: Event<Local>) {
-        let mut queue = VecDeque::new();
-        queue.push_back(event);
-        while let Some(event) = queue.pop_front() {
-            let now = self.now_ms();
-            let Some(engine) = self.engine.as_mut() else {
-                return;
-            };
-            for command in engine.handle(now, event) {
-                if let Some(next) = self.execute(command).await {
-                    queue.push_back(next);
-                }
-            }
-        }
-    }
-
-    fn token(&self, round: Round) -> String {
-        let epoch = self.engine.as_ref().map_or(0, Engine::epoch);
-        format!("e{epoch}-r{}", round.0)
-    }
-
-    async fn execute(&mut self, command: Command<Local>) -> Option<Event<Local>> {
-        match command {
-            Command::Prepare {
-                id,
-                round,
-                participants,
-            } => {
-                self.attempt_started = Some(Instant::now());
-                self.attempt_bytes = 0;
-                self.attempt_pauses.clear();
-                self.channel_nodes.clear();
-                self.prepared.clear();
-                let mut by_node: BTreeMap<&str, Vec<ObjectId>> = BTreeMap::new();
-                let mut absent = None;
-                for p in &participants {
-                    match self.placement.get(p).and_then(|n| {
-                        self.nodes
-                            .get(n)
-                            .filter(|s| s.ready && s.conn.is_some())
-                            .map(|_| n)
-                    }) {
-                        Some(n) => by_node.entry(n.as_str()).or_default().push(p.clone()),
-                        None => {
-                            absent = Some(p.clone());
-                            break;
-                        }
-                    }
-                }
-                if let Some(object) = absent {
-                    let node = self.placement.get(&object).cloned().unwrap_or_default();
-                    return Some(Event::Vote {
-                        round,
-                        object,
-                        vote: Vote::No {
-                            reason: format!("its node {node:?} is not connected"),
-                        },
-                    });
-                }
-                let token = self.token(round);
-                tracing::debug!(checkpoint = %id, %round, participants = participants.len(), nodes = by_node.len(), "prepare");
-                for (node, objects) in by_node {
-                    if let Some(n) = self.nodes.get(node) {
-                        self.prepared.insert(node.to_owned());
-                        n.send(CoordinatorFrame::Prepare {
-                            id,
-                            round,
-                            token: token.clone(),
-                            objects,
-                        });
-                    }
-                }
-                None
-            }
-            Command::Commit {
-                id,
-                round,
-                ballots,
-                in_transit,
-            } => {
-                if self.channel_nodes.is_empty() {
-                    let outcome = self
-                        .commit(id, round, ballots, in_transit)
-                        .instrument(tracing::info_span!("checkpoint", checkpoint = %id, %round))
-                        .await;
-                    return Some(Event::CommitResult { round, outcome });
-                }
-                let waiting = std::mem::take(&mut self.channel_nodes);
-                // A node lost since it reported channel state cannot seal it: the `Seal` would
-                // reach nobody and nothing would end the wait.
-                if let Some(lost) = waiting
-                    .iter()
-                    .find(|n| self.nodes.get(*n).is_none_or(|s| s.conn.is_none()))
-                {
-                    return Some(Event::CommitResult {
-                        round,
-                        outcome: CommitOutcome::Failed {
-                            reason: format!(
-                                "node {lost} was lost before sealing its channel state"
-                            ),
-                        },
-                    });
-                }
-                for node in &waiting {
-                    if let Some(n) = self.nodes.get(node) {
-                        n.send(CoordinatorFrame::Seal { round });
-                    }
-                }
-                self.pending_commit = Some(PendingCommit {
-                    id,
+                core.feed(Event::Sealed {
                     round,
-                    ballots,
-                    in_transit,
-                    waiting,
-                });
-                None
+                    host,
+                    result,
+                })
+                .await
             }
-            Command::Decided {
-                id,
-                round,
-                decision,
-                participants: _,
+            NodeFrame::Restored {
+                recovery,
+                result,
+                damaged,
             } => {
-                let committed = decision == crate::engine::Decision::Committed;
-                if let crate::engine::Decision::Aborted(reason) = &decision {
-                    self.aborted += 1;
-                    tracing::warn!(checkpoint = %id, %round, %reason, "checkpoint aborted");
-                    if let Some(m) = &self.config.metrics {
-                        // Aborted before the commit point, or the commit point failed.
-                        match reason {
-                            AbortReason::Store { .. } | AbortReason::Conflict => m.record_failed(),
-                            _ => m.record_aborted(),
-                        }
-                    }
-                } else {
-                    self.committed += 1;
-                    tracing::info!(checkpoint = %id, %round, "checkpoint committed");
-                    if let Some(m) = &self.config.metrics {
-                        let took = self.attempt_started.map(|t| t.elapsed());
-                        m.record_committed(took, Some(self.attempt_bytes));
-                        for pause in self.attempt_pauses.values() {
-                            m.record_pause(*pause);
-                        }
-                    }
-                }
-                // An attempt that never got to its prepare (a participant's node was away)
-                // has nobody to tell.
-                for node in std::mem::take(&mut self.prepared) {
-                    if let Some(n) = self.nodes.get_mut(&node) {
-                        n.last_decided = Some((id, round, committed));
-                        n.send(CoordinatorFrame::Decided {
-                            id,
-                            round,
-                            committed,
-                        });
-                    }
-                }
-                None
-            }
-            Command::Discard { id, round } => {
-                let store = self.store.clone();
-                let token = self.token(round);
-                tokio::spawn(async move {
-                    if let Err(e) = store.discard_round(id, &token).await {
-                        tracing::warn!(checkpoint = %id, round = %token, error = %e, "could not discard an aborted round's blobs; gc will");
+                let result = result.map_err(|reason| {
+                    tracing::error!(%node, error = %reason, damaged, "node failed to restore");
+                    if damaged {
+                        RestoreFailure::Damaged { reason }
+                    } else {
+                        RestoreFailure::Refused { reason }
                     }
                 });
-                None
+                core.feed(Event::Restored {
+                    recovery,
+                    host,
+                    result,
+                })
+                .await
             }
-            Command::Reply { request, result } => {
-                if let Some(reply) = self.triggers.remove(&request) {
-                    let (epoch, next) = self.engine.as_ref().map_or((0, CheckpointId::ZERO), |e| {
-                        (e.epoch(), e.last_committed().next())
-                    });
-                    let _ = reply.send(result.map_err(|f| match f {
-                        TriggerFailure::Aborted(reason) => Error::Aborted { id: next, reason },
-                        TriggerFailure::Fenced => Error::Fenced { epoch },
-                    }));
-                }
-                None
-            }
-            Command::Health(_) => None,
         }
     }
-
-    /// Builds the manifest from the ballots and creates it: the commit point.
-    async fn commit(
-        &mut self,
-        id: CheckpointId,
-        round: Round,
-        ballots: BTreeMap<ObjectId, Ballot<ObjectEntry>>,
-        in_transit: Vec<InTransitEntry>,
-    ) -> CommitOutcome {
-        let Some(engine) = self.engine.as_ref() else {
-            return CommitOutcome::Failed {
-                reason: "no longer leading".into(),
-            };
-        };
-        let (epoch, last) = (engine.epoch(), engine.last_committed());
-        let mut manifest = Manifest::new(id, epoch, (self.config.clock)(), self.token(round));
-        manifest.parent = (last != CheckpointId::ZERO).then_some(last);
-        let mut counters = BTreeMap::new();
-        for (object, ballot) in ballots {
-            let entry = match ballot.state {
-                VotedState::Written(entry) => entry,
-                VotedState::Unchanged => match self
-                    .last_manifest
-                    .as_ref()
-                    .and_then(|m| m.objects.get(&object))
-                {
-                    Some(e) => e.clone(),
-                    None => {
-                        return CommitOutcome::Failed {
-                            reason: format!(
-                                "{object} reported no change but the previous line has no entry for it"
-                            ),
-                        };
-                    }
-                },
-            };
-            counters.insert(object.clone(), (ballot.sent, ballot.received));
-            manifest.objects.insert(object, entry);
-        }
-        let table = self.table();
-        let encoded = rmp_serde::to_vec(&counters).and_then(|c| Ok((c, table.encode()?)));
-        match encoded {
-            Ok((c, t)) => {
-                manifest.metadata.insert(COUNTERS_KEY.to_owned(), c);
-                manifest.metadata.insert(STATE_TABLE_KEY.to_owned(), t);
-            }
-            Err(e) => {
-                return CommitOutcome::Failed {
-                    reason: format!("encoding the metadata failed: {e}"),
-                };
-            }
-        }
-        if let Some(hook) = &self.config.metadata {
-            manifest.metadata.extend(hook(&table));
-        }
-        manifest.in_transit = in_transit;
-        let manifest = Arc::new(manifest);
-        let outcome = match self.store.commit_shared(&manifest).await {
-            Ok(()) => CommitOutcome::Committed,
-            Err(e) if e.is_fenced() => {
-                self.fenced = true;
-                CommitOutcome::Fenced
-            }
-            Err(cohort_checkpoint::Error::Conflict { .. }) => {
-                let newest = self
-                    .store
-                    .committed_ids()
-                    .await
-                    .ok()
-                    .and_then(|ids| ids.last().copied());
-                CommitOutcome::Conflict {
-                    newest: newest.unwrap_or(id).max(id),
-                }
-            }
-            Err(e) => match self.store.read_manifest(id).await {
-                Ok(m) if m.round == manifest.round && m.epoch == manifest.epoch => {
-                    CommitOutcome::Committed
-                }
-                _ => CommitOutcome::Failed {
-                    reason: e.to_string(),
-                },
-            },
-        };
-        if outcome == CommitOutcome::Committed {
-            tracing::debug!(checkpoint = %id, elapsed = ?self.attempt_started.map(|t| t.elapsed()), "manifest created");
-            self.last_manifest = Some(manifest);
-        }
-        outcome
-    }
-}
-
-/// The recovery line's manifest.
-async fn recovery_line(store: &CheckpointStore) -> Result<Option<Arc<Manifest>>> {
-    Ok(store.recovery_line().await?.map(|l| Arc::new(l.manifest)))
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
@@ -1487,10 +1105,4 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
     }
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

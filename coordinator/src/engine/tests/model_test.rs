@@ -1,5 +1,6 @@
 //! Property test: random event sequences (duplicates, stale and future rounds, strangers,
-//! timeouts, halts, store answers) never break the protocol's invariants.
+//! timeouts, store answers, hosts lost, restarted and back, recoveries asked for and caused,
+//! damaged and moved lines, deposition) never break the protocol's invariants.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -11,8 +12,7 @@ use super::*;
 enum Op {
     Advance(u64),
     Trigger,
-    Join(u8),
-    Leave(u8),
+    Join(u8, u8),
     /// `round_delta`: -1 stale, 0 current, 1 future.
     Vote {
         round_delta: i8,
@@ -23,42 +23,74 @@ enum Op {
     },
     Records {
         round_delta: i8,
+        host: u8,
         count: u8,
+    },
+    Sealed {
+        round_delta: i8,
+        host: u8,
+        ok: bool,
     },
     Result {
         round_delta: i8,
         outcome: u8,
     },
-    Halt,
-    Resume {
-        bump: u8,
+    HostLost(u8),
+    HostUp {
+        host: u8,
+        resumed: bool,
     },
+    Recover,
+    /// Answers the newest `ReadLine`: `line` 0 none, else an id; `fail` the store failed.
+    LineRead {
+        line: u8,
+        fail: bool,
+    },
+    Restored {
+        host: u8,
+        outcome: u8,
+    },
+    Fence {
+        outcome: u8,
+    },
+    Deposed,
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => (0u64..700).prop_map(Op::Advance),
         2 => Just(Op::Trigger),
-        1 => (0u8..6).prop_map(Op::Join),
-        1 => (0u8..6).prop_map(Op::Leave),
+        1 => (0u8..6, 0u8..3).prop_map(|(o, h)| Op::Join(o, h)),
         8 => (-1i8..=1, 0u8..6, prop::bool::weighted(0.9), 0u8..4, 0u8..4)
             .prop_map(|(round_delta, object, yes, sent, received)| Op::Vote { round_delta, object, yes, sent, received }),
-        3 => (-1i8..=1, 0u8..3).prop_map(|(round_delta, count)| Op::Records { round_delta, count }),
+        3 => (-1i8..=1, 0u8..3, 0u8..3).prop_map(|(round_delta, host, count)| Op::Records { round_delta, host, count }),
+        2 => (-1i8..=1, 0u8..3, prop::bool::weighted(0.9)).prop_map(|(round_delta, host, ok)| Op::Sealed { round_delta, host, ok }),
         3 => (-1i8..=1, 0u8..6).prop_map(|(round_delta, outcome)| Op::Result { round_delta, outcome }),
-        1 => Just(Op::Halt),
-        1 => (0u8..3).prop_map(|bump| Op::Resume { bump }),
+        1 => (0u8..3).prop_map(Op::HostLost),
+        1 => (0u8..3, any::<bool>()).prop_map(|(host, resumed)| Op::HostUp { host, resumed }),
+        1 => Just(Op::Recover),
+        2 => (0u8..4, prop::bool::weighted(0.1)).prop_map(|(line, fail)| Op::LineRead { line, fail }),
+        3 => (0u8..3, 0u8..10).prop_map(|(host, outcome)| Op::Restored { host, outcome }),
+        2 => (0u8..8).prop_map(|outcome| Op::Fence { outcome }),
+        1 => prop::bool::weighted(0.05).prop_map(|_| Op::Deposed),
     ]
 }
 
-/// (id, round, participants, first yes ballots, records, commit requested)
-type ModelAttempt = (
-    u64,
-    u64,
-    BTreeSet<ObjectId>,
-    BTreeMap<ObjectId, (u64, u64)>,
-    usize,
-    bool,
-);
+fn host_of(i: u8) -> HostId {
+    host(["a", "b", "c"][usize::from(i % 3)])
+}
+
+/// One attempt as the model sees it.
+struct ModelAttempt {
+    id: u64,
+    round: u64,
+    participants: BTreeSet<ObjectId>,
+    first_votes: BTreeMap<ObjectId, (u64, u64)>,
+    records: usize,
+    /// The seal was asked for: records and votes no longer count.
+    sealing: bool,
+    commit_requested: bool,
+}
 
 /// What the test knows independently of the engine, from the events it fed and the commands
 /// it saw.
@@ -66,10 +98,17 @@ type ModelAttempt = (
 struct Model {
     known_last: u64,
     last_round: u64,
-    epoch: u64,
     attempt: Option<ModelAttempt>,
     answered: BTreeSet<u64>,
     committed: Vec<u64>,
+    /// The recovery in progress: its number, and the line read for it.
+    recovery: Option<(u64, Option<u64>)>,
+    recovered: BTreeSet<u64>,
+    incarnation: u64,
+    deposed: bool,
+    /// The newest `ReadLine` and `WriteFence` asked for, to answer.
+    read_line: Option<u64>,
+    write_fence: Option<(u64, u64)>,
 }
 
 fn round_of(engine: &Engine<T>, delta: i8) -> Round {
@@ -81,30 +120,51 @@ fn round_of(engine: &Engine<T>, delta: i8) -> Round {
     )
 }
 
-fn check(model: &mut Model, out: &[Command<T>]) -> Result<(), TestCaseError> {
+fn check(model: &mut Model, epoch: u64, out: &[Command<T>]) -> Result<(), TestCaseError> {
     let mut i = 0;
     while i < out.len() {
-        match &out[i] {
-            Command::Prepare {
-                id,
-                round,
-                participants,
-            } => {
+        let command = &out[i];
+        if model.deposed {
+            prop_assert!(
+                !matches!(
+                    command,
+                    Command::Commit { .. } | Command::WriteFence { .. } | Command::Discard { .. }
+                ),
+                "a deposed engine wrote to the store: {:?}",
+                command
+            );
+        }
+        match command {
+            Command::Prepare { id, round, hosts } => {
                 prop_assert!(
                     model.attempt.is_none(),
                     "a second attempt started while one is in flight"
                 );
+                prop_assert!(
+                    model.recovery.is_none(),
+                    "an attempt started during a recovery"
+                );
                 prop_assert_eq!(id.get(), model.known_last + 1, "ids must be contiguous");
                 prop_assert!(round.0 > model.last_round, "rounds are never reused");
                 model.last_round = round.0;
-                model.attempt = Some((
-                    id.get(),
-                    round.0,
-                    participants.iter().cloned().collect(),
-                    BTreeMap::new(),
-                    0,
-                    false,
-                ));
+                model.attempt = Some(ModelAttempt {
+                    id: id.get(),
+                    round: round.0,
+                    participants: hosts.values().flatten().cloned().collect(),
+                    first_votes: BTreeMap::new(),
+                    records: 0,
+                    sealing: false,
+                    commit_requested: false,
+                });
+            }
+            Command::Seal { round, .. } => {
+                let a = model
+                    .attempt
+                    .as_mut()
+                    .ok_or_else(|| TestCaseError::fail("seal without attempt"))?;
+                prop_assert_eq!(round.0, a.round);
+                prop_assert!(!a.sealing, "sealed twice");
+                a.sealing = true;
             }
             Command::Commit {
                 id,
@@ -116,61 +176,79 @@ fn check(model: &mut Model, out: &[Command<T>]) -> Result<(), TestCaseError> {
                     .attempt
                     .as_mut()
                     .ok_or_else(|| TestCaseError::fail("commit without attempt"))?;
-                prop_assert_eq!((id.get(), round.0), (a.0, a.1));
-                prop_assert!(!a.5, "commit requested twice");
+                prop_assert_eq!((id.get(), round.0), (a.id, a.round));
+                prop_assert!(!a.commit_requested, "commit requested twice");
                 let keys: BTreeSet<_> = ballots.keys().cloned().collect();
                 prop_assert_eq!(
                     &keys,
-                    &a.2,
+                    &a.participants,
                     "commit needs a yes vote from every participant"
                 );
-                let expected: i128 =
-                    a.3.values()
-                        .map(|(s, r)| i128::from(*s) - i128::from(*r))
-                        .sum();
+                let expected: i128 = a
+                    .first_votes
+                    .values()
+                    .map(|(s, r)| i128::from(*s) - i128::from(*r))
+                    .sum();
                 prop_assert_eq!(
                     in_transit.len() as i128,
                     expected,
                     "commit needs complete channel state"
                 );
-                prop_assert_eq!(in_transit.len(), a.4);
+                prop_assert_eq!(in_transit.len(), a.records);
                 for (k, b) in ballots {
                     prop_assert_eq!(
                         Some(&(b.sent, b.received)),
-                        a.3.get(k),
+                        a.first_votes.get(k),
                         "the first vote counts"
                     );
                 }
-                a.5 = true;
+                a.commit_requested = true;
             }
             Command::Decided {
                 id,
                 round,
                 decision,
-                ..
+                hosts,
             } => {
-                let a = model
-                    .attempt
-                    .take()
-                    .ok_or_else(|| TestCaseError::fail("decision without attempt"))?;
-                prop_assert_eq!((id.get(), round.0), (a.0, a.1));
+                let Some(a) = model.attempt.take() else {
+                    // An attempt whose host was away aborts before its prepare: nobody is
+                    // told, nothing is discarded.
+                    prop_assert!(
+                        matches!(decision, Decision::Aborted(AbortReason::HostAway { .. }))
+                            && hosts.is_empty(),
+                        "decision without attempt: {:?}",
+                        command
+                    );
+                    prop_assert_eq!(id.get(), model.known_last + 1, "ids must be contiguous");
+                    prop_assert!(round.0 > model.last_round, "rounds are never reused");
+                    model.last_round = round.0;
+                    i += 1;
+                    continue;
+                };
+                prop_assert_eq!((id.get(), round.0), (a.id, a.round));
                 match decision {
                     Decision::Committed => {
-                        prop_assert!(a.5, "committed without a commit request");
+                        prop_assert!(a.commit_requested, "committed without a commit request");
                         prop_assert_eq!(id.get(), model.known_last + 1);
                         model.known_last = id.get();
                         model.committed.push(id.get());
                     }
-                    Decision::Aborted(_) => {
+                    Decision::Aborted(reason) => {
+                        let discard = Command::Discard {
+                            id: *id,
+                            round: *round,
+                        };
+                        let discards = out.get(i + 1) == Some(&discard);
+                        let must =
+                            !hosts.is_empty() && !model.deposed && *reason != AbortReason::Fenced;
                         prop_assert_eq!(
-                            out.get(i + 1),
-                            Some(&Command::Discard {
-                                id: *id,
-                                round: *round
-                            }),
-                            "every abort discards its round"
+                            discards,
+                            must,
+                            "an abort discards its round exactly when something was prepared and it may still write"
                         );
-                        i += 1;
+                        if discards {
+                            i += 1;
+                        }
                     }
                 }
             }
@@ -179,6 +257,68 @@ fn check(model: &mut Model, out: &[Command<T>]) -> Result<(), TestCaseError> {
                 prop_assert!(model.answered.insert(request.0), "a trigger answered twice");
             }
             Command::Health(h) => prop_assert_eq!(h.healthy, h.consecutive_failures <= 1),
+            Command::Recovering { recovery, .. } => {
+                model.recovery = Some((*recovery, None));
+            }
+            Command::ReadLine { recovery, .. } => {
+                prop_assert_eq!(model.recovery.map(|r| r.0), Some(*recovery));
+                prop_assert!(
+                    model.attempt.is_none(),
+                    "the line is read while a create is in flight"
+                );
+                model.read_line = Some(*recovery);
+            }
+            Command::Restore {
+                recovery,
+                incarnation,
+                line,
+                ..
+            } => {
+                if *recovery == 0 {
+                    prop_assert!(model.recovery.is_none());
+                } else {
+                    let (seq, read) = model
+                        .recovery
+                        .ok_or_else(|| TestCaseError::fail("restore without a recovery"))?;
+                    prop_assert_eq!(seq, *recovery);
+                    prop_assert_eq!(read, line.map(CheckpointId::get));
+                    prop_assert!(*incarnation >= model.incarnation, "incarnations go back");
+                }
+                model.incarnation = model.incarnation.max(*incarnation);
+            }
+            Command::WriteFence {
+                recovery,
+                epoch: e,
+                line,
+                ..
+            } => {
+                prop_assert_eq!(*e, epoch, "a fence of another epoch");
+                let (seq, read) = model
+                    .recovery
+                    .ok_or_else(|| TestCaseError::fail("fence without a recovery"))?;
+                prop_assert_eq!(seq, *recovery);
+                prop_assert_eq!(
+                    read,
+                    Some(line.get()),
+                    "the fence points at the line restored"
+                );
+                model.write_fence = Some((*recovery, line.get()));
+            }
+            Command::Release { incarnation, .. } => {
+                prop_assert_eq!(*incarnation, model.incarnation);
+            }
+            Command::Recovered {
+                recovery, requests, ..
+            } => {
+                for r in requests {
+                    prop_assert!(model.recovered.insert(r.0), "a recovery answered twice");
+                }
+                if *recovery != 0 {
+                    prop_assert_eq!(model.recovery.map(|r| r.0), Some(*recovery));
+                }
+                model.recovery = None;
+            }
+            Command::Deposed { .. } => model.deposed = true,
         }
         i += 1;
     }
@@ -186,35 +326,50 @@ fn check(model: &mut Model, out: &[Command<T>]) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 768, ..ProptestConfig::default() })]
 
     #[test]
-    fn invariants_hold(ops in prop::collection::vec(op(), 1..120), members in 0u8..4) {
-        let mut e = engine_with(Config { interval_ms: Some(300), min_pause_ms: 50, ..config() }, members, 0);
-        let mut m = Model { epoch: 1, ..Model::default() };
+    fn invariants_hold(ops in prop::collection::vec(op(), 1..160), hosted in any::<bool>()) {
+        let hosting = if hosted { Hosting::Hosted } else { Hosting::InProcess };
+        let mut e = Engine::<T>::new(
+            Config { interval_ms: Some(300), min_pause_ms: 50, hosting, ..config() },
+            Start {
+                now_ms: 0,
+                epoch: 1,
+                last_committed: cid(0),
+                round_floor: Round::ZERO,
+                incarnation_floor: 0,
+                ready_hosts: vec![host("a"), host("b"), host("c")],
+            },
+        );
+        let mut m = Model::default();
         let mut now = 0;
-        let mut next_trigger = 0;
+        let (mut next_trigger, mut next_recover) = (0, 0);
         for op in ops {
             let event = match op {
                 Op::Advance(d) => { now += d; Event::Tick }
                 Op::Trigger => { next_trigger += 1; Event::Trigger { request: TriggerId(next_trigger) } }
-                Op::Join(i) => Event::Join { object: obj(i) },
-                Op::Leave(i) => Event::Leave { object: obj(i) },
+                Op::Join(o, h) => Event::Join { object: obj(o), host: host_of(h) },
                 Op::Vote { round_delta, object, yes: y, sent, received } => {
                     let round = round_of(&e, round_delta);
                     let vote = if y { yes(1, sent.into(), received.into()) } else { Vote::No { reason: "no".into() } };
-                    if let Some(a) = m.attempt.as_mut().filter(|a| y && a.1 == round.0 && !a.5 && a.2.contains(&obj(object))) {
-                        a.3.entry(obj(object)).or_insert((sent.into(), received.into()));
+                    if let Some(a) = m.attempt.as_mut().filter(|a| y && a.round == round.0 && !a.sealing && !a.commit_requested && a.participants.contains(&obj(object))) {
+                        a.first_votes.entry(obj(object)).or_insert((sent.into(), received.into()));
                     }
                     Event::Vote { round, object: obj(object), vote }
                 }
-                Op::Records { round_delta, count } => {
+                Op::Records { round_delta, host, count } => {
                     let round = round_of(&e, round_delta);
-                    if let Some(a) = m.attempt.as_mut().filter(|a| a.1 == round.0 && !a.5) {
-                        a.4 += usize::from(count);
+                    if let Some(a) = m.attempt.as_mut().filter(|a| a.round == round.0 && !a.sealing && !a.commit_requested) {
+                        a.records += usize::from(count);
                     }
-                    Event::ChannelState { round, records: (0..count).map(|c| (0, 0, u64::from(c))).collect() }
+                    Event::ChannelState { round, host: host_of(host), records: (0..count).map(|c| (0, 0, u64::from(c))).collect() }
                 }
+                Op::Sealed { round_delta, host, ok } => Event::Sealed {
+                    round: round_of(&e, round_delta),
+                    host: host_of(host),
+                    result: if ok { Ok(()) } else { Err("io".into()) },
+                },
                 Op::Result { round_delta, outcome } => {
                     let round = round_of(&e, round_delta);
                     let newest = cid(m.known_last + 2);
@@ -224,27 +379,73 @@ proptest! {
                         4 => CommitOutcome::Conflict { newest },
                         _ => CommitOutcome::Fenced,
                     };
-                    if let (CommitOutcome::Conflict { newest }, Some(a)) = (&outcome, m.attempt.as_ref().filter(|a| a.1 == round.0 && a.5)) {
+                    if let CommitOutcome::Conflict { newest } = &outcome
+                        && m.attempt.as_ref().is_some_and(|a| a.round == round.0 && a.commit_requested)
+                    {
                         m.known_last = m.known_last.max(newest.get());
-                        let _ = a;
                     }
                     Event::CommitResult { round, outcome }
                 }
-                Op::Halt => Event::Halt,
-                Op::Resume { bump } => {
-                    let epoch = m.epoch + u64::from(bump);
-                    let last = cid(m.known_last + 1);
-                    if m.attempt.is_none() && epoch >= e.epoch() {
-                        m.epoch = epoch;
-                        m.known_last = m.known_last.max(last.get());
+                Op::HostLost(h) => Event::HostLost { host: host_of(h) },
+                Op::HostUp { host, resumed } => Event::HostUp { host: host_of(host), resumed },
+                Op::Recover => { next_recover += 1; Event::Recover { request: RecoverId(next_recover) } }
+                Op::LineRead { line, fail } => {
+                    let recovery = m.read_line.unwrap_or_else(|| m.recovery.map_or(0, |r| r.0));
+                    let result = if fail {
+                        Err("io".into())
+                    } else if line == 0 {
+                        Ok(None)
+                    } else {
+                        let id = m.known_last.saturating_sub(u64::from(line) - 1).max(1);
+                        let objects = e.members().iter().map(|o| (o.clone(), e.placement().get(o).cloned())).collect();
+                        Ok(Some(LineInfo { id: cid(id), objects }))
+                    };
+                    // Only the answer to the read in progress counts.
+                    if let (Ok(line), Some((seq, _)), Some(read)) = (&result, m.recovery, m.read_line)
+                        && seq == recovery
+                        && read == recovery
+                    {
+                        m.recovery = Some((seq, line.as_ref().map(|l| l.id.get())));
+                        m.read_line = None;
                     }
-                    Event::Resume { epoch, last_committed: last }
+                    Event::LineRead { recovery, result }
                 }
+                Op::Restored { host, outcome } => Event::Restored {
+                    recovery: if outcome == 9 { 0 } else { m.recovery.map_or(0, |r| r.0) },
+                    host: host_of(host),
+                    result: match outcome {
+                        7 => Err(RestoreFailure::Damaged { reason: "x".into() }),
+                        8 => Err(RestoreFailure::Refused { reason: "x".into() }),
+                        _ => Ok(()),
+                    },
+                },
+                Op::Fence { outcome } => {
+                    let (recovery, _) = m.write_fence.unwrap_or((0, 0));
+                    let outcome = match outcome {
+                        0..=3 => {
+                            let id = m.known_last + 1;
+                            FenceOutcome::Written { id: cid(id) }
+                        }
+                        4 => FenceOutcome::LineMoved,
+                        5 => FenceOutcome::Failed { reason: "io".into() },
+                        _ => FenceOutcome::Fenced,
+                    };
+                    let fencing = m.write_fence.is_some()
+                        && m.write_fence.map(|w| w.0) == m.recovery.map(|r| r.0);
+                    if let FenceOutcome::Written { id } = &outcome
+                        && fencing
+                    {
+                        m.known_last = m.known_last.max(id.get());
+                    }
+                    Event::FenceResult { recovery, outcome }
+                }
+                Op::Deposed => { m.deposed = true; Event::Deposed }
             };
             let out = e.handle(now, event);
-            check(&mut m, &out)?;
-            prop_assert_eq!(e.in_flight().map(|(id, r)| (id.get(), r.0)), m.attempt.as_ref().map(|a| (a.0, a.1)));
+            check(&mut m, e.epoch(), &out)?;
+            prop_assert_eq!(e.in_flight().map(|(id, r)| (id.get(), r.0)), m.attempt.as_ref().map(|a| (a.id, a.round)));
             prop_assert!(e.next_deadline_ms().is_none_or(|d| d >= now || e.in_flight().is_none()));
+            prop_assert_eq!(e.last_committed().get(), m.known_last);
         }
         prop_assert!(m.committed.windows(2).all(|w| w[0] < w[1]));
     }

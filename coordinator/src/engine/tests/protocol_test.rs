@@ -1,45 +1,13 @@
+//! One attempt: prepare, votes, channel state, seal, commit, decide, abort.
+
 use std::collections::BTreeMap;
 
 use super::*;
 
-fn prepare(id: u64, round: u64, n: u8) -> Command<T> {
-    Command::Prepare {
-        id: cid(id),
-        round: Round(round),
-        participants: (0..n).map(obj).collect(),
-    }
-}
-
-fn decided(id: u64, round: u64, decision: Decision, n: u8) -> Command<T> {
-    Command::Decided {
-        id: cid(id),
-        round: Round(round),
-        decision,
-        participants: (0..n).map(obj).collect(),
-    }
-}
-
-fn vote(e: &mut Engine<T>, now: u64, round: u64, i: u8, v: Vote<u32>) -> Vec<Command<T>> {
-    e.handle(
-        now,
-        Event::Vote {
-            round: Round(round),
-            object: obj(i),
-            vote: v,
-        },
-    )
-}
-
 #[test]
 fn trigger_prepare_vote_commit_decide_reply() {
     let mut e = engine_with(config(), 2, 6);
-    let out = e.handle(
-        10,
-        Event::Trigger {
-            request: TriggerId(1),
-        },
-    );
-    assert_eq!(out, vec![prepare(7, 1, 2)]);
+    assert_eq!(trigger(&mut e, 10, 1), vec![prepare(7, 1, 2)]);
 
     assert_eq!(vote(&mut e, 11, 1, 0, yes(100, 0, 0)), vec![]);
     let out = vote(&mut e, 12, 1, 1, yes(101, 0, 0));
@@ -86,7 +54,7 @@ fn trigger_prepare_vote_commit_decide_reply() {
                 request: TriggerId(1),
                 result: Ok(cid(7)),
             },
-            decided(7, 1, Decision::Committed, 2),
+            decided(7, 1, Decision::Committed, vec![local()]),
         ]
     );
     assert_eq!(e.last_committed(), cid(7));
@@ -94,23 +62,36 @@ fn trigger_prepare_vote_commit_decide_reply() {
 }
 
 #[test]
-fn commit_waits_for_in_transit_messages() {
+fn commit_waits_for_in_transit_messages_then_seals_their_host() {
     let mut e = engine_with(config(), 2, 0);
-    e.handle(
-        0,
-        Event::Trigger {
-            request: TriggerId(1),
-        },
-    );
+    trigger(&mut e, 0, 1);
     // o-0 sent 3 before its cut, o-1 received 1 of them before its own: 2 crossed the cut.
     assert_eq!(vote(&mut e, 1, 1, 0, yes(1, 3, 0)), vec![]);
     assert_eq!(vote(&mut e, 1, 1, 1, yes(2, 0, 1)), vec![]);
     let records = |v: Vec<(u8, u8, u64)>| Event::<T>::ChannelState {
         round: Round(1),
+        host: local(),
         records: v,
     };
     assert_eq!(e.handle(2, records(vec![(0, 1, 2)])), vec![]);
     let out = e.handle(3, records(vec![(0, 1, 3)]));
+    assert_eq!(
+        out,
+        vec![Command::Seal {
+            round: Round(1),
+            hosts: vec![local()]
+        }]
+    );
+    // Votes and records after the seal was asked for change nothing.
+    assert_eq!(e.handle(3, records(vec![(0, 1, 4)])), vec![]);
+    let out = e.handle(
+        4,
+        Event::Sealed {
+            round: Round(1),
+            host: local(),
+            result: Ok(()),
+        },
+    );
     assert!(
         matches!(&out[..], [Command::Commit { in_transit, .. }] if in_transit == &vec![(0, 1, 2), (0, 1, 3)]),
         "{out:?}"
@@ -118,52 +99,70 @@ fn commit_waits_for_in_transit_messages() {
 }
 
 #[test]
-fn channel_state_may_arrive_before_the_votes() {
+fn a_failed_seal_aborts_as_a_failed_commit_point() {
     let mut e = engine_with(config(), 2, 0);
+    trigger(&mut e, 0, 1);
     e.handle(
         0,
-        Event::Trigger {
-            request: TriggerId(1),
+        Event::ChannelState {
+            round: Round(1),
+            host: local(),
+            records: vec![(1, 0, 1)],
         },
     );
+    vote(&mut e, 1, 1, 0, yes(1, 0, 0));
+    vote(&mut e, 1, 1, 1, yes(2, 1, 0));
+    let out = e.handle(
+        2,
+        Event::Sealed {
+            round: Round(1),
+            host: local(),
+            result: Err("disk full".into()),
+        },
+    );
+    let reason = AbortReason::SealFailed {
+        host: local(),
+        reason: "disk full".into(),
+    };
+    assert!(reason.is_commit_failure());
+    assert_eq!(
+        out[0],
+        decided(1, 1, Decision::Aborted(reason), vec![local()])
+    );
+}
+
+#[test]
+fn channel_state_may_arrive_before_the_votes() {
+    let mut e = engine_with(config(), 2, 0);
+    trigger(&mut e, 0, 1);
     e.handle(
         1,
         Event::ChannelState {
             round: Round(1),
+            host: local(),
             records: vec![(1, 0, 1)],
         },
     );
     assert_eq!(vote(&mut e, 2, 1, 0, yes(1, 0, 0)), vec![]);
     let out = vote(&mut e, 3, 1, 1, yes(2, 1, 0));
-    assert!(matches!(&out[..], [Command::Commit { .. }]), "{out:?}");
+    assert!(matches!(&out[..], [Command::Seal { .. }]), "{out:?}");
 }
 
 #[test]
 fn no_vote_aborts_discards_and_the_retry_reuses_the_id() {
     let mut e = engine_with(config(), 2, 4);
-    e.handle(
-        0,
-        Event::Trigger {
-            request: TriggerId(1),
-        },
-    );
+    trigger(&mut e, 0, 1);
     let reason = AbortReason::Refused {
         object: obj(1),
         reason: "busy".into(),
     };
-    let out = vote(
-        &mut e,
-        5,
-        1,
-        1,
-        Vote::No {
-            reason: "busy".into(),
-        },
-    );
+    let no = Vote::No {
+        reason: "busy".into(),
+    };
     assert_eq!(
-        out,
+        vote(&mut e, 5, 1, 1, no),
         vec![
-            decided(5, 1, Decision::Aborted(reason.clone()), 2),
+            decided(5, 1, Decision::Aborted(reason.clone()), vec![local()]),
             Command::Discard {
                 id: cid(5),
                 round: Round(1)
@@ -181,24 +180,13 @@ fn no_vote_aborts_discards_and_the_retry_reuses_the_id() {
     );
     // Late votes of the aborted round change nothing.
     assert_eq!(vote(&mut e, 6, 1, 0, yes(1, 0, 0)), vec![]);
-    let out = e.handle(
-        7,
-        Event::Trigger {
-            request: TriggerId(2),
-        },
-    );
-    assert_eq!(out, vec![prepare(5, 2, 2)]);
+    assert_eq!(trigger(&mut e, 7, 2), vec![prepare(5, 2, 2)]);
 }
 
 #[test]
 fn timeout_aborts_and_reports_what_was_missing() {
     let mut e = engine_with(config(), 3, 0);
-    e.handle(
-        0,
-        Event::Trigger {
-            request: TriggerId(1),
-        },
-    );
+    trigger(&mut e, 0, 1);
     vote(&mut e, 1, 1, 0, yes(1, 2, 0));
     assert_eq!(e.next_deadline_ms(), Some(1_000));
     assert_eq!(e.handle(999, Event::Tick), vec![]);
@@ -207,7 +195,10 @@ fn timeout_aborts_and_reports_what_was_missing() {
         missing_votes: 2,
         missing_messages: 2,
     };
-    assert_eq!(out[0], decided(1, 1, Decision::Aborted(reason), 3));
+    assert_eq!(
+        out[0],
+        decided(1, 1, Decision::Aborted(reason), vec![local()])
+    );
     assert_eq!(
         out[1],
         Command::Discard {
@@ -227,22 +218,12 @@ fn unhealthy_after_more_than_the_tolerated_failures_and_healthy_after_a_commit()
         })
     };
     for (round, expect_healthy) in [(1, true), (2, false)] {
-        e.handle(
-            0,
-            Event::Trigger {
-                request: TriggerId(round),
-            },
-        );
+        trigger(&mut e, 0, round);
         let out = vote(&mut e, 0, round, 0, Vote::No { reason: "x".into() });
         assert_eq!(health(&out), Some(expect_healthy));
     }
     assert!(!e.health().healthy);
-    e.handle(
-        0,
-        Event::Trigger {
-            request: TriggerId(9),
-        },
-    );
+    trigger(&mut e, 0, 9);
     vote(&mut e, 0, 3, 0, yes(1, 0, 0));
     let out = e.handle(
         0,
@@ -266,15 +247,7 @@ fn periodic_interval_and_min_pause() {
     assert_eq!(e.handle(99, Event::Tick), vec![]);
     assert_eq!(e.handle(100, Event::Tick), vec![prepare(1, 1, 1)]);
     // At most one in flight: a due period and a trigger wait for the attempt to end.
-    assert_eq!(
-        e.handle(
-            250,
-            Event::Trigger {
-                request: TriggerId(1)
-            }
-        ),
-        vec![]
-    );
+    assert_eq!(trigger(&mut e, 250, 1), vec![]);
     vote(&mut e, 260, 1, 0, yes(1, 0, 0));
     e.handle(
         260,
@@ -292,17 +265,23 @@ fn periodic_interval_and_min_pause() {
 #[test]
 fn join_aborts_the_attempt_in_flight_without_counting_a_failure() {
     let mut e = engine_with(config(), 1, 0);
-    e.handle(
-        0,
-        Event::Trigger {
-            request: TriggerId(1),
+    trigger(&mut e, 0, 1);
+    let out = e.handle(
+        1,
+        Event::Join {
+            object: obj(1),
+            host: local(),
         },
     );
-    let out = e.handle(1, Event::Join { object: obj(1) });
     assert_eq!(
         out,
         vec![
-            decided(1, 1, Decision::Aborted(AbortReason::MembershipChanged), 1),
+            decided(
+                1,
+                1,
+                Decision::Aborted(AbortReason::MembershipChanged),
+                vec![local()]
+            ),
             Command::Discard {
                 id: cid(1),
                 round: Round(1)
@@ -319,12 +298,7 @@ fn join_aborts_the_attempt_in_flight_without_counting_a_failure() {
 #[test]
 fn conflict_moves_past_the_newest_id() {
     let mut e = engine_with(config(), 1, 2);
-    e.handle(
-        0,
-        Event::Trigger {
-            request: TriggerId(1),
-        },
-    );
+    trigger(&mut e, 0, 1);
     vote(&mut e, 0, 1, 0, yes(1, 0, 0));
     e.handle(
         0,
@@ -333,32 +307,14 @@ fn conflict_moves_past_the_newest_id() {
             outcome: CommitOutcome::Conflict { newest: cid(5) },
         },
     );
-    assert_eq!(
-        e.handle(
-            1,
-            Event::Trigger {
-                request: TriggerId(2)
-            }
-        ),
-        vec![prepare(6, 2, 1)]
-    );
+    assert_eq!(trigger(&mut e, 1, 2), vec![prepare(6, 2, 1)]);
 }
 
 #[test]
-fn fenced_stops_everything() {
+fn fenced_stops_everything_and_writes_nothing_more() {
     let mut e = engine_with(config(), 1, 0);
-    e.handle(
-        0,
-        Event::Trigger {
-            request: TriggerId(1),
-        },
-    );
-    e.handle(
-        0,
-        Event::Trigger {
-            request: TriggerId(2),
-        },
-    );
+    trigger(&mut e, 0, 1);
+    trigger(&mut e, 0, 2);
     vote(&mut e, 0, 1, 0, yes(1, 0, 0));
     let out = e.handle(
         0,
@@ -367,22 +323,22 @@ fn fenced_stops_everything() {
             outcome: CommitOutcome::Fenced,
         },
     );
-    assert!(out.contains(&Command::Discard {
-        id: cid(1),
-        round: Round(1)
-    }));
+    // Nothing is discarded: the store belongs to a newer epoch now.
+    assert!(
+        !out.iter().any(|c| matches!(c, Command::Discard { .. })),
+        "{out:?}"
+    );
     assert!(out.contains(&Command::Reply {
         request: TriggerId(2),
         result: Err(TriggerFailure::Fenced)
     }));
-    assert_eq!(e.status(), Status::Fenced);
+    assert!(
+        out.iter().any(|c| matches!(c, Command::Deposed { .. })),
+        "{out:?}"
+    );
+    assert_eq!(e.status(), Status::Deposed);
     assert_eq!(
-        e.handle(
-            5,
-            Event::Trigger {
-                request: TriggerId(3)
-            }
-        ),
+        trigger(&mut e, 5, 3),
         vec![Command::Reply {
             request: TriggerId(3),
             result: Err(TriggerFailure::Fenced)
@@ -391,52 +347,9 @@ fn fenced_stops_everything() {
 }
 
 #[test]
-fn halt_aborts_and_resume_continues_after_the_fence() {
-    let mut e = engine_with(config(), 1, 3);
-    e.handle(
-        0,
-        Event::Trigger {
-            request: TriggerId(1),
-        },
-    );
-    let out = e.handle(1, Event::Halt);
-    assert_eq!(
-        out[1],
-        Command::Discard {
-            id: cid(4),
-            round: Round(1)
-        }
-    );
-    assert_eq!(
-        e.handle(
-            2,
-            Event::Trigger {
-                request: TriggerId(2)
-            }
-        ),
-        vec![]
-    );
-    // Recovery wrote a fence at 4 under epoch 2: the queued trigger now starts at 5.
-    let out = e.handle(
-        3,
-        Event::Resume {
-            epoch: 2,
-            last_committed: cid(4),
-        },
-    );
-    assert_eq!(out, vec![prepare(5, 2, 1)]);
-    assert_eq!(e.epoch(), 2);
-}
-
-#[test]
 fn empty_cohort_commits_at_once() {
     let mut e = engine_with(config(), 0, 0);
-    let out = e.handle(
-        0,
-        Event::Trigger {
-            request: TriggerId(1),
-        },
-    );
+    let out = trigger(&mut e, 0, 1);
     assert!(
         matches!(&out[..], [Command::Prepare { .. }, Command::Commit { .. }]),
         "{out:?}"
@@ -446,16 +359,12 @@ fn empty_cohort_commits_at_once() {
 #[test]
 fn too_many_records_abort() {
     let mut e = engine_with(config(), 1, 0);
-    e.handle(
-        0,
-        Event::Trigger {
-            request: TriggerId(1),
-        },
-    );
+    trigger(&mut e, 0, 1);
     e.handle(
         0,
         Event::ChannelState {
             round: Round(1),
+            host: local(),
             records: vec![(0, 0, 1)],
         },
     );
@@ -469,7 +378,7 @@ fn too_many_records_abort() {
                 expected: 0,
                 recorded: 1
             }),
-            1
+            vec![local()]
         )
     );
 }
@@ -477,26 +386,95 @@ fn too_many_records_abort() {
 #[test]
 fn leave_aborts_an_attempt_it_takes_part_in_and_shrinks_the_next() {
     let mut e = engine_with(config(), 2, 0);
-    e.handle(
-        0,
-        Event::Trigger {
-            request: TriggerId(1),
-        },
-    );
+    trigger(&mut e, 0, 1);
     let out = e.handle(1, Event::Leave { object: obj(1) });
     assert_eq!(
         out[0],
-        decided(1, 1, Decision::Aborted(AbortReason::MembershipChanged), 2)
+        decided(
+            1,
+            1,
+            Decision::Aborted(AbortReason::MembershipChanged),
+            vec![local()]
+        )
     );
-    assert_eq!(
-        e.handle(
-            2,
-            Event::Trigger {
-                request: TriggerId(2)
-            }
-        ),
-        vec![prepare(1, 2, 1)]
-    );
+    assert_eq!(trigger(&mut e, 2, 2), vec![prepare(1, 2, 1)]);
     // A stranger leaving changes nothing.
     assert_eq!(e.handle(3, Event::Leave { object: obj(9) }), vec![]);
+}
+
+#[test]
+fn an_attempt_with_a_host_away_aborts_before_its_prepare() {
+    let mut e = Engine::<T>::new(
+        Config {
+            hosting: Hosting::Hosted,
+            ..config()
+        },
+        Start {
+            now_ms: 0,
+            epoch: 1,
+            last_committed: cid(0),
+            round_floor: Round::ZERO,
+            incarnation_floor: 0,
+            ready_hosts: vec![host("a")],
+        },
+    );
+    e.handle(
+        0,
+        Event::Join {
+            object: obj(0),
+            host: host("a"),
+        },
+    );
+    // o-1's host never registered.
+    e.handle(
+        0,
+        Event::Join {
+            object: obj(1),
+            host: host("b"),
+        },
+    );
+    let out = trigger(&mut e, 1, 1);
+    let reason = AbortReason::HostAway {
+        host: host("b"),
+        object: obj(1),
+    };
+    // Nobody was asked to prepare: nobody hears the decision, nothing is discarded.
+    assert_eq!(out[0], decided(1, 1, Decision::Aborted(reason), vec![]));
+    assert!(!out.iter().any(|c| matches!(c, Command::Discard { .. })));
+}
+
+#[test]
+fn a_host_lost_during_the_attempt_aborts_it_unless_the_manifest_create_is_in_flight() {
+    let mut e = engine_with(config(), 1, 0);
+    trigger(&mut e, 0, 1);
+    let out = e.handle(1, Event::HostLost { host: local() });
+    assert_eq!(
+        out[0],
+        decided(
+            1,
+            1,
+            Decision::Aborted(AbortReason::HostLost { host: local() }),
+            vec![local()]
+        )
+    );
+    // Back before the timeout: the next attempt runs; lost during its create, it stands.
+    e.handle(
+        2,
+        Event::HostUp {
+            host: local(),
+            resumed: true,
+        },
+    );
+    assert_eq!(trigger(&mut e, 3, 2), vec![prepare(1, 2, 1)]);
+    let out = vote(&mut e, 3, 2, 0, yes(7, 0, 0));
+    assert!(matches!(&out[..], [Command::Commit { .. }]), "{out:?}");
+    assert_eq!(e.handle(4, Event::HostLost { host: local() }), vec![]);
+    let out = e.handle(
+        5,
+        Event::CommitResult {
+            round: Round(2),
+            outcome: CommitOutcome::Committed,
+        },
+    );
+    assert!(out.contains(&decided(1, 2, Decision::Committed, vec![local()])));
 }

@@ -1,9 +1,10 @@
-//! Named fail points: places in the protocol where a test can make the coordinator crash.
+//! Named fail points: places in the protocol where a test can make the coordinator crash (or,
+//! in `cohort serve`, stop).
 //!
-//! A crash stops every task of the cohort at once (coordinator, objects, writers, discards), as
-//! a killed process would: nothing after the fail point runs, nothing is cleaned up. The store
-//! then decides what the crash left: a manifest exists, so the checkpoint committed; none does,
-//! so it aborted.
+//! The in-process runtime and the coordinator service hit the same points (the core carries out
+//! both). A crash stops every task of the coordinator at once, as a killed process would:
+//! nothing after the fail point runs, nothing is cleaned up. The store then decides what the
+//! crash left: a manifest exists, so the checkpoint committed; none does, so it aborted.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,8 +27,8 @@ pub const COMMIT_AFTER_MANIFEST: &str = "commit.after-manifest";
 pub const DECIDED_AFTER: &str = "decided.after";
 /// An attempt aborted; its blobs are not discarded yet.
 pub const DISCARD_BEFORE: &str = "discard.before";
-/// Recovery holds every object; nothing is restored yet.
-pub const RECOVER_AFTER_HOLD: &str = "recover.after-hold";
+/// Recovery read the line; nothing is restored yet.
+pub const RECOVER_BEFORE_RESTORE: &str = "recover.before-restore";
 /// Objects are restored; no fence manifest yet.
 pub const RECOVER_BEFORE_FENCE: &str = "recover.before-fence";
 /// The fence manifest exists; objects are not released yet.
@@ -44,7 +45,7 @@ pub const ALL: &[&str] = &[
     COMMIT_AFTER_MANIFEST,
     DECIDED_AFTER,
     DISCARD_BEFORE,
-    RECOVER_AFTER_HOLD,
+    RECOVER_BEFORE_RESTORE,
     RECOVER_BEFORE_FENCE,
     RECOVER_AFTER_FENCE,
 ];
@@ -52,7 +53,7 @@ pub const ALL: &[&str] = &[
 /// A set of armed fail points, shared with the cohort that was built with it. Cheap to clone.
 ///
 /// ```
-/// use cohort_coordinator::runtime::failpoint::{self, FailPoints};
+/// use cohort_coordinator::failpoint::{self, FailPoints};
 ///
 /// let points = FailPoints::default();
 /// points.crash_at(failpoint::COMMIT_BEFORE_MANIFEST, 2); // on its second hit

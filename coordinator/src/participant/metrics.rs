@@ -12,7 +12,8 @@ use super::lock;
 /// Pause samples kept (the newest win), enough for p99 over 100 checkpoints of 10,000 objects.
 const MAX_SAMPLES: usize = 1 << 20;
 
-/// Counters and pause times of a cohort. Read with [`Cohort::metrics`](crate::Cohort::metrics).
+/// Counters and pause times of a cohort's participants. Read with
+/// [`Cohort::metrics`](crate::Cohort::metrics) or [`Node::metrics`](crate::node::Node::metrics).
 #[derive(Debug, Default)]
 pub struct Metrics {
     committed: AtomicU64,

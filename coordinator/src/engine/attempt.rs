@@ -1,0 +1,428 @@
+//! One attempt at a checkpoint: prepare, votes and channel state, seal, commit, decide.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use cohort_object_api::{CheckpointId, ObjectId};
+
+use super::{
+    AbortReason, Ballot, Command, CommitOutcome, Decision, Engine, EngineTypes, Health, HostId,
+    Roster, Round, Status, TriggerFailure, TriggerId, Vote,
+};
+
+#[derive(Debug, PartialEq, Eq)]
+enum Stage {
+    /// Waiting for votes and channel state.
+    Voting,
+    /// Every vote is in: waiting for these hosts to make their channel state durable.
+    Sealing(BTreeSet<HostId>),
+    /// The manifest create was requested: the attempt can no longer time out or abort on its
+    /// own; only the store's answer ends it.
+    Creating,
+}
+
+#[derive(Debug)]
+pub(super) struct Attempt<T: EngineTypes> {
+    pub(super) id: CheckpointId,
+    pub(super) round: Round,
+    pub(super) started_ms: u64,
+    /// The members when the attempt started.
+    roster: Arc<Roster>,
+    /// By participant index, so that they come out sorted without sorting.
+    ballots: Vec<Option<Ballot<T::Entry>>>,
+    voted: usize,
+    /// Σ sent − Σ received over the ballots so far: the messages sent before their sender's
+    /// cut and not received before their receiver's, which must all be recorded.
+    balance: i128,
+    in_transit: Vec<T::InTransit>,
+    /// Hosts that recorded channel state: they seal it before the commit.
+    channel_hosts: BTreeSet<HostId>,
+    /// Hosts sent the prepare: they, and only they, hear the decision.
+    prepared: Vec<HostId>,
+    stage: Stage,
+    waiters: Vec<TriggerId>,
+}
+
+impl<T: EngineTypes> Attempt<T> {
+    pub(super) fn is_creating(&self) -> bool {
+        self.stage == Stage::Creating
+    }
+
+    /// Whether `host` takes part: it has participants, was prepared, or is sealing.
+    fn involves(&self, host: &HostId) -> bool {
+        self.roster.hosts.contains_key(host)
+            || self.prepared.contains(host)
+            || matches!(&self.stage, Stage::Sealing(w) if w.contains(host))
+    }
+}
+
+impl<T: EngineTypes> Engine<T> {
+    pub(super) fn on_join(
+        &mut self,
+        now_ms: u64,
+        object: ObjectId,
+        host: HostId,
+        out: &mut Vec<Command<T>>,
+    ) {
+        let joined = self.members.insert(object.clone());
+        let moved = self.placement.get(&object) != Some(&host);
+        if !joined && !moved {
+            return;
+        }
+        self.placement.insert(object, host.clone());
+        self.hosts.entry(host).or_default();
+        self.roster = None;
+        if self.attempt.as_ref().is_some_and(|a| !a.is_creating()) {
+            self.abort(now_ms, AbortReason::MembershipChanged, out);
+        }
+    }
+
+    pub(super) fn on_leave(&mut self, now_ms: u64, object: &ObjectId, out: &mut Vec<Command<T>>) {
+        if !self.members.remove(object) {
+            return;
+        }
+        self.placement.remove(object);
+        self.roster = None;
+        let takes_part = self
+            .attempt
+            .as_ref()
+            .is_some_and(|a| !a.is_creating() && a.roster.index.contains_key(object));
+        if takes_part {
+            self.abort(now_ms, AbortReason::MembershipChanged, out);
+        }
+    }
+
+    /// A host's connection is gone: the attempt it takes part in aborts, unless its manifest
+    /// create is in flight.
+    pub(super) fn abort_for_host(&mut self, now_ms: u64, host: &HostId, out: &mut Vec<Command<T>>) {
+        let involved = self
+            .attempt
+            .as_ref()
+            .is_some_and(|a| !a.is_creating() && a.involves(host));
+        if involved {
+            self.abort(now_ms, AbortReason::HostLost { host: host.clone() }, out);
+        }
+    }
+
+    pub(super) fn check_timeout(&mut self, now_ms: u64, out: &mut Vec<Command<T>>) {
+        let Some(a) = &self.attempt else { return };
+        if a.is_creating() || now_ms < a.started_ms.saturating_add(self.config.timeout_ms) {
+            return;
+        }
+        let missing_votes = a.roster.participants.len() - a.voted;
+        let missing_messages =
+            u64::try_from((a.balance - a.in_transit.len() as i128).max(0)).unwrap_or(u64::MAX);
+        self.abort(
+            now_ms,
+            AbortReason::Timeout {
+                missing_votes,
+                missing_messages,
+            },
+            out,
+        );
+    }
+
+    pub(super) fn on_vote(
+        &mut self,
+        now_ms: u64,
+        round: Round,
+        object: ObjectId,
+        vote: Vote<T::Entry>,
+        out: &mut Vec<Command<T>>,
+    ) {
+        let Some(a) = self.attempt.as_mut() else {
+            return;
+        };
+        // Stale rounds, strangers, duplicates and votes after the decision are ignored.
+        if a.round != round || a.stage != Stage::Voting {
+            return;
+        }
+        let Some(slot) = a
+            .roster
+            .index
+            .get(&object)
+            .and_then(|&i| a.ballots.get_mut(i))
+        else {
+            return;
+        };
+        if slot.is_some() {
+            return;
+        }
+        match vote {
+            Vote::Yes(ballot) => {
+                a.balance += i128::from(ballot.sent) - i128::from(ballot.received);
+                *slot = Some(ballot);
+                a.voted += 1;
+                self.try_commit(now_ms, out);
+            }
+            Vote::No { reason } => self.abort(now_ms, AbortReason::Refused { object, reason }, out),
+        }
+    }
+
+    pub(super) fn on_channel_state(
+        &mut self,
+        now_ms: u64,
+        round: Round,
+        host: HostId,
+        records: Vec<T::InTransit>,
+        out: &mut Vec<Command<T>>,
+    ) {
+        let Some(a) = self
+            .attempt
+            .as_mut()
+            .filter(|a| a.round == round && a.stage == Stage::Voting)
+        else {
+            return;
+        };
+        if !records.is_empty() {
+            a.channel_hosts.insert(host);
+        }
+        a.in_transit.extend(records);
+        self.try_commit(now_ms, out);
+    }
+
+    pub(super) fn on_sealed(
+        &mut self,
+        now_ms: u64,
+        round: Round,
+        host: &HostId,
+        result: Result<(), String>,
+        out: &mut Vec<Command<T>>,
+    ) {
+        let Some(a) = self.attempt.as_mut().filter(|a| a.round == round) else {
+            return;
+        };
+        let Stage::Sealing(waiting) = &mut a.stage else {
+            return;
+        };
+        if !waiting.contains(host) {
+            return;
+        }
+        if let Err(reason) = result {
+            let host = host.clone();
+            self.abort(now_ms, AbortReason::SealFailed { host, reason }, out);
+            return;
+        }
+        waiting.remove(host);
+        if waiting.is_empty() {
+            Self::create(a, out);
+        }
+    }
+
+    fn try_commit(&mut self, now_ms: u64, out: &mut Vec<Command<T>>) {
+        let Some(a) = self.attempt.as_mut() else {
+            return;
+        };
+        if a.stage != Stage::Voting || a.voted != a.roster.participants.len() {
+            return;
+        }
+        let expected = a.balance;
+        let recorded = a.in_transit.len() as i128;
+        if recorded < expected {
+            return; // messages that crossed the cut are still being received
+        }
+        if recorded > expected {
+            let recorded = a.in_transit.len() as u64;
+            self.abort(
+                now_ms,
+                AbortReason::ChannelStateMismatch { expected, recorded },
+                out,
+            );
+            return;
+        }
+        if a.channel_hosts.is_empty() {
+            Self::create(a, out);
+        } else {
+            let hosts = std::mem::take(&mut a.channel_hosts);
+            out.push(Command::Seal {
+                round: a.round,
+                hosts: hosts.iter().cloned().collect(),
+            });
+            a.stage = Stage::Sealing(hosts);
+        }
+    }
+
+    /// Everything is durable: request the manifest create, the commit point.
+    fn create(a: &mut Attempt<T>, out: &mut Vec<Command<T>>) {
+        a.stage = Stage::Creating;
+        out.push(Command::Commit {
+            id: a.id,
+            round: a.round,
+            // Once creating, the attempt ignores votes and records: hand them over. Sorted
+            // already: the map is built without comparisons beyond one pass.
+            ballots: a
+                .roster
+                .participants
+                .iter()
+                .cloned()
+                .zip(std::mem::take(&mut a.ballots).into_iter().flatten())
+                .collect(),
+            in_transit: std::mem::take(&mut a.in_transit),
+        });
+    }
+
+    pub(super) fn on_commit_result(
+        &mut self,
+        now_ms: u64,
+        round: Round,
+        outcome: CommitOutcome,
+        out: &mut Vec<Command<T>>,
+    ) {
+        if !self
+            .attempt
+            .as_ref()
+            .is_some_and(|a| a.round == round && a.is_creating())
+        {
+            return;
+        }
+        match outcome {
+            CommitOutcome::Committed => {
+                let Some(a) = self.attempt.take() else { return };
+                self.last_committed = a.id;
+                self.last_finished_ms = Some(now_ms);
+                // Health, then the callers, then the participants: the commit point is passed,
+                // so the callers need not wait for the announcement to be sent.
+                if self.health.consecutive_failures != 0 || !self.health.healthy {
+                    self.health = Health {
+                        healthy: true,
+                        consecutive_failures: 0,
+                        last_failure: None,
+                    };
+                    out.push(Command::Health(self.health.clone()));
+                }
+                for request in a.waiters {
+                    out.push(Command::Reply {
+                        request,
+                        result: Ok(a.id),
+                    });
+                }
+                out.push(Command::Decided {
+                    id: a.id,
+                    round: a.round,
+                    decision: Decision::Committed,
+                    hosts: a.prepared,
+                });
+            }
+            CommitOutcome::Fenced => {
+                let id = self.attempt.as_ref().map(|a| a.id);
+                self.abort(now_ms, AbortReason::Fenced, out);
+                let reason = match id {
+                    Some(id) => format!("the store fenced the commit of checkpoint {id}"),
+                    None => "the store fenced a commit".to_owned(),
+                };
+                self.depose(now_ms, Some(reason), out);
+            }
+            CommitOutcome::Conflict { newest } => {
+                self.last_committed = self.last_committed.max(newest);
+                self.abort(now_ms, AbortReason::Conflict, out);
+            }
+            CommitOutcome::Failed { reason } => {
+                self.abort(now_ms, AbortReason::Store { reason }, out)
+            }
+        }
+        // A recovery that waited for the store's answer goes on.
+        self.after_commit_result(now_ms, out);
+    }
+
+    /// Ends the attempt in flight as aborted: announce, discard (unless deposed: nothing more
+    /// is written), answer its triggers, count the failure.
+    pub(super) fn abort(&mut self, now_ms: u64, reason: AbortReason, out: &mut Vec<Command<T>>) {
+        let Some(a) = self.attempt.take() else { return };
+        self.last_finished_ms = Some(now_ms);
+        let prepared = !a.prepared.is_empty();
+        out.push(Command::Decided {
+            id: a.id,
+            round: a.round,
+            decision: Decision::Aborted(reason.clone()),
+            hosts: a.prepared,
+        });
+        // Nothing was asked to write, or nothing may be written any more.
+        if prepared && self.status != Status::Deposed && reason != AbortReason::Fenced {
+            out.push(Command::Discard {
+                id: a.id,
+                round: a.round,
+            });
+        }
+        let failure = if reason == AbortReason::Fenced {
+            TriggerFailure::Fenced
+        } else {
+            TriggerFailure::Aborted(reason.clone())
+        };
+        // A change of membership or a recovery is not the checkpoint's fault.
+        if !matches!(reason, AbortReason::MembershipChanged | AbortReason::Halted) {
+            let failures = self.health.consecutive_failures.saturating_add(1);
+            self.health = Health {
+                healthy: failures <= self.config.tolerable_failures,
+                consecutive_failures: failures,
+                last_failure: Some(reason),
+            };
+            out.push(Command::Health(self.health.clone()));
+        }
+        for request in a.waiters {
+            out.push(Command::Reply {
+                request,
+                result: Err(failure.clone()),
+            });
+        }
+    }
+
+    pub(super) fn maybe_start(&mut self, now_ms: u64, out: &mut Vec<Command<T>>) {
+        if self.status != Status::Running || self.attempt.is_some() || self.recovery.is_some() {
+            return;
+        }
+        let periodic_due = self.next_periodic_ms.is_some_and(|t| now_ms >= t);
+        if self.waiting.is_empty() && !periodic_due {
+            return;
+        }
+        if now_ms < self.earliest_start_ms() {
+            return;
+        }
+        if let Some(interval) = self.config.interval_ms {
+            self.next_periodic_ms = Some(now_ms.saturating_add(interval));
+        }
+        self.last_round = self.last_round.next();
+        let (members, placement) = (&self.members, &self.placement);
+        let roster = self
+            .roster
+            .get_or_insert_with(|| Arc::new(Roster::of(members, placement)));
+        let roster = Arc::clone(roster);
+        // A participant whose host is away (or that has none) cannot vote.
+        let away = roster
+            .participants
+            .iter()
+            .find_map(|object| match self.placement.get(object) {
+                Some(host) if self.hosts.get(host).is_some_and(|h| h.is_ready()) => None,
+                Some(host) => Some((host.clone(), object.clone())),
+                None => Some((HostId::new("?"), object.clone())),
+            });
+        let attempt = Attempt {
+            id: self.last_committed.next(),
+            round: self.last_round,
+            started_ms: now_ms,
+            ballots: std::iter::repeat_with(|| None)
+                .take(roster.participants.len())
+                .collect(),
+            voted: 0,
+            balance: 0,
+            in_transit: Vec::new(),
+            channel_hosts: BTreeSet::new(),
+            prepared: if away.is_some() {
+                Vec::new()
+            } else {
+                roster.hosts.keys().cloned().collect()
+            },
+            stage: Stage::Voting,
+            waiters: std::mem::take(&mut self.waiting),
+            roster,
+        };
+        let (id, round, hosts) = (attempt.id, attempt.round, Arc::clone(&attempt.roster.hosts));
+        self.attempt = Some(attempt);
+        if let Some((host, object)) = away {
+            self.abort(now_ms, AbortReason::HostAway { host, object }, out);
+            return;
+        }
+        out.push(Command::Prepare { id, round, hosts });
+        // A cohort with no members (or only unchanged ones reporting at once) commits here.
+        self.try_commit(now_ms, out);
+    }
+}

@@ -1,0 +1,685 @@
+//! The life of a cohort around its attempts: hosts that come and go, and recovery (after a
+//! request, a dead host, a takeover or a damaged line) through the line, the restores, the
+//! fence and the release.
+
+use std::collections::BTreeSet;
+
+use cohort_object_api::{CheckpointId, ObjectId};
+
+use super::{
+    AbortReason, Command, Engine, EngineTypes, FenceOutcome, HostId, Hosting, LineInfo, RecoverId,
+    Recovered, RecoveryCause, RecoveryFailure, RestoreFailure, Status,
+};
+
+/// What the engine knows of one host.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) struct HostState {
+    /// Connected now.
+    pub(super) up: bool,
+    /// When it was lost, while it is not up: dead once the host timeout has passed.
+    pub(super) lost_at_ms: Option<u64>,
+    /// Restored into the current incarnation and released: its objects may take part.
+    pub(super) ready: bool,
+    /// The incarnation of the restore it was sent on its own (outside a recovery), until it
+    /// answers: only that answer releases it.
+    pub(super) joining: Option<u64>,
+}
+
+impl HostState {
+    pub(super) fn ready() -> Self {
+        Self {
+            up: true,
+            lost_at_ms: None,
+            ready: true,
+            joining: None,
+        }
+    }
+
+    pub(super) fn is_ready(&self) -> bool {
+        self.up && self.ready
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Stage {
+    /// A manifest create is in flight: its answer decides what the line is.
+    WaitingCommit,
+    /// [`Command::ReadLine`] sent.
+    ReadingLine,
+    /// [`Command::Restore`] sent; waiting for the hosts in `waiting`.
+    Restoring,
+    /// [`Command::WriteFence`] sent.
+    Fencing,
+}
+
+#[derive(Debug)]
+pub(super) struct Recovery {
+    pub(super) seq: u64,
+    pub(super) requests: Vec<RecoverId>,
+    stage: Stage,
+    line: Option<LineInfo>,
+    /// Hosts whose answer to the restore is awaited.
+    waiting: BTreeSet<HostId>,
+    /// Hosts restored by this recovery: released at its end.
+    restored: BTreeSet<HostId>,
+    /// After a takeover: hosts of the line not registered by then are left out (they are
+    /// restored on their own when they come).
+    expect_until_ms: Option<u64>,
+    /// The takeover's fence points at the line already.
+    fenced_already: bool,
+    /// When to retry a store command that failed.
+    retry_at_ms: Option<u64>,
+    retries: u32,
+    dropped: Vec<ObjectId>,
+    skipped: Vec<CheckpointId>,
+}
+
+impl Recovery {
+    pub(super) fn next_deadline_ms(&self) -> Option<u64> {
+        [self.expect_until_ms, self.retry_at_ms]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+}
+
+impl<T: EngineTypes> Engine<T> {
+    pub(super) fn on_host_up(
+        &mut self,
+        now_ms: u64,
+        host: HostId,
+        resumed: bool,
+        out: &mut Vec<Command<T>>,
+    ) {
+        let known = self.hosts.get(&host).cloned();
+        if resumed && known.is_some() {
+            let state = self.hosts.entry(host.clone()).or_default();
+            state.up = true;
+            state.lost_at_ms = None;
+            if !state.ready {
+                // A recovery ran (or runs) while it was away: it restores like the others did.
+                self.restore_late(now_ms, host, out);
+            }
+            return;
+        }
+        // A new session: a new host, a restarted one, or one declared dead.
+        if let Some(old) = known
+            && (old.up || old.lost_at_ms.is_some())
+            && self.hosts_objects(&host)
+        {
+            // Its old process is gone (a restart faster than the timeout): as if it died.
+            self.hosts.insert(host.clone(), HostState::default());
+            self.start_recovery(
+                now_ms,
+                RecoveryCause::HostRestarted { host: host.clone() },
+                out,
+            );
+        }
+        let state = self.hosts.entry(host.clone()).or_default();
+        state.up = true;
+        state.lost_at_ms = None;
+        state.ready = false;
+        self.restore_late(now_ms, host, out);
+    }
+
+    pub(super) fn on_host_lost(&mut self, now_ms: u64, host: HostId, out: &mut Vec<Command<T>>) {
+        let Some(state) = self.hosts.get_mut(&host) else {
+            return;
+        };
+        if !state.up {
+            return;
+        }
+        state.up = false;
+        state.lost_at_ms = Some(now_ms);
+        self.abort_for_host(now_ms, &host, out);
+        // A host away during a recovery restores when it resumes.
+        if let Some(r) = self
+            .recovery
+            .as_mut()
+            .filter(|r| r.stage == Stage::Restoring)
+            && r.waiting.remove(&host)
+        {
+            self.maybe_finish_restore(now_ms, out);
+        }
+    }
+
+    /// Hosts lost for longer than the host timeout are dead: they leave, and if their objects
+    /// were members, the cohort recovers.
+    pub(super) fn check_hosts(&mut self, now_ms: u64, out: &mut Vec<Command<T>>) {
+        let timeout = self.config.host_timeout_ms;
+        let dead: Vec<HostId> = self
+            .hosts
+            .iter()
+            .filter(|(_, h)| {
+                !h.up
+                    && h.lost_at_ms
+                        .is_some_and(|t| now_ms >= t.saturating_add(timeout))
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for host in dead {
+            self.hosts.remove(&host);
+            if self.hosts_objects(&host) {
+                self.start_recovery(now_ms, RecoveryCause::HostDead { host }, out);
+            }
+        }
+    }
+
+    /// Whether any member lives on `host`.
+    fn hosts_objects(&self, host: &HostId) -> bool {
+        self.placement.values().any(|h| h == host)
+    }
+
+    pub(super) fn check_recovery_timers(&mut self, now_ms: u64, out: &mut Vec<Command<T>>) {
+        let Some(r) = self.recovery.as_mut() else {
+            return;
+        };
+        if r.expect_until_ms.is_some_and(|t| now_ms >= t) {
+            r.expect_until_ms = None;
+            // Hosts of the line that did not come are left out: they restore when they come.
+            let absent: Vec<HostId> = r
+                .waiting
+                .iter()
+                .filter(|h| self.hosts.get(*h).is_none_or(|s| !s.up))
+                .cloned()
+                .collect();
+            for host in &absent {
+                r.waiting.remove(host);
+                self.hosts.remove(host);
+            }
+            self.maybe_finish_restore(now_ms, out);
+            return;
+        }
+        let Some(r) = self.recovery.as_mut() else {
+            return;
+        };
+        if r.retry_at_ms.is_some_and(|t| now_ms >= t) {
+            r.retry_at_ms = None;
+            match r.stage {
+                Stage::ReadingLine => out.push(Command::ReadLine {
+                    recovery: r.seq,
+                    skip: r.skipped.clone(),
+                }),
+                Stage::Fencing => {
+                    if let Some(line) = &r.line {
+                        out.push(Command::WriteFence {
+                            recovery: r.seq,
+                            epoch: self.epoch,
+                            line: line.id,
+                            skip: r.skipped.clone(),
+                        });
+                    }
+                }
+                Stage::WaitingCommit | Stage::Restoring => {}
+            }
+        }
+    }
+
+    pub(super) fn on_recover(
+        &mut self,
+        now_ms: u64,
+        request: RecoverId,
+        out: &mut Vec<Command<T>>,
+    ) {
+        if self.status == Status::Deposed {
+            out.push(Command::Recovered {
+                recovery: 0,
+                requests: vec![request],
+                result: Err(RecoveryFailure::Fenced),
+            });
+            return;
+        }
+        if let Some(r) = self.recovery.as_mut() {
+            // One recovery serves every caller that asked while it runs.
+            r.requests.push(request);
+            return;
+        }
+        self.start_recovery(now_ms, RecoveryCause::Requested, out);
+        if let Some(r) = self.recovery.as_mut() {
+            r.requests.push(request);
+        }
+    }
+
+    /// A coordinator took over under this engine's epoch: the line's objects are expected on the
+    /// hosts its state table names, and every host rolls back to it.
+    pub(super) fn on_take_over(
+        &mut self,
+        now_ms: u64,
+        line: Option<LineInfo>,
+        out: &mut Vec<Command<T>>,
+    ) {
+        // With no line, nothing ran that could be rolled back: hosts restore on their own as
+        // they come.
+        let Some(line) = line else {
+            return;
+        };
+        if self.status == Status::Deposed {
+            return;
+        }
+        {
+            for (object, host) in &line.objects {
+                if let Some(host) = host {
+                    self.members.insert(object.clone());
+                    self.placement.insert(object.clone(), host.clone());
+                    self.hosts.entry(host.clone()).or_default();
+                }
+            }
+            self.roster = None;
+        }
+        self.start_recovery(now_ms, RecoveryCause::TakeOver, out);
+        let expect_until = now_ms.saturating_add(self.config.host_timeout_ms);
+        if let Some(r) = self.recovery.as_mut()
+            && r.stage == Stage::ReadingLine
+        {
+            r.fenced_already = true;
+            r.expect_until_ms = Some(expect_until);
+            self.begin_restore(now_ms, Some(line), out);
+        }
+    }
+
+    /// Starts (or restarts) a recovery: the attempt in flight aborts, unless its manifest create
+    /// is in flight, whose answer is waited for (it decides what the line is).
+    pub(super) fn start_recovery(
+        &mut self,
+        now_ms: u64,
+        cause: RecoveryCause,
+        out: &mut Vec<Command<T>>,
+    ) {
+        if self.status == Status::Deposed {
+            return;
+        }
+        let (requests, skipped) = match self.recovery.take() {
+            Some(old) => (old.requests, old.skipped),
+            None => (Vec::new(), Vec::new()),
+        };
+        self.recovery_seq += 1;
+        let seq = self.recovery_seq;
+        self.status = Status::Recovering;
+        // A takeover knows its line: the fence its leadership wrote points at it.
+        let read_line = cause != RecoveryCause::TakeOver;
+        out.push(Command::Recovering {
+            recovery: seq,
+            cause,
+        });
+        if self.attempt.as_ref().is_some_and(|a| !a.is_creating()) {
+            self.abort(now_ms, AbortReason::Halted, out);
+        }
+        let stage = if self.attempt.is_some() {
+            Stage::WaitingCommit
+        } else {
+            if read_line {
+                out.push(Command::ReadLine {
+                    recovery: seq,
+                    skip: skipped.clone(),
+                });
+            }
+            Stage::ReadingLine
+        };
+        self.recovery = Some(Recovery {
+            seq,
+            requests,
+            stage,
+            line: None,
+            waiting: BTreeSet::new(),
+            restored: BTreeSet::new(),
+            expect_until_ms: None,
+            fenced_already: false,
+            retry_at_ms: None,
+            retries: 0,
+            dropped: Vec::new(),
+            skipped,
+        });
+    }
+
+    /// The manifest create a recovery waited for was answered: read the line now.
+    pub(super) fn after_commit_result(&mut self, _now_ms: u64, out: &mut Vec<Command<T>>) {
+        if let Some(r) = self
+            .recovery
+            .as_mut()
+            .filter(|r| r.stage == Stage::WaitingCommit)
+        {
+            r.stage = Stage::ReadingLine;
+            out.push(Command::ReadLine {
+                recovery: r.seq,
+                skip: r.skipped.clone(),
+            });
+        }
+    }
+
+    pub(super) fn on_line_read(
+        &mut self,
+        now_ms: u64,
+        seq: u64,
+        result: Result<Option<LineInfo>, String>,
+        out: &mut Vec<Command<T>>,
+    ) {
+        let Some(r) = self
+            .recovery
+            .as_mut()
+            .filter(|r| r.seq == seq && r.stage == Stage::ReadingLine)
+        else {
+            return;
+        };
+        let line = match result {
+            Ok(line) => line,
+            Err(reason) => {
+                self.store_failed(now_ms, reason, out);
+                return;
+            }
+        };
+        r.retries = 0;
+        if self.config.hosting == Hosting::InProcess
+            && let Some(line) = &line
+        {
+            let missing: Vec<ObjectId> = line
+                .objects
+                .keys()
+                .filter(|o| !self.members.contains(*o))
+                .cloned()
+                .collect();
+            if !missing.is_empty() {
+                let line = line.id;
+                self.fail_recovery(
+                    now_ms,
+                    RecoveryFailure::MissingObjects { line, missing },
+                    out,
+                );
+                return;
+            }
+        }
+        self.begin_restore(now_ms, line, out);
+    }
+
+    /// Every host up restores the line under a new incarnation; hosts away restore when they
+    /// resume; after a takeover, the line's hosts not registered yet are waited for.
+    fn begin_restore(&mut self, now_ms: u64, line: Option<LineInfo>, out: &mut Vec<Command<T>>) {
+        let Some(r) = self.recovery.as_mut() else {
+            return;
+        };
+        self.incarnation += 1;
+        // In process, members the line does not hold were created by the discarded future.
+        let mut dropped = Vec::new();
+        if self.config.hosting == Hosting::InProcess {
+            dropped = self
+                .members
+                .iter()
+                .filter(|m| line.as_ref().is_none_or(|l| !l.objects.contains_key(*m)))
+                .cloned()
+                .collect();
+            if line.is_none() {
+                // Nothing was ever committed: every object keeps its state.
+                dropped.clear();
+            }
+        }
+        let mut drops: std::collections::BTreeMap<HostId, Vec<ObjectId>> = Default::default();
+        for object in &dropped {
+            self.members.remove(object);
+            if let Some(host) = self.placement.remove(object) {
+                drops.entry(host).or_default().push(object.clone());
+            }
+        }
+        if !dropped.is_empty() {
+            self.roster = None;
+        }
+        r.dropped.extend(dropped);
+        r.stage = Stage::Restoring;
+        r.line = line;
+        r.waiting.clear();
+        r.restored.clear();
+        let line_id = r.line.as_ref().map(|l| l.id);
+        for (host, state) in &mut self.hosts {
+            state.ready = false;
+            state.joining = None;
+            if state.up {
+                out.push(Command::Restore {
+                    recovery: r.seq,
+                    host: host.clone(),
+                    line: line_id,
+                    colour: self.last_round,
+                    incarnation: self.incarnation,
+                    drop: drops.remove(host).unwrap_or_default(),
+                });
+                r.waiting.insert(host.clone());
+            } else if r.expect_until_ms.is_some() {
+                // A takeover waits for the line's hosts for a while.
+                r.waiting.insert(host.clone());
+            }
+        }
+        self.maybe_finish_restore(now_ms, out);
+    }
+
+    /// A host that comes up (or back) while it is not restored into the current incarnation:
+    /// during a recovery's restores it is one more to wait for; otherwise it restores the
+    /// newest line on its own and runs once restored (no checkpoint commits without its
+    /// objects meanwhile).
+    fn restore_late(&mut self, _now_ms: u64, host: HostId, out: &mut Vec<Command<T>>) {
+        // Deposed, nothing more; halted, the next recovery restores it.
+        if matches!(self.status, Status::Deposed | Status::Halted) {
+            return;
+        }
+        match self.recovery.as_mut() {
+            Some(r) if r.stage == Stage::Restoring => {
+                r.waiting.insert(host.clone());
+                out.push(Command::Restore {
+                    recovery: r.seq,
+                    host,
+                    line: r.line.as_ref().map(|l| l.id),
+                    colour: self.last_round,
+                    incarnation: self.incarnation,
+                    drop: Vec::new(),
+                });
+            }
+            // Restored when the recovery's restores begin, or after it ends.
+            Some(_) => {}
+            None => {
+                if let Some(state) = self.hosts.get_mut(&host) {
+                    state.joining = Some(self.incarnation);
+                }
+                out.push(Command::Restore {
+                    recovery: 0,
+                    host,
+                    line: (self.last_committed != CheckpointId::ZERO)
+                        .then_some(self.last_committed),
+                    colour: self.last_round,
+                    incarnation: self.incarnation,
+                    drop: Vec::new(),
+                });
+            }
+        }
+    }
+
+    pub(super) fn on_restored(
+        &mut self,
+        now_ms: u64,
+        seq: u64,
+        host: HostId,
+        result: Result<(), RestoreFailure>,
+        out: &mut Vec<Command<T>>,
+    ) {
+        if seq == 0 {
+            // A host restored on its own: it runs from now on, unless a recovery began since
+            // (that one restores it again).
+            let incarnation = self.incarnation;
+            if result.is_ok()
+                && self.recovery.is_none()
+                && let Some(state) = self
+                    .hosts
+                    .get_mut(&host)
+                    .filter(|s| s.up && s.joining == Some(incarnation))
+            {
+                state.ready = true;
+                state.joining = None;
+                out.push(Command::Release {
+                    hosts: vec![host],
+                    incarnation: self.incarnation,
+                });
+            }
+            return;
+        }
+        let Some(r) = self
+            .recovery
+            .as_mut()
+            .filter(|r| r.seq == seq && r.stage == Stage::Restoring)
+        else {
+            return;
+        };
+        match result {
+            Ok(()) => {
+                r.waiting.remove(&host);
+                r.restored.insert(host);
+            }
+            Err(RestoreFailure::Damaged { .. }) => {
+                // Treated like damage found by the store: fall back to the line before.
+                let Some(line) = r.line.as_ref().map(|l| l.id) else {
+                    return;
+                };
+                r.skipped.push(line);
+                self.start_recovery(now_ms, RecoveryCause::Damaged { line }, out);
+                return;
+            }
+            Err(failure) => {
+                if !r.requests.is_empty() {
+                    self.fail_recovery(now_ms, RecoveryFailure::Restore { host, failure }, out);
+                    return;
+                }
+                // The host stays held (its objects absent) until an operator fixes the cause;
+                // the others go on.
+                r.waiting.remove(&host);
+            }
+        }
+        self.maybe_finish_restore(now_ms, out);
+    }
+
+    /// Every awaited host answered: fence (unless the takeover's fence already points at the
+    /// line), then release.
+    fn maybe_finish_restore(&mut self, now_ms: u64, out: &mut Vec<Command<T>>) {
+        let Some(r) = self.recovery.as_mut() else {
+            return;
+        };
+        if r.stage != Stage::Restoring || !r.waiting.is_empty() {
+            return;
+        }
+        match &r.line {
+            Some(line) if !r.fenced_already => {
+                r.stage = Stage::Fencing;
+                out.push(Command::WriteFence {
+                    recovery: r.seq,
+                    epoch: self.epoch,
+                    line: line.id,
+                    skip: r.skipped.clone(),
+                });
+            }
+            _ => self.finish_recovery(now_ms, None, out),
+        }
+    }
+
+    pub(super) fn on_fence_result(
+        &mut self,
+        now_ms: u64,
+        seq: u64,
+        outcome: FenceOutcome,
+        out: &mut Vec<Command<T>>,
+    ) {
+        if !self
+            .recovery
+            .as_ref()
+            .is_some_and(|r| r.seq == seq && r.stage == Stage::Fencing)
+        {
+            return;
+        }
+        match outcome {
+            FenceOutcome::Written { id } => {
+                self.last_committed = self.last_committed.max(id);
+                self.finish_recovery(now_ms, Some(id), out);
+            }
+            FenceOutcome::LineMoved => self.start_recovery(now_ms, RecoveryCause::LineMoved, out),
+            FenceOutcome::Fenced => self.depose(
+                now_ms,
+                Some("the store fenced the recovery's fence: a newer epoch wrote the newest manifest".into()),
+                out,
+            ),
+            FenceOutcome::Failed { reason } => self.store_failed(now_ms, reason, out),
+        }
+    }
+
+    /// A store command of the recovery failed: a caller waiting hears of it (the cohort stays
+    /// halted until it asks again); a recovery nobody asked for retries with backoff.
+    fn store_failed(&mut self, now_ms: u64, reason: String, out: &mut Vec<Command<T>>) {
+        let Some(r) = self.recovery.as_mut() else {
+            return;
+        };
+        if !r.requests.is_empty() {
+            self.fail_recovery(now_ms, RecoveryFailure::Store { reason }, out);
+            return;
+        }
+        let backoff = self
+            .config
+            .retry_ms
+            .max(1)
+            .saturating_mul(1u64 << r.retries.min(4));
+        r.retries += 1;
+        r.retry_at_ms = Some(now_ms.saturating_add(backoff));
+    }
+
+    fn finish_recovery(
+        &mut self,
+        now_ms: u64,
+        fence: Option<CheckpointId>,
+        out: &mut Vec<Command<T>>,
+    ) {
+        let Some(r) = self.recovery.take() else {
+            return;
+        };
+        let mut released = Vec::new();
+        for host in &r.restored {
+            if let Some(state) = self.hosts.get_mut(host).filter(|s| s.up) {
+                state.ready = true;
+                released.push(host.clone());
+            }
+        }
+        if !released.is_empty() {
+            out.push(Command::Release {
+                hosts: released,
+                incarnation: self.incarnation,
+            });
+        }
+        self.status = Status::Running;
+        self.last_finished_ms = Some(now_ms);
+        out.push(Command::Recovered {
+            recovery: r.seq,
+            requests: r.requests,
+            result: Ok(Recovered {
+                line: r.line.as_ref().map(|l| l.id),
+                fence,
+                epoch: self.epoch,
+                dropped: r.dropped,
+                skipped_damaged: r.skipped,
+            }),
+        });
+        // Hosts that came up while the line was read or the fence written restore now.
+        let late: Vec<HostId> = self
+            .hosts
+            .iter()
+            .filter(|(_, s)| s.up && !s.ready)
+            .map(|(h, _)| h.clone())
+            .collect();
+        for host in late {
+            if !r.restored.contains(&host) {
+                self.restore_late(now_ms, host, out);
+            }
+        }
+    }
+
+    fn fail_recovery(&mut self, now_ms: u64, failure: RecoveryFailure, out: &mut Vec<Command<T>>) {
+        let Some(r) = self.recovery.take() else {
+            return;
+        };
+        self.status = Status::Halted;
+        self.last_finished_ms = Some(now_ms);
+        out.push(Command::Recovered {
+            recovery: r.seq,
+            requests: r.requests,
+            result: Err(failure),
+        });
+    }
+}
