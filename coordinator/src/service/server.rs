@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::history::RecoveryCause;
 use super::metrics::ServiceMetrics;
 use super::protocol::{CoordinatorFrame, NodeFrame, WireVote};
 use super::table::{NodeEntry, StateTable};
@@ -610,7 +611,11 @@ impl Server {
             engine.handle(self.now_ms(), Event::Halt);
             self.recoveries += 1;
             if let Some(m) = &self.config.metrics {
-                m.record_recovery();
+                m.record_recovery(
+                    RecoveryCause::Takeover { epoch },
+                    line.as_ref().map(|l| l.id),
+                    &expected,
+                );
             }
             self.recovery_seq += 1;
             self.recovery = Some(Recovery {
@@ -1111,7 +1116,18 @@ impl Server {
         }
         self.recoveries += 1;
         if let Some(m) = &self.config.metrics {
-            m.record_recovery();
+            m.record_recovery(
+                RecoveryCause::NodesDead {
+                    nodes: self
+                        .nodes
+                        .iter()
+                        .filter(|(_, n)| n.dead)
+                        .map(|(name, _)| name.clone())
+                        .collect(),
+                },
+                line.as_ref().map(|l| l.id),
+                &waiting,
+            );
         }
         self.recovery = Some(Recovery {
             seq: self.recovery_seq,
@@ -1330,10 +1346,16 @@ impl Server {
                     self.aborted += 1;
                     tracing::warn!(checkpoint = %id, %round, %reason, "checkpoint aborted");
                     if let Some(m) = &self.config.metrics {
+                        let (took, bytes) = (
+                            self.attempt_started.map(|t| t.elapsed()),
+                            self.attempt_bytes,
+                        );
                         // Aborted before the commit point, or the commit point failed.
                         match reason {
-                            AbortReason::Store { .. } | AbortReason::Conflict => m.record_failed(),
-                            _ => m.record_aborted(),
+                            AbortReason::Store { .. } | AbortReason::Conflict => {
+                                m.record_failed(id, reason, took, bytes, &self.attempt_pauses)
+                            }
+                            _ => m.record_aborted(id, reason, took, bytes, &self.attempt_pauses),
                         }
                     }
                 } else {
@@ -1341,10 +1363,12 @@ impl Server {
                     tracing::info!(checkpoint = %id, %round, "checkpoint committed");
                     if let Some(m) = &self.config.metrics {
                         let took = self.attempt_started.map(|t| t.elapsed());
-                        m.record_committed(took, Some(self.attempt_bytes));
-                        for pause in self.attempt_pauses.values() {
-                            m.record_pause(*pause);
-                        }
+                        m.record_committed(
+                            id,
+                            took,
+                            Some(self.attempt_bytes),
+                            &self.attempt_pauses,
+                        );
                     }
                 }
                 // An attempt that never got to its prepare (a participant's node was away)
