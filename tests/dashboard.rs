@@ -71,6 +71,7 @@ fn spawn_serve(name: &str, store: &str) -> (Proc, String, String, String) {
 
 /// What the test reads of the page, in one evaluation.
 const SNAPSHOT: &str = r##"(() => {
+  if (!document.body || !document.getElementById("banner-store")) return { ready: false };
   const q = (s) => document.querySelector(s);
   const text = (s) => { const n = q(s); return n ? n.textContent.trim() : null; };
   const node = (name) => {
