@@ -6,8 +6,9 @@
 //! the standby's page, who leads with a link there); then, after a SIGKILL of the node, the
 //! node lost and the recovery on the timeline; then, with the store taken away, that the store
 //! is unreachable. It runs under the served Content-Security-Policy, and the browser must
-//! report no policy violation and no script error. A screenshot is written to
-//! `target/dashboard.png`.
+//! report no policy violation and no script error. Screenshots are written to
+//! `target/dashboard.png` (the leader's page after the node died) and
+//! `target/dashboard-standby.png`.
 //!
 //! Skipped, with the reason printed, when no Chromium can be found (`scripts/test.sh` installs
 //! Debian's `chromium` package when missing). Waits are bounded polls of the rendered DOM.
@@ -209,6 +210,8 @@ fn the_dashboard_shows_the_cohort_live_in_a_headless_browser() {
             },
         )
         .await;
+        let shot = target_dir().join("dashboard-standby.png");
+        std::fs::write(&shot, standby.screenshot().await.unwrap()).unwrap();
 
         // A node dies: the leader's page shows it without a reload.
         page.eval("window.__notReloaded = true").await.unwrap();

@@ -155,12 +155,26 @@ impl StoreFacts {
     /// Reads them (a listing of the epochs and of the manifests, the lease, the newest
     /// manifest).
     pub(crate) async fn read(store: &CheckpointStore) -> anyhow::Result<Self> {
+        let mut facts = Self::read_epoch(store).await?;
+        facts.newest = newest_manifest(store).await?.as_ref().map(NewestLine::of);
+        Ok(facts)
+    }
+
+    /// Reads the newest epoch and its lease only (`newest` is left empty).
+    pub(crate) async fn read_epoch(store: &CheckpointStore) -> anyhow::Result<Self> {
         let mut facts = Self::default();
         if let Some(record) = store.newest_epoch().await? {
             facts.lease = store.epoch_lease(record.epoch).await?;
             facts.epoch = Some(record);
         }
-        facts.newest = newest_manifest(store).await?.map(|m| NewestLine {
+        Ok(facts)
+    }
+}
+
+impl NewestLine {
+    /// The summary of manifest `m`, with its state table.
+    pub(crate) fn of(m: &Manifest) -> Self {
+        Self {
             line: Line {
                 id: m.id,
                 kind: store::kind_name(&m.kind),
@@ -173,8 +187,12 @@ impl StoreFacts {
                 .metadata
                 .get(STATE_TABLE_KEY)
                 .and_then(|b| StateTable::decode(b).ok()),
-        });
-        Ok(facts)
+        }
+    }
+
+    /// Its checkpoint.
+    pub(crate) fn id(&self) -> CheckpointId {
+        self.line.id
     }
 }
 

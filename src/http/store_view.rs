@@ -20,7 +20,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::status::StoreFacts;
+use crate::cli::status::{NewestLine, StoreFacts};
 
 /// How often the store is read while someone looks.
 pub(crate) const REFRESH: Duration = Duration::from_secs(1);
@@ -300,27 +300,39 @@ impl StoreWatch {
     }
 
     async fn read(&self) -> anyhow::Result<Read> {
-        let facts = StoreFacts::read(&self.store).await?;
+        let mut facts = StoreFacts::read_epoch(&self.store).await?;
         let ids = self.store.committed_ids().await?;
         let pins = self.store.pins().await?;
-        let known: Vec<CheckpointId> = self.state().summaries.keys().copied().collect();
+        let (known, newest): (Vec<CheckpointId>, _) = {
+            let state = self.state();
+            let newest = state.facts.as_ref().and_then(|f| f.newest.clone());
+            (state.summaries.keys().copied().collect(), newest)
+        };
+        // The newest line is read once per new checkpoint, with its summary.
+        facts.newest = newest.filter(|n| Some(n.id()) == ids.last().copied());
         let mut summaries = Vec::new();
         for &id in ids.iter().rev().take(RETAINED_SHOWN) {
-            if known.contains(&id) {
+            let is_newest = Some(id) == ids.last().copied();
+            if known.contains(&id) && (!is_newest || facts.newest.is_some()) {
                 continue;
             }
             summaries.push(match self.store.read_manifest(id).await {
-                Ok(m) => Retained {
-                    id,
-                    kind: crate::cli::store::kind_name(&m.kind),
-                    epoch: Some(m.epoch),
-                    created_at_ms: Some(m.created_at_ms),
-                    objects: Some(m.objects.len()),
-                    in_transit: Some(m.in_transit.len()),
-                    bytes: Some(m.referenced_bytes()),
-                    pinned: false,
-                    problem: None,
-                },
+                Ok(m) => {
+                    if is_newest {
+                        facts.newest = Some(NewestLine::of(&m));
+                    }
+                    Retained {
+                        id,
+                        kind: crate::cli::store::kind_name(&m.kind),
+                        epoch: Some(m.epoch),
+                        created_at_ms: Some(m.created_at_ms),
+                        objects: Some(m.objects.len()),
+                        in_transit: Some(m.in_transit.len()),
+                        bytes: Some(m.referenced_bytes()),
+                        pinned: false,
+                        problem: None,
+                    }
+                }
                 // A damaged or newer manifest is shown as such; the store still answers.
                 Err(e @ (StoreError::Damaged { .. } | StoreError::FutureFormat { .. })) => {
                     Retained {

@@ -7,7 +7,7 @@
 const POLL_MS = 1000;
 const STORE_POLL_MS = 2000;
 const CHART_ATTEMPTS = 300;
-const ABORTS_SHOWN = 20;
+const ABORTS_SHOWN = 10;
 const TOKEN_KEY = "cohort-token";
 const SVG = "http://www.w3.org/2000/svg";
 
@@ -285,7 +285,18 @@ function renderHistory() {
   setText("history-aborted", String(counts.aborted));
   setText("history-failed", String(counts.failed));
   setText("history-window", attempts.length ? `the last ${plural(attempts.length, "attempt", "attempts")} of this coordinator` : "");
-  if (attempts.length === 0) return;
+  if (attempts.length === 0) {
+    // A standby records no attempt: the leader does.
+    const s = state.status;
+    const leader = s && s.cohort.leader;
+    if (s && s.this.role === "standby") {
+      fill("chart", el("p", { class: "dim" }, "This coordinator stands by: the leader records the checkpoint history. ",
+        leader && leader.dashboard ? el("a", { href: leader.dashboard, text: "Open the leader's dashboard →" }) : null));
+    } else {
+      fill("chart", el("p", { class: "dim", text: "No checkpoint attempt recorded by this coordinator yet." }));
+    }
+    return;
+  }
 
   const W = 1000;
   const left = 70;
@@ -330,17 +341,35 @@ function renderHistory() {
   chart.append(svg("text", { x: W - right, y: H - 2, class: "axis", "text-anchor": "end", text: `checkpoint ${last.id} · ${fmtTime(last.ended_at_ms)}` }));
   fill("chart", chart);
 
-  const aborts = state.attempts.filter((a) => a.outcome !== "committed").slice(-ABORTS_SHOWN).reverse();
+  // Consecutive attempts that ended alike (a node away makes every retry abort the same way)
+  // are one row.
+  const groups = [];
+  for (const a of state.attempts) {
+    const last = groups[groups.length - 1];
+    if (a.outcome === "committed") {
+      if (last) last.closed = true;
+    } else if (last && !last.closed && last.outcome === a.outcome && last.reason === a.reason) {
+      last.to = a;
+      last.count += 1;
+    } else {
+      groups.push({ outcome: a.outcome, reason: a.reason, from: a, to: a, count: 1, closed: false });
+    }
+  }
+  const shown = groups.slice(-ABORTS_SHOWN).reverse();
   const body = $("aborts").tBodies[0];
-  if (aborts.length === 0) {
+  if (shown.length === 0) {
     body.replaceChildren(el("tr", {}, el("td", { colspan: 5, class: "dim", text: "none" })));
   } else {
-    body.replaceChildren(...aborts.map((a) => el("tr", { class: a.outcome, dataset: { attempt: a.seq } },
-      el("td", { text: String(a.id) }),
-      el("td", { text: fmtTime(a.ended_at_ms) }),
-      el("td", {}, el("span", { class: `tag ${a.outcome}`, text: a.outcome })),
-      el("td", { text: fmtDuration(a.duration_us) }),
-      el("td", { class: "reason", text: a.reason || "" }))));
+    body.replaceChildren(...shown.map((g) => {
+      const ids = g.from.id === g.to.id ? String(g.from.id) : `${g.from.id}–${g.to.id}`;
+      const when = g.count === 1 ? fmtTime(g.from.ended_at_ms) : `${fmtTime(g.from.ended_at_ms)} – ${fmtTime(g.to.ended_at_ms)}`;
+      return el("tr", { class: g.outcome, dataset: { attempt: g.to.seq } },
+        el("td", { text: ids }),
+        el("td", { text: when }),
+        el("td", {}, el("span", { class: `tag ${g.outcome}`, text: g.count === 1 ? g.outcome : `${g.outcome} ×${g.count}` })),
+        el("td", { text: fmtDuration(g.to.duration_us) }),
+        el("td", { class: "reason", text: g.reason || "" }));
+    }));
   }
 }
 
