@@ -11,7 +11,8 @@
 //! `target/dashboard-standby.png`.
 //!
 //! Skipped, with the reason printed, when no Chromium can be found (`scripts/test.sh` installs
-//! Debian's `chromium` package when missing). Waits are bounded polls of the rendered DOM.
+//! Debian's `chromium` package when missing); one that is found but cannot be driven fails the
+//! test. Waits are bounded polls of the rendered DOM.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
 
@@ -158,13 +159,13 @@ fn the_dashboard_shows_the_cohort_live_in_a_headless_browser() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let browser = match Browser::launch(&chromium).await {
-            Ok(browser) => browser,
-            Err(why) => {
-                eprintln!("skipped: chromium is installed but could not be driven: {why}");
-                return;
-            }
-        };
+        // Installed but not working is a failure, not a skip: it would hide the test for good.
+        let browser = Browser::launch(&chromium).await.unwrap_or_else(|why| {
+            panic!(
+                "{} is installed but cannot be driven: {why}",
+                chromium.display()
+            )
+        });
         let page = browser.new_page(1280, 1000).await.unwrap();
         page.goto(&a_url).await.unwrap();
 
