@@ -144,7 +144,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
     };
 
     let mut config = ServiceConfig::new(args.listen);
-    let config_token = token.clone();
+    let announce_token = token.clone();
     config.listen.token = token;
     config.interval = args.interval;
     config.timeout = args.timeout;
@@ -209,7 +209,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
     // Standbys tell the leader they are there, and learn its status for the dashboard.
     {
         let mut connect = ConnectConfig::new(Role::Cli, holder.clone());
-        connect.token.clone_from(&config_token);
+        connect.token.clone_from(&announce_token);
         let responder = responder.clone();
         let stop = stop.clone();
         tokio::spawn(async move { responder.announce(connect, stop).await });
