@@ -342,6 +342,24 @@ fn operators_see_the_leader_and_take_checkpoints_through_a_standby() {
         status["lease"]["renewal"].as_u64().unwrap() >= 1,
         "{status}"
     );
+    // The standby announces itself to the leader, whose status lists it (once a second). Asked
+    // every 200 ms: each ask is a process, and the other tests of this file run meanwhile.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut listed = None;
+    while listed.is_none() && Instant::now() < deadline {
+        let out = cohort(&["status", "--json", "--coordinator", &a_addr]);
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let standbys = status["standbys"].as_array().cloned().unwrap_or_default();
+        if standbys.iter().any(|s| s["address"] == b_addr.as_str()) {
+            listed = Some(status);
+        } else {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    assert!(
+        listed.is_some(),
+        "the leader's status never listed the standby {b_addr}"
+    );
 
     // The human form says the same in words.
     let out = cohort(&["status", "--coordinator", &a_addr]);
