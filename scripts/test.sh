@@ -16,5 +16,20 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features --quie
 echo "==> the fuzz target still builds (running it needs nightly: fuzz/README.md)"
 cargo check --quiet --manifest-path fuzz/Cargo.toml
 
+echo "==> chromium for the dashboard's browser test (tests/dashboard.rs)"
+if ! command -v chromium >/dev/null 2>&1; then
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        echo "    installing Debian's chromium package (once)"
+        export DEBIAN_FRONTEND=noninteractive
+        if ! apt-get install -y -qq chromium >/dev/null 2>&1; then
+            apt-get update -qq >/dev/null 2>&1 || true
+            apt-get install -y -qq chromium >/dev/null 2>&1 ||
+                echo "    cannot install chromium: the dashboard test will say so and skip"
+        fi
+    else
+        echo "    chromium is missing and cannot be installed here (not root, or no apt-get): the dashboard test will say so and skip"
+    fi
+fi
+
 echo "==> cargo test (with a local S3-compatible server)"
 scripts/with-s3.sh cargo test --workspace --all-features --no-fail-fast

@@ -2,6 +2,7 @@
 //! store. See `cohort --help`.
 
 mod cli;
+mod http;
 
 use std::process::ExitCode;
 

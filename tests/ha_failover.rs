@@ -19,11 +19,7 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use cohort::checkpoint::{CheckpointStore, Manifest, ManifestKind};
-use cohort::coordinator::node::{Node, NodeSettings};
-use cohort::coordinator::{Actor, Context};
-use cohort::{Checkpointable, ObjectError, ObjectId};
 use ha_support::{Proc, address_in, cohort_bin, poll, store_dir};
 
 const LEASE: Duration = Duration::from_secs(1);
@@ -31,85 +27,14 @@ const LEASE: Duration = Duration::from_secs(1);
 const SLACK: Duration = Duration::from_millis(1_500);
 const NODE_ENV: &str = "COHORT_HA_TEST_NODE";
 
-/// A node's object: counts what it is told.
-#[derive(Checkpointable, Default)]
-struct Counter {
-    value: u64,
-}
-
-#[async_trait]
-impl Actor for Counter {
-    type Message = u64;
-
-    async fn handle(&mut self, message: u64, _ctx: &mut Context<'_>) -> Result<(), ObjectError> {
-        self.value += message;
-        Ok(())
-    }
-}
-
-/// Not a test of its own: the body of a node process when `COHORT_HA_TEST_NODE` is set to
-/// `name|store|coordinator,coordinator`. It hosts four counters, feeds them, and runs until
-/// killed (or for two minutes at most).
+/// Not a test of its own: the body of a node process (see [`ha_support::node_role`]).
 #[test]
 fn node_role() {
-    let Ok(spec) = std::env::var(NODE_ENV) else {
-        return;
-    };
-    let mut parts = spec.split('|');
-    let (name, url, coordinators) = (
-        parts.next().unwrap().to_owned(),
-        parts.next().unwrap().to_owned(),
-        parts
-            .next()
-            .unwrap()
-            .split(',')
-            .map(str::to_owned)
-            .collect::<Vec<_>>(),
-    );
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async move {
-        let store = CheckpointStore::open(&url, Default::default())
-            .await
-            .unwrap();
-        let mut settings = NodeSettings::default();
-        settings.heartbeat_interval = Duration::from_millis(100);
-        settings.heartbeat_timeout = Duration::from_millis(800);
-        settings.max_backoff = Duration::from_millis(100);
-        let node = Node::builder(store)
-            .name(name.clone())
-            .coordinators(coordinators)
-            .settings(settings)
-            .build()
-            .await
-            .unwrap();
-        let counters: Vec<_> = (0..4)
-            .map(|i| {
-                let id = ObjectId::new(format!("{name}-counter-{i}")).unwrap();
-                node.spawn(id, Counter::default()).unwrap()
-            })
-            .collect();
-        println!("node {name} started");
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        while tokio::time::Instant::now() < deadline {
-            tick.tick().await;
-            for c in &counters {
-                // Held objects queue their inputs; a full stop is what the test is after.
-                let _ = c.tell(1);
-            }
-        }
-    });
+    ha_support::node_role(NODE_ENV);
 }
 
 fn spawn_node(name: &str, store: &str, coordinators: &[&str]) -> Proc {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["node_role", "--exact", "--nocapture", "--test-threads=1"])
-        .env(
-            NODE_ENV,
-            format!("{name}|{store}|{}", coordinators.join(",")),
-        )
-        .env("RUST_LOG", "warn");
-    Proc::spawn(name, cmd)
+    ha_support::spawn_node(NODE_ENV, name, store, coordinators)
 }
 
 fn spawn_serve(name: &str, store: &str, extra: &[&str]) -> (Proc, String) {
@@ -173,8 +98,10 @@ fn checkpoint_of(url: &str, epoch: u64, objects: usize) -> Option<Manifest> {
 
 fn scrape(addr: &str) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
-        .unwrap();
+    s.write_all(
+        format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out
@@ -249,7 +176,7 @@ fn a_paused_leader_resumed_after_a_takeover_is_fenced() {
     );
     let metrics = address_in(
         &a.wait_for_line("metrics at http://", Duration::from_secs(10)),
-        "http://",
+        "metrics at http://",
     )
     .trim_end_matches("/metrics")
     .to_owned();
@@ -414,6 +341,24 @@ fn operators_see_the_leader_and_take_checkpoints_through_a_standby() {
     assert!(
         status["lease"]["renewal"].as_u64().unwrap() >= 1,
         "{status}"
+    );
+    // The standby announces itself to the leader, whose status lists it (once a second). Asked
+    // every 200 ms: each ask is a process, and the other tests of this file run meanwhile.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut listed = None;
+    while listed.is_none() && Instant::now() < deadline {
+        let out = cohort(&["status", "--json", "--coordinator", &a_addr]);
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let standbys = status["standbys"].as_array().cloned().unwrap_or_default();
+        if standbys.iter().any(|s| s["address"] == b_addr.as_str()) {
+            listed = Some(status);
+        } else {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    assert!(
+        listed.is_some(),
+        "the leader's status never listed the standby {b_addr}"
     );
 
     // The human form says the same in words.

@@ -16,8 +16,8 @@ mod output;
 mod rollback;
 mod serve;
 mod show;
-mod status;
-mod store;
+pub(crate) mod status;
+pub(crate) mod store;
 mod verify;
 
 use std::io::IsTerminal;

@@ -5,6 +5,8 @@
 //! epoch the driver claimed (and fenced), and steps down when the driver does or when a commit
 //! finds a newer epoch. On SIGINT or SIGTERM it steps down and exits 0; a standby takes over
 //! one lease later.
+//!
+//! With `--http ADDR` it also serves the dashboard, its JSON and `/metrics` (`crate::http`).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -16,13 +18,14 @@ use std::time::Duration;
 use anyhow::Context as _;
 use cohort_coordinator::service::control::Responder;
 use cohort_coordinator::service::leadership::{self, Leadership, LeadershipConfig, Transition};
-use cohort_coordinator::service::metrics::{MetricsEndpoint, ServiceMetrics};
+use cohort_coordinator::service::metrics::ServiceMetrics;
 use cohort_coordinator::service::{MetadataHook, Service, ServiceConfig, StateTable};
-use cohort_wire::{CancellationToken, DEFAULT_PORT, Secret, TOKEN_ENV};
+use cohort_wire::{CancellationToken, ConnectConfig, DEFAULT_PORT, Role, Secret, TOKEN_ENV};
 
 use crate::cli::StoreArgs;
 use crate::cli::failure::{Code, Failure};
 use crate::cli::store;
+use crate::http::{self, Dashboard, Guard, HttpListener, Settings, StoreWatch};
 
 /// Run a coordinator: the leader, or a standby that takes over when the leader goes.
 ///
@@ -33,6 +36,11 @@ use crate::cli::store;
 ///
 /// A non-loopback --listen needs a shared token (--token or COHORT_TOKEN, at least 16 bytes),
 /// which nodes must hold too.
+///
+/// --http ADDR serves a dashboard at http://ADDR/ (the leader, the standbys, the checkpoint
+/// history, the recovery line, the nodes, recoveries and takeovers; live), the JSON it reads
+/// under /api/, and Prometheus metrics at /metrics. A non-loopback --http needs the token too:
+/// the API and /metrics then require `Authorization: Bearer <token>`, and the page asks for it.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
 Exit codes: 0 stopped by SIGINT or SIGTERM; 2 usage, IO or configuration error (a bad address,
@@ -40,7 +48,8 @@ a port in use, an unusable store).
 
 Examples:
   cohort serve --store file:///var/lib/bank/checkpoints --interval 5s
-  cohort serve --store s3://bank-checkpoints/prod --listen 0.0.0.0:7411 --lease 3s --metrics 127.0.0.1:9464")]
+  cohort serve --store file:///var/lib/bank/checkpoints --interval 5s --http 127.0.0.1:8080
+  cohort serve --store s3://bank-checkpoints/prod --listen 0.0.0.0:7411 --lease 3s --http 10.0.0.5:8080 --token \"$TOKEN\"")]
 pub(crate) struct Args {
     #[command(flatten)]
     store: StoreArgs,
@@ -75,9 +84,16 @@ pub(crate) struct Args {
     #[arg(long, env = TOKEN_ENV, hide_env_values = true, value_name = "TOKEN")]
     token: Option<String>,
 
-    /// Serve Prometheus metrics at http://ADDR/metrics.
-    #[arg(long, value_name = "ADDR")]
-    metrics: Option<SocketAddr>,
+    /// Serve the dashboard at http://ADDR/, its JSON under /api/ and Prometheus metrics at
+    /// /metrics (--metrics is another name for it). Off loopback it needs the token, which
+    /// requests must send as `Authorization: Bearer <token>`.
+    #[arg(long, visible_alias = "metrics", value_name = "ADDR")]
+    http: Option<SocketAddr>,
+
+    /// A host name the HTTP port answers to besides IP addresses and localhost (repeatable):
+    /// requests naming any other Host are refused, against DNS rebinding.
+    #[arg(long, value_name = "NAME", requires = "http")]
+    http_host: Vec<String>,
 
     /// Accept a store that failed the create-if-absent probe. Unsafe with more than one
     /// coordinator: fencing needs create-if-absent.
@@ -106,9 +122,29 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
         .hint("use 1s or more; a standby takes over one lease after the leader goes")
         .into());
     }
+    if let Some(at) = args.http
+        && !at.ip().is_loopback()
+        && token.is_none()
+    {
+        return Err(Failure::usage(format!(
+            "--http {at} is not a loopback address, and no token was given"
+        ))
+        .hint("pass --token (or COHORT_TOKEN): off loopback the API and /metrics require it as a bearer token")
+        .into());
+    }
     let store = store::open_writable(&args.store, args.allow_unsafe_store).await?;
+    // Bound first, so that a port in use fails before anything starts.
+    let http_listener = match args.http {
+        Some(at) => Some(
+            HttpListener::bind(at)
+                .await
+                .map_err(|e| Failure::usage(e.to_string()))?,
+        ),
+        None => None,
+    };
 
     let mut config = ServiceConfig::new(args.listen);
+    let announce_token = token.clone();
     config.listen.token = token;
     config.interval = args.interval;
     config.timeout = args.timeout;
@@ -134,21 +170,50 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
     let addr = service.local_addr();
 
     let stop = CancellationToken::new();
-    if let Some(at) = args.metrics {
-        let endpoint = MetricsEndpoint::bind(at)
-            .await
-            .map_err(|e| Failure::usage(e.to_string()))?;
+    if let Some(listener) = http_listener {
+        let bound = listener.local_addr();
+        let url = http::dashboard_url(bound, addr);
+        responder.set_dashboard(&url);
+        let clock = http::system_clock();
+        let watch = StoreWatch::new(store.clone(), clock.clone());
+        tokio::spawn(watch.clone().run(stop.clone()));
+        let dashboard = Dashboard {
+            responder: responder.clone(),
+            metrics: metrics.clone(),
+            store: watch,
+            settings: Settings {
+                lease_ms: millis(args.lease),
+                interval_ms: args.interval.map(millis),
+                heartbeat_timeout_ms: millis(args.heartbeat_timeout),
+            },
+            clock,
+        };
+        // The token is required of HTTP requests off loopback only, as on the wire port.
+        let guard = Guard::new(
+            &args.http_host,
+            args.token
+                .as_deref()
+                .filter(|_| !bound.ip().is_loopback())
+                .map(str::as_bytes),
+        );
         say(format_args!(
-            "metrics at http://{}/metrics",
-            endpoint.local_addr()
+            "dashboard at {url} (JSON under /api/, metrics at http://{bound}/metrics)"
         ));
-        tokio::spawn(endpoint.run(metrics.clone(), stop.clone()));
+        tokio::spawn(listener.serve(http::router(dashboard, guard), stop.clone()));
     }
 
     let leadership_config = LeadershipConfig::new(args.lease, Some(addr.to_string()))?;
     let holder = leadership_config.holder.clone();
     let leadership = Leadership::spawn(store.clone(), leadership_config);
     responder.attach(service.clone(), leadership.clone(), holder.clone());
+    // Standbys tell the leader they are there, and learn its status for the dashboard.
+    {
+        let mut connect = ConnectConfig::new(Role::Cli, holder.clone());
+        connect.token.clone_from(&announce_token);
+        let responder = responder.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move { responder.announce(connect, stop).await });
+    }
     say(format_args!(
         "coordinator {holder}: nodes connect to {addr}; store {}; lease {}",
         store.url(),
@@ -185,20 +250,22 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
     Ok(Code::Ok)
 }
 
-/// Tells the operator (and the metrics) what the coordinator just did.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Tells the operator (and the metrics and history) what the coordinator just did.
 fn tell(metrics: &ServiceMetrics, t: Transition) {
+    metrics.record_transition(&t);
     match t {
-        Transition::Leading { epoch, fence } => {
-            metrics.set_leader(Some(epoch));
-            match fence {
-                Some(id) => say(format_args!(
-                    "leading under epoch {epoch}: fenced the previous epochs with checkpoint {id}"
-                )),
-                None => say(format_args!(
-                    "leading under epoch {epoch}: no committed checkpoint to fence"
-                )),
-            }
-        }
+        Transition::Leading { epoch, fence } => match fence {
+            Some(id) => say(format_args!(
+                "leading under epoch {epoch}: fenced the previous epochs with checkpoint {id}"
+            )),
+            None => say(format_args!(
+                "leading under epoch {epoch}: no committed checkpoint to fence"
+            )),
+        },
         Transition::LeadFailed { epoch, reason } => {
             say(format_args!(
                 "cannot lead under epoch {epoch}: {reason}; stepping down"
@@ -210,7 +277,6 @@ fn tell(metrics: &ServiceMetrics, t: Transition) {
             ));
         }
         Transition::SteppedDown { epoch } => {
-            metrics.set_leader(None);
             say(format_args!("stepped down from epoch {epoch}"));
         }
         Transition::Following { leader } => match leader {

@@ -1,12 +1,17 @@
-//! `cohort status`: who leads, under which epoch, the nodes and their objects, the last
-//! committed line and what is in flight.
+//! `cohort status`: who leads, under which epoch, the standbys, the nodes and their objects,
+//! the last committed line and what is in flight.
+//!
+//! [`Status`] is also what the dashboard's `/api/status` serves (`crate::http`), assembled by
+//! the same [`Status::assemble`] from the same coordinator reports and store reads.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 
 use anstyle::Style;
-use cohort_checkpoint::{CheckpointStore, Manifest};
-use cohort_coordinator::service::control::{ControlReply, ControlRequest, StatusReport};
+use cohort_checkpoint::{CheckpointStore, EpochLease, EpochRecord, Manifest};
+use cohort_coordinator::service::control::{
+    ControlReply, ControlRequest, StandbyReport, StatusReport,
+};
 use cohort_coordinator::service::{STATE_TABLE_KEY, StateTable};
 use cohort_object_api::CheckpointId;
 use serde::Serialize;
@@ -34,20 +39,22 @@ pub(crate) struct Args {
     #[command(flatten)]
     coordinator: CoordinatorArgs,
 
-    /// Print one JSON object with leader (epoch, holder, address), coordinator (the leader's
-    /// own report: counters, in flight), standby (the standby asked first, if any),
-    /// last_committed, in_flight, nodes (name, peer_addr, live, objects), objects, lease and
-    /// source ("coordinator" or "store").
+    /// Print one JSON object with leader (epoch, holder, address, dashboard), coordinator (the
+    /// leader's own report: counters, in flight), standby (the standby asked first, if any),
+    /// standbys (those the leader heard from lately), last_committed, in_flight, nodes (name,
+    /// peer_addr, live, objects), objects, lease and source ("coordinator" or "store").
     #[arg(long)]
     json: bool,
 }
 
-/// `cohort status --json`.
+/// `cohort status --json`, and the dashboard's `/api/status` `cohort` field.
 #[derive(Debug, Default, Serialize)]
-struct Status {
+pub(crate) struct Status {
     leader: Option<Leader>,
     coordinator: Option<Report>,
     standby: Option<Report>,
+    /// The standbys the leader heard from lately.
+    standbys: Vec<StandbyReport>,
     last_committed: Option<Line>,
     in_flight: Option<InFlight>,
     nodes: Vec<NodeRow>,
@@ -65,6 +72,8 @@ struct Leader {
     epoch: u64,
     holder: Option<String>,
     address: Option<String>,
+    /// The leader's dashboard, when it serves one and answered.
+    dashboard: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -77,9 +86,10 @@ struct Report {
     committed: u64,
     aborted: u64,
     recoveries: u64,
+    dashboard: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 struct Line {
     id: CheckpointId,
     kind: &'static str,
@@ -121,111 +131,206 @@ fn report(r: &StatusReport) -> Report {
         committed: r.committed,
         aborted: r.aborted,
         recoveries: r.recoveries,
+        dashboard: r.dashboard.clone(),
+    }
+}
+
+/// What `cohort status` reads from the store: the newest epoch, its lease, and the newest
+/// committed line with the state table recorded in it.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct StoreFacts {
+    pub(crate) epoch: Option<EpochRecord>,
+    pub(crate) lease: Option<EpochLease>,
+    pub(crate) newest: Option<NewestLine>,
+}
+
+/// The newest committed manifest, summed up.
+#[derive(Clone, Debug)]
+pub(crate) struct NewestLine {
+    line: Line,
+    table: Option<StateTable>,
+}
+
+impl StoreFacts {
+    /// Reads them (a listing of the epochs and of the manifests, the lease, the newest
+    /// manifest).
+    pub(crate) async fn read(store: &CheckpointStore) -> anyhow::Result<Self> {
+        let mut facts = Self::read_epoch(store).await?;
+        facts.newest = newest_manifest(store).await?.as_ref().map(NewestLine::of);
+        Ok(facts)
+    }
+
+    /// Reads the newest epoch and its lease only (`newest` is left empty).
+    pub(crate) async fn read_epoch(store: &CheckpointStore) -> anyhow::Result<Self> {
+        let mut facts = Self::default();
+        if let Some(record) = store.newest_epoch().await? {
+            facts.lease = store.epoch_lease(record.epoch).await?;
+            facts.epoch = Some(record);
+        }
+        Ok(facts)
+    }
+}
+
+impl NewestLine {
+    /// The summary of manifest `m`, with its state table.
+    pub(crate) fn of(m: &Manifest) -> Self {
+        Self {
+            line: Line {
+                id: m.id,
+                kind: store::kind_name(&m.kind),
+                epoch: m.epoch,
+                created_at: output::time_precise(m.created_at_ms),
+                objects: m.objects.len(),
+                in_transit: m.in_transit.len(),
+            },
+            table: m
+                .metadata
+                .get(STATE_TABLE_KEY)
+                .and_then(|b| StateTable::decode(b).ok()),
+        }
+    }
+
+    /// Its checkpoint.
+    pub(crate) fn id(&self) -> CheckpointId {
+        self.line.id
+    }
+}
+
+/// The state table a status was assembled from: the leader's, or the newest manifest's.
+pub(crate) type Table = Option<StateTable>;
+
+impl Status {
+    /// Assembles the status from the coordinator asked and the leader's report (the same one
+    /// when the coordinator asked leads), or why no coordinator answered, and what the store
+    /// says, if it was read. Also returns the state table the nodes were taken from.
+    pub(crate) fn assemble(
+        reports: Result<(&StatusReport, Option<&StatusReport>), String>,
+        store: Option<&StoreFacts>,
+    ) -> (Self, Table) {
+        let mut status = Status::default();
+        let mut table: Option<StateTable> = None;
+
+        // The coordinators first: they know what is in flight.
+        match reports {
+            Ok((asked, leader)) => {
+                if let Some(l) = leader {
+                    status.leader = l.epoch.map(|epoch| Leader {
+                        epoch,
+                        holder: Some(l.holder.clone()),
+                        address: Some(l.address.clone()),
+                        dashboard: l.dashboard.clone(),
+                    });
+                    status.in_flight = l.in_flight.as_ref().map(|(id, round)| InFlight {
+                        id: *id,
+                        round: round.clone(),
+                    });
+                    table = Some(l.table.clone());
+                    status.source = Some("coordinator");
+                    status.coordinator = Some(report(l));
+                    status.standbys = l.standbys.clone();
+                }
+                if !asked.leading {
+                    if status.leader.is_none() {
+                        status.leader = asked.epoch.map(|epoch| Leader {
+                            epoch,
+                            holder: None,
+                            address: asked.leader.clone(),
+                            dashboard: None,
+                        });
+                    }
+                    status.standby = Some(report(asked));
+                    if !status.standbys.iter().any(|s| s.holder == asked.holder) {
+                        let mut me = StandbyReport::new(&asked.holder, &asked.address);
+                        me.dashboard = asked.dashboard.clone();
+                        status.standbys.push(me);
+                    }
+                }
+            }
+            Err(why) => status.unreachable = Some(why),
+        }
+
+        // Then the store, when read: the committed line, the epoch and its lease.
+        if let Some(facts) = store {
+            if let Some(record) = &facts.epoch {
+                if let Some(lease) = facts.lease.as_ref().filter(|l| l.epoch == record.epoch) {
+                    status.lease = Some(Lease {
+                        epoch: lease.epoch,
+                        renewal: lease.renewal,
+                        renewed_at: output::time_precise(lease.renewed_at_ms),
+                    });
+                }
+                match &mut status.leader {
+                    Some(l) if l.epoch == record.epoch => {
+                        l.holder.get_or_insert_with(|| record.holder.clone());
+                        if l.address.is_none() {
+                            l.address.clone_from(&record.address);
+                        }
+                    }
+                    Some(_) => {}
+                    None => {
+                        status.leader = Some(Leader {
+                            epoch: record.epoch,
+                            holder: Some(record.holder.clone()),
+                            address: record.address.clone(),
+                            dashboard: None,
+                        });
+                    }
+                }
+            }
+            if let Some(newest) = &facts.newest {
+                if table.is_none() {
+                    table.clone_from(&newest.table);
+                    status.source = table.as_ref().map(|_| "store");
+                }
+                status.last_committed = Some(newest.line.clone());
+            }
+        }
+
+        if let Some(table) = &table {
+            let mut per_node: BTreeMap<&str, usize> = BTreeMap::new();
+            for node in table.placement.values() {
+                *per_node.entry(node).or_default() += 1;
+            }
+            status.nodes = table
+                .nodes
+                .iter()
+                .map(|(name, n)| NodeRow {
+                    name: name.clone(),
+                    peer_addr: n.peer_addr.clone(),
+                    live: n.live,
+                    objects: per_node.get(name.as_str()).copied().unwrap_or(0),
+                })
+                .collect();
+            status.objects = table.placement.len();
+        }
+        (status, table)
     }
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
-    let mut status = Status::default();
-    let mut table: Option<StateTable> = None;
-
     // The coordinators first: they know what is in flight.
-    match ask(&args.coordinator).await {
-        Ok((asked, leader)) => {
-            if let Some(l) = &leader {
-                status.leader = l.epoch.map(|epoch| Leader {
-                    epoch,
-                    holder: Some(l.holder.clone()),
-                    address: Some(l.address.clone()),
-                });
-                status.in_flight = l.in_flight.as_ref().map(|(id, round)| InFlight {
-                    id: *id,
-                    round: round.clone(),
-                });
-                table = Some(l.table.clone());
-                status.source = Some("coordinator");
-                status.coordinator = Some(report(l));
-            }
-            if !asked.leading {
-                if status.leader.is_none() {
-                    status.leader = asked.epoch.map(|epoch| Leader {
-                        epoch,
-                        holder: None,
-                        address: asked.leader.clone(),
-                    });
-                }
-                status.standby = Some(report(&asked));
-            }
-        }
-        Err(e) if args.coordinator.store.is_some() => status.unreachable = Some(format!("{e:#}")),
+    let reports = match ask(&args.coordinator).await {
+        Ok(reports) => Ok(reports),
+        Err(e) if args.coordinator.store.is_some() => Err(format!("{e:#}")),
         Err(e) => return Err(e),
-    }
-
-    // Then the store, when named: the committed line, the epoch and its lease.
-    if let Some(url) = &args.coordinator.store {
-        let store = CheckpointStore::open_read_only(url)
-            .await
-            .map_err(|e| Failure::usage(e.to_string()).hint("check --store or COHORT_STORE"))?;
-        if let Some(record) = store.newest_epoch().await? {
-            if let Some(lease) = store.epoch_lease(record.epoch).await? {
-                status.lease = Some(Lease {
-                    epoch: lease.epoch,
-                    renewal: lease.renewal,
-                    renewed_at: output::time_precise(lease.renewed_at_ms),
-                });
-            }
-            match &mut status.leader {
-                Some(l) if l.epoch == record.epoch => {
-                    l.holder.get_or_insert(record.holder);
-                    if l.address.is_none() {
-                        l.address = record.address;
-                    }
-                }
-                Some(_) => {}
-                None => {
-                    status.leader = Some(Leader {
-                        epoch: record.epoch,
-                        holder: Some(record.holder),
-                        address: record.address,
-                    });
-                }
-            }
+    };
+    // Then the store, when named.
+    let facts = match &args.coordinator.store {
+        Some(url) => {
+            let store = CheckpointStore::open_read_only(url)
+                .await
+                .map_err(|e| Failure::usage(e.to_string()).hint("check --store or COHORT_STORE"))?;
+            Some(StoreFacts::read(&store).await?)
         }
-        if let Some(newest) = newest_manifest(&store).await? {
-            if table.is_none() {
-                table = newest
-                    .metadata
-                    .get(STATE_TABLE_KEY)
-                    .and_then(|b| StateTable::decode(b).ok());
-                status.source = table.as_ref().map(|_| "store");
-            }
-            status.last_committed = Some(Line {
-                id: newest.id,
-                kind: store::kind_name(&newest.kind),
-                epoch: newest.epoch,
-                created_at: output::time_precise(newest.created_at_ms),
-                objects: newest.objects.len(),
-                in_transit: newest.in_transit.len(),
-            });
-        }
-    }
-
-    if let Some(table) = &table {
-        let mut per_node: BTreeMap<&str, usize> = BTreeMap::new();
-        for node in table.placement.values() {
-            *per_node.entry(node).or_default() += 1;
-        }
-        status.nodes = table
-            .nodes
-            .iter()
-            .map(|(name, n)| NodeRow {
-                name: name.clone(),
-                peer_addr: n.peer_addr.clone(),
-                live: n.live,
-                objects: per_node.get(name.as_str()).copied().unwrap_or(0),
-            })
-            .collect();
-        status.objects = table.placement.len();
-    }
+        None => None,
+    };
+    let (status, _) = Status::assemble(
+        reports
+            .as_ref()
+            .map(|(asked, leader)| (asked, leader.as_ref()))
+            .map_err(Clone::clone),
+        facts.as_ref(),
+    );
 
     let mut out = output::stdout();
     if args.json {
@@ -316,7 +421,10 @@ fn print(out: &mut impl Write, s: &Status) -> anyhow::Result<()> {
             none("none: no epoch was ever claimed")
         )?,
     }
-    if let Some(standby) = &s.standby {
+    if let Some(url) = s.leader.as_ref().and_then(|l| l.dashboard.as_ref()) {
+        writeln!(out, "{} {url}", label("dashboard"))?;
+    }
+    for standby in &s.standbys {
         writeln!(
             out,
             "{} {} at {}",

@@ -1,5 +1,6 @@
-//! Helpers of the high-availability tests: real `cohort serve` processes on loopback, signals,
-//! and bounded polling with deadlines (never a sleep as synchronisation).
+//! Helpers of the high-availability tests: real `cohort serve` processes on loopback, node
+//! processes (the test binary re-executed), signals, and bounded polling with deadlines (never
+//! a sleep as synchronisation).
 
 #![allow(dead_code)] // each test file uses its own subset
 
@@ -8,6 +9,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use cohort::checkpoint::CheckpointStore;
+use cohort::coordinator::node::{Node, NodeSettings};
+use cohort::coordinator::{Actor, Context};
+use cohort::{Checkpointable, ObjectError, ObjectId};
 
 /// A child process that is SIGKILLed when dropped, whose stderr is collected line by line.
 pub(crate) struct Proc {
@@ -150,4 +157,83 @@ pub(crate) fn store_dir() -> (tempfile::TempDir, String) {
     let url = dir.path().join("store").display().to_string();
     std::fs::create_dir_all(Path::new(&url)).unwrap();
     (dir, url)
+}
+
+/// A node's object: counts what it is told.
+#[derive(Checkpointable, Default)]
+struct Counter {
+    value: u64,
+}
+
+#[async_trait]
+impl Actor for Counter {
+    type Message = u64;
+
+    async fn handle(&mut self, message: u64, _ctx: &mut Context<'_>) -> Result<(), ObjectError> {
+        self.value += message;
+        Ok(())
+    }
+}
+
+/// The body of a node process, run by a test named `node_role` in the test binary when the
+/// variable `env` is set to `name|store|coordinator,coordinator` (see [`spawn_node`]). It
+/// hosts four counters, feeds them, and runs until killed (or for two minutes at most).
+pub(crate) fn node_role(env: &str) {
+    let Ok(spec) = std::env::var(env) else {
+        return;
+    };
+    let mut parts = spec.split('|');
+    let (name, url, coordinators) = (
+        parts.next().unwrap().to_owned(),
+        parts.next().unwrap().to_owned(),
+        parts
+            .next()
+            .unwrap()
+            .split(',')
+            .map(str::to_owned)
+            .collect::<Vec<_>>(),
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async move {
+        let store = CheckpointStore::open(&url, Default::default())
+            .await
+            .unwrap();
+        let mut settings = NodeSettings::default();
+        settings.heartbeat_interval = Duration::from_millis(100);
+        settings.heartbeat_timeout = Duration::from_millis(800);
+        settings.max_backoff = Duration::from_millis(100);
+        let node = Node::builder(store)
+            .name(name.clone())
+            .coordinators(coordinators)
+            .settings(settings)
+            .build()
+            .await
+            .unwrap();
+        let counters: Vec<_> = (0..4)
+            .map(|i| {
+                let id = ObjectId::new(format!("{name}-counter-{i}")).unwrap();
+                node.spawn(id, Counter::default()).unwrap()
+            })
+            .collect();
+        println!("node {name} started");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        while tokio::time::Instant::now() < deadline {
+            tick.tick().await;
+            for c in &counters {
+                // Held objects queue their inputs; a full stop is what the test is after.
+                let _ = c.tell(1);
+            }
+        }
+    });
+}
+
+/// Starts a node process: this test binary re-executed to run its `node_role` test with `env`
+/// set (see [`node_role`]).
+pub(crate) fn spawn_node(env: &str, name: &str, store: &str, coordinators: &[&str]) -> Proc {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["node_role", "--exact", "--nocapture", "--test-threads=1"])
+        .env(env, format!("{name}|{store}|{}", coordinators.join(",")))
+        .env("RUST_LOG", "warn");
+    Proc::spawn(name, cmd)
 }

@@ -69,8 +69,9 @@ impl<T: EngineTypes> Engine<T> {
         if !joined && !moved {
             return;
         }
-        self.placement.insert(object, host.clone());
-        self.hosts.entry(host).or_default();
+        if moved {
+            self.place(object, host);
+        }
         self.roster = None;
         if self.attempt.as_ref().is_some_and(|a| !a.is_creating()) {
             self.abort(now_ms, AbortReason::MembershipChanged, out);
@@ -81,7 +82,7 @@ impl<T: EngineTypes> Engine<T> {
         if !self.members.remove(object) {
             return;
         }
-        self.placement.remove(object);
+        self.unplace(object);
         self.roster = None;
         let takes_part = self
             .attempt

@@ -23,6 +23,8 @@ pub(super) struct HostState {
     /// The incarnation of the restore it was sent on its own (outside a recovery), until it
     /// answers: only that answer releases it.
     pub(super) joining: Option<u64>,
+    /// Members placed on it.
+    pub(super) objects: usize,
 }
 
 impl HostState {
@@ -32,6 +34,7 @@ impl HostState {
             lost_at_ms: None,
             ready: true,
             joining: None,
+            objects: 0,
         }
     }
 
@@ -92,7 +95,12 @@ impl<T: EngineTypes> Engine<T> {
         out: &mut Vec<Command<T>>,
     ) {
         let known = self.hosts.get(&host).cloned();
-        if resumed && known.is_some() {
+        // Only a host up or lost within the timeout has a session to resume.
+        if resumed
+            && known
+                .as_ref()
+                .is_some_and(|k| k.up || k.lost_at_ms.is_some())
+        {
             let state = self.hosts.entry(host.clone()).or_default();
             state.up = true;
             state.lost_at_ms = None;
@@ -143,8 +151,9 @@ impl<T: EngineTypes> Engine<T> {
         }
     }
 
-    /// Hosts lost for longer than the host timeout are dead: they leave, and if their objects
-    /// were members, the cohort recovers.
+    /// Hosts lost for longer than the host timeout are dead. A dead host that held members
+    /// stays known, down, while they are placed on it (it says where the absent objects were),
+    /// and the cohort recovers; one that held none leaves at once.
     pub(super) fn check_hosts(&mut self, now_ms: u64, out: &mut Vec<Command<T>>) {
         let timeout = self.config.host_timeout_ms;
         let dead: Vec<HostId> = self
@@ -158,16 +167,49 @@ impl<T: EngineTypes> Engine<T> {
             .map(|(name, _)| name.clone())
             .collect();
         for host in dead {
-            self.hosts.remove(&host);
             if self.hosts_objects(&host) {
+                if let Some(state) = self.hosts.get_mut(&host) {
+                    *state = HostState {
+                        objects: state.objects,
+                        ..HostState::default()
+                    };
+                }
                 self.start_recovery(now_ms, RecoveryCause::HostDead { host }, out);
+            } else {
+                self.hosts.remove(&host);
             }
+        }
+    }
+
+    /// Places `object` on `host`: a host down for good that it vacates is forgotten, so that
+    /// the table of hosts stays bounded by the hosts in use.
+    pub(super) fn place(&mut self, object: ObjectId, host: HostId) {
+        self.hosts.entry(host.clone()).or_default().objects += 1;
+        if let Some(old) = self.placement.insert(object, host) {
+            self.vacate(&old);
+        }
+    }
+
+    /// Takes `object`'s placement away.
+    pub(super) fn unplace(&mut self, object: &ObjectId) -> Option<HostId> {
+        let old = self.placement.remove(object)?;
+        self.vacate(&old);
+        Some(old)
+    }
+
+    fn vacate(&mut self, host: &HostId) {
+        let Some(state) = self.hosts.get_mut(host) else {
+            return;
+        };
+        state.objects = state.objects.saturating_sub(1);
+        if state.objects == 0 && !state.up && state.lost_at_ms.is_none() {
+            self.hosts.remove(host);
         }
     }
 
     /// Whether any member lives on `host`.
     fn hosts_objects(&self, host: &HostId) -> bool {
-        self.placement.values().any(|h| h == host)
+        self.hosts.get(host).is_some_and(|h| h.objects > 0)
     }
 
     pub(super) fn check_recovery_timers(&mut self, now_ms: u64, out: &mut Vec<Command<T>>) {
@@ -185,7 +227,6 @@ impl<T: EngineTypes> Engine<T> {
                 .collect();
             for host in &absent {
                 r.waiting.remove(host);
-                self.hosts.remove(host);
             }
             self.maybe_finish_restore(now_ms, out);
             return;
@@ -260,8 +301,7 @@ impl<T: EngineTypes> Engine<T> {
             for (object, host) in &line.objects {
                 if let Some(host) = host {
                     self.members.insert(object.clone());
-                    self.placement.insert(object.clone(), host.clone());
-                    self.hosts.entry(host.clone()).or_default();
+                    self.place(object.clone(), host.clone());
                 }
             }
             self.roster = None;
@@ -393,9 +433,9 @@ impl<T: EngineTypes> Engine<T> {
     /// Every host up restores the line under a new incarnation; hosts away restore when they
     /// resume; after a takeover, the line's hosts not registered yet are waited for.
     fn begin_restore(&mut self, now_ms: u64, line: Option<LineInfo>, out: &mut Vec<Command<T>>) {
-        let Some(r) = self.recovery.as_mut() else {
+        if self.recovery.is_none() {
             return;
-        };
+        }
         self.incarnation += 1;
         // In process, members the line does not hold were created by the discarded future.
         let mut dropped = Vec::new();
@@ -414,13 +454,16 @@ impl<T: EngineTypes> Engine<T> {
         let mut drops: std::collections::BTreeMap<HostId, Vec<ObjectId>> = Default::default();
         for object in &dropped {
             self.members.remove(object);
-            if let Some(host) = self.placement.remove(object) {
+            if let Some(host) = self.unplace(object) {
                 drops.entry(host).or_default().push(object.clone());
             }
         }
         if !dropped.is_empty() {
             self.roster = None;
         }
+        let Some(r) = self.recovery.as_mut() else {
+            return;
+        };
         r.dropped.extend(dropped);
         r.stage = Stage::Restoring;
         r.line = line;

@@ -128,6 +128,18 @@ pub struct Start {
     pub ready_hosts: Vec<HostId>,
 }
 
+/// Where a host stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Liveness {
+    /// Connected.
+    Up,
+    /// Its connection is gone; it may resume its session within the host timeout.
+    Lost,
+    /// Dead (or expected after a takeover and not registered): it comes back only with a new
+    /// session, restored like a new host.
+    Down,
+}
+
 /// Whether the engine is taking checkpoints.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Status {
@@ -277,9 +289,17 @@ impl<T: EngineTypes> Engine<T> {
         &self.placement
     }
 
-    /// The hosts this engine knows (up, or lost within the host timeout), and whether each is up.
-    pub fn hosts(&self) -> impl Iterator<Item = (&HostId, bool)> {
-        self.hosts.iter().map(|(h, s)| (h, s.up))
+    /// The hosts this engine knows, and whether each is up, lost within the host timeout, or
+    /// down (dead, or expected and not registered yet, while members are placed on it).
+    pub fn hosts(&self) -> impl Iterator<Item = (&HostId, Liveness)> {
+        self.hosts.iter().map(|(h, s)| {
+            let liveness = match (s.up, s.lost_at_ms) {
+                (true, _) => Liveness::Up,
+                (false, Some(_)) => Liveness::Lost,
+                (false, None) => Liveness::Down,
+            };
+            (h, liveness)
+        })
     }
 
     /// The earliest time at which [`Event::Tick`] could make a difference, if any.

@@ -7,14 +7,20 @@
 //! installs a [`ControlHandler`] in [`ServiceConfig::control`](super::ServiceConfig::control).
 //! A standby answers [`ControlReply::NotLeader`] with the leader's address, which
 //! [`request`] follows.
+//!
+//! Standbys also announce themselves to the leader ([`ControlRequest::Announce`], every
+//! [`ANNOUNCE_EVERY`], see [`Responder::announce`]), so that the leader's status lists its
+//! standbys and a standby knows the leader's status (and its dashboard's address) to show.
 
+use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use cohort_object_api::CheckpointId;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Service;
@@ -30,6 +36,13 @@ const IDLE: Duration = Duration::from_secs(30);
 /// How many "not leader" answers [`request`] follows before giving up.
 const MAX_HOPS: usize = 4;
 
+/// How often a standby announces itself to the leader.
+pub const ANNOUNCE_EVERY: Duration = Duration::from_secs(1);
+
+/// A standby not heard from for this long is no longer listed, and a standby drops the
+/// leader's status it heard this long ago.
+const ANNOUNCE_EXPIRY: Duration = Duration::from_secs(5);
+
 /// What the CLI asks.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -38,6 +51,32 @@ pub enum ControlRequest {
     Status,
     /// Take a checkpoint now and answer once it committed: [`ControlReply::Checkpointed`].
     Checkpoint,
+    /// A standby says it is there; the leader answers with its [`ControlReply::Status`] and
+    /// lists the standby in its status for a while ([`ANNOUNCE_EVERY`]).
+    Announce(StandbyReport),
+}
+
+/// A standby, as it announces itself to the leader.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct StandbyReport {
+    /// Its name (its epoch holder name, should it take over).
+    pub holder: String,
+    /// Where it accepts nodes.
+    pub address: String,
+    /// Its dashboard's URL, if it serves one.
+    pub dashboard: Option<String>,
+}
+
+impl StandbyReport {
+    /// A report of the standby `holder` at `address`.
+    pub fn new(holder: impl Into<String>, address: impl Into<String>) -> Self {
+        Self {
+            holder: holder.into(),
+            address: address.into(),
+            dashboard: None,
+        }
+    }
 }
 
 /// The coordinator's answer.
@@ -89,6 +128,12 @@ pub struct StatusReport {
     pub recoveries: u64,
     /// Nodes, objects and placement.
     pub table: StateTable,
+    /// The standbys that announced themselves recently (a leader's report only).
+    #[serde(default)]
+    pub standbys: Vec<StandbyReport>,
+    /// The URL of this coordinator's dashboard, if it serves one.
+    #[serde(default)]
+    pub dashboard: Option<String>,
 }
 
 impl StatusReport {
@@ -213,6 +258,7 @@ impl fmt::Display for ControlRequest {
         f.write_str(match self {
             Self::Status => "status",
             Self::Checkpoint => "checkpoint",
+            Self::Announce(_) => "announce",
         })
     }
 }
@@ -228,6 +274,11 @@ impl fmt::Display for ControlRequest {
 #[derive(Clone, Default)]
 pub struct Responder {
     parts: Arc<OnceLock<Parts>>,
+    dashboard: Arc<OnceLock<String>>,
+    /// Standbys heard from, by holder name, with when.
+    standbys: Arc<Mutex<BTreeMap<String, (StandbyReport, Instant)>>>,
+    /// On a standby: the leader's answer to its last announcement, with when.
+    leader: Arc<Mutex<Option<(StatusReport, Instant)>>>,
 }
 
 impl fmt::Debug for Responder {
@@ -259,13 +310,81 @@ impl Responder {
         });
     }
 
+    /// Sets the URL of this coordinator's dashboard, reported in its status and in its
+    /// announcements; a second call changes nothing.
+    pub fn set_dashboard(&self, url: impl Into<String>) {
+        let _ = self.dashboard.set(url.into());
+    }
+
+    /// This coordinator's status, as `cohort status` would be told; `None` until
+    /// [`attach`](Self::attach)ed.
+    pub fn status(&self) -> Option<StatusReport> {
+        let p = self.parts.get()?;
+        Some(self.status_report(p, &p.leadership.view()))
+    }
+
+    /// On a standby: the leader's status, as the leader answered the last announcement (at
+    /// most a few seconds old); `None` on the leader, or when no leader answered lately.
+    pub fn leader_status(&self) -> Option<StatusReport> {
+        let leader = self.leader.lock().unwrap_or_else(PoisonError::into_inner);
+        leader
+            .as_ref()
+            .filter(|(_, at)| at.elapsed() < ANNOUNCE_EXPIRY)
+            .map(|(report, _)| report.clone())
+    }
+
+    /// While this coordinator stands by behind a leader with a known address, announces it to
+    /// the leader every [`ANNOUNCE_EVERY`] and keeps the leader's answer for
+    /// [`leader_status`](Self::leader_status); runs until `stop`. `config` is this side of the
+    /// handshake (its role is set to `cli`; the token must be the coordinators').
+    pub async fn announce(&self, config: ConnectConfig, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(ANNOUNCE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let Some(p) = self.parts.get() else { continue };
+            let view = p.leadership.view();
+            let own = p.service.local_addr().to_string();
+            let Some(leader) = view.leader_address().filter(|a| *a != own) else {
+                *self.leader.lock().unwrap_or_else(PoisonError::into_inner) = None;
+                continue;
+            };
+            let mut me = StandbyReport::new(&p.holder, own);
+            me.dashboard = self.dashboard.get().cloned();
+            let asked = tokio::time::timeout(
+                ANNOUNCE_EXPIRY,
+                request(&[leader.to_owned()], &config, ControlRequest::Announce(me)),
+            )
+            .await;
+            let heard = match asked {
+                Ok(Ok(ControlReply::Status(report))) if report.leading => Some(*report),
+                Ok(Ok(other)) => {
+                    tracing::debug!(%leader, answer = ?other, "the leader did not take the announcement");
+                    None
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(%leader, error = %e, "cannot announce this standby to the leader");
+                    None
+                }
+                Err(_) => None,
+            };
+            if let Some(report) = heard {
+                *self.leader.lock().unwrap_or_else(PoisonError::into_inner) =
+                    Some((report, Instant::now()));
+            }
+        }
+    }
+
     /// The handler to install in [`ServiceConfig::control`](super::ServiceConfig::control).
     pub fn handler(&self) -> ControlHandler {
-        let parts = Arc::clone(&self.parts);
+        let this = self.clone();
         Arc::new(move |request| {
-            let parts = Arc::clone(&parts);
+            let this = this.clone();
             Box::pin(async move {
-                let Some(p) = parts.get() else {
+                let Some(p) = this.parts.get() else {
                     return ControlReply::Failed {
                         reason: "the coordinator is starting; retry in a moment".into(),
                     };
@@ -273,7 +392,20 @@ impl Responder {
                 let view = p.leadership.view();
                 match request {
                     ControlRequest::Status => {
-                        ControlReply::Status(Box::new(status_report(p, &view)))
+                        ControlReply::Status(Box::new(this.status_report(p, &view)))
+                    }
+                    ControlRequest::Announce(_) if view.serving_epoch().is_none() => {
+                        ControlReply::NotLeader {
+                            leader: view.leader_address().map(str::to_owned),
+                        }
+                    }
+                    ControlRequest::Announce(standby) => {
+                        let mut standbys =
+                            this.standbys.lock().unwrap_or_else(PoisonError::into_inner);
+                        standbys.retain(|_, (_, at)| at.elapsed() < ANNOUNCE_EXPIRY);
+                        standbys.insert(standby.holder.clone(), (standby, Instant::now()));
+                        drop(standbys);
+                        ControlReply::Status(Box::new(this.status_report(p, &view)))
                     }
                     ControlRequest::Checkpoint if view.serving_epoch().is_none() => {
                         ControlReply::NotLeader {
@@ -289,6 +421,22 @@ impl Responder {
                 }
             })
         })
+    }
+}
+
+impl Responder {
+    fn status_report(&self, p: &Parts, view: &View) -> StatusReport {
+        let mut report = status_report(p, view);
+        report.dashboard = self.dashboard.get().cloned();
+        if report.leading {
+            let standbys = self.standbys.lock().unwrap_or_else(PoisonError::into_inner);
+            report.standbys = standbys
+                .values()
+                .filter(|(_, at)| at.elapsed() < ANNOUNCE_EXPIRY)
+                .map(|(s, _)| s.clone())
+                .collect();
+        }
+        report
     }
 }
 

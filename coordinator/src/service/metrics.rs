@@ -1,39 +1,30 @@
 //! What a coordinator service exposes to Prometheus: checkpoint duration, size and pause,
 //! counts of committed, aborted and failed checkpoints, recoveries, and the leader epoch; and
-//! the minimal HTTP endpoint that serves them (`cohort serve --metrics ADDR`).
+//! the [`History`] of its recent attempts and recoveries, fed by the same calls.
 //!
-//! The exposition is the OpenMetrics text format, written by the `prometheus-client` crate and
-//! served as `application/openmetrics-text; version=1.0.0`, which Prometheus negotiates and
-//! parses. The endpoint answers `GET /metrics` (and `HEAD`), one request per connection, and
-//! nothing else: it has no state to change and needs no authentication beyond where it is bound.
+//! The exposition is the OpenMetrics text format, written by the `prometheus-client` crate
+//! ([`ServiceMetrics::render`]); `cohort serve --http` serves it at `/metrics` as
+//! [`CONTENT_TYPE`], which Prometheus negotiates and parses.
 
+use std::collections::BTreeMap;
 use std::fmt;
-use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use cohort_object_api::CheckpointId;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
+
+use super::history::{self, History, Outcome};
+use super::leadership::Transition;
+use cohort_object_api::Clock;
 
 /// The content type of the exposition.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// The largest request head read; a scraper's is a few hundred bytes.
-const MAX_REQUEST_HEAD: usize = 8 * 1024;
-
-/// How long a client has to send its request head.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// At most this many scrapes are answered at once; more wait to be accepted.
-const MAX_CONNECTIONS: usize = 64;
 
 /// The metrics of one coordinator service. Cheap to clone: clones share the values.
 #[derive(Clone)]
@@ -56,6 +47,7 @@ struct Inner {
     duration_sum_us: AtomicU64,
     size_sum: AtomicU64,
     pauses: AtomicU64,
+    history: History,
 }
 
 impl fmt::Debug for ServiceMetrics {
@@ -96,8 +88,18 @@ pub struct MetricsSnapshot {
 }
 
 impl ServiceMetrics {
-    /// Fresh metrics, every value zero.
+    /// Fresh metrics, every value zero, with a history of the default size stamped by the
+    /// system clock.
     pub fn new() -> Self {
+        Self::with_history(History::new(
+            Clock::system(),
+            history::DEFAULT_ATTEMPTS,
+            history::DEFAULT_TIMELINE,
+        ))
+    }
+
+    /// Fresh metrics that feed `history`.
+    pub fn with_history(history: History) -> Self {
         let mut registry = Registry::default();
         // 1 ms to ~65 s, doubling.
         let duration = Histogram::new(exponential_buckets(0.001, 2.0, 17));
@@ -174,13 +176,21 @@ impl ServiceMetrics {
                 duration_sum_us: AtomicU64::new(0),
                 size_sum: AtomicU64::new(0),
                 pauses: AtomicU64::new(0),
+                history,
             }),
         }
     }
 
-    /// Records a committed checkpoint, with how long it took and how many bytes it wrote
-    /// when they are known (an unknown one is left out of its histogram).
-    pub fn record_committed(&self, duration: Option<Duration>, bytes: Option<u64>) {
+    /// Records checkpoint `id` committed, with how long it took and how many bytes it wrote
+    /// when they are known (an unknown one is left out of its histogram), and the pause of
+    /// every node that voted (one sample each: the longest of its objects).
+    pub fn record_committed(
+        &self,
+        id: CheckpointId,
+        duration: Option<Duration>,
+        bytes: Option<u64>,
+        pauses: &BTreeMap<String, Duration>,
+    ) {
         let i = &self.inner;
         i.committed.inc();
         if let Some(duration) = duration {
@@ -192,27 +202,91 @@ impl ServiceMetrics {
             i.size.observe(bytes as f64);
             i.size_sum.fetch_add(bytes, Ordering::Relaxed);
         }
+        for pause in pauses.values() {
+            i.pause.observe(pause.as_secs_f64());
+            i.pauses.fetch_add(1, Ordering::Relaxed);
+        }
+        i.history.record_attempt(
+            id,
+            Outcome::Committed,
+            None,
+            duration,
+            bytes.unwrap_or(0),
+            pauses,
+        );
     }
 
-    /// Records a pause: the longest of one node's objects in one committed checkpoint.
-    pub fn record_pause(&self, pause: Duration) {
-        self.inner.pause.observe(pause.as_secs_f64());
-        self.inner.pauses.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Records an attempt aborted before the commit point.
-    pub fn record_aborted(&self) {
+    /// Records an attempt at checkpoint `id` aborted before the commit point, and why. Its
+    /// duration, bytes and pauses go to the history only.
+    pub fn record_aborted(
+        &self,
+        id: CheckpointId,
+        reason: &impl fmt::Display,
+        duration: Option<Duration>,
+        bytes: u64,
+        pauses: &BTreeMap<String, Duration>,
+    ) {
         self.inner.aborted.inc();
+        self.inner.history.record_attempt(
+            id,
+            Outcome::Aborted,
+            Some(reason.to_string()),
+            duration,
+            bytes,
+            pauses,
+        );
     }
 
-    /// Records an attempt whose commit point failed.
-    pub fn record_failed(&self) {
+    /// Records an attempt at checkpoint `id` whose commit point failed, and why.
+    pub fn record_failed(
+        &self,
+        id: CheckpointId,
+        reason: &impl fmt::Display,
+        duration: Option<Duration>,
+        bytes: u64,
+        pauses: &BTreeMap<String, Duration>,
+    ) {
         self.inner.failed.inc();
+        self.inner.history.record_attempt(
+            id,
+            Outcome::Failed,
+            Some(reason.to_string()),
+            duration,
+            bytes,
+            pauses,
+        );
     }
 
-    /// Records a cohort recovery.
-    pub fn record_recovery(&self) {
+    /// Records a cohort recovery that starts now: why, to which line, and the nodes that
+    /// restore.
+    pub fn record_recovery(
+        &self,
+        cause: &crate::engine::RecoveryCause,
+        line: Option<CheckpointId>,
+        restoring: impl IntoIterator<Item = impl Into<String>>,
+    ) {
         self.inner.recoveries.inc();
+        self.inner.history.record_recovery(
+            cause.to_string(),
+            line,
+            restoring.into_iter().map(Into::into).collect(),
+        );
+    }
+
+    /// Records a leadership change: the leader gauges follow it, and it goes on the
+    /// history's timeline.
+    pub fn record_transition(&self, transition: &Transition) {
+        match transition {
+            Transition::Leading { epoch, .. } => self.set_leader(Some(*epoch)),
+            Transition::SteppedDown { .. } => self.set_leader(None),
+            _ => {}
+        }
+        self.inner.history.record_transition(transition);
+    }
+
+    /// The history these metrics feed.
+    pub fn history(&self) -> &History {
+        &self.inner.history
     }
 
     /// Sets the epoch led under, or `None` for a standby.
@@ -249,217 +323,30 @@ impl ServiceMetrics {
     }
 }
 
-/// A bound metrics endpoint; [`run`](Self::run) serves it.
-#[derive(Debug)]
-pub struct MetricsEndpoint {
-    listener: TcpListener,
-    addr: SocketAddr,
-}
-
-impl MetricsEndpoint {
-    /// Binds `addr`.
-    ///
-    /// # Errors
-    ///
-    /// When the port cannot be opened; the message names the address.
-    pub async fn bind(addr: SocketAddr) -> io::Result<Self> {
-        let listener = TcpListener::bind(addr).await.map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!(
-                    "cannot listen for metrics on {addr}: {e}; pick a free port with --metrics"
-                ),
-            )
-        })?;
-        let addr = listener.local_addr()?;
-        Ok(Self { listener, addr })
-    }
-
-    /// The bound address (with the real port when port 0 was asked for).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// Serves `metrics` until `shutdown` is cancelled.
-    pub async fn run(self, metrics: ServiceMetrics, shutdown: CancellationToken) {
-        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-        let mut connections = tokio::task::JoinSet::new();
-        loop {
-            let permit = tokio::select! {
-                () = shutdown.cancelled() => break,
-                permit = Arc::clone(&slots).acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => break,
-                },
-            };
-            let accepted = tokio::select! {
-                () = shutdown.cancelled() => break,
-                accepted = self.listener.accept() => accepted,
-            };
-            match accepted {
-                Ok((stream, peer)) => {
-                    let metrics = metrics.clone();
-                    connections.spawn(async move {
-                        if let Err(e) = answer(stream, &metrics).await {
-                            tracing::debug!(%peer, error = %e, "metrics request failed");
-                        }
-                        drop(permit);
-                    });
-                }
-                Err(e) => {
-                    // Out of descriptors or a reset before accept: keep serving.
-                    tracing::warn!(error = %e, "metrics endpoint cannot accept");
-                    tokio::task::yield_now().await;
-                }
-            }
-            while connections.try_join_next().is_some() {}
-        }
-        connections.abort_all();
-    }
-}
-
-/// A response: status line and body.
-struct Response {
-    status: &'static str,
-    content_type: &'static str,
-    body: String,
-    allow: bool,
-}
-
-impl Response {
-    fn text(status: &'static str, body: impl Into<String>) -> Self {
-        Self {
-            status,
-            content_type: "text/plain; charset=utf-8",
-            body: body.into(),
-            allow: false,
-        }
-    }
-}
-
-/// Reads one request head and answers it; the connection is then closed.
-async fn answer(mut stream: TcpStream, metrics: &ServiceMetrics) -> io::Result<()> {
-    let head = tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut stream)).await;
-    let (response, head_only) = match head {
-        Err(_) => (
-            Response::text("408 Request Timeout", "request head not received in time\n"),
-            false,
-        ),
-        Ok(Err(e)) => return Err(e),
-        Ok(Ok(None)) => (
-            Response::text(
-                "431 Request Header Fields Too Large",
-                "request head too large\n",
-            ),
-            false,
-        ),
-        Ok(Ok(Some(head))) => route(&head, metrics),
-    };
-    let mut out = format!(
-        "HTTP/1.1 {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\nCache-Control: no-store\r\n",
-        response.status,
-        response.content_type,
-        response.body.len()
-    );
-    if response.allow {
-        out.push_str("Allow: GET, HEAD\r\n");
-    }
-    out.push_str("\r\n");
-    if !head_only {
-        out.push_str(&response.body);
-    }
-    stream.write_all(out.as_bytes()).await?;
-    stream.shutdown().await
-}
-
-/// Reads until the blank line that ends a request head; `None` if it is too large. A body
-/// (there should be none) is ignored.
-async fn read_head(stream: &mut TcpStream) -> io::Result<Option<String>> {
-    let mut buf = Vec::with_capacity(512);
-    let mut chunk = [0u8; 1024];
-    loop {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "connection closed before the request head ended",
-            ));
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(end) = find(&buf, b"\r\n\r\n").or_else(|| find(&buf, b"\n\n")) {
-            buf.truncate(end);
-            return Ok(Some(String::from_utf8_lossy(&buf).into_owned()));
-        }
-        if buf.len() > MAX_REQUEST_HEAD {
-            return Ok(None);
-        }
-    }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-/// Picks the response for a request head; the flag is true for `HEAD` (no body sent).
-fn route(head: &str, metrics: &ServiceMetrics) -> (Response, bool) {
-    let line = head.lines().next().unwrap_or_default();
-    let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return (
-            Response::text("400 Bad Request", "malformed request line\n"),
-            false,
-        );
-    };
-    if !version.starts_with("HTTP/1.") {
-        return (
-            Response::text(
-                "505 HTTP Version Not Supported",
-                "only HTTP/1.x is served\n",
-            ),
-            false,
-        );
-    }
-    let head_only = method == "HEAD";
-    if method != "GET" && !head_only {
-        let mut r = Response::text("405 Method Not Allowed", "use GET /metrics\n");
-        r.allow = true;
-        return (r, false);
-    }
-    // The query string, if any, selects nothing.
-    let path = target.split('?').next().unwrap_or_default();
-    let response = match path {
-        "/metrics" => Response {
-            status: "200 OK",
-            content_type: CONTENT_TYPE,
-            body: metrics.render(),
-            allow: false,
-        },
-        "/" => Response::text("200 OK", "cohort coordinator: metrics at /metrics\n"),
-        _ => Response::text("404 Not Found", "not found; metrics are at /metrics\n"),
-    };
-    (response, head_only)
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)] // a panic in a test is a failed test
-
-    use std::net::Ipv4Addr;
 
     use super::*;
 
     #[test]
     fn the_exposition_names_every_metric() {
         let m = ServiceMetrics::new();
-        m.record_committed(Some(Duration::from_millis(12)), Some(4096));
-        m.record_committed(Some(Duration::from_millis(30)), Some(0));
-        m.record_committed(None, None);
-        m.record_pause(Duration::from_micros(250));
-        m.record_aborted();
-        m.record_failed();
-        m.record_recovery();
+        let none = BTreeMap::new();
+        let one_pause = BTreeMap::from([("n1".to_owned(), Duration::from_micros(250))]);
+        let id = CheckpointId::new(1);
+        m.record_committed(id, Some(Duration::from_millis(12)), Some(4096), &one_pause);
+        m.record_committed(id, Some(Duration::from_millis(30)), Some(0), &none);
+        m.record_committed(id, None, None, &none);
+        m.record_aborted(id, &"a no vote", None, 0, &none);
+        m.record_failed(id, &"the store failed", None, 0, &none);
+        m.record_recovery(
+            &crate::engine::RecoveryCause::HostDead {
+                host: crate::engine::HostId::new("n1"),
+            },
+            Some(id),
+            ["n2"],
+        );
         m.set_leader(Some(7));
         let text = m.render();
         for line in [
@@ -493,72 +380,32 @@ mod tests {
         );
         m.set_leader(None);
         assert!(m.render().lines().any(|l| l == "cohort_leader 0"));
-    }
 
-    async fn request(addr: SocketAddr, raw: &[u8]) -> String {
-        let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(raw).await.unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.unwrap();
-        out
-    }
+        // The history saw the same attempts, in order, with the reasons.
+        let page = m.history().since(0);
+        let outcomes: Vec<Outcome> = page.attempts.iter().map(|a| a.outcome).collect();
+        assert_eq!(
+            outcomes,
+            [
+                Outcome::Committed,
+                Outcome::Committed,
+                Outcome::Committed,
+                Outcome::Aborted,
+                Outcome::Failed
+            ]
+        );
+        assert_eq!(page.attempts[0].pauses_us["n1"], 250);
+        assert_eq!(page.attempts[4].reason.as_deref(), Some("the store failed"));
+        assert_eq!(page.timeline.len(), 1);
 
-    #[tokio::test]
-    async fn the_endpoint_answers_scrapes_and_refuses_the_rest() {
-        let metrics = ServiceMetrics::new();
-        metrics.record_committed(Some(Duration::from_millis(5)), Some(10));
-        let endpoint = MetricsEndpoint::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
-            .await
-            .unwrap();
-        let addr = endpoint.local_addr();
-        let shutdown = CancellationToken::new();
-        let server = tokio::spawn(endpoint.run(metrics.clone(), shutdown.clone()));
-
-        let ok = request(
-            addr,
-            b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n",
-        )
-        .await;
-        let (head, body) = ok.split_once("\r\n\r\n").unwrap();
-        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
-        assert!(head.contains(CONTENT_TYPE));
-        assert!(head.contains(&format!("Content-Length: {}", body.len())));
-        assert!(body.contains("cohort_checkpoints_committed_total 1"));
-
-        let head_only = request(addr, b"HEAD /metrics?x=1 HTTP/1.0\r\n\r\n").await;
-        assert!(head_only.starts_with("HTTP/1.1 200 OK"));
-        assert!(head_only.ends_with("\r\n\r\n"), "HEAD sent a body");
-
-        let missing = request(addr, b"GET /nope HTTP/1.1\r\n\r\n").await;
-        assert!(missing.starts_with("HTTP/1.1 404 Not Found"));
-        let post = request(addr, b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n").await;
-        assert!(post.starts_with("HTTP/1.1 405 Method Not Allowed"));
-        assert!(post.contains("Allow: GET, HEAD"));
-        let garbage = request(addr, b"\x16\x03\x01 hello\r\n\r\n").await;
-        assert!(garbage.starts_with("HTTP/1.1 400 Bad Request"), "{garbage}");
-        // Exactly what the server reads before it gives up, so that nothing is left unread.
-        let huge = vec![b'a'; MAX_REQUEST_HEAD + 1024];
-        let too_big = request(addr, &huge).await;
-        assert!(too_big.starts_with("HTTP/1.1 431"), "{too_big}");
-
-        // Still serving after all that.
-        let again = request(addr, b"GET /metrics HTTP/1.1\r\n\r\n").await;
-        assert!(again.starts_with("HTTP/1.1 200 OK"));
-        shutdown.cancel();
-        server.await.unwrap();
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_silent_client_is_timed_out() {
-        let endpoint = MetricsEndpoint::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
-            .await
-            .unwrap();
-        let addr = endpoint.local_addr();
-        let shutdown = CancellationToken::new();
-        let server = tokio::spawn(endpoint.run(ServiceMetrics::new(), shutdown.clone()));
-        let answer = request(addr, b"GET /metrics HTTP/1.1\r\n").await;
-        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
-        shutdown.cancel();
-        server.await.unwrap();
+        // A leadership change moves the gauges and goes on the timeline.
+        m.record_transition(&Transition::Leading {
+            epoch: 9,
+            fence: None,
+        });
+        assert!(m.render().lines().any(|l| l == "cohort_leader_epoch 9"));
+        m.record_transition(&Transition::SteppedDown { epoch: 9 });
+        assert!(m.render().lines().any(|l| l == "cohort_leader 0"));
+        assert_eq!(m.history().since(page.seq).timeline.len(), 2);
     }
 }

@@ -40,6 +40,7 @@
 //! replacement registering the same object ids, comes back and restores them from the line.
 
 pub mod control;
+pub mod history;
 pub mod leadership;
 pub mod metrics;
 pub mod protocol;

@@ -17,8 +17,9 @@ use super::protocol::{CoordinatorFrame, NodeFrame, WireVote};
 use super::table::{NodeEntry, StateTable};
 use crate::core::{CommitStats, Core, RestoreOrder, Transport};
 use crate::engine::{
-    Ballot, Config, Decision, Engine, Event, Health, HostId, Hosting, LineInfo, RecoverId,
-    Recovered, RecoveryCause, RecoveryFailure, RestoreFailure, Round, Start, Vote, VotedState,
+    Ballot, Config, Decision, Engine, Event, Health, HostId, Hosting, LineInfo, Liveness,
+    RecoverId, Recovered, RecoveryCause, RecoveryFailure, RestoreFailure, Round, Start, Vote,
+    VotedState,
 };
 use crate::error::{Error, Result};
 use crate::failpoint::{Crash, FailPoints};
@@ -414,6 +415,8 @@ struct Nodes {
     /// several frames: the objects it counted in without waking them, then the others).
     attempt_pauses: BTreeMap<String, Duration>,
     attempt_started: Option<tokio::time::Instant>,
+    /// A recovery that started and that the metrics' history has not recorded yet.
+    recovery_unrecorded: Option<(u64, RecoveryCause)>,
     /// The store fenced a commit or a fence: this service is deposed.
     fenced: bool,
 }
@@ -437,7 +440,7 @@ impl Nodes {
                     host.as_str().to_owned(),
                     NodeEntry {
                         peer_addr,
-                        live: up,
+                        live: up == Liveness::Up,
                     },
                 )
             })
@@ -522,14 +525,17 @@ impl Transport for Nodes {
 
     fn decided(&mut self, id: CheckpointId, round: Round, decision: &Decision, hosts: &[HostId]) {
         let committed = *decision == Decision::Committed;
+        let took = self.attempt_started.map(|t| t.elapsed());
+        let (bytes, pauses) = (self.attempt_bytes, &self.attempt_pauses);
         match decision {
             Decision::Aborted(reason) => {
                 self.stats.aborted += 1;
                 if let Some(m) = &self.metrics {
+                    // Aborted before the commit point, or the commit point failed.
                     if reason.is_commit_failure() {
-                        m.record_failed();
+                        m.record_failed(id, reason, took, bytes, pauses);
                     } else {
-                        m.record_aborted();
+                        m.record_aborted(id, reason, took, bytes, pauses);
                     }
                 }
             }
@@ -537,11 +543,7 @@ impl Transport for Nodes {
                 self.stats.committed += 1;
                 tracing::info!(checkpoint = %id, %round, "checkpoint committed");
                 if let Some(m) = &self.metrics {
-                    let took = self.attempt_started.map(|t| t.elapsed());
-                    m.record_committed(took, Some(self.attempt_bytes));
-                    for pause in self.attempt_pauses.values() {
-                        m.record_pause(*pause);
-                    }
+                    m.record_committed(id, took, Some(bytes), pauses);
                 }
             }
         }
@@ -558,6 +560,22 @@ impl Transport for Nodes {
     }
 
     async fn restore(&mut self, order: RestoreOrder<'_>) -> Vec<Event<Local>> {
+        // The history records a recovery once its line is known: at its first restore.
+        if let Some((recovery, cause)) = self.recovery_unrecorded.take() {
+            if recovery == order.recovery {
+                if let Some(m) = &self.metrics {
+                    let restoring: Vec<String> = self
+                        .nodes
+                        .iter()
+                        .filter(|(_, n)| n.conn.is_some())
+                        .map(|(name, _)| name.clone())
+                        .collect();
+                    m.record_recovery(&cause, order.line_id, restoring);
+                }
+            } else {
+                self.recovery_unrecorded = Some((recovery, cause));
+            }
+        }
         match self.get(order.host).filter(|n| n.conn.is_some()) {
             Some(n) => {
                 n.send(CoordinatorFrame::Restore {
@@ -581,19 +599,24 @@ impl Transport for Nodes {
         }
     }
 
-    fn recovering(&mut self, _recovery: u64, _cause: &RecoveryCause) {
+    fn recovering(&mut self, recovery: u64, cause: &RecoveryCause) {
         self.stats.recoveries += 1;
-        if let Some(m) = &self.metrics {
-            m.record_recovery();
-        }
+        self.recovery_unrecorded = Some((recovery, cause.clone()));
     }
 
     fn recovered(
         &mut self,
         _requests: Vec<RecoverId>,
-        _result: std::result::Result<Recovered, RecoveryFailure>,
+        result: std::result::Result<Recovered, RecoveryFailure>,
         _error: Option<Error>,
     ) {
+        // A recovery that restored no node (every node was away) is recorded at its end.
+        if let Some((_, cause)) = self.recovery_unrecorded.take()
+            && let Some(m) = &self.metrics
+        {
+            let line = result.as_ref().ok().and_then(|r| r.line);
+            m.record_recovery(&cause, line, Vec::<String>::new());
+        }
     }
 
     fn health(&mut self, _health: &Health) {}
@@ -782,6 +805,7 @@ impl Server {
             attempt_bytes: 0,
             attempt_pauses: BTreeMap::new(),
             attempt_started: None,
+            recovery_unrecorded: None,
             fenced: false,
         };
         let mut core = Core::new(
@@ -928,7 +952,11 @@ impl Server {
         };
         let host = HostId::new(&node);
         // A node taken over by someone else's objects is refused, whole.
-        let live = |h: &HostId| core.engine.hosts().any(|(k, up)| k == h && up);
+        let live = |h: &HostId| {
+            core.engine
+                .hosts()
+                .any(|(k, l)| k == h && l == Liveness::Up)
+        };
         if let Some((clash, owner)) = objects.iter().find_map(|o| {
             core.engine
                 .placement()
@@ -943,7 +971,11 @@ impl Server {
             });
             return Ok(());
         }
-        let known = core.engine.hosts().any(|(h, _)| *h == host);
+        // A dead node's session is over: it comes back with a new one.
+        let known = core
+            .engine
+            .hosts()
+            .any(|(h, l)| *h == host && l != Liveness::Down);
         let resumed = known
             && session.is_some()
             && core.transport.nodes.get(&node).map(|n| n.session) == session;

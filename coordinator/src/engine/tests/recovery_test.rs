@@ -297,7 +297,7 @@ fn a_dead_host_triggers_a_cohort_recovery_a_blip_does_not() {
             },
         ]
     );
-    // Only the hosts up restore; c left the table.
+    // Only the hosts up restore; c stays known, down, while its object is placed there.
     let out = e.handle(
         1_101,
         line_read(1, Some(line(5, &[(0, "a"), (1, "b"), (2, "c")]))),
@@ -309,6 +309,22 @@ fn a_dead_host_triggers_a_cohort_recovery_a_blip_does_not() {
             restore(1, &host("a"), Some(5), 1 << 32, inc),
             restore(1, &host("b"), Some(5), 1 << 32, inc),
         ]
+    );
+    assert_eq!(
+        e.hosts().map(|(h, l)| (h.as_str(), l)).collect::<Vec<_>>(),
+        vec![
+            ("a", Liveness::Up),
+            ("b", Liveness::Up),
+            ("c", Liveness::Down)
+        ]
+    );
+    // A replacement hosting c's object elsewhere vacates it: c leaves the table.
+    e.handle(
+        1_102,
+        Event::Join {
+            object: obj(2),
+            host: host("a"),
+        },
     );
     assert_eq!(e.hosts().count(), 2);
 }
