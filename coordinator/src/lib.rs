@@ -28,8 +28,8 @@ mod participant;
 pub mod runtime;
 pub mod service;
 
-pub use core::commit::COUNTERS_KEY;
 pub use error::{Error, Result};
 pub use messaging::{Actor, Address, Context};
 pub use participant::metrics::{CheckpointStats, Metrics, PauseStats};
+pub use participant::restore::COUNTERS_KEY;
 pub use runtime::{Cohort, Health, RecoveryReport, Settings};

@@ -8,12 +8,7 @@ use cohort_checkpoint::{CheckpointStore, InTransitEntry, Manifest, ObjectEntry};
 use cohort_object_api::{CheckpointId, ObjectId};
 
 use crate::engine::{Ballot, CommitOutcome, VotedState};
-
-/// The manifest metadata key holding the message counters (sent, received) of every object at
-/// its cut. Objects with both at zero are left out (a reader takes a missing one as zero), so
-/// objects that never messaged cost nothing; a manifest without the key (written before it
-/// existed) has no counters, and its in-transit messages are redelivered as inputs.
-pub const COUNTERS_KEY: &str = "cohort.counters";
+use crate::participant::restore::COUNTERS_KEY;
 
 /// What went into a manifest, for metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -120,18 +115,5 @@ pub(crate) async fn create(store: &CheckpointStore, manifest: &Arc<Manifest>) ->
         Err(e) => CommitOutcome::Failed {
             reason: e.to_string(),
         },
-    }
-}
-
-/// The message counters a line recorded: `None` when it recorded none (a line from before
-/// counters existed), else each object's (sent, received), zero for those left out.
-pub(crate) fn counters(line: &Manifest) -> Option<BTreeMap<ObjectId, (u64, u64)>> {
-    let bytes = line.metadata.get(COUNTERS_KEY)?;
-    match rmp_serde::from_slice(bytes) {
-        Ok(counters) => Some(counters),
-        Err(e) => {
-            tracing::warn!(line = %line.id, error = %e, "the line's message counters do not decode; redelivered messages are treated as inputs");
-            None
-        }
     }
 }

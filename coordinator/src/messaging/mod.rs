@@ -2,7 +2,8 @@
 //!
 //! Objects of a cohort collaborate by sending each other messages, and cohort must see every
 //! one of them to guarantee a consistent cut. An object that handles messages implements
-//! [`Actor`]; it is spawned into a [`Cohort`], which returns an [`Address`].
+//! [`Actor`]; it is spawned into a [`Cohort`](crate::Cohort) or onto a
+//! [`Node`](crate::node::Node), which returns an [`Address`].
 //! Inside a handler, [`Context::send`] sends to another member: the runtime stamps the message
 //! with the sender's colour and counts it (see ARCHITECTURE.md, "Protocol"). From outside the
 //! cohort, [`Address::tell`] delivers a message that is not part of any cut: an input.
@@ -10,10 +11,10 @@
 //! Mailboxes are unbounded: a bounded mailbox could deadlock two objects sending to each other,
 //! and the protocol never waits on a full one.
 
-use std::any::type_name;
+use std::any::{Any, type_name};
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use cohort_object_api::{Checkpointable, ObjectError, ObjectId};
@@ -23,7 +24,6 @@ use tokio::sync::mpsc;
 
 use crate::engine::{CutState, Round};
 use crate::error::{Error, Result};
-use crate::runtime::{Cohort, Inner};
 
 /// An object that handles messages.
 ///
@@ -44,8 +44,8 @@ pub trait Actor: Checkpointable {
     const MESSAGE_DRIVEN: bool = false;
 
     /// Handles one message. An error marks the object failed: it stops handling messages, votes
-    /// no in checkpoints, and the cohort reports it unhealthy until [`Cohort::recover`] restores
-    /// it.
+    /// no in checkpoints, and the cohort reports it unhealthy until
+    /// [`Cohort::recover`](crate::Cohort::recover) restores it.
     async fn handle(
         &mut self,
         message: Self::Message,
@@ -144,13 +144,110 @@ impl<M: Send + 'static> Address<M> {
     }
 }
 
+/// Where a handler's [`Context`] finds the other members: the host of its object (the
+/// in-process cohort, or a node, which reaches objects on other nodes).
+pub(crate) trait Directory: Send + Sync {
+    /// Where `id` lives.
+    fn locate(&self, id: &ObjectId) -> Result<Location>;
+
+    /// The host itself, for what only some hosts offer handlers (the in-process cohort, to
+    /// spawn members).
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// Where a member lives, as a [`Directory`] says.
+pub(crate) enum Location {
+    /// A mailbox in this process: an `mpsc::UnboundedSender<Envelope<M>>` of the receiver's
+    /// message type `M`, named `message_type` for errors.
+    Local {
+        mailbox: Arc<dyn Any + Send + Sync>,
+        message_type: &'static str,
+    },
+    /// Another process: the message's bytes go through this.
+    Remote(RemoteSend),
+}
+
+/// Sends one encoded message to a member in another process.
+pub(crate) type RemoteSend = Arc<dyn Fn(RemoteEnvelope) -> Result<()> + Send + Sync>;
+
+/// A message to a member in another process, encoded, with what the cut needs.
+pub(crate) struct RemoteEnvelope {
+    pub(crate) from: ObjectId,
+    pub(crate) to: ObjectId,
+    pub(crate) colour: Round,
+    pub(crate) seq: u64,
+    /// The message, msgpack with named fields.
+    pub(crate) payload: Vec<u8>,
+}
+
+/// The address of `to`, a mailbox in this process holding an
+/// `mpsc::UnboundedSender<Envelope<M>>` if `to` takes messages of type `M`.
+pub(crate) fn local_address<M: Send + 'static>(
+    to: &ObjectId,
+    mailbox: &(dyn Any + Send + Sync),
+    message_type: &'static str,
+) -> Result<Address<M>> {
+    match mailbox.downcast_ref::<mpsc::UnboundedSender<Envelope<M>>>() {
+        Some(tx) => Ok(Address {
+            to: to.clone(),
+            tx: Route::Local(tx.clone()),
+        }),
+        None => Err(Error::WrongType {
+            object: to.clone(),
+            requested: type_name::<M>(),
+            actual: message_type,
+        }),
+    }
+}
+
+/// The address of `to`, of message type `M`, where `location` says it lives.
+pub(crate) fn address_at<M: Serialize + Send + 'static>(
+    to: &ObjectId,
+    location: Location,
+) -> Result<Address<M>> {
+    match location {
+        Location::Local {
+            mailbox,
+            message_type,
+        } => local_address(to, &*mailbox, message_type),
+        Location::Remote(send) => {
+            let to = to.clone();
+            let receiver = to.clone();
+            let encode = move |envelope: Envelope<M>| -> Result<()> {
+                let payload =
+                    rmp_serde::to_vec_named(&envelope.message).map_err(|e| Error::Message {
+                        from: envelope.from.clone().unwrap_or_else(|| receiver.clone()),
+                        to: receiver.clone(),
+                        reason: e.to_string(),
+                    })?;
+                let Some(from) = envelope.from else {
+                    return Err(Error::invalid_settings(
+                        "inputs (Address::tell) can only be sent to objects of this node",
+                    ));
+                };
+                send(RemoteEnvelope {
+                    from,
+                    to: receiver.clone(),
+                    colour: envelope.colour,
+                    seq: envelope.seq,
+                    payload,
+                })
+            };
+            Ok(Address {
+                to,
+                tx: Route::Remote(Arc::new(encode)),
+            })
+        }
+    }
+}
+
 /// What a handler can do besides changing its own state: send to other members, look them up,
-/// spawn new ones.
+/// and, in process, spawn new ones ([`Context::cohort`]).
 pub struct Context<'a> {
     pub(crate) me: &'a ObjectId,
     pub(crate) from: Option<&'a ObjectId>,
     pub(crate) cut: &'a mut CutState,
-    pub(crate) cohort: &'a Weak<Inner>,
+    pub(crate) directory: &'a dyn Directory,
     /// Only the runtime builds contexts.
     pub(crate) _private: PhantomData<()>,
 }
@@ -191,22 +288,6 @@ impl Context<'_> {
     /// [`Node`](crate::node::Node), `id` may live on another node: the placement table the
     /// coordinator pushes resolves it.
     pub fn address<M: Serialize + Send + 'static>(&self, id: &ObjectId) -> Result<Address<M>> {
-        if let Ok(Some(result)) = crate::node::NODE_SCOPE.try_with(|node| node.address(id)) {
-            return result;
-        }
-        self.cohort()?.address(id)
-    }
-
-    /// The cohort this object belongs to, to spawn new members. Do not await
-    /// [`Cohort::trigger`] or [`Cohort::recover`] from a handler: they wait for this object.
-    /// An object hosted by a [`Node`](crate::node::Node) has no in-process cohort:
-    /// [`Error::Stopped`].
-    pub fn cohort(&self) -> Result<Cohort> {
-        self.cohort
-            .upgrade()
-            .map(|inner| Cohort {
-                inner: Arc::clone(&inner),
-            })
-            .ok_or(Error::COHORT_STOPPED)
+        address_at(id, self.directory.locate(id)?)
     }
 }

@@ -36,7 +36,7 @@ use std::any::{Any, type_name};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use cohort_checkpoint::CheckpointStore;
@@ -47,7 +47,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::{RestoreFailure, Round};
 use crate::error::{Error, Result};
-use crate::messaging::{Actor, Address, Envelope, Route};
+use crate::messaging::{
+    Actor, Address, Directory, Envelope, Location, RemoteEnvelope, Route, address_at,
+};
 use crate::participant::{lock, read, write};
 use crate::service::protocol::{NodeFrame, PeerFrame};
 use cohort_wire::{ConnectConfig, ListenConfig, Role, Secret};
@@ -57,11 +59,6 @@ use crate::participant::restore::{self, LineStates};
 use crate::participant::writer::{WriterMsg, Written};
 use crate::participant::{ActiveRound, Host, VoteSink};
 use crate::service::protocol::WireVote;
-
-tokio::task_local! {
-    /// The node whose object is handling a message: `Context::address` resolves through it.
-    pub(crate) static NODE_SCOPE: Arc<NodeShared>;
-}
 
 /// Node settings.
 #[derive(Clone, Debug)]
@@ -129,7 +126,7 @@ pub(crate) struct NodeSlot {
     control: mpsc::UnboundedSender<Control>,
     /// Whether the node may count the object in a round without waking it.
     participation: crate::participant::SharedParticipation,
-    mailbox: Box<dyn Any + Send + Sync>,
+    mailbox: Arc<dyn Any + Send + Sync>,
     /// Decodes a peer frame's payload and queues it in the mailbox.
     deliver: Box<dyn Fn(PeerFrame) -> std::result::Result<(), String> + Send + Sync>,
     message_type: &'static str,
@@ -143,6 +140,8 @@ struct Placement {
 
 /// The state every task of a node shares.
 pub(crate) struct NodeShared {
+    /// Itself, for the links its handlers' addresses open.
+    me: Weak<NodeShared>,
     name: String,
     store: CheckpointStore,
     peer_addr: String,
@@ -198,16 +197,38 @@ impl Host for NodeShared {
             tracing::warn!(%object, node = %self.name, "object failed; it votes no until a recovery restores it");
         }
     }
+}
 
-    fn cohort(&self) -> std::sync::Weak<crate::runtime::Inner> {
-        std::sync::Weak::new()
+impl Directory for NodeShared {
+    /// A local mailbox, or a link to the node the placement table names.
+    fn locate(&self, id: &ObjectId) -> Result<Location> {
+        if let Some(slot) = read(&self.objects).get(id) {
+            return Ok(Location::Local {
+                mailbox: Arc::clone(&slot.mailbox),
+                message_type: slot.message_type,
+            });
+        }
+        if !read(&self.placement).objects.contains_key(id) {
+            return Err(Error::UnknownObject(id.clone()));
+        }
+        let node = self.me.clone();
+        Ok(Location::Remote(Arc::new(
+            move |envelope: RemoteEnvelope| {
+                let node = node.upgrade().ok_or(Error::COHORT_STOPPED)?;
+                node.send_remote(PeerFrame {
+                    from: envelope.from,
+                    to: envelope.to,
+                    colour: envelope.colour,
+                    seq: envelope.seq,
+                    incarnation: node.incarnation.load(Ordering::SeqCst),
+                    payload: envelope.payload,
+                })
+            },
+        )))
     }
 
-    fn scoped<F: std::future::Future + Send>(
-        self: &Arc<Self>,
-        handler: F,
-    ) -> impl std::future::Future<Output = F::Output> + Send {
-        NODE_SCOPE.scope(Arc::clone(self), handler)
+    fn as_any(&self) -> &dyn Any {
+        self
     }
 }
 
@@ -270,59 +291,6 @@ impl NodeShared {
             .as_ref()
             .filter(|a| a.round == round)
             .map(|a| a.writer.clone())
-    }
-
-    /// Resolves `id` for a handler on this node: a local mailbox or a peer link.
-    pub(crate) fn address<M: Serialize + Send + 'static>(
-        self: &Arc<Self>,
-        id: &ObjectId,
-    ) -> Option<Result<Address<M>>> {
-        if let Some(slot) = read(&self.objects).get(id) {
-            let tx = slot
-                .mailbox
-                .downcast_ref::<mpsc::UnboundedSender<Envelope<M>>>()
-                .ok_or_else(|| Error::WrongType {
-                    object: id.clone(),
-                    requested: type_name::<M>(),
-                    actual: slot.message_type,
-                });
-            return Some(tx.map(|tx| Address {
-                to: id.clone(),
-                tx: Route::Local(tx.clone()),
-            }));
-        }
-        let known = read(&self.placement).objects.contains_key(id);
-        if !known {
-            return Some(Err(Error::UnknownObject(id.clone())));
-        }
-        let node = Arc::downgrade(self);
-        let to = id.clone();
-        let send = move |envelope: Envelope<M>| -> Result<()> {
-            let node = node.upgrade().ok_or(Error::COHORT_STOPPED)?;
-            let payload =
-                rmp_serde::to_vec_named(&envelope.message).map_err(|e| Error::Message {
-                    from: envelope.from.clone().unwrap_or_else(|| to.clone()),
-                    to: to.clone(),
-                    reason: e.to_string(),
-                })?;
-            let Some(from) = envelope.from else {
-                return Err(Error::invalid_settings(
-                    "inputs (Address::tell) can only be sent to objects of this node",
-                ));
-            };
-            node.send_remote(PeerFrame {
-                from,
-                to: to.clone(),
-                colour: envelope.colour,
-                seq: envelope.seq,
-                incarnation: node.incarnation.load(Ordering::SeqCst),
-                payload,
-            })
-        };
-        Some(Ok(Address {
-            to: id.clone(),
-            tx: Route::Remote(Arc::new(send)),
-        }))
     }
 
     fn send_remote(self: &Arc<Self>, frame: PeerFrame) -> Result<()> {
@@ -584,7 +552,7 @@ impl Node {
             NodeSlot {
                 control: control_tx,
                 participation,
-                mailbox: Box::new(mailbox_tx.clone()),
+                mailbox: Arc::new(mailbox_tx.clone()),
                 deliver: Box::new(deliver),
                 message_type: type_name::<A::Message>(),
             },
@@ -602,9 +570,7 @@ impl Node {
 
     /// The address of object `id`, on this node or another.
     pub fn address<M: Serialize + Send + 'static>(&self, id: &ObjectId) -> Result<Address<M>> {
-        self.shared
-            .address(id)
-            .unwrap_or_else(|| Err(Error::UnknownObject(id.clone())))
+        address_at(id, self.shared.locate(id)?)
     }
 
     /// How long this node's objects were paused by checkpoints (prepare and capture; encoding
@@ -692,7 +658,8 @@ impl NodeBuilder {
         let peer_addr = listener.local_addr().to_string();
         let (to_coordinator, outbox) = mpsc::unbounded_channel();
         let shutdown = CancellationToken::new();
-        let shared = Arc::new(NodeShared {
+        let shared = Arc::new_cyclic(|me| NodeShared {
+            me: me.clone(),
             name: self.name,
             store: self.store,
             peer_addr,

@@ -9,15 +9,14 @@ pub(crate) mod object;
 pub(crate) mod restore;
 pub(crate) mod writer;
 
-use std::future::Future;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use cohort_checkpoint::{InTransitEntry, ObjectEntry};
 use cohort_object_api::{CheckpointId, ObjectId};
 use tokio::sync::mpsc;
 
 use crate::engine::{Ballot, Round};
-use crate::runtime::Inner;
+use crate::messaging::Directory;
 use metrics::Metrics;
 use writer::{WriterMsg, Written};
 
@@ -68,8 +67,9 @@ pub(crate) struct ActiveRound {
     pub(crate) writer: mpsc::UnboundedSender<WriterMsg>,
 }
 
-/// Where object tasks live: the in-process cohort or a node.
-pub(crate) trait Host: Send + Sync + 'static {
+/// Where object tasks live: the in-process cohort or a node. Its [`Directory`] is where
+/// handlers find the other members.
+pub(crate) trait Host: Directory + Send + Sync + 'static {
     /// The attempt in flight.
     fn active(&self) -> Option<ActiveRound>;
 
@@ -78,16 +78,6 @@ pub(crate) trait Host: Send + Sync + 'static {
 
     /// An object's handler failed (`true`) or a restore healed it (`false`).
     fn object_failed(&self, object: &ObjectId, failed: bool);
-
-    /// The cohort a handler's `Context::cohort` reaches; empty outside one process.
-    fn cohort(&self) -> Weak<Inner>;
-
-    /// Runs a message handler in the host's scope (a node's handlers resolve remote
-    /// addresses through it).
-    fn scoped<F: Future + Send>(
-        self: &Arc<Self>,
-        handler: F,
-    ) -> impl Future<Output = F::Output> + Send;
 }
 
 /// Where a writer's results go.

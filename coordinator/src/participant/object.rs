@@ -5,7 +5,7 @@
 use std::any::Any;
 use std::collections::VecDeque;
 use std::marker::PhantomData;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -72,7 +72,6 @@ pub(crate) struct ObjectTask<A: Actor, H: Host> {
     mailbox: mpsc::UnboundedReceiver<Envelope<A::Message>>,
     control: mpsc::UnboundedReceiver<Control>,
     host: Arc<H>,
-    cohort: Weak<crate::runtime::Inner>,
     /// Shared with the host: whether it may vote for this object without waking it.
     participation: SharedParticipation,
     /// A message was handled since the last capture (the capture's state is no longer current).
@@ -97,7 +96,6 @@ impl<A: Actor, H: Host> ObjectTask<A, H> {
         host: Arc<H>,
         participation: SharedParticipation,
     ) -> Self {
-        let cohort = host.cohort();
         Self {
             id,
             object,
@@ -112,7 +110,6 @@ impl<A: Actor, H: Host> ObjectTask<A, H> {
             replay: VecDeque::new(),
             mailbox,
             control,
-            cohort,
             host,
             participation,
             handled_since_capture: true,
@@ -300,13 +297,10 @@ impl<A: Actor, H: Host> ObjectTask<A, H> {
             me: &self.id,
             from: envelope.from.as_ref(),
             cut: &mut self.cut,
-            cohort: &self.cohort,
+            directory: &*self.host,
             _private: PhantomData,
         };
-        let handled = self
-            .host
-            .scoped(self.object.handle(envelope.message, &mut ctx))
-            .await;
+        let handled = self.object.handle(envelope.message, &mut ctx).await;
         if let Err(e) = handled {
             tracing::error!(object = %self.id, error = %e, "handler failed; the object is held until recovery");
             self.failed = true;

@@ -7,9 +7,14 @@ use cohort_checkpoint::{CheckpointStore, Manifest};
 use cohort_object_api::{EncodedState, ErrorKind, ObjectError, ObjectId};
 
 use super::object::RestoreOrder;
-use crate::core::commit;
 use crate::engine::{CutState, RestoreFailure, Round};
 use crate::error::Error;
+
+/// The manifest metadata key holding the message counters (sent, received) of every object at
+/// its cut. Objects with both at zero are left out (a reader takes a missing one as zero), so
+/// objects that never messaged cost nothing; a manifest without the key (written before it
+/// existed) has no counters, and its in-transit messages are redelivered as inputs.
+pub const COUNTERS_KEY: &str = "cohort.counters";
 
 /// One line's states, counters and in-transit messages for the objects of one host.
 pub(crate) struct LineStates {
@@ -46,7 +51,7 @@ impl LineStates {
                     (object, (state, generation))
                 })
                 .collect(),
-            counters: commit::counters(line),
+            counters: counters(line),
             redeliver,
             redelivered,
         })
@@ -111,5 +116,18 @@ pub(crate) fn restore_failure(error: &Error) -> RestoreFailure {
         RestoreFailure::Damaged { reason }
     } else {
         RestoreFailure::Refused { reason }
+    }
+}
+
+/// The message counters a line recorded: `None` when it recorded none (a line from before
+/// counters existed), else each object's (sent, received), zero for those left out.
+pub(crate) fn counters(line: &Manifest) -> Option<BTreeMap<ObjectId, (u64, u64)>> {
+    let bytes = line.metadata.get(COUNTERS_KEY)?;
+    match rmp_serde::from_slice(bytes) {
+        Ok(counters) => Some(counters),
+        Err(e) => {
+            tracing::warn!(line = %line.id, error = %e, "the line's message counters do not decode; redelivered messages are treated as inputs");
+            None
+        }
     }
 }

@@ -25,7 +25,7 @@ use tokio::task::AbortHandle;
 
 use crate::engine::{EngineTypes, Round};
 use crate::error::{Error, Result};
-use crate::messaging::{Actor, Address, Envelope};
+use crate::messaging::{Actor, Address, Context, Directory, Envelope, Location, local_address};
 
 use crate::failpoint::FailPoints;
 use crate::participant::metrics::{CheckpointStats, Metrics};
@@ -235,7 +235,7 @@ pub(crate) struct Slot {
     /// Whether the coordinator may count the object in a round without waking it.
     pub(crate) participation: crate::participant::SharedParticipation,
     /// An `mpsc::UnboundedSender<Envelope<A::Message>>`.
-    mailbox: Box<dyn Any + Send + Sync>,
+    mailbox: Arc<dyn Any + Send + Sync>,
     type_name: &'static str,
     message_type: &'static str,
 }
@@ -252,16 +252,37 @@ impl Host for Shared {
     fn object_failed(&self, object: &ObjectId, failed: bool) {
         self.set_object_failed(object, failed);
     }
+}
 
-    fn cohort(&self) -> Weak<Inner> {
-        lock(&self.weak).clone()
+impl Directory for Shared {
+    fn locate(&self, id: &ObjectId) -> Result<Location> {
+        let objects = read(&self.objects);
+        let slot = objects
+            .get(id)
+            .ok_or_else(|| Error::UnknownObject(id.clone()))?;
+        Ok(Location::Local {
+            mailbox: Arc::clone(&slot.mailbox),
+            message_type: slot.message_type,
+        })
     }
 
-    fn scoped<F: std::future::Future + Send>(
-        self: &Arc<Self>,
-        handler: F,
-    ) -> impl std::future::Future<Output = F::Output> + Send {
-        handler
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+impl Context<'_> {
+    /// The cohort this object belongs to, to spawn new members. Do not await
+    /// [`Cohort::trigger`] or [`Cohort::recover`] from a handler: they wait for this object.
+    /// An object hosted by a [`Node`](crate::node::Node) has no in-process cohort:
+    /// [`Error::Stopped`].
+    pub fn cohort(&self) -> Result<Cohort> {
+        self.directory
+            .as_any()
+            .downcast_ref::<Shared>()
+            .and_then(|shared| lock(&shared.weak).upgrade())
+            .map(|inner| Cohort { inner })
+            .ok_or(Error::COHORT_STOPPED)
     }
 }
 
@@ -525,7 +546,7 @@ impl Cohort {
             Slot {
                 control: control_tx,
                 participation,
-                mailbox: Box::new(mailbox_tx.clone()),
+                mailbox: Arc::new(mailbox_tx.clone()),
                 type_name: type_name::<A>(),
                 message_type: type_name::<A::Message>(),
             },
@@ -545,18 +566,7 @@ impl Cohort {
         let slot = objects
             .get(id)
             .ok_or_else(|| Error::UnknownObject(id.clone()))?;
-        let tx = slot
-            .mailbox
-            .downcast_ref::<mpsc::UnboundedSender<Envelope<M>>>()
-            .ok_or_else(|| Error::WrongType {
-                object: id.clone(),
-                requested: type_name::<M>(),
-                actual: slot.message_type,
-            })?;
-        Ok(Address {
-            to: id.clone(),
-            tx: tx.clone().into(),
-        })
+        local_address(id, &*slot.mailbox, slot.message_type)
     }
 
     /// The ids of every member, sorted.

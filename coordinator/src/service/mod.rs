@@ -50,9 +50,5 @@ mod table;
 pub use server::{MetadataHook, Service, ServiceConfig, ServiceStatus};
 pub use table::{NodeEntry, StateTable};
 
-/// The manifest metadata key holding every object's message counters at its cut (the same key
-/// the in-process runtime writes).
-pub const COUNTERS_KEY: &str = "cohort.counters";
-
 /// The manifest metadata key holding the service's [`StateTable`] (msgpack).
 pub const STATE_TABLE_KEY: &str = "cohort.state_table";
