@@ -13,6 +13,7 @@
 //! ```
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a bench harness: a panic is a failed run
+#![allow(clippy::disallowed_methods, reason = "benchmarks measure real time")]
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};

@@ -11,6 +11,7 @@
 //!
 //! `cargo bench --bench protocol` runs them all; `-- overhead` picks a group.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a benchmark is a failed run
+#![allow(clippy::disallowed_methods, reason = "benchmarks measure real time")]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

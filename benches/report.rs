@@ -8,6 +8,7 @@
 //! `benches/README.md` for what each figure means and how to profile one.
 //!
 //! Node and replica processes are this binary re-executed with `COHORT_REPORT_ROLE` set.
+#![allow(clippy::disallowed_methods, reason = "benchmarks measure real time")]
 
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};

@@ -6,6 +6,7 @@
 //! `cargo bench --bench service` (env `COHORT_BENCH_NODES`, `COHORT_BENCH_ROUNDS` override the
 //! 64 nodes and 200 rounds). A node is this binary re-executed with `COHORT_BENCH_NODE` set.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+#![allow(clippy::disallowed_methods, reason = "benchmarks measure real time")]
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -12,6 +12,7 @@
 //! sets how many interleaved runs each figure is the median of.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark that fails should stop loudly
+#![allow(clippy::disallowed_methods, reason = "benchmarks measure real time")]
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -23,6 +23,10 @@
 //! orchestrator (the default role) starts. Children exit when the orchestrator's end of their
 //! stdin closes, so none outlives it. `examples/bank_inprocess.rs` is the same bank in one
 //! process, with a coordinator crash in the middle of a checkpoint.
+#![allow(
+    clippy::disallowed_methods,
+    reason = "the example runs real processes on real time"
+)]
 
 #[path = "../tests/support/bank.rs"]
 mod bank;

@@ -15,6 +15,10 @@
 //! ```
 //!
 //! Run it twice on the same store and the second run starts from the first one's recovery line.
+#![allow(
+    clippy::disallowed_methods,
+    reason = "the example runs real processes on real time"
+)]
 
 #[path = "../tests/support/bank.rs"]
 mod bank;

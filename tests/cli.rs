@@ -8,7 +8,10 @@
 //!
 //! To rewrite the transcripts after an intended output change:
 //! `TRYCMD=overwrite cargo test -p cohort --test cli`, then review the diff.
-
+#![allow(
+    clippy::disallowed_methods,
+    reason = "process-level tests measure real time and name scratch files uniquely"
+)]
 // A panic in a test (or its helpers) is a failed test, not a crash a user sees.
 #![allow(clippy::unwrap_used)]
 

@@ -15,6 +15,10 @@
 //! test. Waits are bounded polls of the rendered DOM.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
+#![allow(
+    clippy::disallowed_methods,
+    reason = "process-level tests measure real time and name scratch files uniquely"
+)]
 
 #[path = "support/browser.rs"]
 mod browser;

@@ -6,11 +6,18 @@
 //! - A leader stopped (SIGSTOP) right before a commit and resumed (SIGCONT) after the standby
 //!   took over: its commit is fenced, it steps down, and the store holds no manifest of its
 //!   epoch after the new leader's fence.
+//! - A leader stopped in the middle of a cohort recovery (a node died), right before its fence,
+//!   and resumed after the standby took over: its fence is refused, and no manifest of its
+//!   epoch follows the new leader's, nor does any fence point behind a committed line.
 //!
 //! Synchronisation is by bounded polling with deadlines of what the processes print and what
 //! the store holds; never by sleeping.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
+#![allow(
+    clippy::disallowed_methods,
+    reason = "process-level tests measure real time and name scratch files uniquely"
+)]
 
 mod ha_support;
 
@@ -38,6 +45,15 @@ fn spawn_node(name: &str, store: &str, coordinators: &[&str]) -> Proc {
 }
 
 fn spawn_serve(name: &str, store: &str, extra: &[&str]) -> (Proc, String) {
+    spawn_serve_env(name, store, extra, &[])
+}
+
+fn spawn_serve_env(
+    name: &str,
+    store: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (Proc, String) {
     let mut cmd = Command::new(cohort_bin());
     cmd.args([
         "serve",
@@ -55,7 +71,8 @@ fn spawn_serve(name: &str, store: &str, extra: &[&str]) -> (Proc, String) {
         "800ms",
     ])
     .args(extra)
-    .env("RUST_LOG", "warn");
+    .env("RUST_LOG", "warn")
+    .envs(env.iter().copied());
     let proc = Proc::spawn(name, cmd);
     let line = proc.wait_for_line("nodes connect to", Duration::from_secs(20));
     let addr = address_in(&line, "nodes connect to ");
@@ -163,16 +180,13 @@ fn sigkill_of_the_leader_hands_over_within_the_lease() {
 #[test]
 fn a_paused_leader_resumed_after_a_takeover_is_fenced() {
     let (_dir, url) = store_dir();
-    // a stops itself right before the manifest create of its fifth commit.
-    let (a, a_addr) = spawn_serve(
+    // a stops itself (SIGSTOP, at the core's fail point) right before the manifest create
+    // of its fifth commit.
+    let (a, a_addr) = spawn_serve_env(
         "serve-a",
         &url,
-        &[
-            "--metrics",
-            "127.0.0.1:0",
-            "--test-pause-before-commit",
-            "5",
-        ],
+        &["--metrics", "127.0.0.1:0"],
+        &[("COHORT_FAIL_POINTS", "commit.before-manifest=stop@5")],
     );
     let metrics = address_in(
         &a.wait_for_line("metrics at http://", Duration::from_secs(10)),
@@ -185,9 +199,9 @@ fn a_paused_leader_resumed_after_a_takeover_is_fenced() {
     b.wait_for_line("standby: epoch 1", Duration::from_secs(10));
     let _node = spawn_node("node-1", &url, &[&a_addr, &b_addr]);
 
-    a.wait_for_line("test hook: pausing", Duration::from_secs(30));
-    // The hook stops the process from inside; wait until the kernel says so.
-    poll(Duration::from_secs(5), || {
+    a.wait_for_line("fail points armed", Duration::from_secs(10));
+    // The fail point stops the process from inside; wait until the kernel says so.
+    poll(Duration::from_secs(30), || {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", a.pid())).ok()?;
         let state = stat
             .rsplit(')')
@@ -214,7 +228,6 @@ fn a_paused_leader_resumed_after_a_takeover_is_fenced() {
     );
 
     a.signal("CONT");
-    a.wait_for_line("test hook: resumed", Duration::from_secs(10));
     a.wait_for_line("a commit was fenced", Duration::from_secs(10));
     a.wait_for_line("stepped down from epoch 1", Duration::from_secs(10));
     a.wait_for_line("standby: epoch 2", Duration::from_secs(10));
@@ -264,6 +277,84 @@ fn a_paused_leader_resumed_after_a_takeover_is_fenced() {
         late.is_empty(),
         "manifests of a deposed epoch after the fence: {late:?}"
     );
+    drop(b);
+}
+
+/// The deposed-leader bug a cluster under SIGKILL and SIGSTOP found: a leader counts a node
+/// lost, is paused past its lease while its recovery is pending, the standby claims the next
+/// epoch and fences, and the old leader resumes. Its recovery's fence must not land: epochs
+/// never go down along the ids, and no fence points behind a committed checkpoint.
+#[test]
+fn a_leader_paused_inside_a_recovery_writes_no_fence_after_the_takeover() {
+    let (_dir, url) = store_dir();
+    // a stops itself (SIGSTOP, at the core's fail point) right before its first recovery's
+    // fence: the recovery that node-2's death starts.
+    let (a, a_addr) = spawn_serve_env(
+        "serve-a",
+        &url,
+        &[],
+        &[("COHORT_FAIL_POINTS", "recover.before-fence=stop@1")],
+    );
+    a.wait_for_line("leading under epoch 1", Duration::from_secs(10));
+    let (b, b_addr) = spawn_serve("serve-b", &url, &[]);
+    b.wait_for_line("standby: epoch 1", Duration::from_secs(10));
+    let _node1 = spawn_node("node-1", &url, &[&a_addr, &b_addr]);
+    let mut node2 = spawn_node("node-2", &url, &[&a_addr, &b_addr]);
+    poll(Duration::from_secs(20), || checkpoint_of(&url, 1, 8)).expect("both nodes take part");
+
+    node2.signal("KILL");
+    // Declared dead, the node's recovery restores node-1 and stops before the fence.
+    poll(Duration::from_secs(20), || {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", a.pid())).ok()?;
+        let state = stat
+            .rsplit(')')
+            .next()?
+            .split_whitespace()
+            .next()?
+            .to_owned();
+        (state == "T").then_some(())
+    })
+    .expect("a stops before its recovery's fence");
+    b.wait_for_line("leading under epoch 2", Duration::from_secs(10));
+    let before = manifests(&url);
+    let fence2 = before
+        .iter()
+        .find(|m| m.kind == ManifestKind::Fence && m.epoch == 2)
+        .expect("epoch 2's fence")
+        .clone();
+
+    a.signal("CONT");
+    // Resumed, a finishes its recovery's step (the fence) before it learns it is deposed: by
+    // the time it stands by, whatever it wrote is in the store.
+    a.wait_for_line("standby: epoch 2", Duration::from_secs(10));
+    let all = manifests(&url);
+    let late: Vec<_> = all
+        .iter()
+        .filter(|m| m.id > fence2.id && m.epoch < 2)
+        .map(|m| (m.id, m.epoch, m.kind.clone()))
+        .collect();
+    assert!(
+        late.is_empty(),
+        "manifests of the deposed epoch after the new leader's fence: {late:?}"
+    );
+    assert!(
+        all.windows(2).all(|w| w[0].epoch <= w[1].epoch),
+        "epochs go down along the ids: {:?}",
+        all.iter().map(|m| (m.id, m.epoch)).collect::<Vec<_>>()
+    );
+    // Every fence holds the line before it: never a committed checkpoint's predecessor.
+    for fence in all.iter().filter(|m| m.kind == ManifestKind::Fence) {
+        let before = all
+            .iter()
+            .filter(|m| m.id < fence.id)
+            .next_back()
+            .expect("a fence follows a line");
+        assert_eq!(
+            fence.objects, before.objects,
+            "fence {} points behind checkpoint {}",
+            fence.id, before.id
+        );
+    }
     drop(b);
 }
 

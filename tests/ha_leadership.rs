@@ -27,7 +27,7 @@ fn config(name: &str) -> LeadershipConfig {
         holder: name.to_owned(),
         address: Some(format!("{name}.test:7411")),
         // A fixed wall clock: nothing in leadership may depend on it.
-        wall_clock: Arc::new(|| 1_700_000_000_000),
+        clock: cohort::Clock::fixed(1_700_000_000_000),
     }
 }
 

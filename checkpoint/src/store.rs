@@ -477,6 +477,10 @@ impl CheckpointStore {
     /// must be refused. [`open`](Self::open) runs it; call it yourself on a store built with
     /// [`from_object_store`](Self::from_object_store). Returns [`Error::UnsafeStore`] for a
     /// store that accepts both, unless the options allow it.
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the probe's scratch key must be unique across processes; no decision reads the time"
+    )]
     pub async fn probe_create_if_absent(&self) -> Result<()> {
         let token = format!(
             "{}-{}-{}",

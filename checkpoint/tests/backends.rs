@@ -2,6 +2,10 @@
 //! local disk, and an S3-compatible server (s3s-fs, started by `scripts/with-s3.sh`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
+#![allow(
+    clippy::disallowed_methods,
+    reason = "process-level tests measure real time and name scratch files uniquely"
+)]
 
 use cohort_checkpoint::testing::suite::{self, Capabilities};
 use cohort_checkpoint::{CheckpointStore, Error, StoreOptions};

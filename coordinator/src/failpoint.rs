@@ -57,34 +57,93 @@ pub const ALL: &[&str] = &[
 ///
 /// let points = FailPoints::default();
 /// points.crash_at(failpoint::COMMIT_BEFORE_MANIFEST, 2); // on its second hit
+///
+/// // What `cohort serve` reads from COHORT_FAIL_POINTS:
+/// let points = FailPoints::parse("commit.before-manifest=stop@5,decided.after=crash").unwrap();
 /// ```
 #[derive(Clone, Debug, Default)]
 pub struct FailPoints {
     inner: Arc<Mutex<HashMap<String, Point>>>,
 }
 
+/// What an armed fail point does when it is reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// The coordinator stops at once, as a killed process would.
+    Crash,
+    /// The whole process stops itself (SIGSTOP), as a paused one would, and goes on from the
+    /// point when it is continued (SIGCONT): a leader paused past its lease.
+    Stop,
+}
+
 #[derive(Debug, Default)]
 struct Point {
     hits: u64,
-    crash_on: Option<u64>,
+    armed: Option<(u64, Action)>,
 }
 
 /// The coordinator reached an armed fail point.
 #[derive(Debug)]
 pub(crate) struct Crash(pub(crate) String);
 
+/// The variable `cohort serve` arms its fail points from: [`FailPoints::parse`]'s syntax. For
+/// fault-injection tests and drills only.
+pub const FAIL_POINTS_ENV: &str = "COHORT_FAIL_POINTS";
+
 impl FailPoints {
     /// Arms `name` to crash on its `nth` hit from now (1 = the next one).
     pub fn crash_at(&self, name: &str, nth: u64) {
+        self.arm(name, nth, Action::Crash);
+    }
+
+    /// Arms `name` to do `action` on its `nth` hit from now (1 = the next one).
+    pub fn arm(&self, name: &str, nth: u64, action: Action) {
         let mut points = self.lock();
         let p = points.entry(name.to_owned()).or_default();
-        p.crash_on = Some(p.hits + nth.max(1));
+        p.armed = Some((p.hits + nth.max(1), action));
+    }
+
+    /// Fail points from a spec: comma-separated `point=action[@n]`, where `point` is one of
+    /// [`ALL`], `action` is `crash` or `stop`, and `n` (default 1) is the hit it fires on.
+    ///
+    /// # Errors
+    ///
+    /// What is wrong with the spec, naming the valid points and actions.
+    pub fn parse(spec: &str) -> Result<Self, String> {
+        let points = Self::default();
+        for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, rest) = part.split_once('=').ok_or_else(|| {
+                format!("{part:?}: expected point=action[@n], e.g. commit.before-manifest=stop@3")
+            })?;
+            if !ALL.contains(&name) {
+                return Err(format!(
+                    "{name:?} is not a fail point; the points are: {}",
+                    ALL.join(", ")
+                ));
+            }
+            let (action, nth) = match rest.split_once('@') {
+                Some((action, nth)) => (
+                    action,
+                    nth.parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                        format!("{part:?}: the hit after @ must be a number from 1")
+                    })?,
+                ),
+                None => (rest, 1),
+            };
+            let action = match action {
+                "crash" => Action::Crash,
+                "stop" => Action::Stop,
+                other => return Err(format!("{other:?} is not an action; use crash or stop")),
+            };
+            points.arm(name, nth, action);
+        }
+        Ok(points)
     }
 
     /// Disarms every point (hit counts stay).
     pub fn clear(&self) {
         for p in self.lock().values_mut() {
-            p.crash_on = None;
+            p.armed = None;
         }
     }
 
@@ -94,19 +153,75 @@ impl FailPoints {
     }
 
     pub(crate) fn hit(&self, name: &str) -> Result<(), Crash> {
-        let mut points = self.lock();
-        let p = points.entry(name.to_owned()).or_default();
-        p.hits += 1;
-        if p.crash_on == Some(p.hits) {
-            p.crash_on = None;
-            tracing::warn!(fail_point = name, "crashing at fail point");
-            return Err(Crash(name.to_owned()));
+        let action = {
+            let mut points = self.lock();
+            let p = points.entry(name.to_owned()).or_default();
+            p.hits += 1;
+            match p.armed {
+                Some((on, action)) if on == p.hits => {
+                    p.armed = None;
+                    action
+                }
+                _ => return Ok(()),
+            }
+        };
+        match action {
+            Action::Crash => {
+                tracing::warn!(fail_point = name, "crashing at fail point");
+                Err(Crash(name.to_owned()))
+            }
+            Action::Stop => {
+                tracing::warn!(
+                    fail_point = name,
+                    "stopping this process (SIGSTOP) at fail point"
+                );
+                stop_process();
+                tracing::warn!(fail_point = name, "continued after the fail point");
+                Ok(())
+            }
         }
-        Ok(())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Point>> {
         // A panic while holding this lock cannot leave the map inconsistent.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Stops the whole process until it is continued.
+#[cfg(unix)]
+fn stop_process() {
+    if let Err(e) = nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP) {
+        tracing::error!(error = %e, "cannot stop this process at a fail point");
+    }
+}
+
+#[cfg(not(unix))]
+fn stop_process() {
+    tracing::error!("stopping at a fail point needs a unix system");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spec_arms_points_and_names_its_mistakes() {
+        let points =
+            FailPoints::parse("commit.before-manifest=crash@2, decided.after=crash").unwrap();
+        assert!(points.hit(COMMIT_BEFORE_MANIFEST).is_ok());
+        assert!(points.hit(COMMIT_BEFORE_MANIFEST).is_err());
+        assert!(points.hit(COMMIT_BEFORE_MANIFEST).is_ok(), "fires once");
+        assert!(points.hit(DECIDED_AFTER).is_err());
+        for (spec, says) in [
+            ("nowhere=crash", "is not a fail point"),
+            ("decided.after=explode", "is not an action"),
+            ("decided.after=crash@0", "from 1"),
+            ("decided.after", "expected point=action"),
+        ] {
+            let err = FailPoints::parse(spec).unwrap_err();
+            assert!(err.contains(says), "{spec}: {err}");
+        }
+        assert!(FailPoints::parse("").is_ok());
     }
 }

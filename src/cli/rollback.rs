@@ -1,7 +1,7 @@
 //! `cohort rollback --to ID`: commit a new checkpoint that points at ID's states.
 
 use std::io::{BufRead, IsTerminal, Write};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use cohort_checkpoint::{CheckpointStore, Manifest};
 use cohort_object_api::CheckpointId;
@@ -144,9 +144,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
 
 fn now_ms() -> u64 {
     // The one wall-clock read of the command, at its edge, for the records' creation time.
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    cohort_object_api::Clock::system().wall_ms()
 }
 
 /// What the lease looks like at one moment: the newest epoch and its lease's renewal counter.

@@ -8,18 +8,17 @@
 //!
 //! With `--http ADDR` it also serves the dashboard, its JSON and `/metrics` (`crate::http`).
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use cohort_coordinator::failpoint::{FAIL_POINTS_ENV, FailPoints};
 use cohort_coordinator::service::control::Responder;
 use cohort_coordinator::service::leadership::{self, Leadership, LeadershipConfig, Transition};
 use cohort_coordinator::service::metrics::ServiceMetrics;
-use cohort_coordinator::service::{MetadataHook, Service, ServiceConfig, StateTable};
+use cohort_coordinator::service::{Service, ServiceConfig};
+use cohort_object_api::Clock;
 use cohort_wire::{CancellationToken, ConnectConfig, DEFAULT_PORT, Role, Secret, TOKEN_ENV};
 
 use crate::cli::StoreArgs;
@@ -62,6 +61,16 @@ pub(crate) struct Args {
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     interval: Option<Duration>,
 
+    /// Leave at least this long between the end of one checkpoint attempt and the start of the
+    /// next.
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = humantime::parse_duration)]
+    min_pause: Duration,
+
+    /// Consecutive failed checkpoint attempts tolerated before the cohort is reported unhealthy
+    /// (`cohort status`, the dashboard).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    tolerable_failures: u32,
+
     /// Abort a checkpoint attempt that is not decided after this long.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     timeout: Duration,
@@ -99,11 +108,6 @@ pub(crate) struct Args {
     /// coordinator: fencing needs create-if-absent.
     #[arg(long)]
     allow_unsafe_store: bool,
-
-    /// Test hook: stop this process (SIGSTOP) right before the manifest create of its Nth
-    /// commit, so that a test can resume it after a standby took over and see its commit fenced.
-    #[arg(long, value_name = "N", hide = true)]
-    test_pause_before_commit: Option<u64>,
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
@@ -151,8 +155,18 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
     config.heartbeat_interval = args.heartbeat;
     config.heartbeat_timeout = args.heartbeat_timeout;
     config.lead_at_start = false;
-    if let Some(n) = args.test_pause_before_commit {
-        config.metadata = Some(pause_before_commit(n));
+    config.min_pause = args.min_pause;
+    config.tolerable_failures = args.tolerable_failures;
+    // Fault-injection drills and tests arm the core's fail points here (crash, or stop the
+    // process as a pause would), as they arm the in-process runtime's.
+    if let Ok(spec) = std::env::var(FAIL_POINTS_ENV) {
+        config.fail_points = FailPoints::parse(&spec).map_err(|e| {
+            Failure::usage(format!("{FAIL_POINTS_ENV}: {e}"))
+                .hint("unset it; it is for fault-injection drills only")
+        })?;
+        say(format_args!(
+            "fail points armed from {FAIL_POINTS_ENV}: {spec}"
+        ));
     }
     // Control requests may arrive as soon as the port is bound, before the leadership driver
     // exists: until then they are told to retry.
@@ -174,7 +188,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
         let bound = listener.local_addr();
         let url = http::dashboard_url(bound, addr);
         responder.set_dashboard(&url);
-        let clock = http::system_clock();
+        let clock = Clock::system();
         let watch = StoreWatch::new(store.clone(), clock.clone());
         tokio::spawn(watch.clone().run(stop.clone()));
         let dashboard = Dashboard {
@@ -308,28 +322,6 @@ fn say(line: std::fmt::Arguments<'_>) {
     // A closed stdout must not stop a coordinator.
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
-}
-
-/// The test hook behind `--test-pause-before-commit`.
-fn pause_before_commit(nth: u64) -> MetadataHook {
-    let commits = Arc::new(AtomicU64::new(0));
-    Arc::new(move |_table: &StateTable| {
-        if commits.fetch_add(1, Ordering::SeqCst) + 1 == nth {
-            say(format_args!(
-                "test hook: pausing (SIGSTOP) before commit {nth}"
-            ));
-            let pid = std::process::id().to_string();
-            // Stops this whole process; the call returns once it is resumed (SIGCONT).
-            if let Err(e) = std::process::Command::new("kill")
-                .args(["-STOP", &pid])
-                .status()
-            {
-                say(format_args!("test hook: cannot stop: {e}"));
-            }
-            say(format_args!("test hook: resumed; committing"));
-        }
-        BTreeMap::new()
-    })
 }
 
 async fn shutdown_signal() -> anyhow::Result<()> {

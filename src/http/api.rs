@@ -157,7 +157,7 @@ async fn status(State(d): State<Dashboard>) -> Json<StatusPage> {
     let (cohort, _, view, this) = assemble(&d).await;
     let m = d.metrics.snapshot();
     Json(StatusPage {
-        now_ms: (d.clock)(),
+        now_ms: d.clock.wall_ms(),
         this,
         cohort,
         store: StoreHealth {

@@ -27,6 +27,7 @@ mod api;
 pub(crate) mod guard;
 pub(crate) mod store_view;
 
+use cohort_object_api::Clock;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,18 +44,6 @@ use tokio_util::sync::CancellationToken;
 
 pub(crate) use guard::Guard;
 pub(crate) use store_view::StoreWatch;
-
-/// Unix milliseconds, injected so that tests can fix the time.
-pub(crate) type WallClock = Arc<dyn Fn() -> u64 + Send + Sync>;
-
-/// The system's wall clock.
-pub(crate) fn system_clock() -> WallClock {
-    Arc::new(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-    })
-}
 
 /// At most this many connections are served at once; more wait to be accepted.
 pub(crate) const MAX_CONNECTIONS: usize = 64;
@@ -81,7 +70,7 @@ pub(crate) struct Dashboard {
     /// The settings shown on the page.
     pub(crate) settings: Settings,
     /// The wall clock.
-    pub(crate) clock: WallClock,
+    pub(crate) clock: Clock,
 }
 
 /// Settings of the coordinator that the page shows.

@@ -9,6 +9,7 @@
 //! blob of the newest checkpoints, so it is verified again only when a newer checkpoint was
 //! committed and [`VERIFY_EVERY`] has passed.
 
+use cohort_object_api::Clock;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -102,7 +103,7 @@ pub(crate) struct Skipped {
 pub(crate) struct StoreWatch {
     store: CheckpointStore,
     shared: Arc<Shared>,
-    clock: crate::http::WallClock,
+    clock: Clock,
 }
 
 struct Shared {
@@ -123,7 +124,7 @@ struct State {
 
 impl StoreWatch {
     /// A watch of `store`; [`run`](Self::run) reads it.
-    pub(crate) fn new(store: CheckpointStore, clock: crate::http::WallClock) -> Self {
+    pub(crate) fn new(store: CheckpointStore, clock: Clock) -> Self {
         let view = StoreView {
             url: store.url().to_owned(),
             ..StoreView::default()
@@ -188,7 +189,7 @@ impl StoreWatch {
 
     /// One read of the store.
     pub(crate) async fn refresh(&self) {
-        let now_ms = (self.clock)();
+        let now_ms = self.clock.wall_ms();
         let read = tokio::time::timeout(STORE_TIMEOUT, self.read()).await;
         let outcome = match read {
             Ok(Ok(read)) => Ok(read),
@@ -254,7 +255,7 @@ impl StoreWatch {
 
     async fn verify_line(&self) {
         self.state().verified_at = Some(Instant::now());
-        let started_ms = (self.clock)();
+        let started_ms = self.clock.wall_ms();
         let newest = self
             .store
             .committed_ids()

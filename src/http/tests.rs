@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // a panic in a test is a failed test
 
+use cohort_object_api::Clock;
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -41,7 +42,7 @@ async fn start(token: Option<&[u8]>) -> Running {
         Path::from("dashboard"),
         StoreOptions::default(),
     );
-    let clock: WallClock = Arc::new(|| 1_700_000_000_000);
+    let clock = Clock::fixed(1_700_000_000_000);
     let metrics = ServiceMetrics::new();
     let stop = CancellationToken::new();
     let watch = StoreWatch::new(store, clock.clone());

@@ -416,6 +416,10 @@ pub async fn claim_slot(
     }
 }
 
+#[allow(
+    clippy::disallowed_methods,
+    reason = "a salt unique across processes; no decision reads it"
+)]
 fn next_nonce() -> u64 {
     // Unique per process (counter) and across processes (random salt); the value only tells
     // our own records from others'.
@@ -622,7 +626,7 @@ impl FencedLog {
         };
         // Entries stepped over one by one since the last jump.
         let mut walked = 0;
-        let (started, mut raced) = (std::time::Instant::now(), 0u32);
+        let (started, mut raced) = (tokio::time::Instant::now(), 0u32);
         loop {
             entry.seq = seq;
             let key = self.key(seq);

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cohort_checkpoint::CheckpointStore;
+use cohort_object_api::Clock;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -69,6 +70,8 @@ pub struct MemberOptions {
     pub is_alive: IsAlive,
     /// How long a slot claim may take on the store before it counts as failed; 10 s by default.
     pub claim_timeout: Duration,
+    /// The wall clock stamped on records and the randomness of tokens; the system's by default.
+    pub clock: Clock,
 }
 
 impl fmt::Debug for MemberOptions {
@@ -104,6 +107,7 @@ impl MemberOptions {
             connector: Arc::new(TcpConnector),
             is_alive: Arc::new(|| true),
             claim_timeout: Duration::from_secs(10),
+            clock: Clock::system(),
         }
     }
 
@@ -309,7 +313,13 @@ impl Member {
         listener: Listener<A>,
     ) -> Result<Self, Error> {
         options.config.validate()?;
-        ensure_group_record(&options.store, &options.config, &options.id, unix_ms()).await?;
+        ensure_group_record(
+            &options.store,
+            &options.config,
+            &options.id,
+            options.clock.wall_ms(),
+        )
+        .await?;
         let addr = options
             .advertise
             .clone()
@@ -449,12 +459,6 @@ impl Member {
         self.shutdown.cancel();
         self.tasks.abort_all();
     }
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, duration_ms)
 }
 
 /// The handshake timeout of member connections: long enough for a loaded host, short enough
@@ -660,7 +664,7 @@ impl Driver {
             member: self.options.id.clone(),
             service_addr: self.options.service_addr.clone(),
             addr: self.addr.clone(),
-            now_unix_ms: unix_ms(),
+            now_unix_ms: self.options.clock.wall_ms(),
         };
         let timeout = self.options.claim_timeout;
         let events = self.events.clone();

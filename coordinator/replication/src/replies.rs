@@ -65,6 +65,10 @@ impl ClientId {
 
     /// `<prefix>-<16 random hex digits>`, unique in practice. `prefix` is cut to 40 bytes and
     /// characters outside the alphabet become `_`.
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "an id unique across client processes; no decision reads it"
+    )]
     pub fn random(prefix: &str) -> Self {
         let clean: String = prefix
             .chars()

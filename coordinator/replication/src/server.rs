@@ -19,11 +19,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use cohort_checkpoint::{CheckpointStore, Manifest, ObjectEntry};
+use cohort_object_api::Clock;
 use cohort_object_api::{
     CheckpointId, Checkpointable, EncodedState, ObjectError, ObjectId, Snapshot, StateTag,
     Updateable,
@@ -1205,7 +1208,10 @@ impl<S: Service> Driver<S> {
         let at = self.replica.applied;
         // Truncation needs the checkpoint's position to be verifiable by whoever restores it.
         let log = self.replica.anchor.is_some().then(|| self.log.clone());
-        self.checkpoint = Some(tokio::spawn(write_checkpoint(store, se, at, snapshot, log)));
+        let clock = self.options.member.clock.clone();
+        self.checkpoint = Some(tokio::spawn(write_checkpoint(
+            store, se, at, snapshot, log, clock,
+        )));
     }
 }
 
@@ -1235,6 +1241,7 @@ async fn write_checkpoint(
     at: u64,
     snapshot: Snapshot,
     log: Option<FencedLog>,
+    clock: Clock,
 ) -> Result<CheckpointDone, Error> {
     let newest = store
         .committed_ids()
@@ -1243,7 +1250,7 @@ async fn write_checkpoint(
         .last()
         .map_or(0, |id| id.get());
     let id = CheckpointId::new(newest + 1);
-    let round = format!("e{}-p{at}-{:08x}", se.epoch, rand::random::<u32>());
+    let round = format!("e{}-p{at}-{:08x}", se.epoch, clock.random_u64() as u32);
     let object = ObjectId::new(REPLICA_OBJECT)?;
     let mut writer = store.segment_writer(id, &round, "replica");
     let location = writer
@@ -1254,9 +1261,7 @@ async fn write_checkpoint(
         .finish()
         .await
         .map_err(Error::replica_checkpoint(format!("write checkpoint {id}")))?;
-    let created_at_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let created_at_ms = clock.wall_ms();
     let mut manifest = Manifest::new(id, se.epoch, created_at_ms, round);
     manifest.parent = (newest > 0).then(|| CheckpointId::new(newest));
     manifest.objects.insert(

@@ -6,7 +6,6 @@ use std::any::Any;
 use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 use cohort_object_api::{CheckpointId, EncodedState, ObjectId, StateTag};
@@ -222,7 +221,7 @@ impl<A: Actor, H: Host> ObjectTask<A, H> {
     /// writer's task.
     async fn capture(&mut self, active: ActiveRound) {
         let (id, round) = (active.id, active.round);
-        let started = Instant::now();
+        let started = tokio::time::Instant::now();
         let captured = if self.failed {
             Err("the object failed and waits for recovery".to_owned())
         } else {

@@ -4,7 +4,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use cohort_checkpoint::{InTransitEntry, Manifest, ObjectEntry};
 use cohort_object_api::{CheckpointId, ObjectId};

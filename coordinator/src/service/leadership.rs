@@ -30,6 +30,7 @@ use cohort_checkpoint::{
     CheckpointStore, EpochLease, EpochRecord, Fence, FenceLine, FenceRequest, Manifest,
 };
 use cohort_object_api::CheckpointId;
+use cohort_object_api::Clock;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -623,10 +624,6 @@ impl Machine {
 // ---------------------------------------------------------------------------------------------
 // The driver
 
-/// The wall clock (Unix milliseconds) stamped into epoch records and leases, for people to read.
-/// Never compared across hosts.
-pub type WallClock = Arc<dyn Fn() -> u64 + Send + Sync>;
-
 /// How [`Leadership`] runs.
 #[derive(Clone)]
 pub struct LeadershipConfig {
@@ -636,8 +633,9 @@ pub struct LeadershipConfig {
     pub holder: String,
     /// This coordinator's listen address, recorded with its epochs so that others can find it.
     pub address: Option<String>,
-    /// The wall clock for record timestamps.
-    pub wall_clock: WallClock,
+    /// The wall clock stamped into epoch records and leases, for people to read (never compared
+    /// across hosts), and the randomness of the holder name.
+    pub clock: Clock,
 }
 
 impl fmt::Debug for LeadershipConfig {
@@ -658,24 +656,27 @@ impl LeadershipConfig {
     ///
     /// As [`LeaseTiming::new`].
     pub fn new(lease: Duration, address: Option<String>) -> Result<Self> {
+        Self::with_clock(lease, address, Clock::system())
+    }
+
+    /// [`new`](Self::new) with another clock (tests and simulations).
+    ///
+    /// # Errors
+    ///
+    /// As [`LeaseTiming::new`].
+    pub fn with_clock(lease: Duration, address: Option<String>, clock: Clock) -> Result<Self> {
         let holder = format!(
             "cohort-serve-{}-{:08x}",
             std::process::id(),
-            rand::random::<u32>()
+            clock.random_u64() as u32
         );
         Ok(Self {
             timing: LeaseTiming::new(lease)?,
             holder,
             address,
-            wall_clock: Arc::new(unix_ms),
+            clock,
         })
     }
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// What [`Leadership`] publishes: the [`Role`], and once leading, the fence it wrote (its
@@ -868,7 +869,7 @@ impl Driver {
     fn execute(&mut self, command: Command) {
         let store = self.store.clone();
         let limit = self.config.timing.lease;
-        let wall = self.config.wall_clock.clone();
+        let clock = self.config.clock.clone();
         match command {
             Command::Observe => {
                 self.spawn(
@@ -878,7 +879,7 @@ impl Driver {
                 );
             }
             Command::Claim { epoch } => {
-                self.machine.set_claim_time(wall());
+                self.machine.set_claim_time(clock.wall_ms());
                 let Some(record) = self.machine.claim_record().cloned() else {
                     return;
                 };
@@ -901,7 +902,7 @@ impl Driver {
                 self.fence = None;
                 self.spawn(
                     limit,
-                    async move { fence(store, epoch, wall()).await },
+                    async move { fence(store, epoch, clock.wall_ms()).await },
                     move |reason| Event::FenceFailed {
                         epoch,
                         reason,
@@ -913,7 +914,7 @@ impl Driver {
                 let lease = EpochLease {
                     epoch,
                     renewal,
-                    renewed_at_ms: wall(),
+                    renewed_at_ms: clock.wall_ms(),
                 };
                 self.spawn(
                     limit,

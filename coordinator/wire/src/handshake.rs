@@ -145,6 +145,10 @@ pub trait NonceSource: Send + Sync + fmt::Debug {
 pub struct OsNonces;
 
 impl NonceSource for OsNonces {
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the production nonce source; simulations inject SeededNonces"
+    )]
     fn fill(&self, nonce: &mut [u8; NONCE_LEN]) {
         rand::rng().fill_bytes(nonce);
     }
