@@ -299,7 +299,7 @@ fn a_leader_paused_inside_a_recovery_writes_no_fence_after_the_takeover() {
     let (b, b_addr) = spawn_serve("serve-b", &url, &[]);
     b.wait_for_line("standby: epoch 1", Duration::from_secs(10));
     let _node1 = spawn_node("node-1", &url, &[&a_addr, &b_addr]);
-    let mut node2 = spawn_node("node-2", &url, &[&a_addr, &b_addr]);
+    let node2 = spawn_node("node-2", &url, &[&a_addr, &b_addr]);
     poll(Duration::from_secs(20), || checkpoint_of(&url, 1, 8)).expect("both nodes take part");
 
     node2.signal("KILL");
