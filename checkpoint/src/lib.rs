@@ -32,7 +32,7 @@ pub use manifest::{
 };
 pub use retention::{DeletedBlob, Fence, FenceLine, FenceRequest, GcReport};
 pub use store::{CheckpointStore, RecoveryLine, StoreOptions, VerifyProgress, VerifyReport};
-pub use writer::{SegmentSummary, SegmentWriter, WriteSummary};
+pub use writer::{SegmentSummary, SegmentWriter, WriteSummary, channel_writer};
 
 /// Re-exported so that callers can wrap or build stores without a version mismatch.
 pub use object_store;

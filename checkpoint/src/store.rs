@@ -550,8 +550,10 @@ impl CheckpointStore {
     // Writing
 
     /// A writer for one attempt (`round`) of checkpoint `id` by `writer`. Round and writer are
-    /// tokens of 1-64 `[A-Za-z0-9_-]`; a bad token or a read-only store is reported by the
-    /// writer's first method call. Every (id, round, writer) must be used by one writer only.
+    /// tokens of 1-64 `[A-Za-z0-9_-]`, and a writer may also be the
+    /// [`channel_writer`](crate::channel_writer) of such a token; a bad token or a read-only
+    /// store is reported by the writer's first method call. Every (id, round, writer) must be
+    /// used by one writer only.
     pub fn segment_writer(&self, id: CheckpointId, round: &str, writer: &str) -> SegmentWriter {
         SegmentWriter::new(self.clone(), id, round, writer)
     }

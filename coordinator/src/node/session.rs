@@ -263,7 +263,7 @@ fn on_frame(shared: &Arc<NodeShared>, frame: CoordinatorFrame) {
                 round,
                 token,
                 states_writer: shared.name.clone(),
-                channel_writer: format!("{}-ch", shared.name),
+                channel_writer: cohort_checkpoint::channel_writer(&shared.name),
                 participants: asked.iter().cloned().collect(),
                 store: shared.store.clone(),
                 sink: NodeSink(shared.to_coordinator.clone()),
