@@ -83,8 +83,9 @@ pub(crate) fn parse_manifest(key: &str) -> Option<CheckpointId> {
     parse_padded(name.strip_suffix(MANIFEST_EXT)?).map(CheckpointId::new)
 }
 
+/// The folder of one attempt's segments, relative to `segments/`: `<id>/<round>`.
 pub(crate) fn round_dir(id: CheckpointId, round: &str) -> String {
-    format!("{SEGMENTS}/{}/{round}", id.padded())
+    format!("{}/{round}", id.padded())
 }
 
 pub(crate) fn segment(id: CheckpointId, round: &str, writer: &str, seq: u64) -> String {
@@ -119,12 +120,16 @@ pub(crate) fn parse_segment(key: &str) -> Option<SegmentKey<'_>> {
     })
 }
 
-/// The checkpoint id of any key under `segments/<id>/`, even one that is not a well-formed
-/// segment (a leftover staging file, say), so that GC can reason about the directory it is in.
-pub(crate) fn segment_dir_id(key: &str) -> Option<CheckpointId> {
-    let rest = key.strip_prefix(SEGMENTS)?.strip_prefix('/')?;
-    let (id, _) = rest.split_once('/')?;
-    parse_padded(id).map(CheckpointId::new)
+/// A segment key, or the staging file `<segment key>#<n>` that a crashed write of one left on
+/// local disk: the blobs under `segments/` that are cohort's own. Anything else there (a
+/// README, an editor's backup) is not, and GC leaves it alone.
+pub(crate) fn parse_segment_blob(key: &str) -> Option<SegmentKey<'_>> {
+    let key = match key.rsplit_once('#') {
+        Some((segment, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => segment,
+        Some(_) => return None,
+        None => key,
+    };
+    parse_segment(key)
 }
 
 pub(crate) fn epoch(epoch: u64) -> String {
@@ -262,6 +267,23 @@ mod tests {
                 let states = segment(id, "r", &format!("{name}-ch{tail}"), other_seq);
                 proptest::prop_assert_ne!(&channel, &states);
             }
+        }
+    }
+
+    #[test]
+    fn segment_blobs_are_segments_and_their_staging_files() {
+        let seg = "segments/00000000000000000042/e1-r1/w-000000.seg";
+        assert!(parse_segment_blob(seg).is_some());
+        assert!(parse_segment_blob(&format!("{seg}#1")).is_some());
+        for stray in [
+            format!("{seg}#"),
+            format!("{seg}#x"),
+            format!("{seg}.bak"),
+            "segments/00000000000000000042/README.txt".to_owned(),
+            "segments/00000000000000000042/e1-r1/notes.txt".to_owned(),
+            "segments/00000000000000000042/e1-r1/link/w-000000.seg".to_owned(),
+        ] {
+            assert!(parse_segment_blob(&stray).is_none(), "{stray}");
         }
     }
 

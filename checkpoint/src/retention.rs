@@ -142,8 +142,9 @@ impl CheckpointStore {
             .copied()
             .collect();
         let mut doomed = Vec::new();
-        for (key, size) in self.inner.list(keys::SEGMENTS).await? {
-            let Some(dir) = keys::segment_dir_id(&key) else {
+        // Only blobs GC parses as its own; on local disk, never through a symbolic link.
+        for (key, size) in self.inner.list_segment_blobs("").await? {
+            let Some(dir) = keys::parse_segment_blob(&key).map(|s| s.checkpoint) else {
                 continue;
             };
             if dir > newest || refs.protected_dirs.contains(&dir) || refs.segments.contains(&key) {
@@ -167,14 +168,15 @@ impl CheckpointStore {
                     .await
                     .map_err(|e| self.inner.map_err(format!("tombstone {key}"), e))?;
             }
-            self.inner
-                .delete_all(doomed.iter().map(|d| d.key.clone()))
-                .await?;
+            let keys: Vec<String> = doomed.iter().map(|d| d.key.clone()).collect();
+            self.inner.delete_segment_blobs(&keys).await?;
             if !doomed.is_empty() || !expired.is_empty() {
                 tracing::info!(store = %self.inner.url, expired = expired.len(), deleted = doomed.len(), "gc");
             }
         }
-        report.bytes_freed = doomed.iter().map(|d| d.bytes).sum();
+        report.bytes_freed = doomed
+            .iter()
+            .fold(0u64, |sum, d| sum.saturating_add(d.bytes));
         report.deleted = doomed;
         report.expired = expired;
         report.retained = retained.into_iter().collect();

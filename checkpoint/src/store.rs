@@ -702,12 +702,20 @@ impl CheckpointStore {
             // A damaged or newer-format manifest might be this round's: leave its blobs alone.
             Err(e) => return Err(e),
         }
-        let dir = keys::round_dir(id, round);
-        let listed = self.inner.list(&dir).await?;
-        self.inner
-            .delete_all(listed.iter().map(|m| m.0.clone()))
-            .await?;
-        Ok(listed.len() as u64)
+        let below = keys::round_dir(id, round);
+        let own: Vec<String> = self
+            .inner
+            .list_segment_blobs(&below)
+            .await?
+            .into_iter()
+            .map(|(key, _)| key)
+            .filter(|key| {
+                keys::parse_segment_blob(key)
+                    .is_some_and(|s| s.checkpoint == id && s.round == round)
+            })
+            .collect();
+        self.inner.delete_segment_blobs(&own).await?;
+        Ok(own.len() as u64)
     }
 
     // -----------------------------------------------------------------------------------------
@@ -1351,6 +1359,72 @@ impl Inner {
             .collect();
         out.sort_unstable();
         Ok(out)
+    }
+
+    /// The blobs under `segments/<below>` (`below` empty or `<id>/<round>`) that are cohort's
+    /// own ([`keys::parse_segment_blob`]: segments, and on local disk the staging files of
+    /// crashed writes), with their sizes. Nothing else is listed, so nothing else is ever
+    /// deleted. On local disk no symbolic link below `segments/` is followed: object_store's
+    /// listing follows them, and GC then deleted files outside the store.
+    pub(crate) async fn list_segment_blobs(&self, below: &str) -> Result<Vec<(String, u64)>> {
+        let dir = if below.is_empty() {
+            keys::SEGMENTS.to_owned()
+        } else {
+            format!("{}/{below}", keys::SEGMENTS)
+        };
+        let listed = match &self.local {
+            None => self.list(&dir).await?,
+            Some(disk) => {
+                let top = disk.file(&self.path(keys::SEGMENTS));
+                let below = below.to_owned();
+                let walked = tokio::task::spawn_blocking(move || {
+                    local::list_files(&top, &below).map_err(|e| local::store_error(e, &top))
+                })
+                .await
+                .map_err(|e| {
+                    Error::InvalidInput(format!("the listing of {dir}/ did not finish: {e}"))
+                })?
+                .map_err(|e| self.map_err(format!("list {dir}/"), e))?;
+                for link in &walked.links {
+                    tracing::warn!(store = %self.url, link = %format!("{}/{link}", keys::SEGMENTS), "a symbolic link in the segment folders: not followed, and left alone with what it points to");
+                }
+                walked
+                    .files
+                    .into_iter()
+                    .map(|(relative, size)| (format!("{}/{relative}", keys::SEGMENTS), size))
+                    .collect()
+            }
+        };
+        Ok(listed
+            .into_iter()
+            .filter(|(key, _)| keys::parse_segment_blob(key).is_some())
+            .collect())
+    }
+
+    /// Deletes blobs [`list_segment_blobs`](Self::list_segment_blobs) listed. Staging files
+    /// (local disk only) are named in a way object_store's paths cannot express, so they are
+    /// removed directly.
+    pub(crate) async fn delete_segment_blobs(&self, keys: &[String]) -> Result<()> {
+        let (staging, segments): (Vec<&String>, Vec<&String>) =
+            keys.iter().partition(|k| k.contains('#'));
+        self.delete_all(segments.into_iter().cloned()).await?;
+        let Some(disk) = &self.local else {
+            return Ok(());
+        };
+        for key in staging {
+            let (segment, n) = key.rsplit_once('#').unwrap_or((key, ""));
+            let mut file = disk.file(&self.path(segment)).into_os_string();
+            file.push(format!("#{n}"));
+            let file = std::path::PathBuf::from(file);
+            match tokio::fs::remove_file(&file).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(self.map_err(format!("delete {key}"), local::store_error(e, &file)));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Deletes keys; a key that is already gone is fine.
