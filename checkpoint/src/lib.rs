@@ -28,7 +28,8 @@ pub mod testing;
 pub use error::{Damage, DamageKind, Error, Result};
 pub use format::FORMAT_VERSION;
 pub use manifest::{
-    EntryLocation, EpochLease, EpochRecord, InTransitEntry, Manifest, ManifestKind, ObjectEntry,
+    EntryLocation, EpochLease, EpochRecord, EpochState, InTransitEntry, Manifest, ManifestKind,
+    ObjectEntry,
 };
 pub use retention::{DeletedBlob, Fence, FenceLine, FenceRequest, GcReport};
 pub use store::{CheckpointStore, RecoveryLine, StoreOptions, VerifyProgress, VerifyReport};

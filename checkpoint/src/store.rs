@@ -346,6 +346,8 @@ impl CheckpointStore {
                 Self::local(url, dir, options, for_writing)
             }
             ObjectStoreScheme::AmazonS3 => {
+                // object_store panics on the first request to an endpoint it cannot parse.
+                check_endpoints(&options.config).map_err(Error::InvalidInput)?;
                 let mut builder = AmazonS3Builder::from_env().with_url(given);
                 for (key, value) in &options.config {
                     let parsed = key.to_ascii_lowercase().parse().map_err(|e| {
@@ -1013,7 +1015,7 @@ impl CheckpointStore {
             }))
             .collect();
         report.entries = wanted.len();
-        report.bytes = wanted.iter().map(|w| w.location.len).sum();
+        report.bytes = manifest.referenced_bytes();
         for r in self.fetch_all(id, &wanted).await? {
             if let Err(d) = r {
                 report.damaged.push(d);
@@ -1202,7 +1204,7 @@ impl CheckpointStore {
                         w,
                         DamageKind::Truncated {
                             needed: w.location.range().end,
-                            actual: w.location.offset + b.len() as u64,
+                            actual: w.location.offset.saturating_add(b.len() as u64),
                         },
                     ));
                 }
@@ -1212,6 +1214,49 @@ impl CheckpointStore {
             })
             .collect())
     }
+}
+
+/// The settings that name an S3 endpoint: as `StoreOptions::config` keys, and as variables.
+const ENDPOINT_KEYS: [&str; 3] = ["aws_endpoint_url_s3", "aws_endpoint_url", "aws_endpoint"];
+const ENDPOINT_VARS: [&str; 3] = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ENDPOINT"];
+
+/// Checks every S3 endpoint setting given (in `config`, else in the environment): an absolute
+/// `http` or `https` URL with a host. object_store takes any text there and panics on the
+/// first request to one it cannot parse.
+fn check_endpoints(config: &std::collections::BTreeMap<String, String>) -> Result<(), String> {
+    let given = ENDPOINT_KEYS
+        .iter()
+        .filter_map(|k| {
+            config
+                .iter()
+                .find(|(key, _)| key.eq_ignore_ascii_case(k))
+                .map(|(_, v)| (format!("StoreOptions::config {k}"), v.clone()))
+        })
+        .chain(ENDPOINT_VARS.iter().filter_map(|k| {
+            std::env::var(k)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .map(|v| ((*k).to_owned(), v))
+        }));
+    for (name, value) in given {
+        let shown: String = value.escape_debug().take(80).collect();
+        let bad = |why: String| {
+            format!(
+                "{name} is \"{shown}\", which is not an endpoint URL ({why}); set it to the S3 endpoint's URL, such as http://127.0.0.1:9000 or https://s3.eu-west-1.amazonaws.com"
+            )
+        };
+        let url = Url::parse(&value).map_err(|e| bad(e.to_string()))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(bad(format!(
+                "the scheme is {:?}, not http or https",
+                url.scheme()
+            )));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(bad("it names no host".into()));
+        }
+    }
+    Ok(())
 }
 
 /// Whether `kind` says a newer cohort wrote the blob.
@@ -1250,6 +1295,7 @@ pub(crate) fn validate_parts<'a>(
     keys::validate_token("round", round)?;
     // Entries of one segment are mostly adjacent: each key is parsed once per run of them.
     let mut checked: Option<&str> = None;
+    let mut total = 0u64;
     for loc in locations {
         if checked != Some(loc.segment.as_str()) && keys::parse_segment(&loc.segment).is_none() {
             return Err(Error::InvalidInput(format!(
@@ -1257,15 +1303,39 @@ pub(crate) fn validate_parts<'a>(
                 loc.segment
             )));
         }
-        if loc.offset < format::SEGMENT_HEADER_LEN as u64 || loc.len < 4 {
+        if loc.offset < format::SEGMENT_HEADER_LEN as u64
+            || loc.len < 4
+            || loc.offset.checked_add(loc.len).is_none()
+        {
             return Err(Error::InvalidInput(format!(
                 "manifest of checkpoint {id} locates an entry at offset {} length {} in {}, which cannot hold an entry",
                 loc.offset, loc.len, loc.segment
             )));
         }
+        total = total.checked_add(loc.len).ok_or_else(|| too_large(id))?;
         checked = Some(loc.segment.as_str());
     }
     Ok(())
+}
+
+/// Checks that the entries of a whole (resolved) manifest add up to a byte count: lengths a
+/// store or peer supplied are summed with checked arithmetic, and a manifest whose entries
+/// overflow a u64 (crafted: no store holds 16 EiB) is refused rather than reported with a
+/// wrapped size.
+pub(crate) fn validate_total<'a>(
+    id: CheckpointId,
+    mut locations: impl Iterator<Item = &'a EntryLocation>,
+) -> Result<()> {
+    locations
+        .try_fold(0u64, |total, loc| total.checked_add(loc.len))
+        .map(|_| ())
+        .ok_or_else(|| too_large(id))
+}
+
+fn too_large(id: CheckpointId) -> Error {
+    Error::InvalidInput(format!(
+        "the entries of the manifest of checkpoint {id} add up to more than 2^64 bytes"
+    ))
 }
 
 impl Inner {

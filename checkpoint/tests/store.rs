@@ -338,3 +338,21 @@ async fn gc_and_discard_never_follow_a_symlink() {
     assert!(expired.join("e1-link").symlink_metadata().is_ok());
     assert!(store.verify(cid(3)).await.unwrap().is_ok());
 }
+
+/// An S3 endpoint that is not an http(s) URL with a host is refused when the store is opened,
+/// naming the setting. object_store accepted it and panicked on the first request.
+#[tokio::test]
+async fn a_bad_s3_endpoint_is_refused_at_open() {
+    for endpoint in ["not a url", "http://", "ftp://example.com", "127.0.0.1:9000"] {
+        let mut options = StoreOptions::default();
+        options
+            .config
+            .insert("aws_endpoint".into(), endpoint.into());
+        let err = CheckpointStore::open("s3://bucket/prefix", options)
+            .await
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, Error::InvalidInput(_)), "{endpoint}: {msg}");
+        assert!(msg.contains("aws_endpoint"), "{msg}");
+    }
+}
