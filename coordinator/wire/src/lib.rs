@@ -92,8 +92,8 @@ mod serve;
 mod transport;
 
 pub use config::{
-    Accept, ConnectConfig, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_FRAME_LEN, DEFAULT_PORT,
-    ListenConfig, Listener,
+    Accept, ConnectConfig, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_FRAME_BYTES_IN_FLIGHT,
+    DEFAULT_MAX_FRAME_LEN, DEFAULT_PORT, ListenConfig, Listener, RoleLimits,
 };
 pub use connection::{Connection, RecvHalf, SendHalf};
 pub use error::{Error, Result};
