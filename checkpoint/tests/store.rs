@@ -343,7 +343,12 @@ async fn gc_and_discard_never_follow_a_symlink() {
 /// naming the setting. object_store accepted it and panicked on the first request.
 #[tokio::test]
 async fn a_bad_s3_endpoint_is_refused_at_open() {
-    for endpoint in ["not a url", "http://", "ftp://example.com", "127.0.0.1:9000"] {
+    for endpoint in [
+        "not a url",
+        "http://",
+        "ftp://example.com",
+        "127.0.0.1:9000",
+    ] {
         let mut options = StoreOptions::default();
         options
             .config
