@@ -864,3 +864,127 @@ fn serve_logs_the_operators_warnings_by_default() {
         warned_refusal |= is_err && line.contains("WARN") && line.contains("refused a connection");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Hostile registrations. The fixes are the coordinator core rewrite's (issue 12): these show
+// the defects and fail on today's core.
+
+mod registrations {
+    use std::time::Duration;
+
+    use cohort::ObjectId;
+    use cohort::checkpoint::CheckpointStore;
+    use cohort::coordinator::node::{Node, NodeStatus};
+    use cohort::coordinator::service::protocol::{CoordinatorFrame, NodeFrame};
+    use cohort::coordinator::service::{Service, ServiceConfig};
+    use cohort::wire::{ConnectConfig, Role};
+    use tokio::time::Instant;
+
+    async fn service() -> Service {
+        let mut config = ServiceConfig::new("127.0.0.1:0".parse().unwrap());
+        config.heartbeat_interval = Duration::from_millis(50);
+        config.heartbeat_timeout = Duration::from_millis(500);
+        Service::start(CheckpointStore::memory(), config)
+            .await
+            .unwrap()
+    }
+
+    /// Registers as node `name` over a raw connection; returns the coordinator's answer.
+    async fn register(service: &Service, name: &str, peer_addr: String) -> CoordinatorFrame {
+        let mut conn = ConnectConfig::new(Role::Node, name)
+            .connect::<CoordinatorFrame, NodeFrame>(service.local_addr())
+            .await
+            .unwrap();
+        conn.send(&NodeFrame::Register {
+            session: None,
+            peer_addr,
+            objects: vec![ObjectId::new(format!("{name}-object")).unwrap()],
+        })
+        .await
+        .unwrap();
+        loop {
+            match conn.recv().await.unwrap() {
+                Some(CoordinatorFrame::Heartbeat) => {}
+                Some(frame) => return frame,
+                None => panic!("the coordinator closed the connection without answering"),
+            }
+        }
+    }
+
+    /// One registration with a 4 MiB peer address made every later manifest 4.2 MB (the
+    /// state table records it): a peer address longer than a socket address is refused.
+    #[tokio::test]
+    #[ignore = "issue 14: fixed by the core rewrite"]
+    async fn a_huge_peer_address_is_refused() {
+        let service = service().await;
+        let answer = register(&service, "huge", "1".repeat(4 << 20)).await;
+        assert!(
+            matches!(answer, CoordinatorFrame::Refused { .. }),
+            "a 4 MiB peer address was accepted: {answer:?}"
+        );
+        service.shutdown();
+    }
+
+    /// Session ids were sequential from a random start: on a tokenless loopback coordinator
+    /// another process could resume a node's session by guessing the next one.
+    #[tokio::test]
+    #[ignore = "issue 14: fixed by the core rewrite"]
+    async fn session_ids_cannot_be_guessed() {
+        let service = service().await;
+        let mut sessions = Vec::new();
+        for name in ["a", "b", "c"] {
+            match register(&service, name, "127.0.0.1:1".into()).await {
+                CoordinatorFrame::Welcome { session, .. } => sessions.push(session),
+                other => panic!("{other:?}"),
+            }
+        }
+        for pair in sessions.windows(2) {
+            let gap = pair[0].abs_diff(pair[1]);
+            assert!(gap > 1 << 20, "successive sessions {pair:?} are guessable");
+        }
+        service.shutdown();
+    }
+
+    /// A node with no objects that drops must neither stay in the state table for good nor
+    /// trigger a cohort-wide recovery: it holds nothing to restore.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "issue 14: fixed by the core rewrite"]
+    async fn a_lost_node_without_objects_leaves_quietly() {
+        let service = service().await;
+        let node = Node::builder(CheckpointStore::memory())
+            .name("empty")
+            .coordinators(vec![service.local_addr().to_string()])
+            .build()
+            .await
+            .unwrap();
+        let mut status = node.status();
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            status.wait_for(|s| matches!(s, NodeStatus::Registered { .. })),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        node.shutdown();
+        // Lost after the heartbeat timeout, dead after another: then it must be gone.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut status = service.status();
+        loop {
+            let now = status.borrow().clone();
+            assert_eq!(
+                now.recoveries, 0,
+                "an empty node's loss recovered the cohort"
+            );
+            if !now.table.nodes.contains_key("empty") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the lost node stayed in the state table: {:?}",
+                now.table.nodes
+            );
+            let _ = tokio::time::timeout(Duration::from_millis(200), status.changed()).await;
+        }
+        service.shutdown();
+    }
+}
