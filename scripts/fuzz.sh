@@ -34,6 +34,13 @@ fi
 
 log_dir="fuzz/logs"
 mkdir -p "$log_dir"
+# Built first, so that each target's time is fuzzing only.
+echo "==> building the targets"
+if ! cargo +nightly fuzz build --fuzz-dir fuzz --sanitizer none --debug-assertions \
+    > "$log_dir/build.log" 2>&1; then
+    tail -30 "$log_dir/build.log" >&2
+    exit 2
+fi
 results=()
 found=0
 for target in "${targets[@]}"; do
