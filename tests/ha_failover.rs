@@ -331,7 +331,7 @@ fn a_leader_paused_inside_a_recovery_writes_no_fence_after_the_takeover() {
     let late: Vec<_> = all
         .iter()
         .filter(|m| m.id > fence2.id && m.epoch < 2)
-        .map(|m| (m.id, m.epoch, m.kind.clone()))
+        .map(|m| (m.id, m.epoch, m.kind))
         .collect();
     assert!(
         late.is_empty(),
@@ -346,8 +346,7 @@ fn a_leader_paused_inside_a_recovery_writes_no_fence_after_the_takeover() {
     for fence in all.iter().filter(|m| m.kind == ManifestKind::Fence) {
         let before = all
             .iter()
-            .filter(|m| m.id < fence.id)
-            .next_back()
+            .rfind(|m| m.id < fence.id)
             .expect("a fence follows a line");
         assert_eq!(
             fence.objects, before.objects,

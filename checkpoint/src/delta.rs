@@ -26,7 +26,7 @@ use crate::error::{Damage, DamageKind, Error, Result};
 use crate::format::{self, FrameError};
 use crate::keys;
 use crate::manifest::{DeltaBody, DeltaManifest, EntryMap, Manifest, ObjectEntry, StoredManifest};
-use crate::store::{CheckpointStore, validate_manifest, validate_parts};
+use crate::store::{CheckpointStore, validate_manifest, validate_parts, validate_total};
 
 /// A delta is written only while it holds fewer than `1 / DELTA_SHARE` of the manifest's
 /// entries.
@@ -295,6 +295,8 @@ impl CheckpointStore {
                 let epoch = d.epoch;
                 let m = resolve(&base.manifest, d)
                     .map_err(|e| self.manifest_damaged(id, DamageKind::HeaderMismatch(e)))?;
+                // The base's entries and the delta's each add up; together they must too.
+                validate_total(id, m.locations()).map_err(invalid)?;
                 self.inner.cache.note(id, epoch, &base);
                 Ok(m)
             }
@@ -624,6 +626,68 @@ mod tests {
                 prop_assert!(round_trip(&base, &target, differing - 1).is_none());
             }
         }
+    }
+
+    async fn put(store: &CheckpointStore, key: String, bytes: Vec<u8>) {
+        use object_store::ObjectStoreExt;
+        let (os, _) = store.object_store();
+        os.put(&store.path_of(&key), bytes.into()).await.unwrap();
+    }
+
+    /// A crafted manifest whose entry lengths add up past a u64 is damaged, whether whole or a
+    /// delta whose entries overflow only together with its base's. Before, it read back, and
+    /// `referenced_bytes` (so `cohort list`, `show`, `verify`) panicked with "attempt to add with
+    /// overflow" in a debug build and printed a wrapped size in a release build.
+    #[tokio::test]
+    async fn entry_lengths_that_overflow_a_u64_are_damage() {
+        let store = CheckpointStore::memory();
+        let huge = |v: u8| {
+            let mut e = entry(v);
+            e.location.len = u64::MAX / 2 + 1;
+            e
+        };
+        let mut whole = Manifest::new(CheckpointId::new(1), 1, 0, "r1");
+        whole.objects.insert(ObjectId::new("a").unwrap(), huge(1));
+        whole.objects.insert(ObjectId::new("b").unwrap(), huge(2));
+        let bytes = format::encode_manifest(&whole).unwrap();
+        put(&store, keys::manifest(whole.id), bytes).await;
+        let err = store.read_manifest(whole.id).await.unwrap_err();
+        assert!(err.to_string().contains("2^64"), "{err}");
+        let report = store.verify(whole.id).await.unwrap();
+        assert!(!report.is_ok());
+        assert_eq!(whole.referenced_bytes(), u64::MAX);
+
+        // A base that adds up, and a delta of it that adds up, but not together.
+        let mut base = Manifest::new(CheckpointId::new(2), 1, 0, "r2");
+        base.objects.insert(ObjectId::new("a").unwrap(), huge(1));
+        let base_bytes = format::encode_manifest(&base).unwrap();
+        let base_crc = format::frame_crc(&base_bytes);
+        put(&store, keys::manifest(base.id), base_bytes).await;
+        store.read_manifest(base.id).await.unwrap();
+        let b = ObjectId::new("b").unwrap();
+        let added = huge(2);
+        let delta = DeltaBody {
+            id: CheckpointId::new(3),
+            epoch: 1,
+            created_at_ms: 0,
+            parent: Some(base.id),
+            kind: &crate::ManifestKind::Checkpoint,
+            round: "r3",
+            base: base.id,
+            base_crc,
+            objects: EntryMap(vec![(&b, &added)]),
+            removed: Vec::new(),
+            in_transit: &[],
+            metadata: &BTreeMap::new(),
+        };
+        put(
+            &store,
+            keys::manifest(delta.id),
+            format::encode_delta(&delta).unwrap(),
+        )
+        .await;
+        let err = store.read_manifest(delta.id).await.unwrap_err();
+        assert!(err.to_string().contains("2^64"), "{err}");
     }
 
     #[test]

@@ -216,7 +216,8 @@ impl Error {
 /// wrong with it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Damage {
-    /// The checkpoint whose manifest references the damaged bytes.
+    /// The checkpoint whose manifest references the damaged bytes; [`CheckpointId::ZERO`]
+    /// (never a checkpoint's id) for a blob of no checkpoint: an epoch record or lease.
     pub checkpoint: CheckpointId,
     /// The object whose state is damaged; `None` when the manifest itself or a whole segment
     /// header is damaged.
@@ -300,10 +301,12 @@ impl fmt::Display for DamageKind {
 
 impl fmt::Display for Damage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "checkpoint {}", self.checkpoint)?;
-        if let Some(object) = &self.object {
-            write!(f, ", object {object}")?;
+        if self.checkpoint != CheckpointId::ZERO {
+            write!(f, "checkpoint {}, ", self.checkpoint)?;
         }
-        write!(f, ", blob {}: {}", self.blob, self.kind)
+        if let Some(object) = &self.object {
+            write!(f, "object {object}, ")?;
+        }
+        write!(f, "blob {}: {}", self.blob, self.kind)
     }
 }

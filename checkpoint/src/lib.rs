@@ -28,11 +28,12 @@ pub mod testing;
 pub use error::{Damage, DamageKind, Error, Result};
 pub use format::FORMAT_VERSION;
 pub use manifest::{
-    EntryLocation, EpochLease, EpochRecord, InTransitEntry, Manifest, ManifestKind, ObjectEntry,
+    EntryLocation, EpochLease, EpochRecord, EpochState, InTransitEntry, Manifest, ManifestKind,
+    ObjectEntry,
 };
 pub use retention::{DeletedBlob, Fence, FenceLine, FenceRequest, GcReport};
 pub use store::{CheckpointStore, RecoveryLine, StoreOptions, VerifyProgress, VerifyReport};
-pub use writer::{SegmentSummary, SegmentWriter, WriteSummary};
+pub use writer::{SegmentSummary, SegmentWriter, WriteSummary, channel_writer};
 
 /// Re-exported so that callers can wrap or build stores without a version mismatch.
 pub use object_store;

@@ -141,6 +141,70 @@ fn sync_dir(_dir: &FsPath) -> io::Result<()> {
     Ok(())
 }
 
+/// What [`list_files`] found under a directory.
+#[derive(Debug, Default)]
+pub(crate) struct Listing {
+    /// Every regular file: its path relative to the listed directory (`/`-separated) and size.
+    pub(crate) files: Vec<(String, u64)>,
+    /// Every symbolic link met (relative paths): neither entered nor listed as files.
+    pub(crate) links: Vec<String>,
+}
+
+/// Lists the regular files under `dir`, recursively, without following a symbolic link: a
+/// link (to a file or a directory) is reported in [`Listing::links`] and not entered, so a
+/// link planted in a store can never make a caller delete what it points to. The components of
+/// `below` (relative to `dir`, `/`-separated) must be real directories too: when one is a link
+/// the listing holds that link alone. `dir` itself may be a link (where the operator chose to
+/// put the store's data). A missing directory lists as empty; names that are not UTF-8 are not
+/// cohort's and are left out.
+pub(crate) fn list_files(dir: &FsPath, below: &str) -> io::Result<Listing> {
+    let mut listing = Listing::default();
+    let mut start = dir.to_path_buf();
+    let mut prefix = String::new();
+    for part in below.split('/').filter(|p| !p.is_empty()) {
+        start.push(part);
+        prefix.push_str(part);
+        prefix.push('/');
+        match std::fs::symlink_metadata(&start) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                listing.links.push(prefix.trim_end_matches('/').to_owned());
+                return Ok(listing);
+            }
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => return Ok(listing),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(listing),
+            Err(e) => return Err(e),
+        }
+    }
+    let mut pending = vec![(start, prefix)];
+    while let Some((path, prefix)) = pending.pop() {
+        let entries = match std::fs::read_dir(&path) {
+            Ok(entries) => entries,
+            // Removed meanwhile (GC's automatic cleanup of an emptied directory, say).
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            let relative = format!("{prefix}{name}");
+            // `DirEntry::file_type` and `metadata` describe the entry itself, never a link's
+            // target.
+            let kind = entry.file_type()?;
+            if kind.is_symlink() {
+                listing.links.push(relative);
+            } else if kind.is_dir() {
+                pending.push((entry.path(), format!("{relative}/")));
+            } else if kind.is_file() {
+                listing.files.push((relative, entry.metadata()?.len()));
+            }
+        }
+    }
+    Ok(listing)
+}
+
 /// One segment read from local disk: its size, its bytes from the start up to the end of the
 /// last wanted entry (or the file's end), and the crc of each wanted entry without its trailer,
 /// when the entry lies within those bytes.
@@ -217,6 +281,33 @@ mod tests {
             .collect();
         assert_eq!(names.len(), 2, "{names:?}");
         sync_dirs(&dirty).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn list_files_reports_links_without_entering_them() {
+        use std::os::unix::fs::symlink;
+
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("f"), b"x").unwrap();
+        let top = root.path().join("segments");
+        std::fs::create_dir_all(top.join("1/r")).unwrap();
+        std::fs::write(top.join("1/r/a.seg"), b"abc").unwrap();
+        symlink(outside.path(), top.join("1/dirlink")).unwrap();
+        symlink(outside.path().join("f"), top.join("1/r/filelink")).unwrap();
+
+        let mut all = list_files(&top, "").unwrap();
+        all.links.sort();
+        assert_eq!(all.files, vec![("1/r/a.seg".to_owned(), 3)]);
+        assert_eq!(all.links, vec!["1/dirlink", "1/r/filelink"]);
+
+        let through = list_files(&top, "1/dirlink").unwrap();
+        assert!(through.files.is_empty());
+        assert_eq!(through.links, vec!["1/dirlink"]);
+        let round = list_files(&top, "1/r").unwrap();
+        assert_eq!(round.files, vec![("1/r/a.seg".to_owned(), 3)]);
+        assert!(list_files(&top, "2/r").unwrap().files.is_empty());
     }
 
     #[test]

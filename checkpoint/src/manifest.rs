@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use cohort_object_api::{CheckpointId, ObjectId};
 use serde::{Deserialize, Serialize};
 
+use crate::error::Damage;
+
 /// The manifest of one committed checkpoint: where every object's state lives, plus what the
 /// protocol needs to resume from it.
 ///
@@ -60,8 +62,12 @@ impl Manifest {
     }
 
     /// The total size in bytes of the entries this manifest references.
+    ///
+    /// Never wraps: a manifest read from a store is refused when its entries add up to more
+    /// than a u64, and for one built in memory the sum saturates at `u64::MAX`.
     pub fn referenced_bytes(&self) -> u64 {
-        self.locations().map(|l| l.len).sum()
+        self.locations()
+            .fold(0u64, |total, l| total.saturating_add(l.len))
     }
 }
 
@@ -268,6 +274,34 @@ pub struct EpochLease {
     pub renewal: u64,
     /// The holder's wall clock at the renewal, Unix milliseconds (for display only).
     pub renewed_at_ms: u64,
+}
+
+/// The newest claimed epoch as the store holds it ([`CheckpointStore::newest_epoch_state`]):
+/// its number, and its record and lease or what is wrong with each.
+///
+/// [`CheckpointStore::newest_epoch_state`]: crate::CheckpointStore::newest_epoch_state
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EpochState {
+    /// The epoch number. Its record's key exists, so the number is taken whatever the record
+    /// holds: the next claim is `epoch + 1`.
+    pub epoch: u64,
+    /// Its record, or what is wrong with it (damaged, or written by a newer format:
+    /// [`DamageKind::FutureFormat`](crate::DamageKind::FutureFormat)).
+    pub record: Result<EpochRecord, Damage>,
+    /// Its lease (`None` before the holder's first renewal), or what is wrong with it.
+    pub lease: Result<Option<EpochLease>, Damage>,
+}
+
+impl EpochState {
+    /// What is wrong with the record and the lease, record first; empty when both read.
+    pub fn damage(&self) -> impl Iterator<Item = &Damage> {
+        self.record
+            .as_ref()
+            .err()
+            .into_iter()
+            .chain(self.lease.as_ref().err())
+    }
 }
 
 /// Serializes `BTreeMap<String, Vec<u8>>` with msgpack `bin` values rather than arrays of

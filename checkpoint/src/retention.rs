@@ -9,7 +9,7 @@ use object_store::{ObjectStoreExt, PutMode, PutPayload};
 use crate::error::{Damage, DamageKind, Error, Result};
 use crate::format::{self, FrameError};
 use crate::keys;
-use crate::manifest::{EpochLease, EpochRecord, Manifest, ManifestKind};
+use crate::manifest::{EpochLease, EpochRecord, EpochState, Manifest, ManifestKind};
 use crate::store::CheckpointStore;
 
 /// What [`CheckpointStore::gc`] did (or, for a dry run, would do).
@@ -142,8 +142,9 @@ impl CheckpointStore {
             .copied()
             .collect();
         let mut doomed = Vec::new();
-        for (key, size) in self.inner.list(keys::SEGMENTS).await? {
-            let Some(dir) = keys::segment_dir_id(&key) else {
+        // Only blobs GC parses as its own; on local disk, never through a symbolic link.
+        for (key, size) in self.inner.list_segment_blobs("").await? {
+            let Some(dir) = keys::parse_segment_blob(&key).map(|s| s.checkpoint) else {
                 continue;
             };
             if dir > newest || refs.protected_dirs.contains(&dir) || refs.segments.contains(&key) {
@@ -167,14 +168,15 @@ impl CheckpointStore {
                     .await
                     .map_err(|e| self.inner.map_err(format!("tombstone {key}"), e))?;
             }
-            self.inner
-                .delete_all(doomed.iter().map(|d| d.key.clone()))
-                .await?;
+            let keys: Vec<String> = doomed.iter().map(|d| d.key.clone()).collect();
+            self.inner.delete_segment_blobs(&keys).await?;
             if !doomed.is_empty() || !expired.is_empty() {
                 tracing::info!(store = %self.inner.url, expired = expired.len(), deleted = doomed.len(), "gc");
             }
         }
-        report.bytes_freed = doomed.iter().map(|d| d.bytes).sum();
+        report.bytes_freed = doomed
+            .iter()
+            .fold(0u64, |sum, d| sum.saturating_add(d.bytes));
         report.deleted = doomed;
         report.expired = expired;
         report.retained = retained.into_iter().collect();
@@ -434,6 +436,53 @@ impl CheckpointStore {
             .map_err(|e| self.epoch_blob_error(&key, e))
     }
 
+    /// The newest claimed epoch number, whatever its record holds: the record's key exists, so
+    /// the number is taken for good and can never be claimed again. `None` when no epoch was
+    /// ever claimed. A leader checking that no newer epoch exists needs nothing more, and a
+    /// damaged record of its own epoch must not stop it.
+    pub async fn newest_epoch_number(&self) -> Result<Option<u64>> {
+        Ok(self.epoch_numbers().await?.last().copied())
+    }
+
+    /// The newest claimed epoch as the store holds it: its number, its record and its lease,
+    /// each read on its own so that a damaged record or lease is reported rather than hiding
+    /// the others. `None` when no epoch was ever claimed.
+    ///
+    /// Unlike [`newest_epoch`](Self::newest_epoch) this fails only when the store cannot be
+    /// read: what is wrong with the record or the lease (damage, or a newer format:
+    /// [`DamageKind::FutureFormat`]) is in [`EpochState`]. A damaged record still takes its
+    /// number: a coordinator must claim the next one, never that one again.
+    pub async fn newest_epoch_state(&self) -> Result<Option<EpochState>> {
+        let Some(epoch) = self.newest_epoch_number().await? else {
+            return Ok(None);
+        };
+        let key = keys::epoch(epoch);
+        let record = match self.inner.get(&key).await {
+            Ok(raw) => format::decode_epoch(&raw, epoch).map_err(|e| self.epoch_damage(&key, e)),
+            // Listed a moment ago: deleted since, which cohort never does.
+            Err(Error::NotFound { .. }) => Err(Damage {
+                checkpoint: CheckpointId::ZERO,
+                object: None,
+                blob: key.clone(),
+                kind: DamageKind::Missing,
+            }),
+            Err(e) => return Err(e),
+        };
+        let lease_key = keys::epoch_lease(epoch);
+        let lease = match self.inner.get(&lease_key).await {
+            Ok(raw) => format::decode_lease(&raw, epoch)
+                .map(Some)
+                .map_err(|e| self.epoch_damage(&lease_key, e)),
+            Err(Error::NotFound { .. }) => Ok(None),
+            Err(e) => return Err(e),
+        };
+        Ok(Some(EpochState {
+            epoch,
+            record,
+            lease,
+        }))
+    }
+
     /// Writes the lease of `lease.epoch` (an overwrite). Only that epoch's holder may call it:
     /// the lease tells standbys that the holder is alive, and nothing else reads it.
     pub async fn renew_epoch(&self, lease: &EpochLease) -> Result<()> {
@@ -466,29 +515,28 @@ impl CheckpointStore {
             .map_err(|e| self.epoch_blob_error(&key, e))
     }
 
-    fn epoch_blob_error(&self, key: &str, e: FrameError) -> Error {
-        let url = self.inner.url.clone();
-        let damaged = |kind| Error::Damaged {
-            damage: Box::new(Damage {
-                checkpoint: CheckpointId::ZERO,
-                object: None,
-                blob: key.to_owned(),
-                kind,
-            }),
-            url: url.clone(),
+    /// What is wrong with an epoch record or lease that did not decode, as a [`Damage`] of no
+    /// checkpoint.
+    fn epoch_damage(&self, key: &str, e: FrameError) -> Damage {
+        let kind = match e {
+            FrameError::Future { found, supported } => {
+                DamageKind::FutureFormat { found, supported }
+            }
+            FrameError::Tombstone => {
+                DamageKind::HeaderMismatch("an epoch record or lease cannot be a tombstone".into())
+            }
+            FrameError::Damaged(kind) => kind,
         };
-        match e {
-            FrameError::Future { found, supported } => Error::FutureFormat {
-                blob: key.to_owned(),
-                found,
-                supported,
-                url: url.clone(),
-            },
-            FrameError::Tombstone => damaged(DamageKind::HeaderMismatch(
-                "an epoch record or lease cannot be a tombstone".into(),
-            )),
-            FrameError::Damaged(kind) => damaged(kind),
+        Damage {
+            checkpoint: CheckpointId::ZERO,
+            object: None,
+            blob: key.to_owned(),
+            kind,
         }
+    }
+
+    fn epoch_blob_error(&self, key: &str, e: FrameError) -> Error {
+        self.damaged(self.epoch_damage(key, e))
     }
 
     /// Fences every writer of an older epoch: commits a manifest of kind

@@ -346,6 +346,8 @@ impl CheckpointStore {
                 Self::local(url, dir, options, for_writing)
             }
             ObjectStoreScheme::AmazonS3 => {
+                // object_store panics on the first request to an endpoint it cannot parse.
+                check_endpoints(&options.config).map_err(Error::InvalidInput)?;
                 let mut builder = AmazonS3Builder::from_env().with_url(given);
                 for (key, value) in &options.config {
                     let parsed = key.to_ascii_lowercase().parse().map_err(|e| {
@@ -554,8 +556,10 @@ impl CheckpointStore {
     // Writing
 
     /// A writer for one attempt (`round`) of checkpoint `id` by `writer`. Round and writer are
-    /// tokens of 1-64 `[A-Za-z0-9_-]`; a bad token or a read-only store is reported by the
-    /// writer's first method call. Every (id, round, writer) must be used by one writer only.
+    /// tokens of 1-64 `[A-Za-z0-9_-]`, and a writer may also be the
+    /// [`channel_writer`](crate::channel_writer) of such a token; a bad token or a read-only
+    /// store is reported by the writer's first method call. Every (id, round, writer) must be
+    /// used by one writer only.
     pub fn segment_writer(&self, id: CheckpointId, round: &str, writer: &str) -> SegmentWriter {
         SegmentWriter::new(self.clone(), id, round, writer)
     }
@@ -704,12 +708,20 @@ impl CheckpointStore {
             // A damaged or newer-format manifest might be this round's: leave its blobs alone.
             Err(e) => return Err(e),
         }
-        let dir = keys::round_dir(id, round);
-        let listed = self.inner.list(&dir).await?;
-        self.inner
-            .delete_all(listed.iter().map(|m| m.0.clone()))
-            .await?;
-        Ok(listed.len() as u64)
+        let below = keys::round_dir(id, round);
+        let own: Vec<String> = self
+            .inner
+            .list_segment_blobs(&below)
+            .await?
+            .into_iter()
+            .map(|(key, _)| key)
+            .filter(|key| {
+                keys::parse_segment_blob(key)
+                    .is_some_and(|s| s.checkpoint == id && s.round == round)
+            })
+            .collect();
+        self.inner.delete_segment_blobs(&own).await?;
+        Ok(own.len() as u64)
     }
 
     // -----------------------------------------------------------------------------------------
@@ -1007,7 +1019,7 @@ impl CheckpointStore {
             }))
             .collect();
         report.entries = wanted.len();
-        report.bytes = wanted.iter().map(|w| w.location.len).sum();
+        report.bytes = manifest.referenced_bytes();
         for r in self.fetch_all(id, &wanted).await? {
             if let Err(d) = r {
                 report.damaged.push(d);
@@ -1196,7 +1208,7 @@ impl CheckpointStore {
                         w,
                         DamageKind::Truncated {
                             needed: w.location.range().end,
-                            actual: w.location.offset + b.len() as u64,
+                            actual: w.location.offset.saturating_add(b.len() as u64),
                         },
                     ));
                 }
@@ -1206,6 +1218,49 @@ impl CheckpointStore {
             })
             .collect())
     }
+}
+
+/// The settings that name an S3 endpoint: as `StoreOptions::config` keys, and as variables.
+const ENDPOINT_KEYS: [&str; 3] = ["aws_endpoint_url_s3", "aws_endpoint_url", "aws_endpoint"];
+const ENDPOINT_VARS: [&str; 3] = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ENDPOINT"];
+
+/// Checks every S3 endpoint setting given (in `config`, else in the environment): an absolute
+/// `http` or `https` URL with a host. object_store takes any text there and panics on the
+/// first request to one it cannot parse.
+fn check_endpoints(config: &std::collections::BTreeMap<String, String>) -> Result<(), String> {
+    let given = ENDPOINT_KEYS
+        .iter()
+        .filter_map(|k| {
+            config
+                .iter()
+                .find(|(key, _)| key.eq_ignore_ascii_case(k))
+                .map(|(_, v)| (format!("StoreOptions::config {k}"), v.clone()))
+        })
+        .chain(ENDPOINT_VARS.iter().filter_map(|k| {
+            std::env::var(k)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .map(|v| ((*k).to_owned(), v))
+        }));
+    for (name, value) in given {
+        let shown: String = value.escape_debug().take(80).collect();
+        let bad = |why: String| {
+            format!(
+                "{name} is \"{shown}\", which is not an endpoint URL ({why}); set it to the S3 endpoint's URL, such as http://127.0.0.1:9000 or https://s3.eu-west-1.amazonaws.com"
+            )
+        };
+        let url = Url::parse(&value).map_err(|e| bad(e.to_string()))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(bad(format!(
+                "the scheme is {:?}, not http or https",
+                url.scheme()
+            )));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(bad("it names no host".into()));
+        }
+    }
+    Ok(())
 }
 
 /// Whether `kind` says a newer cohort wrote the blob.
@@ -1244,6 +1299,7 @@ pub(crate) fn validate_parts<'a>(
     keys::validate_token("round", round)?;
     // Entries of one segment are mostly adjacent: each key is parsed once per run of them.
     let mut checked: Option<&str> = None;
+    let mut total = 0u64;
     for loc in locations {
         if checked != Some(loc.segment.as_str()) && keys::parse_segment(&loc.segment).is_none() {
             return Err(Error::InvalidInput(format!(
@@ -1251,15 +1307,39 @@ pub(crate) fn validate_parts<'a>(
                 loc.segment
             )));
         }
-        if loc.offset < format::SEGMENT_HEADER_LEN as u64 || loc.len < 4 {
+        if loc.offset < format::SEGMENT_HEADER_LEN as u64
+            || loc.len < 4
+            || loc.offset.checked_add(loc.len).is_none()
+        {
             return Err(Error::InvalidInput(format!(
                 "manifest of checkpoint {id} locates an entry at offset {} length {} in {}, which cannot hold an entry",
                 loc.offset, loc.len, loc.segment
             )));
         }
+        total = total.checked_add(loc.len).ok_or_else(|| too_large(id))?;
         checked = Some(loc.segment.as_str());
     }
     Ok(())
+}
+
+/// Checks that the entries of a whole (resolved) manifest add up to a byte count: lengths a
+/// store or peer supplied are summed with checked arithmetic, and a manifest whose entries
+/// overflow a u64 (crafted: no store holds 16 EiB) is refused rather than reported with a
+/// wrapped size.
+pub(crate) fn validate_total<'a>(
+    id: CheckpointId,
+    mut locations: impl Iterator<Item = &'a EntryLocation>,
+) -> Result<()> {
+    locations
+        .try_fold(0u64, |total, loc| total.checked_add(loc.len))
+        .map(|_| ())
+        .ok_or_else(|| too_large(id))
+}
+
+fn too_large(id: CheckpointId) -> Error {
+    Error::InvalidInput(format!(
+        "the entries of the manifest of checkpoint {id} add up to more than 2^64 bytes"
+    ))
 }
 
 impl Inner {
@@ -1353,6 +1433,72 @@ impl Inner {
             .collect();
         out.sort_unstable();
         Ok(out)
+    }
+
+    /// The blobs under `segments/<below>` (`below` empty or `<id>/<round>`) that are cohort's
+    /// own ([`keys::parse_segment_blob`]: segments, and on local disk the staging files of
+    /// crashed writes), with their sizes. Nothing else is listed, so nothing else is ever
+    /// deleted. On local disk no symbolic link below `segments/` is followed: object_store's
+    /// listing follows them, and GC then deleted files outside the store.
+    pub(crate) async fn list_segment_blobs(&self, below: &str) -> Result<Vec<(String, u64)>> {
+        let dir = if below.is_empty() {
+            keys::SEGMENTS.to_owned()
+        } else {
+            format!("{}/{below}", keys::SEGMENTS)
+        };
+        let listed = match &self.local {
+            None => self.list(&dir).await?,
+            Some(disk) => {
+                let top = disk.file(&self.path(keys::SEGMENTS));
+                let below = below.to_owned();
+                let walked = tokio::task::spawn_blocking(move || {
+                    local::list_files(&top, &below).map_err(|e| local::store_error(e, &top))
+                })
+                .await
+                .map_err(|e| {
+                    Error::InvalidInput(format!("the listing of {dir}/ did not finish: {e}"))
+                })?
+                .map_err(|e| self.map_err(format!("list {dir}/"), e))?;
+                for link in &walked.links {
+                    tracing::warn!(store = %self.url, link = %format!("{}/{link}", keys::SEGMENTS), "a symbolic link in the segment folders: not followed, and left alone with what it points to");
+                }
+                walked
+                    .files
+                    .into_iter()
+                    .map(|(relative, size)| (format!("{}/{relative}", keys::SEGMENTS), size))
+                    .collect()
+            }
+        };
+        Ok(listed
+            .into_iter()
+            .filter(|(key, _)| keys::parse_segment_blob(key).is_some())
+            .collect())
+    }
+
+    /// Deletes blobs [`list_segment_blobs`](Self::list_segment_blobs) listed. Staging files
+    /// (local disk only) are named in a way object_store's paths cannot express, so they are
+    /// removed directly.
+    pub(crate) async fn delete_segment_blobs(&self, keys: &[String]) -> Result<()> {
+        let (staging, segments): (Vec<&String>, Vec<&String>) =
+            keys.iter().partition(|k| k.contains('#'));
+        self.delete_all(segments.into_iter().cloned()).await?;
+        let Some(disk) = &self.local else {
+            return Ok(());
+        };
+        for key in staging {
+            let (segment, n) = key.rsplit_once('#').unwrap_or((key, ""));
+            let mut file = disk.file(&self.path(segment)).into_os_string();
+            file.push(format!("#{n}"));
+            let file = std::path::PathBuf::from(file);
+            match tokio::fs::remove_file(&file).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(self.map_err(format!("delete {key}"), local::store_error(e, &file)));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Deletes keys; a key that is already gone is fine.

@@ -17,6 +17,22 @@ use crate::local;
 use crate::manifest::EntryLocation;
 use crate::store::{CheckpointStore, Inner};
 
+/// The writer token under which the writer called `name` records in-transit messages (channel
+/// state): `<name>.ch`.
+///
+/// A host that writes both its objects' states (as `name`) and the messages it recorded in
+/// transit needs two writers per attempt; giving the second this name keeps their segment keys
+/// apart from every other writer's. A plain token never holds a `.`, so the channel writer of
+/// one name can never be the states writer of another (as `<name>-ch` was: node `eu` and a
+/// node called `eu-ch` once wrote the same segment).
+///
+/// ```
+/// assert_eq!(cohort_checkpoint::channel_writer("node-1"), "node-1.ch");
+/// ```
+pub fn channel_writer(name: &str) -> String {
+    keys::channel_writer(name)
+}
+
 /// What one writer wrote.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WriteSummary {
@@ -117,7 +133,7 @@ impl SegmentWriter {
         let invalid = store
             .check_writable("write segments")
             .and_then(|()| keys::validate_token("round", round))
-            .and_then(|()| keys::validate_token("writer", writer))
+            .and_then(|()| keys::validate_writer(writer))
             .and_then(|()| {
                 if id == CheckpointId::ZERO {
                     Err(Error::InvalidInput(

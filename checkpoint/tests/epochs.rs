@@ -304,3 +304,74 @@ async fn a_fence_skips_a_damaged_newest_checkpoint() {
         fence
     );
 }
+
+/// A damaged newest epoch record or lease is reported beside what still reads, never hides
+/// the epoch's number: that number stays taken, and the next claim is the one after it.
+#[tokio::test]
+async fn a_damaged_newest_epoch_keeps_its_number_taken() {
+    let store = CheckpointStore::memory();
+    assert_eq!(store.newest_epoch_state().await.unwrap(), None);
+    assert_eq!(store.newest_epoch_number().await.unwrap(), None);
+    assert!(store.try_claim_epoch(&record(1, "a", None)).await.unwrap());
+    assert!(
+        store
+            .try_claim_epoch(&record(2, "b", Some("10.0.0.2:7411")))
+            .await
+            .unwrap()
+    );
+    let lease = EpochLease {
+        epoch: 2,
+        renewal: 3,
+        renewed_at_ms: 7,
+    };
+    store.renew_epoch(&lease).await.unwrap();
+    let state = store.newest_epoch_state().await.unwrap().unwrap();
+    assert_eq!(state.epoch, 2);
+    assert_eq!(state.record, Ok(record(2, "b", Some("10.0.0.2:7411"))));
+    assert_eq!(state.lease, Ok(Some(lease.clone())));
+    assert_eq!(state.damage().count(), 0);
+
+    // The record rots.
+    let key = "epochs/00000000000000000002.epoch";
+    let mut bytes = raw(&store, key).await;
+    bytes.truncate(bytes.len() - 3);
+    put_raw(&store, key, bytes).await;
+    let err = store.newest_epoch().await.unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains(key), "{message}");
+    assert!(!message.contains("checkpoint 0"), "{message}");
+    let state = store.newest_epoch_state().await.unwrap().unwrap();
+    assert_eq!(state.epoch, 2);
+    let damage = state.record.as_ref().unwrap_err();
+    assert_eq!(damage.blob, key);
+    assert_eq!(damage.to_string(), format!("blob {key}: {}", damage.kind));
+    assert_eq!(state.lease, Ok(Some(lease)));
+    assert_eq!(store.newest_epoch_number().await.unwrap(), Some(2));
+    // Epoch 2 can never be claimed again; the next claim is 3.
+    assert!(!store.try_claim_epoch(&record(2, "c", None)).await.unwrap());
+    assert_eq!(store.claim_epoch("d", 0).await.unwrap().epoch, 3);
+
+    // A damaged lease is reported beside a sound record.
+    store
+        .renew_epoch(&EpochLease {
+            epoch: 3,
+            renewal: 1,
+            renewed_at_ms: 0,
+        })
+        .await
+        .unwrap();
+    put_raw(
+        &store,
+        "epochs/00000000000000000003.lease",
+        b"junk".to_vec(),
+    )
+    .await;
+    let state = store.newest_epoch_state().await.unwrap().unwrap();
+    assert_eq!(state.epoch, 3);
+    assert!(state.record.is_ok());
+    assert_eq!(
+        state.lease.as_ref().unwrap_err().blob,
+        "epochs/00000000000000000003.lease"
+    );
+    assert_eq!(state.damage().count(), 1);
+}

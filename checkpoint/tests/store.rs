@@ -272,3 +272,92 @@ async fn discard_round_deletes_only_that_attempt() {
     assert!(store.discard_round(cid(1), "e1-r1").await.is_err());
     assert!(store.verify(cid(1)).await.unwrap().is_ok());
 }
+
+/// On local disk GC and `discard_round` never follow a symbolic link below `segments/`: a
+/// directory link in an expired checkpoint's directory (whose target holds a file named like a
+/// segment) and a round directory that is a link are left alone, and their targets outside
+/// the store are untouched. Before the fix, object_store's listing followed them and GC
+/// emptied the target.
+#[cfg(unix)]
+#[tokio::test]
+async fn gc_and_discard_never_follow_a_symlink() {
+    use std::os::unix::fs::symlink;
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let outside = dir.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    // What a listing through the link would call a segment of checkpoint 1.
+    let precious = ["w-000000.seg", "e1-r9/w-000000.seg", "notes.txt"];
+    for name in precious {
+        let file = outside.join(name);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(file, b"precious").unwrap();
+    }
+    let store = CheckpointStore::open(root.to_str().unwrap(), StoreOptions::default())
+        .await
+        .unwrap();
+    checkpoint(&store, 1, 1, 1, 2).await;
+    checkpoint(&store, 2, 1, 2, 2).await;
+    checkpoint(&store, 3, 1, 3, 2).await;
+    let expired = root.join("segments/00000000000000000001");
+    symlink(&outside, expired.join("e1-link")).unwrap();
+    symlink(
+        outside.join("w-000000.seg"),
+        expired.join("e1-r1/x-000000.seg"),
+    )
+    .unwrap();
+    // The staging file a crashed segment write leaves behind is GC's own garbage.
+    let staging = expired.join("e1-r1/node-1-000007.seg#1");
+    std::fs::write(&staging, b"half written").unwrap();
+    // A round directory of an uncommitted attempt that is a link.
+    std::fs::create_dir_all(root.join("segments/00000000000000000004")).unwrap();
+    symlink(&outside, root.join("segments/00000000000000000004/e1-r4")).unwrap();
+
+    let report = store.gc(1, false).await.unwrap();
+    assert_eq!(report.expired, vec![cid(1), cid(2)]);
+    for d in &report.deleted {
+        assert!(!d.key.contains("link") && !d.key.contains("/x-"), "{d:?}");
+    }
+    assert_eq!(store.discard_round(cid(4), "e1-r4").await.unwrap(), 0);
+    for name in precious {
+        assert_eq!(
+            std::fs::read(outside.join(name)).unwrap(),
+            b"precious",
+            "{name} outside the store was deleted"
+        );
+    }
+    assert!(!staging.exists(), "the leftover staging file survived");
+    assert!(
+        report
+            .deleted
+            .iter()
+            .any(|d| d.key.ends_with("node-1-000007.seg#1"))
+    );
+    // The links themselves are not GC's either.
+    assert!(expired.join("e1-link").symlink_metadata().is_ok());
+    assert!(store.verify(cid(3)).await.unwrap().is_ok());
+}
+
+/// An S3 endpoint that is not an http(s) URL with a host is refused when the store is opened,
+/// naming the setting. object_store accepted it and panicked on the first request.
+#[tokio::test]
+async fn a_bad_s3_endpoint_is_refused_at_open() {
+    for endpoint in [
+        "not a url",
+        "http://",
+        "ftp://example.com",
+        "127.0.0.1:9000",
+    ] {
+        let mut options = StoreOptions::default();
+        options
+            .config
+            .insert("aws_endpoint".into(), endpoint.into());
+        let err = CheckpointStore::open("s3://bucket/prefix", options)
+            .await
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, Error::InvalidInput(_)), "{endpoint}: {msg}");
+        assert!(msg.contains("aws_endpoint"), "{msg}");
+    }
+}

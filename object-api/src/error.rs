@@ -22,7 +22,8 @@ pub enum ObjectError {
         "invalid object id {id:?}: {reason}; use 1-200 ASCII letters, digits and - _ . : @ + =, without '..' or a leading '.'"
     )]
     InvalidObjectId {
-        /// The rejected id, with control characters escaped.
+        /// The rejected id, with control characters escaped; its first 64 characters and its
+        /// length when it is longer.
         id: String,
         /// Which rule it broke.
         reason: &'static str,
@@ -31,7 +32,7 @@ pub enum ObjectError {
     /// A checkpoint id was not a non-negative integer.
     #[error("invalid checkpoint id {id:?}: expected a number such as 42 or 00000000000000000042")]
     InvalidCheckpointId {
-        /// The rejected text.
+        /// The rejected text, escaped; its first 64 characters and its length when longer.
         id: String,
     },
 

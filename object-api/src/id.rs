@@ -43,7 +43,7 @@ impl ObjectId {
     pub fn new(id: impl AsRef<str>) -> Result<Self, ObjectError> {
         let id = id.as_ref();
         validate(id).map_err(|reason| ObjectError::InvalidObjectId {
-            id: id.escape_debug().to_string(),
+            id: shown(id),
             reason,
         })?;
         Ok(Self(Arc::from(id)))
@@ -200,15 +200,41 @@ impl FromStr for CheckpointId {
         s.trim()
             .parse::<u64>()
             .map(Self)
-            .map_err(|_| ObjectError::InvalidCheckpointId {
-                id: s.escape_debug().to_string(),
-            })
+            .map_err(|_| ObjectError::InvalidCheckpointId { id: shown(s) })
     }
+}
+
+/// The longest part of a rejected id quoted in an error, in characters.
+const SHOWN_LEN: usize = 64;
+
+/// A rejected id as an error quotes it: control characters escaped, and cut to its first
+/// [`SHOWN_LEN`] characters with its length in bytes when longer, so that a 100,000-character
+/// id makes a one-line error, not a 200 KB one.
+fn shown(id: &str) -> String {
+    let escaped: String = id.escape_debug().take(SHOWN_LEN + 1).collect();
+    if escaped.chars().count() <= SHOWN_LEN {
+        return escaped;
+    }
+    let head: String = escaped.chars().take(SHOWN_LEN).collect();
+    format!("{head}... ({} bytes)", id.len())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_rejected_id_is_quoted_short() {
+        let long = "x".repeat(100_000);
+        let message = ObjectId::new(&long).unwrap_err().to_string();
+        assert!(message.len() < 400, "{} bytes: {message}", message.len());
+        assert!(message.contains("(100000 bytes)"), "{message}");
+        let message = long.parse::<CheckpointId>().unwrap_err().to_string();
+        assert!(message.len() < 400, "{} bytes", message.len());
+        // Short ones are quoted whole, escaped.
+        let message = ObjectId::new("a\nb/c").unwrap_err().to_string();
+        assert!(message.contains(r#""a\\nb/c""#), "{message}");
+    }
 
     #[test]
     fn rejects_everything_that_could_escape_a_prefix() {

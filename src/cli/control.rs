@@ -38,7 +38,11 @@ impl CoordinatorArgs {
         }
         if let Some(url) = &self.store {
             let store = CheckpointStore::open_read_only(url).await?;
-            if let Some(address) = store.newest_epoch().await?.and_then(|r| r.address) {
+            let state = store.newest_epoch_state().await?;
+            for problem in crate::cli::store::epoch_problems(state.as_ref()) {
+                tracing::warn!("{problem}");
+            }
+            if let Some(address) = state.and_then(|s| s.record.ok()).and_then(|r| r.address) {
                 tracing::debug!(%address, "the store names the leader");
                 return Ok(vec![address]);
             }

@@ -8,12 +8,12 @@ use cohort_checkpoint::{CheckpointStore, Manifest, ObjectEntry};
 use cohort_object_api::{CheckpointId, EncodedState, ObjectId};
 use serde::Serialize;
 
-use crate::cli::StoreArgs;
 use crate::cli::decode::{self, BinaryAs};
 use crate::cli::failure::{Code, Failure};
 use crate::cli::jsondiff::{self, Change};
 use crate::cli::output::{self, Paint, Styles};
 use crate::cli::store;
+use crate::cli::{Parsed, StoreArgs};
 
 /// Compare two checkpoints, object by object and field by field.
 ///
@@ -31,11 +31,11 @@ pub(crate) struct Args {
     store: StoreArgs,
 
     /// The older checkpoint.
-    #[arg(value_name = "A")]
+    #[arg(value_name = "A", value_parser = Parsed::<CheckpointId>::new())]
     a: CheckpointId,
 
     /// The newer checkpoint.
-    #[arg(value_name = "B")]
+    #[arg(value_name = "B", value_parser = Parsed::<CheckpointId>::new())]
     b: CheckpointId,
 
     /// Print a JSON object with added, removed and changed objects (each changed one with its

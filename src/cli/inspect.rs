@@ -6,11 +6,11 @@ use anyhow::Context;
 
 use cohort_object_api::{CheckpointId, ObjectId};
 
-use crate::cli::StoreArgs;
 use crate::cli::decode::{self, BinaryAs};
 use crate::cli::failure::{Code, Failure};
 use crate::cli::output;
 use crate::cli::store;
+use crate::cli::{Parsed, StoreArgs};
 
 /// Print one object's state in a checkpoint, decoded into JSON.
 ///
@@ -28,11 +28,11 @@ pub(crate) struct Args {
     store: StoreArgs,
 
     /// The checkpoint id.
-    #[arg(value_name = "ID")]
+    #[arg(value_name = "ID", value_parser = Parsed::<CheckpointId>::new())]
     id: CheckpointId,
 
     /// The object id, as `cohort show ID` lists it.
-    #[arg(value_name = "OBJECT")]
+    #[arg(value_name = "OBJECT", value_parser = Parsed::<ObjectId>::new())]
     object: ObjectId,
 
     /// How to print binary data.

@@ -142,16 +142,25 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
         })
         .collect();
 
+    let epoch_problems = store::epoch_problems(store.newest_epoch_state().await?.as_ref());
+
     let mut out = output::stdout();
     if args.json {
         output::write_json(&mut out, &entries)?;
-        return Ok(Code::Ok);
-    }
-    if entries.is_empty() {
-        writeln!(out, "no committed checkpoints in {}", store.url())?;
+        // Not a checkpoint, so not a row: said on stderr, where a pipe into jq still shows it.
+        for problem in &epoch_problems {
+            tracing::warn!("{problem}");
+        }
         return Ok(Code::Ok);
     }
     let styles = Styles::default();
+    if entries.is_empty() {
+        writeln!(out, "no committed checkpoints in {}", store.url())?;
+        for problem in &epoch_problems {
+            writeln!(out, "{}", styles.bad.paint(problem))?;
+        }
+        return Ok(Code::Ok);
+    }
     let mut table = Table::new(&[
         ("ID", Align::Right),
         ("CREATED", Align::Left),
@@ -209,6 +218,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
     if let Some(why) = blocked {
         let what = "no recovery line: this build cannot read a newer checkpoint";
         writeln!(out, "{}: {why}", styles.warn.paint(what))?;
+    }
+    for problem in &epoch_problems {
+        writeln!(out, "{}", styles.bad.paint(problem))?;
     }
     Ok(Code::Ok)
 }

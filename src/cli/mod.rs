@@ -110,6 +110,46 @@ pub(crate) struct StoreArgs {
     pub(crate) store: String,
 }
 
+/// Parses an argument with its `FromStr`, and when that fails reports the error without
+/// quoting the whole value: clap's own parsers quote it, so a 100,000-character object id made
+/// a 200 KB error line. The ids' own errors quote a bounded part of it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Parsed<T>(std::marker::PhantomData<fn() -> T>);
+
+impl<T> Parsed<T> {
+    pub(crate) fn new() -> Self {
+        Self(std::marker::PhantomData)
+    }
+}
+
+impl<T> clap::builder::TypedValueParser for Parsed<T>
+where
+    T: std::str::FromStr + Clone + Send + Sync + 'static,
+    T::Err: std::fmt::Display,
+{
+    type Value = T;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<T, clap::Error> {
+        let arg = arg.map_or_else(|| "an argument".to_owned(), |a| format!("'{a}'"));
+        let invalid = |reason: String| {
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("invalid value for {arg}: {reason}\n"),
+            )
+            .with_cmd(cmd)
+        };
+        let text = value
+            .to_str()
+            .ok_or_else(|| invalid("it is not valid UTF-8".to_owned()))?;
+        text.parse().map_err(|e: T::Err| invalid(e.to_string()))
+    }
+}
+
 /// Parses the command line, runs the command and turns the outcome into an exit code.
 pub(crate) fn main() -> ExitCode {
     quiet_panics();
@@ -147,7 +187,7 @@ pub(crate) fn main() -> ExitCode {
 
 /// Runs the parsed command.
 fn run(cli: Cli) -> anyhow::Result<Code> {
-    init_logging(cli.global.verbose)?;
+    init_logging(cli.global.verbose, matches!(cli.command, Command::Serve(_)))?;
     // A coordinator serves many nodes at once; every other command is one client.
     let runtime = match cli.command {
         Command::Serve(_) => tokio::runtime::Builder::new_multi_thread(),
@@ -182,14 +222,19 @@ fn set_colour(when: ColorWhen) {
     choice.write_global();
 }
 
-fn init_logging(verbose: u8) -> anyhow::Result<()> {
+/// `serve`: a coordinator runs unattended, so its log is where the operator learns what went
+/// wrong.
+fn init_logging(verbose: u8, serve: bool) -> anyhow::Result<()> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(spec) if !spec.trim().is_empty() => EnvFilter::try_new(&spec).map_err(|e| {
             failure::Failure::usage(format!("RUST_LOG={spec:?} is not a valid filter: {e}"))
                 .hint("use a level such as info, or targets such as cohort_checkpoint=debug")
         })?,
-        // Without -v the library's warnings stay quiet: the commands report damage themselves,
-        // in their own output.
+        // A coordinator shows the libraries' warnings: a fallback past a damaged checkpoint, a
+        // refused connection, a lost node, an aborted checkpoint.
+        _ if serve && verbose == 0 => EnvFilter::new("warn"),
+        // Without -v the other commands keep the library's warnings quiet: they report damage
+        // themselves, in their own output.
         _ => EnvFilter::new(match verbose {
             0 => "warn,cohort_checkpoint=error,cohort_coordinator=error",
             1 => "warn,cohort=info,cohort_checkpoint=info,cohort_coordinator=info",

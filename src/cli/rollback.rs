@@ -6,10 +6,10 @@ use std::time::Duration;
 use cohort_checkpoint::{CheckpointStore, Manifest};
 use cohort_object_api::CheckpointId;
 
-use crate::cli::StoreArgs;
 use crate::cli::failure::{Code, Failure};
 use crate::cli::output::{self, Paint, Styles};
 use crate::cli::store;
+use crate::cli::{Parsed, StoreArgs};
 
 /// The holder name of the epochs the CLI claims, so that people reading `epochs/` can tell a
 /// rollback's epoch from a coordinator's.
@@ -39,7 +39,7 @@ pub(crate) struct Args {
     store: StoreArgs,
 
     /// The checkpoint to roll back to.
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", value_parser = Parsed::<CheckpointId>::new())]
     to: CheckpointId,
 
     /// Do not ask for confirmation; required when stdin or stderr is not a terminal.
@@ -178,22 +178,33 @@ fn moved(first: Option<&Sighting>, now: Option<&Sighting>) -> Option<String> {
     }
 }
 
-async fn sight(store: &CheckpointStore) -> anyhow::Result<Option<Sighting>> {
-    let Some(record) = store.newest_epoch().await? else {
+/// The newest epoch and its lease as they stand. A damaged record leaves the holder unknown and
+/// a damaged lease reads as one that does not move, as coordinators see them: the rollback's
+/// own claim takes the number after the newest, whatever the record holds.
+/// `first`: the first look of a watch, which says what is damaged (once).
+async fn sight(store: &CheckpointStore, first: bool) -> anyhow::Result<Option<Sighting>> {
+    let Some(state) = store.newest_epoch_state().await? else {
         return Ok(None);
     };
-    let renewal = store.epoch_lease(record.epoch).await?.map(|l| l.renewal);
+    if first {
+        for problem in store::epoch_problems(Some(&state)) {
+            tracing::warn!("{problem}");
+        }
+    }
     Ok(Some(Sighting {
-        epoch: record.epoch,
-        holder: record.holder,
-        renewal,
+        epoch: state.epoch,
+        holder: state.record.map_or_else(
+            |_| "unknown (its record is damaged)".to_owned(),
+            |r| r.holder,
+        ),
+        renewal: state.lease.ok().flatten().map(|l| l.renewal),
     }))
 }
 
 /// Watches the newest epoch and its lease for up to `window`, on this process's monotonic
 /// clock; returns who holds the lease as soon as anything moves.
 async fn watch_lease(store: &CheckpointStore, window: Duration) -> anyhow::Result<Option<String>> {
-    let first = sight(store).await?;
+    let first = sight(store, true).await?;
     // A leader renews every third of its lease; four looks per window see each renewal.
     let every = (window / 4).clamp(Duration::from_millis(20), Duration::from_secs(1));
     let deadline = tokio::time::Instant::now() + window;
@@ -203,7 +214,7 @@ async fn watch_lease(store: &CheckpointStore, window: Duration) -> anyhow::Resul
             return Ok(None);
         }
         tokio::time::sleep(every.min(deadline - now)).await;
-        let seen = sight(store).await?;
+        let seen = sight(store, false).await?;
         tracing::debug!(?first, ?seen, "watching the lease");
         if let Some(holder) = moved(first.as_ref(), seen.as_ref()) {
             return Ok(Some(holder));

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use cohort_coordinator::failpoint::{FAIL_POINTS_ENV, FailPoints};
+use cohort_coordinator::runtime::MIN_INTERVAL;
 use cohort_coordinator::service::control::Responder;
 use cohort_coordinator::service::leadership::{self, Leadership, LeadershipConfig, Transition};
 use cohort_coordinator::service::metrics::ServiceMetrics;
@@ -57,7 +58,8 @@ pub(crate) struct Args {
     #[arg(long, value_name = "ADDR", default_value_t = SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)))]
     listen: SocketAddr,
 
-    /// Take a checkpoint this often; without it, only on `cohort checkpoint --now`.
+    /// Take a checkpoint this often, from 100ms up; without it, only on `cohort checkpoint
+    /// --now`.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     interval: Option<Duration>,
 
@@ -134,6 +136,17 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
             "--http {at} is not a loopback address, and no token was given"
         ))
         .hint("pass --token (or COHORT_TOKEN): off loopback the API and /metrics require it as a bearer token")
+        .into());
+    }
+    if let Some(interval) = args.interval.filter(|i| *i < MIN_INTERVAL) {
+        return Err(Failure::usage(format!(
+            "--interval {} is too short",
+            humantime::format_duration(interval)
+        ))
+        .hint(format!(
+            "use {} or more: every checkpoint writes a manifest and waits for every node",
+            humantime::format_duration(MIN_INTERVAL)
+        ))
         .into());
     }
     let store = store::open_writable(&args.store, args.allow_unsafe_store).await?;

@@ -9,10 +9,10 @@ use cohort_checkpoint::Manifest;
 use cohort_object_api::{CheckpointId, ObjectId};
 use serde::Serialize;
 
-use crate::cli::StoreArgs;
 use crate::cli::failure::Code;
 use crate::cli::output::{self, Align, Paint, Styles, Table};
 use crate::cli::store;
+use crate::cli::{Parsed, StoreArgs};
 
 /// Show one checkpoint's manifest: objects, segments, in-transit messages.
 ///
@@ -30,7 +30,7 @@ pub(crate) struct Args {
     store: StoreArgs,
 
     /// The checkpoint id, as `cohort list` shows it.
-    #[arg(value_name = "ID")]
+    #[arg(value_name = "ID", value_parser = Parsed::<CheckpointId>::new())]
     id: CheckpointId,
 
     /// Print a JSON object; `stored` is "whole" or "delta" and `delta_of` the checkpoint a
@@ -117,7 +117,7 @@ fn describe(m: &Manifest, delta_of: Option<CheckpointId>) -> Shown {
     for l in m.locations() {
         let s = segments.entry(&l.segment).or_default();
         s.0 += 1;
-        s.1 += l.len;
+        s.1 = s.1.saturating_add(l.len);
     }
     Shown {
         id: m.id,

@@ -42,7 +42,8 @@ pub(crate) struct Args {
     /// Print one JSON object with leader (epoch, holder, address, dashboard), coordinator (the
     /// leader's own report: counters, in flight), standby (the standby asked first, if any),
     /// standbys (those the leader heard from lately), last_committed, in_flight, nodes (name,
-    /// peer_addr, live, objects), objects, lease and source ("coordinator" or "store").
+    /// peer_addr, live, objects), objects, lease, source ("coordinator" or "store") and damaged
+    /// (what is wrong with the newest epoch's record or lease in the store, one line each).
     #[arg(long)]
     json: bool,
 }
@@ -65,6 +66,8 @@ pub(crate) struct Status {
     source: Option<&'static str>,
     /// Why the coordinators were not asked or did not answer.
     unreachable: Option<String>,
+    /// What is wrong with the newest epoch's record or lease in the store, one line each.
+    damaged: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -142,6 +145,8 @@ pub(crate) struct StoreFacts {
     pub(crate) epoch: Option<EpochRecord>,
     pub(crate) lease: Option<EpochLease>,
     pub(crate) newest: Option<NewestLine>,
+    /// What is wrong with the newest epoch's record or lease, one line each.
+    pub(crate) damaged: Vec<String>,
 }
 
 /// The newest committed manifest, summed up.
@@ -163,9 +168,18 @@ impl StoreFacts {
     /// Reads the newest epoch and its lease only (`newest` is left empty).
     pub(crate) async fn read_epoch(store: &CheckpointStore) -> anyhow::Result<Self> {
         let mut facts = Self::default();
-        if let Some(record) = store.newest_epoch().await? {
-            facts.lease = store.epoch_lease(record.epoch).await?;
-            facts.epoch = Some(record);
+        // A damaged record or lease is shown, not fatal: the rest of the store still reads.
+        let state = store.newest_epoch_state().await?;
+        facts.damaged = store::epoch_problems(state.as_ref());
+        if let Some(state) = state {
+            facts.lease = state.lease.ok().flatten();
+            // Its number is taken whatever the record holds; who holds it is unknown.
+            facts.epoch = Some(state.record.unwrap_or_else(|_| EpochRecord {
+                epoch: state.epoch,
+                holder: "unknown (its record is damaged)".to_owned(),
+                created_at_ms: 0,
+                address: None,
+            }));
         }
         Ok(facts)
     }
@@ -207,7 +221,10 @@ impl Status {
         reports: Result<(&StatusReport, Option<&StatusReport>), String>,
         store: Option<&StoreFacts>,
     ) -> (Self, Table) {
-        let mut status = Status::default();
+        let mut status = Status {
+            damaged: store.map(|s| s.damaged.clone()).unwrap_or_default(),
+            ..Status::default()
+        };
         let mut table: Option<StateTable> = None;
 
         // The coordinators first: they know what is in flight.
@@ -517,6 +534,9 @@ fn print(out: &mut impl Write, s: &Status) -> anyhow::Result<()> {
             c.aborted,
             c.recoveries
         )?;
+    }
+    for problem in &s.damaged {
+        writeln!(out, "{} {}", label("damaged"), styles.bad.paint(problem))?;
     }
     if let Some(why) = &s.unreachable {
         writeln!(

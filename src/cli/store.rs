@@ -1,7 +1,8 @@
 //! Opening the store named by `--store`, and what its errors mean for the CLI.
 
 use cohort_checkpoint::{
-    CheckpointStore, Damage, Error as StoreError, Manifest, ManifestKind, StoreOptions,
+    CheckpointStore, Damage, DamageKind, EpochState, Error as StoreError, Manifest, ManifestKind,
+    StoreOptions,
 };
 use cohort_object_api::CheckpointId;
 
@@ -131,6 +132,31 @@ pub(crate) fn damage_text(d: &Damage) -> String {
         Some(object) => format!("object {object}, blob {}: {}", d.blob, d.kind),
         None => format!("blob {}: {}", d.blob, d.kind),
     }
+}
+
+/// What is wrong with the newest epoch's record or lease, as lines for people: each names the
+/// blob and what is wrong, and what coordinators do about it. Empty when both read (or no
+/// epoch was ever claimed).
+pub(crate) fn epoch_problems(state: Option<&EpochState>) -> Vec<String> {
+    let Some(state) = state else {
+        return Vec::new();
+    };
+    let epoch = state.epoch;
+    state
+        .damage()
+        .map(|d| match d.kind {
+            DamageKind::FutureFormat { .. } => format!(
+                "epoch {epoch}: {}: {}; coordinators of this build will not take over from it",
+                d.blob, d.kind
+            ),
+            _ => format!(
+                "epoch {epoch}: {} is damaged: {}; epoch {epoch} stays taken, and a coordinator claims epoch {} once its lease stops moving (stop its leader to make that happen now)",
+                d.blob,
+                d.kind,
+                epoch + 1
+            ),
+        })
+        .collect()
 }
 
 /// A manifest whose id was named on the command line; a missing one says how to find ids.

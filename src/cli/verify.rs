@@ -8,10 +8,10 @@ use cohort_object_api::{CheckpointId, ObjectId};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
-use crate::cli::StoreArgs;
 use crate::cli::failure::Code;
 use crate::cli::output::{self, Paint, Styles};
 use crate::cli::store;
+use crate::cli::{Parsed, StoreArgs};
 
 /// Verify that checkpoints are intact.
 ///
@@ -21,8 +21,8 @@ use crate::cli::store;
 /// and the blob.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
-Exit codes: 0 when everything verified is intact, 1 when anything is damaged, 2 when the store
-cannot be read.
+Exit codes: 0 when everything verified is intact, 1 when anything is damaged or was written by a
+newer cohort (this build cannot check it: upgrade), 2 when the store cannot be read.
 
 Examples:
   cohort verify
@@ -33,20 +33,27 @@ pub(crate) struct Args {
     store: StoreArgs,
 
     /// Verify only this checkpoint.
-    #[arg(value_name = "ID")]
+    #[arg(value_name = "ID", value_parser = Parsed::<CheckpointId>::new())]
     id: Option<CheckpointId>,
 
-    /// Print a JSON array with one object per checkpoint: checkpoint, ok, entries, bytes, and
-    /// the damaged entries (checkpoint, object, blob, kind, problem, and for kind
-    /// base_unusable the base manifest's key as base).
+    /// Print a JSON array with one object per checkpoint: checkpoint, ok, newer_format,
+    /// entries, bytes, and the damaged entries (checkpoint, object, blob, kind, problem, and
+    /// for kind base_unusable the base manifest's key as base). Without ID, a damaged newest
+    /// epoch record or lease adds an object with epoch set and checkpoint null.
     #[arg(long)]
     json: bool,
 }
 
 #[derive(Debug, Serialize)]
 struct Verified {
-    checkpoint: CheckpointId,
+    /// Null for the newest epoch's record and lease.
+    checkpoint: Option<CheckpointId>,
+    /// Set for the newest epoch's record and lease.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    epoch: Option<u64>,
     ok: bool,
+    /// Written by a newer cohort: not damaged, but this build cannot check it.
+    newer_format: bool,
     entries: usize,
     bytes: u64,
     damaged: Vec<Damaged>,
@@ -54,7 +61,8 @@ struct Verified {
 
 #[derive(Debug, Serialize)]
 struct Damaged {
-    checkpoint: CheckpointId,
+    /// Null for an epoch record or lease.
+    checkpoint: Option<CheckpointId>,
     /// Null when a manifest or a whole segment header is damaged.
     object: Option<ObjectId>,
     blob: String,
@@ -79,8 +87,24 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
             reports?
         }
     };
-    let damaged = reports.iter().filter(|r| !r.is_ok()).count();
-    let verified: Vec<Verified> = reports.iter().map(from_report).collect();
+    let mut verified: Vec<Verified> = reports.iter().map(from_report).collect();
+    // The newest epoch's record and lease: standbys read them to take over.
+    if args.id.is_none()
+        && let Some(state) = store.newest_epoch_state().await?
+        && state.damage().next().is_some()
+    {
+        let damaged: Vec<Damaged> = state.damage().map(from_damage).collect();
+        verified.push(Verified {
+            checkpoint: None,
+            epoch: Some(state.epoch),
+            ok: false,
+            newer_format: damaged.iter().all(|d| d.kind == "future_format"),
+            entries: 0,
+            bytes: 0,
+            damaged,
+        });
+    }
+    let damaged = verified.iter().filter(|v| !v.ok).count();
 
     let mut out = output::stdout();
     if args.json {
@@ -125,18 +149,21 @@ fn advance(bar: &ProgressBar, p: &VerifyProgress) {
 }
 
 fn from_report(r: &VerifyReport) -> Verified {
+    let damaged: Vec<Damaged> = r.damaged.iter().map(from_damage).collect();
     Verified {
-        checkpoint: r.checkpoint,
+        checkpoint: Some(r.checkpoint),
+        epoch: None,
         ok: r.is_ok(),
+        newer_format: !damaged.is_empty() && damaged.iter().all(|d| d.kind == "future_format"),
         entries: r.entries,
         bytes: r.bytes,
-        damaged: r.damaged.iter().map(from_damage).collect(),
+        damaged,
     }
 }
 
 fn from_damage(d: &Damage) -> Damaged {
     Damaged {
-        checkpoint: d.checkpoint,
+        checkpoint: (d.checkpoint != CheckpointId::ZERO).then_some(d.checkpoint),
         object: d.object.clone(),
         blob: d.blob.clone(),
         kind: match d.kind {
@@ -164,48 +191,78 @@ fn write_human(out: &mut impl Write, verified: &[Verified], url: &str) -> anyhow
         return Ok(());
     }
     for v in verified {
+        let what = match (v.checkpoint, v.epoch) {
+            (Some(id), _) => format!("checkpoint {id}"),
+            (None, Some(epoch)) => format!("epoch {epoch}"),
+            (None, None) => "?".to_owned(),
+        };
         if v.ok {
             writeln!(
                 out,
-                "checkpoint {}: {} ({}, {})",
-                v.checkpoint,
+                "{what}: {} ({}, {})",
                 styles.ok.paint("ok"),
                 output::count(v.entries, "entry", "entries"),
                 output::size(v.bytes)
             )?;
             continue;
         }
-        writeln!(
-            out,
-            "checkpoint {}: {} ({} of {} damaged)",
-            v.checkpoint,
-            styles.bad.paint("DAMAGED"),
-            v.damaged.len(),
-            output::count(v.entries, "entry", "entries"),
-        )?;
+        if v.newer_format {
+            // Not damage: a newer cohort wrote it, and this build cannot check it.
+            writeln!(
+                out,
+                "{what}: {} (written by a newer cohort; upgrade cohort to verify it)",
+                styles.warn.paint("NEWER FORMAT"),
+            )?;
+        } else if v.checkpoint.is_some() {
+            writeln!(
+                out,
+                "{what}: {} ({} of {} damaged)",
+                styles.bad.paint("DAMAGED"),
+                v.damaged.len(),
+                output::count(v.entries, "entry", "entries"),
+            )?;
+        } else {
+            writeln!(
+                out,
+                "{what}: {} (its record or lease; a coordinator claims epoch {} once its lease stops moving)",
+                styles.bad.paint("DAMAGED"),
+                v.epoch.unwrap_or_default() + 1,
+            )?;
+        }
         for d in &v.damaged {
-            match &d.object {
-                Some(object) => writeln!(
-                    out,
-                    "  checkpoint {}, object {object}, blob {}: {}",
-                    d.checkpoint, d.blob, d.problem
-                )?,
-                None => writeln!(
-                    out,
-                    "  checkpoint {}, blob {}: {}",
-                    d.checkpoint, d.blob, d.problem
-                )?,
+            let mut line = String::from("  ");
+            if let Some(checkpoint) = d.checkpoint {
+                line.push_str(&format!("checkpoint {checkpoint}, "));
             }
+            if let Some(object) = &d.object {
+                line.push_str(&format!("object {object}, "));
+            }
+            writeln!(out, "{line}blob {}: {}", d.blob, d.problem)?;
         }
     }
-    let bad = verified.iter().filter(|v| !v.ok).count();
-    let summary = format!(
+    let checkpoints: Vec<&Verified> = verified.iter().filter(|v| v.checkpoint.is_some()).collect();
+    let newer = checkpoints.iter().filter(|v| v.newer_format).count();
+    let bad = checkpoints.iter().filter(|v| !v.ok).count() - newer;
+    let mut summary = format!(
         "{} verified: {} intact, {} damaged",
-        output::count(verified.len(), "checkpoint", "checkpoints"),
-        verified.len() - bad,
+        output::count(checkpoints.len(), "checkpoint", "checkpoints"),
+        checkpoints.len() - bad - newer,
         bad
     );
-    if bad == 0 {
+    if newer > 0 {
+        summary.push_str(&format!(", {newer} of a newer format"));
+    }
+    if let Some(epoch) = verified.iter().find(|v| v.checkpoint.is_none()) {
+        summary.push_str(&format!(
+            "; the newest epoch's record or lease is {}",
+            if epoch.newer_format {
+                "of a newer format"
+            } else {
+                "damaged"
+            }
+        ));
+    }
+    if verified.iter().all(|v| v.ok) {
         writeln!(out, "{}", styles.ok.paint(summary))?;
     } else {
         writeln!(out, "{}", styles.bad.paint(summary))?;

@@ -60,6 +60,7 @@ pub async fn run(store: &CheckpointStore, caps: Capabilities) {
     corruption_detection(&store.child("corruption").unwrap()).await;
     bad_manifests(&store.child("bad-manifests").unwrap()).await;
     gc_safety(&store.child("gc-safety").unwrap()).await;
+    gc_leaves_strays(&store.child("gc-strays").unwrap()).await;
     probe(&store.child("probe").unwrap()).await;
     delta_round_trip(&store.child("delta-round-trip").unwrap()).await;
     delta_base_rewritten(&store.child("delta-rebase").unwrap()).await;
@@ -648,6 +649,69 @@ pub async fn gc_safety(store: &CheckpointStore) {
         store.gc(0, false).await,
         Err(Error::InvalidInput(_))
     ));
+}
+
+/// GC and `discard_round` delete only the keys they parse as segments of the layout: a
+/// stray file under `segments/<id>/` (a README, an editor's backup, a key of another form)
+/// is not theirs, however old its directory.
+pub async fn gc_leaves_strays(store: &CheckpointStore) {
+    let m1 = commit_incremental(store, 1, None, &[("a", 1)]).await;
+    let mut w = store.segment_writer(cid(2), "e1-aborted", "w");
+    w.add(&oid("a"), &Snapshot::new("Value", 1, 2u64))
+        .await
+        .unwrap();
+    let aborted = w.finish().await.unwrap().segments[0].key.clone();
+    let strays = [
+        "segments/00000000000000000001/README.txt",
+        "segments/00000000000000000001/e1-r1/notes.txt",
+        "segments/00000000000000000001/e1-r1/w-a-000000.seg.bak",
+        "segments/00000000000000000001/e1-r1/deeper/w-000000.seg",
+        "segments/00000000000000000002/e1-aborted/w.c-000000.seg",
+        "segments/00000000000000000002/e1-aborted/w-00000x.seg",
+        "segments/1/e1-r1/w-000000.seg",
+    ];
+    let (os, _) = store.object_store();
+    for key in strays {
+        os.put(
+            &store.path_of(key),
+            PutPayload::from_static(b"not a segment"),
+        )
+        .await
+        .unwrap();
+    }
+    commit_incremental(store, 2, Some(&m1), &[("a", 3)]).await;
+    commit_incremental(store, 3, None, &[("a", 4)]).await;
+
+    let report = store.gc(1, false).await.unwrap();
+    assert_eq!(report.expired, vec![cid(1), cid(2)]);
+    let deleted: Vec<&str> = report.deleted.iter().map(|d| d.key.as_str()).collect();
+    assert!(deleted.contains(&aborted.as_str()), "{deleted:?}");
+    assert!(
+        deleted.contains(&m1.objects[&oid("a")].location.segment.as_str()),
+        "{deleted:?}"
+    );
+    for key in strays {
+        assert!(!deleted.contains(&key), "gc deleted the stray {key}");
+        assert!(
+            os.head(&store.path_of(key)).await.is_ok(),
+            "gc deleted the stray {key}"
+        );
+    }
+    // A second run finds nothing more of its own to delete.
+    assert!(store.gc(1, false).await.unwrap().deleted.is_empty());
+
+    // discard_round likewise.
+    let mut w = store.segment_writer(cid(4), "e1-r4a", "w");
+    w.add(&oid("a"), &Snapshot::new("Value", 1, 5u64))
+        .await
+        .unwrap();
+    w.finish().await.unwrap();
+    let stray = "segments/00000000000000000004/e1-r4a/README.txt";
+    os.put(&store.path_of(stray), PutPayload::from_static(b"mine"))
+        .await
+        .unwrap();
+    assert_eq!(store.discard_round(cid(4), "e1-r4a").await.unwrap(), 1);
+    assert!(os.head(&store.path_of(stray)).await.is_ok());
 }
 
 /// The create-if-absent probe passes on the backend, and refuses the same backend when it is

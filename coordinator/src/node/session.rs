@@ -33,6 +33,10 @@ pub(super) async fn run(
     loop {
         let Some(shared) = node.upgrade() else { return };
         let shutdown = shared.shutdown.clone();
+        // A stopped node connects no more (it would register again and again).
+        if shutdown.is_cancelled() {
+            return;
+        }
         if !backoff.is_zero() {
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -263,7 +267,7 @@ fn on_frame(shared: &Arc<NodeShared>, frame: CoordinatorFrame) {
                 round,
                 token,
                 states_writer: shared.name.clone(),
-                channel_writer: format!("{}-ch", shared.name),
+                channel_writer: cohort_checkpoint::channel_writer(&shared.name),
                 participants: asked.iter().cloned().collect(),
                 store: shared.store.clone(),
                 sink: NodeSink(shared.to_coordinator.clone()),

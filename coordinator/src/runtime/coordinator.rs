@@ -267,7 +267,7 @@ impl Transport for LocalTransport {
             round,
             token: token.to_owned(),
             states_writer: "states".to_owned(),
-            channel_writer: "channel".to_owned(),
+            channel_writer: cohort_checkpoint::channel_writer("states"),
             participants: asked.iter().map(|(p, _)| p.clone()).collect(),
             store: self.shared.store.clone(),
             sink: CohortSink(Arc::clone(&self.shared)),

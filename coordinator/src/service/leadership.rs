@@ -921,12 +921,12 @@ impl Driver {
                     async move {
                         let renewed = async {
                             store.renew_epoch(&lease).await?;
-                            store.newest_epoch().await
+                            store.newest_epoch_number().await
                         };
                         let event = match renewed.await {
                             Ok(newest) => Event::Renewed {
                                 epoch,
-                                newest: newest.map_or(0, |r| r.epoch),
+                                newest: newest.unwrap_or(0),
                             },
                             Err(e) => Event::RenewFailed {
                                 epoch,
@@ -1149,19 +1149,43 @@ async fn retry_after_takeover(
 }
 
 async fn observe(store: &CheckpointStore) -> Event {
-    let read = async {
-        let Some(record) = store.newest_epoch().await? else {
-            return Ok(None);
-        };
-        let renewal = store.epoch_lease(record.epoch).await?.map(|l| l.renewal);
-        Ok::<_, cohort_checkpoint::Error>(Some(Observed { record, renewal }))
-    };
-    match read.await {
-        Ok(observed) => Event::Observed(observed),
+    match store.newest_epoch_state().await {
+        Ok(None) => Event::Observed(None),
+        Ok(Some(state)) => match observed(state) {
+            Ok(observed) => Event::Observed(Some(observed)),
+            Err(reason) => Event::ObserveFailed { reason },
+        },
         Err(e) => Event::ObserveFailed {
             reason: e.to_string(),
         },
     }
+}
+
+/// What a standby makes of the newest epoch as stored. A damaged record or lease is skipped
+/// safely: the record's key still takes the epoch's number (the next claim is the one after
+/// it), its holder is unknown, and a damaged lease reads as a lease that does not move, so the
+/// epoch is waited out like any silent one; a live holder rewrites its lease at its next
+/// renewal. A record or lease of a newer format is refused: this build must not take over from
+/// a newer cohort.
+fn observed(state: cohort_checkpoint::EpochState) -> std::result::Result<Observed, String> {
+    let epoch = state.epoch;
+    for damage in state.damage() {
+        if matches!(
+            damage.kind,
+            cohort_checkpoint::DamageKind::FutureFormat { .. }
+        ) {
+            return Err(format!("{damage}"));
+        }
+        tracing::warn!(epoch, %damage, "the newest epoch's record or lease is damaged: epoch {epoch} stays taken; waiting out its lease, then claiming epoch {} (to end it sooner, stop its leader: a standby then claims the next epoch)", epoch + 1);
+    }
+    let record = state.record.unwrap_or_else(|damage| EpochRecord {
+        epoch,
+        holder: format!("an unknown holder (its record {} is damaged)", damage.blob),
+        created_at_ms: 0,
+        address: None,
+    });
+    let renewal = state.lease.ok().flatten().map(|l| l.renewal);
+    Ok(Observed { record, renewal })
 }
 
 async fn fence(store: CheckpointStore, epoch: u64, now_ms: u64) -> (Event, Option<Manifest>) {

@@ -47,7 +47,7 @@ pub mod protocol;
 mod server;
 mod table;
 
-pub use server::{MetadataHook, Service, ServiceConfig, ServiceStatus};
+pub use server::{MAX_PEER_ADDR_LEN, MetadataHook, Service, ServiceConfig, ServiceStatus};
 pub use table::{NodeEntry, StateTable};
 
 /// The manifest metadata key holding the service's [`StateTable`] (msgpack).

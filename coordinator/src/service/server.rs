@@ -35,7 +35,8 @@ pub type MetadataHook = Arc<dyn Fn(&StateTable) -> BTreeMap<String, Vec<u8>> + S
 pub struct ServiceConfig {
     /// Where nodes connect; its role is set to `coordinator`, accepting `node`.
     pub listen: ListenConfig,
-    /// Take a checkpoint this often; `None`: only on [`Service::trigger`].
+    /// Take a checkpoint this often, at least [`MIN_INTERVAL`](crate::runtime::MIN_INTERVAL);
+    /// `None`: only on [`Service::trigger`].
     pub interval: Option<Duration>,
     /// Abort an attempt not decided after this long. Default 10 s.
     pub timeout: Duration,
@@ -174,6 +175,15 @@ impl Service {
             return Err(Error::invalid_settings(
                 "timeout and heartbeat_interval must be positive and heartbeat_timeout longer than heartbeat_interval (e.g. 200 ms and 2 s)",
             ));
+        }
+        if let Some(interval) = config
+            .interval
+            .filter(|i| *i < crate::runtime::MIN_INTERVAL)
+        {
+            return Err(Error::invalid_settings(format!(
+                "interval is {interval:?}; use at least {:?}, or None to checkpoint only on trigger",
+                crate::runtime::MIN_INTERVAL
+            )));
         }
         let mut listen = config.listen.clone();
         listen.role = Role::Coordinator;
@@ -376,6 +386,9 @@ async fn handle_node(
     let _ = input.send(Input::Disconnected { conn: id, node });
     Ok(result?)
 }
+
+/// The longest peer address a node may register (a host name of 253 bytes and a port fit).
+pub const MAX_PEER_ADDR_LEN: usize = 262;
 
 /// One node as the service knows it: its session and connection.
 struct NodeConn {
@@ -951,6 +964,16 @@ impl Server {
             return Ok(());
         };
         let host = HostId::new(&node);
+        // Recorded in every manifest's state table: a peer address is a socket address.
+        if peer_addr.len() > MAX_PEER_ADDR_LEN {
+            let _ = reply.send(CoordinatorFrame::Refused {
+                reason: format!(
+                    "the peer address is {} bytes long; give a host:port of at most {MAX_PEER_ADDR_LEN} bytes",
+                    peer_addr.len()
+                ),
+            });
+            return Ok(());
+        }
         // A node taken over by someone else's objects is refused, whole.
         let live = |h: &HostId| {
             core.engine

@@ -1,6 +1,8 @@
 //! Framing (tokio-util's length-delimited codec) and the msgpack payload of each frame.
 
 use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use serde::Serialize;
@@ -28,6 +30,12 @@ pub(crate) enum CodecError {
     },
     /// The stream ended in the middle of a frame.
     Truncated { buffered: usize },
+    /// Receiving the frame would take the listener past its in-flight frame budget.
+    OverBudget {
+        len: usize,
+        in_flight: usize,
+        max: usize,
+    },
     /// The transport failed.
     Io(io::Error),
 }
@@ -38,11 +46,55 @@ impl From<io::Error> for CodecError {
     }
 }
 
+/// Frames up to this long are received without charging the [`FrameBudget`]: every handshake
+/// frame, and the votes, heartbeats and acknowledgements of normal operation.
+pub(crate) const FREE_FRAME_LEN: usize = 64 * 1024;
+
+/// The bytes a listener reserves for frames being received, over all its connections, and its
+/// limit. The length-delimited codec reserves buffer space for a whole frame as soon as its
+/// length prefix arrives, so without it many peers announcing large frames could make a
+/// listener reserve gigabytes (sixty CLI connections announcing 16 MiB took 976 MiB).
+#[derive(Debug)]
+pub(crate) struct FrameBudget {
+    max: usize,
+    used: AtomicUsize,
+}
+
+impl FrameBudget {
+    pub(crate) fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max,
+            used: AtomicUsize::new(0),
+        })
+    }
+
+    /// Takes `n` bytes of the budget; `Err` with what is in use when they do not fit.
+    fn charge(&self, n: usize) -> Result<(), usize> {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(n).filter(|&total| total <= self.max)
+            })
+            .map(|_| ())
+    }
+
+    fn release(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::AcqRel);
+    }
+
+    /// Bytes in use.
+    #[cfg(test)]
+    pub(crate) fn in_use(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+}
+
 /// tokio-util's [`LengthDelimitedCodec`] with a 4-byte big-endian prefix, reporting an oversized
 /// or truncated frame precisely.
 ///
 /// The inner codec checks the announced length against the limit before it reserves buffer
-/// space, so an oversized prefix never allocates.
+/// space, so an oversized prefix never allocates. A frame longer than [`FREE_FRAME_LEN`] is
+/// charged to the listener's [`FrameBudget`] (when one is set) before the inner codec reserves
+/// room for it, and released once it is received or the connection drops.
 #[derive(Debug)]
 pub(crate) struct FrameCodec {
     inner: LengthDelimitedCodec,
@@ -50,6 +102,15 @@ pub(crate) struct FrameCodec {
     /// The inner codec consumed a length prefix and waits for the frame's bytes, which the
     /// buffer alone does not show.
     in_frame: bool,
+    budget: Option<Arc<FrameBudget>>,
+    /// What the frame being received holds of the budget.
+    charged: usize,
+}
+
+impl Drop for FrameCodec {
+    fn drop(&mut self) {
+        self.release();
+    }
 }
 
 impl FrameCodec {
@@ -63,6 +124,8 @@ impl FrameCodec {
             inner,
             max,
             in_frame: false,
+            budget: None,
+            charged: 0,
         }
     }
 
@@ -71,6 +134,51 @@ impl FrameCodec {
         self.inner.set_max_frame_length(max);
         self.max = max;
     }
+
+    /// Charges frames longer than [`FREE_FRAME_LEN`] to `budget` from now on.
+    pub(crate) fn set_budget(&mut self, budget: Arc<FrameBudget>) {
+        self.release();
+        self.budget = Some(budget);
+    }
+
+    fn release(&mut self) {
+        if let Some(budget) = &self.budget
+            && self.charged > 0
+        {
+            budget.release(self.charged);
+        }
+        self.charged = 0;
+    }
+
+    /// Before the inner codec reads a length prefix (and reserves room for the frame), charges
+    /// the frame to the budget. The prefix stays in `src` when it does not fit.
+    fn charge_next(&mut self, src: &BytesMut) -> Result<(), CodecError> {
+        let Some(budget) = &self.budget else {
+            return Ok(());
+        };
+        if self.in_frame || self.charged > 0 {
+            return Ok(());
+        }
+        let Some(prefix) = src.get(..LENGTH_PREFIX_LEN) else {
+            return Ok(());
+        };
+        let mut len = [0u8; LENGTH_PREFIX_LEN];
+        len.copy_from_slice(prefix);
+        let len = usize::try_from(u32::from_be_bytes(len)).unwrap_or(usize::MAX);
+        // Over the limit: the inner codec refuses it without reserving anything.
+        if len <= FREE_FRAME_LEN || len > self.max {
+            return Ok(());
+        }
+        budget
+            .charge(len)
+            .map_err(|in_flight| CodecError::OverBudget {
+                len,
+                in_flight,
+                max: budget.max,
+            })?;
+        self.charged = len;
+        Ok(())
+    }
 }
 
 impl Decoder for FrameCodec {
@@ -78,10 +186,12 @@ impl Decoder for FrameCodec {
     type Error = CodecError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, CodecError> {
+        self.charge_next(src)?;
         let before = src.len();
         match self.inner.decode(src) {
             Ok(Some(frame)) => {
                 self.in_frame = false;
+                self.release();
                 Ok(Some(frame))
             }
             Ok(None) => {
@@ -214,6 +324,47 @@ mod tests {
             src.extend_from_slice(&wire[split..]);
             assert_eq!(&codec.decode(&mut src).unwrap().unwrap()[..], b"hello");
         }
+    }
+
+    #[test]
+    fn large_frames_are_charged_to_the_budget_until_received() {
+        let budget = FrameBudget::new(3 * FREE_FRAME_LEN);
+        let big = 2 * FREE_FRAME_LEN;
+        let mut a = FrameCodec::new(1 << 24);
+        a.set_budget(Arc::clone(&budget));
+        let mut b = FrameCodec::new(1 << 24);
+        b.set_budget(Arc::clone(&budget));
+        let announce = |len: usize| BytesMut::from(&(len as u32).to_be_bytes()[..]);
+
+        // A announces a large frame: charged at once, before a byte of it arrives.
+        let mut src_a = announce(big);
+        assert!(a.decode(&mut src_a).unwrap().is_none());
+        assert_eq!(budget.in_use(), big);
+        // B's large frame does not fit beside it: refused, the prefix left in place.
+        let mut src_b = announce(big);
+        match b.decode(&mut src_b) {
+            Err(CodecError::OverBudget {
+                len,
+                in_flight,
+                max,
+            }) => assert_eq!((len, in_flight, max), (big, big, 3 * FREE_FRAME_LEN)),
+            other => panic!("expected OverBudget, got {other:?}"),
+        }
+        assert_eq!(src_b.len(), LENGTH_PREFIX_LEN);
+        // Small frames are free.
+        let mut small = announce(10);
+        small.extend_from_slice(&[0u8; 10]);
+        assert_eq!(b.decode(&mut small).unwrap().unwrap().len(), 10);
+        // A's frame arrives: released.
+        src_a.extend_from_slice(&vec![7u8; big]);
+        assert_eq!(a.decode(&mut src_a).unwrap().unwrap().len(), big);
+        assert_eq!(budget.in_use(), 0);
+        // A connection dropped in the middle of a frame gives its charge back.
+        let mut src_b = announce(big);
+        assert!(b.decode(&mut src_b).unwrap().is_none());
+        assert_eq!(budget.in_use(), big);
+        drop(b);
+        assert_eq!(budget.in_use(), 0);
     }
 
     #[test]

@@ -26,6 +26,67 @@ pub const DEFAULT_MAX_FRAME_LEN: usize = 16 * 1024 * 1024;
 /// The default time a peer has to complete the handshake.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The default budget of bytes a listener reserves for frames being received, over all its
+/// connections: 256 MiB.
+pub const DEFAULT_MAX_FRAME_BYTES_IN_FLIGHT: usize = 256 * 1024 * 1024;
+
+/// What a listener allows the peers of each role: how many established connections at once,
+/// and the largest frame after the handshake (never more than the listener's
+/// [`max_frame_len`](ListenConfig::max_frame_len)).
+///
+/// The defaults: 1024 connections each of nodes, peers and clients, 64 of coordinators and 16
+/// of the CLI, whose frames (status and checkpoint requests) are at most 64 KiB. A peer over
+/// the connection limit is refused in the handshake with code `busy` (it may retry later).
+///
+/// ```
+/// use cohort_wire::{RoleLimits, Role};
+/// let limits = RoleLimits::default().with_max_connections(Role::Cli, 4);
+/// assert_eq!(limits.max_connections(Role::Cli), 4);
+/// assert_eq!(limits.max_frame_len(Role::Cli), 64 * 1024);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RoleLimits {
+    connections: [usize; Role::ALL.len()],
+    frame_len: [usize; Role::ALL.len()],
+}
+
+impl Default for RoleLimits {
+    fn default() -> Self {
+        let mut limits = Self {
+            connections: [1024; Role::ALL.len()],
+            frame_len: [usize::MAX; Role::ALL.len()],
+        };
+        limits.connections[Role::Coordinator.index()] = 64;
+        limits.connections[Role::Cli.index()] = 16;
+        limits.frame_len[Role::Cli.index()] = HANDSHAKE_MAX_FRAME_LEN;
+        limits
+    }
+}
+
+impl RoleLimits {
+    /// How many established connections of `role` a listener keeps at once.
+    pub fn max_connections(&self, role: Role) -> usize {
+        self.connections[role.index()]
+    }
+
+    /// The largest frame accepted from a peer of `role` (capped by the listener's own limit).
+    pub fn max_frame_len(&self, role: Role) -> usize {
+        self.frame_len[role.index()]
+    }
+
+    /// Sets how many established connections of `role` a listener keeps at once.
+    pub fn with_max_connections(mut self, role: Role, max: usize) -> Self {
+        self.connections[role.index()] = max;
+        self
+    }
+
+    /// Sets the largest frame accepted from a peer of `role`.
+    pub fn with_max_frame_len(mut self, role: Role, max: usize) -> Self {
+        self.frame_len[role.index()] = max;
+        self
+    }
+}
+
 /// How a listener accepts connections and checks who connects.
 ///
 /// The address is loopback unless set otherwise, and a non-loopback address needs a
@@ -46,9 +107,18 @@ pub struct ListenConfig {
     pub max_frame_len: usize,
     /// The time a peer has to complete the handshake; [`DEFAULT_HANDSHAKE_TIMEOUT`] by default.
     pub handshake_timeout: Duration,
-    /// How many handshakes may be in progress at once; accepting pauses beyond that, so a flood
-    /// of silent connections cannot exhaust memory or descriptors. 256 by default.
+    /// How many handshakes may be in progress at once, so that a flood of silent connections
+    /// cannot exhaust memory or descriptors. Beyond it the one that has waited longest is
+    /// closed (code `busy`), so that silent connections never delay a new peer. 256 by
+    /// default.
     pub max_pending_handshakes: usize,
+    /// Per-role limits on established connections and frame lengths; see [`RoleLimits`].
+    pub limits: RoleLimits,
+    /// The bytes reserved for frames being received, over all connections: a frame longer
+    /// than 64 KiB is charged from its length prefix until it is received, and a connection
+    /// whose frame would exceed the budget is closed. [`DEFAULT_MAX_FRAME_BYTES_IN_FLIGHT`]
+    /// by default; at least [`max_frame_len`](Self::max_frame_len).
+    pub max_frame_bytes_in_flight: usize,
     /// How long [`serve`](super::serve) waits for open connections to finish after shutdown
     /// before aborting them; 5 s by default.
     pub shutdown_grace: Duration,
@@ -125,6 +195,15 @@ impl ListenConfig {
                 reason: "max_pending_handshakes is 0; allow at least one".to_owned(),
             });
         }
+        if self.max_frame_bytes_in_flight < self.max_frame_len {
+            return Err(Error::InvalidConfig {
+                reason: format!(
+                    "max_frame_bytes_in_flight is {} bytes, less than max_frame_len ({}): a \
+                     largest frame could never be received; allow at least max_frame_len",
+                    self.max_frame_bytes_in_flight, self.max_frame_len
+                ),
+            });
+        }
         Ok(())
     }
 
@@ -152,6 +231,8 @@ impl Default for ListenConfig {
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             max_pending_handshakes: 256,
+            limits: RoleLimits::default(),
+            max_frame_bytes_in_flight: DEFAULT_MAX_FRAME_BYTES_IN_FLIGHT,
             shutdown_grace: Duration::from_secs(5),
             nonces: Arc::new(OsNonces),
         }

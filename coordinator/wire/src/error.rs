@@ -18,7 +18,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// - **reconnect, maybe elsewhere** ([`ErrorKind::Transient`]): the network or the peer went
 ///   away ([`Connect`](Self::Connect), [`HandshakeTimeout`](Self::HandshakeTimeout),
 ///   [`Closed`](Self::Closed), [`Io`](Self::Io), [`Truncated`](Self::Truncated), and
-///   [`Rejected`](Self::Rejected) when the server is shutting down); a connection that failed
+///   [`Rejected`](Self::Rejected) when the server is shutting down or busy,
+///   [`FrameBudget`](Self::FrameBudget), [`TooManyConnections`](Self::TooManyConnections));
+///   a connection that failed
 ///   earlier is [`Unusable`](Self::Unusable) ([`ErrorKind::Closed`]): drop it;
 /// - **fix the local configuration** ([`ErrorKind::Invalid`]):
 ///   [`InvalidConfig`](Self::InvalidConfig), [`InvalidName`](Self::InvalidName),
@@ -246,6 +248,40 @@ pub enum Error {
         source: rmp_serde::decode::Error,
     },
 
+    /// A frame from the peer would take the listener past its budget of bytes reserved for
+    /// frames being received (over all connections): the connection is closed and the peer
+    /// may reconnect. Nothing was reserved for the frame.
+    #[error(
+        "{peer} announced a {len}-byte frame, but this listener already reserves {in_flight} \
+         bytes for frames being received, and its limit is {max}; the connection is closed \
+         (the peer may reconnect; raise max_frame_bytes_in_flight if large frames are normal)"
+    )]
+    FrameBudget {
+        /// The remote address.
+        peer: String,
+        /// The length the peer announced.
+        len: usize,
+        /// The bytes reserved for other frames at that moment.
+        in_flight: usize,
+        /// The listener's budget.
+        max: usize,
+    },
+
+    /// The listener already serves as many connections of the peer's role as it allows: the
+    /// handshake was refused with code `busy`, and the peer may retry later.
+    #[error(
+        "{peer} wants a {role} connection, but this listener already serves {limit} of them, its \
+         limit; refused (code busy): close idle ones or raise the listener's limits"
+    )]
+    TooManyConnections {
+        /// The remote address.
+        peer: String,
+        /// The role the peer announced.
+        role: String,
+        /// The listener's limit for that role.
+        limit: usize,
+    },
+
     /// The peer closed the connection in the middle of a frame.
     #[error(
         "{peer} closed the connection in the middle of a frame ({buffered} bytes of it received)"
@@ -293,9 +329,13 @@ impl Error {
             | Self::Closed { .. }
             | Self::Io { .. }
             | Self::Truncated { .. } => ErrorKind::Transient,
-            Self::Rejected { code, .. } if code == crate::handshake::REJECT_SHUTDOWN => {
+            Self::Rejected { code, .. }
+                if code == crate::handshake::REJECT_SHUTDOWN
+                    || code == crate::handshake::REJECT_BUSY =>
+            {
                 ErrorKind::Transient
             }
+            Self::FrameBudget { .. } | Self::TooManyConnections { .. } => ErrorKind::Transient,
             Self::Unusable { .. } => ErrorKind::Closed,
             Self::InvalidConfig { .. }
             | Self::InvalidName { .. }

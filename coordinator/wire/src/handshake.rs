@@ -5,7 +5,8 @@
 //! anything yet can hold neither time nor memory.
 
 use std::fmt;
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -20,7 +21,8 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
 use super::Secret;
-use super::codec::{self, CodecError, FrameCodec};
+use super::codec::{self, CodecError, FrameBudget, FrameCodec};
+use super::config::RoleLimits;
 use crate::Error;
 
 /// The magic string that opens every hello.
@@ -45,6 +47,9 @@ pub(crate) const REJECT_ROLE: &str = "role";
 pub(crate) const REJECT_AUTH: &str = "auth";
 pub(crate) const REJECT_TIMEOUT: &str = "timeout";
 pub(crate) const REJECT_SHUTDOWN: &str = "shutdown";
+/// The listener serves as many connections of the peer's role as it allows, or had to make
+/// room for newer handshakes: retry later.
+pub(crate) const REJECT_BUSY: &str = "busy";
 
 /// Domain-separation labels, so that a client proof can never pass as a server proof.
 const CLIENT_PROOF_LABEL: &[u8] = b"cohort wire v1: client proof";
@@ -102,6 +107,17 @@ impl Role {
 
     fn parse(text: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|role| role.as_str() == text)
+    }
+
+    /// Its place in [`Role::ALL`].
+    pub(crate) const fn index(self) -> usize {
+        match self {
+            Role::Node => 0,
+            Role::Coordinator => 1,
+            Role::Peer => 2,
+            Role::Cli => 3,
+            Role::Client => 4,
+        }
     }
 }
 
@@ -245,6 +261,58 @@ pub(crate) struct Local<'a> {
 
 pub(crate) type Wire<S> = Framed<S, FrameCodec>;
 
+/// How many established connections of each role a listener serves, against its limits.
+#[derive(Debug)]
+pub(crate) struct Seats {
+    limits: RoleLimits,
+    taken: [AtomicUsize; Role::ALL.len()],
+}
+
+/// One established connection's place among its listener's [`Seats`], given back on drop.
+#[derive(Debug)]
+pub(crate) struct Seat {
+    seats: Arc<Seats>,
+    role: Role,
+}
+
+impl Seats {
+    pub(crate) fn new(limits: RoleLimits) -> Arc<Self> {
+        Arc::new(Self {
+            limits,
+            taken: std::array::from_fn(|_| AtomicUsize::new(0)),
+        })
+    }
+
+    /// A seat for a connection of `role`, if the limit allows one more.
+    fn take(self: &Arc<Self>, role: Role) -> Option<Seat> {
+        let limit = self.limits.max_connections(role);
+        self.taken[role.index()]
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()?;
+        Some(Seat {
+            seats: Arc::clone(self),
+            role,
+        })
+    }
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        self.seats.taken[self.role.index()].fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What the handshakes of one listener share: the seats of established connections, the
+/// budget of frame bytes being received, and the token that closes this handshake to make
+/// room for newer ones.
+pub(crate) struct Admission<'a> {
+    pub(crate) seats: &'a Arc<Seats>,
+    pub(crate) budget: &'a Arc<FrameBudget>,
+    pub(crate) evict: &'a CancellationToken,
+}
+
 /// Checks an endpoint name: it shows up in logs and in the coordinator's state table.
 pub(crate) fn check_name(name: &str) -> Result<(), &'static str> {
     if name.is_empty() {
@@ -269,6 +337,16 @@ pub(crate) fn codec_error(err: CodecError, peer: &str) -> Error {
         CodecError::Truncated { buffered } => Error::Truncated {
             peer: peer.to_owned(),
             buffered,
+        },
+        CodecError::OverBudget {
+            len,
+            in_flight,
+            max,
+        } => Error::FrameBudget {
+            peer: peer.to_owned(),
+            len,
+            in_flight,
+            max,
         },
         CodecError::Io(source) => Error::Io {
             peer: peer.to_owned(),
@@ -472,15 +550,25 @@ enum Refusal {
     Fail(Error),
 }
 
-/// Runs the server side of the handshake on a fresh connection.
+/// Why a handshake was cut short before its outcome.
+enum CutShort {
+    Shutdown,
+    Evicted,
+}
+
+/// Runs the server side of the handshake on a fresh connection. An accepted peer gets a
+/// [`Seat`] among the listener's connections of its role (none left: refused with code
+/// `busy`), its role's frame limit, and frames charged to the listener's budget.
 ///
-/// Returns `Ok(None)` when `shutdown` fired first; the peer was told so.
+/// Returns `Ok(None)` when `shutdown` fired first, or the handshake was evicted to make room
+/// for newer ones; the peer was told so.
 pub(crate) async fn accept<S>(
     stream: S,
     peer: &str,
     local: &Local<'_>,
     shutdown: &CancellationToken,
-) -> Result<Option<(Wire<S>, PeerInfo)>, Error>
+    admission: Admission<'_>,
+) -> Result<Option<(Wire<S>, PeerInfo, Seat)>, Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -488,10 +576,10 @@ where
     let outcome = {
         let exchange = tokio::time::timeout(
             local.handshake_timeout,
-            server_exchange(&mut wire, peer, local),
+            server_exchange(&mut wire, peer, local, admission.seats),
         );
         tokio::select! {
-            result = exchange => Some(result.unwrap_or_else(|_elapsed| Err(Refusal::Reject {
+            result = exchange => Ok(result.unwrap_or_else(|_elapsed| Err(Refusal::Reject {
                 code: REJECT_TIMEOUT,
                 reason: format!(
                     "the handshake did not complete within {:?}",
@@ -502,30 +590,44 @@ where
                     after: local.handshake_timeout,
                 }),
             }))),
-            () = shutdown.cancelled() => None,
+            () = shutdown.cancelled() => Err(CutShort::Shutdown),
+            () = admission.evict.cancelled() => Err(CutShort::Evicted),
         }
     };
     match outcome {
-        None => {
+        Err(CutShort::Shutdown) => {
             let reason = "the server is shutting down; reconnect, possibly to another coordinator";
-            reject(&mut wire, REJECT_SHUTDOWN, reason).await;
+            reject(&mut wire, REJECT_SHUTDOWN, reason, true).await;
             Ok(None)
         }
-        Some(Ok(info)) => {
-            wire.codec_mut().set_max(local.max_frame_len);
-            Ok(Some((wire, info)))
+        Err(CutShort::Evicted) => {
+            // Routine under a flood of silent connections: not worth a warning each.
+            tracing::debug!(%peer, "closed the handshake that waited longest, to make room for a newer one");
+            let reason = "too many connections are completing their handshake at once, and this \
+                          one had waited longest; reconnect";
+            // No linger: a silent connection would hold its descriptor for it.
+            reject(&mut wire, REJECT_BUSY, reason, false).await;
+            Ok(None)
         }
-        Some(Err(Refusal::Reject {
+        Ok(Ok((info, seat))) => {
+            let max = local
+                .max_frame_len
+                .min(admission.seats.limits.max_frame_len(info.role));
+            wire.codec_mut().set_max(max);
+            wire.codec_mut().set_budget(Arc::clone(admission.budget));
+            Ok(Some((wire, info, seat)))
+        }
+        Ok(Err(Refusal::Reject {
             code,
             reason,
             error,
         })) => {
             // Logged before the verdict goes out: delivering it may take a while.
             log_refusal(&error);
-            reject(&mut wire, code, &reason).await;
+            reject(&mut wire, code, &reason, true).await;
             Err(*error)
         }
-        Some(Err(Refusal::Fail(error))) => {
+        Ok(Err(Refusal::Fail(error))) => {
             log_refusal(&error);
             Err(error)
         }
@@ -559,7 +661,8 @@ async fn server_exchange<S>(
     wire: &mut Wire<S>,
     peer: &str,
     local: &Local<'_>,
-) -> Result<PeerInfo, Refusal>
+    seats: &Arc<Seats>,
+) -> Result<(PeerInfo, Seat), Refusal>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -674,6 +777,22 @@ where
         (None, None) => None,
     };
 
+    // Only a peer that proved itself takes a seat, so that strangers cannot fill them.
+    let seat = seats.take(client.role).ok_or_else(|| {
+        let limit = seats.limits.max_connections(client.role);
+        Refusal::Reject {
+            code: REJECT_BUSY,
+            reason: format!(
+                "this endpoint already serves {limit} {} connections, its limit; retry later",
+                client.role
+            ),
+            error: Box::new(Error::TooManyConnections {
+                peer: peer.to_owned(),
+                role: client.role.to_string(),
+                limit,
+            }),
+        }
+    })?;
     send_handshake_frame(
         wire,
         &Verdict::Welcome {
@@ -683,7 +802,7 @@ where
     )
     .await
     .map_err(Refusal::Fail)?;
-    Ok(PeerInfo {
+    let info = PeerInfo {
         addr: peer.to_owned(),
         role: client.role,
         name: client.name,
@@ -691,12 +810,14 @@ where
         software: client.software,
         authenticated: local.token.is_some(),
         max_frame_len: client.max_frame_len,
-    })
+    };
+    Ok((info, seat))
 }
 
-/// Sends a `rejected` verdict, closes the write side and lingers briefly, all bounded in time.
-/// Failures are ignored: the peer may be gone already, and the caller reports the real error.
-async fn reject<S>(wire: &mut Wire<S>, code: &str, reason: &str)
+/// Sends a `rejected` verdict, closes the write side and, when `linger`, lingers briefly, all
+/// bounded in time. Failures are ignored: the peer may be gone already, and the caller reports
+/// the real error.
+async fn reject<S>(wire: &mut Wire<S>, code: &str, reason: &str, linger: bool)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -718,6 +839,9 @@ where
         Ok(Ok(())) => {}
         Ok(Err(err)) => tracing::debug!(%code, "could not deliver a rejection: {err}"),
         Err(_elapsed) => tracing::debug!(%code, "could not deliver a rejection in time"),
+    }
+    if !linger {
+        return;
     }
     let stream = wire.get_mut();
     let linger = async {

@@ -13,9 +13,12 @@
 //! (`rmp_serde::to_vec_named`). A length above the receiver's limit is refused before any
 //! buffer is reserved for it, and the connection is closed. The limit is 64 KiB
 //! ([`HANDSHAKE_MAX_FRAME_LEN`]) until the handshake is done, then
-//! [`max_frame_len`](ListenConfig::max_frame_len) (16 MiB by default): the coordinator carries
-//! votes and metadata, never state bytes. A frame must hold exactly one value, nested at most
-//! 64 deep.
+//! [`max_frame_len`](ListenConfig::max_frame_len) (16 MiB by default), lowered per role by
+//! [`RoleLimits`] (64 KiB for the CLI): the coordinator carries votes and metadata, never
+//! state bytes. A frame must hold exactly one value, nested at most 64 deep. A listener
+//! charges every frame over 64 KiB that it is receiving to one budget
+//! ([`max_frame_bytes_in_flight`](ListenConfig::max_frame_bytes_in_flight)); a frame that
+//! does not fit closes its connection.
 //!
 //! # Handshake
 //!
@@ -38,7 +41,10 @@
 //! Every hello field but `magic` and `protocol_version` may be missing, so a peer of another
 //! version is always told the two version numbers rather than "garbage". The whole handshake
 //! runs under [`handshake_timeout`](ListenConfig::handshake_timeout), and at most
-//! [`max_pending_handshakes`](ListenConfig::max_pending_handshakes) run at once.
+//! [`max_pending_handshakes`](ListenConfig::max_pending_handshakes) run at once: beyond that
+//! the one that waited longest is closed (code `busy`). A peer that passes it takes one of its
+//! role's [`max_connections`](RoleLimits::max_connections) until its handler returns, or is
+//! refused with code `busy`.
 //!
 //! The token authenticates the handshake, not the frames after it: they are neither encrypted
 //! nor signed. Across an untrusted network, run cohort inside a VPN or an SSH or WireGuard
@@ -92,8 +98,8 @@ mod serve;
 mod transport;
 
 pub use config::{
-    Accept, ConnectConfig, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_FRAME_LEN, DEFAULT_PORT,
-    ListenConfig, Listener,
+    Accept, ConnectConfig, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_FRAME_BYTES_IN_FLIGHT,
+    DEFAULT_MAX_FRAME_LEN, DEFAULT_PORT, ListenConfig, Listener, RoleLimits,
 };
 pub use connection::{Connection, RecvHalf, SendHalf};
 pub use error::{Error, Result};

@@ -3,7 +3,8 @@
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
-use super::handshake::{self, PeerInfo};
+use super::codec::FrameBudget;
+use super::handshake::{self, Admission, PeerInfo, Seats};
 use super::{Connection, ListenConfig};
 use crate::Error;
 
@@ -51,8 +52,15 @@ pub fn replay_as_server<In: DeserializeOwned>(input: &[u8], config: &ListenConfi
         let stream = tokio::io::join(input, tokio::io::sink());
         let local = config.local();
         let never = CancellationToken::new();
-        match handshake::accept(stream, REPLAY_PEER, &local, &never).await {
-            Ok(Some((wire, info))) => {
+        let seats = Seats::new(config.limits);
+        let budget = FrameBudget::new(config.max_frame_bytes_in_flight);
+        let admission = Admission {
+            seats: &seats,
+            budget: &budget,
+            evict: &never,
+        };
+        match handshake::accept(stream, REPLAY_PEER, &local, &never, admission).await {
+            Ok(Some((wire, info, _seat))) => {
                 replay.peer = Some(info.clone());
                 let mut connection = Connection::<In, (), _>::new(wire, info, config.max_frame_len);
                 loop {

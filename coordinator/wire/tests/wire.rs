@@ -405,6 +405,164 @@ async fn an_oversized_frame_closes_the_connection_before_allocating() {
     server.stop().await;
 }
 
+// ---- limits (issue 14): connections per role, frame bytes in flight, silent floods ----
+
+/// The CLI gets 16 connections and frames of 64 KiB: an authenticated CLI can no longer make
+/// the listener reserve 16 MiB per connection (sixty of them took 976 MiB).
+#[tokio::test]
+async fn cli_connections_are_capped_and_their_frames_are_small() {
+    let mut logs = capture_logs();
+    let server = start(listen_config()).await;
+    let cli = ConnectConfig {
+        role: Role::Cli,
+        name: "cohort-cli".to_owned(),
+        ..client_config()
+    };
+    let mut open = Vec::new();
+    for _ in 0..16 {
+        open.push(cli.connect::<Msg, Msg>(server.addr).await.unwrap());
+    }
+    // The 17th is refused, and may retry later.
+    let err = cli.connect::<Msg, Msg>(server.addr).await.unwrap_err();
+    match &err {
+        Error::Rejected { code, reason, .. } => {
+            assert_eq!(code, "busy");
+            assert!(reason.contains("16 cli connections"), "{reason}");
+        }
+        other => panic!("expected a busy rejection, got {other}"),
+    }
+    assert!(err.is_retryable(), "{err}");
+    let line = logs.next_warn().await;
+    assert!(line.contains("already serves 16"), "{line}");
+    // Nodes are counted apart.
+    assert_serves(server.addr).await;
+
+    // A CLI frame over 64 KiB closes that connection; its seat is free again.
+    let mut big = open.pop().unwrap();
+    big.send(&Msg::Blob(vec![7; 100_000])).await.unwrap();
+    assert!(
+        big.recv().await.is_err(),
+        "the server closes the connection"
+    );
+    let line = logs.next_warn().await;
+    assert!(line.contains("over this side's 65536-byte limit"), "{line}");
+    let mut again = None;
+    for _ in 0..100 {
+        // The seat is given back when the handler returns, just after the close.
+        match cli.connect::<Msg, Msg>(server.addr).await {
+            Ok(conn) => {
+                again = Some(conn);
+                break;
+            }
+            Err(Error::Rejected { code, .. }) if code == "busy" => tokio::task::yield_now().await,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let mut again = again.expect("the freed seat was never given back");
+    again.send(&Msg::WhoAmI).await.unwrap();
+    assert_eq!(
+        again.recv().await.unwrap(),
+        Some(Msg::Text("cli cohort-cli true".to_owned()))
+    );
+    drop(open);
+    server.stop().await;
+}
+
+/// A connection that hands its own framing to the test after the handshake.
+async fn raw_node(addr: SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let conn = client_config()
+        .handshake::<Msg, Msg, _>(&mut stream, addr.to_string())
+        .await
+        .unwrap();
+    drop(conn);
+    stream
+}
+
+/// Frames over 64 KiB are charged to the listener's budget from their length prefix until
+/// they are received: a frame that does not fit closes its connection (the peer may
+/// reconnect), and a received frame gives its bytes back.
+#[tokio::test]
+async fn the_frame_budget_bounds_the_bytes_reserved_for_frames_in_flight() {
+    let mut logs = capture_logs();
+    let server = start(ListenConfig {
+        max_frame_len: 1 << 20,
+        max_frame_bytes_in_flight: 1 << 20,
+        ..listen_config()
+    })
+    .await;
+    let blob = Msg::Blob(vec![3; 600_000]);
+    let frame = rmp_serde::to_vec_named(&blob).unwrap();
+    let prefix = (frame.len() as u32).to_be_bytes();
+
+    // The first node announces 600 KB and sends half of it: the budget holds it.
+    let mut first = raw_node(server.addr).await;
+    first.write_all(&prefix).await.unwrap();
+    first.write_all(&frame[..300_000]).await.unwrap();
+    // A well-behaved node with small frames is not affected.
+    assert_serves(server.addr).await;
+    // A second 600 KB frame does not fit beside it: that connection is closed.
+    let mut second = raw_node(server.addr).await;
+    let client = second.local_addr().unwrap().to_string();
+    second.write_all(&prefix).await.unwrap();
+    let mut raw = frames_of(second);
+    assert!(
+        raw.next().await.is_none(),
+        "the server closes the connection"
+    );
+    let line = logs.next_warn().await;
+    assert!(line.contains(&client), "{line}");
+    assert!(line.contains("already reserves"), "{line}");
+
+    // The first frame completes and is echoed; its bytes are given back, so another node's
+    // large frame is received now.
+    first.write_all(&frame[300_000..]).await.unwrap();
+    let mut raw = frames_of(first);
+    let echoed = raw.next().await.unwrap().unwrap();
+    assert_eq!(echoed.len(), frame.len());
+    let mut third = client_config()
+        .connect::<Msg, Msg>(server.addr)
+        .await
+        .unwrap();
+    third.send(&blob).await.unwrap();
+    assert_eq!(third.recv().await.unwrap(), Some(blob));
+    drop(raw);
+    server.stop().await;
+}
+
+/// Silent connections beyond `max_pending_handshakes` evict the oldest pending handshake
+/// instead of making new ones wait: before, with the handshakes of silent peers filling the
+/// slots, a new client waited until one timed out (500 idle connections delayed a client by
+/// 5 s).
+#[tokio::test]
+async fn silent_connections_never_delay_a_new_client() {
+    let server = start(ListenConfig {
+        max_pending_handshakes: 8,
+        // Far longer than the client waits: only eviction lets it in.
+        handshake_timeout: Duration::from_secs(120),
+        ..listen_config()
+    })
+    .await;
+    let mut silent = Vec::new();
+    for _ in 0..40 {
+        silent.push(TcpStream::connect(server.addr).await.unwrap());
+    }
+    let client = ConnectConfig {
+        handshake_timeout: Duration::from_secs(10),
+        ..client_config()
+    };
+    let mut conn = client.connect::<Msg, Msg>(server.addr).await.unwrap();
+    conn.send(&Msg::WhoAmI).await.unwrap();
+    assert!(matches!(conn.recv().await.unwrap(), Some(Msg::Text(_))));
+    // The first silent connection was evicted with a busy verdict after the server's hello.
+    let mut raw = frames_of(silent.remove(0));
+    let (code, reason) = expect_rejection(&frames_until_close(&mut raw).await);
+    assert_eq!(code, "busy");
+    assert!(reason.contains("waited longest"), "{reason}");
+    drop(silent);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn a_wrong_version_is_named_on_both_sides() {
     let mut logs = capture_logs();
