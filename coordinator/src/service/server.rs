@@ -112,6 +112,11 @@ pub struct ServiceStatus {
     pub aborted: u64,
     /// Cohort recoveries run.
     pub recoveries: u64,
+    /// The cohort led is healthy: no more attempts failed in a row than
+    /// [`ServiceConfig::tolerable_failures`]. False while not leading.
+    pub healthy: bool,
+    /// Attempts of the cohort led that failed in a row.
+    pub consecutive_failures: u32,
     /// Nodes, objects, placement.
     pub table: StateTable,
 }
@@ -757,6 +762,8 @@ impl Server {
                 committed: stats.committed,
                 aborted: stats.aborted,
                 recoveries: stats.recoveries,
+                healthy: core.engine.health().healthy,
+                consecutive_failures: core.engine.health().consecutive_failures,
                 table: core.transport.table(&core.engine),
             },
             None => ServiceStatus {
