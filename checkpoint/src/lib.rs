@@ -30,7 +30,7 @@ pub use format::FORMAT_VERSION;
 pub use manifest::{
     EntryLocation, EpochLease, EpochRecord, InTransitEntry, Manifest, ManifestKind, ObjectEntry,
 };
-pub use retention::{DeletedBlob, Fence, FenceLine, FenceRequest, GcReport};
+pub use retention::{DeletedBlob, Fence, FenceLine, FenceRequest, GcReport, Retention};
 pub use store::{CheckpointStore, RecoveryLine, StoreOptions, VerifyProgress, VerifyReport};
 pub use writer::{SegmentSummary, SegmentWriter, WriteSummary};
 
