@@ -478,6 +478,35 @@ fn tamper(f: &Fixture, key: &str, change: Option<Edit<'_>>) {
 }
 
 #[test]
+fn a_damaged_message_in_transit_is_shown_as_such_and_export_refuses() {
+    let f = Fixture::bank(Backend::Local, "message-damage").unwrap();
+    let message = f.manifests[1].in_transit[0].location.clone();
+    let at = usize::try_from(message.offset + message.len - 5).unwrap();
+    tamper(&f, &message.segment, Some(&|b: &mut Vec<u8>| b[at] ^= 0x01));
+
+    // show still shows the checkpoint, and says which message is damaged.
+    let out = f.cohort(&["show", "2"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert!(
+        shown.contains("the message account-2 -> account-1 #7 is damaged: ")
+            && shown.contains("crc"),
+        "{shown}"
+    );
+    let json = json(&f.cohort(&["show", "2", "--json"]));
+    assert_eq!(json["in_transit"][0]["message"], serde_json::Value::Null);
+    assert!(
+        json["in_transit"][0]["damage"]
+            .as_str()
+            .unwrap()
+            .contains(&message.segment)
+    );
+    // The objects are intact: export refuses anyway, and writes nothing.
+    let out = f.cohort(&["export", "2"]);
+    assert_one_line_error(&out, 1, &message.segment);
+}
+
+#[test]
 fn missing_truncated_and_corrupt_manifest_blobs_are_named() {
     let f = Fixture::bank(Backend::Local, "faults").unwrap();
     // Checkpoint 1's segment is missing (2 still shares account-2 from it), 3's is truncated,
@@ -848,6 +877,20 @@ fn rollback_refuses_while_a_coordinator_holds_the_lease() {
         "coordinator \"node-7\" renewed the lease of epoch 2 while we watched",
     );
     assert!(text(&out.stderr).contains("--force"));
+    assert!(text(&out.stderr).contains("--live"));
+    assert_eq!(f.rt.block_on(f.store.committed_ids()).unwrap(), before);
+
+    // --live needs a leader that answers: none does here, so nothing is written.
+    let out = f.cohort(&[
+        "rollback",
+        "--to",
+        "2",
+        "--yes",
+        "--live",
+        "--coordinator",
+        "127.0.0.1:1",
+    ]);
+    assert_one_line_error(&out, 1, "--live: no coordinator leads at 127.0.0.1:1");
     assert_eq!(f.rt.block_on(f.store.committed_ids()).unwrap(), before);
 
     // A rollback to a damaged checkpoint is refused even with --force.
@@ -922,6 +965,25 @@ fn gc_never_deletes_what_a_retained_checkpoint_references() {
 #[test]
 fn s3_gc_never_deletes_what_a_retained_checkpoint_references() {
     gc(Backend::S3);
+}
+
+#[test]
+fn pins_through_the_cli_outlive_gc() {
+    let f = Fixture::bank(Backend::Local, "pins-cli").unwrap();
+    f.transcripts("pins");
+    // Checkpoint 1 was pinned through GC, then unpinned; checkpoint 2 was expired.
+    assert_eq!(
+        f.rt.block_on(f.store.committed_ids()).unwrap(),
+        vec![CheckpointId::new(1), CheckpointId::new(3)]
+    );
+    assert!(f.rt.block_on(f.store.pins()).unwrap().is_empty());
+    for id in [1, 3] {
+        assert!(
+            f.rt.block_on(f.store.verify(CheckpointId::new(id)))
+                .unwrap()
+                .is_ok()
+        );
+    }
 }
 
 #[test]

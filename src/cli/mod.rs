@@ -7,12 +7,14 @@ mod checkpoint;
 mod control;
 mod decode;
 mod diff;
+mod export;
 mod failure;
 mod gc;
 mod inspect;
 mod jsondiff;
 mod list;
 mod output;
+mod pin;
 mod rollback;
 mod serve;
 mod show;
@@ -93,10 +95,13 @@ enum Command {
     List(list::Args),
     Show(show::Args),
     Inspect(inspect::Args),
+    Export(export::Args),
     Verify(verify::Args),
     Diff(diff::Args),
     Rollback(rollback::Args),
     Gc(gc::Args),
+    Pin(pin::PinArgs),
+    Unpin(pin::UnpinArgs),
     Serve(serve::Args),
     Status(status::Args),
     Checkpoint(checkpoint::Args),
@@ -161,10 +166,13 @@ fn run(cli: Cli) -> anyhow::Result<Code> {
             Command::List(args) => list::run(args).await,
             Command::Show(args) => show::run(args).await,
             Command::Inspect(args) => inspect::run(args).await,
+            Command::Export(args) => export::run(args).await,
             Command::Verify(args) => verify::run(args).await,
             Command::Diff(args) => diff::run(args).await,
             Command::Rollback(args) => rollback::run(args).await,
             Command::Gc(args) => gc::run(args).await,
+            Command::Pin(args) => pin::pin(args).await,
+            Command::Unpin(args) => pin::unpin(args).await,
             Command::Serve(args) => serve::run(args).await,
             Command::Status(args) => status::run(args).await,
             Command::Checkpoint(args) => checkpoint::run(args).await,
