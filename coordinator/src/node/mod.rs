@@ -91,6 +91,7 @@ pub struct NodeBuilder {
     name: String,
     coordinators: Vec<String>,
     listen: SocketAddr,
+    advertise: Option<String>,
     token: Option<Secret>,
     settings: NodeSettings,
 }
@@ -490,6 +491,7 @@ impl Node {
             name: format!("node-{}", std::process::id()),
             coordinators: vec![format!("127.0.0.1:{}", cohort_wire::DEFAULT_PORT)],
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            advertise: None,
             token: None,
             settings: NodeSettings::default(),
         }
@@ -612,6 +614,14 @@ impl NodeBuilder {
         self
     }
 
+    /// The address other nodes dial to reach this one (`HOST:PORT`), when it is not the
+    /// [`listen`](Self::listen) address: required when listening on a wildcard such as
+    /// `0.0.0.0`, and for a node behind a NAT or a proxy. Default: the bound address.
+    pub fn advertise(mut self, addr: impl Into<String>) -> Self {
+        self.advertise = Some(addr.into());
+        self
+    }
+
     /// The shared token (required off loopback; both the coordinator and peers must hold it).
     pub fn token(mut self, token: Secret) -> Self {
         self.token = Some(token);
@@ -629,8 +639,9 @@ impl NodeBuilder {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`] for a bad name or no coordinator; [`Error::Wire`] ([`Bind`](cohort_wire::Error::Bind)) when the
-    /// peer port cannot be bound (or another wire error for bad listen settings).
+    /// [`Error::InvalidConfig`] for a bad name, no coordinator, or a bad or missing advertised
+    /// address; [`Error::Wire`] ([`Bind`](cohort_wire::Error::Bind)) when the peer port cannot
+    /// be bound (or another wire error for bad listen settings).
     pub async fn build(self) -> Result<Node> {
         let valid = !self.name.is_empty()
             && self.name.len() <= 48
@@ -655,7 +666,8 @@ impl NodeBuilder {
         listen.accept_roles = vec![Role::Peer];
         listen.token = self.token.clone();
         let listener = listen.bind().await?;
-        let peer_addr = listener.local_addr().to_string();
+        let peer_addr =
+            cohort_wire::advertised_address(listener.local_addr(), self.advertise.as_deref())?;
         let (to_coordinator, outbox) = mpsc::unbounded_channel();
         let shutdown = CancellationToken::new();
         let shared = Arc::new_cyclic(|me| NodeShared {

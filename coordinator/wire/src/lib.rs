@@ -81,6 +81,7 @@
 //! # }
 //! ```
 
+mod advertise;
 mod codec;
 mod config;
 mod connection;
@@ -91,6 +92,7 @@ mod secret;
 mod serve;
 mod transport;
 
+pub use advertise::advertised_address;
 pub use config::{
     Accept, ConnectConfig, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_FRAME_LEN, DEFAULT_PORT,
     ListenConfig, Listener,
