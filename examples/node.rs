@@ -169,9 +169,13 @@ impl Actor for Wallet {
                 }
                 let amount = 1 + (self.next() % (self.coins.unsigned_abs() / 8 + 1)) as i64;
                 let amount = amount.min(self.coins);
-                let address = ctx
-                    .address::<WalletMsg>(to)
-                    .map_err(ObjectError::application)?;
+                let address = match ctx.address::<WalletMsg>(to) {
+                    Ok(address) => address,
+                    // The payee's node has not registered yet: no payment this time. (An
+                    // error here would fail the wallet until the next recovery.)
+                    Err(cohort::coordinator::Error::UnknownObject(_)) => return Ok(()),
+                    Err(e) => return Err(ObjectError::application(e)),
+                };
                 self.coins -= amount;
                 self.paid += 1;
                 self.generation += 1;
