@@ -1334,3 +1334,65 @@ fn a_store_the_bank_example_produced() {
 fn s3_a_store_the_bank_example_produced() {
     bank_store(Backend::S3);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Certificates
+
+#[test]
+fn certs_make_one_authority_and_certificates_signed_by_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let certs_arg = certs.to_str().unwrap();
+    let out = run(
+        &[
+            "certs",
+            "--dir",
+            certs_arg,
+            "coordinator-1",
+            "--host",
+            "10.0.0.5",
+            "--host",
+            "coord-1.example.com",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let said = text(&out.stdout);
+    assert!(
+        said.starts_with("created the certificate authority"),
+        "{said}"
+    );
+    assert!(
+        said.contains("--tls-cert") && said.contains("--tls-ca"),
+        "{said}"
+    );
+    // A second certificate reuses the authority.
+    let out = run(&["certs", "--dir", certs_arg, "operator"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(!text(&out.stdout).contains("created the certificate authority"));
+    for key in ["ca.key", "coordinator-1.key", "operator.key"] {
+        let mode = std::fs::metadata(certs.join(key))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{key}");
+    }
+    for pem in ["ca.pem", "coordinator-1.pem", "operator.pem"] {
+        let text = std::fs::read_to_string(certs.join(pem)).unwrap();
+        assert!(text.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
+    }
+    // Nothing is overwritten without --force; bad input is a one-line error.
+    let out = run(&["certs", "--dir", certs_arg, "operator"], &[]);
+    assert_one_line_error(&out, 2, "operator.pem exists");
+    let out = run(
+        &["certs", "--dir", certs_arg, "x", "--host", "not a host"],
+        &[],
+    );
+    assert_one_line_error(&out, 2, "is neither an IP address nor a DNS name");
+    let out = run(&["certs", "--dir", certs_arg, "../escape"], &[]);
+    assert_one_line_error(&out, 2, "certificate name");
+    std::fs::remove_file(certs.join("ca.key")).unwrap();
+    let out = run(&["certs", "--dir", certs_arg, "node-1"], &[]);
+    assert_one_line_error(&out, 2, "holds one of ca.pem and ca.key but not the other");
+}

@@ -3,6 +3,7 @@
 //! `main` parses, sets up logging and colour, and calls [`run`], which returns the exit code or
 //! an error; errors are printed once, on one line, by [`failure::report`].
 
+mod certs;
 mod checkpoint;
 mod control;
 mod decode;
@@ -105,6 +106,7 @@ enum Command {
     Serve(serve::Args),
     Status(status::Args),
     Checkpoint(checkpoint::Args),
+    Certs(certs::Args),
 }
 
 /// The `--store` option of every command.
@@ -176,6 +178,7 @@ fn run(cli: Cli) -> anyhow::Result<Code> {
             Command::Serve(args) => serve::run(args).await,
             Command::Status(args) => status::run(args).await,
             Command::Checkpoint(args) => checkpoint::run(args).await,
+            Command::Certs(args) => certs::run(args).await,
         }
     })
 }
