@@ -29,8 +29,8 @@ use async_trait::async_trait;
 use clap::Parser;
 use cohort::checkpoint::{CheckpointStore, StoreOptions};
 use cohort::coordinator::node::{Node, NodeSettings, NodeStatus};
-use cohort::coordinator::wire::{Secret, TOKEN_ENV};
 use cohort::coordinator::{Actor, Context};
+use cohort::wire::{Secret, TOKEN_ENV};
 use cohort::{Checkpointable, ObjectError, ObjectId};
 use serde::{Deserialize, Serialize};
 
