@@ -10,6 +10,7 @@
 //! shows both.
 //!
 //! ```text
+//! mkdir -p ./cohort-data/wallets
 //! cohort serve --store ./cohort-data/wallets --interval 1s &
 //! cargo run --example node -- --name node-1 --store ./cohort-data/wallets --peers node-2 &
 //! cargo run --example node -- --name node-2 --store ./cohort-data/wallets --peers node-1 &
@@ -20,6 +21,7 @@
 //! one, reconnecting, refused) and stops on SIGINT or SIGTERM, exiting 0.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -30,7 +32,7 @@ use clap::Parser;
 use cohort::checkpoint::{CheckpointStore, StoreOptions};
 use cohort::coordinator::node::{Node, NodeSettings, NodeStatus};
 use cohort::coordinator::{Actor, Context};
-use cohort::wire::{Secret, TOKEN_ENV};
+use cohort::wire::{Secret, TOKEN_ENV, TlsConfig};
 use cohort::{Checkpointable, ObjectError, ObjectId};
 use serde::{Deserialize, Serialize};
 
@@ -70,6 +72,19 @@ struct Args {
     /// The shared token of the coordinators, if they use one.
     #[arg(long, env = TOKEN_ENV, hide_env_values = true, value_name = "TOKEN")]
     token: Option<String>,
+
+    /// This node's certificate (PEM): with --tls-key and --tls-ca, mutual TLS with the
+    /// coordinators and the other nodes. It must name the --advertise host.
+    #[arg(long, value_name = "PEM", requires_all = ["tls_key", "tls_ca"])]
+    tls_cert: Option<PathBuf>,
+
+    /// This node's private key (PEM).
+    #[arg(long, value_name = "PEM", requires_all = ["tls_cert", "tls_ca"])]
+    tls_key: Option<PathBuf>,
+
+    /// The authority that signs every certificate of the cohort (PEM).
+    #[arg(long, value_name = "PEM", requires_all = ["tls_cert", "tls_key"])]
+    tls_ca: Option<PathBuf>,
 
     /// The other nodes whose wallets this node's wallets pay (their --name); every node hosts
     /// the same number of wallets.
@@ -236,6 +251,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(token) = &args.token {
         builder = builder
             .token(Secret::new(token.as_bytes().to_vec()).context("the token is not usable")?);
+    }
+    if let (Some(cert), Some(key), Some(ca)) = (&args.tls_cert, &args.tls_key, &args.tls_ca) {
+        builder = builder.tls(TlsConfig::from_pem_files(cert, key, ca)?);
     }
     let node = builder.build().await.context("cannot start the node")?;
 

@@ -37,7 +37,6 @@ use ha_support::{cohort_bin, poll};
 use netlab::Lab;
 
 const PROXY_ENV: &str = "COHORT_LAB_PROXY";
-const TOKEN: &str = "a shared token for the multi-host test";
 const WALLETS: u32 = 4;
 const COINS: i64 = 1_000;
 const NODES: [&str; 3] = ["n1", "n2", "n3"];
@@ -89,9 +88,17 @@ fn s3s_bin() -> Option<PathBuf> {
     path
 }
 
-/// What every process of the lab needs to reach the store.
+/// Where this run's certificates are.
+static CERTS: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// What every process of the lab needs to reach the store, and the CLI's certificate.
 fn store_env(lab: &Lab) -> Vec<(String, String)> {
+    let certs = CERTS.get().expect("the certificates are made first");
+    let cert = |file: &str| certs.join(file).display().to_string();
     [
+        ("COHORT_TLS_CERT", cert("operator.pem")),
+        ("COHORT_TLS_KEY", cert("operator.key")),
+        ("COHORT_TLS_CA", cert("ca.pem")),
         (
             "AWS_ENDPOINT_URL",
             format!("http://{}:9000", lab.ip("store")),
@@ -101,7 +108,6 @@ fn store_env(lab: &Lab) -> Vec<(String, String)> {
         ("AWS_REGION", "us-east-1".to_owned()),
         ("AWS_ALLOW_HTTP", "true".to_owned()),
         ("COHORT_STORE", format!("s3://{BUCKET}/lab")),
-        ("COHORT_TOKEN", TOKEN.to_owned()),
         ("RUST_LOG", "warn".to_owned()),
         ("NO_COLOR", "1".to_owned()),
     ]
@@ -197,8 +203,49 @@ fn a_partitioned_leader_steps_down_and_the_cluster_follows_the_standby() {
             return;
         }
     };
-    let env = store_env(&lab);
     let work = tempfile::tempdir().unwrap();
+    // Certificates for every host, as a reader of the README makes them: each names the
+    // addresses others dial (a is dialled through the wan proxy).
+    let certs = work.path().join("certs");
+    let issue = |name: &str, hosts: &[String]| {
+        let mut args = vec![
+            "certs".to_owned(),
+            "--dir".to_owned(),
+            certs.display().to_string(),
+            name.to_owned(),
+        ];
+        for host in hosts {
+            args.extend(["--host".to_owned(), host.clone()]);
+        }
+        let out = std::process::Command::new(cohort_bin())
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    issue("coordinator-a", &[lab.ip("a"), lab.ip("wan")]);
+    issue("coordinator-b", &[lab.ip("b")]);
+    for name in NODES {
+        issue(&format!("node-{name}"), &[lab.ip(name)]);
+    }
+    issue("operator", &[]);
+    CERTS.set(certs.clone()).unwrap();
+    let tls = |name: &str| -> Vec<String> {
+        let cert = |file: String| certs.join(file).display().to_string();
+        vec![
+            "--tls-cert".to_owned(),
+            cert(format!("{name}.pem")),
+            "--tls-key".to_owned(),
+            cert(format!("{name}.key")),
+            "--tls-ca".to_owned(),
+            cert("ca.pem".to_owned()),
+        ]
+    };
+    let env = store_env(&lab);
 
     // The store's host.
     std::fs::create_dir_all(work.path().join("s3").join(BUCKET)).unwrap();
@@ -250,8 +297,8 @@ fn a_partitioned_leader_steps_down_and_the_cluster_follows_the_standby() {
 
     // Two coordinators on every interface, each advertising where it is reached.
     let b_addr = format!("{}:7411", lab.ip("b"));
-    let serve = |advertise: &str| -> Vec<String> {
-        [
+    let serve = |name: &str, advertise: &str| -> Vec<String> {
+        let mut args: Vec<String> = [
             "serve",
             "--listen",
             "0.0.0.0:7411",
@@ -271,9 +318,11 @@ fn a_partitioned_leader_steps_down_and_the_cluster_follows_the_standby() {
             "1s",
         ]
         .map(str::to_owned)
-        .to_vec()
+        .to_vec();
+        args.extend(tls(name));
+        args
     };
-    let args = serve(&wan);
+    let args = serve("coordinator-a", &wan);
     let a = lab.spawn(
         "a",
         "serve-a",
@@ -283,7 +332,7 @@ fn a_partitioned_leader_steps_down_and_the_cluster_follows_the_standby() {
     );
     lab.proc(a)
         .wait_for_line("leading under epoch 1", Duration::from_secs(20));
-    let args = serve(&b_addr);
+    let args = serve("coordinator-b", &b_addr);
     let b = lab.spawn(
         "b",
         "serve-b",
@@ -308,7 +357,8 @@ fn a_partitioned_leader_steps_down_and_the_cluster_follows_the_standby() {
         let peers = peers.join(",");
         let wallets = WALLETS.to_string();
         let coins = COINS.to_string();
-        let args = [
+        let tls = tls(&node_name);
+        let mut args = vec![
             "--name",
             &node_name,
             "--coordinator",
@@ -328,6 +378,7 @@ fn a_partitioned_leader_steps_down_and_the_cluster_follows_the_standby() {
             "--heartbeat-timeout",
             "1s",
         ];
+        args.extend(tls.iter().map(String::as_str));
         nodes.push(lab.spawn(name, &node_name, &node_bin, &args, &env));
     }
     for &n in &nodes {

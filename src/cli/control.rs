@@ -7,6 +7,7 @@ use cohort_coordinator::service::control::{self, ControlReply, ControlRequest};
 use cohort_wire::{ConnectConfig, DEFAULT_PORT, Role, Secret, TOKEN_ENV};
 
 use crate::cli::failure::Failure;
+use crate::cli::tls::TlsArgs;
 
 /// Where the coordinators are and how to prove who we are.
 #[derive(Debug, Clone, clap::Args)]
@@ -25,6 +26,9 @@ pub(crate) struct ConnectArgs {
     /// The shared token of the coordinators, if they have one.
     #[arg(long, env = TOKEN_ENV, hide_env_values = true, value_name = "TOKEN")]
     pub(crate) token: Option<String>,
+
+    #[command(flatten)]
+    pub(crate) tls: TlsArgs,
 }
 
 /// [`ConnectArgs`] and an optional store to find the leader in.
@@ -85,6 +89,7 @@ impl ConnectArgs {
                 Failure::usage(e.to_string()).hint("pass the token the coordinators run with")
             })?);
         }
+        config.tls = self.tls.config()?;
         Ok(config)
     }
 
@@ -101,7 +106,7 @@ impl ConnectArgs {
                 "cannot reach a coordinator at {}: {e}",
                 addrs.join(", ")
             ))
-            .hint("start one with `cohort serve`, or pass --coordinator ADDR (and --token if it has one)")
+            .hint("start one with `cohort serve`, or pass --coordinator ADDR (and --token or --tls-* as it runs with)")
             .into()),
         }
     }

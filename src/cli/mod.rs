@@ -21,6 +21,7 @@ mod serve;
 mod show;
 pub(crate) mod status;
 pub(crate) mod store;
+mod tls;
 mod verify;
 
 use std::io::IsTerminal;

@@ -29,6 +29,7 @@ use cohort_wire::{
 use crate::cli::StoreArgs;
 use crate::cli::failure::{Code, Failure};
 use crate::cli::store;
+use crate::cli::tls::TlsArgs;
 use crate::http::{self, Dashboard, Guard, HttpListener, Settings, StoreWatch};
 
 /// Run a coordinator: the leader, or a standby that takes over when the leader goes.
@@ -40,8 +41,9 @@ use crate::http::{self, Dashboard, Guard, HttpListener, Settings, StoreWatch};
 ///
 /// Others reach this coordinator at --advertise (recorded in its epoch record, which standbys,
 /// nodes and the CLI read), by default the --listen address; listening on every interface
-/// (0.0.0.0) needs --advertise. A non-loopback --listen needs a shared token (--token or
-/// COHORT_TOKEN, at least 16 bytes), which nodes must hold too.
+/// (0.0.0.0) needs --advertise. A non-loopback --listen needs mutual TLS (--tls-cert, --tls-key
+/// and --tls-ca: the recommended mode across hosts) or a shared token (--token or COHORT_TOKEN,
+/// at least 16 bytes, for a trusted network); nodes and the CLI must use the same.
 ///
 /// With --keep, the leader collects old checkpoints after commits (at most every
 /// --gc-interval), as `cohort gc --keep N` does: never a pinned one, the recovery line, or
@@ -60,6 +62,7 @@ Examples:
   cohort serve --store file:///var/lib/bank/checkpoints --interval 5s --keep 10
   cohort serve --store file:///var/lib/bank/checkpoints --interval 5s --http 127.0.0.1:8080
   cohort serve --store s3://bank-checkpoints/prod --listen 0.0.0.0:7411 --advertise 10.0.0.5:7411 \\
+    --tls-cert certs/coordinator-1.pem --tls-key certs/coordinator-1.key --tls-ca certs/ca.pem \\
     --lease 3s --http 10.0.0.5:8080 --token \"$TOKEN\"")]
 pub(crate) struct Args {
     #[command(flatten)]
@@ -96,9 +99,12 @@ pub(crate) struct Args {
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
     heartbeat_timeout: Duration,
 
-    /// The shared token nodes must prove they hold; required on a non-loopback --listen.
+    /// The shared token nodes must prove they hold; off loopback, this or TLS is required.
     #[arg(long, env = TOKEN_ENV, hide_env_values = true, value_name = "TOKEN")]
     token: Option<String>,
+
+    #[command(flatten)]
+    tls: TlsArgs,
 
     /// Serve the dashboard at http://ADDR/, its JSON under /api/ and Prometheus metrics at
     /// /metrics (--metrics is another name for it). Off loopback it needs the token, which
@@ -183,6 +189,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
     let mut config = ServiceConfig::new(args.listen);
     let announce_token = token.clone();
     config.listen.token = token;
+    let tls = args.tls.config()?;
+    config.listen.tls.clone_from(&tls);
     config.interval = args.interval;
     config.timeout = args.timeout;
     config.heartbeat_interval = args.heartbeat;
@@ -202,7 +210,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
             "cannot start the coordinator on {}: {e}",
             args.listen
         ))
-        .hint("check that the port is free and, for a non-loopback address, pass --token")
+        .hint("check that the port is free and, for a non-loopback address, pass --tls-cert, --tls-key and --tls-ca (or --token on a trusted network)")
     })?;
     let addr = advertised_address(service.local_addr(), args.advertise.as_deref())
         .map_err(advertise_failure)?;
@@ -248,6 +256,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
     {
         let mut connect = ConnectConfig::new(Role::Cli, holder.clone());
         connect.token.clone_from(&announce_token);
+        connect.tls = tls;
         let responder = responder.clone();
         let stop = stop.clone();
         tokio::spawn(async move { responder.announce(connect, stop).await });

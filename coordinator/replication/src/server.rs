@@ -414,6 +414,7 @@ impl ReplicatedServer {
             role: Role::Peer,
             accept_roles: vec![Role::Client],
             token: options.member.token.clone(),
+            tls: options.member.tls.clone(),
             ..ListenConfig::new(options.service_listen)
         }
         .bind()

@@ -52,7 +52,7 @@ use crate::messaging::{
 };
 use crate::participant::{lock, read, write};
 use crate::service::protocol::{NodeFrame, PeerFrame};
-use cohort_wire::{ConnectConfig, ListenConfig, Role, Secret};
+use cohort_wire::{ConnectConfig, ListenConfig, Role, Secret, TlsConfig};
 
 use crate::participant::object::{Control, ObjectTask};
 use crate::participant::restore::{self, LineStates};
@@ -93,6 +93,7 @@ pub struct NodeBuilder {
     listen: SocketAddr,
     advertise: Option<String>,
     token: Option<Secret>,
+    tls: Option<TlsConfig>,
     settings: NodeSettings,
 }
 
@@ -147,6 +148,7 @@ pub(crate) struct NodeShared {
     store: CheckpointStore,
     peer_addr: String,
     token: Option<Secret>,
+    tls: Option<TlsConfig>,
     settings: NodeSettings,
     objects: RwLock<BTreeMap<ObjectId, NodeSlot>>,
     active: Mutex<Option<ActiveRound>>,
@@ -422,6 +424,7 @@ async fn peer_link(
         let addr = read(&shared.placement).nodes.get(&target).cloned();
         let mut config = ConnectConfig::new(Role::Peer, shared.name.clone());
         config.token = shared.token.clone();
+        config.tls = shared.tls.clone();
         config.accept_roles = vec![Role::Peer];
         config.handshake_timeout = shared.settings.heartbeat_timeout;
         drop(shared);
@@ -493,6 +496,7 @@ impl Node {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             advertise: None,
             token: None,
+            tls: None,
             settings: NodeSettings::default(),
         }
     }
@@ -622,9 +626,17 @@ impl NodeBuilder {
         self
     }
 
-    /// The shared token (required off loopback; both the coordinator and peers must hold it).
+    /// The shared token (off loopback, this or [`tls`](Self::tls); both the coordinator and
+    /// peers must hold it).
     pub fn token(mut self, token: Secret) -> Self {
         self.token = Some(token);
+        self
+    }
+
+    /// TLS with the coordinators and the other nodes (mutual: this node's certificate must be
+    /// valid for its advertised address, since other nodes dial it).
+    pub fn tls(mut self, tls: TlsConfig) -> Self {
+        self.tls = Some(tls);
         self
     }
 
@@ -665,6 +677,7 @@ impl NodeBuilder {
         listen.role = Role::Peer;
         listen.accept_roles = vec![Role::Peer];
         listen.token = self.token.clone();
+        listen.tls = self.tls.clone();
         let listener = listen.bind().await?;
         let peer_addr =
             cohort_wire::advertised_address(listener.local_addr(), self.advertise.as_deref())?;
@@ -676,6 +689,7 @@ impl NodeBuilder {
             store: self.store,
             peer_addr,
             token: self.token,
+            tls: self.tls,
             settings: self.settings,
             objects: RwLock::new(BTreeMap::new()),
             active: Mutex::new(None),

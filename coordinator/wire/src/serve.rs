@@ -56,7 +56,7 @@ pub async fn serve<A, In, Out, H, Fut, E>(
     let handler = Arc::new(handler);
     let handshakes = Arc::new(Semaphore::new(config.max_pending_handshakes));
     let mut tasks = JoinSet::new();
-    tracing::info!(addr = %local_addr, role = %config.role, authenticated = config.token.is_some(), "listening");
+    tracing::info!(addr = %local_addr, role = %config.role, token = config.token.is_some(), tls = config.tls.is_some(), "listening");
 
     loop {
         // Waiting for a handshake slot and then a connection is one cancel-safe future:
