@@ -416,7 +416,10 @@ fn tell(metrics: &ServiceMetrics, t: Transition) {
                 record.holder,
                 record.address.as_deref().unwrap_or("an unknown address")
             )),
-            None => say(format_args!("standby: no coordinator holds an epoch yet")),
+            // Before any epoch was claimed, and while this coordinator claims the next one.
+            None => say(format_args!(
+                "standby: no leader to follow (no epoch claimed yet, or claiming one)"
+            )),
         },
         Transition::Fenced { leading } => say(format_args!(
             "a commit was fenced: a newer coordinator took over the store{}",
