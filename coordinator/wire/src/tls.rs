@@ -5,26 +5,35 @@ use std::fmt;
 use std::io;
 use std::path::Path;
 use std::pin::Pin;
+#[cfg(feature = "tls")]
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+#[cfg(feature = "tls")]
 use tokio_rustls::rustls::crypto::aws_lc_rs;
+#[cfg(feature = "tls")]
 use tokio_rustls::rustls::pki_types::pem::PemObject;
+#[cfg(feature = "tls")]
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+#[cfg(feature = "tls")]
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
+#[cfg(feature = "tls")]
 use tokio_rustls::rustls::{
     self, CertificateError, ClientConfig, RootCertStore, ServerConfig, version,
 };
+#[cfg(feature = "tls")]
 use tokio_rustls::{TlsAcceptor, TlsConnector, TlsStream};
 
 use crate::Error;
 
 /// The ALPN protocol both sides offer: a TLS endpoint of another protocol fails the handshake
 /// instead of reading cohort frames.
+#[cfg(feature = "tls")]
 const ALPN: &[u8] = b"cohort/1";
 
 /// The exporter label of the handshake binding (RFC 5705 / RFC 8446 section 7.5).
+#[cfg(feature = "tls")]
 const BINDING_LABEL: &[u8] = b"EXPORTER-cohort-wire-v1 handshake binding";
 
 /// The length of the handshake binding.
@@ -39,10 +48,16 @@ pub(crate) const BINDING_LEN: usize = 32;
 /// With TLS the frames after the handshake are encrypted and integrity-protected. A shared
 /// token may be used as well; its proofs then also cover a value exported from the TLS session,
 /// so that a proof cannot be relayed into another session. Cheap to clone.
+///
+/// Built without the `tls` feature, it cannot be made: its constructors say so.
 #[derive(Clone)]
 pub struct TlsConfig {
+    #[cfg(feature = "tls")]
     server: Arc<ServerConfig>,
+    #[cfg(feature = "tls")]
     client: Arc<ClientConfig>,
+    #[cfg(not(feature = "tls"))]
+    never: std::convert::Infallible,
 }
 
 impl fmt::Debug for TlsConfig {
@@ -88,6 +103,14 @@ impl TlsConfig {
         Self::build((cert, "(certificate)"), (key, "(key)"), (ca, "(authority)"))
     }
 
+    #[cfg(not(feature = "tls"))]
+    fn build(_: (&[u8], &str), _: (&[u8], &str), _: (&[u8], &str)) -> Result<Self, Error> {
+        Err(invalid(
+            "this build of cohort-wire has no TLS (its `tls` feature is off)".to_owned(),
+        ))
+    }
+
+    #[cfg(feature = "tls")]
     fn build(
         (cert, cert_name): (&[u8], &str),
         (key, key_name): (&[u8], &str),
@@ -150,6 +173,7 @@ fn invalid(reason: String) -> Error {
     Error::InvalidConfig { reason }
 }
 
+#[cfg(feature = "tls")]
 fn certificates(pem: &[u8], name: &str, what: &str) -> Result<Vec<CertificateDer<'static>>, Error> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
@@ -165,12 +189,27 @@ fn certificates(pem: &[u8], name: &str, what: &str) -> Result<Vec<CertificateDer
 /// The stream a connection runs over: the raw byte stream, or TLS on top of it.
 pub(crate) enum Transport<S> {
     Plain(S),
+    #[cfg(feature = "tls")]
     Tls(Box<TlsStream<S>>),
 }
 
 impl<S> Transport<S> {
+    /// A value both sides of a TLS session derive from it and nobody else can: none without
+    /// TLS.
+    #[cfg(not(feature = "tls"))]
+    pub(crate) fn binding(&self) -> Option<[u8; BINDING_LEN]> {
+        None
+    }
+
+    /// Whether the stream runs TLS: never without the feature.
+    #[cfg(not(feature = "tls"))]
+    pub(crate) fn is_tls(&self) -> bool {
+        false
+    }
+
     /// A value both sides of a TLS session derive from it and nobody else can: the cohort
     /// handshake's proofs cover it. `None` without TLS.
+    #[cfg(feature = "tls")]
     pub(crate) fn binding(&self) -> Option<[u8; BINDING_LEN]> {
         let Transport::Tls(stream) = self else {
             return None;
@@ -190,6 +229,7 @@ impl<S> Transport<S> {
         .ok()
     }
 
+    #[cfg(feature = "tls")]
     pub(crate) fn is_tls(&self) -> bool {
         matches!(self, Transport::Tls(_))
     }
@@ -203,6 +243,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Transport<S> {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            #[cfg(feature = "tls")]
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
@@ -216,6 +257,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Transport<S> {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            #[cfg(feature = "tls")]
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
@@ -227,6 +269,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Transport<S> {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            #[cfg(feature = "tls")]
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
@@ -234,6 +277,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Transport<S> {
     fn is_write_vectored(&self) -> bool {
         match self {
             Transport::Plain(s) => s.is_write_vectored(),
+            #[cfg(feature = "tls")]
             Transport::Tls(s) => s.is_write_vectored(),
         }
     }
@@ -241,6 +285,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Transport<S> {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_flush(cx),
+            #[cfg(feature = "tls")]
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
@@ -248,12 +293,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Transport<S> {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            #[cfg(feature = "tls")]
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
 
 /// The server side of the TLS handshake.
+#[cfg(not(feature = "tls"))]
+pub(crate) async fn accept<S>(config: &TlsConfig, _: S, _: &str) -> Result<Transport<S>, Error> {
+    match config.never {}
+}
+
+/// The client side of the TLS handshake.
+#[cfg(not(feature = "tls"))]
+pub(crate) async fn connect<S>(
+    config: &TlsConfig,
+    _: S,
+    _: &str,
+    _: &str,
+) -> Result<Transport<S>, Error> {
+    match config.never {}
+}
+
+/// The TLS failure an IO error carries: none without TLS.
+#[cfg(not(feature = "tls"))]
+pub(crate) fn failure_in(_: &str, _: &io::Error) -> Option<Error> {
+    None
+}
+
+/// The server side of the TLS handshake.
+#[cfg(feature = "tls")]
 pub(crate) async fn accept<S>(
     config: &TlsConfig,
     stream: S,
@@ -271,6 +341,7 @@ where
 
 /// The client side of the TLS handshake with the server reached as `dialled` (`HOST:PORT`, as
 /// given: its host must be among the server certificate's names).
+#[cfg(feature = "tls")]
 pub(crate) async fn connect<S>(
     config: &TlsConfig,
     stream: S,
@@ -296,6 +367,7 @@ where
 
 /// The host of `HOST:PORT` (brackets of an IPv6 address removed); the whole text without a
 /// port.
+#[cfg(feature = "tls")]
 fn host_of(address: &str) -> &str {
     let host = match address.rsplit_once(':') {
         Some((host, port)) if port.parse::<u16>().is_ok() => host,
@@ -308,6 +380,7 @@ fn host_of(address: &str) -> &str {
 
 /// The TLS failure an IO error of a TLS stream carries (an alert the peer sent after the client
 /// finished its side of the handshake, say), if any.
+#[cfg(feature = "tls")]
 pub(crate) fn failure_in(peer: &str, e: &io::Error) -> Option<Error> {
     e.get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
@@ -316,6 +389,7 @@ pub(crate) fn failure_in(peer: &str, e: &io::Error) -> Option<Error> {
 
 /// A failed TLS handshake, in words that say what to fix. `host` is the name the client
 /// checked the server's certificate against (on the client side).
+#[cfg(feature = "tls")]
 fn failed(peer: &str, host: Option<&str>, e: &io::Error) -> Error {
     let rustls_error = e
         .get_ref()
@@ -371,7 +445,7 @@ fn failed(peer: &str, host: Option<&str>, e: &io::Error) -> Error {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "tls"))]
 mod tests {
     use super::*;
 
