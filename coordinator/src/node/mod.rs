@@ -8,7 +8,7 @@
 //!
 //! Objects on different nodes talk node to node over TCP (wire role `peer`): each message
 //! carries its sender's colour and sequence number, and the receiving node applies the same
-//! cut rules ([`CutState`]) as the in-process runtime. Addresses
+//! cut rules ([`CutState`](crate::engine::CutState)) as the in-process runtime. Addresses
 //! resolve through the placement table the coordinator pushes. A message to an object whose
 //! node is unreachable waits in the sender node's queue and is re-sent until acknowledged; the
 //! receiver drops duplicates by (sender, receiver, sequence number) and drops messages of an
