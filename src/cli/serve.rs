@@ -61,9 +61,8 @@ a port in use, an unusable store).
 Examples:
   cohort serve --store file:///var/lib/bank/checkpoints --interval 5s --keep 10
   cohort serve --store file:///var/lib/bank/checkpoints --interval 5s --http 127.0.0.1:8080
-  cohort serve --store s3://bank-checkpoints/prod --listen 0.0.0.0:7411 --advertise 10.0.0.5:7411 \\
-    --tls-cert certs/coordinator-1.pem --tls-key certs/coordinator-1.key --tls-ca certs/ca.pem \\
-    --lease 3s --http 10.0.0.5:8080 --token \"$TOKEN\"")]
+  cohort serve --store s3://bank-checkpoints/prod --listen 0.0.0.0:7411 --advertise 10.0.0.5:7411 --tls-cert certs/coord-1.pem --tls-key certs/coord-1.key --tls-ca certs/ca.pem
+  cohort serve --store s3://bank-checkpoints/prod --listen 10.0.0.5:7411 --lease 3s --http 10.0.0.5:8080 --token \"$TOKEN\"")]
 pub(crate) struct Args {
     #[command(flatten)]
     store: StoreArgs,
