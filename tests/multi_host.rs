@@ -408,6 +408,19 @@ fn a_partitioned_leader_steps_down_and_the_cluster_follows_the_standby() {
     let status: serde_json::Value =
         serde_json::from_str(&cli(&lab, &["status", "--json"])).unwrap();
     assert_eq!(status["leader"]["address"], wan.as_str(), "{status}");
+    // The standby announced itself to the leader, over TLS, at its advertised address.
+    let announced = poll(Duration::from_secs(10), || {
+        let status: serde_json::Value =
+            serde_json::from_str(&cli(&lab, &["status", "--json"])).unwrap();
+        status["standbys"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|s| s["address"] == b_addr.as_str()))
+            .then_some(())
+    });
+    assert!(
+        announced.is_some(),
+        "the leader never heard from the standby at {b_addr}"
+    );
     assert_eq!(
         status["nodes"].as_array().unwrap().len(),
         NODES.len(),
