@@ -33,5 +33,18 @@ if ! command -v chromium >/dev/null 2>&1; then
     fi
 fi
 
+# The multi-host test builds hosts out of network namespaces with iproute2's `ip` (as root; it
+# skips itself otherwise).
+if [[ $(id -u) -eq 0 ]] && ! command -v ip >/dev/null; then
+    echo "==> installing iproute2 (for the multi-host test)"
+    if command -v apt-get >/dev/null; then
+        apt-get install -y -qq iproute2 >/dev/null || { apt-get update -qq && apt-get install -y -qq iproute2 >/dev/null; }
+    elif command -v dnf >/dev/null; then
+        dnf install -y -q iproute
+    elif command -v apk >/dev/null; then
+        apk add -q iproute2
+    fi
+fi
+
 echo "==> cargo test (with a local S3-compatible server)"
 scripts/with-s3.sh cargo test --workspace --all-features --no-fail-fast

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs CMD... with a local S3-compatible server (s3s-fs) started for it, and stops the server
 # afterwards. Installs s3s-fs into ~/.cache/cohort/ on first use. Exports
-# COHORT_TEST_S3_URL=s3://<bucket>/<prefix> and the AWS_* variables the S3 client reads, then
-# exits with CMD's exit code.
+# COHORT_TEST_S3_URL=s3://<bucket>/<prefix> and the AWS_* variables the S3 client reads, and
+# COHORT_TEST_S3S_BIN (the server's binary, for tests that start their own elsewhere, such as
+# inside a network namespace), then exits with CMD's exit code.
 #
 #   scripts/with-s3.sh cargo test -p cohort-checkpoint
 set -euo pipefail
@@ -81,6 +82,7 @@ export AWS_ACCESS_KEY_ID="$ACCESS_KEY"
 export AWS_SECRET_ACCESS_KEY="$SECRET_KEY"
 export AWS_REGION=us-east-1
 export AWS_ALLOW_HTTP=true
+export COHORT_TEST_S3S_BIN="$S3S_BIN"
 echo "==> s3s-fs $S3S_VERSION listening on $AWS_ENDPOINT_URL, COHORT_TEST_S3_URL=$COHORT_TEST_S3_URL" >&2
 
 set +e

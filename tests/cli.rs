@@ -481,6 +481,35 @@ fn tamper(f: &Fixture, key: &str, change: Option<Edit<'_>>) {
 }
 
 #[test]
+fn a_damaged_message_in_transit_is_shown_as_such_and_export_refuses() {
+    let f = Fixture::bank(Backend::Local, "message-damage").unwrap();
+    let message = f.manifests[1].in_transit[0].location.clone();
+    let at = usize::try_from(message.offset + message.len - 5).unwrap();
+    tamper(&f, &message.segment, Some(&|b: &mut Vec<u8>| b[at] ^= 0x01));
+
+    // show still shows the checkpoint, and says which message is damaged.
+    let out = f.cohort(&["show", "2"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert!(
+        shown.contains("the message account-2 -> account-1 #7 is damaged: ")
+            && shown.contains("crc"),
+        "{shown}"
+    );
+    let json = json(&f.cohort(&["show", "2", "--json"]));
+    assert_eq!(json["in_transit"][0]["message"], serde_json::Value::Null);
+    assert!(
+        json["in_transit"][0]["damage"]
+            .as_str()
+            .unwrap()
+            .contains(&message.segment)
+    );
+    // The objects are intact: export refuses anyway, and writes nothing.
+    let out = f.cohort(&["export", "2"]);
+    assert_one_line_error(&out, 1, &message.segment);
+}
+
+#[test]
 fn missing_truncated_and_corrupt_manifest_blobs_are_named() {
     let f = Fixture::bank(Backend::Local, "faults").unwrap();
     // Checkpoint 1's segment is missing (2 still shares account-2 from it), 3's is truncated,
@@ -851,6 +880,20 @@ fn rollback_refuses_while_a_coordinator_holds_the_lease() {
         "coordinator \"node-7\" renewed the lease of epoch 2 while we watched",
     );
     assert!(text(&out.stderr).contains("--force"));
+    assert!(text(&out.stderr).contains("--live"));
+    assert_eq!(f.rt.block_on(f.store.committed_ids()).unwrap(), before);
+
+    // --live needs a leader that answers: none does here, so nothing is written.
+    let out = f.cohort(&[
+        "rollback",
+        "--to",
+        "2",
+        "--yes",
+        "--live",
+        "--coordinator",
+        "127.0.0.1:1",
+    ]);
+    assert_one_line_error(&out, 1, "--live: no coordinator leads at 127.0.0.1:1");
     assert_eq!(f.rt.block_on(f.store.committed_ids()).unwrap(), before);
 
     // A rollback to a damaged checkpoint is refused even with --force.
@@ -925,6 +968,25 @@ fn gc_never_deletes_what_a_retained_checkpoint_references() {
 #[test]
 fn s3_gc_never_deletes_what_a_retained_checkpoint_references() {
     gc(Backend::S3);
+}
+
+#[test]
+fn pins_through_the_cli_outlive_gc() {
+    let f = Fixture::bank(Backend::Local, "pins-cli").unwrap();
+    f.transcripts("pins");
+    // Checkpoint 1 was pinned through GC, then unpinned; checkpoint 2 was expired.
+    assert_eq!(
+        f.rt.block_on(f.store.committed_ids()).unwrap(),
+        vec![CheckpointId::new(1), CheckpointId::new(3)]
+    );
+    assert!(f.rt.block_on(f.store.pins()).unwrap().is_empty());
+    for id in [1, 3] {
+        assert!(
+            f.rt.block_on(f.store.verify(CheckpointId::new(id)))
+                .unwrap()
+                .is_ok()
+        );
+    }
 }
 
 #[test]
@@ -1274,4 +1336,66 @@ fn a_store_the_bank_example_produced() {
 #[test]
 fn s3_a_store_the_bank_example_produced() {
     bank_store(Backend::S3);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Certificates
+
+#[test]
+fn certs_make_one_authority_and_certificates_signed_by_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let certs_arg = certs.to_str().unwrap();
+    let out = run(
+        &[
+            "certs",
+            "--dir",
+            certs_arg,
+            "coordinator-1",
+            "--host",
+            "10.0.0.5",
+            "--host",
+            "coord-1.example.com",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let said = text(&out.stdout);
+    assert!(
+        said.starts_with("created the certificate authority"),
+        "{said}"
+    );
+    assert!(
+        said.contains("--tls-cert") && said.contains("--tls-ca"),
+        "{said}"
+    );
+    // A second certificate reuses the authority.
+    let out = run(&["certs", "--dir", certs_arg, "operator"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(!text(&out.stdout).contains("created the certificate authority"));
+    for key in ["ca.key", "coordinator-1.key", "operator.key"] {
+        let mode = std::fs::metadata(certs.join(key))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{key}");
+    }
+    for pem in ["ca.pem", "coordinator-1.pem", "operator.pem"] {
+        let text = std::fs::read_to_string(certs.join(pem)).unwrap();
+        assert!(text.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
+    }
+    // Nothing is overwritten without --force; bad input is a one-line error.
+    let out = run(&["certs", "--dir", certs_arg, "operator"], &[]);
+    assert_one_line_error(&out, 2, "operator.pem exists");
+    let out = run(
+        &["certs", "--dir", certs_arg, "x", "--host", "not a host"],
+        &[],
+    );
+    assert_one_line_error(&out, 2, "is neither an IP address nor a DNS name");
+    let out = run(&["certs", "--dir", certs_arg, "../escape"], &[]);
+    assert_one_line_error(&out, 2, "certificate name");
+    std::fs::remove_file(certs.join("ca.key")).unwrap();
+    let out = run(&["certs", "--dir", certs_arg, "node-1"], &[]);
+    assert_one_line_error(&out, 2, "holds one of ca.pem and ca.key but not the other");
 }

@@ -31,7 +31,7 @@ pub use manifest::{
     EntryLocation, EpochLease, EpochRecord, EpochState, InTransitEntry, Manifest, ManifestKind,
     ObjectEntry,
 };
-pub use retention::{DeletedBlob, Fence, FenceLine, FenceRequest, GcReport};
+pub use retention::{DeletedBlob, Fence, FenceLine, FenceRequest, GcReport, Retention};
 pub use store::{CheckpointStore, RecoveryLine, StoreOptions, VerifyProgress, VerifyReport};
 pub use writer::{SegmentSummary, SegmentWriter, WriteSummary, channel_writer};
 

@@ -1,6 +1,7 @@
 //! Pins, garbage collection, rollback and coordinator epochs.
 
 use std::collections::{BTreeSet, HashSet};
+use std::time::Duration;
 
 use cohort_object_api::CheckpointId;
 use futures::StreamExt;
@@ -26,6 +27,39 @@ pub struct GcReport {
     pub deleted: Vec<DeletedBlob>,
     /// The bytes of the deleted blobs.
     pub bytes_freed: u64,
+}
+
+/// What [`CheckpointStore::gc_with`] keeps besides the pinned checkpoints and the recovery
+/// line: the newest [`keep`](Self::keep), and with [`keep_for`](Self::keep_for) also every
+/// checkpoint created within that window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Retention {
+    /// How many of the newest committed checkpoints to keep; at least 1.
+    pub keep: usize,
+    /// Also keep every checkpoint whose manifest was created less than this long before the
+    /// collection's `now_ms`. Creation times are their writers' clocks: across hosts, allow
+    /// for the clocks' disagreement.
+    pub keep_for: Option<Duration>,
+}
+
+impl Retention {
+    /// Keeps the newest `keep` checkpoints (and the pinned ones, and the recovery line).
+    pub fn newest(keep: usize) -> Self {
+        Self {
+            keep,
+            keep_for: None,
+        }
+    }
+
+    /// Also keeps every checkpoint created within `window` of the collection's time.
+    #[must_use]
+    pub fn within(self, window: Duration) -> Self {
+        Self {
+            keep_for: Some(window),
+            ..self
+        }
+    }
 }
 
 /// One blob GC deleted.
@@ -86,6 +120,25 @@ impl CheckpointStore {
     /// recovery line was written by a newer format version: this build cannot tell what it
     /// references. Run GC with the newer cohort.
     pub async fn gc(&self, keep: usize, dry_run: bool) -> Result<GcReport> {
+        self.gc_with(Retention::newest(keep), 0, dry_run).await
+    }
+
+    /// [`gc`](Self::gc) under a [`Retention`] policy: with
+    /// [`keep_for`](Retention::keep_for), checkpoints created less than that long before
+    /// `now_ms` (Unix milliseconds, the caller's clock) are kept too, however many there are.
+    /// The window is walked from the newest checkpoint back and ends at the first one created
+    /// before it.
+    ///
+    /// # Errors
+    ///
+    /// As [`gc`](Self::gc).
+    pub async fn gc_with(
+        &self,
+        retention: Retention,
+        now_ms: u64,
+        dry_run: bool,
+    ) -> Result<GcReport> {
+        let keep = retention.keep;
         if keep == 0 {
             return Err(Error::InvalidInput(
                 "gc keep must be at least 1: the newest checkpoint is always kept".into(),
@@ -106,6 +159,12 @@ impl CheckpointStore {
         let mut retained: BTreeSet<CheckpointId> =
             committed.iter().rev().take(keep).copied().collect();
         retained.extend(committed.iter().filter(|id| pins.contains(id)));
+        if let Some(window) = retention.keep_for {
+            let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+            let since = now_ms.saturating_sub(window_ms);
+            let older = &committed[..committed.len().saturating_sub(keep)];
+            retained.extend(self.created_since(older, since).await?);
+        }
 
         let mut refs = References::default();
         for &id in &retained {
@@ -181,6 +240,28 @@ impl CheckpointStore {
         report.expired = expired;
         report.retained = retained.into_iter().collect();
         Ok(report)
+    }
+
+    /// The checkpoints of `older` (ascending) created at or after `since_ms`, walking back from
+    /// the newest until the first one created before it. A manifest that cannot be read does
+    /// not end the walk (GC decides about it as about any other).
+    async fn created_since(
+        &self,
+        older: &[CheckpointId],
+        since_ms: u64,
+    ) -> Result<Vec<CheckpointId>> {
+        let mut within = Vec::new();
+        for &id in older.iter().rev() {
+            match self.read_manifest(id).await {
+                Ok(m) if m.created_at_ms >= since_ms => within.push(id),
+                Ok(_) => break,
+                // Tombstoned meanwhile (nothing to keep), or damaged (GC keeps what it may
+                // reference anyway).
+                Err(Error::NotFound { .. } | Error::Damaged { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(within)
     }
 
     /// Adds the segments manifest `id` references to `refs` (resolved: a delta's entries and

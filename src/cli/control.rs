@@ -1,15 +1,17 @@
 //! Reaching a running coordinator from the CLI: the `--coordinator` and `--token` options of
-//! `cohort status` and `cohort checkpoint`, and one request/answer over the wire (role `cli`).
+//! `cohort status`, `cohort checkpoint` and `cohort rollback --live`, and one request/answer
+//! over the wire (role `cli`).
 
 use cohort_checkpoint::CheckpointStore;
 use cohort_coordinator::service::control::{self, ControlReply, ControlRequest};
 use cohort_wire::{ConnectConfig, DEFAULT_PORT, Role, Secret, TOKEN_ENV};
 
 use crate::cli::failure::Failure;
+use crate::cli::tls::TlsArgs;
 
 /// Where the coordinators are and how to prove who we are.
 #[derive(Debug, Clone, clap::Args)]
-pub(crate) struct CoordinatorArgs {
+pub(crate) struct ConnectArgs {
     /// The coordinators to ask, in order (repeat it, or separate with commas); a standby points
     /// at the leader. Without it: the leader recorded in the store (--store or COHORT_STORE),
     /// else 127.0.0.1:7411.
@@ -25,6 +27,16 @@ pub(crate) struct CoordinatorArgs {
     #[arg(long, env = TOKEN_ENV, hide_env_values = true, value_name = "TOKEN")]
     pub(crate) token: Option<String>,
 
+    #[command(flatten)]
+    pub(crate) tls: TlsArgs,
+}
+
+/// [`ConnectArgs`] and an optional store to find the leader in.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct CoordinatorArgs {
+    #[command(flatten)]
+    pub(crate) connect: ConnectArgs,
+
     /// The store, to find the leader's address in its newest epoch record.
     #[arg(long, env = "COHORT_STORE", hide_env_values = true, value_name = "URL")]
     pub(crate) store: Option<String>,
@@ -33,11 +45,34 @@ pub(crate) struct CoordinatorArgs {
 impl CoordinatorArgs {
     /// The addresses to try: the given ones, else the store's leader, else the default port.
     pub(crate) async fn addresses(&self) -> anyhow::Result<Vec<String>> {
+        let store = match &self.store {
+            Some(url) => Some(CheckpointStore::open_read_only(url).await?),
+            None => None,
+        };
+        self.connect.addresses(store.as_ref()).await
+    }
+
+    /// Sends `request`, following standbys to the leader.
+    pub(crate) async fn ask(
+        &self,
+        request: ControlRequest,
+    ) -> anyhow::Result<(Vec<String>, ControlReply)> {
+        let addrs = self.addresses().await?;
+        self.connect.ask_at(addrs, request).await
+    }
+}
+
+impl ConnectArgs {
+    /// The addresses to try: the given ones, else the leader recorded in `store`, else the
+    /// default port.
+    pub(crate) async fn addresses(
+        &self,
+        store: Option<&CheckpointStore>,
+    ) -> anyhow::Result<Vec<String>> {
         if !self.coordinators.is_empty() {
             return Ok(self.coordinators.clone());
         }
-        if let Some(url) = &self.store {
-            let store = CheckpointStore::open_read_only(url).await?;
+        if let Some(store) = store {
             let state = store.newest_epoch_state().await?;
             for problem in crate::cli::store::epoch_problems(state.as_ref()) {
                 tracing::warn!("{problem}");
@@ -50,25 +85,32 @@ impl CoordinatorArgs {
         Ok(vec![format!("127.0.0.1:{DEFAULT_PORT}")])
     }
 
-    /// Sends `request`, following standbys to the leader.
-    pub(crate) async fn ask(
-        &self,
-        request: ControlRequest,
-    ) -> anyhow::Result<(Vec<String>, ControlReply)> {
-        let addrs = self.addresses().await?;
+    /// The CLI's side of the handshake.
+    pub(crate) fn config(&self) -> anyhow::Result<ConnectConfig> {
         let mut config = ConnectConfig::new(Role::Cli, "cohort-cli");
         if let Some(token) = &self.token {
             config.token = Some(Secret::new(token.as_bytes().to_vec()).map_err(|e| {
                 Failure::usage(e.to_string()).hint("pass the token the coordinators run with")
             })?);
         }
+        config.tls = self.tls.config()?;
+        Ok(config)
+    }
+
+    /// Sends `request` to the first of `addrs` that answers, following standbys to the leader.
+    pub(crate) async fn ask_at(
+        &self,
+        addrs: Vec<String>,
+        request: ControlRequest,
+    ) -> anyhow::Result<(Vec<String>, ControlReply)> {
+        let config = self.config()?;
         match control::request(&addrs, &config, request).await {
             Ok(reply) => Ok((addrs, reply)),
             Err(e) => Err(Failure::usage(format!(
                 "cannot reach a coordinator at {}: {e}",
                 addrs.join(", ")
             ))
-            .hint("start one with `cohort serve`, or pass --coordinator ADDR (and --token if it has one)")
+            .hint("start one with `cohort serve`, or pass --coordinator ADDR (and --token or --tls-* as it runs with)")
             .into()),
         }
     }

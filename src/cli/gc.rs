@@ -2,7 +2,9 @@
 
 use std::io::Write;
 
-use cohort_checkpoint::GcReport;
+use std::time::Duration;
+
+use cohort_checkpoint::{GcReport, Retention};
 use cohort_object_api::CheckpointId;
 use serde::Serialize;
 
@@ -13,15 +15,16 @@ use crate::cli::store;
 
 /// Expire old checkpoints and delete the blobs no kept one needs.
 ///
-/// Keeps the newest N committed checkpoints, the pinned ones and the recovery line; expires the
-/// others; deletes every blob that no kept checkpoint references (including the leftovers of
+/// Keeps the newest N committed checkpoints (and, with --keep-for, every one created within that
+/// window), the pinned ones and the recovery line; expires the others; deletes every blob that no kept checkpoint references (including the leftovers of
 /// aborted attempts). Says what it deletes and the bytes it frees. Safe while a coordinator runs: blobs of checkpoints newer than the newest one seen at the
 /// start are never touched. Expired manifests become tombstones, so their ids are never reused.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
 Examples:
   cohort gc --keep 10 --dry-run
-  cohort gc --keep 10")]
+  cohort gc --keep 10
+  cohort gc --keep 3 --keep-for 7d")]
 pub(crate) struct Args {
     #[command(flatten)]
     store: StoreArgs,
@@ -29,6 +32,11 @@ pub(crate) struct Args {
     /// How many of the newest committed checkpoints to keep (at least 1).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     keep: u64,
+
+    /// Also keep every checkpoint created less than this long ago (by its writer's clock), such
+    /// as 36h or 7d.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    keep_for: Option<Duration>,
 
     /// Report what would be expired and deleted, and change nothing.
     #[arg(long)]
@@ -45,7 +53,7 @@ pub(crate) struct Args {
 }
 
 #[derive(Debug, Serialize)]
-struct Report {
+pub(crate) struct Report {
     dry_run: bool,
     retained: Vec<CheckpointId>,
     expired: Vec<CheckpointId>,
@@ -67,8 +75,16 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
         store::open_writable(&args.store, args.allow_unsafe_store).await?
     };
     let keep = usize::try_from(args.keep).unwrap_or(usize::MAX);
-    tracing::info!(keep, dry_run = args.dry_run, "collecting garbage");
-    let report = from_report(store.gc(keep, args.dry_run).await?);
+    tracing::info!(keep, keep_for = ?args.keep_for, dry_run = args.dry_run, "collecting garbage");
+    let mut retention = Retention::newest(keep);
+    if let Some(window) = args.keep_for {
+        retention = retention.within(window);
+    }
+    let report = from_report(
+        store
+            .gc_with(retention, store::now_ms(), args.dry_run)
+            .await?,
+    );
     let mut out = output::stdout();
     if args.json {
         output::write_json(&mut out, &report)?;
@@ -78,7 +94,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
     Ok(Code::Ok)
 }
 
-fn from_report(r: GcReport) -> Report {
+pub(crate) fn from_report(r: GcReport) -> Report {
     Report {
         dry_run: r.dry_run,
         retained: r.retained,

@@ -22,7 +22,7 @@ use crate::cli::{Parsed, StoreArgs};
 #[command(after_help = "\
 Examples:
   cohort inspect 42 account-17
-  cohort inspect 42 account-17 | jq .balance")]
+  cohort inspect 42 account-17 --json | jq .balance")]
 pub(crate) struct Args {
     #[command(flatten)]
     store: StoreArgs,
@@ -42,6 +42,11 @@ pub(crate) struct Args {
     /// Print the JSON on one line.
     #[arg(long)]
     compact: bool,
+
+    /// Print JSON: what inspect always prints, accepted so that a script can pass --json to
+    /// every read command.
+    #[arg(long)]
+    json: bool,
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {

@@ -19,8 +19,8 @@ use crate::cli::store;
 /// For each: its id, creation time, kind (checkpoint, rollback or fence), object count, the
 /// bytes of the states it references, its parent, whether it is incremental (it references
 /// states stored by an older checkpoint), how its manifest is stored (whole, or as a delta of
-/// an earlier full manifest) and whether it is the recovery line: the newest checkpoint whose
-/// blobs all verify. Finding the recovery line reads the newest checkpoints' blobs; damaged
+/// an earlier full manifest), whether it is pinned (`cohort pin`: garbage collection keeps it)
+/// and whether it is the recovery line: the newest checkpoint whose blobs all verify. Finding the recovery line reads the newest checkpoints' blobs; damaged
 /// ones met on the way are marked, and one written by a newer cohort stops the search.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
@@ -34,7 +34,7 @@ pub(crate) struct Args {
     /// Print a JSON array of objects with id, created_at (RFC 3339) and created_at_ms, kind,
     /// rollback_to, epoch, objects, in_transit, bytes, parent, incremental, stored ("whole" or
     /// "delta"), delta_of (the checkpoint whose full manifest a delta is stored against),
-    /// recovery_line, damage (null when intact or not checked) and newer_format (written by a
+    /// pinned, recovery_line, damage (null when intact or not checked) and newer_format (written by a
     /// newer cohort: not damaged, but unreadable by this build).
     #[arg(long)]
     json: bool,
@@ -62,6 +62,8 @@ struct Entry {
     stored: Option<&'static str>,
     /// For a delta, the checkpoint whose full manifest it is stored against.
     delta_of: Option<CheckpointId>,
+    /// Pinned: garbage collection keeps it.
+    pinned: bool,
     recovery_line: bool,
     /// What is damaged, when the checkpoint failed verification or its manifest is unreadable.
     damage: Option<String>,
@@ -93,6 +95,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
     let store = store::open_read_only(&args.store).await?;
     let ids = store.committed_ids().await?;
     let manifests = read_all(&store, &ids).await?;
+    let pins = store.pins().await?;
     // A checkpoint of a newer format stops the search for the line; the rows still show.
     let (line, blocked) = match store.recovery_line().await {
         Ok(line) => (line, None),
@@ -132,6 +135,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
                 entry.delta_of = delta_of;
             }
             entry.recovery_line = recovery == Some(*id);
+            entry.pinned = pins.contains(id);
             if let Some(p) = problems.get(id)
                 && entry.damage.is_none()
             {
@@ -175,12 +179,20 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
     let none = || "-".to_owned();
     let plain = |s: String| (s, Style::new());
     for e in &entries {
-        let status = match (&e.damage, e.recovery_line) {
+        let (mut status, style) = match (&e.damage, e.recovery_line) {
             (_, true) => ("recovery line".to_owned(), styles.ok),
             (Some(_), false) if e.newer_format => ("newer format".to_owned(), styles.warn),
             (Some(_), false) => ("damaged".to_owned(), styles.bad),
             (None, false) => (String::new(), Style::new()),
         };
+        if e.pinned {
+            status = if status.is_empty() {
+                "pinned".to_owned()
+            } else {
+                format!("{status}, pinned")
+            };
+        }
+        let status = (status, style);
         table.styled_row(vec![
             plain(e.id.to_string()),
             plain(e.created_at_ms.map_or_else(none, output::time_short)),
@@ -301,6 +313,7 @@ fn from_manifest(m: &Manifest) -> Entry {
         incremental: Some(store::is_incremental(m)),
         stored: None,
         delta_of: None,
+        pinned: false,
         recovery_line: false,
         damage: None,
         newer_format: false,
@@ -323,6 +336,7 @@ fn unreadable(id: CheckpointId, why: &Problem) -> Entry {
         incremental: None,
         stored: None,
         delta_of: None,
+        pinned: false,
         recovery_line: false,
         damage: Some(why.text.clone()),
         newer_format: why.newer_format,

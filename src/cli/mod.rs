@@ -3,21 +3,25 @@
 //! `main` parses, sets up logging and colour, and calls [`run`], which returns the exit code or
 //! an error; errors are printed once, on one line, by [`failure::report`].
 
+mod certs;
 mod checkpoint;
 mod control;
 mod decode;
 mod diff;
+mod export;
 mod failure;
 mod gc;
 mod inspect;
 mod jsondiff;
 mod list;
 mod output;
+mod pin;
 mod rollback;
 mod serve;
 mod show;
 pub(crate) mod status;
 pub(crate) mod store;
+mod tls;
 mod verify;
 
 use std::io::IsTerminal;
@@ -93,13 +97,17 @@ enum Command {
     List(list::Args),
     Show(show::Args),
     Inspect(inspect::Args),
+    Export(export::Args),
     Verify(verify::Args),
     Diff(diff::Args),
     Rollback(rollback::Args),
     Gc(gc::Args),
+    Pin(pin::PinArgs),
+    Unpin(pin::UnpinArgs),
     Serve(serve::Args),
     Status(status::Args),
     Checkpoint(checkpoint::Args),
+    Certs(certs::Args),
 }
 
 /// The `--store` option of every command.
@@ -201,13 +209,17 @@ fn run(cli: Cli) -> anyhow::Result<Code> {
             Command::List(args) => list::run(args).await,
             Command::Show(args) => show::run(args).await,
             Command::Inspect(args) => inspect::run(args).await,
+            Command::Export(args) => export::run(args).await,
             Command::Verify(args) => verify::run(args).await,
             Command::Diff(args) => diff::run(args).await,
             Command::Rollback(args) => rollback::run(args).await,
             Command::Gc(args) => gc::run(args).await,
+            Command::Pin(args) => pin::pin(args).await,
+            Command::Unpin(args) => pin::unpin(args).await,
             Command::Serve(args) => serve::run(args).await,
             Command::Status(args) => status::run(args).await,
             Command::Checkpoint(args) => checkpoint::run(args).await,
+            Command::Certs(args) => certs::run(args).await,
         }
     })
 }

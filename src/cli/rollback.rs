@@ -1,11 +1,16 @@
 //! `cohort rollback --to ID`: commit a new checkpoint that points at ID's states.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, IsTerminal, Write};
 use std::time::Duration;
 
-use cohort_checkpoint::{CheckpointStore, Manifest};
-use cohort_object_api::CheckpointId;
+use cohort_checkpoint::{CheckpointStore, EpochRecord, Manifest, ManifestKind};
+use cohort_coordinator::service::StateTable;
+use cohort_coordinator::service::control::{ControlReply, ControlRequest, StatusReport};
+use cohort_object_api::{CheckpointId, ObjectId};
+use tokio::time::Instant;
 
+use crate::cli::control::ConnectArgs;
 use crate::cli::failure::{Code, Failure};
 use crate::cli::output::{self, Paint, Styles};
 use crate::cli::store;
@@ -22,18 +27,26 @@ const CLI_HOLDER: &str = "cohort-cli rollback";
 /// The rollback takes a new coordinator epoch, so a coordinator that is still running is fenced:
 /// its next commit fails and it must recover, which restores ID's states.
 ///
-/// It refuses while a coordinator holds the lease, because that coordinator's objects still
-/// hold newer states: it watches the newest epoch's lease for up to --lease, and a renewal (or a
-/// new epoch) seen meanwhile means a live coordinator. Stop it first, or pass --force. On a
-/// terminal it asks for confirmation; otherwise it needs --yes.
+/// A running cluster is rolled back with --live, as one action: after the commit, a coordinator
+/// takes over from the rollback (one lease later), every node restores ID's states, and the
+/// command waits until a checkpoint of every object commits after it, then reports which
+/// coordinator took over and which nodes restored.
+///
+/// Without --live it refuses while a coordinator holds the lease, because that coordinator's
+/// objects still hold newer states: it watches the newest epoch's lease for up to --lease, and
+/// a renewal (or a new epoch) seen meanwhile means a live coordinator. Stop it first, pass
+/// --live, or pass --force (roll back without waiting for the cluster). On a terminal it asks
+/// for confirmation; otherwise it needs --yes.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
-Exit codes: 0 rolled back; 1 refused (a coordinator holds the lease, ID is damaged, no
-confirmation); 2 usage, IO or configuration error.
+Exit codes: 0 rolled back (with --live: and the cluster restored it); 1 refused (a coordinator
+holds the lease, ID is damaged, no confirmation), or with --live the cluster did not restore it
+within --wait; 2 usage, IO or configuration error.
 
 Examples:
   cohort rollback --to 41
-  cohort rollback --to 41 --yes --store s3://bank-checkpoints/prod")]
+  cohort rollback --to 41 --yes --store s3://bank-checkpoints/prod
+  cohort rollback --to 41 --live --yes --coordinator 10.0.0.5:7411,10.0.0.6:7411")]
 pub(crate) struct Args {
     #[command(flatten)]
     store: StoreArgs,
@@ -47,8 +60,22 @@ pub(crate) struct Args {
     yes: bool,
 
     /// Roll back even while a coordinator holds the lease; it is fenced and must recover.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "live")]
     force: bool,
+
+    /// Roll back a running cluster: fence its coordinators, wait until one takes over from the
+    /// rollback and every node restored ID's states, and report it.
+    #[arg(long)]
+    live: bool,
+
+    /// With --live, how long to wait for the takeover and the nodes (the coordinators' lease,
+    /// their restore and a checkpoint).
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = humantime::parse_duration)]
+    wait: Duration,
+
+    /// With --live: how to reach the coordinators.
+    #[command(flatten)]
+    connect: ConnectArgs,
 
     /// How long to watch the lease for a renewal: the coordinators' lease duration (10s by
     /// default). A live coordinator renews every third of it and is found well within it; with
@@ -92,6 +119,11 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
         .into());
     }
 
+    let cluster = if args.live {
+        Some(running_cluster(&store, &args.connect).await?)
+    } else {
+        None
+    };
     if args.force {
         let mut err = anstream::stderr().lock();
         writeln!(
@@ -99,7 +131,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
             "{}: not checking the lease (--force): a coordinator still running is fenced by this rollback and must recover",
             styles.warn.paint("warning")
         )?;
-    } else {
+    } else if !args.live {
         if interactive {
             let mut err = anstream::stderr().lock();
             writeln!(
@@ -112,7 +144,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
             return Err(Failure::refused(format!(
                 "refusing to roll back: {holder}, so it is running; its objects still hold newer states and its next checkpoint would replace the rollback"
             ))
-            .hint("stop the coordinator and retry, or pass --force: the rollback then fences it, and it must recover")
+            .hint("pass --live to roll the running cluster back (its nodes restore the states), stop the coordinator and retry, or pass --force")
             .into());
         }
     }
@@ -121,7 +153,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
         return Err(Failure::refused("rollback cancelled: nothing was changed").into());
     }
 
-    let now_ms = now_ms();
+    let now_ms = store::now_ms();
     let claimed = store.claim_epoch(CLI_HOLDER, now_ms).await?;
     tracing::info!(epoch = claimed.epoch, "claimed an epoch for the rollback");
     let id = store.rollback(args.to, claimed.epoch, now_ms).await?;
@@ -139,12 +171,257 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
             "in-transit messages"
         ),
     )?;
+    out.flush()?;
+    let Some(cluster) = cluster else {
+        return Ok(Code::Ok);
+    };
+    if interactive {
+        let mut err = anstream::stderr().lock();
+        writeln!(
+            err,
+            "waiting for a coordinator to take over from the rollback and for the nodes to restore (up to {})",
+            humantime::format_duration(args.wait)
+        )?;
+    }
+    let live = Live {
+        store: &store,
+        connect: &args.connect,
+        claimed: claimed.epoch,
+        rollback: id,
+        target: &target,
+        deadline: Instant::now() + args.wait,
+        wait: args.wait,
+    };
+    let took_over = live.takeover().await?;
+    writeln!(
+        out,
+        "took over: coordinator {} at {} leads under epoch {}; its fence, checkpoint {}, restores the states of checkpoint {}",
+        took_over.record.holder,
+        took_over
+            .record
+            .address
+            .as_deref()
+            .unwrap_or("an unrecorded address"),
+        took_over.record.epoch,
+        took_over.fence,
+        args.to
+    )?;
+    out.flush()?;
+    let restored = live.restored(&took_over).await?;
+    let nodes: Vec<String> = restored
+        .nodes
+        .iter()
+        .map(|(name, objects)| format!("{name} ({})", output::count(*objects, "object", "objects")))
+        .collect();
+    writeln!(
+        out,
+        "restored: {}; checkpoint {} committed after the rollback with every object",
+        if nodes.is_empty() {
+            "no node hosts an object".to_owned()
+        } else {
+            nodes.join(", ")
+        },
+        restored.checkpoint
+    )?;
+    let before: BTreeSet<&String> = cluster.nodes.iter().collect();
+    let absent: Vec<&&String> = before
+        .iter()
+        .filter(|n| !restored.nodes.contains_key(n.as_str()))
+        .collect();
+    if !absent.is_empty() {
+        writeln!(
+            out,
+            "{}: nodes of the cluster before the rollback that host no object now: {}",
+            styles.warn.paint("note"),
+            absent
+                .iter()
+                .map(|n| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )?;
+    }
     Ok(Code::Ok)
 }
 
-fn now_ms() -> u64 {
-    // The one wall-clock read of the command, at its edge, for the records' creation time.
-    cohort_object_api::Clock::system().wall_ms()
+/// The running cluster, as its leader reports it before the rollback.
+struct Cluster {
+    /// The nodes the leader knows.
+    nodes: Vec<String>,
+}
+
+/// Asks the coordinators (given, else the one the store names) who leads and which nodes run.
+async fn running_cluster(
+    store: &CheckpointStore,
+    connect: &ConnectArgs,
+) -> anyhow::Result<Cluster> {
+    let addrs = connect.addresses(Some(store)).await?;
+    let not_running = |why: String| {
+        Failure::refused(format!(
+            "--live: no coordinator leads at {}: {why}",
+            addrs.join(", ")
+        ))
+        .hint("without --live a stopped cluster is rolled back, and restores the rollback when it starts; pass --coordinator ADDR if the coordinators are elsewhere")
+    };
+    let reply = match connect.ask_at(addrs.clone(), ControlRequest::Status).await {
+        Ok((_, reply)) => reply,
+        Err(e) => return Err(not_running(format!("{e:#}")).into()),
+    };
+    match reply {
+        ControlReply::Status(report) if report.leading => Ok(Cluster {
+            nodes: report.table.nodes.keys().cloned().collect(),
+        }),
+        ControlReply::Status(report) => Err(not_running(format!(
+            "the coordinator that answered ({}) stands by, and no leader answered",
+            report.address
+        ))
+        .into()),
+        other => Err(not_running(format!("it answered {other:?}")).into()),
+    }
+}
+
+/// Following a live rollback: the takeover, then the nodes.
+struct Live<'a> {
+    store: &'a CheckpointStore,
+    connect: &'a ConnectArgs,
+    /// The epoch the rollback was committed under.
+    claimed: u64,
+    /// The rollback's checkpoint.
+    rollback: CheckpointId,
+    /// The checkpoint rolled back to.
+    target: &'a Manifest,
+    deadline: Instant,
+    wait: Duration,
+}
+
+/// The coordinator that took over, and its fence.
+struct TookOver {
+    record: EpochRecord,
+    fence: CheckpointId,
+}
+
+/// The first checkpoint committed after the takeover, and the nodes hosting its objects.
+struct Restored {
+    checkpoint: CheckpointId,
+    /// Node name → how many of the checkpoint's objects it hosts.
+    nodes: BTreeMap<String, usize>,
+}
+
+/// How often the store and the coordinators are asked while waiting.
+const POLL: Duration = Duration::from_millis(100);
+
+impl Live<'_> {
+    /// Exit 1 with what is done and what did not happen in time.
+    fn late(&self, what: &str) -> anyhow::Error {
+        Failure::refused(format!(
+            "the rollback is committed (checkpoint {} points at checkpoint {}), but {what} within {}",
+            self.rollback,
+            self.target.id,
+            humantime::format_duration(self.wait)
+        ))
+        .hint("`cohort status` shows the coordinators and the nodes; a node that comes back restores the rollback before it takes part")
+        .into()
+    }
+
+    async fn sleep(&self, what: &str) -> anyhow::Result<()> {
+        if Instant::now() + POLL > self.deadline {
+            return Err(self.late(what));
+        }
+        tokio::time::sleep(POLL).await;
+        Ok(())
+    }
+
+    /// Waits for a coordinator to claim an epoch after the rollback's and to write its fence.
+    async fn takeover(&self) -> anyhow::Result<TookOver> {
+        let what = "no coordinator took over";
+        loop {
+            if let Some(record) = self.store.newest_epoch().await?
+                && record.epoch > self.claimed
+            {
+                for id in self.store.committed_ids().await? {
+                    if id <= self.rollback {
+                        continue;
+                    }
+                    let m = match self.store.read_manifest(id).await {
+                        Ok(m) => m,
+                        // Expired by retention meanwhile: not the fence we wait for.
+                        Err(cohort_checkpoint::Error::NotFound { .. }) => continue,
+                        Err(e) => return Err(e.into()),
+                    };
+                    if m.kind == ManifestKind::Fence && m.epoch == record.epoch {
+                        return Ok(TookOver { record, fence: id });
+                    }
+                }
+            }
+            self.sleep(what).await?;
+        }
+    }
+
+    /// Waits until a checkpoint of every object commits after the fence (so every node hosting
+    /// one restored and took part), then asks the leader where the objects live.
+    async fn restored(&self, took_over: &TookOver) -> anyhow::Result<Restored> {
+        let mut addrs: Vec<String> = took_over.record.address.iter().cloned().collect();
+        addrs.extend(self.connect.coordinators.iter().cloned());
+        let what =
+            "no checkpoint of every object committed after the takeover (a node has not restored)";
+        let checkpoint = loop {
+            match self
+                .connect
+                .ask_at(addrs.clone(), ControlRequest::Checkpoint)
+                .await
+            {
+                Ok((_, ControlReply::Checkpointed { id })) if id > took_over.fence => {
+                    let m = self.store.read_manifest(id).await?;
+                    let missing = self
+                        .target
+                        .objects
+                        .keys()
+                        .filter(|o| !m.objects.contains_key(*o))
+                        .count();
+                    if missing == 0 {
+                        break m;
+                    }
+                    tracing::info!(checkpoint = %id, missing, "a checkpoint without every object of the line");
+                }
+                Ok((_, reply)) => tracing::debug!(?reply, "not yet"),
+                Err(e) => tracing::debug!(error = %format!("{e:#}"), "not yet"),
+            }
+            self.sleep(what).await?;
+        };
+        let report = loop {
+            match self
+                .connect
+                .ask_at(addrs.clone(), ControlRequest::Status)
+                .await
+            {
+                Ok((_, ControlReply::Status(report))) if report.leading => break report,
+                _ => {
+                    self.sleep("the new leader did not report its status")
+                        .await?
+                }
+            }
+        };
+        Ok(Restored {
+            checkpoint: checkpoint.id,
+            nodes: hosts(&report, checkpoint.objects.keys()),
+        })
+    }
+}
+
+/// The live nodes hosting `objects`, with how many each hosts.
+fn hosts<'a>(
+    report: &StatusReport,
+    objects: impl Iterator<Item = &'a ObjectId>,
+) -> BTreeMap<String, usize> {
+    let table: &StateTable = &report.table;
+    let mut nodes = BTreeMap::new();
+    for object in objects {
+        if let Some(node) = table.placement.get(object)
+            && table.nodes.get(node).is_some_and(|n| n.live)
+        {
+            *nodes.entry(node.clone()).or_default() += 1;
+        }
+    }
+    nodes
 }
 
 /// What the lease looks like at one moment: the newest epoch and its lease's renewal counter.

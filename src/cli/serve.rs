@@ -13,18 +13,22 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use cohort_checkpoint::{CheckpointStore, Retention};
 use cohort_coordinator::failpoint::{FAIL_POINTS_ENV, FailPoints};
 use cohort_coordinator::runtime::MIN_INTERVAL;
 use cohort_coordinator::service::control::Responder;
 use cohort_coordinator::service::leadership::{self, Leadership, LeadershipConfig, Transition};
 use cohort_coordinator::service::metrics::ServiceMetrics;
 use cohort_coordinator::service::{Service, ServiceConfig};
-use cohort_object_api::Clock;
-use cohort_wire::{CancellationToken, ConnectConfig, DEFAULT_PORT, Role, Secret, TOKEN_ENV};
+use cohort_object_api::{CheckpointId, Clock};
+use cohort_wire::{
+    CancellationToken, ConnectConfig, DEFAULT_PORT, Role, Secret, TOKEN_ENV, advertised_address,
+};
 
 use crate::cli::StoreArgs;
 use crate::cli::failure::{Code, Failure};
 use crate::cli::store;
+use crate::cli::tls::TlsArgs;
 use crate::http::{self, Dashboard, Guard, HttpListener, Settings, StoreWatch};
 
 /// Run a coordinator: the leader, or a standby that takes over when the leader goes.
@@ -34,8 +38,15 @@ use crate::http::{self, Dashboard, Guard, HttpListener, Settings, StoreWatch};
 /// of --lease); the others answer nodes with the leader's address and take over when the lease
 /// runs out, after fencing the old leader so that it can never commit again.
 ///
-/// A non-loopback --listen needs a shared token (--token or COHORT_TOKEN, at least 16 bytes),
-/// which nodes must hold too.
+/// Others reach this coordinator at --advertise (recorded in its epoch record, which standbys,
+/// nodes and the CLI read), by default the --listen address; listening on every interface
+/// (0.0.0.0) needs --advertise. A non-loopback --listen needs mutual TLS (--tls-cert, --tls-key
+/// and --tls-ca: the recommended mode across hosts) or a shared token (--token or COHORT_TOKEN,
+/// at least 16 bytes, for a trusted network); nodes and the CLI must use the same.
+///
+/// With --keep, the leader collects old checkpoints after commits (at most every
+/// --gc-interval), as `cohort gc --keep N` does: never a pinned one, the recovery line, or
+/// anything a kept one references.
 ///
 /// --http ADDR serves a dashboard at http://ADDR/ (the leader, the standbys, the checkpoint
 /// history, the recovery line, the nodes, recoveries and takeovers; live), the JSON it reads
@@ -47,9 +58,10 @@ Exit codes: 0 stopped by SIGINT or SIGTERM; 2 usage, IO or configuration error (
 a port in use, an unusable store).
 
 Examples:
-  cohort serve --store file:///var/lib/bank/checkpoints --interval 5s
+  cohort serve --store file:///var/lib/bank/checkpoints --interval 5s --keep 10
   cohort serve --store file:///var/lib/bank/checkpoints --interval 5s --http 127.0.0.1:8080
-  cohort serve --store s3://bank-checkpoints/prod --listen 0.0.0.0:7411 --lease 3s --http 10.0.0.5:8080 --token \"$TOKEN\"")]
+  cohort serve --store s3://bank-checkpoints/prod --listen 0.0.0.0:7411 --advertise 10.0.0.5:7411 --tls-cert certs/coord-1.pem --tls-key certs/coord-1.key --tls-ca certs/ca.pem
+  cohort serve --store s3://bank-checkpoints/prod --listen 10.0.0.5:7411 --lease 3s --http 10.0.0.5:8080 --token \"$TOKEN\"")]
 pub(crate) struct Args {
     #[command(flatten)]
     store: StoreArgs,
@@ -57,6 +69,11 @@ pub(crate) struct Args {
     /// Where nodes connect.
     #[arg(long, value_name = "ADDR", default_value_t = SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)))]
     listen: SocketAddr,
+
+    /// The address nodes, standbys and the CLI dial to reach this coordinator (HOST:PORT), when
+    /// it is not the --listen address: required with --listen 0.0.0.0:PORT.
+    #[arg(long, value_name = "HOST:PORT")]
+    advertise: Option<String>,
 
     /// Take a checkpoint this often, from 100ms up; without it, only on `cohort checkpoint
     /// --now`.
@@ -91,9 +108,12 @@ pub(crate) struct Args {
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
     heartbeat_timeout: Duration,
 
-    /// The shared token nodes must prove they hold; required on a non-loopback --listen.
+    /// The shared token nodes must prove they hold; off loopback, this or TLS is required.
     #[arg(long, env = TOKEN_ENV, hide_env_values = true, value_name = "TOKEN")]
     token: Option<String>,
+
+    #[command(flatten)]
+    tls: TlsArgs,
 
     /// Serve the dashboard at http://ADDR/, its JSON under /api/ and Prometheus metrics at
     /// /metrics (--metrics is another name for it). Off loopback it needs the token, which
@@ -105,6 +125,20 @@ pub(crate) struct Args {
     /// requests naming any other Host are refused, against DNS rebinding.
     #[arg(long, value_name = "NAME", requires = "http")]
     http_host: Vec<String>,
+
+    /// Keep the newest N checkpoints (and the pinned ones, and the recovery line) and collect
+    /// the others after commits, while leading. Without it nothing is collected.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    keep: Option<u64>,
+
+    /// With --keep, also keep every checkpoint created less than this long ago.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, requires = "keep")]
+    keep_for: Option<Duration>,
+
+    /// Collect at most this often. Each collection verifies the recovery line's blobs, so keep
+    /// it well above the time that takes.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    gc_interval: Duration,
 
     /// Accept a store that failed the create-if-absent probe. Unsafe with more than one
     /// coordinator: fencing needs create-if-absent.
@@ -149,6 +183,13 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
         ))
         .into());
     }
+    // Checked before the port is taken (the bound port replaces a --listen port 0 below).
+    let advertise_failure = |e: cohort_wire::Error| {
+        Failure::usage(e.to_string()).hint(
+            "pass --advertise HOST:PORT: the address nodes, standbys and the CLI dial to reach this coordinator",
+        )
+    };
+    advertised_address(args.listen, args.advertise.as_deref()).map_err(advertise_failure)?;
     let store = store::open_writable(&args.store, args.allow_unsafe_store).await?;
     // Bound first, so that a port in use fails before anything starts.
     let http_listener = match args.http {
@@ -163,6 +204,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
     let mut config = ServiceConfig::new(args.listen);
     let announce_token = token.clone();
     config.listen.token = token;
+    let tls = args.tls.config()?;
+    config.listen.tls.clone_from(&tls);
     config.interval = args.interval;
     config.timeout = args.timeout;
     config.heartbeat_interval = args.heartbeat;
@@ -192,14 +235,15 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
             "cannot start the coordinator on {}: {e}",
             args.listen
         ))
-        .hint("check that the port is free and, for a non-loopback address, pass --token")
+        .hint("check that the port is free and, for a non-loopback address, pass --tls-cert, --tls-key and --tls-ca (or --token on a trusted network)")
     })?;
-    let addr = service.local_addr();
+    let addr = advertised_address(service.local_addr(), args.advertise.as_deref())
+        .map_err(advertise_failure)?;
 
     let stop = CancellationToken::new();
     if let Some(listener) = http_listener {
         let bound = listener.local_addr();
-        let url = http::dashboard_url(bound, addr);
+        let url = http::dashboard_url(bound, &addr);
         responder.set_dashboard(&url);
         let clock = Clock::system();
         let watch = StoreWatch::new(store.clone(), clock.clone());
@@ -229,23 +273,49 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
         tokio::spawn(listener.serve(http::router(dashboard, guard), stop.clone()));
     }
 
-    let leadership_config = LeadershipConfig::new(args.lease, Some(addr.to_string()))?;
+    let leadership_config = LeadershipConfig::new(args.lease, Some(addr.clone()))?;
     let holder = leadership_config.holder.clone();
     let leadership = Leadership::spawn(store.clone(), leadership_config);
-    responder.attach(service.clone(), leadership.clone(), holder.clone());
+    responder.attach_at(service.clone(), leadership.clone(), holder.clone(), &addr);
     // Standbys tell the leader they are there, and learn its status for the dashboard.
     {
         let mut connect = ConnectConfig::new(Role::Cli, holder.clone());
         connect.token.clone_from(&announce_token);
+        connect.tls = tls;
         let responder = responder.clone();
         let stop = stop.clone();
         tokio::spawn(async move { responder.announce(connect, stop).await });
     }
+    let bound = match service.local_addr().to_string() {
+        bound if bound == addr => String::new(),
+        bound => format!(" (listening on {bound})"),
+    };
     say(format_args!(
-        "coordinator {holder}: nodes connect to {addr}; store {}; lease {}",
+        "coordinator {holder}: nodes connect to {addr}{bound}; store {}; lease {}",
         store.url(),
         humantime::format_duration(args.lease)
     ));
+    if let Some(keep) = args.keep {
+        let mut retention = Retention::newest(usize::try_from(keep).unwrap_or(usize::MAX));
+        if let Some(window) = args.keep_for {
+            retention = retention.within(window);
+        }
+        say(format_args!(
+            "retention: keeping the newest {keep} checkpoints{}, the pinned ones and the recovery line; collecting at most every {}",
+            args.keep_for
+                .map(|w| format!(" and those of the last {}", humantime::format_duration(w)))
+                .unwrap_or_default(),
+            humantime::format_duration(args.gc_interval)
+        ));
+        tokio::spawn(collect(
+            store.clone(),
+            service.clone(),
+            leadership.clone(),
+            retention,
+            args.gc_interval,
+            stop.clone(),
+        ));
+    }
 
     let running = CancellationToken::new();
     let driver = {
@@ -275,6 +345,64 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
     outcome?;
     say(format_args!("stopped"));
     Ok(Code::Ok)
+}
+
+/// Collects old checkpoints after commits, while this coordinator leads: at most every `every`,
+/// and once more after the last commit seen (a trailing run), so that the store settles at
+/// what `retention` keeps. A failed collection is reported and retried after the next commit.
+async fn collect(
+    store: CheckpointStore,
+    service: Service,
+    leadership: Leadership,
+    retention: Retention,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    let mut status = service.status();
+    let mut collected_through = CheckpointId::ZERO;
+    let mut last_run: Option<tokio::time::Instant> = None;
+    loop {
+        let newer = tokio::select! {
+            () = stop.cancelled() => return,
+            newer = status.wait_for(|s| s.last_committed > collected_through) => newer.is_ok(),
+        };
+        if !newer {
+            return;
+        }
+        if let Some(at) = last_run {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep_until(at + every) => {}
+            }
+        }
+        let newest = status.borrow().last_committed;
+        if leadership.view().serving_epoch().is_none() {
+            // A standby collects nothing: the leader does.
+            collected_through = newest;
+            continue;
+        }
+        last_run = Some(tokio::time::Instant::now());
+        match store.gc_with(retention, store::now_ms(), false).await {
+            Ok(report) => {
+                collected_through = newest;
+                if !report.expired.is_empty() || !report.deleted.is_empty() {
+                    tracing::info!(
+                        expired = report.expired.len(),
+                        deleted = report.deleted.len(),
+                        bytes_freed = report.bytes_freed,
+                        retained = ?report.retained,
+                        "retention collected old checkpoints"
+                    );
+                }
+            }
+            Err(e) => {
+                collected_through = newest;
+                say(format_args!(
+                    "retention: cannot collect old checkpoints: {e}; retrying after the next commit"
+                ));
+            }
+        }
+    }
 }
 
 fn millis(d: Duration) -> u64 {
@@ -313,7 +441,10 @@ fn tell(metrics: &ServiceMetrics, t: Transition) {
                 record.holder,
                 record.address.as_deref().unwrap_or("an unknown address")
             )),
-            None => say(format_args!("standby: no coordinator holds an epoch yet")),
+            // Before any epoch was claimed, and while this coordinator claims the next one.
+            None => say(format_args!(
+                "standby: no leader to follow (no epoch claimed yet, or claiming one)"
+            )),
         },
         Transition::Fenced { leading } => say(format_args!(
             "a commit was fenced: a newer coordinator took over the store{}",

@@ -5,10 +5,12 @@ use std::io::Write;
 
 use anstyle::Style;
 use base64::Engine as _;
-use cohort_checkpoint::Manifest;
-use cohort_object_api::{CheckpointId, ObjectId};
+use cohort_checkpoint::{CheckpointStore, Error as StoreError, InTransitEntry, Manifest};
+use cohort_object_api::{CheckpointId, EncodedState, ObjectId};
 use serde::Serialize;
+use serde_json::Value as Json;
 
+use crate::cli::decode::{self, BinaryAs};
 use crate::cli::failure::Code;
 use crate::cli::output::{self, Align, Paint, Styles, Table};
 use crate::cli::store;
@@ -17,9 +19,11 @@ use crate::cli::{Parsed, StoreArgs};
 /// Show one checkpoint's manifest: objects, segments, in-transit messages.
 ///
 /// Lists its objects with their types, schema versions, sizes and the segments they live in,
-/// and the in-transit messages recorded with it, and says how the manifest is stored: whole, or
-/// as a delta of an earlier checkpoint's full manifest (the entries that differ from it). Only
-/// the manifest (and a delta's base) is read; `cohort verify ID` checks the blobs it points at.
+/// and the in-transit messages recorded with it, each decoded into JSON without the
+/// application's types (as `cohort inspect` decodes a state), and says how the manifest is
+/// stored: whole, or as a delta of an earlier checkpoint's full manifest (the entries that
+/// differ from it). Reads the manifest (and a delta's base) and the in-transit messages; `cohort
+/// verify ID` checks every blob it points at.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
 Examples:
@@ -35,9 +39,15 @@ pub(crate) struct Args {
 
     /// Print a JSON object; `stored` is "whole" or "delta" and `delta_of` the checkpoint a
     /// delta is stored against (null when whole); its `objects` array has entries with id,
-    /// type, version, bytes, generation, segment, offset and crc.
+    /// type, version, bytes, generation, segment, offset and crc; its `in_transit` array has
+    /// from, to, seq, type, bytes, segment, offset, the decoded message, and damage (why the
+    /// message could not be read, else null).
     #[arg(long)]
     json: bool,
+
+    /// How to print binary data in messages.
+    #[arg(long, value_enum, default_value_t = BinaryAs::Base64, value_name = "AS")]
+    binary: BinaryAs,
 }
 
 /// `cohort show --json`.
@@ -93,16 +103,27 @@ struct ShownMessage {
     from: ObjectId,
     to: ObjectId,
     seq: u64,
+    /// The message type recorded with it; null when it could not be read.
+    #[serde(rename = "type")]
+    type_name: Option<String>,
     bytes: u64,
     segment: String,
     offset: u64,
+    /// The message, decoded; null when it could not be read.
+    message: Option<Json>,
+    /// Why it could not be read or decoded.
+    damage: Option<String>,
 }
+
+/// One in-transit message read back: its tag and decoded payload, or why not.
+type ReadMessage = Result<(String, Json), String>;
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
     let store = store::open_read_only(&args.store).await?;
     let manifest = store::read_manifest(&store, args.id).await?;
     let delta_of = store.manifest_base(args.id).await?;
-    let shown = describe(&manifest, delta_of);
+    let messages = read_messages(&store, &manifest, args.binary).await?;
+    let shown = describe(&manifest, delta_of, messages);
     let mut out = output::stdout();
     if args.json {
         output::write_json(&mut out, &shown)?;
@@ -112,7 +133,46 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
     Ok(Code::Ok)
 }
 
-fn describe(m: &Manifest, delta_of: Option<CheckpointId>) -> Shown {
+/// Reads and decodes the in-transit messages, one result per message: a damaged one is shown
+/// as such, not fatal (`cohort verify` reports damage).
+async fn read_messages(
+    store: &CheckpointStore,
+    m: &Manifest,
+    binary: BinaryAs,
+) -> anyhow::Result<Vec<ReadMessage>> {
+    let decode = |state: &EncodedState| -> ReadMessage {
+        decode::msgpack_to_json(state.payload(), binary)
+            .map(|json| (state.tag().type_name.to_string(), json))
+            .map_err(|e| format!("passes its crc check but is not msgpack: {e:#}"))
+    };
+    match store.read_in_transit(m).await {
+        Ok(read) => Ok(read.iter().map(|(_, state)| decode(state)).collect()),
+        // One bad blob: read each on its own, so that the others still show.
+        Err(StoreError::Damaged { .. } | StoreError::FutureFormat { .. }) => {
+            let mut out = Vec::with_capacity(m.in_transit.len());
+            for t in &m.in_transit {
+                out.push(read_one(store, t).await?.and_then(|s| decode(&s)));
+            }
+            Ok(out)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn read_one(
+    store: &CheckpointStore,
+    t: &InTransitEntry,
+) -> anyhow::Result<Result<EncodedState, String>> {
+    match store.read_state(&t.location).await {
+        Ok(state) => Ok(Ok(state)),
+        Err(e @ (StoreError::Damaged { .. } | StoreError::FutureFormat { .. })) => {
+            Ok(Err(e.to_string()))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn describe(m: &Manifest, delta_of: Option<CheckpointId>, messages: Vec<ReadMessage>) -> Shown {
     let mut segments: BTreeMap<&str, (usize, u64)> = BTreeMap::new();
     for l in m.locations() {
         let s = segments.entry(&l.segment).or_default();
@@ -159,13 +219,23 @@ fn describe(m: &Manifest, delta_of: Option<CheckpointId>) -> Shown {
         in_transit: m
             .in_transit
             .iter()
-            .map(|t| ShownMessage {
-                from: t.from.clone(),
-                to: t.to.clone(),
-                seq: t.seq,
-                bytes: t.location.len,
-                segment: t.location.segment.clone(),
-                offset: t.location.offset,
+            .zip(messages)
+            .map(|(t, read)| {
+                let (type_name, message, damage) = match read {
+                    Ok((type_name, json)) => (Some(type_name), Some(json), None),
+                    Err(why) => (None, None, Some(why)),
+                };
+                ShownMessage {
+                    from: t.from.clone(),
+                    to: t.to.clone(),
+                    seq: t.seq,
+                    type_name,
+                    bytes: t.location.len,
+                    segment: t.location.segment.clone(),
+                    offset: t.location.offset,
+                    message,
+                    damage,
+                }
             })
             .collect(),
         metadata: m
@@ -179,6 +249,20 @@ fn describe(m: &Manifest, delta_of: Option<CheckpointId>) -> Shown {
             })
             .collect(),
     }
+}
+
+/// Longest message shown in the table; `--json` has them whole.
+const MESSAGE_WIDTH: usize = 60;
+
+/// A decoded message on one line, cut at [`MESSAGE_WIDTH`] characters.
+fn one_line(json: &Json) -> String {
+    let text = json.to_string();
+    if text.chars().count() <= MESSAGE_WIDTH {
+        return text;
+    }
+    let mut cut: String = text.chars().take(MESSAGE_WIDTH - 1).collect();
+    cut.push('…');
+    cut
 }
 
 fn write_human(out: &mut impl Write, s: &Shown) -> anyhow::Result<()> {
@@ -283,18 +367,35 @@ fn write_human(out: &mut impl Write, s: &Shown) -> anyhow::Result<()> {
             ("BYTES", Align::Right),
             ("SEGMENT", Align::Left),
             ("OFFSET", Align::Right),
+            ("TYPE", Align::Left),
+            ("MESSAGE", Align::Left),
         ]);
         for t in &s.in_transit {
-            messages.row(vec![
-                t.from.to_string(),
-                t.to.to_string(),
-                t.seq.to_string(),
-                t.bytes.to_string(),
-                t.segment.clone(),
-                t.offset.to_string(),
+            let (message, style) = match (&t.message, &t.damage) {
+                (Some(json), _) => (one_line(json), Style::new()),
+                (None, _) => ("damaged".to_owned(), styles.bad),
+            };
+            messages.styled_row(vec![
+                (t.from.to_string(), Style::new()),
+                (t.to.to_string(), Style::new()),
+                (t.seq.to_string(), Style::new()),
+                (t.bytes.to_string(), Style::new()),
+                (t.segment.clone(), Style::new()),
+                (t.offset.to_string(), Style::new()),
+                (
+                    t.type_name.clone().unwrap_or_else(|| "?".into()),
+                    Style::new(),
+                ),
+                (message, style),
             ]);
         }
         messages.write(out, &styles)?;
+        for t in &s.in_transit {
+            if let Some(why) = &t.damage {
+                let what = format!("the message {} -> {} #{} is damaged", t.from, t.to, t.seq);
+                writeln!(out, "{}: {why}", styles.bad.paint(what))?;
+            }
+        }
     }
     Ok(())
 }

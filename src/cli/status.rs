@@ -370,7 +370,7 @@ async fn ask(args: &CoordinatorArgs) -> anyhow::Result<(StatusReport, Option<Sta
         return Ok((asked, None));
     };
     let mut at_leader = args.clone();
-    at_leader.coordinators = vec![leader];
+    at_leader.connect.coordinators = vec![leader];
     // A leader that does not answer is reported as such; the standby's view still stands.
     match at_leader.ask(ControlRequest::Status).await {
         Ok((_, reply)) => {

@@ -72,6 +72,12 @@ pub(crate) async fn open_writable(
     Ok(CheckpointStore::open(&args.store, options).await?)
 }
 
+/// Unix milliseconds now, read at the command's edge: the creation time of the records it
+/// writes, and the reference point of a retention window.
+pub(crate) fn now_ms() -> u64 {
+    cohort_object_api::Clock::system().wall_ms()
+}
+
 /// The checkpoint whose segment directory holds `segment` (`segments/<20 digits>/...`), so that
 /// a reference into an older checkpoint's segment shows as incremental.
 pub(crate) fn segment_checkpoint(segment: &str) -> Option<CheckpointId> {

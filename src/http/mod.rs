@@ -175,14 +175,16 @@ impl HttpListener {
 }
 
 /// The URL others should open for the dashboard bound at `addr`: an unspecified address
-/// (`0.0.0.0`) is replaced by `advertise`'s IP (where nodes reach this coordinator) when that
-/// one is specified.
-pub(crate) fn dashboard_url(addr: SocketAddr, advertise: SocketAddr) -> String {
-    let mut shown = addr;
-    if addr.ip().is_unspecified() && !advertise.ip().is_unspecified() {
-        shown.set_ip(advertise.ip());
+/// (`0.0.0.0`) is replaced by the host of `advertise` (`HOST:PORT`, where nodes reach this
+/// coordinator).
+pub(crate) fn dashboard_url(addr: SocketAddr, advertise: &str) -> String {
+    if !addr.ip().is_unspecified() {
+        return format!("http://{addr}/");
     }
-    format!("http://{shown}/")
+    match advertise.rsplit_once(':') {
+        Some((host, _)) => format!("http://{host}:{}/", addr.port()),
+        None => format!("http://{addr}/"),
+    }
 }
 
 #[cfg(test)]

@@ -349,8 +349,19 @@ async fn an_unreachable_store_is_reported_with_its_error_and_comes_back() {
 #[test]
 fn the_dashboard_url_names_a_reachable_address() {
     let any: SocketAddr = "0.0.0.0:8080".parse().unwrap();
-    let wire: SocketAddr = "10.0.0.5:7411".parse().unwrap();
-    assert_eq!(dashboard_url(any, wire), "http://10.0.0.5:8080/");
+    assert_eq!(dashboard_url(any, "10.0.0.5:7411"), "http://10.0.0.5:8080/");
+    // The advertised address may be a name (or a bracketed IPv6 address).
+    assert_eq!(
+        dashboard_url(any, "coord-1.example.com:7411"),
+        "http://coord-1.example.com:8080/"
+    );
+    assert_eq!(
+        dashboard_url(any, "[fd00::5]:7411"),
+        "http://[fd00::5]:8080/"
+    );
     let local: SocketAddr = "127.0.0.1:8080".parse().unwrap();
-    assert_eq!(dashboard_url(local, wire), "http://127.0.0.1:8080/");
+    assert_eq!(
+        dashboard_url(local, "10.0.0.5:7411"),
+        "http://127.0.0.1:8080/"
+    );
 }

@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use cohort_object_api::{CheckpointId, EncodedState, ObjectId, Snapshot, StateTag};
@@ -20,7 +21,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload};
 use super::FaultyStore;
 use crate::{
     CheckpointStore, DamageKind, Error, Fence, FenceLine, FenceRequest, Manifest, ManifestKind,
-    ObjectEntry, StoreOptions,
+    ObjectEntry, Retention, StoreOptions,
 };
 
 /// What a backend guarantees beyond single-writer create-if-absent.
@@ -61,6 +62,7 @@ pub async fn run(store: &CheckpointStore, caps: Capabilities) {
     bad_manifests(&store.child("bad-manifests").unwrap()).await;
     gc_safety(&store.child("gc-safety").unwrap()).await;
     gc_leaves_strays(&store.child("gc-strays").unwrap()).await;
+    gc_retention_window(&store.child("gc-window").unwrap()).await;
     probe(&store.child("probe").unwrap()).await;
     delta_round_trip(&store.child("delta-round-trip").unwrap()).await;
     delta_base_rewritten(&store.child("delta-rebase").unwrap()).await;
@@ -712,6 +714,45 @@ pub async fn gc_leaves_strays(store: &CheckpointStore) {
         .unwrap();
     assert_eq!(store.discard_round(cid(4), "e1-r4a").await.unwrap(), 1);
     assert!(os.head(&store.path_of(stray)).await.is_ok());
+}
+
+/// A retention window keeps every checkpoint created within it besides the newest `keep`,
+/// and what they reference; the walk ends at the first older one.
+pub async fn gc_retention_window(store: &CheckpointStore) {
+    // Created at 1 s, 2 s, ... 6 s (Unix ms 1000 * id).
+    let mut previous: Option<Manifest> = None;
+    for id in 1..=6 {
+        let changed = if id == 1 {
+            vec![("a", 1), ("b", 1)]
+        } else {
+            vec![("b", id)]
+        };
+        previous = Some(commit_incremental(store, id, previous.as_ref(), &changed).await);
+    }
+    let six = previous.unwrap();
+    // At 6.0 s, a 2.5 s window reaches back to 3.5 s: checkpoint 4, besides the newest 2.
+    let policy = Retention::newest(2).within(Duration::from_millis(2_500));
+    let dry = store.gc_with(policy, 6_000, true).await.unwrap();
+    assert_eq!(dry.retained, vec![cid(4), cid(5), cid(6)]);
+    assert_eq!(dry.expired, vec![cid(1), cid(2), cid(3)]);
+    let report = store.gc_with(policy, 6_000, false).await.unwrap();
+    assert_eq!(report.expired, dry.expired);
+    assert_eq!(
+        store.committed_ids().await.unwrap(),
+        vec![cid(4), cid(5), cid(6)]
+    );
+    // Checkpoint 4 still reads `a` from checkpoint 1's segment.
+    let four = store.read_manifest(cid(4)).await.unwrap();
+    assert_eq!(
+        values(store, &four).await,
+        BTreeMap::from([("a".into(), 1), ("b".into(), 4)])
+    );
+    assert!(store.verify(cid(4)).await.unwrap().is_ok());
+    assert_eq!(values(store, &six).await["b"], 6);
+    // Later, the window holds only the newest: `keep` alone decides.
+    let report = store.gc_with(policy, 60_000, false).await.unwrap();
+    assert_eq!(report.retained, vec![cid(5), cid(6)]);
+    assert_eq!(report.expired, vec![cid(4)]);
 }
 
 /// The create-if-absent probe passes on the backend, and refuses the same backend when it is

@@ -35,7 +35,7 @@ use super::replies::{ClientId, MAX_RETAINED_PER_CLIENT, Outcome};
 use super::server::{ClientMessage, ServerMessage};
 use super::styles::ReplicationStyle;
 use crate::Error;
-use cohort_wire::{ConnectConfig, Role, Secret, SendHalf};
+use cohort_wire::{ConnectConfig, Role, Secret, SendHalf, TlsConfig};
 
 /// How to start a [`GroupClient`]. Build it with [`ClientOptions::new`] and set the public
 /// fields.
@@ -52,6 +52,8 @@ pub struct ClientOptions {
     pub client_id: ClientId,
     /// The shared token of the wire handshake.
     pub token: Option<Secret>,
+    /// TLS towards the servers (mutual: the client presents a certificate too).
+    pub tls: Option<TlsConfig>,
     /// How long one call may take, failovers included; 30 s by default.
     pub deadline: Duration,
     /// The first pause after a fault; doubled up to `max_backoff`. 5 ms by default.
@@ -74,6 +76,7 @@ impl ClientOptions {
             style,
             client_id: ClientId::random("client"),
             token: None,
+            tls: None,
             deadline: Duration::from_secs(30),
             backoff: Duration::from_millis(5),
             max_backoff: Duration::from_millis(100),
@@ -373,6 +376,7 @@ impl Proxy {
         }
         let config = ConnectConfig {
             token: self.options.token.clone(),
+            tls: self.options.tls.clone(),
             handshake_timeout: self.options.connect_timeout,
             accept_roles: vec![Role::Peer],
             ..ConnectConfig::new(Role::Client, self.options.client_id.to_string())

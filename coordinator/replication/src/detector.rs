@@ -27,7 +27,7 @@ use cohort_wire::{BoxStream, Connector, TcpConnector};
 
 use super::protocol::GroupMessage;
 use crate::Error;
-use cohort_wire::{ConnectConfig, Connection, Role, Secret};
+use cohort_wire::{ConnectConfig, Connection, Role, Secret, TlsConfig};
 
 /// Push-style detection: remembers when each key was last heard, and suspects the ones silent
 /// for `timeout`. Pure: time is passed in (ms, any monotonic origin).
@@ -226,6 +226,8 @@ pub struct PullOptions {
     pub name: String,
     /// The shared token of the wire handshake.
     pub token: Option<Secret>,
+    /// TLS towards the member polled (mutual).
+    pub tls: Option<TlsConfig>,
     /// How connections are opened; TCP by default.
     pub connector: Arc<dyn Connector>,
 }
@@ -239,6 +241,7 @@ impl PullOptions {
             timeout,
             name: "pull-monitor".to_owned(),
             token: None,
+            tls: None,
             connector: Arc::new(TcpConnector),
         }
     }
@@ -282,6 +285,7 @@ impl PullMonitor {
         let detector = PullDetector::new(options.interval, options.timeout)?;
         let connect = ConnectConfig {
             token: options.token.clone(),
+            tls: options.tls.clone(),
             handshake_timeout: options.timeout,
             accept_roles: vec![Role::Peer],
             ..ConnectConfig::new(Role::Peer, options.name.clone())

@@ -36,7 +36,9 @@ use cohort_wire::{BoxStream, Connector, TcpConnector};
 
 use super::protocol::GroupMessage;
 use crate::Error;
-use cohort_wire::{Accept, ConnectConfig, Connection, ListenConfig, Listener, Role, Secret};
+use cohort_wire::{
+    Accept, ConnectConfig, Connection, ListenConfig, Listener, Role, Secret, TlsConfig,
+};
 
 /// The application's answer to `is_alive` polls (FT-CORBA `PullMonitorable`).
 pub type IsAlive = Arc<dyn Fn() -> bool + Send + Sync>;
@@ -64,6 +66,9 @@ pub struct MemberOptions {
     pub seeds: Vec<String>,
     /// The shared token of the wire handshake (the same on every member and monitor).
     pub token: Option<Secret>,
+    /// TLS on every group connection (mutual: this member's certificate must be valid for the
+    /// address peers dial).
+    pub tls: Option<TlsConfig>,
     /// How connections to peers are opened; TCP by default.
     pub connector: Arc<dyn Connector>,
     /// The answer to `is_alive` polls; always `true` by default.
@@ -85,6 +90,7 @@ impl fmt::Debug for MemberOptions {
             .field("service_addr", &self.service_addr)
             .field("seeds", &self.seeds)
             .field("token", &self.token.is_some())
+            .field("tls", &self.tls.is_some())
             .field("connector", &self.connector)
             .field("claim_timeout", &self.claim_timeout)
             .finish_non_exhaustive()
@@ -104,6 +110,7 @@ impl MemberOptions {
             service_addr: String::new(),
             seeds: Vec::new(),
             token: None,
+            tls: None,
             connector: Arc::new(TcpConnector),
             is_alive: Arc::new(|| true),
             claim_timeout: Duration::from_secs(10),
@@ -112,7 +119,7 @@ impl MemberOptions {
     }
 
     /// The listener configuration a member uses: named by its id, role
-    /// [`Role::Peer`], accepting peers and command-line tools, with the token. Use it with
+    /// [`Role::Peer`], accepting peers and command-line tools, with the token and TLS. Use it with
     /// [`ListenConfig::listen_on`] to build the listener for [`Member::start_on`].
     pub fn listen_config(&self) -> ListenConfig {
         ListenConfig {
@@ -120,6 +127,7 @@ impl MemberOptions {
             role: Role::Peer,
             accept_roles: vec![Role::Peer, Role::Cli],
             token: self.token.clone(),
+            tls: self.tls.clone(),
             ..ListenConfig::new(self.listen)
         }
     }
@@ -636,6 +644,7 @@ impl Driver {
             connector: Arc::clone(&self.options.connector),
             connect: ConnectConfig {
                 token: self.options.token.clone(),
+                tls: self.options.tls.clone(),
                 handshake_timeout: handshake_timeout(config),
                 accept_roles: vec![Role::Peer],
                 ..ConnectConfig::new(Role::Peer, self.options.id.to_string())

@@ -26,7 +26,7 @@ use cohort_wire::{BoxStream, Connector, TcpConnector};
 
 use super::protocol::GroupMessage;
 use crate::Error;
-use cohort_wire::{ConnectConfig, Connection, Role, Secret};
+use cohort_wire::{ConnectConfig, Connection, Role, Secret, TlsConfig};
 
 /// The active members a monitor sees.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -107,6 +107,8 @@ pub struct MonitorOptions {
     pub name: String,
     /// The shared token of the wire handshake.
     pub token: Option<Secret>,
+    /// TLS towards the members (mutual).
+    pub tls: Option<TlsConfig>,
     /// How connections are opened; TCP by default.
     pub connector: Arc<dyn Connector>,
     /// How often a broken subscription is retried; 100 ms by default.
@@ -127,6 +129,7 @@ impl MonitorOptions {
             seeds,
             name: "monitor".to_owned(),
             token: None,
+            tls: None,
             connector: Arc::new(TcpConnector),
             retry: Duration::from_millis(100),
             discover: None,
@@ -211,6 +214,7 @@ async fn run(
     let seeds: BTreeSet<String> = options.seeds.iter().cloned().collect();
     let connect = ConnectConfig {
         token: options.token.clone(),
+        tls: options.tls.clone(),
         accept_roles: vec![Role::Peer],
         handshake_timeout: options.lost_interval.max(Duration::from_millis(500)),
         ..ConnectConfig::new(Role::Peer, options.name.clone())

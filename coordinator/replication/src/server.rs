@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use cohort_checkpoint::{CheckpointStore, Manifest, ObjectEntry};
+use cohort_checkpoint::{CheckpointStore, Manifest, ObjectEntry, Retention};
 use cohort_object_api::Clock;
 use cohort_object_api::{
     CheckpointId, Checkpointable, EncodedState, ObjectError, ObjectId, Snapshot, StateTag,
@@ -320,6 +320,15 @@ pub struct ServerOptions {
     pub poll_interval: Duration,
     /// The most requests per log entry; 512 by default.
     pub max_batch: usize,
+    /// What the primary keeps of the group's checkpoints (`replicas/<group>/`): the newest
+    /// [`keep`](Retention::keep), never fewer than the 16 lines a replica searches after the
+    /// log was truncated past it, plus the pinned ones and the recovery line; it collects the
+    /// others after a checkpoint, at most every [`gc_interval`](Self::gc_interval). The newest
+    /// 16 by default; `None` keeps every checkpoint.
+    pub retention: Option<Retention>,
+    /// How often at most the primary collects old checkpoints; 10 s by default. Each collection
+    /// verifies the recovery line's blob.
+    pub gc_interval: Duration,
 }
 
 impl ServerOptions {
@@ -333,18 +342,23 @@ impl ServerOptions {
             checkpoint_interval: Duration::from_millis(200),
             poll_interval: Duration::from_millis(20),
             max_batch: 512,
+            retention: Some(Retention::newest(LINES_SEARCHED)),
+            gc_interval: Duration::from_secs(10),
         }
     }
 
     fn validate(&self) -> Result<(), Error> {
-        if self.checkpoint_interval.is_zero() || self.poll_interval.is_zero() || self.max_batch == 0
+        if self.checkpoint_interval.is_zero()
+            || self.poll_interval.is_zero()
+            || self.max_batch == 0
+            || (self.retention.is_some() && self.gc_interval.is_zero())
         {
             return Err(Error::InvalidConfig {
                 scope: "replicated service",
                 reason: format!(
-                    "checkpoint_interval ({:?}), poll_interval ({:?}) and max_batch ({}) must \
-                     be above zero",
-                    self.checkpoint_interval, self.poll_interval, self.max_batch
+                    "checkpoint_interval ({:?}), poll_interval ({:?}), max_batch ({}) and, with \
+                     a retention, gc_interval ({:?}) must be above zero",
+                    self.checkpoint_interval, self.poll_interval, self.max_batch, self.gc_interval
                 ),
             });
         }
@@ -370,6 +384,8 @@ pub struct ServerStatus {
     /// The highest number this server truncated the log through, after a checkpoint of its
     /// own (0 if it never did).
     pub log_truncated_through: u64,
+    /// Checkpoints of the group this server expired by its retention.
+    pub checkpoints_collected: u64,
     /// The last problem, for operators.
     pub last_error: Option<String>,
 }
@@ -417,6 +433,7 @@ impl ReplicatedServer {
             role: Role::Peer,
             accept_roles: vec![Role::Client],
             token: options.member.token.clone(),
+            tls: options.member.tls.clone(),
             ..ListenConfig::new(options.service_listen)
         }
         .bind()
@@ -456,6 +473,7 @@ impl ReplicatedServer {
             line: None,
             checkpointed: 0,
             last_checkpoint: Instant::now(),
+            last_collection: None,
             checkpoint: None,
             status: status_tx,
             options,
@@ -611,6 +629,8 @@ struct Driver<S> {
     /// The log position of the newest checkpoint written or loaded.
     checkpointed: u64,
     last_checkpoint: Instant,
+    /// When the primary last collected old checkpoints.
+    last_collection: Option<Instant>,
     checkpoint: Option<JoinHandle<Result<CheckpointDone, Error>>>,
     status: watch::Sender<ServerStatus>,
 }
@@ -664,6 +684,16 @@ impl<S: Service> Driver<S> {
                                     done.id
                                 )),
                             }
+                            match done.collected {
+                                Some(Ok(expired)) => self.status.send_modify(|s| {
+                                    s.checkpoints_collected += expired as u64;
+                                }),
+                                Some(Err(err)) => self.report(format!(
+                                    "collecting old checkpoints failed: {err}; a later checkpoint \
+                                     retries"
+                                )),
+                                None => {}
+                            }
                         }
                         Ok(Err(err)) => self.report(format!("checkpoint failed: {err}")),
                         Err(err) => self.report(format!("checkpoint task failed: {err}")),
@@ -679,6 +709,10 @@ impl<S: Service> Driver<S> {
                         }
                     }
                     self.flush().await;
+                    // Under a steady stream of requests this branch wins every turn of the
+                    // biased select and the tick never runs: checkpoint from here too, so that
+                    // a busy primary still writes one every checkpoint_interval.
+                    self.maybe_checkpoint().await;
                 }
                 _ = tick.tick() => self.on_tick().await,
             }
@@ -1208,10 +1242,30 @@ impl<S: Service> Driver<S> {
         let at = self.replica.applied;
         // Truncation needs the checkpoint's position to be verifiable by whoever restores it.
         let log = self.replica.anchor.is_some().then(|| self.log.clone());
+        let collect = self.collection_due();
         let clock = self.options.member.clock.clone();
         self.checkpoint = Some(tokio::spawn(write_checkpoint(
-            store, se, at, snapshot, log, clock,
+            store, se, at, snapshot, log, clock, collect,
         )));
+    }
+
+    /// The retention to apply after this checkpoint, if a collection is due: never fewer than
+    /// [`LINES_SEARCHED`] newest lines, so that the line with the highest log position among
+    /// them (what a replica loads after a truncation) is never collected.
+    fn collection_due(&mut self) -> Option<Retention> {
+        let retention = self.options.retention?;
+        if self
+            .last_collection
+            .is_some_and(|at| at.elapsed() < self.options.gc_interval)
+        {
+            return None;
+        }
+        self.last_collection = Some(Instant::now());
+        let mut floor = Retention::newest(retention.keep.max(LINES_SEARCHED));
+        if let Some(window) = retention.keep_for {
+            floor = floor.within(window);
+        }
+        Some(floor)
     }
 }
 
@@ -1230,11 +1284,14 @@ struct CheckpointDone {
     at: u64,
     /// The number the log was truncated through, if it was.
     truncated: Result<Option<u64>, Error>,
+    /// How many old checkpoints a collection expired, if one ran.
+    collected: Option<Result<usize, Error>>,
 }
 
 /// Writes the replica's snapshot as the next checkpoint of `store`, fenced by the slot epoch;
 /// then, given the `log`, deletes the log's entries below the checkpoint's position (that
-/// entry itself stays: restoring the checkpoint verifies it).
+/// entry itself stays: restoring the checkpoint verifies it); then, given a retention,
+/// collects old checkpoints.
 async fn write_checkpoint(
     store: CheckpointStore,
     se: SlotEpoch,
@@ -1242,6 +1299,7 @@ async fn write_checkpoint(
     snapshot: Snapshot,
     log: Option<FencedLog>,
     clock: Clock,
+    collect: Option<Retention>,
 ) -> Result<CheckpointDone, Error> {
     let newest = store
         .committed_ids()
@@ -1287,5 +1345,21 @@ async fn write_checkpoint(
             .map(|deleted| (deleted > 0).then_some(at - 1)),
         _ => Ok(None),
     };
-    Ok(CheckpointDone { id, at, truncated })
+    // After the truncation: the checkpoint it relied on is the newest, which is kept.
+    let collected = match collect {
+        Some(retention) => Some(
+            store
+                .gc_with(retention, created_at_ms, false)
+                .await
+                .map(|report| report.expired.len())
+                .map_err(Error::replica_checkpoint("collect old checkpoints")),
+        ),
+        None => None,
+    };
+    Ok(CheckpointDone {
+        id,
+        at,
+        truncated,
+        collected,
+    })
 }

@@ -376,6 +376,69 @@ async fn the_log_is_truncated_below_each_checkpoint() {
     assert_eq!(b_status.last_replayed, 1, "the fence only: {b_status:?}");
 }
 
+/// The primary collects the group's old checkpoints: `replicas/<group>/` keeps the newest 16
+/// (the lines a replica searches), however many were written, and a newcomer still restores
+/// every acknowledged write from what is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_checkpoints_of_the_group_are_collected() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path()).await;
+    let replicas = replica_store(&store, &GroupName::new(GROUP).unwrap()).unwrap();
+    let mut options = ServerOptions::new(
+        ReplicationStyle::WarmPassive,
+        member("a", 10, 1, &store, vec![]),
+    );
+    options.checkpoint_interval = Duration::from_millis(20);
+    options.gc_interval = Duration::from_millis(100);
+    let a = ReplicatedServer::start(options, Journal::default())
+        .await
+        .unwrap();
+    wait_serving(&a).await;
+    let client = client(&store, ReplicationStyle::WarmPassive);
+    let load = start_load(&client, 4);
+    // Many more checkpoints than are kept, and collections among them.
+    let mut status = a.status();
+    let waited = tokio::time::timeout(
+        PATIENCE,
+        status.wait_for(|s| s.line.is_some_and(|l| l.get() > 60) && s.checkpoints_collected >= 20),
+    )
+    .await
+    .is_ok();
+    assert!(
+        waited,
+        "checkpoints written and collected: {:?}, store holds {:?}",
+        *a.status().borrow(),
+        replicas.committed_ids().await.unwrap()
+    );
+    finish(load, &client).await;
+
+    let kept = replicas.committed_ids().await.unwrap();
+    let newest = kept.last().copied().unwrap();
+    // The newest 16, and those written since the last collection (at most 100 ms of 20 ms).
+    assert!(
+        (16..=16 + 6).contains(&kept.len()),
+        "{} kept: {kept:?}",
+        kept.len()
+    );
+    assert!(
+        kept.iter().all(|id| id.get() + 16 + 6 > newest.get()),
+        "{kept:?}"
+    );
+    for id in &kept {
+        assert!(
+            replicas.verify(*id).await.unwrap().is_ok(),
+            "checkpoint {id}"
+        );
+    }
+
+    // A newcomer restores from what is left and takes over with every write.
+    let b = start_server(&store, "b", 50, vec![a.member_addr().to_owned()]).await;
+    wait_serving(&b).await;
+    let dump = client.call(encode(&Op::Dump)).await.unwrap();
+    let journal: Vec<u64> = rmp_serde::from_slice(&dump).unwrap();
+    assert!(journal.len() >= 60, "{}", journal.len());
+}
+
 /// A backup whose newest line is older than the log's truncation (a deposed primary's late
 /// checkpoint, say) finds its position gone when it takes over, loads the line with the
 /// highest position instead, and loses nothing; read from its own position, the log would

@@ -8,7 +8,7 @@
 //!
 //! Objects on different nodes talk node to node over TCP (wire role `peer`): each message
 //! carries its sender's colour and sequence number, and the receiving node applies the same
-//! cut rules ([`CutState`]) as the in-process runtime. Addresses
+//! cut rules ([`CutState`](crate::engine::CutState)) as the in-process runtime. Addresses
 //! resolve through the placement table the coordinator pushes. A message to an object whose
 //! node is unreachable waits in the sender node's queue and is re-sent until acknowledged; the
 //! receiver drops duplicates by (sender, receiver, sequence number) and drops messages of an
@@ -52,7 +52,7 @@ use crate::messaging::{
 };
 use crate::participant::{lock, read, write};
 use crate::service::protocol::{NodeFrame, PeerFrame};
-use cohort_wire::{ConnectConfig, ListenConfig, Role, Secret};
+use cohort_wire::{ConnectConfig, ListenConfig, Role, Secret, TlsConfig};
 
 use crate::participant::object::{Control, ObjectTask};
 use crate::participant::restore::{self, LineStates};
@@ -91,7 +91,9 @@ pub struct NodeBuilder {
     name: String,
     coordinators: Vec<String>,
     listen: SocketAddr,
+    advertise: Option<String>,
     token: Option<Secret>,
+    tls: Option<TlsConfig>,
     settings: NodeSettings,
 }
 
@@ -146,6 +148,7 @@ pub(crate) struct NodeShared {
     store: CheckpointStore,
     peer_addr: String,
     token: Option<Secret>,
+    tls: Option<TlsConfig>,
     settings: NodeSettings,
     objects: RwLock<BTreeMap<ObjectId, NodeSlot>>,
     active: Mutex<Option<ActiveRound>>,
@@ -421,6 +424,7 @@ async fn peer_link(
         let addr = read(&shared.placement).nodes.get(&target).cloned();
         let mut config = ConnectConfig::new(Role::Peer, shared.name.clone());
         config.token = shared.token.clone();
+        config.tls = shared.tls.clone();
         config.accept_roles = vec![Role::Peer];
         config.handshake_timeout = shared.settings.heartbeat_timeout;
         drop(shared);
@@ -490,7 +494,9 @@ impl Node {
             name: format!("node-{}", std::process::id()),
             coordinators: vec![format!("127.0.0.1:{}", cohort_wire::DEFAULT_PORT)],
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            advertise: None,
             token: None,
+            tls: None,
             settings: NodeSettings::default(),
         }
     }
@@ -612,9 +618,25 @@ impl NodeBuilder {
         self
     }
 
-    /// The shared token (required off loopback; both the coordinator and peers must hold it).
+    /// The address other nodes dial to reach this one (`HOST:PORT`), when it is not the
+    /// [`listen`](Self::listen) address: required when listening on a wildcard such as
+    /// `0.0.0.0`, and for a node behind a NAT or a proxy. Default: the bound address.
+    pub fn advertise(mut self, addr: impl Into<String>) -> Self {
+        self.advertise = Some(addr.into());
+        self
+    }
+
+    /// The shared token (off loopback, this or [`tls`](Self::tls); both the coordinator and
+    /// peers must hold it).
     pub fn token(mut self, token: Secret) -> Self {
         self.token = Some(token);
+        self
+    }
+
+    /// TLS with the coordinators and the other nodes (mutual: this node's certificate must be
+    /// valid for its advertised address, since other nodes dial it).
+    pub fn tls(mut self, tls: TlsConfig) -> Self {
+        self.tls = Some(tls);
         self
     }
 
@@ -629,8 +651,9 @@ impl NodeBuilder {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`] for a bad name or no coordinator; [`Error::Wire`] ([`Bind`](cohort_wire::Error::Bind)) when the
-    /// peer port cannot be bound (or another wire error for bad listen settings).
+    /// [`Error::InvalidConfig`] for a bad name, no coordinator, or a bad or missing advertised
+    /// address; [`Error::Wire`] ([`Bind`](cohort_wire::Error::Bind)) when the peer port cannot
+    /// be bound (or another wire error for bad listen settings).
     pub async fn build(self) -> Result<Node> {
         let valid = !self.name.is_empty()
             && self.name.len() <= 48
@@ -654,8 +677,10 @@ impl NodeBuilder {
         listen.role = Role::Peer;
         listen.accept_roles = vec![Role::Peer];
         listen.token = self.token.clone();
+        listen.tls = self.tls.clone();
         let listener = listen.bind().await?;
-        let peer_addr = listener.local_addr().to_string();
+        let peer_addr =
+            cohort_wire::advertised_address(listener.local_addr(), self.advertise.as_deref())?;
         let (to_coordinator, outbox) = mpsc::unbounded_channel();
         let shutdown = CancellationToken::new();
         let shared = Arc::new_cyclic(|me| NodeShared {
@@ -664,6 +689,7 @@ impl NodeBuilder {
             store: self.store,
             peer_addr,
             token: self.token,
+            tls: self.tls,
             settings: self.settings,
             objects: RwLock::new(BTreeMap::new()),
             active: Mutex::new(None),

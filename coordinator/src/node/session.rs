@@ -58,10 +58,20 @@ pub(super) async fn run(
         };
         let mut config = ConnectConfig::new(Role::Node, shared.name.clone());
         config.token = shared.token.clone();
+        config.tls = shared.tls.clone();
         config.accept_roles = vec![Role::Coordinator];
         config.handshake_timeout = shared.settings.heartbeat_timeout;
         let mut conn: Conn = match config.connect(addr.as_str()).await {
             Ok(c) => c,
+            // A peer that refused this node's credentials (or ours its) is a misconfiguration
+            // to tell the operator; an unreachable one is routine while coordinators come and go.
+            Err(e) if e.kind() == cohort_object_api::ErrorKind::Peer => {
+                tracing::warn!(%addr, error = %e, "a coordinator refused the connection");
+                if candidates.is_empty() {
+                    backoff = next_backoff(backoff);
+                }
+                continue;
+            }
             Err(e) => {
                 tracing::debug!(%addr, error = %e, "cannot reach a coordinator");
                 if candidates.is_empty() {

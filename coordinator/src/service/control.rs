@@ -293,6 +293,8 @@ struct Parts {
     service: Service,
     leadership: Leadership,
     holder: String,
+    /// Where others reach this coordinator: its advertised address.
+    address: String,
 }
 
 impl Responder {
@@ -301,12 +303,28 @@ impl Responder {
         Self::default()
     }
 
-    /// Attaches the service and the driver; a second call changes nothing.
+    /// Attaches the service and the driver; a second call changes nothing. The status names
+    /// the service's bound address as the coordinator's: use [`attach_at`](Self::attach_at)
+    /// when others reach it at another (advertised) address.
     pub fn attach(&self, service: Service, leadership: Leadership, holder: impl Into<String>) {
+        let address = service.local_addr().to_string();
+        self.attach_at(service, leadership, holder, address);
+    }
+
+    /// [`attach`](Self::attach), with the address others reach this coordinator at (the one
+    /// its epoch records carry) for the status to report.
+    pub fn attach_at(
+        &self,
+        service: Service,
+        leadership: Leadership,
+        holder: impl Into<String>,
+        address: impl Into<String>,
+    ) {
         let _ = self.parts.set(Parts {
             service,
             leadership,
             holder: holder.into(),
+            address: address.into(),
         });
     }
 
@@ -347,7 +365,8 @@ impl Responder {
             }
             let Some(p) = self.parts.get() else { continue };
             let view = p.leadership.view();
-            let own = p.service.local_addr().to_string();
+            // The advertised address: what the epoch records, hence the leader's, carry.
+            let own = p.address.clone();
             let Some(leader) = view.leader_address().filter(|a| *a != own) else {
                 *self.leader.lock().unwrap_or_else(PoisonError::into_inner) = None;
                 continue;
@@ -442,7 +461,7 @@ impl Responder {
 
 fn status_report(p: &Parts, view: &View) -> StatusReport {
     let status = p.service.status().borrow().clone();
-    let address = p.service.local_addr().to_string();
+    let address = p.address.clone();
     let mut report = StatusReport::new(&p.holder, &address);
     match &view.role {
         LeaderRole::Leading { epoch, serving } => {

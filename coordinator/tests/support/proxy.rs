@@ -13,6 +13,12 @@
 //! It also **taps** the frames it forwards (the wire's 4-byte length prefix, then msgpack: see
 //! `cohort_wire`), so a test knows, without sleeping, that a vote reached the
 //! service or that a `Decided` was caught. Handshake frames are forwarded without being logged.
+//!
+//! A **raw** proxy ([`Options::raw`]) forwards bytes as they come, without reading frames (a
+//! TLS connection's records, an HTTP store's requests): sever, refuse and blackhole work on it,
+//! holds and taps do not. It can add **latency** to every byte each way
+//! ([`Options::latency`], [`Proxy::set_latency`]): this machine's kernel has no `netem` qdisc,
+//! so a slow network is made here.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -56,9 +62,31 @@ pub enum Seen {
 
 type Gate<F> = Arc<dyn Fn(&F) -> bool + Send + Sync>;
 
+/// How a proxy starts.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Where it listens; a free loopback port by default.
+    pub listen: SocketAddr,
+    /// Forward bytes without reading frames.
+    pub raw: bool,
+    /// Delay every byte by this much, each way (raw proxies only).
+    pub latency: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            raw: false,
+            latency: Duration::ZERO,
+        }
+    }
+}
+
 #[derive(Clone)]
 struct Control {
     mode: Mode,
+    latency: Duration,
     /// Bumped by a sever: connections of an older generation end.
     generation: u64,
     hold_up: Option<Gate<NodeFrame>>,
@@ -67,6 +95,7 @@ struct Control {
 
 struct Inner {
     upstream: SocketAddr,
+    raw: bool,
     control: watch::Sender<Control>,
     log: Mutex<Vec<Seen>>,
     logged: watch::Sender<usize>,
@@ -100,12 +129,19 @@ impl Drop for Proxy {
 impl Proxy {
     /// Listens on a free loopback port and forwards to `upstream`.
     pub async fn start(upstream: SocketAddr) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_with(upstream, Options::default()).await
+    }
+
+    /// Listens and forwards to `upstream` as `options` say.
+    pub async fn start_with(upstream: SocketAddr, options: Options) -> Self {
+        let listener = TcpListener::bind(options.listen).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let inner = Arc::new(Inner {
             upstream,
+            raw: options.raw,
             control: watch::Sender::new(Control {
                 mode: Mode::Pass,
+                latency: options.latency,
                 generation: 0,
                 hold_up: None,
                 hold_down: None,
@@ -148,6 +184,12 @@ impl Proxy {
     /// Forwards again: silent connections resume (whoever timed out has closed its side).
     pub fn heal(&self) {
         self.inner.control.send_modify(|c| c.mode = Mode::Pass);
+    }
+
+    /// Delays every byte read from now on by `latency` before it is forwarded, each way (the
+    /// order is kept). Raw proxies only.
+    pub fn set_latency(&self, latency: Duration) {
+        self.inner.control.send_modify(|c| c.latency = latency);
     }
 
     /// Service → node frames wait, from the first one `pick` chooses, until [`release`].
@@ -309,6 +351,16 @@ async fn accept_loop(listener: TcpListener, inner: Arc<Inner>) {
                     let (client_read, client_write) = client.into_split();
                     let (up_read, up_write) = upstream.into_split();
                     let generation = control.generation;
+                    if inner.raw {
+                        tokio::spawn(pump_raw(
+                            Arc::clone(&inner),
+                            client_read,
+                            up_write,
+                            generation,
+                        ));
+                        tokio::spawn(pump_raw(inner, up_read, client_write, generation));
+                        return;
+                    }
                     tokio::spawn(pump::<Up>(
                         Arc::clone(&inner),
                         client_read,
@@ -443,6 +495,77 @@ async fn pump<D: Direction>(
                 }
             },
         }
+    }
+}
+
+/// Forwards one direction of one raw connection, chunk by chunk, each after the latency in
+/// force when it was read.
+async fn pump_raw(
+    inner: Arc<Inner>,
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    generation: u64,
+) {
+    // The reader stamps chunks; the writer sends each at its stamp plus the latency, so a
+    // steady stream is delayed once, not once per chunk.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Bytes)>();
+    let mut control = inner.control.subscribe();
+    let writer = {
+        let mut control = inner.control.subscribe();
+        tokio::spawn(async move {
+            while let Some((due, chunk)) = rx.recv().await {
+                tokio::time::sleep_until(due).await;
+                loop {
+                    let (mode, current) = {
+                        let c = control.borrow_and_update();
+                        (c.mode, c.generation)
+                    };
+                    if current != generation {
+                        return;
+                    }
+                    if mode != Mode::Blackhole {
+                        break;
+                    }
+                    if control.changed().await.is_err() {
+                        return;
+                    }
+                }
+                if to.write_all(&chunk).await.is_err() {
+                    return;
+                }
+            }
+            // What was forwarded stays ahead of the close (FIN, not reset).
+            let _ = to.shutdown().await;
+        })
+    };
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    loop {
+        let (current, latency) = {
+            let c = control.borrow_and_update();
+            (c.generation, c.latency)
+        };
+        if current != generation {
+            break;
+        }
+        tokio::select! {
+            changed = control.changed() => if changed.is_err() { break },
+            read = from.read_buf(&mut buf) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let chunk = buf.split().freeze();
+                    if tx.send((Instant::now() + latency, chunk)).is_err() {
+                        break;
+                    }
+                }
+            },
+        }
+    }
+    drop(tx);
+    let severed = inner.control.borrow().generation != generation;
+    if severed {
+        writer.abort();
+    } else {
+        let _ = writer.await;
     }
 }
 

@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 
 use super::handshake::{self, HANDSHAKE_MAX_FRAME_LEN, Local, NonceSource, OsNonces, Role};
-use super::{Connection, Secret};
+use super::{Connection, Secret, TlsConfig};
 use crate::Error;
 
 /// The port a coordinator listens on when none is given.
@@ -89,8 +89,9 @@ impl RoleLimits {
 
 /// How a listener accepts connections and checks who connects.
 ///
-/// The address is loopback unless set otherwise, and a non-loopback address needs a
-/// [`token`](Self::token): [`bind`](Self::bind) refuses to start without one.
+/// The address is loopback unless set otherwise, and a non-loopback address needs
+/// [`tls`](Self::tls) or a [`token`](Self::token): [`bind`](Self::bind) refuses to start
+/// without one.
 #[derive(Clone, Debug)]
 pub struct ListenConfig {
     /// The address to listen on; `127.0.0.1:7411` by default.
@@ -101,11 +102,16 @@ pub struct ListenConfig {
     pub role: Role,
     /// The roles of the peers this listener talks to; all by default.
     pub accept_roles: Vec<Role>,
-    /// The shared token that peers must prove they hold. Required on a non-loopback address.
+    /// The shared token that peers must prove they hold. A non-loopback address needs it, or
+    /// [`tls`](Self::tls).
     pub token: Option<Secret>,
+    /// TLS on every connection, with client certificates of the same authority required
+    /// (mutual TLS). `None`: plain TCP.
+    pub tls: Option<TlsConfig>,
     /// The largest frame accepted after the handshake; [`DEFAULT_MAX_FRAME_LEN`] by default.
     pub max_frame_len: usize,
-    /// The time a peer has to complete the handshake; [`DEFAULT_HANDSHAKE_TIMEOUT`] by default.
+    /// The time a peer has to complete the handshake (TLS included); [`DEFAULT_HANDSHAKE_TIMEOUT`]
+    /// by default.
     pub handshake_timeout: Duration,
     /// How many handshakes may be in progress at once, so that a flood of silent connections
     /// cannot exhaust memory or descriptors. Beyond it the one that has waited longest is
@@ -139,7 +145,7 @@ impl ListenConfig {
     ///
     /// # Errors
     ///
-    /// [`Error::TokenRequired`] for a non-loopback address without a token (checked before
+    /// [`Error::TokenRequired`] for a non-loopback address without TLS or a token (checked before
     /// the port is taken), [`Error::InvalidName`] or [`Error::InvalidConfig`] for a bad
     /// setting, [`Error::Bind`] when the port cannot be opened.
     pub async fn bind(self) -> Result<Listener<TcpListener>, Error> {
@@ -181,7 +187,7 @@ impl ListenConfig {
     }
 
     fn validate(&self, addr: SocketAddr) -> Result<(), Error> {
-        if !addr.ip().to_canonical().is_loopback() && self.token.is_none() {
+        if !addr.ip().to_canonical().is_loopback() && self.token.is_none() && self.tls.is_none() {
             return Err(Error::TokenRequired { addr });
         }
         check_common(
@@ -213,6 +219,7 @@ impl ListenConfig {
             role: self.role,
             accept_roles: &self.accept_roles,
             token: self.token.as_ref(),
+            tls: self.tls.as_ref(),
             max_frame_len: self.max_frame_len,
             handshake_timeout: self.handshake_timeout,
             nonces: self.nonces.as_ref(),
@@ -228,6 +235,7 @@ impl Default for ListenConfig {
             role: Role::Coordinator,
             accept_roles: Role::ALL.to_vec(),
             token: None,
+            tls: None,
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             max_pending_handshakes: 256,
@@ -251,6 +259,10 @@ pub struct ConnectConfig {
     /// The shared token to prove, and to demand the server proves. Must match the server's:
     /// both have one, or neither.
     pub token: Option<Secret>,
+    /// TLS, presenting this side's certificate and checking that the server's is signed by the
+    /// authority and valid for the host dialled. Must match the server's: both use TLS, or
+    /// neither.
+    pub tls: Option<TlsConfig>,
     /// The largest frame accepted after the handshake; [`DEFAULT_MAX_FRAME_LEN`] by default.
     pub max_frame_len: usize,
     /// The time allowed to open the TCP connection, and again to complete the handshake;
@@ -268,6 +280,7 @@ impl ConnectConfig {
             role,
             accept_roles: Role::ALL.to_vec(),
             token: None,
+            tls: None,
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             nonces: Arc::new(OsNonces),
@@ -306,11 +319,14 @@ impl ConnectConfig {
         let peer = stream
             .peer_addr()
             .map_or_else(|_| addr.to_string(), |peer| peer.to_string());
-        self.handshake(stream, peer).await
+        // TLS checks the server's certificate against the address as dialled (a DNS name stays
+        // a name), not the socket address it resolved to.
+        self.handshake_with(stream, peer, &addr.to_string()).await
     }
 
     /// Runs the client side of the handshake over an already open stream (an in-memory pipe,
-    /// a simulated network's stream, a proxy); `peer` names the other side in errors.
+    /// a simulated network's stream, a proxy); `peer` names the other side in errors and, with
+    /// [`tls`](Self::tls), is the `HOST:PORT` whose host the server's certificate must name.
     ///
     /// # Errors
     ///
@@ -328,18 +344,34 @@ impl ConnectConfig {
         Out: Serialize,
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        self.validate()?;
         let peer = peer.into();
+        let dialled = peer.clone();
+        self.handshake_with(stream, peer, &dialled).await
+    }
+
+    async fn handshake_with<In, Out, S>(
+        &self,
+        stream: S,
+        peer: String,
+        dialled: &str,
+    ) -> Result<Connection<In, Out, S>, Error>
+    where
+        In: DeserializeOwned,
+        Out: Serialize,
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        self.validate()?;
         let local = Local {
             name: &self.name,
             role: self.role,
             accept_roles: &self.accept_roles,
             token: self.token.as_ref(),
+            tls: self.tls.as_ref(),
             max_frame_len: self.max_frame_len,
             handshake_timeout: self.handshake_timeout,
             nonces: self.nonces.as_ref(),
         };
-        let (wire, info) = handshake::connect(stream, &peer, &local).await?;
+        let (wire, info) = handshake::connect(stream, &peer, dialled, &local).await?;
         Ok(Connection::new(wire, info, self.max_frame_len))
     }
 

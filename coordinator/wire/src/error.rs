@@ -29,8 +29,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 ///   ([`MessageTooLarge`](Self::MessageTooLarge), [`Encode`](Self::Encode): nothing was sent and
 ///   the connection stays usable);
 /// - **fix the peer** ([`ErrorKind::Peer`]): it is not a cohort endpoint, runs another protocol
-///   version, does not hold the same token, has the wrong role, or broke the framing or the
-///   message schema ([`Garbage`](Self::Garbage), [`BadMagic`](Self::BadMagic),
+///   version, does not hold the same token, failed TLS (no certificate of this side's
+///   authority, not valid for the address dialled, no TLS), has the wrong role, or broke the
+///   framing or the message schema ([`Tls`](Self::Tls), [`Garbage`](Self::Garbage), [`BadMagic`](Self::BadMagic),
 ///   [`BadHello`](Self::BadHello), [`VersionMismatch`](Self::VersionMismatch),
 ///   [`Unauthorized`](Self::Unauthorized), [`RoleRefused`](Self::RoleRefused),
 ///   [`Rejected`](Self::Rejected), [`FrameTooLarge`](Self::FrameTooLarge),
@@ -104,11 +105,13 @@ pub enum Error {
         reason: &'static str,
     },
 
-    /// A listener was configured on a non-loopback address without a shared token.
+    /// A listener was configured on a non-loopback address without TLS or a shared token.
     #[error(
-        "refusing to listen on {addr} without a token: a non-loopback address accepts connections \
-         from other hosts; pass --token or set COHORT_TOKEN (the same value on every node and \
-         coordinator), or listen on a loopback address such as 127.0.0.1"
+        "refusing to listen on {addr} without TLS or a token: a non-loopback address accepts \
+         connections from other hosts; pass --tls-cert, --tls-key and --tls-ca (mutual TLS, the \
+         recommended mode across hosts), or --token / COHORT_TOKEN on a trusted network (the \
+         same value on every node and coordinator), or listen on a loopback address such as \
+         127.0.0.1"
     )]
     TokenRequired {
         /// The address that was refused.
@@ -138,6 +141,17 @@ pub enum Error {
     },
 
     // ---- fix the peer ----
+    /// The TLS handshake failed: the peer's certificate is not signed by this side's authority
+    /// or not valid for the address dialled, it presented none, it refused this side's, or it
+    /// does not speak TLS.
+    #[error("TLS with {peer} failed: {reason}; the connection is closed")]
+    Tls {
+        /// The remote address.
+        peer: String,
+        /// What is wrong, and what to fix.
+        reason: String,
+    },
+
     /// The peer sent bytes that are not a cohort handshake: another program or protocol is
     /// talking to this port, or the peer connected to the wrong port.
     #[error("{peer} is not speaking the cohort protocol: {detail}; the connection is closed")]
@@ -344,7 +358,8 @@ impl Error {
             | Self::Bind { .. }
             | Self::MessageTooLarge { .. }
             | Self::Encode { .. } => ErrorKind::Invalid,
-            Self::Garbage { .. }
+            Self::Tls { .. }
+            | Self::Garbage { .. }
             | Self::BadMagic { .. }
             | Self::VersionMismatch { .. }
             | Self::Unauthorized { .. }

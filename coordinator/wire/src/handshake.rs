@@ -20,9 +20,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
-use super::Secret;
 use super::codec::{self, CodecError, FrameBudget, FrameCodec};
 use super::config::RoleLimits;
+use super::tls::{self, Transport};
+use super::{Secret, TlsConfig};
 use crate::Error;
 
 /// The magic string that opens every hello.
@@ -141,9 +142,11 @@ pub struct PeerInfo {
     pub protocol_version: u16,
     /// The software the peer announced, such as `cohort 0.1.0`.
     pub software: String,
-    /// Whether both sides proved they hold the same token. False only where neither side has
-    /// one (a loopback deployment).
+    /// Whether the peer proved who it is: with the shared token, or with a certificate of this
+    /// side's authority (TLS). False only where neither is configured (a loopback deployment).
     pub authenticated: bool,
+    /// Whether the connection runs over TLS: frames are encrypted and integrity-protected.
+    pub encrypted: bool,
     /// The largest frame the peer accepts.
     pub max_frame_len: usize,
 }
@@ -254,12 +257,20 @@ pub(crate) struct Local<'a> {
     pub(crate) role: Role,
     pub(crate) accept_roles: &'a [Role],
     pub(crate) token: Option<&'a Secret>,
+    pub(crate) tls: Option<&'a TlsConfig>,
     pub(crate) max_frame_len: usize,
     pub(crate) handshake_timeout: Duration,
     pub(crate) nonces: &'a dyn NonceSource,
 }
 
-pub(crate) type Wire<S> = Framed<S, FrameCodec>;
+impl Local<'_> {
+    /// Whether a peer that passes the handshake has proved who it is.
+    fn authenticates(&self) -> bool {
+        self.token.is_some() || self.tls.is_some()
+    }
+}
+
+pub(crate) type Wire<S> = Framed<Transport<S>, FrameCodec>;
 
 /// How many established connections of each role a listener serves, against its limits.
 #[derive(Debug)]
@@ -502,6 +513,9 @@ struct Transcript<'a> {
     server_name: &'a str,
     client_role: Role,
     client_name: &'a str,
+    /// With TLS, a value exported from the session: a proof made in one session is worthless
+    /// in another (a relay that terminates TLS on both sides cannot forward it).
+    binding: Option<&'a [u8]>,
 }
 
 impl Transcript<'_> {
@@ -519,7 +533,9 @@ impl Transcript<'_> {
             self.client_role.as_str().as_bytes(),
             self.client_name.as_bytes(),
         ];
-        for part in parts {
+        // Without TLS the transcript is what it always was, so plain peers of earlier releases
+        // still agree; with TLS (which they cannot speak) the binding comes last.
+        for part in parts.into_iter().chain(self.binding) {
             // Length-prefixed, so that no two different transcripts hash alike. Parts are
             // bounded by the handshake frame limit, far below u32::MAX.
             mac.update(&(part.len() as u32).to_be_bytes());
@@ -572,11 +588,47 @@ pub(crate) async fn accept<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    // One deadline for the TLS handshake and the cohort handshake together.
+    let deadline = tokio::time::Instant::now() + local.handshake_timeout;
+    let timed_out = || Error::HandshakeTimeout {
+        peer: peer.to_owned(),
+        after: local.handshake_timeout,
+    };
+    let stream = match local.tls {
+        None => Transport::Plain(stream),
+        Some(config) => {
+            let handshake = tokio::time::timeout_at(deadline, tls::accept(config, stream, peer));
+            let outcome = tokio::select! {
+                outcome = handshake => outcome,
+                // Nothing to tell a peer that has not finished TLS: just close.
+                () = shutdown.cancelled() => return Ok(None),
+            };
+            match outcome {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    log_refusal(&error);
+                    return Err(error);
+                }
+                Err(_elapsed) => {
+                    let error = timed_out();
+                    log_refusal(&error);
+                    return Err(error);
+                }
+            }
+        }
+    };
+    let binding = stream.binding();
     let mut wire = Framed::new(stream, FrameCodec::new(HANDSHAKE_MAX_FRAME_LEN));
     let outcome = {
-        let exchange = tokio::time::timeout(
-            local.handshake_timeout,
-            server_exchange(&mut wire, peer, local, admission.seats),
+        let exchange = tokio::time::timeout_at(
+            deadline,
+            server_exchange(
+                &mut wire,
+                peer,
+                local,
+                admission.seats,
+                binding.as_ref().map(|b| &b[..]),
+            ),
         );
         tokio::select! {
             result = exchange => Ok(result.unwrap_or_else(|_elapsed| Err(Refusal::Reject {
@@ -585,10 +637,7 @@ where
                     "the handshake did not complete within {:?}",
                     local.handshake_timeout
                 ),
-                error: Box::new(Error::HandshakeTimeout {
-                    peer: peer.to_owned(),
-                    after: local.handshake_timeout,
-                }),
+                error: Box::new(timed_out()),
             }))),
             () = shutdown.cancelled() => Err(CutShort::Shutdown),
             () = admission.evict.cancelled() => Err(CutShort::Evicted),
@@ -641,7 +690,8 @@ fn log_refusal(error: &Error) {
         Error::Closed { peer, .. } => {
             tracing::debug!(%peer, %error, "connection closed before the handshake");
         }
-        Error::Garbage { peer, .. }
+        Error::Tls { peer, .. }
+        | Error::Garbage { peer, .. }
         | Error::BadMagic { peer, .. }
         | Error::VersionMismatch { peer, .. }
         | Error::BadHello { peer, .. }
@@ -662,6 +712,7 @@ async fn server_exchange<S>(
     peer: &str,
     local: &Local<'_>,
     seats: &Arc<Seats>,
+    binding: Option<&[u8]>,
 ) -> Result<(PeerInfo, Seat), Refusal>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -737,6 +788,7 @@ where
         server_name: local.name,
         client_role: client.role,
         client_name: &client.name,
+        binding,
     };
     let unauthorized = |to_peer: &str, to_us: &str| Refusal::Reject {
         code: REJECT_AUTH,
@@ -808,7 +860,8 @@ where
         name: client.name,
         protocol_version: PROTOCOL_VERSION,
         software: client.software,
-        authenticated: local.token.is_some(),
+        authenticated: local.authenticates(),
+        encrypted: wire.get_ref().is_tls(),
         max_frame_len: client.max_frame_len,
     };
     Ok((info, seat))
@@ -860,24 +913,45 @@ where
 }
 
 /// Runs the client side of the handshake on a fresh connection.
+///
+/// `dialled` is the address as the caller gave it (`HOST:PORT`): with TLS, the server's
+/// certificate must name its host.
 pub(crate) async fn connect<S>(
     stream: S,
     peer: &str,
+    dialled: &str,
     local: &Local<'_>,
 ) -> Result<(Wire<S>, PeerInfo), Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut wire = Framed::new(stream, FrameCodec::new(HANDSHAKE_MAX_FRAME_LEN));
-    let exchange = client_exchange(&mut wire, peer, local);
-    let info = match tokio::time::timeout(local.handshake_timeout, exchange).await {
-        Ok(result) => result?,
-        Err(_elapsed) => {
-            return Err(Error::HandshakeTimeout {
-                peer: peer.to_owned(),
-                after: local.handshake_timeout,
-            });
+    let timed_out = || Error::HandshakeTimeout {
+        peer: peer.to_owned(),
+        after: local.handshake_timeout,
+    };
+    let deadline = tokio::time::Instant::now() + local.handshake_timeout;
+    let stream = match local.tls {
+        None => Transport::Plain(stream),
+        Some(config) => {
+            tokio::time::timeout_at(deadline, tls::connect(config, stream, peer, dialled))
+                .await
+                .map_err(|_elapsed| timed_out())??
         }
+    };
+    let binding = stream.binding();
+    let mut wire = Framed::new(stream, FrameCodec::new(HANDSHAKE_MAX_FRAME_LEN));
+    let exchange = client_exchange(&mut wire, peer, local, binding.as_ref().map(|b| &b[..]));
+    let info = match tokio::time::timeout_at(deadline, exchange).await {
+        // With TLS 1.3 the server checks the client's certificate after the client finished
+        // its side: a refusal arrives as an alert at the first read.
+        Ok(Err(Error::Io { source, .. })) if tls::failure_in(peer, &source).is_some() => {
+            return Err(tls::failure_in(peer, &source).unwrap_or_else(|| Error::Io {
+                peer: peer.to_owned(),
+                source,
+            }));
+        }
+        Ok(result) => result?,
+        Err(_elapsed) => return Err(timed_out()),
     };
     wire.codec_mut().set_max(local.max_frame_len);
     Ok((wire, info))
@@ -887,6 +961,7 @@ async fn client_exchange<S>(
     wire: &mut Wire<S>,
     peer: &str,
     local: &Local<'_>,
+    binding: Option<&[u8]>,
 ) -> Result<PeerInfo, Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -922,6 +997,7 @@ where
         server_name: &server.name,
         client_role: local.role,
         client_name: local.name,
+        binding,
     };
     let proof = local
         .token
@@ -970,7 +1046,8 @@ where
         name: server.name,
         protocol_version: PROTOCOL_VERSION,
         software: server.software,
-        authenticated: local.token.is_some(),
+        authenticated: local.authenticates(),
+        encrypted: wire.get_ref().is_tls(),
         max_frame_len: server.max_frame_len,
     })
 }
@@ -1014,7 +1091,28 @@ mod tests {
             server_name: "coordinator",
             client_role: Role::Node,
             client_name: "node-1",
+            binding: None,
         }
+    }
+
+    #[test]
+    fn proofs_bind_the_tls_session() {
+        let token = Secret::new("0123456789abcdef0123").unwrap();
+        let plain = transcript(&[1; NONCE_LEN], &[2; NONCE_LEN]);
+        let session = |binding| Transcript {
+            binding: Some(binding),
+            ..transcript(&[1; NONCE_LEN], &[2; NONCE_LEN])
+        };
+        let proof = session(&[7; 32]).prove(&token, CLIENT_PROOF_LABEL);
+        assert!(session(&[7; 32]).verify(&token, CLIENT_PROOF_LABEL, &proof));
+        assert!(
+            !session(&[8; 32]).verify(&token, CLIENT_PROOF_LABEL, &proof),
+            "another session"
+        );
+        assert!(
+            !plain.verify(&token, CLIENT_PROOF_LABEL, &proof),
+            "no session"
+        );
     }
 
     #[test]

@@ -20,6 +20,17 @@
 //! ([`max_frame_bytes_in_flight`](ListenConfig::max_frame_bytes_in_flight)); a frame that
 //! does not fit closes its connection.
 //!
+//! # TLS
+//!
+//! With a [`TlsConfig`] on both sides ([`ListenConfig::tls`], [`ConnectConfig::tls`]) every
+//! connection runs over TLS 1.3 (rustls), before anything else is said: mutual, so each side
+//! presents its certificate and checks that the other's is signed by the configured authority,
+//! and the client checks that the server's names the host it dialled (ALPN `cohort/1`). The
+//! frames after the handshake are encrypted and integrity-protected: a flipped bit ends the
+//! connection. A peer without a valid certificate never reaches the cohort handshake
+//! ([`Error::Tls`] on both sides, saying what is wrong). This is the recommended mode across
+//! hosts; `cohort certs` makes an authority and certificates.
+//!
 //! # Handshake
 //!
 //! ```text
@@ -32,23 +43,28 @@
 //! ```
 //!
 //! The transcript is the protocol version, both nonces, and both roles and names, each
-//! length-prefixed. So the token never crosses the wire, a recorded proof is useless on another
-//! connection, and each side learns that the other holds the token (a node cannot be lured to a
-//! fake coordinator that lacks it). Proofs are compared in constant time. A token is required
-//! on any non-loopback listener ([`Error::TokenRequired`]); on loopback it is optional, but
-//! the two sides must agree: both have the same token, or neither has one.
+//! length-prefixed; over TLS, also 32 bytes exported from the TLS session (label
+//! `EXPORTER-cohort-wire-v1 handshake binding`), so that a proof is bound to the session it was
+//! made in: a relay that terminates TLS on both sides (even with a certificate of the same
+//! authority) cannot pass a client's proof on to the server. So the token never crosses the
+//! wire, a recorded proof is useless on another connection, and each side learns that the
+//! other holds the token (a node cannot be lured to a fake coordinator that lacks it). Proofs
+//! are compared in constant time. A non-loopback listener needs TLS or a token
+//! ([`Error::TokenRequired`]); the two sides must agree on each: both use TLS or neither, and
+//! both have the same token or neither.
 //!
 //! Every hello field but `magic` and `protocol_version` may be missing, so a peer of another
-//! version is always told the two version numbers rather than "garbage". The whole handshake
-//! runs under [`handshake_timeout`](ListenConfig::handshake_timeout), and at most
+//! version is always told the two version numbers rather than "garbage". The whole handshake,
+//! TLS included, runs under [`handshake_timeout`](ListenConfig::handshake_timeout), and at most
 //! [`max_pending_handshakes`](ListenConfig::max_pending_handshakes) run at once: beyond that
 //! the one that waited longest is closed (code `busy`). A peer that passes it takes one of its
 //! role's [`max_connections`](RoleLimits::max_connections) until its handler returns, or is
 //! refused with code `busy`.
 //!
-//! The token authenticates the handshake, not the frames after it: they are neither encrypted
-//! nor signed. Across an untrusted network, run cohort inside a VPN or an SSH or WireGuard
-//! tunnel; the failure model (ARCHITECTURE.md) excludes peers that know the token and lie.
+//! Without TLS the token authenticates the handshake, not the frames after it: they are neither
+//! encrypted nor signed. That mode is for loopback and trusted networks; across an untrusted
+//! one use TLS. The failure model (ARCHITECTURE.md) excludes peers that hold the credentials
+//! and lie.
 //!
 //! # Example
 //!
@@ -87,6 +103,7 @@
 //! # }
 //! ```
 
+mod advertise;
 mod codec;
 mod config;
 mod connection;
@@ -95,8 +112,10 @@ pub(crate) mod handshake;
 mod replay;
 mod secret;
 mod serve;
+mod tls;
 mod transport;
 
+pub use advertise::advertised_address;
 pub use config::{
     Accept, ConnectConfig, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_FRAME_BYTES_IN_FLIGHT,
     DEFAULT_MAX_FRAME_LEN, DEFAULT_PORT, ListenConfig, Listener, RoleLimits,
@@ -110,6 +129,7 @@ pub use handshake::{
 pub use replay::{REPLAY_PEER, Replay, replay_as_server};
 pub use secret::{Secret, TOKEN_ENV};
 pub use serve::serve;
+pub use tls::TlsConfig;
 /// Re-exported: [`serve`] takes one to shut down, and hands a child of it to each handler.
 pub use tokio_util::sync::CancellationToken;
 pub use transport::{BoxStream, ByteStream, ConnectFuture, Connector, TcpConnector};

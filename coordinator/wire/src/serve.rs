@@ -69,7 +69,7 @@ pub async fn serve<A, In, Out, H, Fut, E>(
     let pending: Arc<Mutex<VecDeque<(u64, CancellationToken)>>> = Arc::default();
     let mut next_handshake = 0u64;
     let mut tasks = JoinSet::new();
-    tracing::info!(addr = %local_addr, role = %config.role, authenticated = config.token.is_some(), "listening");
+    tracing::info!(addr = %local_addr, role = %config.role, token = config.token.is_some(), tls = config.tls.is_some(), "listening");
 
     loop {
         tokio::select! {
