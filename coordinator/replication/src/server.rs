@@ -41,7 +41,7 @@ use super::fencing::{EntryId, EntryKind, FencedLog, LogEntry, SlotEpoch};
 use super::log::{Batch, LoggedRequest};
 use super::member::{Member, MemberEvent, MemberHandle, MemberOptions};
 use super::replies::{ClientId, Lookup, Outcome, ReplyCache};
-use super::styles::ReplicationStyle;
+use super::styles::{Between, ReplicationStyle};
 use crate::Error;
 use cohort_wire::{Connection, ListenConfig, Role};
 
@@ -1179,12 +1179,10 @@ impl<S: Service> Driver<S> {
             self.try_take_over().await;
             return;
         }
-        let result = match self.style {
-            ReplicationStyle::WarmPassive if self.serving.is_none() => {
-                self.load_newest_line().await
-            }
-            ReplicationStyle::Active => self.follow_log().await,
-            _ => Ok(()),
+        let result = match self.style.between_requests(self.serving.is_some()) {
+            Between::LoadNewestLine => self.load_newest_line().await,
+            Between::FollowLog => self.follow_log().await,
+            Between::Nothing => Ok(()),
         };
         if let Err(err) = result {
             self.report(format!("following the group: {err}"));
@@ -1222,8 +1220,7 @@ impl<S: Service> Driver<S> {
     /// `checkpoint_interval` if it executed anything since the last one.
     async fn maybe_checkpoint(&mut self) {
         let Some(se) = self.serving else { return };
-        if !self.style.logs_requests()
-            || se.slot != 0
+        if !self.style.checkpoints_from(se.slot)
             || self.checkpoint.is_some()
             || self.replica.applied <= self.checkpointed
             || self.last_checkpoint.elapsed() < self.options.checkpoint_interval

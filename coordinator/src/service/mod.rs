@@ -1,5 +1,10 @@
 //! The coordinator service: the two-phase protocol across processes.
 //!
+//! The service is a transport of the one coordinator core (`core/`): the engine decides
+//! (attempts, hosts, recovery, takeover), the core writes to the store, and this module only
+//! turns the engine's commands into frames to nodes and their frames into events. The
+//! in-process [`Cohort`](crate::runtime::Cohort) is the other transport of the same core.
+//!
 //! # The seam (for leadership, metrics and the CLI)
 //!
 //! - [`Service::start`]`(store, `[`ServiceConfig`]`)` binds the node port (wire role
@@ -13,8 +18,8 @@
 //!   are all registered again). [`Service::follow`]`(leader)` steps down: the attempt in flight
 //!   aborts and nodes are told `NotLeader { leader }`, which they follow.
 //! - [`Service::status`] watches a [`ServiceStatus`]: epoch, `fenced` (a commit found a newer
-//!   epoch: call `Leadership::deposed`), last committed id, attempt in flight, counters, the
-//!   state table.
+//!   epoch: call `Leadership::deposed`), last committed id, attempt in flight, counters,
+//!   health (`healthy`, `consecutive_failures`), the state table.
 //! - Every commit records the [`StateTable`] under [`STATE_TABLE_KEY`] in the manifest metadata,
 //!   plus whatever [`ServiceConfig::metadata`] adds.
 //! - [`Service::trigger`] takes a checkpoint now (`cohort checkpoint --now`).
@@ -36,8 +41,9 @@
 //! restored. Otherwise it is dead: cohort recovery runs (every live node restores its objects
 //! from the recovery line, read from the store by the node; a fence manifest is written; the
 //! nodes are released under a new incarnation, so peer messages of the discarded future are
-//! dropped). The dead node's objects stay members: checkpoints abort until the node, or a
-//! replacement registering the same object ids, comes back and restores them from the line.
+//! dropped). The dead node's objects stay members, and the node stays in the state table as
+//! down: checkpoints abort until the node, or a replacement registering the same object ids,
+//! comes back and restores them from the line.
 
 pub mod control;
 pub mod history;

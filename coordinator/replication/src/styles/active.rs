@@ -16,11 +16,16 @@
 //! **Joining.** A new replica restores the newest checkpoint (written by the holder of slot 0)
 //! and then replays the log from the checkpoint's position before it serves.
 
-use super::ReplicationStyle;
+use super::{Between, ReplicationStyle};
 use crate::member::MemberOptions;
 use crate::server::ServerOptions;
 
 /// Server options for the active style.
 pub fn options(member: MemberOptions) -> ServerOptions {
     ServerOptions::new(ReplicationStyle::Active, member)
+}
+
+/// Every replica, serving or standing by, executes the others' batches as it reads them.
+pub(crate) fn between_requests(_serving: bool) -> Between {
+    Between::FollowLog
 }

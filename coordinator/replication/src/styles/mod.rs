@@ -62,6 +62,33 @@ impl ReplicationStyle {
     pub fn sends_to_all(self) -> bool {
         matches!(self, Self::Active)
     }
+
+    /// What a member of this style does between requests (on every tick), by whether it
+    /// serves: the style's own rule, which the server carries out.
+    pub(crate) fn between_requests(self, serving: bool) -> Between {
+        match self {
+            Self::Stateless | Self::ColdPassive => Between::Nothing,
+            Self::WarmPassive => warm::between_requests(serving),
+            Self::Active => active::between_requests(serving),
+        }
+    }
+
+    /// Whether the member holding `slot` writes the group's checkpoints: the primary of a
+    /// style that logs (slot 0; in the active style, the holder of slot 0).
+    pub(crate) fn checkpoints_from(self, slot: u32) -> bool {
+        self.logs_requests() && slot == 0
+    }
+}
+
+/// What a member does between requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Between {
+    /// Nothing beyond serving.
+    Nothing,
+    /// Load the newest committed line if it is newer than the one held (a warm backup).
+    LoadNewestLine,
+    /// Execute the log's batches past the position held, in sequence order (an active replica).
+    FollowLog,
 }
 
 impl fmt::Display for ReplicationStyle {

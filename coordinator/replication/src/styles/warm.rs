@@ -19,11 +19,20 @@
 //!   [`Error::SlotFenced`](crate::Error::SlotFenced): it executes
 //!   nothing, tells its clients to go elsewhere, and deactivates. It cannot acknowledge.
 
-use super::ReplicationStyle;
+use super::{Between, ReplicationStyle};
 use crate::member::MemberOptions;
 use crate::server::ServerOptions;
 
 /// Server options for the warm passive style.
 pub fn options(member: MemberOptions) -> ServerOptions {
     ServerOptions::new(ReplicationStyle::WarmPassive, member)
+}
+
+/// A backup loads each committed line as it lands; the primary only serves.
+pub(crate) fn between_requests(serving: bool) -> Between {
+    if serving {
+        Between::Nothing
+    } else {
+        Between::LoadNewestLine
+    }
 }
