@@ -258,9 +258,10 @@ fn a_paused_leader_resumed_after_a_takeover_is_fenced() {
         value("cohort_checkpoint_size_bytes_sum") > 0.0,
         "{exposition}"
     );
-    // One sample per node per checkpoint; the first may commit before the node registered.
+    // A sample per checkpoint the node captured in: the first checkpoints may commit before it
+    // registered, and its idle objects are not captured again (minimal participation).
     assert!(
-        value("cohort_checkpoint_pause_seconds_count") >= 3.0,
+        value("cohort_checkpoint_pause_seconds_count") >= 1.0,
         "{exposition}"
     );
 
@@ -418,6 +419,8 @@ fn operators_see_the_leader_and_take_checkpoints_through_a_standby() {
     assert_eq!(status["leader"]["epoch"], 1, "{status}");
     assert_eq!(status["leader"]["address"], a_addr.as_str(), "{status}");
     assert_eq!(status["coordinator"]["leading"], true, "{status}");
+    assert_eq!(status["coordinator"]["healthy"], true, "{status}");
+    assert_eq!(status["coordinator"]["consecutive_failures"], 0, "{status}");
     assert_eq!(status["standby"]["address"], b_addr.as_str(), "{status}");
     assert_eq!(status["source"], "coordinator", "{status}");
     assert_eq!(status["objects"], 4, "{status}");

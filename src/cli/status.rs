@@ -89,6 +89,10 @@ struct Report {
     committed: u64,
     aborted: u64,
     recoveries: u64,
+    /// The leader's cohort is healthy: its failed attempts in a row are within
+    /// --tolerable-failures.
+    healthy: bool,
+    consecutive_failures: u32,
     dashboard: Option<String>,
 }
 
@@ -134,6 +138,8 @@ fn report(r: &StatusReport) -> Report {
         committed: r.committed,
         aborted: r.aborted,
         recoveries: r.recoveries,
+        healthy: r.healthy,
+        consecutive_failures: r.consecutive_failures,
         dashboard: r.dashboard.clone(),
     }
 }
@@ -534,6 +540,17 @@ fn print(out: &mut impl Write, s: &Status) -> anyhow::Result<()> {
             c.aborted,
             c.recoveries
         )?;
+        if c.leading {
+            let health = if c.healthy {
+                styles.ok.paint("healthy")
+            } else {
+                styles.bad.paint(format!(
+                    "unhealthy: {} checkpoint attempts failed in a row",
+                    c.consecutive_failures
+                ))
+            };
+            writeln!(out, "{} {health}", label("health"))?;
+        }
     }
     for problem in &s.damaged {
         writeln!(out, "{} {}", label("damaged"), styles.bad.paint(problem))?;

@@ -126,6 +126,13 @@ pub struct StatusReport {
     pub aborted: u64,
     /// Cohort recoveries run.
     pub recoveries: u64,
+    /// The cohort led is healthy: no more checkpoint attempts failed in a row than its
+    /// `tolerable_failures`. False while not leading.
+    #[serde(default)]
+    pub healthy: bool,
+    /// Checkpoint attempts of the cohort led that failed in a row.
+    #[serde(default)]
+    pub consecutive_failures: u32,
     /// Nodes, objects and placement.
     pub table: StateTable,
     /// The standbys that announced themselves recently (a leader's report only).
@@ -483,6 +490,8 @@ fn status_report(p: &Parts, view: &View) -> StatusReport {
     report.committed = status.committed;
     report.aborted = status.aborted;
     report.recoveries = status.recoveries;
+    report.healthy = status.healthy;
+    report.consecutive_failures = status.consecutive_failures;
     report.table = status.table;
     report
 }
