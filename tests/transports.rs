@@ -164,7 +164,7 @@ impl Harness {
         h
     }
 
-    async fn spawn(&self, id: &str, value: i64) {
+    fn spawn(&self, id: &str, value: i64) {
         let cell = Cell {
             state: State { value },
             refuse: Arc::clone(&self.refuse),
@@ -175,18 +175,26 @@ impl Harness {
             }
             Transport::Service => {
                 self.node.as_ref().unwrap().spawn(oid(id), cell).unwrap();
-                // The node tells the service as it registers: wait until the service places it,
-                // or a checkpoint taken meanwhile would not hold it.
-                let mut status = self.service.as_ref().unwrap().status();
-                let placed = tokio::time::timeout(
-                    Duration::from_secs(10),
-                    status.wait_for(|s| s.table.placement.contains_key(&oid(id))),
-                );
-                assert!(
-                    matches!(placed.await, Ok(Ok(_))),
-                    "the service never placed {id}"
-                );
             }
+        }
+    }
+
+    /// Waits until the service places `ids` (the node tells it of each spawn), or a checkpoint
+    /// taken meanwhile would not hold them.
+    async fn placed(&self, ids: &[&str]) {
+        if let Some(service) = &self.service {
+            let mut status = service.status();
+            let placed = tokio::time::timeout(
+                Duration::from_secs(10),
+                status.wait_for(|s| {
+                    ids.iter()
+                        .all(|id| s.table.placement.contains_key(&oid(id)))
+                }),
+            );
+            assert!(
+                matches!(placed.await, Ok(Ok(_))),
+                "the service never placed {ids:?}"
+            );
         }
     }
 
@@ -224,9 +232,21 @@ impl Harness {
                 return line;
             }
         }
+        let mut lines = Vec::new();
+        for id in self.store.committed_ids().await.unwrap() {
+            let m = manifest(&self.store, id).await;
+            lines.push(format!(
+                "{id} {:?} epoch {} {:?}, {} in transit",
+                m.kind,
+                m.epoch,
+                values(&self.store, &m).await,
+                m.in_transit.len()
+            ));
+        }
         panic!(
-            "{:?}: no line in 200 checkpoints met the condition",
-            self.transport
+            "{:?}: no line in 200 checkpoints met the condition; the lines:\n{}",
+            self.transport,
+            lines.join("\n")
         );
     }
 
@@ -307,8 +327,9 @@ async fn zero_counters_are_left_out_of_the_manifest() {
         let store = CheckpointStore::memory();
         let h = Harness::start(transport, store.clone(), Knobs::default()).await;
         for id in ["a", "b", "idle"] {
-            h.spawn(id, 0).await;
+            h.spawn(id, 0);
         }
+        h.placed(&["a", "b", "idle"]).await;
         h.tell("a", Msg::Poke { to: "b".into() });
         // The line in which b has handled a's message.
         let line = h.line_where(|v| v.get(&oid("b")) == Some(&1)).await;
@@ -381,11 +402,16 @@ async fn line_with_a_message_in_transit(store: &CheckpointStore, with_counters: 
 async fn a_lines_in_transit_messages_are_redelivered_by_the_lines_own_rule() {
     for with_counters in [true, false] {
         for transport in BOTH {
+            eprintln!("case: {transport:?}, counters {with_counters}");
             let store = CheckpointStore::memory();
             line_with_a_message_in_transit(&store, with_counters).await;
             let mut h = Harness::start(transport, store.clone(), Knobs::default()).await;
-            h.spawn("a", 0).await;
-            h.spawn("b", 0).await;
+            // Both before the node registers and restores the line: an object the line holds
+            // that a node spawns after its restore runs from its initial state (see
+            // ARCHITECTURE.md, "The service").
+            h.spawn("a", 0);
+            h.spawn("b", 0);
+            h.placed(&["a", "b"]).await;
             h.recover().await;
             // Once b handled the redelivered message (a line taken before holds it in transit
             // again), and never twice: no line shows 12.
@@ -416,6 +442,42 @@ async fn a_lines_in_transit_messages_are_redelivered_by_the_lines_own_rule() {
     }
 }
 
+/// A node that spawns an object of the line after the node restored (its objects are spawned
+/// after `build`, and the registration and the restore can come first) restores that object
+/// from the line before it runs: its state and its in-transit messages. Otherwise it ran from
+/// its initial state and, its in-transit message never recorded, no checkpoint could commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_spawned_after_its_nodes_restore_is_restored_from_the_line() {
+    use cohort::coordinator::node::NodeStatus;
+    let store = CheckpointStore::memory();
+    line_with_a_message_in_transit(&store, true).await;
+    let h = Harness::start(Transport::Service, store.clone(), Knobs::default()).await;
+    // The node registers with no object, and the service's takeover restores it.
+    let mut status = h.node.as_ref().unwrap().status();
+    let restored = tokio::time::timeout(
+        Duration::from_secs(10),
+        status.wait_for(
+            |s| matches!(s, NodeStatus::Registered { recoveries, .. } if *recoveries >= 1),
+        ),
+    )
+    .await;
+    assert!(matches!(restored, Ok(Ok(_))), "the node never restored");
+    h.spawn("a", 0);
+    h.spawn("b", 0);
+    h.placed(&["a", "b"]).await;
+    let line = h
+        .line_where(|v| {
+            assert!(v.get(&oid("b")) < Some(&12), "delivered twice: {v:?}");
+            v.get(&oid("b")) == Some(&11)
+        })
+        .await;
+    let values = values(&store, &line).await;
+    assert_eq!(values[&oid("a")], 9, "a restored from the line");
+    let expected: BTreeMap<ObjectId, (u64, u64)> = [(oid("a"), (1, 0)), (oid("b"), (0, 1))].into();
+    assert_eq!(counters(&line), expected);
+    h.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tolerable_failures_decide_the_health() {
     for transport in BOTH {
@@ -425,7 +487,8 @@ async fn tolerable_failures_decide_the_health() {
             ..Knobs::default()
         };
         let h = Harness::start(transport, store.clone(), knobs).await;
-        h.spawn("a", 0).await;
+        h.spawn("a", 0);
+        h.placed(&["a"]).await;
         h.checkpoint().await;
         assert_eq!(h.health((true, 0)).await, (true, 0), "{transport:?}");
         h.refuse.store(true, Ordering::SeqCst);
@@ -464,7 +527,8 @@ async fn min_pause_separates_attempts() {
             ..Knobs::default()
         };
         let h = Harness::start(transport, store.clone(), knobs).await;
-        h.spawn("a", 0).await;
+        h.spawn("a", 0);
+        h.placed(&["a"]).await;
         // Each trigger waits for the minimum pause after the attempt before it.
         let first = h.checkpoint().await;
         for _ in 0..3 {

@@ -111,7 +111,8 @@ pub enum NodeStatus {
         session: u64,
         /// Sessions this node started (a resumed one does not count).
         sessions: u64,
-        /// Recoveries this node took part in.
+        /// Restores this node completed (each recovery it took part in, and its restore on
+        /// joining after a recovery).
         recoveries: u64,
     },
     /// The coordinator refused the registration; the node stopped.
@@ -132,6 +133,11 @@ pub(crate) struct NodeSlot {
     /// Decodes a peer frame's payload and queues it in the mailbox.
     deliver: Box<dyn Fn(PeerFrame) -> std::result::Result<(), String> + Send + Sync>,
     message_type: &'static str,
+    /// The incarnation of the last restore that ordered this object (0: none yet).
+    restored_in: Arc<AtomicU64>,
+    /// Spawned after the node's last restore looked at its objects, and not yet restored from
+    /// that line: it votes no rather than be captured in its initial state.
+    awaiting_restore: Arc<AtomicBool>,
 }
 
 #[derive(Default)]
@@ -166,11 +172,14 @@ pub(crate) struct NodeShared {
     early: Mutex<Vec<PeerFrame>>,
     /// A restore is running: frames are parked (set and cleared under `early`'s lock).
     restoring: AtomicBool,
-    /// Serialises restores and holds the incarnation of the last one that succeeded: a
-    /// `Restore` sent again after a reconnection is answered without restoring twice (a second
-    /// restore would drop what the first let into the mailboxes).
-    restored: tokio::sync::Mutex<u64>,
+    /// Serialises restores and holds the last one that succeeded: a `Restore` sent again after
+    /// a reconnection is answered without restoring twice (a second restore would drop what
+    /// the first let into the mailboxes), and an object spawned after it is restored from its
+    /// line on its own.
+    restored: tokio::sync::Mutex<Restored>,
     incarnation: AtomicU64,
+    /// Restores completed, for [`NodeStatus::Registered`].
+    restores: AtomicU64,
     placement: RwLock<Placement>,
     links: Mutex<HashMap<String, mpsc::UnboundedSender<PeerFrame>>>,
     /// The sender's incarnation and highest sequence number delivered per (sender,
@@ -398,14 +407,14 @@ impl NodeShared {
     }
 
     fn release_all(&self) {
+        // `held` first, `awaiting_restore` after; `restore_late` does the opposite, so an
+        // object whose late restore ends meanwhile is released by one of the two.
         self.held.store(false, Ordering::SeqCst);
         for slot in read(&self.objects).values() {
-            let _ = slot.control.send(Control::Release);
+            if !slot.awaiting_restore.load(Ordering::SeqCst) {
+                let _ = slot.control.send(Control::Release);
+            }
         }
-    }
-
-    fn control(&self, id: &ObjectId) -> Option<mpsc::UnboundedSender<Control>> {
-        read(&self.objects).get(id).map(|s| s.control.clone())
     }
 }
 
@@ -530,11 +539,13 @@ impl Node {
         let (mailbox_tx, mailbox_rx) = mpsc::unbounded_channel::<Envelope<A::Message>>();
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let participation = crate::participant::SharedParticipation::default();
+        // Held until `restore_late` (or the node's release) lets it run: the node's last
+        // restore may have looked at its objects before this one existed.
         let task = ObjectTask::new(
             id.clone(),
             object,
             Round(shared.colour_floor.load(Ordering::SeqCst)),
-            shared.held.load(Ordering::SeqCst),
+            true,
             mailbox_rx,
             control_rx,
             Arc::clone(shared),
@@ -561,10 +572,13 @@ impl Node {
                 mailbox: Arc::new(mailbox_tx.clone()),
                 deliver: Box::new(deliver),
                 message_type: type_name::<A::Message>(),
+                restored_in: Arc::new(AtomicU64::new(0)),
+                awaiting_restore: Arc::new(AtomicBool::new(true)),
             },
         );
         drop(objects);
         tokio::spawn(task.run());
+        tokio::spawn(restore_late(Arc::clone(shared), id.clone()));
         let _ = shared.to_coordinator.send(NodeFrame::Spawned {
             objects: vec![id.clone()],
         });
@@ -697,8 +711,9 @@ impl NodeBuilder {
             colour_floor: AtomicU64::new(0),
             early: Mutex::new(Vec::new()),
             restoring: AtomicBool::new(false),
-            restored: tokio::sync::Mutex::new(0),
+            restored: tokio::sync::Mutex::new(Restored::default()),
             incarnation: AtomicU64::new(0),
+            restores: AtomicU64::new(0),
             placement: RwLock::new(Placement::default()),
             links: Mutex::new(HashMap::new()),
             delivered: Mutex::new(HashMap::new()),
@@ -743,6 +758,17 @@ impl NodeBuilder {
     }
 }
 
+/// The last restore this node carried out.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Restored {
+    /// Its incarnation (0: none yet).
+    incarnation: u64,
+    /// The line it restored (`None`: nothing was committed).
+    line: Option<CheckpointId>,
+    /// The colour it gave the objects.
+    colour: Round,
+}
+
 /// Carries out a recovery order: hold, restore from the line in the store, answer. An order
 /// for an incarnation already restored is a repeat: answered at once.
 async fn restore(
@@ -753,7 +779,7 @@ async fn restore(
     incarnation: u64,
 ) -> std::result::Result<(), RestoreFailure> {
     let mut restored = shared.restored.lock().await;
-    if incarnation <= *restored {
+    if incarnation <= restored.incarnation {
         return Ok(());
     }
     {
@@ -765,9 +791,84 @@ async fn restore(
     // reach the restored mailboxes.
     shared.raise_floor_ending_restore(colour, true);
     if result.is_ok() {
-        *restored = incarnation;
+        *restored = Restored {
+            incarnation,
+            line,
+            colour,
+        };
     }
     result
+}
+
+/// Restores `id`, spawned after the node's last restore looked at its objects, from that
+/// restore's line, then lets it run: otherwise an object the line holds would run from its
+/// initial state, and its in-transit messages would never arrive (the cohort could not commit
+/// again). No checkpoint commits meanwhile (the cohort's member votes no until it is here and
+/// restored), so the line is still the newest.
+async fn restore_late(shared: Arc<NodeShared>, id: ObjectId) {
+    // After any restore in flight: that one may have ordered the object already.
+    let guard = shared.restored.lock().await;
+    let restored = *guard;
+    let Some((control, restored_in, awaiting)) = read(&shared.objects).get(&id).map(|slot| {
+        (
+            slot.control.clone(),
+            Arc::clone(&slot.restored_in),
+            Arc::clone(&slot.awaiting_restore),
+        )
+    }) else {
+        return;
+    };
+    let done = |awaiting: &AtomicBool| {
+        awaiting.store(false, Ordering::SeqCst);
+        // Held with the whole node (a restore's `Release` is still to come), or on its own.
+        if !shared.held.load(Ordering::SeqCst) {
+            let _ = control.send(Control::Release);
+        }
+    };
+    // No restore yet (the first one will order it), or the last one ordered it.
+    if restored.incarnation == 0 || restored_in.load(Ordering::SeqCst) >= restored.incarnation {
+        done(&awaiting);
+        return;
+    }
+    let Some(line) = restored.line else {
+        // Nothing committed: it keeps its state, as every object did.
+        done(&awaiting);
+        return;
+    };
+    let one = BTreeSet::from([id.clone()]);
+    let order = match read_line(&shared, line, &one).await {
+        Ok(mut states) => {
+            let mut order = states.order(&id, restored.colour, false);
+            // What reached its mailbox since the spawn was sent after the line: it stays.
+            order.discard = false;
+            order
+        }
+        Err(e) => {
+            tracing::error!(object = %id, %line, error = %e, "cannot read the line to restore an object spawned after this node's restore; it stays held and votes no");
+            return;
+        }
+    };
+    if order.state.is_none() && order.redeliver.is_empty() {
+        // Not in the line: a new object keeps its state.
+        done(&awaiting);
+        return;
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if control.send(Control::Restore(Box::new(order), tx)).is_err() {
+        return;
+    }
+    match rx.await {
+        Ok(Ok(())) => {
+            tracing::info!(object = %id, %line, "restored an object spawned after this node's restore");
+            restored_in.store(restored.incarnation, Ordering::SeqCst);
+            done(&awaiting);
+        }
+        Ok(Err(e)) => {
+            tracing::error!(object = %id, %line, error = %e, "cannot restore an object spawned after this node's restore; it stays held and votes no");
+        }
+        Err(_) => {}
+    }
+    drop(guard);
 }
 
 /// Store reads of a restore are retried this often (with doubling backoff) while the store
@@ -797,7 +898,10 @@ async fn restore_objects(
     let mut acks = Vec::new();
     for id in &ids {
         let order = states.order(id, colour, cohort_recovery);
-        let Some(control) = shared.control(id) else {
+        let Some(control) = read(&shared.objects).get(id).map(|slot| {
+            slot.restored_in.store(incarnation, Ordering::SeqCst);
+            slot.control.clone()
+        }) else {
             continue;
         };
         let (tx, rx) = tokio::sync::oneshot::channel();

@@ -27,7 +27,6 @@ pub(super) async fn run(
 ) {
     let mut session: Option<u64> = None;
     let mut sessions = 0u64;
-    let mut recoveries = 0u64;
     let mut backoff = Duration::ZERO;
     let mut candidates: VecDeque<String> = coordinators.iter().cloned().collect();
     loop {
@@ -137,21 +136,10 @@ pub(super) async fn run(
             coordinator: addr.clone(),
             session: session.unwrap_or(0),
             sessions,
-            recoveries,
+            recoveries: shared.restores.load(Ordering::SeqCst),
         });
         drop(shared);
-        let ended = serve(
-            &node,
-            &mut conn,
-            &mut outbox,
-            heartbeat,
-            timeout,
-            &mut recoveries,
-            &addr,
-            session.unwrap_or(0),
-            sessions,
-        )
-        .await;
+        let ended = serve(&node, &mut conn, &mut outbox, heartbeat, timeout).await;
         tracing::warn!(%addr, reason = %ended, "lost the coordinator; reconnecting");
         if let Some(shared) = node.upgrade() {
             shared.status.send_replace(NodeStatus::Connecting);
@@ -159,17 +147,12 @@ pub(super) async fn run(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn serve(
     node: &Weak<NodeShared>,
     conn: &mut Conn,
     outbox: &mut mpsc::UnboundedReceiver<NodeFrame>,
     heartbeat: Duration,
     timeout: Duration,
-    recoveries: &mut u64,
-    addr: &str,
-    session: u64,
-    sessions: u64,
 ) -> String {
     let mut beat = tokio::time::interval(heartbeat);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -190,15 +173,6 @@ async fn serve(
                 };
                 deadline = tokio::time::Instant::now() + timeout;
                 let Some(shared) = node.upgrade() else { return "the node stopped".into() };
-                if let CoordinatorFrame::Restore { .. } = frame {
-                    *recoveries += 1;
-                    shared.status.send_replace(NodeStatus::Registered {
-                        coordinator: addr.to_owned(),
-                        session,
-                        sessions,
-                        recoveries: *recoveries,
-                    });
-                }
                 if let CoordinatorFrame::NotLeader { .. } = frame {
                     return "the coordinator stepped down".into();
                 }
@@ -255,7 +229,15 @@ fn on_frame(shared: &Arc<NodeShared>, frame: CoordinatorFrame) {
             let mut unwoken = Vec::new();
             let mut asked = Vec::new();
             let slots = read(&shared.objects);
+            let mut awaiting = Vec::new();
             for object in &objects {
+                if slots
+                    .get(object)
+                    .is_some_and(|slot| slot.awaiting_restore.load(Ordering::SeqCst))
+                {
+                    awaiting.push(object.clone());
+                    continue;
+                }
                 let counted = slots
                     .get(object)
                     .and_then(|slot| participant::vote_unwoken(&slot.participation, round));
@@ -290,6 +272,16 @@ fn on_frame(shared: &Arc<NodeShared>, frame: CoordinatorFrame) {
                     bytes: 0,
                     pause_max_us: 0,
                 });
+            }
+            if let Some(w) = shared.writer_for(round) {
+                for object in awaiting {
+                    let _ = w.send(WriterMsg::No {
+                        object,
+                        reason:
+                            "spawned after this node's restore, and not restored from the line yet"
+                                .into(),
+                    });
+                }
             }
             for object in &asked {
                 match slots.get(object) {
@@ -360,7 +352,15 @@ fn on_frame(shared: &Arc<NodeShared>, frame: CoordinatorFrame) {
                 let result =
                     super::restore(&shared, recovery != 0, line, colour, incarnation).await;
                 let (result, damaged) = match result {
-                    Ok(()) => (Ok(()), false),
+                    Ok(()) => {
+                        let done = shared.restores.fetch_add(1, Ordering::SeqCst) + 1;
+                        shared.status.send_modify(|status| {
+                            if let NodeStatus::Registered { recoveries, .. } = status {
+                                *recoveries = done;
+                            }
+                        });
+                        (Ok(()), false)
+                    }
                     Err(failure) => {
                         tracing::error!(error = %failure, "recovery failed on this node");
                         let damaged = matches!(failure, RestoreFailure::Damaged { .. });
