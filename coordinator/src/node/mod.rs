@@ -441,6 +441,9 @@ async fn peer_link(
         config.accept_roles = vec![Role::Peer];
         config.handshake_timeout = shared.settings.heartbeat_timeout;
         let network = Arc::clone(&shared.network);
+        // Frames unacknowledged this long mean a dead connection (a peer gone without a reset,
+        // a partition): reconnect and send them again, as the coordinator link's heartbeats do.
+        let stall = shared.settings.heartbeat_timeout;
         drop(shared);
         let connected = match addr {
             Some(addr) => config
@@ -470,15 +473,23 @@ async fn peer_link(
         }
         // Acks count frames delivered on this connection.
         let mut acked_on_conn = 0u64;
+        let mut ack_due = tokio::time::Instant::now() + stall;
         while !failed {
             tokio::select! {
                 () = shutdown.cancelled() => return,
+                () = tokio::time::sleep_until(ack_due), if !unacked.is_empty() => {
+                    tracing::warn!(peer = %target, unacked = unacked.len(), "no acknowledgement from a peer for {stall:?}; reconnecting");
+                    failed = true;
+                }
                 frame = rx.recv() => match frame {
                     None => return,
                     Some(frame) => {
                         let current = node.upgrade().map(|n| n.incarnation.load(Ordering::SeqCst));
                         if current.is_some_and(|c| frame.incarnation < c) {
                             continue;
+                        }
+                        if unacked.is_empty() {
+                            ack_due = tokio::time::Instant::now() + stall;
                         }
                         let result = send.send(&frame).await;
                         unacked.push_back(frame);
@@ -489,6 +500,7 @@ async fn peer_link(
                     Ok(Some(n)) if n > acked_on_conn && n <= sent_on_conn => {
                         for _ in acked_on_conn..n { unacked.pop_front(); }
                         acked_on_conn = n;
+                        ack_due = tokio::time::Instant::now() + stall;
                     }
                     Ok(Some(_)) => {}
                     _ => failed = true,
