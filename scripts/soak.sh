@@ -16,10 +16,13 @@ if ! [[ $seeds =~ ^[0-9]+$ && $start =~ ^[0-9]+$ ]]; then
     exit 2
 fi
 
-cargo test --release --test sim --no-run --quiet 2>/dev/null ||
+# COHORT_SIM_BINARY: a test binary built already (a copy, say, while the tree changes).
+binary=${COHORT_SIM_BINARY:-}
+if [[ -z $binary ]]; then
     cargo test --release --test sim --no-run
-binary=$(cargo test --release --test sim --no-run --message-format=json 2>/dev/null |
-    sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
+    binary=$(cargo test --release --test sim --no-run --message-format=json 2>/dev/null |
+        sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
+fi
 
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
