@@ -6,7 +6,7 @@
 //! never going down, fences pointing at the newest committed line, one leader committing per
 //! epoch; and after the faults stop the cohort commits again within a bound.
 //!
-//! `COHORT_SIM_SEEDS=<n>` (default 64) seeds from `COHORT_SIM_START=<s>` (default 0);
+//! `COHORT_SIM_SEEDS=<n>` (default 32) seeds from `COHORT_SIM_START=<s>` (default 0);
 //! `COHORT_SEED=<n>` replays one seed exactly and prints its trace. A failing seed prints its
 //! replay line. `scripts/soak.sh` runs thousands of seeds in release mode on every core.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
@@ -59,7 +59,7 @@ fn seeds_keep_every_invariant() {
         }
     }
     let start = env_u64("COHORT_SIM_START").unwrap_or(0);
-    let seeds = env_u64("COHORT_SIM_SEEDS").unwrap_or(64);
+    let seeds = env_u64("COHORT_SIM_SEEDS").unwrap_or(32);
     let mut failures = Vec::new();
     for seed in start..start + seeds {
         // A panic in the harness or a host is a failure of the seed too.
