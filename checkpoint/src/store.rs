@@ -263,6 +263,24 @@ impl CheckpointStore {
         }
     }
 
+    /// Treats the wrapped store's generic errors as a remote store's: connection trouble,
+    /// [`Error::Unavailable`] and retryable, as they are from S3. For a wrapper that models a
+    /// remote store (a fault-injecting one in a simulation) built by
+    /// [`from_object_store`](Self::from_object_store), whose generic errors are otherwise
+    /// taken for a local disk's.
+    #[must_use]
+    pub fn as_remote(self) -> Self {
+        let mut inner = match Arc::try_unwrap(self.inner) {
+            Ok(inner) => inner,
+            // Call it on a store just built, which nothing else holds yet.
+            Err(shared) => return Self { inner: shared },
+        };
+        inner.remote = true;
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
     fn with_url(self, url: &str) -> Self {
         let mut inner = match Arc::try_unwrap(self.inner) {
             Ok(inner) => inner,

@@ -6,6 +6,7 @@ use std::fmt;
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -17,7 +18,7 @@ use object_store::{
     ObjectStoreExt, PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions,
     UploadPart,
 };
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 /// The operations a fault can target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -58,6 +59,10 @@ pub enum Fault {
 }
 
 type KeyPredicate = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// How long each call waits before it reaches the wrapped store (see
+/// [`FaultyStore::set_latency`]).
+pub type Latency = Arc<dyn Fn(Op) -> Duration + Send + Sync>;
 
 /// When a fault fires, and what it does. Build with [`FaultRule::on`].
 #[derive(Clone)]
@@ -174,6 +179,8 @@ struct Shared {
     hangs: AtomicUsize,
     hang_notify: Notify,
     ignore_create: std::sync::atomic::AtomicBool,
+    latency: Mutex<Option<Latency>>,
+    paused: watch::Sender<bool>,
 }
 
 /// An [`ObjectStore`] that forwards to another and injects the faults of its rules.
@@ -229,6 +236,49 @@ impl FaultyStore {
     /// `If-None-Match` do.
     pub fn ignore_create_if_absent(&self, ignore: bool) {
         self.shared.ignore_create.store(ignore, Ordering::SeqCst);
+    }
+
+    /// Delays every call by what `latency` says for its operation, on tokio's clock (a
+    /// simulation's clock under a simulator); `None` removes the delay. The delay comes after
+    /// the rules are checked, before the wrapped store is called.
+    pub fn set_latency(&self, latency: Option<Latency>) {
+        *self
+            .shared
+            .latency
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = latency;
+    }
+
+    /// Pauses the caller as a stopped process is paused: calls wait before they reach the
+    /// wrapped store, and calls under way wait before they return (a write may land, its
+    /// answer waits), until [`resume`](Self::resume).
+    pub fn pause(&self) {
+        self.shared.paused.send_replace(true);
+    }
+
+    /// Lets paused calls go on.
+    pub fn resume(&self) {
+        self.shared.paused.send_replace(false);
+    }
+
+    /// Waits while paused, then for the latency of `op`.
+    async fn gate(&self, op: Op) {
+        self.wait_resumed().await;
+        let latency = self
+            .shared
+            .latency
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(delay) = latency.map(|l| l(op)).filter(|d| !d.is_zero()) {
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    async fn wait_resumed(&self) {
+        let mut paused = self.shared.paused.subscribe();
+        // The sender lives in `shared`, as long as `self`.
+        let _ = paused.wait_for(|p| !*p).await;
     }
 
     /// How many calls of `op` were made so far (faulted ones included).
@@ -290,7 +340,9 @@ impl FaultyStore {
     where
         F: Future<Output = object_store::Result<T>>,
     {
-        match self.check(op, key) {
+        let fault = self.check(op, key);
+        self.gate(op).await;
+        let result = match fault {
             None => f.await,
             Some(Fault::Error) => Err(injected(op, key, false)),
             Some(Fault::Hang) => self.hang().await,
@@ -302,7 +354,9 @@ impl FaultyStore {
                 let _ = f.await;
                 self.hang().await
             }
-        }
+        };
+        self.wait_resumed().await;
+        result
     }
 }
 
@@ -413,7 +467,16 @@ impl ObjectStore for FaultyStore {
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
         let key = prefix.cloned().unwrap_or_default();
         match self.check(Op::List, &key) {
-            None => self.inner.list(prefix),
+            None => {
+                let this = self.clone();
+                let prefix = prefix.cloned();
+                futures::stream::once(async move {
+                    this.gate(Op::List).await;
+                    this.inner.list(prefix.as_ref())
+                })
+                .flatten()
+                .boxed()
+            }
             Some(Fault::Error | Fault::ErrorAfterWrite) => {
                 futures::stream::once(async move { Err(injected(Op::List, &key, false)) }).boxed()
             }

@@ -4,4 +4,4 @@
 mod faulty;
 pub mod suite;
 
-pub use faulty::{Fault, FaultRule, FaultyStore, InjectedFault, Op};
+pub use faulty::{Fault, FaultRule, FaultyStore, InjectedFault, Latency, Op};

@@ -115,8 +115,15 @@ impl<T: EngineTypes> Engine<T> {
             && (old.up || old.lost_at_ms.is_some())
             && self.hosts_objects(&host)
         {
-            // Its old process is gone (a restart faster than the timeout): as if it died.
-            self.hosts.insert(host.clone(), HostState::default());
+            // Its old process is gone (a restart faster than the timeout): as if it died. Its
+            // members stay placed on it, and counted, so that its next restart is seen too.
+            self.hosts.insert(
+                host.clone(),
+                HostState {
+                    objects: old.objects,
+                    ..HostState::default()
+                },
+            );
             self.start_recovery(
                 now_ms,
                 RecoveryCause::HostRestarted { host: host.clone() },

@@ -52,7 +52,9 @@ use crate::messaging::{
 };
 use crate::participant::{lock, read, write};
 use crate::service::protocol::{NodeFrame, PeerFrame};
-use cohort_wire::{ConnectConfig, ListenConfig, Role, Secret, TlsConfig};
+use cohort_wire::{
+    BoxStream, ConnectConfig, ListenConfig, Network, Role, Secret, TcpConnector, TlsConfig,
+};
 
 use crate::participant::object::{Control, ObjectTask};
 use crate::participant::restore::{self, LineStates};
@@ -95,6 +97,7 @@ pub struct NodeBuilder {
     token: Option<Secret>,
     tls: Option<TlsConfig>,
     settings: NodeSettings,
+    network: Arc<dyn Network>,
 }
 
 /// Where a node stands with its coordinator.
@@ -156,6 +159,7 @@ pub(crate) struct NodeShared {
     token: Option<Secret>,
     tls: Option<TlsConfig>,
     settings: NodeSettings,
+    network: Arc<dyn Network>,
     objects: RwLock<BTreeMap<ObjectId, NodeSlot>>,
     active: Mutex<Option<ActiveRound>>,
     /// Objects start held: the coordinator releases them (after restoring them if needed).
@@ -436,9 +440,16 @@ async fn peer_link(
         config.tls = shared.tls.clone();
         config.accept_roles = vec![Role::Peer];
         config.handshake_timeout = shared.settings.heartbeat_timeout;
+        let network = Arc::clone(&shared.network);
+        // Frames unacknowledged this long mean a dead connection (a peer gone without a reset,
+        // a partition): reconnect and send them again, as the coordinator link's heartbeats do.
+        let stall = shared.settings.heartbeat_timeout;
         drop(shared);
         let connected = match addr {
-            Some(addr) => config.connect::<u64, PeerFrame>(addr).await.ok(),
+            Some(addr) => config
+                .connect_via::<u64, PeerFrame>(network.as_ref(), &addr)
+                .await
+                .ok(),
             None => None,
         };
         let Some(conn) = connected else {
@@ -462,15 +473,23 @@ async fn peer_link(
         }
         // Acks count frames delivered on this connection.
         let mut acked_on_conn = 0u64;
+        let mut ack_due = tokio::time::Instant::now() + stall;
         while !failed {
             tokio::select! {
                 () = shutdown.cancelled() => return,
+                () = tokio::time::sleep_until(ack_due), if !unacked.is_empty() => {
+                    tracing::warn!(peer = %target, unacked = unacked.len(), "no acknowledgement from a peer for {stall:?}; reconnecting");
+                    failed = true;
+                }
                 frame = rx.recv() => match frame {
                     None => return,
                     Some(frame) => {
                         let current = node.upgrade().map(|n| n.incarnation.load(Ordering::SeqCst));
                         if current.is_some_and(|c| frame.incarnation < c) {
                             continue;
+                        }
+                        if unacked.is_empty() {
+                            ack_due = tokio::time::Instant::now() + stall;
                         }
                         let result = send.send(&frame).await;
                         unacked.push_back(frame);
@@ -481,6 +500,7 @@ async fn peer_link(
                     Ok(Some(n)) if n > acked_on_conn && n <= sent_on_conn => {
                         for _ in acked_on_conn..n { unacked.pop_front(); }
                         acked_on_conn = n;
+                        ack_due = tokio::time::Instant::now() + stall;
                     }
                     Ok(Some(_)) => {}
                     _ => failed = true,
@@ -507,6 +527,7 @@ impl Node {
             token: None,
             tls: None,
             settings: NodeSettings::default(),
+            network: Arc::new(TcpConnector),
         }
     }
 
@@ -660,6 +681,13 @@ impl NodeBuilder {
         self
     }
 
+    /// The network to listen on and dial through: TCP ([`TcpConnector`]) unless a simulation
+    /// supplies its own.
+    pub fn network(mut self, network: Arc<dyn Network>) -> Self {
+        self.network = network;
+        self
+    }
+
     /// Binds the peer listener and starts connecting to the coordinator. Call inside a tokio
     /// runtime.
     ///
@@ -692,7 +720,7 @@ impl NodeBuilder {
         listen.accept_roles = vec![Role::Peer];
         listen.token = self.token.clone();
         listen.tls = self.tls.clone();
-        let listener = listen.bind().await?;
+        let listener = listen.bind_on(self.network.as_ref()).await?;
         let peer_addr =
             cohort_wire::advertised_address(listener.local_addr(), self.advertise.as_deref())?;
         let (to_coordinator, outbox) = mpsc::unbounded_channel();
@@ -705,6 +733,7 @@ impl NodeBuilder {
             token: self.token,
             tls: self.tls,
             settings: self.settings,
+            network: self.network,
             objects: RwLock::new(BTreeMap::new()),
             active: Mutex::new(None),
             held: AtomicBool::new(true),
@@ -725,7 +754,8 @@ impl NodeBuilder {
         let weak = Arc::downgrade(&shared);
         tokio::spawn(cohort_wire::serve(
             listener,
-            move |mut conn: cohort_wire::Connection<PeerFrame, u64>, stop: CancellationToken| {
+            move |mut conn: cohort_wire::Connection<PeerFrame, u64, BoxStream>,
+                  stop: CancellationToken| {
                 let node = weak.clone();
                 async move {
                     let mut delivered = 0u64;

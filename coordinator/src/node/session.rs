@@ -18,7 +18,7 @@ use crate::service::protocol::WireVote;
 use crate::service::protocol::{CoordinatorFrame, NodeFrame};
 use cohort_wire::{ConnectConfig, Connection, Role};
 
-type Conn = Connection<CoordinatorFrame, NodeFrame>;
+type Conn = Connection<CoordinatorFrame, NodeFrame, cohort_wire::BoxStream>;
 
 pub(super) async fn run(
     node: Weak<NodeShared>,
@@ -60,7 +60,10 @@ pub(super) async fn run(
         config.tls = shared.tls.clone();
         config.accept_roles = vec![Role::Coordinator];
         config.handshake_timeout = shared.settings.heartbeat_timeout;
-        let mut conn: Conn = match config.connect(addr.as_str()).await {
+        let mut conn: Conn = match config
+            .connect_via(shared.network.as_ref(), addr.as_str())
+            .await
+        {
             Ok(c) => c,
             // A peer that refused this node's credentials (or ours its) is a misconfiguration
             // to tell the operator; an unreachable one is routine while coordinators come and go.

@@ -161,7 +161,7 @@ pub type ControlHandler =
 /// Serves one CLI connection: one answer per request, until the CLI closes, goes idle, or the
 /// service stops.
 pub(crate) async fn serve(
-    mut conn: Connection<NodeFrame, CoordinatorFrame>,
+    mut conn: Connection<NodeFrame, CoordinatorFrame, cohort_wire::BoxStream>,
     stop: CancellationToken,
     handler: Option<ControlHandler>,
 ) -> std::result::Result<(), Error> {

@@ -24,7 +24,7 @@ use crate::engine::{
 use crate::error::{Error, Result};
 use crate::failpoint::{Crash, FailPoints};
 use crate::runtime::Local;
-use cohort_wire::{Connection, ListenConfig, Role};
+use cohort_wire::{BoxStream, Connection, ListenConfig, Network, Role, TcpConnector};
 
 /// Extra manifest metadata computed at every commit from the state table.
 pub type MetadataHook = Arc<dyn Fn(&StateTable) -> BTreeMap<String, Vec<u8>> + Send + Sync>;
@@ -67,6 +67,9 @@ pub struct ServiceConfig {
     /// Where the service records what it does (checkpoint duration, size and pause, counts,
     /// recoveries), for a Prometheus endpoint.
     pub metrics: Option<ServiceMetrics>,
+    /// The network the node port listens on: TCP ([`TcpConnector`]) unless a simulation
+    /// supplies its own.
+    pub network: Arc<dyn Network>,
 }
 
 impl ServiceConfig {
@@ -90,6 +93,7 @@ impl ServiceConfig {
             fail_points: FailPoints::default(),
             control: None,
             metrics: None,
+            network: Arc::new(TcpConnector),
         }
     }
 }
@@ -192,7 +196,7 @@ impl Service {
         }
         let mut listen = config.listen.clone();
         listen.role = Role::Coordinator;
-        let listener = listen.bind().await?;
+        let listener = listen.bind_on(config.network.as_ref()).await?;
         let local_addr = listener.local_addr();
         let (input, rx) = mpsc::unbounded_channel();
         let (status_tx, status) = watch::channel(ServiceStatus::default());
@@ -204,7 +208,7 @@ impl Service {
         let control = config.control.clone();
         tokio::spawn(cohort_wire::serve(
             listener,
-            move |conn: Connection<NodeFrame, CoordinatorFrame>, stop| {
+            move |conn: Connection<NodeFrame, CoordinatorFrame, BoxStream>, stop| {
                 if conn.peer().role == Role::Cli {
                     let serve = super::control::serve(conn, stop, control.clone());
                     return futures::future::Either::Left(serve);
@@ -320,7 +324,7 @@ impl Service {
 
 /// One node connection: registration, then frames both ways with heartbeats.
 async fn handle_node(
-    mut conn: Connection<NodeFrame, CoordinatorFrame>,
+    mut conn: Connection<NodeFrame, CoordinatorFrame, BoxStream>,
     stop: CancellationToken,
     input: mpsc::UnboundedSender<Input>,
     id: u64,

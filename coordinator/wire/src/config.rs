@@ -13,6 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 
 use super::handshake::{self, HANDSHAKE_MAX_FRAME_LEN, Local, NonceSource, OsNonces, Role};
+use super::transport::{BoxAcceptor, BoxStream, Connector, Network};
 use super::{Connection, Secret, TlsConfig};
 use crate::Error;
 
@@ -165,6 +166,24 @@ impl ListenConfig {
             local_addr,
             config: self,
         })
+    }
+
+    /// [`bind`](Self::bind) through `network` (TCP in production, a simulated network in
+    /// tests): the listener hands out boxed streams.
+    ///
+    /// # Errors
+    ///
+    /// As [`bind`](Self::bind).
+    pub async fn bind_on(self, network: &dyn Network) -> Result<Listener<BoxAcceptor>, Error> {
+        self.validate(self.addr)?;
+        let acceptor = network
+            .bind(self.addr)
+            .await
+            .map_err(|source| Error::Bind {
+                addr: self.addr,
+                source,
+            })?;
+        self.listen_on(acceptor)
     }
 
     /// Checks the configuration against an acceptor that is already listening (a simulated
@@ -322,6 +341,38 @@ impl ConnectConfig {
         // TLS checks the server's certificate against the address as dialled (a DNS name stays
         // a name), not the socket address it resolved to.
         self.handshake_with(stream, peer, &addr.to_string()).await
+    }
+
+    /// [`connect`](Self::connect) through `connector` (TCP in production, a simulated
+    /// network in tests) to `addr` as `HOST:PORT`.
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect).
+    pub async fn connect_via<In, Out>(
+        &self,
+        connector: &dyn Connector,
+        addr: &str,
+    ) -> Result<Connection<In, Out, BoxStream>, Error>
+    where
+        In: DeserializeOwned,
+        Out: Serialize,
+    {
+        self.validate()?;
+        let connect_error = |source| Error::Connect {
+            addr: addr.to_owned(),
+            source,
+        };
+        let stream = tokio::time::timeout(self.handshake_timeout, connector.connect(addr))
+            .await
+            .map_err(|_elapsed| {
+                connect_error(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no answer within {:?}", self.handshake_timeout),
+                ))
+            })?
+            .map_err(connect_error)?;
+        self.handshake_with(stream, addr.to_owned(), addr).await
     }
 
     /// Runs the client side of the handshake over an already open stream (an in-memory pipe,

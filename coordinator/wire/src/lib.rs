@@ -132,4 +132,7 @@ pub use serve::serve;
 pub use tls::TlsConfig;
 /// Re-exported: [`serve`] takes one to shut down, and hands a child of it to each handler.
 pub use tokio_util::sync::CancellationToken;
-pub use transport::{BoxStream, ByteStream, ConnectFuture, Connector, TcpConnector};
+pub use transport::{
+    AcceptFuture, BindFuture, BoxAcceptor, BoxStream, ByteStream, ConnectFuture, Connector,
+    DynAccept, Network, TcpConnector,
+};

@@ -384,6 +384,60 @@ fn a_host_that_restarts_within_the_timeout_is_as_dead() {
 }
 
 #[test]
+fn a_host_that_restarts_twice_is_recovered_twice() {
+    // Found by the whole-system simulation (tests/sim.rs, seed 10): a restart reset the host's
+    // count of members, so its next restart went unnoticed and its fresh objects ran unrestored.
+    let mut e = hosted(1, 5);
+    let restart = |e: &mut Engine<T>, now: u64| {
+        let out = e.handle(
+            now,
+            Event::HostUp {
+                host: host("b"),
+                resumed: false,
+            },
+        );
+        // The restarted node registers its objects again.
+        e.handle(
+            now,
+            Event::Join {
+                object: obj(1),
+                host: host("b"),
+            },
+        );
+        out
+    };
+    let out = restart(&mut e, 10);
+    assert!(
+        out.contains(&Command::Recovering {
+            recovery: 1,
+            cause: RecoveryCause::HostRestarted { host: host("b") }
+        }),
+        "{out:?}"
+    );
+    e.handle(
+        11,
+        line_read(1, Some(line(5, &[(0, "a"), (1, "b"), (2, "c")]))),
+    );
+    for h in ["a", "b", "c"] {
+        e.handle(12, restored(1, &host(h)));
+    }
+    let out = e.handle(13, fenced_at(1, 6));
+    assert!(
+        out.iter()
+            .any(|c| matches!(c, Command::Recovered { result: Ok(_), .. })),
+        "{out:?}"
+    );
+    let out = restart(&mut e, 100);
+    assert!(
+        out.contains(&Command::Recovering {
+            recovery: 2,
+            cause: RecoveryCause::HostRestarted { host: host("b") }
+        }),
+        "{out:?}"
+    );
+}
+
+#[test]
 fn a_host_away_during_the_restores_restores_when_it_resumes() {
     let mut e = hosted(1, 5);
     e.handle(0, Event::HostLost { host: host("c") });
