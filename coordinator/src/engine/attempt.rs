@@ -64,6 +64,18 @@ impl<T: EngineTypes> Engine<T> {
         host: HostId,
         out: &mut Vec<Command<T>>,
     ) {
+        // A member living on another host that is up was moved there (its old host was
+        // declared dead) or is claimed twice: the joining host must not act on it.
+        if let Some(owner) = self.placement.get(&object)
+            && *owner != host
+            && self.hosts.get(owner).is_some_and(|s| s.up)
+        {
+            out.push(Command::Disown {
+                host,
+                objects: vec![object],
+            });
+            return;
+        }
         let joined = self.members.insert(object.clone());
         let moved = self.placement.get(&object) != Some(&host);
         if !joined && !moved {
@@ -79,6 +91,7 @@ impl<T: EngineTypes> Engine<T> {
     }
 
     pub(super) fn on_leave(&mut self, now_ms: u64, object: &ObjectId, out: &mut Vec<Command<T>>) {
+        self.object_types.remove(object);
         if !self.members.remove(object) {
             return;
         }

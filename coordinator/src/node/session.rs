@@ -79,11 +79,21 @@ pub(super) async fn run(
                 continue;
             }
         };
-        let objects: Vec<_> = read(&shared.objects).keys().cloned().collect();
+        let (objects, types) = {
+            let slots = read(&shared.objects);
+            let objects: Vec<_> = slots.keys().cloned().collect();
+            let types = slots
+                .iter()
+                .map(|(id, slot)| (id.clone(), slot.type_name.to_owned()))
+                .collect();
+            (objects, types)
+        };
         let register = NodeFrame::Register {
             session,
             peer_addr: shared.peer_addr.clone(),
             objects,
+            types,
+            factories: shared.factories.keys().cloned().collect(),
         };
         if conn.send(&register).await.is_err() {
             backoff = next_backoff(backoff);
@@ -346,11 +356,18 @@ fn on_frame(shared: &Arc<NodeShared>, frame: CoordinatorFrame) {
             line,
             colour,
             incarnation,
+            create,
         } => {
             let shared = Arc::clone(shared);
             tokio::spawn(async move {
-                let result =
-                    super::restore(&shared, recovery != 0, line, colour, incarnation).await;
+                let order = super::RecoveryOrder {
+                    cohort_recovery: recovery != 0,
+                    line,
+                    colour,
+                    incarnation,
+                    create,
+                };
+                let result = super::restore(&shared, order).await;
                 let (result, damaged) = match result {
                     Ok(()) => {
                         let done = shared.restores.fetch_add(1, Ordering::SeqCst) + 1;
@@ -377,6 +394,14 @@ fn on_frame(shared: &Arc<NodeShared>, frame: CoordinatorFrame) {
                     damaged,
                 });
             });
+        }
+        CoordinatorFrame::Disown { objects } => {
+            tracing::warn!(
+                node = %shared.name,
+                objects = objects.len(),
+                "the coordinator moved objects of this node to other nodes (it was declared dead); dropping them"
+            );
+            shared.disown(&objects);
         }
         CoordinatorFrame::Release { incarnation } => {
             shared.incarnation.fetch_max(incarnation, Ordering::SeqCst);

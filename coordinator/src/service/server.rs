@@ -135,7 +135,7 @@ enum Input {
         node: String,
         session: Option<u64>,
         peer_addr: String,
-        objects: Vec<ObjectId>,
+        announced: Announced,
         conn: u64,
         tx: mpsc::UnboundedSender<CoordinatorFrame>,
         reply: oneshot::Sender<CoordinatorFrame>,
@@ -333,6 +333,8 @@ async fn handle_node(
         session,
         peer_addr,
         objects,
+        types,
+        factories,
     })) = first.unwrap_or(Ok(None))
     else {
         tracing::warn!(%node, "a node connected without registering; closed");
@@ -344,7 +346,11 @@ async fn handle_node(
         node: node.clone(),
         session,
         peer_addr,
-        objects,
+        announced: Announced {
+            objects,
+            types,
+            factories,
+        },
         conn: id,
         tx,
         reply: reply_tx,
@@ -392,6 +398,14 @@ async fn handle_node(
     Ok(result?)
 }
 
+/// What a node announced when it registered: the objects it hosts, their types, and the types
+/// it can create.
+struct Announced {
+    objects: Vec<ObjectId>,
+    types: BTreeMap<ObjectId, String>,
+    factories: Vec<String>,
+}
+
 /// The longest peer address a node may register (a host name of 253 bytes and a port fit).
 pub const MAX_PEER_ADDR_LEN: usize = 262;
 
@@ -437,6 +451,8 @@ struct Nodes {
     recovery_unrecorded: Option<(u64, RecoveryCause)>,
     /// The store fenced a commit or a fence: this service is deposed.
     fenced: bool,
+    /// The engine's placement version last pushed to the nodes.
+    placement_pushed: u64,
 }
 
 impl Nodes {
@@ -601,11 +617,20 @@ impl Transport for Nodes {
                     line: order.line_id,
                     colour: order.colour,
                     incarnation: order.incarnation,
+                    create: order.create.to_vec(),
                 });
                 Vec::new()
             }
             // Lost meanwhile: the engine hears of it, and restores it when it resumes.
             None => Vec::new(),
+        }
+    }
+
+    fn disown(&mut self, host: &HostId, objects: &[ObjectId]) {
+        if let Some(n) = self.get(host) {
+            n.send(CoordinatorFrame::Disown {
+                objects: objects.to_vec(),
+            });
         }
     }
 
@@ -724,6 +749,14 @@ impl Server {
                 None => self.feed(Event::Tick).await,
                 Some(input) => self.on_input(input).await,
             };
+            if let Some(core) = self.core.as_mut()
+                && core.transport.placement_pushed != core.engine.placement_version()
+            {
+                // The engine moved objects (a dead node's, to the survivors): every node
+                // learns where they live before it is released.
+                core.transport.placement_pushed = core.engine.placement_version();
+                core.transport.push_placement(&core.engine);
+            }
             if let Err(Crash(point)) = step {
                 // As a killed process: nothing after the fail point runs.
                 tracing::error!(fail_point = %point, "the coordinator service crashed at a fail point");
@@ -827,6 +860,7 @@ impl Server {
             attempt_started: None,
             recovery_unrecorded: None,
             fenced: false,
+            placement_pushed: 0,
         };
         let mut core = Core::new(
             engine,
@@ -870,12 +904,12 @@ impl Server {
                 node,
                 session,
                 peer_addr,
-                objects,
+                announced,
                 conn,
                 tx,
                 reply,
             } => {
-                self.register(node, session, peer_addr, objects, conn, tx, reply)
+                self.register(node, session, peer_addr, announced, conn, tx, reply)
                     .await
             }
             Input::Frame { conn, node, frame } => {
@@ -958,7 +992,7 @@ impl Server {
         node: String,
         session: Option<u64>,
         peer_addr: String,
-        objects: Vec<ObjectId>,
+        announced: Announced,
         conn: u64,
         tx: mpsc::UnboundedSender<CoordinatorFrame>,
         reply: oneshot::Sender<CoordinatorFrame>,
@@ -977,26 +1011,6 @@ impl Server {
                 reason: format!(
                     "the peer address is {} bytes long; give a host:port of at most {MAX_PEER_ADDR_LEN} bytes",
                     peer_addr.len()
-                ),
-            });
-            return Ok(());
-        }
-        // A node taken over by someone else's objects is refused, whole.
-        let live = |h: &HostId| {
-            core.engine
-                .hosts()
-                .any(|(k, l)| k == h && l == Liveness::Up)
-        };
-        if let Some((clash, owner)) = objects.iter().find_map(|o| {
-            core.engine
-                .placement()
-                .get(o)
-                .filter(|owner| **owner != host && live(owner))
-                .map(|owner| (o, owner))
-        }) {
-            let _ = reply.send(CoordinatorFrame::Refused {
-                reason: format!(
-                    "object {clash} is hosted by live node {owner}; give each object one node"
                 ),
             });
             return Ok(());
@@ -1050,10 +1064,28 @@ impl Server {
             });
         }
         tracing::info!(%node, session, resumed, "node registered");
-        let mut events = vec![Event::HostUp {
-            host: host.clone(),
-            resumed,
-        }];
+        let Announced {
+            objects,
+            types,
+            factories,
+        } = announced;
+        let mut events = vec![
+            Event::HostUp {
+                host: host.clone(),
+                resumed,
+            },
+            Event::HostTypes {
+                host: host.clone(),
+                types: factories.into_iter().collect(),
+            },
+        ];
+        // An object announced here that lives on another live node now is disowned by the
+        // engine: the node drops it (see Event::Join).
+        events.extend(
+            types
+                .into_iter()
+                .map(|(object, type_name)| Event::ObjectType { object, type_name }),
+        );
         events.extend(objects.into_iter().map(|object| Event::Join {
             object,
             host: host.clone(),
@@ -1070,12 +1102,15 @@ impl Server {
         let host = HostId::new(&node);
         match frame {
             NodeFrame::Heartbeat | NodeFrame::Register { .. } | NodeFrame::Control(_) => Ok(()),
-            NodeFrame::Spawned { objects } => {
-                core.feed_all(objects.into_iter().map(|object| Event::Join {
+            NodeFrame::Spawned { objects, types } => {
+                let typed = types
+                    .into_iter()
+                    .map(|(object, type_name)| Event::ObjectType { object, type_name });
+                let joined = objects.into_iter().map(|object| Event::Join {
                     object,
                     host: host.clone(),
-                }))
-                .await?;
+                });
+                core.feed_all(typed.chain(joined)).await?;
                 core.transport.push_placement(&core.engine);
                 Ok(())
             }
