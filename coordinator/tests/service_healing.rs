@@ -3,7 +3,8 @@
 //! coordinator moves its accounts to the survivors, which create them and restore them from the
 //! recovery line: checkpoints holding every account commit again with no replacement process.
 //! A node stopped (SIGSTOP) past the heartbeat timeout and resumed (SIGCONT) is told to drop the
-//! accounts that moved, and rejoins empty. Every committed line holds all the money.
+//! accounts that moved, and rejoins empty. Application code creates accounts through the cohort
+//! (`Node::create`): the coordinator places them. Every committed line holds all the money.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod support;
@@ -11,10 +12,15 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use cohort_checkpoint::{CheckpointStore, StoreOptions};
+use cohort_coordinator::Error;
+use cohort_coordinator::node::Node;
 use cohort_coordinator::service::StateTable;
 use cohort_coordinator::service::protocol::CoordinatorFrame;
 use cohort_object_api::ObjectId;
-use support::bank::{ACCOUNTS_PER_NODE, Cluster, Options, account_ids, all_live, live, node_of};
+use support::bank::{
+    ACCOUNTS_PER_NODE, Cluster, Msg, Options, account_ids, all_live, live, node_of,
+};
 use support::proxy::Seen;
 
 /// The node role: runs only in a child process.
@@ -167,4 +173,63 @@ async fn a_node_stopped_past_the_timeout_is_fenced_and_rejoins_empty() {
     cluster.line_with_more_hops(before, 5).await;
     cluster.assert_money_in_every_line().await;
     assert!(moved(&cluster.status().table));
+}
+
+/// An application node with no factory of its own asks the cohort for three accounts: the
+/// coordinator places one on each node (each holds two), the asker gets their addresses, and
+/// the next checkpoint holds them. A taken id and an unknown type are
+/// refused with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_created_through_the_cohort_are_placed_by_the_coordinator() {
+    let cluster = started(3, false).await;
+    let store = CheckpointStore::open(&cluster.store_url(), StoreOptions::default())
+        .await
+        .unwrap();
+    let app = Node::builder(store)
+        .name("app")
+        .coordinators(vec![cluster.service.local_addr().to_string()])
+        .build()
+        .await
+        .unwrap();
+    let new: Vec<ObjectId> = (0..3)
+        .map(|i| ObjectId::new(format!("acct-9-{i}")).unwrap())
+        .collect();
+    for id in &new {
+        // The address resolves through the placement: the account lives on another node
+        // (inputs from outside the cohort go to local objects only, so none is sent here).
+        let account = app.create::<Msg>(id.clone(), "Account").await.unwrap();
+        assert_eq!(account.id(), id);
+    }
+    let status = cluster.status();
+    let hosts: BTreeSet<&String> = new.iter().map(|id| &status.table.placement[id]).collect();
+    assert_eq!(
+        hosts.len(),
+        3,
+        "one new account per node: {:?}",
+        status.table
+    );
+    match app.create::<Msg>(new[0].clone(), "Account").await {
+        Err(Error::CreateRefused { reason, .. }) => assert!(reason.contains("already"), "{reason}"),
+        other => panic!(
+            "a taken id must be refused, got {:?}",
+            other.map(|a| a.id().clone())
+        ),
+    }
+    match app
+        .create::<Msg>(ObjectId::new("acct-9-9").unwrap(), "Nope")
+        .await
+    {
+        Err(Error::CreateRefused { reason, .. }) => assert!(reason.contains("Nope"), "{reason}"),
+        other => panic!(
+            "an unknown type must be refused, got {:?}",
+            other.map(|a| a.id().clone())
+        ),
+    }
+    let line = cluster.checkpoint(LONG).await;
+    let manifest = cluster.manifest(line).await;
+    for id in &new {
+        assert!(manifest.objects.contains_key(id), "line {line} holds {id}");
+    }
+    cluster.assert_money_in_every_line().await;
+    app.shutdown();
 }

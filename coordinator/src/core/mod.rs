@@ -84,6 +84,18 @@ pub(crate) trait Transport: Send {
         order: RestoreOrder<'_>,
     ) -> impl Future<Output = Vec<Event<Local>>> + Send;
 
+    /// `host` creates `object` of `type_name` from its factory: application code asked the
+    /// cohort for it ([`Event::Create`]). A transport whose objects are created by the caller
+    /// never gets this order.
+    fn create(&mut self, host: &HostId, object: &ObjectId, type_name: &str) {
+        let _ = (host, object, type_name);
+    }
+
+    /// A request to create `object` was refused.
+    fn create_refused(&mut self, object: &ObjectId, reason: &str) {
+        let _ = (object, reason);
+    }
+
     /// `host` must drop its copies of `objects`: they live on another host now. A transport
     /// whose objects all live on one host never gets this order.
     fn disown(&mut self, host: &HostId, objects: &[ObjectId]) {
@@ -391,6 +403,20 @@ impl<X: Transport> Core<X> {
                     self.crash_at(failpoint::RECOVER_AFTER_FENCE)?;
                 }
                 Ok(vec![Event::FenceResult { recovery, outcome }])
+            }
+            Command::Create {
+                host,
+                object,
+                type_name,
+            } => {
+                tracing::info!(%host, %object, %type_name, "object created through the cohort");
+                self.transport.create(&host, &object, &type_name);
+                Ok(Vec::new())
+            }
+            Command::CreateRefused { object, reason } => {
+                tracing::warn!(%object, %reason, "refused to create an object");
+                self.transport.create_refused(&object, &reason);
+                Ok(Vec::new())
             }
             Command::Disown { host, objects } => {
                 tracing::warn!(%host, objects = objects.len(), first = ?objects.first(), "a node announced objects that live on another node now; it drops them");

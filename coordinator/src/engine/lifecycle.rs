@@ -202,13 +202,7 @@ impl<T: EngineTypes> Engine<T> {
             let Some(type_name) = self.object_types.get(&object).cloned() else {
                 continue;
             };
-            let target = self
-                .hosts
-                .iter()
-                .filter(|(h, s)| *h != host && s.up && s.types.contains(&type_name))
-                .min_by_key(|(h, s)| (s.objects, (*h).clone()))
-                .map(|(h, _)| h.clone());
-            let Some(target) = target else {
+            let Some(target) = self.least_loaded_host_of(&type_name, Some(host)) else {
                 continue;
             };
             self.place(object.clone(), target);
@@ -219,6 +213,20 @@ impl<T: EngineTypes> Engine<T> {
             self.roster = None;
         }
         moved
+    }
+
+    /// The up host (other than `except`) that declared `type_name` and holds the fewest
+    /// members, ties broken by name.
+    pub(super) fn least_loaded_host_of(
+        &self,
+        type_name: &str,
+        except: Option<&HostId>,
+    ) -> Option<HostId> {
+        self.hosts
+            .iter()
+            .filter(|(h, s)| Some(*h) != except && s.up && s.types.contains(type_name))
+            .min_by_key(|(h, s)| (s.objects, (*h).clone()))
+            .map(|(h, _)| h.clone())
     }
 
     /// The objects `host` must create in its next restore: placed on it by

@@ -376,6 +376,9 @@ impl<T: EngineTypes> Engine<T> {
             },
             Event::Join { object, host } => self.on_join(now_ms, object, host, &mut out),
             Event::Leave { object } => self.on_leave(now_ms, &object, &mut out),
+            Event::Create { object, type_name } => {
+                self.on_create(now_ms, object, type_name, &mut out)
+            }
             Event::ObjectType { object, type_name } => {
                 self.object_types.insert(object, type_name);
             }

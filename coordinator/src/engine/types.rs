@@ -333,6 +333,16 @@ pub enum Event<T: EngineTypes> {
         /// The type names it can create.
         types: BTreeSet<String>,
     },
+    /// Application code asks the cohort to create `object` of type `type_name`: the engine
+    /// places it on the up host that declared the type and holds the fewest members, and
+    /// answers [`Command::Create`] (or [`Command::CreateRefused`]). It takes part from the next
+    /// attempt on; an attempt in flight aborts, as for [`Event::Join`].
+    Create {
+        /// The new object's id.
+        object: ObjectId,
+        /// Its type's stable name.
+        type_name: String,
+    },
     /// An object left the cohort. An attempt it takes part in aborts.
     Leave {
         /// The member that left.
@@ -642,6 +652,22 @@ pub enum Command<T: EngineTypes> {
         /// it creates each from its factory for the type named, before restoring them from the
         /// line (an object the line does not hold keeps the state its factory gives it).
         create: Vec<(ObjectId, String)>,
+    },
+    /// `host` creates `object` from its factory for `type_name` now ([`Event::Create`]).
+    Create {
+        /// Where the engine placed it.
+        host: HostId,
+        /// The new member.
+        object: ObjectId,
+        /// Its type.
+        type_name: String,
+    },
+    /// [`Event::Create`] was refused: nothing was placed.
+    CreateRefused {
+        /// The object asked for.
+        object: ObjectId,
+        /// Why, and what to do.
+        reason: String,
     },
     /// `host` announced `objects` that now live on another host (it was declared dead and its
     /// objects were re-placed): it must drop its copies without acting on them again.

@@ -145,7 +145,8 @@ pub(crate) struct NodeSlot {
 
 /// Creates an object of one type under an id, on a node, from a factory
 /// ([`NodeBuilder::host_type`]).
-type Factory = Arc<dyn Fn(&Arc<NodeShared>, ObjectId) -> Result<()> + Send + Sync>;
+/// `announce`: tell the coordinator once created (`Spawned`).
+type Factory = Arc<dyn Fn(&Arc<NodeShared>, ObjectId, bool) -> Result<()> + Send + Sync>;
 
 /// A restore order from the coordinator.
 pub(crate) struct RecoveryOrder {
@@ -178,6 +179,9 @@ pub(crate) struct NodeShared {
     /// Type name → factory: the types the coordinator may place on this node.
     factories: BTreeMap<String, Factory>,
     objects: RwLock<BTreeMap<ObjectId, NodeSlot>>,
+    /// Callers of [`Node::create`] waiting for the coordinator's answer.
+    create_waiters:
+        Mutex<HashMap<ObjectId, tokio::sync::oneshot::Sender<std::result::Result<(), String>>>>,
     /// Disowned objects whose tasks have not acknowledged their stop yet.
     stopping: Mutex<Vec<tokio::sync::oneshot::Receiver<()>>>,
     active: Mutex<Option<ActiveRound>>,
@@ -573,6 +577,44 @@ impl Node {
         spawn_object(&self.shared, id, object, true)
     }
 
+    /// Asks the cohort to create object `id` of type `type_name` (a
+    /// [`Checkpointable::type_name`](cohort_object_api::Checkpointable::type_name) some node
+    /// registered with [`NodeBuilder::host_type`]): the coordinator places it on the live node
+    /// of that type holding the fewest objects, which creates it from its factory. Returns its
+    /// address once placed; it is addressable by id from every node, wherever it lives (it may
+    /// move if its node dies). Waits while the coordinator is unreachable.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CreateRefused`] when the id is taken or no live node hosts the type;
+    /// [`Error::Stopped`] when this node stopped.
+    pub async fn create<M: Serialize + Send + 'static>(
+        &self,
+        id: ObjectId,
+        type_name: &str,
+    ) -> Result<Address<M>> {
+        let shared = &self.shared;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        lock(&shared.create_waiters).insert(id.clone(), tx);
+        let asked = shared.to_coordinator.send(NodeFrame::Create {
+            object: id.clone(),
+            type_name: type_name.to_owned(),
+        });
+        if asked.is_err() {
+            lock(&shared.create_waiters).remove(&id);
+            return Err(Error::COHORT_STOPPED);
+        }
+        let answer = tokio::select! {
+            answer = rx => answer.map_err(|_| Error::COHORT_STOPPED)?,
+            () = shared.shutdown.cancelled() => return Err(Error::COHORT_STOPPED),
+        };
+        answer.map_err(|reason| Error::CreateRefused {
+            object: id.clone(),
+            reason,
+        })?;
+        self.address(&id)
+    }
+
     /// The address of object `id`, on this node or another.
     pub fn address<M: Serialize + Send + 'static>(&self, id: &ObjectId) -> Result<Address<M>> {
         address_at(id, self.shared.locate(id)?)
@@ -656,10 +698,12 @@ impl NodeBuilder {
     {
         let probe = ObjectId::new("cohort-type-probe").expect("a valid id");
         let name = factory(&probe).type_name().to_owned();
-        let create: Factory = Arc::new(move |shared: &Arc<NodeShared>, id: ObjectId| {
-            let object = factory(&id);
-            spawn_object(shared, id, object, false).map(|_| ())
-        });
+        let create: Factory = Arc::new(
+            move |shared: &Arc<NodeShared>, id: ObjectId, announce: bool| {
+                let object = factory(&id);
+                spawn_object(shared, id, object, announce).map(|_| ())
+            },
+        );
         self.factories.insert(name, create);
         self
     }
@@ -718,6 +762,7 @@ impl NodeBuilder {
             factories: self.factories,
             objects: RwLock::new(BTreeMap::new()),
             stopping: Mutex::new(Vec::new()),
+            create_waiters: Mutex::new(HashMap::new()),
             active: Mutex::new(None),
             held: AtomicBool::new(true),
             colour_floor: AtomicU64::new(0),
@@ -992,7 +1037,7 @@ async fn restore_objects(
                 ),
             });
         };
-        factory(shared, id.clone()).map_err(|e| RestoreFailure::Refused {
+        factory(shared, id.clone(), false).map_err(|e| RestoreFailure::Refused {
             reason: format!("creating {id} of type {type_name:?}: {e}"),
         })?;
     }

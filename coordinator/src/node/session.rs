@@ -395,6 +395,30 @@ fn on_frame(shared: &Arc<NodeShared>, frame: CoordinatorFrame) {
                 });
             });
         }
+        CoordinatorFrame::Create { object, type_name } => {
+            match shared.factories.get(&type_name) {
+                Some(factory) => {
+                    // Announced once created: the coordinator then answers the caller.
+                    if let Err(e) = factory(shared, object.clone(), true) {
+                        tracing::error!(%object, %type_name, error = %e, "cannot create an object the coordinator placed here");
+                    }
+                }
+                None => {
+                    tracing::error!(%object, %type_name, "the coordinator placed an object here whose type this node has no factory for")
+                }
+            }
+        }
+        CoordinatorFrame::Created { object, result } => {
+            if let Ok(node) = &result {
+                // Addressable at once, before the next placement push.
+                write(&shared.placement)
+                    .objects
+                    .insert(object.clone(), node.clone());
+            }
+            if let Some(waiter) = lock(&shared.create_waiters).remove(&object) {
+                let _ = waiter.send(result.map(|_| ()));
+            }
+        }
         CoordinatorFrame::Disown { objects } => {
             tracing::warn!(
                 node = %shared.name,

@@ -103,6 +103,14 @@ pub enum NodeFrame {
         #[serde(default)]
         damaged: bool,
     },
+    /// Application code on this node asks the cohort to create an object of a type some node
+    /// registered a factory for; answered with [`CoordinatorFrame::Created`].
+    Create {
+        /// The new object's id.
+        object: ObjectId,
+        /// Its type's stable name (`Checkpointable::type_name`).
+        type_name: String,
+    },
     /// A sign of life.
     Heartbeat,
     /// From the CLI (wire role `cli`): a control request (`cohort status`, `cohort checkpoint`).
@@ -186,6 +194,21 @@ pub enum CoordinatorFrame {
         /// coordinator moved them here from a node that died.
         #[serde(default)]
         create: Vec<(ObjectId, String)>,
+    },
+    /// Create `object` from this node's factory for `type_name`: the coordinator placed it
+    /// here.
+    Create {
+        /// The new member.
+        object: ObjectId,
+        /// Its type.
+        type_name: String,
+    },
+    /// The answer to [`NodeFrame::Create`]: the node the object was placed on, or why not.
+    Created {
+        /// The object asked for.
+        object: ObjectId,
+        /// The node hosting it, or the reason it was refused.
+        result: Result<String, String>,
     },
     /// Drop these objects at once, without handling, voting or sending for them again: they
     /// live on another node now (this node was declared dead and its objects were moved).

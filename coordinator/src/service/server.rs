@@ -453,6 +453,8 @@ struct Nodes {
     fenced: bool,
     /// The engine's placement version last pushed to the nodes.
     placement_pushed: u64,
+    /// Objects application code asked to create (`NodeFrame::Create`) → the node that asked.
+    create_requests: BTreeMap<ObjectId, String>,
 }
 
 impl Nodes {
@@ -485,6 +487,17 @@ impl Nodes {
             .map(|(o, h)| (o.clone(), h.as_str().to_owned()))
             .collect();
         StateTable { nodes, placement }
+    }
+
+    fn answer_create(&mut self, object: &ObjectId, result: std::result::Result<String, String>) {
+        if let Some(asker) = self.create_requests.remove(object)
+            && let Some(n) = self.nodes.get(&asker)
+        {
+            n.send(CoordinatorFrame::Created {
+                object: object.clone(),
+                result,
+            });
+        }
     }
 
     fn push_placement(&self, engine: &Engine<Local>) {
@@ -624,6 +637,21 @@ impl Transport for Nodes {
             // Lost meanwhile: the engine hears of it, and restores it when it resumes.
             None => Vec::new(),
         }
+    }
+
+    fn create(&mut self, host: &HostId, object: &ObjectId, type_name: &str) {
+        if let Some(n) = self.get(host) {
+            n.send(CoordinatorFrame::Create {
+                object: object.clone(),
+                type_name: type_name.to_owned(),
+            });
+        }
+        // The asker hears once the node announces it created the object (`Spawned`): a
+        // message it sent earlier could reach the node before the object exists there.
+    }
+
+    fn create_refused(&mut self, object: &ObjectId, reason: &str) {
+        self.answer_create(object, Err(reason.to_owned()));
     }
 
     fn disown(&mut self, host: &HostId, objects: &[ObjectId]) {
@@ -861,6 +889,7 @@ impl Server {
             recovery_unrecorded: None,
             fenced: false,
             placement_pushed: 0,
+            create_requests: BTreeMap::new(),
         };
         let mut core = Core::new(
             engine,
@@ -1102,10 +1131,23 @@ impl Server {
         let host = HostId::new(&node);
         match frame {
             NodeFrame::Heartbeat | NodeFrame::Register { .. } | NodeFrame::Control(_) => Ok(()),
+            NodeFrame::Create { object, type_name } => {
+                core.transport
+                    .create_requests
+                    .insert(object.clone(), node.clone());
+                core.feed(Event::Create { object, type_name }).await
+            }
             NodeFrame::Spawned { objects, types } => {
                 let typed = types
                     .into_iter()
                     .map(|(object, type_name)| Event::ObjectType { object, type_name });
+                for object in &objects {
+                    if core.transport.create_requests.contains_key(object)
+                        && core.engine.placement().get(object) == Some(&host)
+                    {
+                        core.transport.answer_create(object, Ok(node.clone()));
+                    }
+                }
                 let joined = objects.into_iter().map(|object| Event::Join {
                     object,
                     host: host.clone(),

@@ -16,6 +16,8 @@ enum Op {
     Join(u8, u8),
     /// Object `.0` is of type `.1` (0 or 1).
     Typed(u8, u8),
+    /// Application code asks to create object `.0` of type `.1`.
+    Create(u8, u8),
     /// Host `.0` can create the types in bit mask `.1`.
     HostTypes(u8, u8),
     /// `round_delta`: -1 stale, 0 current, 1 future.
@@ -68,6 +70,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u8..6, 0u8..3).prop_map(|(o, h)| Op::Join(o, h)),
         1 => (0u8..6, 0u8..2).prop_map(|(o, t)| Op::Typed(o, t)),
         1 => (0u8..3, 0u8..4).prop_map(|(h, mask)| Op::HostTypes(h, mask)),
+        1 => (0u8..8, 0u8..3).prop_map(|(o, t)| Op::Create(o, t)),
         8 => (-1i8..=1, 0u8..6, prop::bool::weighted(0.9), 0u8..4, 0u8..4)
             .prop_map(|(round_delta, object, yes, sent, received)| Op::Vote { round_delta, object, yes, sent, received }),
         3 => (-1i8..=1, 0u8..3, 0u8..3).prop_map(|(round_delta, host, count)| Op::Records { round_delta, host, count }),
@@ -119,7 +122,7 @@ struct Model {
 }
 
 fn type_of(t: u8) -> &'static str {
-    ["X", "Y"][usize::from(t % 2)]
+    ["X", "Y", "Z"][usize::from(t % 3)]
 }
 
 /// Placement decisions: objects move off a dead host only to hosts that are up and declared
@@ -159,11 +162,32 @@ fn check_placement(
                     prop_assert_eq!(e.object_type(o), Some(t.as_str()));
                 }
             }
+            Command::Create {
+                host,
+                object,
+                type_name,
+            } => {
+                prop_assert_eq!(before.get(object), None, "{} created twice", object);
+                prop_assert_eq!(e.placement().get(object), Some(host));
+                prop_assert!(
+                    can_host(host, object),
+                    "{object} of {type_name} created on {host}, which cannot host it"
+                );
+            }
+            Command::CreateRefused { object, .. } => {
+                prop_assert_eq!(
+                    before.get(object),
+                    e.placement().get(object),
+                    "a refused create moved {}",
+                    object
+                );
+            }
             Command::Disown { host, objects } => {
                 for o in objects {
                     let owner = e.placement().get(o);
+                    let alive = |h: &HostId| up.get(h).is_some_and(|l| *l != Liveness::Down);
                     prop_assert!(
-                        owner.is_some_and(|h| h != host && is_up(h)),
+                        owner.is_some_and(|h| h != host && alive(h)),
                         "{o} disowned by {host} but placed on {owner:?}"
                     );
                 }
@@ -405,6 +429,7 @@ fn check(model: &mut Model, epoch: u64, out: &[Command<T>]) -> Result<(), TestCa
             Command::Disown { objects, .. } => {
                 prop_assert!(!objects.is_empty(), "an empty disown");
             }
+            Command::Create { .. } | Command::CreateRefused { .. } => {}
         }
         i += 1;
     }
@@ -436,6 +461,7 @@ proptest! {
                 Op::Advance(d) => { now += d; Event::Tick }
                 Op::Trigger => { next_trigger += 1; Event::Trigger { request: TriggerId(next_trigger) } }
                 Op::Join(o, h) => Event::Join { object: obj(o), host: host_of(h) },
+                Op::Create(o, t) => Event::Create { object: obj(o), type_name: type_of(t).into() },
                 Op::Typed(o, t) => Event::ObjectType { object: obj(o), type_name: type_of(t).into() },
                 Op::HostTypes(h, mask) => Event::HostTypes {
                     host: host_of(h),

@@ -846,3 +846,55 @@ fn a_host_declared_dead_that_comes_back_is_told_to_drop_the_objects_that_moved()
         "b rejoined empty: it takes part in no attempt"
     );
 }
+
+#[test]
+fn objects_created_through_the_cohort_go_to_the_least_loaded_host_of_their_type() {
+    let mut e = typed();
+    // a: 0, 3; b: 1; c: 2, 4, 5. Only a and c host type U.
+    for h in ["a", "c"] {
+        e.handle(
+            0,
+            Event::HostTypes {
+                host: host(h),
+                types: ["T".to_owned(), "U".to_owned()].into(),
+            },
+        );
+    }
+    let create = |e: &mut Engine<T>, o: u8, t: &str| {
+        e.handle(
+            1,
+            Event::Create {
+                object: obj(o),
+                type_name: t.into(),
+            },
+        )
+    };
+    let created = |h: &str, o: u8, t: &str| Command::Create {
+        host: host(h),
+        object: obj(o),
+        type_name: t.into(),
+    };
+    assert_eq!(create(&mut e, 10, "T"), vec![created("b", 10, "T")]);
+    assert_eq!(create(&mut e, 11, "U"), vec![created("a", 11, "U")]);
+    assert!(e.members().contains(&obj(11)));
+    assert_eq!(e.object_type(&obj(11)), Some("U"));
+    let refused = create(&mut e, 11, "U");
+    assert!(
+        matches!(&refused[..], [Command::CreateRefused { object, .. }] if *object == obj(11)),
+        "{refused:?}"
+    );
+    let refused = create(&mut e, 12, "V");
+    assert!(
+        matches!(&refused[..], [Command::CreateRefused { reason, .. }] if reason.contains("\"V\"")),
+        "{refused:?}"
+    );
+    assert!(!e.members().contains(&obj(12)));
+    // A created object whose host dies before any restore moves, and its new host creates it.
+    e.handle(2, Event::HostLost { host: host("a") });
+    e.handle(502, Event::Tick);
+    assert_eq!(e.placement().get(&obj(11)), Some(&host("c")));
+    let out = e.handle(503, line_read(1, Some(line(5, &[(0, "a")]))));
+    assert!(out.iter().any(|c| matches!(c,
+        Command::Restore { host: h, create, .. } if *h == host("c") && create.contains(&(obj(11), "U".to_owned()))
+    )), "{out:?}");
+}
