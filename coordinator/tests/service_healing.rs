@@ -35,7 +35,6 @@ async fn started(nodes: usize, proxied: bool) -> Cluster {
     let cluster = Cluster::start(Options {
         host_accounts: true,
         proxied,
-        kick_all: true,
         ..Options::new(nodes, Duration::from_millis(500))
     })
     .await;
