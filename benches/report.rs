@@ -160,6 +160,10 @@ const STEPS: &[Step] = &[
         },
     },
     Step {
+        figures: &["node_loss_recovery"],
+        run: |_| Ok(vec![runtime()?.block_on(processes::node_loss_recovery(5))?]),
+    },
+    Step {
         figures: &["failover_warm"],
         run: |_| Ok(vec![runtime()?.block_on(warm::failover_warm(9))?]),
     },

@@ -3,8 +3,10 @@
 //! leader and a standby, on one store) take consistent checkpoints every few hundred
 //! milliseconds.
 //!
-//! Partway through, one node is killed with SIGKILL: the leader finds it dead, every node rolls
-//! back to the recovery line, and a replacement process restores the dead node's accounts.
+//! Partway through, one node is killed with SIGKILL and no replacement is started: the leader
+//! finds it dead and moves its accounts to the surviving nodes (every node registers the
+//! account type with `NodeBuilder::host_type`), every node rolls back to the recovery line, and
+//! the survivors create the dead node's accounts and restore them from it.
 //! Later the leading coordinator is killed with SIGKILL: the standby takes over after the
 //! lease, fences the old leader, rolls every node back to the recovery line, and carries on;
 //! the nodes follow it.
@@ -214,10 +216,22 @@ async fn node(args: Args) -> anyhow::Result<()> {
     settings.heartbeat_interval = Duration::from_millis(100);
     settings.heartbeat_timeout = Duration::from_millis(1_000);
     settings.max_backoff = Duration::from_millis(100);
+    let (accounts, seed) = (args.accounts, args.seed);
     let node = Node::builder(store)
         .name(format!("node-{}", args.index))
         .coordinators(args.coordinators.clone())
         .settings(settings)
+        // The coordinator may move a dead node's accounts here: each is created from this and
+        // restored from the recovery line at once, so only its index matters.
+        .host_type(move |id: &cohort::ObjectId| {
+            let index = id
+                .as_str()
+                .rsplit('-')
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            Account::new(index, accounts, 0, seed)
+        })
         .build()
         .await?;
     let mut mine = Vec::new();
@@ -546,7 +560,7 @@ async fn orchestrate(args: Args) -> anyhow::Result<bool> {
         first.id
     );
 
-    // Phase 1: run; SIGKILL a node; recovery; a replacement rejoins.
+    // Phase 1: run; SIGKILL a node; recovery; the survivors take its accounts (no replacement).
     tokio::time::sleep(run_for.mul_f64(0.3)).await;
     let mut recovery_time = Duration::ZERO;
     if !args.no_node_kill {
@@ -577,9 +591,7 @@ async fn orchestrate(args: Args) -> anyhow::Result<bool> {
             );
             audit.ok = false;
         }
-        let replacement = format!("{}-replacement", nodes[victim].name);
-        nodes[victim] = spawn(&replacement, &args, &node_args(victim as u64, &addrs), &tx)?;
-        nodes[victim].say("go").await;
+        nodes.remove(victim);
         let after = audit
             .until(
                 phase,
@@ -589,7 +601,7 @@ async fn orchestrate(args: Args) -> anyhow::Result<bool> {
             .await?;
         recovery_time = killed.elapsed();
         println!(
-            "recovered: every node rolled back to checkpoint {} (fence {}), the replacement restored node-{victim}'s accounts; checkpoint {} committed {:?} after the kill",
+            "recovered: every node rolled back to checkpoint {} (fence {}), the surviving nodes took node-{victim}'s accounts (no replacement); checkpoint {} committed {:?} after the kill",
             fence.parent.map_or("-".into(), |p| p.to_string()),
             fence.id,
             after.id,

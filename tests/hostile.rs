@@ -900,6 +900,8 @@ mod registrations {
             session: None,
             peer_addr,
             objects: vec![ObjectId::new(format!("{name}-object")).unwrap()],
+            types: Default::default(),
+            factories: Vec::new(),
         })
         .await
         .unwrap();

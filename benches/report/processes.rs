@@ -24,24 +24,28 @@ struct NodeSpec {
     /// The failover figure's node: durable store and quick heartbeats to follow a new leader;
     /// otherwise no fsync and the default heartbeats, like the service's in the figure.
     ha: bool,
+    /// Registers the blob type (`NodeBuilder::host_type`): the node loss figure's nodes take
+    /// a dead node's blobs.
+    hosts_blobs: bool,
 }
 
 impl NodeSpec {
     fn encode(&self) -> String {
         format!(
-            "{}|{}|{}|{}|{}",
+            "{}|{}|{}|{}|{}|{}",
             self.name,
             self.store,
             self.coordinators.join(","),
             self.objects,
-            self.ha
+            self.ha,
+            self.hosts_blobs
         )
     }
 
     fn decode(spec: &str) -> anyhow::Result<NodeSpec> {
         let parts: Vec<&str> = spec.split('|').collect();
-        let [name, store, coordinators, objects, ha] = parts[..] else {
-            anyhow::bail!("a node spec has five |-separated fields, not {spec:?}");
+        let [name, store, coordinators, objects, ha, hosts_blobs] = parts[..] else {
+            anyhow::bail!("a node spec has six |-separated fields, not {spec:?}");
         };
         Ok(NodeSpec {
             name: name.to_owned(),
@@ -49,6 +53,7 @@ impl NodeSpec {
             coordinators: coordinators.split(',').map(str::to_owned).collect(),
             objects: objects.parse()?,
             ha: ha.parse()?,
+            hosts_blobs: hosts_blobs.parse()?,
         })
     }
 
@@ -77,12 +82,14 @@ pub(crate) async fn node_role(spec: &str) -> anyhow::Result<()> {
         settings.heartbeat_timeout = Duration::from_millis(800);
         settings.max_backoff = Duration::from_millis(100);
     }
-    let node = Node::builder(store)
+    let mut builder = Node::builder(store)
         .name(spec.name.clone())
         .coordinators(spec.coordinators)
-        .settings(settings)
-        .build()
-        .await?;
+        .settings(settings);
+    if spec.hosts_blobs {
+        builder = builder.host_type(|_| Blob::empty());
+    }
+    let node = builder.build().await?;
     for i in 0..spec.objects {
         let id = cohort::ObjectId::new(format!("{}-blob-{i}", spec.name))?;
         node.spawn(id, Blob::empty())?;
@@ -116,6 +123,7 @@ pub(crate) async fn coordination_remote(nodes: usize) -> anyhow::Result<Entry> {
                 coordinators: vec![coordinator.clone()],
                 objects: 1,
                 ha: false,
+                hosts_blobs: false,
             }
             .spawn()
         })
@@ -160,6 +168,99 @@ pub(crate) async fn coordination_remote(nodes: usize) -> anyhow::Result<Entry> {
             ),
         ),
     )
+}
+
+/// The heartbeat timeout of the node loss figure: the baseline.
+const NODE_LOSS_TIMEOUT: Duration = Duration::from_secs(1);
+/// Node processes and objects of the node loss figure.
+const LOSS_NODES: usize = 4;
+const LOSS_OBJECTS: usize = 64;
+
+/// One run of `node_loss_recovery`: 4 node processes registering the blob type, 16 blobs
+/// each; SIGKILL of one, no replacement; the time from the kill to the first committed
+/// checkpoint that holds all 64 blobs (triggered every 10 ms: an attempt aborts at once while
+/// the dead node's blobs have no host).
+async fn one_node_loss() -> anyhow::Result<Duration> {
+    let (_dir, url) = store_dir();
+    let options = StoreOptions {
+        fsync: false,
+        ..StoreOptions::default()
+    };
+    let store = CheckpointStore::open(&url, options).await?;
+    let mut config = ServiceConfig::new(([127, 0, 0, 1], 0).into());
+    config.heartbeat_interval = Duration::from_millis(100);
+    config.heartbeat_timeout = NODE_LOSS_TIMEOUT;
+    let service = Service::start(store.clone(), config).await?;
+    let coordinator = service.local_addr().to_string();
+    let mut nodes: Vec<Proc> = (0..LOSS_NODES)
+        .map(|i| {
+            NodeSpec {
+                name: format!("node-{i}"),
+                store: url.clone(),
+                coordinators: vec![coordinator.clone()],
+                objects: LOSS_OBJECTS / LOSS_NODES,
+                ha: false,
+                hosts_blobs: true,
+            }
+            .spawn()
+        })
+        .collect();
+    let mut status = service.status();
+    let all_live = |s: &ServiceStatus| {
+        s.table.placement.len() == LOSS_OBJECTS
+            && s.table.nodes.len() == LOSS_NODES
+            && s.table.nodes.values().all(|n| n.live)
+    };
+    tokio::time::timeout(Duration::from_secs(60), status.wait_for(all_live))
+        .await
+        .context("not every node registered within 60 s")??;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while service.trigger().await.is_err() {
+        ensure!(Instant::now() < deadline, "no round committed within 60 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let victim = nodes.remove(1);
+    victim.signal("KILL");
+    let killed = Instant::now();
+    let deadline = killed + Duration::from_secs(30);
+    loop {
+        if let Ok(id) = service.trigger().await {
+            let manifest = store.read_manifest(id).await?;
+            if manifest.objects.len() == LOSS_OBJECTS && manifest.kind == ManifestKind::Checkpoint {
+                let took = killed.elapsed();
+                service.shutdown();
+                return Ok(took);
+            }
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "no checkpoint holding every object within 30 s of the kill"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `node_loss_recovery`: SIGKILL of one of 4 node processes holding 64 objects, no
+/// replacement, to the next committed checkpoint holding every object; median of `runs`,
+/// against the heartbeat timeout.
+pub(crate) async fn node_loss_recovery(runs: usize) -> anyhow::Result<Entry> {
+    let mut took = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        took.push(one_node_loss().await?);
+    }
+    let took = Samples::new(took).context("no runs")?;
+    Ok(Entry::against(
+        "node_loss_recovery",
+        ms(took.quantile(0.5)),
+        "ms",
+        ("heartbeat_timeout", ms(NODE_LOSS_TIMEOUT)),
+        Goal::RatioAtMost(2.0),
+    )
+    .with_note(format!(
+        "median of {runs}, {LOSS_NODES} node processes x {} blobs, SIGKILL of one, no replacement: the survivors create its blobs and restore them from the line; local disk without fsync; {}",
+        LOSS_OBJECTS / LOSS_NODES,
+        took.spread()
+    )))
 }
 
 /// The lease of the coordinators in the failover figure: the baseline.
@@ -232,6 +333,7 @@ fn one_coordinator_failover() -> anyhow::Result<(Duration, Duration)> {
         coordinators: vec![a_addr, b_addr],
         objects: HA_OBJECTS,
         ha: true,
+        hosts_blobs: false,
     }
     .spawn();
     let watch = StoreWatch::open(&url)?;

@@ -22,6 +22,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// - **fix the configuration or the call** ([`ErrorKind::Invalid`]):
 ///   [`InvalidConfig`](Self::InvalidConfig), [`DuplicateObject`](Self::DuplicateObject),
 ///   [`UnknownObject`](Self::UnknownObject), [`WrongType`](Self::WrongType),
+///   [`CreateRefused`](Self::CreateRefused),
 ///   [`MissingObjects`](Self::MissingObjects);
 /// - **look at the data** ([`ErrorKind::Data`]): an object's recorded state or an in-transit
 ///   message could not be used ([`Restore`](Self::Restore), [`Message`](Self::Message));
@@ -83,6 +84,16 @@ pub enum Error {
         "no object {0} in the cohort: spawn it first (recovery drops objects created after the line, and a stopped cohort has none)"
     )]
     UnknownObject(ObjectId),
+
+    /// The coordinator refused to create an object (`Node::create`): the id is taken, or no
+    /// live node registered a factory for the type.
+    #[error("the cohort did not create {object}: {reason}")]
+    CreateRefused {
+        /// The object asked for.
+        object: ObjectId,
+        /// Why, and what to do.
+        reason: String,
+    },
 
     /// The object exists but is of another type, or takes another message type.
     #[error("object {object} is a {actual}, not a {requested}")]
@@ -156,6 +167,7 @@ impl Error {
             | Self::DuplicateObject(_)
             | Self::UnknownObject(_)
             | Self::WrongType { .. }
+            | Self::CreateRefused { .. }
             | Self::MissingObjects { .. } => ErrorKind::Invalid,
             Self::Restore { .. } | Self::Message { .. } => ErrorKind::Data,
             Self::Store(e) => e.kind(),

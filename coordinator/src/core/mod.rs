@@ -38,6 +38,9 @@ pub(crate) struct RestoreOrder<'a> {
     pub(crate) colour: Round,
     pub(crate) incarnation: u64,
     pub(crate) drop: &'a [ObjectId],
+    /// Objects the host creates from its factories first (moved off a dead host), with their
+    /// type names.
+    pub(crate) create: &'a [(ObjectId, String)],
 }
 
 /// What a committed checkpoint cost, as the core saw it.
@@ -80,6 +83,24 @@ pub(crate) trait Transport: Send {
         &mut self,
         order: RestoreOrder<'_>,
     ) -> impl Future<Output = Vec<Event<Local>>> + Send;
+
+    /// `host` creates `object` of `type_name` from its factory: application code asked the
+    /// cohort for it ([`Event::Create`]). A transport whose objects are created by the caller
+    /// never gets this order.
+    fn create(&mut self, host: &HostId, object: &ObjectId, type_name: &str) {
+        let _ = (host, object, type_name);
+    }
+
+    /// A request to create `object` was refused.
+    fn create_refused(&mut self, object: &ObjectId, reason: &str) {
+        let _ = (object, reason);
+    }
+
+    /// `host` must drop its copies of `objects`: they live on another host now. A transport
+    /// whose objects all live on one host never gets this order.
+    fn disown(&mut self, host: &HostId, objects: &[ObjectId]) {
+        let _ = (host, objects);
+    }
 
     /// `hosts` handle messages again, in `incarnation`.
     fn release(&mut self, hosts: &[HostId], incarnation: u64);
@@ -345,6 +366,7 @@ impl<X: Transport> Core<X> {
                 colour,
                 incarnation,
                 drop,
+                create,
             } => {
                 let manifest = match line {
                     Some(id) => [self.line.as_ref(), self.last_manifest.as_ref()]
@@ -362,6 +384,7 @@ impl<X: Transport> Core<X> {
                     colour,
                     incarnation,
                     drop: &drop,
+                    create: &create,
                 };
                 if recovery != 0 {
                     self.crash_at(failpoint::RECOVER_BEFORE_RESTORE)?;
@@ -380,6 +403,25 @@ impl<X: Transport> Core<X> {
                     self.crash_at(failpoint::RECOVER_AFTER_FENCE)?;
                 }
                 Ok(vec![Event::FenceResult { recovery, outcome }])
+            }
+            Command::Create {
+                host,
+                object,
+                type_name,
+            } => {
+                tracing::info!(%host, %object, %type_name, "object created through the cohort");
+                self.transport.create(&host, &object, &type_name);
+                Ok(Vec::new())
+            }
+            Command::CreateRefused { object, reason } => {
+                tracing::warn!(%object, %reason, "refused to create an object");
+                self.transport.create_refused(&object, &reason);
+                Ok(Vec::new())
+            }
+            Command::Disown { host, objects } => {
+                tracing::warn!(%host, objects = objects.len(), first = ?objects.first(), "a node announced objects that live on another node now; it drops them");
+                self.transport.disown(&host, &objects);
+                Ok(Vec::new())
             }
             Command::Release { hosts, incarnation } => {
                 self.transport.release(&hosts, incarnation);

@@ -64,6 +64,23 @@ impl<T: EngineTypes> Engine<T> {
         host: HostId,
         out: &mut Vec<Command<T>>,
     ) {
+        // A member living on another host that is not dead (up, or lost within the timeout:
+        // it may resume) was moved there (its old host was declared dead) or is claimed
+        // twice: the joining host must not act on it. Only a dead host's member moves to a
+        // host that announces it (a replacement).
+        if let Some(owner) = self.placement.get(&object)
+            && *owner != host
+            && self
+                .hosts
+                .get(owner)
+                .is_some_and(|s| s.up || s.lost_at_ms.is_some())
+        {
+            out.push(Command::Disown {
+                host,
+                objects: vec![object],
+            });
+            return;
+        }
         let joined = self.members.insert(object.clone());
         let moved = self.placement.get(&object) != Some(&host);
         if !joined && !moved {
@@ -78,7 +95,49 @@ impl<T: EngineTypes> Engine<T> {
         }
     }
 
+    pub(super) fn on_create(
+        &mut self,
+        now_ms: u64,
+        object: ObjectId,
+        type_name: String,
+        out: &mut Vec<Command<T>>,
+    ) {
+        let refuse = |reason: String| Command::CreateRefused {
+            object: object.clone(),
+            reason,
+        };
+        if self.status == super::Status::Deposed {
+            out.push(refuse(
+                "this coordinator no longer leads; ask the leader".into(),
+            ));
+            return;
+        }
+        if let Some(host) = self.placement.get(&object) {
+            out.push(refuse(format!(
+                "{object} is already a member, on {host}; pick another id"
+            )));
+            return;
+        }
+        let Some(host) = self.least_loaded_host_of(&type_name, None) else {
+            out.push(refuse(format!(
+                "no live node can create objects of type {type_name:?}; start a node that registers it (NodeBuilder::host_type)"
+            )));
+            return;
+        };
+        self.object_types.insert(object.clone(), type_name.clone());
+        self.on_join(now_ms, object.clone(), host.clone(), out);
+        // Until its host restores, a recovery's restore there creates it too (an order is
+        // idempotent), and if that host dies first it is moved like any other.
+        self.creating.insert(object.clone(), type_name.clone());
+        out.push(Command::Create {
+            host: host.clone(),
+            object: object.clone(),
+            type_name,
+        });
+    }
+
     pub(super) fn on_leave(&mut self, now_ms: u64, object: &ObjectId, out: &mut Vec<Command<T>>) {
+        self.object_types.remove(object);
         if !self.members.remove(object) {
             return;
         }

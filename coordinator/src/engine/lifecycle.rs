@@ -2,7 +2,7 @@
 //! request, a dead host, a takeover or a damaged line) through the line, the restores, the
 //! fence and the release.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use cohort_object_api::{CheckpointId, ObjectId};
 
@@ -25,6 +25,8 @@ pub(super) struct HostState {
     pub(super) joining: Option<u64>,
     /// Members placed on it.
     pub(super) objects: usize,
+    /// The object types it can create ([`Event::HostTypes`](super::Event::HostTypes)).
+    pub(super) types: BTreeSet<String>,
 }
 
 impl HostState {
@@ -35,6 +37,7 @@ impl HostState {
             ready: true,
             joining: None,
             objects: 0,
+            types: BTreeSet::new(),
         }
     }
 
@@ -181,16 +184,88 @@ impl<T: EngineTypes> Engine<T> {
                         ..HostState::default()
                     };
                 }
-                self.start_recovery(now_ms, RecoveryCause::HostDead { host }, out);
+                let moved = self.replace_objects_of(&host);
+                self.start_recovery(now_ms, RecoveryCause::HostDead { host, moved }, out);
             } else {
                 self.hosts.remove(&host);
             }
         }
     }
 
+    /// Moves the members placed on dead `host` to hosts that are up and declared their type,
+    /// each to the one holding the fewest members (ties by name), and returns how many moved.
+    /// Members of a type no surviving host can create stay placed on `host`: they wait for it
+    /// (or a host with their ids) to come back, as before.
+    fn replace_objects_of(&mut self, host: &HostId) -> usize {
+        let mut orphans: Vec<ObjectId> = self
+            .placement
+            .iter()
+            .filter(|(_, h)| *h == host)
+            .map(|(o, _)| o.clone())
+            .collect();
+        orphans.sort();
+        let mut moved = 0;
+        for object in orphans {
+            let Some(type_name) = self.object_types.get(&object).cloned() else {
+                continue;
+            };
+            let Some(target) = self.least_loaded_host_of(&type_name, Some(host)) else {
+                continue;
+            };
+            self.place(object.clone(), target);
+            self.creating.insert(object, type_name);
+            moved += 1;
+        }
+        if moved > 0 {
+            self.roster = None;
+        }
+        moved
+    }
+
+    /// The up host (other than `except`) that declared `type_name` and holds the fewest
+    /// members, ties broken by name.
+    pub(super) fn least_loaded_host_of(
+        &self,
+        type_name: &str,
+        except: Option<&HostId>,
+    ) -> Option<HostId> {
+        self.hosts
+            .iter()
+            .filter(|(h, s)| Some(*h) != except && s.up && s.types.contains(type_name))
+            .min_by_key(|(h, s)| (s.objects, (*h).clone()))
+            .map(|(h, _)| h.clone())
+    }
+
+    /// The objects `host` must create in its next restore: placed on it by
+    /// [`replace_objects_of`](Self::replace_objects_of), not restored there yet.
+    fn creates_for(&self, host: &HostId) -> Vec<(ObjectId, String)> {
+        if self.creating.is_empty() {
+            return Vec::new();
+        }
+        let mut create: Vec<(ObjectId, String)> = self
+            .creating
+            .iter()
+            .filter(|(o, _)| self.placement.get(*o) == Some(host))
+            .map(|(o, t)| (o.clone(), t.clone()))
+            .collect();
+        create.sort();
+        create
+    }
+
+    /// `host` restored: the objects it was to create exist there now.
+    fn created_on(&mut self, host: &HostId) {
+        if self.creating.is_empty() {
+            return;
+        }
+        let placement = &self.placement;
+        self.creating.retain(|o, _| placement.get(o) != Some(host));
+    }
+
     /// Places `object` on `host`: a host down for good that it vacates is forgotten, so that
     /// the table of hosts stays bounded by the hosts in use.
     pub(super) fn place(&mut self, object: ObjectId, host: HostId) {
+        self.creating.remove(&object);
+        self.placement_version += 1;
         self.hosts.entry(host.clone()).or_default().objects += 1;
         if let Some(old) = self.placement.insert(object, host) {
             self.vacate(&old);
@@ -199,6 +274,8 @@ impl<T: EngineTypes> Engine<T> {
 
     /// Takes `object`'s placement away.
     pub(super) fn unplace(&mut self, object: &ObjectId) -> Option<HostId> {
+        self.creating.remove(object);
+        self.placement_version += 1;
         let old = self.placement.remove(object)?;
         self.vacate(&old);
         Some(old)
@@ -477,6 +554,15 @@ impl<T: EngineTypes> Engine<T> {
         r.waiting.clear();
         r.restored.clear();
         let line_id = r.line.as_ref().map(|l| l.id);
+        let creates: BTreeMap<HostId, Vec<(ObjectId, String)>> = self
+            .hosts
+            .iter()
+            .filter(|(_, s)| s.up)
+            .map(|(h, _)| (h.clone(), self.creates_for(h)))
+            .collect();
+        let Some(r) = self.recovery.as_mut() else {
+            return;
+        };
         for (host, state) in &mut self.hosts {
             state.ready = false;
             state.joining = None;
@@ -488,6 +574,7 @@ impl<T: EngineTypes> Engine<T> {
                     colour: self.last_round,
                     incarnation: self.incarnation,
                     drop: drops.remove(host).unwrap_or_default(),
+                    create: creates.get(host).cloned().unwrap_or_default(),
                 });
                 r.waiting.insert(host.clone());
             } else if r.expect_until_ms.is_some() {
@@ -507,6 +594,7 @@ impl<T: EngineTypes> Engine<T> {
         if matches!(self.status, Status::Deposed | Status::Halted) {
             return;
         }
+        let create = self.creates_for(&host);
         match self.recovery.as_mut() {
             Some(r) if r.stage == Stage::Restoring => {
                 r.waiting.insert(host.clone());
@@ -517,6 +605,7 @@ impl<T: EngineTypes> Engine<T> {
                     colour: self.last_round,
                     incarnation: self.incarnation,
                     drop: Vec::new(),
+                    create,
                 });
             }
             // Restored when the recovery's restores begin, or after it ends.
@@ -533,6 +622,7 @@ impl<T: EngineTypes> Engine<T> {
                     colour: self.last_round,
                     incarnation: self.incarnation,
                     drop: Vec::new(),
+                    create,
                 });
             }
         }
@@ -559,6 +649,7 @@ impl<T: EngineTypes> Engine<T> {
             {
                 state.ready = true;
                 state.joining = None;
+                self.created_on(&host);
                 out.push(Command::Release {
                     hosts: vec![host],
                     incarnation: self.incarnation,
@@ -576,7 +667,8 @@ impl<T: EngineTypes> Engine<T> {
         match result {
             Ok(()) => {
                 r.waiting.remove(&host);
-                r.restored.insert(host);
+                r.restored.insert(host.clone());
+                self.created_on(&host);
             }
             Err(RestoreFailure::Damaged { .. }) => {
                 // Treated like damage found by the store: fall back to the line before.

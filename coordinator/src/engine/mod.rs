@@ -194,6 +194,13 @@ pub struct Engine<T: EngineTypes> {
     members: BTreeSet<ObjectId>,
     /// Where each member lives.
     placement: HashMap<ObjectId, HostId>,
+    /// Bumped by every change of `placement`, so a transport knows when to publish it.
+    placement_version: u64,
+    /// The type of each object that declared one ([`Event::ObjectType`]).
+    object_types: HashMap<ObjectId, String>,
+    /// Members the engine moved off a dead host, with their type: the host they are placed on
+    /// now creates them in its next restore (and they stay here until it answered it).
+    creating: HashMap<ObjectId, String>,
     hosts: BTreeMap<HostId, HostState>,
     /// Built from `members` and `placement` by the first attempt after they changed.
     roster: Option<Arc<Roster>>,
@@ -227,6 +234,9 @@ impl<T: EngineTypes> Engine<T> {
             last_round: start.round_floor,
             members: BTreeSet::new(),
             placement: HashMap::new(),
+            placement_version: 0,
+            object_types: HashMap::new(),
+            creating: HashMap::new(),
             hosts,
             roster: None,
             attempt: None,
@@ -287,6 +297,21 @@ impl<T: EngineTypes> Engine<T> {
     /// Where each member lives.
     pub fn placement(&self) -> &HashMap<ObjectId, HostId> {
         &self.placement
+    }
+
+    /// Changes whenever [`placement`](Self::placement) changes.
+    pub fn placement_version(&self) -> u64 {
+        self.placement_version
+    }
+
+    /// The type names `host` declared it can create ([`Event::HostTypes`]).
+    pub fn host_types(&self, host: &HostId) -> Option<&BTreeSet<String>> {
+        self.hosts.get(host).map(|h| &h.types)
+    }
+
+    /// The declared type of `object`, if any.
+    pub fn object_type(&self, object: &ObjectId) -> Option<&str> {
+        self.object_types.get(object).map(String::as_str)
     }
 
     /// The hosts this engine knows, and whether each is up, lost within the host timeout, or
@@ -351,6 +376,17 @@ impl<T: EngineTypes> Engine<T> {
             },
             Event::Join { object, host } => self.on_join(now_ms, object, host, &mut out),
             Event::Leave { object } => self.on_leave(now_ms, &object, &mut out),
+            Event::Create { object, type_name } => {
+                self.on_create(now_ms, object, type_name, &mut out)
+            }
+            Event::ObjectType { object, type_name } => {
+                self.object_types.insert(object, type_name);
+            }
+            Event::HostTypes { host, types } => {
+                if let Some(state) = self.hosts.get_mut(&host) {
+                    state.types = types;
+                }
+            }
             Event::HostUp { host, resumed } => self.on_host_up(now_ms, host, resumed, &mut out),
             Event::HostLost { host } => self.on_host_lost(now_ms, host, &mut out),
             Event::Vote {

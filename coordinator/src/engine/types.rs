@@ -1,7 +1,7 @@
 //! The vocabulary of the engine: what goes in ([`Event`]), what comes out ([`Command`]), and the
 //! small values they carry.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -202,6 +202,8 @@ pub enum RecoveryCause {
     HostDead {
         /// The host.
         host: HostId,
+        /// Its objects that were re-placed on surviving hosts.
+        moved: usize,
     },
     /// A host started a new session while its old one was alive: its old process is gone.
     HostRestarted {
@@ -223,7 +225,13 @@ impl fmt::Display for RecoveryCause {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Requested => f.write_str("requested"),
-            Self::HostDead { host } => write!(f, "node {host} was lost"),
+            Self::HostDead { host, moved: 0 } => write!(f, "node {host} was lost"),
+            Self::HostDead { host, moved } => {
+                write!(
+                    f,
+                    "node {host} was lost ({moved} objects moved to other nodes)"
+                )
+            }
             Self::HostRestarted { host } => write!(f, "node {host} restarted"),
             Self::TakeOver => f.write_str("a coordinator took over"),
             Self::Damaged { line } => write!(f, "line {line} is damaged"),
@@ -308,6 +316,32 @@ pub enum Event<T: EngineTypes> {
         object: ObjectId,
         /// Where it lives.
         host: HostId,
+    },
+    /// `object` is of type `type_name` (its `Checkpointable::type_name`): if its host dies, it
+    /// may be re-placed on a surviving host that can create objects of that type.
+    ObjectType {
+        /// The member (or future member).
+        object: ObjectId,
+        /// Its type's stable name.
+        type_name: String,
+    },
+    /// `host` can create objects of these types (it registered a factory for each): the engine
+    /// may place objects of a dead host on it. Replaces what the host declared before.
+    HostTypes {
+        /// The host.
+        host: HostId,
+        /// The type names it can create.
+        types: BTreeSet<String>,
+    },
+    /// Application code asks the cohort to create `object` of type `type_name`: the engine
+    /// places it on the up host that declared the type and holds the fewest members, and
+    /// answers [`Command::Create`] (or [`Command::CreateRefused`]). It takes part from the next
+    /// attempt on; an attempt in flight aborts, as for [`Event::Join`].
+    Create {
+        /// The new object's id.
+        object: ObjectId,
+        /// Its type's stable name.
+        type_name: String,
     },
     /// An object left the cohort. An attempt it takes part in aborts.
     Leave {
@@ -614,6 +648,34 @@ pub enum Command<T: EngineTypes> {
         incarnation: u64,
         /// Members on this host that the line does not hold and that leave the cohort.
         drop: Vec<ObjectId>,
+        /// Objects the engine placed on this host that it does not host yet (their host died):
+        /// it creates each from its factory for the type named, before restoring them from the
+        /// line (an object the line does not hold keeps the state its factory gives it).
+        create: Vec<(ObjectId, String)>,
+    },
+    /// `host` creates `object` from its factory for `type_name` now ([`Event::Create`]).
+    Create {
+        /// Where the engine placed it.
+        host: HostId,
+        /// The new member.
+        object: ObjectId,
+        /// Its type.
+        type_name: String,
+    },
+    /// [`Event::Create`] was refused: nothing was placed.
+    CreateRefused {
+        /// The object asked for.
+        object: ObjectId,
+        /// Why, and what to do.
+        reason: String,
+    },
+    /// `host` announced `objects` that now live on another host (it was declared dead and its
+    /// objects were re-placed): it must drop its copies without acting on them again.
+    Disown {
+        /// The host.
+        host: HostId,
+        /// The objects it must drop.
+        objects: Vec<ObjectId>,
     },
     /// Commit a fence manifest under `epoch` at the next id, pointing at `line` (the line every
     /// host restored); answer [`Event::FenceResult`]. Refused by the store when the recovery

@@ -98,6 +98,7 @@ pub struct NodeBuilder {
     tls: Option<TlsConfig>,
     settings: NodeSettings,
     network: Arc<dyn Network>,
+    factories: BTreeMap<String, Factory>,
 }
 
 /// Where a node stands with its coordinator.
@@ -141,6 +142,25 @@ pub(crate) struct NodeSlot {
     /// Spawned after the node's last restore looked at its objects, and not yet restored from
     /// that line: it votes no rather than be captured in its initial state.
     awaiting_restore: Arc<AtomicBool>,
+    /// The object's `Checkpointable::type_name`.
+    type_name: &'static str,
+}
+
+/// Creates an object of one type under an id, on a node, from a factory
+/// ([`NodeBuilder::host_type`]).
+/// `announce`: tell the coordinator once created (`Spawned`).
+type Factory = Arc<dyn Fn(&Arc<NodeShared>, ObjectId, bool) -> Result<()> + Send + Sync>;
+
+/// A restore order from the coordinator.
+pub(crate) struct RecoveryOrder {
+    /// Part of a cohort recovery (messages after the line are discarded), not a joining
+    /// node's restore.
+    pub(crate) cohort_recovery: bool,
+    pub(crate) line: Option<CheckpointId>,
+    pub(crate) colour: Round,
+    pub(crate) incarnation: u64,
+    /// Objects to create from the factories first, with their type names.
+    pub(crate) create: Vec<(ObjectId, String)>,
 }
 
 #[derive(Default)]
@@ -160,7 +180,14 @@ pub(crate) struct NodeShared {
     tls: Option<TlsConfig>,
     settings: NodeSettings,
     network: Arc<dyn Network>,
+    /// Type name → factory: the types the coordinator may place on this node.
+    factories: BTreeMap<String, Factory>,
     objects: RwLock<BTreeMap<ObjectId, NodeSlot>>,
+    /// Callers of [`Node::create`] waiting for the coordinator's answer.
+    create_waiters:
+        Mutex<HashMap<ObjectId, tokio::sync::oneshot::Sender<std::result::Result<(), String>>>>,
+    /// Disowned objects whose tasks have not acknowledged their stop yet.
+    stopping: Mutex<Vec<tokio::sync::oneshot::Receiver<()>>>,
     active: Mutex<Option<ActiveRound>>,
     /// Objects start held: the coordinator releases them (after restoring them if needed).
     held: AtomicBool,
@@ -420,6 +447,24 @@ impl NodeShared {
             }
         }
     }
+
+    /// Drops `objects` (they live on another node now): they leave the table at once, so they
+    /// are never asked to vote again, and each is told to stop. A handler running now may
+    /// still send, stamped with this node's incarnation: the next restore waits for these
+    /// tasks to end (see [`stopping`](Self::stopping)) before it raises the incarnation, so
+    /// nothing they send can pass for a message of the new one.
+    fn disown(&self, objects: &[ObjectId]) {
+        let mut slots = write(&self.objects);
+        let mut stopping = lock(&self.stopping);
+        for id in objects {
+            if let Some(slot) = slots.remove(id) {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                if slot.control.send(Control::Stop(tx)).is_ok() {
+                    stopping.push(rx);
+                }
+            }
+        }
+    }
 }
 
 /// Sends frames to one other node, in order, re-sending those not acknowledged after a
@@ -528,6 +573,7 @@ impl Node {
             tls: None,
             settings: NodeSettings::default(),
             network: Arc::new(TcpConnector),
+            factories: BTreeMap::new(),
         }
     }
 
@@ -549,64 +595,45 @@ impl Node {
     /// Hosts `object` under `id`. It runs once the coordinator released it, restored from the
     /// recovery line if the line holds `id`.
     pub fn spawn<A: Actor>(&self, id: ObjectId, object: A) -> Result<Address<A::Message>> {
+        spawn_object(&self.shared, id, object, true)
+    }
+
+    /// Asks the cohort to create object `id` of type `type_name` (a
+    /// [`Checkpointable::type_name`](cohort_object_api::Checkpointable::type_name) some node
+    /// registered with [`NodeBuilder::host_type`]): the coordinator places it on the live node
+    /// of that type holding the fewest objects, which creates it from its factory. Returns its
+    /// address once placed; it is addressable by id from every node, wherever it lives (it may
+    /// move if its node dies). Waits while the coordinator is unreachable.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CreateRefused`] when the id is taken or no live node hosts the type;
+    /// [`Error::Stopped`] when this node stopped.
+    pub async fn create<M: Serialize + Send + 'static>(
+        &self,
+        id: ObjectId,
+        type_name: &str,
+    ) -> Result<Address<M>> {
         let shared = &self.shared;
-        if shared.shutdown.is_cancelled() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        lock(&shared.create_waiters).insert(id.clone(), tx);
+        let asked = shared.to_coordinator.send(NodeFrame::Create {
+            object: id.clone(),
+            type_name: type_name.to_owned(),
+        });
+        if asked.is_err() {
+            lock(&shared.create_waiters).remove(&id);
             return Err(Error::COHORT_STOPPED);
         }
-        let mut objects = write(&shared.objects);
-        if objects.contains_key(&id) {
-            return Err(Error::DuplicateObject(id));
-        }
-        let (mailbox_tx, mailbox_rx) = mpsc::unbounded_channel::<Envelope<A::Message>>();
-        let (control_tx, control_rx) = mpsc::unbounded_channel();
-        let participation = crate::participant::SharedParticipation::default();
-        // Held until `restore_late` (or the node's release) lets it run: the node's last
-        // restore may have looked at its objects before this one existed.
-        let task = ObjectTask::new(
-            id.clone(),
-            object,
-            Round(shared.colour_floor.load(Ordering::SeqCst)),
-            true,
-            mailbox_rx,
-            control_rx,
-            Arc::clone(shared),
-            Arc::clone(&participation),
-        );
-        let deliver_tx = mailbox_tx.clone();
-        let deliver = move |frame: PeerFrame| -> std::result::Result<(), String> {
-            let message: A::Message =
-                rmp_serde::from_slice(&frame.payload).map_err(|e| e.to_string())?;
-            deliver_tx
-                .send(Envelope {
-                    from: Some(frame.from),
-                    colour: frame.colour,
-                    seq: frame.seq,
-                    message,
-                })
-                .map_err(|_| "the receiver's task ended".to_owned())
+        let answer = tokio::select! {
+            answer = rx => answer.map_err(|_| Error::COHORT_STOPPED)?,
+            () = shared.shutdown.cancelled() => return Err(Error::COHORT_STOPPED),
         };
-        objects.insert(
-            id.clone(),
-            NodeSlot {
-                control: control_tx,
-                participation,
-                mailbox: Arc::new(mailbox_tx.clone()),
-                deliver: Box::new(deliver),
-                message_type: type_name::<A::Message>(),
-                restored_in: Arc::new(AtomicU64::new(0)),
-                awaiting_restore: Arc::new(AtomicBool::new(true)),
-            },
-        );
-        drop(objects);
-        tokio::spawn(task.run());
-        tokio::spawn(restore_late(Arc::clone(shared), id.clone()));
-        let _ = shared.to_coordinator.send(NodeFrame::Spawned {
-            objects: vec![id.clone()],
-        });
-        Ok(Address {
-            to: id,
-            tx: Route::Local(mailbox_tx),
-        })
+        answer.map_err(|reason| Error::CreateRefused {
+            object: id.clone(),
+            reason,
+        })?;
+        self.address(&id)
     }
 
     /// The address of object `id`, on this node or another.
@@ -675,6 +702,33 @@ impl NodeBuilder {
         self
     }
 
+    /// Lets the coordinator place objects of type `A` on this node: when a node hosting such
+    /// objects dies, the coordinator may move some here, and this node creates each with
+    /// `factory(id)` and restores it from the recovery line (an object the line does not hold
+    /// keeps the state the factory gives it). The type is known by its
+    /// [`type_name`](cohort_object_api::Checkpointable::type_name), read from one object the
+    /// factory builds here (so a factory should be cheap and free of side effects); objects of
+    /// the type that this node [`spawn`](Node::spawn)s are moved the same way.
+    ///
+    /// A node that registers no type keeps today's behaviour: its objects wait for it (or a
+    /// node with the same objects) to come back.
+    pub fn host_type<A, F>(mut self, factory: F) -> Self
+    where
+        A: Actor,
+        F: Fn(&ObjectId) -> A + Send + Sync + 'static,
+    {
+        let probe = ObjectId::new("cohort-type-probe").expect("a valid id");
+        let name = factory(&probe).type_name().to_owned();
+        let create: Factory = Arc::new(
+            move |shared: &Arc<NodeShared>, id: ObjectId, announce: bool| {
+                let object = factory(&id);
+                spawn_object(shared, id, object, announce).map(|_| ())
+            },
+        );
+        self.factories.insert(name, create);
+        self
+    }
+
     /// Heartbeats and reconnection timing.
     pub fn settings(mut self, settings: NodeSettings) -> Self {
         self.settings = settings;
@@ -734,7 +788,10 @@ impl NodeBuilder {
             tls: self.tls,
             settings: self.settings,
             network: self.network,
+            factories: self.factories,
             objects: RwLock::new(BTreeMap::new()),
+            stopping: Mutex::new(Vec::new()),
+            create_waiters: Mutex::new(HashMap::new()),
             active: Mutex::new(None),
             held: AtomicBool::new(true),
             colour_floor: AtomicU64::new(0),
@@ -788,6 +845,78 @@ impl NodeBuilder {
     }
 }
 
+/// Hosts `object` under `id` on the node; `announce`: tell the coordinator (an object the
+/// coordinator placed here itself needs not be announced).
+fn spawn_object<A: Actor>(
+    shared: &Arc<NodeShared>,
+    id: ObjectId,
+    object: A,
+    announce: bool,
+) -> Result<Address<A::Message>> {
+    if shared.shutdown.is_cancelled() {
+        return Err(Error::COHORT_STOPPED);
+    }
+    let mut objects = write(&shared.objects);
+    if objects.contains_key(&id) {
+        return Err(Error::DuplicateObject(id));
+    }
+    let (mailbox_tx, mailbox_rx) = mpsc::unbounded_channel::<Envelope<A::Message>>();
+    let (control_tx, control_rx) = mpsc::unbounded_channel();
+    let participation = crate::participant::SharedParticipation::default();
+    let object_type = object.type_name();
+    // Held until `restore_late` (or the node's release) lets it run: the node's last
+    // restore may have looked at its objects before this one existed.
+    let task = ObjectTask::new(
+        id.clone(),
+        object,
+        Round(shared.colour_floor.load(Ordering::SeqCst)),
+        true,
+        mailbox_rx,
+        control_rx,
+        Arc::clone(shared),
+        Arc::clone(&participation),
+    );
+    let deliver_tx = mailbox_tx.clone();
+    let deliver = move |frame: PeerFrame| -> std::result::Result<(), String> {
+        let message: A::Message =
+            rmp_serde::from_slice(&frame.payload).map_err(|e| e.to_string())?;
+        deliver_tx
+            .send(Envelope {
+                from: Some(frame.from),
+                colour: frame.colour,
+                seq: frame.seq,
+                message,
+            })
+            .map_err(|_| "the receiver's task ended".to_owned())
+    };
+    objects.insert(
+        id.clone(),
+        NodeSlot {
+            control: control_tx,
+            participation,
+            mailbox: Arc::new(mailbox_tx.clone()),
+            deliver: Box::new(deliver),
+            message_type: type_name::<A::Message>(),
+            type_name: object_type,
+            restored_in: Arc::new(AtomicU64::new(0)),
+            awaiting_restore: Arc::new(AtomicBool::new(true)),
+        },
+    );
+    drop(objects);
+    tokio::spawn(task.run());
+    tokio::spawn(restore_late(Arc::clone(shared), id.clone()));
+    if announce {
+        let _ = shared.to_coordinator.send(NodeFrame::Spawned {
+            objects: vec![id.clone()],
+            types: BTreeMap::from([(id.clone(), object_type.to_owned())]),
+        });
+    }
+    Ok(Address {
+        to: id,
+        tx: Route::Local(mailbox_tx),
+    })
+}
+
 /// The last restore this node carried out.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Restored {
@@ -803,11 +932,15 @@ pub(crate) struct Restored {
 /// for an incarnation already restored is a repeat: answered at once.
 async fn restore(
     shared: &Arc<NodeShared>,
-    cohort_recovery: bool,
-    line: Option<CheckpointId>,
-    colour: Round,
-    incarnation: u64,
+    order: RecoveryOrder,
 ) -> std::result::Result<(), RestoreFailure> {
+    let RecoveryOrder {
+        cohort_recovery,
+        line,
+        colour,
+        incarnation,
+        create,
+    } = order;
     let mut restored = shared.restored.lock().await;
     if incarnation <= restored.incarnation {
         return Ok(());
@@ -816,7 +949,7 @@ async fn restore(
         let _early = lock(&shared.early);
         shared.restoring.store(true, Ordering::SeqCst);
     }
-    let result = restore_objects(shared, cohort_recovery, line, colour, incarnation).await;
+    let result = restore_objects(shared, cohort_recovery, line, colour, incarnation, &create).await;
     // Frames that arrived meanwhile: those of an older incarnation are dropped, the rest
     // reach the restored mailboxes.
     shared.raise_floor_ending_restore(colour, true);
@@ -911,10 +1044,32 @@ async fn restore_objects(
     line: Option<CheckpointId>,
     colour: Round,
     incarnation: u64,
+    create: &[(ObjectId, String)],
 ) -> std::result::Result<(), RestoreFailure> {
     shared.held.store(true, Ordering::SeqCst);
     for ack in shared.hold_all() {
         let _ = ack.await;
+    }
+    // Disowned objects still running a handler would otherwise send under the new incarnation.
+    let stopping = std::mem::take(&mut *lock(&shared.stopping));
+    for ack in stopping {
+        let _ = ack.await;
+    }
+    // Objects moved here from a dead node: created held, then restored with the others.
+    for (id, type_name) in create {
+        if read(&shared.objects).contains_key(id) {
+            continue; // a repeated order
+        }
+        let Some(factory) = shared.factories.get(type_name) else {
+            return Err(RestoreFailure::Refused {
+                reason: format!(
+                    "the coordinator placed {id} of type {type_name:?} here, but this node has no factory for that type; register it with NodeBuilder::host_type"
+                ),
+            });
+        };
+        factory(shared, id.clone(), false).map_err(|e| RestoreFailure::Refused {
+            reason: format!("creating {id} of type {type_name:?}: {e}"),
+        })?;
     }
     shared.incarnation.fetch_max(incarnation, Ordering::SeqCst);
     *lock(&shared.active) = None;

@@ -82,11 +82,21 @@ pub(super) async fn run(
                 continue;
             }
         };
-        let objects: Vec<_> = read(&shared.objects).keys().cloned().collect();
+        let (objects, types) = {
+            let slots = read(&shared.objects);
+            let objects: Vec<_> = slots.keys().cloned().collect();
+            let types = slots
+                .iter()
+                .map(|(id, slot)| (id.clone(), slot.type_name.to_owned()))
+                .collect();
+            (objects, types)
+        };
         let register = NodeFrame::Register {
             session,
             peer_addr: shared.peer_addr.clone(),
             objects,
+            types,
+            factories: shared.factories.keys().cloned().collect(),
         };
         if conn.send(&register).await.is_err() {
             backoff = next_backoff(backoff);
@@ -349,11 +359,18 @@ fn on_frame(shared: &Arc<NodeShared>, frame: CoordinatorFrame) {
             line,
             colour,
             incarnation,
+            create,
         } => {
             let shared = Arc::clone(shared);
             tokio::spawn(async move {
-                let result =
-                    super::restore(&shared, recovery != 0, line, colour, incarnation).await;
+                let order = super::RecoveryOrder {
+                    cohort_recovery: recovery != 0,
+                    line,
+                    colour,
+                    incarnation,
+                    create,
+                };
+                let result = super::restore(&shared, order).await;
                 let (result, damaged) = match result {
                     Ok(()) => {
                         let done = shared.restores.fetch_add(1, Ordering::SeqCst) + 1;
@@ -380,6 +397,38 @@ fn on_frame(shared: &Arc<NodeShared>, frame: CoordinatorFrame) {
                     damaged,
                 });
             });
+        }
+        CoordinatorFrame::Create { object, type_name } => {
+            match shared.factories.get(&type_name) {
+                Some(factory) => {
+                    // Announced once created: the coordinator then answers the caller.
+                    if let Err(e) = factory(shared, object.clone(), true) {
+                        tracing::error!(%object, %type_name, error = %e, "cannot create an object the coordinator placed here");
+                    }
+                }
+                None => {
+                    tracing::error!(%object, %type_name, "the coordinator placed an object here whose type this node has no factory for")
+                }
+            }
+        }
+        CoordinatorFrame::Created { object, result } => {
+            if let Ok(node) = &result {
+                // Addressable at once, before the next placement push.
+                write(&shared.placement)
+                    .objects
+                    .insert(object.clone(), node.clone());
+            }
+            if let Some(waiter) = lock(&shared.create_waiters).remove(&object) {
+                let _ = waiter.send(result.map(|_| ()));
+            }
+        }
+        CoordinatorFrame::Disown { objects } => {
+            tracing::warn!(
+                node = %shared.name,
+                objects = objects.len(),
+                "the coordinator moved objects of this node to other nodes (it was declared dead); dropping them"
+            );
+            shared.disown(&objects);
         }
         CoordinatorFrame::Release { incarnation } => {
             shared.incarnation.fetch_max(incarnation, Ordering::SeqCst);

@@ -343,6 +343,7 @@ mod tests {
         m.record_recovery(
             &crate::engine::RecoveryCause::HostDead {
                 host: crate::engine::HostId::new("n1"),
+                moved: 0,
             },
             Some(id),
             ["n2"],

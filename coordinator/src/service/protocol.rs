@@ -43,11 +43,23 @@ pub enum NodeFrame {
         peer_addr: String,
         /// The objects hosted, sorted.
         objects: Vec<ObjectId>,
+        /// The type name of each object hosted (its `Checkpointable::type_name`), so that the
+        /// coordinator can move it to another node that hosts the type if this one dies.
+        /// Absent from nodes that predate it.
+        #[serde(default)]
+        types: BTreeMap<ObjectId, String>,
+        /// The object types this node can create (it has a factory for each): the coordinator
+        /// may place objects of these types here. Absent from nodes that predate it.
+        #[serde(default)]
+        factories: Vec<String>,
     },
     /// Objects spawned after registration.
     Spawned {
         /// The new objects.
         objects: Vec<ObjectId>,
+        /// Their type names. Absent from nodes that predate it.
+        #[serde(default)]
+        types: BTreeMap<ObjectId, String>,
     },
     /// Every hosted participant's vote for `round`, in one frame.
     Votes {
@@ -90,6 +102,14 @@ pub enum NodeFrame {
         /// a missing migration) and stays held. Absent from nodes that predate it.
         #[serde(default)]
         damaged: bool,
+    },
+    /// Application code on this node asks the cohort to create an object of a type some node
+    /// registered a factory for; answered with [`CoordinatorFrame::Created`].
+    Create {
+        /// The new object's id.
+        object: ObjectId,
+        /// Its type's stable name (`Checkpointable::type_name`).
+        type_name: String,
     },
     /// A sign of life.
     Heartbeat,
@@ -170,6 +190,31 @@ pub enum CoordinatorFrame {
         colour: Round,
         /// The incarnation after the recovery: peer messages of older ones are dropped.
         incarnation: u64,
+        /// Objects to create from this node's factories (by type name) before restoring: the
+        /// coordinator moved them here from a node that died.
+        #[serde(default)]
+        create: Vec<(ObjectId, String)>,
+    },
+    /// Create `object` from this node's factory for `type_name`: the coordinator placed it
+    /// here.
+    Create {
+        /// The new member.
+        object: ObjectId,
+        /// Its type.
+        type_name: String,
+    },
+    /// The answer to [`NodeFrame::Create`]: the node the object was placed on, or why not.
+    Created {
+        /// The object asked for.
+        object: ObjectId,
+        /// The node hosting it, or the reason it was refused.
+        result: Result<String, String>,
+    },
+    /// Drop these objects at once, without handling, voting or sending for them again: they
+    /// live on another node now (this node was declared dead and its objects were moved).
+    Disown {
+        /// The objects to drop.
+        objects: Vec<ObjectId>,
     },
     /// Handle messages again.
     Release {

@@ -139,7 +139,7 @@ enum Input {
         node: String,
         session: Option<u64>,
         peer_addr: String,
-        objects: Vec<ObjectId>,
+        announced: Announced,
         conn: u64,
         tx: mpsc::UnboundedSender<CoordinatorFrame>,
         reply: oneshot::Sender<CoordinatorFrame>,
@@ -337,6 +337,8 @@ async fn handle_node(
         session,
         peer_addr,
         objects,
+        types,
+        factories,
     })) = first.unwrap_or(Ok(None))
     else {
         tracing::warn!(%node, "a node connected without registering; closed");
@@ -348,7 +350,11 @@ async fn handle_node(
         node: node.clone(),
         session,
         peer_addr,
-        objects,
+        announced: Announced {
+            objects,
+            types,
+            factories,
+        },
         conn: id,
         tx,
         reply: reply_tx,
@@ -396,6 +402,14 @@ async fn handle_node(
     Ok(result?)
 }
 
+/// What a node announced when it registered: the objects it hosts, their types, and the types
+/// it can create.
+struct Announced {
+    objects: Vec<ObjectId>,
+    types: BTreeMap<ObjectId, String>,
+    factories: Vec<String>,
+}
+
 /// The longest peer address a node may register (a host name of 253 bytes and a port fit).
 pub const MAX_PEER_ADDR_LEN: usize = 262;
 
@@ -441,6 +455,10 @@ struct Nodes {
     recovery_unrecorded: Option<(u64, RecoveryCause)>,
     /// The store fenced a commit or a fence: this service is deposed.
     fenced: bool,
+    /// The engine's placement version last pushed to the nodes.
+    placement_pushed: u64,
+    /// Objects application code asked to create (`NodeFrame::Create`) → the node that asked.
+    create_requests: BTreeMap<ObjectId, String>,
 }
 
 impl Nodes {
@@ -473,6 +491,17 @@ impl Nodes {
             .map(|(o, h)| (o.clone(), h.as_str().to_owned()))
             .collect();
         StateTable { nodes, placement }
+    }
+
+    fn answer_create(&mut self, object: &ObjectId, result: std::result::Result<String, String>) {
+        if let Some(asker) = self.create_requests.remove(object)
+            && let Some(n) = self.nodes.get(&asker)
+        {
+            n.send(CoordinatorFrame::Created {
+                object: object.clone(),
+                result,
+            });
+        }
     }
 
     fn push_placement(&self, engine: &Engine<Local>) {
@@ -605,11 +634,35 @@ impl Transport for Nodes {
                     line: order.line_id,
                     colour: order.colour,
                     incarnation: order.incarnation,
+                    create: order.create.to_vec(),
                 });
                 Vec::new()
             }
             // Lost meanwhile: the engine hears of it, and restores it when it resumes.
             None => Vec::new(),
+        }
+    }
+
+    fn create(&mut self, host: &HostId, object: &ObjectId, type_name: &str) {
+        if let Some(n) = self.get(host) {
+            n.send(CoordinatorFrame::Create {
+                object: object.clone(),
+                type_name: type_name.to_owned(),
+            });
+        }
+        // The asker hears once the node announces it created the object (`Spawned`): a
+        // message it sent earlier could reach the node before the object exists there.
+    }
+
+    fn create_refused(&mut self, object: &ObjectId, reason: &str) {
+        self.answer_create(object, Err(reason.to_owned()));
+    }
+
+    fn disown(&mut self, host: &HostId, objects: &[ObjectId]) {
+        if let Some(n) = self.get(host) {
+            n.send(CoordinatorFrame::Disown {
+                objects: objects.to_vec(),
+            });
         }
     }
 
@@ -728,6 +781,14 @@ impl Server {
                 None => self.feed(Event::Tick).await,
                 Some(input) => self.on_input(input).await,
             };
+            if let Some(core) = self.core.as_mut()
+                && core.transport.placement_pushed != core.engine.placement_version()
+            {
+                // The engine moved objects (a dead node's, to the survivors): every node
+                // learns where they live before it is released.
+                core.transport.placement_pushed = core.engine.placement_version();
+                core.transport.push_placement(&core.engine);
+            }
             if let Err(Crash(point)) = step {
                 // As a killed process: nothing after the fail point runs.
                 tracing::error!(fail_point = %point, "the coordinator service crashed at a fail point");
@@ -831,6 +892,8 @@ impl Server {
             attempt_started: None,
             recovery_unrecorded: None,
             fenced: false,
+            placement_pushed: 0,
+            create_requests: BTreeMap::new(),
         };
         let mut core = Core::new(
             engine,
@@ -874,12 +937,12 @@ impl Server {
                 node,
                 session,
                 peer_addr,
-                objects,
+                announced,
                 conn,
                 tx,
                 reply,
             } => {
-                self.register(node, session, peer_addr, objects, conn, tx, reply)
+                self.register(node, session, peer_addr, announced, conn, tx, reply)
                     .await
             }
             Input::Frame { conn, node, frame } => {
@@ -962,7 +1025,7 @@ impl Server {
         node: String,
         session: Option<u64>,
         peer_addr: String,
-        objects: Vec<ObjectId>,
+        announced: Announced,
         conn: u64,
         tx: mpsc::UnboundedSender<CoordinatorFrame>,
         reply: oneshot::Sender<CoordinatorFrame>,
@@ -981,26 +1044,6 @@ impl Server {
                 reason: format!(
                     "the peer address is {} bytes long; give a host:port of at most {MAX_PEER_ADDR_LEN} bytes",
                     peer_addr.len()
-                ),
-            });
-            return Ok(());
-        }
-        // A node taken over by someone else's objects is refused, whole.
-        let live = |h: &HostId| {
-            core.engine
-                .hosts()
-                .any(|(k, l)| k == h && l == Liveness::Up)
-        };
-        if let Some((clash, owner)) = objects.iter().find_map(|o| {
-            core.engine
-                .placement()
-                .get(o)
-                .filter(|owner| **owner != host && live(owner))
-                .map(|owner| (o, owner))
-        }) {
-            let _ = reply.send(CoordinatorFrame::Refused {
-                reason: format!(
-                    "object {clash} is hosted by live node {owner}; give each object one node"
                 ),
             });
             return Ok(());
@@ -1054,10 +1097,28 @@ impl Server {
             });
         }
         tracing::info!(%node, session, resumed, "node registered");
-        let mut events = vec![Event::HostUp {
-            host: host.clone(),
-            resumed,
-        }];
+        let Announced {
+            objects,
+            types,
+            factories,
+        } = announced;
+        let mut events = vec![
+            Event::HostUp {
+                host: host.clone(),
+                resumed,
+            },
+            Event::HostTypes {
+                host: host.clone(),
+                types: factories.into_iter().collect(),
+            },
+        ];
+        // An object announced here that lives on another live node now is disowned by the
+        // engine: the node drops it (see Event::Join).
+        events.extend(
+            types
+                .into_iter()
+                .map(|(object, type_name)| Event::ObjectType { object, type_name }),
+        );
         events.extend(objects.into_iter().map(|object| Event::Join {
             object,
             host: host.clone(),
@@ -1074,12 +1135,28 @@ impl Server {
         let host = HostId::new(&node);
         match frame {
             NodeFrame::Heartbeat | NodeFrame::Register { .. } | NodeFrame::Control(_) => Ok(()),
-            NodeFrame::Spawned { objects } => {
-                core.feed_all(objects.into_iter().map(|object| Event::Join {
+            NodeFrame::Create { object, type_name } => {
+                core.transport
+                    .create_requests
+                    .insert(object.clone(), node.clone());
+                core.feed(Event::Create { object, type_name }).await
+            }
+            NodeFrame::Spawned { objects, types } => {
+                let typed = types
+                    .into_iter()
+                    .map(|(object, type_name)| Event::ObjectType { object, type_name });
+                for object in &objects {
+                    if core.transport.create_requests.contains_key(object)
+                        && core.engine.placement().get(object) == Some(&host)
+                    {
+                        core.transport.answer_create(object, Ok(node.clone()));
+                    }
+                }
+                let joined = objects.into_iter().map(|object| Event::Join {
                     object,
                     host: host.clone(),
-                }))
-                .await?;
+                });
+                core.feed_all(typed.chain(joined)).await?;
                 core.transport.push_placement(&core.engine);
                 Ok(())
             }

@@ -190,6 +190,8 @@ pub fn node_role() {
     let kick = std::env::var("COHORT_KICK").is_ok();
     // Every account of this node starts a stream of transfers (heavy cross-node traffic).
     let kick_all = std::env::var("COHORT_KICK_ALL").is_ok();
+    // Registers the account type: the coordinator may move a dead node's accounts here.
+    let host_accounts = std::env::var("COHORT_HOST_ACCOUNTS").is_ok();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -199,13 +201,21 @@ pub fn node_role() {
         let store = CheckpointStore::open(&store_dir, store_options())
             .await
             .unwrap();
-        let node = Node::builder(store)
-            .name(format!("node-{index}"))
-            .coordinators(vec![coordinator])
-            .build()
-            .await
-            .unwrap();
         let peers = account_ids(nodes);
+        let mut builder = Node::builder(store)
+            .name(format!("node-{index}"))
+            .coordinators(vec![coordinator]);
+        if host_accounts {
+            let (peers, markers) = (peers.clone(), markers.clone());
+            builder = builder.host_type(move |_id: &ObjectId| Account {
+                balance: 0,
+                peers: peers.clone(),
+                hops: 0,
+                node: index,
+                markers: markers.clone(),
+            });
+        }
+        let node = builder.build().await.unwrap();
         let mut mine = Vec::new();
         for a in 0..ACCOUNTS_PER_NODE {
             let id = ObjectId::new(format!("acct-{index}-{a}")).unwrap();
@@ -263,6 +273,8 @@ pub struct Options {
     pub kick_all: bool,
     /// Each node reaches the service through its own [`Proxy`].
     pub proxied: bool,
+    /// Nodes register the account type: a dead node's accounts move to the survivors.
+    pub host_accounts: bool,
 }
 
 impl Options {
@@ -272,6 +284,7 @@ impl Options {
             heartbeat_timeout,
             kick_all: false,
             proxied: false,
+            host_accounts: false,
         }
     }
 }
@@ -341,6 +354,9 @@ impl Cluster {
             .env("COHORT_MARKERS", self.dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
+        if self.options.host_accounts {
+            cmd.env("COHORT_HOST_ACCOUNTS", "1");
+        }
         if self.options.kick_all {
             cmd.env("COHORT_KICK_ALL", "1");
         } else if index == 0 {
@@ -354,6 +370,16 @@ impl Cluster {
         let mut victim = self.children[index].take().unwrap();
         victim.kill().unwrap();
         victim.wait().unwrap();
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`) to node `index`'s process.
+    pub fn signal(&self, index: usize, signal: &str) {
+        let pid = self.children[index].as_ref().unwrap().id();
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} {pid} failed");
     }
 
     /// Node `index`'s proxy (the cluster must be started with `proxied`).

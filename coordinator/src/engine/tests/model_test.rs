@@ -1,8 +1,9 @@
 //! Property test: random event sequences (duplicates, stale and future rounds, strangers,
 //! timeouts, store answers, hosts lost, restarted and back, recoveries asked for and caused,
-//! damaged and moved lines, deposition) never break the protocol's invariants.
+//! damaged and moved lines, deposition, object types and the types hosts can create, objects
+//! moved off dead hosts and disowned by hosts that come back) never break the protocol's invariants.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use proptest::prelude::*;
 
@@ -13,6 +14,12 @@ enum Op {
     Advance(u64),
     Trigger,
     Join(u8, u8),
+    /// Object `.0` is of type `.1` (0 or 1).
+    Typed(u8, u8),
+    /// Application code asks to create object `.0` of type `.1`.
+    Create(u8, u8),
+    /// Host `.0` can create the types in bit mask `.1`.
+    HostTypes(u8, u8),
     /// `round_delta`: -1 stale, 0 current, 1 future.
     Vote {
         round_delta: i8,
@@ -61,6 +68,9 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (0u64..700).prop_map(Op::Advance),
         2 => Just(Op::Trigger),
         1 => (0u8..6, 0u8..3).prop_map(|(o, h)| Op::Join(o, h)),
+        1 => (0u8..6, 0u8..2).prop_map(|(o, t)| Op::Typed(o, t)),
+        1 => (0u8..3, 0u8..4).prop_map(|(h, mask)| Op::HostTypes(h, mask)),
+        1 => (0u8..8, 0u8..3).prop_map(|(o, t)| Op::Create(o, t)),
         8 => (-1i8..=1, 0u8..6, prop::bool::weighted(0.9), 0u8..4, 0u8..4)
             .prop_map(|(round_delta, object, yes, sent, received)| Op::Vote { round_delta, object, yes, sent, received }),
         3 => (-1i8..=1, 0u8..3, 0u8..3).prop_map(|(round_delta, host, count)| Op::Records { round_delta, host, count }),
@@ -109,6 +119,103 @@ struct Model {
     /// The newest `ReadLine` and `WriteFence` asked for, to answer.
     read_line: Option<u64>,
     write_fence: Option<(u64, u64)>,
+}
+
+fn type_of(t: u8) -> &'static str {
+    ["X", "Y", "Z"][usize::from(t % 3)]
+}
+
+/// Placement decisions: objects move off a dead host only to hosts that are up and declared
+/// their type, as many as the recovery says, none is left behind that a survivor could take;
+/// a restore creates only objects placed on its host; a disowned object lives on another host
+/// that is up.
+fn check_placement(
+    e: &Engine<T>,
+    before: &HashMap<ObjectId, HostId>,
+    out: &[Command<T>],
+) -> Result<(), TestCaseError> {
+    let up: BTreeMap<&HostId, Liveness> = e.hosts().collect();
+    let is_up = |h: &HostId| up.get(h) == Some(&Liveness::Up);
+    let can_host = |h: &HostId, o: &ObjectId| {
+        is_up(h)
+            && e.object_type(o)
+                .is_some_and(|t| e.host_types(h).is_some_and(|ts| ts.contains(t)))
+    };
+    let mut dead = Vec::new();
+    let mut moved_total = 0;
+    for command in out {
+        match command {
+            Command::Recovering {
+                cause: RecoveryCause::HostDead { host, moved },
+                ..
+            } => {
+                dead.push(host.clone());
+                moved_total += moved;
+            }
+            Command::Restore { host, create, .. } => {
+                for (o, t) in create {
+                    prop_assert_eq!(
+                        e.placement().get(o),
+                        Some(host),
+                        "a restore creates an object placed elsewhere"
+                    );
+                    prop_assert_eq!(e.object_type(o), Some(t.as_str()));
+                }
+            }
+            Command::Create {
+                host,
+                object,
+                type_name,
+            } => {
+                prop_assert_eq!(before.get(object), None, "{} created twice", object);
+                prop_assert_eq!(e.placement().get(object), Some(host));
+                prop_assert!(
+                    can_host(host, object),
+                    "{object} of {type_name} created on {host}, which cannot host it"
+                );
+            }
+            Command::CreateRefused { object, .. } => {
+                prop_assert_eq!(
+                    before.get(object),
+                    e.placement().get(object),
+                    "a refused create moved {}",
+                    object
+                );
+            }
+            Command::Disown { host, objects } => {
+                for o in objects {
+                    let owner = e.placement().get(o);
+                    let alive = |h: &HostId| up.get(h).is_some_and(|l| *l != Liveness::Down);
+                    prop_assert!(
+                        owner.is_some_and(|h| h != host && alive(h)),
+                        "{o} disowned by {host} but placed on {owner:?}"
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+    if dead.is_empty() {
+        return Ok(());
+    }
+    let mut moved = 0;
+    for (o, h) in e.placement() {
+        let was = before.get(o);
+        if was.is_some_and(|w| dead.contains(w)) && was != Some(h) {
+            moved += 1;
+            prop_assert!(can_host(h, o), "{o} moved to {h}, which cannot host it");
+        }
+        if dead.contains(h) {
+            for other in up.keys() {
+                prop_assert!(
+                    !can_host(other, o),
+                    "{o} left on dead {h} although {other} can host it"
+                );
+            }
+        }
+    }
+    prop_assert_eq!(moved, moved_total, "the recovery counts the objects moved");
+    Ok(())
 }
 
 fn round_of(engine: &Engine<T>, delta: i8) -> Round {
@@ -319,6 +426,10 @@ fn check(model: &mut Model, epoch: u64, out: &[Command<T>]) -> Result<(), TestCa
                 model.recovery = None;
             }
             Command::Deposed { .. } => model.deposed = true,
+            Command::Disown { objects, .. } => {
+                prop_assert!(!objects.is_empty(), "an empty disown");
+            }
+            Command::Create { .. } | Command::CreateRefused { .. } => {}
         }
         i += 1;
     }
@@ -350,6 +461,12 @@ proptest! {
                 Op::Advance(d) => { now += d; Event::Tick }
                 Op::Trigger => { next_trigger += 1; Event::Trigger { request: TriggerId(next_trigger) } }
                 Op::Join(o, h) => Event::Join { object: obj(o), host: host_of(h) },
+                Op::Create(o, t) => Event::Create { object: obj(o), type_name: type_of(t).into() },
+                Op::Typed(o, t) => Event::ObjectType { object: obj(o), type_name: type_of(t).into() },
+                Op::HostTypes(h, mask) => Event::HostTypes {
+                    host: host_of(h),
+                    types: (0..2).filter(|t| mask & (1 << t) != 0).map(|t| type_of(t).to_owned()).collect(),
+                },
                 Op::Vote { round_delta, object, yes: y, sent, received } => {
                     let round = round_of(&e, round_delta);
                     let vote = if y { yes(1, sent.into(), received.into()) } else { Vote::No { reason: "no".into() } };
@@ -441,8 +558,10 @@ proptest! {
                 }
                 Op::Deposed => { m.deposed = true; Event::Deposed }
             };
+            let before = e.placement().clone();
             let out = e.handle(now, event);
             check(&mut m, e.epoch(), &out)?;
+            check_placement(&e, &before, &out)?;
             prop_assert_eq!(e.in_flight().map(|(id, r)| (id.get(), r.0)), m.attempt.as_ref().map(|a| (a.id, a.round)));
             prop_assert!(e.next_deadline_ms().is_none_or(|d| d >= now || e.in_flight().is_none()));
             prop_assert_eq!(e.last_committed().get(), m.known_last);

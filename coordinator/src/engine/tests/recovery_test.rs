@@ -1,6 +1,8 @@
 //! The life of a cohort around its attempts: requested recoveries, dead and restarted hosts,
 //! takeovers, damaged and moved lines, and a deposed coordinator that must write nothing more.
 
+use std::collections::BTreeSet;
+
 use super::*;
 
 fn recover(e: &mut Engine<T>, now: u64, request: u64) -> Vec<Command<T>> {
@@ -51,6 +53,7 @@ fn restore(
         colour: Round(colour),
         incarnation,
         drop: vec![],
+        create: vec![],
     }
 }
 
@@ -177,6 +180,7 @@ fn in_process_members_the_line_does_not_hold_are_dropped() {
             colour: Round(0),
             incarnation: 1,
             drop: vec![obj(1), obj(2)],
+            create: vec![],
         }]
     );
     assert_eq!(e.members().len(), 1);
@@ -289,7 +293,10 @@ fn a_dead_host_triggers_a_cohort_recovery_a_blip_does_not() {
         vec![
             Command::Recovering {
                 recovery: 1,
-                cause: RecoveryCause::HostDead { host: host("c") }
+                cause: RecoveryCause::HostDead {
+                    host: host("c"),
+                    moved: 0
+                }
             },
             Command::ReadLine {
                 recovery: 1,
@@ -750,4 +757,198 @@ fn a_deposed_leader_writes_nothing_of_its_epoch() {
     after.extend(e.handle(20_000, Event::Tick));
     assert!(!writes(&after), "{after:?}");
     assert_eq!(e.status(), Status::Deposed);
+}
+
+/// Hosts a, b, c (each declaring type `T`) with objects 0-5: 0, 3 on a; 1 on b; 2, 4, 5 on c.
+/// Objects 0-4 are of type `T`; object 5 declares no type.
+fn typed() -> Engine<T> {
+    let mut e = hosted(1, 5);
+    let types: BTreeSet<String> = ["T".to_owned()].into();
+    for h in ["a", "b", "c"] {
+        e.handle(
+            0,
+            Event::HostTypes {
+                host: host(h),
+                types: types.clone(),
+            },
+        );
+    }
+    for (o, h) in [(3, "a"), (4, "c"), (5, "c")] {
+        e.handle(
+            0,
+            Event::Join {
+                object: obj(o),
+                host: host(h),
+            },
+        );
+    }
+    for o in 0..5 {
+        e.handle(
+            0,
+            Event::ObjectType {
+                object: obj(o),
+                type_name: "T".into(),
+            },
+        );
+    }
+    e
+}
+
+#[test]
+fn a_dead_hosts_objects_move_to_the_least_loaded_survivors_that_host_their_type() {
+    let mut e = typed();
+    // a: 0, 3; b: 1; c: 2, 4, 5.
+    let on = |e: &Engine<T>, o: u8| e.placement().get(&obj(o)).map(|h| h.as_str().to_owned());
+    assert_eq!(on(&e, 2).as_deref(), Some("c"));
+    e.handle(10, Event::HostLost { host: host("c") });
+    let out = e.handle(510, Event::Tick);
+    assert_eq!(
+        out[0],
+        Command::Recovering {
+            recovery: 1,
+            cause: RecoveryCause::HostDead {
+                host: host("c"),
+                moved: 2
+            }
+        }
+    );
+    // 2 goes to b (1 object against a's 2), then 4 to the tie-breaker a; 5 has no type: it
+    // stays on c, which stays down.
+    assert_eq!(on(&e, 2).as_deref(), Some("b"));
+    assert_eq!(on(&e, 4).as_deref(), Some("a"));
+    assert_eq!(on(&e, 5).as_deref(), Some("c"));
+    let out = e.handle(511, line_read(1, Some(line(5, &[(0, "a"), (2, "c")]))));
+    let inc = (1 << 32) + 1;
+    let with_create = |h: &str, create: &[u8]| {
+        let Command::Restore {
+            recovery,
+            host,
+            line,
+            colour,
+            incarnation,
+            drop,
+            ..
+        } = restore(1, &host(h), Some(5), 1 << 32, inc)
+        else {
+            unreachable!()
+        };
+        Command::Restore {
+            recovery,
+            host,
+            line,
+            colour,
+            incarnation,
+            drop,
+            create: create.iter().map(|o| (obj(*o), "T".to_owned())).collect(),
+        }
+    };
+    assert_eq!(out, vec![with_create("a", &[4]), with_create("b", &[2])]);
+    // Once restored there, the objects exist: the next recovery creates nothing.
+    e.handle(512, restored(1, &host("a")));
+    e.handle(513, restored(1, &host("b")));
+    e.handle(514, fenced_at(1, 6));
+    e.handle(
+        600,
+        Event::Recover {
+            request: RecoverId(1),
+        },
+    );
+    let out = e.handle(601, line_read(2, Some(line(6, &[(0, "a")]))));
+    let inc = inc + 1;
+    assert_eq!(
+        out,
+        vec![
+            restore(2, &host("a"), Some(6), 1 << 32, inc),
+            restore(2, &host("b"), Some(6), 1 << 32, inc),
+        ]
+    );
+}
+
+#[test]
+fn a_host_declared_dead_that_comes_back_is_told_to_drop_the_objects_that_moved() {
+    let mut e = typed();
+    e.handle(10, Event::HostLost { host: host("b") });
+    e.handle(510, Event::Tick);
+    // b's only object moved to the least loaded survivor; b, empty and dead, is forgotten.
+    assert_eq!(e.placement().get(&obj(1)), Some(&host("a")));
+    assert!(e.hosts().all(|(h, _)| *h != host("b")));
+    // b resumes (SIGCONT) with a new session and announces its old object.
+    e.handle(
+        600,
+        Event::HostUp {
+            host: host("b"),
+            resumed: false,
+        },
+    );
+    let out = e.handle(
+        600,
+        Event::Join {
+            object: obj(1),
+            host: host("b"),
+        },
+    );
+    assert_eq!(
+        out,
+        vec![Command::Disown {
+            host: host("b"),
+            objects: vec![obj(1)],
+        }]
+    );
+    assert_eq!(e.placement().get(&obj(1)), Some(&host("a")));
+    assert!(
+        e.placement().values().all(|h| *h != host("b")),
+        "b rejoined empty: it takes part in no attempt"
+    );
+}
+
+#[test]
+fn objects_created_through_the_cohort_go_to_the_least_loaded_host_of_their_type() {
+    let mut e = typed();
+    // a: 0, 3; b: 1; c: 2, 4, 5. Only a and c host type U.
+    for h in ["a", "c"] {
+        e.handle(
+            0,
+            Event::HostTypes {
+                host: host(h),
+                types: ["T".to_owned(), "U".to_owned()].into(),
+            },
+        );
+    }
+    let create = |e: &mut Engine<T>, o: u8, t: &str| {
+        e.handle(
+            1,
+            Event::Create {
+                object: obj(o),
+                type_name: t.into(),
+            },
+        )
+    };
+    let created = |h: &str, o: u8, t: &str| Command::Create {
+        host: host(h),
+        object: obj(o),
+        type_name: t.into(),
+    };
+    assert_eq!(create(&mut e, 10, "T"), vec![created("b", 10, "T")]);
+    assert_eq!(create(&mut e, 11, "U"), vec![created("a", 11, "U")]);
+    assert!(e.members().contains(&obj(11)));
+    assert_eq!(e.object_type(&obj(11)), Some("U"));
+    let refused = create(&mut e, 11, "U");
+    assert!(
+        matches!(&refused[..], [Command::CreateRefused { object, .. }] if *object == obj(11)),
+        "{refused:?}"
+    );
+    let refused = create(&mut e, 12, "V");
+    assert!(
+        matches!(&refused[..], [Command::CreateRefused { reason, .. }] if reason.contains("\"V\"")),
+        "{refused:?}"
+    );
+    assert!(!e.members().contains(&obj(12)));
+    // A created object whose host dies before any restore moves, and its new host creates it.
+    e.handle(2, Event::HostLost { host: host("a") });
+    e.handle(502, Event::Tick);
+    assert_eq!(e.placement().get(&obj(11)), Some(&host("c")));
+    let out = e.handle(503, line_read(1, Some(line(5, &[(0, "a")]))));
+    assert!(out.iter().any(|c| matches!(c,
+        Command::Restore { host: h, create, .. } if *h == host("c") && create.contains(&(obj(11), "U".to_owned()))
+    )), "{out:?}");
 }
