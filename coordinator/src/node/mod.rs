@@ -918,7 +918,7 @@ fn spawn_object<A: Actor>(
 }
 
 /// The last restore this node carried out.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct Restored {
     /// Its incarnation (0: none yet).
     incarnation: u64,
@@ -926,6 +926,9 @@ pub(crate) struct Restored {
     line: Option<CheckpointId>,
     /// The colour it gave the objects.
     colour: Round,
+    /// The objects that line holds a state of, or messages to: an object spawned later that
+    /// is not among them runs at once, without reading the line again.
+    in_line: Arc<BTreeSet<ObjectId>>,
 }
 
 /// Carries out a recovery order: hold, restore from the line in the store, answer. An order
@@ -953,14 +956,15 @@ async fn restore(
     // Frames that arrived meanwhile: those of an older incarnation are dropped, the rest
     // reach the restored mailboxes.
     shared.raise_floor_ending_restore(colour, true);
-    if result.is_ok() {
+    if let Ok(in_line) = &result {
         *restored = Restored {
             incarnation,
             line,
             colour,
+            in_line: Arc::clone(in_line),
         };
     }
-    result
+    result.map(|_| ())
 }
 
 /// Restores `id`, spawned after the node's last restore looked at its objects, from that
@@ -971,7 +975,7 @@ async fn restore(
 async fn restore_late(shared: Arc<NodeShared>, id: ObjectId) {
     // After any restore in flight: that one may have ordered the object already.
     let guard = shared.restored.lock().await;
-    let restored = *guard;
+    let restored = guard.clone();
     let Some((control, restored_in, awaiting)) = read(&shared.objects).get(&id).map(|slot| {
         (
             slot.control.clone(),
@@ -993,14 +997,15 @@ async fn restore_late(shared: Arc<NodeShared>, id: ObjectId) {
         done(&awaiting);
         return;
     }
-    let Some(line) = restored.line else {
-        // Nothing committed: it keeps its state, as every object did.
+    let Some(line) = restored.line.filter(|_| restored.in_line.contains(&id)) else {
+        // Nothing committed, or the line does not know it: it keeps its state, as a joining
+        // object does.
         done(&awaiting);
         return;
     };
     let one = BTreeSet::from([id.clone()]);
     let order = match read_line(&shared, line, &one).await {
-        Ok(mut states) => {
+        Ok((mut states, _)) => {
             let mut order = states.order(&id, restored.colour, false);
             // What reached its mailbox since the spawn was sent after the line: it stays.
             order.discard = false;
@@ -1045,7 +1050,7 @@ async fn restore_objects(
     colour: Round,
     incarnation: u64,
     create: &[(ObjectId, String)],
-) -> std::result::Result<(), RestoreFailure> {
+) -> std::result::Result<Arc<BTreeSet<ObjectId>>, RestoreFailure> {
     shared.held.store(true, Ordering::SeqCst);
     for ack in shared.hold_all() {
         let _ = ack.await;
@@ -1074,11 +1079,11 @@ async fn restore_objects(
     shared.incarnation.fetch_max(incarnation, Ordering::SeqCst);
     *lock(&shared.active) = None;
     let ids: BTreeSet<ObjectId> = read(&shared.objects).keys().cloned().collect();
-    let mut states = match line {
+    let (mut states, in_line) = match line {
         Some(id) => read_line(shared, id, &ids)
             .await
             .map_err(|e| restore::restore_failure(&e))?,
-        None => LineStates::empty(),
+        None => (LineStates::empty(), BTreeSet::new()),
     };
     let mut acks = Vec::new();
     for id in &ids {
@@ -1100,22 +1105,29 @@ async fn restore_objects(
             Ok(Err(e)) => return Err(restore::restore_failure(&e)),
         }
     }
-    Ok(())
+    Ok(Arc::new(in_line))
 }
 
 /// Reads line `id`'s entries for the objects hosted here, retrying while the store does not
-/// answer.
+/// answer; also the objects the line holds a state of or messages to.
 async fn read_line(
     shared: &Arc<NodeShared>,
     id: CheckpointId,
     hosted: &BTreeSet<ObjectId>,
-) -> Result<LineStates> {
+) -> Result<(LineStates, BTreeSet<ObjectId>)> {
     let mut backoff = Duration::from_millis(100);
     let mut tries = 0;
     loop {
         let read = async {
             let manifest = shared.store.read_manifest(id).await?;
-            LineStates::read(&shared.store, &manifest, |o| hosted.contains(o)).await
+            let states = LineStates::read(&shared.store, &manifest, |o| hosted.contains(o)).await?;
+            let in_line: BTreeSet<ObjectId> = manifest
+                .objects
+                .keys()
+                .chain(manifest.in_transit.iter().map(|m| &m.to))
+                .cloned()
+                .collect();
+            Ok::<_, cohort_checkpoint::Error>((states, in_line))
         };
         match read.await {
             Ok(states) => return Ok(states),
