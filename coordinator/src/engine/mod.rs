@@ -380,7 +380,12 @@ impl<T: EngineTypes> Engine<T> {
                 self.on_create(now_ms, object, type_name, &mut out)
             }
             Event::ObjectType { object, type_name } => {
-                self.object_types.insert(object, type_name);
+                // An object the engine is creating has the type it was created with: an
+                // announcement of another type for its id is a conflicting claim, which the
+                // placement rules settle, not a change of type.
+                if self.creating.get(&object).is_none_or(|t| *t == type_name) {
+                    self.object_types.insert(object, type_name);
+                }
             }
             Event::HostTypes { host, types } => {
                 if let Some(state) = self.hosts.get_mut(&host) {
