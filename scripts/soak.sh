@@ -34,7 +34,7 @@ for ((j = 0; j < jobs; j++)); do
     count=$((seeds - j * per))
     ((count > per)) && count=$per
     ((count <= 0)) && break
-    COHORT_SIM_START=$from COHORT_SIM_SEEDS=$count \
+    COHORT_SIM_START=$from COHORT_SIM_SEEDS=$count COHORT_SIM_THREADS=1 \
         "$binary" seeds_keep_every_invariant --exact --nocapture >"$logs/$j.log" 2>&1 &
     pids+=($!)
 done

@@ -6,7 +6,8 @@
 //! never going down, fences pointing at the newest committed line, one leader committing per
 //! epoch; and after the faults stop the cohort commits again within a bound.
 //!
-//! `COHORT_SIM_SEEDS=<n>` (default 32) seeds from `COHORT_SIM_START=<s>` (default 0);
+//! `COHORT_SIM_SEEDS=<n>` (default 200) seeds from `COHORT_SIM_START=<s>` (default 0), on
+//! `COHORT_SIM_THREADS` threads (default: every core);
 //! `COHORT_SEED=<n>` replays one seed exactly and prints its trace. A failing seed prints its
 //! replay line. `scripts/soak.sh` runs thousands of seeds in release mode on every core.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
@@ -59,30 +60,62 @@ fn seeds_keep_every_invariant() {
         }
     }
     let start = env_u64("COHORT_SIM_START").unwrap_or(0);
-    let seeds = env_u64("COHORT_SIM_SEEDS").unwrap_or(32);
-    let mut failures = Vec::new();
-    for seed in start..start + seeds {
-        // A panic in the harness or a host is a failure of the seed too.
-        let outcome = std::panic::catch_unwind(|| sim::run(seed, sim::Options::default()))
-            .unwrap_or_else(|panic| Err(format!("panicked: {panic:?}")));
-        if let Err(e) = outcome {
-            eprintln!("seed {seed} failed: {e}");
-            eprintln!(
-                "replay: COHORT_SEED={seed} cargo test --release --test sim seeds_keep_every_invariant -- --nocapture"
-            );
-            failures.push(seed);
-        }
-    }
+    let seeds = env_u64("COHORT_SIM_SEEDS").unwrap_or(DEFAULT_SEEDS);
+    let threads = env_u64("COHORT_SIM_THREADS")
+        .or_else(|| {
+            std::thread::available_parallelism()
+                .ok()
+                .and_then(|n| u64::try_from(n.get()).ok())
+        })
+        .unwrap_or(1)
+        .clamp(1, seeds.max(1));
+    // Each seed is its own simulation, so they shard over threads (seed % threads).
+    let mut failures: Vec<u64> = std::thread::scope(|scope| {
+        let shards: Vec<_> = (0..threads)
+            .map(|shard| {
+                scope.spawn(move || {
+                    let mut failures = Vec::new();
+                    for seed in (start..start + seeds).filter(|s| s % threads == shard) {
+                        // A panic in the harness or a host is a failure of the seed too.
+                        let outcome =
+                            std::panic::catch_unwind(|| sim::run(seed, sim::Options::default()))
+                                .unwrap_or_else(|panic| Err(format!("panicked: {panic:?}")));
+                        if let Err(e) = outcome {
+                            eprintln!("seed {seed} failed: {e}");
+                            eprintln!(
+                                "replay: COHORT_SEED={seed} cargo test --release --test sim seeds_keep_every_invariant -- --nocapture"
+                            );
+                            failures.push(seed);
+                        }
+                    }
+                    failures
+                })
+            })
+            .collect();
+        shards
+            .into_iter()
+            .flat_map(|shard| shard.join().expect("a shard catches its seeds' panics"))
+            .collect()
+    });
+    failures.sort_unstable();
     println!("{seeds} seeds, {} failures", failures.len());
     assert!(failures.is_empty(), "failing seeds: {failures:?}");
 }
 
+/// Seeds `cargo test` runs (in a debug build, about a second of CPU each).
+const DEFAULT_SEEDS: u64 = 200;
+
 /// Seeds that found bugs, kept as regressions: 10, a node restarted twice within the host
 /// timeout was not recovered the second time (engine); 9, a peer link waited forever on a
-/// connection that went silent (a partition) with frames unacknowledged (node).
+/// connection that went silent (a partition) with frames unacknowledged (node); 1928 and 1963,
+/// a node's answer to a previous leader's restore, queued while it had no coordinator,
+/// released it under the new leader while its restore still ran, and its accounts paid from
+/// the state the restore then overwrote (engine: answers carry their incarnation); 1966, a
+/// node whose restore failed (store unavailable) let the new incarnation's messages into
+/// mailboxes its next restore emptied, so no checkpoint could commit again (node).
 #[test]
 fn seeds_that_found_bugs_pass() {
-    for seed in [9, 10] {
+    for seed in [9, 10, 1928, 1963, 1966] {
         if let Err(e) = sim::run(seed, sim::Options::default()) {
             panic!("seed {seed} failed: {e}");
         }

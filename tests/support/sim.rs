@@ -502,8 +502,32 @@ async fn check(
             accounts: money.accounts,
             line: (manifest.objects.clone(), manifest.in_transit.clone()),
         };
+        let mut balances = String::new();
+        if let Ok(states) = store.read_states(&manifest).await {
+            for (object, state) in states {
+                if let Ok(account) = state.decode::<super::bank::AccountState>() {
+                    let segment = manifest
+                        .objects
+                        .get(&object)
+                        .map(|e| {
+                            e.location
+                                .segment
+                                .rsplit('/')
+                                .next()
+                                .unwrap_or("")
+                                .to_owned()
+                        })
+                        .unwrap_or_default();
+                    let _ = write!(
+                        balances,
+                        " {object}={}@g{}[{segment}]",
+                        account.balance, account.generation
+                    );
+                }
+            }
+        }
         lock(trace).manifests.push(format!(
-            "{id}: epoch {} {:?} by {} ({} accounts, {} in transit)",
+            "{id}: epoch {} {:?} by {} ({} accounts, {} in transit){balances}",
             entry.epoch,
             entry.kind,
             if entry.kind == ManifestKind::Fence {

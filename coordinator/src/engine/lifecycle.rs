@@ -632,14 +632,19 @@ impl<T: EngineTypes> Engine<T> {
         &mut self,
         now_ms: u64,
         seq: u64,
+        incarnation: u64,
         host: HostId,
         result: Result<(), RestoreFailure>,
         out: &mut Vec<Command<T>>,
     ) {
+        // The answer to an order of an earlier incarnation (this leader's, or a queued answer
+        // to a previous leader's) says nothing of the restore under way now.
+        if incarnation != self.incarnation {
+            return;
+        }
         if seq == 0 {
             // A host restored on its own: it runs from now on, unless a recovery began since
             // (that one restores it again).
-            let incarnation = self.incarnation;
             if result.is_ok()
                 && self.recovery.is_none()
                 && let Some(state) = self

@@ -419,9 +419,10 @@ impl<T: EngineTypes> Engine<T> {
             }
             Event::Restored {
                 recovery,
+                incarnation,
                 host,
                 result,
-            } => self.on_restored(now_ms, recovery, host, result, &mut out),
+            } => self.on_restored(now_ms, recovery, incarnation, host, result, &mut out),
             Event::FenceResult { recovery, outcome } => {
                 self.on_fence_result(now_ms, recovery, outcome, &mut out)
             }

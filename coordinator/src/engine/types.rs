@@ -420,6 +420,10 @@ pub enum Event<T: EngineTypes> {
     Restored {
         /// The recovery answered (0: the restore of a joining host outside any recovery).
         recovery: u64,
+        /// The incarnation of the [`Command::Restore`] answered. Only an answer to the current
+        /// incarnation counts: recovery numbers start again under each leader, so a late
+        /// answer to an earlier leader's order could otherwise release a host still restoring.
+        incarnation: u64,
         /// The host.
         host: HostId,
         /// `Err`: why it could not.

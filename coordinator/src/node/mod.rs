@@ -952,10 +952,18 @@ async fn restore(
         let _early = lock(&shared.early);
         shared.restoring.store(true, Ordering::SeqCst);
     }
+    let before = shared.incarnation.load(Ordering::SeqCst);
     let result = restore_objects(shared, cohort_recovery, line, colour, incarnation, &create).await;
-    // Frames that arrived meanwhile: those of an older incarnation are dropped, the rest
-    // reach the restored mailboxes.
-    shared.raise_floor_ending_restore(colour, true);
+    if result.is_err() {
+        // Not restored into `incarnation`: its frames keep waiting (delivered now, they would
+        // land in mailboxes the next restore empties, and their senders would not re-send).
+        shared.incarnation.store(before, Ordering::SeqCst);
+        shared.raise_floor_ending_restore(restored.colour, true);
+    } else {
+        // Frames that arrived meanwhile: those of an older incarnation are dropped, the rest
+        // reach the restored mailboxes.
+        shared.raise_floor_ending_restore(colour, true);
+    }
     if let Ok(in_line) = &result {
         *restored = Restored {
             incarnation,

@@ -393,6 +393,7 @@ fn on_frame(shared: &Arc<NodeShared>, frame: CoordinatorFrame) {
                 };
                 let _ = shared.to_coordinator.send(NodeFrame::Restored {
                     recovery,
+                    incarnation,
                     result,
                     damaged,
                 });

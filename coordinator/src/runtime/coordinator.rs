@@ -353,6 +353,7 @@ impl Transport for LocalTransport {
         });
         vec![Event::Restored {
             recovery: order.recovery,
+            incarnation: order.incarnation,
             host: self.host.clone(),
             result,
         }]

@@ -95,6 +95,10 @@ pub enum NodeFrame {
     Restored {
         /// The recovery sequence number being answered.
         recovery: u64,
+        /// The incarnation of the order answered: an answer that waited in the node's queue
+        /// while it had no coordinator (a previous leader's order) must not pass for the
+        /// answer to this leader's order, whose recovery numbers start again at 1.
+        incarnation: u64,
         /// `Err`: why an object could not be restored.
         result: Result<(), String>,
         /// With an `Err`: the line's bytes are damaged (an entry that does not decode), so the

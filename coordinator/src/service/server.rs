@@ -1221,6 +1221,7 @@ impl Server {
             }
             NodeFrame::Restored {
                 recovery,
+                incarnation,
                 result,
                 damaged,
             } => {
@@ -1234,6 +1235,7 @@ impl Server {
                 });
                 core.feed(Event::Restored {
                     recovery,
+                    incarnation,
                     host,
                     result,
                 })

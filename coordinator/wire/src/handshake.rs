@@ -30,7 +30,7 @@ use crate::Error;
 pub const MAGIC: &str = "cohort";
 
 /// The version of the wire protocol this build speaks. Both sides must speak the same one.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// The length in bytes of each side's handshake nonce.
 pub const NONCE_LEN: usize = 32;

@@ -579,13 +579,14 @@ async fn a_wrong_version_is_named_on_both_sides() {
     let (code, reason) = expect_rejection(&frames);
     assert_eq!(code, "version");
     assert!(
-        reason.contains("version 1") && reason.contains("version 99"),
+        reason.contains(&format!("version {PROTOCOL_VERSION}")) && reason.contains("version 99"),
         "{reason}"
     );
     let line = logs.next_warn().await;
     assert!(line.contains(&client), "{line}");
     assert!(
-        line.contains("speaks version 1") && line.contains("speaks version 99"),
+        line.contains(&format!("speaks version {PROTOCOL_VERSION}"))
+            && line.contains("speaks version 99"),
         "{line}"
     );
     assert!(

@@ -115,6 +115,8 @@ struct Model {
     recovery: Option<(u64, Option<u64>)>,
     recovered: BTreeSet<u64>,
     incarnation: u64,
+    /// Per host, the incarnation of its last successful restore answer fed to the engine.
+    restored_ok: BTreeMap<HostId, u64>,
     deposed: bool,
     /// The newest `ReadLine` and `WriteFence` asked for, to answer.
     read_line: Option<u64>,
@@ -411,8 +413,15 @@ fn check(model: &mut Model, epoch: u64, out: &[Command<T>]) -> Result<(), TestCa
                 );
                 model.write_fence = Some((*recovery, line.get()));
             }
-            Command::Release { incarnation, .. } => {
+            Command::Release { incarnation, hosts } => {
                 prop_assert_eq!(*incarnation, model.incarnation);
+                for host in hosts {
+                    prop_assert_eq!(
+                        model.restored_ok.get(host),
+                        Some(incarnation),
+                        "released a host that has not answered a restore of this incarnation"
+                    );
+                }
             }
             Command::Recovered {
                 recovery, requests, ..
@@ -529,6 +538,14 @@ proptest! {
                 }
                 Op::Restored { host, outcome } => Event::Restored {
                     recovery: if outcome == 9 { 0 } else { m.recovery.map_or(0, |r| r.0) },
+                    // 6: a late answer to an order of an earlier incarnation.
+                    incarnation: {
+                        let incarnation = if outcome == 6 { e.incarnation().saturating_sub(1) } else { e.incarnation() };
+                        if outcome < 7 || outcome == 9 {
+                            m.restored_ok.insert(host_of(host), incarnation);
+                        }
+                        incarnation
+                    },
                     host: host_of(host),
                     result: match outcome {
                         7 => Err(RestoreFailure::Damaged { reason: "x".into() }),

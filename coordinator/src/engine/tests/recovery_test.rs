@@ -31,9 +31,10 @@ fn line_read(recovery: u64, line: Option<LineInfo>) -> Event<T> {
     }
 }
 
-fn restored(recovery: u64, h: &HostId) -> Event<T> {
+fn restored(e: &Engine<T>, recovery: u64, h: &HostId) -> Event<T> {
     Event::Restored {
         recovery,
+        incarnation: e.incarnation(),
         host: h.clone(),
         result: Ok(()),
     }
@@ -137,7 +138,7 @@ fn a_requested_recovery_reads_restores_fences_and_releases() {
     );
     assert_eq!(out, vec![restore(1, &local(), Some(3), 0, 1)]);
     assert_eq!(
-        e.handle(13, restored(1, &local())),
+        e.handle(13, restored(&e, 1, &local())),
         vec![fence(1, 1, 3, &[])]
     );
     let out = e.handle(14, fenced_at(1, 4));
@@ -184,7 +185,7 @@ fn in_process_members_the_line_does_not_hold_are_dropped() {
         }]
     );
     assert_eq!(e.members().len(), 1);
-    e.handle(2, restored(1, &local()));
+    e.handle(2, restored(&e, 1, &local()));
     let out = e.handle(3, fenced_at(1, 3));
     assert!(
         out.iter().any(|c| matches!(c, Command::Recovered { result: Ok(r), .. } if r.dropped == vec![obj(1), obj(2)])),
@@ -226,7 +227,7 @@ fn missing_objects_fail_before_anything_is_touched_and_halt_until_recovered() {
         5,
         line_read(2, Some(line(2, &[(0, "local"), (9, "local")]))),
     );
-    e.handle(6, restored(2, &local()));
+    e.handle(6, restored(&e, 2, &local()));
     let out = e.handle(7, fenced_at(2, 3));
     assert!(
         out.iter()
@@ -349,6 +350,7 @@ fn a_host_without_objects_dies_quietly() {
     e.handle(
         0,
         Event::Restored {
+            incarnation: e.incarnation(),
             recovery: 0,
             host: host("empty"),
             result: Ok(()),
@@ -426,7 +428,7 @@ fn a_host_that_restarts_twice_is_recovered_twice() {
         line_read(1, Some(line(5, &[(0, "a"), (1, "b"), (2, "c")]))),
     );
     for h in ["a", "b", "c"] {
-        e.handle(12, restored(1, &host(h)));
+        e.handle(12, restored(&e, 1, &host(h)));
     }
     let out = e.handle(13, fenced_at(1, 6));
     assert!(
@@ -462,7 +464,7 @@ fn a_host_away_during_the_restores_restores_when_it_resumes() {
         line_read(1, Some(line(5, &[(0, "a"), (1, "b"), (2, "c")]))),
     );
     assert_eq!(out.len(), 2, "{out:?}");
-    e.handle(12, restored(1, &host("a")));
+    e.handle(12, restored(&e, 1, &host("a")));
     // c resumes while the restores run: one more to wait for.
     let inc = (1 << 32) + 1;
     let out = e.handle(
@@ -473,9 +475,9 @@ fn a_host_away_during_the_restores_restores_when_it_resumes() {
         },
     );
     assert_eq!(out, vec![restore(1, &host("c"), Some(5), 1 << 32, inc)]);
-    assert_eq!(e.handle(14, restored(1, &host("b"))), vec![]);
+    assert_eq!(e.handle(14, restored(&e, 1, &host("b"))), vec![]);
     assert_eq!(
-        e.handle(15, restored(1, &host("c"))),
+        e.handle(15, restored(&e, 1, &host("c"))),
         vec![fence(1, 1, 5, &[])]
     );
     let out = e.handle(16, fenced_at(1, 6));
@@ -528,7 +530,7 @@ fn a_takeover_waits_for_the_lines_hosts_and_does_not_fence_twice() {
         },
     );
     assert_eq!(out, vec![restore(1, &host("a"), Some(7), 2 << 32, inc)]);
-    assert_eq!(e.handle(101, restored(1, &host("a"))), vec![]);
+    assert_eq!(e.handle(101, restored(&e, 1, &host("a"))), vec![]);
     assert_eq!(e.next_deadline_ms(), Some(500));
     // b does not come in time: a runs without it, and no second fence is written.
     let out = e.handle(500, Event::Tick);
@@ -549,9 +551,25 @@ fn a_takeover_waits_for_the_lines_hosts_and_does_not_fence_twice() {
         },
     );
     assert_eq!(out, vec![restore(0, &host("b"), Some(7), 2 << 32, inc)]);
+    // b's answer to the previous leader's restore, queued while b had no coordinator, comes
+    // first: its recovery number is 0 too, but it is not the answer to this order, and b,
+    // still restoring, must stay held (released, its objects would run from their state
+    // before the restore, and their messages would be lost when it lands).
+    let previous_leader = (1 << 32) + 4;
     let out = e.handle(
         901,
         Event::Restored {
+            incarnation: previous_leader,
+            recovery: 0,
+            host: host("b"),
+            result: Ok(()),
+        },
+    );
+    assert_eq!(out, vec![]);
+    let out = e.handle(
+        902,
+        Event::Restored {
+            incarnation: e.incarnation(),
             recovery: 0,
             host: host("b"),
             result: Ok(()),
@@ -574,6 +592,7 @@ fn a_line_that_does_not_decode_is_skipped_down_to_the_fence() {
     let out = e.handle(
         2,
         Event::Restored {
+            incarnation: e.incarnation(),
             recovery: 1,
             host: local(),
             result: Err(RestoreFailure::Damaged {
@@ -598,7 +617,7 @@ fn a_line_that_does_not_decode_is_skipped_down_to_the_fence() {
     assert_eq!(out, vec![restore(2, &local(), Some(2), 0, 2)]);
     // The fence skips 3 too: the store would otherwise take it as the line.
     assert_eq!(
-        e.handle(4, restored(2, &local())),
+        e.handle(4, restored(&e, 2, &local())),
         vec![fence(2, 1, 2, &[3])]
     );
     let out = e.handle(5, fenced_at(2, 4));
@@ -622,6 +641,7 @@ fn a_line_this_build_cannot_take_is_not_skipped() {
     let out = e.handle(
         2,
         Event::Restored {
+            incarnation: e.incarnation(),
             recovery: 1,
             host: local(),
             result: Err(failure.clone()),
@@ -650,8 +670,8 @@ fn a_moved_line_restores_again_and_store_failures_retry() {
         501,
         line_read(1, Some(line(5, &[(0, "a"), (1, "b"), (2, "c")]))),
     );
-    e.handle(502, restored(1, &host("a")));
-    e.handle(503, restored(1, &host("b")));
+    e.handle(502, restored(&e, 1, &host("a")));
+    e.handle(503, restored(&e, 1, &host("b")));
     let out = e.handle(
         504,
         Event::FenceResult {
@@ -712,8 +732,8 @@ fn a_deposed_leader_writes_nothing_of_its_epoch() {
     assert!(!writes(&out), "{out:?}");
     assert_eq!(e.status(), Status::Deposed);
     let mut after = Vec::new();
-    after.extend(e.handle(3_303, restored(1, &host("a"))));
-    after.extend(e.handle(3_304, restored(1, &host("b"))));
+    after.extend(e.handle(3_303, restored(&e, 1, &host("a"))));
+    after.extend(e.handle(3_304, restored(&e, 1, &host("b"))));
     after.extend(e.handle(3_305, Event::Tick));
     after.extend(trigger(&mut e, 3_306, 1));
     after.extend(e.handle(
@@ -735,8 +755,8 @@ fn a_deposed_leader_writes_nothing_of_its_epoch() {
         3_301,
         line_read(1, Some(line(110, &[(0, "a"), (1, "b"), (2, "c")]))),
     );
-    e.handle(3_302, restored(1, &host("a")));
-    let out = e.handle(3_303, restored(1, &host("b")));
+    e.handle(3_302, restored(&e, 1, &host("a")));
+    let out = e.handle(3_303, restored(&e, 1, &host("b")));
     assert_eq!(out, vec![fence(1, 1, 110, &[])]);
     let out = e.handle(
         3_304,
@@ -844,8 +864,8 @@ fn a_dead_hosts_objects_move_to_the_least_loaded_survivors_that_host_their_type(
     };
     assert_eq!(out, vec![with_create("a", &[4]), with_create("b", &[2])]);
     // Once restored there, the objects exist: the next recovery creates nothing.
-    e.handle(512, restored(1, &host("a")));
-    e.handle(513, restored(1, &host("b")));
+    e.handle(512, restored(&e, 1, &host("a")));
+    e.handle(513, restored(&e, 1, &host("b")));
     e.handle(514, fenced_at(1, 6));
     e.handle(
         600,
