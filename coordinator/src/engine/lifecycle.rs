@@ -110,6 +110,14 @@ impl<T: EngineTypes> Engine<T> {
             if !state.ready {
                 // A recovery ran (or runs) while it was away: it restores like the others did.
                 self.restore_late(now_ms, host, out);
+            } else if !matches!(self.status, Status::Deposed) {
+                // Its release may have been lost with the connection (sent while the link was
+                // already dead): held, its objects would never run again. A second one is
+                // harmless.
+                out.push(Command::Release {
+                    hosts: vec![host],
+                    incarnation: self.incarnation,
+                });
             }
             return;
         }

@@ -401,6 +401,7 @@ impl NodeShared {
     /// Checks a frame's incarnation and sequence, then queues it in its receiver's mailbox.
     fn deliver_now(&self, frame: PeerFrame) {
         if frame.incarnation < self.incarnation.load(Ordering::SeqCst) {
+            tracing::trace!(from = %frame.from, to = %frame.to, incarnation = frame.incarnation, seq = frame.seq, "dropped a frame of an older incarnation");
             return; // sent before a recovery: part of the discarded future
         }
         {
@@ -409,6 +410,7 @@ impl NodeShared {
                 .entry((frame.from.clone(), frame.to.clone()))
                 .or_insert((frame.incarnation, 0));
             if frame.incarnation < last.0 || (frame.incarnation == last.0 && frame.seq <= last.1) {
+                tracing::trace!(from = %frame.from, to = %frame.to, incarnation = frame.incarnation, seq = frame.seq, "dropped a frame delivered before");
                 return; // a re-send of a message already delivered, or an older incarnation's
             }
             *last = (frame.incarnation, frame.seq);
@@ -946,6 +948,11 @@ async fn restore(
     } = order;
     let mut restored = shared.restored.lock().await;
     if incarnation <= restored.incarnation {
+        tracing::debug!(
+            incarnation,
+            restored = restored.incarnation,
+            "a restore order already carried out"
+        );
         return Ok(());
     }
     {
@@ -953,6 +960,7 @@ async fn restore(
         shared.restoring.store(true, Ordering::SeqCst);
     }
     let before = shared.incarnation.load(Ordering::SeqCst);
+    tracing::debug!(incarnation, ?line, cohort_recovery, "restoring");
     let result = restore_objects(shared, cohort_recovery, line, colour, incarnation, &create).await;
     if result.is_err() {
         // Not restored into `incarnation`: its frames keep waiting (delivered now, they would

@@ -373,6 +373,7 @@ fn on_frame(shared: &Arc<NodeShared>, frame: CoordinatorFrame) {
                 let result = super::restore(&shared, order).await;
                 let (result, damaged) = match result {
                     Ok(()) => {
+                        tracing::debug!(incarnation, recovery, "restored");
                         let done = shared.restores.fetch_add(1, Ordering::SeqCst) + 1;
                         shared.status.send_modify(|status| {
                             if let NodeStatus::Registered { recoveries, .. } = status {
@@ -432,6 +433,7 @@ fn on_frame(shared: &Arc<NodeShared>, frame: CoordinatorFrame) {
             shared.disown(&objects);
         }
         CoordinatorFrame::Release { incarnation } => {
+            tracing::debug!(incarnation, "released");
             shared.incarnation.fetch_max(incarnation, Ordering::SeqCst);
             // Frames of this incarnation that waited for it.
             shared.raise_floor(Round::ZERO);

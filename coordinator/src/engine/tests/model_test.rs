@@ -115,8 +115,8 @@ struct Model {
     recovery: Option<(u64, Option<u64>)>,
     recovered: BTreeSet<u64>,
     incarnation: u64,
-    /// Per host, the incarnation of its last successful restore answer fed to the engine.
-    restored_ok: BTreeMap<HostId, u64>,
+    /// Per host, the incarnation of a restore ordered and not answered yet.
+    restoring: BTreeMap<HostId, u64>,
     deposed: bool,
     /// The newest `ReadLine` and `WriteFence` asked for, to answer.
     read_line: Option<u64>,
@@ -381,8 +381,10 @@ fn check(model: &mut Model, epoch: u64, out: &[Command<T>]) -> Result<(), TestCa
                 recovery,
                 incarnation,
                 line,
+                host,
                 ..
             } => {
+                model.restoring.insert(host.clone(), *incarnation);
                 if *recovery == 0 {
                     prop_assert!(model.recovery.is_none());
                 } else {
@@ -416,10 +418,9 @@ fn check(model: &mut Model, epoch: u64, out: &[Command<T>]) -> Result<(), TestCa
             Command::Release { incarnation, hosts } => {
                 prop_assert_eq!(*incarnation, model.incarnation);
                 for host in hosts {
-                    prop_assert_eq!(
-                        model.restored_ok.get(host),
-                        Some(incarnation),
-                        "released a host that has not answered a restore of this incarnation"
+                    prop_assert!(
+                        model.restoring.get(host) != Some(incarnation),
+                        "released {host:?} while its restore of this incarnation runs"
                     );
                 }
             }
@@ -541,8 +542,10 @@ proptest! {
                     // 6: a late answer to an order of an earlier incarnation.
                     incarnation: {
                         let incarnation = if outcome == 6 { e.incarnation().saturating_sub(1) } else { e.incarnation() };
-                        if outcome < 7 || outcome == 9 {
-                            m.restored_ok.insert(host_of(host), incarnation);
+                        if (outcome < 7 || outcome == 9)
+                            && m.restoring.get(&host_of(host)) == Some(&incarnation)
+                        {
+                            m.restoring.remove(&host_of(host));
                         }
                         incarnation
                     },
