@@ -76,10 +76,12 @@ fn finish_recovery(e: &mut Engine<T>, now: u64, seq: u64) -> Vec<Command<T>> {
         "{restores:?}"
     );
     for h in ["a", "b", "c"] {
+        let incarnation = e.incarnation();
         e.handle(
             now,
             Event::Restored {
                 recovery: seq,
+                incarnation,
                 host: host(h),
                 result: Ok(()),
             },
