@@ -561,8 +561,10 @@ proptest! {
                     // 6: a late answer to an order of an earlier incarnation.
                     incarnation: {
                         let incarnation = if outcome == 6 { e.incarnation().saturating_sub(1) } else { e.incarnation() };
+                        // A late answer of an earlier incarnation does not undo a current one.
                         if outcome < 7 || outcome == 9 {
-                            m.restored_ok.insert(host_of(host), incarnation);
+                            let ok = m.restored_ok.entry(host_of(host)).or_insert(incarnation);
+                            *ok = (*ok).max(incarnation);
                         }
                         incarnation
                     },
