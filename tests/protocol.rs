@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use cohort::checkpoint::{CheckpointStore, ManifestKind};
-use cohort::coordinator::engine::AbortReason;
+use cohort::coordinator::engine::{AbortReason, RestartPolicy};
 use cohort::coordinator::failpoint::{self, FailPoints};
 use cohort::coordinator::{Actor, Cohort, Context, Error, Settings};
 use cohort::{CheckpointId, Checkpointable, EncodedState, ObjectError, ObjectId, Snapshot};
@@ -33,6 +33,8 @@ enum Msg {
     Block,
     /// Fail the handler.
     Fail,
+    /// Panic in the handler.
+    Panic,
 }
 
 struct Knobs {
@@ -146,6 +148,7 @@ impl<const SLEEPY: bool> Actor for Node<SLEEPY> {
                 self.knobs.blocked.fetch_sub(1, Ordering::SeqCst);
             }
             Msg::Fail => return Err(ObjectError::application("told to fail")),
+            Msg::Panic => panic!("told to panic"),
         }
         Ok(())
     }
@@ -436,9 +439,13 @@ async fn a_participant_that_never_votes_times_out() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_object_votes_no_until_recovery_restores_it() {
+async fn a_failed_object_beyond_the_restart_policy_halts_until_recovery_restores_it() {
     let store = CheckpointStore::memory();
-    let c = cohort(&store, settings()).await;
+    let no_restarts = RestartPolicy {
+        max_restarts: 0,
+        ..RestartPolicy::default()
+    };
+    let c = cohort(&store, settings().restart_policy(no_restarts)).await;
     let knobs = Arc::new(Knobs::default());
     let a = c.spawn(id("a"), Node::new(1, &knobs)).unwrap();
     c.trigger().await.unwrap();
@@ -447,11 +454,65 @@ async fn a_failed_object_votes_no_until_recovery_restores_it() {
     let mut health = c.health();
     health.wait_for(|h| !h.healthy).await.unwrap();
     assert_eq!(health.borrow().failed_objects, vec![id("a")]);
-    assert!(matches!(c.trigger().await, Err(Error::Aborted { .. })));
+    let halt = health
+        .wait_for(|h| h.halted.is_some())
+        .await
+        .unwrap()
+        .halted
+        .clone()
+        .unwrap();
+    assert_eq!(halt.object, id("a"));
+    assert!(halt.error.contains("told to fail"), "{halt:?}");
+    assert_eq!(halt.policy, no_restarts);
+    assert!(matches!(
+        c.trigger().await,
+        Err(Error::Aborted {
+            reason: AbortReason::Halted,
+            ..
+        })
+    ));
     c.recover().await.unwrap();
     assert_eq!(value(&c, "a").await, 1);
     assert!(c.health().borrow().failed_objects.is_empty());
+    assert!(c.health().borrow().halted.is_none());
     c.trigger().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_object_restarts_the_cohort_from_the_line_under_the_policy() {
+    let store = CheckpointStore::memory();
+    let policy = RestartPolicy {
+        max_restarts: 2,
+        window_ms: 60_000,
+        backoff_ms: 20,
+        max_backoff_ms: 100,
+    };
+    let c = cohort(&store, settings().restart_policy(policy)).await;
+    let knobs = Arc::new(Knobs::default());
+    let a = c.spawn(id("a"), Node::new(1, &knobs)).unwrap();
+    c.trigger().await.unwrap();
+    let mut health = c.health();
+    for failure in [Msg::Panic, Msg::Fail] {
+        a.tell(Msg::Add(5)).unwrap();
+        until(async || value(&c, "a").await == 6).await;
+        a.tell(failure).unwrap();
+        // The restart restores the line (1) with no call to recover().
+        until(async || value(&c, "a").await == 1).await;
+        assert!(health.borrow().failed_objects.is_empty());
+        c.trigger().await.unwrap();
+    }
+    assert!(c.health().borrow().halted.is_none());
+    // A third failure within the window is beyond the policy.
+    a.tell(Msg::Panic).unwrap();
+    let halt = health
+        .wait_for(|h| h.halted.is_some())
+        .await
+        .unwrap()
+        .halted
+        .clone()
+        .unwrap();
+    assert_eq!((halt.restarts, halt.policy), (2, policy));
+    assert!(halt.error.contains("told to panic"), "{halt:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

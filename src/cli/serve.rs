@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use cohort_checkpoint::{CheckpointStore, Retention};
+use cohort_coordinator::engine::RestartPolicy;
 use cohort_coordinator::failpoint::{FAIL_POINTS_ENV, FailPoints};
 use cohort_coordinator::runtime::MIN_INTERVAL;
 use cohort_coordinator::service::control::Responder;
@@ -89,6 +90,21 @@ pub(crate) struct Args {
     /// (`cohort status`, the dashboard).
     #[arg(long, value_name = "N", default_value_t = 0)]
     tolerable_failures: u32,
+
+    /// Restarts of the cohort from its line that failed objects (a handler that returned an
+    /// error or panicked) may cause within --restart-window; one more failure halts the cohort
+    /// (`cohort status` names the object and the error).
+    #[arg(long, value_name = "N", default_value_t = RestartPolicy::default().max_restarts)]
+    max_restarts: u32,
+
+    /// The sliding window --max-restarts counts in.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+    restart_window: Duration,
+
+    /// The wait before a restart; it doubles with each restart still in the window, up to 20
+    /// times it.
+    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = humantime::parse_duration)]
+    restart_backoff: Duration,
 
     /// Abort a checkpoint attempt that is not decided after this long.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -213,6 +229,18 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
     config.lead_at_start = false;
     config.min_pause = args.min_pause;
     config.tolerable_failures = args.tolerable_failures;
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    if args.restart_window.is_zero() {
+        return Err(Failure::usage("--restart-window must be positive")
+            .hint("restarts are counted within it; use e.g. 60s")
+            .into());
+    }
+    config.restart = RestartPolicy {
+        max_restarts: args.max_restarts,
+        window_ms: ms(args.restart_window),
+        backoff_ms: ms(args.restart_backoff),
+        max_backoff_ms: ms(args.restart_backoff).saturating_mul(20),
+    };
     // Fault-injection drills and tests arm the core's fail points here (crash, or stop the
     // process as a pause would), as they arm the in-process runtime's.
     if let Ok(spec) = std::env::var(FAIL_POINTS_ENV) {

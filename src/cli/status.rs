@@ -9,6 +9,7 @@ use std::io::Write;
 
 use anstyle::Style;
 use cohort_checkpoint::{CheckpointStore, EpochLease, EpochRecord, Manifest};
+use cohort_coordinator::engine::Halt;
 use cohort_coordinator::service::control::{
     ControlReply, ControlRequest, StandbyReport, StatusReport,
 };
@@ -93,6 +94,9 @@ struct Report {
     /// --tolerable-failures.
     healthy: bool,
     consecutive_failures: u32,
+    /// Why the leader's cohort halted beyond its restart policy: the object, its error, the
+    /// restarts in the window and the policy.
+    halted: Option<Halt>,
     dashboard: Option<String>,
 }
 
@@ -140,6 +144,7 @@ fn report(r: &StatusReport) -> Report {
         recoveries: r.recoveries,
         healthy: r.healthy,
         consecutive_failures: r.consecutive_failures,
+        halted: r.halt.clone(),
         dashboard: r.dashboard.clone(),
     }
 }
@@ -550,6 +555,14 @@ fn print(out: &mut impl Write, s: &Status) -> anyhow::Result<()> {
                 ))
             };
             writeln!(out, "{} {health}", label("health"))?;
+            if let Some(halt) = &c.halted {
+                writeln!(
+                    out,
+                    "{} {}",
+                    label("halted"),
+                    styles.bad.paint(halt.to_string())
+                )?;
+            }
         }
     }
     for problem in &s.damaged {
@@ -563,4 +576,33 @@ fn print(out: &mut impl Write, s: &Status) -> anyhow::Result<()> {
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // a panic in a test is a failed test
+
+    use cohort_coordinator::engine::RestartPolicy;
+    use cohort_object_api::ObjectId;
+
+    use super::*;
+
+    #[test]
+    fn the_json_names_the_object_the_error_and_the_policy_of_a_halt() {
+        let mut r = StatusReport::new("c1", "127.0.0.1:7411");
+        r.leading = true;
+        r.halt = Some(Halt {
+            object: ObjectId::new("acct-1").unwrap(),
+            error: "panicked: boom".into(),
+            restarts: 3,
+            policy: RestartPolicy::default(),
+        });
+        let json = serde_json::to_value(report(&r)).unwrap();
+        let halted = &json["halted"];
+        assert_eq!(halted["object"], "acct-1", "{json}");
+        assert_eq!(halted["error"], "panicked: boom", "{json}");
+        assert_eq!(halted["restarts"], 3, "{json}");
+        assert_eq!(halted["policy"]["max_restarts"], 3, "{json}");
+        assert_eq!(halted["policy"]["window_ms"], 60_000, "{json}");
+    }
 }

@@ -19,7 +19,7 @@ use cohort_object_api::{CheckpointId, Clock, ObjectId};
 use tokio::sync::oneshot;
 
 use crate::engine::{
-    Command, CommitOutcome, Decision, Engine, Event, FenceOutcome, Health, HostId, LineInfo,
+    Command, CommitOutcome, Decision, Engine, Event, FenceOutcome, Halt, Health, HostId, LineInfo,
     RecoverId, Recovered, RecoveryCause, RecoveryFailure, Round, TriggerFailure, TriggerId,
 };
 use crate::error::{Error, Result};
@@ -119,6 +119,9 @@ pub(crate) trait Transport: Send {
 
     /// The cohort's checkpoint health changed.
     fn health(&mut self, health: &Health);
+
+    /// Objects failed beyond the restart policy: the cohort halted.
+    fn halted(&mut self, halt: &Halt);
 
     /// The store fenced this coordinator: it writes nothing more.
     fn deposed(&mut self, reason: &str);
@@ -441,6 +444,11 @@ impl<X: Transport> Core<X> {
                 let error = result.as_ref().err().and_then(|_| self.store_error.take());
                 self.line = None;
                 self.transport.recovered(requests, result, error);
+                Ok(Vec::new())
+            }
+            Command::Halted(halt) => {
+                tracing::error!(%halt, "cohort halted");
+                self.transport.halted(&halt);
                 Ok(Vec::new())
             }
             Command::Deposed { reason } => {

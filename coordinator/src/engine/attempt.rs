@@ -427,7 +427,11 @@ impl<T: EngineTypes> Engine<T> {
     }
 
     pub(super) fn maybe_start(&mut self, now_ms: u64, out: &mut Vec<Command<T>>) {
-        if self.status != Status::Running || self.attempt.is_some() || self.recovery.is_some() {
+        if self.status != Status::Running
+            || self.attempt.is_some()
+            || self.recovery.is_some()
+            || self.restart_pending()
+        {
             return;
         }
         let periodic_due = self.next_periodic_ms.is_some_and(|t| now_ms >= t);

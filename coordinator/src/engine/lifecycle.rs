@@ -2,13 +2,13 @@
 //! request, a dead host, a takeover or a damaged line) through the line, the restores, the
 //! fence and the release.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use cohort_object_api::{CheckpointId, ObjectId};
 
 use super::{
-    AbortReason, Command, Engine, EngineTypes, FenceOutcome, HostId, Hosting, LineInfo, RecoverId,
-    Recovered, RecoveryCause, RecoveryFailure, RestoreFailure, Status,
+    AbortReason, Command, Engine, EngineTypes, FenceOutcome, Halt, HostId, Hosting, LineInfo,
+    RecoverId, Recovered, RecoveryCause, RecoveryFailure, RestoreFailure, Status,
 };
 
 /// What the engine knows of one host.
@@ -836,5 +836,116 @@ impl<T: EngineTypes> Engine<T> {
             requests: r.requests,
             result: Err(failure),
         });
+    }
+}
+
+/// Object failures and the restarts they caused, for the [`RestartPolicy`](super::RestartPolicy).
+#[derive(Debug, Default)]
+pub(super) struct Restarts {
+    /// When each restart of the window started, oldest first.
+    started_ms: VecDeque<u64>,
+    /// A failure waiting out its backoff: the object, its error, and when to restart.
+    pending: Option<(ObjectId, String, u64)>,
+    /// Why the cohort halted beyond the policy.
+    pub(super) halt: Option<Halt>,
+}
+
+impl Restarts {
+    pub(super) fn next_deadline_ms(&self) -> Option<u64> {
+        self.pending.as_ref().map(|(_, _, at)| *at)
+    }
+}
+
+impl<T: EngineTypes> Engine<T> {
+    /// An object failed: restart the cohort after the policy's backoff, or halt it if the
+    /// window already holds the policy's restarts. A failure while a restart waits or a
+    /// recovery runs is rolled back by that one; one of an older incarnation was already.
+    pub(super) fn on_object_failed(
+        &mut self,
+        now_ms: u64,
+        object: ObjectId,
+        incarnation: u64,
+        error: String,
+        out: &mut Vec<Command<T>>,
+    ) {
+        if incarnation < self.incarnation
+            || !self.members.contains(&object)
+            || self.status != Status::Running
+            || self.recovery.is_some()
+            || self.restarts.pending.is_some()
+        {
+            return;
+        }
+        let policy = self.config.restart;
+        let window_start = now_ms.saturating_sub(policy.window_ms);
+        let r = &mut self.restarts;
+        while r.started_ms.front().is_some_and(|t| *t <= window_start) {
+            r.started_ms.pop_front();
+        }
+        let restarts = u32::try_from(r.started_ms.len()).unwrap_or(u32::MAX);
+        if restarts >= policy.max_restarts {
+            let halt = Halt {
+                object,
+                error,
+                restarts,
+                policy,
+            };
+            r.halt = Some(halt.clone());
+            self.status = Status::Halted;
+            if self.attempt.as_ref().is_some_and(|a| !a.is_creating()) {
+                self.abort(now_ms, AbortReason::Halted, out);
+            }
+            for request in self.waiting.drain(..) {
+                out.push(Command::Reply {
+                    request,
+                    result: Err(super::TriggerFailure::Aborted(AbortReason::Halted)),
+                });
+            }
+            out.push(Command::Halted(halt));
+            return;
+        }
+        let backoff = policy
+            .backoff_ms
+            .saturating_mul(1u64 << restarts.min(20))
+            .min(policy.max_backoff_ms.max(policy.backoff_ms));
+        r.pending = Some((object, error, now_ms.saturating_add(backoff)));
+    }
+
+    /// A restart whose backoff passed starts its recovery (unless another recovery or a halt
+    /// came first: that one rolls the failure back, or holds it).
+    pub(super) fn check_restart(&mut self, now_ms: u64, out: &mut Vec<Command<T>>) {
+        let Some((object, error, at)) = self.restarts.pending.take() else {
+            return;
+        };
+        if now_ms < at {
+            self.restarts.pending = Some((object, error, at));
+            return;
+        }
+        if self.status != Status::Running || self.recovery.is_some() {
+            return;
+        }
+        self.restarts.started_ms.push_back(now_ms);
+        let restart = u32::try_from(self.restarts.started_ms.len()).unwrap_or(u32::MAX);
+        self.start_recovery(
+            now_ms,
+            RecoveryCause::ObjectFailed {
+                object,
+                error,
+                restart,
+            },
+            out,
+        );
+    }
+
+    /// A recovery was asked for: the failures counted so far are forgiven, and a halt beyond
+    /// the policy ends with it.
+    pub(super) fn forgive_failures(&mut self) {
+        self.restarts = Restarts::default();
+    }
+
+    /// Whether a failed object waits out its backoff: no attempt starts meanwhile (it votes
+    /// no).
+    pub(super) fn restart_pending(&self) -> bool {
+        self.restarts.pending.is_some()
     }
 }

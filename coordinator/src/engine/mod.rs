@@ -55,12 +55,12 @@ use cohort_object_api::{CheckpointId, ObjectId};
 pub use cut::{CutState, Receipt};
 pub use types::{
     AbortReason, Ballot, ByHost, Command, CommitOutcome, Decision, EngineTypes, Event,
-    FenceOutcome, Health, HostId, LineInfo, RecoverId, Recovered, RecoveryCause, RecoveryFailure,
-    RestoreFailure, Round, TriggerFailure, TriggerId, Vote, VotedState,
+    FenceOutcome, Halt, Health, HostId, LineInfo, RecoverId, Recovered, RecoveryCause,
+    RecoveryFailure, RestoreFailure, Round, TriggerFailure, TriggerId, Vote, VotedState,
 };
 
 use attempt::Attempt;
-use lifecycle::{HostState, Recovery};
+use lifecycle::{HostState, Recovery, Restarts};
 
 /// Where the objects of a cohort live, which decides how a recovery treats them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,6 +94,48 @@ pub struct Config {
     pub retry_ms: u64,
     /// Where objects live.
     pub hosting: Hosting,
+    /// How often a failed object restarts the cohort before it halts.
+    pub restart: RestartPolicy,
+}
+
+/// How the cohort answers a failed object (a handler that returned an error or panicked): a
+/// cohort recovery to the line after a backoff, at most [`max_restarts`](Self::max_restarts)
+/// times within [`window_ms`](Self::window_ms) (Flink's failure-rate strategy, an Erlang
+/// supervisor's intensity and period). One more failure within the window halts the cohort
+/// ([`Status::Halted`], [`Engine::halt`]) until a requested recovery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RestartPolicy {
+    /// Restarts allowed within the window; 0 halts at the first failure.
+    pub max_restarts: u32,
+    /// The sliding window restarts are counted in.
+    pub window_ms: u64,
+    /// The wait before the first restart of a window; each restart still in the window
+    /// doubles it.
+    pub backoff_ms: u64,
+    /// The longest wait before a restart.
+    pub max_backoff_ms: u64,
+}
+
+impl Default for RestartPolicy {
+    /// 3 restarts within a minute, after 500 ms, then 1 s, then 2 s.
+    fn default() -> Self {
+        Self {
+            max_restarts: 3,
+            window_ms: 60_000,
+            backoff_ms: 500,
+            max_backoff_ms: 10_000,
+        }
+    }
+}
+
+impl std::fmt::Display for RestartPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "at most {} restarts within {} ms, backoff {} ms doubling up to {} ms",
+            self.max_restarts, self.window_ms, self.backoff_ms, self.max_backoff_ms
+        )
+    }
 }
 
 impl Default for Config {
@@ -106,6 +148,7 @@ impl Default for Config {
             host_timeout_ms: 2_000,
             retry_ms: 100,
             hosting: Hosting::InProcess,
+            restart: RestartPolicy::default(),
         }
     }
 }
@@ -147,7 +190,8 @@ pub enum Status {
     Running,
     /// Rolling the cohort back to the recovery line; attempts resume when it ends.
     Recovering,
-    /// A requested recovery failed: objects stay held until [`Event::Recover`] succeeds.
+    /// A requested recovery failed, or objects failed more often than the restart policy
+    /// allows ([`Engine::halt`]): objects stay held until [`Event::Recover`] succeeds.
     Halted,
     /// A newer coordinator took over, or this one stepped down: it writes nothing more.
     Deposed,
@@ -215,6 +259,8 @@ pub struct Engine<T: EngineTypes> {
     incarnation: u64,
     recovery_seq: u64,
     recovery: Option<Recovery>,
+    /// Failed objects and the restarts they caused ([`RestartPolicy`]).
+    restarts: Restarts,
 }
 
 impl<T: EngineTypes> Engine<T> {
@@ -251,6 +297,7 @@ impl<T: EngineTypes> Engine<T> {
             incarnation: start.incarnation_floor,
             recovery_seq: 0,
             recovery: None,
+            restarts: Restarts::default(),
         }
     }
 
@@ -282,6 +329,11 @@ impl<T: EngineTypes> Engine<T> {
     /// Running, recovering, halted or deposed.
     pub fn status(&self) -> Status {
         self.status
+    }
+
+    /// Why the cohort halted beyond its restart policy, while it is halted for that.
+    pub fn halt(&self) -> Option<&Halt> {
+        self.restarts.halt.as_ref()
     }
 
     /// The current health.
@@ -332,17 +384,19 @@ impl<T: EngineTypes> Engine<T> {
         let attempt = self.attempt.as_ref().and_then(|a| {
             (!a.is_creating()).then(|| a.started_ms.saturating_add(self.config.timeout_ms))
         });
-        let start =
-            (self.status == Status::Running && self.attempt.is_none() && self.recovery.is_none())
-                .then(|| {
-                    let wanted = if self.waiting.is_empty() {
-                        self.next_periodic_ms?
-                    } else {
-                        0
-                    };
-                    Some(wanted.max(self.earliest_start_ms()))
-                })
-                .flatten();
+        let start = (self.status == Status::Running
+            && self.attempt.is_none()
+            && self.recovery.is_none()
+            && !self.restart_pending())
+        .then(|| {
+            let wanted = if self.waiting.is_empty() {
+                self.next_periodic_ms?
+            } else {
+                0
+            };
+            Some(wanted.max(self.earliest_start_ms()))
+        })
+        .flatten();
         let dead = self
             .hosts
             .values()
@@ -350,7 +404,11 @@ impl<T: EngineTypes> Engine<T> {
             .map(|t| t.saturating_add(self.config.host_timeout_ms))
             .min();
         let recovery = self.recovery.as_ref().and_then(Recovery::next_deadline_ms);
-        [attempt, start, dead, recovery].into_iter().flatten().min()
+        let restart = self.restarts.next_deadline_ms();
+        [attempt, start, dead, recovery, restart]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     fn earliest_start_ms(&self) -> u64 {
@@ -366,11 +424,17 @@ impl<T: EngineTypes> Engine<T> {
                 self.check_timeout(now_ms, &mut out);
                 self.check_hosts(now_ms, &mut out);
                 self.check_recovery_timers(now_ms, &mut out);
+                self.check_restart(now_ms, &mut out);
             }
             Event::Trigger { request } => match self.status {
                 Status::Deposed => out.push(Command::Reply {
                     request,
                     result: Err(TriggerFailure::Fenced),
+                }),
+                // Halted beyond the restart policy: no attempt starts before a recovery.
+                Status::Halted if self.restarts.halt.is_some() => out.push(Command::Reply {
+                    request,
+                    result: Err(TriggerFailure::Aborted(AbortReason::Halted)),
                 }),
                 _ => self.waiting.push(request),
             },
@@ -412,7 +476,15 @@ impl<T: EngineTypes> Engine<T> {
             Event::CommitResult { round, outcome } => {
                 self.on_commit_result(now_ms, round, outcome, &mut out)
             }
-            Event::Recover { request } => self.on_recover(now_ms, request, &mut out),
+            Event::Recover { request } => {
+                self.forgive_failures();
+                self.on_recover(now_ms, request, &mut out)
+            }
+            Event::ObjectFailed {
+                object,
+                incarnation,
+                error,
+            } => self.on_object_failed(now_ms, object, incarnation, error, &mut out),
             Event::TakeOver { line } => self.on_take_over(now_ms, line, &mut out),
             Event::LineRead { recovery, result } => {
                 self.on_line_read(now_ms, recovery, result, &mut out)

@@ -219,6 +219,15 @@ pub enum RecoveryCause {
     },
     /// The recovery line moved while the last recovery restored (another writer committed).
     LineMoved,
+    /// An object failed: the restart policy restarts the cohort from the line.
+    ObjectFailed {
+        /// The object.
+        object: ObjectId,
+        /// Its error.
+        error: String,
+        /// This restart's number within the policy's window (1 for the first).
+        restart: u32,
+    },
 }
 
 impl fmt::Display for RecoveryCause {
@@ -236,6 +245,14 @@ impl fmt::Display for RecoveryCause {
             Self::TakeOver => f.write_str("a coordinator took over"),
             Self::Damaged { line } => write!(f, "line {line} is damaged"),
             Self::LineMoved => f.write_str("the recovery line moved"),
+            Self::ObjectFailed {
+                object,
+                error,
+                restart,
+            } => write!(
+                f,
+                "object {object} failed ({error}): restart {restart} within the policy's window"
+            ),
         }
     }
 }
@@ -342,6 +359,17 @@ pub enum Event<T: EngineTypes> {
         object: ObjectId,
         /// Its type's stable name.
         type_name: String,
+    },
+    /// `object`'s handler failed (returned an error or panicked) while it ran in
+    /// `incarnation`: it votes no until a recovery restores it. The engine restarts the cohort
+    /// under its [`RestartPolicy`](super::RestartPolicy), or halts it beyond.
+    ObjectFailed {
+        /// The object.
+        object: ObjectId,
+        /// The incarnation its host ran in: a failure of an older one was already rolled back.
+        incarnation: u64,
+        /// The handler's error, or the panic's message.
+        error: String,
     },
     /// An object left the cohort. An attempt it takes part in aborts.
     Leave {
@@ -496,7 +524,7 @@ pub enum AbortReason {
     Conflict,
     /// A writer with a newer epoch holds the slot.
     Fenced,
-    /// The cohort is recovering (or this coordinator stepped down).
+    /// The cohort is recovering or halted (or this coordinator stepped down).
     Halted,
 }
 
@@ -544,7 +572,7 @@ impl fmt::Display for AbortReason {
                 f.write_str("another writer committed this checkpoint id first")
             }
             AbortReason::Fenced => f.write_str("a coordinator with a newer epoch took over"),
-            AbortReason::Halted => f.write_str("the cohort is recovering"),
+            AbortReason::Halted => f.write_str("the cohort is recovering or halted"),
         }
     }
 }
@@ -710,6 +738,9 @@ pub enum Command<T: EngineTypes> {
         /// What it did, or why it failed.
         result: Result<Recovered, RecoveryFailure>,
     },
+    /// Objects failed more often than the restart policy allows: the cohort halted (no
+    /// attempt, no restart) until a requested recovery.
+    Halted(Halt),
     /// A newer epoch owns the store: this coordinator is deposed and writes nothing more (its
     /// leadership steps down).
     Deposed {
@@ -737,4 +768,28 @@ pub struct Health {
     pub consecutive_failures: u32,
     /// The reason of the last failure, if the last attempt failed.
     pub last_failure: Option<AbortReason>,
+}
+
+/// Why a cohort halted beyond its restart policy.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Halt {
+    /// The object whose failure went beyond the policy.
+    pub object: ObjectId,
+    /// Its error.
+    pub error: String,
+    /// Restarts within the policy's window before it.
+    pub restarts: u32,
+    /// The policy.
+    pub policy: super::RestartPolicy,
+}
+
+impl fmt::Display for Halt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "object {} failed ({}) after {} restarts within {} ms, beyond the restart policy ({}); \
+             held until a recovery is asked for (Cohort::recover, or a new leader's takeover)",
+            self.object, self.error, self.restarts, self.policy.window_ms, self.policy
+        )
+    }
 }

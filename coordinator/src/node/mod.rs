@@ -234,10 +234,14 @@ impl Host for NodeShared {
         &self.metrics
     }
 
-    fn object_failed(&self, object: &ObjectId, failed: bool) {
-        // The coordinator learns it from the object's no vote; the log says which.
-        if failed {
-            tracing::warn!(%object, node = %self.name, "object failed; it votes no until a recovery restores it");
+    fn object_failed(&self, object: &ObjectId, error: Option<&str>) {
+        // The coordinator decides what follows (restart or halt, by its policy).
+        if let Some(error) = error {
+            let _ = self.to_coordinator.send(NodeFrame::ObjectFailed {
+                object: object.clone(),
+                incarnation: self.incarnation.load(Ordering::SeqCst),
+                error: error.to_owned(),
+            });
         }
     }
 }

@@ -76,8 +76,8 @@ pub(crate) trait Host: Directory + Send + Sync + 'static {
     /// Pause, forced-capture and in-transit counts.
     fn metrics(&self) -> &Metrics;
 
-    /// An object's handler failed (`true`) or a restore healed it (`false`).
-    fn object_failed(&self, object: &ObjectId, failed: bool);
+    /// An object's handler failed with `error` (`Some`), or a restore healed it (`None`).
+    fn object_failed(&self, object: &ObjectId, error: Option<&str>);
 }
 
 /// Where a writer's results go.

@@ -5,10 +5,12 @@
 use std::any::Any;
 use std::collections::VecDeque;
 use std::marker::PhantomData;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use cohort_object_api::{CheckpointId, EncodedState, ObjectId, StateTag};
+use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 
 use super::writer::{Captured, WriterMsg};
@@ -299,12 +301,19 @@ impl<A: Actor, H: Host> ObjectTask<A, H> {
             directory: &*self.host,
             _private: PhantomData,
         };
-        let handled = self.object.handle(envelope.message, &mut ctx).await;
-        if let Err(e) = handled {
-            tracing::error!(object = %self.id, error = %e, "handler failed; the object is held until recovery");
-            self.failed = true;
-            self.host.object_failed(&self.id, true);
-        }
+        // A panic is a failure like an error: the task lives on, held, and the recovery the
+        // restart policy starts overwrites whatever state the handler left.
+        let handled = AssertUnwindSafe(self.object.handle(envelope.message, &mut ctx))
+            .catch_unwind()
+            .await;
+        let error = match handled {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(panic) => format!("panicked: {}", panic_message(panic.as_ref())),
+        };
+        tracing::error!(object = %self.id, %error, "handler failed; the object is held until a recovery restores it");
+        self.failed = true;
+        self.host.object_failed(&self.id, Some(&error));
     }
 
     /// Records a message that crossed the cut of `round` as channel state.
@@ -379,10 +388,19 @@ impl<A: Actor, H: Host> ObjectTask<A, H> {
         self.handled_since_capture = !self.replay.is_empty();
         if self.failed {
             self.failed = false;
-            self.host.object_failed(&self.id, false);
+            self.host.object_failed(&self.id, None);
         }
         Ok(())
     }
+}
+
+/// The message a panic carried (`panic!` with a literal or with formatting), for the report.
+fn panic_message(payload: &(dyn Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic without a message")
 }
 
 /// The type name recorded with in-transit messages (the receiver decodes them as its own

@@ -16,7 +16,7 @@ use super::CohortSink;
 use super::{CheckpointStats, Local, RecoveryReport, Settings, Shared};
 use crate::core::{CommitStats, Core, RestoreOrder, Transport};
 use crate::engine::{
-    Ballot, Config, Decision, Engine, Event, Health, HostId, Hosting, RecoverId, Recovered,
+    Ballot, Config, Decision, Engine, Event, Halt, Health, HostId, Hosting, RecoverId, Recovered,
     RecoveryCause, RecoveryFailure, Round, Start, Vote, VotedState,
 };
 use crate::error::{Error, Result};
@@ -43,6 +43,12 @@ pub(crate) enum Input {
         entry: InTransitEntry,
     },
     Recover(oneshot::Sender<Result<RecoveryReport>>),
+    /// An object's handler failed while the cohort ran in `incarnation`.
+    ObjectFailed {
+        object: ObjectId,
+        incarnation: u64,
+        error: String,
+    },
     Pause(bool, oneshot::Sender<Result<()>>),
     Shutdown(oneshot::Sender<Result<()>>),
 }
@@ -87,6 +93,7 @@ impl Coordinator {
             min_pause_ms: ms(settings.min_pause),
             tolerable_failures: settings.tolerable_failures,
             hosting: Hosting::InProcess,
+            restart: settings.restart,
             ..Config::default()
         };
         let host = HostId::local();
@@ -196,6 +203,19 @@ impl Coordinator {
                 let request = RecoverId(t.next_recover);
                 t.recover_replies.insert(request, reply);
                 self.core.feed(Event::Recover { request }).await
+            }
+            Input::ObjectFailed {
+                object,
+                incarnation,
+                error,
+            } => {
+                self.core
+                    .feed(Event::ObjectFailed {
+                        object,
+                        incarnation,
+                        error,
+                    })
+                    .await
             }
             Input::Pause(paused, reply) => {
                 let t = &mut self.core.transport;
@@ -359,13 +379,15 @@ impl Transport for LocalTransport {
         }]
     }
 
-    fn release(&mut self, _hosts: &[HostId], _incarnation: u64) {
+    fn release(&mut self, _hosts: &[HostId], incarnation: u64) {
+        self.shared.incarnation.store(incarnation, Ordering::SeqCst);
         if !self.user_paused {
             self.shared.release_all();
         }
     }
 
     fn recovering(&mut self, _recovery: u64, _cause: &RecoveryCause) {
+        self.shared.set_halted(None);
         self.recovery_started.get_or_insert_with(Instant::now);
         self.restored = 0;
         self.redelivered = 0;
@@ -410,6 +432,10 @@ impl Transport for LocalTransport {
 
     fn health(&mut self, health: &Health) {
         self.shared.set_checkpoint_health(health);
+    }
+
+    fn halted(&mut self, halt: &Halt) {
+        self.shared.set_halted(Some(halt));
     }
 
     fn deposed(&mut self, _reason: &str) {}

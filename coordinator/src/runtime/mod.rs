@@ -23,7 +23,7 @@ use cohort_object_api::{CheckpointId, Clock, ObjectId};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::AbortHandle;
 
-use crate::engine::{EngineTypes, Round};
+use crate::engine::{EngineTypes, Halt, RestartPolicy, Round};
 use crate::error::{Error, Result};
 use crate::messaging::{Actor, Address, Context, Directory, Envelope, Location, local_address};
 
@@ -67,6 +67,9 @@ pub struct Settings {
     pub tolerable_failures: u32,
     /// The name recorded with this coordinator's epoch. Default `cohort-<pid>`.
     pub holder: String,
+    /// How often a failed object (a handler that returned an error or panicked) restarts the
+    /// cohort from its line before the cohort halts. Default [`RestartPolicy::default`].
+    pub restart: RestartPolicy,
 }
 
 impl Default for Settings {
@@ -77,6 +80,7 @@ impl Default for Settings {
             min_pause: Duration::ZERO,
             tolerable_failures: 0,
             holder: format!("cohort-{}", std::process::id()),
+            restart: RestartPolicy::default(),
         }
     }
 }
@@ -106,7 +110,18 @@ impl Settings {
         self
     }
 
+    /// Sets [`restart`](Self::restart).
+    pub fn restart_policy(mut self, policy: RestartPolicy) -> Self {
+        self.restart = policy;
+        self
+    }
+
     fn validate(&self) -> Result<()> {
+        if self.restart.window_ms == 0 {
+            return Err(Error::invalid_settings(
+                "the restart policy's window must be positive; use e.g. 60 s",
+            ));
+        }
         if self.timeout.is_zero() {
             return Err(Error::invalid_settings(
                 "timeout must be positive; use e.g. 60 s",
@@ -130,8 +145,11 @@ pub struct Health {
     pub consecutive_failures: u32,
     /// Why the last attempt failed, if it did.
     pub last_failure: Option<String>,
-    /// Objects whose handler failed; they are held until [`Cohort::recover`].
+    /// Objects whose handler failed; they are held until a recovery restores them (the
+    /// restart policy's, or [`Cohort::recover`]).
     pub failed_objects: Vec<ObjectId>,
+    /// Why the cohort halted beyond its restart policy, until [`Cohort::recover`].
+    pub halted: Option<Halt>,
 }
 
 impl Default for Health {
@@ -141,6 +159,7 @@ impl Default for Health {
             consecutive_failures: 0,
             last_failure: None,
             failed_objects: Vec::new(),
+            halted: None,
         }
     }
 }
@@ -225,6 +244,8 @@ pub(crate) struct Shared {
     pub(crate) fail_points: FailPoints,
     pub(crate) paused: AtomicBool,
     checkpoints_healthy: AtomicBool,
+    /// The incarnation objects run in (raised by each recovery's release).
+    pub(crate) incarnation: AtomicU64,
     pub(crate) clock: Clock,
     stopped: Mutex<Option<Stop>>,
     tasks: Mutex<Vec<AbortHandle>>,
@@ -257,8 +278,16 @@ impl Host for Shared {
         &self.metrics
     }
 
-    fn object_failed(&self, object: &ObjectId, failed: bool) {
-        self.set_object_failed(object, failed);
+    fn object_failed(&self, object: &ObjectId, error: Option<&str>) {
+        self.set_object_failed(object, error.is_some());
+        if let Some(error) = error {
+            // The engine decides what follows (restart or halt, by its policy).
+            let _ = self.input.send(Input::ObjectFailed {
+                object: object.clone(),
+                incarnation: self.incarnation.load(Ordering::SeqCst),
+                error: error.to_owned(),
+            });
+        }
     }
 }
 
@@ -388,7 +417,7 @@ impl Shared {
                 h.failed_objects.push(id.clone());
                 h.failed_objects.sort();
             }
-            h.healthy = checkpoints_ok && h.failed_objects.is_empty();
+            h.healthy = checkpoints_ok && h.failed_objects.is_empty() && h.halted.is_none();
             *h != before
         });
     }
@@ -420,13 +449,24 @@ impl Shared {
         read(&self.objects).get(id).map(|s| s.control.clone())
     }
 
+    /// The cohort halted beyond its restart policy (`Some`), or a recovery ended that (`None`).
+    pub(crate) fn set_halted(&self, halt: Option<&Halt>) {
+        let checkpoints_ok = self.checkpoints_healthy.load(Ordering::SeqCst);
+        self.health.send_if_modified(|h| {
+            let before = h.clone();
+            h.halted = halt.cloned();
+            h.healthy = checkpoints_ok && h.failed_objects.is_empty() && h.halted.is_none();
+            *h != before
+        });
+    }
+
     pub(crate) fn set_checkpoint_health(&self, health: &crate::engine::Health) {
         self.checkpoints_healthy
             .store(health.healthy, Ordering::SeqCst);
         self.health.send_modify(|h| {
             h.consecutive_failures = health.consecutive_failures;
             h.last_failure = health.last_failure.as_ref().map(ToString::to_string);
-            h.healthy = health.healthy && h.failed_objects.is_empty();
+            h.healthy = health.healthy && h.failed_objects.is_empty() && h.halted.is_none();
         });
     }
 }
@@ -485,6 +525,7 @@ impl Builder {
             fail_points: self.fail_points,
             paused: AtomicBool::new(self.paused),
             checkpoints_healthy: AtomicBool::new(true),
+            incarnation: AtomicU64::new(0),
             clock: self.clock.clone(),
             stopped: Mutex::new(None),
             tasks: Mutex::new(Vec::new()),

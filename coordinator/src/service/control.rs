@@ -135,6 +135,9 @@ pub struct StatusReport {
     pub consecutive_failures: u32,
     /// Nodes, objects and placement.
     pub table: StateTable,
+    /// Why the cohort led halted beyond its restart policy, while it is halted for that.
+    #[serde(default)]
+    pub halt: Option<crate::engine::Halt>,
     /// The standbys that announced themselves recently (a leader's report only).
     #[serde(default)]
     pub standbys: Vec<StandbyReport>,
@@ -493,5 +496,6 @@ fn status_report(p: &Parts, view: &View) -> StatusReport {
     report.healthy = status.healthy;
     report.consecutive_failures = status.consecutive_failures;
     report.table = status.table;
+    report.halt = status.halt;
     report
 }

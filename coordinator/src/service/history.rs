@@ -123,6 +123,15 @@ pub enum TimelineKind {
         /// The epoch led when it happened, if still leading.
         leading: Option<u64>,
     },
+    /// Objects failed more often than the restart policy allows: the cohort halted.
+    Halted {
+        /// The object whose failure went beyond the policy.
+        object: String,
+        /// Its error.
+        error: String,
+        /// The policy, in words.
+        policy: String,
+    },
 }
 
 /// One entry of the timeline.
@@ -299,6 +308,15 @@ impl History {
             line,
             restoring,
             next_commit: None,
+        });
+    }
+
+    /// Records that the cohort halted beyond its restart policy.
+    pub fn record_halt(&self, halt: &crate::engine::Halt) {
+        self.push(TimelineKind::Halted {
+            object: halt.object.to_string(),
+            error: halt.error.clone(),
+            policy: halt.policy.to_string(),
         });
     }
 

@@ -15,6 +15,7 @@ use std::time::Duration;
 use cohort_object_api::CheckpointId;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
@@ -41,6 +42,8 @@ struct Inner {
     aborted: Counter,
     failed: Counter,
     recoveries: Counter,
+    restarts: Counter,
+    halted: Family<Vec<(String, String)>, Gauge>,
     leader_epoch: Gauge,
     leading: Gauge,
     /// For [`MetricsSnapshot`]: the histograms do not expose their sums outside tests.
@@ -111,6 +114,8 @@ impl ServiceMetrics {
         let aborted = Counter::default();
         let failed = Counter::default();
         let recoveries = Counter::default();
+        let restarts = Counter::default();
+        let halted = Family::<Vec<(String, String)>, Gauge>::default();
         let leader_epoch = Gauge::default();
         let leading = Gauge::default();
         registry.register_with_unit(
@@ -152,6 +157,16 @@ impl ServiceMetrics {
             recoveries.clone(),
         );
         registry.register(
+            "cohort_object_restarts",
+            "Cohort recoveries started by the restart policy after an object failed",
+            restarts.clone(),
+        );
+        registry.register(
+            "cohort_halted",
+            "1 while the cohort is halted beyond its restart policy, labelled with the failed object, its error and the policy",
+            halted.clone(),
+        );
+        registry.register(
             "cohort_leader_epoch",
             "The epoch this coordinator leads under, 0 when it is a standby",
             leader_epoch.clone(),
@@ -171,6 +186,8 @@ impl ServiceMetrics {
                 aborted,
                 failed,
                 recoveries,
+                restarts,
+                halted,
                 leader_epoch,
                 leading,
                 duration_sum_us: AtomicU64::new(0),
@@ -266,11 +283,31 @@ impl ServiceMetrics {
         restoring: impl IntoIterator<Item = impl Into<String>>,
     ) {
         self.inner.recoveries.inc();
+        if matches!(cause, crate::engine::RecoveryCause::ObjectFailed { .. }) {
+            self.inner.restarts.inc();
+        }
+        // A recovery ends a halt.
+        self.inner.halted.clear();
         self.inner.history.record_recovery(
             cause.to_string(),
             line,
             restoring.into_iter().map(Into::into).collect(),
         );
+    }
+
+    /// Records that the cohort halted beyond its restart policy: `cohort_halted` names the
+    /// object, its error and the policy until the next recovery.
+    pub fn record_halt(&self, halt: &crate::engine::Halt) {
+        self.inner.halted.clear();
+        self.inner
+            .halted
+            .get_or_create(&vec![
+                ("object".to_owned(), halt.object.to_string()),
+                ("error".to_owned(), halt.error.clone()),
+                ("policy".to_owned(), halt.policy.to_string()),
+            ])
+            .set(1);
+        self.inner.history.record_halt(halt);
     }
 
     /// Records a leadership change: the leader gauges follow it, and it goes on the

@@ -115,6 +115,17 @@ pub enum NodeFrame {
         /// Its type's stable name (`Checkpointable::type_name`).
         type_name: String,
     },
+    /// An object's handler failed (returned an error or panicked) while this node ran in
+    /// `incarnation`: the object votes no until a recovery restores it, and the coordinator
+    /// restarts the cohort under its restart policy, or halts it.
+    ObjectFailed {
+        /// The object.
+        object: ObjectId,
+        /// The incarnation the node ran in.
+        incarnation: u64,
+        /// The handler's error, or the panic's message.
+        error: String,
+    },
     /// A sign of life.
     Heartbeat,
     /// From the CLI (wire role `cli`): a control request (`cohort status`, `cohort checkpoint`).

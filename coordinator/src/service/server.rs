@@ -17,9 +17,9 @@ use super::protocol::{CoordinatorFrame, NodeFrame, WireVote};
 use super::table::{NodeEntry, StateTable};
 use crate::core::{CommitStats, Core, RestoreOrder, Transport};
 use crate::engine::{
-    Ballot, Config, Decision, Engine, Event, Health, HostId, Hosting, LineInfo, Liveness,
-    RecoverId, Recovered, RecoveryCause, RecoveryFailure, RestoreFailure, Round, Start, Vote,
-    VotedState,
+    Ballot, Config, Decision, Engine, Event, Halt, Health, HostId, Hosting, LineInfo, Liveness,
+    RecoverId, Recovered, RecoveryCause, RecoveryFailure, RestartPolicy, RestoreFailure, Round,
+    Start, Vote, VotedState,
 };
 use crate::error::{Error, Result};
 use crate::failpoint::{Crash, FailPoints};
@@ -44,6 +44,9 @@ pub struct ServiceConfig {
     pub min_pause: Duration,
     /// Consecutive failed attempts tolerated before the cohort is reported unhealthy. Default 0.
     pub tolerable_failures: u32,
+    /// How often a failed object (a handler that returned an error or panicked) restarts the
+    /// cohort from its line before the cohort halts. Default [`RestartPolicy::default`].
+    pub restart: RestartPolicy,
     /// Heartbeats both ways this often. Default 200 ms.
     pub heartbeat_interval: Duration,
     /// A connection silent this long is lost (the attempt in flight aborts); a node not back
@@ -84,6 +87,7 @@ impl ServiceConfig {
             timeout: Duration::from_secs(10),
             min_pause: Duration::ZERO,
             tolerable_failures: 0,
+            restart: RestartPolicy::default(),
             heartbeat_interval: Duration::from_millis(200),
             heartbeat_timeout: Duration::from_secs(2),
             holder: format!("cohort-service-{}", std::process::id()),
@@ -123,6 +127,8 @@ pub struct ServiceStatus {
     pub consecutive_failures: u32,
     /// Nodes, objects, placement.
     pub table: StateTable,
+    /// Why the cohort led halted beyond its restart policy, while it is halted for that.
+    pub halt: Option<Halt>,
 }
 
 /// The coordinator service's handle. Cheap to clone; stops on [`shutdown`](Self::shutdown).
@@ -696,6 +702,12 @@ impl Transport for Nodes {
 
     fn health(&mut self, _health: &Health) {}
 
+    fn halted(&mut self, halt: &Halt) {
+        if let Some(m) = &self.metrics {
+            m.record_halt(halt);
+        }
+    }
+
     fn deposed(&mut self, _reason: &str) {
         self.fenced = true;
     }
@@ -827,9 +839,10 @@ impl Server {
                 committed: stats.committed,
                 aborted: stats.aborted,
                 recoveries: stats.recoveries,
-                healthy: core.engine.health().healthy,
+                healthy: core.engine.health().healthy && core.engine.halt().is_none(),
                 consecutive_failures: core.engine.health().consecutive_failures,
                 table: core.transport.table(&core.engine),
+                halt: core.engine.halt().cloned(),
             },
             None => ServiceStatus {
                 committed: stats.committed,
@@ -866,6 +879,7 @@ impl Server {
             tolerable_failures: self.config.tolerable_failures,
             host_timeout_ms: ms(self.config.heartbeat_timeout),
             hosting: Hosting::Hosted,
+            restart: self.config.restart,
             ..Config::default()
         };
         let origin = tokio::time::Instant::now();
@@ -1135,6 +1149,23 @@ impl Server {
         let host = HostId::new(&node);
         match frame {
             NodeFrame::Heartbeat | NodeFrame::Register { .. } | NodeFrame::Control(_) => Ok(()),
+            NodeFrame::ObjectFailed {
+                object,
+                incarnation,
+                error,
+            } => {
+                // A node reports its own objects only.
+                if core.engine.placement().get(&object) != Some(&host) {
+                    return Ok(());
+                }
+                tracing::error!(%node, %object, %error, "object failed");
+                core.feed(Event::ObjectFailed {
+                    object,
+                    incarnation,
+                    error,
+                })
+                .await
+            }
             NodeFrame::Create { object, type_name } => {
                 core.transport
                     .create_requests

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use cohort_checkpoint::{CheckpointStore, Manifest, ManifestKind, StoreOptions};
+use cohort_coordinator::engine::RestartPolicy;
 use cohort_coordinator::node::{Node, NodeStatus};
 use cohort_coordinator::service::{Service, ServiceConfig, ServiceStatus};
 use cohort_coordinator::{Actor, Context, Error};
@@ -61,6 +62,13 @@ impl Phase {
 /// While it exists, node `index`'s accounts pause in `phase`.
 fn block_marker(dir: &Path, index: usize, phase: Phase) -> PathBuf {
     dir.join(format!("block-{}-{index}", phase.name()))
+}
+
+/// While it exists, the next message one of node `index`'s accounts handles fails: the
+/// handler panics if the file says `panic`, else returns an error. The account that fails
+/// removes it first, so each marker fails one handler.
+fn fault_marker(dir: &Path, index: usize) -> PathBuf {
+    dir.join(format!("fault-{index}"))
 }
 
 /// Written by node `index` when one of its accounts paused in `phase`.
@@ -130,6 +138,17 @@ impl Actor for Account {
     type Message = Msg;
 
     async fn handle(&mut self, message: Msg, ctx: &mut Context<'_>) -> Result<(), ObjectError> {
+        let fault = fault_marker(&self.markers, self.node);
+        if let Ok(kind) = std::fs::read_to_string(&fault)
+            && std::fs::remove_file(&fault).is_ok()
+        {
+            if kind == "panic" {
+                panic!("injected fault in {}", ctx.id());
+            }
+            return Err(ObjectError::Refused {
+                reason: format!("injected fault in {}", ctx.id()),
+            });
+        }
         let amount = match message {
             Msg::Kick => 0,
             Msg::Credit(x) => x,
@@ -275,6 +294,8 @@ pub struct Options {
     pub proxied: bool,
     /// Nodes register the account type: a dead node's accounts move to the survivors.
     pub host_accounts: bool,
+    /// The service's restart policy for failed accounts.
+    pub restart: RestartPolicy,
 }
 
 impl Options {
@@ -285,6 +306,7 @@ impl Options {
             kick_all: false,
             proxied: false,
             host_accounts: false,
+            restart: RestartPolicy::default(),
         }
     }
 }
@@ -318,6 +340,7 @@ impl Cluster {
         config.heartbeat_interval = Duration::from_millis(50);
         config.heartbeat_timeout = options.heartbeat_timeout;
         config.timeout = Duration::from_secs(5);
+        config.restart = options.restart;
         let service = Service::start(store, config).await.unwrap();
         let mut proxies = Vec::new();
         if options.proxied {
@@ -402,6 +425,20 @@ impl Cluster {
         let staged = marker.with_extension("staged");
         std::fs::write(&staged, after.get().to_string()).unwrap();
         std::fs::rename(staged, marker).unwrap();
+    }
+
+    /// The next message one of node `index`'s accounts handles fails: its handler panics
+    /// (`panic`) or returns an error.
+    pub fn inject_fault(&self, index: usize, panic: bool) {
+        let marker = fault_marker(self.dir.path(), index);
+        let staged = marker.with_extension("staged");
+        std::fs::write(&staged, if panic { "panic" } else { "error" }).unwrap();
+        std::fs::rename(staged, marker).unwrap();
+    }
+
+    /// Whether node `index`'s injected fault has not failed a handler yet.
+    pub fn fault_pending(&self, index: usize) -> bool {
+        fault_marker(self.dir.path(), index).exists()
     }
 
     pub fn unblock(&self, index: usize, phase: Phase) {

@@ -455,6 +455,8 @@ function describe(e) {
       return { cls: "leading", title: "Standing by", text: e.epoch ? `epoch ${e.epoch} is held by ${e.holder}${e.address ? ` at ${e.address}` : ""}` : "no coordinator holds an epoch yet" };
     case "fenced":
       return { cls: "fenced", title: "A commit was fenced", text: "a newer coordinator took over the store" };
+    case "halted":
+      return { cls: "fenced", title: `Halted: ${e.object} failed`, text: `${e.error}; beyond the restart policy (${e.policy})` };
     default:
       return { cls: "", title: e.kind, text: "" };
   }

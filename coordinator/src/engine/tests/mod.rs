@@ -4,6 +4,7 @@
 mod model_test;
 mod protocol_test;
 mod recovery_test;
+mod restart_test;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -54,6 +55,7 @@ pub(super) fn config() -> Config {
         host_timeout_ms: 500,
         retry_ms: 100,
         hosting: Hosting::InProcess,
+        restart: RestartPolicy::default(),
     }
 }
 

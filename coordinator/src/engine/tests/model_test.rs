@@ -61,6 +61,11 @@ enum Op {
         outcome: u8,
     },
     Deposed,
+    /// Object `.0` failed in the current incarnation, or in the one before (`stale`).
+    Failed {
+        object: u8,
+        stale: bool,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -83,6 +88,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (0u8..3, 0u8..10).prop_map(|(host, outcome)| Op::Restored { host, outcome }),
         2 => (0u8..8).prop_map(|outcome| Op::Fence { outcome }),
         1 => prop::bool::weighted(0.05).prop_map(|_| Op::Deposed),
+        1 => (0u8..6, prop::bool::weighted(0.2)).prop_map(|(object, stale)| Op::Failed { object, stale }),
     ]
 }
 
@@ -118,6 +124,8 @@ struct Model {
     /// Per host, the incarnation of a restore ordered and not answered yet.
     restoring: BTreeMap<HostId, u64>,
     deposed: bool,
+    /// Halted beyond the restart policy, until a recovery starts.
+    halted: bool,
     /// The newest `ReadLine` and `WriteFence` asked for, to answer.
     read_line: Option<u64>,
     write_fence: Option<(u64, u64)>,
@@ -253,6 +261,7 @@ fn check(model: &mut Model, epoch: u64, out: &[Command<T>]) -> Result<(), TestCa
                     model.recovery.is_none(),
                     "an attempt started during a recovery"
                 );
+                prop_assert!(!model.halted, "an attempt started while halted");
                 prop_assert_eq!(id.get(), model.known_last + 1, "ids must be contiguous");
                 prop_assert!(round.0 > model.last_round, "rounds are never reused");
                 model.last_round = round.0;
@@ -367,6 +376,7 @@ fn check(model: &mut Model, epoch: u64, out: &[Command<T>]) -> Result<(), TestCa
             }
             Command::Health(h) => prop_assert_eq!(h.healthy, h.consecutive_failures <= 1),
             Command::Recovering { recovery, .. } => {
+                model.halted = false;
                 model.recovery = Some((*recovery, None));
             }
             Command::ReadLine { recovery, .. } => {
@@ -436,6 +446,10 @@ fn check(model: &mut Model, epoch: u64, out: &[Command<T>]) -> Result<(), TestCa
                 model.recovery = None;
             }
             Command::Deposed { .. } => model.deposed = true,
+            Command::Halted(_) => {
+                prop_assert!(model.recovery.is_none(), "halted during a recovery");
+                model.halted = true;
+            }
             Command::Disown { objects, .. } => {
                 prop_assert!(!objects.is_empty(), "an empty disown");
             }
@@ -453,7 +467,13 @@ proptest! {
     fn invariants_hold(ops in prop::collection::vec(op(), 1..160), hosted in any::<bool>()) {
         let hosting = if hosted { Hosting::Hosted } else { Hosting::InProcess };
         let mut e = Engine::<T>::new(
-            Config { interval_ms: Some(300), min_pause_ms: 50, hosting, ..config() },
+            Config {
+                interval_ms: Some(300),
+                min_pause_ms: 50,
+                hosting,
+                restart: RestartPolicy { max_restarts: 2, window_ms: 2_000, backoff_ms: 100, max_backoff_ms: 400 },
+                ..config()
+            },
             Start {
                 now_ms: 0,
                 epoch: 1,
@@ -577,6 +597,11 @@ proptest! {
                     Event::FenceResult { recovery, outcome }
                 }
                 Op::Deposed => { m.deposed = true; Event::Deposed }
+                Op::Failed { object, stale } => Event::ObjectFailed {
+                    object: obj(object),
+                    incarnation: e.incarnation().saturating_sub(u64::from(stale)),
+                    error: "boom".into(),
+                },
             };
             let before = e.placement().clone();
             let out = e.handle(now, event);
