@@ -7,7 +7,7 @@ use cohort_object_api::{CheckpointId, ObjectId};
 
 use super::{
     AbortReason, Ballot, Command, CommitOutcome, Decision, Engine, EngineTypes, Health, HostId,
-    Roster, Round, Status, TriggerFailure, TriggerId, Vote,
+    RecoveryCause, Roster, Round, Status, TriggerFailure, TriggerId, Vote,
 };
 
 #[derive(Debug, PartialEq, Eq)]
@@ -342,6 +342,7 @@ impl<T: EngineTypes> Engine<T> {
                 self.last_finished_ms = Some(now_ms);
                 // Health, then the callers, then the participants: the commit point is passed,
                 // so the callers need not wait for the announcement to be sent.
+                self.lost_message_timeouts = 0;
                 if self.health.consecutive_failures != 0 || !self.health.healthy {
                     self.health = Health {
                         healthy: true,
@@ -408,6 +409,13 @@ impl<T: EngineTypes> Engine<T> {
         } else {
             TriggerFailure::Aborted(reason.clone())
         };
+        let missing_messages = match reason {
+            AbortReason::Timeout {
+                missing_votes: 0,
+                missing_messages,
+            } if missing_messages > 0 => Some(missing_messages),
+            _ => None,
+        };
         // A change of membership or a recovery is not the checkpoint's fault.
         if !matches!(reason, AbortReason::MembershipChanged | AbortReason::Halted) {
             let failures = self.health.consecutive_failures.saturating_add(1);
@@ -423,6 +431,22 @@ impl<T: EngineTypes> Engine<T> {
                 request,
                 result: Err(failure.clone()),
             });
+        }
+        match missing_messages {
+            Some(missing_messages) => {
+                self.lost_message_timeouts += 1;
+                if self.lost_message_timeouts >= super::LOST_MESSAGE_TIMEOUTS {
+                    self.lost_message_timeouts = 0;
+                    self.start_recovery(
+                        now_ms,
+                        RecoveryCause::MessagesLost {
+                            missing: missing_messages,
+                        },
+                        out,
+                    );
+                }
+            }
+            _ => self.lost_message_timeouts = 0,
         }
     }
 

@@ -261,7 +261,15 @@ pub struct Engine<T: EngineTypes> {
     recovery: Option<Recovery>,
     /// Failed objects and the restarts they caused ([`RestartPolicy`]).
     restarts: Restarts,
+    /// Attempts in a row that timed out with every vote in and messages missing.
+    lost_message_timeouts: u32,
 }
+
+/// Attempts in a row that time out with every vote in and in-transit messages missing before
+/// the engine takes the messages for lost and recovers: the senders counted them, no receiver
+/// will ever record them (a process that held them crashed unnoticed), and no checkpoint can
+/// commit again until the cohort rolls back to a line that does not count them.
+pub const LOST_MESSAGE_TIMEOUTS: u32 = 3;
 
 impl<T: EngineTypes> Engine<T> {
     /// A running engine with no members.
@@ -298,6 +306,7 @@ impl<T: EngineTypes> Engine<T> {
             recovery_seq: 0,
             recovery: None,
             restarts: Restarts::default(),
+            lost_message_timeouts: 0,
         }
     }
 

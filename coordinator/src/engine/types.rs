@@ -219,6 +219,12 @@ pub enum RecoveryCause {
     },
     /// The recovery line moved while the last recovery restored (another writer committed).
     LineMoved,
+    /// [`LOST_MESSAGE_TIMEOUTS`](super::LOST_MESSAGE_TIMEOUTS) attempts in a row timed out
+    /// with every vote in and in-transit messages missing: they are taken for lost.
+    MessagesLost {
+        /// Messages missing at the last timeout.
+        missing: u64,
+    },
     /// An object failed: the restart policy restarts the cohort from the line.
     ObjectFailed {
         /// The object.
@@ -245,6 +251,11 @@ impl fmt::Display for RecoveryCause {
             Self::TakeOver => f.write_str("a coordinator took over"),
             Self::Damaged { line } => write!(f, "line {line} is damaged"),
             Self::LineMoved => f.write_str("the recovery line moved"),
+            Self::MessagesLost { missing } => write!(
+                f,
+                "{missing} in-transit messages were never received nor recorded in {} attempts in a row: taken for lost",
+                super::LOST_MESSAGE_TIMEOUTS
+            ),
             Self::ObjectFailed {
                 object,
                 error,

@@ -478,3 +478,34 @@ fn a_host_lost_during_the_attempt_aborts_it_unless_the_manifest_create_is_in_fli
     );
     assert!(out.contains(&decided(1, 2, Decision::Committed, vec![local()])));
 }
+
+#[test]
+fn messages_missing_in_three_timeouts_in_a_row_are_taken_for_lost_and_the_cohort_recovers() {
+    let mut e = engine_with(config(), 2, 0);
+    let recovering = |out: &[Command<T>]| {
+        out.iter().any(|c| {
+            matches!(
+                c,
+                Command::Recovering {
+                    cause: RecoveryCause::MessagesLost { missing: 1 },
+                    ..
+                }
+            )
+        })
+    };
+    let mut now = 0;
+    for attempt in 1..=LOST_MESSAGE_TIMEOUTS {
+        trigger(&mut e, now, u64::from(attempt));
+        let round = u64::from(attempt);
+        // Every vote is in, and one message sent was never received nor recorded.
+        vote(&mut e, now + 1, round, 0, yes(1, 1, 0));
+        vote(&mut e, now + 1, round, 1, yes(1, 0, 0));
+        now = e.next_deadline_ms().expect("the attempt's timeout");
+        let out = e.handle(now, Event::Tick);
+        assert_eq!(
+            recovering(&out),
+            attempt == LOST_MESSAGE_TIMEOUTS,
+            "attempt {attempt}: {out:?}"
+        );
+    }
+}
