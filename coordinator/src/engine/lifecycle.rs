@@ -427,6 +427,8 @@ impl<T: EngineTypes> Engine<T> {
         self.recovery_seq += 1;
         let seq = self.recovery_seq;
         self.status = Status::Recovering;
+        // Timeouts before the rollback say nothing of messages after it.
+        self.lost_message_timeouts = 0;
         // A takeover knows its line: the fence its leadership wrote points at it.
         let read_line = cause != RecoveryCause::TakeOver;
         out.push(Command::Recovering {
@@ -892,15 +894,12 @@ impl<T: EngineTypes> Engine<T> {
             };
             r.halt = Some(halt.clone());
             self.status = Status::Halted;
-            if self.attempt.as_ref().is_some_and(|a| !a.is_creating()) {
-                self.abort(now_ms, AbortReason::Halted, out);
-            }
-            for request in self.waiting.drain(..) {
-                out.push(Command::Reply {
-                    request,
-                    result: Err(super::TriggerFailure::Aborted(AbortReason::Halted)),
-                });
-            }
+            self.refuse_pending(
+                now_ms,
+                AbortReason::Halted,
+                &super::TriggerFailure::Aborted(AbortReason::Halted),
+                out,
+            );
             out.push(Command::Halted(halt));
             return;
         }

@@ -513,6 +513,27 @@ impl<T: EngineTypes> Engine<T> {
         out
     }
 
+    /// The engine stops taking checkpoints (deposed or halted): the attempt in flight aborts
+    /// for `reason`, unless its manifest create is in flight (its answer decides), and every
+    /// trigger waiting for an attempt hears `failure`.
+    pub(super) fn refuse_pending(
+        &mut self,
+        now_ms: u64,
+        reason: AbortReason,
+        failure: &TriggerFailure,
+        out: &mut Vec<Command<T>>,
+    ) {
+        if self.attempt.as_ref().is_some_and(|a| !a.is_creating()) {
+            self.abort(now_ms, reason, out);
+        }
+        for request in self.waiting.drain(..) {
+            out.push(Command::Reply {
+                request,
+                result: Err(failure.clone()),
+            });
+        }
+    }
+
     /// Stops writing for good: the attempt in flight aborts (unless its manifest create is in
     /// flight: the store decides that one, and its hosts hear of it), waiters are told, and no
     /// store write of this epoch follows. `reason` is set when the engine found out itself (the
@@ -522,15 +543,7 @@ impl<T: EngineTypes> Engine<T> {
             return;
         }
         self.status = Status::Deposed;
-        if self.attempt.as_ref().is_some_and(|a| !a.is_creating()) {
-            self.abort(now_ms, AbortReason::Fenced, out);
-        }
-        for request in self.waiting.drain(..) {
-            out.push(Command::Reply {
-                request,
-                result: Err(TriggerFailure::Fenced),
-            });
-        }
+        self.refuse_pending(now_ms, AbortReason::Fenced, &TriggerFailure::Fenced, out);
         if let Some(r) = self.recovery.take() {
             out.push(Command::Recovered {
                 recovery: r.seq,
