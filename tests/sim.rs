@@ -112,10 +112,14 @@ const DEFAULT_SEEDS: u64 = 200;
 /// released it under the new leader while its restore still ran, and its accounts paid from
 /// the state the restore then overwrote (engine: answers carry their incarnation); 1966, a
 /// node whose restore failed (store unavailable) let the new incarnation's messages into
-/// mailboxes its next restore emptied, so no checkpoint could commit again (node).
+/// mailboxes its next restore emptied, so no checkpoint could commit again (node); 718, a
+/// node restoring on its own whose store did not answer was never ordered to restore again
+/// (engine: `RestoreFailure::Unavailable` is retried with backoff); 1189, a node whose
+/// coordinator stopped reading (paused, its window full) waited in a send for ever, deaf to
+/// its own heartbeat timeout, and never found the new leader (wire: `send_within`).
 #[test]
 fn seeds_that_found_bugs_pass() {
-    for seed in [9, 10, 1928, 1963, 1966] {
+    for seed in [9, 10, 718, 1189, 1928, 1963, 1966] {
         if let Err(e) = sim::run(seed, sim::Options::default()) {
             panic!("seed {seed} failed: {e}");
         }

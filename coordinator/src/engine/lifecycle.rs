@@ -27,6 +27,11 @@ pub(super) struct HostState {
     pub(super) objects: usize,
     /// The object types it can create ([`Event::HostTypes`](super::Event::HostTypes)).
     pub(super) types: BTreeSet<String>,
+    /// When to order again a restore the store did not answer
+    /// ([`RestoreFailure::Unavailable`]).
+    pub(super) retry_restore_at_ms: Option<u64>,
+    /// Restores of this host in a row the store did not answer: the backoff doubles with them.
+    pub(super) restore_retries: u32,
 }
 
 impl HostState {
@@ -38,6 +43,8 @@ impl HostState {
             joining: None,
             objects: 0,
             types: BTreeSet::new(),
+            retry_restore_at_ms: None,
+            restore_retries: 0,
         }
     }
 
@@ -89,7 +96,45 @@ impl Recovery {
     }
 }
 
+impl HostState {
+    /// Orders the restore again after a backoff that doubles with each restore in a row the
+    /// store did not answer.
+    fn schedule_restore(&mut self, now_ms: u64, retry_ms: u64) {
+        let backoff = retry_ms
+            .max(1)
+            .saturating_mul(1u64 << self.restore_retries.min(4));
+        self.restore_retries = self.restore_retries.saturating_add(1);
+        self.retry_restore_at_ms = Some(now_ms.saturating_add(backoff));
+    }
+}
+
 impl<T: EngineTypes> Engine<T> {
+    /// Restores the store did not answer are ordered again once their backoff passed, to a
+    /// host still up and still not restored (a recovery that began since orders its own).
+    pub(super) fn check_restore_retries(&mut self, now_ms: u64, out: &mut Vec<Command<T>>) {
+        let due: Vec<HostId> = self
+            .hosts
+            .iter_mut()
+            .filter_map(|(host, state)| {
+                let at = state.retry_restore_at_ms?;
+                if at > now_ms {
+                    return None;
+                }
+                state.retry_restore_at_ms = None;
+                (state.up && !state.ready).then(|| host.clone())
+            })
+            .collect();
+        for host in due {
+            let awaited = match &self.recovery {
+                Some(r) => r.stage == Stage::Restoring && r.waiting.contains(&host),
+                None => true,
+            };
+            if awaited {
+                self.restore_late(now_ms, host, out);
+            }
+        }
+    }
+
     pub(super) fn on_host_up(
         &mut self,
         now_ms: u64,
@@ -145,6 +190,8 @@ impl<T: EngineTypes> Engine<T> {
         state.up = true;
         state.lost_at_ms = None;
         state.ready = false;
+        state.retry_restore_at_ms = None;
+        state.restore_retries = 0;
         self.restore_late(now_ms, host, out);
     }
 
@@ -576,6 +623,8 @@ impl<T: EngineTypes> Engine<T> {
         for (host, state) in &mut self.hosts {
             state.ready = false;
             state.joining = None;
+            // This recovery orders its own restore.
+            state.retry_restore_at_ms = None;
             if state.up {
                 out.push(Command::Restore {
                     recovery: r.seq,
@@ -655,20 +704,34 @@ impl<T: EngineTypes> Engine<T> {
         if seq == 0 {
             // A host restored on its own: it runs from now on, unless a recovery began since
             // (that one restores it again).
-            if result.is_ok()
-                && self.recovery.is_none()
-                && let Some(state) = self
-                    .hosts
-                    .get_mut(&host)
-                    .filter(|s| s.up && s.joining == Some(incarnation))
-            {
-                state.ready = true;
-                state.joining = None;
-                self.created_on(&host);
-                out.push(Command::Release {
-                    hosts: vec![host],
-                    incarnation: self.incarnation,
-                });
+            if self.recovery.is_some() {
+                return;
+            }
+            let retry_ms = self.config.retry_ms;
+            let Some(state) = self
+                .hosts
+                .get_mut(&host)
+                .filter(|s| s.up && s.joining == Some(incarnation))
+            else {
+                return;
+            };
+            match result {
+                Ok(()) => {
+                    state.ready = true;
+                    state.joining = None;
+                    state.retry_restore_at_ms = None;
+                    state.restore_retries = 0;
+                    self.created_on(&host);
+                    out.push(Command::Release {
+                        hosts: vec![host],
+                        incarnation: self.incarnation,
+                    });
+                }
+                // Nothing else would ever order it again: held, its objects would be missing
+                // from every attempt for good.
+                Err(RestoreFailure::Unavailable { .. }) => state.schedule_restore(now_ms, retry_ms),
+                // Damage is found again by the next recovery; a refusal waits for an operator.
+                Err(_) => {}
             }
             return;
         }
@@ -697,6 +760,15 @@ impl<T: EngineTypes> Engine<T> {
             Err(failure) => {
                 if !r.requests.is_empty() {
                     self.fail_recovery(now_ms, RecoveryFailure::Restore { host, failure }, out);
+                    return;
+                }
+                if matches!(failure, RestoreFailure::Unavailable { .. }) {
+                    // Still awaited: the recovery cannot release the others before this host
+                    // restored, or it would run from the discarded future.
+                    let retry_ms = self.config.retry_ms;
+                    if let Some(state) = self.hosts.get_mut(&host) {
+                        state.schedule_restore(now_ms, retry_ms);
+                    }
                     return;
                 }
                 // The host stays held (its objects absent) until an operator fixes the cause;
@@ -791,6 +863,8 @@ impl<T: EngineTypes> Engine<T> {
         for host in &r.restored {
             if let Some(state) = self.hosts.get_mut(host).filter(|s| s.up) {
                 state.ready = true;
+                state.retry_restore_at_ms = None;
+                state.restore_retries = 0;
                 released.push(host.clone());
             }
         }

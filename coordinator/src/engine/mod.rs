@@ -89,8 +89,9 @@ pub struct Config {
     /// A lost host that is not back within this long is dead: the cohort recovers. After a
     /// takeover, the hosts of the line are waited for this long.
     pub host_timeout_ms: u64,
-    /// A recovery whose store command failed (reading the line, writing the fence) retries after
-    /// this long, doubling up to 16 times it.
+    /// A recovery whose store command failed (reading the line, writing the fence), and a
+    /// host's restore the store did not answer, retry after this long, doubling up to 16 times
+    /// it.
     pub retry_ms: u64,
     /// Where objects live.
     pub hosting: Hosting,
@@ -414,7 +415,12 @@ impl<T: EngineTypes> Engine<T> {
             .min();
         let recovery = self.recovery.as_ref().and_then(Recovery::next_deadline_ms);
         let restart = self.restarts.next_deadline_ms();
-        [attempt, start, dead, recovery, restart]
+        let restore = self
+            .hosts
+            .values()
+            .filter_map(|h| h.retry_restore_at_ms)
+            .min();
+        [attempt, start, dead, recovery, restart, restore]
             .into_iter()
             .flatten()
             .min()
@@ -433,6 +439,7 @@ impl<T: EngineTypes> Engine<T> {
                 self.check_timeout(now_ms, &mut out);
                 self.check_hosts(now_ms, &mut out);
                 self.check_recovery_timers(now_ms, &mut out);
+                self.check_restore_retries(now_ms, &mut out);
                 self.check_restart(now_ms, &mut out);
             }
             Event::Trigger { request } => match self.status {

@@ -163,6 +163,24 @@ pub enum RestoreFailure {
         /// Why, in the host's words.
         reason: String,
     },
+    /// The store did not answer the host (unreachable, timed out, throttled): nothing is wrong
+    /// with the line, so the engine orders the restore again after a backoff
+    /// ([`Config::retry_ms`](super::Config::retry_ms), doubling).
+    Unavailable {
+        /// What the store said, in the host's words.
+        reason: String,
+    },
+}
+
+impl RestoreFailure {
+    /// The host's words.
+    pub fn reason(&self) -> &str {
+        match self {
+            Self::Damaged { reason } | Self::Refused { reason } | Self::Unavailable { reason } => {
+                reason
+            }
+        }
+    }
 }
 
 impl fmt::Display for RestoreFailure {
@@ -170,6 +188,12 @@ impl fmt::Display for RestoreFailure {
         match self {
             Self::Damaged { reason } => write!(f, "the line is damaged: {reason}"),
             Self::Refused { reason } => write!(f, "cannot restore the line: {reason}"),
+            Self::Unavailable { reason } => {
+                write!(
+                    f,
+                    "the store did not answer the restore (it is retried): {reason}"
+                )
+            }
         }
     }
 }

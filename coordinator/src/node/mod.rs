@@ -516,7 +516,7 @@ async fn peer_link(
         let mut sent_on_conn = 0u64;
         let mut failed = false;
         for frame in &unacked {
-            if send.send(frame).await.is_err() {
+            if send.send_within(frame, stall).await.is_err() {
                 failed = true;
                 break;
             }
@@ -542,7 +542,7 @@ async fn peer_link(
                         if unacked.is_empty() {
                             ack_due = tokio::time::Instant::now() + stall;
                         }
-                        let result = send.send(&frame).await;
+                        let result = send.send_within(&frame, stall).await;
                         unacked.push_back(frame);
                         if result.is_err() { failed = true; } else { sent_on_conn += 1; }
                     }
@@ -833,8 +833,12 @@ impl NodeBuilder {
                             return Ok(());
                         };
                         node.deliver(frame);
+                        let stall = node.settings.heartbeat_timeout;
+                        drop(node);
                         delivered += 1;
-                        conn.send(&delivered).await?;
+                        // A sender that stopped reading its acks is stalled: its link
+                        // reconnects and sends again what this one did not acknowledge.
+                        conn.send_within(&delivered, stall).await?;
                     }
                     #[allow(unreachable_code)]
                     Ok::<(), Error>(())

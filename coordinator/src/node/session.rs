@@ -98,7 +98,11 @@ pub(super) async fn run(
             types,
             factories: shared.factories.keys().cloned().collect(),
         };
-        if conn.send(&register).await.is_err() {
+        if conn
+            .send_within(&register, shared.settings.heartbeat_timeout)
+            .await
+            .is_err()
+        {
             backoff = next_backoff(backoff);
             continue;
         }
@@ -193,12 +197,14 @@ async fn serve(
             }
             out = outbox.recv() => {
                 let Some(out) = out else { return "the node stopped".into() };
-                if let Err(e) = conn.send(&out).await {
+                // Bounded: a coordinator that stopped reading must not hold this loop past
+                // the timeout that declares it gone.
+                if let Err(e) = conn.send_within(&out, timeout).await {
                     return e.to_string();
                 }
             }
             _ = beat.tick() => {
-                if let Err(e) = conn.send(&NodeFrame::Heartbeat).await {
+                if let Err(e) = conn.send_within(&NodeFrame::Heartbeat, timeout).await {
                     return e.to_string();
                 }
             }
@@ -371,7 +377,7 @@ fn on_frame(shared: &Arc<NodeShared>, frame: CoordinatorFrame) {
                     create,
                 };
                 let result = super::restore(&shared, order).await;
-                let (result, damaged) = match result {
+                let (result, damaged, unavailable) = match result {
                     Ok(()) => {
                         tracing::debug!(incarnation, recovery, "restored");
                         let done = shared.restores.fetch_add(1, Ordering::SeqCst) + 1;
@@ -380,16 +386,13 @@ fn on_frame(shared: &Arc<NodeShared>, frame: CoordinatorFrame) {
                                 *recoveries = done;
                             }
                         });
-                        (Ok(()), false)
+                        (Ok(()), false, false)
                     }
                     Err(failure) => {
                         tracing::error!(error = %failure, "recovery failed on this node");
                         let damaged = matches!(failure, RestoreFailure::Damaged { .. });
-                        let reason = match failure {
-                            RestoreFailure::Damaged { reason }
-                            | RestoreFailure::Refused { reason } => reason,
-                        };
-                        (Err(reason), damaged)
+                        let unavailable = matches!(failure, RestoreFailure::Unavailable { .. });
+                        (Err(failure.reason().to_owned()), damaged, unavailable)
                     }
                 };
                 let _ = shared.to_coordinator.send(NodeFrame::Restored {
@@ -397,6 +400,7 @@ fn on_frame(shared: &Arc<NodeShared>, frame: CoordinatorFrame) {
                     incarnation,
                     result,
                     damaged,
+                    unavailable,
                 });
             });
         }

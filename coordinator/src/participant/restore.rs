@@ -101,9 +101,9 @@ impl LineStates {
 
 /// What a failure to restore means for the line: bytes that do not decode (damage the store
 /// finds now, a state's payload, an in-transit message) are damage, and the cohort falls back
-/// past the line; a state this build cannot take (a newer schema, no migration, another type)
-/// or a store that does not answer is not, and must not make the cohort fall back past a
-/// committed line.
+/// past the line; a store that does not answer is transient, and the restore is ordered again;
+/// a state this build cannot take (a newer schema, no migration, another type) is neither, and
+/// must not make the cohort fall back past a committed line.
 pub(crate) fn restore_failure(error: &Error) -> RestoreFailure {
     let reason = error.to_string();
     let damaged = match error {
@@ -114,6 +114,8 @@ pub(crate) fn restore_failure(error: &Error) -> RestoreFailure {
     };
     if damaged {
         RestoreFailure::Damaged { reason }
+    } else if error.kind() == ErrorKind::Transient {
+        RestoreFailure::Unavailable { reason }
     } else {
         RestoreFailure::Refused { reason }
     }

@@ -106,6 +106,10 @@ pub enum NodeFrame {
         /// a missing migration) and stays held. Absent from nodes that predate it.
         #[serde(default)]
         damaged: bool,
+        /// With an `Err`: the store did not answer the node, so the coordinator orders the
+        /// restore again after a backoff. Absent from nodes that predate it.
+        #[serde(default)]
+        unavailable: bool,
     },
     /// Application code on this node asks the cohort to create an object of a type some node
     /// registered a factory for; answered with [`CoordinatorFrame::Created`].

@@ -372,7 +372,7 @@ async fn handle_node(
         return Ok(());
     };
     let welcome = matches!(reply, CoordinatorFrame::Welcome { .. });
-    conn.send(&reply).await?;
+    conn.send_within(&reply, timeout).await?;
     if !welcome {
         return Ok(conn.close().await?);
     }
@@ -384,7 +384,9 @@ async fn handle_node(
             biased;
             () = stop.cancelled() => break Ok(()),
             out = rx.recv() => match out {
-                Some(frame) => if let Err(e) = conn.send(&frame).await { break Err(e) },
+                // Bounded: a node that stopped reading (paused, its window full) must still be
+                // declared lost, and this loop is the one that notices.
+                Some(frame) => if let Err(e) = conn.send_within(&frame, timeout).await { break Err(e) },
                 None => break Ok(()), // the service dropped this connection
             },
             frame = conn.recv() => match frame {
@@ -397,7 +399,7 @@ async fn handle_node(
                 Ok(None) => break Ok(()),
                 Err(e) => break Err(e),
             },
-            _ = beat.tick() => if let Err(e) = conn.send(&CoordinatorFrame::Heartbeat).await { break Err(e) },
+            _ = beat.tick() => if let Err(e) = conn.send_within(&CoordinatorFrame::Heartbeat, timeout).await { break Err(e) },
             () = tokio::time::sleep_until(deadline) => {
                 tracing::warn!(%node, "no frame for {timeout:?}; dropping the connection");
                 break Ok(());
@@ -1255,11 +1257,14 @@ impl Server {
                 incarnation,
                 result,
                 damaged,
+                unavailable,
             } => {
                 let result = result.map_err(|reason| {
-                    tracing::error!(%node, error = %reason, damaged, "node failed to restore");
+                    tracing::error!(%node, error = %reason, damaged, unavailable, "node failed to restore");
                     if damaged {
                         RestoreFailure::Damaged { reason }
+                    } else if unavailable {
+                        RestoreFailure::Unavailable { reason }
                     } else {
                         RestoreFailure::Refused { reason }
                     }

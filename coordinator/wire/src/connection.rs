@@ -3,6 +3,7 @@
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::stream::{SplitSink, SplitStream};
@@ -96,6 +97,20 @@ where
             &mut self.send_failed,
         )
         .await
+    }
+
+    /// Sends one message as [`send`](Self::send) does, but gives up after `limit`: a peer that
+    /// stopped reading (a paused process, a host behind a network that drops everything)
+    /// fills its receive window, and a plain send would then wait for as long as the peer
+    /// does, deaf to every timer of the caller's loop.
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send), and [`Error::SendTimeout`] once `limit` passed; the connection
+    /// is then unusable (part of the frame may be out).
+    pub async fn send_within(&mut self, msg: &Out, limit: Duration) -> Result<(), Error> {
+        let sent = tokio::time::timeout(limit, self.send(msg)).await;
+        timed_out(sent, limit, &self.peer, &mut self.send_failed)
     }
 
     /// Flushes what is pending and closes the sending direction, so that the peer's
@@ -213,6 +228,16 @@ where
         .await
     }
 
+    /// Sends one message, giving up after `limit`, as [`Connection::send_within`] does.
+    ///
+    /// # Errors
+    ///
+    /// As [`Connection::send_within`].
+    pub async fn send_within(&mut self, msg: &Out, limit: Duration) -> Result<(), Error> {
+        let sent = tokio::time::timeout(limit, self.send(msg)).await;
+        timed_out(sent, limit, &self.peer, &mut self.failed)
+    }
+
     /// Flushes and closes the sending direction, as [`Connection::close`] does.
     ///
     /// # Errors
@@ -254,6 +279,22 @@ where
     };
     *failed = result.is_err();
     result
+}
+
+/// The outcome of a send bounded by `limit`: past it, the connection is unusable.
+fn timed_out(
+    sent: Result<Result<(), Error>, tokio::time::error::Elapsed>,
+    limit: Duration,
+    peer: &PeerInfo,
+    failed: &mut bool,
+) -> Result<(), Error> {
+    sent.unwrap_or_else(|_| {
+        *failed = true;
+        Err(Error::SendTimeout {
+            peer: peer.addr.clone(),
+            after: limit,
+        })
+    })
 }
 
 async fn send_on<T, Out>(

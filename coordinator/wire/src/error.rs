@@ -17,7 +17,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 ///
 /// - **reconnect, maybe elsewhere** ([`ErrorKind::Transient`]): the network or the peer went
 ///   away ([`Connect`](Self::Connect), [`HandshakeTimeout`](Self::HandshakeTimeout),
-///   [`Closed`](Self::Closed), [`Io`](Self::Io), [`Truncated`](Self::Truncated), and
+///   [`SendTimeout`](Self::SendTimeout), [`Closed`](Self::Closed), [`Io`](Self::Io), [`Truncated`](Self::Truncated), and
 ///   [`Rejected`](Self::Rejected) when the server is shutting down or busy,
 ///   [`FrameBudget`](Self::FrameBudget), [`TooManyConnections`](Self::TooManyConnections));
 ///   a connection that failed
@@ -57,6 +57,20 @@ pub enum Error {
         /// The remote address.
         peer: String,
         /// The handshake timeout in force.
+        after: Duration,
+    },
+
+    /// The peer did not take what was sent within the time allowed
+    /// ([`Connection::send_within`](crate::Connection::send_within)): it is stalled (paused,
+    /// overloaded, or behind a network that drops everything), so its receive window stayed
+    /// full. The connection is unusable; reconnect.
+    #[error(
+        "{peer} took nothing of what was sent for {after:?}: it is stalled; the connection is closed, reconnect"
+    )]
+    SendTimeout {
+        /// The remote address.
+        peer: String,
+        /// How long the send waited.
         after: Duration,
     },
 
@@ -340,6 +354,7 @@ impl Error {
         match self {
             Self::Connect { .. }
             | Self::HandshakeTimeout { .. }
+            | Self::SendTimeout { .. }
             | Self::Closed { .. }
             | Self::Io { .. }
             | Self::Truncated { .. } => ErrorKind::Transient,

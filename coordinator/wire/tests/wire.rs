@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use cohort_object_api::ErrorKind;
 use cohort_wire::Error;
 use cohort_wire::{
     self as wire, Accept, CancellationToken, ConnectConfig, Connection, ListenConfig,
@@ -916,4 +917,55 @@ async fn recv_is_cancel_safe_against_a_timer() {
     assert_eq!(received, Some(Msg::Text("x".repeat(1000))));
     drop(server.await.unwrap());
     assert_eq!(conn.recv().await.unwrap(), None);
+}
+
+/// A peer that stops reading (a paused process) fills its window; a plain send would then wait
+/// as long as the peer does. `send_within` gives up, names the stall, and the connection is
+/// unusable from then on (part of the frame may be out).
+#[tokio::test(start_paused = true)]
+async fn a_send_to_a_peer_that_stopped_reading_gives_up_in_time() {
+    let (client_end, server_end) = tokio::io::duplex(4096);
+    let (stop_reading, stopped) = tokio::sync::oneshot::channel::<()>();
+    // A bare server that completes the handshake, then reads nothing more.
+    let server = tokio::spawn(async move {
+        let mut raw = frames_of(server_end);
+        raw.send(RawHello::new("coordinator", PROTOCOL_VERSION).frame())
+            .await
+            .unwrap();
+        let _client_hello = raw.next().await.unwrap().unwrap();
+        raw.send(RawVerdict::Welcome { proof: None }.frame())
+            .await
+            .unwrap();
+        let _ = stopped.await;
+        raw
+    });
+    let mut conn = ConnectConfig {
+        token: None,
+        ..client_config()
+    }
+    .handshake::<Msg, Msg, _>(client_end, "pipe")
+    .await
+    .unwrap();
+    // Small frames fit the window and go at once.
+    conn.send_within(&Msg::Text("x".into()), Duration::from_secs(1))
+        .await
+        .unwrap();
+    let big = Msg::Text("x".repeat(64 * 1024));
+    let err = conn
+        .send_within(&big, Duration::from_secs(2))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::SendTimeout { after, .. } if after == Duration::from_secs(2)),
+        "{err}"
+    );
+    assert_eq!(err.kind(), ErrorKind::Transient);
+    assert!(err.to_string().contains("stalled"), "{err}");
+    let again = conn
+        .send_within(&Msg::Text("y".into()), Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert!(matches!(again, Error::Unusable { .. }), "{again}");
+    stop_reading.send(()).unwrap();
+    drop(server.await.unwrap());
 }

@@ -85,7 +85,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u8..3, any::<bool>()).prop_map(|(host, resumed)| Op::HostUp { host, resumed }),
         1 => Just(Op::Recover),
         2 => (0u8..4, prop::bool::weighted(0.1)).prop_map(|(line, fail)| Op::LineRead { line, fail }),
-        3 => (0u8..3, 0u8..10).prop_map(|(host, outcome)| Op::Restored { host, outcome }),
+        3 => (0u8..3, 0u8..11).prop_map(|(host, outcome)| Op::Restored { host, outcome }),
         2 => (0u8..8).prop_map(|outcome| Op::Fence { outcome }),
         1 => prop::bool::weighted(0.05).prop_map(|_| Op::Deposed),
         1 => (0u8..6, prop::bool::weighted(0.2)).prop_map(|(object, stale)| Op::Failed { object, stale }),
@@ -573,6 +573,8 @@ proptest! {
                     result: match outcome {
                         7 => Err(RestoreFailure::Damaged { reason: "x".into() }),
                         8 => Err(RestoreFailure::Refused { reason: "x".into() }),
+                        // The store did not answer: ordered again later, still outstanding.
+                        10 => Err(RestoreFailure::Unavailable { reason: "x".into() }),
                         _ => Ok(()),
                     },
                 },

@@ -979,3 +979,94 @@ fn objects_created_through_the_cohort_go_to_the_least_loaded_host_of_their_type(
         Command::Restore { host: h, create, .. } if *h == host("c") && create.contains(&(obj(11), "U".to_owned()))
     )), "{out:?}");
 }
+
+fn unavailable(e: &Engine<T>, recovery: u64, h: &HostId) -> Event<T> {
+    Event::Restored {
+        recovery,
+        incarnation: e.incarnation(),
+        host: h.clone(),
+        result: Err(RestoreFailure::Unavailable {
+            reason: "the store timed out".into(),
+        }),
+    }
+}
+
+/// The simulation's seed 718: a node that restores on its own while the store does not answer
+/// was held for good (nothing ordered its restore again), and no checkpoint ever committed.
+#[test]
+fn a_lone_restore_the_store_did_not_answer_is_ordered_again_with_backoff() {
+    let mut e = Engine::<T>::new(
+        Config {
+            hosting: Hosting::Hosted,
+            ..config()
+        },
+        Start {
+            now_ms: 0,
+            epoch: 2,
+            last_committed: cid(7),
+            round_floor: Round(2 << 32),
+            incarnation_floor: 2 << 32,
+            ready_hosts: vec![],
+        },
+    );
+    e.handle(
+        0,
+        Event::TakeOver {
+            line: Some(line(7, &[(0, "a"), (1, "b")])),
+        },
+    );
+    let inc = (2 << 32) + 1;
+    let up = |h: &str| Event::HostUp {
+        host: host(h),
+        resumed: false,
+    };
+    e.handle(100, up("a"));
+    e.handle(101, restored(&e, 1, &host("a")));
+    e.handle(500, Event::Tick);
+    let out = e.handle(900, up("b"));
+    assert_eq!(out, vec![restore(0, &host("b"), Some(7), 2 << 32, inc)]);
+    // The store does not answer b: nothing happens now, the order comes again after 100 ms.
+    assert_eq!(e.handle(901, unavailable(&e, 0, &host("b"))), vec![]);
+    assert_eq!(e.next_deadline_ms(), Some(1001));
+    assert_eq!(e.handle(1000, Event::Tick), vec![]);
+    let again = vec![restore(0, &host("b"), Some(7), 2 << 32, inc)];
+    assert_eq!(e.handle(1001, Event::Tick), again);
+    // Again unavailable: the backoff doubles.
+    assert_eq!(e.handle(1002, unavailable(&e, 0, &host("b"))), vec![]);
+    assert_eq!(e.next_deadline_ms(), Some(1202));
+    assert_eq!(e.handle(1202, Event::Tick), again);
+    // This time the store answers: b runs, and nothing more is ordered.
+    assert_eq!(
+        e.handle(1203, restored(&e, 0, &host("b"))),
+        vec![Command::Release {
+            hosts: vec![host("b")],
+            incarnation: inc
+        }]
+    );
+    assert_eq!(e.handle(1500, Event::Tick), vec![]);
+}
+
+#[test]
+fn a_recovery_waits_for_a_restore_the_store_did_not_answer_and_orders_it_again() {
+    let mut e = hosted(1, 5);
+    e.handle(0, Event::HostLost { host: host("c") });
+    e.handle(500, Event::Tick);
+    let out = e.handle(
+        501,
+        line_read(1, Some(line(5, &[(0, "a"), (1, "b"), (2, "c")]))),
+    );
+    let to_b = out
+        .iter()
+        .find(|c| matches!(c, Command::Restore { host: h, .. } if *h == host("b")))
+        .cloned()
+        .expect("a restore order to b");
+    assert_eq!(e.handle(502, restored(&e, 1, &host("a"))), vec![]);
+    // Released now, a would run while b still lives the discarded future: no fence yet.
+    assert_eq!(e.handle(503, unavailable(&e, 1, &host("b"))), vec![]);
+    assert_eq!(e.next_deadline_ms(), Some(603));
+    assert_eq!(e.handle(603, Event::Tick), vec![to_b]);
+    assert_eq!(
+        e.handle(604, restored(&e, 1, &host("b"))),
+        vec![fence(1, 1, 5, &[])]
+    );
+}
