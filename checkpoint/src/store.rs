@@ -884,10 +884,14 @@ impl CheckpointStore {
             })
             .collect();
         let results = self.fetch_all(manifest.id, &wanted).await?;
-        results
-            .into_iter()
-            .map(|r| r.map_err(|d| self.damaged(d)))
-            .collect()
+        let mut states = Vec::with_capacity(results.len());
+        for result in results {
+            match result {
+                Ok(state) => states.push(state),
+                Err(damage) => return Err(self.read_failed(manifest.id, damage).await),
+            }
+        }
+        Ok(states)
     }
 
     /// Reads the recorded in-transit messages of a manifest, checked, in manifest order.
@@ -922,11 +926,27 @@ impl CheckpointStore {
             })
             .collect();
         let results = self.fetch_all(manifest.id, &wanted).await?;
-        messages
-            .into_iter()
-            .zip(results)
-            .map(|(m, r)| r.map(|(_, s)| (m.clone(), s)).map_err(|d| self.damaged(d)))
-            .collect()
+        let mut read = Vec::with_capacity(results.len());
+        for (m, result) in messages.into_iter().zip(results) {
+            match result {
+                Ok((_, state)) => read.push((m.clone(), state)),
+                Err(damage) => return Err(self.read_failed(manifest.id, damage).await),
+            }
+        }
+        Ok(read)
+    }
+
+    /// The error of a read of checkpoint `id` that found `damage`. A blob missing because GC
+    /// collected the checkpoint after its manifest was read (GC tombstones the manifest before
+    /// it deletes blobs) is that: [`Error::NotFound`], not damage.
+    async fn read_failed(&self, id: CheckpointId, damage: Damage) -> Error {
+        if matches!(damage.kind, DamageKind::Missing) && self.collected(id).await {
+            return Error::NotFound {
+                what: format!("checkpoint {id} (expired by GC while it was being read)"),
+                url: self.inner.url.clone(),
+            };
+        }
+        self.damaged(damage)
     }
 
     /// The error of a read that found `damage`: [`Error::FutureFormat`] for a blob of a newer

@@ -361,3 +361,17 @@ async fn a_bad_s3_endpoint_is_refused_at_open() {
         assert!(msg.contains("aws_endpoint"), "{msg}");
     }
 }
+
+/// A reader that read a manifest just before GC collected its checkpoint finds the blobs
+/// gone: that is the collection (the manifest is a tombstone by then), not damage.
+#[tokio::test]
+async fn a_checkpoint_collected_while_it_is_read_is_expired_not_damaged() {
+    let store = CheckpointStore::memory();
+    let first = checkpoint(&store, 1, 1, 100, 3).await;
+    checkpoint(&store, 2, 1, 200, 3).await;
+    checkpoint(&store, 3, 1, 300, 3).await;
+    store.gc(1, false).await.unwrap();
+    let err = store.read_states(&first).await.unwrap_err();
+    assert!(matches!(err, Error::NotFound { .. }), "{err}");
+    assert!(err.to_string().contains("expired by GC"), "{err}");
+}
