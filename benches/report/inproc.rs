@@ -46,7 +46,7 @@ impl Checkpointable for Blob {
         Ok(Snapshot::new(BLOB, 1, self.data.clone()))
     }
     async fn restore(&mut self, state: &EncodedState) -> Result<(), ObjectError> {
-        self.data = state.decode()?;
+        self.data = state.decode::<SharedData>()?.0;
         Ok(())
     }
     fn generation(&self) -> Option<u64> {
@@ -69,6 +69,11 @@ impl Actor for Blob {
         Ok(())
     }
 }
+
+/// A blob's state as restore reads it: sharing the buffer the store read, as capture shares
+/// the object's by reference count (no copy either way).
+#[derive(serde::Deserialize)]
+struct SharedData(#[serde(with = "cohort::shared_bytes")] Bytes);
 
 /// A cohort of [`Blob`]s on `store`; with `tracked`, each has a generation, returned in order.
 pub(crate) struct Blobs {

@@ -35,7 +35,7 @@ pub use clock::{Clock, ClockSource};
 pub use error::ObjectError;
 pub use id::{CheckpointId, ObjectId};
 pub use kind::ErrorKind;
-pub use state::{EncodedState, Snapshot, StateTag, VersionCheck};
+pub use state::{EncodedState, Snapshot, StateTag, VersionCheck, shared_bytes};
 
 /// `#[derive(Checkpointable)]`: see the [`Checkpointable`] trait for what it generates.
 pub use cohort_derive::Checkpointable;

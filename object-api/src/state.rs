@@ -6,6 +6,7 @@
 //! storage, tagged with the type name and schema version it was written with.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::fmt;
 use std::io::Write;
 
@@ -212,11 +213,130 @@ impl EncodedState {
     /// Decodes the payload as `T`, without checking the tag.
     ///
     /// Migration functions use this to read an older schema's shape.
+    ///
+    /// `Bytes` fields marked `#[serde(with = "cohort::shared_bytes")]` share the payload's
+    /// buffer instead of copying it (see [`shared_bytes`](crate::shared_bytes)).
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T, ObjectError> {
+        let _decoding = Decoding::enter(&self.payload);
         rmp_serde::from_slice(&self.payload).map_err(|source| ObjectError::Decode {
             tag: self.tag.clone(),
             source,
         })
+    }
+}
+
+thread_local! {
+    /// The payload this thread is decoding, for [`shared_bytes`](crate::shared_bytes) to slice.
+    static DECODING: RefCell<Option<Bytes>> = const { RefCell::new(None) };
+}
+
+/// Marks a payload as the one being decoded on this thread until dropped (restoring the one
+/// before: decodes may nest, and a panicking `Deserialize` must not leave it set).
+struct Decoding(Option<Bytes>);
+
+impl Decoding {
+    fn enter(payload: &Bytes) -> Decoding {
+        Decoding(DECODING.with(|d| d.replace(Some(payload.clone()))))
+    }
+}
+
+impl Drop for Decoding {
+    fn drop(&mut self) {
+        let previous = self.0.take();
+        DECODING.with(|d| *d.borrow_mut() = previous);
+    }
+}
+
+/// Serde functions for a [`Bytes`] field that a restore decodes **without copying**: the field
+/// shares the buffer the store read the state into, as capture shares it by reference count
+/// (capture clones a `Bytes` for the price of an increment; restore then costs no copy either).
+///
+/// Outside [`EncodedState::decode`] (another serde format, a payload not read by cohort), the
+/// bytes are copied, as `Bytes`' own `Deserialize` does. A shared field keeps the buffer it
+/// came from alive, which may hold neighbouring states read with it: use it for large fields,
+/// where a copy would cost, not for small ones.
+///
+/// ```
+/// use bytes::Bytes;
+/// use cohort_object_api::Snapshot;
+///
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct Image {
+///     #[serde(with = "cohort_object_api::shared_bytes")]
+///     pixels: Bytes,
+/// }
+///
+/// let captured = Snapshot::new("Image", 1, Image { pixels: Bytes::from(vec![7u8; 1 << 20]) });
+/// let stored = captured.encode()?;
+/// let restored: Image = stored.decode()?;
+/// // The pixels point into the stored payload: no copy was made.
+/// let payload = stored.payload().as_ptr_range();
+/// assert!(payload.contains(&restored.pixels.as_ptr()));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub mod shared_bytes {
+    use bytes::Bytes;
+    use serde::de::{Deserializer, SeqAccess, Visitor};
+    use serde::ser::Serializer;
+    use std::fmt;
+
+    /// Writes the bytes as one msgpack byte string.
+    ///
+    /// # Errors
+    ///
+    /// The serializer's.
+    pub fn serialize<S: Serializer>(bytes: &Bytes, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(bytes)
+    }
+
+    /// Reads a byte string, sharing the buffer being decoded when there is one.
+    ///
+    /// # Errors
+    ///
+    /// The deserializer's, or a value that is not a byte string.
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Bytes, D::Error> {
+        deserializer.deserialize_bytes(Shared)
+    }
+
+    struct Shared;
+
+    impl<'de> Visitor<'de> for Shared {
+        type Value = Bytes;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a byte string")
+        }
+
+        fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
+            Ok(share(v))
+        }
+
+        fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
+            Ok(Bytes::from(v))
+        }
+
+        // A byte string written by another encoder as an array of numbers.
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Bytes, A::Error> {
+            let mut bytes = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
+            while let Some(b) = seq.next_element::<u8>()? {
+                bytes.push(b);
+            }
+            Ok(Bytes::from(bytes))
+        }
+    }
+
+    /// `v` as a slice of the payload being decoded when it lies inside it, else a copy.
+    fn share(v: &[u8]) -> Bytes {
+        super::DECODING.with(|decoding| match &*decoding.borrow() {
+            Some(payload) if contains(payload, v) => payload.slice_ref(v),
+            _ => Bytes::copy_from_slice(v),
+        })
+    }
+
+    fn contains(outer: &[u8], inner: &[u8]) -> bool {
+        let outer = outer.as_ptr_range();
+        let inner = inner.as_ptr_range();
+        outer.start <= inner.start && inner.end <= outer.end
     }
 }
 
@@ -226,5 +346,44 @@ impl fmt::Debug for EncodedState {
             .field("tag", &self.tag)
             .field("payload_len", &self.payload.len())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Serialize, serde::Deserialize, PartialEq, Debug)]
+    struct Blob {
+        #[serde(with = "crate::shared_bytes")]
+        data: Bytes,
+        name: String,
+    }
+
+    fn shares(payload: &Bytes, field: &Bytes) -> bool {
+        payload.as_ptr_range().contains(&field.as_ptr())
+    }
+
+    #[test]
+    fn a_shared_field_points_into_the_payload_and_round_trips() {
+        let blob = Blob {
+            data: Bytes::from(vec![3u8; 4096]),
+            name: "b".into(),
+        };
+        let stored = Snapshot::new("Blob", 1, blob).encode().unwrap();
+        let restored: Blob = stored.decode().unwrap();
+        assert_eq!(restored.data, Bytes::from(vec![3u8; 4096]));
+        assert!(shares(stored.payload(), &restored.data));
+        // Outside a decode of cohort's, the bytes are copied and still right.
+        let copied: Blob = rmp_serde::from_slice(stored.payload()).unwrap();
+        assert_eq!(copied, restored);
+        assert!(!shares(stored.payload(), &copied.data));
+    }
+
+    #[test]
+    fn a_decode_that_fails_leaves_no_payload_behind() {
+        let stored = Snapshot::new("Blob", 1, 7u32).encode().unwrap();
+        assert!(stored.decode::<Blob>().is_err());
+        DECODING.with(|d| assert!(d.borrow().is_none()));
     }
 }
