@@ -72,6 +72,16 @@ fn bank_node_role() {
             .name(format!("node-{index}"))
             .coordinators(coordinators)
             .settings(settings)
+            // Accounts may move here (a drain, a dead node): restored from the line at once.
+            .host_type(move |id: &cohort::ObjectId| {
+                let i = id
+                    .as_str()
+                    .rsplit('-')
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
+                Account::new(i, accounts, 0, SEED)
+            })
             .build()
             .await
             .unwrap();
@@ -504,6 +514,50 @@ fn a_live_rollback_restores_every_account_to_its_state_at_the_target() {
         );
     }
     bank.assert_money_conserved();
+}
+
+/// `cohort drain NODE --wait`: the node's accounts move to the other node at the checkpoint
+/// the command triggers, the command returns once it holds none, and `cohort status` says it
+/// is drained. An unknown node is refused with the reason.
+#[test]
+fn drain_moves_a_nodes_accounts_away_and_says_when_it_can_stop() {
+    let mut bank = Bank::new(8);
+    let a = bank.serve(&[]);
+    bank.serves[a]
+        .0
+        .wait_for_line("leading under epoch 1", Duration::from_secs(10));
+    bank.nodes(2);
+    for node in &bank.nodes {
+        node.wait_for_line("ticking", Duration::from_secs(20));
+    }
+    let leader = bank.serves[a].1.clone();
+    let out = bank.cohort(&["drain", "node-9", "--coordinator", &leader]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot drain node-9") && err.contains("not a connected node"),
+        "{err}"
+    );
+
+    let said = ok(&bank.cohort(&["drain", "node-1", "--wait", "--coordinator", &leader]));
+    assert!(said.contains("node-1 is draining"), "{said}");
+    assert!(
+        said.contains("node-1 holds no objects: it can stop"),
+        "{said}"
+    );
+    let status = ok(&bank.cohort(&["status", "--json", "--coordinator", &leader]));
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let nodes = status["nodes"].as_array().unwrap();
+    let row = |name: &str| nodes.iter().find(|n| n["name"] == name).unwrap().clone();
+    assert_eq!(row("node-1")["draining"], true, "{status}");
+    assert_eq!(row("node-1")["objects"], 0, "{status}");
+    assert_eq!(row("node-0")["objects"], 8, "{status}");
+    let text = ok(&bank.cohort(&["status", "--coordinator", &leader]));
+    assert!(text.contains("drained (it can stop)"), "{text}");
+    // Checkpoints of every account go on, all on node-0.
+    let out = ok(&bank.cohort(&["checkpoint", "--now", "--coordinator", &leader]));
+    let id = CheckpointId::new(out.trim().parse().unwrap());
+    assert_eq!(bank.manifest(id).objects.len(), 8);
 }
 
 #[test]

@@ -160,18 +160,118 @@ async fn a_node_stopped_past_the_timeout_is_fenced_and_rejoins_empty() {
         disowned.iter().all(|a| expected.contains(a)),
         "node-1 was told to drop {disowned:?}"
     );
-    let nodes = 3;
-    let moved = moved_off(&[1], nodes);
+    // node-1 rejoined empty: it restores nothing it held, and the next commit gives it a share
+    // of the accounts again (a rebalance), moved off the fullest nodes.
+    let before = cluster.hops_at_line().await;
+    cluster.line_with_more_hops(before, 3).await;
     cluster
-        .wait_for("node-1 live again, holding nothing", LONG, |s| {
-            live(s, 1) && moved(&s.table)
-        })
+        .wait_for(
+            "node-1 live again, with a share of the accounts",
+            LONG,
+            |s| {
+                live(s, 1) && s.table.objects_on(&node_name(1)) >= 1 && s.table.placement.len() == 6
+            },
+        )
         .await;
-    // Checkpoints go on with node-1 empty; it voted for nothing and wrote nothing that counts.
     let before = cluster.hops_at_line().await;
     cluster.line_with_more_hops(before, 5).await;
     cluster.assert_money_in_every_line().await;
-    assert!(moved(&cluster.status().table));
+}
+
+/// Per node, the accounts placed on it.
+fn held(table: &StateTable, nodes: usize) -> Vec<usize> {
+    (0..nodes)
+        .map(|i| table.objects_on(&node_name(i)))
+        .collect()
+}
+
+/// A node that starts with only the account type joins a running cohort of three (two
+/// accounts each): the next commit moves one account onto it (the fullest node gives it up),
+/// the cohort recovers to that line, and checkpoints holding every account go on, the moved
+/// one handling messages on its new node. Money is conserved in every line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_joins_takes_a_share_of_the_accounts_at_a_checkpoint() {
+    let mut cluster = started(3, false).await;
+    let joiner = cluster.spawn_empty();
+    cluster
+        .wait_for("the new node live", LONG, |s| live(s, joiner))
+        .await;
+    let before = cluster.hops_at_line().await;
+    cluster.line_with_more_hops(before, 3).await;
+    cluster
+        .wait_for("an account moved to the new node", LONG, |s| {
+            s.table.objects_on(&node_name(joiner)) == 1 && s.table.placement.len() == 6
+        })
+        .await;
+    let counts = held(&cluster.status().table, 4);
+    assert_eq!(counts.iter().sum::<usize>(), 6, "{counts:?}");
+    assert!(counts.iter().all(|n| (1..=2).contains(n)), "{counts:?}");
+    let moved: Vec<ObjectId> = cluster
+        .status()
+        .table
+        .placement
+        .iter()
+        .filter(|(_, n)| **n == node_name(joiner))
+        .map(|(a, _)| a.clone())
+        .collect();
+    let victim = node_of(&moved[0]);
+    let at_line = cluster.accounts_at_line().await;
+    let hops: u64 = at_line
+        .iter()
+        .filter(|(a, _)| node_of(a) == victim)
+        .map(|(_, (_, h))| h)
+        .sum();
+    let line = cluster.line_with_more_hops_on(Some(victim), hops, 3).await;
+    let manifest = cluster.manifest(line).await;
+    assert_eq!(manifest.objects.len(), 6, "line {line} holds every account");
+    cluster.assert_money_in_every_line().await;
+}
+
+/// `Service::drain` (what `cohort drain` asks for): node-1's accounts move to the others at
+/// the next commit; it ends holding none, and stopping it then costs no recovery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_node_hands_over_its_accounts_and_stops_without_a_recovery() {
+    let mut cluster = started(3, false).await;
+    let unknown = cluster.service.drain("node-9").await.unwrap_err();
+    assert!(
+        unknown.to_string().contains("not a connected node"),
+        "{unknown}"
+    );
+    cluster.service.drain(&node_name(1)).await.unwrap();
+    cluster.checkpoint(LONG).await;
+    let moved = moved_off(&[1], 3);
+    cluster
+        .wait_for("node-1 drained", LONG, |s| {
+            moved(&s.table) && s.table.nodes[&node_name(1)].draining
+        })
+        .await;
+    assert_eq!(held(&cluster.status().table, 3), vec![3, 0, 3]);
+    let before = cluster.hops_at_line().await;
+    let line = cluster.line_with_more_hops(before, 3).await;
+    let table = StateTable::decode(
+        &cluster.manifest(line).await.metadata[cohort_coordinator::service::STATE_TABLE_KEY],
+    )
+    .unwrap();
+    assert!(
+        moved(&table),
+        "line {line} places nothing on node-1: {table:?}"
+    );
+    // It holds nothing: stopping it is no loss, and no recovery follows.
+    let recoveries = cluster.status().recoveries;
+    cluster.kill(1);
+    cluster
+        .wait_for("node-1 gone from the table", LONG, |s| {
+            !s.table.nodes.contains_key(&node_name(1))
+        })
+        .await;
+    let before = cluster.hops_at_line().await;
+    cluster.line_with_more_hops(before, 3).await;
+    assert_eq!(
+        cluster.status().recoveries,
+        recoveries,
+        "stopping a drained node recovered the cohort"
+    );
+    cluster.assert_money_in_every_line().await;
 }
 
 /// An application node with no factory of its own asks the cohort for three accounts: the

@@ -8,6 +8,7 @@ mod checkpoint;
 mod control;
 mod decode;
 mod diff;
+mod drain;
 mod export;
 mod failure;
 mod gc;
@@ -107,6 +108,7 @@ enum Command {
     Serve(Box<serve::Args>),
     Status(status::Args),
     Checkpoint(checkpoint::Args),
+    Drain(drain::Args),
     Certs(certs::Args),
 }
 
@@ -219,6 +221,7 @@ fn run(cli: Cli) -> anyhow::Result<Code> {
             Command::Serve(args) => serve::run(*args).await,
             Command::Status(args) => status::run(args).await,
             Command::Checkpoint(args) => checkpoint::run(args).await,
+            Command::Drain(args) => drain::run(args).await,
             Command::Certs(args) => certs::run(args).await,
         }
     })

@@ -121,6 +121,9 @@ struct NodeRow {
     name: String,
     peer_addr: String,
     live: bool,
+    /// Being drained (`cohort drain`); omitted when not.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    draining: bool,
     objects: usize,
 }
 
@@ -326,6 +329,7 @@ impl Status {
                     name: name.clone(),
                     peer_addr: n.peer_addr.clone(),
                     live: n.live,
+                    draining: n.draining,
                     objects: per_node.get(name.as_str()).copied().unwrap_or(0),
                 })
                 .collect();
@@ -520,10 +524,11 @@ fn print(out: &mut impl Write, s: &Status) -> anyhow::Result<()> {
             s.nodes.len()
         )?;
         for n in &s.nodes {
-            let state = if n.live {
-                styles.ok.paint("live")
-            } else {
-                styles.bad.paint("lost")
+            let state = match (n.live, n.draining) {
+                (true, false) => styles.ok.paint("live"),
+                (true, true) if n.objects == 0 => styles.ok.paint("drained (it can stop)"),
+                (true, true) => styles.warn.paint("live, draining"),
+                (false, _) => styles.bad.paint("lost"),
             };
             writeln!(
                 out,

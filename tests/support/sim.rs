@@ -368,9 +368,26 @@ async fn node(
         .advertise(format!("{name}:{PEER_PORT}"))
         .token(token)
         .settings(settings)
-        .network(Arc::new(SimNetwork))
-        .build()
-        .await?;
+        .network(Arc::new(SimNetwork));
+    // Self-healing under every fault (COHORT_SIM_HEAL=1): a dead node's accounts move here,
+    // and a node that comes back takes a share again at a commit. Off by default: with it,
+    // 11 of the first 200 seeds (4, 39, 44, 50, ...) still fail liveness (ARCHITECTURE.md,
+    // "Whole-system simulation"). A created account is restored from the line at once, so
+    // only its index matters.
+    let node = if std::env::var_os("COHORT_SIM_HEAL").is_some() {
+        node.host_type(move |id: &ObjectId| {
+            let i = id
+                .as_str()
+                .rsplit('-')
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            Account::new(i, ACCOUNTS, 0, seed)
+        })
+    } else {
+        node
+    };
+    let node = node.build().await?;
     let mut mine = Vec::new();
     for i in (0..ACCOUNTS).filter(|i| (*i as usize) % NODES == index - 1) {
         mine.push(node.spawn(account_id(i), Account::new(i, ACCOUNTS, BALANCE, seed))?);

@@ -416,6 +416,10 @@ impl<X: Transport> Core<X> {
                 self.transport.create(&host, &object, &type_name);
                 Ok(Vec::new())
             }
+            Command::DrainRefused { host, reason } => {
+                tracing::warn!(%host, %reason, "refused to drain a node");
+                Ok(Vec::new())
+            }
             Command::CreateRefused { object, reason } => {
                 tracing::warn!(%object, %reason, "refused to create an object");
                 self.transport.create_refused(&object, &reason);

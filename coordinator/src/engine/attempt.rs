@@ -363,6 +363,7 @@ impl<T: EngineTypes> Engine<T> {
                     decision: Decision::Committed,
                     hosts: a.prepared,
                 });
+                self.rebalance_after_commit(now_ms, out);
             }
             CommitOutcome::Fenced => {
                 let id = self.attempt.as_ref().map(|a| a.id);

@@ -32,6 +32,8 @@ pub(super) struct HostState {
     pub(super) retry_restore_at_ms: Option<u64>,
     /// Restores of this host in a row the store did not answer: the backoff doubles with them.
     pub(super) restore_retries: u32,
+    /// An operator drains it: no new objects, and its objects move away at the next commit.
+    pub(super) draining: bool,
 }
 
 impl HostState {
@@ -45,6 +47,7 @@ impl HostState {
             types: BTreeSet::new(),
             retry_restore_at_ms: None,
             restore_retries: 0,
+            draining: false,
         }
     }
 
@@ -278,7 +281,7 @@ impl<T: EngineTypes> Engine<T> {
     }
 
     /// The up host (other than `except`) that declared `type_name` and holds the fewest
-    /// members, ties broken by name.
+    /// members, ties broken by name; a draining one only when there is no other.
     pub(super) fn least_loaded_host_of(
         &self,
         type_name: &str,
@@ -287,7 +290,9 @@ impl<T: EngineTypes> Engine<T> {
         self.hosts
             .iter()
             .filter(|(h, s)| Some(*h) != except && s.up && s.types.contains(type_name))
-            .min_by_key(|(h, s)| (s.objects, (*h).clone()))
+            // A draining host only when no other can: an object hosted there until it moves
+            // again beats one no checkpoint can hold.
+            .min_by_key(|(h, s)| (s.draining, s.objects, (*h).clone()))
             .map(|(h, _)| h.clone())
     }
 

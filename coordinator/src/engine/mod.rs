@@ -42,6 +42,7 @@
 mod attempt;
 mod cut;
 mod lifecycle;
+mod membership;
 mod types;
 
 #[cfg(test)]
@@ -264,6 +265,8 @@ pub struct Engine<T: EngineTypes> {
     restarts: Restarts,
     /// Attempts in a row that timed out with every vote in and messages missing.
     lost_message_timeouts: u32,
+    /// A node joined or is draining since the last commit: the next one plans moves.
+    rebalance_due: bool,
 }
 
 /// Attempts in a row that time out with every vote in and in-transit messages missing before
@@ -308,6 +311,7 @@ impl<T: EngineTypes> Engine<T> {
             recovery: None,
             restarts: Restarts::default(),
             lost_message_timeouts: 0,
+            rebalance_due: false,
         }
     }
 
@@ -470,6 +474,18 @@ impl<T: EngineTypes> Engine<T> {
             Event::HostTypes { host, types } => {
                 if let Some(state) = self.hosts.get_mut(&host) {
                     state.types = types;
+                    // A node that can host objects may take some from fuller ones.
+                    self.rebalance_due = true;
+                }
+            }
+            Event::Drain { host } => {
+                if !self.on_drain(&host) {
+                    out.push(Command::DrainRefused {
+                        host: host.clone(),
+                        reason: format!(
+                            "{host} is not a connected node; `cohort status` lists them"
+                        ),
+                    });
                 }
             }
             Event::HostUp { host, resumed } => self.on_host_up(now_ms, host, resumed, &mut out),

@@ -249,6 +249,12 @@ pub enum RecoveryCause {
         /// Messages missing at the last timeout.
         missing: u64,
     },
+    /// Objects moved at a checkpoint boundary, off draining nodes or onto nodes that joined
+    /// ([`Event::Drain`], [`Event::HostTypes`]).
+    Rebalance {
+        /// How many.
+        moved: usize,
+    },
     /// An object failed: the restart policy restarts the cohort from the line.
     ObjectFailed {
         /// The object.
@@ -280,6 +286,12 @@ impl fmt::Display for RecoveryCause {
                 "{missing} in-transit messages were never received nor recorded in {} attempts in a row: taken for lost",
                 super::LOST_MESSAGE_TIMEOUTS
             ),
+            Self::Rebalance { moved } => {
+                write!(
+                    f,
+                    "{moved} objects moved between nodes at a checkpoint boundary"
+                )
+            }
             Self::ObjectFailed {
                 object,
                 error,
@@ -502,6 +514,13 @@ pub enum Event<T: EngineTypes> {
     /// This coordinator no longer leads (its leadership stepped down, or found a newer epoch):
     /// from now on the engine writes nothing to the store.
     Deposed,
+    /// An operator drains `host` (`cohort drain`): it gets no new objects, and its objects move
+    /// to the other nodes at the next commit ([`RecoveryCause::Rebalance`]); once it holds
+    /// none it may stop. Refused ([`Command::DrainRefused`]) for a host that is not up.
+    Drain {
+        /// The node.
+        host: HostId,
+    },
 }
 
 /// Why an attempt was aborted.
@@ -736,13 +755,21 @@ pub enum Command<T: EngineTypes> {
         /// Why, and what to do.
         reason: String,
     },
-    /// `host` announced `objects` that now live on another host (it was declared dead and its
-    /// objects were re-placed): it must drop its copies without acting on them again.
+    /// `host` holds `objects` that now live on another host (it was declared dead and its
+    /// objects were re-placed, or they moved off it at a checkpoint boundary): it must drop its
+    /// copies without acting on them again.
     Disown {
         /// The host.
         host: HostId,
         /// The objects it must drop.
         objects: Vec<ObjectId>,
+    },
+    /// [`Event::Drain`] of `host` cannot be carried out.
+    DrainRefused {
+        /// The host named.
+        host: HostId,
+        /// Why, and what to do.
+        reason: String,
     },
     /// Commit a fence manifest under `epoch` at the next id, pointing at `line` (the line every
     /// host restored); answer [`Event::FenceResult`]. Refused by the store when the recovery

@@ -54,6 +54,12 @@ pub enum ControlRequest {
     /// A standby says it is there; the leader answers with its [`ControlReply::Status`] and
     /// lists the standby in its status for a while ([`ANNOUNCE_EVERY`]).
     Announce(StandbyReport),
+    /// Drain a node (`cohort drain`): [`ControlReply::Draining`], then its objects move at the
+    /// next checkpoint, which this request triggers.
+    Drain {
+        /// The node's name.
+        node: String,
+    },
 }
 
 /// A standby, as it announces itself to the leader.
@@ -94,6 +100,13 @@ pub enum ControlReply {
     Failed {
         /// Why, and what to do.
         reason: String,
+    },
+    /// The node is draining; its objects move at checkpoint `at` (committed already).
+    Draining {
+        /// The node.
+        node: String,
+        /// The checkpoint whose commit moved its objects.
+        at: CheckpointId,
     },
     /// This coordinator does not lead; ask `leader`, if known.
     NotLeader {
@@ -269,6 +282,7 @@ impl fmt::Display for ControlRequest {
             Self::Status => "status",
             Self::Checkpoint => "checkpoint",
             Self::Announce(_) => "announce",
+            Self::Drain { .. } => "drain",
         })
     }
 }
@@ -439,6 +453,28 @@ impl Responder {
                     ControlRequest::Checkpoint if view.serving_epoch().is_none() => {
                         ControlReply::NotLeader {
                             leader: view.leader_address().map(str::to_owned),
+                        }
+                    }
+                    ControlRequest::Drain { .. } if view.serving_epoch().is_none() => {
+                        ControlReply::NotLeader {
+                            leader: view.leader_address().map(str::to_owned),
+                        }
+                    }
+                    ControlRequest::Drain { node } => {
+                        if let Err(e) = p.service.drain(&node).await {
+                            return ControlReply::Failed {
+                                reason: e.to_string(),
+                            };
+                        }
+                        // The move waits for a commit: take one now rather than at the next
+                        // interval.
+                        match p.service.trigger().await {
+                            Ok(at) => ControlReply::Draining { node, at },
+                            Err(e) => ControlReply::Failed {
+                                reason: format!(
+                                    "{node} is draining, but the checkpoint that moves its objects failed ({e}); the next one will"
+                                ),
+                            },
                         }
                     }
                     ControlRequest::Checkpoint => match p.service.trigger().await {

@@ -171,6 +171,10 @@ enum Input {
     Cut {
         node: String,
     },
+    Drain {
+        node: String,
+        reply: oneshot::Sender<Result<()>>,
+    },
 }
 
 impl Service {
@@ -312,6 +316,26 @@ impl Service {
     /// Stops leading: aborts the attempt in flight and sends nodes to `leader`.
     pub fn follow(&self, leader: Option<String>) {
         let _ = self.input.send(Input::Follow { leader });
+    }
+
+    /// Drains node `name`: it gets no new objects, and its objects move to the other nodes
+    /// that can host their types at the next committed checkpoint (a recovery to that line);
+    /// once the state table shows it holding none, it may stop. A node whose objects no other
+    /// node can host keeps them.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidSettings`] when `name` is not a connected node or this service does
+    /// not lead; [`Error::Stopped`].
+    pub async fn drain(&self, name: &str) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.input
+            .send(Input::Drain {
+                node: name.to_owned(),
+                reply: tx,
+            })
+            .map_err(|_| Error::COHORT_STOPPED)?;
+        rx.await.map_err(|_| Error::COHORT_STOPPED)?
     }
 
     /// Drops the connection of node `name` from this side, as a network fault would (the node
@@ -489,6 +513,7 @@ impl Nodes {
                     NodeEntry {
                         peer_addr,
                         live: up == Liveness::Up,
+                        draining: engine.draining(host),
                     },
                 )
             })
@@ -999,6 +1024,29 @@ impl Server {
                     Ok(())
                 }
             },
+            Input::Drain { node, reply } => {
+                let Some(core) = self.core.as_mut() else {
+                    let _ = reply.send(Err(Error::invalid_settings(
+                        "this coordinator does not lead; ask the leader",
+                    )));
+                    return Ok(());
+                };
+                let host = HostId::new(&node);
+                core.feed(Event::Drain { host: host.clone() }).await?;
+                let draining = self
+                    .core
+                    .as_ref()
+                    .is_some_and(|core| core.engine.draining(&host));
+                let _ = reply.send(if draining {
+                    tracing::info!(%node, "draining a node: its objects move at the next checkpoint");
+                    Ok(())
+                } else {
+                    Err(Error::invalid_settings(format!(
+                        "{node} is not a connected node; `cohort status` lists them"
+                    )))
+                });
+                Ok(())
+            }
             Input::Lead {
                 epoch,
                 fence,

@@ -12,6 +12,10 @@ pub struct NodeEntry {
     pub peer_addr: String,
     /// Whether it is registered and alive now.
     pub live: bool,
+    /// An operator drains it (`cohort drain`): it gets no new objects, and its objects move to
+    /// the other nodes at the next checkpoint; once it holds none it may stop.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 /// Nodes, objects and the placement of each object. Recorded in every manifest's metadata
@@ -32,6 +36,11 @@ impl StateTable {
             .filter(|(_, node)| !self.nodes.get(*node).is_some_and(|n| n.live))
             .map(|(o, _)| o.clone())
             .collect()
+    }
+
+    /// The objects placed on `node`.
+    pub fn objects_on(&self, node: &str) -> usize {
+        self.placement.values().filter(|n| *n == node).count()
     }
 
     /// Encodes the table for manifest metadata.

@@ -211,6 +211,8 @@ pub fn node_role() {
     let kick_all = std::env::var("COHORT_KICK_ALL").is_ok();
     // Registers the account type: the coordinator may move a dead node's accounts here.
     let host_accounts = std::env::var("COHORT_HOST_ACCOUNTS").is_ok();
+    // A node joining a running cohort: the account type only, no accounts of its own.
+    let empty = std::env::var("COHORT_EMPTY").is_ok();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -236,7 +238,8 @@ pub fn node_role() {
         }
         let node = builder.build().await.unwrap();
         let mut mine = Vec::new();
-        for a in 0..ACCOUNTS_PER_NODE {
+        let own = if empty { 0 } else { ACCOUNTS_PER_NODE };
+        for a in 0..own {
             let id = ObjectId::new(format!("acct-{index}-{a}")).unwrap();
             let account = Account {
                 balance: INITIAL,
@@ -386,6 +389,25 @@ impl Cluster {
             cmd.env("COHORT_KICK", "1");
         }
         self.children[index] = Some(cmd.spawn().unwrap());
+    }
+
+    /// Starts one more node, `node-{index}` after the others, that hosts no accounts of its
+    /// own, only the account type: a node joining the running cohort. Returns its index.
+    pub fn spawn_empty(&mut self) -> usize {
+        let index = self.children.len();
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.args(["node_process", "--exact", "--nocapture", "--test-threads=1"])
+            .env("COHORT_SERVICE_NODE", index.to_string())
+            .env("COHORT_NODES", self.options.nodes.to_string())
+            .env("COHORT_COORDINATOR", self.service.local_addr().to_string())
+            .env("COHORT_STORE", self.store_url())
+            .env("COHORT_MARKERS", self.dir.path())
+            .env("COHORT_HOST_ACCOUNTS", "1")
+            .env("COHORT_EMPTY", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        self.children.push(Some(cmd.spawn().unwrap()));
+        index
     }
 
     /// SIGKILLs node `index` (`Child::kill` is SIGKILL on unix) and reaps it.

@@ -1,6 +1,7 @@
 //! Engine tests in openraft's style: drive the engine with events and compare the command
 //! vectors it emits.
 
+mod membership_test;
 mod model_test;
 mod protocol_test;
 mod recovery_test;

@@ -43,6 +43,8 @@ enum Op {
         outcome: u8,
     },
     HostLost(u8),
+    /// An operator drains a host.
+    Drain(u8),
     HostUp {
         host: u8,
         resumed: bool,
@@ -82,6 +84,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (-1i8..=1, 0u8..3, prop::bool::weighted(0.9)).prop_map(|(round_delta, host, ok)| Op::Sealed { round_delta, host, ok }),
         3 => (-1i8..=1, 0u8..6).prop_map(|(round_delta, outcome)| Op::Result { round_delta, outcome }),
         1 => (0u8..3).prop_map(Op::HostLost),
+        1 => (0u8..3).prop_map(Op::Drain),
         1 => (0u8..3, any::<bool>()).prop_map(|(host, resumed)| Op::HostUp { host, resumed }),
         1 => Just(Op::Recover),
         2 => (0u8..4, prop::bool::weighted(0.1)).prop_map(|(line, fail)| Op::LineRead { line, fail }),
@@ -453,7 +456,9 @@ fn check(model: &mut Model, epoch: u64, out: &[Command<T>]) -> Result<(), TestCa
             Command::Disown { objects, .. } => {
                 prop_assert!(!objects.is_empty(), "an empty disown");
             }
-            Command::Create { .. } | Command::CreateRefused { .. } => {}
+            Command::Create { .. }
+            | Command::CreateRefused { .. }
+            | Command::DrainRefused { .. } => {}
         }
         i += 1;
     }
@@ -534,6 +539,7 @@ proptest! {
                     Event::CommitResult { round, outcome }
                 }
                 Op::HostLost(h) => Event::HostLost { host: host_of(h) },
+                Op::Drain(h) => Event::Drain { host: host_of(h) },
                 Op::HostUp { host, resumed } => Event::HostUp { host: host_of(host), resumed },
                 Op::Recover => { next_recover += 1; Event::Recover { request: RecoverId(next_recover) } }
                 Op::LineRead { line, fail } => {
