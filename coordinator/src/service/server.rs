@@ -325,7 +325,7 @@ impl Service {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidSettings`] when `name` is not a connected node or this service does
+    /// [`Error::InvalidConfig`] when `name` is not a connected node or this service does
     /// not lead; [`Error::Stopped`].
     pub async fn drain(&self, name: &str) -> Result<()> {
         let (tx, rx) = oneshot::channel();
