@@ -1,6 +1,6 @@
 //! Pins, garbage collection, rollback and coordinator epochs.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::Duration;
 
 use cohort_object_api::CheckpointId;
@@ -693,6 +693,8 @@ impl CheckpointStore {
                 return Ok(Fence::NoLine);
             };
             let id = newest.next();
+            let mut metadata = line.manifest.metadata;
+            metadata.extend(request.metadata.clone());
             let fence = Manifest {
                 id,
                 epoch,
@@ -702,7 +704,7 @@ impl CheckpointStore {
                 round: request.round.clone(),
                 objects: line.manifest.objects,
                 in_transit: line.manifest.in_transit,
-                metadata: line.manifest.metadata,
+                metadata,
             };
             match self.commit(&fence).await {
                 Ok(()) => return Ok(Fence::Written(fence)),
@@ -751,6 +753,9 @@ pub struct FenceRequest {
     /// Checkpoints to treat as damaged although they verify (their content did not decode
     /// where it was restored): the line is looked for below them.
     pub skip: Vec<CheckpointId>,
+    /// Metadata set over the line's in the fence: what the fencing writer knows now that the
+    /// line could not (a coordinator's state table, after a recovery moved objects).
+    pub metadata: BTreeMap<String, Vec<u8>>,
 }
 
 impl FenceRequest {
@@ -762,7 +767,14 @@ impl FenceRequest {
             created_at_ms,
             line,
             skip: Vec::new(),
+            metadata: BTreeMap::new(),
         }
+    }
+
+    /// The same request, setting `metadata` over the line's in the fence.
+    pub fn with_metadata(mut self, metadata: BTreeMap<String, Vec<u8>>) -> Self {
+        self.metadata = metadata;
+        self
     }
 
     /// The same request, treating `skip` as damaged.

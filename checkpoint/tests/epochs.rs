@@ -375,3 +375,26 @@ async fn a_damaged_newest_epoch_keeps_its_number_taken() {
     );
     assert_eq!(state.damage().count(), 1);
 }
+
+/// A recovery may move objects after its line was committed: the fence keeps the line's
+/// metadata but takes what the fencing writer sets over it (its current state table), so a
+/// later takeover reading the newest manifest expects objects where they are now.
+#[tokio::test]
+async fn a_fence_sets_the_writers_metadata_over_the_lines() {
+    let store = CheckpointStore::memory();
+    let mut line = checkpoint(&store, 1, 1, 10).await;
+    line.metadata
+        .insert("table".into(), b"before the move".to_vec());
+    line.metadata.insert("kept".into(), b"as is".to_vec());
+    line.id = cid(2);
+    store.commit(&line).await.unwrap();
+    let now = [("table".to_owned(), b"after the move".to_vec())].into();
+    let fence = written(
+        store
+            .fence(&fence_newest(2, 5_000).with_metadata(now))
+            .await,
+    );
+    assert_eq!(fence.metadata["table"], b"after the move");
+    assert_eq!(fence.metadata["kept"], b"as is");
+    assert_eq!(fence.objects, line.objects);
+}

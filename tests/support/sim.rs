@@ -371,7 +371,7 @@ async fn node(
         .network(Arc::new(SimNetwork));
     // Self-healing under every fault (COHORT_SIM_HEAL=1): a dead node's accounts move here,
     // and a node that comes back takes a share again at a commit. Off by default: with it,
-    // 11 of the first 200 seeds (4, 39, 44, 50, ...) still fail liveness (ARCHITECTURE.md,
+    // 12 of the first 200 seeds (4, 39, 44, 50, ...) still fail liveness (ARCHITECTURE.md,
     // "Whole-system simulation"). A created account is restored from the line at once, so
     // only its index matters.
     let node = if std::env::var_os("COHORT_SIM_HEAL").is_some() {

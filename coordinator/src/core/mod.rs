@@ -528,9 +528,13 @@ impl<X: Transport> Core<X> {
         line: CheckpointId,
         skip: Vec<CheckpointId>,
     ) -> FenceOutcome {
+        // The line's state table says where objects lived when it was committed; this
+        // recovery may have moved some (a dead node's, a drained one's). A takeover reads the
+        // newest manifest's table to know where to expect them: it must be the current one.
         let request = FenceRequest::new(epoch, self.wall.wall_ms(), FenceLine::Expect(Some(line)))
             .with_round(format!("e{epoch}-fence-{recovery}"))
-            .skipping(skip);
+            .skipping(skip)
+            .with_metadata(self.transport.metadata(&self.engine));
         match self.store.fence(&request).await {
             Ok(Fence::Written(fence)) => {
                 let id = fence.id;
