@@ -3,13 +3,25 @@
 # mode, sharded over every core. The last line reads `N seeds, F failures`; each failing seed
 # is printed with the command that replays it.
 #
-#   scripts/soak.sh [SEEDS] [START]
+#   scripts/soak.sh [SEEDS] [START] [WORLD]
+#
+# WORLD: `fixed` (default: nodes with fixed accounts) or `healing` (every node can host any
+# account: dead nodes' accounts move, nodes that come back take a share).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_INCREMENTAL=0
 
 seeds=${1:-10000}
 start=${2:-0}
+world=${3:-fixed}
+case $world in
+fixed) test=seeds_keep_every_invariant ;;
+healing) test=healing_seeds_keep_every_invariant ;;
+*)
+    echo "unknown world '$world': give fixed or healing (e.g. scripts/soak.sh 10000 0 healing)" >&2
+    exit 2
+    ;;
+esac
 jobs=$(nproc)
 if ! [[ $seeds =~ ^[0-9]+$ && $start =~ ^[0-9]+$ ]]; then
     echo "usage: scripts/soak.sh [SEEDS] [START]  (numbers of seeds, e.g. scripts/soak.sh 10000)" >&2
@@ -35,7 +47,7 @@ for ((j = 0; j < jobs; j++)); do
     ((count > per)) && count=$per
     ((count <= 0)) && break
     COHORT_SIM_START=$from COHORT_SIM_SEEDS=$count COHORT_SIM_THREADS=1 \
-        "$binary" seeds_keep_every_invariant --exact --nocapture >"$logs/$j.log" 2>&1 &
+        "$binary" "$test" --exact --nocapture >"$logs/$j.log" 2>&1 &
     pids+=($!)
 done
 for pid in "${pids[@]}"; do
@@ -56,5 +68,5 @@ for log in "$logs"/*.log; do
     ran=$((ran + $(cut -d' ' -f1 <<<"$line")))
     failed=$((failed + $(cut -d' ' -f3 <<<"$line")))
 done
-echo "ran on $jobs cores in ${elapsed}s"
+echo "ran $world on $jobs cores in ${elapsed}s"
 echo "$ran seeds, $failed failures"

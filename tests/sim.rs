@@ -6,6 +6,10 @@
 //! never going down, fences pointing at the newest committed line, one leader committing per
 //! epoch; and after the faults stop the cohort commits again within a bound.
 //!
+//! Two worlds: nodes with fixed accounts (a dead node's accounts wait for it), and self-healing
+//! nodes that all register the account type (a dead node's accounts move to the survivors, and
+//! a node that comes back takes a share again at a commit).
+//!
 //! `COHORT_SIM_SEEDS=<n>` (default 200) seeds from `COHORT_SIM_START=<s>` (default 0), on
 //! `COHORT_SIM_THREADS` threads (default: every core);
 //! `COHORT_SEED=<n>` replays one seed exactly and prints its trace. A failing seed prints its
@@ -39,6 +43,21 @@ impl tracing_subscriber::fmt::time::FormatTime for SimTime {
 
 #[test]
 fn seeds_keep_every_invariant() {
+    check_seeds("seeds_keep_every_invariant", sim::Options::default());
+}
+
+#[test]
+fn healing_seeds_keep_every_invariant() {
+    let options = sim::Options {
+        heal: true,
+        ..sim::Options::default()
+    };
+    check_seeds("healing_seeds_keep_every_invariant", options);
+}
+
+/// Runs the seeds `COHORT_SEED` or `COHORT_SIM_*` ask for in the world of `options`; `test`
+/// names the test that replays a failing one.
+fn check_seeds(test: &str, options: sim::Options) {
     if let Some(seed) = env_u64("COHORT_SEED") {
         // RUST_LOG=info (or finer) shows what every host did, on simulated time.
         if std::env::var_os("RUST_LOG").is_some() {
@@ -47,7 +66,7 @@ fn seeds_keep_every_invariant() {
                 .with_timer(SimTime)
                 .try_init();
         }
-        match sim::run(seed, sim::Options::default()) {
+        match sim::run(seed, options) {
             Ok(trace) => {
                 println!(
                     "seed {seed} passed in {:?} simulated\n{}",
@@ -78,12 +97,12 @@ fn seeds_keep_every_invariant() {
                     for seed in (start..start + seeds).filter(|s| s % threads == shard) {
                         // A panic in the harness or a host is a failure of the seed too.
                         let outcome =
-                            std::panic::catch_unwind(|| sim::run(seed, sim::Options::default()))
+                            std::panic::catch_unwind(|| sim::run(seed, options))
                                 .unwrap_or_else(|panic| Err(format!("panicked: {panic:?}")));
                         if let Err(e) = outcome {
                             eprintln!("seed {seed} failed: {e}");
                             eprintln!(
-                                "replay: COHORT_SEED={seed} cargo test --release --test sim seeds_keep_every_invariant -- --nocapture"
+                                "replay: COHORT_SEED={seed} cargo test --release --test sim {test} -- --exact --nocapture"
                             );
                             failures.push(seed);
                         }
@@ -117,11 +136,27 @@ const DEFAULT_SEEDS: u64 = 200;
 /// (engine: `RestoreFailure::Unavailable` is retried with backoff); 1189, a node whose
 /// coordinator stopped reading (paused, its window full) waited in a send for ever, deaf to
 /// its own heartbeat timeout, and never found the new leader (wire: `send_within`).
+///
+/// Self-healing: 4 (and 11 more of the first 200), a node restarted after accounts had moved
+/// to it came back without them, and its restore did not create them again (engine:
+/// `Event::Register`, a restore creates what a new process lacks); 211, a node's announcement
+/// queued before the coordinator disowned its accounts reached the next leader and claimed
+/// them back from the node that held them (node: a queued `Spawned` names only what the node
+/// still holds).
 #[test]
 fn seeds_that_found_bugs_pass() {
     for seed in [9, 10, 718, 1189, 1928, 1963, 1966] {
         if let Err(e) = sim::run(seed, sim::Options::default()) {
             panic!("seed {seed} failed: {e}");
+        }
+    }
+    let heal = sim::Options {
+        heal: true,
+        ..sim::Options::default()
+    };
+    for seed in [4, 211] {
+        if let Err(e) = sim::run(seed, heal) {
+            panic!("seed {seed} (self-healing) failed: {e}");
         }
     }
 }
@@ -141,7 +176,14 @@ fn a_seed_replays_exactly() {
 
 #[test]
 fn a_calm_world_commits() {
-    let trace = sim::run(1, sim::Options { calm: true }).expect("a calm run passes");
+    let trace = sim::run(
+        1,
+        sim::Options {
+            calm: true,
+            ..sim::Options::default()
+        },
+    )
+    .expect("a calm run passes");
     assert!(trace.faults.iter().all(|f| f.ends_with("heal everything")));
     assert!(trace.manifests.len() > 5, "{}", sim::render(&trace));
 }

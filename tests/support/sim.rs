@@ -27,7 +27,7 @@ use cohort::checkpoint::{
 };
 use cohort::coordinator::node::{Node, NodeSettings};
 use cohort::coordinator::service::leadership::{self, Leadership, LeadershipConfig, Transition};
-use cohort::coordinator::service::{Service, ServiceConfig};
+use cohort::coordinator::service::{STATE_TABLE_KEY, Service, ServiceConfig, StateTable};
 use cohort::wire::{
     AcceptFuture, BindFuture, BoxAcceptor, BoxStream, ConnectFuture, Connector, DynAccept, Network,
     Secret,
@@ -77,11 +77,14 @@ pub(crate) struct Trace {
     pub(crate) elapsed: Duration,
 }
 
-/// Knobs for a deliberate departure from the default world (none are used by the soak).
+/// Knobs for a deliberate departure from the default world.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Options {
     /// No faults at all: the run only has to commit.
     pub(crate) calm: bool,
+    /// Self-healing: every node registers the account type, so a dead node's accounts move
+    /// to the survivors, and a node that comes back takes a share again at a commit.
+    pub(crate) heal: bool,
 }
 
 /// Runs one seed; `Err` names the invariant broken (with the trace so far).
@@ -135,11 +138,13 @@ pub(crate) fn run(seed: u64, options: Options) -> Result<Trace, String> {
         let token = token.clone();
         let coordinators = coordinators.clone();
         let host = name.clone();
+        let heal = options.heal;
         sim.host(host.as_str(), move || {
             node(
                 name.clone(),
                 i,
                 seed,
+                heal,
                 faulty.clone(),
                 token.clone(),
                 coordinators.clone(),
@@ -352,6 +357,7 @@ async fn node(
     name: String,
     index: usize,
     seed: u64,
+    heal: bool,
     faulty: FaultyStore,
     token: Secret,
     coordinators: Vec<String>,
@@ -369,12 +375,8 @@ async fn node(
         .token(token)
         .settings(settings)
         .network(Arc::new(SimNetwork));
-    // Self-healing under every fault (COHORT_SIM_HEAL=1): a dead node's accounts move here,
-    // and a node that comes back takes a share again at a commit. Off by default: with it,
-    // 12 of the first 200 seeds (4, 39, 44, 50, ...) still fail liveness (ARCHITECTURE.md,
-    // "Whole-system simulation"). A created account is restored from the line at once, so
-    // only its index matters.
-    let node = if std::env::var_os("COHORT_SIM_HEAL").is_some() {
+    // A created account is restored from the line at once, so only its index matters.
+    let node = if heal {
         node.host_type(move |id: &ObjectId| {
             let i = id
                 .as_str()
@@ -520,6 +522,11 @@ async fn check(
             line: (manifest.objects.clone(), manifest.in_transit.clone()),
         };
         let mut balances = String::new();
+        let table = manifest
+            .metadata
+            .get(STATE_TABLE_KEY)
+            .and_then(|b| StateTable::decode(b).ok())
+            .unwrap_or_default();
         if let Ok(states) = store.read_states(&manifest).await {
             for (object, state) in states {
                 if let Ok(account) = state.decode::<super::bank::AccountState>() {
@@ -535,9 +542,10 @@ async fn check(
                                 .to_owned()
                         })
                         .unwrap_or_default();
+                    let node = table.placement.get(&object).map_or("?", String::as_str);
                     let _ = write!(
                         balances,
-                        " {object}={}@g{}[{segment}]",
+                        " {object}={}@g{}[{segment}]on:{node}",
                         account.balance, account.generation
                     );
                 }

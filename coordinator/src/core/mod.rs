@@ -346,10 +346,9 @@ impl<X: Transport> Core<X> {
                 let result = match self.store.recovery_line_skipping(&skip).await {
                     Ok(line) => {
                         let line = line.map(|l| Arc::new(l.manifest));
-                        let info = line.as_ref().map(|m| LineInfo {
-                            id: m.id,
-                            objects: self.transport.line_hosts(m),
-                        });
+                        let info = line
+                            .as_ref()
+                            .map(|m| line_info(m, self.transport.line_hosts(m)));
                         self.line = line;
                         Ok(info)
                     }
@@ -550,5 +549,18 @@ impl<X: Transport> Core<X> {
                 FenceOutcome::Failed { reason }
             }
         }
+    }
+}
+
+/// What the engine needs of committed `line`, with the host of each object (`hosts`).
+pub(crate) fn line_info(line: &Manifest, hosts: BTreeMap<ObjectId, Option<HostId>>) -> LineInfo {
+    LineInfo {
+        id: line.id,
+        objects: hosts,
+        types: line
+            .objects
+            .iter()
+            .map(|(o, e)| (o.clone(), e.type_name.clone()))
+            .collect(),
     }
 }

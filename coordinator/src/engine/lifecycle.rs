@@ -8,7 +8,7 @@ use cohort_object_api::{CheckpointId, ObjectId};
 
 use super::{
     AbortReason, Command, Engine, EngineTypes, FenceOutcome, Halt, HostId, Hosting, LineInfo,
-    RecoverId, Recovered, RecoveryCause, RecoveryFailure, RestoreFailure, Status,
+    RecoverId, Recovered, RecoveryCause, RecoveryFailure, Registration, RestoreFailure, Status,
 };
 
 /// What the engine knows of one host.
@@ -145,6 +145,82 @@ impl<T: EngineTypes> Engine<T> {
         resumed: bool,
         out: &mut Vec<Command<T>>,
     ) {
+        if self.open_session(now_ms, &host, resumed, out) {
+            self.restore_late(now_ms, host, out);
+        }
+    }
+
+    /// See [`Event::Register`](super::Event::Register).
+    pub(super) fn on_register(
+        &mut self,
+        now_ms: u64,
+        registration: Registration,
+        out: &mut Vec<Command<T>>,
+    ) {
+        let Registration {
+            host,
+            resumed,
+            types,
+            objects,
+            object_types,
+        } = registration;
+        let restore = self.open_session(now_ms, &host, resumed, out);
+        if let Some(state) = self.hosts.get_mut(&host) {
+            state.types = types;
+            // A node that can host objects may take some from fuller ones.
+            self.rebalance_due = true;
+        }
+        for (object, type_name) in object_types {
+            self.declare_type(object, type_name);
+        }
+        let announced: BTreeSet<ObjectId> = objects.iter().cloned().collect();
+        for object in objects {
+            self.on_join(now_ms, object, host.clone(), out);
+        }
+        if !resumed {
+            // A new process holds only what it announced: what was made here from a factory
+            // (moved here, or created through the cohort) died with the old one.
+            let types = self.hosts.get(&host).map(|s| s.types.clone());
+            let lost: Vec<(ObjectId, String)> = self
+                .placement
+                .iter()
+                .filter(|(o, h)| **h == host && !announced.contains(*o))
+                .filter_map(|(o, _)| {
+                    let type_name = self.object_types.get(o)?;
+                    types
+                        .as_ref()
+                        .is_some_and(|t| t.contains(type_name))
+                        .then(|| (o.clone(), type_name.clone()))
+                })
+                .collect();
+            self.creating.extend(lost);
+        }
+        if restore {
+            self.restore_late(now_ms, host, out);
+        }
+    }
+
+    /// `object` is of type `type_name`; see [`Event::ObjectType`](super::Event::ObjectType).
+    pub(super) fn declare_type(&mut self, object: ObjectId, type_name: String) {
+        // An object the engine is creating has the type it was created with: an announcement
+        // of another type for its id is a conflicting claim, which the placement rules settle,
+        // not a change of type.
+        if self.creating.get(&object).is_none_or(|t| *t == type_name) {
+            self.object_types.insert(object, type_name);
+        }
+    }
+
+    /// Opens a session of `host`: resumed, or new (a restart of a host with objects is a
+    /// recovery). Returns whether the host must then restore ([`restore_late`](Self::restore_late)),
+    /// which the caller orders once it knows what the host holds.
+    fn open_session(
+        &mut self,
+        now_ms: u64,
+        host: &HostId,
+        resumed: bool,
+        out: &mut Vec<Command<T>>,
+    ) -> bool {
+        let host = host.clone();
         let known = self.hosts.get(&host).cloned();
         // Only a host up or lost within the timeout has a session to resume.
         if resumed
@@ -157,8 +233,9 @@ impl<T: EngineTypes> Engine<T> {
             state.lost_at_ms = None;
             if !state.ready {
                 // A recovery ran (or runs) while it was away: it restores like the others did.
-                self.restore_late(now_ms, host, out);
-            } else if !matches!(self.status, Status::Deposed) {
+                return true;
+            }
+            if !matches!(self.status, Status::Deposed) {
                 // Its release may have been lost with the connection (sent while the link was
                 // already dead): held, its objects would never run again. A second one is
                 // harmless.
@@ -167,7 +244,7 @@ impl<T: EngineTypes> Engine<T> {
                     incarnation: self.incarnation,
                 });
             }
-            return;
+            return false;
         }
         // A new session: a new host, a restarted one, or one declared dead.
         if let Some(old) = known
@@ -195,7 +272,7 @@ impl<T: EngineTypes> Engine<T> {
         state.ready = false;
         state.retry_restore_at_ms = None;
         state.restore_retries = 0;
-        self.restore_late(now_ms, host, out);
+        true
     }
 
     pub(super) fn on_host_lost(&mut self, now_ms: u64, host: HostId, out: &mut Vec<Command<T>>) {
@@ -446,6 +523,12 @@ impl<T: EngineTypes> Engine<T> {
                 if let Some(host) = host {
                     self.members.insert(object.clone());
                     self.place(object.clone(), host.clone());
+                }
+            }
+            // What a host that lost an object needs to make it again.
+            for (object, type_name) in &line.types {
+                if !self.object_types.contains_key(object) {
+                    self.object_types.insert(object.clone(), type_name.clone());
                 }
             }
             self.roster = None;

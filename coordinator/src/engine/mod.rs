@@ -57,7 +57,8 @@ pub use cut::{CutState, Receipt};
 pub use types::{
     AbortReason, Ballot, ByHost, Command, CommitOutcome, Decision, EngineTypes, Event,
     FenceOutcome, Halt, Health, HostId, LineInfo, RecoverId, Recovered, RecoveryCause,
-    RecoveryFailure, RestoreFailure, Round, TriggerFailure, TriggerId, Vote, VotedState,
+    RecoveryFailure, Registration, RestoreFailure, Round, TriggerFailure, TriggerId, Vote,
+    VotedState,
 };
 
 use attempt::Attempt;
@@ -463,14 +464,7 @@ impl<T: EngineTypes> Engine<T> {
             Event::Create { object, type_name } => {
                 self.on_create(now_ms, object, type_name, &mut out)
             }
-            Event::ObjectType { object, type_name } => {
-                // An object the engine is creating has the type it was created with: an
-                // announcement of another type for its id is a conflicting claim, which the
-                // placement rules settle, not a change of type.
-                if self.creating.get(&object).is_none_or(|t| *t == type_name) {
-                    self.object_types.insert(object, type_name);
-                }
-            }
+            Event::ObjectType { object, type_name } => self.declare_type(object, type_name),
             Event::HostTypes { host, types } => {
                 if let Some(state) = self.hosts.get_mut(&host) {
                     state.types = types;
@@ -489,6 +483,7 @@ impl<T: EngineTypes> Engine<T> {
                 }
             }
             Event::HostUp { host, resumed } => self.on_host_up(now_ms, host, resumed, &mut out),
+            Event::Register(registration) => self.on_register(now_ms, registration, &mut out),
             Event::HostLost { host } => self.on_host_lost(now_ms, host, &mut out),
             Event::Vote {
                 round,

@@ -145,6 +145,24 @@ pub struct LineInfo {
     /// The objects the line holds, with the host that held each when it was committed (from the
     /// line's state table; `None` when the line does not say).
     pub objects: BTreeMap<ObjectId, Option<HostId>>,
+    /// The type name each object's state was recorded with: a new leader re-creates an object
+    /// whose host lost it from the factory of this type.
+    pub types: BTreeMap<ObjectId, String>,
+}
+
+/// What a host says when it registers ([`Event::Register`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Registration {
+    /// The host.
+    pub host: HostId,
+    /// Whether it resumed its session (see [`Event::HostUp`]).
+    pub resumed: bool,
+    /// The type names it can create (replaces what it declared before).
+    pub types: BTreeSet<String>,
+    /// The objects it holds.
+    pub objects: Vec<ObjectId>,
+    /// The type of each announced object that declared one.
+    pub object_types: BTreeMap<ObjectId, String>,
 }
 
 /// Why a host could not restore its objects to a line.
@@ -431,6 +449,15 @@ pub enum Event<T: EngineTypes> {
         /// Whether it resumed its session.
         resumed: bool,
     },
+    /// A host registered: it connected and announced what it holds and what it can create.
+    /// One event, so that the restore it is ordered knows what it lacks: in a new session (a
+    /// restarted process), every object placed on it that it did not announce, of a type it
+    /// can create, is created again from its factory and restored from the line (objects
+    /// moved there earlier die with the process that held them).
+    ///
+    /// Equivalent to [`Event::HostUp`], then [`Event::HostTypes`], [`Event::ObjectType`] for
+    /// each typed object and [`Event::Join`] for each announced one, with the restore last.
+    Register(Registration),
     /// A host's connection is gone. What it takes part in aborts; if it is not back within the
     /// host timeout it is dead and the cohort recovers.
     HostLost {

@@ -968,7 +968,13 @@ async fn restore(
         shared.restoring.store(true, Ordering::SeqCst);
     }
     let before = shared.incarnation.load(Ordering::SeqCst);
-    tracing::debug!(incarnation, ?line, cohort_recovery, "restoring");
+    tracing::debug!(
+        incarnation,
+        ?line,
+        cohort_recovery,
+        create = create.len(),
+        "restoring"
+    );
     let result = restore_objects(shared, cohort_recovery, line, colour, incarnation, &create).await;
     if result.is_err() {
         // Not restored into `incarnation`: its frames keep waiting (delivered now, they would

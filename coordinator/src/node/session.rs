@@ -196,7 +196,20 @@ async fn serve(
                 on_frame(&shared, frame);
             }
             out = outbox.recv() => {
-                let Some(out) = out else { return "the node stopped".into() };
+                let Some(mut out) = out else { return "the node stopped".into() };
+                // An announcement is a claim the coordinator acts on: one queued before a
+                // disown (or sent to an earlier leader) must not claim dropped objects back.
+                if let NodeFrame::Spawned { objects, types } = &mut out {
+                    let Some(shared) = node.upgrade() else { return "the node stopped".into() };
+                    {
+                        let slots = read(&shared.objects);
+                        objects.retain(|o| slots.contains_key(o));
+                        types.retain(|o, _| slots.contains_key(o));
+                    }
+                    if objects.is_empty() {
+                        continue;
+                    }
+                }
                 // Bounded: a coordinator that stopped reading must not hold this loop past
                 // the timeout that declares it gone.
                 if let Err(e) = conn.send_within(&out, timeout).await {
@@ -432,6 +445,7 @@ fn on_frame(shared: &Arc<NodeShared>, frame: CoordinatorFrame) {
             tracing::warn!(
                 node = %shared.name,
                 objects = objects.len(),
+                first = ?objects.first(),
                 "the coordinator moved objects of this node to other nodes (it was declared dead); dropping them"
             );
             shared.disown(&objects);

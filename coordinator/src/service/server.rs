@@ -15,10 +15,10 @@ use super::STATE_TABLE_KEY;
 use super::metrics::ServiceMetrics;
 use super::protocol::{CoordinatorFrame, NodeFrame, WireVote};
 use super::table::{NodeEntry, StateTable};
-use crate::core::{CommitStats, Core, RestoreOrder, Transport};
+use crate::core::{CommitStats, Core, RestoreOrder, Transport, line_info};
 use crate::engine::{
-    Ballot, Config, Decision, Engine, Event, Halt, Health, HostId, Hosting, LineInfo, Liveness,
-    RecoverId, Recovered, RecoveryCause, RecoveryFailure, RestartPolicy, RestoreFailure, Round,
+    Ballot, Config, Decision, Engine, Event, Halt, Health, HostId, Hosting, Liveness, RecoverId,
+    Recovered, RecoveryCause, RecoveryFailure, Registration, RestartPolicy, RestoreFailure, Round,
     Start, Vote, VotedState,
 };
 use crate::error::{Error, Result};
@@ -944,10 +944,7 @@ impl Server {
             self.config.fail_points.clone(),
             origin,
         );
-        let line = fence.as_ref().map(|f| LineInfo {
-            id: f.id,
-            objects: line_hosts(f),
-        });
+        let line = fence.as_ref().map(|f| line_info(f, line_hosts(f)));
         core.set_last_manifest(fence);
         tracing::info!(epoch, newest = %last, expected = line.as_ref().map_or(0, |l| l.objects.len()), "leading");
         self.core = Some(core);
@@ -1160,33 +1157,22 @@ impl Server {
                 committed,
             });
         }
-        tracing::info!(%node, session, resumed, "node registered");
+        tracing::info!(%node, session, resumed, objects = announced.objects.len(), "node registered");
         let Announced {
             objects,
             types,
             factories,
         } = announced;
-        let mut events = vec![
-            Event::HostUp {
-                host: host.clone(),
-                resumed,
-            },
-            Event::HostTypes {
-                host: host.clone(),
-                types: factories.into_iter().collect(),
-            },
-        ];
-        // An object announced here that lives on another live node now is disowned by the
-        // engine: the node drops it (see Event::Join).
-        events.extend(
-            types
-                .into_iter()
-                .map(|(object, type_name)| Event::ObjectType { object, type_name }),
-        );
-        events.extend(objects.into_iter().map(|object| Event::Join {
-            object,
-            host: host.clone(),
-        }));
+        // One event: the restore the engine orders knows what this node lacks. An object
+        // announced here that lives on another live node now is disowned by the engine: the
+        // node drops it (see Event::Join).
+        let events = vec![Event::Register(Registration {
+            host,
+            resumed,
+            types: factories.into_iter().collect(),
+            objects,
+            object_types: types,
+        })];
         core.feed_all(events).await?;
         core.transport.push_placement(&core.engine);
         Ok(())

@@ -139,6 +139,7 @@ fn a_drained_node_hands_its_objects_over_at_the_next_commit() {
             .into_iter()
             .map(|(o, h)| (obj(o), Some(host(h))))
             .collect(),
+        types: Default::default(),
     };
     let out = e.handle(
         21,
@@ -307,4 +308,112 @@ fn in_process_cohorts_never_rebalance() {
         !out.iter().any(|c| matches!(c, Command::Recovering { .. })),
         "{out:?}"
     );
+}
+
+/// The `create` of each restore in `out`, by host.
+fn creates_in(out: &[Command<T>]) -> Vec<(HostId, Vec<(ObjectId, String)>)> {
+    out.iter()
+        .filter_map(|c| match c {
+            Command::Restore { host, create, .. } => Some((host.clone(), create.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn register(h: &str, types: &[&str], objects: &[u8]) -> Event<T> {
+    Event::Register(Registration {
+        host: host(h),
+        resumed: false,
+        types: types.iter().map(|t| (*t).to_owned()).collect(),
+        objects: objects.iter().map(|o| obj(*o)).collect(),
+        object_types: objects.iter().map(|o| account(*o)).collect(),
+    })
+}
+
+#[test]
+fn a_restarted_node_creates_again_the_objects_that_had_moved_to_it() {
+    let mut e = cohort(&["a", "b"], &[(0, "a"), (1, "b"), (2, "b"), (3, "b")]);
+    // The first commit moves one of b's to a; the recovery creates it there.
+    commit_one(&mut e, 10);
+    let moved = *[1u8, 2, 3]
+        .iter()
+        .find(|o| placed_on(&e, **o) == host("a"))
+        .expect("one object moved to a");
+    let out = e.handle(
+        11,
+        Event::LineRead {
+            recovery: 1,
+            result: Ok(None),
+        },
+    );
+    assert!(creates_in(&out).contains(&(host("a"), vec![account(moved)])));
+    let inc = e.incarnation();
+    for h in ["a", "b"] {
+        e.handle(
+            12,
+            Event::Restored {
+                recovery: 1,
+                incarnation: inc,
+                host: host(h),
+                result: Ok(()),
+            },
+        );
+    }
+    assert_eq!(e.status(), Status::Running);
+    // a's process restarts: the new one holds only its own object, which it announces.
+    let out = e.handle(100, register("a", &[ACCOUNT], &[0]));
+    assert!(
+        out.contains(&Command::Recovering {
+            recovery: 2,
+            cause: RecoveryCause::HostRestarted { host: host("a") }
+        }),
+        "{out:?}"
+    );
+    let out = e.handle(
+        101,
+        Event::LineRead {
+            recovery: 2,
+            result: Ok(None),
+        },
+    );
+    // Its restore creates the moved object again, and only that one.
+    assert_eq!(
+        creates_in(&out),
+        vec![(host("a"), vec![account(moved)]), (host("b"), vec![])]
+    );
+}
+
+#[test]
+fn after_a_takeover_a_node_creates_what_the_line_placed_on_it_and_it_lacks() {
+    let mut e = Engine::<T>::new(
+        Config {
+            hosting: Hosting::Hosted,
+            ..config()
+        },
+        Start {
+            now_ms: 0,
+            epoch: 2,
+            last_committed: cid(7),
+            round_floor: Round(2 << 32),
+            incarnation_floor: 2 << 32,
+            ready_hosts: vec![],
+        },
+    );
+    // The line says 0 and 2 live on a (2 moved there), 1 on b; the new leader knows their
+    // types from the line only.
+    let line = LineInfo {
+        id: cid(7),
+        objects: [(0, "a"), (2, "a"), (1, "b")]
+            .into_iter()
+            .map(|(o, h)| (obj(o), Some(host(h))))
+            .collect(),
+        types: [0, 1, 2].into_iter().map(account).collect(),
+    };
+    e.handle(0, Event::TakeOver { line: Some(line) });
+    // a restarted meanwhile: it announces 0 only.
+    let out = e.handle(100, register("a", &[ACCOUNT], &[0]));
+    assert_eq!(creates_in(&out), vec![(host("a"), vec![account(2)])]);
+    // b cannot create accounts: nothing is ordered that it could not do.
+    let out = e.handle(101, register("b", &[], &[]));
+    assert_eq!(creates_in(&out), vec![(host("b"), vec![])]);
 }

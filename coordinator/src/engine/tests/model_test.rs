@@ -551,7 +551,11 @@ proptest! {
                     } else {
                         let id = m.known_last.saturating_sub(u64::from(line) - 1).max(1);
                         let objects = e.members().iter().map(|o| (o.clone(), e.placement().get(o).cloned())).collect();
-                        Ok(Some(LineInfo { id: cid(id), objects }))
+                        Ok(Some(LineInfo {
+                            id: cid(id),
+                            objects,
+                            types: Default::default(),
+                        }))
                     };
                     // Only the answer to the read in progress counts.
                     if let (Ok(line), Some((seq, _)), Some(read)) = (&result, m.recovery, m.read_line)

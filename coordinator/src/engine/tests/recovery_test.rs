@@ -21,6 +21,7 @@ fn line(id: u64, objects: &[(u8, &str)]) -> LineInfo {
             .iter()
             .map(|(o, h)| (obj(*o), Some(host(h))))
             .collect(),
+        types: Default::default(),
     }
 }
 

@@ -59,6 +59,7 @@ fn finish_recovery(e: &mut Engine<T>, now: u64, seq: u64) -> Vec<Command<T>> {
             .into_iter()
             .map(|(o, h)| (obj(o), Some(host(h))))
             .collect(),
+        types: Default::default(),
     };
     let restores = e.handle(
         now,
