@@ -560,6 +560,54 @@ fn drain_moves_a_nodes_accounts_away_and_says_when_it_can_stop() {
     assert_eq!(bank.manifest(id).objects.len(), 8);
 }
 
+/// `cohort remove OBJECT --wait`: the account leaves at the checkpoint the command triggers,
+/// the command returns once it is no longer placed, and later lines hold the others only,
+/// with the same money in each (what it held went with it). An id that is not a member is
+/// refused with the reason.
+#[test]
+fn remove_takes_an_account_out_of_a_running_cohort() {
+    let mut bank = Bank::new(8);
+    let a = bank.serve(&[]);
+    bank.serves[a]
+        .0
+        .wait_for_line("leading under epoch 1", Duration::from_secs(10));
+    bank.nodes(2);
+    for node in &bank.nodes {
+        node.wait_for_line("ticking", Duration::from_secs(20));
+    }
+    let leader = bank.serves[a].1.clone();
+    let out = bank.cohort(&["remove", "account-99", "--coordinator", &leader]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot remove account-99") && err.contains("not a member"),
+        "{err}"
+    );
+    let said = ok(&bank.cohort(&["remove", "account-3", "--wait", "--coordinator", &leader]));
+    assert!(
+        said.contains("account-3 is removed after checkpoint"),
+        "{said}"
+    );
+    assert!(said.contains("account-3 is no longer placed"), "{said}");
+    let status = ok(&bank.cohort(&["status", "--json", "--coordinator", &leader]));
+    assert!(!status.contains("account-3"), "{status}");
+    // The others go on, past it, and no money appears or vanishes from then on.
+    let (rt, store) = bank.store();
+    let mut totals = Vec::new();
+    for _ in 0..2 {
+        let out = ok(&bank.cohort(&["checkpoint", "--now", "--coordinator", &leader]));
+        let id = CheckpointId::new(out.trim().parse().unwrap());
+        let manifest = bank.manifest(id);
+        assert_eq!(manifest.objects.len(), 7, "checkpoint {id}");
+        assert!(!manifest.objects.contains_key(&account_id(3)));
+        totals.push(rt.block_on(line_money(&store, &manifest)).unwrap().total());
+    }
+    assert_eq!(
+        totals[0], totals[1],
+        "money changed between lines without account-3"
+    );
+}
+
 #[test]
 fn an_advertised_address_is_recorded_and_reported() {
     const TOKEN: &str = "a long enough shared token";

@@ -332,3 +332,40 @@ async fn objects_created_through_the_cohort_are_placed_by_the_coordinator() {
     cluster.assert_money_in_every_line().await;
     app.shutdown();
 }
+
+/// An account is removed from the running cohort (`Service::remove`, what `cohort remove`
+/// asks): right after the next checkpoint its node drops it and the cohort recovers to that
+/// line without it. Later lines do not hold it, the other accounts go on paying each other
+/// (past it: a send to it fails at the sender), and every line holds all the money but what it
+/// took with it. An id that is not a member is refused with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_removed_from_a_running_cohort_is_in_no_later_line() {
+    let cluster = started(3, false).await;
+    // The account the bank kicks: it sent one message more than it received.
+    let gone = account_ids(3)[0].clone();
+    let unknown = cluster
+        .service
+        .remove(&ObjectId::new("acct-9-9").unwrap())
+        .await
+        .unwrap_err();
+    assert!(unknown.to_string().contains("not a member"), "{unknown}");
+    cluster.service.remove(&gone).await.unwrap();
+    let recoveries = cluster.status().recoveries;
+    cluster.checkpoint(LONG).await;
+    cluster
+        .wait_for("the account is no longer placed", LONG, |s| {
+            !s.table.placement.contains_key(&gone) && s.recoveries > recoveries
+        })
+        .await;
+    let before = cluster.hops_at_line().await;
+    let line = cluster.line_with_more_hops(before, 3).await;
+    let manifest = cluster.manifest(line).await;
+    assert!(
+        !manifest.objects.contains_key(&gone),
+        "line {line} still holds {gone}"
+    );
+    assert_eq!(manifest.objects.len(), 3 * ACCOUNTS_PER_NODE - 1);
+    let again = cluster.service.remove(&gone).await.unwrap_err();
+    assert!(again.to_string().contains("not a member"), "{again}");
+    cluster.assert_money_in_every_line_without(&gone).await;
+}

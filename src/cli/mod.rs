@@ -17,6 +17,7 @@ mod jsondiff;
 mod list;
 mod output;
 mod pin;
+mod remove;
 mod rollback;
 mod serve;
 mod show;
@@ -109,6 +110,7 @@ enum Command {
     Status(status::Args),
     Checkpoint(checkpoint::Args),
     Drain(drain::Args),
+    Remove(remove::Args),
     Certs(certs::Args),
 }
 
@@ -222,6 +224,7 @@ fn run(cli: Cli) -> anyhow::Result<Code> {
             Command::Status(args) => status::run(args).await,
             Command::Checkpoint(args) => checkpoint::run(args).await,
             Command::Drain(args) => drain::run(args).await,
+            Command::Remove(args) => remove::run(args).await,
             Command::Certs(args) => certs::run(args).await,
         }
     })

@@ -124,13 +124,18 @@ impl Actor for Account {
                     let amount =
                         1 + (self.next() % (self.state.balance.unsigned_abs() / 4 + 1)) as i64;
                     let amount = amount.min(self.state.balance);
-                    let address = ctx
+                    // An account removed from the cohort (closed) takes no more transfers.
+                    let sent = ctx
                         .address::<BankMsg>(&account_id(to))
-                        .map_err(ObjectError::application)?;
-                    self.state.balance -= amount;
-                    self.state.generation += 1;
-                    ctx.send(&address, BankMsg::Transfer { amount })
-                        .map_err(ObjectError::application)?;
+                        .and_then(|address| ctx.send(&address, BankMsg::Transfer { amount }));
+                    match sent {
+                        Ok(()) => {
+                            self.state.balance -= amount;
+                            self.state.generation += 1;
+                        }
+                        Err(cohort::coordinator::Error::UnknownObject(_)) => {}
+                        Err(e) => return Err(ObjectError::application(e)),
+                    }
                 }
             }
         }

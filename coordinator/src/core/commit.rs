@@ -31,6 +31,8 @@ pub(crate) struct Attempt<'a> {
     /// The newest manifest the coordinator knows: the parent, and where unchanged objects'
     /// entries come from.
     pub(crate) previous: Option<&'a Manifest>,
+    /// Removed objects' message counters: recorded (with no state) in every line.
+    pub(crate) retired: BTreeMap<ObjectId, (u64, u64)>,
 }
 
 /// Builds the manifest of a checkpoint from its ballots: written entries as voted, unchanged
@@ -87,7 +89,8 @@ pub(crate) fn build(
         objects.push((object, entry));
     }
     manifest.objects = objects.into_iter().collect();
-    let counters: BTreeMap<ObjectId, (u64, u64)> = counters.into_iter().collect();
+    let mut counters: BTreeMap<ObjectId, (u64, u64)> = counters.into_iter().collect();
+    counters.extend(attempt.retired);
     let counters = rmp_serde::to_vec(&counters)
         .map_err(|e| format!("encoding the message counters failed: {e}"))?;
     manifest.metadata = metadata;

@@ -102,6 +102,11 @@ pub(crate) trait Transport: Send {
         let _ = (host, objects);
     }
 
+    /// A request to remove `object` was refused, for `reason`.
+    fn remove_refused(&mut self, object: &ObjectId, reason: &str) {
+        let _ = (object, reason);
+    }
+
     /// `hosts` handle messages again, in `incarnation`.
     fn release(&mut self, hosts: &[HostId], incarnation: u64);
 
@@ -287,12 +292,13 @@ impl<X: Transport> Core<X> {
                 round,
                 ballots,
                 in_transit,
+                retired,
             } => {
                 if in_transit.is_empty() {
                     // Nothing to seal: the seal's fail point is passed here.
                     self.crash_at(failpoint::COMMIT_BEFORE_SEAL)?;
                 }
-                let outcome = self.commit(id, round, ballots, in_transit).await?;
+                let outcome = self.commit(id, round, ballots, in_transit, retired).await?;
                 Ok(vec![Event::CommitResult { round, outcome }])
             }
             Command::Decided {
@@ -415,6 +421,11 @@ impl<X: Transport> Core<X> {
                 self.transport.create(&host, &object, &type_name);
                 Ok(Vec::new())
             }
+            Command::RemoveRefused { object, reason } => {
+                tracing::warn!(%object, %reason, "refused to remove an object");
+                self.transport.remove_refused(&object, &reason);
+                Ok(Vec::new())
+            }
             Command::DrainRefused { host, reason } => {
                 tracing::warn!(%host, %reason, "refused to drain a node");
                 Ok(Vec::new())
@@ -469,6 +480,7 @@ impl<X: Transport> Core<X> {
         round: Round,
         ballots: BTreeMap<ObjectId, crate::engine::Ballot<ObjectEntry>>,
         in_transit: Vec<InTransitEntry>,
+        retired: BTreeMap<ObjectId, (u64, u64)>,
     ) -> std::result::Result<CommitOutcome, Crash> {
         let previous_id = CheckpointId::new(id.get().saturating_sub(1));
         if previous_id != CheckpointId::ZERO
@@ -492,6 +504,7 @@ impl<X: Transport> Core<X> {
             created_at_ms: self.wall.wall_ms(),
             round: self.token(round),
             previous: self.last_manifest.as_deref(),
+            retired,
         };
         let metadata = self.transport.metadata(&self.engine);
         let (manifest, built) = match commit::build(attempt, ballots, in_transit, metadata) {
@@ -554,6 +567,11 @@ impl<X: Transport> Core<X> {
 
 /// What the engine needs of committed `line`, with the host of each object (`hosts`).
 pub(crate) fn line_info(line: &Manifest, hosts: BTreeMap<ObjectId, Option<HostId>>) -> LineInfo {
+    let mut settled = crate::participant::restore::counters(line).unwrap_or_default();
+    for message in &line.in_transit {
+        let (_, received) = settled.entry(message.to.clone()).or_default();
+        *received = received.saturating_add(1);
+    }
     LineInfo {
         id: line.id,
         objects: hosts,
@@ -562,5 +580,6 @@ pub(crate) fn line_info(line: &Manifest, hosts: BTreeMap<ObjectId, Option<HostId
             .iter()
             .map(|(o, e)| (o.clone(), e.type_name.clone()))
             .collect(),
+        settled,
     }
 }

@@ -1,6 +1,6 @@
 //! One attempt at a checkpoint: prepare, votes and channel state, seal, commit, decide.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use cohort_object_api::{CheckpointId, ObjectId};
@@ -31,9 +31,12 @@ pub(super) struct Attempt<T: EngineTypes> {
     /// By participant index, so that they come out sorted without sorting.
     ballots: Vec<Option<Ballot<T::Entry>>>,
     voted: usize,
-    /// Σ sent − Σ received over the ballots so far: the messages sent before their sender's
-    /// cut and not received before their receiver's, which must all be recorded.
+    /// Σ sent − Σ received over the ballots so far (and the removed objects): the messages
+    /// sent before their sender's cut and not received before their receiver's, which must
+    /// all be recorded.
     balance: i128,
+    /// The removed objects' counters when it started, recorded in its line.
+    retired: BTreeMap<ObjectId, (u64, u64)>,
     in_transit: Vec<T::InTransit>,
     /// Hosts that recorded channel state: they seal it before the commit.
     channel_hosts: BTreeSet<HostId>,
@@ -82,6 +85,8 @@ impl<T: EngineTypes> Engine<T> {
             return;
         }
         let joined = self.members.insert(object.clone());
+        // Back under a removed id: it counts its own messages again.
+        self.retired.remove(&object);
         let moved = self.placement.get(&object) != Some(&host);
         if !joined && !moved {
             return;
@@ -318,6 +323,7 @@ impl<T: EngineTypes> Engine<T> {
                 .zip(std::mem::take(&mut a.ballots).into_iter().flatten())
                 .collect(),
             in_transit: std::mem::take(&mut a.in_transit),
+            retired: std::mem::take(&mut a.retired),
         });
     }
 
@@ -363,6 +369,7 @@ impl<T: EngineTypes> Engine<T> {
                     decision: Decision::Committed,
                     hosts: a.prepared,
                 });
+                self.remove_after_commit(now_ms, out);
                 self.rebalance_after_commit(now_ms, out);
             }
             CommitOutcome::Fenced => {
@@ -492,7 +499,13 @@ impl<T: EngineTypes> Engine<T> {
                 .take(roster.participants.len())
                 .collect(),
             voted: 0,
-            balance: 0,
+            // Removed objects' messages are in their peers' counters.
+            balance: self
+                .retired
+                .values()
+                .map(|(sent, received)| i128::from(*sent) - i128::from(*received))
+                .sum(),
+            retired: self.retired.clone(),
             in_transit: Vec::new(),
             channel_hosts: BTreeSet::new(),
             prepared: if away.is_some() {

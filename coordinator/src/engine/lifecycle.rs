@@ -531,6 +531,7 @@ impl<T: EngineTypes> Engine<T> {
                     self.object_types.insert(object.clone(), type_name.clone());
                 }
             }
+            self.settle_retired(Some(&line));
             self.roster = None;
         }
         self.start_recovery(now_ms, RecoveryCause::TakeOver, out);
@@ -690,6 +691,7 @@ impl<T: EngineTypes> Engine<T> {
         if !dropped.is_empty() {
             self.roster = None;
         }
+        self.settle_retired(line.as_ref());
         let Some(r) = self.recovery.as_mut() else {
             return;
         };

@@ -1,8 +1,14 @@
-//! Membership changes of a running cohort: a node drained of its objects, and objects
-//! rebalanced onto nodes that joined. Both move objects at a checkpoint boundary, by the one
-//! mechanism node loss uses: right after a commit, the engine re-places them and recovers the
-//! cohort to the line just committed, with the new hosts creating them from their factories
-//! and the old ones disowning them.
+//! Membership changes of a running cohort: a node drained of its objects, objects rebalanced
+//! onto nodes that joined, and objects removed. All take effect at a checkpoint boundary, by
+//! the one mechanism node loss uses: right after a commit, the engine re-places (or drops)
+//! them and recovers the cohort to the line just committed, with the new hosts creating them
+//! from their factories and the old ones disowning them.
+//!
+//! A removed object's message counters outlive it. The cut balances when Σ sent − Σ received
+//! over the participants equals the in-transit messages recorded, and the messages it sent or
+//! received are in its peers' counters: so its own (sent, received), with the messages in
+//! transit to it in the line it left counted as received (they are discarded), are added to
+//! every later attempt's balance and recorded in every later line.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -22,6 +28,80 @@ impl<T: EngineTypes> Engine<T> {
             }
             _ => false,
         }
+    }
+
+    /// An operator removes `object` at the next commit.
+    pub(super) fn on_remove(&mut self, object: ObjectId, out: &mut Vec<Command<T>>) {
+        let refuse = |reason: String| Command::RemoveRefused {
+            object: object.clone(),
+            reason,
+        };
+        if self.config.hosting != Hosting::Hosted {
+            out.push(refuse(
+                "objects are removed from cohorts of nodes only; in process, stop sending to it and let it idle".into(),
+            ));
+        } else if self.status == Status::Deposed {
+            out.push(refuse(
+                "this coordinator no longer leads; ask the leader".into(),
+            ));
+        } else if !self.members.contains(&object) {
+            out.push(refuse(format!(
+                "{object} is not a member; `cohort status --json` lists the placement"
+            )));
+        } else {
+            self.removing.insert(object);
+        }
+    }
+
+    /// Whether `object` is to be removed at the next commit.
+    pub fn removing(&self, object: &ObjectId) -> bool {
+        self.removing.contains(object)
+    }
+
+    /// Removed objects' message counters, (sent, received), which every line records.
+    pub fn retired(&self) -> &BTreeMap<ObjectId, (u64, u64)> {
+        &self.retired
+    }
+
+    /// After a commit: the removals asked for, if any, as a recovery to the line just
+    /// committed, whose restore leaves them out. Their hosts disown them first.
+    pub(super) fn remove_after_commit(&mut self, now_ms: u64, out: &mut Vec<Command<T>>) {
+        if self.removing.is_empty() || self.status != Status::Running || self.recovery.is_some() {
+            return;
+        }
+        let mut disowned: BTreeMap<HostId, Vec<ObjectId>> = BTreeMap::new();
+        let mut removed = 0;
+        for object in std::mem::take(&mut self.removing) {
+            if !self.members.remove(&object) {
+                continue;
+            }
+            self.object_types.remove(&object);
+            if let Some(host) = self.unplace(&object) {
+                disowned.entry(host).or_default().push(object);
+            }
+            removed += 1;
+        }
+        if removed == 0 {
+            return;
+        }
+        self.roster = None;
+        for (host, objects) in disowned {
+            out.push(Command::Disown { host, objects });
+        }
+        self.start_recovery(now_ms, RecoveryCause::Removed { objects: removed }, out);
+    }
+
+    /// The counters that objects of `line` that are no longer members add to every cut.
+    pub(super) fn settle_retired(&mut self, line: Option<&super::LineInfo>) {
+        self.retired = line
+            .map(|l| {
+                l.settled
+                    .iter()
+                    .filter(|(o, _)| !self.members.contains(*o))
+                    .map(|(o, c)| (o.clone(), *c))
+                    .collect()
+            })
+            .unwrap_or_default();
     }
 
     /// After a commit: the moves that drains and joins call for, if any, as a recovery to the

@@ -268,6 +268,11 @@ pub struct Engine<T: EngineTypes> {
     lost_message_timeouts: u32,
     /// A node joined or is draining since the last commit: the next one plans moves.
     rebalance_due: bool,
+    /// Members an operator removes at the next commit ([`Event::Remove`]).
+    removing: BTreeSet<ObjectId>,
+    /// Removed objects' message counters, (sent, received): they add to every cut's balance
+    /// and are recorded in every line ([`LineInfo::settled`]).
+    retired: BTreeMap<ObjectId, (u64, u64)>,
 }
 
 /// Attempts in a row that time out with every vote in and in-transit messages missing before
@@ -313,6 +318,8 @@ impl<T: EngineTypes> Engine<T> {
             restarts: Restarts::default(),
             lost_message_timeouts: 0,
             rebalance_due: false,
+            removing: BTreeSet::new(),
+            retired: BTreeMap::new(),
         }
     }
 
@@ -472,6 +479,7 @@ impl<T: EngineTypes> Engine<T> {
                     self.rebalance_due = true;
                 }
             }
+            Event::Remove { object } => self.on_remove(object, &mut out),
             Event::Drain { host } => {
                 if !self.on_drain(&host) {
                     out.push(Command::DrainRefused {

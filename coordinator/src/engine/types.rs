@@ -148,6 +148,10 @@ pub struct LineInfo {
     /// The type name each object's state was recorded with: a new leader re-creates an object
     /// whose host lost it from the factory of this type.
     pub types: BTreeMap<ObjectId, String>,
+    /// Each object's message counters in the line, (sent, received), with the in-transit
+    /// messages to it counted as received: what an object that is no longer a member (it was
+    /// removed) adds to every later cut's balance.
+    pub settled: BTreeMap<ObjectId, (u64, u64)>,
 }
 
 /// What a host says when it registers ([`Event::Register`]).
@@ -273,6 +277,11 @@ pub enum RecoveryCause {
         /// How many.
         moved: usize,
     },
+    /// Objects removed at a checkpoint boundary ([`Event::Remove`]).
+    Removed {
+        /// How many.
+        objects: usize,
+    },
     /// An object failed: the restart policy restarts the cohort from the line.
     ObjectFailed {
         /// The object.
@@ -304,6 +313,12 @@ impl fmt::Display for RecoveryCause {
                 "{missing} in-transit messages were never received nor recorded in {} attempts in a row: taken for lost",
                 super::LOST_MESSAGE_TIMEOUTS
             ),
+            Self::Removed { objects } => {
+                write!(
+                    f,
+                    "{objects} objects removed from the cohort at a checkpoint boundary"
+                )
+            }
             Self::Rebalance { moved } => {
                 write!(
                     f,
@@ -541,6 +556,15 @@ pub enum Event<T: EngineTypes> {
     /// This coordinator no longer leads (its leadership stepped down, or found a newer epoch):
     /// from now on the engine writes nothing to the store.
     Deposed,
+    /// An operator removes `object` from the cohort (`cohort remove`). At the next commit
+    /// (which still holds it) its host drops it and the cohort recovers to that line without
+    /// it: its state is in no later line, messages to it in that line are discarded, and its
+    /// message counters stay in every later line so the cut still balances.
+    /// [`Command::RemoveRefused`] when it is not a member or the cohort runs in process.
+    Remove {
+        /// The member to remove.
+        object: ObjectId,
+    },
     /// An operator drains `host` (`cohort drain`): it gets no new objects, and its objects move
     /// to the other nodes at the next commit ([`RecoveryCause::Rebalance`]); once it holds
     /// none it may stop. Refused ([`Command::DrainRefused`]) for a host that is not up.
@@ -701,6 +725,9 @@ pub enum Command<T: EngineTypes> {
         ballots: BTreeMap<ObjectId, Ballot<T::Entry>>,
         /// Every recorded in-transit message.
         in_transit: Vec<T::InTransit>,
+        /// The counters of removed objects, (sent, received), recorded in every line (with
+        /// no state) so that a recovery to it knows what they add to the cut's balance.
+        retired: BTreeMap<ObjectId, (u64, u64)>,
     },
     /// Phase 2: tell the hosts that were asked to prepare how `round` ended.
     Decided {
@@ -790,6 +817,13 @@ pub enum Command<T: EngineTypes> {
         host: HostId,
         /// The objects it must drop.
         objects: Vec<ObjectId>,
+    },
+    /// [`Event::Remove`] of `object` cannot be carried out.
+    RemoveRefused {
+        /// The object named.
+        object: ObjectId,
+        /// Why, and what to do.
+        reason: String,
     },
     /// [`Event::Drain`] of `host` cannot be carried out.
     DrainRefused {

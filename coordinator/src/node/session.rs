@@ -446,7 +446,7 @@ fn on_frame(shared: &Arc<NodeShared>, frame: CoordinatorFrame) {
                 node = %shared.name,
                 objects = objects.len(),
                 first = ?objects.first(),
-                "the coordinator moved objects of this node to other nodes (it was declared dead); dropping them"
+                "the coordinator took objects off this node (moved while it was declared dead, moved by a drain or a rebalance, or removed); dropping them"
             );
             shared.disown(&objects);
         }

@@ -17,7 +17,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
-use cohort_object_api::CheckpointId;
+use cohort_object_api::{CheckpointId, ObjectId};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -59,6 +59,12 @@ pub enum ControlRequest {
     Drain {
         /// The node's name.
         node: String,
+    },
+    /// Remove an object from the cohort (`cohort remove`): [`ControlReply::Removing`], then
+    /// it is removed right after the next checkpoint, which this request triggers.
+    Remove {
+        /// The object's id.
+        object: ObjectId,
     },
 }
 
@@ -106,6 +112,14 @@ pub enum ControlReply {
         /// The node.
         node: String,
         /// The checkpoint whose commit moved its objects.
+        at: CheckpointId,
+    },
+    /// The object is removed right after checkpoint `at` (committed already), the last line
+    /// that holds it.
+    Removing {
+        /// The object.
+        object: ObjectId,
+        /// The last checkpoint that holds it.
         at: CheckpointId,
     },
     /// This coordinator does not lead; ask `leader`, if known.
@@ -283,6 +297,7 @@ impl fmt::Display for ControlRequest {
             Self::Checkpoint => "checkpoint",
             Self::Announce(_) => "announce",
             Self::Drain { .. } => "drain",
+            Self::Remove { .. } => "remove",
         })
     }
 }
@@ -455,7 +470,9 @@ impl Responder {
                             leader: view.leader_address().map(str::to_owned),
                         }
                     }
-                    ControlRequest::Drain { .. } if view.serving_epoch().is_none() => {
+                    ControlRequest::Drain { .. } | ControlRequest::Remove { .. }
+                        if view.serving_epoch().is_none() =>
+                    {
                         ControlReply::NotLeader {
                             leader: view.leader_address().map(str::to_owned),
                         }
@@ -473,6 +490,21 @@ impl Responder {
                             Err(e) => ControlReply::Failed {
                                 reason: format!(
                                     "{node} is draining, but the checkpoint that moves its objects failed ({e}); the next one will"
+                                ),
+                            },
+                        }
+                    }
+                    ControlRequest::Remove { object } => {
+                        if let Err(e) = p.service.remove(&object).await {
+                            return ControlReply::Failed {
+                                reason: e.to_string(),
+                            };
+                        }
+                        match p.service.trigger().await {
+                            Ok(at) => ControlReply::Removing { object, at },
+                            Err(e) => ControlReply::Failed {
+                                reason: format!(
+                                    "{object} is to be removed, but the checkpoint after which it goes failed ({e}); the next one will remove it"
                                 ),
                             },
                         }

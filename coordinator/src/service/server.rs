@@ -175,6 +175,10 @@ enum Input {
         node: String,
         reply: oneshot::Sender<Result<()>>,
     },
+    Remove {
+        object: ObjectId,
+        reply: oneshot::Sender<Result<()>>,
+    },
 }
 
 impl Service {
@@ -338,6 +342,26 @@ impl Service {
         rx.await.map_err(|_| Error::COHORT_STOPPED)?
     }
 
+    /// Removes `object` from the cohort at the next committed checkpoint: its node drops it
+    /// and the cohort recovers to that line without it (see `Event::Remove` in the engine).
+    /// Its state is in no later line; messages still sent to it fail at their sender
+    /// ([`Error::UnknownObject`]). Trigger a checkpoint to have it done now.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] when `object` is not a member or this service does not lead;
+    /// [`Error::Stopped`].
+    pub async fn remove(&self, object: &ObjectId) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.input
+            .send(Input::Remove {
+                object: object.clone(),
+                reply: tx,
+            })
+            .map_err(|_| Error::COHORT_STOPPED)?;
+        rx.await.map_err(|_| Error::COHORT_STOPPED)?
+    }
+
     /// Drops the connection of node `name` from this side, as a network fault would (the node
     /// reconnects; fault injection and operators).
     pub fn cut_connection(&self, name: &str) {
@@ -491,6 +515,8 @@ struct Nodes {
     placement_pushed: u64,
     /// Objects application code asked to create (`NodeFrame::Create`) → the node that asked.
     create_requests: BTreeMap<ObjectId, String>,
+    /// Why the engine refused the last removal it was asked for.
+    removal_refused: Option<String>,
 }
 
 impl Nodes {
@@ -689,6 +715,10 @@ impl Transport for Nodes {
 
     fn create_refused(&mut self, object: &ObjectId, reason: &str) {
         self.answer_create(object, Err(reason.to_owned()));
+    }
+
+    fn remove_refused(&mut self, _object: &ObjectId, reason: &str) {
+        self.removal_refused = Some(reason.to_owned());
     }
 
     fn disown(&mut self, host: &HostId, objects: &[ObjectId]) {
@@ -934,6 +964,7 @@ impl Server {
             recovery_unrecorded: None,
             fenced: false,
             placement_pushed: 0,
+            removal_refused: None,
             create_requests: BTreeMap::new(),
         };
         let mut core = Core::new(
@@ -1041,6 +1072,30 @@ impl Server {
                     Err(Error::invalid_settings(format!(
                         "{node} is not a connected node; `cohort status` lists them"
                     )))
+                });
+                Ok(())
+            }
+            Input::Remove { object, reply } => {
+                let Some(core) = self.core.as_mut() else {
+                    let _ = reply.send(Err(Error::invalid_settings(
+                        "this coordinator does not lead; ask the leader",
+                    )));
+                    return Ok(());
+                };
+                core.transport.removal_refused = None;
+                core.feed(Event::Remove {
+                    object: object.clone(),
+                })
+                .await?;
+                let Some(core) = self.core.as_mut() else {
+                    return Ok(());
+                };
+                let _ = reply.send(match core.transport.removal_refused.take() {
+                    None => {
+                        tracing::info!(%object, "removing an object at the next checkpoint");
+                        Ok(())
+                    }
+                    Some(reason) => Err(Error::invalid_settings(reason)),
                 });
                 Ok(())
             }

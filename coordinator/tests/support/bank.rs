@@ -158,14 +158,27 @@ impl Actor for Account {
         // Pace the traffic so that two cores are not spent on it alone.
         tokio::time::sleep(Duration::from_millis(2)).await;
         let send = (self.balance / 10).max(1).min(self.balance);
-        // Pass money to another account, mostly on another node.
-        let mut next = &self.peers[(self.hops as usize * 7 + 3) % self.peers.len()];
-        if next == ctx.id() {
-            next = &self.peers[(self.hops as usize + 1) % self.peers.len()];
+        // Pass money to another account, mostly on another node; past accounts that were
+        // removed (closed: the cohort no longer knows them).
+        let first = self.hops as usize * 7 + 3;
+        for i in 0..self.peers.len() {
+            let next = &self.peers[(first + i) % self.peers.len()];
+            if next == ctx.id() {
+                continue;
+            }
+            let sent = ctx
+                .address::<Msg>(next)
+                .and_then(|to| ctx.send(&to, Msg::Credit(send)));
+            match sent {
+                Ok(()) => {
+                    self.balance -= send;
+                    return Ok(());
+                }
+                Err(Error::UnknownObject(_)) => continue,
+                Err(e) => return Err(refused(e)),
+            }
         }
-        let to = ctx.address::<Msg>(next).map_err(refused)?;
-        self.balance -= send;
-        ctx.send(&to, Msg::Credit(send)).map_err(refused)
+        Ok(())
     }
 }
 
@@ -652,6 +665,57 @@ impl Cluster {
             lines
         })
         .await
+    }
+
+    /// Asserts that every committed line holds all the money, but for what `removed` took with
+    /// it: from the first line without it on, its balance and the credits in transit to it in
+    /// the last line that held it (the line it was removed at) are gone, and nothing else.
+    pub async fn assert_money_in_every_line_without(&self, removed: &ObjectId) {
+        let removed = removed.clone();
+        let total = self.total();
+        let report = self
+            .read_store(|store| async move {
+                let mut loss = None;
+                let mut lines = Vec::new();
+                for id in store.committed_ids().await.unwrap() {
+                    let manifest = store.read_manifest(id).await.unwrap();
+                    let (money, _) = money_in(&store, &manifest).await;
+                    let holds = manifest.objects.contains_key(&removed);
+                    if holds {
+                        let mut took = 0;
+                        for (o, s) in store.read_states(&manifest).await.unwrap() {
+                            if o == removed {
+                                took += s.decode::<(i64, u64)>().unwrap().0;
+                            }
+                        }
+                        for (entry, m) in store.read_in_transit(&manifest).await.unwrap() {
+                            if entry.to == removed
+                                && let Msg::Credit(x) = m.decode::<Msg>().unwrap()
+                            {
+                                took += x;
+                            }
+                        }
+                        loss = Some(took);
+                    }
+                    lines.push((id, holds, money));
+                }
+                (loss, lines)
+            })
+            .await;
+        let (loss, lines) = report;
+        let loss = loss.expect("some line holds the removed object");
+        let wrong: Vec<_> = lines
+            .iter()
+            .filter(|(_, holds, money)| *money != if *holds { total } else { total - loss })
+            .collect();
+        assert!(
+            lines.iter().any(|(_, holds, _)| !holds),
+            "no line without the removed object: {lines:?}"
+        );
+        assert!(
+            wrong.is_empty(),
+            "money not conserved (expected {total}, less {loss} without the removed account) in lines {wrong:?}"
+        );
     }
 
     /// Asserts that every committed line (checkpoints and fences) holds all the money.

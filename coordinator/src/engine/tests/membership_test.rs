@@ -140,6 +140,7 @@ fn a_drained_node_hands_its_objects_over_at_the_next_commit() {
             .map(|(o, h)| (obj(o), Some(host(h))))
             .collect(),
         types: Default::default(),
+        settled: Default::default(),
     };
     let out = e.handle(
         21,
@@ -408,6 +409,7 @@ fn after_a_takeover_a_node_creates_what_the_line_placed_on_it_and_it_lacks() {
             .map(|(o, h)| (obj(o), Some(host(h))))
             .collect(),
         types: [0, 1, 2].into_iter().map(account).collect(),
+        settled: Default::default(),
     };
     e.handle(0, Event::TakeOver { line: Some(line) });
     // a restarted meanwhile: it announces 0 only.
@@ -416,4 +418,118 @@ fn after_a_takeover_a_node_creates_what_the_line_placed_on_it_and_it_lacks() {
     // b cannot create accounts: nothing is ordered that it could not do.
     let out = e.handle(101, register("b", &[], &[]));
     assert_eq!(creates_in(&out), vec![(host("b"), vec![])]);
+}
+
+#[test]
+fn a_removed_object_leaves_at_the_next_commit_and_its_counters_stay_in_the_balance() {
+    let mut e = cohort(&["a", "b"], &[(0, "a"), (1, "b"), (2, "b")]);
+    // Not a member: refused, with what to do.
+    let out = e.handle(5, Event::Remove { object: obj(7) });
+    assert!(
+        matches!(&out[..], [Command::RemoveRefused { object, reason }] if *object == obj(7) && reason.contains("not a member")),
+        "{out:?}"
+    );
+    assert_eq!(e.handle(6, Event::Remove { object: obj(1) }), vec![]);
+    assert!(e.removing(&obj(1)));
+    // Nothing happens before the commit, which still holds it.
+    assert!(e.members().contains(&obj(1)));
+    let out = commit_one(&mut e, 10);
+    let tail: Vec<&Command<T>> = out
+        .iter()
+        .skip_while(|c| !matches!(c, Command::Decided { .. }))
+        .skip(1)
+        .collect();
+    assert_eq!(
+        tail,
+        vec![
+            &Command::Disown {
+                host: host("b"),
+                objects: vec![obj(1)]
+            },
+            &Command::Recovering {
+                recovery: 1,
+                cause: RecoveryCause::Removed { objects: 1 }
+            },
+            &Command::ReadLine {
+                recovery: 1,
+                skip: vec![]
+            },
+        ]
+    );
+    assert!(!e.members().contains(&obj(1)));
+    assert!(!e.placement().contains_key(&obj(1)));
+    // The line it left: it sent 5 messages and received 2, and one was in transit to it.
+    let line = LineInfo {
+        id: cid(6),
+        objects: [(0, "a"), (1, "b"), (2, "b")]
+            .into_iter()
+            .map(|(o, h)| (obj(o), Some(host(h))))
+            .collect(),
+        types: Default::default(),
+        settled: [(obj(0), (3, 4)), (obj(1), (5, 3)), (obj(2), (1, 2))].into(),
+    };
+    let out = e.handle(
+        11,
+        Event::LineRead {
+            recovery: 1,
+            result: Ok(Some(line)),
+        },
+    );
+    // Nobody creates or restores it.
+    assert_eq!(
+        creates_in(&out),
+        vec![(host("a"), vec![]), (host("b"), vec![])]
+    );
+    assert_eq!(e.retired(), &[(obj(1), (5, 3))].into());
+    let inc = e.incarnation();
+    for h in ["a", "b"] {
+        e.handle(
+            12,
+            Event::Restored {
+                recovery: 1,
+                incarnation: inc,
+                host: host(h),
+                result: Ok(()),
+            },
+        );
+    }
+    e.handle(
+        13,
+        Event::FenceResult {
+            recovery: 1,
+            outcome: FenceOutcome::Written { id: cid(7) },
+        },
+    );
+    assert_eq!(e.status(), Status::Running);
+    // The others' counters are off by what it sent and received: with its own added the cut
+    // balances with nothing in transit, and the line records them.
+    let out = trigger(&mut e, 100, 100);
+    let round = out
+        .iter()
+        .find_map(|c| match c {
+            Command::Prepare { round, .. } => Some(*round),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no prepare in {out:?}"));
+    e.handle(
+        101,
+        Event::Vote {
+            round,
+            object: obj(0),
+            vote: yes(1, 3, 4),
+        },
+    );
+    let out = e.handle(
+        101,
+        Event::Vote {
+            round,
+            object: obj(2),
+            vote: yes(1, 1, 2),
+        },
+    );
+    let retired = out.iter().find_map(|c| match c {
+        Command::Commit { retired, .. } => Some(retired.clone()),
+        _ => None,
+    });
+    assert_eq!(retired, Some([(obj(1), (5, 3))].into()), "{out:?}");
 }

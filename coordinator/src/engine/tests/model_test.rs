@@ -292,6 +292,7 @@ fn check(model: &mut Model, epoch: u64, out: &[Command<T>]) -> Result<(), TestCa
                 round,
                 ballots,
                 in_transit,
+                ..
             } => {
                 let a = model
                     .attempt
@@ -458,7 +459,8 @@ fn check(model: &mut Model, epoch: u64, out: &[Command<T>]) -> Result<(), TestCa
             }
             Command::Create { .. }
             | Command::CreateRefused { .. }
-            | Command::DrainRefused { .. } => {}
+            | Command::DrainRefused { .. }
+            | Command::RemoveRefused { .. } => {}
         }
         i += 1;
     }
@@ -555,6 +557,7 @@ proptest! {
                             id: cid(id),
                             objects,
                             types: Default::default(),
+                            settled: Default::default(),
                         }))
                     };
                     // Only the answer to the read in progress counts.

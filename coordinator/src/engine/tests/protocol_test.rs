@@ -37,6 +37,7 @@ fn trigger_prepare_vote_commit_decide_reply() {
             round: Round(1),
             ballots,
             in_transit: vec![],
+            retired: Default::default(),
         }]
     );
 

@@ -22,6 +22,7 @@ fn line(id: u64, objects: &[(u8, &str)]) -> LineInfo {
             .map(|(o, h)| (obj(*o), Some(host(h))))
             .collect(),
         types: Default::default(),
+        settled: Default::default(),
     }
 }
 

@@ -60,6 +60,7 @@ fn finish_recovery(e: &mut Engine<T>, now: u64, seq: u64) -> Vec<Command<T>> {
             .map(|(o, h)| (obj(o), Some(host(h))))
             .collect(),
         types: Default::default(),
+        settled: Default::default(),
     };
     let restores = e.handle(
         now,
