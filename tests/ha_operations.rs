@@ -563,7 +563,7 @@ fn drain_moves_a_nodes_accounts_away_and_says_when_it_can_stop() {
 /// `cohort remove OBJECT --wait`: the account leaves at the checkpoint the command triggers,
 /// the command returns once it is no longer placed, and later lines hold the others only,
 /// with the same money in each (what it held went with it). An id that is not a member is
-/// refused with the reason.
+/// refused with the reason. Then `cohort recover` rolls the cohort back to its newest line.
 #[test]
 fn remove_takes_an_account_out_of_a_running_cohort() {
     let mut bank = Bank::new(8);
@@ -605,6 +605,17 @@ fn remove_takes_an_account_out_of_a_running_cohort() {
     assert_eq!(
         totals[0], totals[1],
         "money changed between lines without account-3"
+    );
+    // `cohort recover` rolls the running cohort back to its newest line (it also ends a halt).
+    let said = ok(&bank.cohort(&["recover", "--coordinator", &leader]));
+    assert!(said.contains("recovered to checkpoint"), "{said}");
+    let out = ok(&bank.cohort(&["checkpoint", "--now", "--coordinator", &leader]));
+    let id = CheckpointId::new(out.trim().parse().unwrap());
+    let manifest = bank.manifest(id);
+    assert_eq!(manifest.objects.len(), 7, "checkpoint {id}");
+    assert_eq!(
+        rt.block_on(line_money(&store, &manifest)).unwrap().total(),
+        totals[0]
     );
 }
 

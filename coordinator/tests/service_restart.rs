@@ -2,7 +2,8 @@
 //! whose handler panics (or returns an error) restarts the whole cohort from its recovery line
 //! after the policy's backoff, and the money keeps moving; one more failure than the policy
 //! allows within its window halts the cohort, and the service's status names the object, the
-//! error and the policy. Every committed line holds all the money.
+//! error and the policy, until a recovery on request (`cohort recover`) ends the halt. Every
+//! committed line holds all the money.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod support;
@@ -101,5 +102,14 @@ async fn a_failure_beyond_the_policy_halts_the_cohort_and_names_it() {
         Err(Error::Aborted { .. }) => {}
         other => panic!("a halted cohort took a checkpoint: {other:?}"),
     }
+    // The cause is gone (the fault fired once): a recovery on request (`cohort recover`) ends
+    // the halt, and the money moves again.
+    let recovered = cluster.service.recover().await.unwrap();
+    assert!(recovered.line.is_some(), "{recovered:?}");
+    let status = cluster.status();
+    assert_eq!(status.halt, None);
+    assert!(status.recoveries > recoveries);
+    let before = cluster.hops_at_line().await;
+    cluster.line_with_more_hops(before, 20).await;
     cluster.assert_money_in_every_line().await;
 }

@@ -4,7 +4,7 @@ use std::io::Write;
 
 use cohort_coordinator::service::control::{ControlReply, ControlRequest};
 
-use crate::cli::control::CoordinatorArgs;
+use crate::cli::control::{CoordinatorArgs, not_leading, unexpected};
 use crate::cli::failure::{Code, Failure};
 use crate::cli::output;
 
@@ -40,26 +40,12 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
             writeln!(out, "{id}")?;
             Ok(Code::Ok)
         }
-        ControlReply::NotLeader { leader } => Err(Failure::refused(match leader {
-            Some(leader) => format!(
-                "no coordinator at {} leads, and the leader they name ({leader}) could not be reached",
-                addrs.join(", ")
-            ),
-            None => format!(
-                "no coordinator at {} leads right now (a standby may be waiting out the lease)",
-                addrs.join(", ")
-            ),
-        })
-        .hint("retry in a moment; `cohort status` shows who leads")
-        .into()),
+        ControlReply::NotLeader { leader } => Err(not_leading(&addrs, leader).into()),
         ControlReply::Failed { reason } => Err(Failure::refused(format!(
             "the checkpoint did not commit: {reason}"
         ))
         .hint("retry; `cohort status` shows the nodes and what is in flight")
         .into()),
-        other => Err(Failure::usage(format!(
-            "the coordinator gave an unexpected answer: {other:?}"
-        ))
-        .into()),
+        other => Err(unexpected(&other).into()),
     }
 }

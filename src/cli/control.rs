@@ -115,3 +115,26 @@ impl ConnectArgs {
         }
     }
 }
+
+/// The failure of a request only the leader answers, when the coordinators at `addrs` do not
+/// lead and the `leader` they name (if any) could not be reached.
+pub(crate) fn not_leading(addrs: &[String], leader: Option<String>) -> Failure {
+    Failure::refused(match leader {
+        Some(leader) => format!(
+            "no coordinator at {} leads, and the leader they name ({leader}) could not be reached",
+            addrs.join(", ")
+        ),
+        None => format!(
+            "no coordinator at {} leads right now (a standby may be waiting out the lease)",
+            addrs.join(", ")
+        ),
+    })
+    .hint("retry in a moment; `cohort status` shows who leads")
+}
+
+/// The failure for an answer the request does not call for.
+pub(crate) fn unexpected(reply: &ControlReply) -> Failure {
+    Failure::usage(format!(
+        "the coordinator gave an unexpected answer: {reply:?}"
+    ))
+}

@@ -17,6 +17,7 @@ mod jsondiff;
 mod list;
 mod output;
 mod pin;
+mod recover;
 mod remove;
 mod rollback;
 mod serve;
@@ -111,6 +112,7 @@ enum Command {
     Checkpoint(checkpoint::Args),
     Drain(drain::Args),
     Remove(remove::Args),
+    Recover(recover::Args),
     Certs(certs::Args),
 }
 
@@ -225,6 +227,7 @@ fn run(cli: Cli) -> anyhow::Result<Code> {
             Command::Checkpoint(args) => checkpoint::run(args).await,
             Command::Drain(args) => drain::run(args).await,
             Command::Remove(args) => remove::run(args).await,
+            Command::Recover(args) => recover::run(args).await,
             Command::Certs(args) => certs::run(args).await,
         }
     })

@@ -8,7 +8,7 @@ use tokio::time::Instant;
 use cohort::ObjectId;
 use cohort_coordinator::service::control::{ControlReply, ControlRequest};
 
-use crate::cli::control::CoordinatorArgs;
+use crate::cli::control::{CoordinatorArgs, not_leading, unexpected};
 use crate::cli::failure::{Code, Failure};
 use crate::cli::output;
 
@@ -55,17 +55,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
     let (addrs, reply) = args.coordinator.ask(request).await?;
     let at = match reply {
         ControlReply::Removing { at, .. } => at,
-        ControlReply::NotLeader { leader } => {
-            return Err(Failure::refused(format!(
-                "no coordinator at {} leads right now{}",
-                addrs.join(", "),
-                leader.map_or_else(String::new, |l| format!(
-                    " (the leader they name, {l}, could not be reached)"
-                ))
-            ))
-            .hint("retry in a moment; `cohort status` shows who leads")
-            .into());
-        }
+        ControlReply::NotLeader { leader } => return Err(not_leading(&addrs, leader).into()),
         ControlReply::Failed { reason } => {
             return Err(
                 Failure::refused(format!("cannot remove {object}: {reason}"))
@@ -73,12 +63,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
                     .into(),
             );
         }
-        other => {
-            return Err(Failure::usage(format!(
-                "the coordinator gave an unexpected answer: {other:?}"
-            ))
-            .into());
-        }
+        other => return Err(unexpected(&other).into()),
     };
     let mut out = output::stdout();
     writeln!(

@@ -407,10 +407,7 @@ fn expect_status(reply: ControlReply) -> anyhow::Result<StatusReport> {
             "the coordinator did not report its status: {reason}"
         ))
         .into()),
-        other => Err(Failure::usage(format!(
-            "the coordinator gave an unexpected answer: {other:?}"
-        ))
-        .into()),
+        other => Err(crate::cli::control::unexpected(&other).into()),
     }
 }
 

@@ -583,3 +583,20 @@ pub(crate) fn line_info(line: &Manifest, hosts: BTreeMap<ObjectId, Option<HostId
         settled,
     }
 }
+
+/// The typed error of a failed recovery, for its requester.
+pub(crate) fn recovery_error(failure: &RecoveryFailure, epoch: u64) -> Error {
+    match failure {
+        RecoveryFailure::MissingObjects { line, missing } => Error::MissingObjects {
+            line: *line,
+            missing: missing.clone(),
+        },
+        RecoveryFailure::Fenced => Error::Fenced { epoch },
+        RecoveryFailure::Store { reason } => Error::Store(Box::new(
+            cohort_checkpoint::Error::InvalidInput(reason.clone()),
+        )),
+        RecoveryFailure::Restore { failure, .. } => Error::Store(Box::new(
+            cohort_checkpoint::Error::InvalidInput(failure.to_string()),
+        )),
+    }
+}

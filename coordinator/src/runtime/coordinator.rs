@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::CohortSink;
 use super::{CheckpointStats, Local, RecoveryReport, Settings, Shared};
-use crate::core::{CommitStats, Core, RestoreOrder, Transport};
+use crate::core::{CommitStats, Core, RestoreOrder, Transport, recovery_error};
 use crate::engine::{
     Ballot, Config, Decision, Engine, Event, Halt, Health, HostId, Hosting, RecoverId, Recovered,
     RecoveryCause, RecoveryFailure, Round, Start, Vote, VotedState,
@@ -518,22 +518,6 @@ impl LocalTransport {
         }
         shared.metrics.record_redelivered(self.redelivered);
         Ok(())
-    }
-}
-
-fn recovery_error(failure: &RecoveryFailure, epoch: u64) -> Error {
-    match failure {
-        RecoveryFailure::MissingObjects { line, missing } => Error::MissingObjects {
-            line: *line,
-            missing: missing.clone(),
-        },
-        RecoveryFailure::Fenced => Error::Fenced { epoch },
-        RecoveryFailure::Store { reason } => Error::Store(Box::new(
-            cohort_checkpoint::Error::InvalidInput(reason.clone()),
-        )),
-        RecoveryFailure::Restore { failure, .. } => Error::Store(Box::new(
-            cohort_checkpoint::Error::InvalidInput(failure.to_string()),
-        )),
     }
 }
 

@@ -60,6 +60,9 @@ pub enum ControlRequest {
         /// The node's name.
         node: String,
     },
+    /// Roll the cohort back to its newest line now (`cohort recover`), which also ends a halt
+    /// beyond the restart policy: [`ControlReply::Recovered`] once it is done.
+    Recover,
     /// Remove an object from the cohort (`cohort remove`): [`ControlReply::Removing`], then
     /// it is removed right after the next checkpoint, which this request triggers.
     Remove {
@@ -113,6 +116,13 @@ pub enum ControlReply {
         node: String,
         /// The checkpoint whose commit moved its objects.
         at: CheckpointId,
+    },
+    /// The cohort recovered: every node restored `line`, under the fence `fence`.
+    Recovered {
+        /// The line restored (`None`: nothing was ever committed).
+        line: Option<CheckpointId>,
+        /// The fence written over it.
+        fence: Option<CheckpointId>,
     },
     /// The object is removed right after checkpoint `at` (committed already), the last line
     /// that holds it.
@@ -298,6 +308,7 @@ impl fmt::Display for ControlRequest {
             Self::Announce(_) => "announce",
             Self::Drain { .. } => "drain",
             Self::Remove { .. } => "remove",
+            Self::Recover => "recover",
         })
     }
 }
@@ -470,7 +481,9 @@ impl Responder {
                             leader: view.leader_address().map(str::to_owned),
                         }
                     }
-                    ControlRequest::Drain { .. } | ControlRequest::Remove { .. }
+                    ControlRequest::Drain { .. }
+                    | ControlRequest::Remove { .. }
+                    | ControlRequest::Recover
                         if view.serving_epoch().is_none() =>
                     {
                         ControlReply::NotLeader {
@@ -494,6 +507,15 @@ impl Responder {
                             },
                         }
                     }
+                    ControlRequest::Recover => match p.service.recover().await {
+                        Ok(r) => ControlReply::Recovered {
+                            line: r.line,
+                            fence: r.fence,
+                        },
+                        Err(e) => ControlReply::Failed {
+                            reason: e.to_string(),
+                        },
+                    },
                     ControlRequest::Remove { object } => {
                         if let Err(e) = p.service.remove(&object).await {
                             return ControlReply::Failed {

@@ -15,7 +15,7 @@ use super::STATE_TABLE_KEY;
 use super::metrics::ServiceMetrics;
 use super::protocol::{CoordinatorFrame, NodeFrame, WireVote};
 use super::table::{NodeEntry, StateTable};
-use crate::core::{CommitStats, Core, RestoreOrder, Transport, line_info};
+use crate::core::{CommitStats, Core, RestoreOrder, Transport, line_info, recovery_error};
 use crate::engine::{
     Ballot, Config, Decision, Engine, Event, Halt, Health, HostId, Hosting, Liveness, RecoverId,
     Recovered, RecoveryCause, RecoveryFailure, Registration, RestartPolicy, RestoreFailure, Round,
@@ -178,6 +178,9 @@ enum Input {
     Remove {
         object: ObjectId,
         reply: oneshot::Sender<Result<()>>,
+    },
+    Recover {
+        reply: oneshot::Sender<Result<Recovered>>,
     },
 }
 
@@ -362,6 +365,22 @@ impl Service {
         rx.await.map_err(|_| Error::COHORT_STOPPED)?
     }
 
+    /// Rolls every node back to the newest committed line now, as a takeover would: every
+    /// object restored, the in-transit messages redelivered, a fence written. It also ends a
+    /// halt beyond the restart policy (fix the cause first), forgetting the failures counted.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] when this service does not lead; the recovery's failure
+    /// ([`Error::Store`], [`Error::Fenced`]); [`Error::Stopped`].
+    pub async fn recover(&self) -> Result<Recovered> {
+        let (tx, rx) = oneshot::channel();
+        self.input
+            .send(Input::Recover { reply: tx })
+            .map_err(|_| Error::COHORT_STOPPED)?;
+        rx.await.map_err(|_| Error::COHORT_STOPPED)?
+    }
+
     /// Drops the connection of node `name` from this side, as a network fault would (the node
     /// reconnects; fault injection and operators).
     pub fn cut_connection(&self, name: &str) {
@@ -517,6 +536,9 @@ struct Nodes {
     create_requests: BTreeMap<ObjectId, String>,
     /// Why the engine refused the last removal it was asked for.
     removal_refused: Option<String>,
+    /// Callers of [`Service::recover`] waiting for their recovery.
+    recover_replies: BTreeMap<RecoverId, oneshot::Sender<Result<Recovered>>>,
+    next_recover: u64,
 }
 
 impl Nodes {
@@ -744,10 +766,22 @@ impl Transport for Nodes {
 
     fn recovered(
         &mut self,
-        _requests: Vec<RecoverId>,
+        requests: Vec<RecoverId>,
         result: std::result::Result<Recovered, RecoveryFailure>,
-        _error: Option<Error>,
+        error: Option<Error>,
     ) {
+        let mut error = error;
+        for request in requests {
+            if let Some(reply) = self.recover_replies.remove(&request) {
+                let epoch = result.as_ref().map_or(0, |r| r.epoch);
+                let _ = reply.send(match &result {
+                    Ok(r) => Ok(r.clone()),
+                    Err(failure) => Err(error
+                        .take()
+                        .unwrap_or_else(|| recovery_error(failure, epoch))),
+                });
+            }
+        }
         // A recovery that restored no node (every node was away) is recorded at its end.
         if let Some((_, cause)) = self.recovery_unrecorded.take()
             && let Some(m) = &self.metrics
@@ -965,6 +999,8 @@ impl Server {
             fenced: false,
             placement_pushed: 0,
             removal_refused: None,
+            recover_replies: BTreeMap::new(),
+            next_recover: 0,
             create_requests: BTreeMap::new(),
         };
         let mut core = Core::new(
@@ -1074,6 +1110,19 @@ impl Server {
                     )))
                 });
                 Ok(())
+            }
+            Input::Recover { reply } => {
+                let Some(core) = self.core.as_mut() else {
+                    let _ = reply.send(Err(Error::invalid_settings(
+                        "this coordinator does not lead; ask the leader",
+                    )));
+                    return Ok(());
+                };
+                core.transport.next_recover += 1;
+                let request = RecoverId(core.transport.next_recover);
+                core.transport.recover_replies.insert(request, reply);
+                tracing::warn!("recovering the cohort on request");
+                core.feed(Event::Recover { request }).await
             }
             Input::Remove { object, reply } => {
                 let Some(core) = self.core.as_mut() else {
