@@ -11,6 +11,8 @@ pub(crate) const SEGMENTS: &str = "segments";
 pub(crate) const EPOCHS: &str = "epochs";
 pub(crate) const PINS: &str = "pins";
 pub(crate) const PROBE: &str = "probe";
+/// Ingress logs: `ingress/<name>/…` (see `ingress.rs`).
+pub(crate) const INGRESS: &str = "ingress";
 
 const MANIFEST_EXT: &str = ".manifest";
 const SEGMENT_EXT: &str = ".seg";

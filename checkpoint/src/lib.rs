@@ -14,6 +14,7 @@
 mod delta;
 mod error;
 mod format;
+pub mod ingress;
 mod keys;
 mod local;
 mod manifest;

@@ -949,6 +949,60 @@ impl CheckpointStore {
         self.damaged(damage)
     }
 
+    /// [`damaged`](Self::damaged), for other modules of this crate.
+    pub(crate) fn inner_damaged(&self, damage: Damage) -> Error {
+        self.damaged(damage)
+    }
+
+    /// Reads blob `key` whole.
+    pub(crate) async fn get_raw(&self, key: &str) -> Result<Bytes> {
+        self.inner.get(key).await
+    }
+
+    /// Writes blob `key`; `create_only` refuses to replace an existing one
+    /// ([`Error::Conflict`]). Durable on return (on local disk, when the store fsyncs).
+    pub(crate) async fn put_raw(&self, key: &str, bytes: Vec<u8>, create_only: bool) -> Result<()> {
+        self.check_writable("write")?;
+        let mode = if create_only {
+            PutMode::Create
+        } else {
+            PutMode::Overwrite
+        };
+        match self
+            .inner
+            .store
+            .put_opts(&self.inner.path(key), PutPayload::from(bytes), mode.into())
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::AlreadyExists { .. }) => Err(Error::Conflict {
+                id: CheckpointId::ZERO,
+                reason: format!("{key} exists already"),
+                url: self.inner.url.clone(),
+            }),
+            Err(e) => Err(self.inner.map_err(format!("write {key}"), e)),
+        }
+    }
+
+    /// The keys under `dir`, sorted.
+    pub(crate) async fn list_keys(&self, dir: &str) -> Result<Vec<String>> {
+        let mut keys: Vec<String> = self
+            .inner
+            .list(dir)
+            .await?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        keys.sort_unstable();
+        Ok(keys)
+    }
+
+    /// Deletes blobs; one already gone is fine.
+    pub(crate) async fn delete_keys(&self, keys: impl Iterator<Item = String>) -> Result<()> {
+        self.check_writable("delete")?;
+        self.inner.delete_all(keys).await
+    }
+
     /// The error of a read that found `damage`: [`Error::FutureFormat`] for a blob of a newer
     /// format, else [`Error::Damaged`].
     pub(crate) fn damaged(&self, damage: Damage) -> Error {

@@ -22,6 +22,7 @@ mod core;
 pub mod engine;
 mod error;
 pub mod failpoint;
+pub mod ingress;
 pub mod messaging;
 pub mod node;
 mod participant;

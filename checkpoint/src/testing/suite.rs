@@ -70,6 +70,7 @@ pub async fn run(store: &CheckpointStore, caps: Capabilities) {
     delta_gc_keeps_bases(&store.child("delta-gc").unwrap()).await;
     delta_fencing(&store.child("delta-fencing").unwrap()).await;
     future_format(&store.child("future-format").unwrap()).await;
+    ingress_log(&store.child("ingress").unwrap()).await;
 }
 
 fn oid(s: &str) -> ObjectId {
@@ -1323,4 +1324,151 @@ pub async fn future_format(store: &CheckpointStore) {
     assert!(matches!(err, Error::FutureFormat { .. }), "{err}");
     os.put(&seg_path, good.into()).await.unwrap();
     assert_eq!(store.recovery_line().await.unwrap().unwrap().manifest, m3);
+}
+
+/// The ingress log: acknowledgements only once durable, one write for concurrent inputs,
+/// retries deduplicated (across a reopen and a truncation too), reads in order from any
+/// position still stored, truncation of what no one needs, damage refused at open, and GC
+/// of checkpoints leaves the log alone.
+pub async fn ingress_log(store: &CheckpointStore) {
+    use crate::ingress::{IngressLog, IngressOptions};
+    // One batch in memory: reads of older ones go to the store.
+    let options = IngressOptions {
+        cached_batches: 1,
+        ..IngressOptions::default()
+    };
+    let log = IngressLog::open(store, "deposits", options.clone())
+        .await
+        .unwrap();
+    assert_eq!((log.first(), log.end()), (0, 0));
+    let to = oid("account-1");
+    let one = log
+        .append("c1", 1, to.clone(), Bytes::from_static(b"a"))
+        .await
+        .unwrap();
+    assert_eq!((one.position, one.duplicate), (0, false));
+    // 200 concurrent inputs of two clients: all durable, in fewer writes than inputs.
+    let appends = (2..=101u64).flat_map(|seq| {
+        ["c1", "c2"].into_iter().map({
+            let (log, to) = (log.clone(), to.clone());
+            move |client| {
+                let (log, to) = (log.clone(), to.clone());
+                async move {
+                    log.append(client, seq, to, Bytes::from(format!("{client}-{seq}")))
+                        .await
+                        .unwrap()
+                }
+            }
+        })
+    });
+    let acks = futures::future::join_all(appends).await;
+    assert!(acks.iter().all(|a| !a.duplicate));
+    assert_eq!(log.end(), 201);
+    let blobs = store.list_keys("ingress/deposits").await.unwrap();
+    assert!(
+        blobs.len() < 100,
+        "no group commit: {} batches for 201 inputs",
+        blobs.len()
+    );
+    // A retry is acknowledged as a duplicate with its position, and stores nothing.
+    let again = log
+        .append("c2", 101, to.clone(), Bytes::from_static(b"x"))
+        .await
+        .unwrap();
+    assert!(again.duplicate);
+    assert_eq!(log.end(), 201);
+    // Reads in order from any position, across batches.
+    let all = log.read(0, 1000).await.unwrap();
+    assert_eq!(all.len(), 201);
+    assert!(all.iter().enumerate().all(|(i, r)| r.position == i as u64));
+    assert_eq!(&all[0].payload[..], b"a");
+    let c1: Vec<u64> = all
+        .iter()
+        .filter(|r| r.client == "c1")
+        .map(|r| r.seq)
+        .collect();
+    assert_eq!(
+        c1,
+        (1..=101).collect::<Vec<_>>(),
+        "a client's inputs keep their order"
+    );
+    assert_eq!(log.read(150, 10).await.unwrap()[0].position, 150);
+    assert!(log.read(201, 10).await.unwrap().is_empty());
+
+    // Reopened: the end and every client's newest input are read back.
+    drop(log);
+    let log = IngressLog::open(store, "deposits", options.clone())
+        .await
+        .unwrap();
+    assert_eq!(log.end(), 201);
+    assert!(
+        log.append("c1", 50, to.clone(), Bytes::new())
+            .await
+            .unwrap()
+            .duplicate
+    );
+    let next = log
+        .append("c1", 102, to.clone(), Bytes::from_static(b"z"))
+        .await
+        .unwrap();
+    assert_eq!((next.position, next.duplicate), (201, false));
+
+    // Truncation keeps every batch holding a position at or above the one asked for.
+    let deleted = log.truncate_below(150).await.unwrap();
+    assert!(deleted > 0);
+    assert!(
+        log.first() <= 150 && log.first() > 0,
+        "first {}",
+        log.first()
+    );
+    assert_eq!(log.read(150, 1).await.unwrap()[0].position, 150);
+    assert!(matches!(log.read(0, 1).await, Err(Error::NotFound { .. })));
+    drop(log);
+    let log = IngressLog::open(store, "deposits", options.clone())
+        .await
+        .unwrap();
+    assert_eq!(log.end(), 202);
+    // Dedupe survives the truncation (the client table was saved first).
+    assert!(
+        log.append("c2", 3, to.clone(), Bytes::new())
+            .await
+            .unwrap()
+            .duplicate
+    );
+    let report = IngressLog::verify(store, "deposits").await.unwrap();
+    assert!(report.damaged.is_empty(), "{report:?}");
+    assert_eq!((report.end, report.clients), (202, 2));
+    assert_eq!(
+        IngressLog::names(store).await.unwrap(),
+        vec!["deposits".to_owned()]
+    );
+
+    // GC of checkpoints does not touch the log.
+    let m = commit_incremental(store, 1, None, &[("a", 1)]).await;
+    commit_incremental(store, 2, Some(&m), &[("a", 2)]).await;
+    store.gc(1, false).await.unwrap();
+    assert_eq!(
+        IngressLog::verify(store, "deposits").await.unwrap().end,
+        202
+    );
+
+    // A flipped byte in a batch: verify names the blob, open refuses the log.
+    let newest = store.list_keys("ingress/deposits").await.unwrap();
+    let batch = newest
+        .iter()
+        .rev()
+        .find(|k| k.ends_with(".log"))
+        .unwrap()
+        .clone();
+    let mut bytes = store.get_raw(&batch).await.unwrap().to_vec();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    store.put_raw(&batch, bytes, false).await.unwrap();
+    let report = IngressLog::verify(store, "deposits").await.unwrap();
+    assert_eq!(report.damaged.len(), 1, "{report:?}");
+    assert_eq!(report.damaged[0].blob, batch);
+    let refused = IngressLog::open(store, "deposits", options)
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, Error::Damaged { .. }), "{refused}");
 }
