@@ -24,6 +24,8 @@ mod entry;
 #[allow(clippy::unwrap_used)]
 #[path = "../tests/ha_support/mod.rs"]
 mod ha_support;
+#[path = "report/ingress.rs"]
+mod ingress;
 #[path = "report/inproc.rs"]
 mod inproc;
 #[path = "report/processes.rs"]
@@ -131,6 +133,10 @@ const STEPS: &[Step] = &[
     Step {
         figures: &["write_small_objects"],
         run: |c| Ok(vec![runtime()?.block_on(storage::small(c.dir.path()))?]),
+    },
+    Step {
+        figures: &["ingress_throughput", "ingress_p99"],
+        run: |c| runtime()?.block_on(ingress::figures(c.dir.path())),
     },
     Step {
         figures: &["pause_p99"],

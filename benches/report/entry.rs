@@ -15,6 +15,8 @@ pub(crate) enum Goal {
     RatioAtMost(f64),
     /// The value itself is at most this, in the entry's unit.
     AtMost(f64),
+    /// The value itself is at least this, in the entry's unit (rates).
+    AtLeast(f64),
 }
 
 impl Goal {
@@ -23,6 +25,7 @@ impl Goal {
             Goal::RatioAtLeast(r) => format!("ratio >= {r}"),
             Goal::RatioAtMost(r) => format!("ratio <= {r}"),
             Goal::AtMost(v) => format!("<= {v} {unit}"),
+            Goal::AtLeast(v) => format!(">= {v} {unit}"),
         }
     }
 
@@ -31,6 +34,7 @@ impl Goal {
             Goal::RatioAtLeast(r) => ratio.is_some_and(|x| x >= r),
             Goal::RatioAtMost(r) => ratio.is_some_and(|x| x <= r),
             Goal::AtMost(v) => value <= v,
+            Goal::AtLeast(v) => value >= v,
         }
     }
 }

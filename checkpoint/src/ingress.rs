@@ -40,7 +40,7 @@ const MAGIC: &[u8; 4] = b"CIGL";
 const TABLE_MAGIC: &[u8; 4] = b"CIGT";
 /// The format version of batch and client-table blobs.
 pub const INGRESS_FORMAT_VERSION: u16 = 1;
-const HEADER_LEN: usize = 4 + 2 + 8;
+const HEADER_LEN: usize = 4 + 2 + 8 + 4;
 
 /// The longest client id accepted, in bytes.
 pub const MAX_CLIENT_LEN: usize = 256;
@@ -109,25 +109,71 @@ pub struct IngressReport {
     pub clients: usize,
     /// What is wrong, if anything.
     pub damaged: Vec<Damage>,
+    /// The newest segment ends in an append that a crash cut off (never acknowledged; the
+    /// next open cuts it): its key.
+    pub torn_tail: Option<String>,
 }
 
-/// A client's newest durable input.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// How many of a client's durable sequence numbers above its contiguous floor are remembered
+/// one by one; beyond it the floor moves up past the oldest gap.
+pub const MAX_CLIENT_GAPS: usize = 65_536;
+
+/// What a client has made durable: every sequence number up to `floor`, and the ones in
+/// `above` (inputs that overtook others still in flight), with their positions.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct ClientMark {
-    seq: u64,
-    position: u64,
+    floor: u64,
+    floor_position: u64,
+    above: BTreeMap<u64, u64>,
+}
+
+impl ClientMark {
+    /// The position of durable input `seq`, if it is one (the floor's for an old one).
+    fn durable(&self, seq: u64) -> Option<u64> {
+        if seq <= self.floor {
+            return Some(self.floor_position);
+        }
+        self.above.get(&seq).copied()
+    }
+
+    fn record(&mut self, seq: u64, position: u64) {
+        if seq <= self.floor {
+            return;
+        }
+        self.above.insert(seq, position);
+        while let Some(p) = self.above.remove(&(self.floor + 1)) {
+            self.floor += 1;
+            self.floor_position = p;
+        }
+        while self.above.len() > MAX_CLIENT_GAPS {
+            if let Some((s, p)) = self.above.pop_first() {
+                (self.floor, self.floor_position) = (s, p);
+            }
+            while let Some(p) = self.above.remove(&(self.floor + 1)) {
+                self.floor += 1;
+                self.floor_position = p;
+            }
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
 struct WireRecord(String, u64, ObjectId, #[serde(with = "bin")] Vec<u8>);
+
+/// [`WireRecord`] as it is written, borrowing the input.
+#[derive(Serialize)]
+struct WireRecordRef<'a>(&'a str, u64, &'a ObjectId, #[serde(with = "bin")] &'a [u8]);
 
 /// A payload as msgpack `bin` (an array of integers otherwise).
 mod bin {
     use serde::de::{Error, SeqAccess, Visitor};
     use serde::{Deserializer, Serializer};
 
-    pub(super) fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(v)
+    pub(super) fn serialize<S: Serializer, B: AsRef<[u8]> + ?Sized>(
+        v: &B,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v.as_ref())
     }
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
@@ -162,6 +208,9 @@ struct Pending {
     payload: Bytes,
 }
 
+/// Inputs queued or being written, by client and sequence number → the callers waiting.
+type InFlight = HashMap<String, HashMap<u64, Vec<oneshot::Sender<Result<Ack>>>>>;
+
 struct State {
     /// The next position to assign (every position below it is durable).
     end: u64,
@@ -169,7 +218,7 @@ struct State {
     first: u64,
     clients: HashMap<String, ClientMark>,
     /// (client, seq) queued or being written → the callers waiting for it.
-    in_flight: HashMap<(String, u64), Vec<oneshot::Sender<Result<Ack>>>>,
+    in_flight: InFlight,
     /// The first position of every stored batch, ascending.
     batches: Vec<u64>,
     /// The newest batches, by first position.
@@ -261,49 +310,122 @@ fn frame(magic: &[u8; 4], first: u64, body: &[u8]) -> Vec<u8> {
     out.extend_from_slice(magic);
     out.extend_from_slice(&INGRESS_FORMAT_VERSION.to_le_bytes());
     out.extend_from_slice(&first.to_le_bytes());
+    out.extend_from_slice(&u32::try_from(body.len()).unwrap_or(u32::MAX).to_le_bytes());
     out.extend_from_slice(body);
     let crc = format::crc(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     out
 }
 
-/// Checks a framed blob and returns its position field and body.
+/// Checks the frame at the start of `bytes`; returns its position field, its body and its
+/// whole length.
 fn unframe<'a>(
     magic: &[u8; 4],
     bytes: &'a [u8],
-) -> std::result::Result<(u64, &'a [u8]), DamageKind> {
-    if bytes.len() < HEADER_LEN + 4 {
-        return Err(DamageKind::Truncated {
-            needed: (HEADER_LEN + 4) as u64,
-            actual: bytes.len() as u64,
-        });
+) -> std::result::Result<(u64, &'a [u8], usize), DamageKind> {
+    let truncated = |needed: usize| DamageKind::Truncated {
+        needed: needed as u64,
+        actual: bytes.len() as u64,
+    };
+    if bytes.len() < HEADER_LEN {
+        return Err(truncated(HEADER_LEN + 4));
     }
-    let (framed, trailer) = bytes.split_at(bytes.len() - 4);
-    let expected = u32::from_le_bytes(trailer.try_into().unwrap_or_default());
-    let actual = format::crc(framed);
-    if expected != actual {
-        return Err(DamageKind::CrcMismatch { expected, actual });
+    if &bytes[..4] != magic {
+        return Err(DamageKind::HeaderMismatch(
+            "not an ingress log frame".into(),
+        ));
     }
-    if &framed[..4] != magic {
-        return Err(DamageKind::HeaderMismatch("not an ingress log blob".into()));
-    }
-    let version = u16::from_le_bytes([framed[4], framed[5]]);
+    let version = u16::from_le_bytes([bytes[4], bytes[5]]);
     if version > INGRESS_FORMAT_VERSION {
         return Err(DamageKind::FutureFormat {
             found: version,
             supported: INGRESS_FORMAT_VERSION,
         });
     }
-    let mut position = [0u8; 8];
-    position.copy_from_slice(&framed[6..14]);
-    Ok((u64::from_le_bytes(position), &framed[HEADER_LEN..]))
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&bytes[6..14]);
+    let position = u64::from_le_bytes(word);
+    let mut len = [0u8; 4];
+    len.copy_from_slice(&bytes[14..18]);
+    let body_len = u32::from_le_bytes(len) as usize;
+    let total = HEADER_LEN + body_len + 4;
+    if bytes.len() < total {
+        return Err(truncated(total));
+    }
+    let mut crc = [0u8; 4];
+    crc.copy_from_slice(&bytes[total - 4..total]);
+    let expected = u32::from_le_bytes(crc);
+    let actual = format::crc(&bytes[..total - 4]);
+    if expected != actual {
+        return Err(DamageKind::CrcMismatch { expected, actual });
+    }
+    Ok((position, &bytes[HEADER_LEN..total - 4], total))
 }
 
-fn decode_batch(bytes: &[u8]) -> std::result::Result<Vec<IngressRecord>, DamageKind> {
-    let (first, body) = unframe(MAGIC, bytes)?;
+/// The batches of a segment blob, in order, and the length of its valid prefix. A frame that
+/// does not verify ends the segment: `Err` with the damage and the valid prefix's length
+/// (after the last frame of the newest segment, a write that was cut off).
+struct Segment {
+    batches: Vec<Vec<IngressRecord>>,
+    valid: usize,
+    damage: Option<DamageKind>,
+    /// The frame that does not verify is what an append cut off by a crash leaves: short, or
+    /// ending in unwritten (zero) blocks, up to the end of the blob. A flipped byte in a
+    /// complete frame is damage.
+    damage_at_end: bool,
+}
+
+fn decode_segment(bytes: &[u8]) -> Segment {
+    let mut segment = Segment {
+        batches: Vec::new(),
+        valid: 0,
+        damage: None,
+        damage_at_end: false,
+    };
+    while segment.valid < bytes.len() {
+        match decode_frame(&bytes[segment.valid..]) {
+            Ok((batch, len)) => {
+                segment.batches.push(batch);
+                segment.valid += len;
+            }
+            Err(kind) => {
+                let rest = &bytes[segment.valid..];
+                // A crash leaves an append short, or its blocks unwritten (zeros, trailer
+                // included); a complete frame whose crc is wrong is damage, not a torn write.
+                segment.damage_at_end = match &kind {
+                    DamageKind::Truncated { .. } => true,
+                    DamageKind::CrcMismatch { .. } | DamageKind::HeaderMismatch(_) => {
+                        rest.iter().rev().take(4).all(|b| *b == 0)
+                            && frame_len(rest).is_none_or(|len| len >= rest.len())
+                    }
+                    _ => false,
+                };
+                segment.damage = Some(kind);
+                break;
+            }
+        }
+    }
+    if bytes.is_empty() {
+        segment.damage = Some(DamageKind::Truncated {
+            needed: (HEADER_LEN + 4) as u64,
+            actual: 0,
+        });
+        segment.damage_at_end = true;
+    }
+    segment
+}
+
+/// The whole length the frame at the start of `bytes` claims.
+fn frame_len(bytes: &[u8]) -> Option<usize> {
+    let len = u32::from_le_bytes(bytes.get(14..18)?.try_into().ok()?) as usize;
+    Some(HEADER_LEN + len + 4)
+}
+
+fn decode_frame(bytes: &[u8]) -> std::result::Result<(Vec<IngressRecord>, usize), DamageKind> {
+    let (first, body, len) = unframe(MAGIC, bytes)?;
     let wire: Vec<WireRecord> =
         rmp_serde::from_slice(body).map_err(|e| DamageKind::Undecodable(e.to_string()))?;
-    Ok(wire
+    let records = wire
         .into_iter()
         .enumerate()
         .map(|(i, WireRecord(client, seq, to, payload))| IngressRecord {
@@ -313,7 +435,8 @@ fn decode_batch(bytes: &[u8]) -> std::result::Result<Vec<IngressRecord>, DamageK
             to,
             payload: Bytes::from(payload),
         })
-        .collect())
+        .collect();
+    Ok((records, len))
 }
 
 fn validate_name(name: &str) -> Result<()> {
@@ -339,6 +462,14 @@ impl IngressLog {
         let scan = scan(store, name).await?;
         if let Some(damage) = scan.damaged.into_iter().next() {
             return Err(store.inner_damaged(damage));
+        }
+        if let Some((key, valid)) = &scan.torn {
+            tracing::warn!(log = name, blob = %key, valid, "the ingress log ends in an append that was cut off (never acknowledged); cutting it");
+            if *valid == 0 {
+                store.delete_keys(std::iter::once(key.clone())).await?;
+            } else {
+                store.truncate_blob(key, *valid).await?;
+            }
         }
         let (queue, rx) = mpsc::unbounded_channel();
         let (durable, _) = watch::channel(scan.end);
@@ -396,9 +527,10 @@ impl IngressLog {
 
     /// Appends one input for object `to` from `client` (at most [`MAX_CLIENT_LEN`] bytes)
     /// with the client's sequence number `seq`, and answers once it is durable. A `seq` the
-    /// client used already (at most its newest durable one) is answered as a duplicate
-    /// without storing anything; one still being written is answered with that write.
-    /// Sequence numbers of one client must grow: a retry reuses its number.
+    /// client made durable already is answered as a duplicate without storing anything; one
+    /// still being written is answered with that write. A client numbers its inputs 1, 2, 3,
+    /// … and a retry reuses its number; inputs may be in flight concurrently and overtake
+    /// each other (up to [`MAX_CLIENT_GAPS`] ahead of the oldest one not yet durable).
     ///
     /// # Errors
     ///
@@ -425,15 +557,25 @@ impl IngressLog {
             if let Some(reason) = &state.in_doubt {
                 return Err(self.in_doubt(reason));
             }
-            if let Some(mark) = state.clients.get(client)
-                && seq <= mark.seq
-            {
+            if let Some(position) = state.clients.get(client).and_then(|m| m.durable(seq)) {
                 return Ok(Ack {
-                    position: mark.position,
+                    position,
                     duplicate: true,
                 });
             }
-            let waiters = state.in_flight.entry((client.to_owned(), seq)).or_default();
+            // Looked up by `&str`: a client's first input in flight allocates its key, no other.
+            if !state.in_flight.contains_key(client) {
+                state.in_flight.insert(client.to_owned(), HashMap::new());
+            }
+            let Some(waiters) = state
+                .in_flight
+                .get_mut(client)
+                .map(|m| m.entry(seq).or_default())
+            else {
+                return Err(Error::InvalidInput(
+                    "the ingress log lost track of an input in flight".into(),
+                ));
+            };
             let first = waiters.is_empty();
             waiters.push(tx);
             if first {
@@ -502,24 +644,35 @@ impl IngressLog {
             let i = state.batches.partition_point(|&f| f <= from);
             state.batches[i.saturating_sub(1)]
         };
-        // Older than the cache: read its batch (and the next ones) back.
+        // Older than the cache: read its segment (and the next ones) back.
         let mut out = Vec::new();
         let mut first = start;
         while out.len() < max {
             let key = batch_key(&self.inner.name, first);
             let bytes = self.inner.store.get_raw(&key).await?;
-            let batch = decode_batch(&bytes).map_err(|kind| {
-                self.inner.store.inner_damaged(Damage {
+            let segment = decode_segment(&bytes);
+            let next = segment
+                .batches
+                .last()
+                .and_then(|b| b.last())
+                .map_or(first, |r| r.position + 1);
+            // Damage ends a segment: an error unless its inputs were all read before it.
+            if let Some(kind) = segment.damage
+                && next < self.end()
+                && self.segment_after(first).is_none_or(|n| n != next)
+            {
+                return Err(self.inner.store.inner_damaged(Damage {
                     checkpoint: cohort_object_api::CheckpointId::ZERO,
                     object: None,
-                    blob: key.clone(),
+                    blob: key,
                     kind,
-                })
-            })?;
-            let next = batch.last().map_or(first, |r| r.position + 1);
+                }));
+            }
             out.extend(
-                batch
+                segment
+                    .batches
                     .into_iter()
+                    .flatten()
                     .filter(|r| r.position >= from)
                     .take(max - out.len()),
             );
@@ -529,6 +682,13 @@ impl IngressLog {
             first = next;
         }
         Ok(out)
+    }
+
+    /// The first position of the segment stored after the one starting at `first`.
+    fn segment_after(&self, first: u64) -> Option<u64> {
+        let state = lock(&self.inner.state);
+        let i = state.batches.partition_point(|&f| f <= first);
+        state.batches.get(i).copied()
     }
 
     /// Deletes every batch whose inputs are all below `position` (no kept checkpoint needs
@@ -549,8 +709,11 @@ impl IngressLog {
                 .take_while(|w| w[1] <= position)
                 .map(|w| w[0])
                 .collect();
-            let table: BTreeMap<String, ClientMark> =
-                state.clients.iter().map(|(c, m)| (c.clone(), *m)).collect();
+            let table: BTreeMap<String, ClientMark> = state
+                .clients
+                .iter()
+                .map(|(c, m)| (c.clone(), m.clone()))
+                .collect();
             (doomed, table, state.end)
         };
         if doomed.is_empty() {
@@ -616,6 +779,7 @@ impl IngressLog {
             end: scan.end,
             clients: scan.clients.len(),
             damaged: scan.damaged,
+            torn_tail: scan.torn.map(|(key, _)| key),
         })
     }
 
@@ -647,6 +811,8 @@ struct Scan {
     batches: Vec<u64>,
     tail: Vec<Vec<IngressRecord>>,
     damaged: Vec<Damage>,
+    /// The newest segment ends in a cut-off append: its key and the length of its valid part.
+    torn: Option<(String, u64)>,
 }
 
 async fn scan(store: &CheckpointStore, name: &str) -> Result<Scan> {
@@ -674,7 +840,7 @@ async fn scan(store: &CheckpointStore, name: &str) -> Result<Scan> {
     if let Some(p) = table {
         let key = table_key(name, p);
         let bytes = store.get_raw(&key).await?;
-        match unframe(TABLE_MAGIC, &bytes).and_then(|(_, body)| {
+        match unframe(TABLE_MAGIC, &bytes).and_then(|(_, body, _)| {
             rmp_serde::from_slice::<BTreeMap<String, ClientMark>>(body)
                 .map_err(|e| DamageKind::Undecodable(e.to_string()))
         }) {
@@ -685,39 +851,57 @@ async fn scan(store: &CheckpointStore, name: &str) -> Result<Scan> {
     let first = batches.first().copied().unwrap_or(table.unwrap_or(0));
     let mut end = first;
     let mut tail = Vec::new();
-    for &start in &batches {
+    let mut torn = None;
+    for (i, &start) in batches.iter().enumerate() {
         let key = batch_key(name, start);
         if start != end {
             damaged.push(damage(
                 key.clone(),
                 DamageKind::HeaderMismatch(format!(
-                    "the batch starts at position {start}, but the one before ends at {end}: batches are missing"
+                    "the segment starts at position {start}, but the one before ends at {end}: inputs are missing"
                 )),
             ));
         }
         let bytes = store.get_raw(&key).await?;
-        match decode_batch(&bytes) {
-            Ok(records) if records.first().is_some_and(|r| r.position == start) => {
-                for r in &records {
-                    let mark = clients.entry(r.client.clone()).or_default();
-                    if r.seq >= mark.seq {
-                        *mark = ClientMark {
-                            seq: r.seq,
-                            position: r.position,
-                        };
-                    }
-                }
-                end = start + records.len() as u64;
-                tail.push(records);
+        let segment = decode_segment(&bytes);
+        let mut at = start;
+        for records in segment.batches {
+            if records.first().map(|r| r.position) != Some(at) {
+                damaged.push(damage(
+                    key.clone(),
+                    DamageKind::HeaderMismatch(format!(
+                        "a batch does not start at position {at}, where the one before ends"
+                    )),
+                ));
+                break;
             }
-            Ok(_) => damaged.push(damage(
-                key,
-                DamageKind::HeaderMismatch(format!(
-                    "the batch's first position is not {start}, its name"
-                )),
-            )),
-            Err(kind) => damaged.push(damage(key, kind)),
+            for r in &records {
+                clients
+                    .entry(r.client.clone())
+                    .or_default()
+                    .record(r.seq, r.position);
+            }
+            at += records.len() as u64;
+            tail.push(records);
         }
+        end = at;
+        if let Some(kind) = segment.damage {
+            // The newest segment may end in an append that was cut off (never acknowledged:
+            // its sync did not return); anywhere else, a frame that does not verify is damage.
+            // Only a local file is appended to; an object store's put is atomic.
+            if i + 1 == batches.len() && segment.damage_at_end && store.local_file(&key).is_some() {
+                torn = Some((key, segment.valid as u64));
+            } else {
+                damaged.push(damage(key, kind));
+            }
+        }
+    }
+    if torn.as_ref().is_some_and(|(_, valid)| *valid == 0) {
+        // A segment whose first append was cut off: it holds nothing.
+        batches.pop();
+    }
+    while tail.len() > 512 {
+        tail.remove(0);
     }
     Ok(Scan {
         first,
@@ -726,11 +910,40 @@ async fn scan(store: &CheckpointStore, name: &str) -> Result<Scan> {
         batches,
         tail,
         damaged,
+        torn,
     })
+}
+
+/// On local disk, the segment file the committer appends batches to.
+struct Appender {
+    file: std::fs::File,
+    path: std::path::PathBuf,
+    /// Its length: where the next frame goes (and what a failed append is cut back to).
+    len: u64,
+}
+
+/// A local segment is closed (the next batch starts a new one) once it holds this much.
+const SEGMENT_ROLL: u64 = 64 << 20;
+
+/// The callers waiting for `client`'s input `seq` (forgetting the client once it has none).
+fn take_waiters(
+    in_flight: &mut InFlight,
+    client: &str,
+    seq: u64,
+) -> Vec<oneshot::Sender<Result<Ack>>> {
+    let Some(of_client) = in_flight.get_mut(client) else {
+        return Vec::new();
+    };
+    let waiters = of_client.remove(&seq).unwrap_or_default();
+    if of_client.is_empty() {
+        in_flight.remove(client);
+    }
+    waiters
 }
 
 /// Takes every queued input, writes them as one batch, answers their callers; repeats.
 async fn commit_loop(log: std::sync::Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Pending>) {
+    let mut appender: Option<Appender> = None;
     while let Some(first) = rx.recv().await {
         let Some(inner) = log.upgrade() else { return };
         let mut pending = vec![first];
@@ -744,11 +957,77 @@ async fn commit_loop(log: std::sync::Weak<Inner>, mut rx: mpsc::UnboundedReceive
                 Err(_) => break,
             }
         }
-        commit_batch(&inner, pending).await;
+        appender = commit_batch(&inner, pending, appender).await;
     }
 }
 
-async fn commit_batch(inner: &Inner, pending: Vec<Pending>) {
+/// Writes `blob` (one framed batch starting at `start`) to the local segment file: appended
+/// to the open one, or as a new segment; synced. Returns the appender to use next (none
+/// after a failure: the next batch starts a new segment) and whether a new segment was made.
+fn append_local(
+    dir: &std::path::Path,
+    new_path: std::path::PathBuf,
+    blob: &[u8],
+    fsync: bool,
+    appender: Option<Appender>,
+) -> (Option<Appender>, std::io::Result<bool>) {
+    use std::io::Write as _;
+    let (mut app, created) = match appender.filter(|a| a.len < SEGMENT_ROLL) {
+        Some(a) => (a, false),
+        None => {
+            let opened = std::fs::create_dir_all(dir).and_then(|()| {
+                std::fs::OpenOptions::new()
+                    .append(true)
+                    .create_new(true)
+                    .open(&new_path)
+            });
+            match opened {
+                Ok(file) => (
+                    Appender {
+                        file,
+                        path: new_path,
+                        len: 0,
+                    },
+                    true,
+                ),
+                Err(e) => return (None, Err(e)),
+            }
+        }
+    };
+    let written = app
+        .file
+        .write_all(blob)
+        .and_then(|()| if fsync { app.file.sync_data() } else { Ok(()) })
+        .and_then(|()| {
+            // A new file is durable once its directory entry is.
+            if created && fsync {
+                std::fs::File::open(dir)?.sync_all()
+            } else {
+                Ok(())
+            }
+        });
+    match written {
+        Ok(()) => {
+            app.len += blob.len() as u64;
+            (Some(app), Ok(created))
+        }
+        Err(e) => {
+            // Cut the partial frame off so that the segment stays readable; if even that
+            // fails, the open after a restart cuts it.
+            let _ = app.file.set_len(app.len);
+            if created && app.len == 0 {
+                let _ = std::fs::remove_file(&app.path);
+            }
+            (None, Err(e))
+        }
+    }
+}
+
+async fn commit_batch(
+    inner: &Inner,
+    pending: Vec<Pending>,
+    appender: Option<Appender>,
+) -> Option<Appender> {
     let start = lock(&inner.state).end;
     let records: Vec<IngressRecord> = pending
         .into_iter()
@@ -761,34 +1040,74 @@ async fn commit_batch(inner: &Inner, pending: Vec<Pending>) {
             payload: p.payload,
         })
         .collect();
-    let wire: Vec<WireRecord> = records
+    let wire: Vec<WireRecordRef<'_>> = records
         .iter()
-        .map(|r| WireRecord(r.client.clone(), r.seq, r.to.clone(), r.payload.to_vec()))
+        .map(|r| WireRecordRef(&r.client, r.seq, &r.to, &r.payload))
         .collect();
     let key = batch_key(&inner.name, start);
+    let mut next_appender = None;
+    let mut new_segment = true;
     let written = match rmp_serde::to_vec(&wire) {
         Ok(body) => {
             let blob = frame(MAGIC, start, &body);
-            let crc = format::crc(&blob);
-            match inner.store.put_raw(&key, blob, true).await {
-                Ok(()) => Ok(()),
-                // The answer may have been lost after the write landed: the store decides.
-                Err(e) => match inner.store.get_raw(&key).await {
-                    Ok(found) if format::crc(&found) == crc => Ok(()),
-                    Ok(_) => Err((
-                        e,
-                        Some(format!(
-                            "position {start} was written by another writer of this log"
+            match inner.store.local_file(&key) {
+                // Local disk: append to the open segment file, one sync per batch.
+                Some((path, fsync)) => {
+                    let dir = path
+                        .parent()
+                        .map(std::path::Path::to_path_buf)
+                        .unwrap_or_default();
+                    let joined = tokio::task::spawn_blocking(move || {
+                        append_local(&dir, path, &blob, fsync, appender)
+                    })
+                    .await;
+                    match joined {
+                        Ok((app, Ok(created))) => {
+                            next_appender = app;
+                            new_segment = created;
+                            Ok(())
+                        }
+                        Ok((_, Err(e))) => Err((
+                            Error::Unavailable {
+                                operation: format!("append to {key}"),
+                                endpoint: inner.store.url().to_owned(),
+                                source: object_store::Error::Generic {
+                                    store: "LocalFileSystem",
+                                    source: Box::new(e),
+                                },
+                            },
+                            None,
                         )),
-                    )),
-                    Err(Error::NotFound { .. }) => Err((e, None)),
-                    Err(_) => Err((
-                        e,
-                        Some(format!(
-                            "the write of position {start} may or may not have landed"
+                        Err(e) => Err((
+                            Error::InvalidInput(format!("the ingress append task failed: {e}")),
+                            Some("an append may or may not have landed".to_owned()),
                         )),
-                    )),
-                },
+                    }
+                }
+                None => {
+                    let crc = format::crc(&blob);
+                    match inner.store.put_raw(&key, blob, true).await {
+                        Ok(()) => Ok(()),
+                        // The answer may have been lost after the write landed: the store
+                        // decides.
+                        Err(e) => match inner.store.get_raw(&key).await {
+                            Ok(found) if format::crc(&found) == crc => Ok(()),
+                            Ok(_) => Err((
+                                e,
+                                Some(format!(
+                                    "position {start} was written by another writer of this log"
+                                )),
+                            )),
+                            Err(Error::NotFound { .. }) => Err((e, None)),
+                            Err(_) => Err((
+                                e,
+                                Some(format!(
+                                    "the write of position {start} may or may not have landed"
+                                )),
+                            )),
+                        },
+                    }
+                }
             }
         }
         Err(e) => Err((
@@ -800,24 +1119,21 @@ async fn commit_batch(inner: &Inner, pending: Vec<Pending>) {
     match written {
         Ok(()) => {
             state.end = start + records.len() as u64;
-            state.batches.push(start);
+            if new_segment {
+                state.batches.push(start);
+            }
             for r in &records {
-                let mark = state.clients.entry(r.client.clone()).or_default();
-                if r.seq >= mark.seq {
-                    *mark = ClientMark {
-                        seq: r.seq,
-                        position: r.position,
-                    };
-                }
+                state
+                    .clients
+                    .entry(r.client.clone())
+                    .or_default()
+                    .record(r.seq, r.position);
                 let ack = Ack {
                     position: r.position,
                     duplicate: false,
                 };
-                for (i, waiter) in state
-                    .in_flight
-                    .remove(&(r.client.clone(), r.seq))
+                for (i, waiter) in take_waiters(&mut state.in_flight, &r.client, r.seq)
                     .into_iter()
-                    .flatten()
                     .enumerate()
                 {
                     let _ = waiter.send(Ok(Ack {
@@ -841,12 +1157,7 @@ async fn commit_batch(inner: &Inner, pending: Vec<Pending>) {
             }
             let message = error.to_string();
             for r in &records {
-                for waiter in state
-                    .in_flight
-                    .remove(&(r.client.clone(), r.seq))
-                    .into_iter()
-                    .flatten()
-                {
+                for waiter in take_waiters(&mut state.in_flight, &r.client, r.seq) {
                     let _ = waiter.send(Err(match &doubt {
                         Some(reason) => Error::Conflict {
                             id: cohort_object_api::CheckpointId::ZERO,
@@ -869,4 +1180,5 @@ async fn commit_batch(inner: &Inner, pending: Vec<Pending>) {
             }
         }
     }
+    next_appender
 }

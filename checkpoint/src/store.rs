@@ -984,6 +984,37 @@ impl CheckpointStore {
         }
     }
 
+    /// The file behind blob `key` and whether writes must be synced, for a store on local
+    /// disk opened from a path (`None` for other stores).
+    pub(crate) fn local_file(&self, key: &str) -> Option<(std::path::PathBuf, bool)> {
+        self.inner
+            .local
+            .as_ref()
+            .map(|l| (l.file(&self.inner.path(key)), l.fsync()))
+    }
+
+    /// Cuts blob `key` to its first `len` bytes (a cut-off append at its end).
+    pub(crate) async fn truncate_blob(&self, key: &str, len: u64) -> Result<()> {
+        self.check_writable("truncate")?;
+        if let Some((file, fsync)) = self.local_file(key) {
+            let cut = || -> std::io::Result<()> {
+                let f = std::fs::OpenOptions::new().write(true).open(&file)?;
+                f.set_len(len)?;
+                if fsync {
+                    f.sync_data()?;
+                }
+                Ok(())
+            };
+            return cut().map_err(|e| {
+                self.inner
+                    .map_err(format!("truncate {key}"), local::store_error(e, &file))
+            });
+        }
+        let bytes = self.get_raw(key).await?;
+        let keep = usize::try_from(len).unwrap_or(usize::MAX).min(bytes.len());
+        self.put_raw(key, bytes[..keep].to_vec(), false).await
+    }
+
     /// The keys under `dir`, sorted.
     pub(crate) async fn list_keys(&self, dir: &str) -> Result<Vec<String>> {
         let mut keys: Vec<String> = self
