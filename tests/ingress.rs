@@ -253,6 +253,27 @@ fn acknowledged_deposits_survive_a_sigkill_exactly_once() {
         (money, report.end)
     });
     assert_eq!(log_end, DEPOSITS, "each deposit is stored once");
+    // `cohort verify` checks the log; `cohort show` says where the source had read to.
+    let cohort = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_cohort"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "cohort {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let verified = cohort(&["verify", "--store", &url]);
+    assert!(
+        verified.contains(&format!("ingress log deposits: ok ({DEPOSITS} inputs)")),
+        "{verified}"
+    );
+    let shown = cohort(&["show", "--store", &url, &id.to_string()]);
+    assert!(
+        shown.contains(&format!(
+            "ingress-deposits has read ingress log deposits to position {DEPOSITS}"
+        )),
+        "{shown}"
+    );
     let deposited: i64 = (1..=DEPOSITS).map(amount).sum();
     assert_eq!(
         money,

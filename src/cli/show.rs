@@ -74,6 +74,16 @@ struct Shown {
     in_transit: Vec<ShownMessage>,
     /// Free metadata, each value base64.
     metadata: BTreeMap<String, String>,
+    /// The ingress sources: where each has read its log to (replay resumes there).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    ingress: Vec<ShownIngress>,
+}
+
+#[derive(Debug, Serialize)]
+struct ShownIngress {
+    source: ObjectId,
+    log: String,
+    position: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -123,7 +133,16 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
     let manifest = store::read_manifest(&store, args.id).await?;
     let delta_of = store.manifest_base(args.id).await?;
     let messages = read_messages(&store, &manifest, args.binary).await?;
-    let shown = describe(&manifest, delta_of, messages);
+    let mut shown = describe(&manifest, delta_of, messages);
+    shown.ingress = cohort::coordinator::ingress::source_positions(&store, &manifest)
+        .await?
+        .into_iter()
+        .map(|(source, log, position)| ShownIngress {
+            source,
+            log,
+            position,
+        })
+        .collect();
     let mut out = output::stdout();
     if args.json {
         output::write_json(&mut out, &shown)?;
@@ -248,6 +267,7 @@ fn describe(m: &Manifest, delta_of: Option<CheckpointId>, messages: Vec<ReadMess
                 )
             })
             .collect(),
+        ingress: Vec::new(),
     }
 }
 
@@ -311,6 +331,13 @@ fn write_human(out: &mut impl Write, s: &Shown) -> anyhow::Result<()> {
     ];
     for (name, value) in fields {
         writeln!(out, "  {name:<12}{value}")?;
+    }
+    for i in &s.ingress {
+        writeln!(
+            out,
+            "  {:<12}{} has read ingress log {} to position {}",
+            "ingress", i.source, i.log, i.position
+        )?;
     }
 
     writeln!(out)?;

@@ -3,7 +3,8 @@
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
-use cohort_checkpoint::{Damage, DamageKind, VerifyProgress, VerifyReport};
+use cohort_checkpoint::ingress::IngressLog;
+use cohort_checkpoint::{CheckpointStore, Damage, DamageKind, VerifyProgress, VerifyReport};
 use cohort_object_api::{CheckpointId, ObjectId};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
@@ -17,8 +18,9 @@ use crate::cli::{Parsed, StoreArgs};
 ///
 /// Checks that every blob they reference is present, long enough, and matches its crc. With no
 /// ID, every retained (committed, not expired) checkpoint is verified, oldest first,
-/// with a progress bar on a terminal. Each damaged entry is named: the checkpoint, the object
-/// and the blob.
+/// with a progress bar on a terminal, then every ingress log (each batch's crc, no input
+/// missing, and that the oldest checkpoint can still replay from where its source was). Each
+/// damaged entry is named: the checkpoint, the object and the blob.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
 Exit codes: 0 when everything verified is intact, 1 when anything is damaged or was written by a
@@ -51,6 +53,9 @@ struct Verified {
     /// Set for the newest epoch's record and lease.
     #[serde(skip_serializing_if = "Option::is_none")]
     epoch: Option<u64>,
+    /// Set for an ingress log (entries: the inputs it holds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ingress: Option<String>,
     ok: bool,
     /// Written by a newer cohort: not damaged, but this build cannot check it.
     newer_format: bool,
@@ -96,6 +101,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
         let damaged: Vec<Damaged> = state.damage().map(from_damage).collect();
         verified.push(Verified {
             checkpoint: None,
+            ingress: None,
             epoch: Some(state.epoch),
             ok: false,
             newer_format: damaged.iter().all(|d| d.kind == "future_format"),
@@ -103,6 +109,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
             bytes: 0,
             damaged,
         });
+    }
+    if args.id.is_none() {
+        verified.extend(verify_ingress(&store).await?);
     }
     let damaged = verified.iter().filter(|v| !v.ok).count();
 
@@ -117,6 +126,57 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Code> {
     } else {
         Code::Failure
     })
+}
+
+/// Every ingress log: its blobs, and that the oldest committed checkpoint can still replay
+/// from the position its source recorded (GC and truncation must not have gone past it).
+async fn verify_ingress(store: &CheckpointStore) -> anyhow::Result<Vec<Verified>> {
+    let names = IngressLog::names(store).await?;
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    let oldest = match store.committed_ids().await?.first() {
+        Some(id) => Some(store.read_manifest(*id).await?),
+        None => None,
+    };
+    let positions = match &oldest {
+        Some(m) => cohort::coordinator::ingress::source_positions(store, m).await?,
+        None => Vec::new(),
+    };
+    let mut out = Vec::new();
+    for name in names {
+        let report = IngressLog::verify(store, &name).await?;
+        let mut damaged: Vec<Damaged> = report.damaged.iter().map(from_damage).collect();
+        for (source, log, next) in &positions {
+            if *log == name && *next < report.first {
+                damaged.push(Damaged {
+                    checkpoint: oldest.as_ref().map(|m| m.id),
+                    object: Some(source.clone()),
+                    blob: format!("ingress/{name}/"),
+                    kind: "missing",
+                    problem: format!(
+                        "the checkpoint replays from position {next}, but the log starts at {}",
+                        report.first
+                    ),
+                    base: None,
+                });
+            }
+        }
+        out.push(Verified {
+            checkpoint: None,
+            epoch: None,
+            ingress: Some(name),
+            ok: damaged.is_empty(),
+            newer_format: !damaged.is_empty() && damaged.iter().all(|d| d.kind == "future_format"),
+            entries: usize::try_from(report.records).unwrap_or(usize::MAX),
+            bytes: 0,
+            damaged,
+        });
+        if let (Some(last), Some(key)) = (out.last(), &report.torn_tail) {
+            tracing::info!(log = ?last.ingress, blob = %key, "the log ends in an append a crash cut off; the next open cuts it");
+        }
+    }
+    Ok(out)
 }
 
 /// A bar on stderr when it is a terminal; hidden otherwise, so that logs and pipes stay clean.
@@ -152,6 +212,7 @@ fn from_report(r: &VerifyReport) -> Verified {
     let damaged: Vec<Damaged> = r.damaged.iter().map(from_damage).collect();
     Verified {
         checkpoint: Some(r.checkpoint),
+        ingress: None,
         epoch: None,
         ok: r.is_ok(),
         newer_format: !damaged.is_empty() && damaged.iter().all(|d| d.kind == "future_format"),
@@ -191,11 +252,21 @@ fn write_human(out: &mut impl Write, verified: &[Verified], url: &str) -> anyhow
         return Ok(());
     }
     for v in verified {
-        let what = match (v.checkpoint, v.epoch) {
-            (Some(id), _) => format!("checkpoint {id}"),
-            (None, Some(epoch)) => format!("epoch {epoch}"),
-            (None, None) => "?".to_owned(),
+        let what = match (v.checkpoint, v.epoch, &v.ingress) {
+            (Some(id), _, _) => format!("checkpoint {id}"),
+            (None, Some(epoch), _) => format!("epoch {epoch}"),
+            (None, None, Some(log)) => format!("ingress log {log}"),
+            (None, None, None) => "?".to_owned(),
         };
+        if v.ingress.is_some() && v.ok {
+            writeln!(
+                out,
+                "{what}: {} ({})",
+                styles.ok.paint("ok"),
+                output::count(v.entries, "input", "inputs")
+            )?;
+            continue;
+        }
         if v.ok {
             writeln!(
                 out,
@@ -220,6 +291,12 @@ fn write_human(out: &mut impl Write, verified: &[Verified], url: &str) -> anyhow
                 styles.bad.paint("DAMAGED"),
                 v.damaged.len(),
                 output::count(v.entries, "entry", "entries"),
+            )?;
+        } else if v.ingress.is_some() {
+            writeln!(
+                out,
+                "{what}: {} (appends are refused until it is repaired or restored from a copy)",
+                styles.bad.paint("DAMAGED"),
             )?;
         } else {
             writeln!(
@@ -252,7 +329,18 @@ fn write_human(out: &mut impl Write, verified: &[Verified], url: &str) -> anyhow
     if newer > 0 {
         summary.push_str(&format!(", {newer} of a newer format"));
     }
-    if let Some(epoch) = verified.iter().find(|v| v.checkpoint.is_none()) {
+    let logs: Vec<&Verified> = verified.iter().filter(|v| v.ingress.is_some()).collect();
+    if !logs.is_empty() {
+        summary.push_str(&format!(
+            "; {} verified, {} damaged",
+            output::count(logs.len(), "ingress log", "ingress logs"),
+            logs.iter().filter(|v| !v.ok).count()
+        ));
+    }
+    if let Some(epoch) = verified
+        .iter()
+        .find(|v| v.checkpoint.is_none() && v.ingress.is_none())
+    {
         summary.push_str(&format!(
             "; the newest epoch's record or lease is {}",
             if epoch.newer_format {
