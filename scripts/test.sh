@@ -46,5 +46,5 @@ if [[ $(id -u) -eq 0 ]] && ! command -v ip >/dev/null; then
     fi
 fi
 
-echo "==> cargo test (with a local S3-compatible server)"
-scripts/with-s3.sh cargo test --workspace --all-features --no-fail-fast
+echo "==> cargo test (with a local S3-compatible server and a NATS server with JetStream)"
+scripts/with-s3.sh scripts/with-nats.sh cargo test --workspace --all-features --no-fail-fast

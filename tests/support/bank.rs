@@ -170,8 +170,8 @@ pub(crate) async fn line_money(
 ) -> anyhow::Result<LineMoney> {
     let mut money = LineMoney::default();
     for (_, state) in store.read_states(manifest).await? {
-        // Not an account: an ingress source, whose state is its read position.
-        if state.tag().type_name == cohort::coordinator::ingress::SOURCE_TYPE {
+        // Not an account: a source of inputs, whose state is its read position.
+        if state.tag().type_name != ACCOUNT_TYPE {
             continue;
         }
         let account: AccountState = state.decode()?;
