@@ -71,14 +71,15 @@ fn ingress_bank_role() {
         let log = IngressLog::open(&store, "deposits", IngressOptions::default())
             .await
             .unwrap();
-        let (source, ingress) = Ingress::<BankMsg>::new(log);
+        let (source, poller, ingress) = Ingress::<BankMsg>::new(log);
         let poll = cohort
             .spawn(ObjectId::new("ingress-deposits").unwrap(), source)
             .unwrap();
         if restarted {
             cohort.recover().await.unwrap();
         }
-        let ingress = std::sync::Arc::new(ingress.start(poll));
+        let polling = poller.start(poll);
+        let ingress = std::sync::Arc::new(ingress);
         println!("ready");
         // The accounts pay each other too, so messages cross every cut.
         let ticking = accounts.clone();
@@ -123,7 +124,7 @@ fn ingress_bank_role() {
             p.await.unwrap();
         }
         // Stdin closed: apply everything, then take a line that holds it.
-        while ingress.consumed() < ingress.log().end() {
+        while polling.next() < ingress.log().end() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let id = cohort.trigger().await.unwrap();

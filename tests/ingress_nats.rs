@@ -1,6 +1,6 @@
 //! A real broker as a source: deposits published to a NATS JetStream stream (the server that
 //! `scripts/with-nats.sh` installs and starts) enter a bank cohort through a
-//! `JetStreamSource`, while the accounts pay each other. The process holding the whole cohort
+//! `Source` over a `JetStreamAdapter`, while the accounts pay each other. The process holding the whole cohort
 //! is SIGKILLed after the source sent deposits that no checkpoint holds yet; the broker has
 //! them unacknowledged (the source acknowledges only what a committed checkpoint holds), the
 //! restarted process recovers and reads again from the line's stream sequence, and the final
@@ -29,9 +29,10 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use bank::{Account, BankMsg, account_id, line_money};
 use cohort::checkpoint::{CheckpointStore, StoreOptions};
+use cohort::coordinator::ingress::Source;
 use cohort::coordinator::{Cohort, Settings};
 use cohort::{CheckpointId, ObjectId};
-use cohort_ingress_nats::{JetStreamSource, SourceConfig};
+use cohort_ingress_nats::JetStreamAdapter;
 
 const ROLE_ENV: &str = "COHORT_NATS_BANK";
 const ACCOUNTS: u64 = 8;
@@ -96,14 +97,14 @@ fn nats_bank_role() {
             Ok((account_id(index), BankMsg::Transfer { amount }))
         });
         let (source, poller) =
-            JetStreamSource::new(SourceConfig::new(jetstream, stream, CONSUMER, route));
+            Source::new(JetStreamAdapter::new(jetstream, stream, CONSUMER, route));
         let poll = cohort
             .spawn(ObjectId::new("source-deposits").unwrap(), source)
             .unwrap();
         if restarted {
             cohort.recover().await.unwrap();
         }
-        let polling = poller.start(poll);
+        let polling = poller.every(Duration::from_millis(20)).start(poll);
         println!("ready");
         let ticking = accounts.clone();
         tokio::spawn(async move {

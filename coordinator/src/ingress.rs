@@ -1,16 +1,19 @@
-//! Inputs from outside the cohort, acknowledged once durable and applied exactly once across
-//! every recovery.
+//! Inputs from outside the cohort, applied exactly once across every recovery.
 //!
-//! An [`Ingress`] appends each input to an [`IngressLog`] in the cohort's store (group
-//! committed, deduplicated by client and sequence number) and acknowledges it once it is
-//! durable. It does not deliver it itself: an [`IngressSource`], a member of the cohort,
-//! reads the log in order and sends each input to its target as an ordinary cohort message,
-//! counted and coloured like any other. The source's state is its read position, so every
-//! checkpoint records the position its objects consumed, and the cut does the rest (the
-//! source is a Lai–Yang sender like any member): after a recovery to a line, the inputs the
-//! source sent before its cut are in their targets' restored states or recorded in transit
-//! (and redelivered once), and it sends the ones after again from its restored position.
-//! Every acknowledged input is applied exactly once, in log order per target.
+//! A [`Source`] is a member of the cohort that reads a durable, ordered log outside it (a
+//! [`SourceAdapter`]) and sends each input to its target as an ordinary cohort message,
+//! counted and coloured like any other. Its state is the log's name and its read position, so
+//! every checkpoint records the position its objects consumed, and the cut does the rest (the
+//! source is a Lai–Yang sender like any member): after a recovery to a line, the inputs it
+//! sent before its cut are in their targets' restored states or recorded in transit (and
+//! redelivered once), and it sends the ones after again from its restored position. Every
+//! input is applied exactly once, in log order. When a checkpoint it prepared for commits, the
+//! adapter hears which positions are held, and may let them go.
+//!
+//! Two logs: this crate's [`IngressLog`], through an [`Ingress`] that acknowledges each
+//! input to its client once it is durable (group committed, deduplicated by client and
+//! sequence number); and a broker's stream (`cohort-ingress-nats`: JetStream, acknowledged to
+//! the broker at commits).
 //!
 //! ```no_run
 //! # async fn demo() -> cohort_coordinator::Result<()> {
@@ -26,14 +29,15 @@
 //! let cohort = Cohort::builder(store.clone()).build().await?;
 //! // ... spawn the accounts ...
 //! let log = IngressLog::open(&store, "deposits", IngressOptions::default()).await?;
-//! let (source, ingress) = Ingress::<Deposit>::new(log);
+//! let (source, poller, ingress) = Ingress::<Deposit>::new(log);
 //! let poll = cohort.spawn(ObjectId::new("ingress-deposits").unwrap(), source)?;
-//! let ingress = ingress.start(poll);
+//! let _polling = poller.start(poll);
 //! let to = cohort.address::<Deposit>(&account())?;
 //! let ack = ingress.submit("teller-7", 1, &to, &Deposit(100)).await?;
 //! # let _ = ack; Ok(()) }
 //! ```
 
+use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -48,43 +52,93 @@ use cohort_object_api::{
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 use crate::error::{Error, Result};
 use crate::messaging::{Actor, Address, Context};
 
-/// The type name an [`IngressSource`]'s state is recorded under.
-pub const SOURCE_TYPE: &str = "cohort.IngressSource";
+/// The type name a [`Source`]'s state (the log's name and its read position) is recorded
+/// under.
+pub const SOURCE_TYPE: &str = "cohort.Source";
 
 /// How many inputs a source sends per message it handles, so that checkpoints interleave.
 const PER_POLL: usize = 4096;
 
-/// How often a started [`Ingress`] checks that its source is behind the log (after a
-/// recovery rolled it back) and wakes it.
-const REPOLL: Duration = Duration::from_millis(10);
+/// One input a [`SourceAdapter`] read.
+#[derive(Debug)]
+pub struct Input<M> {
+    /// Its position in the source's log (positions grow; gaps are allowed).
+    pub position: u64,
+    /// The member it is for and the message to send it, or why it cannot be (it is then
+    /// skipped with a warning: an input no member can take must not block the log).
+    pub message: std::result::Result<(ObjectId, M), String>,
+}
 
-/// The message that wakes an [`IngressSource`]: read on.
+/// A durable, ordered, replayable log outside the cohort that a [`Source`] feeds the cohort
+/// from: this crate's [`IngressLog`] ([`LogAdapter`]), or a broker's stream
+/// (`cohort-ingress-nats`). The source keeps the read position in its checkpointed state;
+/// the adapter only reads from a position and hears which positions a committed checkpoint
+/// holds.
+#[async_trait]
+pub trait SourceAdapter: Send + Sync + 'static {
+    /// The messages the inputs become.
+    type Message: Serialize + DeserializeOwned + Send + 'static;
+
+    /// The log's name, recorded with the position (a restore refuses another log's state).
+    fn name(&self) -> &str;
+
+    /// The first position of the log (where a source with no checkpoint starts).
+    fn start(&self) -> u64 {
+        0
+    }
+
+    /// Up to `max` inputs from position `from` on, in order. An error is transient (the log
+    /// is away): the source logs it and reads again at its next poll.
+    async fn read(
+        &mut self,
+        from: u64,
+        max: usize,
+    ) -> std::result::Result<Vec<Input<Self::Message>>, String>;
+
+    /// The cohort rolled back: reading resumes at `from` (inputs read past it are read again).
+    async fn rewind(&mut self, from: u64) {
+        let _ = from;
+    }
+
+    /// A committed checkpoint holds every input below `position`: the log may let them go
+    /// (acknowledge them to a broker, truncate).
+    async fn committed(&mut self, position: u64);
+
+    /// A watch that changes when the log grows, if the adapter has one (the source is also
+    /// woken on a timer).
+    fn grows(&self) -> Option<watch::Receiver<u64>> {
+        None
+    }
+}
+
+/// The message that wakes a [`Source`]: read on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Poll;
 
-/// What a source and its [`Ingress`] share.
+/// What a source and its [`Poller`] share.
 #[derive(Debug, Default)]
 struct Progress {
     /// The source's read position.
     next: AtomicU64,
     /// A [`Poll`] is queued and not handled yet.
     polled: AtomicBool,
-    /// A truncation of the log runs.
-    truncating: AtomicBool,
 }
 
-/// The member of the cohort that reads an [`IngressLog`] in order and sends each input to its
-/// target, as a message of type `M`. Its checkpointed state is the log's name and its read
-/// position. Built by [`Ingress::new`].
-pub struct IngressSource<M> {
-    log: IngressLog,
+/// The member of the cohort that reads a [`SourceAdapter`]'s log in order and sends each
+/// input to its member as an ordinary cohort message. Its checkpointed state is the log's
+/// name and its read position; see the [module docs](self) for why that makes every input
+/// apply exactly once.
+pub struct Source<A> {
+    adapter: A,
     progress: Arc<Progress>,
     generation: u64,
-    _message: PhantomData<fn() -> M>,
+    /// The read position each checkpoint this source prepared for records.
+    prepared: BTreeMap<CheckpointId, u64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -93,14 +147,38 @@ struct SourceState {
     next: u64,
 }
 
-impl<M> IngressSource<M> {
+impl<A: SourceAdapter> Source<A> {
+    /// The source of `adapter`, and the [`Poller`] that keeps it reading (start it with the
+    /// source's address once it is spawned, under a stable id: its state is found by it after
+    /// a restart).
+    pub fn new(adapter: A) -> (Self, Poller) {
+        let progress = Arc::new(Progress {
+            next: AtomicU64::new(adapter.start()),
+            polled: AtomicBool::new(false),
+        });
+        let grows = adapter.grows();
+        (
+            Self {
+                adapter,
+                progress: Arc::clone(&progress),
+                generation: 0,
+                prepared: BTreeMap::new(),
+            },
+            Poller {
+                progress,
+                grows,
+                every: Duration::from_millis(10),
+            },
+        )
+    }
+
     fn next(&self) -> u64 {
         self.progress.next.load(Ordering::SeqCst)
     }
 }
 
 #[async_trait]
-impl<M: Send + 'static> Checkpointable for IngressSource<M> {
+impl<A: SourceAdapter> Checkpointable for Source<A> {
     fn type_name(&self) -> &'static str {
         SOURCE_TYPE
     }
@@ -110,7 +188,7 @@ impl<M: Send + 'static> Checkpointable for IngressSource<M> {
             SOURCE_TYPE,
             1,
             SourceState {
-                log: self.log.name().to_owned(),
+                log: self.adapter.name().to_owned(),
                 next: self.next(),
             },
         ))
@@ -119,17 +197,19 @@ impl<M: Send + 'static> Checkpointable for IngressSource<M> {
     async fn restore(&mut self, state: &EncodedState) -> std::result::Result<(), ObjectError> {
         state.check(SOURCE_TYPE, 1)?;
         let restored: SourceState = state.decode()?;
-        if restored.log != self.log.name() {
+        if restored.log != self.adapter.name() {
             return Err(ObjectError::Refused {
                 reason: format!(
-                    "this source reads ingress log {:?}, but the line's state is of log {:?}: give each log its own source id",
-                    self.log.name(),
+                    "this source reads {:?}, but the line's state is of {:?}: give each log its own source id",
+                    self.adapter.name(),
                     restored.log
                 ),
             });
         }
         self.progress.next.store(restored.next, Ordering::SeqCst);
         self.progress.polled.store(false, Ordering::SeqCst);
+        self.prepared.clear();
+        self.adapter.rewind(restored.next).await;
         self.generation += 1;
         Ok(())
     }
@@ -138,23 +218,27 @@ impl<M: Send + 'static> Checkpointable for IngressSource<M> {
         Some(self.generation)
     }
 
+    async fn prepare(&mut self, checkpoint: CheckpointId) -> std::result::Result<(), ObjectError> {
+        self.prepared.insert(checkpoint, self.next());
+        Ok(())
+    }
+
     async fn on_committed(&mut self, checkpoint: CheckpointId) {
-        // What no kept checkpoint needs may go; one truncation at a time, off the handler.
-        if self.progress.truncating.swap(true, Ordering::SeqCst) {
+        let Some(held) = self.prepared.remove(&checkpoint) else {
             return;
-        }
-        let (log, progress) = (self.log.clone(), Arc::clone(&self.progress));
-        tokio::spawn(async move {
-            if let Err(e) = retain(&log).await {
-                tracing::warn!(log = %log.name(), %checkpoint, error = %e, "could not truncate the ingress log; the next commit tries again");
-            }
-            progress.truncating.store(false, Ordering::SeqCst);
-        });
+        };
+        // Earlier attempts were decided before this one.
+        self.prepared.retain(|c, _| *c > checkpoint);
+        self.adapter.committed(held).await;
+    }
+
+    async fn on_aborted(&mut self, checkpoint: CheckpointId) {
+        self.prepared.remove(&checkpoint);
     }
 }
 
 #[async_trait]
-impl<M: Serialize + DeserializeOwned + Send + 'static> Actor for IngressSource<M> {
+impl<A: SourceAdapter> Actor for Source<A> {
     type Message = Poll;
 
     const MESSAGE_DRIVEN: bool = true;
@@ -165,107 +249,190 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Actor for IngressSource<M
         ctx: &mut Context<'_>,
     ) -> std::result::Result<(), ObjectError> {
         self.progress.polled.store(false, Ordering::SeqCst);
-        let records = self
-            .log
-            .read(self.next(), PER_POLL)
-            .await
-            .map_err(ObjectError::application)?;
-        for record in records {
-            let message: M = rmp_serde::from_slice(&record.payload).map_err(|e| {
-                ObjectError::application(format!(
-                    "input {} of ingress log {} does not decode as this source's message type: {e}",
-                    record.position,
-                    self.log.name()
-                ))
-            })?;
-            let sent = ctx
-                .address::<M>(&record.to)
-                .and_then(|to| ctx.send(&to, message));
-            match sent {
-                Ok(()) => {}
-                // Removed since it was acknowledged: nobody to apply it to.
-                Err(Error::UnknownObject(_)) => {
-                    tracing::warn!(log = %self.log.name(), position = record.position, to = %record.to, "an input's target is no longer a member; skipped");
+        let inputs = match self.adapter.read(self.next(), PER_POLL).await {
+            Ok(inputs) => inputs,
+            // The log being away is not the cohort's failure: read again at the next poll.
+            Err(reason) => {
+                tracing::warn!(log = %self.adapter.name(), %reason, "cannot read the source's log; retrying");
+                return Ok(());
+            }
+        };
+        for input in inputs {
+            if input.position < self.next() {
+                continue; // sent already (a redelivery)
+            }
+            match input.message {
+                Ok((to, message)) => {
+                    let sent = ctx
+                        .address::<A::Message>(&to)
+                        .and_then(|address| ctx.send(&address, message));
+                    match sent {
+                        Ok(()) => {}
+                        // Removed since (or never a member): nobody to apply it to.
+                        Err(Error::UnknownObject(_)) => {
+                            tracing::warn!(log = %self.adapter.name(), position = input.position, %to, "an input's target is not a member; skipped");
+                        }
+                        Err(e) => return Err(ObjectError::application(e)),
+                    }
                 }
-                Err(e) => return Err(ObjectError::application(e)),
+                Err(reason) => {
+                    tracing::warn!(log = %self.adapter.name(), position = input.position, %reason, "an input that cannot be applied; skipped");
+                }
             }
             self.progress
                 .next
-                .store(record.position + 1, Ordering::SeqCst);
+                .store(input.position + 1, Ordering::SeqCst);
             self.generation += 1;
         }
         Ok(())
     }
 }
 
-/// Accepts inputs of type `M` into an [`IngressLog`] and keeps its [`IngressSource`] reading.
-/// See the [module docs](self).
-pub struct Ingress<M> {
-    log: IngressLog,
+/// Keeps a [`Source`] reading: wakes it when its log grows (if the adapter says) and on a
+/// timer while it is idle (pulls do not push; after a recovery it is behind).
+pub struct Poller {
     progress: Arc<Progress>,
-    _message: PhantomData<fn(M)>,
+    grows: Option<watch::Receiver<u64>>,
+    every: Duration,
 }
 
-impl<M: Serialize + DeserializeOwned + Send + 'static> Ingress<M> {
-    /// The source to spawn in the cohort (give it a stable id: its state is found by it after
-    /// a restart), and the ingress to [`start`](Self::start) with its address.
-    pub fn new(log: IngressLog) -> (IngressSource<M>, Self) {
-        let progress = Arc::new(Progress::default());
-        let source = IngressSource {
-            log: log.clone(),
-            progress: Arc::clone(&progress),
-            generation: 0,
-            _message: PhantomData,
-        };
-        (
-            source,
-            Self {
-                log,
-                progress,
-                _message: PhantomData,
-            },
-        )
+impl Poller {
+    /// Wakes the source on this period too (default 10 ms).
+    pub fn every(mut self, every: Duration) -> Self {
+        self.every = every;
+        self
     }
 
-    /// Starts waking the source (at `poll`, its address) whenever the log grows or the source
-    /// is behind it (after a recovery); runs until the returned handle is dropped. Call
+    /// Starts waking the source at `address`; stops when the returned guard is dropped. Call
     /// inside a tokio runtime.
-    pub fn start(self, poll: Address<Poll>) -> StartedIngress<M> {
+    pub fn start(self, address: Address<Poll>) -> Polling {
         let stop = tokio_util::sync::CancellationToken::new();
-        let (log, progress, token) = (self.log.clone(), Arc::clone(&self.progress), stop.clone());
+        let token = stop.clone();
+        let progress = Arc::clone(&self.progress);
+        let mut grows = self.grows;
+        let every = self.every;
         tokio::spawn(async move {
-            let mut durable = log.subscribe();
-            let mut tick = tokio::time::interval(REPOLL);
+            let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
+                let grew = async {
+                    match grows.as_mut() {
+                        Some(g) => g.changed().await.is_ok(),
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     () = token.cancelled() => return,
-                    changed = durable.changed() => if changed.is_err() { return },
+                    alive = grew => if !alive { grows = None },
                     _ = tick.tick() => {}
                 }
-                if progress.next.load(Ordering::SeqCst) < log.end()
-                    && !progress.polled.swap(true, Ordering::SeqCst)
-                    && poll.tell(Poll).is_err()
-                {
+                if !progress.polled.swap(true, Ordering::SeqCst) && address.tell(Poll).is_err() {
                     // Held or restoring: its queue is dropped; poll again next tick.
                     progress.polled.store(false, Ordering::SeqCst);
                 }
             }
         });
-        StartedIngress {
-            inner: self,
+        Polling {
+            progress: self.progress,
             _stop: stop.drop_guard(),
         }
     }
 }
 
-/// A started [`Ingress`]: accepts inputs. Dropping it stops waking the source.
-pub struct StartedIngress<M> {
-    inner: Ingress<M>,
+/// A started [`Poller`]. Dropping it stops waking the source.
+pub struct Polling {
+    progress: Arc<Progress>,
     _stop: tokio_util::sync::DropGuard,
 }
 
-impl<M: Serialize + DeserializeOwned + Send + 'static> StartedIngress<M> {
+impl Polling {
+    /// The source's read position: every input below it was sent into the cohort.
+    pub fn next(&self) -> u64 {
+        self.progress.next.load(Ordering::SeqCst)
+    }
+}
+
+/// The [`SourceAdapter`] of an [`IngressLog`] whose payloads are messages `M` (msgpack): after
+/// each commit it truncates the log below what the oldest committed checkpoint needs.
+pub struct LogAdapter<M> {
+    log: IngressLog,
+    truncating: Arc<AtomicBool>,
+    _message: PhantomData<fn() -> M>,
+}
+
+impl<M> LogAdapter<M> {
+    /// Reads `log`.
+    pub fn new(log: IngressLog) -> Self {
+        Self {
+            log,
+            truncating: Arc::new(AtomicBool::new(false)),
+            _message: PhantomData,
+        }
+    }
+}
+
+#[async_trait]
+impl<M: Serialize + DeserializeOwned + Send + 'static> SourceAdapter for LogAdapter<M> {
+    type Message = M;
+
+    fn name(&self) -> &str {
+        self.log.name()
+    }
+
+    async fn read(&mut self, from: u64, max: usize) -> std::result::Result<Vec<Input<M>>, String> {
+        let records = self.log.read(from, max).await.map_err(|e| e.to_string())?;
+        Ok(records
+            .into_iter()
+            .map(|r| Input {
+                position: r.position,
+                message: rmp_serde::from_slice(&r.payload)
+                    .map(|m| (r.to, m))
+                    .map_err(|e| format!("does not decode as this source's message type: {e}")),
+            })
+            .collect())
+    }
+
+    async fn committed(&mut self, _position: u64) {
+        // What no kept checkpoint needs may go; one truncation at a time, off the handler.
+        if self.truncating.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let (log, truncating) = (self.log.clone(), Arc::clone(&self.truncating));
+        tokio::spawn(async move {
+            if let Err(e) = retain(&log).await {
+                tracing::warn!(log = %log.name(), error = %e, "could not truncate the ingress log; the next commit tries again");
+            }
+            truncating.store(false, Ordering::SeqCst);
+        });
+    }
+
+    fn grows(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.log.subscribe())
+    }
+}
+
+/// Accepts inputs of type `M` into an [`IngressLog`], which its [`Source`] feeds to the
+/// cohort. See the [module docs](self).
+pub struct Ingress<M> {
+    log: IngressLog,
+    _message: PhantomData<fn(M)>,
+}
+
+impl<M: Serialize + DeserializeOwned + Send + 'static> Ingress<M> {
+    /// The source to spawn in the cohort (under a stable id), the poller to start with its
+    /// address, and the ingress that accepts inputs.
+    pub fn new(log: IngressLog) -> (Source<LogAdapter<M>>, Poller, Self) {
+        let (source, poller) = Source::new(LogAdapter::new(log.clone()));
+        (
+            source,
+            poller,
+            Self {
+                log,
+                _message: PhantomData,
+            },
+        )
+    }
+
     /// Appends `message` for the member at `to` from `client` with the client's sequence
     /// number `seq`, and answers once it is durable ([`Ack::duplicate`] for a retry: it is
     /// applied once). The cohort applies it afterwards, exactly once, even across crashes.
@@ -286,8 +453,7 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> StartedIngress<M> {
                 "the input does not encode: {e}"
             ))))
         })?;
-        self.inner
-            .log
+        self.log
             .append(client, seq, to.id().clone(), Bytes::from(payload))
             .await
             .map_err(|e| Error::Store(Box::new(e)))
@@ -295,12 +461,7 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> StartedIngress<M> {
 
     /// The log.
     pub fn log(&self) -> &IngressLog {
-        &self.inner.log
-    }
-
-    /// The source's read position: inputs below it were sent into the cohort.
-    pub fn consumed(&self) -> u64 {
-        self.inner.progress.next.load(Ordering::SeqCst)
+        &self.log
     }
 }
 
