@@ -3,7 +3,7 @@
 //! checkpoint holds it, so that the broker keeps (and redelivers) whatever the cohort's line
 //! does not include.
 //!
-//! [`JetStreamAdapter`] is a [`SourceAdapter`](cohort_coordinator::ingress::SourceAdapter):
+//! [`JetStreamAdapter`] is a [`SourceAdapter`]:
 //! the cohort's [`Source`](cohort_coordinator::ingress::Source) pulls the stream's messages in
 //! stream order through it, turns each into a message for a member ([`Route`]) and sends it as
 //! an ordinary cohort message, so the consistent cut covers it; its checkpointed position is
