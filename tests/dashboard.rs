@@ -52,8 +52,10 @@ fn spawn_serve(name: &str, store: &str) -> (Proc, String, String, String) {
         "127.0.0.1:0",
         "--http",
         "127.0.0.1:0",
+        // Long enough to ride out a stalled disk (the writeback after a cold build, chromium
+        // starting on two cores): the page must show epoch 1 throughout.
         "--lease",
-        "1s",
+        "3s",
         "--interval",
         "200ms",
         "--heartbeat",

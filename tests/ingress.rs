@@ -10,7 +10,12 @@
 //! newest line), and sends every deposit again: the acknowledged ones are retries, answered as
 //! duplicates. At the end the line holds exactly the initial money plus every deposit once.
 //!
-//! Synchronisation is by what the process prints.
+//! The same on a service deployment (`ingress_on_a_node_survives_sigkill_of_the_coordinator_and_of_the_node`):
+//! the ingress and its source live on a node process under two `cohort serve` coordinators;
+//! the leading coordinator is SIGKILLed while deposits flow (the standby takes over and the
+//! cohort rolls back), then the node itself; every deposit is in the final line exactly once.
+//!
+//! Synchronisation is by what the processes print (and the store holds).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
 #![allow(
@@ -21,6 +26,7 @@
 #[path = "support/bank.rs"]
 #[allow(dead_code)]
 mod bank;
+mod ha_support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -31,10 +37,13 @@ use bank::{Account, BankMsg, account_id, line_money};
 use cohort::checkpoint::ingress::{IngressLog, IngressOptions};
 use cohort::checkpoint::{CheckpointStore, StoreOptions};
 use cohort::coordinator::ingress::Ingress;
-use cohort::coordinator::{Cohort, Settings};
+use cohort::coordinator::node::{Node, NodeSettings};
+use cohort::coordinator::{Address, Cohort, Settings};
 use cohort::{CheckpointId, ObjectId};
+use ha_support::{Proc, address_in, cohort_bin, poll, store_dir};
 
 const ROLE_ENV: &str = "COHORT_INGRESS_BANK";
+const NODE_ROLE_ENV: &str = "COHORT_INGRESS_NODE";
 const ACCOUNTS: u64 = 8;
 const BALANCE: i64 = 1_000;
 const DEPOSITS: u64 = 400;
@@ -92,43 +101,131 @@ fn ingress_bank_role() {
                 }
             }
         });
-        let (lines, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-        std::thread::spawn(move || {
-            for line in std::io::stdin().lines() {
-                if lines.send(line.unwrap()).is_err() {
-                    return;
-                }
-            }
-        });
-        let mut pending = Vec::new();
-        while let Some(line) = rx.recv().await {
-            if line == "checkpoint" {
-                println!("line {}", cohort.trigger().await.unwrap());
-                continue;
-            }
-            let parts: Vec<u64> = line.split(' ').map(|p| p.parse().unwrap()).collect();
-            let (seq, to, amount) = (parts[0], parts[1], parts[2] as i64);
-            let (ingress, to) = (
-                std::sync::Arc::clone(&ingress),
-                accounts[to as usize].clone(),
-            );
-            pending.push(tokio::spawn(async move {
-                ingress
-                    .submit("teller", seq, &to, &BankMsg::Transfer { amount })
-                    .await
-                    .unwrap();
-                println!("ack {seq}");
-            }));
-        }
-        for p in pending {
-            p.await.unwrap();
-        }
+        let polling = serve_stdin(std::sync::Arc::clone(&ingress), accounts, polling, || {
+            let cohort = cohort.clone();
+            async move { Some(cohort.trigger().await.unwrap()) }
+        })
+        .await;
         // Stdin closed: apply everything, then take a line that holds it.
         while polling.next() < ingress.log().end() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let id = cohort.trigger().await.unwrap();
         println!("line {id}");
+    });
+}
+
+/// Reads deposits (`seq account amount`) and `next` on stdin: submits each deposit through
+/// `ingress` and prints `ack <seq>` once it is durable; answers `next` with the source's read
+/// position; `checkpoint` goes to `checkpoint` (when the cohort is in this process).
+async fn serve_stdin<C>(
+    ingress: std::sync::Arc<Ingress<BankMsg>>,
+    accounts: Vec<Address<BankMsg>>,
+    polling: cohort::coordinator::ingress::Polling,
+    checkpoint: impl Fn() -> C,
+) -> cohort::coordinator::ingress::Polling
+where
+    C: std::future::Future<Output = Option<CheckpointId>>,
+{
+    let (lines, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            if lines.send(line.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    let mut pending = Vec::new();
+    while let Some(line) = rx.recv().await {
+        match line.as_str() {
+            "checkpoint" => {
+                if let Some(id) = checkpoint().await {
+                    println!("line {id}");
+                }
+                continue;
+            }
+            "next" => {
+                println!("next {}", polling.next());
+                continue;
+            }
+            _ => {}
+        }
+        let parts: Vec<u64> = line.split(' ').map(|p| p.parse().unwrap()).collect();
+        let (seq, to, amount) = (parts[0], parts[1], parts[2] as i64);
+        let (ingress, to) = (
+            std::sync::Arc::clone(&ingress),
+            accounts[to as usize].clone(),
+        );
+        pending.push(tokio::spawn(async move {
+            ingress
+                .submit("teller", seq, &to, &BankMsg::Transfer { amount })
+                .await
+                .unwrap();
+            println!("ack {seq}");
+        }));
+    }
+    for p in pending {
+        p.await.unwrap();
+    }
+    polling
+}
+
+/// Not a test of its own: a node process holding the accounts, the ingress and its source,
+/// when `COHORT_INGRESS_NODE` is `store|coordinator,coordinator`.
+#[test]
+fn ingress_node_role() {
+    let Ok(spec) = std::env::var(NODE_ROLE_ENV) else {
+        return;
+    };
+    let (url, coordinators) = spec.split_once('|').unwrap();
+    let coordinators: Vec<String> = coordinators.split(',').map(str::to_owned).collect();
+    let url = url.to_owned();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async move {
+        let store = CheckpointStore::open(&url, StoreOptions::default())
+            .await
+            .unwrap();
+        let mut settings = NodeSettings::default();
+        settings.heartbeat_interval = Duration::from_millis(100);
+        settings.heartbeat_timeout = Duration::from_millis(800);
+        settings.max_backoff = Duration::from_millis(100);
+        let node = Node::builder(store.clone())
+            .name("node-0")
+            .coordinators(coordinators)
+            .settings(settings)
+            .build()
+            .await
+            .unwrap();
+        let accounts: Vec<_> = (0..ACCOUNTS)
+            .map(|i| {
+                node.spawn(account_id(i), Account::new(i, ACCOUNTS, BALANCE, 7))
+                    .unwrap()
+            })
+            .collect();
+        let log = IngressLog::open(&store, "deposits", IngressOptions::default())
+            .await
+            .unwrap();
+        let (source, poller, ingress) = Ingress::<BankMsg>::new(log);
+        let poll = node
+            .spawn(ObjectId::new("ingress-deposits").unwrap(), source)
+            .unwrap();
+        let polling = poller.start(poll);
+        println!("ready");
+        let ticking = accounts.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(5));
+            loop {
+                tick.tick().await;
+                for a in &ticking {
+                    let _ = a.tell(BankMsg::Tick { count: 1 });
+                }
+            }
+        });
+        let _polling = serve_stdin(std::sync::Arc::new(ingress), accounts, polling, || async {
+            None
+        })
+        .await;
+        drop(node);
     });
 }
 
@@ -141,14 +238,13 @@ struct Bank {
 
 impl Bank {
     fn start(url: &str) -> Self {
+        Self::start_role("ingress_bank_role", ROLE_ENV, url)
+    }
+
+    fn start_role(role: &str, env: &str, spec: &str) -> Self {
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "ingress_bank_role",
-                "--exact",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(ROLE_ENV, url)
+            .args([role, "--exact", "--nocapture", "--test-threads=1"])
+            .env(env, spec)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -170,7 +266,7 @@ impl Bank {
             stdin,
             lines,
         };
-        // The test harness prints `test ingress_bank_role ... ` before it, on the same line.
+        // The test harness prints `test <role> ... ` before it, on the same line.
         bank.wait_for("ready", |l| l.ends_with("ready"));
         bank
     }
@@ -202,6 +298,15 @@ impl Bank {
         for _ in 0..n {
             self.wait_for(what, |l| l.starts_with("ack "));
         }
+    }
+
+    /// The source's read position.
+    fn ask_next(&mut self) -> u64 {
+        let stdin = self.stdin.as_mut().unwrap();
+        writeln!(stdin, "next").unwrap();
+        stdin.flush().unwrap();
+        let line = self.wait_for("the read position", |l| l.starts_with("next "));
+        line[5..].parse().unwrap()
     }
 
     /// Asks for a checkpoint and returns its id once committed.
@@ -281,4 +386,113 @@ fn acknowledged_deposits_survive_a_sigkill_exactly_once() {
         ACCOUNTS as i64 * BALANCE + deposited,
         "line {id} must hold the initial money and every deposit exactly once"
     );
+}
+
+/// A `cohort serve` on the store (lease 1 s); returns it and the address nodes dial.
+fn serve(url: &str, name: &str) -> (Proc, String) {
+    let mut cmd = Command::new(cohort_bin());
+    cmd.args([
+        "serve",
+        "--store",
+        url,
+        "--listen",
+        "127.0.0.1:0",
+        "--lease",
+        "1s",
+        "--heartbeat",
+        "100ms",
+        "--heartbeat-timeout",
+        "800ms",
+    ])
+    .env("RUST_LOG", "warn");
+    let proc = Proc::spawn(name, cmd);
+    let line = proc.wait_for_line("nodes connect to", Duration::from_secs(20));
+    let addr = address_in(&line, "nodes connect to ");
+    (proc, addr)
+}
+
+/// `cohort checkpoint --now` against `coordinators`, retried (bounded) while none leads or
+/// the attempt aborts (a node restoring after a takeover).
+fn checkpoint_now(url: &str, coordinators: &str) -> CheckpointId {
+    let id = poll(Duration::from_secs(60), || {
+        let out = Command::new(cohort_bin())
+            .args(["checkpoint", "--now", "--coordinator", coordinators])
+            .env("RUST_LOG", "")
+            .env("COHORT_STORE", url)
+            .output()
+            .unwrap();
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().parse().ok())
+            .flatten()
+    });
+    CheckpointId::new(id.expect("no checkpoint committed within 60 s"))
+}
+
+fn money_at(url: &str, id: CheckpointId) -> i64 {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store = CheckpointStore::open_read_only(url).await.unwrap();
+        let manifest = store.read_manifest(id).await.unwrap();
+        line_money(&store, &manifest).await.unwrap().total()
+    })
+}
+
+#[test]
+fn ingress_on_a_node_survives_sigkill_of_the_coordinator_and_of_the_node() {
+    let (_dir, url) = store_dir();
+    let (leader, a) = serve(&url, "serve-a");
+    leader.wait_for_line("leading under epoch 1", Duration::from_secs(20));
+    let (_standby, b) = serve(&url, "serve-b");
+    let coordinators = format!("{a},{b}");
+    let spec = format!("{url}|{coordinators}");
+    let deposited: i64 = (1..=DEPOSITS).map(amount).sum();
+    let all = ACCOUNTS as i64 * BALANCE + deposited;
+
+    let mut node = Bank::start_role("ingress_node_role", NODE_ROLE_ENV, &spec);
+    node.send(1..=DEPOSITS / 2);
+    node.acks(DEPOSITS / 2, "an ack of the first half");
+    checkpoint_now(&url, &coordinators);
+    // More deposits, and the leading coordinator SIGKILLed while they flow: the standby takes
+    // over and the cohort rolls back to the line, the source with it.
+    node.send(DEPOSITS / 2 + 1..=DEPOSITS);
+    node.acks(DEPOSITS / 4, "an ack before the coordinator's SIGKILL");
+    leader.signal("KILL");
+    node.acks(DEPOSITS / 4, "the other acks");
+    // The standby's takeover rolls the source back too: lines hold every deposit again once
+    // it has sent them all a second time, and none ever holds one twice.
+    let after_takeover = line_with_all(&url, &coordinators, all);
+    let epoch = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let store = CheckpointStore::open_read_only(&url).await.unwrap();
+        store.read_manifest(after_takeover).await.unwrap().epoch
+    });
+    assert!(
+        epoch >= 2,
+        "line {after_takeover} was not written by the standby that took over"
+    );
+
+    // The node itself: SIGKILL, restart, every deposit sent again (retries of acknowledged
+    // ones); the coordinator restores it from the newest line.
+    node.sigkill();
+    let mut node = Bank::start_role("ingress_node_role", NODE_ROLE_ENV, &spec);
+    node.send(1..=DEPOSITS);
+    node.acks(DEPOSITS, "an ack after the node's restart");
+    let last = line_with_all(&url, &coordinators, all);
+    assert!(last > after_takeover);
+    assert!(node.ask_next() >= DEPOSITS);
+}
+
+/// Takes checkpoints until one holds `all` the money (every deposit), within 60 s; fails if
+/// any holds more (a deposit applied twice).
+fn line_with_all(url: &str, coordinators: &str, all: i64) -> CheckpointId {
+    let found = poll(Duration::from_secs(60), || {
+        let id = checkpoint_now(url, coordinators);
+        let money = money_at(url, id);
+        assert!(
+            money <= all,
+            "line {id} holds {money}, more than {all}: a deposit twice"
+        );
+        (money == all).then_some(id)
+    });
+    found.expect("no line held every deposit within 60 s")
 }
