@@ -32,8 +32,13 @@ fi
 binary=${COHORT_SIM_BINARY:-}
 if [[ -z $binary ]]; then
     cargo test --release --test sim --no-run
+    # The test's own executable: the JSON lists the `cohort` binary the tests use too.
     binary=$(cargo test --release --test sim --no-run --message-format=json 2>/dev/null |
-        sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
+        sed -n 's/.*"executable":"\([^"]*\/deps\/sim-[^"]*\)".*/\1/p' | tail -1)
+    if [[ -z $binary ]]; then
+        echo "cannot find the simulation's test executable" >&2
+        exit 1
+    fi
 fi
 
 logs=$(mktemp -d)
@@ -70,3 +75,4 @@ for log in "$logs"/*.log; do
 done
 echo "ran $world on $jobs cores in ${elapsed}s"
 echo "$ran seeds, $failed failures"
+((failed == 0))
