@@ -11,9 +11,17 @@
 //! lease, fences the old leader, rolls every node back to the recovery line, and carries on;
 //! the nodes follow it.
 //!
-//! The invariant: total money = sum of balances + transfers recorded in transit, in every
-//! committed checkpoint, including the lines recovery and failover land on. The run exits 1 if
-//! it ever broke, 2 on any other failure.
+//! Meanwhile a depositor process outside the cohort pays 1 into a random account, hundreds of
+//! times a second, through the ingress that node-0 serves (`cohort::coordinator::ingress`):
+//! each deposit is acknowledged once it is durable in the ingress log on the store, and the
+//! log's source, a member of the cohort on node-0, sends it on to its account. The depositor
+//! reconnects and resends whatever was not acknowledged; the log stores each deposit once.
+//!
+//! The invariant: total money = sum of balances + transfers recorded in transit = the money
+//! the bank started with + the deposits the line's source had sent (its read position: every
+//! deposit is 1), in every committed checkpoint, including the lines recovery and failover
+//! land on. At the end, the last line holds every deposit the depositor had acknowledged,
+//! exactly once. The run exits 1 if it ever broke, 2 on any other failure.
 //!
 //! ```text
 //! cargo run --release --example bank                      # checkpoints under ./cohort-data/bank
@@ -21,8 +29,8 @@
 //! cargo run --release --example bank -- --help
 //! ```
 //!
-//! Every process is this binary: `--role coordinator` and `--role node` are what the
-//! orchestrator (the default role) starts. Children exit when the orchestrator's end of their
+//! Every process is this binary: `--role coordinator`, `--role node` and `--role depositor`
+//! are what the orchestrator (the default role) starts. Children exit when the orchestrator's end of their
 //! stdin closes, so none outlives it. `examples/bank_inprocess.rs` is the same bank in one
 //! process, with a coordinator crash in the middle of a checkpoint.
 #![allow(
@@ -38,10 +46,13 @@ use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use bank::{Account, BankMsg, account_id, line_money};
+use bank::{ACCOUNT_TYPE, Account, BankMsg, account_id, line_money};
 use clap::{Parser, ValueEnum};
 use cohort::CheckpointId;
+use cohort::checkpoint::ingress::{IngressLog, IngressOptions};
 use cohort::checkpoint::{CheckpointStore, Manifest, ManifestKind, StoreOptions};
+use cohort::coordinator::ingress::endpoint::{IngressClient, IngressClientOptions, listen_config};
+use cohort::coordinator::ingress::{Ingress, source_positions};
 use cohort::coordinator::node::{Node, NodeSettings};
 use cohort::coordinator::service::control::{
     self, ControlReply, ControlRequest, Responder, StatusReport,
@@ -54,6 +65,9 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
 const BALANCE: i64 = 1_000;
+/// The ingress log the depositor's deposits go through, and its source's id.
+const DEPOSITS_LOG: &str = "deposits";
+const DEPOSITS_SOURCE: &str = "ingress-deposits";
 
 /// Accounts on several node processes transfer money while two coordinators checkpoint them;
 /// a node and then the leader are killed with SIGKILL, and the money is checked throughout.
@@ -93,6 +107,9 @@ struct Args {
     /// The coordinators a node connects to.
     #[arg(long, value_delimiter = ',', hide = true)]
     coordinators: Vec<String>,
+    /// The ingress endpoint the depositor submits to.
+    #[arg(long, default_value = "", hide = true)]
+    ingress: String,
     /// Do not kill a node (isolates the no-fault path).
     #[arg(long, hide = true)]
     no_node_kill: bool,
@@ -106,6 +123,7 @@ enum ProcessRole {
     Orchestrator,
     Coordinator,
     Node,
+    Depositor,
 }
 
 fn main() -> ExitCode {
@@ -129,6 +147,7 @@ fn main() -> ExitCode {
             ProcessRole::Orchestrator => orchestrate(args).await,
             ProcessRole::Coordinator => coordinator(args).await.map(|()| true),
             ProcessRole::Node => node(args).await.map(|()| true),
+            ProcessRole::Depositor => depositor(args).await.map(|()| true),
         }
     });
     match outcome {
@@ -217,7 +236,7 @@ async fn node(args: Args) -> anyhow::Result<()> {
     settings.heartbeat_timeout = Duration::from_millis(1_000);
     settings.max_backoff = Duration::from_millis(100);
     let (accounts, seed) = (args.accounts, args.seed);
-    let node = Node::builder(store)
+    let node = Node::builder(store.clone())
         .name(format!("node-{}", args.index))
         .coordinators(args.coordinators.clone())
         .settings(settings)
@@ -237,9 +256,34 @@ async fn node(args: Args) -> anyhow::Result<()> {
     let mut mine = Vec::new();
     for i in (args.index..args.accounts).step_by(args.nodes.max(1) as usize) {
         let account = Account::new(i, args.accounts, BALANCE, args.seed);
-        mine.push(node.spawn(account_id(i), account)?);
+        // On a store an earlier run left, the coordinator may have placed the account here
+        // already (restored from the line): then it is ours as it is.
+        mine.push(match node.spawn(account_id(i), account) {
+            Err(cohort::coordinator::Error::DuplicateObject(id)) => node.address(&id)?,
+            spawned => spawned?,
+        });
     }
     println!("node hosts {} accounts", mine.len());
+    // node-0 holds the deposits' ingress: the log's writer, its source and the endpoint the
+    // depositor submits to.
+    let _serving = if args.index == 0 {
+        let log = IngressLog::open(&store, DEPOSITS_LOG, IngressOptions::default()).await?;
+        let (source, poller, ingress) = Ingress::<BankMsg>::new(log);
+        let poll = node.spawn(cohort::ObjectId::new(DEPOSITS_SOURCE)?, source)?;
+        let polling = poller.start(poll);
+        let listener = listen_config(([127, 0, 0, 1], 0).into()).bind().await?;
+        println!("ingress at {}", listener.local_addr());
+        let stop = CancellationToken::new();
+        let resolver = node.clone();
+        tokio::spawn(std::sync::Arc::new(ingress).serve(
+            listener,
+            move |id| resolver.address::<BankMsg>(id),
+            stop.clone(),
+        ));
+        Some((polling, stop.drop_guard()))
+    } else {
+        None
+    };
     // Inputs from outside: ticks to our own accounts, once the orchestrator says go (a line
     // on stdin), so that no money moves before every account is in the cohort.
     let mut lines = stdin_lines();
@@ -272,6 +316,60 @@ async fn node(args: Args) -> anyhow::Result<()> {
         p.max.as_nanos()
     );
     node.shutdown();
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The depositor process: a client outside the cohort, paying 1 into a random account through
+// node-0's ingress, many deposits in flight, until its stdin closes.
+
+async fn depositor(args: Args) -> anyhow::Result<()> {
+    // A new client id per run: a client numbers its deposits from 1, and a number it used in
+    // an earlier run would be taken for a retry.
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let options = IngressClientOptions::new(format!("depositor-{started}"), vec![args.ingress]);
+    let client = IngressClient::<BankMsg>::new(options)?;
+    let mut lines = stdin_lines();
+    if lines.recv().await.is_none() {
+        return Ok(());
+    }
+    let mut x = args.seed | 1;
+    let (mut seq, mut acknowledged) = (0u64, 0u64);
+    let mut in_flight = tokio::task::JoinSet::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    let mut settle = |done: Result<cohort::coordinator::Result<_>, tokio::task::JoinError>| {
+        done??;
+        acknowledged += 1;
+        anyhow::Ok(())
+    };
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            line = lines.recv() => if line.is_none() { break },
+        }
+        for _ in 0..4 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            seq += 1;
+            let (client, to) = (client.clone(), account_id(x % args.accounts));
+            in_flight.spawn(async move {
+                client
+                    .submit(seq, &to, &BankMsg::Transfer { amount: 1 })
+                    .await
+            });
+        }
+        while let Some(done) = in_flight.try_join_next() {
+            settle(done)?;
+        }
+    }
+    while let Some(done) = in_flight.join_next().await {
+        settle(done)?;
+    }
+    println!("deposited {acknowledged}");
     Ok(())
 }
 
@@ -378,6 +476,15 @@ fn coordinator_args() -> Vec<String> {
     vec!["--role".into(), "coordinator".into()]
 }
 
+fn depositor_args(ingress: &str) -> Vec<String> {
+    vec![
+        "--role".into(),
+        "depositor".into(),
+        "--ingress".into(),
+        ingress.into(),
+    ]
+}
+
 fn node_args(index: u64, coordinators: &[String]) -> Vec<String> {
     vec![
         "--role".into(),
@@ -425,9 +532,10 @@ impl Audit {
             }
             let manifest = self.store.read_manifest(id).await?;
             let money = line_money(&self.store, &manifest).await?;
-            let complete = manifest.objects.len() == self.accounts;
+            let deposited = deposits_sent(&self.store, &manifest).await?;
+            let complete = accounts_in(&manifest) == self.accounts;
             let good = if complete {
-                money.total() == self.total
+                money.total() == self.total + deposited as i64
             } else {
                 // Only while the nodes first register, before any money moves (the accounts
                 // may hold what an earlier run left, so their sum is not checked).
@@ -443,7 +551,7 @@ impl Audit {
                     money.in_transit,
                     money.total(),
                     if complete {
-                        self.total.to_string()
+                        format!("{} + {deposited} deposits", self.total)
                     } else {
                         "no line of some accounts after the start".into()
                     }
@@ -478,8 +586,29 @@ impl Audit {
     }
 }
 
+/// The accounts a line holds.
+fn accounts_in(m: &Manifest) -> usize {
+    m.objects
+        .values()
+        .filter(|e| e.type_name == ACCOUNT_TYPE)
+        .count()
+}
+
+/// A checkpoint of every account and the deposits' source.
 fn is_full_checkpoint(m: &Manifest, accounts: usize) -> bool {
-    m.kind == ManifestKind::Checkpoint && m.objects.len() == accounts
+    m.kind == ManifestKind::Checkpoint
+        && accounts_in(m) == accounts
+        && m.objects.keys().any(|o| o.as_str() == DEPOSITS_SOURCE)
+}
+
+/// The deposits the line's source had sent (its read position: each deposit is 1, and the
+/// log numbers its inputs from 0 without gaps); 0 in a line without it.
+async fn deposits_sent(store: &CheckpointStore, m: &Manifest) -> anyhow::Result<u64> {
+    Ok(source_positions(store, m)
+        .await?
+        .into_iter()
+        .find(|(_, log, _)| log == DEPOSITS_LOG)
+        .map_or(0, |(_, _, next)| next))
 }
 
 async fn orchestrate(args: Args) -> anyhow::Result<bool> {
@@ -525,16 +654,21 @@ async fn orchestrate(args: Args) -> anyhow::Result<bool> {
     }
     println!("coordinators: {} leads, {} stands by", addrs[0], addrs[1]);
 
+    // Deposits already in the log (an earlier run's), so that this run's can be counted.
+    let deposits_before = IngressLog::verify(&store, DEPOSITS_LOG).await?.end;
     let mut nodes: Vec<Proc> = Vec::new();
     for i in 0..args.nodes {
         let name = format!("node-{i}");
         nodes.push(spawn(&name, &args, &node_args(i, &addrs), &tx)?);
     }
-    // Every account registered and released: then money may move.
+    let line = wait_line(&mut lines, "node-0", "ingress at ", phase).await?;
+    let ingress = line.trim_start_matches("ingress at ").to_owned();
+    let mut depositor = spawn("depositor", &args, &depositor_args(&ingress), &tx)?;
+    // Every account (and the deposits' source) registered and released: then money may move.
     let deadline = Instant::now() + phase;
     loop {
         if let Some(s) = leader_status(&addrs).await
-            && s.table.placement.len() == args.accounts as usize
+            && s.table.placement.len() == args.accounts as usize + 1
             && s.table.nodes.values().all(|n| n.live)
             && s.table.nodes.len() == args.nodes as usize
         {
@@ -555,8 +689,9 @@ async fn orchestrate(args: Args) -> anyhow::Result<bool> {
     for n in &mut nodes {
         n.say("go").await;
     }
+    depositor.say("go").await;
     println!(
-        "every account is in the cohort (checkpoint {}); transfers start",
+        "every account is in the cohort (checkpoint {}); transfers start, and deposits from a client process through node-0's ingress at {ingress}",
         first.id
     );
 
@@ -650,12 +785,40 @@ async fn orchestrate(args: Args) -> anyhow::Result<bool> {
         .saturating_sub(started.elapsed())
         .max(run_for.mul_f64(0.2));
     tokio::time::sleep(remaining).await;
-    let last = audit.checked.keys().last().copied().unwrap_or_default();
-    audit
-        .until(phase, "a last checkpoint", |m| {
-            is_full_checkpoint(m, args.accounts as usize) && m.id > last
-        })
-        .await?;
+    // The depositor stops and waits for its last acknowledgements; then a line must hold
+    // every deposit in the log (and each once: the invariant).
+    depositor.stdin = None;
+    let said = wait_line(&mut lines, "depositor", "deposited ", phase).await?;
+    let acknowledged: u64 = said.trim_start_matches("deposited ").parse()?;
+    let log = IngressLog::verify(&store, DEPOSITS_LOG).await?;
+    if !log.damaged.is_empty() || log.end - deposits_before != acknowledged {
+        eprintln!(
+            "INVARIANT BROKEN: the depositor had {acknowledged} deposits acknowledged, the ingress log holds {} new ones (damage: {:?})",
+            log.end - deposits_before,
+            log.damaged
+        );
+        audit.ok = false;
+    }
+    let mut last_seen = audit.checked.keys().last().copied().unwrap_or_default();
+    let deadline = Instant::now() + phase;
+    loop {
+        let last = audit
+            .until(phase, "a last checkpoint", |m| {
+                is_full_checkpoint(m, args.accounts as usize) && m.id > last_seen
+            })
+            .await?;
+        if deposits_sent(&store, &last).await? >= log.end {
+            break;
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "no line held all {} deposits of the ingress log within {phase:?}",
+                log.end
+            );
+        }
+        last_seen = last.id;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), depositor.child.wait()).await;
     let status = leader_status(&addrs).await;
     // The coordinators stop first: nodes leaving a running leader would be a node failure,
     // with a recovery and a fence at the end of every run.
@@ -703,7 +866,11 @@ async fn orchestrate(args: Args) -> anyhow::Result<bool> {
     // The recovery line is what a restart would restore: it must hold all the money too.
     let line = store.recovery_line().await?.context("no recovery line")?;
     let money = line_money(&store, &line.manifest).await?;
-    if money.total() != total || line.manifest.objects.len() != args.accounts as usize {
+    let deposited = deposits_sent(&store, &line.manifest).await?;
+    if money.total() != total + deposited as i64
+        || deposited != log.end
+        || accounts_in(&line.manifest) != args.accounts as usize
+    {
         eprintln!(
             "INVARIANT BROKEN in the recovery line {}: {money:?}",
             line.manifest.id
@@ -745,6 +912,10 @@ async fn orchestrate(args: Args) -> anyhow::Result<bool> {
     }
     println!(
         "recovery after the node kill: {recovery_time:?}; coordinator failover (kill to next checkpoint): {failover_time:?} with a {lease:?} lease"
+    );
+    println!(
+        "deposits: {acknowledged} acknowledged to the depositor process through the ingress; the recovery line holds each exactly once ({} in its log, {deposited} sent by its source)",
+        log.end
     );
     println!(
         "invariant checked in {} committed checkpoints (recovery line {}): {}",

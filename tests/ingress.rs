@@ -11,9 +11,12 @@
 //! duplicates. At the end the line holds exactly the initial money plus every deposit once.
 //!
 //! The same on a service deployment (`ingress_on_a_node_survives_sigkill_of_the_coordinator_and_of_the_node`):
-//! the ingress and its source live on a node process under two `cohort serve` coordinators;
-//! the leading coordinator is SIGKILLed while deposits flow (the standby takes over and the
-//! cohort rolls back), then the node itself; every deposit is in the final line exactly once.
+//! the ingress, its source and its network endpoint live on a node process under two
+//! `cohort serve` coordinators, and the test submits deposits as a client over TCP
+//! (`IngressClient`). The leading coordinator is SIGKILLed while deposits flow (the standby
+//! takes over and the cohort rolls back), then the node itself while more are in flight: the
+//! node is started again on the same port, the client reconnects and resends what was not
+//! acknowledged, and every deposit is in the final line exactly once.
 //!
 //! Synchronisation is by what the processes print (and the store holds).
 
@@ -37,6 +40,7 @@ use bank::{Account, BankMsg, account_id, line_money};
 use cohort::checkpoint::ingress::{IngressLog, IngressOptions};
 use cohort::checkpoint::{CheckpointStore, StoreOptions};
 use cohort::coordinator::ingress::Ingress;
+use cohort::coordinator::ingress::endpoint::{IngressClient, IngressClientOptions, listen_config};
 use cohort::coordinator::node::{Node, NodeSettings};
 use cohort::coordinator::{Address, Cohort, Settings};
 use cohort::{CheckpointId, ObjectId};
@@ -170,15 +174,18 @@ where
     polling
 }
 
-/// Not a test of its own: a node process holding the accounts, the ingress and its source,
-/// when `COHORT_INGRESS_NODE` is `store|coordinator,coordinator`.
+/// Not a test of its own: a node process holding the accounts, the ingress, its source and
+/// its endpoint, when `COHORT_INGRESS_NODE` is `store|coordinator,coordinator|endpoint port`.
 #[test]
 fn ingress_node_role() {
     let Ok(spec) = std::env::var(NODE_ROLE_ENV) else {
         return;
     };
-    let (url, coordinators) = spec.split_once('|').unwrap();
+    let [url, coordinators, port] = spec.split('|').collect::<Vec<_>>()[..] else {
+        panic!("{NODE_ROLE_ENV} is {spec:?}, not store|coordinators|port");
+    };
     let coordinators: Vec<String> = coordinators.split(',').map(str::to_owned).collect();
+    let port: u16 = port.parse().unwrap();
     let url = url.to_owned();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async move {
@@ -210,6 +217,17 @@ fn ingress_node_role() {
             .spawn(ObjectId::new("ingress-deposits").unwrap(), source)
             .unwrap();
         let polling = poller.start(poll);
+        let ingress = std::sync::Arc::new(ingress);
+        let listener = listen_config(([127, 0, 0, 1], port).into())
+            .bind()
+            .await
+            .unwrap();
+        let resolver = node.clone();
+        tokio::spawn(std::sync::Arc::clone(&ingress).serve(
+            listener,
+            move |id| resolver.address::<BankMsg>(id),
+            cohort::wire::CancellationToken::new(),
+        ));
         println!("ready");
         let ticking = accounts.clone();
         tokio::spawn(async move {
@@ -221,10 +239,7 @@ fn ingress_node_role() {
                 }
             }
         });
-        let _polling = serve_stdin(std::sync::Arc::new(ingress), accounts, polling, || async {
-            None
-        })
-        .await;
+        let _polling = serve_stdin(ingress, accounts, polling, || async { None }).await;
         drop(node);
     });
 }
@@ -438,6 +453,53 @@ fn money_at(url: &str, id: CheckpointId) -> i64 {
     })
 }
 
+/// Submits deposits `seqs` through `client`, each to account `seq % ACCOUNTS`, one every
+/// 2 ms; the tasks answer in `acks` as they are acknowledged.
+fn submit_all(
+    rt: &tokio::runtime::Runtime,
+    client: &IngressClient<BankMsg>,
+    seqs: std::ops::RangeInclusive<u64>,
+    acks: &tokio::sync::mpsc::UnboundedSender<u64>,
+) {
+    let (client, acks) = (client.clone(), acks.clone());
+    // Spread over time (one every 2 ms), so that faults hit deposits in flight.
+    rt.spawn(async move {
+        let mut pace = tokio::time::interval(Duration::from_millis(2));
+        for seq in seqs {
+            pace.tick().await;
+            let (client, acks) = (client.clone(), acks.clone());
+            tokio::spawn(async move {
+                let to = account_id(seq % ACCOUNTS);
+                let deposit = BankMsg::Transfer {
+                    amount: amount(seq),
+                };
+                client
+                    .submit(seq, &to, &deposit)
+                    .await
+                    .unwrap_or_else(|e| panic!("deposit {seq}: {e}"));
+                let _ = acks.send(seq);
+            });
+        }
+    });
+}
+
+/// Waits for `n` acknowledgements (bounded).
+fn acked(
+    rt: &tokio::runtime::Runtime,
+    acks: &mut tokio::sync::mpsc::UnboundedReceiver<u64>,
+    n: u64,
+    what: &str,
+) {
+    rt.block_on(async {
+        for _ in 0..n {
+            tokio::time::timeout(Duration::from_secs(60), acks.recv())
+                .await
+                .unwrap_or_else(|_| panic!("{what}: no acknowledgement within 60 s"))
+                .expect("the submitting tasks are gone");
+        }
+    });
+}
+
 #[test]
 fn ingress_on_a_node_survives_sigkill_of_the_coordinator_and_of_the_node() {
     let (_dir, url) = store_dir();
@@ -445,24 +507,45 @@ fn ingress_on_a_node_survives_sigkill_of_the_coordinator_and_of_the_node() {
     leader.wait_for_line("leading under epoch 1", Duration::from_secs(20));
     let (_standby, b) = serve(&url, "serve-b");
     let coordinators = format!("{a},{b}");
-    let spec = format!("{url}|{coordinators}");
-    let deposited: i64 = (1..=DEPOSITS).map(amount).sum();
+    // The endpoint's port, fixed so that the restarted node serves where the client dials.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let spec = format!("{url}|{coordinators}|{port}");
+    const ALL_DEPOSITS: u64 = DEPOSITS + DEPOSITS / 2;
+    let deposited: i64 = (1..=ALL_DEPOSITS).map(amount).sum();
     let all = ACCOUNTS as i64 * BALANCE + deposited;
 
-    let mut node = Bank::start_role("ingress_node_role", NODE_ROLE_ENV, &spec);
-    node.send(1..=DEPOSITS / 2);
-    node.acks(DEPOSITS / 2, "an ack of the first half");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let node = Bank::start_role("ingress_node_role", NODE_ROLE_ENV, &spec);
+    let client = {
+        let _entered = rt.enter();
+        let mut options = IngressClientOptions::new("teller", vec![format!("127.0.0.1:{port}")]);
+        options.deadline = Duration::from_secs(120);
+        IngressClient::<BankMsg>::new(options).unwrap()
+    };
+    let (acks_tx, mut acks) = tokio::sync::mpsc::unbounded_channel();
+    submit_all(&rt, &client, 1..=DEPOSITS / 2, &acks_tx);
+    acked(&rt, &mut acks, DEPOSITS / 2, "the first half");
     checkpoint_now(&url, &coordinators);
     // More deposits, and the leading coordinator SIGKILLed while they flow: the standby takes
     // over and the cohort rolls back to the line, the source with it.
-    node.send(DEPOSITS / 2 + 1..=DEPOSITS);
-    node.acks(DEPOSITS / 4, "an ack before the coordinator's SIGKILL");
+    submit_all(&rt, &client, DEPOSITS / 2 + 1..=DEPOSITS, &acks_tx);
+    acked(
+        &rt,
+        &mut acks,
+        DEPOSITS / 4,
+        "before the coordinator's SIGKILL",
+    );
     leader.signal("KILL");
-    node.acks(DEPOSITS / 4, "the other acks");
+    acked(&rt, &mut acks, DEPOSITS / 4, "the rest of the second half");
     // The standby's takeover rolls the source back too: lines hold every deposit again once
     // it has sent them all a second time, and none ever holds one twice.
-    let after_takeover = line_with_all(&url, &coordinators, all);
-    let epoch = tokio::runtime::Runtime::new().unwrap().block_on(async {
+    let so_far = ACCOUNTS as i64 * BALANCE + (1..=DEPOSITS).map(amount).sum::<i64>();
+    let after_takeover = line_with_all(&url, &coordinators, so_far);
+    let epoch = rt.block_on(async {
         let store = CheckpointStore::open_read_only(&url).await.unwrap();
         store.read_manifest(after_takeover).await.unwrap().epoch
     });
@@ -471,15 +554,31 @@ fn ingress_on_a_node_survives_sigkill_of_the_coordinator_and_of_the_node() {
         "line {after_takeover} was not written by the standby that took over"
     );
 
-    // The node itself: SIGKILL, restart, every deposit sent again (retries of acknowledged
-    // ones); the coordinator restores it from the newest line.
+    // The node itself, SIGKILLed while the client has deposits in flight, some acknowledged
+    // after the last line: it is started again on the same port, the client reconnects and
+    // resends whatever has no acknowledgement, and the coordinator restores the node from
+    // the newest line (its source replays the log from the line's position).
+    submit_all(&rt, &client, DEPOSITS + 1..=ALL_DEPOSITS, &acks_tx);
+    acked(&rt, &mut acks, DEPOSITS / 8, "before the node's SIGKILL");
     node.sigkill();
     let mut node = Bank::start_role("ingress_node_role", NODE_ROLE_ENV, &spec);
-    node.send(1..=DEPOSITS);
-    node.acks(DEPOSITS, "an ack after the node's restart");
+    acked(
+        &rt,
+        &mut acks,
+        DEPOSITS / 2 - DEPOSITS / 8,
+        "after the node's restart",
+    );
     let last = line_with_all(&url, &coordinators, all);
     assert!(last > after_takeover);
-    assert!(node.ask_next() >= DEPOSITS);
+    assert!(node.ask_next() >= ALL_DEPOSITS);
+    let log = rt.block_on(async {
+        let store = CheckpointStore::open_read_only(&url).await.unwrap();
+        IngressLog::verify(&store, "deposits").await.unwrap()
+    });
+    assert_eq!(
+        log.end, ALL_DEPOSITS,
+        "each deposit is stored once, resends included"
+    );
 }
 
 /// Takes checkpoints until one holds `all` the money (every deposit), within 60 s; fails if

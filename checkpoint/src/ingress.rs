@@ -679,7 +679,12 @@ impl IngressLog {
             if next >= self.end() || next == first {
                 break;
             }
-            first = next;
+            // The rest may be in this very segment, appended to since it was read (on local
+            // disk a segment holds many batches): the next read gets it.
+            match self.segment_after(first) {
+                Some(after) if after == next => first = after,
+                _ => break,
+            }
         }
         Ok(out)
     }

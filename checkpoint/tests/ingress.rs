@@ -92,3 +92,40 @@ async fn a_flipped_byte_before_the_end_of_a_segment_is_damage() {
         other => panic!("a damaged log must not open: {other:?}"),
     }
 }
+
+/// A reader behind the in-memory cache reads the segment file back while the writer appends
+/// to it: the inputs appended after the file was read are in the same segment, not in a next
+/// one, and are read on the next call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_behind_the_cache_keeps_up_with_appends_to_its_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = CheckpointStore::open(dir.path().to_str().unwrap(), StoreOptions::default())
+        .await
+        .unwrap();
+    let mut options = IngressOptions::default();
+    options.cached_batches = 1;
+    let log = IngressLog::open(&store, "orders", options).await.unwrap();
+    const INPUTS: u64 = 400;
+    let writer = {
+        let log = log.clone();
+        tokio::spawn(async move {
+            let to = ObjectId::new("book").unwrap();
+            for seq in 1..=INPUTS {
+                log.append("c", seq, to.clone(), Bytes::from(vec![1; 20]))
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    let mut next = 0;
+    while next < INPUTS {
+        // From the start every time: always behind the cache, always in the open segment.
+        let read = log.read(0, usize::MAX).await.unwrap();
+        for (i, record) in read.iter().enumerate() {
+            assert_eq!(record.position, i as u64);
+        }
+        next = next.max(read.len() as u64);
+        tokio::task::yield_now().await;
+    }
+    writer.await.unwrap();
+}

@@ -14,7 +14,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// [`kind`](Self::kind) answers:
 ///
 /// - **retry** ([`ErrorKind::Transient`]): the checkpoint did not commit this time
-///   ([`Aborted`](Self::Aborted));
+///   ([`Aborted`](Self::Aborted)), or an input was not acknowledged in time
+///   ([`Unacknowledged`](Self::Unacknowledged));
 /// - **step down** ([`ErrorKind::Fenced`]): a coordinator with a newer epoch owns the store
 ///   ([`Fenced`](Self::Fenced));
 /// - **start a new one** and recover ([`ErrorKind::Closed`]): the cohort was shut down
@@ -23,7 +24,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 ///   [`InvalidConfig`](Self::InvalidConfig), [`DuplicateObject`](Self::DuplicateObject),
 ///   [`UnknownObject`](Self::UnknownObject), [`WrongType`](Self::WrongType),
 ///   [`CreateRefused`](Self::CreateRefused),
-///   [`MissingObjects`](Self::MissingObjects);
+///   [`MissingObjects`](Self::MissingObjects), [`InputRefused`](Self::InputRefused);
 /// - **look at the data** ([`ErrorKind::Data`]): an object's recorded state or an in-transit
 ///   message could not be used ([`Restore`](Self::Restore), [`Message`](Self::Message));
 /// - **as the store or the connection says**: [`Store`](Self::Store), [`Wire`](Self::Wire).
@@ -38,6 +39,22 @@ pub enum Error {
         id: CheckpointId,
         /// Why it aborted.
         reason: AbortReason,
+    },
+
+    /// No ingress endpoint acknowledged an input within the client's deadline: it may or may
+    /// not be stored. Submit it again with the same sequence number (it is applied once).
+    #[error(
+        "no ingress endpoint acknowledged input {seq} of client {client} within {deadline:?} (last fault: {last}); submit it again with the same sequence number, it is applied once"
+    )]
+    Unacknowledged {
+        /// The client id.
+        client: String,
+        /// The input's sequence number.
+        seq: u64,
+        /// The client's deadline.
+        deadline: std::time::Duration,
+        /// The last fault the client saw (a refused connection, a store failure).
+        last: String,
     },
 
     // ---- step down ----
@@ -119,6 +136,20 @@ pub enum Error {
         missing: Vec<ObjectId>,
     },
 
+    /// An ingress endpoint refused an input: its target is not a member that takes the
+    /// ingress's messages, or its payload is not one. It was not stored.
+    #[error(
+        "the ingress refused input {seq} of client {client}: {reason}; it was not stored, fix the input"
+    )]
+    InputRefused {
+        /// The client id.
+        client: String,
+        /// The input's sequence number.
+        seq: u64,
+        /// What is wrong.
+        reason: String,
+    },
+
     // ---- look at the data ----
     /// An object could not be restored from its recorded state (recovery stopped; the objects
     /// stay held).
@@ -160,7 +191,7 @@ impl Error {
     /// What to do about it; see the groups above.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Self::Aborted { .. } => ErrorKind::Transient,
+            Self::Aborted { .. } | Self::Unacknowledged { .. } => ErrorKind::Transient,
             Self::Fenced { .. } => ErrorKind::Fenced,
             Self::Stopped { .. } | Self::Crashed { .. } => ErrorKind::Closed,
             Self::InvalidConfig { .. }
@@ -168,7 +199,8 @@ impl Error {
             | Self::UnknownObject(_)
             | Self::WrongType { .. }
             | Self::CreateRefused { .. }
-            | Self::MissingObjects { .. } => ErrorKind::Invalid,
+            | Self::MissingObjects { .. }
+            | Self::InputRefused { .. } => ErrorKind::Invalid,
             Self::Restore { .. } | Self::Message { .. } => ErrorKind::Data,
             Self::Store(e) => e.kind(),
             Self::Wire(e) => e.kind(),

@@ -426,7 +426,13 @@ impl ConnectConfig {
         Ok(Connection::new(wire, info, self.max_frame_len))
     }
 
-    fn validate(&self) -> Result<(), Error> {
+    /// Checks the settings as [`connect`](Self::connect) does, without connecting: a client
+    /// can refuse a bad name or limit when it is configured rather than at its first call.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidName`] or [`Error::InvalidConfig`].
+    pub fn validate(&self) -> Result<(), Error> {
         check_common(
             &self.name,
             &self.accept_roles,

@@ -57,6 +57,8 @@ use tokio::sync::watch;
 use crate::error::{Error, Result};
 use crate::messaging::{Actor, Address, Context};
 
+pub mod endpoint;
+
 /// The type name a [`Source`]'s state (the log's name and its read position) is recorded
 /// under.
 pub const SOURCE_TYPE: &str = "cohort.Source";
@@ -453,8 +455,21 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Ingress<M> {
                 "the input does not encode: {e}"
             ))))
         })?;
+        self.submit_encoded(client, seq, to, Bytes::from(payload))
+            .await
+    }
+
+    /// [`submit`](Self::submit) of a message already encoded (msgpack), as it came from an
+    /// [`endpoint`] client, which checked that it decodes.
+    pub(crate) async fn submit_encoded(
+        &self,
+        client: &str,
+        seq: u64,
+        to: &Address<M>,
+        payload: Bytes,
+    ) -> Result<Ack> {
         self.log
-            .append(client, seq, to.id().clone(), Bytes::from(payload))
+            .append(client, seq, to.id().clone(), payload)
             .await
             .map_err(|e| Error::Store(Box::new(e)))
     }
