@@ -110,35 +110,53 @@ pub(crate) async fn figures(dir: &Path) -> anyhow::Result<Vec<Entry>> {
     let per_tick = (target / 1000.0).ceil() as u64;
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    // One task sends on the schedule and collects the answers (no task per input, which
-    // would cost the machine more than the log does).
+    // One task sends on the schedule (no task per input, which would cost the machine more
+    // than the log does); another collects the answers, so that an answer is timed when it
+    // arrives, not when a sender that fell behind its schedule gets round to it.
     let payload = Bytes::from(vec![1u8; PAYLOAD]);
-    let clients: Vec<String> = (0..IN_FLIGHT).map(|c| format!("client-{c}")).collect();
-    let mut in_flight = futures::stream::FuturesUnordered::new();
-    let mut latencies = Vec::new();
+    let clients: Vec<Arc<str>> = (0..IN_FLIGHT)
+        .map(|c| Arc::from(format!("client-{c}")))
+        .collect();
+    let (sent_tx, mut sent_rx) = tokio::sync::mpsc::unbounded_channel();
+    let collector = tokio::spawn(async move {
+        let mut in_flight = futures::stream::FuturesUnordered::new();
+        let mut latencies = Vec::new();
+        let mut open = true;
+        while open || !in_flight.is_empty() {
+            tokio::select! {
+                next = sent_rx.recv(), if open => match next {
+                    Some(append) => in_flight.push(append),
+                    None => open = false,
+                },
+                Some(done) = futures::StreamExt::next(&mut in_flight) => latencies.push(done?),
+            }
+        }
+        anyhow::Ok(latencies)
+    });
     let started = Instant::now();
     let mut seq = 0u64;
     while started.elapsed() < RUN {
-        tokio::select! {
-            biased;
-            _ = interval.tick() => {
-                for _ in 0..per_tick {
-                    seq += 1;
-                    // 1,000 clients, each with increasing sequence numbers.
-                    let client = &clients[(seq % IN_FLIGHT as u64) as usize];
-                    let client_seq = seq / IN_FLIGHT as u64 + 1;
-                    let sent = Instant::now();
-                    let append = log.append(client, client_seq, to.clone(), payload.clone());
-                    in_flight.push(async move { append.await.map(|_| sent.elapsed()) });
-                }
+        interval.tick().await;
+        for _ in 0..per_tick {
+            seq += 1;
+            // 1,000 clients, each with increasing sequence numbers.
+            let client = Arc::clone(&clients[(seq % IN_FLIGHT as u64) as usize]);
+            let client_seq = seq / IN_FLIGHT as u64 + 1;
+            let sent = Instant::now();
+            let (log, to, payload) = (log.clone(), to.clone(), payload.clone());
+            let timed: std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>> =
+                Box::pin(async move {
+                    let acked = log.append(&client, client_seq, to, payload).await;
+                    acked.map(|_| sent.elapsed())
+                });
+            if sent_tx.send(timed).is_err() {
+                anyhow::bail!("the collector of answers stopped");
             }
-            Some(done) = futures::StreamExt::next(&mut in_flight) => latencies.push(done?),
         }
     }
     let offered = seq as f64 / started.elapsed().as_secs_f64();
-    while let Some(done) = futures::StreamExt::next(&mut in_flight).await {
-        latencies.push(done?);
-    }
+    drop(sent_tx);
+    let latencies = collector.await??;
     let samples = Samples::new(latencies).context("no input was sent")?;
     let p99 = samples.quantile(0.99);
     let p50 = samples.quantile(0.5);
