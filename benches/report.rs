@@ -158,6 +158,14 @@ const STEPS: &[Step] = &[
         run: |_| Ok(vec![runtime()?.block_on(inproc::incremental_1pct())?]),
     },
     Step {
+        figures: &["scale_1m_incremental"],
+        run: |_| Ok(vec![runtime()?.block_on(inproc::scale_1m_incremental())?]),
+    },
+    Step {
+        figures: &["idle_object_overhead"],
+        run: |_| Ok(vec![runtime()?.block_on(inproc::idle_object_overhead())?]),
+    },
+    Step {
         figures: &["coordination_remote"],
         run: |c| {
             Ok(vec![

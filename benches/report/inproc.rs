@@ -1,4 +1,5 @@
-//! Figures of one in-process cohort: `pause_p99`, `coordination_inproc`, `incremental_1pct`;
+//! Figures of one in-process cohort: `pause_p99`, `coordination_inproc`, `incremental_1pct`,
+//! `scale_1m_incremental`, `idle_object_overhead`;
 //! and the object and cohort the storage figures checkpoint.
 
 use std::sync::Arc;
@@ -304,4 +305,113 @@ pub(crate) async fn incremental_1pct() -> anyhow::Result<Entry> {
         full.describe(),
         ms(full_time)
     )))
+}
+
+/// The objects of the scale figures, and the bytes of each one's state.
+const SCALE_OBJECTS: usize = 1_000_000;
+const SCALE_STATE: usize = 64;
+
+/// `scale_1m_incremental`: one checkpoint of 1,000,000 objects of 64-byte state with 1%
+/// changed (every hundredth, spread over the cohort), on the memory store; median of 3.
+/// Baseline: a full checkpoint of the same cohort (every object changed).
+pub(crate) async fn scale_1m_incremental() -> anyhow::Result<Entry> {
+    let store = CheckpointStore::memory();
+    let blobs = Blobs::spawn(store.clone(), patterned(SCALE_OBJECTS, SCALE_STATE), true).await?;
+    blobs.checkpoint().await?; // the first line holds everything
+    blobs.touch(0, 1).await?;
+    let full = blobs.checkpoint().await?;
+    let mut times = Vec::new();
+    let mut changed = 0;
+    for round in 0..3 {
+        changed = blobs.touch(17 + round, 100).await?;
+        times.push(blobs.checkpoint().await?);
+        store.gc(1, false).await.context("gc of the memory store")?;
+    }
+    blobs.cohort.shutdown().await;
+    let samples = Samples::new(times).context("no rounds")?;
+    let median = samples.quantile(0.5);
+    Ok(Entry::against(
+        "scale_1m_incremental",
+        ms(median),
+        "ms",
+        ("full checkpoint", ms(full)),
+        Goal::AtMost(100.0),
+    )
+    .with_note(format!(
+        "{changed} of {SCALE_OBJECTS} objects x {SCALE_STATE} B changed, memory store, median of 3: {}",
+        samples.spread()
+    )))
+}
+
+/// Resident bytes of this process (`/proc/self/statm`).
+fn resident_bytes() -> anyhow::Result<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").context("reading /proc/self/statm")?;
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .context("/proc/self/statm has no resident count")?;
+    Ok(pages * 4096)
+}
+
+/// An idle object of the scale figures: its state is a byte string, and it takes 64-byte
+/// messages (a message type of a typical size: the mailbox's cost grows with it).
+struct Idle {
+    data: Bytes,
+}
+
+#[async_trait]
+impl Checkpointable for Idle {
+    fn type_name(&self) -> &'static str {
+        BLOB
+    }
+    async fn capture(&self) -> Result<Snapshot, ObjectError> {
+        Ok(Snapshot::new(BLOB, 1, self.data.clone()))
+    }
+    async fn restore(&mut self, state: &EncodedState) -> Result<(), ObjectError> {
+        self.data = state.decode::<SharedData>()?.0;
+        Ok(())
+    }
+    fn generation(&self) -> Option<u64> {
+        Some(0)
+    }
+}
+
+#[async_trait]
+impl Actor for Idle {
+    type Message = [u64; 8];
+
+    const MESSAGE_DRIVEN: bool = true;
+
+    async fn handle(&mut self, _: [u64; 8], _: &mut Context<'_>) -> Result<(), ObjectError> {
+        Ok(())
+    }
+}
+
+/// `idle_object_overhead`: resident bytes per idle object beyond its 64-byte state, with
+/// 1,000,000 objects (taking 64-byte messages) spawned and checkpointed once (their line
+/// committed on the memory store), then left idle.
+pub(crate) async fn idle_object_overhead() -> anyhow::Result<Entry> {
+    // The states exist before the cohort does, so that only what the cohort adds is counted.
+    let states: Vec<Bytes> = patterned(SCALE_OBJECTS, SCALE_STATE).collect();
+    let before = resident_bytes()?;
+    let cohort = Cohort::builder(CheckpointStore::memory())
+        .settings(Settings::default().timeout(Duration::from_secs(600)))
+        .build()
+        .await
+        .context("starting the cohort")?;
+    for (i, data) in states.into_iter().enumerate() {
+        cohort.spawn(ObjectId::indexed("idle", i as u64)?, Idle { data })?;
+    }
+    cohort.trigger().await.context("a checkpoint failed")?;
+    let after = resident_bytes()?;
+    cohort.shutdown().await;
+    let per_object = after.saturating_sub(before) as f64 / SCALE_OBJECTS as f64;
+    Ok(
+        Entry::absolute("idle_object_overhead", per_object, "B", Goal::AtMost(1024.0)).with_note(
+            format!(
+                "resident bytes added by {SCALE_OBJECTS} idle objects taking 64-byte messages (their {SCALE_STATE}-byte states allocated before, not counted) and one committed line of them on the memory store, per object"
+            ),
+        ),
+    )
 }

@@ -20,10 +20,10 @@ use async_trait::async_trait;
 use cohort_object_api::{Checkpointable, ObjectError, ObjectId};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::mpsc;
 
 use crate::engine::{CutState, Round};
 use crate::error::{Error, Result};
+use crate::participant::mailbox;
 
 /// An object that handles messages.
 ///
@@ -73,7 +73,7 @@ pub struct Address<M> {
 /// How an envelope reaches its receiver: the receiver's mailbox in this process, or a sender
 /// that encodes it for another node (see [`crate::node`]).
 pub(crate) enum Route<M> {
-    Local(mpsc::UnboundedSender<Envelope<M>>),
+    Local(mailbox::Sender<Envelope<M>>),
     Remote(Arc<dyn Fn(Envelope<M>) -> Result<()> + Send + Sync>),
 }
 
@@ -92,14 +92,14 @@ impl<M> Route<M> {
         match self {
             Route::Local(tx) => tx
                 .send(envelope)
-                .map_err(|_| Error::UnknownObject(to.clone())),
+                .map_err(|_refused| Error::UnknownObject(to.clone())),
             Route::Remote(f) => f(envelope),
         }
     }
 }
 
-impl<M> From<mpsc::UnboundedSender<Envelope<M>>> for Route<M> {
-    fn from(tx: mpsc::UnboundedSender<Envelope<M>>) -> Self {
+impl<M> From<mailbox::Sender<Envelope<M>>> for Route<M> {
+    fn from(tx: mailbox::Sender<Envelope<M>>) -> Self {
         Route::Local(tx)
     }
 }
@@ -157,7 +157,7 @@ pub(crate) trait Directory: Send + Sync {
 
 /// Where a member lives, as a [`Directory`] says.
 pub(crate) enum Location {
-    /// A mailbox in this process: an `mpsc::UnboundedSender<Envelope<M>>` of the receiver's
+    /// A mailbox in this process: a `mailbox::Sender<Envelope<M>>` of the receiver's
     /// message type `M`, named `message_type` for errors.
     Local {
         mailbox: Arc<dyn Any + Send + Sync>,
@@ -181,13 +181,13 @@ pub(crate) struct RemoteEnvelope {
 }
 
 /// The address of `to`, a mailbox in this process holding an
-/// `mpsc::UnboundedSender<Envelope<M>>` if `to` takes messages of type `M`.
+/// `mailbox::Sender<Envelope<M>>` if `to` takes messages of type `M`.
 pub(crate) fn local_address<M: Send + 'static>(
     to: &ObjectId,
     mailbox: &(dyn Any + Send + Sync),
     message_type: &'static str,
 ) -> Result<Address<M>> {
-    match mailbox.downcast_ref::<mpsc::UnboundedSender<Envelope<M>>>() {
+    match mailbox.downcast_ref::<mailbox::Sender<Envelope<M>>>() {
         Some(tx) => Ok(Address {
             to: to.clone(),
             tx: Route::Local(tx.clone()),

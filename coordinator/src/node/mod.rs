@@ -50,7 +50,7 @@ use crate::error::{Error, Result};
 use crate::messaging::{
     Actor, Address, Directory, Envelope, Location, RemoteEnvelope, Route, address_at,
 };
-use crate::participant::{lock, read, write};
+use crate::participant::{lock, mailbox, read, write};
 use crate::service::protocol::{NodeFrame, PeerFrame};
 use cohort_wire::{
     BoxStream, ConnectConfig, ListenConfig, Network, Role, Secret, TcpConnector, TlsConfig,
@@ -130,7 +130,7 @@ pub struct Node {
 }
 
 pub(crate) struct NodeSlot {
-    control: mpsc::UnboundedSender<Control>,
+    control: mailbox::Sender<Control>,
     /// Whether the node may count the object in a round without waking it.
     participation: crate::participant::SharedParticipation,
     mailbox: Arc<dyn Any + Send + Sync>,
@@ -870,8 +870,8 @@ fn spawn_object<A: Actor>(
     if objects.contains_key(&id) {
         return Err(Error::DuplicateObject(id));
     }
-    let (mailbox_tx, mailbox_rx) = mpsc::unbounded_channel::<Envelope<A::Message>>();
-    let (control_tx, control_rx) = mpsc::unbounded_channel();
+    let (mailbox_tx, mailbox_rx) = mailbox::channel::<Envelope<A::Message>>();
+    let (control_tx, control_rx) = mailbox::channel();
     let participation = crate::participant::SharedParticipation::default();
     let object_type = object.type_name();
     // Held until `restore_late` (or the node's release) lets it run: the node's last

@@ -4,6 +4,7 @@
 //! attempt in flight is found, how a handler resolves addresses, where health goes) and their
 //! [`VoteSink`] (a channel to the in-process coordinator, or frames to a remote service).
 
+pub(crate) mod mailbox;
 pub(crate) mod metrics;
 pub(crate) mod object;
 pub(crate) mod restore;

@@ -11,8 +11,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use cohort_object_api::{CheckpointId, EncodedState, ObjectId, StateTag};
 use futures::FutureExt;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
+use super::mailbox;
 use super::writer::{Captured, WriterMsg};
 use super::{ActiveRound, Host, SharedParticipation};
 use crate::engine::{CutState, Receipt, Round};
@@ -70,8 +71,8 @@ pub(crate) struct ObjectTask<A: Actor, H: Host> {
     held: bool,
     failed: bool,
     replay: VecDeque<Envelope<A::Message>>,
-    mailbox: mpsc::UnboundedReceiver<Envelope<A::Message>>,
-    control: mpsc::UnboundedReceiver<Control>,
+    mailbox: mailbox::Receiver<Envelope<A::Message>>,
+    control: mailbox::Receiver<Control>,
     host: Arc<H>,
     /// Shared with the host: whether it may vote for this object without waking it.
     participation: SharedParticipation,
@@ -92,8 +93,8 @@ impl<A: Actor, H: Host> ObjectTask<A, H> {
         object: A,
         colour: Round,
         held: bool,
-        mailbox: mpsc::UnboundedReceiver<Envelope<A::Message>>,
-        control: mpsc::UnboundedReceiver<Control>,
+        mailbox: mailbox::Receiver<Envelope<A::Message>>,
+        control: mailbox::Receiver<Control>,
         host: Arc<H>,
         participation: SharedParticipation,
     ) -> Self {
@@ -136,8 +137,8 @@ impl<A: Actor, H: Host> ObjectTask<A, H> {
                     self.on_control(c).await;
                     continue;
                 }
-                Err(mpsc::error::TryRecvError::Disconnected) => return,
-                Err(mpsc::error::TryRecvError::Empty) => {}
+                Err(mailbox::TryRecvError::Disconnected) => return,
+                Err(mailbox::TryRecvError::Empty) => {}
             }
             if self.held || self.failed {
                 match self.control.recv().await {

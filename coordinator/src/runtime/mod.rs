@@ -30,6 +30,7 @@ use crate::messaging::{Actor, Address, Context, Directory, Envelope, Location, l
 use crate::failpoint::FailPoints;
 use crate::participant::metrics::{CheckpointStats, Metrics};
 
+use crate::participant::mailbox;
 use crate::participant::object::{self, Control};
 use crate::participant::writer::Written;
 use crate::participant::{ActiveRound, Host, VoteSink, lock, read, write};
@@ -260,10 +261,10 @@ enum Stop {
 }
 
 pub(crate) struct Slot {
-    pub(crate) control: mpsc::UnboundedSender<Control>,
+    pub(crate) control: mailbox::Sender<Control>,
     /// Whether the coordinator may count the object in a round without waking it.
     pub(crate) participation: crate::participant::SharedParticipation,
-    /// An `mpsc::UnboundedSender<Envelope<A::Message>>`.
+    /// A `mailbox::Sender<Envelope<A::Message>>`.
     mailbox: Arc<dyn Any + Send + Sync>,
     type_name: &'static str,
     message_type: &'static str,
@@ -445,7 +446,7 @@ impl Shared {
     }
 
     /// Object `id`'s control channel.
-    pub(crate) fn control(&self, id: &ObjectId) -> Option<mpsc::UnboundedSender<Control>> {
+    pub(crate) fn control(&self, id: &ObjectId) -> Option<mailbox::Sender<Control>> {
         read(&self.objects).get(id).map(|s| s.control.clone())
     }
 
@@ -571,8 +572,8 @@ impl Cohort {
         if objects.contains_key(&id) {
             return Err(Error::DuplicateObject(id));
         }
-        let (mailbox_tx, mailbox_rx) = mpsc::unbounded_channel::<Envelope<A::Message>>();
-        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let (mailbox_tx, mailbox_rx) = mailbox::channel::<Envelope<A::Message>>();
+        let (control_tx, control_rx) = mailbox::channel();
         // The join reaches the engine before any message of the new object can be counted.
         shared
             .input
