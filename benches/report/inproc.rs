@@ -315,8 +315,15 @@ const SCALE_STATE: usize = 64;
 /// changed (every hundredth, spread over the cohort), on the memory store; median of 3.
 /// Baseline: a full checkpoint of the same cohort (every object changed).
 pub(crate) async fn scale_1m_incremental() -> anyhow::Result<Entry> {
+    // A smaller cohort for a quick look or a profile; the goal is set at 1,000,000.
+    let objects = match std::env::var("COHORT_BENCH_SCALE_OBJECTS") {
+        Ok(n) => n.parse().with_context(|| {
+            format!("COHORT_BENCH_SCALE_OBJECTS={n:?}: give a whole number of objects")
+        })?,
+        Err(_) => SCALE_OBJECTS,
+    };
     let store = CheckpointStore::memory();
-    let blobs = Blobs::spawn(store.clone(), patterned(SCALE_OBJECTS, SCALE_STATE), true).await?;
+    let blobs = Blobs::spawn(store.clone(), patterned(objects, SCALE_STATE), true).await?;
     blobs.checkpoint().await?; // the first line holds everything
     blobs.touch(0, 1).await?;
     let full = blobs.checkpoint().await?;
@@ -338,7 +345,7 @@ pub(crate) async fn scale_1m_incremental() -> anyhow::Result<Entry> {
         Goal::AtMost(100.0),
     )
     .with_note(format!(
-        "{changed} of {SCALE_OBJECTS} objects x {SCALE_STATE} B changed, memory store, median of 3: {}",
+        "{changed} of {objects} objects x {SCALE_STATE} B changed, memory store, median of 3: {}",
         samples.spread()
     )))
 }
