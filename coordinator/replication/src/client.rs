@@ -35,7 +35,7 @@ use super::replies::{ClientId, MAX_RETAINED_PER_CLIENT, Outcome};
 use super::server::{ClientMessage, ServerMessage};
 use super::styles::ReplicationStyle;
 use crate::Error;
-use cohort_wire::{ConnectConfig, Role, Secret, SendHalf, TlsConfig};
+use cohort_wire::{ConnectConfig, Inbound, Role, Secret, SendHalf, TlsConfig};
 
 /// How to start a [`GroupClient`]. Build it with [`ClientOptions::new`] and set the public
 /// fields.
@@ -398,31 +398,15 @@ impl Proxy {
                     continue;
                 }
             };
-            let (mut rx, tx) = conn.split();
+            let (rx, tx) = conn.split();
             let n = self.next_conn;
             self.next_conn += 1;
             self.conns.insert(n, Conn { addr, tx });
             self.stats.connects.fetch_add(1, Ordering::Relaxed);
-            let from = from.clone();
-            readers.spawn(async move {
-                loop {
-                    match rx.recv().await {
-                        Ok(Some(msg)) => {
-                            if from.send(FromConn::Message(n, msg)).is_err() {
-                                return;
-                            }
-                        }
-                        Ok(None) => {
-                            let _ = from.send(FromConn::Closed(n, "closed".to_owned()));
-                            return;
-                        }
-                        Err(err) => {
-                            let _ = from.send(FromConn::Closed(n, err.to_string()));
-                            return;
-                        }
-                    }
-                }
-            });
+            readers.spawn(rx.forward(from.clone(), move |inbound| match inbound {
+                Inbound::Message(msg) => FromConn::Message(n, msg),
+                Inbound::Closed(why) => FromConn::Closed(n, why),
+            }));
         }
         if self.conns.is_empty() {
             self.fault();

@@ -50,8 +50,8 @@ use bytes::Bytes;
 use cohort_checkpoint::ingress::{Ack, MAX_CLIENT_LEN};
 use cohort_object_api::ObjectId;
 use cohort_wire::{
-    Accept, CancellationToken, ConnectConfig, Connection, ListenConfig, Listener, Role, Secret,
-    SendHalf, TlsConfig,
+    Accept, CancellationToken, ConnectConfig, Connection, Inbound, ListenConfig, Listener, Role,
+    Secret, SendHalf, TlsConfig,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -495,27 +495,14 @@ impl Proxy {
             Ok(connection) => {
                 self.generation += 1;
                 let n = self.generation;
-                let (mut replies, requests) = connection.split();
-                let events = self.events.clone();
-                self.readers.spawn(async move {
-                    loop {
-                        match replies.recv().await {
-                            Ok(Some(reply)) => {
-                                if events.send(FromConn::Reply(n, reply)).is_err() {
-                                    return;
-                                }
-                            }
-                            Ok(None) => {
-                                let _ = events.send(FromConn::Closed(n, "closed".into()));
-                                return;
-                            }
-                            Err(e) => {
-                                let _ = events.send(FromConn::Closed(n, e.to_string()));
-                                return;
-                            }
-                        }
-                    }
-                });
+                let (replies, requests) = connection.split();
+                self.readers.spawn(replies.forward(
+                    self.events.clone(),
+                    move |inbound| match inbound {
+                        Inbound::Message(reply) => FromConn::Reply(n, reply),
+                        Inbound::Closed(why) => FromConn::Closed(n, why),
+                    },
+                ));
                 tracing::debug!(%addr, resend = self.pending.len(), "ingress client connected");
                 self.conn = Some((n, requests));
                 let seqs: Vec<u64> = self.pending.keys().copied().collect();

@@ -182,6 +182,40 @@ where
     pub async fn recv(&mut self) -> Result<Option<In>, Error> {
         recv_on(&mut self.stream, &self.peer, &mut self.failed).await
     }
+
+    /// Forwards every message into `to`, as `wrap(Inbound::Message(msg))`, then how the
+    /// connection ended as `wrap(Inbound::Closed(why))`; stops at once when `to`'s receiver is
+    /// gone. For a task that serves several connections (or one that is replaced on each
+    /// reconnect) from one loop: spawn this per connection, with `wrap` tagging its frames
+    /// with the connection they came on.
+    pub async fn forward<E>(
+        mut self,
+        to: tokio::sync::mpsc::UnboundedSender<E>,
+        wrap: impl Fn(Inbound<In>) -> E,
+    ) {
+        let ended = loop {
+            match self.recv().await {
+                Ok(Some(msg)) => {
+                    if to.send(wrap(Inbound::Message(msg))).is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => break "closed".to_owned(),
+                Err(e) => break e.to_string(),
+            }
+        };
+        let _ = to.send(wrap(Inbound::Closed(ended)));
+    }
+}
+
+/// What [`RecvHalf::forward`] passes on: a message, or how the connection ended (the last
+/// thing it passes on).
+#[derive(Debug)]
+pub enum Inbound<In> {
+    /// The next message.
+    Message(In),
+    /// The connection ended: closed by the peer, or why it failed.
+    Closed(String),
 }
 
 /// The sending half of a [`Connection`].

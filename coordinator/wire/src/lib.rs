@@ -120,7 +120,7 @@ pub use config::{
     Accept, ConnectConfig, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_FRAME_BYTES_IN_FLIGHT,
     DEFAULT_MAX_FRAME_LEN, DEFAULT_PORT, ListenConfig, Listener, RoleLimits,
 };
-pub use connection::{Connection, RecvHalf, SendHalf};
+pub use connection::{Connection, Inbound, RecvHalf, SendHalf};
 pub use error::{Error, Result};
 pub use handshake::{
     HANDSHAKE_MAX_FRAME_LEN, MAGIC, NONCE_LEN, NonceSource, OsNonces, PROTOCOL_VERSION, PeerInfo,
