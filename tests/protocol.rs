@@ -388,6 +388,55 @@ async fn idle_objects_are_counted_in_without_being_woken() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_objects_hold_no_task_and_wake_for_their_next_input() {
+    const OBJECTS: usize = 1_000;
+    let alive = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    let store = CheckpointStore::memory();
+    let c = cohort(&store, settings()).await;
+    let knobs = Arc::new(Knobs::default());
+    let base = alive();
+    let nodes: Vec<_> = (0..OBJECTS)
+        .map(|i| {
+            let node = Node::<true>::with(1, &knobs);
+            c.spawn(id(&format!("n{i}")), node).unwrap()
+        })
+        .collect();
+    // A fresh object waits for its first input parked, without a task.
+    assert!(
+        alive() < base + 20,
+        "{} tasks for {OBJECTS} objects that have nothing to do",
+        alive() - base
+    );
+    // Every input wakes its object: a message, the checkpoint's prepare, the decision.
+    for node in &nodes {
+        node.tell(Msg::Add(1)).unwrap();
+    }
+    let line = c.trigger().await.unwrap();
+    assert_eq!(line_total(&store, line).await, (2 * OBJECTS as i64, 0));
+    until(async || knobs.committed.load(Ordering::SeqCst) == OBJECTS).await;
+    for i in 0..OBJECTS {
+        assert_eq!(sleepy_value(&c, &format!("n{i}")).await, 2);
+    }
+    // Decided and inspected, each parks again.
+    until(async || alive() < base + 20).await;
+    // A parked object is counted in the next line without waking; a message wakes just it.
+    nodes[5].tell(Msg::Add(5)).unwrap();
+    until(async || sleepy_value(&c, "n5").await == 7).await;
+    let next = c.trigger().await.unwrap();
+    assert_eq!(line_total(&store, next).await, (2 * OBJECTS as i64 + 5, 0));
+    assert_eq!(knobs.prepares.load(Ordering::SeqCst), OBJECTS + 1);
+    c.shutdown().await;
+    assert!(
+        nodes[0].tell(Msg::Add(1)).is_err(),
+        "a stopped cohort took a message"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_no_vote_aborts_discards_and_reports_unhealthy_past_the_tolerance() {
     let store = CheckpointStore::memory();
     let c = cohort(&store, settings().tolerable_failures(1)).await;

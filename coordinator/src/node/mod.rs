@@ -870,8 +870,9 @@ fn spawn_object<A: Actor>(
     if objects.contains_key(&id) {
         return Err(Error::DuplicateObject(id));
     }
-    let (mailbox_tx, mailbox_rx) = mailbox::channel::<Envelope<A::Message>>();
-    let (control_tx, control_rx) = mailbox::channel();
+    let parking = Arc::new(mailbox::Parking::default());
+    let (mailbox_tx, mailbox_rx) = mailbox::parked_channel::<Envelope<A::Message>>(&parking);
+    let (control_tx, control_rx) = mailbox::parked_channel(&parking);
     let participation = crate::participant::SharedParticipation::default();
     let object_type = object.type_name();
     // Held until `restore_late` (or the node's release) lets it run: the node's last
@@ -885,6 +886,7 @@ fn spawn_object<A: Actor>(
         control_rx,
         Arc::clone(shared),
         Arc::clone(&participation),
+        parking,
     );
     let deliver_tx = mailbox_tx.clone();
     let deliver = move |frame: PeerFrame| -> std::result::Result<(), String> {
@@ -913,7 +915,7 @@ fn spawn_object<A: Actor>(
         },
     );
     drop(objects);
-    tokio::spawn(task.run());
+    task.launch();
     tokio::spawn(restore_late(Arc::clone(shared), id.clone()));
     if announce {
         let _ = shared.to_coordinator.send(NodeFrame::Spawned {

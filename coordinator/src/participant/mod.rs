@@ -79,6 +79,10 @@ pub(crate) trait Host: Directory + Send + Sync + 'static {
 
     /// An object's handler failed with `error` (`Some`), or a restore healed it (`None`).
     fn object_failed(&self, object: &ObjectId, error: Option<&str>);
+
+    /// An object's task started (or resumed from parking): a host that stops its tasks by
+    /// aborting them keeps the handle.
+    fn track(&self, _task: tokio::task::AbortHandle) {}
 }
 
 /// Where a writer's results go.

@@ -78,8 +78,13 @@ pub(crate) struct ObjectTask<A: Actor, H: Host> {
     participation: SharedParticipation,
     /// A message was handled since the last capture (the capture's state is no longer current).
     handled_since_capture: bool,
+    /// No message was handled yet.
+    fresh: bool,
     /// Told to stop: the task ends.
     stopped: bool,
+    /// Where the task waits while it has nothing to do, and the runtime it resumes on.
+    parking: Arc<mailbox::Parking>,
+    runtime: tokio::runtime::Handle,
 }
 
 impl<A: Actor, H: Host> ObjectTask<A, H> {
@@ -97,6 +102,7 @@ impl<A: Actor, H: Host> ObjectTask<A, H> {
         control: mailbox::Receiver<Control>,
         host: Arc<H>,
         participation: SharedParticipation,
+        parking: Arc<mailbox::Parking>,
     ) -> Self {
         Self {
             id,
@@ -115,8 +121,50 @@ impl<A: Actor, H: Host> ObjectTask<A, H> {
             host,
             participation,
             handled_since_capture: true,
+            fresh: true,
             stopped: false,
+            parking,
+            runtime: tokio::runtime::Handle::current(),
         }
+    }
+
+    /// Starts the object: parked until its first input, so that an object that has nothing to
+    /// do costs no tokio task. Call inside a tokio runtime.
+    pub(crate) fn launch(self) {
+        let parking = Arc::clone(&self.parking);
+        if let Some(task) = parking.park(self, Self::has_input, Self::start) {
+            task.start();
+        }
+    }
+
+    /// Runs the task on a tokio task until it ends, or until it has nothing to do and parks.
+    fn start(self) {
+        let (runtime, host) = (self.runtime.clone(), Arc::clone(&self.host));
+        let task = runtime.spawn(async move {
+            let mut task = self;
+            while task.run().await {
+                let parking = Arc::clone(&task.parking);
+                match parking.park(task, Self::has_input, Self::start) {
+                    Some(again) => task = again,
+                    None => return,
+                }
+            }
+        });
+        host.track(task.abort_handle());
+    }
+
+    /// Whether the task would find something to do: what it waits for when it parks.
+    fn has_input(&self) -> bool {
+        self.control.ready() || (!self.held && !self.failed && self.mailbox.ready())
+    }
+
+    /// Whether the task may park once it waits for input. A held or failed object only waits
+    /// for control; otherwise only a quiet object parks (none handled yet, or none since its
+    /// last capture), so that a busy object keeps its task between messages.
+    fn may_park(&self) -> bool {
+        self.held
+            || self.failed
+            || (self.replay.is_empty() && (self.fresh || !self.handled_since_capture))
     }
 
     /// Before handling anything: adopt a round the host counted this object in while it slept
@@ -129,7 +177,9 @@ impl<A: Actor, H: Host> ObjectTask<A, H> {
         p.clean = false;
     }
 
-    pub(crate) async fn run(mut self) {
+    /// Handles control and messages until the task ends (`false`) or it waits for input and
+    /// [may park](Self::may_park) (`true`).
+    async fn run(&mut self) -> bool {
         while !self.stopped {
             // Control first: a prepare must not wait behind a long mailbox.
             match self.control.try_recv() {
@@ -137,13 +187,16 @@ impl<A: Actor, H: Host> ObjectTask<A, H> {
                     self.on_control(c).await;
                     continue;
                 }
-                Err(mailbox::TryRecvError::Disconnected) => return,
+                Err(mailbox::TryRecvError::Disconnected) => return false,
                 Err(mailbox::TryRecvError::Empty) => {}
             }
             if self.held || self.failed {
+                if !self.control.ready() {
+                    return true;
+                }
                 match self.control.recv().await {
                     Some(c) => self.on_control(c).await,
-                    None => return,
+                    None => return false,
                 }
                 continue;
             }
@@ -151,18 +204,22 @@ impl<A: Actor, H: Host> ObjectTask<A, H> {
                 self.receive(envelope).await;
                 continue;
             }
+            if self.may_park() && !self.mailbox.ready() {
+                return true;
+            }
             tokio::select! {
                 biased;
                 c = self.control.recv() => match c {
                     Some(c) => self.on_control(c).await,
-                    None => return,
+                    None => return false,
                 },
                 m = self.mailbox.recv() => match m {
                     Some(envelope) => self.receive(envelope).await,
-                    None => return,
+                    None => return false,
                 },
             }
         }
+        false
     }
 
     async fn on_control(&mut self, control: Control) {
@@ -295,6 +352,7 @@ impl<A: Actor, H: Host> ObjectTask<A, H> {
         }
         // After any capture the receipt forced: the state now moves past it.
         self.handled_since_capture = true;
+        self.fresh = false;
         let mut ctx = Context {
             me: &self.id,
             from: envelope.from.as_ref(),

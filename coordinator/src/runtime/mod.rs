@@ -290,6 +290,17 @@ impl Host for Shared {
             });
         }
     }
+
+    fn track(&self, task: AbortHandle) {
+        let mut tasks = lock(&self.tasks);
+        // Checked under the tasks' lock, which `stop` drains after it sets `stopped`: a task
+        // resumed from parking as the cohort stops is aborted here or by `stop`.
+        if lock(&self.stopped).is_some() {
+            task.abort();
+            return;
+        }
+        Shared::push_task(&mut tasks, task);
+    }
 }
 
 impl Directory for Shared {
@@ -370,7 +381,10 @@ impl VoteSink for CohortSink {
 
 impl Shared {
     pub(crate) fn track(&self, handle: AbortHandle) {
-        let mut tasks = lock(&self.tasks);
+        Self::push_task(&mut lock(&self.tasks), handle);
+    }
+
+    fn push_task(tasks: &mut Vec<AbortHandle>, handle: AbortHandle) {
         // Prune finished tasks only when the list is full, before it would grow: amortised
         // O(1) per spawn (pruning on every spawn made spawning 100,000 objects quadratic).
         if tasks.len() == tasks.capacity() {
@@ -572,8 +586,9 @@ impl Cohort {
         if objects.contains_key(&id) {
             return Err(Error::DuplicateObject(id));
         }
-        let (mailbox_tx, mailbox_rx) = mailbox::channel::<Envelope<A::Message>>();
-        let (control_tx, control_rx) = mailbox::channel();
+        let parking = Arc::new(mailbox::Parking::default());
+        let (mailbox_tx, mailbox_rx) = mailbox::parked_channel::<Envelope<A::Message>>(&parking);
+        let (control_tx, control_rx) = mailbox::parked_channel(&parking);
         // The join reaches the engine before any message of the new object can be counted.
         shared
             .input
@@ -590,6 +605,7 @@ impl Cohort {
             control_rx,
             Arc::clone(shared),
             Arc::clone(&participation),
+            parking,
         );
         objects.insert(
             id.clone(),
@@ -602,8 +618,7 @@ impl Cohort {
             },
         );
         drop(objects);
-        let handle = tokio::spawn(task.run());
-        shared.track(handle.abort_handle());
+        task.launch();
         Ok(Address {
             to: id,
             tx: mailbox_tx.into(),
