@@ -18,6 +18,11 @@
 //! node is started again on the same port, the client reconnects and resends what was not
 //! acknowledged, and every deposit is in the final line exactly once.
 //!
+//! And when the node serving the ingress dies for good
+//! (`ingress_moves_to_a_surviving_node_when_its_node_dies_for_good`): the coordinator moves
+//! its accounts and the source to a standby node that registered factories of both, the
+//! client fails over to the standby's endpoint, and the moved source replays the log.
+//!
 //! Synchronisation is by what the processes print (and the store holds).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
@@ -39,15 +44,17 @@ use std::time::Duration;
 use bank::{Account, BankMsg, account_id, line_money};
 use cohort::checkpoint::ingress::{IngressLog, IngressOptions};
 use cohort::checkpoint::{CheckpointStore, StoreOptions};
-use cohort::coordinator::ingress::Ingress;
 use cohort::coordinator::ingress::endpoint::{IngressClient, IngressClientOptions, listen_config};
+use cohort::coordinator::ingress::{Ingress, LogHandle};
 use cohort::coordinator::node::{Node, NodeSettings};
+use cohort::coordinator::service::{STATE_TABLE_KEY, StateTable};
 use cohort::coordinator::{Address, Cohort, Settings};
 use cohort::{CheckpointId, ObjectId};
 use ha_support::{Proc, address_in, cohort_bin, poll, store_dir};
 
 const ROLE_ENV: &str = "COHORT_INGRESS_BANK";
 const NODE_ROLE_ENV: &str = "COHORT_INGRESS_NODE";
+const HEALING_ROLE_ENV: &str = "COHORT_INGRESS_HEALING";
 const ACCOUNTS: u64 = 8;
 const BALANCE: i64 = 1_000;
 const DEPOSITS: u64 = 400;
@@ -111,7 +118,7 @@ fn ingress_bank_role() {
         })
         .await;
         // Stdin closed: apply everything, then take a line that holds it.
-        while polling.next() < ingress.log().end() {
+        while polling.next() < ingress.log().get().map_or(0, IngressLog::end) {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let id = cohort.trigger().await.unwrap();
@@ -240,6 +247,79 @@ fn ingress_node_role() {
             }
         });
         let _polling = serve_stdin(ingress, accounts, polling, || async { None }).await;
+        drop(node);
+    });
+}
+
+/// Not a test of its own: a node process of a cohort whose ingress may move, when
+/// `COHORT_INGRESS_HEALING` is `store|coordinators|endpoint port|node name|spawn or standby`.
+/// Every such node registers factories of the accounts and of the deposits' source (so the
+/// coordinator can move them here when their node dies) and serves an endpoint of the log
+/// through one [`LogHandle`]: the node that spawns opens it at once; a standby opens it when
+/// an input comes, or when the source is moved here.
+#[test]
+fn ingress_healing_role() {
+    let Ok(spec) = std::env::var(HEALING_ROLE_ENV) else {
+        return;
+    };
+    let [url, coordinators, port, name, mode] = spec.split('|').collect::<Vec<_>>()[..] else {
+        panic!("{HEALING_ROLE_ENV} is {spec:?}, not store|coordinators|port|name|mode");
+    };
+    let coordinators: Vec<String> = coordinators.split(',').map(str::to_owned).collect();
+    let port: u16 = port.parse().unwrap();
+    let (url, name, spawn) = (url.to_owned(), name.to_owned(), mode == "spawn");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async move {
+        let store = CheckpointStore::open(&url, StoreOptions::default())
+            .await
+            .unwrap();
+        let mut settings = NodeSettings::default();
+        settings.heartbeat_interval = Duration::from_millis(100);
+        settings.heartbeat_timeout = Duration::from_millis(800);
+        settings.max_backoff = Duration::from_millis(100);
+        let deposits = LogHandle::new(&store, "deposits", IngressOptions::default());
+        let sources = deposits.clone();
+        let node = Node::builder(store.clone())
+            .name(name)
+            .coordinators(coordinators)
+            .settings(settings)
+            .host_type(|id: &ObjectId| {
+                // "account-<i>" (the factory is also probed once with another id).
+                let index = id.as_str().rsplit('-').next().and_then(|i| i.parse().ok());
+                let index = index.unwrap_or(0);
+                Account::new(index, ACCOUNTS, 0, 7)
+            })
+            .host_type(move |_: &ObjectId| sources.source::<BankMsg>())
+            .build()
+            .await
+            .unwrap();
+        if spawn {
+            deposits.open().await.unwrap();
+            for i in 0..ACCOUNTS {
+                node.spawn(account_id(i), Account::new(i, ACCOUNTS, BALANCE, 7))
+                    .unwrap();
+            }
+            node.spawn(
+                ObjectId::new("ingress-deposits").unwrap(),
+                deposits.source::<BankMsg>(),
+            )
+            .unwrap();
+        }
+        let listener = listen_config(([127, 0, 0, 1], port).into())
+            .bind()
+            .await
+            .unwrap();
+        let resolver = node.clone();
+        tokio::spawn(std::sync::Arc::new(Ingress::<BankMsg>::on(deposits)).serve(
+            listener,
+            move |id| resolver.address::<BankMsg>(id),
+            cohort::wire::CancellationToken::new(),
+        ));
+        println!("ready");
+        // Runs until its stdin closes (or it is killed).
+        tokio::task::spawn_blocking(|| std::io::stdin().lines().count())
+            .await
+            .unwrap();
         drop(node);
     });
 }
@@ -579,6 +659,77 @@ fn ingress_on_a_node_survives_sigkill_of_the_coordinator_and_of_the_node() {
         log.end, ALL_DEPOSITS,
         "each deposit is stored once, resends included"
     );
+}
+
+/// The node serving the ingress (its log's writer, its source and its endpoint) is SIGKILLed
+/// for good while deposits are in flight, some acknowledged after the last line. The
+/// coordinator declares it dead and moves its accounts and the source to the standby node,
+/// whose factories create them; the client fails over to the standby's endpoint and resends
+/// what has no acknowledgement; the moved source replays the log from the line's position.
+/// Every deposit ends in a line exactly once, and the line places the source on the standby.
+#[test]
+fn ingress_moves_to_a_surviving_node_when_its_node_dies_for_good() {
+    let (_dir, url) = store_dir();
+    let (coordinator, addr) = serve(&url, "serve-a");
+    coordinator.wait_for_line("leading under epoch 1", Duration::from_secs(20));
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (port0, port1) = (free_port(), free_port());
+    let role = |port: u16, name: &str, mode: &str| {
+        let spec = format!("{url}|{addr}|{port}|{name}|{mode}");
+        Bank::start_role("ingress_healing_role", HEALING_ROLE_ENV, &spec)
+    };
+    let node0 = role(port0, "node-0", "spawn");
+    let _node1 = role(port1, "node-1", "standby");
+    let deposited: i64 = (1..=DEPOSITS).map(amount).sum();
+    let all = ACCOUNTS as i64 * BALANCE + deposited;
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = {
+        let _entered = rt.enter();
+        let endpoints = vec![format!("127.0.0.1:{port0}"), format!("127.0.0.1:{port1}")];
+        let mut options = IngressClientOptions::new("teller", endpoints);
+        options.deadline = Duration::from_secs(120);
+        IngressClient::<BankMsg>::new(options).unwrap()
+    };
+    let (acks_tx, mut acks) = tokio::sync::mpsc::unbounded_channel();
+    submit_all(&rt, &client, 1..=DEPOSITS / 2, &acks_tx);
+    acked(&rt, &mut acks, DEPOSITS / 2, "the first half");
+    let before = checkpoint_now(&url, &addr);
+    submit_all(&rt, &client, DEPOSITS / 2 + 1..=DEPOSITS, &acks_tx);
+    acked(&rt, &mut acks, DEPOSITS / 8, "before node-0's SIGKILL");
+    node0.sigkill();
+    acked(
+        &rt,
+        &mut acks,
+        DEPOSITS / 2 - DEPOSITS / 8,
+        "after node-0's SIGKILL, through node-1",
+    );
+    let last = line_with_all(&url, &addr, all);
+    assert!(last > before);
+    rt.block_on(async {
+        let store = CheckpointStore::open_read_only(&url).await.unwrap();
+        let source = ObjectId::new("ingress-deposits").unwrap();
+        for (line, node) in [(before, "node-0"), (last, "node-1")] {
+            let manifest = store.read_manifest(line).await.unwrap();
+            let table = StateTable::decode(&manifest.metadata[STATE_TABLE_KEY]).unwrap();
+            assert_eq!(
+                table.placement.get(&source).map(String::as_str),
+                Some(node),
+                "line {line} places the source on {node}"
+            );
+        }
+        let log = IngressLog::verify(&store, "deposits").await.unwrap();
+        assert_eq!(
+            log.end, DEPOSITS,
+            "each deposit is stored once, resends included"
+        );
+    });
 }
 
 /// Takes checkpoints until one holds `all` the money (every deposit), within 60 s; fails if

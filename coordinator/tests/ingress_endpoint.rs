@@ -134,7 +134,7 @@ impl Served {
     /// Waits until the source has sent every stored input, then takes a checkpoint and
     /// returns the sum of the tallies in it.
     async fn applied_sum(&self) -> i64 {
-        let end = self.ingress.log().end();
+        let end = self.ingress.log().get().unwrap().end();
         let mut waited = 0;
         while self.polling.next() < end {
             assert!(waited < 3_000, "the source did not reach {end} within 30 s");
@@ -193,14 +193,14 @@ async fn inputs_survive_cut_connections_and_are_applied_once() {
         done.unwrap().unwrap();
     }
     assert_eq!(
-        served.ingress.log().end(),
+        served.ingress.log().get().unwrap().end(),
         INPUTS,
         "every input is stored once, resends included"
     );
     // A retry of an acknowledged input is a duplicate, stored no more.
     let again = client.submit(7, &tally(3), &Add(7)).await.unwrap();
     assert!(again.duplicate);
-    assert_eq!(served.ingress.log().end(), INPUTS);
+    assert_eq!(served.ingress.log().get().unwrap().end(), INPUTS);
     let expected: i64 = (1..=INPUTS as i64).sum();
     assert_eq!(served.applied_sum().await, expected);
     served.stop.cancel();
@@ -252,7 +252,11 @@ async fn inputs_the_cohort_cannot_apply_are_refused_and_not_stored() {
         "{reply:?}"
     );
 
-    assert_eq!(served.ingress.log().end(), 1, "nothing refused was stored");
+    assert_eq!(
+        served.ingress.log().get().unwrap().end(),
+        1,
+        "nothing refused was stored"
+    );
     assert_eq!(served.applied_sum().await, 5);
     served.stop.cancel();
 }

@@ -15,6 +15,11 @@
 //! sequence number); and a broker's stream (`cohort-ingress-nats`: JetStream, acknowledged to
 //! the broker at commits).
 //!
+//! On a service cohort the source can move: a node that registers a factory of it
+//! ([`LogHandle::source`], a source that [polls itself](Source::polling_itself)) and serves an
+//! endpoint of the log through a [`LogHandle`] takes over the ingress when the node serving
+//! it dies. See [`LogHandle`].
+//!
 //! ```no_run
 //! # async fn demo() -> cohort_coordinator::Result<()> {
 //! use cohort_checkpoint::CheckpointStore;
@@ -46,7 +51,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use cohort_checkpoint::CheckpointStore;
-use cohort_checkpoint::ingress::{Ack, IngressLog};
+use cohort_checkpoint::ingress::{Ack, IngressLog, IngressOptions};
 use cohort_object_api::{
     CheckpointId, Checkpointable, EncodedState, ObjectError, ObjectId, Snapshot,
 };
@@ -141,6 +146,10 @@ pub struct Source<A> {
     generation: u64,
     /// The read position each checkpoint this source prepared for records.
     prepared: BTreeMap<CheckpointId, u64>,
+    /// Its own poller, started when it is spawned ([`polling_itself`](Source::polling_itself)).
+    poller: Option<Poller>,
+    /// The poller it started; dropped with the source, which stops it.
+    polling: Option<Polling>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -165,6 +174,8 @@ impl<A: SourceAdapter> Source<A> {
                 progress: Arc::clone(&progress),
                 generation: 0,
                 prepared: BTreeMap::new(),
+                poller: None,
+                polling: None,
             },
             Poller {
                 progress,
@@ -172,6 +183,16 @@ impl<A: SourceAdapter> Source<A> {
                 every: Duration::from_millis(10),
             },
         )
+    }
+
+    /// The source of `adapter`, keeping itself reading: it starts its own [`Poller`] when it
+    /// is spawned, wherever that is. This is the source a node creates from a factory
+    /// ([`NodeBuilder::host_type`](crate::node::NodeBuilder::host_type)) when the cohort moves
+    /// it off a dead node, where nobody else would start its poller.
+    pub fn polling_itself(adapter: A) -> Self {
+        let (mut source, poller) = Self::new(adapter);
+        source.poller = Some(poller);
+        source
     }
 
     fn next(&self) -> u64 {
@@ -244,6 +265,12 @@ impl<A: SourceAdapter> Actor for Source<A> {
     type Message = Poll;
 
     const MESSAGE_DRIVEN: bool = true;
+
+    fn on_start(&mut self, me: &Address<Poll>) {
+        if let Some(poller) = self.poller.take() {
+            self.polling = Some(poller.start(me.clone()));
+        }
+    }
 
     async fn handle(
         &mut self,
@@ -354,10 +381,144 @@ impl Polling {
     }
 }
 
+/// An ingress log that a process opens when it first needs it, shared by the [`Ingress`] it
+/// serves and the [`Source`] the cohort places there: whichever needs the log first opens it,
+/// once. A node that stands by for another's ingress (its endpoint listed second by clients,
+/// a factory of the source registered) holds one: while the other process writes the log
+/// (on local disk it holds the log's writer lock) opening fails and is tried again at the
+/// next use, so its endpoint refuses inputs with a retry (clients go to the writer) and a
+/// source moved here waits; once the writer is gone, the next use opens the log, reading all
+/// that landed. Cheap to clone.
+///
+/// ```no_run
+/// # async fn demo(store: cohort_checkpoint::CheckpointStore) -> cohort_coordinator::Result<()> {
+/// use cohort_checkpoint::ingress::IngressOptions;
+/// use cohort_coordinator::ingress::{Ingress, LogHandle};
+/// use cohort_coordinator::node::Node;
+/// # #[derive(serde::Serialize, serde::Deserialize)] struct Deposit(i64);
+///
+/// let deposits = LogHandle::new(&store, "deposits", IngressOptions::default());
+/// let factory = deposits.clone();
+/// // Wherever the cohort places the source, it reads the log through this process's handle.
+/// let node = Node::builder(store)
+///     .host_type(move |_id| factory.source::<Deposit>())
+///     .build()
+///     .await?;
+/// let ingress = Ingress::<Deposit>::on(deposits);
+/// # let _ = (node, ingress); Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct LogHandle {
+    inner: Arc<HandleInner>,
+}
+
+struct HandleInner {
+    store: CheckpointStore,
+    name: String,
+    options: IngressOptions,
+    log: tokio::sync::OnceCell<IngressLog>,
+    /// The log's end once it is open (a source built before that watches this).
+    grows: watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for LogHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogHandle")
+            .field("name", &self.inner.name)
+            .field("open", &self.inner.log.initialized())
+            .finish()
+    }
+}
+
+impl LogHandle {
+    /// The log `name` of `store`, opened with `options` at its first use.
+    pub fn new(store: &CheckpointStore, name: &str, options: IngressOptions) -> Self {
+        Self {
+            inner: Arc::new(HandleInner {
+                store: store.clone(),
+                name: name.to_owned(),
+                options,
+                log: tokio::sync::OnceCell::new(),
+                grows: watch::Sender::new(0),
+            }),
+        }
+    }
+
+    /// A handle of a log this process opened already.
+    pub fn opened(log: IngressLog) -> Self {
+        Self {
+            inner: Arc::new(HandleInner {
+                store: log.store().clone(),
+                name: log.name().to_owned(),
+                options: IngressOptions::default(),
+                grows: watch::Sender::new(log.end()),
+                log: tokio::sync::OnceCell::new_with(Some(log)),
+            }),
+        }
+    }
+
+    /// The log's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The log, if this process opened it.
+    pub fn get(&self) -> Option<&IngressLog> {
+        self.inner.log.get()
+    }
+
+    /// The log, opened now if it is not yet.
+    ///
+    /// # Errors
+    ///
+    /// [`IngressLog::open`]'s: notably [`Conflict`](cohort_checkpoint::Error::Conflict) while
+    /// another process writes the log, and the store's errors. The next call tries again.
+    pub async fn open(&self) -> cohort_checkpoint::Result<&IngressLog> {
+        let inner = &self.inner;
+        inner
+            .log
+            .get_or_try_init(|| async {
+                let log =
+                    IngressLog::open(&inner.store, &inner.name, inner.options.clone()).await?;
+                tracing::info!(log = %inner.name, end = log.end(), "opened the ingress log");
+                // Forwards the log's end to the watchers that subscribed before it was open.
+                let (mut end, handle) = (log.subscribe(), Arc::downgrade(&self.inner));
+                inner.grows.send_replace(*end.borrow_and_update());
+                tokio::spawn(async move {
+                    while end.changed().await.is_ok() {
+                        let Some(inner) = handle.upgrade() else {
+                            return;
+                        };
+                        inner.grows.send_replace(*end.borrow_and_update());
+                    }
+                });
+                Ok(log)
+            })
+            .await
+    }
+
+    /// Watches the log's end: changes as inputs become durable, once the log is open.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        match self.get() {
+            Some(log) => log.subscribe(),
+            None => self.inner.grows.subscribe(),
+        }
+    }
+
+    /// A [`Source`] of this log whose inputs are messages `M`, keeping itself reading
+    /// ([`Source::polling_itself`]): what a node's factory of sources returns.
+    pub fn source<M>(&self) -> Source<LogAdapter<M>>
+    where
+        M: Serialize + DeserializeOwned + Send + 'static,
+    {
+        Source::polling_itself(LogAdapter::on(self.clone()))
+    }
+}
+
 /// The [`SourceAdapter`] of an [`IngressLog`] whose payloads are messages `M` (msgpack): after
 /// each commit it truncates the log below what the oldest committed checkpoint needs.
 pub struct LogAdapter<M> {
-    log: IngressLog,
+    log: LogHandle,
     truncating: Arc<AtomicBool>,
     _message: PhantomData<fn() -> M>,
 }
@@ -365,8 +526,13 @@ pub struct LogAdapter<M> {
 impl<M> LogAdapter<M> {
     /// Reads `log`.
     pub fn new(log: IngressLog) -> Self {
+        Self::on(LogHandle::opened(log))
+    }
+
+    /// Reads the log of `handle`, opening it at the first read if this process has not.
+    pub fn on(handle: LogHandle) -> Self {
         Self {
-            log,
+            log: handle,
             truncating: Arc::new(AtomicBool::new(false)),
             _message: PhantomData,
         }
@@ -382,7 +548,8 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> SourceAdapter for LogAdap
     }
 
     async fn read(&mut self, from: u64, max: usize) -> std::result::Result<Vec<Input<M>>, String> {
-        let records = self.log.read(from, max).await.map_err(|e| e.to_string())?;
+        let log = self.log.open().await.map_err(|e| e.to_string())?;
+        let records = log.read(from, max).await.map_err(|e| e.to_string())?;
         Ok(records
             .into_iter()
             .map(|r| Input {
@@ -395,11 +562,12 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> SourceAdapter for LogAdap
     }
 
     async fn committed(&mut self, _position: u64) {
+        let Some(log) = self.log.get() else { return };
         // What no kept checkpoint needs may go; one truncation at a time, off the handler.
         if self.truncating.swap(true, Ordering::SeqCst) {
             return;
         }
-        let (log, truncating) = (self.log.clone(), Arc::clone(&self.truncating));
+        let (log, truncating) = (log.clone(), Arc::clone(&self.truncating));
         tokio::spawn(async move {
             if let Err(e) = retain(&log).await {
                 tracing::warn!(log = %log.name(), error = %e, "could not truncate the ingress log; the next commit tries again");
@@ -416,7 +584,7 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> SourceAdapter for LogAdap
 /// Accepts inputs of type `M` into an [`IngressLog`], which its [`Source`] feeds to the
 /// cohort. See the [module docs](self).
 pub struct Ingress<M> {
-    log: IngressLog,
+    log: LogHandle,
     _message: PhantomData<fn(M)>,
 }
 
@@ -424,15 +592,18 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Ingress<M> {
     /// The source to spawn in the cohort (under a stable id), the poller to start with its
     /// address, and the ingress that accepts inputs.
     pub fn new(log: IngressLog) -> (Source<LogAdapter<M>>, Poller, Self) {
-        let (source, poller) = Source::new(LogAdapter::new(log.clone()));
-        (
-            source,
-            poller,
-            Self {
-                log,
-                _message: PhantomData,
-            },
-        )
+        let log = LogHandle::opened(log);
+        let (source, poller) = Source::new(LogAdapter::on(log.clone()));
+        (source, poller, Self::on(log))
+    }
+
+    /// The ingress of the log `handle` opens at the first input (see [`LogHandle`]); its
+    /// source is [`LogHandle::source`], spawned or created wherever the cohort places it.
+    pub fn on(handle: LogHandle) -> Self {
+        Self {
+            log: handle,
+            _message: PhantomData,
+        }
     }
 
     /// Appends `message` for the member at `to` from `client` with the client's sequence
@@ -468,14 +639,18 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Ingress<M> {
         to: &Address<M>,
         payload: Bytes,
     ) -> Result<Ack> {
-        self.log
-            .append(client, seq, to.id().clone(), payload)
+        let log = self
+            .log
+            .open()
+            .await
+            .map_err(|e| Error::Store(Box::new(e)))?;
+        log.append(client, seq, to.id().clone(), payload)
             .await
             .map_err(|e| Error::Store(Box::new(e)))
     }
 
     /// The log.
-    pub fn log(&self) -> &IngressLog {
+    pub fn log(&self) -> &LogHandle {
         &self.log
     }
 }

@@ -43,6 +43,15 @@ pub trait Actor: Checkpointable {
     /// Left false, every checkpoint asks it, and its generation decides whether it is rewritten.
     const MESSAGE_DRIVEN: bool = false;
 
+    /// Called once where the object is spawned or created (in a cohort, on a node, or on the
+    /// node the cohort moved it to), before its first input, with its own address: an object
+    /// that wakes itself (a timer, a source polling its log) starts doing so here, and stops
+    /// when it is dropped. It runs while the host registers the object: start tasks here, but
+    /// do not call the cohort or the node from it. Default: nothing.
+    fn on_start(&mut self, me: &Address<Self::Message>) {
+        let _ = me;
+    }
+
     /// Handles one message. An error marks the object failed: it stops handling messages, votes
     /// no in checkpoints, and the cohort reports it unhealthy until
     /// [`Cohort::recover`](crate::Cohort::recover) restores it.

@@ -860,7 +860,7 @@ impl NodeBuilder {
 fn spawn_object<A: Actor>(
     shared: &Arc<NodeShared>,
     id: ObjectId,
-    object: A,
+    mut object: A,
     announce: bool,
 ) -> Result<Address<A::Message>> {
     if shared.shutdown.is_cancelled() {
@@ -875,6 +875,10 @@ fn spawn_object<A: Actor>(
     let (control_tx, control_rx) = mailbox::parked_channel(&parking);
     let participation = crate::participant::SharedParticipation::default();
     let object_type = object.type_name();
+    object.on_start(&Address {
+        to: id.clone(),
+        tx: Route::Local(mailbox_tx.clone()),
+    });
     // Held until `restore_late` (or the node's release) lets it run: the node's last
     // restore may have looked at its objects before this one existed.
     let task = ObjectTask::new(
