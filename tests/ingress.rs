@@ -18,6 +18,9 @@
 //! node is started again on the same port, the client reconnects and resends what was not
 //! acknowledged, and every deposit is in the final line exactly once.
 //!
+//! The same with every process of the deployment SIGKILLed at once
+//! (`ingress_on_a_node_survives_sigkill_of_every_process_at_once`).
+//!
 //! And when the node serving the ingress dies for good
 //! (`ingress_moves_to_a_surviving_node_when_its_node_dies_for_good`): the coordinator moves
 //! its accounts and the source to a standby node that registered factories of both, the
@@ -485,13 +488,18 @@ fn acknowledged_deposits_survive_a_sigkill_exactly_once() {
 
 /// A `cohort serve` on the store (lease 1 s); returns it and the address nodes dial.
 fn serve(url: &str, name: &str) -> (Proc, String) {
+    serve_on(url, name, "127.0.0.1:0")
+}
+
+/// [`serve`] listening on `listen`.
+fn serve_on(url: &str, name: &str, listen: &str) -> (Proc, String) {
     let mut cmd = Command::new(cohort_bin());
     cmd.args([
         "serve",
         "--store",
         url,
         "--listen",
-        "127.0.0.1:0",
+        listen,
         "--lease",
         "1s",
         "--heartbeat",
@@ -730,6 +738,70 @@ fn ingress_moves_to_a_surviving_node_when_its_node_dies_for_good() {
             "each deposit is stored once, resends included"
         );
     });
+}
+
+/// Every process of a service deployment SIGKILLed at once (the coordinator and the node
+/// holding the ingress) while the client has deposits in flight, some acknowledged after the
+/// last line: both are started again on the same addresses, the coordinator fences and
+/// recovers to the newest line, the node's source replays the log from that line's position,
+/// and the client resends what had no acknowledgement. The last line holds every deposit
+/// exactly once, and the log each once.
+#[test]
+fn ingress_on_a_node_survives_sigkill_of_every_process_at_once() {
+    let (_dir, url) = store_dir();
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let listen = format!("127.0.0.1:{}", free_port());
+    let (coordinator, addr) = serve_on(&url, "serve-a", &listen);
+    coordinator.wait_for_line("leading under epoch 1", Duration::from_secs(20));
+    let spec = format!("{url}|{addr}|{}", free_port());
+    let endpoint = format!("127.0.0.1:{}", spec.rsplit('|').next().unwrap());
+    let deposited: i64 = (1..=DEPOSITS).map(amount).sum();
+    let all = ACCOUNTS as i64 * BALANCE + deposited;
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let node = Bank::start_role("ingress_node_role", NODE_ROLE_ENV, &spec);
+    let client = {
+        let _entered = rt.enter();
+        let mut options = IngressClientOptions::new("teller", vec![endpoint]);
+        options.deadline = Duration::from_secs(120);
+        IngressClient::<BankMsg>::new(options).unwrap()
+    };
+    let (acks_tx, mut acks) = tokio::sync::mpsc::unbounded_channel();
+    submit_all(&rt, &client, 1..=DEPOSITS / 2, &acks_tx);
+    acked(&rt, &mut acks, DEPOSITS / 2, "the first half");
+    let before = checkpoint_now(&url, &addr);
+    submit_all(&rt, &client, DEPOSITS / 2 + 1..=DEPOSITS, &acks_tx);
+    acked(&rt, &mut acks, DEPOSITS / 8, "before the SIGKILLs");
+    coordinator.signal("KILL");
+    node.sigkill();
+    drop(coordinator);
+    let (coordinator, again) = serve_on(&url, "serve-a2", &listen);
+    assert_eq!(again, addr);
+    coordinator.wait_for_line("leading under epoch", Duration::from_secs(30));
+    let node = Bank::start_role("ingress_node_role", NODE_ROLE_ENV, &spec);
+    acked(
+        &rt,
+        &mut acks,
+        DEPOSITS / 2 - DEPOSITS / 8,
+        "after every process was restarted",
+    );
+    let last = line_with_all(&url, &addr, all);
+    assert!(last > before);
+    let log = rt.block_on(async {
+        let store = CheckpointStore::open_read_only(&url).await.unwrap();
+        IngressLog::verify(&store, "deposits").await.unwrap()
+    });
+    assert_eq!(
+        log.end, DEPOSITS,
+        "each deposit is stored once, resends included"
+    );
+    drop(node);
 }
 
 /// Takes checkpoints until one holds `all` the money (every deposit), within 60 s; fails if
