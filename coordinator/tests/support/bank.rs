@@ -209,11 +209,21 @@ fn store_options() -> StoreOptions {
     }
 }
 
+/// Set for a node process whose stdin is a pipe from the test process: it exits when that
+/// closes, so that no node outlives a test process that died without killing it.
+const PARENT_PIPE_ENV: &str = "COHORT_PARENT_PIPE";
+
 /// The node role: runs only in a child process (returns at once in the test process).
 pub fn node_role() {
     let Ok(index) = std::env::var("COHORT_SERVICE_NODE") else {
         return;
     };
+    if std::env::var(PARENT_PIPE_ENV).is_ok() {
+        std::thread::spawn(|| {
+            let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+            std::process::exit(0);
+        });
+    }
     let index: usize = index.parse().unwrap();
     let nodes: usize = std::env::var("COHORT_NODES").unwrap().parse().unwrap();
     let coordinator = std::env::var("COHORT_COORDINATOR").unwrap();
@@ -391,6 +401,8 @@ impl Cluster {
             .env("COHORT_COORDINATOR", coordinator.to_string())
             .env("COHORT_STORE", self.store_url())
             .env("COHORT_MARKERS", self.dir.path())
+            .env(PARENT_PIPE_ENV, "1")
+            .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         if self.options.host_accounts {
@@ -417,6 +429,8 @@ impl Cluster {
             .env("COHORT_MARKERS", self.dir.path())
             .env("COHORT_HOST_ACCOUNTS", "1")
             .env("COHORT_EMPTY", "1")
+            .env(PARENT_PIPE_ENV, "1")
+            .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         self.children.push(Some(cmd.spawn().unwrap()));
