@@ -3,19 +3,22 @@
 //! leader and a standby, on one store) take consistent checkpoints every few hundred
 //! milliseconds.
 //!
-//! Partway through, one node is killed with SIGKILL and no replacement is started: the leader
-//! finds it dead and moves its accounts to the surviving nodes (every node registers the
-//! account type with `NodeBuilder::host_type`), every node rolls back to the recovery line, and
-//! the survivors create the dead node's accounts and restore them from it.
+//! Partway through, node-0 is killed with SIGKILL and no replacement is started: the leader
+//! finds it dead and moves its accounts and the deposits' source (below) to the surviving
+//! nodes (every node registers both types with `NodeBuilder::host_type`), every node rolls back
+//! to the recovery line, and the survivors create the dead node's objects and restore them
+//! from it.
 //! Later the leading coordinator is killed with SIGKILL: the standby takes over after the
 //! lease, fences the old leader, rolls every node back to the recovery line, and carries on;
 //! the nodes follow it.
 //!
 //! Meanwhile a depositor process outside the cohort pays 1 into a random account, hundreds of
-//! times a second, through the ingress that node-0 serves (`cohort::coordinator::ingress`):
-//! each deposit is acknowledged once it is durable in the ingress log on the store, and the
-//! log's source, a member of the cohort on node-0, sends it on to its account. The depositor
-//! reconnects and resends whatever was not acknowledged; the log stores each deposit once.
+//! times a second, through an ingress (`cohort::coordinator::ingress`): each deposit is
+//! acknowledged once it is durable in the ingress log on the store, and the log's source, a
+//! member of the cohort (on node-0, then on the survivor it moved to), sends it on to its
+//! account. Every node serves an endpoint of the log, which takes deposits only where the
+//! source runs; the depositor lists them all, reconnects to the next when one fails or
+//! refuses, and resends whatever was not acknowledged; the log stores each deposit once.
 //!
 //! The invariant: total money = sum of balances + transfers recorded in transit = the money
 //! the bank started with + the deposits the line's source had sent (its read position: every
@@ -52,7 +55,7 @@ use cohort::CheckpointId;
 use cohort::checkpoint::ingress::{IngressLog, IngressOptions};
 use cohort::checkpoint::{CheckpointStore, Manifest, ManifestKind, StoreOptions};
 use cohort::coordinator::ingress::endpoint::{IngressClient, IngressClientOptions, listen_config};
-use cohort::coordinator::ingress::{Ingress, source_positions};
+use cohort::coordinator::ingress::{Ingress, LogHandle, source_positions};
 use cohort::coordinator::node::{Node, NodeSettings};
 use cohort::coordinator::service::control::{
     self, ControlReply, ControlRequest, Responder, StatusReport,
@@ -107,9 +110,9 @@ struct Args {
     /// The coordinators a node connects to.
     #[arg(long, value_delimiter = ',', hide = true)]
     coordinators: Vec<String>,
-    /// The ingress endpoint the depositor submits to.
-    #[arg(long, default_value = "", hide = true)]
-    ingress: String,
+    /// The ingress endpoints the depositor submits to, the log's writer first.
+    #[arg(long, value_delimiter = ',', hide = true)]
+    ingress: Vec<String>,
     /// Do not kill a node (isolates the no-fault path).
     #[arg(long, hide = true)]
     no_node_kill: bool,
@@ -236,6 +239,8 @@ async fn node(args: Args) -> anyhow::Result<()> {
     settings.heartbeat_timeout = Duration::from_millis(1_000);
     settings.max_backoff = Duration::from_millis(100);
     let (accounts, seed) = (args.accounts, args.seed);
+    let deposits = LogHandle::new(&store, DEPOSITS_LOG, IngressOptions::default());
+    let sources = deposits.clone();
     let node = Node::builder(store.clone())
         .name(format!("node-{}", args.index))
         .coordinators(args.coordinators.clone())
@@ -251,6 +256,8 @@ async fn node(args: Args) -> anyhow::Result<()> {
                 .unwrap_or(0);
             Account::new(index, accounts, 0, seed)
         })
+        // And the deposits' source: it moves here too if node-0 dies.
+        .host_type(move |_: &cohort::ObjectId| sources.source::<BankMsg>())
         .build()
         .await?;
     let mut mine = Vec::new();
@@ -264,26 +271,30 @@ async fn node(args: Args) -> anyhow::Result<()> {
         });
     }
     println!("node hosts {} accounts", mine.len());
-    // node-0 holds the deposits' ingress: the log's writer, its source and the endpoint the
-    // depositor submits to.
-    let _serving = if args.index == 0 {
-        let log = IngressLog::open(&store, DEPOSITS_LOG, IngressOptions::default()).await?;
-        let (source, poller, ingress) = Ingress::<BankMsg>::new(log);
-        let poll = node.spawn(cohort::ObjectId::new(DEPOSITS_SOURCE)?, source)?;
-        let polling = poller.start(poll);
-        let listener = listen_config(([127, 0, 0, 1], 0).into()).bind().await?;
-        println!("ingress at {}", listener.local_addr());
-        let stop = CancellationToken::new();
-        let resolver = node.clone();
-        tokio::spawn(std::sync::Arc::new(ingress).serve(
-            listener,
-            move |id| resolver.address::<BankMsg>(id),
-            stop.clone(),
-        ));
-        Some((polling, stop.drop_guard()))
-    } else {
-        None
-    };
+    // node-0 holds the deposits' ingress: the log's writer and its source. Every node serves
+    // an endpoint of the log; the depositor lists node-0's first, and the others refuse
+    // deposits (the depositor goes back to node-0) until node-0 is gone and the log is theirs
+    // to open: when node-0 dies, the source moves to a survivor with its accounts.
+    if args.index == 0 {
+        deposits.open().await?;
+        match node.spawn(
+            cohort::ObjectId::new(DEPOSITS_SOURCE)?,
+            deposits.source::<BankMsg>(),
+        ) {
+            Ok(_) | Err(cohort::coordinator::Error::DuplicateObject(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let listener = listen_config(([127, 0, 0, 1], 0).into()).bind().await?;
+    println!("ingress at {}", listener.local_addr());
+    let stop = CancellationToken::new();
+    let resolver = node.clone();
+    tokio::spawn(std::sync::Arc::new(Ingress::<BankMsg>::on(deposits)).serve(
+        listener,
+        move |id| resolver.address::<BankMsg>(id),
+        stop.clone(),
+    ));
+    let _serving = stop.drop_guard();
     // Inputs from outside: ticks to our own accounts, once the orchestrator says go (a line
     // on stdin), so that no money moves before every account is in the cohort.
     let mut lines = stdin_lines();
@@ -321,7 +332,7 @@ async fn node(args: Args) -> anyhow::Result<()> {
 
 // ---------------------------------------------------------------------------------------------
 // The depositor process: a client outside the cohort, paying 1 into a random account through
-// node-0's ingress, many deposits in flight, until its stdin closes.
+// the nodes' ingress endpoints, many deposits in flight, until its stdin closes.
 
 async fn depositor(args: Args) -> anyhow::Result<()> {
     // A new client id per run: a client numbers its deposits from 1, and a number it used in
@@ -330,7 +341,7 @@ async fn depositor(args: Args) -> anyhow::Result<()> {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_nanos();
-    let options = IngressClientOptions::new(format!("depositor-{started}"), vec![args.ingress]);
+    let options = IngressClientOptions::new(format!("depositor-{started}"), args.ingress);
     let client = IngressClient::<BankMsg>::new(options)?;
     let mut lines = stdin_lines();
     if lines.recv().await.is_none() {
@@ -476,12 +487,12 @@ fn coordinator_args() -> Vec<String> {
     vec!["--role".into(), "coordinator".into()]
 }
 
-fn depositor_args(ingress: &str) -> Vec<String> {
+fn depositor_args(ingress: &[String]) -> Vec<String> {
     vec![
         "--role".into(),
         "depositor".into(),
         "--ingress".into(),
-        ingress.into(),
+        ingress.join(","),
     ]
 }
 
@@ -657,13 +668,15 @@ async fn orchestrate(args: Args) -> anyhow::Result<bool> {
     // Deposits already in the log (an earlier run's), so that this run's can be counted.
     let deposits_before = IngressLog::verify(&store, DEPOSITS_LOG).await?.end;
     let mut nodes: Vec<Proc> = Vec::new();
+    let mut endpoints = Vec::new();
     for i in 0..args.nodes {
         let name = format!("node-{i}");
         nodes.push(spawn(&name, &args, &node_args(i, &addrs), &tx)?);
+        let line = wait_line(&mut lines, &name, "ingress at ", phase).await?;
+        endpoints.push(line.trim_start_matches("ingress at ").to_owned());
     }
-    let line = wait_line(&mut lines, "node-0", "ingress at ", phase).await?;
-    let ingress = line.trim_start_matches("ingress at ").to_owned();
-    let mut depositor = spawn("depositor", &args, &depositor_args(&ingress), &tx)?;
+    let ingress = endpoints[0].clone();
+    let mut depositor = spawn("depositor", &args, &depositor_args(&endpoints), &tx)?;
     // Every account (and the deposits' source) registered and released: then money may move.
     let deadline = Instant::now() + phase;
     loop {
@@ -699,12 +712,16 @@ async fn orchestrate(args: Args) -> anyhow::Result<bool> {
     tokio::time::sleep(run_for.mul_f64(0.3)).await;
     let mut recovery_time = Duration::ZERO;
     if !args.no_node_kill {
-        let victim = 1usize;
+        // node-0: it serves the deposits' ingress, which moves with its accounts.
+        let victim = 0usize;
         audit.look().await?;
         let last_before = audit.checked.keys().last().copied();
         nodes[victim].kill().await;
         let killed = Instant::now();
-        println!("killed {} with SIGKILL", nodes[victim].name);
+        println!(
+            "killed {} with SIGKILL (it served the deposits' ingress)",
+            nodes[victim].name
+        );
         // The leader finds it dead and every node rolls back: a fence marks the recovery.
         let fence = audit
             .until(phase, "the recovery's fence", |m| {
@@ -736,7 +753,7 @@ async fn orchestrate(args: Args) -> anyhow::Result<bool> {
             .await?;
         recovery_time = killed.elapsed();
         println!(
-            "recovered: every node rolled back to checkpoint {} (fence {}), the surviving nodes took node-{victim}'s accounts (no replacement); checkpoint {} committed {:?} after the kill",
+            "recovered: every node rolled back to checkpoint {} (fence {}), the surviving nodes took node-{victim}'s accounts and the deposits' source (no replacement); checkpoint {} committed {:?} after the kill",
             fence.parent.map_or("-".into(), |p| p.to_string()),
             fence.id,
             after.id,

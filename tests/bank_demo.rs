@@ -1,6 +1,7 @@
 //! The Quick-start demo, as a test: `examples/bank.rs` with real processes on loopback (two
-//! coordinators, three nodes, a depositor process paying in through node-0's ingress), a node
-//! and then the leading coordinator killed with SIGKILL, and the money (initial + every
+//! coordinators, three nodes, a depositor process paying in through node-0's ingress), node-0
+//! (its ingress's source moves to a survivor) and then the leading coordinator killed with
+//! SIGKILL, and the money (initial + every
 //! deposit the line's source sent) checked in every committed checkpoint, and every
 //! acknowledged deposit in the last line exactly once. The example exits 1 if the invariant broke
 //! and 2 if a phase did not complete in time (no checkpoint after the recovery or the takeover).
@@ -33,7 +34,8 @@ fn the_bank_survives_a_node_kill_and_a_leader_kill_with_its_money() {
         "the bank failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
     );
     for expected in [
-        "killed node-1 with SIGKILL",
+        "killed node-0 with SIGKILL (it served the deposits' ingress)",
+        "took node-0's accounts and the deposits' source",
         "recovered: every node rolled back",
         "with SIGKILL",
         "failover: epoch ",

@@ -121,7 +121,7 @@ fn ingress_bank_role() {
         })
         .await;
         // Stdin closed: apply everything, then take a line that holds it.
-        while polling.next() < ingress.log().get().map_or(0, IngressLog::end) {
+        while polling.next() < ingress.log().get().map_or(0, |log| log.end()) {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let id = cohort.trigger().await.unwrap();

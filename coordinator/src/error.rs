@@ -15,7 +15,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 ///
 /// - **retry** ([`ErrorKind::Transient`]): the checkpoint did not commit this time
 ///   ([`Aborted`](Self::Aborted)), or an input was not acknowledged in time
-///   ([`Unacknowledged`](Self::Unacknowledged));
+///   ([`Unacknowledged`](Self::Unacknowledged)), or went to a process that does not serve its
+///   log now ([`IngressElsewhere`](Self::IngressElsewhere));
 /// - **step down** ([`ErrorKind::Fenced`]): a coordinator with a newer epoch owns the store
 ///   ([`Fenced`](Self::Fenced));
 /// - **start a new one** and recover ([`ErrorKind::Closed`]): the cohort was shut down
@@ -55,6 +56,17 @@ pub enum Error {
         deadline: std::time::Duration,
         /// The last fault the client saw (a refused connection, a store failure).
         last: String,
+    },
+
+    /// This process does not serve ingress log `log` now: a log is written where its source
+    /// runs, and the source is elsewhere (or moving). Submit through another endpoint; an
+    /// [`IngressClient`](crate::ingress::endpoint::IngressClient) does by itself.
+    #[error(
+        "ingress log {log} is written where its source runs, and that is not this process; submit through another endpoint"
+    )]
+    IngressElsewhere {
+        /// The log's name.
+        log: String,
     },
 
     // ---- step down ----
@@ -191,7 +203,9 @@ impl Error {
     /// What to do about it; see the groups above.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Self::Aborted { .. } | Self::Unacknowledged { .. } => ErrorKind::Transient,
+            Self::Aborted { .. } | Self::Unacknowledged { .. } | Self::IngressElsewhere { .. } => {
+                ErrorKind::Transient
+            }
             Self::Fenced { .. } => ErrorKind::Fenced,
             Self::Stopped { .. } | Self::Crashed { .. } => ErrorKind::Closed,
             Self::InvalidConfig { .. }

@@ -18,7 +18,7 @@ use cohort_checkpoint::{CheckpointStore, StoreOptions};
 use cohort_coordinator::ingress::endpoint::{
     IngressClient, IngressClientOptions, IngressReply, IngressRequest, listen_config,
 };
-use cohort_coordinator::ingress::{Ingress, Polling};
+use cohort_coordinator::ingress::{Ingress, LogHandle, Polling};
 use cohort_coordinator::{Actor, Cohort, Context, Error};
 use cohort_object_api::{Checkpointable, EncodedState, ObjectError, ObjectId, Snapshot};
 use cohort_wire::{CancellationToken, ConnectConfig, Role};
@@ -285,4 +285,69 @@ async fn an_input_no_endpoint_answers_fails_at_its_deadline() {
         vec![gone.to_string()],
     ));
     assert!(matches!(bad, Err(Error::InvalidConfig { .. })));
+}
+
+/// A log is written where its source runs: an ingress on a [`LogHandle`] refuses inputs
+/// (`IngressElsewhere`, retryable) until a source of the log starts in the process, opens the
+/// log at the first input then, applies it through the self-polling source, and closes the
+/// log once the source is gone (so that another process may open it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_is_served_only_where_its_source_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = CheckpointStore::open(dir.path().to_str().unwrap(), StoreOptions::default())
+        .await
+        .unwrap();
+    let handle = LogHandle::new(&store, "adds", IngressOptions::default());
+    let ingress = Ingress::<Add>::on(handle.clone());
+    let cohort = Cohort::builder(store.clone()).build().await.unwrap();
+    let to = cohort.spawn(tally(0), Tally::default()).unwrap();
+    let refused = ingress.submit("c", 1, &to, &Add(5)).await.unwrap_err();
+    assert!(
+        matches!(&refused, Error::IngressElsewhere { log } if log == "adds"),
+        "{refused}"
+    );
+    assert!(refused.is_retryable());
+    assert!(handle.get().is_none(), "nothing opened the log");
+
+    cohort
+        .spawn(
+            ObjectId::new("ingress-adds").unwrap(),
+            handle.source::<Add>(),
+        )
+        .unwrap();
+    assert!(handle.hosts_source());
+    let ack = ingress.submit("c", 1, &to, &Add(5)).await.unwrap();
+    assert_eq!((ack.position, ack.duplicate), (0, false));
+    // Nobody started a poller: the source polls itself.
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let line = cohort.trigger().await.unwrap();
+            let manifest = store.read_manifest(line).await.unwrap();
+            let states = store.read_states(&manifest).await.unwrap();
+            let sum: i64 = states
+                .iter()
+                .filter(|(_, s)| s.tag().type_name == TALLY)
+                .map(|(_, s)| s.decode::<i64>().unwrap())
+                .sum();
+            if sum == 5 {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the input was applied within 30 s");
+
+    cohort.shutdown().await;
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while handle.get().is_some() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the log closed once its source was gone");
+    assert!(!handle.hosts_source());
+    // Closed: the log can be opened again (by another process, or here).
+    IngressLog::open(&store, "adds", IngressOptions::default())
+        .await
+        .unwrap();
 }

@@ -116,6 +116,10 @@ pub trait SourceAdapter: Send + Sync + 'static {
     /// (acknowledge them to a broker, truncate).
     async fn committed(&mut self, position: u64);
 
+    /// Its source was spawned (or created) in this process and is about to run; it leaves
+    /// when the source is dropped.
+    fn started(&mut self) {}
+
     /// A watch that changes when the log grows, if the adapter has one (the source is also
     /// woken on a timer).
     fn grows(&self) -> Option<watch::Receiver<u64>> {
@@ -267,6 +271,7 @@ impl<A: SourceAdapter> Actor for Source<A> {
     const MESSAGE_DRIVEN: bool = true;
 
     fn on_start(&mut self, me: &Address<Poll>) {
+        self.adapter.started();
         if let Some(poller) = self.poller.take() {
             self.polling = Some(poller.start(me.clone()));
         }
@@ -381,14 +386,19 @@ impl Polling {
     }
 }
 
-/// An ingress log that a process opens when it first needs it, shared by the [`Ingress`] it
-/// serves and the [`Source`] the cohort places there: whichever needs the log first opens it,
-/// once. A node that stands by for another's ingress (its endpoint listed second by clients,
-/// a factory of the source registered) holds one: while the other process writes the log
-/// (on local disk it holds the log's writer lock) opening fails and is tried again at the
-/// next use, so its endpoint refuses inputs with a retry (clients go to the writer) and a
-/// source moved here waits; once the writer is gone, the next use opens the log, reading all
-/// that landed. Cheap to clone.
+/// An ingress log as a process serves it: shared by the [`Ingress`] endpoint the process
+/// serves and the [`Source`] the cohort may place there, it opens the log (as its one writer)
+/// while the source runs in this process, and only then. A log is written where its source
+/// runs, so that the source reads every input its log acknowledged.
+///
+/// On a service cohort every node that may take over a log holds a handle of it, registers
+/// a factory of its source ([`source`](Self::source)) and serves an endpoint
+/// ([`Ingress::on`]). Where the source is not, the endpoint refuses inputs with
+/// [`Error::IngressElsewhere`] (clients move on to the next endpoint). When the node serving
+/// the log dies, the coordinator moves the source to a survivor with its factory; there the
+/// source's first read opens the log (reading all that landed) and the endpoint serves it.
+/// When the source leaves a process, the handle closes the log, releasing it to the next
+/// writer. Cheap to clone.
 ///
 /// ```no_run
 /// # async fn demo(store: cohort_checkpoint::CheckpointStore) -> cohort_coordinator::Result<()> {
@@ -416,7 +426,13 @@ struct HandleInner {
     store: CheckpointStore,
     name: String,
     options: IngressOptions,
-    log: tokio::sync::OnceCell<IngressLog>,
+    log: std::sync::Mutex<Option<IngressLog>>,
+    /// Held while the log is being opened, so that it is opened once.
+    opening: tokio::sync::Mutex<()>,
+    /// Opened by this handle (closed when its sources are gone), not handed in open.
+    lazy: bool,
+    /// Sources of this log started in this process and not dropped.
+    sources: std::sync::atomic::AtomicUsize,
     /// The log's end once it is open (a source built before that watches this).
     grows: watch::Sender<u64>,
 }
@@ -425,34 +441,43 @@ impl std::fmt::Debug for LogHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LogHandle")
             .field("name", &self.inner.name)
-            .field("open", &self.inner.log.initialized())
+            .field("open", &self.get().is_some())
             .finish()
     }
 }
 
 impl LogHandle {
-    /// The log `name` of `store`, opened with `options` at its first use.
+    /// The log `name` of `store`, opened with `options` while its source runs here.
     pub fn new(store: &CheckpointStore, name: &str, options: IngressOptions) -> Self {
-        Self {
-            inner: Arc::new(HandleInner {
-                store: store.clone(),
-                name: name.to_owned(),
-                options,
-                log: tokio::sync::OnceCell::new(),
-                grows: watch::Sender::new(0),
-            }),
-        }
+        Self::with(store.clone(), name.to_owned(), options, None)
     }
 
-    /// A handle of a log this process opened already.
+    /// A handle of a log this process opened already (and keeps open, source or not).
     pub fn opened(log: IngressLog) -> Self {
+        Self::with(
+            log.store().clone(),
+            log.name().to_owned(),
+            IngressOptions::default(),
+            Some(log),
+        )
+    }
+
+    fn with(
+        store: CheckpointStore,
+        name: String,
+        options: IngressOptions,
+        log: Option<IngressLog>,
+    ) -> Self {
         Self {
             inner: Arc::new(HandleInner {
-                store: log.store().clone(),
-                name: log.name().to_owned(),
-                options: IngressOptions::default(),
-                grows: watch::Sender::new(log.end()),
-                log: tokio::sync::OnceCell::new_with(Some(log)),
+                store,
+                name,
+                options,
+                lazy: log.is_none(),
+                grows: watch::Sender::new(log.as_ref().map_or(0, IngressLog::end)),
+                log: std::sync::Mutex::new(log),
+                opening: tokio::sync::Mutex::new(()),
+                sources: std::sync::atomic::AtomicUsize::new(0),
             }),
         }
     }
@@ -462,9 +487,14 @@ impl LogHandle {
         &self.inner.name
     }
 
-    /// The log, if this process opened it.
-    pub fn get(&self) -> Option<&IngressLog> {
-        self.inner.log.get()
+    /// The log, if this process has it open.
+    pub fn get(&self) -> Option<IngressLog> {
+        crate::participant::lock(&self.inner.log).clone()
+    }
+
+    /// Whether a source of this log runs in this process.
+    pub fn hosts_source(&self) -> bool {
+        self.inner.sources.load(Ordering::SeqCst) > 0
     }
 
     /// The log, opened now if it is not yet.
@@ -473,35 +503,63 @@ impl LogHandle {
     ///
     /// [`IngressLog::open`]'s: notably [`Conflict`](cohort_checkpoint::Error::Conflict) while
     /// another process writes the log, and the store's errors. The next call tries again.
-    pub async fn open(&self) -> cohort_checkpoint::Result<&IngressLog> {
+    pub async fn open(&self) -> cohort_checkpoint::Result<IngressLog> {
+        if let Some(log) = self.get() {
+            return Ok(log);
+        }
         let inner = &self.inner;
-        inner
-            .log
-            .get_or_try_init(|| async {
-                let log =
-                    IngressLog::open(&inner.store, &inner.name, inner.options.clone()).await?;
-                tracing::info!(log = %inner.name, end = log.end(), "opened the ingress log");
-                // Forwards the log's end to the watchers that subscribed before it was open.
-                let (mut end, handle) = (log.subscribe(), Arc::downgrade(&self.inner));
+        let _opening = inner.opening.lock().await;
+        if let Some(log) = self.get() {
+            return Ok(log);
+        }
+        let log = IngressLog::open(&inner.store, &inner.name, inner.options.clone()).await?;
+        tracing::info!(log = %inner.name, end = log.end(), "opened the ingress log");
+        // Forwards the log's end to the watchers that subscribed before it was open.
+        let (mut end, handle) = (log.subscribe(), Arc::downgrade(&self.inner));
+        inner.grows.send_replace(*end.borrow_and_update());
+        tokio::spawn(async move {
+            while end.changed().await.is_ok() {
+                let Some(inner) = handle.upgrade() else {
+                    return;
+                };
                 inner.grows.send_replace(*end.borrow_and_update());
-                tokio::spawn(async move {
-                    while end.changed().await.is_ok() {
-                        let Some(inner) = handle.upgrade() else {
-                            return;
-                        };
-                        inner.grows.send_replace(*end.borrow_and_update());
-                    }
-                });
-                Ok(log)
-            })
-            .await
+            }
+        });
+        *crate::participant::lock(&inner.log) = Some(log.clone());
+        Ok(log)
+    }
+
+    /// The log to append an input to: open, or opened now if the source runs here.
+    async fn writer(&self) -> Result<IngressLog> {
+        if let Some(log) = self.get() {
+            return Ok(log);
+        }
+        if !self.hosts_source() {
+            return Err(Error::IngressElsewhere {
+                log: self.inner.name.clone(),
+            });
+        }
+        Ok(self.open().await?)
+    }
+
+    fn source_started(&self) {
+        self.inner.sources.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A source of this log left this process: the last one closes a log this handle
+    /// opened, so that the process it moved to can open it.
+    fn source_stopped(&self) {
+        let last = self.inner.sources.fetch_sub(1, Ordering::SeqCst) == 1;
+        if last && self.inner.lazy && crate::participant::lock(&self.inner.log).take().is_some() {
+            tracing::info!(log = %self.inner.name, "the log's source left this process; closed the ingress log");
+        }
     }
 
     /// Watches the log's end: changes as inputs become durable, once the log is open.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         match self.get() {
-            Some(log) => log.subscribe(),
-            None => self.inner.grows.subscribe(),
+            Some(log) if !self.inner.lazy => log.subscribe(),
+            _ => self.inner.grows.subscribe(),
         }
     }
 
@@ -520,7 +578,17 @@ impl LogHandle {
 pub struct LogAdapter<M> {
     log: LogHandle,
     truncating: Arc<AtomicBool>,
+    /// Its source runs in this process (counted by the handle until it is dropped).
+    started: bool,
     _message: PhantomData<fn() -> M>,
+}
+
+impl<M> Drop for LogAdapter<M> {
+    fn drop(&mut self) {
+        if self.started {
+            self.log.source_stopped();
+        }
+    }
 }
 
 impl<M> LogAdapter<M> {
@@ -534,6 +602,7 @@ impl<M> LogAdapter<M> {
         Self {
             log: handle,
             truncating: Arc::new(AtomicBool::new(false)),
+            started: false,
             _message: PhantomData,
         }
     }
@@ -561,13 +630,20 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> SourceAdapter for LogAdap
             .collect())
     }
 
+    fn started(&mut self) {
+        if !self.started {
+            self.started = true;
+            self.log.source_started();
+        }
+    }
+
     async fn committed(&mut self, _position: u64) {
         let Some(log) = self.log.get() else { return };
         // What no kept checkpoint needs may go; one truncation at a time, off the handler.
         if self.truncating.swap(true, Ordering::SeqCst) {
             return;
         }
-        let (log, truncating) = (log.clone(), Arc::clone(&self.truncating));
+        let truncating = Arc::clone(&self.truncating);
         tokio::spawn(async move {
             if let Err(e) = retain(&log).await {
                 tracing::warn!(log = %log.name(), error = %e, "could not truncate the ingress log; the next commit tries again");
@@ -639,11 +715,7 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Ingress<M> {
         to: &Address<M>,
         payload: Bytes,
     ) -> Result<Ack> {
-        let log = self
-            .log
-            .open()
-            .await
-            .map_err(|e| Error::Store(Box::new(e)))?;
+        let log = self.log.writer().await?;
         log.append(client, seq, to.id().clone(), payload)
             .await
             .map_err(|e| Error::Store(Box::new(e)))
