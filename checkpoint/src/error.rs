@@ -21,7 +21,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 ///   ([`FutureFormat`](Self::FutureFormat)). Never fall back past them: the recovery line, fences,
 ///   rollbacks and GC refuse to run rather than roll back further than the newest committed
 ///   line;
-/// - **retry later**: the store did not answer ([`Unavailable`](Self::Unavailable));
+/// - **retry later**: the store did not answer ([`Unavailable`](Self::Unavailable)), or another
+///   process writes the ingress log ([`LogWriterElsewhere`](Self::LogWriterElsewhere));
 /// - **fix the configuration or the call**: [`InvalidUrl`](Self::InvalidUrl),
 ///   [`UnsafeStore`](Self::UnsafeStore), [`ReadOnly`](Self::ReadOnly),
 ///   [`InvalidInput`](Self::InvalidInput), [`Store`](Self::Store).
@@ -42,6 +43,22 @@ pub enum Error {
         epoch: u64,
         /// Who holds the slot: `epoch N` or `a GC tombstone`.
         by: String,
+        /// The store.
+        url: String,
+    },
+
+    // ---- retry later ----
+    /// Another process has ingress log `log` open for writing (on local disk it holds the log's
+    /// lock file): a log has one writer. Serve its inputs there, or open it once that process
+    /// is gone (the lock goes with the process, however it ends).
+    #[error(
+        "ingress log {log} in {url} is open for writing by {holder}; a log has one writer: serve its inputs there, or open it once that process is gone"
+    )]
+    LogWriterElsewhere {
+        /// The log's name.
+        log: String,
+        /// Who holds it, as its lock file says (`pid N on HOST`).
+        holder: String,
         /// The store.
         url: String,
     },
@@ -182,7 +199,7 @@ impl Error {
             Self::Conflict { .. } => ErrorKind::Refused,
             Self::Damaged { .. } => ErrorKind::Data,
             Self::Object(e) => e.kind(),
-            Self::Unavailable { .. } => ErrorKind::Transient,
+            Self::Unavailable { .. } | Self::LogWriterElsewhere { .. } => ErrorKind::Transient,
             Self::NotFound { .. }
             | Self::FutureFormat { .. }
             | Self::InvalidUrl { .. }

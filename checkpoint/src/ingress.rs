@@ -7,7 +7,9 @@
 //! acknowledged again without being stored twice. Concurrent appends share one write (and, on
 //! local disk, one fsync): a committer task takes every input queued while the previous write
 //! ran and writes them as one *batch* blob, create-only, so a second writer of the same log
-//! is refused rather than overwriting.
+//! is refused rather than overwriting. On local disk a log has one writer: opening it locks
+//! `ingress/<name>/writer.lock` until the log is dropped or the process ends, and a second
+//! open is refused ([`Error::LogWriterElsewhere`]) meanwhile.
 //!
 //! Every input gets a *position*: the log's inputs are numbered from 0 in the order they
 //! became durable. A batch blob is named by its first position
@@ -231,6 +233,9 @@ struct State {
 struct Inner {
     store: CheckpointStore,
     name: String,
+    /// On local disk, the log's lock file, locked while this log is open (released with it,
+    /// or by the OS when the process ends).
+    _writer_lock: Option<std::fs::File>,
     options: IngressOptions,
     state: Mutex<State>,
     queue: mpsc::UnboundedSender<Pending>,
@@ -268,6 +273,76 @@ impl std::fmt::Debug for IngressLog {
             .field("name", &self.inner.name)
             .field("end", &self.end())
             .finish()
+    }
+}
+
+/// The name of a local log's lock file, in its directory (not a batch or a table: the log's
+/// readers skip it).
+const WRITER_LOCK: &str = "writer.lock";
+
+/// On local disk, takes the exclusive lock of log `name`'s lock file and writes who holds it
+/// into it; `None` on an object store, whose create-only puts keep writers apart instead.
+async fn lock_writer(store: &CheckpointStore, name: &str) -> Result<Option<std::fs::File>> {
+    let Some((path, _)) = store.local_file(&format!("{}/{name}/{WRITER_LOCK}", keys::INGRESS))
+    else {
+        return Ok(None);
+    };
+    store.check_writable("open an ingress log for writing")?;
+    let holder = format!(
+        "pid {} on {}",
+        std::process::id(),
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "this host".into())
+    );
+    let (log, url) = (name.to_owned(), store.url().to_owned());
+    let locked = tokio::task::spawn_blocking(move || {
+        use std::io::{Read as _, Seek as _, Write as _};
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)?;
+        match file.try_lock() {
+            Ok(()) => {
+                file.set_len(0)?;
+                file.rewind()?;
+                file.write_all(holder.as_bytes())?;
+                Ok(Ok(file))
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut by = String::new();
+                let _ = file.read_to_string(&mut by);
+                Ok(Err(by))
+            }
+            Err(std::fs::TryLockError::Error(e)) => Err(e),
+        }
+    })
+    .await
+    .map_err(|e| Error::InvalidInput(format!("the ingress lock task failed: {e}")))?;
+    match locked {
+        Ok(Ok(file)) => Ok(Some(file)),
+        Ok(Err(by)) => Err(Error::LogWriterElsewhere {
+            log,
+            holder: if by.trim().is_empty() {
+                "another process".into()
+            } else {
+                by.trim().to_owned()
+            },
+            url,
+        }),
+        Err(e) => Err(Error::Unavailable {
+            operation: format!("lock ingress log {log} for writing"),
+            endpoint: url,
+            source: object_store::Error::Generic {
+                store: "LocalFileSystem",
+                source: Box::new(e),
+            },
+        }),
     }
 }
 
@@ -459,6 +534,7 @@ impl IngressLog {
         options: IngressOptions,
     ) -> Result<Self> {
         validate_name(name)?;
+        let writer_lock = lock_writer(store, name).await?;
         let scan = scan(store, name).await?;
         if let Some(damage) = scan.damaged.into_iter().next() {
             return Err(store.inner_damaged(damage));
@@ -483,6 +559,7 @@ impl IngressLog {
         let inner = Arc::new(Inner {
             store: store.clone(),
             name: name.to_owned(),
+            _writer_lock: writer_lock,
             options,
             state: Mutex::new(State {
                 end: scan.end,

@@ -1341,6 +1341,20 @@ pub async fn ingress_log(store: &CheckpointStore) {
         .await
         .unwrap();
     assert_eq!((log.first(), log.end()), (0, 0));
+    // One writer: on local disk a second open, in this process or another, is refused while
+    // this one is open (an object store keeps writers apart by create-only puts instead).
+    if store.local_file("ingress").is_some() {
+        let refused = IngressLog::open(store, "deposits", options.clone())
+            .await
+            .unwrap_err();
+        let me = format!("pid {} ", std::process::id());
+        assert!(
+            matches!(&refused, Error::LogWriterElsewhere { log, holder, .. }
+                if log == "deposits" && holder.starts_with(&me)),
+            "{refused}"
+        );
+        assert!(refused.is_retryable(), "{refused}");
+    }
     let to = oid("account-1");
     let one = log
         .append("c1", 1, to.clone(), Bytes::from_static(b"a"))
@@ -1450,6 +1464,7 @@ pub async fn ingress_log(store: &CheckpointStore) {
     );
 
     // A flipped byte in a batch: verify names the blob, open refuses the log.
+    drop(log);
     let newest = store.list_keys("ingress/deposits").await.unwrap();
     let batch = newest
         .iter()

@@ -154,6 +154,8 @@ pub struct Source<A> {
     poller: Option<Poller>,
     /// The poller it started; dropped with the source, which stops it.
     polling: Option<Polling>,
+    /// Why its last read failed, if it did.
+    unreadable: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -180,6 +182,7 @@ impl<A: SourceAdapter> Source<A> {
                 prepared: BTreeMap::new(),
                 poller: None,
                 polling: None,
+                unreadable: None,
             },
             Poller {
                 progress,
@@ -284,10 +287,19 @@ impl<A: SourceAdapter> Actor for Source<A> {
     ) -> std::result::Result<(), ObjectError> {
         self.progress.polled.store(false, Ordering::SeqCst);
         let inputs = match self.adapter.read(self.next(), PER_POLL).await {
-            Ok(inputs) => inputs,
-            // The log being away is not the cohort's failure: read again at the next poll.
+            Ok(inputs) => {
+                if self.unreadable.take().is_some() {
+                    tracing::info!(log = %self.adapter.name(), "the source's log is readable again");
+                }
+                inputs
+            }
+            // The log being away is not the cohort's failure: read again at the next poll
+            // (said once per reason, not per poll).
             Err(reason) => {
-                tracing::warn!(log = %self.adapter.name(), %reason, "cannot read the source's log; retrying");
+                if self.unreadable.as_ref() != Some(&reason) {
+                    tracing::warn!(log = %self.adapter.name(), %reason, "cannot read the source's log; retrying at every poll");
+                    self.unreadable = Some(reason);
+                }
                 return Ok(());
             }
         };
