@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use cohort::checkpoint::object_store::ObjectStoreExt as _;
 use cohort::checkpoint::{CheckpointStore, ManifestKind};
 use cohort::coordinator::engine::{AbortReason, RestartPolicy};
 use cohort::coordinator::failpoint::{self, FailPoints};
@@ -248,6 +249,42 @@ async fn trigger_commits_and_recover_restores() {
     // The cohort goes on after the fence.
     assert_eq!(c.trigger().await.unwrap(), CheckpointId::new(3));
     assert_eq!(c.metrics().committed(), 2);
+}
+
+/// A byte of the newest line's state rots, the segment's length and header intact: the
+/// coordinator picks the line without reading its states (a failover reads what a line
+/// references, not all of it), the restore finds the damage as it reads the entry, and the
+/// recovery falls back past the line to the one before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_whose_restore_finds_damage_is_passed_over() {
+    let store = CheckpointStore::memory();
+    let c = cohort(&store, settings()).await;
+    let knobs = Arc::new(Knobs::default());
+    let a = c.spawn(id("a"), Node::new(10, &knobs)).unwrap();
+    c.spawn(id("b"), Node::new(0, &knobs)).unwrap();
+    let first = c.trigger().await.unwrap();
+    a.tell(Msg::Give {
+        to: "b".into(),
+        n: 4,
+    })
+    .unwrap();
+    until(async || value(&c, "b").await == 4).await;
+    let second = c.trigger().await.unwrap();
+    let location = store.read_manifest(second).await.unwrap().objects[&id("b")]
+        .location
+        .clone();
+    let (os, _) = store.object_store();
+    let path = store.path_of(&location.segment);
+    let mut bytes = os.get(&path).await.unwrap().bytes().await.unwrap().to_vec();
+    bytes[(location.offset + location.len / 2) as usize] ^= 0x01;
+    os.put(&path, bytes.into()).await.unwrap();
+
+    let report = c.recover().await.unwrap();
+    assert_eq!(report.line, Some(first), "{report:?}");
+    assert_eq!((value(&c, "a").await, value(&c, "b").await), (10, 0));
+    // The damaged line stays skipped: the cohort goes on from the one before.
+    assert!(c.trigger().await.unwrap() > second);
+    assert_eq!((value(&c, "a").await, value(&c, "b").await), (10, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

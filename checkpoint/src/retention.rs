@@ -173,7 +173,10 @@ impl CheckpointStore {
         // Keep the recovery line, even when it is older than the newest `keep`: a recovering
         // coordinator is about to point a fence manifest at it. A line this build cannot
         // determine (a newer format) stops GC before it changes anything.
-        if let Some(line) = self.line_among(&committed).await? {
+        if let Some(line) = self
+            .line_among(&committed, crate::store::LineCheck::Full)
+            .await?
+        {
             let id = line.manifest.id;
             if retained.insert(id) {
                 self.reference(id, &mut refs).await?;

@@ -153,6 +153,16 @@ pub struct RecoveryLine {
     pub skipped: Vec<VerifyReport>,
 }
 
+/// How much of a candidate recovery line is checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LineCheck {
+    /// Every entry read and its crc checked (`cohort verify`, `cohort list`, the dashboard).
+    Full,
+    /// The manifest, and each referenced segment's presence, length and header: what a
+    /// coordinator needs, since the hosts check the entries they restore.
+    Referenced,
+}
+
 /// The result of verifying one checkpoint.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VerifyReport {
@@ -785,7 +795,7 @@ impl CheckpointStore {
     /// newest committed line. Upgrade cohort to recover.
     pub async fn recovery_line(&self) -> Result<Option<RecoveryLine>> {
         let ids = self.committed_ids().await?;
-        self.line_among(&ids).await
+        self.line_among(&ids, LineCheck::Full).await
     }
 
     /// [`recovery_line`](Self::recovery_line), treating the checkpoints in `skip` as damaged: a
@@ -800,14 +810,45 @@ impl CheckpointStore {
             tracing::warn!(store = %self.inner.url, ?skip, "skipping lines that do not decode");
             ids.retain(|id| !skip.contains(id));
         }
-        self.line_among(&ids).await
+        self.line_among(&ids, LineCheck::Full).await
     }
 
-    /// [`recovery_line`](Self::recovery_line) among `ids` (ascending).
-    pub(crate) async fn line_among(&self, ids: &[CheckpointId]) -> Result<Option<RecoveryLine>> {
+    /// The recovery line a coordinator restores, checked without reading the states: the
+    /// newest committed checkpoint, not in `skip`, whose manifest (and a delta's base) verifies
+    /// and whose every referenced segment is present, long enough for its entries, and
+    /// headed for its checkpoint. The entries' bytes are not read here: each host checks the
+    /// crc of every entry it restores as it reads it ([`read_states_of`](Self::read_states_of)),
+    /// and a coordinator whose hosts found damage falls back past the line (it passes it in
+    /// `skip`). So a failover or a recovery reads what the line references, not every byte of
+    /// it, and each byte is checked once, where it is used.
+    ///
+    /// Newer checkpoints that fail these checks are skipped and reported as
+    /// [`recovery_line`](Self::recovery_line) does, and [`Error::FutureFormat`] is returned
+    /// likewise.
+    pub async fn recovery_line_referenced(
+        &self,
+        skip: &[CheckpointId],
+    ) -> Result<Option<RecoveryLine>> {
+        let mut ids = self.committed_ids().await?;
+        if !skip.is_empty() {
+            tracing::warn!(store = %self.inner.url, ?skip, "skipping lines whose restore found damage");
+            ids.retain(|id| !skip.contains(id));
+        }
+        self.line_among(&ids, LineCheck::Referenced).await
+    }
+
+    /// [`recovery_line`](Self::recovery_line) among `ids` (ascending), checked as `check` says.
+    pub(crate) async fn line_among(
+        &self,
+        ids: &[CheckpointId],
+        check: LineCheck,
+    ) -> Result<Option<RecoveryLine>> {
         let mut skipped = Vec::new();
         for &id in ids.iter().rev() {
-            let (manifest, report) = self.verify_inner(id).await?;
+            let (manifest, report) = match check {
+                LineCheck::Full => self.verify_inner(id).await?,
+                LineCheck::Referenced => self.verify_referenced(id).await?,
+            };
             if let Some(newer) = report.damaged.iter().find(|d| is_future(&d.kind)) {
                 tracing::error!(store = %self.inner.url, checkpoint = %id, blob = %newer.blob, "refusing to recover past a checkpoint written by a newer cohort");
                 return Err(self.damaged(newer.clone()));
@@ -1106,33 +1147,8 @@ impl CheckpointStore {
             bytes: 0,
             damaged: Vec::new(),
         };
-        // A delta's base is read from the store, not the cache: this checks the stored bytes.
-        let read = match self.read_stored(id).await {
-            Ok((stored, _)) => self.resolve_stored(stored, true).await,
-            Err(e) => Err(e),
-        };
-        let manifest = match read {
-            Ok(m) => m,
-            Err(Error::Damaged { damage, .. }) => {
-                report.damaged.push(*damage);
-                return Ok((None, report));
-            }
-            // The manifest's, or a delta's base's (named by `blob`).
-            Err(Error::FutureFormat {
-                blob,
-                found,
-                supported,
-                ..
-            }) => {
-                report.damaged.push(Damage {
-                    checkpoint: id,
-                    object: None,
-                    blob,
-                    kind: DamageKind::FutureFormat { found, supported },
-                });
-                return Ok((None, report));
-            }
-            Err(e) => return Err(e),
+        let Some(manifest) = self.manifest_for_check(id, &mut report).await? else {
+            return Ok((None, report));
         };
         let wanted: Vec<Wanted<'_>> = manifest
             .objects
@@ -1164,6 +1180,133 @@ impl CheckpointStore {
         }
         drop(wanted);
         Ok((Some(manifest), report))
+    }
+
+    /// Reads and checks checkpoint `id`'s manifest (and a delta's base, from the store) for a
+    /// check: `None` with what is wrong in `report` when it is damaged or of a newer format.
+    async fn manifest_for_check(
+        &self,
+        id: CheckpointId,
+        report: &mut VerifyReport,
+    ) -> Result<Option<Manifest>> {
+        // A delta's base is read from the store, not the cache: this checks the stored bytes.
+        let read = match self.read_stored(id).await {
+            Ok((stored, _)) => self.resolve_stored(stored, true).await,
+            Err(e) => Err(e),
+        };
+        let manifest = match read {
+            Ok(m) => m,
+            Err(Error::Damaged { damage, .. }) => {
+                report.damaged.push(*damage);
+                return Ok(None);
+            }
+            // The manifest's, or a delta's base's (named by `blob`).
+            Err(Error::FutureFormat {
+                blob,
+                found,
+                supported,
+                ..
+            }) => {
+                report.damaged.push(Damage {
+                    checkpoint: id,
+                    object: None,
+                    blob,
+                    kind: DamageKind::FutureFormat { found, supported },
+                });
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(Some(manifest))
+    }
+
+    /// Checks checkpoint `id` as [`recovery_line_referenced`](Self::recovery_line_referenced)
+    /// does: its manifest, and each segment it references (present, long enough, its header).
+    async fn verify_referenced(
+        &self,
+        id: CheckpointId,
+    ) -> Result<(Option<Manifest>, VerifyReport)> {
+        let mut report = VerifyReport {
+            checkpoint: id,
+            entries: 0,
+            bytes: 0,
+            damaged: Vec::new(),
+        };
+        let Some(manifest) = self.manifest_for_check(id, &mut report).await? else {
+            return Ok((None, report));
+        };
+        // Each segment: the furthest end an entry needs, and an object to name in a report.
+        let mut segments: std::collections::BTreeMap<&str, (u64, &ObjectId)> = Default::default();
+        let locations = manifest
+            .objects
+            .iter()
+            .map(|(o, e)| (o, &e.location))
+            .chain(manifest.in_transit.iter().map(|m| (&m.to, &m.location)));
+        for (object, location) in locations {
+            report.entries += 1;
+            let end = location.range().end;
+            let slot = segments
+                .entry(location.segment.as_str())
+                .or_insert((end, object));
+            slot.0 = slot.0.max(end);
+        }
+        report.bytes = manifest.referenced_bytes();
+        let concurrency = self.inner.options.read_concurrency.max(1);
+        // Owned items: see `fetch_all` on borrowed stream items and `Send`.
+        let segments: Vec<(String, u64, ObjectId)> = segments
+            .into_iter()
+            .map(|(segment, (end, object))| (segment.to_owned(), end, object.clone()))
+            .collect();
+        let checked: Vec<Option<Damage>> = futures::stream::iter(segments)
+            .map(|(segment, end, object)| async move {
+                let kind = self.check_referenced_segment(&segment, end).await?;
+                Ok::<_, Error>(kind.map(|kind| Damage {
+                    checkpoint: id,
+                    object: Some(object),
+                    blob: segment,
+                    kind,
+                }))
+            })
+            .buffer_unordered(concurrency)
+            .try_collect()
+            .await?;
+        report.damaged.extend(checked.into_iter().flatten());
+        report.damaged.sort_by(|a, b| a.blob.cmp(&b.blob));
+        Ok((Some(manifest), report))
+    }
+
+    /// What is wrong with `segment` for entries ending at `end`, without reading them: missing,
+    /// shorter than that, or headed for another checkpoint.
+    async fn check_referenced_segment(
+        &self,
+        segment: &str,
+        end: u64,
+    ) -> Result<Option<DamageKind>> {
+        let Some(seg) = keys::parse_segment(segment) else {
+            return Ok(Some(DamageKind::HeaderMismatch(
+                "the manifest names a blob outside the segment layout".into(),
+            )));
+        };
+        let path = self.inner.path(segment);
+        let header_len = format::SEGMENT_HEADER_LEN as u64;
+        let size = match self.inner.store.head(&path).await {
+            Ok(meta) => meta.size,
+            Err(object_store::Error::NotFound { .. }) => return Ok(Some(DamageKind::Missing)),
+            Err(e) => return Err(self.inner.map_err(format!("head {segment}"), e)),
+        };
+        let needed = end.max(header_len);
+        if size < needed {
+            return Ok(Some(DamageKind::Truncated {
+                needed,
+                actual: size,
+            }));
+        }
+        let header = match self.inner.store.get_range(&path, 0..header_len).await {
+            Ok(b) => b,
+            Err(object_store::Error::NotFound { .. }) => return Ok(Some(DamageKind::Missing)),
+            Err(e) => return Err(self.inner.map_err(format!("read {segment}"), e)),
+        };
+        Ok(format::check_segment_header(&header, seg.checkpoint).err())
     }
 
     /// Fetches and checks `wanted`, segment by segment, several segments at once; one result per

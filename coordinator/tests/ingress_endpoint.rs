@@ -346,8 +346,19 @@ async fn a_log_is_served_only_where_its_source_runs() {
     .await
     .expect("the log closed once its source was gone");
     assert!(!handle.hosts_source());
-    // Closed: the log can be opened again (by another process, or here).
-    IngressLog::open(&store, "adds", IngressOptions::default())
-        .await
-        .unwrap();
+    // Closed: the log can be opened again (by another process, or here), once the work in
+    // flight that holds it (a truncation after the last commit) is done.
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match IngressLog::open(&store, "adds", IngressOptions::default()).await {
+                Ok(_) => return,
+                Err(cohort_checkpoint::Error::LogWriterElsewhere { .. }) => {
+                    tokio::task::yield_now().await;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await
+    .expect("the log was released within 30 s");
 }

@@ -444,6 +444,24 @@ pub async fn corruption_detection(store: &CheckpointStore) {
         assert_eq!(line.manifest.id, cid(1));
         assert_eq!(line.skipped.len(), 1);
         assert_eq!(line.skipped[0].damaged, report.damaged);
+        // A coordinator's check reads no entry: a cut or missing segment fails it, a flipped
+        // byte in an entry is found by the host that restores it, which reports the line
+        // (`skip`) so that the coordinator falls back past it.
+        let referenced = store.recovery_line_referenced(&[]).await.unwrap().unwrap();
+        if name == "a" {
+            assert_eq!(referenced.manifest.id, cid(2));
+            let skipping = store.recovery_line_referenced(&[cid(2)]).await.unwrap();
+            assert_eq!(skipping.unwrap().manifest.id, cid(1));
+        } else {
+            assert_eq!(referenced.manifest.id, cid(1), "{name}");
+            assert_eq!(referenced.skipped.len(), 1, "{name}");
+            let d = &referenced.skipped[0].damaged[0];
+            assert_eq!(
+                (d.blob.as_str(), d.checkpoint),
+                (loc.segment.as_str(), cid(2))
+            );
+            assert!(expect(&d.kind), "{name}: {d}");
+        }
         assert_eq!(
             values(store, &line.manifest).await,
             BTreeMap::from([("a".into(), 1), ("b".into(), 2), ("c".into(), 3)])

@@ -349,7 +349,7 @@ impl<X: Transport> Core<X> {
                 Ok(Vec::new())
             }
             Command::ReadLine { recovery, skip } => {
-                let result = match self.store.recovery_line_skipping(&skip).await {
+                let result = match self.store.recovery_line_referenced(&skip).await {
                     Ok(line) => {
                         let line = line.map(|l| Arc::new(l.manifest));
                         let info = line
