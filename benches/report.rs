@@ -185,6 +185,10 @@ const STEPS: &[Step] = &[
         figures: &["coordinator_failover"],
         run: |_| Ok(vec![processes::coordinator_failover(5)?]),
     },
+    Step {
+        figures: &["coordinator_failover_1gib"],
+        run: |_| Ok(vec![processes::coordinator_failover_1gib(3)?]),
+    },
 ];
 
 /// Runs `step`; a failure (an error or a panic) becomes a failed entry per figure.

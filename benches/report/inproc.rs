@@ -28,6 +28,16 @@ pub(crate) struct Blob {
 }
 
 impl Blob {
+    /// An object holding `data` that never changes it: referenced by every checkpoint after
+    /// its first, not rewritten.
+    pub(crate) fn unchanging(data: Bytes) -> Blob {
+        Blob {
+            data,
+            generation: Some(0),
+            seen: None,
+        }
+    }
+
     /// An object with empty state, before a restore.
     pub(crate) fn empty() -> Blob {
         Blob {

@@ -27,25 +27,38 @@ struct NodeSpec {
     /// Registers the blob type (`NodeBuilder::host_type`): the node loss figure's nodes take
     /// a dead node's blobs.
     hosts_blobs: bool,
+    /// MiB of state per object (`0`: empty), unchanging once spawned (referenced by every
+    /// checkpoint after the first, not rewritten).
+    mib_each: usize,
 }
 
 impl NodeSpec {
     fn encode(&self) -> String {
         format!(
-            "{}|{}|{}|{}|{}|{}",
+            "{}|{}|{}|{}|{}|{}|{}",
             self.name,
             self.store,
             self.coordinators.join(","),
             self.objects,
             self.ha,
-            self.hosts_blobs
+            self.hosts_blobs,
+            self.mib_each
         )
     }
 
     fn decode(spec: &str) -> anyhow::Result<NodeSpec> {
         let parts: Vec<&str> = spec.split('|').collect();
-        let [name, store, coordinators, objects, ha, hosts_blobs] = parts[..] else {
-            anyhow::bail!("a node spec has six |-separated fields, not {spec:?}");
+        let [
+            name,
+            store,
+            coordinators,
+            objects,
+            ha,
+            hosts_blobs,
+            mib_each,
+        ] = parts[..]
+        else {
+            anyhow::bail!("a node spec has seven |-separated fields, not {spec:?}");
         };
         Ok(NodeSpec {
             name: name.to_owned(),
@@ -54,6 +67,7 @@ impl NodeSpec {
             objects: objects.parse()?,
             ha: ha.parse()?,
             hosts_blobs: hosts_blobs.parse()?,
+            mib_each: mib_each.parse()?,
         })
     }
 
@@ -90,9 +104,15 @@ pub(crate) async fn node_role(spec: &str) -> anyhow::Result<()> {
         builder = builder.host_type(|_| Blob::empty());
     }
     let node = builder.build().await?;
-    for i in 0..spec.objects {
+    let states = crate::inproc::patterned(spec.objects, spec.mib_each << 20);
+    for (i, data) in states.enumerate() {
         let id = cohort::ObjectId::new(format!("{}-blob-{i}", spec.name))?;
-        node.spawn(id, Blob::empty())?;
+        let blob = if data.is_empty() {
+            Blob::empty()
+        } else {
+            Blob::unchanging(data)
+        };
+        node.spawn(id, blob)?;
     }
     println!("node {} started", spec.name);
     exit_with_parent().await;
@@ -124,6 +144,7 @@ pub(crate) async fn coordination_remote(nodes: usize) -> anyhow::Result<Entry> {
                 objects: 1,
                 ha: false,
                 hosts_blobs: false,
+                mib_each: 0,
             }
             .spawn()
         })
@@ -201,6 +222,7 @@ async fn one_node_loss() -> anyhow::Result<Duration> {
                 objects: LOSS_OBJECTS / LOSS_NODES,
                 ha: false,
                 hosts_blobs: true,
+                mib_each: 0,
             }
             .spawn()
         })
@@ -320,8 +342,9 @@ impl StoreWatch {
 }
 
 /// One failover: from SIGKILL of the leading `cohort serve` to the next checkpoint committed
-/// by the standby; also returns when the standby claimed the next epoch.
-fn one_coordinator_failover() -> anyhow::Result<(Duration, Duration)> {
+/// by the standby, with `mib_each` MiB in each of the node's objects; also returns when the
+/// standby claimed the next epoch.
+fn one_coordinator_failover(mib_each: usize) -> anyhow::Result<(Duration, Duration)> {
     let (_dir, url) = store_dir();
     let (mut a, a_addr) = serve("serve-a", &url);
     a.wait_for_line("leading under epoch 1", Duration::from_secs(10));
@@ -334,11 +357,12 @@ fn one_coordinator_failover() -> anyhow::Result<(Duration, Duration)> {
         objects: HA_OBJECTS,
         ha: true,
         hosts_blobs: false,
+        mib_each,
     }
     .spawn();
     let watch = StoreWatch::open(&url)?;
-    poll(Duration::from_secs(30), || watch.committed_under(1))
-        .context("no checkpoint of the node's objects under epoch 1 within 30 s")?;
+    poll(Duration::from_secs(60), || watch.committed_under(1))
+        .context("no checkpoint of the node's objects under epoch 1 within 60 s")?;
     a.child.kill().context("SIGKILL of the leader")?;
     let killed = Instant::now();
     let claimed = poll(Duration::from_secs(30), || {
@@ -356,24 +380,34 @@ fn one_coordinator_failover() -> anyhow::Result<(Duration, Duration)> {
 /// `coordinator_failover`: SIGKILL of the leader → next committed checkpoint, median of
 /// `runs`, against the lease.
 pub(crate) fn coordinator_failover(runs: usize) -> anyhow::Result<Entry> {
+    failover_with_state(runs, "coordinator_failover", 0)
+}
+
+/// `coordinator_failover_1gib`: [`coordinator_failover`] with 1 GiB of state in the line
+/// (the node's objects of 256 MiB each), median of `runs`, against the lease.
+pub(crate) fn coordinator_failover_1gib(runs: usize) -> anyhow::Result<Entry> {
+    failover_with_state(runs, "coordinator_failover_1gib", 1024 / HA_OBJECTS)
+}
+
+fn failover_with_state(runs: usize, figure: &str, mib_each: usize) -> anyhow::Result<Entry> {
     let mut took = Vec::with_capacity(runs);
     let mut claims = Vec::with_capacity(runs);
     for _ in 0..runs {
-        let (t, c) = one_coordinator_failover()?;
+        let (t, c) = one_coordinator_failover(mib_each)?;
         took.push(t);
         claims.push(c);
     }
     let took = Samples::new(took).context("no runs")?;
     let claims = Samples::new(claims).context("no runs")?;
     Ok(Entry::against(
-        "coordinator_failover",
+        figure,
         ms(took.quantile(0.5)),
         "ms",
         ("lease", ms(LEASE)),
         Goal::RatioAtMost(2.0),
     )
     .with_note(format!(
-        "median of {runs}, two `cohort serve` + one node process ({HA_OBJECTS} objects), local disk with fsync, checkpoint every 200 ms, store polled every 10 ms; epoch claimed after median {:.0} ms; {}",
+        "median of {runs}, two `cohort serve` + one node process ({HA_OBJECTS} objects of {mib_each} MiB), local disk with fsync, checkpoint every 200 ms, store polled every 10 ms; epoch claimed after median {:.0} ms; {}",
         ms(claims.quantile(0.5)),
         took.spread()
     )))
