@@ -276,7 +276,6 @@ async fn node(args: Args) -> anyhow::Result<()> {
     // deposits (the depositor goes back to node-0) until node-0 is gone and the log is theirs
     // to open: when node-0 dies, the source moves to a survivor with its accounts.
     if args.index == 0 {
-        deposits.open().await?;
         match node.spawn(
             cohort::ObjectId::new(DEPOSITS_SOURCE)?,
             deposits.source::<BankMsg>(),

@@ -258,8 +258,8 @@ fn ingress_node_role() {
 /// `COHORT_INGRESS_HEALING` is `store|coordinators|endpoint port|node name|spawn or standby`.
 /// Every such node registers factories of the accounts and of the deposits' source (so the
 /// coordinator can move them here when their node dies) and serves an endpoint of the log
-/// through one [`LogHandle`]: the node that spawns opens it at once; a standby opens it when
-/// an input comes, or when the source is moved here.
+/// through one [`LogHandle`], which opens the log where the source runs (node-0 first; a
+/// standby once the source is moved to it) and refuses inputs elsewhere.
 #[test]
 fn ingress_healing_role() {
     let Ok(spec) = std::env::var(HEALING_ROLE_ENV) else {
@@ -297,7 +297,6 @@ fn ingress_healing_role() {
             .await
             .unwrap();
         if spawn {
-            deposits.open().await.unwrap();
             for i in 0..ACCOUNTS {
                 node.spawn(account_id(i), Account::new(i, ACCOUNTS, BALANCE, 7))
                     .unwrap();

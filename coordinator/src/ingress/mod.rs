@@ -513,8 +513,12 @@ impl LogHandle {
     ///
     /// # Errors
     ///
-    /// [`IngressLog::open`]'s: notably [`Conflict`](cohort_checkpoint::Error::Conflict) while
-    /// another process writes the log, and the store's errors. The next call tries again.
+    /// [`IngressLog::open`]'s: notably
+    /// [`LogWriterElsewhere`](cohort_checkpoint::Error::LogWriterElsewhere) while another
+    /// process writes the log, and the store's errors. The next call tries again. Leave the
+    /// opening to the source (its first read) and to inputs that arrive while it runs here: a
+    /// log opened where no source of it ever runs stays open, and keeps the source's process
+    /// from writing it.
     pub async fn open(&self) -> cohort_checkpoint::Result<IngressLog> {
         if let Some(log) = self.get() {
             return Ok(log);
