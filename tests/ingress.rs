@@ -595,11 +595,7 @@ fn ingress_on_a_node_survives_sigkill_of_the_coordinator_and_of_the_node() {
     let (_standby, b) = serve(&url, "serve-b");
     let coordinators = format!("{a},{b}");
     // The endpoint's port, fixed so that the restarted node serves where the client dials.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let spec = format!("{url}|{coordinators}|{port}");
     const ALL_DEPOSITS: u64 = DEPOSITS + DEPOSITS / 2;
     let deposited: i64 = (1..=ALL_DEPOSITS).map(amount).sum();
@@ -679,13 +675,6 @@ fn ingress_moves_to_a_surviving_node_when_its_node_dies_for_good() {
     let (_dir, url) = store_dir();
     let (coordinator, addr) = serve(&url, "serve-a");
     coordinator.wait_for_line("leading under epoch 1", Duration::from_secs(20));
-    let free_port = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
     let (port0, port1) = (free_port(), free_port());
     let role = |port: u16, name: &str, mode: &str| {
         let spec = format!("{url}|{addr}|{port}|{name}|{mode}");
@@ -748,13 +737,6 @@ fn ingress_moves_to_a_surviving_node_when_its_node_dies_for_good() {
 #[test]
 fn ingress_on_a_node_survives_sigkill_of_every_process_at_once() {
     let (_dir, url) = store_dir();
-    let free_port = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
     let listen = format!("127.0.0.1:{}", free_port());
     let (coordinator, addr) = serve_on(&url, "serve-a", &listen);
     coordinator.wait_for_line("leading under epoch 1", Duration::from_secs(20));
@@ -801,6 +783,15 @@ fn ingress_on_a_node_survives_sigkill_of_every_process_at_once() {
         "each deposit is stored once, resends included"
     );
     drop(node);
+}
+
+/// A loopback port free now, for a process to listen on again after a restart.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Takes checkpoints until one holds `all` the money (every deposit), within 60 s; fails if
