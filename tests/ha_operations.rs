@@ -35,8 +35,8 @@ use bank::{Account, AccountState, BankMsg, account_id, line_money};
 use cohort::CheckpointId;
 use cohort::ObjectId;
 use cohort::checkpoint::{CheckpointStore, Manifest, ManifestKind};
-use cohort::coordinator::node::{Node, NodeSettings};
-use ha_support::{Proc, address_in, cohort_bin, poll, store_dir};
+use cohort::coordinator::node::Node;
+use ha_support::{Proc, address_in, cohort_bin, poll, quick_node_settings, store_dir};
 
 const NODE_ENV: &str = "COHORT_HA_BANK_NODE";
 const BALANCE: i64 = 1_000;
@@ -64,10 +64,7 @@ fn bank_node_role() {
         let store = CheckpointStore::open(&url, Default::default())
             .await
             .unwrap();
-        let mut settings = NodeSettings::default();
-        settings.heartbeat_interval = Duration::from_millis(100);
-        settings.heartbeat_timeout = Duration::from_millis(800);
-        settings.max_backoff = Duration::from_millis(100);
+        let settings = quick_node_settings();
         let node = Node::builder(store)
             .name(format!("node-{index}"))
             .coordinators(coordinators)

@@ -49,11 +49,11 @@ use cohort::checkpoint::ingress::{IngressLog, IngressOptions};
 use cohort::checkpoint::{CheckpointStore, StoreOptions};
 use cohort::coordinator::ingress::endpoint::{IngressClient, IngressClientOptions, listen_config};
 use cohort::coordinator::ingress::{Ingress, LogHandle};
-use cohort::coordinator::node::{Node, NodeSettings};
+use cohort::coordinator::node::Node;
 use cohort::coordinator::service::{STATE_TABLE_KEY, StateTable};
 use cohort::coordinator::{Address, Cohort, Settings};
 use cohort::{CheckpointId, ObjectId};
-use ha_support::{Proc, address_in, cohort_bin, poll, store_dir};
+use ha_support::{Proc, address_in, cohort_bin, poll, quick_node_settings, store_dir};
 
 const ROLE_ENV: &str = "COHORT_INGRESS_BANK";
 const NODE_ROLE_ENV: &str = "COHORT_INGRESS_NODE";
@@ -202,10 +202,7 @@ fn ingress_node_role() {
         let store = CheckpointStore::open(&url, StoreOptions::default())
             .await
             .unwrap();
-        let mut settings = NodeSettings::default();
-        settings.heartbeat_interval = Duration::from_millis(100);
-        settings.heartbeat_timeout = Duration::from_millis(800);
-        settings.max_backoff = Duration::from_millis(100);
+        let settings = quick_node_settings();
         let node = Node::builder(store.clone())
             .name("node-0")
             .coordinators(coordinators)
@@ -276,10 +273,7 @@ fn ingress_healing_role() {
         let store = CheckpointStore::open(&url, StoreOptions::default())
             .await
             .unwrap();
-        let mut settings = NodeSettings::default();
-        settings.heartbeat_interval = Duration::from_millis(100);
-        settings.heartbeat_timeout = Duration::from_millis(800);
-        settings.max_backoff = Duration::from_millis(100);
+        let settings = quick_node_settings();
         let deposits = LogHandle::new(&store, "deposits", IngressOptions::default());
         let sources = deposits.clone();
         let node = Node::builder(store.clone())

@@ -89,13 +89,12 @@ pub(crate) async fn node_role(spec: &str) -> anyhow::Result<()> {
         ..StoreOptions::default()
     };
     let store = CheckpointStore::open(&spec.store, options).await?;
-    let mut settings = NodeSettings::default();
-    if spec.ha {
-        // Quick to follow a new leader: the coordinator failover figure measures it.
-        settings.heartbeat_interval = Duration::from_millis(100);
-        settings.heartbeat_timeout = Duration::from_millis(800);
-        settings.max_backoff = Duration::from_millis(100);
-    }
+    // Quick to follow a new leader: the coordinator failover figure measures it.
+    let settings = if spec.ha {
+        crate::ha_support::quick_node_settings()
+    } else {
+        NodeSettings::default()
+    };
     let mut builder = Node::builder(store)
         .name(spec.name.clone())
         .coordinators(spec.coordinators)

@@ -805,11 +805,7 @@ impl CheckpointStore {
         &self,
         skip: &[CheckpointId],
     ) -> Result<Option<RecoveryLine>> {
-        let mut ids = self.committed_ids().await?;
-        if !skip.is_empty() {
-            tracing::warn!(store = %self.inner.url, ?skip, "skipping lines that do not decode");
-            ids.retain(|id| !skip.contains(id));
-        }
+        let ids = self.committed_skipping(skip).await?;
         self.line_among(&ids, LineCheck::Full).await
     }
 
@@ -829,12 +825,18 @@ impl CheckpointStore {
         &self,
         skip: &[CheckpointId],
     ) -> Result<Option<RecoveryLine>> {
+        let ids = self.committed_skipping(skip).await?;
+        self.line_among(&ids, LineCheck::Referenced).await
+    }
+
+    /// The committed ids but those in `skip`: lines whose restore found damage.
+    async fn committed_skipping(&self, skip: &[CheckpointId]) -> Result<Vec<CheckpointId>> {
         let mut ids = self.committed_ids().await?;
         if !skip.is_empty() {
             tracing::warn!(store = %self.inner.url, ?skip, "skipping lines whose restore found damage");
             ids.retain(|id| !skip.contains(id));
         }
-        self.line_among(&ids, LineCheck::Referenced).await
+        Ok(ids)
     }
 
     /// [`recovery_line`](Self::recovery_line) among `ids` (ascending), checked as `check` says.

@@ -16,6 +16,17 @@ use cohort::coordinator::node::{Node, NodeSettings};
 use cohort::coordinator::{Actor, Context};
 use cohort::{Checkpointable, ObjectError, ObjectId};
 
+/// Node settings quick to notice a lost peer and to follow a new leader: heartbeats every
+/// 100 ms, a coordinator silent for 800 ms is lost, reconnects back off at most 100 ms. The
+/// `cohort serve` processes of these tests use the same heartbeats.
+pub(crate) fn quick_node_settings() -> NodeSettings {
+    let mut settings = NodeSettings::default();
+    settings.heartbeat_interval = Duration::from_millis(100);
+    settings.heartbeat_timeout = Duration::from_millis(800);
+    settings.max_backoff = Duration::from_millis(100);
+    settings
+}
+
 /// A child process that is SIGKILLed when dropped, whose stderr is collected line by line.
 pub(crate) struct Proc {
     pub(crate) name: String,
@@ -198,10 +209,7 @@ pub(crate) fn node_role(env: &str) {
         let store = CheckpointStore::open(&url, Default::default())
             .await
             .unwrap();
-        let mut settings = NodeSettings::default();
-        settings.heartbeat_interval = Duration::from_millis(100);
-        settings.heartbeat_timeout = Duration::from_millis(800);
-        settings.max_backoff = Duration::from_millis(100);
+        let settings = quick_node_settings();
         let node = Node::builder(store)
             .name(name.clone())
             .coordinators(coordinators)

@@ -44,10 +44,10 @@ pub trait Actor: Checkpointable {
     const MESSAGE_DRIVEN: bool = false;
 
     /// Called once where the object is spawned or created (in a cohort, on a node, or on the
-    /// node the cohort moved it to), before its first input, with its own address: an object
-    /// that wakes itself (a timer, a source polling its log) starts doing so here, and stops
-    /// when it is dropped. It runs while the host registers the object: start tasks here, but
-    /// do not call the cohort or the node from it. Default: nothing.
+    /// node the cohort moved it to), after the host registered it and before its first input,
+    /// with its own address: an object that wakes itself (a timer, a source polling its log)
+    /// starts doing so here, and stops when it is dropped. It must not block: start a task for
+    /// anything that waits. Default: nothing.
     fn on_start(&mut self, me: &Address<Self::Message>) {
         let _ = me;
     }

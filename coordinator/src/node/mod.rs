@@ -860,7 +860,7 @@ impl NodeBuilder {
 fn spawn_object<A: Actor>(
     shared: &Arc<NodeShared>,
     id: ObjectId,
-    mut object: A,
+    object: A,
     announce: bool,
 ) -> Result<Address<A::Message>> {
     if shared.shutdown.is_cancelled() {
@@ -875,10 +875,6 @@ fn spawn_object<A: Actor>(
     let (control_tx, control_rx) = mailbox::parked_channel(&parking);
     let participation = crate::participant::SharedParticipation::default();
     let object_type = object.type_name();
-    object.on_start(&Address {
-        to: id.clone(),
-        tx: Route::Local(mailbox_tx.clone()),
-    });
     // Held until `restore_late` (or the node's release) lets it run: the node's last
     // restore may have looked at its objects before this one existed.
     let task = ObjectTask::new(
@@ -919,7 +915,11 @@ fn spawn_object<A: Actor>(
         },
     );
     drop(objects);
-    task.launch();
+    let address = Address {
+        to: id.clone(),
+        tx: Route::Local(mailbox_tx),
+    };
+    task.launch(&address);
     tokio::spawn(restore_late(Arc::clone(shared), id.clone()));
     if announce {
         let _ = shared.to_coordinator.send(NodeFrame::Spawned {
@@ -927,10 +927,7 @@ fn spawn_object<A: Actor>(
             types: BTreeMap::from([(id.clone(), object_type.to_owned())]),
         });
     }
-    Ok(Address {
-        to: id,
-        tx: Route::Local(mailbox_tx),
-    })
+    Ok(address)
 }
 
 /// The last restore this node carried out.

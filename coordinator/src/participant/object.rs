@@ -18,6 +18,7 @@ use super::writer::{Captured, WriterMsg};
 use super::{ActiveRound, Host, SharedParticipation};
 use crate::engine::{CutState, Receipt, Round};
 use crate::error::{Error, Result};
+use crate::messaging::Address;
 use crate::messaging::{Actor, Context, Envelope};
 
 /// Control messages, handled before any mailbox message.
@@ -128,9 +129,11 @@ impl<A: Actor, H: Host> ObjectTask<A, H> {
         }
     }
 
-    /// Starts the object: parked until its first input, so that an object that has nothing to
-    /// do costs no tokio task. Call inside a tokio runtime.
-    pub(crate) fn launch(self) {
+    /// Starts the object at `me`, its own address ([`Actor::on_start`]), then parks it until its
+    /// first input, so that an object that has nothing to do costs no tokio task. Call inside a
+    /// tokio runtime, after the host registered it.
+    pub(crate) fn launch(mut self, me: &Address<A::Message>) {
+        self.object.on_start(me);
         let parking = Arc::clone(&self.parking);
         if let Some(task) = parking.park(self, Self::has_input, Self::start) {
             task.start();

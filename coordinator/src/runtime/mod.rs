@@ -579,7 +579,7 @@ impl Cohort {
     /// Adds `object` to the cohort under `id` and starts it. It takes part in checkpoints from
     /// the next attempt on; an attempt in flight aborts (and is retried), because the new
     /// member's messages could otherwise cross its cut unseen.
-    pub fn spawn<A: Actor>(&self, id: ObjectId, mut object: A) -> Result<Address<A::Message>> {
+    pub fn spawn<A: Actor>(&self, id: ObjectId, object: A) -> Result<Address<A::Message>> {
         let shared = self.shared();
         shared.check_running()?;
         let mut objects = write(&shared.objects);
@@ -596,10 +596,6 @@ impl Cohort {
             .map_err(|_| Error::COHORT_STOPPED)?;
         let colour = Round(shared.colour_floor.load(Ordering::SeqCst));
         let participation = crate::participant::SharedParticipation::default();
-        object.on_start(&Address {
-            to: id.clone(),
-            tx: mailbox_tx.clone().into(),
-        });
         let task = object::ObjectTask::new(
             id.clone(),
             object,
@@ -622,11 +618,12 @@ impl Cohort {
             },
         );
         drop(objects);
-        task.launch();
-        Ok(Address {
+        let address = Address {
             to: id,
             tx: mailbox_tx.into(),
-        })
+        };
+        task.launch(&address);
+        Ok(address)
     }
 
     /// The address of member `id`, which takes messages of type `M`.
