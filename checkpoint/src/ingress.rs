@@ -726,6 +726,9 @@ impl IngressLog {
         let mut first = start;
         while out.len() < max {
             let key = batch_key(&self.inner.name, first);
+            // What was durable before the read: the read must hold it. A frame the writer was
+            // appending meanwhile may be cut short at the end, which is not damage.
+            let durable = self.end();
             let bytes = self.inner.store.get_raw(&key).await?;
             let segment = decode_segment(&bytes);
             let next = segment
@@ -735,7 +738,7 @@ impl IngressLog {
                 .map_or(first, |r| r.position + 1);
             // Damage ends a segment: an error unless its inputs were all read before it.
             if let Some(kind) = segment.damage
-                && next < self.end()
+                && next < durable
                 && self.segment_after(first).is_none_or(|n| n != next)
             {
                 return Err(self.inner.store.inner_damaged(Damage {
