@@ -630,10 +630,15 @@ impl CheckpointStore {
     /// after it) and is [`Error::Fenced`]. This is the one fence: a coordinator taking over,
     /// a cohort recovery and a rollback's successor all write it.
     ///
-    /// The line is read again on every try, and:
+    /// The line is read again on every try, and checked as
+    /// [`recovery_line_referenced`](Self::recovery_line_referenced) checks it: its manifest
+    /// and what it references, not every byte of its states (the hosts check the entries they
+    /// restore, and a line whose restore found damage is passed in `request.skip`). So a
+    /// coordinator taking over does not read the whole line, and the fence agrees with the
+    /// line a coordinator picked to restore. Then:
     /// - with [`FenceLine::Expect`], when the recovery line is not (or no longer) the one the
     ///   caller restored its objects to, nothing is written: [`Fence::LineMoved`], restore again;
-    /// - when the store holds no committed checkpoint that verifies, nothing is written:
+    /// - when the store holds no committed checkpoint that passes, nothing is written:
     ///   [`Fence::NoLine`] (a fence of nothing would read as "no objects").
     ///
     /// [`Error::Fenced`] when the newest manifest is of a newer epoch, or a newer epoch took the
@@ -660,8 +665,10 @@ impl CheckpointStore {
         let epoch = request.epoch;
         let mut last_conflict = None;
         for _ in 0..CREATE_RACE_RETRIES {
-            // Read again on every try: what took the id may be a newer line to point at.
-            let line = self.recovery_line_skipping(&request.skip).await?;
+            // Read again on every try: what took the id may be a newer line to point at. Checked
+            // as a coordinator picks the line it restores (what the line references, not every
+            // byte: each host checks the entries it reads), so that both agree on the line.
+            let line = self.recovery_line_referenced(&request.skip).await?;
             let line_id = line.as_ref().map(|l| l.manifest.id);
             if let FenceLine::Expect(expected) = request.line
                 && line_id != expected

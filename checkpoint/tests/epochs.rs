@@ -285,16 +285,19 @@ async fn epochs_never_go_down_along_the_ids() {
     assert_eq!((fence.id, fence.round.as_str()), (cid(3), "e2-fence-7"));
 }
 
+/// The fence checks what the line references (a segment cut short is damage it sees) without
+/// reading every byte of it: a rotted entry is found by the host that restores it, and the
+/// fence is then asked to skip that line.
 #[tokio::test]
 async fn a_fence_skips_a_damaged_newest_checkpoint() {
     let store = CheckpointStore::memory();
     let good = checkpoint(&store, 1, 1, 10).await;
     let bad = checkpoint(&store, 2, 1, 20).await;
     let segment = &bad.objects.values().next().unwrap().location.segment;
-    let mut bytes = raw(&store, segment).await;
-    let last = bytes.len() - 1;
-    bytes[last] ^= 0xff;
-    put_raw(&store, segment, bytes).await;
+    let intact = raw(&store, segment).await;
+    let mut short = intact.clone();
+    short.truncate(intact.len() - 1);
+    put_raw(&store, segment, short).await;
 
     let fence = written(store.fence(&fence_newest(2, 5_000)).await);
     assert_eq!(fence.id, cid(3));
@@ -303,6 +306,25 @@ async fn a_fence_skips_a_damaged_newest_checkpoint() {
         store.recovery_line().await.unwrap().unwrap().manifest,
         fence
     );
+
+    // Rotted in place, length and header intact: not read by the fence.
+    let store = CheckpointStore::memory();
+    let good = checkpoint(&store, 1, 1, 10).await;
+    let bad = checkpoint(&store, 2, 1, 20).await;
+    let segment = &bad.objects.values().next().unwrap().location.segment;
+    let mut rotted = raw(&store, segment).await;
+    let last = rotted.len() - 1;
+    rotted[last] ^= 0xff;
+    put_raw(&store, segment, rotted).await;
+    let request = fence_newest(2, 5_000);
+    let fence = written(store.fence(&request).await);
+    assert_eq!(fence.objects, bad.objects);
+    // A host that restored it found the damage: the next fence skips it.
+    let request = fence_newest(2, 6_000)
+        .with_round("e2-fence-again")
+        .skipping(vec![bad.id, fence.id]);
+    let fence = written(store.fence(&request).await);
+    assert_eq!(fence.objects, good.objects);
 }
 
 /// A damaged newest epoch record or lease is reported beside what still reads, never hides

@@ -108,7 +108,7 @@ pub(crate) trait Transport: Send {
     }
 
     /// `hosts` handle messages again, in `incarnation`.
-    fn release(&mut self, hosts: &[HostId], incarnation: u64);
+    fn release(&mut self, hosts: &[HostId], incarnation: u64, line: Option<CheckpointId>);
 
     /// A recovery starts.
     fn recovering(&mut self, recovery: u64, cause: &RecoveryCause);
@@ -440,8 +440,12 @@ impl<X: Transport> Core<X> {
                 self.transport.disown(&host, &objects);
                 Ok(Vec::new())
             }
-            Command::Release { hosts, incarnation } => {
-                self.transport.release(&hosts, incarnation);
+            Command::Release {
+                hosts,
+                incarnation,
+                line,
+            } => {
+                self.transport.release(&hosts, incarnation, line);
                 Ok(Vec::new())
             }
             Command::Recovered {

@@ -242,6 +242,7 @@ impl<T: EngineTypes> Engine<T> {
                 out.push(Command::Release {
                     hosts: vec![host],
                     incarnation: self.incarnation,
+                    line: None,
                 });
             }
             return false;
@@ -812,9 +813,11 @@ impl<T: EngineTypes> Engine<T> {
                     state.retry_restore_at_ms = None;
                     state.restore_retries = 0;
                     self.created_on(&host);
+                    // It restored the line on its own and knows it.
                     out.push(Command::Release {
                         hosts: vec![host],
                         incarnation: self.incarnation,
+                        line: None,
                     });
                 }
                 // Nothing else would ever order it again: held, its objects would be missing
@@ -962,6 +965,7 @@ impl<T: EngineTypes> Engine<T> {
             out.push(Command::Release {
                 hosts: released,
                 incarnation: self.incarnation,
+                line: fence.or(r.line.as_ref().map(|l| l.id)),
             });
         }
         self.status = Status::Running;

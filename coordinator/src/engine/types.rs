@@ -851,6 +851,11 @@ pub enum Command<T: EngineTypes> {
         hosts: Vec<HostId>,
         /// The current incarnation.
         incarnation: u64,
+        /// The manifest whose entries the released hosts' objects were restored to, when
+        /// this release ends their restore: the fence written on the line (its entries are
+        /// the line's), else the line. A host's next restore to it keeps the states that did
+        /// not change since. `None` when the release restored nothing.
+        line: Option<CheckpointId>,
     },
     /// A recovery ended; answer the callers that asked for one.
     Recovered {

@@ -57,7 +57,7 @@ use cohort_wire::{
 };
 
 use crate::participant::object::{Control, ObjectTask};
-use crate::participant::restore::{self, LineStates};
+use crate::participant::restore::{self, AppliedLine, HeldObjects, LineStates};
 use crate::participant::writer::{WriterMsg, Written};
 use crate::participant::{ActiveRound, Host, VoteSink};
 use crate::service::protocol::WireVote;
@@ -208,6 +208,9 @@ pub(crate) struct NodeShared {
     /// the first let into the mailboxes), and an object spawned after it is restored from its
     /// line on its own.
     restored: tokio::sync::Mutex<Restored>,
+    /// The last line the objects were committed or restored to: a restore to it keeps the
+    /// states that did not change since.
+    applied: AppliedLine,
     incarnation: AtomicU64,
     /// Restores completed, for [`NodeStatus::Registered`].
     restores: AtomicU64,
@@ -433,14 +436,19 @@ impl NodeShared {
         }
     }
 
-    fn hold_all(&self) -> Vec<tokio::sync::oneshot::Receiver<()>> {
-        read(&self.objects)
-            .values()
-            .filter_map(|slot| {
+    async fn hold_all(&self) -> HeldObjects {
+        let applied = self.applied.get();
+        let acks: Vec<_> = read(&self.objects)
+            .iter()
+            .filter_map(|(id, slot)| {
                 let (tx, rx) = tokio::sync::oneshot::channel();
-                slot.control.send(Control::Hold(tx)).ok().map(|()| rx)
+                slot.control
+                    .send(Control::Hold(tx))
+                    .ok()
+                    .map(|()| (id.clone(), rx))
             })
-            .collect()
+            .collect();
+        HeldObjects::collect(applied, acks).await
     }
 
     fn release_all(&self) {
@@ -804,6 +812,7 @@ impl NodeBuilder {
             early: Mutex::new(Vec::new()),
             restoring: AtomicBool::new(false),
             restored: tokio::sync::Mutex::new(Restored::default()),
+            applied: AppliedLine::default(),
             incarnation: AtomicU64::new(0),
             restores: AtomicU64::new(0),
             placement: RwLock::new(Placement::default()),
@@ -1037,7 +1046,7 @@ async fn restore_late(shared: Arc<NodeShared>, id: ObjectId) {
         return;
     };
     let one = BTreeSet::from([id.clone()]);
-    let order = match read_line(&shared, line, &one).await {
+    let order = match read_line(&shared, line, &one, &HeldObjects::default()).await {
         Ok((mut states, _)) => {
             let mut order = states.order(&id, restored.colour, false);
             // What reached its mailbox since the spawn was sent after the line: it stays.
@@ -1049,7 +1058,7 @@ async fn restore_late(shared: Arc<NodeShared>, id: ObjectId) {
             return;
         }
     };
-    if order.state.is_none() && order.redeliver.is_empty() {
+    if !order.state.in_line() && order.redeliver.is_empty() {
         // Not in the line: a new object keeps its state.
         done(&awaiting);
         return;
@@ -1085,9 +1094,9 @@ async fn restore_objects(
     create: &[(ObjectId, String)],
 ) -> std::result::Result<Arc<BTreeSet<ObjectId>>, RestoreFailure> {
     shared.held.store(true, Ordering::SeqCst);
-    for ack in shared.hold_all() {
-        let _ = ack.await;
-    }
+    let held = shared.hold_all().await;
+    // Until this restore succeeds, the objects are at no one line.
+    shared.applied.set(None);
     // Disowned objects still running a handler would otherwise send under the new incarnation.
     let stopping = std::mem::take(&mut *lock(&shared.stopping));
     for ack in stopping {
@@ -1113,7 +1122,7 @@ async fn restore_objects(
     *lock(&shared.active) = None;
     let ids: BTreeSet<ObjectId> = read(&shared.objects).keys().cloned().collect();
     let (mut states, in_line) = match line {
-        Some(id) => read_line(shared, id, &ids)
+        Some(id) => read_line(shared, id, &ids, &held)
             .await
             .map_err(|e| restore::restore_failure(&e))?,
         None => (LineStates::empty(), BTreeSet::new()),
@@ -1138,6 +1147,7 @@ async fn restore_objects(
             Ok(Err(e)) => return Err(restore::restore_failure(&e)),
         }
     }
+    shared.applied.set(line);
     Ok(Arc::new(in_line))
 }
 
@@ -1147,13 +1157,15 @@ async fn read_line(
     shared: &Arc<NodeShared>,
     id: CheckpointId,
     hosted: &BTreeSet<ObjectId>,
+    held: &HeldObjects,
 ) -> Result<(LineStates, BTreeSet<ObjectId>)> {
     let mut backoff = Duration::from_millis(100);
     let mut tries = 0;
     loop {
         let read = async {
             let manifest = shared.store.read_manifest(id).await?;
-            let states = LineStates::read(&shared.store, &manifest, |o| hosted.contains(o)).await?;
+            let states =
+                LineStates::read(&shared.store, &manifest, |o| hosted.contains(o), held).await?;
             let in_line: BTreeSet<ObjectId> = manifest
                 .objects
                 .keys()

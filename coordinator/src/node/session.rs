@@ -365,6 +365,10 @@ fn on_frame(shared: &Arc<NodeShared>, frame: CoordinatorFrame) {
             // Frames coloured with an aborted round this node never started would otherwise
             // wait for the next round; with no round active they are plain deliveries.
             shared.raise_floor(round);
+            if committed {
+                // Queued behind this decision, a restore's hold finds each object knowing it.
+                shared.applied.set(Some(id));
+            }
             for slot in read(&shared.objects).values() {
                 let _ = slot.control.send(super::Control::Decided {
                     id,
@@ -450,8 +454,9 @@ fn on_frame(shared: &Arc<NodeShared>, frame: CoordinatorFrame) {
             );
             shared.disown(&objects);
         }
-        CoordinatorFrame::Release { incarnation } => {
-            tracing::debug!(incarnation, "released");
+        CoordinatorFrame::Release { incarnation, line } => {
+            tracing::debug!(incarnation, ?line, "released");
+            shared.applied.released_at(line);
             shared.incarnation.fetch_max(incarnation, Ordering::SeqCst);
             // Frames of this incarnation that waited for it.
             shared.raise_floor(Round::ZERO);

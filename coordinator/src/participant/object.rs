@@ -31,8 +31,9 @@ pub(crate) enum Control {
         round: Round,
         committed: bool,
     },
-    /// Stop handling messages; answer once the current handler returned.
-    Hold(oneshot::Sender<()>),
+    /// Stop handling messages; answer once the current handler returned, with the
+    /// generation of the committed entry its state still equals (see [`Held`]).
+    Hold(oneshot::Sender<Held>),
     /// Handle messages again.
     Release,
     /// Recovery: discard the mailbox, restore, queue the redeliveries. Sent while held.
@@ -43,13 +44,52 @@ pub(crate) enum Control {
     Stop(oneshot::Sender<()>),
 }
 
+/// What a held object says about its state: `unchanged_at` is the generation of its entry in
+/// the last line its host applied (committed or restored), when its state still is that
+/// entry (it reports that generation, did not fail, and the entry was its own). A restore to
+/// that same line may then keep the state instead of reading it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Held {
+    pub(crate) unchanged_at: Option<u64>,
+}
+
+/// An object's state in a restore order.
+#[derive(Debug)]
+pub(crate) enum LineState {
+    /// The line does not hold the object: it keeps its own state.
+    NotInLine,
+    /// The line's entry is the object's state now (same line its host applied, same
+    /// generation): nothing was read, and nothing is restored.
+    Unchanged { generation: u64 },
+    /// The state to restore, with its generation.
+    Restore {
+        state: EncodedState,
+        generation: Option<u64>,
+    },
+}
+
+impl LineState {
+    /// Whether the line holds the object.
+    pub(crate) fn in_line(&self) -> bool {
+        !matches!(self, Self::NotInLine)
+    }
+
+    /// The generation the line recorded for the object.
+    pub(crate) fn generation(&self) -> Option<u64> {
+        match self {
+            Self::NotInLine => None,
+            Self::Unchanged { generation } => Some(*generation),
+            Self::Restore { generation, .. } => *generation,
+        }
+    }
+}
+
 /// A closure run on an object by [`Cohort::inspect`](crate::Cohort::inspect).
 pub(crate) type Inspector = Box<dyn FnOnce(&dyn Any) + Send>;
 
 pub(crate) struct RestoreOrder {
-    /// The state to restore; `None` keeps the object's own (it is not in the line).
-    pub(crate) state: Option<EncodedState>,
-    pub(crate) generation: Option<u64>,
+    /// The object's state in the line.
+    pub(crate) state: LineState,
     pub(crate) cut: CutState,
     /// Sender, sequence number and bytes of each message to redeliver, in recorded order.
     pub(crate) redeliver: Vec<(ObjectId, u64, EncodedState)>,
@@ -271,7 +311,10 @@ impl<A: Actor, H: Host> ObjectTask<A, H> {
             }
             Control::Hold(ack) => {
                 self.held = true;
-                let _ = ack.send(());
+                let unchanged_at = self
+                    .committed_generation
+                    .filter(|g| !self.failed && self.object.generation() == Some(*g));
+                let _ = ack.send(Held { unchanged_at });
             }
             Control::Release => self.held = false,
             Control::Restore(order, ack) => {
@@ -414,7 +457,7 @@ impl<A: Actor, H: Host> ObjectTask<A, H> {
             while self.mailbox.try_recv().is_ok() {}
             self.replay.clear();
         }
-        if let Some(state) = &order.state {
+        if let LineState::Restore { state, .. } = &order.state {
             self.object
                 .restore(state)
                 .await
@@ -442,14 +485,15 @@ impl<A: Actor, H: Host> ObjectTask<A, H> {
         self.voted = None;
         // Trust "unchanged" only if the restored object reports the recorded generation.
         self.committed_generation = order
-            .generation
+            .state
+            .generation()
             .filter(|g| self.object.generation() == Some(*g));
         // Restored to its entry in the line, with the line's counters: clean if the generation
         // proves it (the redelivered messages, handled next, end that).
         {
             let mut p = super::lock(&self.participation);
             p.clean =
-                A::MESSAGE_DRIVEN && order.state.is_some() && self.committed_generation.is_some();
+                A::MESSAGE_DRIVEN && order.state.in_line() && self.committed_generation.is_some();
             p.sent = self.cut.sent;
             p.received = self.cut.received;
             p.implicit = self.cut.colour;

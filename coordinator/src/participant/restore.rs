@@ -4,9 +4,9 @@
 use std::collections::{BTreeMap, HashMap};
 
 use cohort_checkpoint::{CheckpointStore, Manifest};
-use cohort_object_api::{EncodedState, ErrorKind, ObjectError, ObjectId};
+use cohort_object_api::{CheckpointId, EncodedState, ErrorKind, ObjectError, ObjectId};
 
-use super::object::RestoreOrder;
+use super::object::{Held, LineState, RestoreOrder};
 use crate::engine::{CutState, RestoreFailure, Round};
 use crate::error::Error;
 
@@ -16,9 +16,110 @@ use crate::error::Error;
 /// existed) has no counters, and its in-transit messages are redelivered as inputs.
 pub const COUNTERS_KEY: &str = "cohort.counters";
 
+/// The last line a host applied: committed (its decision reached the host, so every object
+/// it asked knows its entry) or restored. `None` while a restore is under way or failed, and
+/// before either.
+#[derive(Debug, Default)]
+pub(crate) struct AppliedLine(std::sync::atomic::AtomicU64);
+
+impl AppliedLine {
+    /// The line, if any.
+    pub(crate) fn get(&self) -> Option<CheckpointId> {
+        let id = self.0.load(std::sync::atomic::Ordering::SeqCst);
+        (id != 0).then(|| CheckpointId::new(id))
+    }
+
+    /// `line` is applied (`None`: nothing known is).
+    pub(crate) fn set(&self, line: Option<CheckpointId>) {
+        let id = line.map_or(0, CheckpointId::get);
+        self.0.store(id, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// A release ended a restore at `line`: the fence written on the line restored (the same
+    /// entries under a newer id), or the line. Kept only if the restore here succeeded.
+    pub(crate) fn released_at(&self, line: Option<CheckpointId>) {
+        if let Some(line) = line
+            && self.get().is_some()
+        {
+            self.set(Some(line));
+        }
+    }
+}
+
+/// What a host's objects said when it held them for a restore ([`Held`]), and the line they
+/// were about: the last line the host applied (committed or restored).
+#[derive(Debug, Default)]
+pub(crate) struct HeldObjects {
+    /// The line the host applied last; `None` when it has applied none.
+    pub(crate) applied: Option<CheckpointId>,
+    /// Each object whose state still is its entry in that line, with the entry's generation.
+    pub(crate) unchanged: HashMap<ObjectId, u64>,
+}
+
+impl HeldObjects {
+    /// Collects the answers of a hold of the objects `acks`, about line `applied`.
+    pub(crate) async fn collect(
+        applied: Option<CheckpointId>,
+        acks: impl IntoIterator<Item = (ObjectId, tokio::sync::oneshot::Receiver<Held>)>,
+    ) -> Self {
+        let mut unchanged = HashMap::new();
+        for (object, ack) in acks {
+            // An object whose task ended holds nothing.
+            if let Ok(Held {
+                unchanged_at: Some(generation),
+            }) = ack.await
+            {
+                unchanged.insert(object, generation);
+            }
+        }
+        Self { applied, unchanged }
+    }
+
+    /// The objects of `line` (hosted here) whose state is their entry in it already, with
+    /// the entry's generation: their entry is the one in the line the host applied (the same
+    /// line, or one that shares the entry, as a fence on it does), and their state still has
+    /// that entry's generation. Exact: an entry names the bytes it holds, and the generations
+    /// of one lineage do not repeat. The applied line's manifest is read when it is another
+    /// line; if it cannot be, everything is read.
+    async fn kept_in(
+        &self,
+        store: &CheckpointStore,
+        line: &Manifest,
+        hosted: impl Fn(&ObjectId) -> bool,
+    ) -> HashMap<ObjectId, u64> {
+        let mut kept = HashMap::new();
+        let Some(applied) = self.applied.filter(|_| !self.unchanged.is_empty()) else {
+            return kept;
+        };
+        let other = if applied == line.id {
+            None
+        } else {
+            match store.read_manifest(applied).await {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    tracing::debug!(line = %line.id, %applied, error = %e, "cannot read the line last applied; the restore reads every state");
+                    return kept;
+                }
+            }
+        };
+        for (object, entry) in &line.objects {
+            let Some(generation) = entry.generation else {
+                continue;
+            };
+            let same_entry = other
+                .as_ref()
+                .is_none_or(|m| m.objects.get(object).is_some_and(|e| e == entry));
+            if same_entry && self.unchanged.get(object) == Some(&generation) && hosted(object) {
+                kept.insert(object.clone(), generation);
+            }
+        }
+        kept
+    }
+}
+
 /// One line's states, counters and in-transit messages for the objects of one host.
 pub(crate) struct LineStates {
-    states: HashMap<ObjectId, (EncodedState, Option<u64>)>,
+    states: HashMap<ObjectId, LineState>,
     counters: Option<BTreeMap<ObjectId, (u64, u64)>>,
     redeliver: HashMap<ObjectId, Vec<(ObjectId, u64, EncodedState)>>,
     /// In-transit messages to redeliver, in all.
@@ -26,14 +127,21 @@ pub(crate) struct LineStates {
 }
 
 impl LineStates {
-    /// Reads what restoring the objects `hosted` picks to `line` needs. Damage found now (the
-    /// line verified when it was chosen) is the store's error, which [`restore_failure`] sorts.
+    /// Reads what restoring the objects `hosted` picks to `line` needs. The state of an object
+    /// that `held` says is its entry in this line already is not read: a failover or a
+    /// recovery to the line a host last applied reads only what changed since (or none of
+    /// it). Damage found now (the line verified when it was chosen) is the store's error,
+    /// which [`restore_failure`] sorts.
     pub(crate) async fn read(
         store: &CheckpointStore,
         line: &Manifest,
         hosted: impl Fn(&ObjectId) -> bool,
+        held: &HeldObjects,
     ) -> cohort_checkpoint::Result<Self> {
-        let states = store.read_states_of(line, &hosted).await?;
+        let kept = held.kept_in(store, line, &hosted).await;
+        let read = store
+            .read_states_of(line, |o| hosted(o) && !kept.contains_key(o))
+            .await?;
         let messages = store.read_in_transit_to(line, &hosted).await?;
         let mut redeliver: HashMap<ObjectId, Vec<(ObjectId, u64, EncodedState)>> = HashMap::new();
         let redelivered = messages.len();
@@ -43,14 +151,16 @@ impl LineStates {
                 .or_default()
                 .push((entry.from, entry.seq, state));
         }
+        let mut states: HashMap<ObjectId, LineState> = kept
+            .into_iter()
+            .map(|(object, generation)| (object, LineState::Unchanged { generation }))
+            .collect();
+        states.extend(read.into_iter().map(|(object, state)| {
+            let generation = line.objects.get(&object).and_then(|e| e.generation);
+            (object, LineState::Restore { state, generation })
+        }));
         Ok(Self {
-            states: states
-                .into_iter()
-                .map(|(object, state)| {
-                    let generation = line.objects.get(&object).and_then(|e| e.generation);
-                    (object, (state, generation))
-                })
-                .collect(),
+            states,
             counters: counters(line),
             redeliver,
             redelivered,
@@ -77,15 +187,14 @@ impl LineStates {
         colour: Round,
         discard: bool,
     ) -> RestoreOrder {
-        let state = self.states.remove(object);
-        let (sent, received) = match (&state, &self.counters) {
-            (Some(_), Some(counters)) => counters.get(object).copied().unwrap_or((0, 0)),
+        let state = self.states.remove(object).unwrap_or(LineState::NotInLine);
+        let (sent, received) = match &self.counters {
+            Some(counters) if state.in_line() => counters.get(object).copied().unwrap_or((0, 0)),
             _ => (0, 0),
         };
         RestoreOrder {
-            discard: discard || state.is_some(),
-            generation: state.as_ref().and_then(|(_, g)| *g),
-            state: state.map(|(s, _)| s),
+            discard: discard || state.in_line(),
+            state,
             cut: CutState {
                 colour,
                 sent,

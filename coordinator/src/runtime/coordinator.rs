@@ -347,7 +347,10 @@ impl Transport for LocalTransport {
             }
         }
         let committed = *decision == Decision::Committed;
-        if !committed {
+        if committed {
+            // Queued behind this decision, a restore's hold finds each object knowing it.
+            self.shared.applied.set(Some(id));
+        } else {
             self.shared.metrics.record_abort();
         }
         // Only the objects asked to prepare voted themselves; the others slept through.
@@ -379,8 +382,9 @@ impl Transport for LocalTransport {
         }]
     }
 
-    fn release(&mut self, _hosts: &[HostId], incarnation: u64) {
+    fn release(&mut self, _hosts: &[HostId], incarnation: u64, line: Option<CheckpointId>) {
         self.shared.incarnation.store(incarnation, Ordering::SeqCst);
+        self.shared.applied.released_at(line);
         if !self.user_paused {
             self.shared.release_all();
         }
@@ -469,7 +473,9 @@ impl LocalTransport {
     /// restores each object to the line with its in-transit messages queued.
     async fn restore_here(&mut self, order: &RestoreOrder<'_>) -> Result<()> {
         let shared = Arc::clone(&self.shared);
-        shared.hold_all().await;
+        let held = shared.hold_all().await;
+        // Until it succeeds, the objects are at no one line.
+        shared.applied.set(None);
         shared.colour_floor.store(order.colour.0, Ordering::SeqCst);
         // Objects created after the line are dropped: the computation that created them runs
         // again from the line. Once stopped, their addresses fail at once.
@@ -489,7 +495,7 @@ impl LocalTransport {
             let _ = stopped.await;
         }
         let mut states = match order.line {
-            Some(line) => LineStates::read(&shared.store, line, |_| true).await?,
+            Some(line) => LineStates::read(&shared.store, line, |_| true, &held).await?,
             None => LineStates::empty(),
         };
         self.redelivered = states.redelivered;
@@ -517,6 +523,7 @@ impl LocalTransport {
             }
         }
         shared.metrics.record_redelivered(self.redelivered);
+        shared.applied.set(order.line.map(|l| l.id));
         Ok(())
     }
 }

@@ -32,6 +32,7 @@ use crate::participant::metrics::{CheckpointStats, Metrics};
 
 use crate::participant::mailbox;
 use crate::participant::object::{self, Control};
+use crate::participant::restore::{AppliedLine, HeldObjects};
 use crate::participant::writer::Written;
 use crate::participant::{ActiveRound, Host, VoteSink, lock, read, write};
 use coordinator::Input;
@@ -252,6 +253,9 @@ pub(crate) struct Shared {
     tasks: Mutex<Vec<AbortHandle>>,
     pub(crate) store: CheckpointStore,
     pub(crate) weak: Mutex<Weak<Inner>>,
+    /// The last line the objects were committed or restored to: a restore to it keeps the
+    /// states that did not change since.
+    pub(crate) applied: AppliedLine,
 }
 
 #[derive(Clone, Debug)]
@@ -438,18 +442,19 @@ impl Shared {
     }
 
     /// Holds every object; returns once each finished its current handler.
-    pub(crate) async fn hold_all(&self) {
+    pub(crate) async fn hold_all(&self) -> HeldObjects {
+        let applied = self.applied.get();
         let acks: Vec<_> = read(&self.objects)
-            .values()
-            .filter_map(|slot| {
+            .iter()
+            .filter_map(|(id, slot)| {
                 let (tx, rx) = oneshot::channel();
-                slot.control.send(Control::Hold(tx)).ok().map(|()| rx)
+                slot.control
+                    .send(Control::Hold(tx))
+                    .ok()
+                    .map(|()| (id.clone(), rx))
             })
             .collect();
-        for ack in acks {
-            // An object whose task ended holds nothing.
-            let _ = ack.await;
-        }
+        HeldObjects::collect(applied, acks).await
     }
 
     /// Lets every object handle messages again.
@@ -546,6 +551,7 @@ impl Builder {
             tasks: Mutex::new(Vec::new()),
             store: self.store.clone(),
             weak: Mutex::new(Weak::new()),
+            applied: AppliedLine::default(),
         });
         let inner = Arc::new(Inner {
             shared: Arc::clone(&shared),

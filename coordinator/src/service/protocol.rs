@@ -239,6 +239,10 @@ pub enum CoordinatorFrame {
     Release {
         /// The current incarnation.
         incarnation: u64,
+        /// The manifest whose entries the node's objects were restored to, when this release
+        /// ends their restore (see [`Command::Release`](crate::engine::Command::Release)).
+        #[serde(default)]
+        line: Option<CheckpointId>,
     },
     /// A sign of life.
     Heartbeat,

@@ -751,10 +751,10 @@ impl Transport for Nodes {
         }
     }
 
-    fn release(&mut self, hosts: &[HostId], incarnation: u64) {
+    fn release(&mut self, hosts: &[HostId], incarnation: u64, line: Option<CheckpointId>) {
         for host in hosts {
             if let Some(n) = self.get(host) {
-                n.send(CoordinatorFrame::Release { incarnation });
+                n.send(CoordinatorFrame::Release { incarnation, line });
             }
         }
     }

@@ -429,7 +429,9 @@ fn check(model: &mut Model, epoch: u64, out: &[Command<T>]) -> Result<(), TestCa
                 );
                 model.write_fence = Some((*recovery, line.get()));
             }
-            Command::Release { incarnation, hosts } => {
+            Command::Release {
+                incarnation, hosts, ..
+            } => {
                 prop_assert_eq!(*incarnation, model.incarnation);
                 for host in hosts {
                     prop_assert!(

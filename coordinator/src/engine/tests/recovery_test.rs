@@ -149,7 +149,8 @@ fn a_requested_recovery_reads_restores_fences_and_releases() {
         vec![
             Command::Release {
                 hosts: vec![local()],
-                incarnation: 1
+                incarnation: 1,
+                line: Some(cid(4))
             },
             Command::Recovered {
                 recovery: 1,
@@ -292,7 +293,8 @@ fn a_dead_host_triggers_a_cohort_recovery_a_blip_does_not() {
         out,
         vec![Command::Release {
             hosts: vec![host("b")],
-            incarnation: e.incarnation()
+            incarnation: e.incarnation(),
+            line: None
         }]
     );
     // c is lost for good.
@@ -494,7 +496,8 @@ fn a_host_away_during_the_restores_restores_when_it_resumes() {
         out[0],
         Command::Release {
             hosts: vec![host("a"), host("b"), host("c")],
-            incarnation: inc
+            incarnation: inc,
+            line: Some(cid(6))
         }
     );
 }
@@ -548,7 +551,8 @@ fn a_takeover_waits_for_the_lines_hosts_and_does_not_fence_twice() {
         out[0],
         Command::Release {
             hosts: vec![host("a")],
-            incarnation: inc
+            incarnation: inc,
+            line: Some(cid(7))
         }
     );
     // b comes later: it restores the newest line on its own and is released alone.
@@ -588,7 +592,8 @@ fn a_takeover_waits_for_the_lines_hosts_and_does_not_fence_twice() {
         out,
         vec![Command::Release {
             hosts: vec![host("b")],
-            incarnation: inc
+            incarnation: inc,
+            line: None
         }]
     );
 }
@@ -1042,7 +1047,8 @@ fn a_lone_restore_the_store_did_not_answer_is_ordered_again_with_backoff() {
         e.handle(1203, restored(&e, 0, &host("b"))),
         vec![Command::Release {
             hosts: vec![host("b")],
-            incarnation: inc
+            incarnation: inc,
+            line: None
         }]
     );
     assert_eq!(e.handle(1500, Event::Tick), vec![]);
