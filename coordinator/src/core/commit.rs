@@ -36,11 +36,13 @@ pub(crate) struct Attempt<'a> {
 }
 
 /// Builds the manifest of a checkpoint from its ballots: written entries as voted, unchanged
-/// ones copied from the previous line, counters (zeros left out), the in-transit records and
-/// `metadata`. `Err` names an object that voted "unchanged" that the previous line does not
-/// hold (the attempt then fails rather than commit a line without it).
+/// ones (voted so, or counted clean: no ballot) copied from the previous line with, for the
+/// clean ones, their counters there; counters (zeros left out), the in-transit records and
+/// `metadata`. `Err` names an object that voted "unchanged" or was counted clean that the
+/// previous line does not hold (the attempt then fails rather than commit a line without it).
 pub(crate) fn build(
     attempt: Attempt<'_>,
+    participants: &[ObjectId],
     ballots: BTreeMap<ObjectId, Ballot<ObjectEntry>>,
     in_transit: Vec<InTransitEntry>,
     metadata: BTreeMap<String, Vec<u8>>,
@@ -57,36 +59,55 @@ pub(crate) fn build(
         in_transit: in_transit.len(),
         ..Built::default()
     };
-    let mut objects = Vec::with_capacity(ballots.len());
+    let mut objects = Vec::with_capacity(participants.len());
     let mut counters = Vec::new();
-    // Both sequences are sorted: one merge instead of a tree search per object.
+    // The clean objects' counters are the previous line's.
+    let counted_before = attempt
+        .previous
+        .and_then(crate::participant::restore::counters)
+        .unwrap_or_default();
+    // Participants and the previous entries are both sorted: one merge instead of a tree
+    // search per object.
     let previous = attempt.previous.map(|m| &m.objects);
     let mut before = previous.into_iter().flatten().peekable();
-    for (object, ballot) in ballots {
-        let entry = match ballot.state {
-            VotedState::Written(entry) => {
+    let mut ballots = ballots.into_iter().peekable();
+    for object in participants {
+        if let Some((stranger, _)) = ballots.next_if(|(o, _)| o < object) {
+            return Err(format!("{stranger} voted but is not a participant"));
+        }
+        let ballot = ballots.next_if(|(o, _)| o == object).map(|(_, b)| b);
+        let (entry, sent_received) = match ballot {
+            Some(Ballot {
+                state: VotedState::Written(entry),
+                sent,
+                received,
+            }) => {
                 built.written += 1;
-                entry
+                (entry, (sent, received))
             }
-            VotedState::Unchanged => {
-                while before.next_if(|(o, _)| **o < object).is_some() {}
-                match before.peek() {
-                    Some((o, e)) if **o == object => {
-                        built.unchanged += 1;
-                        (*e).clone()
-                    }
-                    _ => {
-                        return Err(format!(
-                            "{object} reported no change but the previous line has no entry for it"
-                        ));
-                    }
-                }
+            // Voted unchanged: the previous entry, with the counters it voted.
+            Some(Ballot {
+                state: VotedState::Unchanged,
+                sent,
+                received,
+            }) => {
+                built.unchanged += 1;
+                (previous_entry(&mut before, object)?, (sent, received))
+            }
+            // Counted clean: the previous entry and counters.
+            None => {
+                built.unchanged += 1;
+                let counted = counted_before.get(object).copied().unwrap_or((0, 0));
+                (previous_entry(&mut before, object)?, counted)
             }
         };
-        if (ballot.sent, ballot.received) != (0, 0) {
-            counters.push((object.clone(), (ballot.sent, ballot.received)));
+        if sent_received != (0, 0) {
+            counters.push((object.clone(), sent_received));
         }
-        objects.push((object, entry));
+        objects.push((object.clone(), entry));
+    }
+    if let Some((stranger, _)) = ballots.next() {
+        return Err(format!("{stranger} voted but is not a participant"));
     }
     manifest.objects = objects.into_iter().collect();
     let mut counters: BTreeMap<ObjectId, (u64, u64)> = counters.into_iter().collect();
@@ -97,6 +118,21 @@ pub(crate) fn build(
     manifest.metadata.insert(COUNTERS_KEY.to_owned(), counters);
     manifest.in_transit = in_transit;
     Ok((manifest, built))
+}
+
+/// `object`'s entry in the previous line, from `before` (its entries, ascending, read up to
+/// `object`): `Err` when it holds none.
+fn previous_entry<'m>(
+    before: &mut std::iter::Peekable<impl Iterator<Item = (&'m ObjectId, &'m ObjectEntry)>>,
+    object: &ObjectId,
+) -> Result<ObjectEntry, String> {
+    while before.next_if(|(o, _)| *o < object).is_some() {}
+    match before.peek() {
+        Some((o, e)) if *o == object => Ok((*e).clone()),
+        _ => Err(format!(
+            "{object} reported no change but the previous line has no entry for it"
+        )),
+    }
 }
 
 /// Creates `manifest`: the commit point. The store settles a create whose answer was lost (it

@@ -290,6 +290,7 @@ impl<X: Transport> Core<X> {
             Command::Commit {
                 id,
                 round,
+                participants,
                 ballots,
                 in_transit,
                 retired,
@@ -298,7 +299,9 @@ impl<X: Transport> Core<X> {
                     // Nothing to seal: the seal's fail point is passed here.
                     self.crash_at(failpoint::COMMIT_BEFORE_SEAL)?;
                 }
-                let outcome = self.commit(id, round, ballots, in_transit, retired).await?;
+                let outcome = self
+                    .commit(id, round, &participants, ballots, in_transit, retired)
+                    .await?;
                 Ok(vec![Event::CommitResult { round, outcome }])
             }
             Command::Decided {
@@ -482,6 +485,7 @@ impl<X: Transport> Core<X> {
         &mut self,
         id: CheckpointId,
         round: Round,
+        participants: &[ObjectId],
         ballots: BTreeMap<ObjectId, crate::engine::Ballot<ObjectEntry>>,
         in_transit: Vec<InTransitEntry>,
         retired: BTreeMap<ObjectId, (u64, u64)>,
@@ -511,10 +515,11 @@ impl<X: Transport> Core<X> {
             retired,
         };
         let metadata = self.transport.metadata(&self.engine);
-        let (manifest, built) = match commit::build(attempt, ballots, in_transit, metadata) {
-            Ok(built) => built,
-            Err(reason) => return Ok(CommitOutcome::Failed { reason }),
-        };
+        let (manifest, built) =
+            match commit::build(attempt, participants, ballots, in_transit, metadata) {
+                Ok(built) => built,
+                Err(reason) => return Ok(CommitOutcome::Failed { reason }),
+            };
         self.crash_at(failpoint::COMMIT_BEFORE_MANIFEST)?;
         let create_started = tokio::time::Instant::now();
         let manifest = Arc::new(manifest);

@@ -28,9 +28,16 @@ pub(super) struct Attempt<T: EngineTypes> {
     pub(super) started_ms: u64,
     /// The members when the attempt started.
     roster: Arc<Roster>,
-    /// By participant index, so that they come out sorted without sorting.
-    ballots: Vec<Option<Ballot<T::Entry>>>,
+    /// The ballots of the participants that voted themselves, by position in the roster, in
+    /// the order they came.
+    ballots: Vec<(usize, Ballot<T::Entry>)>,
+    /// Which positions voted: one bit each.
+    voters: Vec<u64>,
+    /// Votes in: ballots, and participants counted clean.
     voted: usize,
+    /// Per host (by position in the roster): its participants' votes so far, and whether it
+    /// counted its clean ones.
+    tallies: Vec<Tally>,
     /// Σ sent − Σ received over the ballots so far (and the removed objects): the messages
     /// sent before their sender's cut and not received before their receiver's, which must
     /// all be recorded.
@@ -46,7 +53,33 @@ pub(super) struct Attempt<T: EngineTypes> {
     waiters: Vec<TriggerId>,
 }
 
+/// One host's votes in an attempt.
+#[derive(Debug, Default)]
+struct Tally {
+    /// Votes in: its participants that voted, plus those it counted clean.
+    votes: usize,
+    /// Whether it counted its clean participants ([`Event::Clean`](super::Event::Clean)).
+    counted_clean: bool,
+}
+
 impl<T: EngineTypes> Attempt<T> {
+    /// Counts `votes` more of the participants of the host at `position`, unless that makes
+    /// more than it has (a host counting an object twice): `false`, and nothing counted.
+    fn tally(&mut self, position: usize, votes: usize) -> bool {
+        let hosted = self.roster.hosts.values().nth(position).map_or(0, Vec::len);
+        let Some(tally) = self.tallies.get_mut(position) else {
+            return false;
+        };
+        match tally.votes.checked_add(votes) {
+            Some(total) if total <= hosted => {
+                tally.votes = total;
+                self.voted += votes;
+                true
+            }
+            _ => false,
+        }
+    }
+
     pub(super) fn is_creating(&self) -> bool {
         self.stage == Stage::Creating
     }
@@ -202,26 +235,58 @@ impl<T: EngineTypes> Engine<T> {
         if a.round != round || a.stage != Stage::Voting {
             return;
         }
-        let Some(slot) = a
-            .roster
-            .index
-            .get(&object)
-            .and_then(|&i| a.ballots.get_mut(i))
-        else {
+        let Some(&(index, position)) = a.roster.index.get(&object) else {
             return;
         };
-        if slot.is_some() {
+        let (word, bit) = (index / 64, 1u64 << (index % 64));
+        if a.voters.get(word).is_none_or(|w| w & bit != 0) {
             return;
         }
         match vote {
             Vote::Yes(ballot) => {
+                // Beyond what its host holds (it also counted it clean): ignored.
+                if !a.tally(position, 1) {
+                    return;
+                }
                 a.balance += i128::from(ballot.sent) - i128::from(ballot.received);
-                *slot = Some(ballot);
-                a.voted += 1;
+                if let Some(w) = a.voters.get_mut(word) {
+                    *w |= bit;
+                }
+                a.ballots.push((index, ballot));
                 self.try_commit(now_ms, out);
             }
             Vote::No { reason } => self.abort(now_ms, AbortReason::Refused { object, reason }, out),
         }
+    }
+
+    pub(super) fn on_clean(
+        &mut self,
+        now_ms: u64,
+        round: Round,
+        host: HostId,
+        objects: usize,
+        balance: i128,
+        out: &mut Vec<Command<T>>,
+    ) {
+        let Some(a) = self
+            .attempt
+            .as_mut()
+            .filter(|a| a.round == round && a.stage == Stage::Voting)
+        else {
+            return;
+        };
+        // Once per host and round, and never more objects than it holds.
+        let Some(position) = a.roster.position(&host) else {
+            return;
+        };
+        if a.tallies.get(position).is_none_or(|t| t.counted_clean) || !a.tally(position, objects) {
+            return;
+        }
+        if let Some(tally) = a.tallies.get_mut(position) {
+            tally.counted_clean = true;
+        }
+        a.balance += balance;
+        self.try_commit(now_ms, out);
     }
 
     pub(super) fn on_channel_state(
@@ -313,15 +378,17 @@ impl<T: EngineTypes> Engine<T> {
         out.push(Command::Commit {
             id: a.id,
             round: a.round,
-            // Once creating, the attempt ignores votes and records: hand them over. Sorted
-            // already: the map is built without comparisons beyond one pass.
-            ballots: a
-                .roster
-                .participants
-                .iter()
-                .cloned()
-                .zip(std::mem::take(&mut a.ballots).into_iter().flatten())
-                .collect(),
+            // Once creating, the attempt ignores votes and records: hand them over.
+            participants: Arc::clone(&a.roster.participants),
+            ballots: {
+                let mut ballots = std::mem::take(&mut a.ballots);
+                ballots.sort_unstable_by_key(|(index, _)| *index);
+                let participants = &a.roster.participants;
+                ballots
+                    .into_iter()
+                    .filter_map(|(index, b)| participants.get(index).map(|o| (o.clone(), b)))
+                    .collect()
+            },
             in_transit: std::mem::take(&mut a.in_transit),
             retired: std::mem::take(&mut a.retired),
         });
@@ -484,21 +551,25 @@ impl<T: EngineTypes> Engine<T> {
         let roster = Arc::clone(roster);
         // A participant whose host is away (or that has none) cannot vote.
         let away = roster
-            .participants
+            .hosts
             .iter()
-            .find_map(|object| match self.placement.get(object) {
-                Some(host) if self.hosts.get(host).is_some_and(|h| h.is_ready()) => None,
-                Some(host) => Some((host.clone(), object.clone())),
-                None => Some((HostId::new("?"), object.clone())),
-            });
+            .find_map(|(host, objects)| {
+                let ready = self.hosts.get(host).is_some_and(|h| h.is_ready());
+                (!ready)
+                    .then(|| objects.first().map(|object| (host.clone(), object.clone())))
+                    .flatten()
+            })
+            .or_else(|| (roster.unplaced.clone()).map(|object| (HostId::new("?"), object)));
         let attempt = Attempt {
             id: self.last_committed.next(),
             round: self.last_round,
             started_ms: now_ms,
-            ballots: std::iter::repeat_with(|| None)
-                .take(roster.participants.len())
-                .collect(),
+            ballots: Vec::new(),
+            voters: vec![0; roster.participants.len().div_ceil(64)],
             voted: 0,
+            tallies: std::iter::repeat_with(Tally::default)
+                .take(roster.hosts.len())
+                .collect(),
             // Removed objects' messages are in their peers' counters.
             balance: self
                 .retired

@@ -205,28 +205,48 @@ pub enum Status {
 /// placement stay the same, so that an attempt does not rebuild the index.
 #[derive(Debug)]
 struct Roster {
-    participants: Vec<ObjectId>,
-    index: HashMap<ObjectId, usize>,
+    participants: Arc<[ObjectId]>,
+    /// Each participant's position in `participants`, and its host's in `hosts`.
+    index: HashMap<ObjectId, (usize, usize)>,
     hosts: ByHost,
+    /// A member placed on no host, if any: it cannot vote.
+    unplaced: Option<ObjectId>,
 }
 
 impl Roster {
     fn of(members: &BTreeSet<ObjectId>, placement: &HashMap<ObjectId, HostId>) -> Self {
         let mut hosts: BTreeMap<HostId, Vec<ObjectId>> = BTreeMap::new();
+        let mut unplaced = None;
         for m in members {
-            if let Some(host) = placement.get(m) {
-                hosts.entry(host.clone()).or_default().push(m.clone());
+            match placement.get(m) {
+                Some(host) => hosts.entry(host.clone()).or_default().push(m.clone()),
+                None => {
+                    unplaced.get_or_insert_with(|| m.clone());
+                }
             }
         }
+        let participants: Arc<[ObjectId]> = members.iter().cloned().collect();
+        let host_of: HashMap<&ObjectId, usize> = hosts
+            .values()
+            .enumerate()
+            .flat_map(|(position, objects)| objects.iter().map(move |o| (o, position)))
+            .collect();
+        let index = participants
+            .iter()
+            .enumerate()
+            .filter_map(|(i, o)| host_of.get(o).map(|&h| (o.clone(), (i, h))))
+            .collect();
         Self {
-            participants: members.iter().cloned().collect(),
-            index: members
-                .iter()
-                .enumerate()
-                .map(|(i, m)| (m.clone(), i))
-                .collect(),
+            participants,
+            index,
             hosts: Arc::new(hosts),
+            unplaced,
         }
+    }
+
+    /// `host`'s position in `hosts`.
+    fn position(&self, host: &HostId) -> Option<usize> {
+        self.hosts.keys().position(|h| h == host)
     }
 }
 
@@ -498,6 +518,12 @@ impl<T: EngineTypes> Engine<T> {
                 object,
                 vote,
             } => self.on_vote(now_ms, round, object, vote, &mut out),
+            Event::Clean {
+                round,
+                host,
+                objects,
+                balance,
+            } => self.on_clean(now_ms, round, host, objects, balance, &mut out),
             Event::ChannelState {
                 round,
                 host,

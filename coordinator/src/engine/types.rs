@@ -488,6 +488,21 @@ pub enum Event<T: EngineTypes> {
         /// Its answer.
         vote: Vote<T::Entry>,
     },
+    /// Participants on `host` counted in `round` without being asked: each is clean (its state
+    /// and counters are those of the last committed line, and it handled nothing since), so
+    /// each votes yes, unchanged, with its counters of the line. One event for all of them,
+    /// sent once per host and round: a host's idle objects cost the engine nothing each. The
+    /// commit takes their entries and counters from the line before.
+    Clean {
+        /// The round counted in.
+        round: Round,
+        /// The host.
+        host: HostId,
+        /// How many of its participants.
+        objects: usize,
+        /// Their messages sent minus received (their counters summed), for the cut's balance.
+        balance: i128,
+    },
     /// In-transit messages recorded (and written) by participants on `host` during `round`.
     ChannelState {
         /// The round they belong to.
@@ -721,7 +736,10 @@ pub enum Command<T: EngineTypes> {
         id: CheckpointId,
         /// The attempt.
         round: Round,
-        /// Every participant's ballot.
+        /// Every participant, ascending.
+        participants: Arc<[ObjectId]>,
+        /// The ballot of every participant that voted itself; the others were counted clean
+        /// ([`Event::Clean`]): their entries and counters are the previous line's.
         ballots: BTreeMap<ObjectId, Ballot<T::Entry>>,
         /// Every recorded in-transit message.
         in_transit: Vec<T::InTransit>,

@@ -14,7 +14,6 @@ use crate::engine::{RestoreFailure, Round};
 use crate::participant;
 use crate::participant::writer::{RoundWriter, WriterMsg};
 use crate::participant::{lock, read, write};
-use crate::service::protocol::WireVote;
 use crate::service::protocol::{CoordinatorFrame, NodeFrame};
 use cohort_wire::{ConnectConfig, Connection, Role};
 
@@ -258,7 +257,7 @@ fn on_frame(shared: &Arc<NodeShared>, frame: CoordinatorFrame) {
             shared.raise_floor(round);
             // Clean objects (unchanged since the line, nothing handled) are counted without
             // being woken; the others are asked.
-            let mut unwoken = Vec::new();
+            let mut clean = participant::CleanCount::default();
             let mut asked = Vec::new();
             let slots = read(&shared.objects);
             let mut awaiting = Vec::new();
@@ -272,20 +271,12 @@ fn on_frame(shared: &Arc<NodeShared>, frame: CoordinatorFrame) {
                 }
                 let counted = slots
                     .get(object)
-                    .and_then(|slot| participant::vote_unwoken(&slot.participation, round));
-                match counted {
-                    Some((sent, received)) => unwoken.push((
-                        object.clone(),
-                        WireVote::Yes {
-                            entry: None,
-                            sent,
-                            received,
-                        },
-                    )),
-                    None => asked.push(object.clone()),
+                    .is_some_and(|slot| clean.count(&slot.participation, round));
+                if !counted {
+                    asked.push(object.clone());
                 }
             }
-            tracing::debug!(asked = asked.len(), unwoken = unwoken.len(), "prepare");
+            tracing::debug!(asked = asked.len(), clean = clean.objects, "prepare");
             let writer = RoundWriter {
                 id,
                 round,
@@ -297,12 +288,11 @@ fn on_frame(shared: &Arc<NodeShared>, frame: CoordinatorFrame) {
                 sink: NodeSink(shared.to_coordinator.clone()),
             };
             tokio::spawn(writer.run(rx));
-            if !unwoken.is_empty() {
-                let _ = shared.to_coordinator.send(NodeFrame::Votes {
+            if clean.objects > 0 {
+                let _ = shared.to_coordinator.send(NodeFrame::Clean {
                     round,
-                    votes: unwoken,
-                    bytes: 0,
-                    pause_max_us: 0,
+                    objects: clean.objects as u64,
+                    balance: clean.balance,
                 });
             }
             if let Some(w) = shared.writer_for(round) {

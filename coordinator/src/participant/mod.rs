@@ -59,6 +59,31 @@ pub(crate) fn vote_unwoken(
     Some((p.sent, p.received))
 }
 
+/// The clean participants a host counted in a round without waking them
+/// ([`vote_unwoken`]): reported to the engine in one [`Event::Clean`](crate::engine::Event::Clean)
+/// per host, so that idle objects cost it nothing each.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct CleanCount {
+    /// How many.
+    pub(crate) objects: usize,
+    /// Their messages sent minus received.
+    pub(crate) balance: i128,
+}
+
+impl CleanCount {
+    /// Counts `participation` in `round` if it is clean; `false`: it must be asked.
+    pub(crate) fn count(&mut self, participation: &SharedParticipation, round: Round) -> bool {
+        match vote_unwoken(participation, round) {
+            Some((sent, received)) => {
+                self.objects += 1;
+                self.balance += i128::from(sent) - i128::from(received);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 /// The attempt in flight, as objects see it.
 #[derive(Clone)]
 pub(crate) struct ActiveRound {

@@ -16,8 +16,8 @@ use super::CohortSink;
 use super::{CheckpointStats, Local, RecoveryReport, Settings, Shared};
 use crate::core::{CommitStats, Core, RestoreOrder, Transport, recovery_error};
 use crate::engine::{
-    Ballot, Config, Decision, Engine, Event, Halt, Health, HostId, Hosting, RecoverId, Recovered,
-    RecoveryCause, RecoveryFailure, Round, Start, Vote, VotedState,
+    Config, Decision, Engine, Event, Halt, Health, HostId, Hosting, RecoverId, Recovered,
+    RecoveryCause, RecoveryFailure, Round, Start, Vote,
 };
 use crate::error::{Error, Result};
 use crate::failpoint::Crash;
@@ -261,6 +261,7 @@ impl Transport for LocalTransport {
         let mut events = Vec::new();
         let mut asked = Vec::new();
         let mut missing = Vec::new();
+        let mut clean = participant::CleanCount::default();
         {
             let objects = read(&self.shared.objects);
             for (p, slot) in participant::sorted_lookup(participants, &objects) {
@@ -268,19 +269,18 @@ impl Transport for LocalTransport {
                     missing.push(p.clone());
                     continue;
                 };
-                match participant::vote_unwoken(&slot.participation, round) {
-                    Some((sent, received)) => events.push(Event::Vote {
-                        round,
-                        object: p.clone(),
-                        vote: Vote::Yes(Ballot {
-                            state: VotedState::Unchanged,
-                            sent,
-                            received,
-                        }),
-                    }),
-                    None => asked.push((p.clone(), slot.control.clone())),
+                if !clean.count(&slot.participation, round) {
+                    asked.push((p.clone(), slot.control.clone()));
                 }
             }
+        }
+        if clean.objects > 0 {
+            events.push(Event::Clean {
+                round,
+                host: self.host.clone(),
+                objects: clean.objects,
+                balance: clean.balance,
+            });
         }
         let writer = RoundWriter {
             id,

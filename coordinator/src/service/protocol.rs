@@ -61,12 +61,25 @@ pub enum NodeFrame {
         #[serde(default)]
         types: BTreeMap<ObjectId, String>,
     },
-    /// Every hosted participant's vote for `round`, in one frame.
+    /// Participants this node counted in `round` without waking them: clean (unchanged since
+    /// the line, nothing handled since), so each votes yes, unchanged, with its counters of
+    /// the line ([`Event::Clean`](crate::engine::Event::Clean)). Sent once per round, before
+    /// the [`Votes`](Self::Votes) of the objects it asked.
+    Clean {
+        /// The round counted in.
+        #[serde(with = "round_u64")]
+        round: Round,
+        /// How many of its participants.
+        objects: u64,
+        /// Their messages sent minus received (their counters summed).
+        balance: i128,
+    },
+    /// The votes for `round` of the participants this node asked, in one frame.
     Votes {
         /// The round voted in.
         #[serde(with = "round_u64")]
         round: Round,
-        /// One vote per participant hosted here.
+        /// One vote per participant asked here.
         votes: Vec<(ObjectId, WireVote)>,
         /// Bytes of state this node wrote for the round.
         bytes: u64,

@@ -1331,6 +1331,21 @@ impl Server {
                 core.transport.push_placement(&core.engine);
                 Ok(())
             }
+            NodeFrame::Clean {
+                round,
+                objects,
+                balance,
+            } => {
+                // The engine bounds the count by the participants this node holds.
+                let objects = usize::try_from(objects).unwrap_or(usize::MAX);
+                core.feed(Event::Clean {
+                    round,
+                    host,
+                    objects,
+                    balance,
+                })
+                .await
+            }
             NodeFrame::Votes {
                 round,
                 votes,

@@ -35,6 +35,7 @@ fn trigger_prepare_vote_commit_decide_reply() {
         vec![Command::Commit {
             id: cid(7),
             round: Round(1),
+            participants: vec![obj(0), obj(1)].into(),
             ballots,
             in_transit: vec![],
             retired: Default::default(),
@@ -509,4 +510,104 @@ fn messages_missing_in_three_timeouts_in_a_row_are_taken_for_lost_and_the_cohort
             "attempt {attempt}: {out:?}"
         );
     }
+}
+
+fn clean(
+    e: &mut Engine<T>,
+    now: u64,
+    round: u64,
+    host: HostId,
+    objects: usize,
+    balance: i128,
+) -> Vec<Command<T>> {
+    e.handle(
+        now,
+        Event::Clean {
+            round: Round(round),
+            host,
+            objects,
+            balance,
+        },
+    )
+}
+
+/// A host counts its clean participants in one event: they vote without a ballot each, and the
+/// commit carries the ballots of the others only, with every participant.
+#[test]
+fn clean_participants_are_counted_in_one_event_per_host() {
+    let mut e = engine_with(config(), 3, 6);
+    assert_eq!(trigger(&mut e, 10, 1), vec![prepare(7, 1, 3)]);
+    assert_eq!(clean(&mut e, 11, 1, local(), 2, 0), vec![]);
+    let out = vote(&mut e, 12, 1, 1, yes(101, 0, 0));
+    let ballots: BTreeMap<_, _> = [(
+        obj(1),
+        Ballot {
+            state: VotedState::Written(101),
+            sent: 0,
+            received: 0,
+        },
+    )]
+    .into();
+    assert_eq!(
+        out,
+        vec![Command::Commit {
+            id: cid(7),
+            round: Round(1),
+            participants: vec![obj(0), obj(1), obj(2)].into(),
+            ballots,
+            in_transit: vec![],
+            retired: Default::default(),
+        }]
+    );
+}
+
+/// A host cannot count more objects than it holds, count twice, or vote for an object it also
+/// counted clean: what goes beyond its participants is ignored, and the attempt waits.
+#[test]
+fn a_host_never_counts_more_than_its_participants() {
+    let mut e = engine_with(config(), 2, 6);
+    trigger(&mut e, 10, 1);
+    // More than it holds, or a host that holds none of them: ignored.
+    assert_eq!(clean(&mut e, 11, 1, local(), 3, 0), vec![]);
+    assert_eq!(clean(&mut e, 11, 1, host("elsewhere"), 1, 0), vec![]);
+    assert_eq!(clean(&mut e, 12, 1, local(), 1, 0), vec![]);
+    // Counted once per round.
+    assert_eq!(clean(&mut e, 13, 1, local(), 1, 0), vec![]);
+    // One of its two objects is counted: the other's vote completes the attempt.
+    let out = vote(&mut e, 14, 1, 0, yes(100, 0, 0));
+    assert!(
+        matches!(&out[..], [Command::Commit { ballots, .. }] if ballots.len() == 1),
+        "{out:?}"
+    );
+
+    // Both counted clean: a vote on top of that is ignored.
+    let mut e = engine_with(config(), 2, 6);
+    trigger(&mut e, 10, 1);
+    let out = vote(&mut e, 11, 1, 0, yes(100, 0, 0));
+    assert_eq!(out, vec![]);
+    assert_eq!(clean(&mut e, 12, 1, local(), 2, 0), vec![], "one too many");
+    let out = clean(&mut e, 13, 1, local(), 1, 0);
+    assert!(matches!(&out[..], [Command::Commit { .. }]), "{out:?}");
+}
+
+/// The clean objects' counters enter the cut's balance: the attempt waits for the messages
+/// they sent that nobody received yet.
+#[test]
+fn the_clean_objects_balance_waits_for_their_messages_in_transit() {
+    let mut e = engine_with(config(), 2, 6);
+    trigger(&mut e, 10, 1);
+    assert_eq!(clean(&mut e, 11, 1, local(), 1, 1), vec![]);
+    assert_eq!(vote(&mut e, 12, 1, 1, yes(101, 0, 0)), vec![]);
+    let out = e.handle(
+        13,
+        Event::ChannelState {
+            round: Round(1),
+            host: local(),
+            records: vec![(0, 1, 1)],
+        },
+    );
+    assert!(
+        matches!(&out[..], [Command::Seal { .. }]),
+        "the record completes the cut: {out:?}"
+    );
 }
