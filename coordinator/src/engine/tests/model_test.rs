@@ -28,6 +28,13 @@ enum Op {
         sent: u8,
         received: u8,
     },
+    /// Host `host` counts `objects` of its participants clean, with `balance`.
+    Clean {
+        round_delta: i8,
+        host: u8,
+        objects: u8,
+        balance: i8,
+    },
     Records {
         round_delta: i8,
         host: u8,
@@ -80,6 +87,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u8..8, 0u8..3).prop_map(|(o, t)| Op::Create(o, t)),
         8 => (-1i8..=1, 0u8..6, prop::bool::weighted(0.9), 0u8..4, 0u8..4)
             .prop_map(|(round_delta, object, yes, sent, received)| Op::Vote { round_delta, object, yes, sent, received }),
+        3 => (-1i8..=1, 0u8..3, 0u8..3, -2i8..=2).prop_map(|(round_delta, host, objects, balance)| Op::Clean { round_delta, host, objects, balance }),
         3 => (-1i8..=1, 0u8..3, 0u8..3).prop_map(|(round_delta, host, count)| Op::Records { round_delta, host, count }),
         2 => (-1i8..=1, 0u8..3, prop::bool::weighted(0.9)).prop_map(|(round_delta, host, ok)| Op::Sealed { round_delta, host, ok }),
         3 => (-1i8..=1, 0u8..6).prop_map(|(round_delta, outcome)| Op::Result { round_delta, outcome }),
@@ -104,7 +112,13 @@ struct ModelAttempt {
     id: u64,
     round: u64,
     participants: BTreeSet<ObjectId>,
+    /// Each host's participants.
+    hosted: BTreeMap<HostId, usize>,
     first_votes: BTreeMap<ObjectId, (u64, u64)>,
+    /// Per host: how many of its participants voted, and the clean count it gave, if any.
+    tallies: BTreeMap<HostId, (usize, Option<usize>)>,
+    /// The clean counts' balances.
+    clean_balance: i128,
     records: usize,
     /// The seal was asked for: records and votes no longer count.
     sealing: bool,
@@ -272,7 +286,10 @@ fn check(model: &mut Model, epoch: u64, out: &[Command<T>]) -> Result<(), TestCa
                     id: id.get(),
                     round: round.0,
                     participants: hosts.values().flatten().cloned().collect(),
+                    hosted: hosts.iter().map(|(h, o)| (h.clone(), o.len())).collect(),
                     first_votes: BTreeMap::new(),
+                    tallies: BTreeMap::new(),
+                    clean_balance: 0,
                     records: 0,
                     sealing: false,
                     commit_requested: false,
@@ -290,6 +307,7 @@ fn check(model: &mut Model, epoch: u64, out: &[Command<T>]) -> Result<(), TestCa
             Command::Commit {
                 id,
                 round,
+                participants: commit_participants,
                 ballots,
                 in_transit,
                 ..
@@ -301,16 +319,24 @@ fn check(model: &mut Model, epoch: u64, out: &[Command<T>]) -> Result<(), TestCa
                 prop_assert_eq!((id.get(), round.0), (a.id, a.round));
                 prop_assert!(!a.commit_requested, "commit requested twice");
                 let keys: BTreeSet<_> = ballots.keys().cloned().collect();
-                prop_assert_eq!(
-                    &keys,
-                    &a.participants,
-                    "commit needs a yes vote from every participant"
+                prop_assert!(
+                    keys.is_subset(&a.participants),
+                    "ballots of objects that are not participants"
                 );
+                let clean: usize = a.tallies.values().filter_map(|(_, c)| *c).sum();
+                prop_assert_eq!(
+                    keys.len() + clean,
+                    a.participants.len(),
+                    "commit needs a yes vote from every participant, itself or counted clean"
+                );
+                let participants: Vec<ObjectId> = a.participants.iter().cloned().collect();
+                prop_assert_eq!(&participants[..], &commit_participants[..]);
                 let expected: i128 = a
                     .first_votes
                     .values()
                     .map(|(s, r)| i128::from(*s) - i128::from(*r))
-                    .sum();
+                    .sum::<i128>()
+                    + a.clean_balance;
                 prop_assert_eq!(
                     in_transit.len() as i128,
                     expected,
@@ -509,10 +535,33 @@ proptest! {
                 Op::Vote { round_delta, object, yes: y, sent, received } => {
                     let round = round_of(&e, round_delta);
                     let vote = if y { yes(1, sent.into(), received.into()) } else { Vote::No { reason: "no".into() } };
-                    if let Some(a) = m.attempt.as_mut().filter(|a| y && a.round == round.0 && !a.sealing && !a.commit_requested && a.participants.contains(&obj(object))) {
-                        a.first_votes.entry(obj(object)).or_insert((sent.into(), received.into()));
+                    let placed = e.placement().get(&obj(object)).cloned();
+                    if let Some(a) = m.attempt.as_mut().filter(|a| y && a.round == round.0 && !a.sealing && !a.commit_requested && a.participants.contains(&obj(object)))
+                        && let Some(host) = placed
+                        && !a.first_votes.contains_key(&obj(object))
+                    {
+                        // A host's votes never exceed its participants: a ballot on top of a
+                        // clean count is ignored.
+                        let hosted = a.hosted.get(&host).copied().unwrap_or(0);
+                        let (voted, clean) = a.tallies.entry(host).or_default();
+                        if *voted + clean.unwrap_or(0) < hosted {
+                            *voted += 1;
+                            a.first_votes.insert(obj(object), (sent.into(), received.into()));
+                        }
                     }
                     Event::Vote { round, object: obj(object), vote }
+                }
+                Op::Clean { round_delta, host, objects, balance } => {
+                    let round = round_of(&e, round_delta);
+                    if let Some(a) = m.attempt.as_mut().filter(|a| a.round == round.0 && !a.sealing && !a.commit_requested) {
+                        let hosted = a.hosted.get(&host_of(host)).copied().unwrap_or(0);
+                        let (voted, clean) = a.tallies.entry(host_of(host)).or_default();
+                        if clean.is_none() && *voted + usize::from(objects) <= hosted && hosted > 0 {
+                            *clean = Some(usize::from(objects));
+                            a.clean_balance += i128::from(balance);
+                        }
+                    }
+                    Event::Clean { round, host: host_of(host), objects: objects.into(), balance: balance.into() }
                 }
                 Op::Records { round_delta, host, count } => {
                     let round = round_of(&e, round_delta);
