@@ -163,7 +163,7 @@ const STEPS: &[Step] = &[
     },
     Step {
         figures: &["idle_object_overhead"],
-        run: |_| Ok(vec![runtime()?.block_on(inproc::idle_object_overhead())?]),
+        run: |_| Ok(vec![inproc::idle_object_overhead()?]),
     },
     Step {
         figures: &["coordination_remote"],
@@ -222,7 +222,10 @@ fn role(role: &str) -> anyhow::Result<()> {
     match role {
         "node" => rt.block_on(processes::node_role(&spec)),
         "warm" => rt.block_on(warm::member_role(&spec)),
-        other => anyhow::bail!("{ROLE_ENV}={other:?} is not a role of the report (node, warm)"),
+        "idle" => rt.block_on(inproc::idle_object_role()),
+        other => {
+            anyhow::bail!("{ROLE_ENV}={other:?} is not a role of the report (node, warm, idle)")
+        }
     }
 }
 
