@@ -56,6 +56,8 @@ pub(super) struct Attempt<T: EngineTypes> {
 /// One host's votes in an attempt.
 #[derive(Debug, Default)]
 struct Tally {
+    /// Its participants.
+    hosted: usize,
     /// Votes in: its participants that voted, plus those it counted clean.
     votes: usize,
     /// Whether it counted its clean participants ([`Event::Clean`](super::Event::Clean)).
@@ -66,12 +68,11 @@ impl<T: EngineTypes> Attempt<T> {
     /// Counts `votes` more of the participants of the host at `position`, unless that makes
     /// more than it has (a host counting an object twice): `false`, and nothing counted.
     fn tally(&mut self, position: usize, votes: usize) -> bool {
-        let hosted = self.roster.hosts.values().nth(position).map_or(0, Vec::len);
         let Some(tally) = self.tallies.get_mut(position) else {
             return false;
         };
         match tally.votes.checked_add(votes) {
-            Some(total) if total <= hosted => {
+            Some(total) if total <= tally.hosted => {
                 tally.votes = total;
                 self.voted += votes;
                 true
@@ -567,8 +568,13 @@ impl<T: EngineTypes> Engine<T> {
             ballots: Vec::new(),
             voters: vec![0; roster.participants.len().div_ceil(64)],
             voted: 0,
-            tallies: std::iter::repeat_with(Tally::default)
-                .take(roster.hosts.len())
+            tallies: roster
+                .hosts
+                .values()
+                .map(|objects| Tally {
+                    hosted: objects.len(),
+                    ..Tally::default()
+                })
                 .collect(),
             // Removed objects' messages are in their peers' counters.
             balance: self
