@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, HashMap};
 use cohort_checkpoint::{CheckpointStore, Manifest};
 use cohort_object_api::{CheckpointId, EncodedState, ErrorKind, ObjectError, ObjectId};
 
-use super::object::{Held, LineState, RestoreOrder};
+use super::mailbox;
+use super::object::{Control, Held, LineState, RestoreOrder};
 use crate::engine::{CutState, RestoreFailure, Round};
 use crate::error::Error;
 
@@ -57,10 +58,29 @@ pub(crate) struct HeldObjects {
 }
 
 impl HeldObjects {
-    /// Collects the answers of a hold of the objects `acks`, about line `applied`.
+    /// Tells each of `objects` (its id and control queue) to hold: the answers to
+    /// [`collect`](Self::collect). The one hold of both hosts (sent under their table's lock,
+    /// collected after it).
+    pub(crate) fn hold<'a>(
+        objects: impl IntoIterator<Item = (&'a ObjectId, &'a mailbox::Sender<Control>)>,
+    ) -> Vec<(ObjectId, tokio::sync::oneshot::Receiver<Held>)> {
+        objects
+            .into_iter()
+            .filter_map(|(id, control)| {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                control
+                    .send(Control::Hold(tx))
+                    .ok()
+                    .map(|()| (id.clone(), rx))
+            })
+            .collect()
+    }
+
+    /// Waits for the answers of a [`hold`](Self::hold), about line `applied`: returns once
+    /// each object finished its current handler.
     pub(crate) async fn collect(
         applied: Option<CheckpointId>,
-        acks: impl IntoIterator<Item = (ObjectId, tokio::sync::oneshot::Receiver<Held>)>,
+        acks: Vec<(ObjectId, tokio::sync::oneshot::Receiver<Held>)>,
     ) -> Self {
         let mut unchanged = HashMap::new();
         for (object, ack) in acks {

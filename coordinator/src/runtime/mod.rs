@@ -444,16 +444,7 @@ impl Shared {
     /// Holds every object; returns once each finished its current handler.
     pub(crate) async fn hold_all(&self) -> HeldObjects {
         let applied = self.applied.get();
-        let acks: Vec<_> = read(&self.objects)
-            .iter()
-            .filter_map(|(id, slot)| {
-                let (tx, rx) = oneshot::channel();
-                slot.control
-                    .send(Control::Hold(tx))
-                    .ok()
-                    .map(|()| (id.clone(), rx))
-            })
-            .collect();
+        let acks = HeldObjects::hold(read(&self.objects).iter().map(|(id, s)| (id, &s.control)));
         HeldObjects::collect(applied, acks).await
     }
 
