@@ -548,6 +548,30 @@ async fn idle_objects_hold_no_task_and_wake_for_their_next_input() {
     );
 }
 
+/// On one thread nothing runs between the shutdown and the sends: an object's task that is
+/// being aborted, or an object parked with its own receivers, must refuse at once all the same.
+#[tokio::test]
+async fn a_stopped_cohort_refuses_every_address_at_once() {
+    let store = CheckpointStore::memory();
+    let c = cohort(&store, settings()).await;
+    let knobs = Arc::new(Knobs::default());
+    let parked = c
+        .spawn(id("parked"), Node::<true>::with(1, &knobs))
+        .unwrap();
+    let busy = c.spawn(id("busy"), Node::<true>::with(1, &knobs)).unwrap();
+    let running = c.spawn(id("running"), Node::new(1, &knobs)).unwrap();
+    until(async || sleepy_value(&c, "parked").await == 1).await;
+    busy.tell(Msg::Add(1)).unwrap();
+    c.shutdown().await;
+    for address in [&parked, &busy, &running] {
+        assert!(
+            address.tell(Msg::Add(1)).is_err(),
+            "{} took a message after the shutdown",
+            address.id()
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_no_vote_aborts_discards_and_reports_unhealthy_past_the_tolerance() {
     let store = CheckpointStore::memory();

@@ -169,7 +169,7 @@ pub(crate) enum Location {
     /// A mailbox in this process: a `mailbox::Sender<Envelope<M>>` of the receiver's
     /// message type `M`, named `message_type` for errors.
     Local {
-        mailbox: Arc<dyn Any + Send + Sync>,
+        mailbox: Arc<dyn mailbox::AnySender>,
         message_type: &'static str,
     },
     /// Another process: the message's bytes go through this.
@@ -218,7 +218,7 @@ pub(crate) fn address_at<M: Serialize + Send + 'static>(
         Location::Local {
             mailbox,
             message_type,
-        } => local_address(to, &*mailbox, message_type),
+        } => local_address(to, mailbox.as_any(), message_type),
         Location::Remote(send) => {
             let to = to.clone();
             let receiver = to.clone();

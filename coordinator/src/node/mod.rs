@@ -133,7 +133,7 @@ pub(crate) struct NodeSlot {
     control: mailbox::Sender<Control>,
     /// Whether the node may count the object in a round without waking it.
     participation: crate::participant::SharedParticipation,
-    mailbox: Arc<dyn Any + Send + Sync>,
+    mailbox: Arc<dyn mailbox::AnySender>,
     /// Decodes a peer frame's payload and queues it in the mailbox.
     deliver: Box<dyn Fn(PeerFrame) -> std::result::Result<(), String> + Send + Sync>,
     message_type: &'static str,
@@ -661,7 +661,12 @@ impl Node {
     /// unless checkpointed, as in a crash).
     pub fn shutdown(&self) {
         self.shared.shutdown.cancel();
-        write(&self.shared.objects).clear();
+        // Closed, not only dropped: see `Shared::stop` in the runtime.
+        let objects = std::mem::take(&mut *write(&self.shared.objects));
+        for slot in objects.values() {
+            slot.mailbox.close();
+            slot.control.close();
+        }
     }
 }
 

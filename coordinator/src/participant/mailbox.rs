@@ -9,6 +9,7 @@
 //! of a queue's last sender, so that it sees the end). An idle object then costs no tokio
 //! task (about 1 KiB: the task's future and header).
 
+use std::any::Any;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -90,6 +91,42 @@ impl<T> Sender<T> {
             parking.wake();
         }
         Ok(())
+    }
+
+    /// Closes the queue from the sending side, as the receiver's drop would: every later send
+    /// fails at once and what is queued is dropped. A parked receiver is woken to see the end.
+    /// What a host does to each object as it stops, so that no address takes a message after
+    /// the stop returns, whether its object is parked or its task is still being aborted.
+    pub(crate) fn close(&self) {
+        let queued = {
+            let mut state = self.shared.state();
+            state.closed = true;
+            std::mem::take(&mut state.queue)
+        };
+        drop(queued);
+        self.shared.arrived.notify_one();
+        if let Some(parking) = &self.shared.parking {
+            parking.wake();
+        }
+    }
+}
+
+/// A queue's sender with its message type erased: what a host's table keeps of an object's
+/// mailbox, to hand out typed addresses (by downcast) and to close it when the host stops.
+pub(crate) trait AnySender: Send + Sync {
+    /// The `Sender<T>` itself, to downcast.
+    fn as_any(&self) -> &(dyn Any + Send + Sync);
+    /// [`Sender::close`].
+    fn close(&self);
+}
+
+impl<T: Send + 'static> AnySender for Sender<T> {
+    fn as_any(&self) -> &(dyn Any + Send + Sync) {
+        self
+    }
+
+    fn close(&self) {
+        Sender::close(self);
     }
 }
 
@@ -276,6 +313,35 @@ mod tests {
         assert_eq!(rx.recv().await, None);
         drop(rx);
         assert!(tx.send("after").is_err());
+    }
+
+    #[test]
+    fn a_sender_closing_the_queue_refuses_sends_and_wakes_the_parked_receiver() {
+        static RESUMED: Mutex<Option<Receiver<u8>>> = Mutex::new(None);
+        let parking = Arc::new(Parking::default());
+        let (tx, rx) = parked_channel::<u8>(&parking);
+        let other = tx.clone();
+        tx.send(1).unwrap();
+        let parked = parking.park(
+            rx,
+            |_| false,
+            |rx| {
+                *RESUMED.lock().unwrap() = Some(rx);
+            },
+        );
+        assert!(parked.is_none() && parking.is_parked());
+        tx.close();
+        let mut rx = RESUMED
+            .lock()
+            .unwrap()
+            .take()
+            .expect("the close resumes the receiver");
+        assert_eq!(other.send(2), Err(2));
+        assert_eq!(
+            rx.try_recv(),
+            Err(TryRecvError::Disconnected),
+            "what was queued is dropped"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

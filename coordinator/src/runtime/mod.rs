@@ -269,9 +269,17 @@ pub(crate) struct Slot {
     /// Whether the coordinator may count the object in a round without waking it.
     pub(crate) participation: crate::participant::SharedParticipation,
     /// A `mailbox::Sender<Envelope<A::Message>>`.
-    mailbox: Arc<dyn Any + Send + Sync>,
+    mailbox: Arc<dyn mailbox::AnySender>,
     type_name: &'static str,
     message_type: &'static str,
+}
+
+impl Slot {
+    /// Closes the object's queues: see [`mailbox::Sender::close`].
+    fn close(&self) {
+        self.mailbox.close();
+        self.control.close();
+    }
 }
 
 impl Host for Shared {
@@ -412,8 +420,13 @@ impl Shared {
         for task in lock(&self.tasks).drain(..) {
             task.abort();
         }
-        // Dropping the mailboxes makes every address fail from now on.
-        write(&self.objects).clear();
+        // Closing the queues makes every address fail from now on, even the address of an
+        // object whose task is still being aborted, or that is parked (and holds its own
+        // receivers until something wakes it).
+        let objects = std::mem::take(&mut *write(&self.objects));
+        for slot in objects.values() {
+            slot.close();
+        }
         *lock(&self.active) = None;
     }
 
@@ -629,7 +642,7 @@ impl Cohort {
         let slot = objects
             .get(id)
             .ok_or_else(|| Error::UnknownObject(id.clone()))?;
-        local_address(id, &*slot.mailbox, slot.message_type)
+        local_address(id, slot.mailbox.as_any(), slot.message_type)
     }
 
     /// The ids of every member, sorted.
