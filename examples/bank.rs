@@ -600,7 +600,7 @@ impl Audit {
 fn accounts_in(m: &Manifest) -> usize {
     m.objects
         .values()
-        .filter(|e| e.type_name == ACCOUNT_TYPE)
+        .filter(|e| *e.type_name == *ACCOUNT_TYPE)
         .count()
 }
 

@@ -313,7 +313,7 @@ impl Fixture {
             &location.segment,
             Some(&|b: &mut Vec<u8>| b[at] ^= 0x01),
         );
-        location.segment
+        location.segment.to_string()
     }
 }
 
@@ -502,7 +502,7 @@ fn a_damaged_message_in_transit_is_shown_as_such_and_export_refuses() {
         json["in_transit"][0]["damage"]
             .as_str()
             .unwrap()
-            .contains(&message.segment)
+            .contains(&*message.segment)
     );
     // The objects are intact: export refuses anyway, and writes nothing.
     let out = f.cohort(&["export", "2"]);
@@ -544,7 +544,7 @@ fn missing_truncated_and_corrupt_manifest_blobs_are_named() {
             .collect()
     };
     assert!(
-        kinds(0).iter().all(|(k, b)| k == "missing" && *b == seg1),
+        kinds(0).iter().all(|(k, b)| k == "missing" && **b == *seg1),
         "{reports}"
     );
     assert_eq!(kinds(0).len(), 4, "{reports}");
@@ -554,7 +554,7 @@ fn missing_truncated_and_corrupt_manifest_blobs_are_named() {
     );
     assert_eq!(
         kinds(2),
-        vec![("truncated".to_owned(), seg3.clone())],
+        vec![("truncated".to_owned(), seg3.to_string())],
         "{reports}"
     );
 
@@ -946,7 +946,7 @@ fn gc(backend: Backend) {
         let m = f.rt.block_on(store.read_manifest(id)).unwrap();
         for l in m.locations() {
             let path = if prefix.as_ref().is_empty() {
-                StorePath::from(l.segment.as_str())
+                StorePath::from(&*l.segment)
             } else {
                 StorePath::from(format!("{prefix}/{}", l.segment))
             };

@@ -178,7 +178,7 @@ fn segment_files(dir: &Path, manifest: &Manifest) -> anyhow::Result<Vec<PathBuf>
     let keys: BTreeSet<&str> = manifest
         .objects
         .values()
-        .map(|e| e.location.segment.as_str())
+        .map(|e| &*e.location.segment)
         .collect();
     let files: Vec<PathBuf> = keys.into_iter().map(|k| dir.join(k)).collect();
     if let Some(missing) = files.iter().find(|f| !f.is_file()) {

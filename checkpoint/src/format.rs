@@ -406,9 +406,13 @@ pub(crate) fn decode_manifest(
                 d.id, d.base
             ))));
         }
+        let mut d: DeltaManifest = d;
+        crate::manifest::share_strings(d.objects.values_mut());
         StoredManifest::Delta(d)
     } else {
-        StoredManifest::Full(rmp_serde::from_slice(body).map_err(undecodable)?)
+        let mut m: Manifest = rmp_serde::from_slice(body).map_err(undecodable)?;
+        crate::manifest::share_strings(m.objects.values_mut());
+        StoredManifest::Full(m)
     };
     if stored.id() != id {
         return Err(FrameError::Damaged(DamageKind::HeaderMismatch(format!(

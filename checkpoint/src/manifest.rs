@@ -1,6 +1,7 @@
 //! The manifest: the single commit point of a checkpoint, and the types it holds.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use cohort_object_api::{CheckpointId, ObjectId};
 use serde::{Deserialize, Serialize};
@@ -87,11 +88,43 @@ pub enum ManifestKind {
     Fence,
 }
 
+/// Makes equal type names and segment keys of `entries` one shared string each: a decoded
+/// manifest allocates them per entry, and a million entries of a few segments and types would
+/// hold a million copies.
+pub(crate) fn share_strings<'a>(entries: impl Iterator<Item = &'a mut ObjectEntry>) {
+    let mut seen: std::collections::HashSet<Arc<str>> = std::collections::HashSet::new();
+    let mut share = |s: &mut Arc<str>| match seen.get(&**s) {
+        Some(shared) => *s = Arc::clone(shared),
+        None => {
+            seen.insert(Arc::clone(s));
+        }
+    };
+    let mut last: Option<(Arc<str>, Arc<str>)> = None;
+    for entry in entries {
+        // Entries of one segment and type are mostly adjacent: most find the last ones.
+        if let Some((segment, type_name)) = &last
+            && **segment == *entry.location.segment
+            && **type_name == *entry.type_name
+        {
+            entry.location.segment = Arc::clone(segment);
+            entry.type_name = Arc::clone(type_name);
+            continue;
+        }
+        share(&mut entry.location.segment);
+        share(&mut entry.type_name);
+        last = Some((
+            Arc::clone(&entry.location.segment),
+            Arc::clone(&entry.type_name),
+        ));
+    }
+}
+
 /// Where one object's state lives, and what it is.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObjectEntry {
-    /// The stable type name recorded with the state.
-    pub type_name: String,
+    /// The stable type name recorded with the state. Shared: a cohort has few types and many
+    /// entries, and an entry is copied into every line that keeps it.
+    pub type_name: Arc<str>,
     /// The schema version of the state.
     pub version: u32,
     /// The object's generation at capture, if it tracks one (enables incremental checkpoints).
@@ -105,8 +138,8 @@ pub struct ObjectEntry {
 /// A manifest may point into a segment of an older checkpoint: that is an incremental reference.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct EntryLocation {
-    /// The segment's key, relative to the store's prefix.
-    pub segment: String,
+    /// The segment's key, relative to the store's prefix. Shared by the entries of one segment.
+    pub segment: Arc<str>,
     /// Byte offset of the entry's first byte.
     pub offset: u64,
     /// Length of the whole entry, including its trailing crc.
@@ -376,5 +409,50 @@ mod bytes_map {
             }
         }
         d.deserialize_map(M)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // a panic in a test is a failed test
+
+    use super::*;
+    use crate::format;
+
+    #[test]
+    fn a_decoded_manifest_shares_its_segment_keys_and_type_names() {
+        let mut m = Manifest::new(CheckpointId::new(1), 1, 0, "r");
+        for i in 0..6u64 {
+            let entry = ObjectEntry {
+                type_name: ["A", "B"][i as usize % 2].into(),
+                version: 1,
+                generation: None,
+                location: EntryLocation {
+                    segment: format!("segments/00000000000000000001/r/w-00000{}.seg", i % 3).into(),
+                    offset: 22,
+                    len: 10,
+                    crc: 0,
+                },
+            };
+            m.objects.insert(ObjectId::indexed("o", i).unwrap(), entry);
+        }
+        let bytes = format::encode_manifest(&m).unwrap();
+        let Ok(StoredManifest::Full(read)) = format::decode_manifest(&bytes, m.id) else {
+            panic!("not decoded as a full manifest");
+        };
+        assert_eq!(read, m);
+        let entries: Vec<_> = read.objects.values().collect();
+        for (i, a) in entries.iter().enumerate() {
+            for b in &entries[i + 1..] {
+                assert_eq!(
+                    Arc::ptr_eq(&a.type_name, &b.type_name),
+                    a.type_name == b.type_name
+                );
+                assert_eq!(
+                    Arc::ptr_eq(&a.location.segment, &b.location.segment),
+                    a.location.segment == b.location.segment
+                );
+            }
+        }
     }
 }

@@ -282,7 +282,7 @@ impl CheckpointStore {
         match self.resolve_stored(stored, false).await {
             Ok(m) => refs
                 .segments
-                .extend(m.locations().map(|l| l.segment.clone())),
+                .extend(m.locations().map(|l| l.segment.to_string())),
             Err(e) => self.unreadable(id, base, e, refs)?,
         }
         let Some(base) = base else {
@@ -296,7 +296,7 @@ impl CheckpointStore {
         match self.read_manifest(base).await {
             Ok(m) => {
                 refs.segments
-                    .extend(m.locations().map(|l| l.segment.clone()));
+                    .extend(m.locations().map(|l| l.segment.to_string()));
                 Ok(())
             }
             Err(e) => self.unreadable(base, None, e, refs),

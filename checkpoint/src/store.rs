@@ -1247,9 +1247,7 @@ impl CheckpointStore {
         for (object, location) in locations {
             report.entries += 1;
             let end = location.range().end;
-            let slot = segments
-                .entry(location.segment.as_str())
-                .or_insert((end, object));
+            let slot = segments.entry(&*location.segment).or_insert((end, object));
             slot.0 = slot.0.max(end);
         }
         report.bytes = manifest.referenced_bytes();
@@ -1335,7 +1333,7 @@ impl CheckpointStore {
                 let Some(first) = group.first() else {
                     return Ok((idx, Vec::new()));
                 };
-                let segment = first.location.segment.as_str();
+                let segment = &*first.location.segment;
                 let got = self.fetch_segment(checkpoint, segment, &group).await?;
                 Ok::<_, Error>((idx, got))
             })
@@ -1357,7 +1355,7 @@ impl CheckpointStore {
                     Err(Damage {
                         checkpoint,
                         object: w.object.cloned(),
-                        blob: w.location.segment.clone(),
+                        blob: w.location.segment.to_string(),
                         kind: DamageKind::Missing,
                     })
                 })
@@ -1583,7 +1581,7 @@ pub(crate) fn validate_parts<'a>(
     let mut checked: Option<&str> = None;
     let mut total = 0u64;
     for loc in locations {
-        if checked != Some(loc.segment.as_str()) && keys::parse_segment(&loc.segment).is_none() {
+        if checked != Some(&*loc.segment) && keys::parse_segment(&loc.segment).is_none() {
             return Err(Error::InvalidInput(format!(
                 "manifest of checkpoint {id} references {:?}, which is not a segment key of the store layout",
                 loc.segment
@@ -1599,7 +1597,7 @@ pub(crate) fn validate_parts<'a>(
             )));
         }
         total = total.checked_add(loc.len).ok_or_else(|| too_large(id))?;
-        checked = Some(loc.segment.as_str());
+        checked = Some(&*loc.segment);
     }
     Ok(())
 }

@@ -114,7 +114,7 @@ pub struct SegmentWriter {
     /// Local directories to fsync in `finish`.
     dirty_dirs: BTreeSet<PathBuf>,
     /// The key of the segment the last entry went to.
-    last_key: Option<(u64, String)>,
+    last_key: Option<(u64, Arc<str>)>,
 }
 
 impl std::fmt::Debug for SegmentWriter {
@@ -216,12 +216,13 @@ impl SegmentWriter {
 
     /// The key of segment `seq` for an entry's location: formatted once per segment, as
     /// formatting it per entry was a tenth of an empty checkpoint's cost.
-    fn entry_segment_key(&mut self, seq: u64) -> String {
+    /// Shared by the segment's entries, in memory as in every line that keeps them.
+    fn entry_segment_key(&mut self, seq: u64) -> Arc<str> {
         match &self.last_key {
-            Some((cached, key)) if *cached == seq => key.clone(),
+            Some((cached, key)) if *cached == seq => Arc::clone(key),
             _ => {
-                let key = self.key(seq);
-                self.last_key = Some((seq, key.clone()));
+                let key: Arc<str> = self.key(seq).into();
+                self.last_key = Some((seq, Arc::clone(&key)));
                 key
             }
         }
@@ -346,7 +347,7 @@ impl SegmentWriter {
         ];
         self.spawn_upload(seq, parts, 1).await?;
         Ok(EntryLocation {
-            segment: self.key(seq),
+            segment: self.key(seq).into(),
             offset: format::SEGMENT_HEADER_LEN as u64,
             len: len as u64,
             crc,

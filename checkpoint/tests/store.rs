@@ -166,7 +166,7 @@ async fn damaged_newest_falls_back_with_a_report() {
     let m2 = checkpoint(&store, 2, 1, 20, 3).await;
     // Flip one bit in the middle of obj-1's entry of checkpoint 2.
     let loc = &m2.objects[&oid("obj-1")].location;
-    let path = dir.path().join(&loc.segment);
+    let path = dir.path().join(&*loc.segment);
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[(loc.offset + loc.len / 2) as usize] ^= 0x10;
     std::fs::write(&path, bytes).unwrap();
@@ -178,7 +178,7 @@ async fn damaged_newest_falls_back_with_a_report() {
     assert_eq!(d.len(), 1);
     assert_eq!(d[0].checkpoint, cid(2));
     assert_eq!(d[0].object, Some(oid("obj-1")));
-    assert_eq!(d[0].blob, loc.segment);
+    assert_eq!(*d[0].blob, *loc.segment);
     assert!(matches!(d[0].kind, DamageKind::CrcMismatch { .. }));
     let err = store.read_states(&m2).await.unwrap_err();
     let msg = err.to_string();

@@ -153,7 +153,7 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(states.len(), manifest.objects.len());
                 for (object, state) in states {
                     let entry = &manifest.objects[&object];
-                    assert_eq!(state.tag().type_name, entry.type_name.as_str());
+                    assert_eq!(state.tag().type_name, &*entry.type_name);
                     assert_eq!(state.tag().version, entry.version);
                     let _ = state.decode::<serde::de::IgnoredAny>();
                 }

@@ -106,7 +106,7 @@ async fn compare(
 ) -> anyhow::Result<Diff> {
     let listed = |id: &ObjectId, e: &ObjectEntry| Listed {
         id: id.clone(),
-        type_name: e.type_name.clone(),
+        type_name: e.type_name.to_string(),
         version: e.version,
         bytes: e.location.len,
     };

@@ -217,11 +217,11 @@ fn describe(m: &Manifest, delta_of: Option<CheckpointId>, messages: Vec<ReadMess
             .iter()
             .map(|(id, e)| ShownObject {
                 id: id.clone(),
-                type_name: e.type_name.clone(),
+                type_name: e.type_name.to_string(),
                 version: e.version,
                 generation: e.generation,
                 bytes: e.location.len,
-                segment: e.location.segment.clone(),
+                segment: e.location.segment.to_string(),
                 offset: e.location.offset,
                 crc: e.location.crc,
             })
@@ -250,7 +250,7 @@ fn describe(m: &Manifest, delta_of: Option<CheckpointId>, messages: Vec<ReadMess
                     seq: t.seq,
                     type_name,
                     bytes: t.location.len,
-                    segment: t.location.segment.clone(),
+                    segment: t.location.segment.to_string(),
                     offset: t.location.offset,
                     message,
                     damage,

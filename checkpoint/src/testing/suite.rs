@@ -428,14 +428,14 @@ pub async fn corruption_detection(store: &CheckpointStore) {
         let d = &report.damaged[0];
         assert_eq!(
             (d.checkpoint, d.object.as_ref(), d.blob.as_str()),
-            (cid(2), Some(&oid(name)), loc.segment.as_str())
+            (cid(2), Some(&oid(name)), &*loc.segment)
         );
         assert!(expect(&d.kind), "{name}: {d}");
         let err = store.read_states(&m2).await.unwrap_err();
         let msg = err.to_string();
         assert!(
             msg.contains(&format!("object {name}"))
-                && msg.contains(&loc.segment)
+                && msg.contains(&*loc.segment)
                 && msg.contains("checkpoint 2"),
             "{msg}"
         );
@@ -456,10 +456,7 @@ pub async fn corruption_detection(store: &CheckpointStore) {
             assert_eq!(referenced.manifest.id, cid(1), "{name}");
             assert_eq!(referenced.skipped.len(), 1, "{name}");
             let d = &referenced.skipped[0].damaged[0];
-            assert_eq!(
-                (d.blob.as_str(), d.checkpoint),
-                (loc.segment.as_str(), cid(2))
-            );
+            assert_eq!((d.blob.as_str(), d.checkpoint), (&*loc.segment, cid(2)));
             assert!(expect(&d.kind), "{name}: {d}");
         }
         assert_eq!(
@@ -615,8 +612,8 @@ pub async fn gc_safety(store: &CheckpointStore) {
     assert_eq!(
         deleted,
         vec![
-            m1.objects[&oid("a")].location.segment.as_str(),
-            m1.objects[&oid("b")].location.segment.as_str(),
+            &*m1.objects[&oid("a")].location.segment,
+            &*m1.objects[&oid("b")].location.segment,
             "segments/00000000000000000002/e1-aborted/w-a-000000.seg",
         ]
     );
@@ -708,7 +705,7 @@ pub async fn gc_leaves_strays(store: &CheckpointStore) {
     let deleted: Vec<&str> = report.deleted.iter().map(|d| d.key.as_str()).collect();
     assert!(deleted.contains(&aborted.as_str()), "{deleted:?}");
     assert!(
-        deleted.contains(&m1.objects[&oid("a")].location.segment.as_str()),
+        deleted.contains(&&*m1.objects[&oid("a")].location.segment),
         "{deleted:?}"
     );
     for key in strays {
@@ -1128,10 +1125,7 @@ pub async fn delta_gc_keeps_bases(store: &CheckpointStore) {
     assert_eq!(report.retained, vec![cid(1), cid(3)]);
     assert_eq!(report.expired, vec![cid(2)]);
     let deleted: Vec<&str> = report.deleted.iter().map(|d| d.key.as_str()).collect();
-    assert_eq!(
-        deleted,
-        vec![m2.objects[&wide(0)].location.segment.as_str()]
-    );
+    assert_eq!(deleted, vec![&*m2.objects[&wide(0)].location.segment]);
     let fresh = cold(store);
     assert!(fresh.verify(cid(3)).await.unwrap().is_ok());
     assert!(fresh.verify(cid(1)).await.unwrap().is_ok());
@@ -1335,7 +1329,7 @@ pub async fn future_format(store: &CheckpointStore) {
     os.put(&seg_path, bumped.into()).await.unwrap();
     let err = store.recovery_line().await.unwrap_err();
     assert!(
-        matches!(&err, Error::FutureFormat { blob, found: 2, supported: 1, .. } if *blob == segment),
+        matches!(&err, Error::FutureFormat { blob, found: 2, supported: 1, .. } if **blob == *segment),
         "{err}"
     );
     let err = store.read_states(&m3).await.unwrap_err();

@@ -1322,7 +1322,7 @@ async fn write_checkpoint(
     manifest.objects.insert(
         object,
         ObjectEntry {
-            type_name: REPLICA_TYPE.to_owned(),
+            type_name: REPLICA_TYPE.into(),
             version: 1,
             generation: None,
             location,

@@ -788,7 +788,7 @@ pub async fn source_positions(
     let sources: std::collections::BTreeSet<ObjectId> = manifest
         .objects
         .iter()
-        .filter(|(_, e)| e.type_name == SOURCE_TYPE)
+        .filter(|(_, e)| *e.type_name == *SOURCE_TYPE)
         .map(|(o, _)| o.clone())
         .collect();
     if sources.is_empty() {

@@ -3,6 +3,7 @@
 //! messages as channel state. One writer serves every participant of its host.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use cohort_checkpoint::{CheckpointStore, InTransitEntry, ObjectEntry, SegmentWriter};
@@ -73,6 +74,8 @@ impl<S: VoteSink> RoundWriter<S> {
         let mut channel: Option<SegmentWriter> = None;
         let mut ballots: HashMap<ObjectId, Ballot<ObjectEntry>> = HashMap::new();
         let mut stats = Written::default();
+        // Type names, shared by the entries of each type.
+        let mut types: Vec<Arc<str>> = Vec::new();
         let mut failed = false;
         let mut voted = self.participants.is_empty();
         if voted {
@@ -97,8 +100,16 @@ impl<S: VoteSink> RoundWriter<S> {
                         (Some(snapshot), Some(w)) => match w.add(&c.object, snapshot).await {
                             Ok(location) => {
                                 stats.written += 1;
+                                let name = snapshot.tag().type_name.as_ref();
+                                let type_name = match types.iter().find(|t| &***t == name) {
+                                    Some(t) => Arc::clone(t),
+                                    None => {
+                                        types.push(name.into());
+                                        Arc::clone(&types[types.len() - 1])
+                                    }
+                                };
                                 VotedState::Written(ObjectEntry {
-                                    type_name: snapshot.tag().type_name.to_string(),
+                                    type_name,
                                     version: snapshot.tag().version,
                                     generation: c.generation,
                                     location,
