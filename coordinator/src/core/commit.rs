@@ -120,6 +120,59 @@ pub(crate) fn build(
     Ok((manifest, built))
 }
 
+/// [`build`] over the previous line itself, taken by value: when the participants are the
+/// previous line's objects (the caller knows, see `Core::commit`), only the ballots' entries
+/// and counters change, so the manifest is updated in place, at a cost that follows the
+/// changes and not the cohort. A ballot of an object the previous line does not hold is a
+/// stranger's: `Err`, as in [`build`] (the previous line is then spent).
+pub(crate) fn build_over(
+    attempt: Attempt<'_>,
+    mut manifest: Manifest,
+    ballots: BTreeMap<ObjectId, Ballot<ObjectEntry>>,
+    in_transit: Vec<InTransitEntry>,
+    metadata: BTreeMap<String, Vec<u8>>,
+) -> Result<(Manifest, Built), String> {
+    // The participants' counters of the previous line (its retired objects' are replaced by
+    // this attempt's), each voter's replaced by its ballot's.
+    let mut counters = crate::participant::restore::counters(&manifest).unwrap_or_default();
+    counters.retain(|object, _| manifest.objects.contains_key(object));
+    let mut built = Built {
+        in_transit: in_transit.len(),
+        ..Built::default()
+    };
+    for (object, ballot) in ballots {
+        let Some(entry) = manifest.objects.get_mut(&object) else {
+            return Err(format!("{object} voted but is not a participant"));
+        };
+        if let VotedState::Written(written) = ballot.state {
+            built.written += 1;
+            *entry = written;
+        }
+        if (ballot.sent, ballot.received) == (0, 0) {
+            counters.remove(&object);
+        } else {
+            counters.insert(object, (ballot.sent, ballot.received));
+        }
+    }
+    built.unchanged = manifest.objects.len() - built.written;
+    counters.extend(attempt.retired);
+    let counters = rmp_serde::to_vec(&counters)
+        .map_err(|e| format!("encoding the message counters failed: {e}"))?;
+    let last = attempt.id.get().saturating_sub(1);
+    let mut next = Manifest::new(
+        attempt.id,
+        attempt.epoch,
+        attempt.created_at_ms,
+        attempt.round,
+    );
+    next.parent = (last != 0).then(|| CheckpointId::new(last));
+    next.objects = std::mem::take(&mut manifest.objects);
+    next.metadata = metadata;
+    next.metadata.insert(COUNTERS_KEY.to_owned(), counters);
+    next.in_transit = in_transit;
+    Ok((next, built))
+}
+
 /// `object`'s entry in the previous line, from `before` (its entries, ascending, read up to
 /// `object`): `Err` when it holds none.
 fn previous_entry<'m>(
@@ -154,5 +207,144 @@ pub(crate) async fn create(store: &CheckpointStore, manifest: &Arc<Manifest>) ->
         Err(e) => CommitOutcome::Failed {
             reason: e.to_string(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // a panic in a test is a failed test
+
+    use cohort_checkpoint::EntryLocation;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn entry(n: u64) -> ObjectEntry {
+        ObjectEntry {
+            type_name: "T".into(),
+            version: 1,
+            generation: Some(n),
+            location: EntryLocation {
+                segment: "segments/00000000000000000001/r/w-000000.seg".into(),
+                offset: 22 + n,
+                len: 10,
+                crc: 0,
+            },
+        }
+    }
+
+    fn attempt(id: u64, previous: Option<&Manifest>, retired: u64) -> Attempt<'_> {
+        Attempt {
+            id: CheckpointId::new(id),
+            epoch: 1,
+            created_at_ms: id,
+            round: format!("r{id}"),
+            previous,
+            retired: (retired > 0)
+                .then(|| (ObjectId::new("gone").unwrap(), (retired, 0)))
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    /// One ballot per object (index): `None` counted clean, else (written?, sent, received).
+    type Ballots = Vec<Option<(bool, u64, u64)>>;
+
+    fn ballots(
+        ids: &[ObjectId],
+        spec: &Ballots,
+        round: u64,
+    ) -> BTreeMap<ObjectId, Ballot<ObjectEntry>> {
+        ids.iter()
+            .zip(spec)
+            .filter_map(|(id, b)| {
+                let (written, sent, received) = (*b)?;
+                let state = if written {
+                    VotedState::Written(entry(round * 100 + sent))
+                } else {
+                    VotedState::Unchanged
+                };
+                Some((
+                    id.clone(),
+                    Ballot {
+                        state,
+                        sent,
+                        received,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    proptest! {
+        /// The in-place update of the previous line builds the very manifest the full merge
+        /// builds, whatever each participant voted or was counted.
+        #[test]
+        fn building_over_the_previous_line_equals_the_full_merge(
+            next in proptest::collection::vec(
+                proptest::option::of((any::<bool>(), 0..3u64, 0..3u64)), 1..12),
+            first_counters in proptest::collection::vec(0..3u64, 1..12),
+            retired in 0..2u64,
+        ) {
+            // Participants are ascending.
+            let ids: Vec<ObjectId> = (0..next.len() as u64)
+                .map(|i| ObjectId::indexed("o", i).unwrap())
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            let first: Ballots = ids
+                .iter()
+                .enumerate()
+                .map(|(i, _)| Some((true, first_counters.get(i).copied().unwrap_or(0), 1)))
+                .collect();
+            let (line, _) = build(
+                attempt(1, None, retired),
+                &ids,
+                ballots(&ids, &first, 1),
+                Vec::new(),
+                BTreeMap::new(),
+            )
+            .unwrap();
+            let merged = build(
+                attempt(2, Some(&line), 0),
+                &ids,
+                ballots(&ids, &next, 2),
+                Vec::new(),
+                BTreeMap::new(),
+            )
+            .unwrap();
+            let over = build_over(
+                attempt(2, None, 0),
+                line,
+                ballots(&ids, &next, 2),
+                Vec::new(),
+                BTreeMap::new(),
+            )
+            .unwrap();
+            prop_assert_eq!(over, merged);
+        }
+    }
+
+    #[test]
+    fn a_strangers_ballot_is_refused_over_the_previous_line_too() {
+        let ids = [ObjectId::new("a").unwrap()];
+        let (line, _) = build(
+            attempt(1, None, 0),
+            &ids,
+            ballots(&ids, &vec![Some((true, 0, 0))], 1),
+            Vec::new(),
+            BTreeMap::new(),
+        )
+        .unwrap();
+        let stranger = [ObjectId::new("b").unwrap()];
+        let err = build_over(
+            attempt(2, None, 0),
+            line,
+            ballots(&stranger, &vec![Some((true, 0, 0))], 2),
+            Vec::new(),
+            BTreeMap::new(),
+        )
+        .unwrap_err();
+        assert!(err.contains("b voted but is not a participant"), "{err}");
     }
 }

@@ -152,6 +152,10 @@ pub(crate) struct Core<X: Transport> {
     origin: tokio::time::Instant,
     /// The newest manifest committed or fenced here: unchanged objects' entries come from it.
     last_manifest: Option<Arc<Manifest>>,
+    /// The participants `last_manifest` was built from, when this core committed it: its
+    /// objects are exactly these, so the next commit with the same roster (the engine keeps
+    /// the list while the membership stays) updates it in place instead of rebuilding it.
+    line_participants: Option<Arc<[ObjectId]>>,
     /// The line read for the recovery in progress.
     line: Option<Arc<Manifest>>,
     triggers: HashMap<TriggerId, oneshot::Sender<Result<CheckpointId>>>,
@@ -178,6 +182,7 @@ impl<X: Transport> Core<X> {
             fail_points,
             origin,
             last_manifest: None,
+            line_participants: None,
             line: None,
             triggers: HashMap::new(),
             next_trigger: 0,
@@ -202,6 +207,7 @@ impl<X: Transport> Core<X> {
     /// entries come from it.
     pub(crate) fn set_last_manifest(&mut self, manifest: Option<Arc<Manifest>>) {
         self.last_manifest = manifest;
+        self.line_participants = None;
     }
 
     /// Queues a manual trigger; `reply` gets the committed id.
@@ -300,7 +306,7 @@ impl<X: Transport> Core<X> {
                     self.crash_at(failpoint::COMMIT_BEFORE_SEAL)?;
                 }
                 let outcome = self
-                    .commit(id, round, &participants, ballots, in_transit, retired)
+                    .commit(id, round, participants, ballots, in_transit, retired)
                     .await?;
                 Ok(vec![Event::CommitResult { round, outcome }])
             }
@@ -485,7 +491,7 @@ impl<X: Transport> Core<X> {
         &mut self,
         id: CheckpointId,
         round: Round,
-        participants: &[ObjectId],
+        participants: Arc<[ObjectId]>,
         ballots: BTreeMap<ObjectId, crate::engine::Ballot<ObjectEntry>>,
         in_transit: Vec<InTransitEntry>,
         retired: BTreeMap<ObjectId, (u64, u64)>,
@@ -498,6 +504,7 @@ impl<X: Transport> Core<X> {
                 .is_none_or(|m| m.id != previous_id)
         {
             // Unchanged objects' entries come from the checkpoint before this one.
+            self.line_participants = None;
             match self.store.read_manifest(previous_id).await {
                 Ok(m) => self.last_manifest = Some(Arc::new(m)),
                 Err(e) => {
@@ -506,20 +513,58 @@ impl<X: Transport> Core<X> {
                 }
             }
         }
-        let attempt = commit::Attempt {
+        let metadata = self.transport.metadata(&self.engine);
+        let epoch = self.engine.epoch();
+        let created_at_ms = self.wall.wall_ms();
+        let token = self.token(round);
+        let attempt = |previous| commit::Attempt {
             id,
-            epoch: self.engine.epoch(),
-            created_at_ms: self.wall.wall_ms(),
-            round: self.token(round),
-            previous: self.last_manifest.as_deref(),
+            epoch,
+            created_at_ms,
+            round: token,
+            previous,
             retired,
         };
-        let metadata = self.transport.metadata(&self.engine);
-        let (manifest, built) =
-            match commit::build(attempt, participants, ballots, in_transit, metadata) {
-                Ok(built) => built,
-                Err(reason) => return Ok(CommitOutcome::Failed { reason }),
-            };
+        // The same roster as the previous line's, and no one else holds that line (the store
+        // keeps a line it wrote whole as its delta base): update it in place. Either way the
+        // previous line is gone from here until this one commits.
+        let same_roster = self
+            .line_participants
+            .take()
+            .is_some_and(|p| Arc::ptr_eq(&p, &participants));
+        let built = match self.last_manifest.take().map(Arc::try_unwrap) {
+            Some(Ok(previous)) if same_roster => {
+                commit::build_over(attempt(None), previous, ballots, in_transit, metadata)
+            }
+            Some(Ok(previous)) => {
+                let previous = Arc::new(previous);
+                let built = commit::build(
+                    attempt(Some(&previous)),
+                    &participants,
+                    ballots,
+                    in_transit,
+                    metadata,
+                );
+                self.last_manifest = Some(previous);
+                built
+            }
+            Some(Err(previous)) => {
+                let built = commit::build(
+                    attempt(Some(&previous)),
+                    &participants,
+                    ballots,
+                    in_transit,
+                    metadata,
+                );
+                self.last_manifest = Some(previous);
+                built
+            }
+            None => commit::build(attempt(None), &participants, ballots, in_transit, metadata),
+        };
+        let (manifest, built) = match built {
+            Ok(built) => built,
+            Err(reason) => return Ok(CommitOutcome::Failed { reason }),
+        };
         self.crash_at(failpoint::COMMIT_BEFORE_MANIFEST)?;
         let create_started = tokio::time::Instant::now();
         let manifest = Arc::new(manifest);
@@ -536,6 +581,7 @@ impl<X: Transport> Core<X> {
             };
             self.transport.committed(&manifest, stats);
             self.last_manifest = Some(manifest);
+            self.line_participants = Some(participants);
         }
         Ok(outcome)
     }
@@ -560,6 +606,7 @@ impl<X: Transport> Core<X> {
             Ok(Fence::Written(fence)) => {
                 let id = fence.id;
                 self.last_manifest = Some(Arc::new(fence));
+                self.line_participants = None;
                 FenceOutcome::Written { id }
             }
             Ok(Fence::NoLine | Fence::LineMoved { .. }) => FenceOutcome::LineMoved,
@@ -587,7 +634,7 @@ pub(crate) fn line_info(line: &Manifest, hosts: BTreeMap<ObjectId, Option<HostId
         types: line
             .objects
             .iter()
-            .map(|(o, e)| (o.clone(), e.type_name.clone()))
+            .map(|(o, e)| (o.clone(), e.type_name.to_string()))
             .collect(),
         settled,
     }

@@ -145,14 +145,16 @@ pub(crate) fn write<T>(m: &std::sync::RwLock<T>) -> std::sync::RwLockWriteGuard<
 
 /// For each key of `keys` (ascending), the value of `map` under it: one merge of two sorted
 /// sequences, instead of a tree search per key (100,000 string comparisons chains add up).
+/// A few keys in a large map are searched instead: the merge would walk the whole map.
 pub(crate) fn sorted_lookup<'k, 'm, K: Ord, V>(
     keys: &'k [K],
     map: &'m std::collections::BTreeMap<K, V>,
 ) -> impl Iterator<Item = (&'k K, Option<&'m V>)> {
+    let search = keys.len().saturating_mul(map.len().max(2).ilog2() as usize) < map.len();
     let mut entries = map.iter().peekable();
     let mut last: Option<&'k K> = None;
     keys.iter().map(move |k| {
-        if last.is_some_and(|l| l > k) {
+        if search || last.is_some_and(|l| l > k) {
             // Not ascending (never the case for ids from the engine): search.
             return (k, map.get(k));
         }
@@ -186,5 +188,12 @@ mod tests {
             .map(|(_, v)| v.copied())
             .collect();
         assert_eq!(merged, vec![Some(90), Some(10), Some(40)]);
+        // A few keys in a large map: searched, same answers.
+        let map: BTreeMap<u32, u32> = (0..1000).map(|k| (k * 2, k)).collect();
+        let keys = [3, 500, 1998, 2000];
+        let found: Vec<_> = sorted_lookup(&keys, &map)
+            .map(|(_, v)| v.copied())
+            .collect();
+        assert_eq!(found, vec![None, Some(250), Some(999), None]);
     }
 }
