@@ -101,7 +101,7 @@ fuzz_target!(|data: &[u8]| {
             )
         };
         let location = EntryLocation {
-            segment: KEY.to_owned(),
+            segment: KEY.into(),
             offset: f.offset as u64,
             len: f.len as u64,
             crc,
@@ -122,7 +122,7 @@ fuzz_target!(|data: &[u8]| {
         manifest.objects.insert(
             object,
             ObjectEntry {
-                type_name: f.type_name.unwrap_or_else(|| "T".to_owned()),
+                type_name: f.type_name.unwrap_or_else(|| "T".to_owned()).into(),
                 version: f.version,
                 generation: None,
                 location,
