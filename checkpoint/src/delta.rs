@@ -95,6 +95,106 @@ pub(crate) fn diff<'t, 'b>(
     }
 }
 
+/// The entries of a delta, owned: what the store keeps of the newest one it wrote, so that
+/// the next one is found from it and the objects that changed since.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct DeltaEntries {
+    /// Entries added or changed since the base, ascending.
+    changed: Vec<(ObjectId, ObjectEntry)>,
+    /// Objects the base holds and the manifest does not, ascending.
+    removed: Vec<ObjectId>,
+}
+
+impl DeltaEntries {
+    fn of(changes: &Changes<'_, '_>) -> Self {
+        Self {
+            changed: (changes.changed.iter())
+                .map(|(o, e)| ((*o).clone(), (*e).clone()))
+                .collect(),
+            removed: changes.removed.iter().map(|o| (*o).clone()).collect(),
+        }
+    }
+
+    fn changes(&self) -> Changes<'_, '_> {
+        Changes {
+            changed: self.changed.iter().map(|(o, e)| (o, e)).collect(),
+            removed: self.removed.iter().collect(),
+        }
+    }
+}
+
+/// The delta of `target` against `base`, from the delta of the manifest before it (`prev`)
+/// and the objects whose entries changed since (`changed`): only those are compared. `None`
+/// as soon as more than `limit` entries differ.
+fn delta_named(
+    base: &Manifest,
+    target: &Manifest,
+    prev: &DeltaEntries,
+    changed: &[ObjectId],
+    limit: usize,
+) -> Option<DeltaEntries> {
+    // Each object's entry in the delta: `None` for one removed.
+    let mut delta: BTreeMap<&ObjectId, Option<&ObjectEntry>> = BTreeMap::new();
+    delta.extend(prev.changed.iter().map(|(o, e)| (o, Some(e))));
+    delta.extend(prev.removed.iter().map(|o| (o, None)));
+    for object in changed {
+        // A changed entry stays in the delta even if it went back to the base's: a delta may
+        // repeat a base entry, and comparing would cost a search of the base per change.
+        match target.objects.get_key_value(object) {
+            Some((o, t)) => {
+                delta.insert(o, Some(t));
+            }
+            None if base.objects.contains_key(object) => {
+                delta.insert(object, None);
+            }
+            None => {
+                delta.remove(object);
+            }
+        }
+        if delta.len() > limit.saturating_add(changed.len()) {
+            return None;
+        }
+    }
+    if delta.len() > limit {
+        return None;
+    }
+    let mut out = DeltaEntries::default();
+    for (object, entry) in delta {
+        match entry {
+            Some(entry) => out.changed.push((object.clone(), entry.clone())),
+            None => out.removed.push(object.clone()),
+        }
+    }
+    Some(out)
+}
+
+/// In debug builds, the delta found from the named changes must resolve to the manifest: a
+/// caller that named too few would otherwise commit a delta that silently loses entries.
+#[cfg(debug_assertions)]
+fn check_named(base: &Manifest, target: &Manifest, named: Option<&DeltaEntries>) -> Result<()> {
+    let same = match named {
+        // What a reader resolves must be the manifest itself.
+        Some(named) => {
+            let mut objects = base.objects.clone();
+            for object in &named.removed {
+                objects.remove(object);
+            }
+            objects.extend(named.changed.iter().cloned());
+            objects == target.objects
+        }
+        None => true, // too many: written whole, nothing lost
+    };
+    if same {
+        Ok(())
+    } else {
+        Err(Error::InvalidInput(format!(
+            "the objects named as changed in checkpoint {} are not all that differ from checkpoint {}: name every object whose entry changed",
+            target.id,
+            target.id.get().saturating_sub(1)
+        )))
+    }
+}
+
 /// Applies a delta to its base: the full manifest the delta stands for.
 pub(crate) fn resolve(
     base: &Manifest,
@@ -144,11 +244,15 @@ pub(crate) struct ManifestCache {
     state: Mutex<CacheState>,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Head {
     id: CheckpointId,
     base: CheckpointId,
     epoch: u64,
+    /// The entries that differ from the base's (changed, added or removed), when this store
+    /// wrote it: none for a full manifest, a delta's own. With the objects that changed since
+    /// (the caller's word, [`CheckpointStore::commit_changed`]), they make the next delta.
+    differs: Option<Arc<DeltaEntries>>,
 }
 
 #[derive(Debug, Default)]
@@ -180,24 +284,32 @@ impl ManifestCache {
     }
 
     /// The base that manifest `prev` uses, and `prev`'s epoch, if that is known.
-    fn base_of(&self, prev: CheckpointId) -> Option<(Base, u64)> {
+    fn base_of(&self, prev: CheckpointId) -> Option<(Base, u64, Option<Arc<DeltaEntries>>)> {
         let state = self.lock();
-        let head = state.head?;
+        let head = state.head.as_ref()?;
         let cached = state.base.as_ref()?;
-        (head.id == prev && cached.id == head.base).then(|| (cached.clone(), head.epoch))
+        (head.id == prev && cached.id == head.base)
+            .then(|| (cached.clone(), head.epoch, head.differs.clone()))
     }
 
     /// Records that manifest `id`, of `epoch`, uses `base` (itself when full), unless a newer
     /// one is known.
-    fn note(&self, id: CheckpointId, epoch: u64, base: &Base) {
+    fn note(&self, id: CheckpointId, epoch: u64, base: &Base, differs: Option<Arc<DeltaEntries>>) {
         let mut state = self.lock();
-        if state.head.is_some_and(|head| head.id > id) {
+        if state.head.as_ref().is_some_and(|head| head.id > id) {
             return;
         }
+        // A reader of the newest manifest learns less of it than its writer did.
+        let differs = differs.or_else(|| {
+            (state.head.as_ref())
+                .filter(|h| h.id == id && h.base == base.id)
+                .and_then(|h| h.differs.clone())
+        });
         state.head = Some(Head {
             id,
             base: base.id,
             epoch,
+            differs,
         });
         if state
             .base
@@ -220,6 +332,8 @@ pub(crate) struct Encoded {
     pub(crate) bytes: Vec<u8>,
     /// The base the manifest is a delta of; `None` when it is stored whole.
     pub(crate) base: Option<Base>,
+    /// The objects whose entries differ from the base's: the delta's.
+    pub(crate) differs: Arc<DeltaEntries>,
 }
 
 impl CheckpointStore {
@@ -297,7 +411,7 @@ impl CheckpointStore {
                     .map_err(|e| self.manifest_damaged(id, DamageKind::HeaderMismatch(e)))?;
                 // The base's entries and the delta's each add up; together they must too.
                 validate_total(id, m.locations()).map_err(invalid)?;
-                self.inner.cache.note(id, epoch, &base);
+                self.inner.cache.note(id, epoch, &base, None);
                 Ok(m)
             }
         }
@@ -400,14 +514,38 @@ impl CheckpointStore {
     /// Also checks that manifest `id - 1` exists (ids are contiguous), [`Error::Conflict`] if
     /// not: a manifest the cache knows exists for good (slots are create-only); otherwise it
     /// is read.
-    pub(crate) async fn encode_for_commit(&self, manifest: &Manifest) -> Result<Encoded> {
+    ///
+    /// `changed`, when given, names every object whose entry differs from manifest `id - 1`'s
+    /// (which holds the same objects): the delta is then found from those and what the
+    /// previous one held, not by comparing every entry with the base's.
+    pub(crate) async fn encode_for_commit(
+        &self,
+        manifest: &Manifest,
+        changed: Option<&[ObjectId]>,
+    ) -> Result<Encoded> {
         let id = manifest.id;
-        let (base, prev_epoch) = match id.get().checked_sub(1).map(CheckpointId::new) {
-            Some(prev) if prev != CheckpointId::ZERO => match self.inner.cache.base_of(prev) {
-                Some((base, epoch)) => (Some(base), Some(epoch)),
-                None => self.base_for_next(prev, id).await?,
-            },
-            _ => (None, None),
+        let prev =
+            (id.get().checked_sub(1).map(CheckpointId::new)).filter(|p| *p != CheckpointId::ZERO);
+        let cached = prev.and_then(|p| self.inner.cache.base_of(p));
+        // The names are used only against a manifest `id - 1` this store wrote (it knows what
+        // its delta held); the entries not named were checked when that one was committed.
+        let named = changed.filter(|_| cached.as_ref().is_some_and(|(_, _, d)| d.is_some()));
+        match named {
+            Some(named) => {
+                let own = (named.iter().filter_map(|o| manifest.objects.get(o)))
+                    .map(|e| &e.location)
+                    .chain(manifest.in_transit.iter().map(|m| &m.location));
+                validate_parts(id, &manifest.round, own)?;
+            }
+            None => validate_manifest(manifest)?,
+        }
+        let (base, prev_epoch, differs) = match (prev, cached) {
+            (Some(_), Some((base, epoch, differs))) => (Some(base), Some(epoch), differs),
+            (Some(prev), None) => {
+                let (base, epoch) = self.base_for_next(prev, id).await?;
+                (base, epoch, None)
+            }
+            (None, _) => (None, None, None),
         };
         // Epochs never go down along the ids: a writer that knows a newer epoch's manifest
         // (it read it after a conflict, say) must not commit on top of it. Together with the
@@ -431,7 +569,19 @@ impl CheckpointStore {
         };
         if let Some(base) = base.filter(|b| b.id < id && b.manifest.epoch <= manifest.epoch) {
             let limit = manifest.objects.len().saturating_sub(1) / DELTA_SHARE;
-            if let Some(changes) = diff(&base.manifest.objects, &manifest.objects, limit) {
+            let delta = match (named, differs) {
+                (Some(changed), Some(prev)) => {
+                    let delta = delta_named(&base.manifest, manifest, &prev, changed, limit);
+                    #[cfg(debug_assertions)]
+                    check_named(&base.manifest, manifest, delta.as_ref())?;
+                    delta
+                }
+                _ => diff(&base.manifest.objects, &manifest.objects, limit)
+                    .map(|changes| DeltaEntries::of(&changes)),
+            };
+            if let Some(delta) = delta {
+                let differs = Arc::new(delta);
+                let changes = differs.changes();
                 let body = DeltaBody {
                     id,
                     epoch: manifest.epoch,
@@ -450,12 +600,14 @@ impl CheckpointStore {
                 return Ok(Encoded {
                     bytes,
                     base: Some(base),
+                    differs,
                 });
             }
         }
         Ok(Encoded {
             bytes: format::encode_manifest(manifest).map_err(encode_error)?,
             base: None,
+            differs: Arc::default(),
         })
     }
 
@@ -507,7 +659,7 @@ impl CheckpointStore {
             Ok(StoredManifest::Full(m)) => return Ok((None, Some(m.epoch))),
             Err(_) => return Ok((None, None)),
         };
-        self.inner.cache.note(prev, epoch, &base);
+        self.inner.cache.note(prev, epoch, &base, None);
         Ok((Some(base), Some(epoch)))
     }
 
@@ -517,6 +669,7 @@ impl CheckpointStore {
         manifest: &Manifest,
         shared: Option<&Arc<Manifest>>,
         base: Option<Base>,
+        differs: Arc<DeltaEntries>,
         crc: u32,
     ) {
         let base = base.unwrap_or_else(|| Base {
@@ -524,7 +677,9 @@ impl CheckpointStore {
             crc,
             manifest: shared.map_or_else(|| Arc::new(manifest.clone()), Arc::clone),
         });
-        self.inner.cache.note(manifest.id, manifest.epoch, &base);
+        self.inner
+            .cache
+            .note(manifest.id, manifest.epoch, &base, Some(differs));
     }
 
     /// Forgets which base the newest manifest uses: a commit found an earlier create of its

@@ -609,7 +609,7 @@ impl CheckpointStore {
     ///   along the ids.
     /// - Any other error: the manifest is not there (it was read back); retry or give up.
     pub async fn commit(&self, manifest: &Manifest) -> Result<()> {
-        self.commit_inner(manifest, None).await
+        self.commit_inner(manifest, None, None).await
     }
 
     /// [`commit`](Self::commit) of a manifest the caller keeps behind an `Arc` (a coordinator
@@ -623,19 +623,43 @@ impl CheckpointStore {
     /// # Ok(()) }
     /// ```
     pub async fn commit_shared(&self, manifest: &Arc<Manifest>) -> Result<()> {
-        self.commit_inner(manifest, Some(manifest)).await
+        self.commit_inner(manifest, Some(manifest), None).await
+    }
+
+    /// [`commit_shared`](Self::commit_shared) of a manifest that holds the same objects as
+    /// manifest `id - 1`, whose entries differ from that one's only for the objects in
+    /// `changed`: a coordinator that updated its last line in place knows them. The store
+    /// then checks and compares only those entries (and those its delta already held), in time
+    /// that follows the changes rather than the cohort.
+    ///
+    /// `changed` must name every object whose entry differs (naming more is harmless): a
+    /// debug build compares every entry and refuses the commit with [`Error::InvalidInput`]
+    /// if one is missing. When the store does not know manifest `id - 1` as one it wrote or
+    /// read, this is [`commit_shared`](Self::commit_shared).
+    pub async fn commit_changed(
+        &self,
+        manifest: &Arc<Manifest>,
+        changed: &[ObjectId],
+    ) -> Result<()> {
+        self.commit_inner(manifest, Some(manifest), Some(changed))
+            .await
     }
 
     async fn commit_inner(
         &self,
         manifest: &Manifest,
         shared: Option<&Arc<Manifest>>,
+        changed: Option<&[ObjectId]>,
     ) -> Result<()> {
         self.check_writable("commit")?;
         let id = manifest.id;
-        validate_manifest(manifest)?;
-        // Checks that manifest `id - 1` exists, and stores the manifest whole or as a delta.
-        let Encoded { bytes, base } = self.encode_for_commit(manifest).await?;
+        // Checks the manifest and that manifest `id - 1` exists, and stores the manifest whole
+        // or as a delta.
+        let Encoded {
+            bytes,
+            base,
+            differs,
+        } = self.encode_for_commit(manifest, changed).await?;
         let key = keys::manifest(id);
         let crc = format::frame_crc(&bytes);
         let delta_of = base.as_ref().map(|b| b.id);
@@ -651,7 +675,7 @@ impl CheckpointStore {
         match put {
             Ok(_) => {
                 tracing::debug!(store = %self.inner.url, %id, epoch = manifest.epoch, round = %manifest.round, ?delta_of, "committed");
-                self.note_committed(manifest, shared, base, crc);
+                self.note_committed(manifest, shared, base, differs, crc);
                 Ok(())
             }
             Err(object_store::Error::AlreadyExists { .. }) => {

@@ -375,3 +375,63 @@ async fn a_checkpoint_collected_while_it_is_read_is_expired_not_damaged() {
     assert!(matches!(err, Error::NotFound { .. }), "{err}");
     assert!(err.to_string().contains("expired by GC"), "{err}");
 }
+
+/// Commits `m` as checkpoint `id` with the entries of `changed` rewritten (generation `id`),
+/// naming them as the changes (`named`) to [`CheckpointStore::commit_changed`].
+async fn commit_named(
+    store: &CheckpointStore,
+    mut m: Manifest,
+    id: u64,
+    changed: &[usize],
+    named: &[usize],
+) -> (Manifest, cohort_checkpoint::Result<()>) {
+    m.id = cid(id);
+    m.round = format!("e1-r{id}");
+    m.parent = Some(cid(id - 1));
+    for i in changed {
+        m.objects
+            .get_mut(&oid(&format!("obj-{i}")))
+            .unwrap()
+            .generation = Some(id);
+    }
+    let named: Vec<_> = named.iter().map(|i| oid(&format!("obj-{i}"))).collect();
+    let m = std::sync::Arc::new(m);
+    let result = store.commit_changed(&m, &named).await;
+    (std::sync::Arc::unwrap_or_clone(m), result)
+}
+
+#[tokio::test]
+async fn a_commit_naming_its_changes_stores_the_same_line() {
+    let store = CheckpointStore::memory();
+    let first = checkpoint(&store, 1, 1, 0, 40).await;
+    // Delta after delta against the first: each holds the earlier changes too.
+    let (second, r) = commit_named(&store, first, 2, &[3, 17], &[3, 17]).await;
+    r.unwrap();
+    let (third, r) = commit_named(&store, second.clone(), 3, &[5], &[5]).await;
+    r.unwrap();
+    assert_eq!(store.read_manifest(cid(2)).await.unwrap(), second);
+    assert_eq!(store.read_manifest(cid(3)).await.unwrap(), third);
+    assert_eq!(store.manifest_base(cid(3)).await.unwrap(), Some(cid(1)));
+    // Naming more than changed is harmless.
+    let (fourth, r) = commit_named(&store, third, 4, &[], &[0, 1]).await;
+    r.unwrap();
+    assert_eq!(store.read_manifest(cid(4)).await.unwrap(), fourth);
+    // Reading the newest line keeps what the store knows of its delta.
+    let (fifth, r) = commit_named(&store, fourth, 5, &[9], &[9]).await;
+    r.unwrap();
+    assert_eq!(store.read_manifest(cid(5)).await.unwrap(), fifth);
+}
+
+#[cfg(debug_assertions)]
+#[tokio::test]
+async fn a_commit_that_names_too_few_changes_is_refused() {
+    let store = CheckpointStore::memory();
+    let first = checkpoint(&store, 1, 1, 0, 40).await;
+    let (_, r) = commit_named(&store, first, 2, &[3, 17], &[3]).await;
+    let err = r.unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidInput(ref m) if m.contains("name every object")),
+        "{err}"
+    );
+    assert_eq!(store.committed_ids().await.unwrap(), vec![cid(1)]);
+}
