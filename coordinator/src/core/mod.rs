@@ -7,6 +7,7 @@
 
 pub(crate) mod commit;
 
+use crate::engine::ByHost;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
@@ -63,7 +64,7 @@ pub(crate) trait Transport: Send {
         id: CheckpointId,
         round: Round,
         token: &str,
-        hosts: &BTreeMap<HostId, Vec<ObjectId>>,
+        hosts: &ByHost,
     ) -> impl Future<Output = Vec<Event<Local>>> + Send;
 
     /// Ask `hosts` to make their channel state of `round` durable; each answers
@@ -535,6 +536,7 @@ impl<X: Transport> Core<X> {
         let built = match self.last_manifest.take().map(Arc::try_unwrap) {
             Some(Ok(previous)) if same_roster => {
                 commit::build_over(attempt(None), previous, ballots, in_transit, metadata)
+                    .map(|(manifest, built, changed)| (manifest, built, Some(changed)))
             }
             Some(Ok(previous)) => {
                 let previous = Arc::new(previous);
@@ -546,7 +548,7 @@ impl<X: Transport> Core<X> {
                     metadata,
                 );
                 self.last_manifest = Some(previous);
-                built
+                built.map(|(manifest, built)| (manifest, built, None))
             }
             Some(Err(previous)) => {
                 let built = commit::build(
@@ -557,18 +559,19 @@ impl<X: Transport> Core<X> {
                     metadata,
                 );
                 self.last_manifest = Some(previous);
-                built
+                built.map(|(manifest, built)| (manifest, built, None))
             }
-            None => commit::build(attempt(None), &participants, ballots, in_transit, metadata),
+            None => commit::build(attempt(None), &participants, ballots, in_transit, metadata)
+                .map(|(manifest, built)| (manifest, built, None)),
         };
-        let (manifest, built) = match built {
+        let (manifest, built, changed) = match built {
             Ok(built) => built,
             Err(reason) => return Ok(CommitOutcome::Failed { reason }),
         };
         self.crash_at(failpoint::COMMIT_BEFORE_MANIFEST)?;
         let create_started = tokio::time::Instant::now();
         let manifest = Arc::new(manifest);
-        let outcome = commit::create(&self.store, &manifest).await;
+        let outcome = commit::create(&self.store, &manifest, changed.as_deref()).await;
         if outcome == CommitOutcome::Committed {
             self.crash_at(failpoint::COMMIT_AFTER_MANIFEST)?;
             let stats = CommitStats {

@@ -1,6 +1,7 @@
 //! The service task: the [`Core`] with a transport that reaches nodes by frames. It keeps the
 //! node connections and sessions; every protocol decision is the engine's.
 
+use crate::engine::ByHost;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -607,13 +608,13 @@ impl Transport for Nodes {
         id: CheckpointId,
         round: Round,
         token: &str,
-        hosts: &BTreeMap<HostId, Vec<ObjectId>>,
+        hosts: &ByHost,
     ) -> Vec<Event<Local>> {
         self.attempt_started = Some(tokio::time::Instant::now());
         self.attempt_bytes = 0;
         self.attempt_pauses.clear();
         let mut events = Vec::new();
-        for (host, objects) in hosts {
+        for (host, objects) in hosts.iter() {
             match self.get(host).filter(|n| n.conn.is_some()) {
                 Some(n) => n.send(CoordinatorFrame::Prepare {
                     id,
