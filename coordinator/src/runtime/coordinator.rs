@@ -1,7 +1,6 @@
 //! The coordinator task of the in-process runtime: the [`Core`] with a transport that reaches
 //! object tasks through local channels. It takes no protocol decision of its own.
 
-use crate::engine::ByHost;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -17,7 +16,7 @@ use super::CohortSink;
 use super::{CheckpointStats, Local, RecoveryReport, Settings, Shared};
 use crate::core::{CommitStats, Core, RestoreOrder, Transport, recovery_error};
 use crate::engine::{
-    Config, Decision, Engine, Event, Halt, Health, HostId, Hosting, RecoverId, Recovered,
+    ByHost, Config, Decision, Engine, Event, Halt, Health, HostId, Hosting, RecoverId, Recovered,
     RecoveryCause, RecoveryFailure, Round, Start, Vote,
 };
 use crate::error::{Error, Result};

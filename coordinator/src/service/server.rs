@@ -1,7 +1,6 @@
 //! The service task: the [`Core`] with a transport that reaches nodes by frames. It keeps the
 //! node connections and sessions; every protocol decision is the engine's.
 
-use crate::engine::ByHost;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,9 +17,9 @@ use super::protocol::{CoordinatorFrame, NodeFrame, WireVote};
 use super::table::{NodeEntry, StateTable};
 use crate::core::{CommitStats, Core, RestoreOrder, Transport, line_info, recovery_error};
 use crate::engine::{
-    Ballot, Config, Decision, Engine, Event, Halt, Health, HostId, Hosting, Liveness, RecoverId,
-    Recovered, RecoveryCause, RecoveryFailure, Registration, RestartPolicy, RestoreFailure, Round,
-    Start, Vote, VotedState,
+    Ballot, ByHost, Config, Decision, Engine, Event, Halt, Health, HostId, Hosting, Liveness,
+    RecoverId, Recovered, RecoveryCause, RecoveryFailure, Registration, RestartPolicy,
+    RestoreFailure, Round, Start, Vote, VotedState,
 };
 use crate::error::{Error, Result};
 use crate::failpoint::{Crash, FailPoints};
