@@ -634,8 +634,8 @@ impl CheckpointStore {
     ///
     /// `changed` must name every object whose entry differs (naming more is harmless): a
     /// debug build compares every entry and refuses the commit with [`Error::InvalidInput`]
-    /// if one is missing. When the store does not know manifest `id - 1` as one it wrote or
-    /// read, this is [`commit_shared`](Self::commit_shared).
+    /// if one is missing. When manifest `id - 1` is not one this store handle (or a clone of
+    /// it) committed, this is [`commit_shared`](Self::commit_shared).
     pub async fn commit_changed(
         &self,
         manifest: &Arc<Manifest>,

@@ -260,6 +260,11 @@ impl<T: EngineTypes> Engine<T> {
         }
     }
 
+    /// The attempt in flight, if it is `round`'s and still collecting votes.
+    fn voting_in(&mut self, round: Round) -> Option<&mut Attempt<T>> {
+        (self.attempt.as_mut()).filter(|a| a.round == round && a.stage == Stage::Voting)
+    }
+
     pub(super) fn on_clean(
         &mut self,
         now_ms: u64,
@@ -269,11 +274,7 @@ impl<T: EngineTypes> Engine<T> {
         balance: i128,
         out: &mut Vec<Command<T>>,
     ) {
-        let Some(a) = self
-            .attempt
-            .as_mut()
-            .filter(|a| a.round == round && a.stage == Stage::Voting)
-        else {
+        let Some(a) = self.voting_in(round) else {
             return;
         };
         // Once per host and round, and never more objects than it holds.
@@ -298,11 +299,7 @@ impl<T: EngineTypes> Engine<T> {
         records: Vec<T::InTransit>,
         out: &mut Vec<Command<T>>,
     ) {
-        let Some(a) = self
-            .attempt
-            .as_mut()
-            .filter(|a| a.round == round && a.stage == Stage::Voting)
-        else {
+        let Some(a) = self.voting_in(round) else {
             return;
         };
         if !records.is_empty() {
