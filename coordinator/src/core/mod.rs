@@ -19,9 +19,8 @@ use cohort_object_api::{CheckpointId, Clock, ObjectId};
 use tokio::sync::oneshot;
 
 use crate::engine::{
-    ByHost, Command, CommitOutcome, Decision, Engine, Event, FenceOutcome, Halt, Health, HostId,
-    LineInfo, RecoverId, Recovered, RecoveryCause, RecoveryFailure, Round, TriggerFailure,
-    TriggerId,
+    Command, CommitOutcome, Decision, Engine, Event, FenceOutcome, Halt, Health, HostId, LineInfo,
+    RecoverId, Recovered, RecoveryCause, RecoveryFailure, Round, TriggerFailure, TriggerId,
 };
 use crate::error::{Error, Result};
 use crate::failpoint::{self, Crash, FailPoints};
@@ -64,7 +63,7 @@ pub(crate) trait Transport: Send {
         id: CheckpointId,
         round: Round,
         token: &str,
-        hosts: &ByHost,
+        hosts: &BTreeMap<HostId, Vec<ObjectId>>,
     ) -> impl Future<Output = Vec<Event<Local>>> + Send;
 
     /// Ask `hosts` to make their channel state of `round` durable; each answers
@@ -527,8 +526,8 @@ impl<X: Transport> Core<X> {
             retired,
         };
         // The same roster as the previous line's, and no one else holds that line (the store
-        // keeps a line it wrote whole as its delta base): update it in place. It is then spent:
-        // if this commit fails, the next one reads it back from the store.
+        // keeps a line it wrote whole as its delta base): update it in place. Either way the
+        // previous line is gone from here until this one commits.
         let same_roster = self
             .line_participants
             .take()
@@ -536,29 +535,40 @@ impl<X: Transport> Core<X> {
         let built = match self.last_manifest.take().map(Arc::try_unwrap) {
             Some(Ok(previous)) if same_roster => {
                 commit::build_over(attempt(None), previous, ballots, in_transit, metadata)
-                    .map(|(manifest, built, changed)| (manifest, built, Some(changed)))
             }
-            previous => {
-                let previous = previous.map(|p| p.map_or_else(|shared| shared, Arc::new));
+            Some(Ok(previous)) => {
+                let previous = Arc::new(previous);
                 let built = commit::build(
-                    attempt(previous.as_deref()),
+                    attempt(Some(&previous)),
                     &participants,
                     ballots,
                     in_transit,
                     metadata,
                 );
-                self.last_manifest = previous;
-                built.map(|(manifest, built)| (manifest, built, None))
+                self.last_manifest = Some(previous);
+                built
             }
+            Some(Err(previous)) => {
+                let built = commit::build(
+                    attempt(Some(&previous)),
+                    &participants,
+                    ballots,
+                    in_transit,
+                    metadata,
+                );
+                self.last_manifest = Some(previous);
+                built
+            }
+            None => commit::build(attempt(None), &participants, ballots, in_transit, metadata),
         };
-        let (manifest, built, changed) = match built {
+        let (manifest, built) = match built {
             Ok(built) => built,
             Err(reason) => return Ok(CommitOutcome::Failed { reason }),
         };
         self.crash_at(failpoint::COMMIT_BEFORE_MANIFEST)?;
         let create_started = tokio::time::Instant::now();
         let manifest = Arc::new(manifest);
-        let outcome = commit::create(&self.store, &manifest, changed.as_deref()).await;
+        let outcome = commit::create(&self.store, &manifest).await;
         if outcome == CommitOutcome::Committed {
             self.crash_at(failpoint::COMMIT_AFTER_MANIFEST)?;
             let stats = CommitStats {
