@@ -124,14 +124,15 @@ pub(crate) fn build(
 /// previous line's objects (the caller knows, see `Core::commit`), only the ballots' entries
 /// and counters change, so the manifest is updated in place, at a cost that follows the
 /// changes and not the cohort. A ballot of an object the previous line does not hold is a
-/// stranger's: `Err`, as in [`build`] (the previous line is then spent).
+/// stranger's: `Err`, as in [`build`] (the previous line is then spent). Also returns the
+/// objects whose entries changed, for the store to compare only those.
 pub(crate) fn build_over(
     attempt: Attempt<'_>,
     mut manifest: Manifest,
     ballots: BTreeMap<ObjectId, Ballot<ObjectEntry>>,
     in_transit: Vec<InTransitEntry>,
     metadata: BTreeMap<String, Vec<u8>>,
-) -> Result<(Manifest, Built), String> {
+) -> Result<(Manifest, Built, Vec<ObjectId>), String> {
     // The participants' counters of the previous line (its retired objects' are replaced by
     // this attempt's), each voter's replaced by its ballot's.
     let mut counters = crate::participant::restore::counters(&manifest).unwrap_or_default();
@@ -140,6 +141,7 @@ pub(crate) fn build_over(
         in_transit: in_transit.len(),
         ..Built::default()
     };
+    let mut changed = Vec::new();
     for (object, ballot) in ballots {
         let Some(entry) = manifest.objects.get_mut(&object) else {
             return Err(format!("{object} voted but is not a participant"));
@@ -147,6 +149,7 @@ pub(crate) fn build_over(
         if let VotedState::Written(written) = ballot.state {
             built.written += 1;
             *entry = written;
+            changed.push(object.clone());
         }
         if (ballot.sent, ballot.received) == (0, 0) {
             counters.remove(&object);
@@ -170,7 +173,7 @@ pub(crate) fn build_over(
     next.metadata = metadata;
     next.metadata.insert(COUNTERS_KEY.to_owned(), counters);
     next.in_transit = in_transit;
-    Ok((next, built))
+    Ok((next, built, changed))
 }
 
 /// `object`'s entry in the previous line, from `before` (its entries, ascending, read up to
@@ -190,8 +193,17 @@ fn previous_entry<'m>(
 
 /// Creates `manifest`: the commit point. The store settles a create whose answer was lost (it
 /// reads the slot back), refuses to follow a newer epoch, and says who holds a taken slot.
-pub(crate) async fn create(store: &CheckpointStore, manifest: &Arc<Manifest>) -> CommitOutcome {
-    match store.commit_shared(manifest).await {
+/// `changed`: the objects whose entries differ from the previous line's, when known.
+pub(crate) async fn create(
+    store: &CheckpointStore,
+    manifest: &Arc<Manifest>,
+    changed: Option<&[ObjectId]>,
+) -> CommitOutcome {
+    let created = match changed {
+        Some(changed) => store.commit_changed(manifest, changed).await,
+        None => store.commit_shared(manifest).await,
+    };
+    match created {
         Ok(()) => CommitOutcome::Committed,
         Err(e) if e.is_fenced() => CommitOutcome::Fenced,
         Err(cohort_checkpoint::Error::Conflict { .. }) => {
@@ -321,7 +333,14 @@ mod tests {
                 BTreeMap::new(),
             )
             .unwrap();
-            prop_assert_eq!(over, merged);
+            let written: Vec<ObjectId> = ids
+                .iter()
+                .zip(&next)
+                .filter(|(_, b)| b.is_some_and(|(written, _, _)| written))
+                .map(|(id, _)| id.clone())
+                .collect();
+            prop_assert_eq!((over.0, over.1), merged);
+            prop_assert_eq!(over.2, written);
         }
     }
 

@@ -535,6 +535,7 @@ impl<X: Transport> Core<X> {
         let built = match self.last_manifest.take().map(Arc::try_unwrap) {
             Some(Ok(previous)) if same_roster => {
                 commit::build_over(attempt(None), previous, ballots, in_transit, metadata)
+                    .map(|(manifest, built, changed)| (manifest, built, Some(changed)))
             }
             Some(Ok(previous)) => {
                 let previous = Arc::new(previous);
@@ -546,7 +547,7 @@ impl<X: Transport> Core<X> {
                     metadata,
                 );
                 self.last_manifest = Some(previous);
-                built
+                built.map(|(manifest, built)| (manifest, built, None))
             }
             Some(Err(previous)) => {
                 let built = commit::build(
@@ -557,18 +558,19 @@ impl<X: Transport> Core<X> {
                     metadata,
                 );
                 self.last_manifest = Some(previous);
-                built
+                built.map(|(manifest, built)| (manifest, built, None))
             }
-            None => commit::build(attempt(None), &participants, ballots, in_transit, metadata),
+            None => commit::build(attempt(None), &participants, ballots, in_transit, metadata)
+                .map(|(manifest, built)| (manifest, built, None)),
         };
-        let (manifest, built) = match built {
+        let (manifest, built, changed) = match built {
             Ok(built) => built,
             Err(reason) => return Ok(CommitOutcome::Failed { reason }),
         };
         self.crash_at(failpoint::COMMIT_BEFORE_MANIFEST)?;
         let create_started = tokio::time::Instant::now();
         let manifest = Arc::new(manifest);
-        let outcome = commit::create(&self.store, &manifest).await;
+        let outcome = commit::create(&self.store, &manifest, changed.as_deref()).await;
         if outcome == CommitOutcome::Committed {
             self.crash_at(failpoint::COMMIT_AFTER_MANIFEST)?;
             let stats = CommitStats {
