@@ -19,8 +19,9 @@ use cohort_object_api::{CheckpointId, Clock, ObjectId};
 use tokio::sync::oneshot;
 
 use crate::engine::{
-    Command, CommitOutcome, Decision, Engine, Event, FenceOutcome, Halt, Health, HostId, LineInfo,
-    RecoverId, Recovered, RecoveryCause, RecoveryFailure, Round, TriggerFailure, TriggerId,
+    ByHost, Command, CommitOutcome, Decision, Engine, Event, FenceOutcome, Halt, Health, HostId,
+    LineInfo, RecoverId, Recovered, RecoveryCause, RecoveryFailure, Round, TriggerFailure,
+    TriggerId,
 };
 use crate::error::{Error, Result};
 use crate::failpoint::{self, Crash, FailPoints};
@@ -63,7 +64,7 @@ pub(crate) trait Transport: Send {
         id: CheckpointId,
         round: Round,
         token: &str,
-        hosts: &BTreeMap<HostId, Vec<ObjectId>>,
+        hosts: &ByHost,
     ) -> impl Future<Output = Vec<Event<Local>>> + Send;
 
     /// Ask `hosts` to make their channel state of `round` durable; each answers
@@ -526,8 +527,8 @@ impl<X: Transport> Core<X> {
             retired,
         };
         // The same roster as the previous line's, and no one else holds that line (the store
-        // keeps a line it wrote whole as its delta base): update it in place. Either way the
-        // previous line is gone from here until this one commits.
+        // keeps a line it wrote whole as its delta base): update it in place. It is then spent:
+        // if this commit fails, the next one reads it back from the store.
         let same_roster = self
             .line_participants
             .take()
@@ -537,31 +538,18 @@ impl<X: Transport> Core<X> {
                 commit::build_over(attempt(None), previous, ballots, in_transit, metadata)
                     .map(|(manifest, built, changed)| (manifest, built, Some(changed)))
             }
-            Some(Ok(previous)) => {
-                let previous = Arc::new(previous);
+            previous => {
+                let previous = previous.map(|p| p.map_or_else(|shared| shared, Arc::new));
                 let built = commit::build(
-                    attempt(Some(&previous)),
+                    attempt(previous.as_deref()),
                     &participants,
                     ballots,
                     in_transit,
                     metadata,
                 );
-                self.last_manifest = Some(previous);
+                self.last_manifest = previous;
                 built.map(|(manifest, built)| (manifest, built, None))
             }
-            Some(Err(previous)) => {
-                let built = commit::build(
-                    attempt(Some(&previous)),
-                    &participants,
-                    ballots,
-                    in_transit,
-                    metadata,
-                );
-                self.last_manifest = Some(previous);
-                built.map(|(manifest, built)| (manifest, built, None))
-            }
-            None => commit::build(attempt(None), &participants, ballots, in_transit, metadata)
-                .map(|(manifest, built)| (manifest, built, None)),
         };
         let (manifest, built, changed) = match built {
             Ok(built) => built,

@@ -211,6 +211,8 @@ pub(crate) struct NodeShared {
     /// The last line the objects were committed or restored to: a restore to it keeps the
     /// states that did not change since.
     applied: AppliedLine,
+    /// Which objects are clean, for prepares that skip them.
+    tally: crate::participant::Tally,
     incarnation: AtomicU64,
     /// Restores completed, for [`NodeStatus::Registered`].
     restores: AtomicU64,
@@ -235,6 +237,10 @@ impl Host for NodeShared {
 
     fn metrics(&self) -> &crate::Metrics {
         &self.metrics
+    }
+
+    fn tally(&self) -> &crate::participant::Tally {
+        &self.tally
     }
 
     fn object_failed(&self, object: &ObjectId, error: Option<&str>) {
@@ -460,6 +466,7 @@ impl NodeShared {
     /// nothing they send can pass for a message of the new one.
     fn disown(&self, objects: &[ObjectId]) {
         let mut slots = write(&self.objects);
+        self.tally.table_changed();
         let mut stopping = lock(&self.stopping);
         for id in objects {
             if let Some(slot) = slots.remove(id) {
@@ -663,6 +670,7 @@ impl Node {
         self.shared.shutdown.cancel();
         // Closed, not only dropped: see `Shared::stop` in the runtime.
         let objects = std::mem::take(&mut *write(&self.shared.objects));
+        self.shared.tally.table_changed();
         for slot in objects.values() {
             slot.mailbox.close();
             slot.control.close();
@@ -809,6 +817,7 @@ impl NodeBuilder {
             restoring: AtomicBool::new(false),
             restored: tokio::sync::Mutex::new(Restored::default()),
             applied: AppliedLine::default(),
+            tally: crate::participant::Tally::default(),
             incarnation: AtomicU64::new(0),
             restores: AtomicU64::new(0),
             placement: RwLock::new(Placement::default()),
@@ -872,6 +881,7 @@ fn spawn_object<A: Actor>(
         return Err(Error::COHORT_STOPPED);
     }
     let mut objects = write(&shared.objects);
+    shared.tally.table_changed();
     if objects.contains_key(&id) {
         return Err(Error::DuplicateObject(id));
     }

@@ -11,7 +11,6 @@ use tokio::sync::mpsc;
 use super::NodeSink;
 use super::{ActiveRound, NodeShared, NodeStatus, Placement};
 use crate::engine::{RestoreFailure, Round};
-use crate::participant;
 use crate::participant::writer::{RoundWriter, WriterMsg};
 use crate::participant::{lock, read, write};
 use crate::service::protocol::{CoordinatorFrame, NodeFrame};
@@ -257,25 +256,21 @@ fn on_frame(shared: &Arc<NodeShared>, frame: CoordinatorFrame) {
             shared.raise_floor(round);
             // Clean objects (unchanged since the line, nothing handled) are counted without
             // being woken; the others are asked.
-            let mut clean = participant::CleanCount::default();
-            let mut asked = Vec::new();
             let slots = read(&shared.objects);
             let mut awaiting = Vec::new();
-            for object in &objects {
-                if slots
-                    .get(object)
-                    .is_some_and(|slot| slot.awaiting_restore.load(Ordering::SeqCst))
-                {
+            let lookup = objects.iter().filter_map(|object| {
+                let slot = slots.get(object);
+                if slot.is_some_and(|slot| slot.awaiting_restore.load(Ordering::SeqCst)) {
                     awaiting.push(object.clone());
-                    continue;
+                    return None;
                 }
-                let counted = slots
-                    .get(object)
-                    .is_some_and(|slot| clean.count(&slot.participation, round));
-                if !counted {
-                    asked.push(object.clone());
-                }
-            }
+                Some((object, slot.map(|slot| &slot.participation)))
+            });
+            // The list comes anew in each frame: every prepare scans it whole.
+            let scan = shared.tally.scan_all(round, lookup);
+            let clean = scan.clean;
+            let mut asked = scan.asked;
+            asked.extend(scan.missing);
             tracing::debug!(asked = asked.len(), clean = clean.objects, "prepare");
             let writer = RoundWriter {
                 id,

@@ -26,62 +26,274 @@ use writer::{WriterMsg, Written};
 ///
 /// An object is **clean** when its state and message counters are those recorded for it in the
 /// last committed line and it has handled nothing since. A clean object's vote is known
-/// without asking it (unchanged, with those counters), so the host votes for it and marks the
-/// round here instead of sending a prepare. The object adopts that round as its colour before
-/// it next handles anything: its cut is where it stood, a message sent before the sender's cut
-/// that reaches it afterwards is recorded as in transit (the Mattern counters make the attempt
-/// wait for that record), and what it sends afterwards carries the new colour. The mutex
-/// orders the two: either the host marks the round first and the object adopts it, or the
-/// object handles a message first and is no longer clean, so it gets a prepare.
+/// without asking it (unchanged, with those counters), so the host counts it in a round
+/// instead of sending a prepare. The object adopts that round as its colour before it next
+/// handles anything: its cut is where it stood, a message sent before the sender's cut that
+/// reaches it afterwards is recorded as in transit (the Mattern counters make the attempt wait
+/// for that record), and what it sends afterwards carries the new colour. The host's
+/// [`Tally`] lock orders the two: either the host counts the round first and the object adopts
+/// it, or the object stops being clean first, so it gets a prepare.
 #[derive(Debug, Default)]
 pub(crate) struct Participation {
     clean: bool,
     sent: u64,
     received: u64,
-    /// The newest round the host counted the object in without waking it.
-    implicit: Round,
+    /// The host's [`Tally`] scan count when the object last became clean (or was restored):
+    /// the scans after it counted the object in without waking it.
+    clean_since: u64,
+    /// The [`Tally::scan_all`] that last saw the object among the participants: only then do
+    /// its changes count in the tally (a task dropped from the table may still run a while).
+    tallied: u64,
+    /// The newest round a scan of an earlier [`Tally::scan_all`] counted the object in, kept
+    /// here when a newer `scan_all` no longer saw it among the participants.
+    counted_before: Round,
 }
 
 /// One object's [`Participation`], shared by its task and its host.
 pub(crate) type SharedParticipation = Arc<std::sync::Mutex<Participation>>;
 
-/// Counts a clean object in `round` without waking it: its counters (sent, received), or
-/// `None` if it must be asked.
-pub(crate) fn vote_unwoken(
-    participation: &SharedParticipation,
-    round: Round,
-) -> Option<(u64, u64)> {
-    let mut p = lock(participation);
-    if !p.clean {
-        return None;
-    }
-    p.implicit = p.implicit.max(round);
-    Some((p.sent, p.received))
+/// A host's clean objects, counted as they change, so that a prepare costs the host its
+/// objects that are not clean, not all of them: Flink pays nothing per idle key, and a
+/// million idle objects should not cost a million lock and cache misses per checkpoint.
+///
+/// Lock order: the tally, then an object's [`Participation`].
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    state: std::sync::Mutex<TallyState>,
+    /// Bumped by every change of the host's table of objects: a [`Tally::scan_dirty`] is
+    /// exact only while the table is the one [`Tally::scan_all`] found equal to the
+    /// participants.
+    table_version: std::sync::atomic::AtomicU64,
 }
 
-/// The clean participants a host counted in a round without waking them
-/// ([`vote_unwoken`]): reported to the engine in one [`Event::Clean`](crate::engine::Event::Clean)
-/// per host, so that idle objects cost it nothing each.
+#[derive(Debug, Default)]
+struct TallyState {
+    /// Scans so far; the newest counted clean objects in `last_round`.
+    scans: u64,
+    /// [`Tally::scan_all`]s so far: the tally counts the objects the newest one saw.
+    rebuilds: u64,
+    last_round: Round,
+    /// Clean objects of the host and their messages sent minus received. Kept exactly for
+    /// the table the last [`Tally::scan_all`] saw; approximate otherwise (hence signed), and
+    /// then unused until the next one.
+    clean: i64,
+    balance: i128,
+    /// The host's objects that are not clean, since the last [`Tally::scan_all`] (may name
+    /// objects no longer hosted).
+    dirty: std::collections::HashSet<ObjectId>,
+    /// The objects the last [`Tally::scan_all`] saw: the next one keeps the round the scans
+    /// counted them in for those it no longer sees.
+    members: Vec<SharedParticipation>,
+}
+
+impl TallyState {
+    /// After a checkpoint that changed every object, their decisions empty the dirty set: its
+    /// room (16 bytes an object) is given back as it empties.
+    fn give_back_room(&mut self) {
+        if self.dirty.capacity() > 64 && self.dirty.len() < self.dirty.capacity() / 8 {
+            self.dirty.shrink_to(self.dirty.len() * 2);
+        }
+    }
+}
+
+impl Tally {
+    /// The host's table of objects changed (an object joined or left).
+    pub(crate) fn table_changed(&self) {
+        self.table_version
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The version [`table_changed`](Self::table_changed) bumps.
+    pub(crate) fn table_version(&self) -> u64 {
+        self.table_version.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Before `object` handles anything: it stops being clean. Returns the round it must
+    /// adopt as its colour, if the host counted it in one without waking it.
+    pub(crate) fn begin_handling(
+        &self,
+        object: &ObjectId,
+        participation: &SharedParticipation,
+    ) -> Option<Round> {
+        if !lock(participation).clean {
+            return None; // the common case, without the host's lock
+        }
+        let mut t = lock(&self.state);
+        let mut p = lock(participation);
+        if !p.clean {
+            return None;
+        }
+        p.clean = false;
+        let mut counted = p.counted_before;
+        p.counted_before = Round::default();
+        if p.tallied == t.rebuilds {
+            t.clean -= 1;
+            t.balance -= i128::from(p.sent) - i128::from(p.received);
+            t.dirty.insert(object.clone());
+            // Every scan since the last scan_all counted it while it was clean.
+            if t.scans > p.clean_since {
+                counted = counted.max(t.last_round);
+            }
+        }
+        (counted > Round::default()).then_some(counted)
+    }
+
+    /// A committed decision of `object`'s vote: its state and counters are now its line's.
+    /// The rounds it was counted in while it was already clean still stand: a decision that
+    /// reaches an object after the next scan counted it must not erase that count, or the
+    /// object would handle a message sent before its sender's cut as if sent after it.
+    pub(crate) fn committed(
+        &self,
+        object: &ObjectId,
+        participation: &SharedParticipation,
+        sent: u64,
+        received: u64,
+    ) {
+        self.set(object, participation, true, sent, received, false);
+    }
+
+    /// `object` was restored to its entry in a line (`clean`), or not: as its colour is the
+    /// line's, no round it was counted in before stands.
+    pub(crate) fn restored(
+        &self,
+        object: &ObjectId,
+        participation: &SharedParticipation,
+        clean: bool,
+        sent: u64,
+        received: u64,
+    ) {
+        self.set(object, participation, clean, sent, received, true);
+    }
+
+    fn set(
+        &self,
+        object: &ObjectId,
+        participation: &SharedParticipation,
+        clean: bool,
+        sent: u64,
+        received: u64,
+        forget_counts: bool,
+    ) {
+        let mut t = lock(&self.state);
+        let mut p = lock(participation);
+        if p.tallied == t.rebuilds {
+            if p.clean {
+                t.clean -= 1;
+                t.balance -= i128::from(p.sent) - i128::from(p.received);
+            }
+            if clean {
+                t.clean += 1;
+                t.balance += i128::from(sent) - i128::from(received);
+                if t.dirty.remove(object) {
+                    t.give_back_room();
+                }
+            } else {
+                t.dirty.insert(object.clone());
+            }
+        }
+        let keep = p.clean && clean && !forget_counts;
+        *p = Participation {
+            clean,
+            sent,
+            received,
+            clean_since: if keep { p.clean_since } else { t.scans },
+            tallied: p.tallied,
+            counted_before: if keep {
+                p.counted_before
+            } else {
+                Round::default()
+            },
+        };
+    }
+
+    /// Counts `round` over every participant of the host (`slots`: each with its
+    /// participation, `None` when the host holds no such object): the clean ones without
+    /// waking them; returns the others. Rebuilds the tally from what it finds, exact for a
+    /// table that holds exactly these participants.
+    pub(crate) fn scan_all<'a>(
+        &self,
+        round: Round,
+        slots: impl Iterator<Item = (&'a ObjectId, Option<&'a SharedParticipation>)>,
+    ) -> Scan {
+        let mut t = lock(&self.state);
+        // The scans since the last scan_all counted its clean members: those this one may
+        // not see keep that round.
+        let members = std::mem::take(&mut t.members);
+        for participation in &members {
+            let mut p = lock(participation);
+            if p.clean && p.tallied == t.rebuilds && t.scans > p.clean_since {
+                p.counted_before = p.counted_before.max(t.last_round);
+            }
+        }
+        drop(members);
+        t.scans += 1;
+        t.rebuilds += 1;
+        t.last_round = round;
+        t.dirty.clear();
+        let mut scan = Scan::default();
+        for (object, participation) in slots {
+            let Some(participation) = participation else {
+                scan.missing.push(object.clone());
+                continue;
+            };
+            t.members.push(Arc::clone(participation));
+            let mut p = lock(participation);
+            p.tallied = t.rebuilds;
+            if p.clean {
+                scan.clean.objects += 1;
+                scan.clean.balance += i128::from(p.sent) - i128::from(p.received);
+            } else {
+                t.dirty.insert(object.clone());
+                scan.asked.push(object.clone());
+            }
+        }
+        t.clean = i64::try_from(scan.clean.objects).unwrap_or(i64::MAX);
+        t.balance = scan.clean.balance;
+        scan
+    }
+
+    /// [`scan_all`](Self::scan_all) from the tally alone, for a host whose table has not
+    /// changed since a `scan_all` found it equal to the participants: the clean ones are
+    /// counted, the dirty ones returned, in time that follows the dirty ones.
+    pub(crate) fn scan_dirty(&self, round: Round) -> Scan {
+        let mut t = lock(&self.state);
+        t.scans += 1;
+        t.last_round = round;
+        // The table is the participants, and only its objects are tallied: every dirty one
+        // is a participant.
+        let mut asked: Vec<ObjectId> = t.dirty.iter().cloned().collect();
+        asked.sort_unstable();
+        Scan {
+            clean: CleanCount {
+                objects: usize::try_from(t.clean).unwrap_or(0),
+                balance: t.balance,
+            },
+            asked,
+            missing: Vec::new(),
+        }
+    }
+}
+
+/// What a host's scan of a round found among its participants.
+#[derive(Debug, Default)]
+pub(crate) struct Scan {
+    /// The clean ones, counted without waking them.
+    pub(crate) clean: CleanCount,
+    /// The others, ascending: each must be asked to prepare.
+    pub(crate) asked: Vec<ObjectId>,
+    /// Participants the host does not hold.
+    pub(crate) missing: Vec<ObjectId>,
+}
+
+/// The clean participants a host counted in a round without waking them: reported to the
+/// engine in one [`Event::Clean`](crate::engine::Event::Clean) per host, so that idle objects
+/// cost it nothing each.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct CleanCount {
     /// How many.
     pub(crate) objects: usize,
     /// Their messages sent minus received.
     pub(crate) balance: i128,
-}
-
-impl CleanCount {
-    /// Counts `participation` in `round` if it is clean; `false`: it must be asked.
-    pub(crate) fn count(&mut self, participation: &SharedParticipation, round: Round) -> bool {
-        match vote_unwoken(participation, round) {
-            Some((sent, received)) => {
-                self.objects += 1;
-                self.balance += i128::from(sent) - i128::from(received);
-                true
-            }
-            None => false,
-        }
-    }
 }
 
 /// The attempt in flight, as objects see it.
@@ -101,6 +313,9 @@ pub(crate) trait Host: Directory + Send + Sync + 'static {
 
     /// Pause, forced-capture and in-transit counts.
     fn metrics(&self) -> &Metrics;
+
+    /// Which of the host's objects are clean.
+    fn tally(&self) -> &Tally;
 
     /// An object's handler failed with `error` (`Some`), or a restore healed it (`None`).
     fn object_failed(&self, object: &ObjectId, error: Option<&str>);
@@ -172,6 +387,118 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+
+    fn objects(n: usize) -> (Vec<ObjectId>, Vec<SharedParticipation>) {
+        let ids: Vec<_> = (0..n)
+            .map(|i| ObjectId::new(format!("o{i:03}")).unwrap())
+            .collect();
+        let participations = (0..n).map(|_| SharedParticipation::default()).collect();
+        (ids, participations)
+    }
+
+    fn scan_all(tally: &Tally, round: u64, ids: &[ObjectId], ps: &[SharedParticipation]) -> Scan {
+        tally.scan_all(Round(round), ids.iter().zip(ps.iter().map(Some)))
+    }
+
+    proptest::proptest! {
+        /// While the table stays the participants, the tally's own count is what a scan of
+        /// every object finds: changes of objects count as they happen.
+        #[test]
+        fn the_dirty_scan_finds_what_a_full_scan_finds(
+            ops in proptest::collection::vec((0..8usize, 0..4u8, 0..4u64, 0..4u64), 0..60),
+        ) {
+            let (ids, ps) = objects(8);
+            let tally = Tally::default();
+            scan_all(&tally, 1, &ids, &ps);
+            for (round, (i, op, sent, received)) in (2..).zip(ops) {
+                match op {
+                    0 => {
+                        tally.begin_handling(&ids[i], &ps[i]);
+                    }
+                    1 => tally.committed(&ids[i], &ps[i], sent, received),
+                    2 => tally.restored(&ids[i], &ps[i], true, sent, received),
+                    _ => tally.restored(&ids[i], &ps[i], false, sent, received),
+                }
+                let dirty = tally.scan_dirty(Round(round));
+                let all = scan_all(&Tally::default(), round, &ids, &ps);
+                proptest::prop_assert_eq!(dirty.clean, all.clean);
+                proptest::prop_assert_eq!(dirty.asked, all.asked);
+            }
+        }
+    }
+
+    #[test]
+    fn an_object_adopts_the_newest_round_it_was_counted_in_while_clean() {
+        let (ids, ps) = objects(2);
+        let tally = Tally::default();
+        tally.restored(&ids[0], &ps[0], true, 1, 0);
+        // Clean, and no scan since: nothing to adopt.
+        assert_eq!(tally.begin_handling(&ids[0], &ps[0]), None);
+        tally.restored(&ids[0], &ps[0], true, 1, 0);
+        let scan = scan_all(&tally, 3, &ids, &ps);
+        assert_eq!((scan.clean.objects, scan.clean.balance), (1, 1));
+        assert_eq!(scan.asked, vec![ids[1].clone()]);
+        tally.scan_dirty(Round(4));
+        assert_eq!(tally.begin_handling(&ids[0], &ps[0]), Some(Round(4)));
+        // No longer clean: the next scan asks it, and a second handling adopts nothing.
+        assert_eq!(tally.begin_handling(&ids[0], &ps[0]), None);
+        assert_eq!(tally.scan_dirty(Round(5)).asked, ids);
+        // A restore (or decision) after the scans: they counted it in nothing.
+        tally.restored(&ids[1], &ps[1], true, 0, 0);
+        assert_eq!(tally.begin_handling(&ids[1], &ps[1]), None);
+    }
+
+    #[test]
+    fn a_decision_reaching_a_counted_object_keeps_the_count() {
+        let (ids, ps) = objects(1);
+        let tally = Tally::default();
+        tally.restored(&ids[0], &ps[0], true, 0, 0);
+        scan_all(&tally, 1, &ids, &ps);
+        // Asked in round 2 while it was handling something, the object voted; the next scan
+        // (round 3) counts it clean before it gets round 2's decision.
+        tally.begin_handling(&ids[0], &ps[0]);
+        tally.committed(&ids[0], &ps[0], 1, 1);
+        tally.scan_dirty(Round(3));
+        tally.committed(&ids[0], &ps[0], 1, 1);
+        assert_eq!(tally.begin_handling(&ids[0], &ps[0]), Some(Round(3)));
+        // A restore forgets the counts.
+        tally.restored(&ids[0], &ps[0], true, 0, 0);
+        tally.scan_dirty(Round(4));
+        tally.restored(&ids[0], &ps[0], true, 0, 0);
+        assert_eq!(tally.begin_handling(&ids[0], &ps[0]), None);
+    }
+
+    #[test]
+    fn an_object_no_longer_among_the_participants_adopts_the_round_it_was_counted_in() {
+        let (ids, ps) = objects(2);
+        let tally = Tally::default();
+        for (id, p) in ids.iter().zip(&ps) {
+            tally.restored(id, p, true, 0, 0);
+        }
+        scan_all(&tally, 1, &ids, &ps);
+        tally.scan_dirty(Round(2));
+        // ids[1] leaves the participants: rounds 3 and 4 do not count it.
+        scan_all(&tally, 3, &ids[..1], &ps[..1]);
+        scan_all(&tally, 4, &ids[..1], &ps[..1]);
+        assert_eq!(tally.begin_handling(&ids[1], &ps[1]), Some(Round(2)));
+        assert_eq!(tally.begin_handling(&ids[0], &ps[0]), Some(Round(4)));
+    }
+
+    #[test]
+    fn a_dropped_objects_changes_do_not_count_after_the_next_full_scan() {
+        let (ids, ps) = objects(3);
+        let tally = Tally::default();
+        for (id, p) in ids.iter().zip(&ps) {
+            tally.restored(id, p, true, 0, 0);
+        }
+        scan_all(&tally, 1, &ids, &ps);
+        // ids[2] leaves the table; its task still runs and handles a message.
+        let scan = scan_all(&tally, 2, &ids[..2], &ps[..2]);
+        assert_eq!(scan.clean.objects, 2);
+        tally.begin_handling(&ids[2], &ps[2]);
+        let dirty = tally.scan_dirty(Round(3));
+        assert_eq!((dirty.clean.objects, dirty.asked.len()), (2, 0));
+    }
 
     #[test]
     fn sorted_lookup_matches_get() {

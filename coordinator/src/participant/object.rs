@@ -219,11 +219,13 @@ impl<A: Actor, H: Host> ObjectTask<A, H> {
     /// Before handling anything: adopt a round the host counted this object in while it slept
     /// (its cut is its state now), and stop being clean.
     fn begin_handling(&mut self) {
-        let mut p = super::lock(&self.participation);
-        if p.implicit > self.cut.colour {
-            self.cut.captured(p.implicit);
+        let adopt = self
+            .host
+            .tally()
+            .begin_handling(&self.id, &self.participation);
+        if let Some(round) = adopt.filter(|r| *r > self.cut.colour) {
+            self.cut.captured(round);
         }
-        p.clean = false;
     }
 
     /// Handles control and messages until the task ends (`false`) or it waits for input and
@@ -299,10 +301,13 @@ impl<A: Actor, H: Host> ObjectTask<A, H> {
                     // Its state and counters are now the line's: the host may count it in the
                     // next rounds without waking it, until it handles something.
                     if A::MESSAGE_DRIVEN && generation.is_some() && !self.handled_since_capture {
-                        let mut p = super::lock(&self.participation);
-                        p.clean = true;
-                        p.sent = self.cut.sent;
-                        p.received = self.cut.received;
+                        let (sent, received) = (self.cut.sent, self.cut.received);
+                        (self.host.tally()).committed(
+                            &self.id,
+                            &self.participation,
+                            sent,
+                            received,
+                        );
                     }
                     self.object.on_committed(id).await;
                 } else {
@@ -490,14 +495,10 @@ impl<A: Actor, H: Host> ObjectTask<A, H> {
             .filter(|g| self.object.generation() == Some(*g));
         // Restored to its entry in the line, with the line's counters: clean if the generation
         // proves it (the redelivered messages, handled next, end that).
-        {
-            let mut p = super::lock(&self.participation);
-            p.clean =
-                A::MESSAGE_DRIVEN && order.state.in_line() && self.committed_generation.is_some();
-            p.sent = self.cut.sent;
-            p.received = self.cut.received;
-            p.implicit = self.cut.colour;
-        }
+        let clean =
+            A::MESSAGE_DRIVEN && order.state.in_line() && self.committed_generation.is_some();
+        let (sent, received) = (self.cut.sent, self.cut.received);
+        (self.host.tally()).restored(&self.id, &self.participation, clean, sent, received);
         self.handled_since_capture = !self.replay.is_empty();
         if self.failed {
             self.failed = false;

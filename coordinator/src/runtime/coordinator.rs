@@ -16,7 +16,7 @@ use super::CohortSink;
 use super::{CheckpointStats, Local, RecoveryReport, Settings, Shared};
 use crate::core::{CommitStats, Core, RestoreOrder, Transport, recovery_error};
 use crate::engine::{
-    Config, Decision, Engine, Event, Halt, Health, HostId, Hosting, RecoverId, Recovered,
+    ByHost, Config, Decision, Engine, Event, Halt, Health, HostId, Hosting, RecoverId, Recovered,
     RecoveryCause, RecoveryFailure, Round, Start, Vote,
 };
 use crate::error::{Error, Result};
@@ -24,7 +24,7 @@ use crate::failpoint::Crash;
 use crate::participant::object::Control;
 use crate::participant::restore::{self, LineStates};
 use crate::participant::writer::{RoundWriter, WriterMsg, Written};
-use crate::participant::{self, ActiveRound, lock, read, write};
+use crate::participant::{self, ActiveRound, lock, mailbox, read, write};
 
 /// Prepares sent between two yields of the coordinator task.
 const PREPARE_BATCH: usize = 16;
@@ -62,9 +62,13 @@ pub(crate) struct Coordinator {
 pub(crate) struct LocalTransport {
     shared: Arc<Shared>,
     host: HostId,
-    /// The participants of the attempt in flight that were asked to prepare (sorted): they, and
-    /// only they, hear its decision.
-    asked: Vec<ObjectId>,
+    /// The control queues of the participants of the attempt in flight that were asked to
+    /// prepare: they, and only they, hear its decision.
+    asked: Vec<mailbox::Sender<Control>>,
+    /// The participants whose list a full scan found equal to the table of objects, and the
+    /// table's version then: while both hold, a prepare scans only the objects that are not
+    /// clean ([`participant::Tally::scan_dirty`]).
+    verified: Option<(ByHost, u64)>,
     /// What the writer reported with the votes of the attempt in flight.
     written: Written,
     user_paused: bool,
@@ -113,6 +117,7 @@ impl Coordinator {
             shared: Arc::clone(&shared),
             host,
             asked: Vec::new(),
+            verified: None,
             written: Written::default(),
             user_paused,
             recover_replies: HashMap::new(),
@@ -243,7 +248,7 @@ impl Transport for LocalTransport {
         id: CheckpointId,
         round: Round,
         token: &str,
-        hosts: &BTreeMap<HostId, Vec<ObjectId>>,
+        hosts: &ByHost,
     ) -> Vec<Event<Local>> {
         let participants = hosts.get(&self.host).map_or(&[][..], Vec::as_slice);
         // The round is active before any object is counted in it: one counted without being
@@ -259,21 +264,29 @@ impl Transport for LocalTransport {
         // Clean objects (unchanged since the line, nothing handled) are counted without being
         // woken; the others are asked.
         let mut events = Vec::new();
-        let mut asked = Vec::new();
-        let mut missing = Vec::new();
-        let mut clean = participant::CleanCount::default();
-        {
+        let (clean, asked, mut missing) = {
             let objects = read(&self.shared.objects);
-            for (p, slot) in participant::sorted_lookup(participants, &objects) {
-                let Some(slot) = slot else {
-                    missing.push(p.clone());
-                    continue;
-                };
-                if !clean.count(&slot.participation, round) {
-                    asked.push((p.clone(), slot.control.clone()));
-                }
-            }
-        }
+            let tally = &self.shared.tally;
+            let version = tally.table_version();
+            let unchanged = self
+                .verified
+                .as_ref()
+                .is_some_and(|(h, v)| Arc::ptr_eq(h, hosts) && *v == version);
+            let scan = if unchanged {
+                tally.scan_dirty(round)
+            } else {
+                let slots = participant::sorted_lookup(participants, &objects)
+                    .map(|(p, slot)| (p, slot.map(|s| &s.participation)));
+                let scan = tally.scan_all(round, slots);
+                self.verified = (scan.missing.is_empty() && objects.len() == participants.len())
+                    .then(|| (Arc::clone(hosts), version));
+                scan
+            };
+            let asked: Vec<_> = participant::sorted_lookup(&scan.asked, &objects)
+                .filter_map(|(p, slot)| slot.map(|s| (p.clone(), s.control.clone())))
+                .collect();
+            (scan.clean, asked, scan.missing)
+        };
         if clean.objects > 0 {
             events.push(Event::Clean {
                 round,
@@ -297,9 +310,9 @@ impl Transport for LocalTransport {
         self.asked = Vec::with_capacity(asked.len());
         for (i, (p, control)) in asked.into_iter().enumerate() {
             if control.send(Control::Prepare { id, round }).is_err() {
-                missing.push(p.clone());
+                missing.push(p);
             }
-            self.asked.push(p);
+            self.asked.push(control);
             // Let prepared objects run during a long broadcast rather than after it.
             if i % PREPARE_BATCH == PREPARE_BATCH - 1 {
                 tokio::task::yield_now().await;
@@ -354,16 +367,12 @@ impl Transport for LocalTransport {
             self.shared.metrics.record_abort();
         }
         // Only the objects asked to prepare voted themselves; the others slept through.
-        let asked = std::mem::take(&mut self.asked);
-        let objects = read(&self.shared.objects);
-        for (_, slot) in participant::sorted_lookup(&asked, &objects) {
-            if let Some(slot) = slot {
-                let _ = slot.control.send(Control::Decided {
-                    id,
-                    round,
-                    committed,
-                });
-            }
+        for control in std::mem::take(&mut self.asked) {
+            let _ = control.send(Control::Decided {
+                id,
+                round,
+                committed,
+            });
         }
     }
 
@@ -481,6 +490,7 @@ impl LocalTransport {
         // again from the line. Once stopped, their addresses fail at once.
         let stopping: Vec<_> = {
             let mut objects = write(&shared.objects);
+            shared.tally.table_changed();
             order
                 .drop
                 .iter()

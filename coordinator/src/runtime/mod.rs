@@ -256,6 +256,8 @@ pub(crate) struct Shared {
     /// The last line the objects were committed or restored to: a restore to it keeps the
     /// states that did not change since.
     pub(crate) applied: AppliedLine,
+    /// Which objects are clean, for prepares that skip them.
+    pub(crate) tally: crate::participant::Tally,
 }
 
 #[derive(Clone, Debug)]
@@ -289,6 +291,10 @@ impl Host for Shared {
 
     fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    fn tally(&self) -> &crate::participant::Tally {
+        &self.tally
     }
 
     fn object_failed(&self, object: &ObjectId, error: Option<&str>) {
@@ -424,6 +430,7 @@ impl Shared {
         // object whose task is still being aborted, or that is parked (and holds its own
         // receivers until something wakes it).
         let objects = std::mem::take(&mut *write(&self.objects));
+        self.tally.table_changed();
         for slot in objects.values() {
             slot.close();
         }
@@ -556,6 +563,7 @@ impl Builder {
             store: self.store.clone(),
             weak: Mutex::new(Weak::new()),
             applied: AppliedLine::default(),
+            tally: crate::participant::Tally::default(),
         });
         let inner = Arc::new(Inner {
             shared: Arc::clone(&shared),
@@ -593,6 +601,7 @@ impl Cohort {
         let shared = self.shared();
         shared.check_running()?;
         let mut objects = write(&shared.objects);
+        shared.tally.table_changed();
         if objects.contains_key(&id) {
             return Err(Error::DuplicateObject(id));
         }

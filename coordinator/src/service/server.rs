@@ -17,9 +17,9 @@ use super::protocol::{CoordinatorFrame, NodeFrame, WireVote};
 use super::table::{NodeEntry, StateTable};
 use crate::core::{CommitStats, Core, RestoreOrder, Transport, line_info, recovery_error};
 use crate::engine::{
-    Ballot, Config, Decision, Engine, Event, Halt, Health, HostId, Hosting, Liveness, RecoverId,
-    Recovered, RecoveryCause, RecoveryFailure, Registration, RestartPolicy, RestoreFailure, Round,
-    Start, Vote, VotedState,
+    Ballot, ByHost, Config, Decision, Engine, Event, Halt, Health, HostId, Hosting, Liveness,
+    RecoverId, Recovered, RecoveryCause, RecoveryFailure, Registration, RestartPolicy,
+    RestoreFailure, Round, Start, Vote, VotedState,
 };
 use crate::error::{Error, Result};
 use crate::failpoint::{Crash, FailPoints};
@@ -607,13 +607,13 @@ impl Transport for Nodes {
         id: CheckpointId,
         round: Round,
         token: &str,
-        hosts: &BTreeMap<HostId, Vec<ObjectId>>,
+        hosts: &ByHost,
     ) -> Vec<Event<Local>> {
         self.attempt_started = Some(tokio::time::Instant::now());
         self.attempt_bytes = 0;
         self.attempt_pauses.clear();
         let mut events = Vec::new();
-        for (host, objects) in hosts {
+        for (host, objects) in hosts.iter() {
             match self.get(host).filter(|n| n.conn.is_some()) {
                 Some(n) => n.send(CoordinatorFrame::Prepare {
                     id,
