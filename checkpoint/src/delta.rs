@@ -123,32 +123,34 @@ impl DeltaEntries {
     }
 }
 
+/// An object named as changed, and its entry in the manifest being committed (`None`: removed).
+type Named<'t> = (&'t ObjectId, Option<(&'t ObjectId, &'t ObjectEntry)>);
+
 /// The delta of `target` against `base`, from the delta of the manifest before it (`prev`)
 /// and the objects whose entries changed since (`changed`): only those are compared. `None`
 /// as soon as more than `limit` entries differ.
-fn delta_named(
+fn delta_named<'t>(
     base: &Manifest,
-    target: &Manifest,
-    prev: &DeltaEntries,
-    changed: &[ObjectId],
+    prev: &'t DeltaEntries,
+    changed: &[Named<'t>],
     limit: usize,
 ) -> Option<DeltaEntries> {
     // Each object's entry in the delta: `None` for one removed.
     let mut delta: BTreeMap<&ObjectId, Option<&ObjectEntry>> = BTreeMap::new();
     delta.extend(prev.changed.iter().map(|(o, e)| (o, Some(e))));
     delta.extend(prev.removed.iter().map(|o| (o, None)));
-    for object in changed {
+    for (object, in_target) in changed {
         // A changed entry stays in the delta even if it went back to the base's: a delta may
         // repeat a base entry, and comparing would cost a search of the base per change.
-        match target.objects.get_key_value(object) {
+        match in_target {
             Some((o, t)) => {
                 delta.insert(o, Some(t));
             }
-            None if base.objects.contains_key(object) => {
+            None if base.objects.contains_key(*object) => {
                 delta.insert(object, None);
             }
             None => {
-                delta.remove(object);
+                delta.remove(*object);
             }
         }
         if delta.len() > limit.saturating_add(changed.len()) {
@@ -529,12 +531,20 @@ impl CheckpointStore {
         let cached = prev.and_then(|p| self.inner.cache.base_of(p));
         // The names are used only against a manifest `id - 1` this store wrote (it knows what
         // its delta held); the entries not named were checked when that one was committed.
-        let named = changed.filter(|_| cached.as_ref().is_some_and(|(_, _, d)| d.is_some()));
-        match named {
+        // Each named object is looked up once, for the check and the delta alike.
+        let named: Option<Vec<Named<'_>>> = changed
+            .filter(|_| cached.as_ref().is_some_and(|(_, _, d)| d.is_some()))
+            .map(|named| {
+                (named.iter())
+                    .map(|o| (o, manifest.objects.get_key_value(o)))
+                    .collect()
+            });
+        match &named {
             Some(named) => {
-                let own = (named.iter().filter_map(|o| manifest.objects.get(o)))
-                    .map(|e| &e.location)
-                    .chain(manifest.in_transit.iter().map(|m| &m.location));
+                let own = (named
+                    .iter()
+                    .filter_map(|(_, e)| e.map(|(_, e)| &e.location)))
+                .chain(manifest.in_transit.iter().map(|m| &m.location));
                 validate_parts(id, &manifest.round, own)?;
             }
             None => validate_manifest(manifest)?,
@@ -569,9 +579,9 @@ impl CheckpointStore {
         };
         if let Some(base) = base.filter(|b| b.id < id && b.manifest.epoch <= manifest.epoch) {
             let limit = manifest.objects.len().saturating_sub(1) / DELTA_SHARE;
-            let delta = match (named, differs) {
+            let delta = match (&named, differs) {
                 (Some(changed), Some(prev)) => {
-                    let delta = delta_named(&base.manifest, manifest, &prev, changed, limit);
+                    let delta = delta_named(&base.manifest, &prev, changed, limit);
                     #[cfg(debug_assertions)]
                     check_named(&base.manifest, manifest, delta.as_ref())?;
                     delta
