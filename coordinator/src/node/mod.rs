@@ -888,7 +888,7 @@ fn spawn_object<A: Actor>(
     let parking = Arc::new(mailbox::Parking::default());
     let (mailbox_tx, mailbox_rx) = mailbox::parked_channel::<Envelope<A::Message>>(&parking);
     let (control_tx, control_rx) = mailbox::parked_channel(&parking);
-    let participation = crate::participant::SharedParticipation::default();
+    let participation = crate::participant::participation(&control_tx);
     let object_type = object.type_name();
     // Held until `restore_late` (or the node's release) lets it run: the node's last
     // restore may have looked at its objects before this one existed.

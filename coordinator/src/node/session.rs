@@ -269,8 +269,7 @@ fn on_frame(shared: &Arc<NodeShared>, frame: CoordinatorFrame) {
             // The list comes anew in each frame: every prepare scans it whole.
             let scan = shared.tally.scan_all(round, lookup);
             let clean = scan.clean;
-            let mut asked = scan.asked;
-            asked.extend(scan.missing);
+            let asked = scan.asked;
             tracing::debug!(asked = asked.len(), clean = clean.objects, "prepare");
             let writer = RoundWriter {
                 id,
@@ -278,7 +277,9 @@ fn on_frame(shared: &Arc<NodeShared>, frame: CoordinatorFrame) {
                 token,
                 states_writer: shared.name.clone(),
                 channel_writer: cohort_checkpoint::channel_writer(&shared.name),
-                participants: asked.iter().cloned().collect(),
+                participants: (asked.iter().map(|a| a.object.clone()))
+                    .chain(scan.missing.iter().cloned())
+                    .collect(),
                 store: shared.store.clone(),
                 sink: NodeSink(shared.to_coordinator.clone()),
             };
@@ -300,19 +301,15 @@ fn on_frame(shared: &Arc<NodeShared>, frame: CoordinatorFrame) {
                     });
                 }
             }
-            for object in &asked {
-                match slots.get(object) {
-                    Some(slot) => {
-                        let _ = slot.control.send(super::Control::Prepare { id, round });
-                    }
-                    None => {
-                        if let Some(w) = shared.writer_for(round) {
-                            let _ = w.send(WriterMsg::No {
-                                object: object.clone(),
-                                reason: "this node does not host it".into(),
-                            });
-                        }
-                    }
+            for asked in &asked {
+                let _ = asked.control.send(super::Control::Prepare { id, round });
+            }
+            if let Some(w) = shared.writer_for(round) {
+                for object in scan.missing {
+                    let _ = w.send(WriterMsg::No {
+                        object,
+                        reason: "this node does not host it".into(),
+                    });
                 }
             }
         }

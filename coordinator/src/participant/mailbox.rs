@@ -79,15 +79,19 @@ pub(crate) struct Sender<T> {
 impl<T> Sender<T> {
     /// Queues `value`; gives it back if the receiver closed the queue or is gone.
     pub(crate) fn send(&self, value: T) -> Result<(), T> {
+        Self::push(&self.shared, value)
+    }
+
+    fn push(shared: &Shared<T>, value: T) -> Result<(), T> {
         {
-            let mut state = self.shared.state();
+            let mut state = shared.state();
             if state.closed {
                 return Err(value);
             }
             state.queue.push_back(value);
         }
-        self.shared.arrived.notify_one();
-        if let Some(parking) = &self.shared.parking {
+        shared.arrived.notify_one();
+        if let Some(parking) = &shared.parking {
             parking.wake();
         }
         Ok(())
@@ -108,6 +112,43 @@ impl<T> Sender<T> {
         if let Some(parking) = &self.shared.parking {
             parking.wake();
         }
+    }
+}
+
+impl<T> Sender<T> {
+    /// A reference that sends into this queue without counting as a sender.
+    pub(crate) fn reference(&self) -> SenderRef<T> {
+        SenderRef {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+/// Sends into a queue like a [`Sender`] but does not keep it open: the receiver still sees the
+/// end when the last `Sender` drops. What an object keeps of its own control queue, so that
+/// its host can reach it from its tally without the object holding itself open.
+pub(crate) struct SenderRef<T> {
+    shared: Arc<Shared<T>>,
+}
+
+impl<T> SenderRef<T> {
+    /// Queues `value`; gives it back if the queue is closed or its receiver is gone.
+    pub(crate) fn send(&self, value: T) -> Result<(), T> {
+        Sender::push(&self.shared, value)
+    }
+}
+
+impl<T> Clone for SenderRef<T> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for SenderRef<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SenderRef")
     }
 }
 
@@ -301,6 +342,19 @@ mod tests {
         tx.send(7).unwrap();
         drop(tx);
         assert_eq!(waiting.await.unwrap(), (Some(7), None));
+    }
+
+    #[tokio::test]
+    async fn a_sender_reference_sends_without_keeping_the_queue_open() {
+        let (tx, mut rx) = channel::<u32>();
+        let reference = tx.reference();
+        reference.send(1).unwrap();
+        drop(tx);
+        // What it sent arrives; then the receiver sees the end, the reference notwithstanding.
+        assert_eq!(rx.recv().await, Some(1));
+        assert_eq!(rx.recv().await, None);
+        drop(rx);
+        assert_eq!(reference.send(2), Err(2));
     }
 
     #[tokio::test]

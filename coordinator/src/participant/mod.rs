@@ -33,8 +33,10 @@ use writer::{WriterMsg, Written};
 /// for that record), and what it sends afterwards carries the new colour. The host's
 /// [`Tally`] lock orders the two: either the host counts the round first and the object adopts
 /// it, or the object stops being clean first, so it gets a prepare.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Participation {
+    /// The object's control queue, for a prepare and its decision.
+    control: mailbox::SenderRef<object::Control>,
     clean: bool,
     sent: u64,
     received: u64,
@@ -51,6 +53,20 @@ pub(crate) struct Participation {
 
 /// One object's [`Participation`], shared by its task and its host.
 pub(crate) type SharedParticipation = Arc<std::sync::Mutex<Participation>>;
+
+/// A new object's [`Participation`]: not clean, counted in no round. `control` is its
+/// control queue.
+pub(crate) fn participation(control: &mailbox::Sender<object::Control>) -> SharedParticipation {
+    Arc::new(std::sync::Mutex::new(Participation {
+        control: control.reference(),
+        clean: false,
+        sent: 0,
+        received: 0,
+        clean_since: 0,
+        tallied: 0,
+        counted_before: Round::default(),
+    }))
+}
 
 /// A host's clean objects, counted as they change, so that a prepare costs the host its
 /// objects that are not clean, not all of them: Flink pays nothing per idle key, and a
@@ -80,7 +96,7 @@ struct TallyState {
     balance: i128,
     /// The host's objects that are not clean, since the last [`Tally::scan_all`] (may name
     /// objects no longer hosted).
-    dirty: std::collections::HashSet<ObjectId>,
+    dirty: std::collections::HashMap<ObjectId, mailbox::SenderRef<object::Control>>,
     /// The objects the last [`Tally::scan_all`] saw: the next one keeps the round the scans
     /// counted them in for those it no longer sees.
     members: Vec<SharedParticipation>,
@@ -129,7 +145,7 @@ impl Tally {
         if p.tallied == t.rebuilds {
             t.clean -= 1;
             t.balance -= i128::from(p.sent) - i128::from(p.received);
-            t.dirty.insert(object.clone());
+            t.dirty.insert(object.clone(), p.control.clone());
             // Every scan since the last scan_all counted it while it was clean.
             if t.scans > p.clean_since {
                 counted = counted.max(t.last_round);
@@ -184,15 +200,16 @@ impl Tally {
             if clean {
                 t.clean += 1;
                 t.balance += i128::from(sent) - i128::from(received);
-                if t.dirty.remove(object) {
+                if t.dirty.remove(object).is_some() {
                     t.give_back_room();
                 }
             } else {
-                t.dirty.insert(object.clone());
+                t.dirty.insert(object.clone(), p.control.clone());
             }
         }
         let keep = p.clean && clean && !forget_counts;
         *p = Participation {
+            control: p.control.clone(),
             clean,
             sent,
             received,
@@ -243,8 +260,11 @@ impl Tally {
                 scan.clean.objects += 1;
                 scan.clean.balance += i128::from(p.sent) - i128::from(p.received);
             } else {
-                t.dirty.insert(object.clone());
-                scan.asked.push(object.clone());
+                t.dirty.insert(object.clone(), p.control.clone());
+                scan.asked.push(Asked {
+                    object: object.clone(),
+                    control: p.control.clone(),
+                });
             }
         }
         t.clean = i64::try_from(scan.clean.objects).unwrap_or(i64::MAX);
@@ -261,8 +281,13 @@ impl Tally {
         t.last_round = round;
         // The table is the participants, and only its objects are tallied: every dirty one
         // is a participant.
-        let mut asked: Vec<ObjectId> = t.dirty.iter().cloned().collect();
-        asked.sort_unstable();
+        let mut asked: Vec<Asked> = (t.dirty.iter())
+            .map(|(object, control)| Asked {
+                object: object.clone(),
+                control: control.clone(),
+            })
+            .collect();
+        asked.sort_unstable_by(|a, b| a.object.cmp(&b.object));
         Scan {
             clean: CleanCount {
                 objects: usize::try_from(t.clean).unwrap_or(0),
@@ -280,9 +305,17 @@ pub(crate) struct Scan {
     /// The clean ones, counted without waking them.
     pub(crate) clean: CleanCount,
     /// The others, ascending: each must be asked to prepare.
-    pub(crate) asked: Vec<ObjectId>,
+    pub(crate) asked: Vec<Asked>,
     /// Participants the host does not hold.
     pub(crate) missing: Vec<ObjectId>,
+}
+
+/// A participant a scan found not clean: it must be asked to prepare.
+#[derive(Debug)]
+pub(crate) struct Asked {
+    pub(crate) object: ObjectId,
+    /// Where its prepare, and the decision of the round, go.
+    pub(crate) control: mailbox::SenderRef<object::Control>,
 }
 
 /// The clean participants a host counted in a round without waking them: reported to the
@@ -392,8 +425,14 @@ mod tests {
         let ids: Vec<_> = (0..n)
             .map(|i| ObjectId::new(format!("o{i:03}")).unwrap())
             .collect();
-        let participations = (0..n).map(|_| SharedParticipation::default()).collect();
+        let participations = (0..n)
+            .map(|_| participation(&mailbox::channel().0))
+            .collect();
         (ids, participations)
+    }
+
+    fn asked(scan: &Scan) -> Vec<ObjectId> {
+        scan.asked.iter().map(|a| a.object.clone()).collect()
     }
 
     fn scan_all(tally: &Tally, round: u64, ids: &[ObjectId], ps: &[SharedParticipation]) -> Scan {
@@ -422,7 +461,7 @@ mod tests {
                 let dirty = tally.scan_dirty(Round(round));
                 let all = scan_all(&Tally::default(), round, &ids, &ps);
                 proptest::prop_assert_eq!(dirty.clean, all.clean);
-                proptest::prop_assert_eq!(dirty.asked, all.asked);
+                proptest::prop_assert_eq!(asked(&dirty), asked(&all));
             }
         }
     }
@@ -437,12 +476,12 @@ mod tests {
         tally.restored(&ids[0], &ps[0], true, 1, 0);
         let scan = scan_all(&tally, 3, &ids, &ps);
         assert_eq!((scan.clean.objects, scan.clean.balance), (1, 1));
-        assert_eq!(scan.asked, vec![ids[1].clone()]);
+        assert_eq!(asked(&scan), vec![ids[1].clone()]);
         tally.scan_dirty(Round(4));
         assert_eq!(tally.begin_handling(&ids[0], &ps[0]), Some(Round(4)));
         // No longer clean: the next scan asks it, and a second handling adopts nothing.
         assert_eq!(tally.begin_handling(&ids[0], &ps[0]), None);
-        assert_eq!(tally.scan_dirty(Round(5)).asked, ids);
+        assert_eq!(asked(&tally.scan_dirty(Round(5))), ids);
         // A restore (or decision) after the scans: they counted it in nothing.
         tally.restored(&ids[1], &ps[1], true, 0, 0);
         assert_eq!(tally.begin_handling(&ids[1], &ps[1]), None);

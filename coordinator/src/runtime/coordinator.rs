@@ -64,7 +64,7 @@ pub(crate) struct LocalTransport {
     host: HostId,
     /// The control queues of the participants of the attempt in flight that were asked to
     /// prepare: they, and only they, hear its decision.
-    asked: Vec<mailbox::Sender<Control>>,
+    asked: Vec<mailbox::SenderRef<Control>>,
     /// The participants whose list a full scan found equal to the table of objects, and the
     /// table's version then: while both hold, a prepare scans only the objects that are not
     /// clean ([`participant::Tally::scan_dirty`]).
@@ -282,10 +282,7 @@ impl Transport for LocalTransport {
                     .then(|| (Arc::clone(hosts), version));
                 scan
             };
-            let asked: Vec<_> = participant::sorted_lookup(&scan.asked, &objects)
-                .filter_map(|(p, slot)| slot.map(|s| (p.clone(), s.control.clone())))
-                .collect();
-            (scan.clean, asked, scan.missing)
+            (scan.clean, scan.asked, scan.missing)
         };
         if clean.objects > 0 {
             events.push(Event::Clean {
@@ -301,18 +298,18 @@ impl Transport for LocalTransport {
             token: token.to_owned(),
             states_writer: "states".to_owned(),
             channel_writer: cohort_checkpoint::channel_writer("states"),
-            participants: asked.iter().map(|(p, _)| p.clone()).collect(),
+            participants: asked.iter().map(|a| a.object.clone()).collect(),
             store: self.shared.store.clone(),
             sink: CohortSink(Arc::clone(&self.shared)),
         };
         let handle = tokio::spawn(writer.run(rx));
         self.shared.track(handle.abort_handle());
         self.asked = Vec::with_capacity(asked.len());
-        for (i, (p, control)) in asked.into_iter().enumerate() {
-            if control.send(Control::Prepare { id, round }).is_err() {
-                missing.push(p);
+        for (i, asked) in asked.into_iter().enumerate() {
+            if asked.control.send(Control::Prepare { id, round }).is_err() {
+                missing.push(asked.object);
             }
-            self.asked.push(control);
+            self.asked.push(asked.control);
             // Let prepared objects run during a long broadcast rather than after it.
             if i % PREPARE_BATCH == PREPARE_BATCH - 1 {
                 tokio::task::yield_now().await;

@@ -614,7 +614,7 @@ impl Cohort {
             .send(Input::Join(id.clone()))
             .map_err(|_| Error::COHORT_STOPPED)?;
         let colour = Round(shared.colour_floor.load(Ordering::SeqCst));
-        let participation = crate::participant::SharedParticipation::default();
+        let participation = crate::participant::participation(&control_tx);
         let task = object::ObjectTask::new(
             id.clone(),
             object,
