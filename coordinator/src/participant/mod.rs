@@ -466,6 +466,109 @@ mod tests {
         }
     }
 
+    /// One object as the tally stands for it: a mark of the newest round a scan counted it
+    /// in while clean, written on the object itself (as each object was once locked and
+    /// marked by every prepare).
+    #[derive(Clone, Debug, Default)]
+    struct Marked {
+        clean: bool,
+        mark: Round,
+        colour: Round,
+    }
+
+    /// What a host does to its objects, in any order its threads allow.
+    #[derive(Clone, Debug)]
+    enum Op {
+        Handle(usize),
+        Committed(usize),
+        Restored(usize, bool),
+        /// A full scan of the participants in the mask.
+        ScanAll(u8),
+        /// A scan from the tally alone (the participants of the last full scan).
+        ScanDirty,
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            3 => (0..6usize).prop_map(Op::Handle),
+            3 => (0..6usize).prop_map(Op::Committed),
+            1 => (0..6usize, any::<bool>()).prop_map(|(i, c)| Op::Restored(i, c)),
+            1 => any::<u8>().prop_map(Op::ScanAll),
+            3 => Just(Op::ScanDirty),
+        ]
+    }
+
+    proptest::proptest! {
+        /// The tally's scan numbers give every object the colour a mark on each object would:
+        /// an object adopts, before it handles anything, the newest round it was counted in
+        /// while clean. Fails with the bug that lost money (a decision reaching an object that
+        /// a scan had counted since it became clean forgot that count).
+        #[test]
+        fn objects_adopt_the_rounds_a_mark_on_each_would_give(
+            ops in proptest::collection::vec(op(), 0..80),
+        ) {
+            const N: usize = 6;
+            let (ids, ps) = objects(N);
+            let tally = Tally::default();
+            let mut model = vec![Marked::default(); N];
+            let mut colours = [Round::default(); N];
+            let mut members: Vec<usize> = (0..N).collect();
+            let mut round = 0;
+            scan_all(&tally, 0, &ids, &ps);
+            for op in ops {
+                match op {
+                    Op::Handle(i) => {
+                        let m = &mut model[i];
+                        if m.clean {
+                            m.colour = m.colour.max(m.mark);
+                        }
+                        m.clean = false;
+                        if let Some(r) = tally.begin_handling(&ids[i], &ps[i]) {
+                            colours[i] = colours[i].max(r);
+                        }
+                    }
+                    Op::Committed(i) => {
+                        model[i].clean = true;
+                        tally.committed(&ids[i], &ps[i], 0, 0);
+                    }
+                    Op::Restored(i, clean) => {
+                        model[i] = Marked { clean, mark: model[i].colour, colour: model[i].colour };
+                        tally.restored(&ids[i], &ps[i], clean, 0, 0);
+                    }
+                    Op::ScanAll(mask) => {
+                        round += 1;
+                        members = (0..N).filter(|i| mask & (1 << i) != 0).collect();
+                        let chosen: Vec<_> = members.iter().map(|&i| ids[i].clone()).collect();
+                        let slots: Vec<_> = members.iter().map(|&i| Some(&ps[i])).collect();
+                        let scan = tally.scan_all(Round(round), chosen.iter().zip(slots));
+                        let clean = members.iter().filter(|&&i| model[i].clean).count();
+                        proptest::prop_assert_eq!(scan.clean.objects, clean);
+                        for &i in &members {
+                            if model[i].clean {
+                                model[i].mark = Round(round);
+                            }
+                        }
+                    }
+                    Op::ScanDirty => {
+                        round += 1;
+                        let scan = tally.scan_dirty(Round(round));
+                        let clean = members.iter().filter(|&&i| model[i].clean).count();
+                        proptest::prop_assert_eq!(scan.clean.objects, clean);
+                        for &i in &members {
+                            if model[i].clean {
+                                model[i].mark = Round(round);
+                            }
+                        }
+                    }
+                }
+                for i in 0..N {
+                    proptest::prop_assert_eq!(colours[i], model[i].colour, "object {}", i);
+                }
+            }
+        }
+    }
+
     #[test]
     fn an_object_adopts_the_newest_round_it_was_counted_in_while_clean() {
         let (ids, ps) = objects(2);
