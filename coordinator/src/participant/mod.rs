@@ -233,21 +233,14 @@ impl Tally {
         slots: impl Iterator<Item = (&'a ObjectId, Option<&'a SharedParticipation>)>,
     ) -> Scan {
         let mut t = lock(&self.state);
-        // The scans since the last scan_all counted its clean members: those this one may
-        // not see keep that round.
-        let members = std::mem::take(&mut t.members);
-        for participation in &members {
-            let mut p = lock(participation);
-            if p.clean && p.tallied == t.rebuilds && t.scans > p.clean_since {
-                p.counted_before = p.counted_before.max(t.last_round);
-            }
-        }
-        drop(members);
+        let before = (t.scans, t.rebuilds, t.last_round);
+        let old_members = std::mem::take(&mut t.members);
         t.scans += 1;
         t.rebuilds += 1;
         t.last_round = round;
         t.dirty.clear();
         let mut scan = Scan::default();
+        let mut members_seen = 0;
         for (object, participation) in slots {
             let Some(participation) = participation else {
                 scan.missing.push(object.clone());
@@ -255,6 +248,8 @@ impl Tally {
             };
             t.members.push(Arc::clone(participation));
             let mut p = lock(participation);
+            // A clean member seen again is counted in this round, newer than any before.
+            members_seen += usize::from(p.tallied == before.1);
             p.tallied = t.rebuilds;
             if p.clean {
                 scan.clean.objects += 1;
@@ -265,6 +260,17 @@ impl Tally {
                     object: object.clone(),
                     control: p.control.clone(),
                 });
+            }
+        }
+        // The scans since the last scan_all counted its clean members: those this one did not
+        // see keep the newest of those rounds (a pass only when some left the participants).
+        if members_seen < old_members.len() {
+            let (scans, rebuilds, last_round) = before;
+            for participation in &old_members {
+                let mut p = lock(participation);
+                if p.tallied == rebuilds && p.clean && scans > p.clean_since {
+                    p.counted_before = p.counted_before.max(last_round);
+                }
             }
         }
         t.clean = i64::try_from(scan.clean.objects).unwrap_or(i64::MAX);
