@@ -172,6 +172,7 @@ async fn serve(
     let mut beat = tokio::time::interval(heartbeat);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut deadline = tokio::time::Instant::now() + timeout;
+    let mut roster = Roster::default();
     let shutdown = match node.upgrade() {
         Some(n) => n.shutdown.clone(),
         None => return "the node stopped".into(),
@@ -191,7 +192,9 @@ async fn serve(
                 if let CoordinatorFrame::NotLeader { .. } = frame {
                     return "the coordinator stepped down".into();
                 }
-                on_frame(&shared, frame);
+                if let Err(reason) = on_frame(&shared, frame, &mut roster) {
+                    return reason;
+                }
             }
             out = outbox.recv() => {
                 let Some(mut out) = out else { return "the node stopped".into() };
@@ -226,7 +229,20 @@ async fn serve(
     }
 }
 
-fn on_frame(shared: &Arc<NodeShared>, frame: CoordinatorFrame) {
+/// The participants the `Prepare` frames of one connection listed last, and the version of
+/// the node's table that a full scan found holding exactly them.
+#[derive(Default)]
+struct Roster {
+    list: Option<Vec<cohort_object_api::ObjectId>>,
+    verified: Option<u64>,
+}
+
+/// Acts on one frame of the coordinator; `Err`: the connection must end, for the reason given.
+fn on_frame(
+    shared: &Arc<NodeShared>,
+    frame: CoordinatorFrame,
+    roster: &mut Roster,
+) -> Result<(), String> {
     match frame {
         CoordinatorFrame::Heartbeat
         | CoordinatorFrame::Control(_)
@@ -244,6 +260,17 @@ fn on_frame(shared: &Arc<NodeShared>, frame: CoordinatorFrame) {
         } => {
             let span = tracing::debug_span!("checkpoint", checkpoint = %id, %round);
             let _guard = span.enter();
+            if let Some(list) = objects {
+                *roster = Roster {
+                    list: Some(list),
+                    verified: None,
+                };
+            }
+            let Some(participants) = &roster.list else {
+                return Err(
+                    "the coordinator sent a Prepare that refers to a participant list this connection never carried (a protocol error): reconnecting".into(),
+                );
+            };
             // The round is active before any object is counted in it (one counted without
             // being woken may record an in-transit message at once) and before the parked
             // frames of its colour are let through (their receivers capture first).
@@ -257,17 +284,28 @@ fn on_frame(shared: &Arc<NodeShared>, frame: CoordinatorFrame) {
             // Clean objects (unchanged since the line, nothing handled) are counted without
             // being woken; the others are asked.
             let slots = read(&shared.objects);
+            let version = shared.tally.table_version();
             let mut awaiting = Vec::new();
-            let lookup = objects.iter().filter_map(|object| {
-                let slot = slots.get(object);
-                if slot.is_some_and(|slot| slot.awaiting_restore.load(Ordering::SeqCst)) {
-                    awaiting.push(object.clone());
-                    return None;
-                }
-                Some((object, slot.map(|slot| &slot.participation)))
-            });
-            // The list comes anew in each frame: every prepare scans it whole.
-            let scan = shared.tally.scan_all(round, lookup);
+            // The same participants, and the table a full scan found holding exactly them: the
+            // tally alone counts the clean ones and names the others.
+            let scan = if roster.verified == Some(version) {
+                shared.tally.scan_dirty(round)
+            } else {
+                let lookup = participants.iter().filter_map(|object| {
+                    let slot = slots.get(object);
+                    if slot.is_some_and(|slot| slot.awaiting_restore.load(Ordering::SeqCst)) {
+                        awaiting.push(object.clone());
+                        return None;
+                    }
+                    Some((object, slot.map(|slot| &slot.participation)))
+                });
+                let scan = shared.tally.scan_all(round, lookup);
+                roster.verified = (scan.missing.is_empty()
+                    && awaiting.is_empty()
+                    && slots.len() == participants.len())
+                .then_some(version);
+                scan
+            };
             let clean = scan.clean;
             let asked = scan.asked;
             tracing::debug!(asked = asked.len(), clean = clean.objects, "prepare");
@@ -445,4 +483,5 @@ fn on_frame(shared: &Arc<NodeShared>, frame: CoordinatorFrame) {
             shared.release_all();
         }
     }
+    Ok(())
 }

@@ -189,8 +189,11 @@ pub enum CoordinatorFrame {
         round: Round,
         /// The round token for segment keys.
         token: String,
-        /// The participants hosted by this node.
-        objects: Vec<ObjectId>,
+        /// The participants hosted by this node; `None`: the list of the last `Prepare` on
+        /// this connection that carried one, unchanged (a node sent `None` before any list
+        /// drops the connection). An unchanged roster costs the frame nothing per object, and
+        /// lets the node visit only its objects that changed.
+        objects: Option<Vec<ObjectId>>,
     },
     /// Make the channel state of `round` durable and answer [`NodeFrame::Sealed`].
     Seal {

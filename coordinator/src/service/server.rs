@@ -496,6 +496,9 @@ struct NodeConn {
     /// The last decision sent to it: sent again when it resumes its session, in case the
     /// connection lost it (its objects' `on_committed` must not be missed; a repeat is ignored).
     last_decided: Option<(CheckpointId, Round, bool)>,
+    /// The participants whose list this connection last carried in a `Prepare`: while the
+    /// engine's are the same, a `Prepare` says so instead of listing them again.
+    roster_sent: Option<ByHost>,
 }
 
 impl NodeConn {
@@ -614,13 +617,18 @@ impl Transport for Nodes {
         self.attempt_pauses.clear();
         let mut events = Vec::new();
         for (host, objects) in hosts.iter() {
-            match self.get(host).filter(|n| n.conn.is_some()) {
-                Some(n) => n.send(CoordinatorFrame::Prepare {
-                    id,
-                    round,
-                    token: token.to_owned(),
-                    objects: objects.clone(),
-                }),
+            let node = self.nodes.get_mut(host.as_str());
+            match node.filter(|n| n.conn.is_some()) {
+                Some(n) => {
+                    let unchanged = (n.roster_sent.as_ref()).is_some_and(|h| Arc::ptr_eq(h, hosts));
+                    n.roster_sent = Some(Arc::clone(hosts));
+                    n.send(CoordinatorFrame::Prepare {
+                        id,
+                        round,
+                        token: token.to_owned(),
+                        objects: (!unchanged).then(|| objects.clone()),
+                    });
+                }
                 None => {
                     if let Some(object) = objects.first() {
                         events.push(Event::Vote {
@@ -1239,6 +1247,7 @@ impl Server {
                 conn: Some((conn, tx)),
                 peer_addr,
                 last_decided,
+                roster_sent: None,
             },
         );
         let heartbeat_ms =

@@ -33,7 +33,7 @@ pub const MAGIC: &str = "cohort";
 /// peer of another version is refused at the handshake, naming both, rather than failing on
 /// a frame it does not know. 3: a node counts its clean objects in one `Clean` frame, and a
 /// release names the line its objects were restored to.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// The length in bytes of each side's handshake nonce.
 pub const NONCE_LEN: usize = 32;
