@@ -636,6 +636,27 @@ async fn a_cut_shorter_than_the_timeout_resumes_without_recovery() {
     assert_eq!(again, session);
     cluster.wait_for("node 0 back", SHORT, all_live(3)).await;
     cluster.line_with_more_hops(before, 20).await;
+    for _ in 0..2 {
+        cluster.service.trigger().await.unwrap();
+    }
+    // The new connection's first `Prepare` lists node 0's participants (the node forgot the
+    // old connection's list); the next ones, with the same participants, do not list them.
+    let listed: Vec<bool> = (cluster.proxy(0).seen_since(mark).into_iter())
+        .skip_while(|s| !matches!(s, Seen::Down(CoordinatorFrame::Welcome { .. })))
+        .filter_map(|s| match s {
+            Seen::Down(CoordinatorFrame::Prepare { objects, .. }) => Some(objects.is_some()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        listed.first(),
+        Some(&true),
+        "a new connection's first Prepare lists the participants: {listed:?}"
+    );
+    assert!(
+        listed[1..].contains(&false),
+        "an unchanged list is not sent again: {listed:?}"
+    );
     let (_, money) = cluster.money_at_line().await;
     assert_eq!(money, cluster.total());
     cluster.assert_money_in_every_line().await;
