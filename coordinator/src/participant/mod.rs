@@ -104,7 +104,7 @@ struct TallyState {
 
 impl TallyState {
     /// After a checkpoint that changed every object, their decisions empty the dirty set: its
-    /// room (16 bytes an object) is given back as it empties.
+    /// room (24 bytes an object: its id and its control queue) is given back as it empties.
     fn give_back_room(&mut self) {
         if self.dirty.capacity() > 64 && self.dirty.len() < self.dirty.capacity() / 8 {
             self.dirty.shrink_to(self.dirty.len() * 2);
