@@ -229,13 +229,8 @@ async fn serve(
     }
 }
 
-/// The participants the `Prepare` frames of one connection listed last, and the version of
-/// the node's table that a full scan found holding exactly them.
-#[derive(Default)]
-struct Roster {
-    list: Option<Vec<cohort_object_api::ObjectId>>,
-    verified: Option<u64>,
-}
+/// The participants the `Prepare` frames of one connection listed last.
+type Roster = Option<Vec<cohort_object_api::ObjectId>>;
 
 /// Acts on one frame of the coordinator; `Err`: the connection must end, for the reason given.
 fn on_frame(
@@ -260,13 +255,11 @@ fn on_frame(
         } => {
             let span = tracing::debug_span!("checkpoint", checkpoint = %id, %round);
             let _guard = span.enter();
+            let same_participants = objects.is_none();
             if let Some(list) = objects {
-                *roster = Roster {
-                    list: Some(list),
-                    verified: None,
-                };
+                *roster = Some(list);
             }
-            let Some(participants) = &roster.list else {
+            let Some(participants) = roster.as_ref() else {
                 return Err(
                     "the coordinator sent a Prepare that refers to a participant list this connection never carried (a protocol error): reconnecting".into(),
                 );
@@ -284,28 +277,22 @@ fn on_frame(
             // Clean objects (unchanged since the line, nothing handled) are counted without
             // being woken; the others are asked.
             let slots = read(&shared.objects);
-            let version = shared.tally.table_version();
             let mut awaiting = Vec::new();
-            // The same participants, and the table a full scan found holding exactly them: the
-            // tally alone counts the clean ones and names the others.
-            let scan = if roster.verified == Some(version) {
-                shared.tally.scan_dirty(round)
-            } else {
-                let lookup = participants.iter().filter_map(|object| {
-                    let slot = slots.get(object);
-                    if slot.is_some_and(|slot| slot.awaiting_restore.load(Ordering::SeqCst)) {
-                        awaiting.push(object.clone());
-                        return None;
-                    }
-                    Some((object, slot.map(|slot| &slot.participation)))
+            // An object awaiting its restore is not scanned, so a table holding one is never
+            // found exact: every prepare then scans whole.
+            let scan = shared
+                .tally
+                .scan(round, same_participants, slots.len(), || {
+                    let (slots, awaiting) = (&slots, &mut awaiting);
+                    participants.iter().filter_map(move |object| {
+                        let slot = slots.get(object);
+                        if slot.is_some_and(|slot| slot.awaiting_restore.load(Ordering::SeqCst)) {
+                            awaiting.push(object.clone());
+                            return None;
+                        }
+                        Some((object, slot.map(|slot| &slot.participation)))
+                    })
                 });
-                let scan = shared.tally.scan_all(round, lookup);
-                roster.verified = (scan.missing.is_empty()
-                    && awaiting.is_empty()
-                    && slots.len() == participants.len())
-                .then_some(version);
-                scan
-            };
             let clean = scan.clean;
             let asked = scan.asked;
             tracing::debug!(asked = asked.len(), clean = clean.objects, "prepare");

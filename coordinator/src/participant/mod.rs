@@ -100,6 +100,10 @@ struct TallyState {
     /// The objects the last [`Tally::scan_all`] saw: the next one keeps the round the scans
     /// counted them in for those it no longer sees.
     members: Vec<SharedParticipation>,
+    /// The table version at which the last [`Tally::scan_all`] found the table holding exactly
+    /// the participants: while it stands, and the participants are the same, [`Tally::scan`]
+    /// needs no full scan.
+    exact_at: Option<u64>,
 }
 
 impl TallyState {
@@ -223,6 +227,33 @@ impl Tally {
         };
     }
 
+    /// Counts `round` over the host's participants, as a host's prepare does: from the tally
+    /// alone ([`scan_dirty`](Self::scan_dirty)) when they are the same as the last scan's
+    /// (`same_participants`, which the caller knows: the same roster, or a frame saying so) and
+    /// the last full scan found the table, unchanged since, holding exactly them; otherwise by
+    /// a full scan of `slots()` ([`scan_all`](Self::scan_all)), which notes whether the table
+    /// (of `table_len` objects) holds exactly the participants it found. Call with the table
+    /// locked, so that it cannot change meanwhile.
+    pub(crate) fn scan<'a, I>(
+        &self,
+        round: Round,
+        same_participants: bool,
+        table_len: usize,
+        slots: impl FnOnce() -> I,
+    ) -> Scan
+    where
+        I: Iterator<Item = (&'a ObjectId, Option<&'a SharedParticipation>)>,
+    {
+        let version = self.table_version();
+        if same_participants && lock(&self.state).exact_at == Some(version) {
+            return self.scan_dirty(round);
+        }
+        let scan = self.scan_all(round, slots());
+        let mut t = lock(&self.state);
+        t.exact_at = (scan.missing.is_empty() && t.members.len() == table_len).then_some(version);
+        scan
+    }
+
     /// Counts `round` over every participant of the host (`slots`: each with its
     /// participation, `None` when the host holds no such object): the clean ones without
     /// waking them; returns the others. Rebuilds the tally from what it finds, exact for a
@@ -319,6 +350,7 @@ pub(crate) struct Scan {
 /// A participant a scan found not clean: it must be asked to prepare.
 #[derive(Debug)]
 pub(crate) struct Asked {
+    /// Its id.
     pub(crate) object: ObjectId,
     /// Where its prepare, and the decision of the round, go.
     pub(crate) control: mailbox::SenderRef<object::Control>,
@@ -594,6 +626,36 @@ mod tests {
         // A restore (or decision) after the scans: they counted it in nothing.
         tally.restored(&ids[1], &ps[1], true, 0, 0);
         assert_eq!(tally.begin_handling(&ids[1], &ps[1]), None);
+    }
+
+    #[test]
+    fn a_scan_skips_the_full_scan_only_for_the_same_participants_in_an_unchanged_exact_table() {
+        let (ids, ps) = objects(2);
+        let tally = Tally::default();
+        let full_scans = std::cell::Cell::new(0);
+        let scan = |round, same, table_len| {
+            tally.scan(Round(round), same, table_len, || {
+                full_scans.set(full_scans.get() + 1);
+                ids.iter().zip(ps.iter().map(Some))
+            })
+        };
+        scan(1, false, 2);
+        scan(2, true, 2);
+        assert_eq!(
+            full_scans.get(),
+            1,
+            "the same participants, the same table: none"
+        );
+        scan(3, false, 2);
+        assert_eq!(full_scans.get(), 2, "other participants: a full scan");
+        tally.table_changed();
+        scan(4, true, 2);
+        assert_eq!(full_scans.get(), 3, "a changed table: a full scan");
+        // A table that holds an object besides the participants is never exact.
+        tally.table_changed();
+        scan(5, true, 3);
+        scan(6, true, 3);
+        assert_eq!(full_scans.get(), 5);
     }
 
     #[test]

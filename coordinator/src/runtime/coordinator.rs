@@ -65,10 +65,9 @@ pub(crate) struct LocalTransport {
     /// The control queues of the participants of the attempt in flight that were asked to
     /// prepare: they, and only they, hear its decision.
     asked: Vec<mailbox::SenderRef<Control>>,
-    /// The participants whose list a full scan found equal to the table of objects, and the
-    /// table's version then: while both hold, a prepare scans only the objects that are not
-    /// clean ([`participant::Tally::scan_dirty`]).
-    verified: Option<(ByHost, u64)>,
+    /// The participants of the last prepare: a prepare with the same ones may count from the
+    /// tally alone ([`participant::Tally::scan`]).
+    roster: Option<ByHost>,
     /// What the writer reported with the votes of the attempt in flight.
     written: Written,
     user_paused: bool,
@@ -117,7 +116,7 @@ impl Coordinator {
             shared: Arc::clone(&shared),
             host,
             asked: Vec::new(),
-            verified: None,
+            roster: None,
             written: Written::default(),
             user_paused,
             recover_replies: HashMap::new(),
@@ -266,22 +265,12 @@ impl Transport for LocalTransport {
         let mut events = Vec::new();
         let (clean, asked, mut missing) = {
             let objects = read(&self.shared.objects);
-            let tally = &self.shared.tally;
-            let version = tally.table_version();
-            let unchanged = self
-                .verified
-                .as_ref()
-                .is_some_and(|(h, v)| Arc::ptr_eq(h, hosts) && *v == version);
-            let scan = if unchanged {
-                tally.scan_dirty(round)
-            } else {
-                let slots = participant::sorted_lookup(participants, &objects)
-                    .map(|(p, slot)| (p, slot.map(|s| &s.participation)));
-                let scan = tally.scan_all(round, slots);
-                self.verified = (scan.missing.is_empty() && objects.len() == participants.len())
-                    .then(|| (Arc::clone(hosts), version));
-                scan
-            };
+            let same =
+                (self.roster.replace(Arc::clone(hosts))).is_some_and(|h| Arc::ptr_eq(&h, hosts));
+            let scan = self.shared.tally.scan(round, same, objects.len(), || {
+                participant::sorted_lookup(participants, &objects)
+                    .map(|(p, slot)| (p, slot.map(|s| &s.participation)))
+            });
             (scan.clean, scan.asked, scan.missing)
         };
         if clean.objects > 0 {
