@@ -73,6 +73,42 @@ pub(crate) struct Envelope<M> {
     pub(crate) message: M,
 }
 
+/// An object's mailbox as its host's table keeps it: the sender, its type erased, with the
+/// names of the object's and the message's types taken from the type rather than stored in
+/// every slot (a table of a million objects holds a million of these).
+pub(crate) struct ObjectMailbox<A: Actor> {
+    sender: mailbox::Sender<Envelope<A::Message>>,
+    _object: PhantomData<fn() -> A>,
+}
+
+impl<A: Actor> ObjectMailbox<A> {
+    /// `sender`, kept for an object of type `A`.
+    pub(crate) fn of(sender: mailbox::Sender<Envelope<A::Message>>) -> Arc<dyn mailbox::AnySender> {
+        Arc::new(Self {
+            sender,
+            _object: PhantomData,
+        })
+    }
+}
+
+impl<A: Actor> mailbox::AnySender for ObjectMailbox<A> {
+    fn as_any(&self) -> &(dyn Any + Send + Sync) {
+        &self.sender
+    }
+
+    fn close(&self) {
+        self.sender.close();
+    }
+
+    fn object_type(&self) -> &'static str {
+        type_name::<A>()
+    }
+
+    fn message_type(&self) -> &'static str {
+        type_name::<A::Message>()
+    }
+}
+
 /// Where to send messages of type `M`: a member of a cohort. Cheap to clone.
 pub struct Address<M> {
     pub(crate) to: ObjectId,

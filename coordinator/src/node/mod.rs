@@ -32,7 +32,7 @@
 
 mod session;
 
-use std::any::{Any, type_name};
+use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -136,7 +136,6 @@ pub(crate) struct NodeSlot {
     mailbox: Arc<dyn mailbox::AnySender>,
     /// Decodes a peer frame's payload and queues it in the mailbox.
     deliver: Box<dyn Fn(PeerFrame) -> std::result::Result<(), String> + Send + Sync>,
-    message_type: &'static str,
     /// The incarnation of the last restore that ordered this object (0: none yet).
     restored_in: Arc<AtomicU64>,
     /// Spawned after the node's last restore looked at its objects, and not yet restored from
@@ -228,6 +227,8 @@ pub(crate) struct NodeShared {
     shutdown: CancellationToken,
     /// Pause times of this node's objects (prepare and capture), for [`Node::metrics`].
     pub(crate) metrics: crate::Metrics,
+    /// The runtime the node was started on, which its objects' tasks run on.
+    runtime: tokio::runtime::Handle,
 }
 
 impl Host for NodeShared {
@@ -241,6 +242,10 @@ impl Host for NodeShared {
 
     fn tally(&self) -> &crate::participant::Tally {
         &self.tally
+    }
+
+    fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.runtime
     }
 
     fn object_failed(&self, object: &ObjectId, error: Option<&str>) {
@@ -261,7 +266,7 @@ impl Directory for NodeShared {
         if let Some(slot) = read(&self.objects).get(id) {
             return Ok(Location::Local {
                 mailbox: Arc::clone(&slot.mailbox),
-                message_type: slot.message_type,
+                message_type: slot.mailbox.message_type(),
             });
         }
         if !read(&self.placement).objects.contains_key(id) {
@@ -827,6 +832,7 @@ impl NodeBuilder {
             status: watch::Sender::new(NodeStatus::Connecting),
             shutdown: shutdown.clone(),
             metrics: crate::Metrics::default(),
+            runtime: tokio::runtime::Handle::current(),
         });
         let weak = Arc::downgrade(&shared);
         tokio::spawn(cohort_wire::serve(
@@ -921,9 +927,8 @@ fn spawn_object<A: Actor>(
         NodeSlot {
             control: control_tx,
             participation,
-            mailbox: Arc::new(mailbox_tx.clone()),
+            mailbox: crate::messaging::ObjectMailbox::<A>::of(mailbox_tx.clone()),
             deliver: Box::new(deliver),
-            message_type: type_name::<A::Message>(),
             type_name: object_type,
             restored_in: Arc::new(AtomicU64::new(0)),
             awaiting_restore: Arc::new(AtomicBool::new(true)),

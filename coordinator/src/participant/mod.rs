@@ -388,6 +388,10 @@ pub(crate) trait Host: Directory + Send + Sync + 'static {
     /// Which of the host's objects are clean.
     fn tally(&self) -> &Tally;
 
+    /// The runtime the host's object tasks run on (and resume on from parking): the host's,
+    /// kept once rather than by every object.
+    fn runtime(&self) -> &tokio::runtime::Handle;
+
     /// An object's handler failed with `error` (`Some`), or a restore healed it (`None`).
     fn object_failed(&self, object: &ObjectId, error: Option<&str>);
 

@@ -111,7 +111,13 @@ pub(crate) struct ObjectTask<A: Actor, H: Host> {
     voted: Option<(Round, Option<u64>)>,
     held: bool,
     failed: bool,
-    replay: VecDeque<Envelope<A::Message>>,
+    /// Messages a restore redelivers, handled before the mailbox; `None` when there are none
+    /// (boxed: most objects never replay, and a parked object carries this field).
+    #[expect(
+        clippy::box_collection,
+        reason = "8 bytes in every parked object rather than a VecDeque's 32; the box exists only while replaying"
+    )]
+    replay: Option<Box<VecDeque<Envelope<A::Message>>>>,
     mailbox: mailbox::Receiver<Envelope<A::Message>>,
     control: mailbox::Receiver<Control>,
     host: Arc<H>,
@@ -123,9 +129,8 @@ pub(crate) struct ObjectTask<A: Actor, H: Host> {
     fresh: bool,
     /// Told to stop: the task ends.
     stopped: bool,
-    /// Where the task waits while it has nothing to do, and the runtime it resumes on.
+    /// Where the task waits while it has nothing to do.
     parking: Arc<mailbox::Parking>,
-    runtime: tokio::runtime::Handle,
 }
 
 impl<A: Actor, H: Host> ObjectTask<A, H> {
@@ -156,7 +161,7 @@ impl<A: Actor, H: Host> ObjectTask<A, H> {
             voted: None,
             held,
             failed: false,
-            replay: VecDeque::new(),
+            replay: None,
             mailbox,
             control,
             host,
@@ -165,7 +170,6 @@ impl<A: Actor, H: Host> ObjectTask<A, H> {
             fresh: true,
             stopped: false,
             parking,
-            runtime: tokio::runtime::Handle::current(),
         }
     }
 
@@ -182,10 +186,12 @@ impl<A: Actor, H: Host> ObjectTask<A, H> {
 
     /// Runs the task on a tokio task until it ends, or until it has nothing to do and parks.
     fn start(self) {
-        let (runtime, host) = (self.runtime.clone(), Arc::clone(&self.host));
-        let task = runtime.spawn(async move {
+        let host = Arc::clone(&self.host);
+        let task = host.runtime().spawn(async move {
             let mut task = self;
             while task.run().await {
+                task.mailbox.release_room();
+                task.control.release_room();
                 let parking = Arc::clone(&task.parking);
                 match parking.park(task, Self::has_input, Self::start) {
                     Some(again) => task = again,
@@ -209,7 +215,7 @@ impl<A: Actor, H: Host> ObjectTask<A, H> {
     fn may_park(&self) -> bool {
         self.held
             || self.failed
-            || (self.replay.is_empty()
+            || (self.replay.is_none()
                 && (self.fresh
                     || (A::MESSAGE_DRIVEN
                         && !self.handled_since_capture
@@ -251,7 +257,7 @@ impl<A: Actor, H: Host> ObjectTask<A, H> {
                 }
                 continue;
             }
-            if let Some(envelope) = self.replay.pop_front() {
+            if let Some(envelope) = self.next_replayed() {
                 self.receive(envelope).await;
                 continue;
             }
@@ -387,6 +393,16 @@ impl<A: Actor, H: Host> ObjectTask<A, H> {
         let _ = active.writer.send(msg);
     }
 
+    /// The next redelivered message, if any; drops the replay queue once it is drained.
+    fn next_replayed(&mut self) -> Option<Envelope<A::Message>> {
+        let replay = self.replay.as_mut()?;
+        let next = replay.pop_front();
+        if replay.is_empty() {
+            self.replay = None;
+        }
+        next
+    }
+
     async fn receive(&mut self, envelope: Envelope<A::Message>) {
         self.fresh = false;
         self.begin_handling();
@@ -460,7 +476,7 @@ impl<A: Actor, H: Host> ObjectTask<A, H> {
         if order.discard {
             // Every message sent after the line is discarded.
             while self.mailbox.try_recv().is_ok() {}
-            self.replay.clear();
+            self.replay = None;
         }
         if let LineState::Restore { state, .. } = &order.state {
             self.object
@@ -485,7 +501,7 @@ impl<A: Actor, H: Host> ObjectTask<A, H> {
                 message,
             });
         }
-        self.replay = replay;
+        self.replay = (!replay.is_empty()).then(|| Box::new(replay));
         self.cut = order.cut;
         self.voted = None;
         // Trust "unchanged" only if the restored object reports the recorded generation.
@@ -499,7 +515,7 @@ impl<A: Actor, H: Host> ObjectTask<A, H> {
             A::MESSAGE_DRIVEN && order.state.in_line() && self.committed_generation.is_some();
         let (sent, received) = (self.cut.sent, self.cut.received);
         (self.host.tally()).restored(&self.id, &self.participation, clean, sent, received);
-        self.handled_since_capture = !self.replay.is_empty();
+        self.handled_since_capture = self.replay.is_some();
         if self.failed {
             self.failed = false;
             self.host.object_failed(&self.id, None);

@@ -242,6 +242,8 @@ pub(crate) struct Shared {
     pub(crate) colour_floor: AtomicU64,
     pub(crate) input: mpsc::UnboundedSender<Input>,
     pub(crate) metrics: Metrics,
+    /// The runtime the cohort was built on, which its objects' tasks run on.
+    runtime: tokio::runtime::Handle,
     pub(crate) health: watch::Sender<Health>,
     pub(crate) fail_points: FailPoints,
     pub(crate) paused: AtomicBool,
@@ -270,10 +272,8 @@ pub(crate) struct Slot {
     pub(crate) control: mailbox::Sender<Control>,
     /// Whether the coordinator may count the object in a round without waking it.
     pub(crate) participation: crate::participant::SharedParticipation,
-    /// A `mailbox::Sender<Envelope<A::Message>>`.
+    /// A `mailbox::Sender<Envelope<A::Message>>`, which also names `A` and its message type.
     mailbox: Arc<dyn mailbox::AnySender>,
-    type_name: &'static str,
-    message_type: &'static str,
 }
 
 impl Slot {
@@ -295,6 +295,10 @@ impl Host for Shared {
 
     fn tally(&self) -> &crate::participant::Tally {
         &self.tally
+    }
+
+    fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.runtime
     }
 
     fn object_failed(&self, object: &ObjectId, error: Option<&str>) {
@@ -329,7 +333,7 @@ impl Directory for Shared {
             .ok_or_else(|| Error::UnknownObject(id.clone()))?;
         Ok(Location::Local {
             mailbox: Arc::clone(&slot.mailbox),
-            message_type: slot.message_type,
+            message_type: slot.mailbox.message_type(),
         })
     }
 
@@ -552,6 +556,7 @@ impl Builder {
             colour_floor: AtomicU64::new(0),
             input,
             metrics: Metrics::default(),
+            runtime: tokio::runtime::Handle::current(),
             health: watch::Sender::new(Health::default()),
             fail_points: self.fail_points,
             paused: AtomicBool::new(self.paused),
@@ -631,9 +636,7 @@ impl Cohort {
             Slot {
                 control: control_tx,
                 participation,
-                mailbox: Arc::new(mailbox_tx.clone()),
-                type_name: type_name::<A>(),
-                message_type: type_name::<A::Message>(),
+                mailbox: crate::messaging::ObjectMailbox::<A>::of(mailbox_tx.clone()),
             },
         );
         drop(objects);
@@ -651,7 +654,7 @@ impl Cohort {
         let slot = objects
             .get(id)
             .ok_or_else(|| Error::UnknownObject(id.clone()))?;
-        local_address(id, slot.mailbox.as_any(), slot.message_type)
+        local_address(id, slot.mailbox.as_any(), slot.mailbox.message_type())
     }
 
     /// The ids of every member, sorted.
@@ -674,11 +677,11 @@ impl Cohort {
             let slot = objects
                 .get(id)
                 .ok_or_else(|| Error::UnknownObject(id.clone()))?;
-            if slot.type_name != type_name::<A>() {
+            if slot.mailbox.object_type() != type_name::<A>() {
                 return Err(Error::WrongType {
                     object: id.clone(),
                     requested: type_name::<A>(),
-                    actual: slot.type_name,
+                    actual: slot.mailbox.object_type(),
                 });
             }
             slot.control.clone()
