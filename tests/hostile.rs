@@ -4,7 +4,8 @@
 //! - crafted stores for every CLI command (in `tests/hostile_cli.rs`, which runs the binary);
 //! - damaged epoch records and leases against the leadership driver;
 //! - frames after the handshake, connection floods and hostile registrations against a
-//!   coordinator.
+//!   coordinator;
+//! - a coordinator's frames against a node.
 //!
 #![allow(
     clippy::disallowed_methods,
@@ -990,5 +991,124 @@ mod registrations {
             let _ = tokio::time::timeout(Duration::from_millis(200), status.changed()).await;
         }
         service.shutdown();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A hostile coordinator: frames a node must refuse without acting on them.
+
+mod coordinator_frames {
+    use std::time::Duration;
+
+    use cohort::CheckpointId;
+    use cohort::checkpoint::CheckpointStore;
+    use cohort::coordinator::engine::Round;
+    use cohort::coordinator::node::{Node, NodeStatus};
+    use cohort::coordinator::service::protocol::{CoordinatorFrame, NodeFrame};
+    use cohort::wire::{Connection, ListenConfig, Role};
+    use tokio::sync::mpsc;
+    use tokio_util::sync::CancellationToken;
+
+    type FromNode = Connection<NodeFrame, CoordinatorFrame>;
+
+    /// The next frame from the node other than a heartbeat; `None` once the node closed the
+    /// connection (or broke it).
+    async fn next(conn: &mut FromNode) -> Option<NodeFrame> {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(20), conn.recv()).await {
+                Err(_) => panic!("the node neither sent a frame nor closed the connection"),
+                Ok(Ok(Some(NodeFrame::Heartbeat))) => {}
+                Ok(Ok(frame)) => return frame,
+                Ok(Err(_)) => return None,
+            }
+        }
+    }
+
+    /// Accepts the node's next connection and answers its registration.
+    async fn welcome(accepted: &mut mpsc::UnboundedReceiver<FromNode>) -> FromNode {
+        let mut conn = tokio::time::timeout(Duration::from_secs(20), accepted.recv())
+            .await
+            .expect("the node did not connect")
+            .expect("the listener stopped");
+        match next(&mut conn).await {
+            Some(NodeFrame::Register { .. }) => {}
+            other => panic!("the node's first frame was not a registration: {other:?}"),
+        }
+        conn.send(&CoordinatorFrame::Welcome {
+            session: 7,
+            resumed: false,
+            heartbeat_ms: 50,
+            timeout_ms: 20_000,
+        })
+        .await
+        .unwrap();
+        conn
+    }
+
+    fn prepare(objects: Option<Vec<cohort::ObjectId>>) -> CoordinatorFrame {
+        CoordinatorFrame::Prepare {
+            id: CheckpointId::new(1),
+            round: Round(1),
+            token: "hostile".into(),
+            objects,
+        }
+    }
+
+    /// A `Prepare` that says "the same participants as last time" on a connection that never
+    /// listed any is a protocol error: the node must drop the connection and register again,
+    /// not prepare a guessed list (an empty one would vote for none of its objects).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_prepare_referring_to_a_list_never_sent_ends_the_connection() {
+        let mut listen = ListenConfig::new("127.0.0.1:0".parse().unwrap());
+        listen.role = Role::Coordinator;
+        listen.accept_roles = vec![Role::Node];
+        let listener = listen.bind().await.unwrap();
+        let addr = listener.local_addr();
+        let (tx, mut accepted) = mpsc::unbounded_channel();
+        let stop = CancellationToken::new();
+        tokio::spawn(cohort::wire::serve(
+            listener,
+            move |conn: FromNode, _stop| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(conn);
+                    Ok::<(), String>(())
+                }
+            },
+            stop.clone(),
+        ));
+        let node = Node::builder(CheckpointStore::memory())
+            .name("target")
+            .coordinators(vec![addr.to_string()])
+            .build()
+            .await
+            .unwrap();
+
+        // First, a list: the node prepares it (and says so) and keeps the connection.
+        let mut conn = welcome(&mut accepted).await;
+        conn.send(&prepare(Some(Vec::new()))).await.unwrap();
+        match next(&mut conn).await {
+            Some(NodeFrame::Votes { .. }) => {}
+            other => panic!("a listed prepare was not answered with votes: {other:?}"),
+        }
+        drop(conn);
+
+        // A new connection: "the same list" refers to nothing it carried.
+        let mut conn = welcome(&mut accepted).await;
+        let mut status = node.status();
+        status
+            .wait_for(|s| matches!(s, NodeStatus::Registered { sessions: 2, .. }))
+            .await
+            .unwrap();
+        conn.send(&prepare(None)).await.unwrap();
+        if let Some(frame) = next(&mut conn).await {
+            panic!(
+                "the node acted on a prepare without a list instead of dropping the connection: {frame:?}"
+            );
+        }
+        // And it comes back, registering again.
+        drop(welcome(&mut accepted).await);
+        node.shutdown();
+        stop.cancel();
     }
 }
