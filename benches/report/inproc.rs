@@ -407,7 +407,8 @@ impl Actor for Idle {
 
 /// `idle_object_overhead`: resident bytes per idle object beyond its 64-byte state, with
 /// 1,000,000 objects (taking 64-byte messages) spawned and checkpointed once (their line
-/// committed on the memory store), then left idle. Measured in a process of its own (this
+/// committed on the memory store), then left idle: read once every object handled the
+/// decision and parked. Measured in a process of its own (this
 /// binary re-executed with the `idle` role): in the report's process the figures before it
 /// leave freed pages that the objects would reuse, and the growth of resident memory would
 /// undercount them (951 B against 2,321 B alone, once).
@@ -457,10 +458,23 @@ async fn idle_object_bytes() -> anyhow::Result<f64> {
         .build()
         .await
         .context("starting the cohort")?;
+    let runtime = tokio::runtime::Handle::current().metrics();
+    let cohort_tasks = runtime.num_alive_tasks();
     for (i, data) in states.into_iter().enumerate() {
         cohort.spawn(ObjectId::indexed("idle", i as u64)?, Idle { data })?;
     }
     cohort.trigger().await.context("a checkpoint failed")?;
+    // Idle means done: the checkpoint returns while objects still handle its decision, each
+    // on a task of its own until it parks. Measured once they all have.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while runtime.num_alive_tasks() > cohort_tasks {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{} tasks still alive two minutes after the checkpoint",
+            runtime.num_alive_tasks()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let after = resident_bytes()?;
     cohort.shutdown().await;
     Ok(after.saturating_sub(before) as f64 / SCALE_OBJECTS as f64)
