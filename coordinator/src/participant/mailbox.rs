@@ -243,8 +243,14 @@ impl<T> Receiver<T> {
     }
 }
 
-/// What starts a parked task again.
-type Resume = Box<dyn FnOnce() + Send>;
+/// A task that can wait in a [`Parking`], boxed: parking moves the box in and resuming moves
+/// it out, so that a task is allocated once for its whole life rather than at every park (the
+/// allocations of a million parks, interleaved with the tasks ending around them, scattered
+/// the parked tasks over pages that stayed resident).
+pub(crate) trait Parked: Send + 'static {
+    /// Starts the task again, on the thread of the send that woke it.
+    fn resume(self: Box<Self>);
+}
 
 /// Where an object's task waits, without a tokio task, while it has nothing to do (see the
 /// [module docs](self)).
@@ -256,26 +262,25 @@ type Resume = Box<dyn FnOnce() + Send>;
 #[derive(Default)]
 pub(crate) struct Parking {
     parked: AtomicBool,
-    resume: Mutex<Option<Resume>>,
+    resume: Mutex<Option<Box<dyn Parked>>>,
 }
 
 impl Parking {
     /// Parks `task` unless `ready(&task)` (asked once the park is visible to senders) says
-    /// it has input: then gives it back to go on. A parked task is resumed as `resume(task)`,
-    /// on the thread of the send that wakes it.
-    pub(crate) fn park<T: Send + 'static>(
+    /// it has input: then gives it back to go on. A parked task is resumed by
+    /// [`Parked::resume`], on the thread of the send that wakes it.
+    pub(crate) fn park<T: Parked>(
         &self,
-        task: T,
+        task: Box<T>,
         ready: impl FnOnce(&T) -> bool,
-        resume: fn(T),
-    ) -> Option<T> {
+    ) -> Option<Box<T>> {
         let mut slot = self.resume.lock().unwrap_or_else(PoisonError::into_inner);
         self.parked.store(true, Ordering::SeqCst);
         if ready(&task) {
             self.parked.store(false, Ordering::SeqCst);
             return Some(task);
         }
-        *slot = Some(Box::new(move || resume(task)));
+        *slot = Some(task);
         None
     }
 
@@ -290,8 +295,8 @@ impl Parking {
             slot.take()
         };
         // Outside the lock: resuming spawns, and may drop what the task held.
-        if let Some(resume) = resume {
-            resume();
+        if let Some(task) = resume {
+            task.resume();
         }
     }
 
@@ -375,17 +380,17 @@ mod tests {
     #[test]
     fn a_sender_closing_the_queue_refuses_sends_and_wakes_the_parked_receiver() {
         static RESUMED: Mutex<Option<Receiver<u8>>> = Mutex::new(None);
+        struct Stash(Receiver<u8>);
+        impl Parked for Stash {
+            fn resume(self: Box<Self>) {
+                *RESUMED.lock().unwrap() = Some(self.0);
+            }
+        }
         let parking = Arc::new(Parking::default());
         let (tx, rx) = parked_channel::<u8>(&parking);
         let other = tx.clone();
         tx.send(1).unwrap();
-        let parked = parking.park(
-            rx,
-            |_| false,
-            |rx| {
-                *RESUMED.lock().unwrap() = Some(rx);
-            },
-        );
+        let parked = parking.park(Box::new(Stash(rx)), |_| false);
         assert!(parked.is_none() && parking.is_parked());
         tx.close();
         let mut rx = RESUMED
@@ -439,7 +444,7 @@ mod tests {
     }
 
     impl Drainer {
-        fn run(mut self) {
+        fn run(mut self: Box<Self>) {
             loop {
                 loop {
                     match self.rx.try_recv() {
@@ -451,14 +456,16 @@ mod tests {
                     }
                 }
                 let parking = Arc::clone(&self.parking);
-                match parking.park(self, |d| d.rx.ready(), Drainer::resume) {
+                match parking.park(self, |d| d.rx.ready()) {
                     Some(again) => self = again,
                     None => return,
                 }
             }
         }
+    }
 
-        fn resume(self) {
+    impl Parked for Drainer {
+        fn resume(self: Box<Self>) {
             std::thread::spawn(move || self.run());
         }
     }
@@ -473,11 +480,7 @@ mod tests {
             parking: Arc::clone(&parking),
             got: Arc::new(got_tx),
         };
-        assert!(
-            parking
-                .park(drainer, |d| d.rx.ready(), Drainer::resume)
-                .is_none()
-        );
+        assert!(parking.park(Box::new(drainer), |d| d.rx.ready()).is_none());
         assert!(parking.is_parked());
         // Each send may find the drainer running, parking, or parked: each must arrive.
         let senders: Vec<_> = (0..4u64)
@@ -527,7 +530,13 @@ mod tests {
         let parking = Parking::default();
         let (tx, rx) = parked_channel::<u8>(&Arc::new(Parking::default()));
         tx.send(1).unwrap();
-        let back = parking.park(rx, Receiver::ready, |_| unreachable!("not parked"));
+        struct Unreachable(Receiver<u8>);
+        impl Parked for Unreachable {
+            fn resume(self: Box<Self>) {
+                unreachable!("not parked")
+            }
+        }
+        let back = parking.park(Box::new(Unreachable(rx)), |task| task.0.ready());
         assert!(back.is_some());
         assert!(!parking.is_parked());
     }

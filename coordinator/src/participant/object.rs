@@ -100,6 +100,12 @@ pub(crate) struct RestoreOrder {
     pub(crate) discard: bool,
 }
 
+impl<A: Actor, H: Host> mailbox::Parked for ObjectTask<A, H> {
+    fn resume(self: Box<Self>) {
+        self.start();
+    }
+}
+
 pub(crate) struct ObjectTask<A: Actor, H: Host> {
     id: ObjectId,
     object: A,
@@ -179,13 +185,14 @@ impl<A: Actor, H: Host> ObjectTask<A, H> {
     pub(crate) fn launch(mut self, me: &Address<A::Message>) {
         self.object.on_start(me);
         let parking = Arc::clone(&self.parking);
-        if let Some(task) = parking.park(self, Self::has_input, Self::start) {
+        if let Some(task) = parking.park(Box::new(self), Self::has_input) {
             task.start();
         }
     }
 
     /// Runs the task on a tokio task until it ends, or until it has nothing to do and parks.
-    fn start(self) {
+    /// The task stays in the one box it was launched in, parked or running.
+    fn start(self: Box<Self>) {
         let host = Arc::clone(&self.host);
         let task = host.runtime().spawn(async move {
             let mut task = self;
@@ -193,7 +200,7 @@ impl<A: Actor, H: Host> ObjectTask<A, H> {
                 task.mailbox.release_room();
                 task.control.release_room();
                 let parking = Arc::clone(&task.parking);
-                match parking.park(task, Self::has_input, Self::start) {
+                match parking.park(task, Self::has_input) {
                     Some(again) => task = again,
                     None => return,
                 }
