@@ -239,6 +239,7 @@ impl<T: EngineTypes> Engine<T> {
         let Some(&(index, position)) = a.roster.index.get(&object) else {
             return;
         };
+        let (index, position) = (index as usize, position as usize);
         let (word, bit) = (index / 64, 1u64 << (index % 64));
         if a.voters.get(word).is_none_or(|w| w & bit != 0) {
             return;
