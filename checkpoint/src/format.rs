@@ -5,6 +5,7 @@
 use bytes::Bytes;
 use cohort_object_api::{CheckpointId, EncodedState, ObjectId, StateTag};
 
+use crate::compact;
 use crate::error::DamageKind;
 use crate::manifest::{
     DeltaBody, DeltaManifest, EpochLease, EpochRecord, Manifest, StoredManifest,
@@ -12,18 +13,24 @@ use crate::manifest::{
 
 /// The newest format version this build reads.
 ///
-/// Version 2 added delta manifests. Every blob is written with the oldest version that can hold
-/// it: segments, full manifests, epoch records and leases with version 1 (byte for byte as
-/// before), delta manifests with version 2, so that a build that knows only version 1 refuses a
-/// delta as written by a newer cohort rather than misreading it as a manifest of few objects.
-pub const FORMAT_VERSION: u16 = 2;
+/// Version 2 added delta manifests; versions 3 (full) and 4 (delta) are the compact manifest
+/// encoding (positional fields, segment keys and type names stored once in tables). Manifests
+/// are written as 3 or 4 and versions 1 and 2 are still read. Segments, epoch records and
+/// leases are still written with version 1 (byte for byte as before). A build reads every
+/// version up to its own and refuses a newer one as written by a newer cohort, so readers must
+/// be upgraded before writers.
+pub const FORMAT_VERSION: u16 = 4;
 
 /// The version segments are written with, and the newest segment version read.
 pub(crate) const SEGMENT_VERSION: u16 = 1;
-/// The version of a full manifest.
-pub(crate) const MANIFEST_FULL_VERSION: u16 = 1;
-/// The version of a delta manifest.
-pub(crate) const MANIFEST_DELTA_VERSION: u16 = 2;
+/// The version full manifests are written with (compact, `compact.rs`).
+pub(crate) const MANIFEST_FULL_VERSION: u16 = 3;
+/// The version delta manifests are written with (compact, `compact.rs`).
+pub(crate) const MANIFEST_DELTA_VERSION: u16 = 4;
+/// The first version of a full manifest: a msgpack named map, still read.
+const NAMED_FULL_VERSION: u16 = 1;
+/// The first version of a delta manifest: a msgpack named map, still read.
+const NAMED_DELTA_VERSION: u16 = 2;
 /// The version epoch records and leases are written with, and the newest read.
 pub(crate) const RECORD_VERSION: u16 = 1;
 
@@ -269,15 +276,37 @@ pub(crate) enum FrameError {
 }
 
 fn encode_framed(magic: &[u8; 8], version: u16, id: u64, body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(FRAME_OVERHEAD + body.len());
+    let framed = encode_framed_with(magic, version, id, body.len(), |out| {
+        out.extend_from_slice(body);
+        Ok::<_, std::convert::Infallible>(())
+    });
+    match framed {
+        Ok(out) => out,
+        Err(never) => match never {},
+    }
+}
+
+/// Frames the body `write_body` appends, written straight into the blob (no copy of the body).
+/// `body_hint` is the expected body length.
+fn encode_framed_with<E>(
+    magic: &[u8; 8],
+    version: u16,
+    id: u64,
+    body_hint: usize,
+    write_body: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+) -> Result<Vec<u8>, E> {
+    const BODY_START: usize = 26;
+    let mut out = Vec::with_capacity(FRAME_OVERHEAD.saturating_add(body_hint));
     out.extend_from_slice(magic);
     out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(&id.to_le_bytes());
-    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    out.extend_from_slice(body);
+    out.extend_from_slice(&[0; 8]); // the body's length, once known
+    write_body(&mut out)?;
+    let body_len = (out.len() - BODY_START) as u64;
+    out[18..BODY_START].copy_from_slice(&body_len.to_le_bytes());
     let c = crc(&out);
     out.extend_from_slice(&c.to_le_bytes());
-    out
+    Ok(out)
 }
 
 /// Checks a framed blob; returns its format version and body. `supported` is the newest version
@@ -351,10 +380,11 @@ pub(crate) fn claims_newer_manifest(head: &[u8]) -> bool {
         && u16_at(head, 8).is_some_and(|v| v > FORMAT_VERSION)
 }
 
-/// Whether the first bytes of a blob are a whole manifest's header (format version 1).
+/// Whether the first bytes of a blob are a whole manifest's header (format version 1 or 3).
 /// Unchecked by any crc.
 pub(crate) fn is_full_manifest_header(head: &[u8]) -> bool {
-    head.get(0..8) == Some(&MANIFEST_MAGIC[..]) && u16_at(head, 8) == Some(MANIFEST_FULL_VERSION)
+    head.get(0..8) == Some(&MANIFEST_MAGIC[..])
+        && u16_at(head, 8).is_some_and(|v| v == NAMED_FULL_VERSION || v == MANIFEST_FULL_VERSION)
 }
 
 /// The crc32 trailer of a framed blob (valid once the blob decoded).
@@ -366,26 +396,56 @@ pub(crate) fn frame_crc(bytes: &[u8]) -> u32 {
         .unwrap_or_default()
 }
 
-/// Encodes a full manifest blob (format version 1).
+/// The expected encoded size of an entry, to size a manifest blob up front.
+const ENTRY_HINT: usize = 48;
+
+/// The expected body length of a manifest of `entries` entries and `metadata`.
+fn body_hint(entries: usize, metadata: &std::collections::BTreeMap<String, Vec<u8>>) -> usize {
+    (metadata.iter())
+        .map(|(k, v)| k.len().saturating_add(v.len()))
+        .fold(entries.saturating_mul(ENTRY_HINT), usize::saturating_add)
+}
+
+/// Encodes a full manifest blob (format version 3).
 pub(crate) fn encode_manifest(m: &Manifest) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+    let hint = body_hint(m.objects.len() + m.in_transit.len(), &m.metadata);
+    encode_framed_with(
+        MANIFEST_MAGIC,
+        MANIFEST_FULL_VERSION,
+        m.id.get(),
+        hint,
+        |out| compact::write_full(out, m),
+    )
+}
+
+/// Encodes a delta manifest blob (format version 4).
+pub(crate) fn encode_delta(d: &DeltaBody<'_>) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+    let hint = body_hint(d.objects.0.len() + d.in_transit.len(), d.metadata);
+    encode_framed_with(
+        MANIFEST_MAGIC,
+        MANIFEST_DELTA_VERSION,
+        d.id.get(),
+        hint,
+        |out| compact::write_delta(out, d),
+    )
+}
+
+/// Encodes a full manifest blob as format version 1 wrote it, for tests of the old reader.
+#[cfg(test)]
+pub(crate) fn encode_manifest_v1(m: &Manifest) -> Result<Vec<u8>, rmp_serde::encode::Error> {
     let body = rmp_serde::to_vec_named(m)?;
     Ok(encode_framed(
         MANIFEST_MAGIC,
-        MANIFEST_FULL_VERSION,
+        NAMED_FULL_VERSION,
         m.id.get(),
         &body,
     ))
 }
 
-/// Encodes a delta manifest blob (format version 2).
-pub(crate) fn encode_delta(d: &DeltaBody<'_>) -> Result<Vec<u8>, rmp_serde::encode::Error> {
-    let body = rmp_serde::to_vec_named(d)?;
-    Ok(encode_framed(
-        MANIFEST_MAGIC,
-        MANIFEST_DELTA_VERSION,
-        d.id.get(),
-        &body,
-    ))
+/// Frames `body` as a manifest blob of format `version`, for tests of crafted bodies.
+#[cfg(test)]
+pub(crate) fn frame_manifest(version: u16, id: CheckpointId, body: &[u8]) -> Vec<u8> {
+    encode_framed(MANIFEST_MAGIC, version, id.get(), body)
 }
 
 /// Decodes a manifest blob read from the key of checkpoint `id`, as it is stored: whole, or as a
@@ -398,22 +458,38 @@ pub(crate) fn decode_manifest(
     let undecodable = |e: rmp_serde::decode::Error| {
         FrameError::Damaged(DamageKind::Undecodable(format!("manifest body: {e}")))
     };
-    let stored = if version >= MANIFEST_DELTA_VERSION {
-        let d: DeltaManifest = rmp_serde::from_slice(body).map_err(undecodable)?;
-        if d.base == CheckpointId::ZERO || d.base >= d.id {
-            return Err(FrameError::Damaged(DamageKind::HeaderMismatch(format!(
-                "delta manifest of checkpoint {} names base {}, which is not an earlier checkpoint",
-                d.id, d.base
-            ))));
-        }
-        let mut d: DeltaManifest = d;
-        crate::manifest::share_strings(d.objects.values_mut());
-        StoredManifest::Delta(d)
-    } else {
-        let mut m: Manifest = rmp_serde::from_slice(body).map_err(undecodable)?;
-        crate::manifest::share_strings(m.objects.values_mut());
-        StoredManifest::Full(m)
+    let compact_undecodable = |e: String| {
+        FrameError::Damaged(DamageKind::Undecodable(format!(
+            "manifest body (format version {version}): {e}"
+        )))
     };
+    let stored = match version {
+        MANIFEST_FULL_VERSION => {
+            StoredManifest::Full(compact::decode_full(body).map_err(compact_undecodable)?)
+        }
+        MANIFEST_DELTA_VERSION => {
+            StoredManifest::Delta(compact::decode_delta(body).map_err(compact_undecodable)?)
+        }
+        NAMED_DELTA_VERSION => {
+            let mut d: DeltaManifest = rmp_serde::from_slice(body).map_err(undecodable)?;
+            crate::manifest::share_strings(d.objects.values_mut());
+            StoredManifest::Delta(d)
+        }
+        // Version 1, and 0 (never written) as version 1 always read it.
+        _ => {
+            let mut m: Manifest = rmp_serde::from_slice(body).map_err(undecodable)?;
+            crate::manifest::share_strings(m.objects.values_mut());
+            StoredManifest::Full(m)
+        }
+    };
+    if let StoredManifest::Delta(d) = &stored
+        && (d.base == CheckpointId::ZERO || d.base >= d.id)
+    {
+        return Err(FrameError::Damaged(DamageKind::HeaderMismatch(format!(
+            "delta manifest of checkpoint {} names base {}, which is not an earlier checkpoint",
+            d.id, d.base
+        ))));
+    }
     if stored.id() != id {
         return Err(FrameError::Damaged(DamageKind::HeaderMismatch(format!(
             "manifest body says checkpoint {}, its key says {id}",

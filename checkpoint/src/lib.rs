@@ -11,6 +11,7 @@
 //!
 //! See [`CheckpointStore`] for an example.
 
+mod compact;
 mod delta;
 mod error;
 mod format;

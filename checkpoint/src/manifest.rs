@@ -88,8 +88,9 @@ pub enum ManifestKind {
     Fence,
 }
 
-/// Makes equal type names and segment keys of `entries` one shared string each: a decoded
-/// manifest allocates them per entry, and a million entries of a few segments and types would
+/// Makes equal type names and segment keys of `entries` one shared string each: a manifest
+/// decoded from format version 1 or 2 allocates them per entry (versions 3 and 4 share them
+/// through their tables), and a million entries of a few segments and types would
 /// hold a million copies.
 pub(crate) fn share_strings<'a>(entries: impl Iterator<Item = &'a mut ObjectEntry>) {
     let mut seen: std::collections::HashSet<Arc<str>> = std::collections::HashSet::new();
@@ -170,10 +171,10 @@ pub struct InTransitEntry {
 }
 
 /// A manifest as it is stored: whole, or as a delta against a full base manifest (format
-/// version 2; see `delta.rs`). Readers resolve a delta before anyone else sees it.
+/// version 2 or 4; see `delta.rs`). Readers resolve a delta before anyone else sees it.
 #[derive(Debug)]
 pub(crate) enum StoredManifest {
-    /// A full manifest (format version 1).
+    /// A full manifest (format version 1 or 3).
     Full(Manifest),
     /// A delta against the full manifest of checkpoint `base`.
     Delta(DeltaManifest),
@@ -243,7 +244,6 @@ pub(crate) struct DeltaManifest {
 
 /// The body of a delta manifest, to encode: [`DeltaManifest`]'s fields, borrowed from the full
 /// manifest being committed and its base, so that encoding copies nothing.
-#[derive(Serialize)]
 pub(crate) struct DeltaBody<'a> {
     pub(crate) id: CheckpointId,
     pub(crate) epoch: u64,
@@ -256,25 +256,11 @@ pub(crate) struct DeltaBody<'a> {
     pub(crate) objects: EntryMap<'a>,
     pub(crate) removed: Vec<&'a ObjectId>,
     pub(crate) in_transit: &'a [InTransitEntry],
-    #[serde(serialize_with = "bytes_map_ref")]
     pub(crate) metadata: &'a BTreeMap<String, Vec<u8>>,
 }
 
-/// Object entries in ascending id order, encoded as a map.
+/// Object entries in ascending id order.
 pub(crate) struct EntryMap<'a>(pub(crate) Vec<(&'a ObjectId, &'a ObjectEntry)>);
-
-impl Serialize for EntryMap<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_map(self.0.iter().copied())
-    }
-}
-
-fn bytes_map_ref<S: serde::Serializer>(
-    map: &&BTreeMap<String, Vec<u8>>,
-    s: S,
-) -> Result<S::Ok, S::Error> {
-    bytes_map::serialize(map, s)
-}
 
 /// The record of one coordinator epoch, created create-only at `epochs/<epoch>`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -339,7 +325,7 @@ impl EpochState {
 
 /// Serializes `BTreeMap<String, Vec<u8>>` with msgpack `bin` values rather than arrays of
 /// integers.
-mod bytes_map {
+pub(crate) mod bytes_map {
     use std::collections::BTreeMap;
     use std::fmt;
 
@@ -355,7 +341,7 @@ mod bytes_map {
         }
     }
 
-    pub(super) fn serialize<S: Serializer>(
+    pub(crate) fn serialize<S: Serializer>(
         map: &BTreeMap<String, Vec<u8>>,
         s: S,
     ) -> Result<S::Ok, S::Error> {
@@ -391,7 +377,7 @@ mod bytes_map {
         }
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
         d: D,
     ) -> Result<BTreeMap<String, Vec<u8>>, D::Error> {
         struct M;
@@ -436,11 +422,18 @@ mod tests {
             };
             m.objects.insert(ObjectId::indexed("o", i).unwrap(), entry);
         }
-        let bytes = format::encode_manifest(&m).unwrap();
-        let Ok(StoredManifest::Full(read)) = format::decode_manifest(&bytes, m.id) else {
-            panic!("not decoded as a full manifest");
-        };
-        assert_eq!(read, m);
+        // Format version 1 through `share_strings`, 3 through its tables.
+        for encode in [format::encode_manifest_v1, format::encode_manifest] {
+            let bytes = encode(&m).unwrap();
+            let Ok(StoredManifest::Full(read)) = format::decode_manifest(&bytes, m.id) else {
+                panic!("not decoded as a full manifest");
+            };
+            assert_eq!(read, m);
+            assert_shared(&read);
+        }
+    }
+
+    fn assert_shared(read: &Manifest) {
         let entries: Vec<_> = read.objects.values().collect();
         for (i, a) in entries.iter().enumerate() {
             for b in &entries[i + 1..] {

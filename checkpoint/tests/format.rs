@@ -1,6 +1,6 @@
 //! The byte formats are pinned: insta snapshots (hex) of an encoded segment, a full manifest
-//! and a delta manifest, and checked-in stores written by format versions 1 and 2 that every
-//! later build must still read.
+//! and a delta manifest (format versions 3 and 4), and checked-in stores written by format
+//! versions 1, 2 and 3/4 that every later build must still read.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic in a test is a failed test
 
@@ -98,7 +98,7 @@ async fn encoded_segment_and_manifest_are_pinned() {
         .segment;
     insta::assert_snapshot!("segment_v1", hex(&raw(&store, segment).await));
     insta::assert_snapshot!(
-        "manifest_v1",
+        "manifest_v3",
         hex(&raw(&store, "manifests/00000000000000000001.manifest").await)
     );
 }
@@ -194,7 +194,7 @@ async fn encoded_delta_manifest_is_pinned() {
         Some(CheckpointId::new(1))
     );
     insta::assert_snapshot!(
-        "manifest_delta_v2",
+        "manifest_delta_v4",
         hex(&raw(&store, "manifests/00000000000000000002.manifest").await)
     );
 }
@@ -219,6 +219,65 @@ async fn commit_shared_stores_what_commit_stores() {
     ] {
         assert_eq!(raw(&plain, key).await, raw(&shared, key).await, "{key}");
     }
+}
+
+/// Reads the checked-in store written by format versions 3 and 4 (the compact manifests): a
+/// full manifest and a delta of it, the same checkpoints as the v2 store.
+#[tokio::test]
+async fn reads_the_checked_in_v3_store() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v3");
+    if std::env::var_os("COHORT_REGENERATE_V3_FIXTURE").is_some() {
+        // Only for the first release of a format: a fixture is never rewritten afterwards.
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = CheckpointStore::open(dir.to_str().unwrap(), StoreOptions::default())
+            .await
+            .unwrap();
+        write_delta_sample(&store).await;
+    }
+    let store = CheckpointStore::open_read_only(dir.to_str().unwrap())
+        .await
+        .unwrap();
+    let (one, two) = (CheckpointId::new(1), CheckpointId::new(2));
+    for (id, version) in [(one, 3u16), (two, 4)] {
+        let blob = raw(&store, &format!("manifests/{}.manifest", id.padded())).await;
+        assert_eq!(blob[8..10], version.to_le_bytes(), "checkpoint {id}");
+    }
+    assert_eq!(store.manifest_base(one).await.unwrap(), None);
+    assert_eq!(store.manifest_base(two).await.unwrap(), Some(one));
+    // What was written then is what the sample writes now.
+    let (m1, m2) = write_delta_sample(&CheckpointStore::memory()).await;
+    assert_eq!(store.read_manifest(one).await.unwrap(), m1);
+    let line = store.recovery_line().await.unwrap().unwrap();
+    assert!(line.skipped.is_empty());
+    assert_eq!(line.manifest, m2);
+    #[derive(serde::Deserialize)]
+    struct AccountV2 {
+        balance: i64,
+    }
+    for (m, changed) in [(&m1, None), (&m2, Some(42))] {
+        let balances: BTreeMap<String, i64> = (store.read_states(m).await.unwrap().into_iter())
+            .map(|(o, s)| (o.to_string(), s.decode::<AccountV2>().unwrap().balance))
+            .collect();
+        let mut expected: BTreeMap<String, i64> = (0..DELTA_ACCOUNTS)
+            .map(|i| (account(i).to_string(), 100 + i as i64))
+            .collect();
+        if let Some(balance) = changed {
+            expected.remove(&account(15).to_string());
+            expected.insert(account(3).to_string(), balance);
+            expected.insert("account-new".into(), 7);
+        }
+        assert_eq!(balances, expected, "checkpoint {}", m.id);
+    }
+    let msgs = store.read_in_transit(&m2).await.unwrap();
+    assert_eq!(
+        (
+            msgs.len(),
+            msgs[0].0.seq,
+            msgs[0].1.decode::<i64>().unwrap()
+        ),
+        (1, 9, 5)
+    );
+    assert!(store.verify_all().await.unwrap().iter().all(|r| r.is_ok()));
 }
 
 /// Reads the checked-in store written by format version 2: a full manifest and a delta of it.

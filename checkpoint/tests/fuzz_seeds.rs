@@ -1,5 +1,6 @@
 //! The seeds of the store fuzz targets (`fuzz/seeds/{manifest,delta_manifest,segment,
-//! epoch_record}/`), made from the format fixtures and from blobs this build writes, and
+//! epoch_record}/`), made from the format fixtures (versions 1, 2 and 3/4) and from blobs this
+//! build writes, and
 //! checked to be current: a change of format that makes them stale fails here. Rewrite them
 //! with `COHORT_WRITE_FUZZ_SEEDS=1 cargo test -p cohort-checkpoint --test fuzz_seeds`.
 //!
@@ -58,6 +59,8 @@ async fn the_store_fuzz_seeds_are_current() {
     let full = fixture("v2/manifests/00000000000000000001.manifest");
     let delta = fixture("v2/manifests/00000000000000000002.manifest");
     let v1 = fixture("v1/manifests/00000000000000000001.manifest");
+    let full_v3 = fixture("v3/manifests/00000000000000000001.manifest");
+    let delta_v4 = fixture("v3/manifests/00000000000000000002.manifest");
     let segment = fixture("v2/segments/00000000000000000001/e1-r1/node-1-000000.seg");
     let channel = fixture("v2/segments/00000000000000000002/e1-r2/channel-000000.seg");
     let (record, lease) = epoch_blobs().await;
@@ -66,9 +69,16 @@ async fn the_store_fuzz_seeds_are_current() {
         ("manifest", "full-v2-repaired", seed(3, &full)),
         ("manifest", "full-v1", seed(0, &v1)),
         ("manifest", "delta-as-manifest", seed(3, &delta)),
+        ("manifest", "full-v3", seed(0, &full_v3)),
+        ("manifest", "full-v3-repaired", seed(3, &full_v3)),
+        ("manifest", "delta-v4-as-manifest", seed(3, &delta_v4)),
         ("delta_manifest", "delta", seed(0, &delta)),
         ("delta_manifest", "delta-repaired", seed(3, &delta)),
         ("delta_manifest", "full-as-delta", seed(3, &full)),
+        // Bit 2: against the format-3 fixture's base.
+        ("delta_manifest", "delta-v4", seed(4, &delta_v4)),
+        ("delta_manifest", "delta-v4-repaired", seed(7, &delta_v4)),
+        ("delta_manifest", "full-v3-as-delta", seed(7, &full_v3)),
         ("segment", "states", seed(0, &segment)),
         ("segment", "states-repaired", seed(7, &segment)),
         ("segment", "channel-in-transit", seed(15, &channel)),

@@ -3,8 +3,9 @@
 //! `verify`, `manifest_base`, `recovery_line`, a GC dry run, and the states.
 //!
 //! The first input byte picks the repairs: bit 0 sets the header's checkpoint id to 2, bit 1
-//! makes the body length field and the crc trailer agree with the bytes. Seeds (the fixture's
-//! delta, and others): `fuzz/seeds/delta_manifest/`.
+//! makes the body length field and the crc trailer agree with the bytes. Bit 2 makes manifest 1
+//! the format-3 fixture's (the base of its format-4 delta) instead of the format-2 one's. Seeds
+//! (the fixtures' deltas, and others): `fuzz/seeds/delta_manifest/`.
 
 #![no_main]
 
@@ -28,7 +29,15 @@ fuzz_target!(|data: &[u8]| {
     }
     common::block_on(async {
         let store = common::store();
-        common::load(&store, common::FIXTURE_V2, |k| !k.ends_with("02.manifest")).await;
+        let v3_base = mode & 4 != 0;
+        common::load(&store, common::FIXTURE_V2, |k| {
+            !k.ends_with("02.manifest") && !(v3_base && k.ends_with("01.manifest"))
+        })
+        .await;
+        if v3_base {
+            let base = common::FIXTURE_V3_BASE.to_vec();
+            common::put(&store, "manifests/00000000000000000001.manifest", base).await;
+        }
         common::put(&store, "manifests/00000000000000000002.manifest", blob).await;
         let id = CheckpointId::new(2);
         let read = store.read_manifest(id).await;

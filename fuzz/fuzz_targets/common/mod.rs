@@ -75,6 +75,12 @@ pub const FIXTURE_V2: &[(&str, &[u8])] = &[
     ),
 ];
 
+/// The full manifest of checkpoint 1 of the store written by format versions 3 and 4
+/// (`checkpoint/tests/fixtures/v3`): the base of that store's delta. The two stores hold the
+/// same checkpoints, so their segments are the same bytes (`FIXTURE_V2`'s).
+pub const FIXTURE_V3_BASE: &[u8] =
+    include_bytes!("../../../checkpoint/tests/fixtures/v3/manifests/00000000000000000001.manifest");
+
 /// Puts the blobs of `fixture` whose key `keep` accepts.
 pub async fn load(store: &CheckpointStore, fixture: &[(&str, &[u8])], keep: impl Fn(&str) -> bool) {
     for (key, bytes) in fixture {
