@@ -14,7 +14,9 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use tokio::sync::Notify;
+use std::task::Poll;
+
+use futures::task::AtomicWaker;
 pub(crate) use tokio::sync::mpsc::error::TryRecvError;
 
 /// A queue drained to empty keeps at most this much room; more is given back.
@@ -23,8 +25,9 @@ const KEEP_CAPACITY: usize = 16;
 struct Shared<T> {
     state: Mutex<State<T>>,
     senders: AtomicUsize,
-    /// Wakes the receiver: a message arrived, or the last sender left.
-    arrived: Notify,
+    /// Wakes the receiver: a message arrived, or the last sender left. One waker, since a
+    /// queue has one receiver (a `Notify` keeps a list of waiters: 8 bytes more a queue).
+    arrived: AtomicWaker,
     /// Where the receiver's task may be parked.
     parking: Option<Arc<Parking>>,
 }
@@ -60,7 +63,7 @@ fn channel_of<T>(parking: Option<Arc<Parking>>) -> (Sender<T>, Receiver<T>) {
             closed: false,
         }),
         senders: AtomicUsize::new(1),
-        arrived: Notify::new(),
+        arrived: AtomicWaker::new(),
         parking,
     });
     (
@@ -90,7 +93,7 @@ impl<T> Sender<T> {
             }
             state.queue.push_back(value);
         }
-        shared.arrived.notify_one();
+        shared.arrived.wake();
         if let Some(parking) = &shared.parking {
             parking.wake();
         }
@@ -108,7 +111,7 @@ impl<T> Sender<T> {
             std::mem::take(&mut state.queue)
         };
         drop(queued);
-        self.shared.arrived.notify_one();
+        self.shared.arrived.wake();
         if let Some(parking) = &self.shared.parking {
             parking.wake();
         }
@@ -177,7 +180,7 @@ impl<T> Clone for Sender<T> {
 impl<T> Drop for Sender<T> {
     fn drop(&mut self) {
         if self.shared.senders.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.shared.arrived.notify_one();
+            self.shared.arrived.wake();
             if let Some(parking) = &self.shared.parking {
                 parking.wake();
             }
@@ -211,13 +214,24 @@ impl<T> Receiver<T> {
     /// The next message; `None` once none is queued and none can come (every sender gone, or
     /// the queue closed). Cancel-safe: a message is taken only by the call that returns it.
     pub(crate) async fn recv(&mut self) -> Option<T> {
-        loop {
-            match self.try_recv() {
-                Ok(value) => return Some(value),
-                Err(TryRecvError::Disconnected) => return None,
-                // A send between the check and the wait leaves a permit: no wakeup is lost.
-                Err(TryRecvError::Empty) => self.shared.arrived.notified().await,
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(next) = self.poll_next() {
+                return Poll::Ready(next);
             }
+            // Registered before the second look: a send between the two wakes this waker, so
+            // no wakeup is lost.
+            self.shared.arrived.register(cx.waker());
+            self.poll_next()
+        })
+        .await
+    }
+
+    /// [`try_recv`](Self::try_recv) as a poll: pending while the queue is empty and open.
+    fn poll_next(&mut self) -> Poll<Option<T>> {
+        match self.try_recv() {
+            Ok(value) => Poll::Ready(Some(value)),
+            Err(TryRecvError::Disconnected) => Poll::Ready(None),
+            Err(TryRecvError::Empty) => Poll::Pending,
         }
     }
 
