@@ -103,8 +103,30 @@ async fn encoded_segment_and_manifest_are_pinned() {
     );
 }
 
-fn fixture_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1")
+/// The checked-in store `tests/fixtures/<name>`, opened read-only.
+async fn fixture_store(name: &str) -> CheckpointStore {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    CheckpointStore::open_read_only(dir.to_str().unwrap())
+        .await
+        .unwrap()
+}
+
+/// Writes the checked-in store of the format this build writes (`v3`) again with `write`, when
+/// `COHORT_REGENERATE_V3_FIXTURE` is set. Only for the first release of a format: a fixture is
+/// never rewritten afterwards, and the stores of older formats cannot be (this build writes
+/// only the newest).
+async fn regenerate_newest_fixture<F: Future>(write: impl FnOnce(CheckpointStore) -> F) {
+    if std::env::var_os("COHORT_REGENERATE_V3_FIXTURE").is_none() {
+        return;
+    }
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v3");
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = CheckpointStore::open(dir.to_str().unwrap(), StoreOptions::default())
+        .await
+        .unwrap();
+    write(store).await;
 }
 
 /// Accounts of the delta sample: one changed, one removed and one added is three of sixteen,
@@ -225,18 +247,11 @@ async fn commit_shared_stores_what_commit_stores() {
 /// full manifest and a delta of it, the same checkpoints as the v2 store.
 #[tokio::test]
 async fn reads_the_checked_in_v3_store() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v3");
-    if std::env::var_os("COHORT_REGENERATE_V3_FIXTURE").is_some() {
-        // Only for the first release of a format: a fixture is never rewritten afterwards.
-        let _ = std::fs::remove_dir_all(&dir);
-        let store = CheckpointStore::open(dir.to_str().unwrap(), StoreOptions::default())
-            .await
-            .unwrap();
+    regenerate_newest_fixture(|store| async move {
         write_delta_sample(&store).await;
-    }
-    let store = CheckpointStore::open_read_only(dir.to_str().unwrap())
-        .await
-        .unwrap();
+    })
+    .await;
+    let store = fixture_store("v3").await;
     let (one, two) = (CheckpointId::new(1), CheckpointId::new(2));
     for (id, version) in [(one, 3u16), (two, 4)] {
         let blob = raw(&store, &format!("manifests/{}.manifest", id.padded())).await;
@@ -283,18 +298,7 @@ async fn reads_the_checked_in_v3_store() {
 /// Reads the checked-in store written by format version 2: a full manifest and a delta of it.
 #[tokio::test]
 async fn reads_the_checked_in_v2_store() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v2");
-    if std::env::var_os("COHORT_REGENERATE_V2_FIXTURE").is_some() {
-        // Only for the first release of a format: a fixture is never rewritten afterwards.
-        let _ = std::fs::remove_dir_all(&dir);
-        let store = CheckpointStore::open(dir.to_str().unwrap(), StoreOptions::default())
-            .await
-            .unwrap();
-        write_delta_sample(&store).await;
-    }
-    let store = CheckpointStore::open_read_only(dir.to_str().unwrap())
-        .await
-        .unwrap();
+    let store = fixture_store("v2").await;
     let two = CheckpointId::new(2);
     assert_eq!(
         store.manifest_base(two).await.unwrap(),
@@ -343,18 +347,7 @@ async fn reads_the_checked_in_v2_store() {
 /// Reads the checked-in store written by format version 1.
 #[tokio::test]
 async fn reads_the_checked_in_v1_store() {
-    let dir = fixture_dir();
-    if std::env::var_os("COHORT_REGENERATE_V1_FIXTURE").is_some() {
-        // Only for the first release of a format: a fixture is never rewritten afterwards.
-        let _ = std::fs::remove_dir_all(&dir);
-        let store = CheckpointStore::open(dir.to_str().unwrap(), StoreOptions::default())
-            .await
-            .unwrap();
-        write_sample(&store).await;
-    }
-    let store = CheckpointStore::open_read_only(dir.to_str().unwrap())
-        .await
-        .unwrap();
+    let store = fixture_store("v1").await;
     assert_eq!(
         store.committed_ids().await.unwrap(),
         vec![CheckpointId::new(1)]
