@@ -73,39 +73,12 @@ pub(crate) struct Envelope<M> {
     pub(crate) message: M,
 }
 
-/// An object's mailbox as its host's table keeps it: the sender, its type erased, with the
-/// names of the object's and the message's types taken from the type rather than stored in
-/// every slot (a table of a million objects holds a million of these).
-pub(crate) struct ObjectMailbox<A: Actor> {
-    sender: mailbox::Sender<Envelope<A::Message>>,
-    _object: PhantomData<fn() -> A>,
-}
-
-impl<A: Actor> ObjectMailbox<A> {
-    /// `sender`, kept for an object of type `A`.
-    pub(crate) fn of(sender: mailbox::Sender<Envelope<A::Message>>) -> Arc<dyn mailbox::AnySender> {
-        Arc::new(Self {
-            sender,
-            _object: PhantomData,
-        })
-    }
-}
-
-impl<A: Actor> mailbox::AnySender for ObjectMailbox<A> {
-    fn as_any(&self) -> &(dyn Any + Send + Sync) {
-        &self.sender
-    }
-
-    fn close(&self) {
-        self.sender.close();
-    }
-
-    fn object_type(&self) -> &'static str {
-        type_name::<A>()
-    }
-
-    fn message_type(&self) -> &'static str {
-        type_name::<A::Message>()
+/// The names of `A` and of its message type, which an object's cell gives for errors and
+/// typed lookups (from its type, rather than stored in every cell).
+pub(crate) fn type_names<A: Actor>() -> mailbox::TypeNames {
+    mailbox::TypeNames {
+        object: type_name::<A>(),
+        message: type_name::<A::Message>(),
     }
 }
 
@@ -202,12 +175,8 @@ pub(crate) trait Directory: Send + Sync {
 
 /// Where a member lives, as a [`Directory`] says.
 pub(crate) enum Location {
-    /// A mailbox in this process: a `mailbox::Sender<Envelope<M>>` of the receiver's
-    /// message type `M`, named `message_type` for errors.
-    Local {
-        mailbox: Arc<dyn mailbox::AnySender>,
-        message_type: &'static str,
-    },
+    /// An object in this process: its cell, whose inbox takes envelopes of its message type.
+    Local(mailbox::Reference),
     /// Another process: the message's bytes go through this.
     Remote(RemoteSend),
 }
@@ -225,22 +194,20 @@ pub(crate) struct RemoteEnvelope {
     pub(crate) payload: Vec<u8>,
 }
 
-/// The address of `to`, a mailbox in this process holding an
-/// `mailbox::Sender<Envelope<M>>` if `to` takes messages of type `M`.
+/// The address of `to`, an object in this process, if it takes messages of type `M`.
 pub(crate) fn local_address<M: Send + 'static>(
     to: &ObjectId,
-    mailbox: &(dyn Any + Send + Sync),
-    message_type: &'static str,
+    cell: &mailbox::Reference,
 ) -> Result<Address<M>> {
-    match mailbox.downcast_ref::<mailbox::Sender<Envelope<M>>>() {
+    match cell.inbox::<Envelope<M>>() {
         Some(tx) => Ok(Address {
             to: to.clone(),
-            tx: Route::Local(tx.clone()),
+            tx: Route::Local(tx),
         }),
         None => Err(Error::WrongType {
             object: to.clone(),
             requested: type_name::<M>(),
-            actual: message_type,
+            actual: cell.message_type(),
         }),
     }
 }
@@ -251,10 +218,7 @@ pub(crate) fn address_at<M: Serialize + Send + 'static>(
     location: Location,
 ) -> Result<Address<M>> {
     match location {
-        Location::Local {
-            mailbox,
-            message_type,
-        } => local_address(to, mailbox.as_any(), message_type),
+        Location::Local(cell) => local_address(to, &cell),
         Location::Remote(send) => {
             let to = to.clone();
             let receiver = to.clone();

@@ -130,10 +130,9 @@ pub struct Node {
 }
 
 pub(crate) struct NodeSlot {
-    control: mailbox::Sender<Control>,
-    /// Whether the node may count the object in a round without waking it.
-    participation: crate::participant::SharedParticipation,
-    mailbox: Arc<dyn mailbox::AnySender>,
+    /// The object's cell: its queues, and whether the node may count it in a round without
+    /// waking it.
+    cell: mailbox::Handle,
     /// Decodes a peer frame's payload and queues it in the mailbox.
     deliver: Box<dyn Fn(PeerFrame) -> std::result::Result<(), String> + Send + Sync>,
     /// The incarnation of the last restore that ordered this object (0: none yet).
@@ -264,10 +263,7 @@ impl Directory for NodeShared {
     /// A local mailbox, or a link to the node the placement table names.
     fn locate(&self, id: &ObjectId) -> Result<Location> {
         if let Some(slot) = read(&self.objects).get(id) {
-            return Ok(Location::Local {
-                mailbox: Arc::clone(&slot.mailbox),
-                message_type: slot.mailbox.message_type(),
-            });
+            return Ok(Location::Local(slot.cell.reference()));
         }
         if !read(&self.placement).objects.contains_key(id) {
             return Err(Error::UnknownObject(id.clone()));
@@ -449,7 +445,7 @@ impl NodeShared {
 
     async fn hold_all(&self) -> HeldObjects {
         let applied = self.applied.get();
-        let acks = HeldObjects::hold(read(&self.objects).iter().map(|(id, s)| (id, &s.control)));
+        let acks = HeldObjects::hold(read(&self.objects).iter().map(|(id, s)| (id, &*s.cell)));
         HeldObjects::collect(applied, acks).await
     }
 
@@ -459,7 +455,7 @@ impl NodeShared {
         self.held.store(false, Ordering::SeqCst);
         for slot in read(&self.objects).values() {
             if !slot.awaiting_restore.load(Ordering::SeqCst) {
-                let _ = slot.control.send(Control::Release);
+                let _ = slot.cell.send_control(Control::Release);
             }
         }
     }
@@ -476,7 +472,7 @@ impl NodeShared {
         for id in objects {
             if let Some(slot) = slots.remove(id) {
                 let (tx, rx) = tokio::sync::oneshot::channel();
-                if slot.control.send(Control::Stop(tx)).is_ok() {
+                if slot.cell.send_control(Control::Stop(tx)).is_ok() {
                     stopping.push(rx);
                 }
             }
@@ -677,8 +673,7 @@ impl Node {
         let objects = std::mem::take(&mut *write(&self.shared.objects));
         self.shared.tally.table_changed();
         for slot in objects.values() {
-            slot.mailbox.close();
-            slot.control.close();
+            slot.cell.close();
         }
     }
 }
@@ -891,10 +886,8 @@ fn spawn_object<A: Actor>(
     if objects.contains_key(&id) {
         return Err(Error::DuplicateObject(id));
     }
-    let parking = Arc::new(mailbox::Parking::default());
-    let (mailbox_tx, mailbox_rx) = mailbox::parked_channel::<Envelope<A::Message>>(&parking);
-    let (control_tx, control_rx) = mailbox::parked_channel(&parking);
-    let participation = crate::participant::participation(&control_tx);
+    let (cell, inbox, queues) =
+        mailbox::cell::<Envelope<A::Message>>(crate::messaging::type_names::<A>);
     let object_type = object.type_name();
     // Held until `restore_late` (or the node's release) lets it run: the node's last
     // restore may have looked at its objects before this one existed.
@@ -903,13 +896,10 @@ fn spawn_object<A: Actor>(
         object,
         Round(shared.colour_floor.load(Ordering::SeqCst)),
         true,
-        mailbox_rx,
-        control_rx,
+        queues,
         Arc::clone(shared),
-        Arc::clone(&participation),
-        parking,
     );
-    let deliver_tx = mailbox_tx.clone();
+    let deliver_tx = inbox.clone();
     let deliver = move |frame: PeerFrame| -> std::result::Result<(), String> {
         let message: A::Message =
             rmp_serde::from_slice(&frame.payload).map_err(|e| e.to_string())?;
@@ -925,9 +915,7 @@ fn spawn_object<A: Actor>(
     objects.insert(
         id.clone(),
         NodeSlot {
-            control: control_tx,
-            participation,
-            mailbox: crate::messaging::ObjectMailbox::<A>::of(mailbox_tx.clone()),
+            cell,
             deliver: Box::new(deliver),
             type_name: object_type,
             restored_in: Arc::new(AtomicU64::new(0)),
@@ -937,7 +925,7 @@ fn spawn_object<A: Actor>(
     drop(objects);
     let address = Address {
         to: id.clone(),
-        tx: Route::Local(mailbox_tx),
+        tx: Route::Local(inbox),
     };
     task.launch(&address);
     tokio::spawn(restore_late(Arc::clone(shared), id.clone()));
@@ -1031,7 +1019,7 @@ async fn restore_late(shared: Arc<NodeShared>, id: ObjectId) {
     let restored = guard.clone();
     let Some((control, restored_in, awaiting)) = read(&shared.objects).get(&id).map(|slot| {
         (
-            slot.control.clone(),
+            slot.cell.clone(),
             Arc::clone(&slot.restored_in),
             Arc::clone(&slot.awaiting_restore),
         )
@@ -1042,7 +1030,7 @@ async fn restore_late(shared: Arc<NodeShared>, id: ObjectId) {
         awaiting.store(false, Ordering::SeqCst);
         // Held with the whole node (a restore's `Release` is still to come), or on its own.
         if !shared.held.load(Ordering::SeqCst) {
-            let _ = control.send(Control::Release);
+            let _ = control.send_control(Control::Release);
         }
     };
     // No restore yet (the first one will order it), or the last one ordered it.
@@ -1075,7 +1063,10 @@ async fn restore_late(shared: Arc<NodeShared>, id: ObjectId) {
         return;
     }
     let (tx, rx) = tokio::sync::oneshot::channel();
-    if control.send(Control::Restore(Box::new(order), tx)).is_err() {
+    if control
+        .send_control(Control::Restore(Box::new(order), tx))
+        .is_err()
+    {
         return;
     }
     match rx.await {
@@ -1143,12 +1134,15 @@ async fn restore_objects(
         let order = states.order(id, colour, cohort_recovery);
         let Some(control) = read(&shared.objects).get(id).map(|slot| {
             slot.restored_in.store(incarnation, Ordering::SeqCst);
-            slot.control.clone()
+            slot.cell.clone()
         }) else {
             continue;
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
-        if control.send(Control::Restore(Box::new(order), tx)).is_ok() {
+        if control
+            .send_control(Control::Restore(Box::new(order), tx))
+            .is_ok()
+        {
             acks.push(rx);
         }
     }

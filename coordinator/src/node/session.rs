@@ -290,7 +290,7 @@ fn on_frame(
                             awaiting.push(object.clone());
                             return None;
                         }
-                        Some((object, slot.map(|slot| &slot.participation)))
+                        Some((object, slot.map(|slot| &*slot.cell)))
                     })
                 });
             let clean = scan.clean;
@@ -327,7 +327,9 @@ fn on_frame(
                 }
             }
             for asked in &asked {
-                let _ = asked.control.send(super::Control::Prepare { id, round });
+                let _ = asked
+                    .control
+                    .send_control(super::Control::Prepare { id, round });
             }
             if let Some(w) = shared.writer_for(round) {
                 for object in scan.missing {
@@ -377,7 +379,7 @@ fn on_frame(
                 shared.applied.set(Some(id));
             }
             for slot in read(&shared.objects).values() {
-                let _ = slot.control.send(super::Control::Decided {
+                let _ = slot.cell.send_control(super::Control::Decided {
                     id,
                     round,
                     committed,

@@ -10,8 +10,6 @@ pub(crate) mod object;
 pub(crate) mod restore;
 pub(crate) mod writer;
 
-use std::sync::Arc;
-
 use cohort_checkpoint::{InTransitEntry, ObjectEntry};
 use cohort_object_api::{CheckpointId, ObjectId};
 use tokio::sync::mpsc;
@@ -33,10 +31,8 @@ use writer::{WriterMsg, Written};
 /// for that record), and what it sends afterwards carries the new colour. The host's
 /// [`Tally`] lock orders the two: either the host counts the round first and the object adopts
 /// it, or the object stops being clean first, so it gets a prepare.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct Participation {
-    /// The object's control queue, for a prepare and its decision.
-    control: mailbox::SenderRef<object::Control>,
     clean: bool,
     sent: u64,
     received: u64,
@@ -51,21 +47,33 @@ pub(crate) struct Participation {
     counted_before: Round,
 }
 
-/// One object's [`Participation`], shared by its task and its host.
-pub(crate) type SharedParticipation = Arc<std::sync::Mutex<Participation>>;
+/// An object as its host's [`Tally`] reaches it: its [`Participation`], and a reference to
+/// its cell to keep among the dirty ones. Its task and its host's table both reach it.
+pub(crate) trait Reach {
+    /// The object's participation.
+    fn participation(&self) -> &std::sync::Mutex<Participation>;
+    /// A reference to the object's cell.
+    fn reference(&self) -> mailbox::Reference;
+}
 
-/// A new object's [`Participation`]: not clean, counted in no round. `control` is its
-/// control queue.
-pub(crate) fn participation(control: &mailbox::Sender<object::Control>) -> SharedParticipation {
-    Arc::new(std::sync::Mutex::new(Participation {
-        control: control.reference(),
-        clean: false,
-        sent: 0,
-        received: 0,
-        clean_since: 0,
-        tallied: 0,
-        counted_before: Round::default(),
-    }))
+impl Reach for mailbox::Reference {
+    fn participation(&self) -> &std::sync::Mutex<Participation> {
+        mailbox::Reference::participation(self)
+    }
+
+    fn reference(&self) -> mailbox::Reference {
+        self.clone()
+    }
+}
+
+impl<T: Send + 'static> Reach for mailbox::Receiver<T> {
+    fn participation(&self) -> &std::sync::Mutex<Participation> {
+        mailbox::Receiver::participation(self)
+    }
+
+    fn reference(&self) -> mailbox::Reference {
+        mailbox::Receiver::reference(self)
+    }
 }
 
 /// A host's clean objects, counted as they change, so that a prepare costs the host its
@@ -96,10 +104,10 @@ struct TallyState {
     balance: i128,
     /// The host's objects that are not clean, since the last [`Tally::scan_all`] (may name
     /// objects no longer hosted).
-    dirty: std::collections::HashMap<ObjectId, mailbox::SenderRef<object::Control>>,
+    dirty: std::collections::HashMap<ObjectId, mailbox::Reference>,
     /// The objects the last [`Tally::scan_all`] saw: the next one keeps the round the scans
     /// counted them in for those it no longer sees.
-    members: Vec<SharedParticipation>,
+    members: Vec<mailbox::Reference>,
     /// The table version at which the last [`Tally::scan_all`] found the table holding exactly
     /// the participants: while it stands, and the participants are the same, [`Tally::scan`]
     /// needs no full scan.
@@ -130,16 +138,12 @@ impl Tally {
 
     /// Before `object` handles anything: it stops being clean. Returns the round it must
     /// adopt as its colour, if the host counted it in one without waking it.
-    pub(crate) fn begin_handling(
-        &self,
-        object: &ObjectId,
-        participation: &SharedParticipation,
-    ) -> Option<Round> {
-        if !lock(participation).clean {
+    pub(crate) fn begin_handling(&self, object: &ObjectId, cell: &impl Reach) -> Option<Round> {
+        if !lock(cell.participation()).clean {
             return None; // the common case, without the host's lock
         }
         let mut t = lock(&self.state);
-        let mut p = lock(participation);
+        let mut p = lock(cell.participation());
         if !p.clean {
             return None;
         }
@@ -149,7 +153,7 @@ impl Tally {
         if p.tallied == t.rebuilds {
             t.clean -= 1;
             t.balance -= i128::from(p.sent) - i128::from(p.received);
-            t.dirty.insert(object.clone(), p.control.clone());
+            t.dirty.insert(object.clone(), cell.reference());
             // Every scan since the last scan_all counted it while it was clean.
             if t.scans > p.clean_since {
                 counted = counted.max(t.last_round);
@@ -162,14 +166,8 @@ impl Tally {
     /// The rounds it was counted in while it was already clean still stand: a decision that
     /// reaches an object after the next scan counted it must not erase that count, or the
     /// object would handle a message sent before its sender's cut as if sent after it.
-    pub(crate) fn committed(
-        &self,
-        object: &ObjectId,
-        participation: &SharedParticipation,
-        sent: u64,
-        received: u64,
-    ) {
-        self.set(object, participation, true, sent, received, false);
+    pub(crate) fn committed(&self, object: &ObjectId, cell: &impl Reach, sent: u64, received: u64) {
+        self.set(object, cell, true, sent, received, false);
     }
 
     /// `object` was restored to its entry in a line (`clean`), or not: as its colour is the
@@ -177,25 +175,25 @@ impl Tally {
     pub(crate) fn restored(
         &self,
         object: &ObjectId,
-        participation: &SharedParticipation,
+        cell: &impl Reach,
         clean: bool,
         sent: u64,
         received: u64,
     ) {
-        self.set(object, participation, clean, sent, received, true);
+        self.set(object, cell, clean, sent, received, true);
     }
 
     fn set(
         &self,
         object: &ObjectId,
-        participation: &SharedParticipation,
+        cell: &impl Reach,
         clean: bool,
         sent: u64,
         received: u64,
         forget_counts: bool,
     ) {
         let mut t = lock(&self.state);
-        let mut p = lock(participation);
+        let mut p = lock(cell.participation());
         if p.tallied == t.rebuilds {
             if p.clean {
                 t.clean -= 1;
@@ -208,12 +206,11 @@ impl Tally {
                     t.give_back_room();
                 }
             } else {
-                t.dirty.insert(object.clone(), p.control.clone());
+                t.dirty.insert(object.clone(), cell.reference());
             }
         }
         let keep = p.clean && clean && !forget_counts;
         *p = Participation {
-            control: p.control.clone(),
             clean,
             sent,
             received,
@@ -242,7 +239,7 @@ impl Tally {
         slots: impl FnOnce() -> I,
     ) -> Scan
     where
-        I: Iterator<Item = (&'a ObjectId, Option<&'a SharedParticipation>)>,
+        I: Iterator<Item = (&'a ObjectId, Option<&'a mailbox::Reference>)>,
     {
         let version = self.table_version();
         if same_participants && lock(&self.state).exact_at == Some(version) {
@@ -261,7 +258,7 @@ impl Tally {
     pub(crate) fn scan_all<'a>(
         &self,
         round: Round,
-        slots: impl Iterator<Item = (&'a ObjectId, Option<&'a SharedParticipation>)>,
+        slots: impl Iterator<Item = (&'a ObjectId, Option<&'a mailbox::Reference>)>,
     ) -> Scan {
         let mut t = lock(&self.state);
         let before = (t.scans, t.rebuilds, t.last_round);
@@ -272,13 +269,13 @@ impl Tally {
         t.dirty.clear();
         let mut scan = Scan::default();
         let mut members_seen = 0;
-        for (object, participation) in slots {
-            let Some(participation) = participation else {
+        for (object, cell) in slots {
+            let Some(cell) = cell else {
                 scan.missing.push(object.clone());
                 continue;
             };
-            t.members.push(Arc::clone(participation));
-            let mut p = lock(participation);
+            t.members.push(cell.clone());
+            let mut p = lock(cell.participation());
             // A clean member seen again is counted in this round, newer than any before.
             members_seen += usize::from(p.tallied == before.1);
             p.tallied = t.rebuilds;
@@ -286,10 +283,10 @@ impl Tally {
                 scan.clean.objects += 1;
                 scan.clean.balance += i128::from(p.sent) - i128::from(p.received);
             } else {
-                t.dirty.insert(object.clone(), p.control.clone());
+                t.dirty.insert(object.clone(), cell.clone());
                 scan.asked.push(Asked {
                     object: object.clone(),
-                    control: p.control.clone(),
+                    control: cell.clone(),
                 });
             }
         }
@@ -297,8 +294,8 @@ impl Tally {
         // see keep the newest of those rounds (a pass only when some left the participants).
         if members_seen < old_members.len() {
             let (scans, rebuilds, last_round) = before;
-            for participation in &old_members {
-                let mut p = lock(participation);
+            for cell in &old_members {
+                let mut p = lock(cell.participation());
                 if p.tallied == rebuilds && p.clean && scans > p.clean_since {
                     p.counted_before = p.counted_before.max(last_round);
                 }
@@ -353,7 +350,7 @@ pub(crate) struct Asked {
     /// Its id.
     pub(crate) object: ObjectId,
     /// Where its prepare, and the decision of the round, go.
-    pub(crate) control: mailbox::SenderRef<object::Control>,
+    pub(crate) control: mailbox::Reference,
 }
 
 /// The clean participants a host counted in a round without waking them: reported to the
@@ -463,21 +460,27 @@ mod tests {
 
     use super::*;
 
-    fn objects(n: usize) -> (Vec<ObjectId>, Vec<SharedParticipation>) {
+    fn objects(n: usize) -> (Vec<ObjectId>, Vec<mailbox::Reference>) {
         let ids: Vec<_> = (0..n)
             .map(|i| ObjectId::new(format!("o{i:03}")).unwrap())
             .collect();
-        let participations = (0..n)
-            .map(|_| participation(&mailbox::channel().0))
+        let cells = (0..n)
+            .map(|_| {
+                let names = || mailbox::TypeNames {
+                    object: "test",
+                    message: "()",
+                };
+                mailbox::cell::<()>(names).0.reference()
+            })
             .collect();
-        (ids, participations)
+        (ids, cells)
     }
 
     fn asked(scan: &Scan) -> Vec<ObjectId> {
         scan.asked.iter().map(|a| a.object.clone()).collect()
     }
 
-    fn scan_all(tally: &Tally, round: u64, ids: &[ObjectId], ps: &[SharedParticipation]) -> Scan {
+    fn scan_all(tally: &Tally, round: u64, ids: &[ObjectId], ps: &[mailbox::Reference]) -> Scan {
         tally.scan_all(Round(round), ids.iter().zip(ps.iter().map(Some)))
     }
 

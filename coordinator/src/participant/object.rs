@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 
 use super::mailbox;
 use super::writer::{Captured, WriterMsg};
-use super::{ActiveRound, Host, SharedParticipation};
+use super::{ActiveRound, Host};
 use crate::engine::{CutState, Receipt, Round};
 use crate::error::{Error, Result};
 use crate::messaging::Address;
@@ -124,37 +124,26 @@ pub(crate) struct ObjectTask<A: Actor, H: Host> {
         reason = "8 bytes in every parked object rather than a VecDeque's 32; the box exists only while replaying"
     )]
     replay: Option<Box<VecDeque<Envelope<A::Message>>>>,
-    mailbox: mailbox::Receiver<Envelope<A::Message>>,
-    control: mailbox::Receiver<Control>,
+    /// Its queues, its parking place, and what the host decides without waking it.
+    queues: mailbox::Receiver<Envelope<A::Message>>,
     host: Arc<H>,
-    /// Shared with the host: whether it may vote for this object without waking it.
-    participation: SharedParticipation,
     /// A message was handled since the last capture (the capture's state is no longer current).
     handled_since_capture: bool,
     /// Nothing woke it yet.
     fresh: bool,
     /// Told to stop: the task ends.
     stopped: bool,
-    /// Where the task waits while it has nothing to do.
-    parking: Arc<mailbox::Parking>,
 }
 
 impl<A: Actor, H: Host> ObjectTask<A, H> {
     /// A task for `object`, coloured `colour`, starting held if `held`.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "each is one piece of the task's wiring, named at both call sites"
-    )]
     pub(crate) fn new(
         id: ObjectId,
         object: A,
         colour: Round,
         held: bool,
-        mailbox: mailbox::Receiver<Envelope<A::Message>>,
-        control: mailbox::Receiver<Control>,
+        queues: mailbox::Receiver<Envelope<A::Message>>,
         host: Arc<H>,
-        participation: SharedParticipation,
-        parking: Arc<mailbox::Parking>,
     ) -> Self {
         Self {
             id,
@@ -168,14 +157,11 @@ impl<A: Actor, H: Host> ObjectTask<A, H> {
             held,
             failed: false,
             replay: None,
-            mailbox,
-            control,
+            queues,
             host,
-            participation,
             handled_since_capture: true,
             fresh: true,
             stopped: false,
-            parking,
         }
     }
 
@@ -184,8 +170,8 @@ impl<A: Actor, H: Host> ObjectTask<A, H> {
     /// tokio runtime, after the host registered it.
     pub(crate) fn launch(mut self, me: &Address<A::Message>) {
         self.object.on_start(me);
-        let parking = Arc::clone(&self.parking);
-        if let Some(task) = parking.park(Box::new(self), Self::has_input) {
+        let wants_messages = self.wants_messages();
+        if let Some(task) = self.queues.parking().park(Box::new(self), wants_messages) {
             task.start();
         }
     }
@@ -197,10 +183,9 @@ impl<A: Actor, H: Host> ObjectTask<A, H> {
         let task = host.runtime().spawn(async move {
             let mut task = self;
             while task.run().await {
-                task.mailbox.release_room();
-                task.control.release_room();
-                let parking = Arc::clone(&task.parking);
-                match parking.park(task, Self::has_input) {
+                task.queues.release_room();
+                let wants_messages = task.wants_messages();
+                match task.queues.parking().park(task, wants_messages) {
                     Some(again) => task = again,
                     None => return,
                 }
@@ -209,9 +194,10 @@ impl<A: Actor, H: Host> ObjectTask<A, H> {
         host.track(task.abort_handle());
     }
 
-    /// Whether the task would find something to do: what it waits for when it parks.
-    fn has_input(&self) -> bool {
-        self.control.ready() || (!self.held && !self.failed && self.mailbox.ready())
+    /// Whether a message gives the task something to do (a held or failed object waits for
+    /// control only): what resumes it when it parks, besides control.
+    fn wants_messages(&self) -> bool {
+        !self.held && !self.failed
     }
 
     /// Whether the task may park once it waits for input. A held or failed object only waits
@@ -232,10 +218,7 @@ impl<A: Actor, H: Host> ObjectTask<A, H> {
     /// Before handling anything: adopt a round the host counted this object in while it slept
     /// (its cut is its state now), and stop being clean.
     fn begin_handling(&mut self) {
-        let adopt = self
-            .host
-            .tally()
-            .begin_handling(&self.id, &self.participation);
+        let adopt = self.host.tally().begin_handling(&self.id, &self.queues);
         if let Some(round) = adopt.filter(|r| *r > self.cut.colour) {
             self.cut.captured(round);
         }
@@ -246,7 +229,7 @@ impl<A: Actor, H: Host> ObjectTask<A, H> {
     async fn run(&mut self) -> bool {
         while !self.stopped {
             // Control first: a prepare must not wait behind a long mailbox.
-            match self.control.try_recv() {
+            match self.queues.try_recv_control() {
                 Ok(c) => {
                     self.on_control(c).await;
                     continue;
@@ -255,10 +238,10 @@ impl<A: Actor, H: Host> ObjectTask<A, H> {
                 Err(mailbox::TryRecvError::Empty) => {}
             }
             if self.held || self.failed {
-                if !self.control.ready() {
+                if !self.queues.control_ready() {
                     return true;
                 }
-                match self.control.recv().await {
+                match self.queues.recv_control().await {
                     Some(c) => self.on_control(c).await,
                     None => return false,
                 }
@@ -268,19 +251,13 @@ impl<A: Actor, H: Host> ObjectTask<A, H> {
                 self.receive(envelope).await;
                 continue;
             }
-            if self.may_park() && !self.mailbox.ready() {
+            if self.may_park() && !self.queues.ready() {
                 return true;
             }
-            tokio::select! {
-                biased;
-                c = self.control.recv() => match c {
-                    Some(c) => self.on_control(c).await,
-                    None => return false,
-                },
-                m = self.mailbox.recv() => match m {
-                    Some(envelope) => self.receive(envelope).await,
-                    None => return false,
-                },
+            match self.queues.recv_any().await {
+                mailbox::Input::Control(Some(c)) => self.on_control(c).await,
+                mailbox::Input::Message(Some(envelope)) => self.receive(envelope).await,
+                mailbox::Input::Control(None) | mailbox::Input::Message(None) => return false,
             }
         }
         false
@@ -315,12 +292,7 @@ impl<A: Actor, H: Host> ObjectTask<A, H> {
                     // next rounds without waking it, until it handles something.
                     if A::MESSAGE_DRIVEN && generation.is_some() && !self.handled_since_capture {
                         let (sent, received) = (self.cut.sent, self.cut.received);
-                        (self.host.tally()).committed(
-                            &self.id,
-                            &self.participation,
-                            sent,
-                            received,
-                        );
+                        (self.host.tally()).committed(&self.id, &self.queues, sent, received);
                     }
                     self.object.on_committed(id).await;
                 } else {
@@ -340,7 +312,7 @@ impl<A: Actor, H: Host> ObjectTask<A, H> {
             }
             Control::Inspect(f) => f(&self.object),
             Control::Stop(ack) => {
-                self.mailbox.close();
+                self.queues.close();
                 self.stopped = true;
                 let _ = ack.send(());
             }
@@ -482,7 +454,7 @@ impl<A: Actor, H: Host> ObjectTask<A, H> {
     async fn restore(&mut self, order: RestoreOrder) -> Result<()> {
         if order.discard {
             // Every message sent after the line is discarded.
-            while self.mailbox.try_recv().is_ok() {}
+            while self.queues.try_recv().is_ok() {}
             self.replay = None;
         }
         if let LineState::Restore { state, .. } = &order.state {
@@ -521,7 +493,7 @@ impl<A: Actor, H: Host> ObjectTask<A, H> {
         let clean =
             A::MESSAGE_DRIVEN && order.state.in_line() && self.committed_generation.is_some();
         let (sent, received) = (self.cut.sent, self.cut.received);
-        (self.host.tally()).restored(&self.id, &self.participation, clean, sent, received);
+        (self.host.tally()).restored(&self.id, &self.queues, clean, sent, received);
         self.handled_since_capture = self.replay.is_some();
         if self.failed {
             self.failed = false;

@@ -62,14 +62,14 @@ impl HeldObjects {
     /// [`collect`](Self::collect). The one hold of both hosts (sent under their table's lock,
     /// collected after it).
     pub(crate) fn hold<'a>(
-        objects: impl IntoIterator<Item = (&'a ObjectId, &'a mailbox::Sender<Control>)>,
+        objects: impl IntoIterator<Item = (&'a ObjectId, &'a mailbox::Reference)>,
     ) -> Vec<(ObjectId, tokio::sync::oneshot::Receiver<Held>)> {
         objects
             .into_iter()
             .filter_map(|(id, control)| {
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 control
-                    .send(Control::Hold(tx))
+                    .send_control(Control::Hold(tx))
                     .ok()
                     .map(|()| (id.clone(), rx))
             })

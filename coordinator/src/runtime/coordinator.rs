@@ -64,7 +64,7 @@ pub(crate) struct LocalTransport {
     host: HostId,
     /// The control queues of the participants of the attempt in flight that were asked to
     /// prepare: they, and only they, hear its decision.
-    asked: Vec<mailbox::SenderRef<Control>>,
+    asked: Vec<mailbox::Reference>,
     /// The participants of the last prepare: a prepare with the same ones may count from the
     /// tally alone ([`participant::Tally::scan`]).
     roster: Option<ByHost>,
@@ -269,7 +269,7 @@ impl Transport for LocalTransport {
                 (self.roster.replace(Arc::clone(hosts))).is_some_and(|h| Arc::ptr_eq(&h, hosts));
             let scan = self.shared.tally.scan(round, same, objects.len(), || {
                 participant::sorted_lookup(participants, &objects)
-                    .map(|(p, slot)| (p, slot.map(|s| &s.participation)))
+                    .map(|(p, slot)| (p, slot.map(|s| &*s.cell)))
             });
             (scan.clean, scan.asked, scan.missing)
         };
@@ -295,7 +295,11 @@ impl Transport for LocalTransport {
         self.shared.track(handle.abort_handle());
         self.asked = Vec::with_capacity(asked.len());
         for (i, asked) in asked.into_iter().enumerate() {
-            if asked.control.send(Control::Prepare { id, round }).is_err() {
+            if asked
+                .control
+                .send_control(Control::Prepare { id, round })
+                .is_err()
+            {
                 missing.push(asked.object);
             }
             self.asked.push(asked.control);
@@ -354,7 +358,7 @@ impl Transport for LocalTransport {
         }
         // Only the objects asked to prepare voted themselves; the others slept through.
         for control in std::mem::take(&mut self.asked) {
-            let _ = control.send(Control::Decided {
+            let _ = control.send_control(Control::Decided {
                 id,
                 round,
                 committed,
@@ -483,7 +487,7 @@ impl LocalTransport {
                 .filter_map(|id| objects.remove(id))
                 .filter_map(|slot| {
                     let (tx, rx) = oneshot::channel();
-                    slot.control.send(Control::Stop(tx)).ok().map(|()| rx)
+                    slot.cell.send_control(Control::Stop(tx)).ok().map(|()| rx)
                 })
                 .collect()
         };
@@ -504,7 +508,7 @@ impl LocalTransport {
             };
             let (tx, rx) = oneshot::channel();
             if control
-                .send(Control::Restore(Box::new(restore), tx))
+                .send_control(Control::Restore(Box::new(restore), tx))
                 .is_err()
             {
                 return Err(Error::UnknownObject(object));

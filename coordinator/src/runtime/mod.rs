@@ -25,7 +25,9 @@ use tokio::task::AbortHandle;
 
 use crate::engine::{EngineTypes, Halt, RestartPolicy, Round};
 use crate::error::{Error, Result};
-use crate::messaging::{Actor, Address, Context, Directory, Envelope, Location, local_address};
+use crate::messaging::{
+    Actor, Address, Context, Directory, Envelope, Location, local_address, type_names,
+};
 
 use crate::failpoint::FailPoints;
 use crate::participant::metrics::{CheckpointStats, Metrics};
@@ -269,18 +271,15 @@ enum Stop {
 }
 
 pub(crate) struct Slot {
-    pub(crate) control: mailbox::Sender<Control>,
-    /// Whether the coordinator may count the object in a round without waking it.
-    pub(crate) participation: crate::participant::SharedParticipation,
-    /// A `mailbox::Sender<Envelope<A::Message>>`, which also names `A` and its message type.
-    mailbox: Arc<dyn mailbox::AnySender>,
+    /// The object's cell: its queues, and whether the coordinator may count it in a round
+    /// without waking it.
+    pub(crate) cell: mailbox::Handle,
 }
 
 impl Slot {
-    /// Closes the object's queues: see [`mailbox::Sender::close`].
+    /// Closes the object's queues: see [`mailbox::Handle::close`].
     fn close(&self) {
-        self.mailbox.close();
-        self.control.close();
+        self.cell.close();
     }
 }
 
@@ -331,10 +330,7 @@ impl Directory for Shared {
         let slot = objects
             .get(id)
             .ok_or_else(|| Error::UnknownObject(id.clone()))?;
-        Ok(Location::Local {
-            mailbox: Arc::clone(&slot.mailbox),
-            message_type: slot.mailbox.message_type(),
-        })
+        Ok(Location::Local(slot.cell.reference()))
     }
 
     fn as_any(&self) -> &dyn Any {
@@ -468,20 +464,20 @@ impl Shared {
     /// Holds every object; returns once each finished its current handler.
     pub(crate) async fn hold_all(&self) -> HeldObjects {
         let applied = self.applied.get();
-        let acks = HeldObjects::hold(read(&self.objects).iter().map(|(id, s)| (id, &s.control)));
+        let acks = HeldObjects::hold(read(&self.objects).iter().map(|(id, s)| (id, &*s.cell)));
         HeldObjects::collect(applied, acks).await
     }
 
     /// Lets every object handle messages again.
     pub(crate) fn release_all(&self) {
         for slot in read(&self.objects).values() {
-            let _ = slot.control.send(Control::Release);
+            let _ = slot.cell.send_control(Control::Release);
         }
     }
 
-    /// Object `id`'s control channel.
-    pub(crate) fn control(&self, id: &ObjectId) -> Option<mailbox::Sender<Control>> {
-        read(&self.objects).get(id).map(|s| s.control.clone())
+    /// Object `id`'s cell.
+    pub(crate) fn control(&self, id: &ObjectId) -> Option<mailbox::Handle> {
+        read(&self.objects).get(id).map(|s| s.cell.clone())
     }
 
     /// The cohort halted beyond its restart policy (`Some`), or a recovery ended that (`None`).
@@ -610,39 +606,26 @@ impl Cohort {
         if objects.contains_key(&id) {
             return Err(Error::DuplicateObject(id));
         }
-        let parking = Arc::new(mailbox::Parking::default());
-        let (mailbox_tx, mailbox_rx) = mailbox::parked_channel::<Envelope<A::Message>>(&parking);
-        let (control_tx, control_rx) = mailbox::parked_channel(&parking);
+        let (cell, inbox, queues) = mailbox::cell::<Envelope<A::Message>>(type_names::<A>);
         // The join reaches the engine before any message of the new object can be counted.
         shared
             .input
             .send(Input::Join(id.clone()))
             .map_err(|_| Error::COHORT_STOPPED)?;
         let colour = Round(shared.colour_floor.load(Ordering::SeqCst));
-        let participation = crate::participant::participation(&control_tx);
         let task = object::ObjectTask::new(
             id.clone(),
             object,
             colour,
             shared.paused.load(Ordering::SeqCst),
-            mailbox_rx,
-            control_rx,
+            queues,
             Arc::clone(shared),
-            Arc::clone(&participation),
-            parking,
         );
-        objects.insert(
-            id.clone(),
-            Slot {
-                control: control_tx,
-                participation,
-                mailbox: crate::messaging::ObjectMailbox::<A>::of(mailbox_tx.clone()),
-            },
-        );
+        objects.insert(id.clone(), Slot { cell });
         drop(objects);
         let address = Address {
             to: id,
-            tx: mailbox_tx.into(),
+            tx: inbox.into(),
         };
         task.launch(&address);
         Ok(address)
@@ -654,7 +637,7 @@ impl Cohort {
         let slot = objects
             .get(id)
             .ok_or_else(|| Error::UnknownObject(id.clone()))?;
-        local_address(id, slot.mailbox.as_any(), slot.mailbox.message_type())
+        local_address(id, &slot.cell)
     }
 
     /// The ids of every member, sorted.
@@ -677,14 +660,14 @@ impl Cohort {
             let slot = objects
                 .get(id)
                 .ok_or_else(|| Error::UnknownObject(id.clone()))?;
-            if slot.mailbox.object_type() != type_name::<A>() {
+            if slot.cell.object_type() != type_name::<A>() {
                 return Err(Error::WrongType {
                     object: id.clone(),
                     requested: type_name::<A>(),
-                    actual: slot.mailbox.object_type(),
+                    actual: slot.cell.object_type(),
                 });
             }
-            slot.control.clone()
+            slot.cell.clone()
         };
         let run: object::Inspector = Box::new(move |any: &dyn Any| {
             if let Some(object) = any.downcast_ref::<A>() {
@@ -692,7 +675,7 @@ impl Cohort {
             }
         });
         control
-            .send(Control::Inspect(run))
+            .send_control(Control::Inspect(run))
             .map_err(|_| Error::UnknownObject(id.clone()))?;
         rx.await.map_err(|_| {
             self.shared()
