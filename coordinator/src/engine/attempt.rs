@@ -185,7 +185,7 @@ impl<T: EngineTypes> Engine<T> {
         let takes_part = self
             .attempt
             .as_ref()
-            .is_some_and(|a| !a.is_creating() && a.roster.index.contains_key(object));
+            .is_some_and(|a| !a.is_creating() && a.roster.locate(object).is_some());
         if takes_part {
             self.abort(now_ms, AbortReason::MembershipChanged, out);
         }
@@ -236,10 +236,9 @@ impl<T: EngineTypes> Engine<T> {
         if a.round != round || a.stage != Stage::Voting {
             return;
         }
-        let Some(&(index, position)) = a.roster.index.get(&object) else {
+        let Some((index, position)) = a.roster.locate(&object) else {
             return;
         };
-        let (index, position) = (index as usize, position as usize);
         let (word, bit) = (index / 64, 1u64 << (index % 64));
         if a.voters.get(word).is_none_or(|w| w & bit != 0) {
             return;
