@@ -43,7 +43,7 @@ pub(crate) struct Attempt<'a> {
 pub(crate) fn build(
     attempt: Attempt<'_>,
     participants: &[ObjectId],
-    ballots: BTreeMap<ObjectId, Ballot<ObjectEntry>>,
+    ballots: Vec<(ObjectId, Ballot<ObjectEntry>)>,
     in_transit: Vec<InTransitEntry>,
     metadata: BTreeMap<String, Vec<u8>>,
 ) -> Result<(Manifest, Built), String> {
@@ -129,7 +129,7 @@ pub(crate) fn build(
 pub(crate) fn build_over(
     attempt: Attempt<'_>,
     mut manifest: Manifest,
-    ballots: BTreeMap<ObjectId, Ballot<ObjectEntry>>,
+    ballots: Vec<(ObjectId, Ballot<ObjectEntry>)>,
     in_transit: Vec<InTransitEntry>,
     metadata: BTreeMap<String, Vec<u8>>,
 ) -> Result<(Manifest, Built, Vec<ObjectId>), String> {
@@ -266,8 +266,9 @@ mod tests {
         ids: &[ObjectId],
         spec: &Ballots,
         round: u64,
-    ) -> BTreeMap<ObjectId, Ballot<ObjectEntry>> {
-        ids.iter()
+    ) -> Vec<(ObjectId, Ballot<ObjectEntry>)> {
+        let mut ballots: Vec<_> = ids
+            .iter()
             .zip(spec)
             .filter_map(|(id, b)| {
                 let (written, sent, received) = (*b)?;
@@ -285,7 +286,10 @@ mod tests {
                     },
                 ))
             })
-            .collect()
+            .collect();
+        // As the engine hands them over: ascending by id.
+        ballots.sort_by(|a, b| a.0.cmp(&b.0));
+        ballots
     }
 
     proptest! {

@@ -493,7 +493,7 @@ impl<X: Transport> Core<X> {
         id: CheckpointId,
         round: Round,
         participants: Arc<[ObjectId]>,
-        ballots: BTreeMap<ObjectId, crate::engine::Ballot<ObjectEntry>>,
+        ballots: Vec<(ObjectId, crate::engine::Ballot<ObjectEntry>)>,
         in_transit: Vec<InTransitEntry>,
         retired: BTreeMap<ObjectId, (u64, u64)>,
     ) -> std::result::Result<CommitOutcome, Crash> {

@@ -738,9 +738,11 @@ pub enum Command<T: EngineTypes> {
         round: Round,
         /// Every participant, ascending.
         participants: Arc<[ObjectId]>,
-        /// The ballot of every participant that voted itself; the others were counted clean
-        /// ([`Event::Clean`]): their entries and counters are the previous line's.
-        ballots: BTreeMap<ObjectId, Ballot<T::Entry>>,
+        /// The ballot of every participant that voted itself, ascending by id, one each; the
+        /// others were counted clean ([`Event::Clean`]): their entries and counters are the
+        /// previous line's. A list rather than a map: the commit reads it once, in order, and
+        /// a map of a million ballots is a million small allocations made and freed per line.
+        ballots: Vec<(ObjectId, Ballot<T::Entry>)>,
         /// Every recorded in-transit message.
         in_transit: Vec<T::InTransit>,
         /// The counters of removed objects, (sent, received), recorded in every line (with

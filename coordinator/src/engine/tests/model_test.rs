@@ -318,7 +318,12 @@ fn check(model: &mut Model, epoch: u64, out: &[Command<T>]) -> Result<(), TestCa
                     .ok_or_else(|| TestCaseError::fail("commit without attempt"))?;
                 prop_assert_eq!((id.get(), round.0), (a.id, a.round));
                 prop_assert!(!a.commit_requested, "commit requested twice");
-                let keys: BTreeSet<_> = ballots.keys().cloned().collect();
+                let keys: BTreeSet<_> = ballots.iter().map(|(k, _)| k.clone()).collect();
+                prop_assert_eq!(keys.len(), ballots.len(), "one ballot per object");
+                prop_assert!(
+                    ballots.windows(2).all(|w| w[0].0 < w[1].0),
+                    "ballots ascending by id"
+                );
                 prop_assert!(
                     keys.is_subset(&a.participants),
                     "ballots of objects that are not participants"

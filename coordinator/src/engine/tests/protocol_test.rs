@@ -1,7 +1,5 @@
 //! One attempt: prepare, votes, channel state, seal, commit, decide, abort.
 
-use std::collections::BTreeMap;
-
 use super::*;
 
 #[test]
@@ -11,7 +9,7 @@ fn trigger_prepare_vote_commit_decide_reply() {
 
     assert_eq!(vote(&mut e, 11, 1, 0, yes(100, 0, 0)), vec![]);
     let out = vote(&mut e, 12, 1, 1, yes(101, 0, 0));
-    let ballots: BTreeMap<_, _> = [
+    let ballots = vec![
         (
             obj(0),
             Ballot {
@@ -28,8 +26,7 @@ fn trigger_prepare_vote_commit_decide_reply() {
                 received: 0,
             },
         ),
-    ]
-    .into();
+    ];
     assert_eq!(
         out,
         vec![Command::Commit {
@@ -539,15 +536,14 @@ fn clean_participants_are_counted_in_one_event_per_host() {
     assert_eq!(trigger(&mut e, 10, 1), vec![prepare(7, 1, 3)]);
     assert_eq!(clean(&mut e, 11, 1, local(), 2, 0), vec![]);
     let out = vote(&mut e, 12, 1, 1, yes(101, 0, 0));
-    let ballots: BTreeMap<_, _> = [(
+    let ballots = vec![(
         obj(1),
         Ballot {
             state: VotedState::Written(101),
             sent: 0,
             received: 0,
         },
-    )]
-    .into();
+    )];
     assert_eq!(
         out,
         vec![Command::Commit {
