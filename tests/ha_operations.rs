@@ -637,11 +637,7 @@ fn an_advertised_address_is_recorded_and_reported() {
     );
 
     // A free port, to listen on every interface and advertise a name for it.
-    let port = std::net::TcpListener::bind("0.0.0.0:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = ha_support::free_port("0.0.0.0");
     let advertised = format!("localhost:{port}");
     let listen = format!("0.0.0.0:{port}");
     let proc = Proc::spawn(

@@ -781,11 +781,7 @@ fn ingress_on_a_node_survives_sigkill_of_every_process_at_once() {
 
 /// A loopback port free now, for a process to listen on again after a restart.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    ha_support::free_port("127.0.0.1")
 }
 
 /// Takes checkpoints until one holds `all` the money (every deposit), within 60 s; fails if

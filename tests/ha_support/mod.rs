@@ -162,6 +162,25 @@ pub(crate) fn address_in(line: &str, after: &str) -> String {
         .to_owned()
 }
 
+/// A port on `ip` free now, for a process this test starts to listen on (or one that restarts
+/// to listen on again). Chosen below Linux's ephemeral range (32768 up), from which the kernel
+/// hands out the ports of every `:0` bind and outbound connection of the tests running
+/// alongside: a port freed there and bound again later could be taken in between (a
+/// coordinator once failed to start with "Address already in use" that way).
+pub(crate) fn free_port(ip: &str) -> u16 {
+    use std::hash::BuildHasher as _;
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let random = std::hash::RandomState::new();
+    for _ in 0..1000 {
+        let pick = random.hash_one(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let port = 20_000 + (pick % 12_000) as u16;
+        if std::net::TcpListener::bind((ip, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on {ip} between 20000 and 32000");
+}
+
 /// A fresh store directory.
 pub(crate) fn store_dir() -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
