@@ -103,6 +103,21 @@ async fn encoded_segment_and_manifest_are_pinned() {
     );
 }
 
+/// What the v2 and v3 fixtures hold besides their states: one in-transit message (sequence 9,
+/// an `i64` 5) in `line`, and every checkpoint verifying.
+async fn assert_one_message_in_transit_and_all_verified(store: &CheckpointStore, line: &Manifest) {
+    let msgs = store.read_in_transit(line).await.unwrap();
+    assert_eq!(
+        (
+            msgs.len(),
+            msgs[0].0.seq,
+            msgs[0].1.decode::<i64>().unwrap()
+        ),
+        (1, 9, 5)
+    );
+    assert!(store.verify_all().await.unwrap().iter().all(|r| r.is_ok()));
+}
+
 /// The checked-in store `tests/fixtures/<name>`, opened read-only.
 async fn fixture_store(name: &str) -> CheckpointStore {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -283,16 +298,7 @@ async fn reads_the_checked_in_v3_store() {
         }
         assert_eq!(balances, expected, "checkpoint {}", m.id);
     }
-    let msgs = store.read_in_transit(&m2).await.unwrap();
-    assert_eq!(
-        (
-            msgs.len(),
-            msgs[0].0.seq,
-            msgs[0].1.decode::<i64>().unwrap()
-        ),
-        (1, 9, 5)
-    );
-    assert!(store.verify_all().await.unwrap().iter().all(|r| r.is_ok()));
+    assert_one_message_in_transit_and_all_verified(&store, &m2).await;
 }
 
 /// Reads the checked-in store written by format version 2: a full manifest and a delta of it.
@@ -332,16 +338,7 @@ async fn reads_the_checked_in_v2_store() {
     expected.insert(account(3).to_string(), 42);
     expected.insert("account-new".into(), 7);
     assert_eq!(balances, expected);
-    let msgs = store.read_in_transit(&m).await.unwrap();
-    assert_eq!(
-        (
-            msgs.len(),
-            msgs[0].0.seq,
-            msgs[0].1.decode::<i64>().unwrap()
-        ),
-        (1, 9, 5)
-    );
-    assert!(store.verify_all().await.unwrap().iter().all(|r| r.is_ok()));
+    assert_one_message_in_transit_and_all_verified(&store, &m).await;
 }
 
 /// Reads the checked-in store written by format version 1.

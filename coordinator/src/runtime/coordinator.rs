@@ -503,7 +503,7 @@ impl LocalTransport {
         let mut acks = Vec::with_capacity(ids.len());
         for object in ids {
             let restore = states.order(&object, order.colour, true);
-            let Some(control) = shared.control(&object) else {
+            let Some(control) = shared.cell(&object) else {
                 return Err(Error::UnknownObject(object));
             };
             let (tx, rx) = oneshot::channel();

@@ -475,8 +475,8 @@ impl Shared {
         }
     }
 
-    /// Object `id`'s cell.
-    pub(crate) fn control(&self, id: &ObjectId) -> Option<mailbox::Handle> {
+    /// Object `id`'s cell, to send it control messages.
+    pub(crate) fn cell(&self, id: &ObjectId) -> Option<mailbox::Handle> {
         read(&self.objects).get(id).map(|s| s.cell.clone())
     }
 
